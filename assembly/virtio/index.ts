@@ -1,0 +1,432 @@
+/*
+ * assembly/virtio — split virtqueue, device side (virtio 1.2 §2.7).
+ *
+ * Pure functions over linear memory: the queue receives guest memory (as a
+ * memory map) and never signals the guest itself — needs_notification returns
+ * a bool and the caller raises the interrupt. No allocation, no static data
+ * (the Memory is shared by every hot module; see src/hot/loader.ts).
+ *
+ * Guest input is hostile (ARCHITECTURE.md decision 2): every index, address
+ * and length read from guest memory is checked here before use. A malformed
+ * queue or chain stores a sticky error code in the queue struct (the device
+ * goes to NEEDS_RESET) and every later call returns it, until vq_setup.
+ *
+ * ───────────────────────── exported ABI ─────────────────────────
+ * All integers little-endian; "off" = byte offset in the WebAssembly.Memory.
+ *
+ * Memory map MM (host-written, ≤ 8 regions of guest RAM):
+ *   +0  u32 count
+ *   +8  + 24*i: u64 gpa, u64 size, u32 off, u32 pad
+ *
+ * Queue struct Q (host-written fields marked w, module-written m), 80 bytes:
+ *   +0  u32 size          w  queue size: power of two, 1..32768
+ *   +4  u32 features      w  low 32 feature bits; only VIRTIO_F_INDIRECT_DESC
+ *                            (28) and VIRTIO_F_EVENT_IDX (29) are read
+ *   +8  u64 desc_gpa      w  Descriptor Area
+ *   +16 u64 avail_gpa     w  Driver Area (avail_ring)
+ *   +24 u64 used_gpa      w  Device Area (used_ring)
+ *   +32 u32 mem_map       w  off of MM
+ *   +36 u32 desc_off      m  translated by vq_setup
+ *   +40 u32 avail_off     m
+ *   +44 u32 used_off      m
+ *   +48 u32 last_avail_idx w/m  next avail_ring slot to consume (u16, free-running)
+ *   +52 u32 next_used_idx  w/m  shadow of used_idx (u16, free-running)
+ *   +56 u32 error         m  0, or the sticky VQ_ERR_* code
+ *   +60 u32 error_info    m  descriptor index / avail idx that failed
+ *   +64 u32 ready         m  1 after a successful vq_setup
+ *   +68 u32 signalled_used m used_idx when needs_notification last ran
+ *
+ * Chain record (vq_pop_batch output), 24 bytes:
+ *   +0 u32 head  +4 u32 iov_first  +8 u32 n_readable  +12 u32 n_writable
+ *   +16 u32 readable_bytes  +20 u32 writable_bytes
+ *   Its iovecs are iov[iov_first .. iov_first+n_readable+n_writable), the
+ *   device-readable ones first (§2.7.4.2 makes the driver order them so).
+ * Iovec, 8 bytes: +0 u32 off (inside the Memory), +4 u32 len.
+ * Used element input (vq_push_used_batch), 8 bytes: +0 u32 id, +4 u32 len.
+ *
+ * vq_setup(q) → 0 | -VQ_ERR_*           validate + translate the three areas
+ * vq_pop_batch(q, chains, max_chains, iov, max_iov) → chains popped | -VQ_ERR_*
+ * vq_avail_pending(q) → chains available | -VQ_ERR_*
+ * vq_push_used(q, id, len) → 1 | -VQ_ERR_*
+ * vq_push_used_batch(q, elems, n) → n | -VQ_ERR_*
+ * vq_needs_notification(q) → 1 | 0
+ * vq_enable_notification(q) → 1 if more chains are already available, else 0
+ * vq_disable_notification(q) → 0
+ * vring_need_event(event, new, old) → 1 | 0   (the §2.7.7 / virtio_ring.h arithmetic)
+ * mem_translate(mm, gpa, len) → off | -1     (u64 gpa/len; BigInt from JS)
+ * mem_map_check(mm) → 0 | -VQ_ERR_MEM_MAP
+ */
+
+// §2.7.5 The Virtqueue Descriptor Table
+const VIRTQ_DESC_F_NEXT: u32 = 1;
+const VIRTQ_DESC_F_WRITE: u32 = 2;
+const VIRTQ_DESC_F_INDIRECT: u32 = 4;
+// §2.7.6 The Virtqueue Available Ring / §2.7.8 The Virtqueue Used Ring
+const VIRTQ_AVAIL_F_NO_INTERRUPT: u32 = 1;
+const VIRTQ_USED_F_NO_NOTIFY: u32 = 1;
+// §6 Reserved Feature Bits
+const VIRTIO_F_INDIRECT_DESC: u32 = 28;
+const VIRTIO_F_EVENT_IDX: u32 = 29;
+
+const MAX_QUEUE_SIZE: u32 = 32768;
+const MAX_REGIONS: u32 = 8;
+
+// Queue struct fields.
+const Q_SIZE: usize = 0;
+const Q_FEATURES: usize = 4;
+const Q_DESC_GPA: usize = 8;
+const Q_AVAIL_GPA: usize = 16;
+const Q_USED_GPA: usize = 24;
+const Q_MEM_MAP: usize = 32;
+const Q_DESC: usize = 36;
+const Q_AVAIL: usize = 40;
+const Q_USED: usize = 44;
+const Q_LAST_AVAIL: usize = 48;
+const Q_NEXT_USED: usize = 52;
+const Q_ERROR: usize = 56;
+const Q_ERROR_INFO: usize = 60;
+const Q_READY: usize = 64;
+const Q_SIGNALLED_USED: usize = 68;
+
+// Error codes (mirrored in src/hot/virtqueue.ts). 1–5 and 19–20 concern
+// set-up or host calls; 6–18 are hostile or broken guest rings.
+const VQ_ERR_NOT_READY: i32 = 1;
+const VQ_ERR_QUEUE_SIZE: i32 = 2;
+const VQ_ERR_RING_ALIGN: i32 = 3;
+const VQ_ERR_RING_ADDR: i32 = 4;
+const VQ_ERR_MEM_MAP: i32 = 5;
+const VQ_ERR_AVAIL_IDX_AHEAD: i32 = 6;
+const VQ_ERR_HEAD_RANGE: i32 = 7;
+const VQ_ERR_NEXT_RANGE: i32 = 8;
+const VQ_ERR_DESC_ADDR: i32 = 9;
+const VQ_ERR_LOOP: i32 = 10;
+const VQ_ERR_CHAIN_TOO_LONG: i32 = 11;
+const VQ_ERR_INDIRECT_NOT_NEGOTIATED: i32 = 12;
+const VQ_ERR_NESTED_INDIRECT: i32 = 13;
+const VQ_ERR_INDIRECT_WITH_NEXT: i32 = 14;
+const VQ_ERR_INDIRECT_LEN: i32 = 15;
+const VQ_ERR_INDIRECT_ADDR: i32 = 16;
+const VQ_ERR_WRITABLE_ORDER: i32 = 17;
+const VQ_ERR_CHAIN_BYTES: i32 = 18;
+const VQ_ERR_IOV_TOO_SMALL: i32 = 19;
+const VQ_ERR_USED_ID: i32 = 20;
+
+/** Records a sticky guest error and returns it negated. */
+function fail(q: usize, code: i32, info: u32): i32 {
+  store<u32>(q, <u32>code, Q_ERROR);
+  store<u32>(q, info, Q_ERROR_INFO);
+  return -code;
+}
+
+/** Bytes of this Memory (u64: 65536 pages do not fit u32). */
+@inline function memoryBytes(): u64 {
+  return <u64>memory.size() << 16;
+}
+
+export function mem_map_check(mm: usize): i32 {
+  if (<u64>mm + 8 + <u64>MAX_REGIONS * 24 > memoryBytes()) return -VQ_ERR_MEM_MAP;
+  const count = load<u32>(mm);
+  if (count == 0 || count > MAX_REGIONS) return -VQ_ERR_MEM_MAP;
+  const limit = memoryBytes();
+  for (let i: u32 = 0; i < count; i++) {
+    const r = mm + 8 + i * 24;
+    const gpa = load<u64>(r);
+    const size = load<u64>(r, 8);
+    const off = load<u32>(r, 16);
+    if (size == 0 || gpa + size < gpa) return -VQ_ERR_MEM_MAP;
+    if (<u64>off + size > limit) return -VQ_ERR_MEM_MAP;
+  }
+  return 0;
+}
+
+/**
+ * Memory offset of guest-physical [gpa, gpa+len) if the whole range lies in
+ * one region of the map, else -1. Written so no sum can overflow.
+ */
+@inline function translate(mm: usize, gpa: u64, len: u64): i64 {
+  const count = load<u32>(mm);
+  for (let i: u32 = 0; i < count; i++) {
+    const r = mm + 8 + i * 24;
+    const start = load<u64>(r);
+    const size = load<u64>(r, 8);
+    const rel = gpa - start;
+    if (gpa >= start && rel <= size && len <= size - rel) {
+      return <i64>(<u64>load<u32>(r, 16) + rel);
+    }
+  }
+  return -1;
+}
+
+export function mem_translate(mm: usize, gpa: u64, len: u64): i64 {
+  if (mem_map_check(mm) != 0) return -1;
+  return translate(mm, gpa, len);
+}
+
+/**
+ * Validates the queue the driver configured and translates its three areas.
+ * Resets error state; keeps last_avail_idx / next_used_idx as the host wrote
+ * them (0 on a fresh activation, saved values on restore).
+ */
+export function vq_setup(q: usize): i32 {
+  store<u32>(q, 0, Q_READY);
+  store<u32>(q, 0, Q_ERROR);
+  store<u32>(q, 0, Q_ERROR_INFO);
+  const size = load<u32>(q, Q_SIZE);
+  // §2.7: Queue Size is always a power of 2; the maximum is 32768.
+  if (size == 0 || size > MAX_QUEUE_SIZE || (size & (size - 1)) != 0) return fail(q, VQ_ERR_QUEUE_SIZE, size);
+  const mm = load<u32>(q, Q_MEM_MAP);
+  if (mem_map_check(mm) != 0) return fail(q, VQ_ERR_MEM_MAP, 0);
+  const descGpa = load<u64>(q, Q_DESC_GPA);
+  const availGpa = load<u64>(q, Q_AVAIL_GPA);
+  const usedGpa = load<u64>(q, Q_USED_GPA);
+  // §2.7.1: areas aligned to 16, 2 and 4 bytes.
+  if ((descGpa & 15) != 0) return fail(q, VQ_ERR_RING_ALIGN, 0);
+  if ((availGpa & 1) != 0) return fail(q, VQ_ERR_RING_ALIGN, 1);
+  if ((usedGpa & 3) != 0) return fail(q, VQ_ERR_RING_ALIGN, 2);
+  // §2.7 table: sizes 16*Q, 6+2*Q, 6+8*Q (the trailing u16 is used_event /
+  // avail_event, present whether or not EVENT_IDX is negotiated).
+  const desc = translate(mm, descGpa, <u64>size * 16);
+  if (desc < 0) return fail(q, VQ_ERR_RING_ADDR, 0);
+  const avail = translate(mm, availGpa, 6 + <u64>size * 2);
+  if (avail < 0) return fail(q, VQ_ERR_RING_ADDR, 1);
+  const used = translate(mm, usedGpa, 6 + <u64>size * 8);
+  if (used < 0) return fail(q, VQ_ERR_RING_ADDR, 2);
+  store<u32>(q, <u32>desc, Q_DESC);
+  store<u32>(q, <u32>avail, Q_AVAIL);
+  store<u32>(q, <u32>used, Q_USED);
+  const lastAvail = load<u32>(q, Q_LAST_AVAIL) & 0xffff;
+  const nextUsed = load<u32>(q, Q_NEXT_USED) & 0xffff;
+  store<u32>(q, lastAvail, Q_LAST_AVAIL);
+  store<u32>(q, nextUsed, Q_NEXT_USED);
+  store<u32>(q, nextUsed, Q_SIGNALLED_USED);
+  store<u32>(q, 1, Q_READY);
+  return 0;
+}
+
+/** Chains the driver has made available and we have not popped. */
+export function vq_avail_pending(q: usize): i32 {
+  const err = load<u32>(q, Q_ERROR);
+  if (err != 0) return -<i32>err;
+  if (load<u32>(q, Q_READY) == 0) return -VQ_ERR_NOT_READY;
+  const size = load<u32>(q, Q_SIZE);
+  const availIdx = <u32>atomic.load<u16>(load<u32>(q, Q_AVAIL), 2);
+  const pending = (availIdx - load<u32>(q, Q_LAST_AVAIL)) & 0xffff;
+  // The ring holds at most Queue Size entries (§2.7.13: the 16-bit idx can
+  // always tell full from empty); more means a broken or hostile driver.
+  if (pending > size) return fail(q, VQ_ERR_AVAIL_IDX_AHEAD, availIdx);
+  return <i32>pending;
+}
+
+/**
+ * Pops up to max_chains available chains. Each chain is fully validated
+ * before any of it is reported; a chain that does not fit the remaining iov
+ * capacity ends the batch unconsumed (it is popped by the next call).
+ */
+export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize, maxIov: u32): i32 {
+  const pend = vq_avail_pending(q);
+  if (pend <= 0) return pend;
+  const size = load<u32>(q, Q_SIZE);
+  const mask = size - 1;
+  const indirectOk = (load<u32>(q, Q_FEATURES) >> VIRTIO_F_INDIRECT_DESC) & 1;
+  const descBase = <usize>load<u32>(q, Q_DESC);
+  const ring = <usize>load<u32>(q, Q_AVAIL) + 4;
+  const mm = <usize>load<u32>(q, Q_MEM_MAP);
+  const last = load<u32>(q, Q_LAST_AVAIL);
+  const limit = min(<u32>pend, maxChains);
+  let n: u32 = 0;
+  let iovUsed: u32 = 0;
+  let full = false;
+  while (n < limit) {
+    const head = <u32>load<u16>(ring + (((last + n) & mask) << 1));
+    if (head >= size) return fail(q, VQ_ERR_HEAD_RANGE, head);
+    let table = descBase;
+    let tsize = size;
+    let idx = head;
+    let inIndirect = false;
+    let visited: u32 = 0; // descriptors visited in the current table
+    let total: u32 = 0; // buffers in the chain, both tables
+    let nr: u32 = 0;
+    let nw: u32 = 0;
+    let rbytes: u64 = 0;
+    let wbytes: u64 = 0;
+    let pos = iovUsed;
+    while (true) {
+      if (idx >= tsize) return fail(q, VQ_ERR_NEXT_RANGE, idx);
+      // A chain that visits more descriptors than its table holds revisits
+      // one: §2.7.5.2 forbids loops.
+      if (++visited > tsize) return fail(q, VQ_ERR_LOOP, head);
+      const d = table + (<usize>idx << 4);
+      const addr = load<u64>(d);
+      const len = load<u32>(d, 8);
+      const flags = <u32>load<u16>(d, 12);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        // §2.7.5.3.1: only if negotiated, never inside an indirect table,
+        // never together with NEXT. §2.7.5.3.2: the device ignores WRITE here.
+        if (!indirectOk) return fail(q, VQ_ERR_INDIRECT_NOT_NEGOTIATED, idx);
+        if (inIndirect) return fail(q, VQ_ERR_NESTED_INDIRECT, idx);
+        if (flags & VIRTQ_DESC_F_NEXT) return fail(q, VQ_ERR_INDIRECT_WITH_NEXT, idx);
+        // struct indirect_descriptor_table { struct virtq_desc desc[len / 16]; }
+        if (len == 0 || (len & 15) != 0) return fail(q, VQ_ERR_INDIRECT_LEN, idx);
+        const t = translate(mm, addr, <u64>len);
+        if (t < 0) return fail(q, VQ_ERR_INDIRECT_ADDR, idx);
+        table = <usize>t;
+        tsize = len >> 4;
+        idx = 0;
+        visited = 0;
+        inIndirect = true;
+        continue;
+      }
+      // §2.7.5.3.1: a driver MUST NOT create a chain longer than Queue Size.
+      if (++total > size) return fail(q, VQ_ERR_CHAIN_TOO_LONG, head);
+      const off = translate(mm, addr, <u64>len);
+      if (off < 0) return fail(q, VQ_ERR_DESC_ADDR, idx);
+      if (flags & VIRTQ_DESC_F_WRITE) {
+        nw++;
+        wbytes += len;
+      } else {
+        // §2.7.4.2: device-writable elements come after device-readable ones.
+        if (nw != 0) return fail(q, VQ_ERR_WRITABLE_ORDER, idx);
+        nr++;
+        rbytes += len;
+      }
+      if (pos >= maxIov) {
+        if (n == 0) return -VQ_ERR_IOV_TOO_SMALL; // host error: not sticky
+        full = true;
+        break;
+      }
+      const v = iov + (<usize>pos << 3);
+      store<u32>(v, <u32>off);
+      store<u32>(v, len, 4);
+      pos++;
+      if ((flags & VIRTQ_DESC_F_NEXT) == 0) break;
+      idx = <u32>load<u16>(d, 14);
+    }
+    if (full) break;
+    // §2.7.5.2: no chain longer than 2^32 bytes in total.
+    if (rbytes > 0xffffffff || wbytes > 0xffffffff || rbytes + wbytes > 0x100000000) {
+      return fail(q, VQ_ERR_CHAIN_BYTES, head);
+    }
+    const c = chains + <usize>n * 24;
+    store<u32>(c, head);
+    store<u32>(c, iovUsed, 4);
+    store<u32>(c, nr, 8);
+    store<u32>(c, nw, 12);
+    store<u32>(c, <u32>rbytes, 16);
+    store<u32>(c, <u32>wbytes, 20);
+    iovUsed = pos;
+    n++;
+  }
+  store<u32>(q, (last + n) & 0xffff, Q_LAST_AVAIL);
+  return <i32>n;
+}
+
+@inline function putUsed(used: usize, mask: u32, nu: u32, id: u32, len: u32): void {
+  const e = used + 4 + (<usize>(nu & mask) << 3);
+  store<u32>(e, id);
+  store<u32>(e, len, 4);
+}
+
+export function vq_push_used(q: usize, id: u32, len: u32): i32 {
+  const err = load<u32>(q, Q_ERROR);
+  if (err != 0) return -<i32>err;
+  if (load<u32>(q, Q_READY) == 0) return -VQ_ERR_NOT_READY;
+  const size = load<u32>(q, Q_SIZE);
+  if (id >= size) return -VQ_ERR_USED_ID;
+  const used = <usize>load<u32>(q, Q_USED);
+  const nu = load<u32>(q, Q_NEXT_USED);
+  putUsed(used, size - 1, nu, id, len);
+  const next = (nu + 1) & 0xffff;
+  // §2.7.8.2: len is set before used idx is updated. The atomic store is the
+  // release barrier that publishes the element to a running guest.
+  atomic.store<u16>(used + 2, <u16>next);
+  store<u32>(q, next, Q_NEXT_USED);
+  return 1;
+}
+
+export function vq_push_used_batch(q: usize, elems: usize, count: u32): i32 {
+  const err = load<u32>(q, Q_ERROR);
+  if (err != 0) return -<i32>err;
+  if (load<u32>(q, Q_READY) == 0) return -VQ_ERR_NOT_READY;
+  const size = load<u32>(q, Q_SIZE);
+  const mask = size - 1;
+  const used = <usize>load<u32>(q, Q_USED);
+  // Check every id first so a bad batch publishes nothing.
+  for (let i: u32 = 0; i < count; i++) {
+    if (load<u32>(elems + (<usize>i << 3)) >= size) return -VQ_ERR_USED_ID;
+  }
+  const nu = load<u32>(q, Q_NEXT_USED);
+  for (let i: u32 = 0; i < count; i++) {
+    const e = elems + (<usize>i << 3);
+    putUsed(used, mask, nu + i, load<u32>(e), load<u32>(e, 4));
+  }
+  const next = (nu + count) & 0xffff;
+  atomic.store<u16>(used + 2, <u16>next); // §2.7.8.2, as in vq_push_used
+  store<u32>(q, next, Q_NEXT_USED);
+  return <i32>count;
+}
+
+/**
+ * vring_need_event from virtio_ring.h (§2.7.7.2 in 16-bit arithmetic): did
+ * used_idx pass `event` when it moved from `old` to `new`? Wraps at 65536.
+ */
+@inline function needEvent(event: u32, newIdx: u32, old: u32): bool {
+  return ((newIdx - event - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+}
+
+export function vring_need_event(event: u32, newIdx: u32, old: u32): i32 {
+  return needEvent(event & 0xffff, newIdx & 0xffff, old & 0xffff) ? 1 : 0;
+}
+
+/**
+ * Whether the caller must send a used buffer notification for the elements
+ * pushed since the last call. Never signals by itself.
+ */
+export function vq_needs_notification(q: usize): i32 {
+  if (load<u32>(q, Q_READY) == 0 || load<u32>(q, Q_ERROR) != 0) return 0;
+  const nu = load<u32>(q, Q_NEXT_USED);
+  const old = load<u32>(q, Q_SIGNALLED_USED);
+  if (nu == old) return 0; // nothing written to the used ring since
+  store<u32>(q, nu, Q_SIGNALLED_USED);
+  const size = load<u32>(q, Q_SIZE);
+  const avail = <usize>load<u32>(q, Q_AVAIL);
+  if ((load<u32>(q, Q_FEATURES) >> VIRTIO_F_EVENT_IDX) & 1) {
+    // §2.7.7.2 with EVENT_IDX: ignore flags; notify when used idx reached
+    // used_event + 1. Atomic load: ordered after the used idx store.
+    const usedEvent = <u32>atomic.load<u16>(avail + 4 + (<usize>size << 1));
+    return needEvent(usedEvent, nu, old) ? 1 : 0;
+  }
+  // §2.7.7.2 without EVENT_IDX: flags 0 → MUST notify; 1 → SHOULD NOT.
+  return (<u32>atomic.load<u16>(avail) & VIRTQ_AVAIL_F_NO_INTERRUPT) != 0 ? 0 : 1;
+}
+
+/**
+ * Asks the driver for available buffer notifications again (§2.7.10.2):
+ * avail_event = last_avail_idx with EVENT_IDX, else used flags = 0. Returns 1
+ * if chains arrived meanwhile, so the caller pops again instead of sleeping.
+ */
+export function vq_enable_notification(q: usize): i32 {
+  if (load<u32>(q, Q_READY) == 0 || load<u32>(q, Q_ERROR) != 0) return 0;
+  const size = load<u32>(q, Q_SIZE);
+  const used = <usize>load<u32>(q, Q_USED);
+  const last = load<u32>(q, Q_LAST_AVAIL);
+  if ((load<u32>(q, Q_FEATURES) >> VIRTIO_F_EVENT_IDX) & 1) {
+    atomic.store<u16>(used + 4 + (<usize>size << 3), <u16>last);
+  } else {
+    atomic.store<u16>(used, 0);
+  }
+  // Seq-cst store then load: the full barrier that closes the race with a
+  // driver that added buffers before seeing the new event/flags.
+  const availIdx = <u32>atomic.load<u16>(<usize>load<u32>(q, Q_AVAIL), 2);
+  return availIdx != last ? 1 : 0;
+}
+
+/** Stops available buffer notifications (best effort, §2.7.10). */
+export function vq_disable_notification(q: usize): i32 {
+  if (load<u32>(q, Q_READY) == 0) return 0;
+  // With EVENT_IDX the device MUST keep flags 0 (§2.7.10.2); a stale
+  // avail_event already suppresses further kicks.
+  if (((load<u32>(q, Q_FEATURES) >> VIRTIO_F_EVENT_IDX) & 1) == 0) {
+    atomic.store<u16>(<usize>load<u32>(q, Q_USED), <u16>VIRTQ_USED_F_NO_NOTIFY);
+  }
+  return 0;
+}
