@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the kata-ts guest image and the default container rootfs.
+#
+# Guest image: a read-only EROFS root filesystem (LZ4) booted as /dev/vda:
+#   /sbin/kata-init (PID 1, guest/init/kata-init.c, static), /usr/bin/node and
+#   its libraries, crun and its libraries, busybox (debug console), and the
+#   agent bundle at /opt/kata-ts (compiled agent + production node_modules).
+#   EROFS on virtio-blk rather than an initrd: nothing is unpacked at boot, the
+#   kernel reads only the pages Node actually touches (see README performance).
+# Default container rootfs: busybox-static with its applets, /etc/passwd and
+#   /etc/group, at $CACHE/rootfs/busybox.
+# Rebuilt only when the staged content's hash changes.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+cache="${KATA_TS_CACHE:-/var/cache/kata-ts}"
+stage="$cache/build/image-stage"
+rm -rf "$stage"; mkdir -p "$stage"
+
+copy_with_libs() { # copy a binary and the shared libraries ldd names, same paths
+  local bin="$1" dest="${2:-$1}"
+  mkdir -p "$stage$(dirname "$dest")"; cp -L "$bin" "$stage$dest"
+  ldd "$bin" 2>/dev/null | grep -oE '/[^ ]+' | while read -r lib; do
+    [ -f "$lib" ] || continue
+    mkdir -p "$stage$(dirname "$lib")"; [ -f "$stage$lib" ] || cp -L "$lib" "$stage$lib"
+  done
+}
+
+echo "image: staging guest root filesystem"
+for d in proc sys dev run tmp etc root sbin bin usr/bin usr/sbin lib64 var/run; do mkdir -p "$stage/$d"; done
+gcc -static -O2 -Wall -o "$stage/sbin/kata-init" "$repo/guest/init/kata-init.c"
+copy_with_libs "$(readlink -f "$(command -v node)")" /usr/bin/node
+copy_with_libs "$(command -v crun)" /usr/bin/crun
+cp /bin/busybox "$stage/bin/busybox"
+for a in $("$stage/bin/busybox" --list); do [ -e "$stage/bin/$a" ] || ln -s busybox "$stage/bin/$a"; done
+ln -sf ../../bin/busybox "$stage/usr/bin/env" 2>/dev/null || true
+printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$stage/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' > "$stage/etc/group"
+echo kata-ts > "$stage/etc/hostname"
+: > "$stage/etc/resolv.conf"
+
+echo "image: staging agent bundle (/opt/kata-ts)"
+agent="$stage/opt/kata-ts"; mkdir -p "$agent/dist/src"
+for d in agent protocols common; do [ -d "$repo/dist/src/$d" ] && cp -r "$repo/dist/src/$d" "$agent/dist/src/"; done
+cp -r "$repo/proto" "$agent/proto"
+cp "$repo/package.json" "$agent/"
+[ -f "$repo/native/build/Release/kata_native.node" ] && { mkdir -p "$agent/native/build/Release"; cp "$repo/native/build/Release/kata_native.node" "$agent/native/build/Release/"; }
+(cd "$repo" && npm ls --omit=dev --all --parseable 2>/dev/null | grep node_modules) | while read -r p; do
+  rel="${p#"$repo"/}"; mkdir -p "$agent/$(dirname "$rel")"; cp -r "$p" "$agent/$rel"
+done
+find "$agent" -name '*.map' -delete; find "$agent" -name '*.md' -delete
+
+hash="$(cd "$stage" && find . -printf '%p %s %m %l\n' | sort | sha256sum | cut -c1-16)"
+content="$(cd "$stage" && find . -type f -print0 | sort -z | xargs -0 cat | sha256sum | cut -c1-16)"
+out="$cache/image-$hash-$content"
+if [ -f "$out/rootfs.erofs" ]; then
+  echo "image: up to date ($out)"
+else
+  echo "image: mkfs.erofs -zlz4 ($(du -sm "$stage" | cut -f1) MiB staged)"
+  mkdir -p "$out.tmp"
+  t0=$(date +%s%N)
+  mkfs.erofs -zlz4 -T0 --all-root "$out.tmp/rootfs.erofs" "$stage" >/dev/null
+  t1=$(date +%s%N)
+  echo "image: built $(du -m "$out.tmp/rootfs.erofs" | cut -f1) MiB in $(( (t1-t0)/1000000 )) ms"
+  rm -rf "$out"; mv "$out.tmp" "$out"
+fi
+ln -sfn "$(basename "$out")" "$cache/image"
+# keep only the newest few images
+ls -dt "$cache"/image-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
+
+rootfs="$cache/rootfs/busybox"
+if [ ! -x "$rootfs/bin/busybox" ] || [ /bin/busybox -nt "$rootfs/bin/busybox" ]; then
+  echo "image: default container rootfs (busybox) -> $rootfs"
+  rm -rf "$rootfs"; mkdir -p "$rootfs"/{bin,etc,proc,sys,dev,tmp,root,home,var,run}
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for a in $("$rootfs/bin/busybox" --list); do [ -e "$rootfs/bin/$a" ] || ln -s busybox "$rootfs/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/:/bin/false\nuser:x:1000:1000:user:/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$rootfs/etc/passwd"
+  printf 'root:x:0:\ndaemon:x:1:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
+  chmod 1777 "$rootfs/tmp"
+fi
+rm -rf "$stage"

@@ -1,0 +1,13 @@
+// kata_native: the N-API addon for the syscalls Node lacks. Syscalls and
+// threads only — no parsing, no policy (ARCHITECTURE.md, native/).
+// Each area registers its functions from its own file.
+#include <napi.h>
+
+void InitFd(Napi::Env env, Napi::Object exports);
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  InitFd(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(kata_native, Init)

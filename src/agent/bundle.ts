@@ -1,0 +1,99 @@
+/**
+ * Adapts an OCI spec from the host into the bundle crun runs in the guest.
+ *
+ * The host's spec was written for a host: namespace paths, hooks, AppArmor
+ * and SELinux labels and cgroup paths name host objects that do not exist in
+ * the guest. Kata's agent drops or rewrites the same things: the VM is the
+ * pod, so containers share the guest's network namespace; hooks run on the
+ * host side if anywhere; the cgroup lives under the agent's own hierarchy.
+ * Everything else (args, env, cwd, user, rlimits, capabilities, hostname,
+ * mounts, readonly root, seccomp) passes through to crun untouched.
+ */
+import type { OciSpec, OciMount, OciNamespace } from './oci';
+
+export class BundleError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'BundleError';
+  }
+}
+
+/** Mounts every Linux container expects; added when the spec lacks them. */
+export const DEFAULT_MOUNTS: OciMount[] = [
+  { destination: '/proc', type: 'proc', source: 'proc', options: ['nosuid', 'noexec', 'nodev'] },
+  { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
+  { destination: '/dev/pts', type: 'devpts', source: 'devpts', options: ['nosuid', 'noexec', 'newinstance', 'ptmxmode=0666', 'mode=0620', 'gid=5'] },
+  { destination: '/dev/shm', type: 'tmpfs', source: 'shm', options: ['nosuid', 'noexec', 'nodev', 'mode=1777', 'size=65536k'] },
+  { destination: '/dev/mqueue', type: 'mqueue', source: 'mqueue', options: ['nosuid', 'noexec', 'nodev'] },
+  { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+  { destination: '/sys/fs/cgroup', type: 'cgroup', source: 'cgroup', options: ['nosuid', 'noexec', 'nodev', 'relatime', 'ro'] },
+];
+
+const KEPT_NAMESPACES = new Set(['pid', 'ipc', 'uts', 'mount', 'cgroup', 'user']);
+
+/** Checks the parts of a spec crun cannot do without; throws BundleError. */
+export function validateSpec(spec: unknown): asserts spec is OciSpec {
+  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) throw new BundleError('OCI spec must be a JSON object');
+  const s = spec as Record<string, unknown>;
+  if (typeof s.ociVersion !== 'string') throw new BundleError('OCI spec: ociVersion must be a string');
+  const p = s.process as Record<string, unknown> | undefined;
+  if (typeof p !== 'object' || p === null) throw new BundleError('OCI spec: process is required');
+  if (!Array.isArray(p.args) || p.args.length === 0 || !p.args.every((a) => typeof a === 'string'))
+    throw new BundleError('OCI spec: process.args must be a non-empty array of strings');
+  if (typeof p.cwd !== 'string' || !p.cwd.startsWith('/')) throw new BundleError('OCI spec: process.cwd must be an absolute path');
+  const u = p.user as Record<string, unknown> | undefined;
+  if (typeof u !== 'object' || u === null || !Number.isInteger(u.uid) || !Number.isInteger(u.gid))
+    throw new BundleError('OCI spec: process.user.uid and gid must be integers');
+  if (p.env !== undefined && (!Array.isArray(p.env) || !p.env.every((e) => typeof e === 'string' && e.includes('='))))
+    throw new BundleError('OCI spec: process.env must be an array of KEY=VALUE strings');
+  if (s.mounts !== undefined && !Array.isArray(s.mounts)) throw new BundleError('OCI spec: mounts must be an array');
+  for (const m of (s.mounts as unknown[] | undefined) ?? []) {
+    const mm = m as Record<string, unknown>;
+    if (typeof mm?.destination !== 'string' || !mm.destination.startsWith('/'))
+      throw new BundleError('OCI spec: every mount needs an absolute destination');
+  }
+}
+
+export interface GuestBundleOptions {
+  containerId: string;
+  /** Guest path of the mounted container root filesystem. */
+  rootfs: string;
+}
+
+/** Returns the spec crun will run in the guest (a new object). */
+export function adaptSpecForGuest(input: OciSpec, opts: GuestBundleOptions): OciSpec {
+  validateSpec(input);
+  const spec: OciSpec = JSON.parse(JSON.stringify(input));
+  spec.root = { path: opts.rootfs, readonly: input.root?.readonly ?? false };
+  delete spec.hooks;
+  if (spec.process) {
+    delete spec.process.apparmorProfile;
+    delete spec.process.selinuxLabel;
+  }
+  const linux = (spec.linux ??= {});
+  delete linux.mountLabel;
+  linux.cgroupsPath = `/kata-ts/${opts.containerId}`;
+  // Host namespace paths mean nothing here; the guest's network namespace is
+  // the pod's, shared by every container (Kata does the same).
+  const ns: OciNamespace[] = (linux.namespaces ?? [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }])
+    .filter((n) => KEPT_NAMESPACES.has(n.type))
+    .map((n) => ({ type: n.type }));
+  if (!ns.some((n) => n.type === 'mount')) ns.push({ type: 'mount' });
+  linux.namespaces = ns;
+  // Bind mounts of host paths cannot be honoured until volumes are shared
+  // into the guest (virtio-fs); keep only kernel filesystems and tmpfs.
+  const mounts = (spec.mounts ?? []).filter((m) => m.type !== 'bind' && !(m.options ?? []).includes('bind') && !(m.options ?? []).includes('rbind'));
+  for (const d of DEFAULT_MOUNTS) if (!mounts.some((m) => m.destination === d.destination)) mounts.push(d);
+  // /sys/fs/cgroup: cgroup v2 in the guest.
+  for (const m of mounts) if (m.destination === '/sys/fs/cgroup') { m.type = 'cgroup2'; m.source = 'cgroup2'; }
+  spec.mounts = sortMounts(mounts);
+  return spec;
+}
+
+/** Parents before children, preserving order otherwise (crun mounts in order). */
+function sortMounts(mounts: OciMount[]): OciMount[] {
+  return mounts
+    .map((m, i) => ({ m, i, depth: m.destination.replace(/\/+$/, '').split('/').length }))
+    .sort((a, b) => a.depth - b.depth || a.i - b.i)
+    .map((x) => x.m);
+}

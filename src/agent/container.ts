@@ -1,0 +1,162 @@
+/**
+ * A container in the guest: its storages, its crun bundle, its init process
+ * and the processes exec'd into it. Lifecycle: create (mount rootfs, write
+ * bundle) → start (crun run) → [exec ...] → remove (stop, crun delete,
+ * unmount, remove bundle).
+ */
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import type { Storage } from '../protocols/agent-api';
+import { adaptSpecForGuest, validateSpec } from './bundle';
+import type { OciProcess, OciSpec } from './oci';
+import type { OciRuntime } from './oci-runtime';
+import { GuestProcess, consoleSocketPath } from './process';
+import { StorageSet, type Mounter } from './storage';
+import { native } from '../common/native';
+
+export type ContainerState = 'created' | 'running' | 'stopped';
+
+export class AgentError extends Error {
+  constructor(readonly code: 'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'internal', message: string) {
+    super(message);
+    this.name = 'AgentError';
+  }
+}
+
+export class Container {
+  state: ContainerState = 'created';
+  readonly processes = new Map<string, GuestProcess>();
+  private readonly storages: StorageSet;
+  init: GuestProcess | undefined;
+  private spec!: OciSpec;
+
+  constructor(
+    readonly id: string,
+    readonly dir: string,
+    private readonly runtime: OciRuntime,
+    mounter?: Mounter,
+  ) {
+    this.storages = new StorageSet(mounter);
+  }
+
+  get bundleDir(): string {
+    return path.join(this.dir, 'bundle');
+  }
+
+  async create(specJson: string, storages: Storage[]): Promise<void> {
+    let spec: unknown;
+    try {
+      spec = JSON.parse(specJson);
+    } catch (err) {
+      throw new AgentError('invalid', `OCI spec is not valid JSON: ${(err as Error).message}`);
+    }
+    try {
+      validateSpec(spec);
+    } catch (err) {
+      throw new AgentError('invalid', (err as Error).message);
+    }
+    await fs.mkdir(this.bundleDir, { recursive: true });
+    let rootfs = (spec as OciSpec).root?.path ?? '';
+    for (const [i, s] of storages.entries()) rootfs = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
+    if (!rootfs.startsWith('/')) throw new AgentError('invalid', 'container has no rootfs: give a storage or an absolute root.path');
+    this.spec = adaptSpecForGuest(spec as OciSpec, { containerId: this.id, rootfs });
+    await fs.writeFile(path.join(this.bundleDir, 'config.json'), JSON.stringify(this.spec));
+  }
+
+  async start(): Promise<GuestProcess> {
+    if (this.state !== 'created') throw new AgentError('failed-precondition', `container ${this.id} is ${this.state}, not created`);
+    const terminal = !!this.spec.process?.terminal;
+    const proc = new GuestProcess(this.id, '', terminal);
+    const sock = terminal ? consoleSocketPath(this.dir, 'init') : undefined;
+    const listenFd = sock ? native().unixListen(sock) : undefined;
+    const child = this.runtime.run(this.id, this.bundleDir, { consoleSocket: sock });
+    this.init = proc;
+    this.processes.set('', proc);
+    this.state = 'running';
+    const attached = proc.attach(child, listenFd);
+    proc.wait().then(() => {
+      this.state = 'stopped';
+    });
+    proc.pid = child.pid ?? 0;
+    await attached;
+    // Prefer the container process's own pid once crun knows it.
+    const p = await this.runtime.pid(this.id);
+    if (p > 0) proc.pid = p;
+    return proc;
+  }
+
+  async exec(execId: string, processJson: string): Promise<GuestProcess> {
+    if (this.state !== 'running') throw new AgentError('failed-precondition', `container ${this.id} is not running`);
+    if (this.processes.has(execId)) throw new AgentError('already-exists', `exec ${execId} already exists in ${this.id}`);
+    let p: OciProcess;
+    try {
+      p = JSON.parse(processJson) as OciProcess;
+    } catch (err) {
+      throw new AgentError('invalid', `process is not valid JSON: ${(err as Error).message}`);
+    }
+    if (!Array.isArray(p.args) || p.args.length === 0) throw new AgentError('invalid', 'process.args must be a non-empty array');
+    p.cwd ??= this.spec.process?.cwd ?? '/';
+    p.user ??= this.spec.process?.user ?? { uid: 0, gid: 0 };
+    const file = path.join(this.dir, `exec-${execId}.json`);
+    await fs.writeFile(file, JSON.stringify(p));
+    const pidFile = path.join(this.dir, `exec-${execId}.pid`);
+    const terminal = !!p.terminal;
+    const sock = terminal ? consoleSocketPath(this.dir, execId) : undefined;
+    const listenFd = sock ? native().unixListen(sock) : undefined;
+    const child = this.runtime.exec(this.id, file, { consoleSocket: sock, pidFile });
+    const proc = new GuestProcess(this.id, execId, terminal);
+    this.processes.set(execId, proc);
+    await proc.attach(child, listenFd);
+    proc.pid = child.pid ?? 0;
+    for (let i = 0; i < 40 && !proc.exitStatus; i++) {
+      const txt = await fs.readFile(pidFile, 'utf8').catch(() => '');
+      if (txt.trim()) {
+        proc.pid = Number(txt.trim());
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    return proc;
+  }
+
+  process(execId: string): GuestProcess {
+    const p = this.processes.get(execId);
+    if (!p) throw new AgentError('not-found', `no process "${execId}" in container ${this.id}`);
+    return p;
+  }
+
+  async signal(execId: string, signal: number): Promise<void> {
+    const p = this.process(execId);
+    if (p.exitStatus) return;
+    if (execId === '') {
+      await this.runtime.kill(this.id, signal).catch((err: Error) => {
+        if (!p.exitStatus) throw new AgentError('internal', `signal ${signal} to ${this.id}: ${err.message}`);
+      });
+    } else if (p.pid > 0) {
+      try {
+        process.kill(p.pid, signal);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    }
+  }
+
+  /** Stop (SIGTERM, then SIGKILL after timeoutSec) and remove everything. */
+  async remove(timeoutSec: number): Promise<void> {
+    const init = this.init;
+    if (init && !init.exitStatus) {
+      if (timeoutSec > 0) {
+        await this.signal('', 15).catch(() => undefined);
+        await Promise.race([init.wait(), new Promise((r) => setTimeout(r, timeoutSec * 1000))]);
+      }
+      if (!init.exitStatus) {
+        await this.signal('', 9).catch(() => undefined);
+        await Promise.race([init.wait(), new Promise((r) => setTimeout(r, 5000))]);
+      }
+    }
+    await this.runtime.delete(this.id);
+    await this.storages.removeAll();
+    await fs.rm(this.dir, { recursive: true, force: true });
+    this.state = 'stopped';
+  }
+}

@@ -1,0 +1,34 @@
+/**
+ * kata-ts agent entry point: started by kata-init (PID 1) in the guest.
+ * Serves the AgentService (proto/agent.proto) on the agent transport and runs
+ * containers with crun. Logs JSON lines to the console (the host keeps them
+ * in the sandbox's console log).
+ */
+import * as grpc from '@grpc/grpc-js';
+import { agentServiceDefinition } from '../protocols/agent-api';
+import { configureLogging } from '../common/log';
+import { AgentSandbox } from './sandbox';
+import { agentHandlers } from './service';
+import { CrunRuntime } from './oci-runtime';
+import { serveOnVirtioPort } from './transport';
+
+async function run(): Promise<void> {
+  const debug = /(^|\s)agent\.log=debug(\s|$)/.test(await import('node:fs').then((fs) => fs.readFileSync('/proc/cmdline', 'utf8')).catch(() => ''));
+  const log = configureLogging({ source: 'agent', level: debug ? 'debug' : 'info' });
+  const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true });
+  const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  server.addService(agentServiceDefinition(), agentHandlers(sandbox));
+  process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
+  log.info('agent ready', { transport: 'virtio-serial' });
+  process.stderr.write('KATA_TS_AGENT_READY\n');
+  await serveOnVirtioPort(server, grpc.ServerCredentials.createInsecure());
+}
+
+export function main(): void {
+  run().catch((err: Error) => {
+    process.stderr.write(`kata-agent: fatal: ${err.stack ?? err.message}\n`);
+    process.exit(1);
+  });
+}
+
+if (require.main === module) main();

@@ -1,0 +1,73 @@
+/**
+ * One output stream (stdout or stderr) of a guest process, decoupled from
+ * its reader: bytes produced before the host attaches are kept, a single
+ * reader at a time drains them in order, and the end of the stream is
+ * delivered once everything before it was read. When more than `highWater`
+ * bytes are waiting unread, the source is paused (backpressure reaches the
+ * container's write) instead of growing without bound.
+ */
+import type { Readable } from 'node:stream';
+
+export type Chunk = Buffer;
+
+export class OutputPipe {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+  private ended = false;
+  private wake: (() => void) | undefined;
+  private source: Readable | undefined;
+
+  constructor(private readonly highWater = 4 * 1024 * 1024) {}
+
+  /** Feed from a readable stream until it ends. */
+  attachSource(src: Readable): void {
+    this.source = src;
+    src.on('data', (b: Buffer) => this.push(b));
+    src.on('end', () => this.end());
+    src.on('error', () => this.end());
+    src.on('close', () => this.end());
+  }
+
+  push(b: Buffer): void {
+    if (this.ended || b.length === 0) return;
+    this.chunks.push(b);
+    this.buffered += b.length;
+    if (this.buffered > this.highWater) this.source?.pause();
+    this.notify();
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.notify();
+  }
+
+  get isEnded(): boolean {
+    return this.ended;
+  }
+
+  /** Next chunk, or null at end of stream. */
+  async read(): Promise<Buffer | null> {
+    for (;;) {
+      const c = this.chunks.shift();
+      if (c) {
+        this.buffered -= c.length;
+        if (this.buffered <= this.highWater / 2) this.source?.resume();
+        return c;
+      }
+      if (this.ended) return null;
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  /** Wake a pending read without data (reader cancelled). */
+  interrupt(): void {
+    this.notify();
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+}

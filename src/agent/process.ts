@@ -1,0 +1,127 @@
+/**
+ * A process in the guest: a container's init or an exec'd process. Owns its
+ * stdio (pipes, or a pty whose master crun hands over through a console
+ * socket), its exit status and the waiters for it.
+ *
+ * Exit status is reported the way a shell does: the code, or 128 + signal
+ * number when the process was killed (crun passes that through; a crun that
+ * itself dies by a signal is reported the same way).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as tty from 'node:tty';
+import type { ChildProcess } from 'node:child_process';
+import type { Writable } from 'node:stream';
+import { OutputPipe } from './output';
+import { native } from '../common/native';
+
+export interface ExitStatus {
+  status: number;
+  signal: number;
+  exitedAt: Date;
+}
+
+const SIGNAL_NUMBERS: Record<string, number> = {
+  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11,
+  SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
+};
+
+export class GuestProcess {
+  readonly stdout = new OutputPipe();
+  readonly stderr = new OutputPipe();
+  pid = 0;
+  private stdin: Writable | undefined;
+  private ptyFd = -1;
+  private exit: ExitStatus | undefined;
+  private readonly exited: Promise<ExitStatus>;
+  private resolveExit!: (e: ExitStatus) => void;
+  /** crun's own diagnostics (its stderr when a pty carries the process's). */
+  runtimeErrors = '';
+
+  constructor(readonly containerId: string, readonly execId: string, readonly terminal: boolean) {
+    this.exited = new Promise((r) => (this.resolveExit = r));
+  }
+
+  /**
+   * Wire a freshly spawned runtime child. With a terminal, `consoleListenFd`
+   * is the console-socket listener crun sends the pty master to.
+   */
+  async attach(child: ChildProcess, consoleListenFd?: number): Promise<void> {
+    child.on('exit', (code, signal) => {
+      const sig = signal ? (SIGNAL_NUMBERS[signal] ?? 0) : code !== null && code > 128 ? code - 128 : 0;
+      const status = code ?? 128 + sig;
+      this.finish({ status, signal: sig, exitedAt: new Date() });
+    });
+    child.on('error', (err) => {
+      this.runtimeErrors += `${err.message}\n`;
+      this.finish({ status: 127, signal: 0, exitedAt: new Date() });
+    });
+    if (consoleListenFd === undefined) {
+      this.stdin = child.stdin ?? undefined;
+      this.stdin?.on('error', () => undefined); // EPIPE once the process is gone
+      if (child.stdout) this.stdout.attachSource(child.stdout);
+      else this.stdout.end();
+      if (child.stderr) this.stderr.attachSource(child.stderr);
+      else this.stderr.end();
+      return;
+    }
+    child.stderr?.on('data', (b: Buffer) => (this.runtimeErrors += b.toString()));
+    this.stderr.end(); // a terminal merges stderr into stdout
+    const got = await Promise.race([
+      native().recvFd(consoleListenFd).then((fd) => ({ fd })),
+      this.exited.then(() => ({ fd: -1 })),
+    ]);
+    native().closeFd(consoleListenFd);
+    if (got.fd < 0) {
+      this.stdout.end();
+      return;
+    }
+    this.ptyFd = got.fd;
+    const rs = new tty.ReadStream(got.fd);
+    // EIO on the master means every slave fd is closed: end of output.
+    rs.on('error', () => this.stdout.end());
+    this.stdout.attachSource(rs);
+  }
+
+  get exitStatus(): ExitStatus | undefined {
+    return this.exit;
+  }
+
+  wait(): Promise<ExitStatus> {
+    return this.exited;
+  }
+
+  async writeStdin(data: Buffer): Promise<number> {
+    if (this.ptyFd >= 0) {
+      let off = 0;
+      while (off < data.length) off += await new Promise<number>((res, rej) => fs.write(this.ptyFd, data, off, data.length - off, null, (e, n) => (e ? rej(e) : res(n))));
+      return data.length;
+    }
+    if (!this.stdin || this.stdin.destroyed || this.stdin.writableEnded) throw new Error('stdin is closed');
+    const s = this.stdin;
+    await new Promise<void>((res, rej) => s.write(data, (e) => (e ? rej(e) : res())));
+    return data.length;
+  }
+
+  closeStdin(): void {
+    // On a terminal, end-of-input is the EOF character (^D) as a user would type it.
+    if (this.ptyFd >= 0) fs.write(this.ptyFd, Buffer.from([4]), () => undefined);
+    else this.stdin?.end();
+  }
+
+  resize(rows: number, cols: number): void {
+    if (this.ptyFd < 0) throw new Error('process has no terminal');
+    native().setWinsize(this.ptyFd, rows, cols);
+  }
+
+  private finish(e: ExitStatus): void {
+    if (this.exit) return;
+    this.exit = e;
+    this.resolveExit(e);
+  }
+}
+
+/** A console socket path for one process, short enough for sun_path. */
+export function consoleSocketPath(dir: string, execId: string): string {
+  return path.join(dir, `console-${execId.slice(0, 16) || 'init'}.sock`);
+}

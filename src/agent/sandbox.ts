@@ -1,0 +1,135 @@
+/**
+ * The agent's state: one sandbox (this VM) and its containers. The gRPC
+ * service (service.ts) is a thin translation onto these methods, so the logic
+ * is testable without gRPC or a VM.
+ */
+import * as fs from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type * as api from '../protocols/agent-api';
+import { AgentError, Container } from './container';
+import type { OciRuntime } from './oci-runtime';
+import type { GuestProcess } from './process';
+import type { Mounter } from './storage';
+
+export const AGENT_VERSION = '0.1.0';
+
+export interface AgentOptions {
+  runtime: OciRuntime;
+  /** Where container bundles and scratch live (tmpfs in the guest). */
+  stateDir: string;
+  mounter?: Mounter;
+  /** Apply guest-wide settings (hostname, sysctls); off in unit tests. */
+  manageHost?: boolean;
+}
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export class AgentSandbox {
+  readonly containers = new Map<string, Container>();
+  sandboxId = '';
+  private readonly started = Date.now();
+
+  constructor(private readonly opts: AgentOptions) {}
+
+  async createSandbox(req: api.CreateSandboxRequest): Promise<void> {
+    this.sandboxId = req.sandbox_id;
+    if (!this.opts.manageHost) return;
+    if (req.hostname) {
+      await fs.writeFile('/proc/sys/kernel/hostname', req.hostname).catch(() => undefined);
+    }
+    for (const [k, v] of Object.entries(req.sysctls ?? {})) {
+      if (!/^[a-z0-9_.]+$/.test(k)) throw new AgentError('invalid', `bad sysctl name ${k}`);
+      await fs.writeFile(path.join('/proc/sys', ...k.split('.')), v).catch((err: Error) => {
+        throw new AgentError('invalid', `sysctl ${k}=${v}: ${err.message}`);
+      });
+    }
+  }
+
+  async destroySandbox(): Promise<void> {
+    for (const c of [...this.containers.values()]) await c.remove(0).catch(() => undefined);
+    this.containers.clear();
+  }
+
+  container(id: string): Container {
+    const c = this.containers.get(id);
+    if (!c) throw new AgentError('not-found', `container ${id} not found`);
+    return c;
+  }
+
+  async createContainer(req: api.CreateContainerRequest): Promise<void> {
+    if (!ID_RE.test(req.container_id)) throw new AgentError('invalid', `invalid container id "${req.container_id}"`);
+    if (this.containers.has(req.container_id)) throw new AgentError('already-exists', `container ${req.container_id} already exists`);
+    const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter);
+    this.containers.set(c.id, c);
+    try {
+      await c.create(req.oci_spec_json, req.storages ?? []);
+    } catch (err) {
+      this.containers.delete(c.id);
+      await c.remove(0).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async startContainer(id: string): Promise<number> {
+    const p = await this.container(id).start();
+    return p.pid;
+  }
+
+  async removeContainer(id: string, timeout: number): Promise<void> {
+    const c = this.container(id);
+    await c.remove(timeout);
+    this.containers.delete(id);
+  }
+
+  async execProcess(req: api.ExecProcessRequest): Promise<number> {
+    if (!req.exec_id) throw new AgentError('invalid', 'exec_id is required');
+    const p = await this.container(req.container_id).exec(req.exec_id, req.process_json);
+    return p.pid;
+  }
+
+  process(ref: api.ProcessRef): GuestProcess {
+    return this.container(ref.container_id).process(ref.exec_id ?? '');
+  }
+
+  async signalProcess(req: api.SignalProcessRequest): Promise<void> {
+    if (!Number.isInteger(req.signal) || req.signal < 1 || req.signal > 64) throw new AgentError('invalid', `invalid signal ${req.signal}`);
+    await this.container(req.container_id).signal(req.exec_id ?? '', req.signal);
+  }
+
+  async waitProcess(ref: api.ProcessRef): Promise<api.WaitProcessResponse> {
+    const e = await this.process(ref).wait();
+    return { status: e.status, signal: e.signal, exited_at_ms: e.exitedAt.getTime() };
+  }
+
+  async stats(id: string): Promise<api.StatsContainerResponse> {
+    this.container(id);
+    const dir = path.join('/sys/fs/cgroup/kata-ts', id);
+    const read = async (f: string) => fs.readFile(path.join(dir, f), 'utf8').catch(() => '');
+    const kv = (txt: string) => Object.fromEntries(txt.split('\n').filter(Boolean).map((l) => l.split(/\s+/)).map(([k, v]) => [k, Number(v)]));
+    const cpu = kv(await read('cpu.stat'));
+    const mem = Number((await read('memory.current')).trim() || 0);
+    const maxTxt = (await read('memory.max')).trim();
+    let ioR = 0, ioW = 0;
+    for (const line of (await read('io.stat')).split('\n')) {
+      ioR += Number(/rbytes=(\d+)/.exec(line)?.[1] ?? 0);
+      ioW += Number(/wbytes=(\d+)/.exec(line)?.[1] ?? 0);
+    }
+    return {
+      cpu_usage_usec: cpu.usage_usec ?? 0, cpu_user_usec: cpu.user_usec ?? 0, cpu_system_usec: cpu.system_usec ?? 0,
+      memory_usage_bytes: mem, memory_limit_bytes: maxTxt && maxTxt !== 'max' ? Number(maxTxt) : 0,
+      pids_current: Number((await read('pids.current')).trim() || 0), io_read_bytes: ioR, io_write_bytes: ioW,
+    };
+  }
+
+  async guestDetails(): Promise<api.GuestDetailsResponse> {
+    return {
+      agent_version: AGENT_VERSION,
+      kernel_release: os.release(),
+      mem_total_bytes: os.totalmem(),
+      cpus: os.cpus().length,
+      uptime_ms: Date.now() - this.started,
+      crun_version: await this.opts.runtime.version().catch(() => ''),
+    };
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * gRPC AgentService implementation: one handler per RPC, each translating the
+ * request onto AgentSandbox and its errors onto gRPC status codes — the only
+ * place agent errors meet wire codes.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type * as api from '../protocols/agent-api';
+import { AgentError } from './container';
+import type { AgentSandbox } from './sandbox';
+import { BundleError } from './bundle';
+import { StorageError } from './storage';
+import type { OutputPipe } from './output';
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+
+function toStatus(err: unknown): grpc.ServiceError {
+  const e = err instanceof Error ? err : new Error(String(err));
+  let code = grpc.status.INTERNAL;
+  if (e instanceof AgentError) {
+    code = { 'not-found': grpc.status.NOT_FOUND, 'already-exists': grpc.status.ALREADY_EXISTS, invalid: grpc.status.INVALID_ARGUMENT,
+      'failed-precondition': grpc.status.FAILED_PRECONDITION, internal: grpc.status.INTERNAL }[e.code];
+  } else if (e instanceof BundleError) code = grpc.status.INVALID_ARGUMENT;
+  else if (e instanceof StorageError) code = grpc.status.FAILED_PRECONDITION;
+  return Object.assign(new Error(e.message), { code, details: e.message, metadata: new grpc.Metadata() });
+}
+
+function unary<Req, Res>(fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
+  return (call, cb) => {
+    fn(call.request).then((r) => cb(null, r), (err) => cb(toStatus(err)));
+  };
+}
+
+function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['process']>) => OutputPipe) {
+  return (call: grpc.ServerWritableStream<api.ProcessRef, api.ReadStreamResponse>) => {
+    let pipe: OutputPipe;
+    try {
+      pipe = pick(sb.process(call.request));
+    } catch (err) {
+      call.destroy(toStatus(err));
+      return;
+    }
+    let cancelled = false;
+    call.on('cancelled', () => {
+      cancelled = true;
+      pipe.interrupt();
+    });
+    (async () => {
+      for (;;) {
+        const chunk = await pipe.read();
+        if (cancelled) return;
+        if (chunk === null) break;
+        if (!call.write({ data: chunk })) await new Promise((r) => call.once('drain', r));
+      }
+      call.end();
+    })().catch((err) => call.destroy(toStatus(err)));
+  };
+}
+
+export function agentHandlers(sb: AgentSandbox): grpc.UntypedServiceImplementation {
+  return {
+    CreateSandbox: unary<api.CreateSandboxRequest, api.Empty>(async (r) => (await sb.createSandbox(r), {})),
+    DestroySandbox: unary<api.Empty, api.Empty>(async () => (await sb.destroySandbox(), {})),
+    GetGuestDetails: unary<api.Empty, api.GuestDetailsResponse>(() => sb.guestDetails()),
+    Check: unary<{ service: string }, api.HealthCheckResponse>(async () => ({ status: 'SERVING' })),
+    CreateContainer: unary<api.CreateContainerRequest, api.Empty>(async (r) => (await sb.createContainer(r), {})),
+    StartContainer: unary<api.StartContainerRequest, api.StartContainerResponse>(async (r) => ({ pid: await sb.startContainer(r.container_id) })),
+    RemoveContainer: unary<api.RemoveContainerRequest, api.Empty>(async (r) => (await sb.removeContainer(r.container_id, r.timeout), {})),
+    StatsContainer: unary<{ container_id: string }, api.StatsContainerResponse>((r) => sb.stats(r.container_id)),
+    ExecProcess: unary<api.ExecProcessRequest, api.ExecProcessResponse>(async (r) => ({ pid: await sb.execProcess(r) })),
+    SignalProcess: unary<api.SignalProcessRequest, api.Empty>(async (r) => (await sb.signalProcess(r), {})),
+    WaitProcess: unary<api.ProcessRef, api.WaitProcessResponse>((r) => sb.waitProcess(r)),
+    WriteStdin: unary<api.WriteStreamRequest, api.WriteStreamResponse>(async (r) => ({ len: await sb.process(r).writeStdin(r.data) })),
+    CloseStdin: unary<api.ProcessRef, api.Empty>(async (r) => (sb.process(r).closeStdin(), {})),
+    TtyWinResize: unary<api.TtyWinResizeRequest, api.Empty>(async (r) => (sb.process(r).resize(r.row, r.column), {})),
+    ReadStdout: streamOutput(sb, (p) => p.stdout),
+    ReadStderr: streamOutput(sb, (p) => p.stderr),
+  };
+}

@@ -1,0 +1,93 @@
+/**
+ * Mounts the storages a container's rootfs is made of (Kata's Storage):
+ *   blk     — a virtio-blk disk found by its serial (/sys/block/vdX/serial),
+ *             mounted read-only with the given fstype (EROFS images);
+ *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir.
+ * The guest has no libmount in Node, so busybox `mount`/`umount` do the
+ * syscalls; every mount is recorded so teardown can undo it in reverse.
+ */
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import type { Storage } from '../protocols/agent-api';
+
+const execFileP = promisify(execFile);
+
+export class StorageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StorageError';
+  }
+}
+
+export interface Mounter {
+  mount(source: string, target: string, fstype: string, options: string[]): Promise<void>;
+  umount(target: string): Promise<void>;
+}
+
+export const busyboxMounter: Mounter = {
+  async mount(source, target, fstype, options) {
+    const args = ['-t', fstype];
+    if (options.length) args.push('-o', options.join(','));
+    args.push(source, target);
+    try {
+      await execFileP('mount', args);
+    } catch (err) {
+      const e = err as { stderr?: string; message: string };
+      throw new StorageError(`mount ${fstype} ${source} on ${target}: ${(e.stderr || e.message).trim()}`);
+    }
+  },
+  async umount(target) {
+    await execFileP('umount', ['-l', target]).catch(() => undefined);
+  },
+};
+
+/** Finds /dev/vdX whose virtio-blk serial is `serial`, waiting for hotplug. */
+export async function findBlockDevice(serial: string, timeoutMs = 10000, sysBlock = '/sys/block'): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    for (const dev of await fs.readdir(sysBlock).catch(() => [] as string[])) {
+      const s = await fs.readFile(path.join(sysBlock, dev, 'serial'), 'utf8').catch(() => '');
+      if (s.trim() === serial) return `/dev/${dev}`;
+    }
+    if (Date.now() > deadline) throw new StorageError(`no block device with serial ${serial}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+export class StorageSet {
+  private mounted: string[] = [];
+  constructor(private readonly mounter: Mounter = busyboxMounter) {}
+
+  async add(s: Storage, scratchDir: string): Promise<string> {
+    if (!s.mount_point.startsWith('/')) throw new StorageError(`storage mount point must be absolute: ${s.mount_point}`);
+    await fs.mkdir(s.mount_point, { recursive: true });
+    switch (s.driver) {
+      case 'blk': {
+        const dev = await findBlockDevice(s.source);
+        await this.mounter.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? s.options : ['ro']);
+        break;
+      }
+      case 'overlay': {
+        const upper = path.join(scratchDir, 'upper');
+        const work = path.join(scratchDir, 'work');
+        await fs.mkdir(upper, { recursive: true });
+        await fs.mkdir(work, { recursive: true });
+        const lower = s.options.find((o) => o.startsWith('lowerdir='));
+        if (!lower) throw new StorageError('overlay storage needs a lowerdir= option');
+        await this.mounter.mount('overlay', s.mount_point, 'overlay', [lower, `upperdir=${upper}`, `workdir=${work}`]);
+        break;
+      }
+      default:
+        throw new StorageError(`unknown storage driver "${s.driver}"`);
+    }
+    this.mounted.push(s.mount_point);
+    return s.mount_point;
+  }
+
+  async removeAll(): Promise<void> {
+    for (const m of this.mounted.reverse()) await this.mounter.umount(m);
+    this.mounted = [];
+  }
+}

@@ -1,0 +1,58 @@
+/**
+ * The guest agent's gRPC API (proto/agent.proto), loaded at run time with
+ * @grpc/proto-loader and described here as TypeScript types so both sides
+ * (host client in src/runtime, server in src/agent) are checked against one
+ * definition. Field names are the proto's (keepCase).
+ */
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+
+export const AGENT_PROTO = path.resolve(__dirname, '..', '..', '..', 'proto', 'agent.proto');
+
+export interface Empty {}
+export interface Storage { driver: string; source: string; fstype: string; options: string[]; mount_point: string }
+export interface CreateSandboxRequest { sandbox_id: string; hostname: string; dns: string[]; sysctls: Record<string, string> }
+export interface CreateContainerRequest { container_id: string; exec_id: string; storages: Storage[]; oci_spec_json: string }
+export interface StartContainerRequest { container_id: string }
+export interface StartContainerResponse { pid: number }
+export interface RemoveContainerRequest { container_id: string; timeout: number }
+export interface ExecProcessRequest { container_id: string; exec_id: string; process_json: string }
+export interface ExecProcessResponse { pid: number }
+export interface SignalProcessRequest { container_id: string; exec_id: string; signal: number }
+export interface ProcessRef { container_id: string; exec_id: string }
+export interface WaitProcessResponse { status: number; signal: number; exited_at_ms: number }
+export interface WriteStreamRequest { container_id: string; exec_id: string; data: Buffer }
+export interface WriteStreamResponse { len: number }
+export interface ReadStreamResponse { data: Buffer }
+export interface TtyWinResizeRequest { container_id: string; exec_id: string; row: number; column: number }
+export interface StatsContainerResponse {
+  cpu_usage_usec: number; cpu_user_usec: number; cpu_system_usec: number;
+  memory_usage_bytes: number; memory_limit_bytes: number; pids_current: number;
+  io_read_bytes: number; io_write_bytes: number;
+}
+export interface GuestDetailsResponse {
+  agent_version: string; kernel_release: string; mem_total_bytes: number; cpus: number;
+  uptime_ms: number; crun_version: string;
+}
+export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
+
+let cached: grpc.ServiceDefinition | undefined;
+
+/** The AgentService definition, loaded once. */
+export function agentServiceDefinition(): grpc.ServiceDefinition {
+  if (cached) return cached;
+  const def = protoLoader.loadSync(AGENT_PROTO, {
+    keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true,
+  });
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    katats: { agent: { v1: { AgentService: grpc.ServiceClientConstructor } } };
+  };
+  cached = pkg.katats.agent.v1.AgentService.service;
+  return cached;
+}
+
+/** Client constructor for the AgentService. */
+export function agentClientConstructor(): grpc.ServiceClientConstructor {
+  return grpc.makeGenericClientConstructor(agentServiceDefinition(), 'AgentService');
+}
