@@ -1,0 +1,655 @@
+/**
+ * Read-only EROFS filesystem API over an image file or Buffer, parsing
+ * through assembly/erofs (on-disk format: linux fs/erofs/erofs_fs.h,
+ * erofs-utils 1.5): stat/lstat, readdir, lookup, read at offset, readlink,
+ * listxattr/getxattr, superblock summary.
+ *
+ * This file owns the I/O and the Memory layout; the module only parses
+ * windows of image bytes. Per image one private HotMemory holds:
+ *   rec     512 B    result record (f64 slots, see the module header)
+ *   meta    ≤ 8 MiB  the current inode's metadata window (inode, xattrs,
+ *                    inline tail, chunk table or compression indexes)
+ *   in      1 MiB+   one physical cluster read from the image
+ *   out     4 MiB    one decoded extent (kept as a one-extent cache)
+ *   aux     ≤ 128 KiB directory block / dirent table / xattr table / names
+ * Plain data never enters the Memory: it is read straight into the caller's
+ * Buffer.
+ */
+import * as fs from 'node:fs';
+import { KataError } from '../common/errors';
+import { HotMemory } from './memory';
+import { instantiate } from './loader';
+
+export type ErofsErrorKind =
+  | 'io' | 'bad-magic' | 'bad-blocksize' | 'unsupported-feature' | 'bad-checksum' | 'unsupported'
+  | 'corrupt' | 'not-found' | 'not-dir' | 'not-symlink' | 'is-dir' | 'too-large' | 'loop' | 'no-xattr';
+export class ErofsError extends KataError<ErofsErrorKind> {}
+
+/** Raw exports of build/wasm/erofs.wasm (ABI in assembly/erofs/index.ts). */
+interface ErofsExports {
+  setFeatures(incompat: number): void;
+  superblock(buf: number, len: number, rec: number): number;
+  inode(win: number, winLen: number, blkbits: number, ilocOff: number, rec: number): number;
+  mapBlocks(win: number, winLen: number, blkbits: number, ilocOff: number, la: number, rec: number): number;
+  decompressCluster(src: number, srcLen: number, dst: number, dstLen: number, alg: number, zeroPadding: number, partial: number): number;
+  dirBlock(blk: number, len: number, out: number, outCap: number): number;
+  dirLookup(blk: number, len: number, name: number, nameLen: number): number;
+  xattrIbody(win: number, winLen: number, out: number, outCap: number, rec: number): number;
+  xattrEntry(p: number, len: number, rec: number): number;
+}
+
+// Record slots and codes (mirror assembly/erofs/index.ts).
+const S = { BLKBITS: 0, ROOT_NID: 1, INOS: 2, BUILD_TIME: 3, BUILD_TIME_NSEC: 4, BLOCKS: 5, META_BLKADDR: 6, XATTR_BLKADDR: 7, FEATURE_COMPAT: 8, FEATURE_INCOMPAT: 9, COMPR_ALGS: 10, EXTRA_DEVICES: 11, CHECKSUM: 14, UNKNOWN_INCOMPAT: 15 } as const;
+const I = { VERSION: 0, LAYOUT: 1, ISIZE: 2, XATTR_ISIZE: 3, MODE: 4, NLINK: 5, SIZE: 6, RAW: 7, INO: 8, UID: 9, GID: 10, MTIME: 11, MTIME_NSEC: 12, META_NEED: 13, RDEV_MAJOR: 14, RDEV_MINOR: 15, Z_ADVISE: 16, Z_ALG: 17, Z_LCLUSTERBITS: 18, CHUNKBITS: 19 } as const;
+const M = { LA: 32, LLEN: 33, PA: 34, PLEN: 35, FLAGS: 36, ALG: 37, DEVICE: 38 } as const;
+const X = { SHARED_COUNT: 48, INDEX: 49, NAME_LEN: 50, VALUE_SIZE: 51, ENTRY_SIZE: 52 } as const;
+const E_NEED_MORE = -1;
+const LOOKUP_BEFORE = -100, LOOKUP_AFTER = -101, LOOKUP_ABSENT = -102;
+const MAP_MAPPED = 1, MAP_META = 2, MAP_ENCODED = 4;
+const INCOMPAT_LZ4_0PADDING = 0x1;
+const DIRENT_SIZE = 16, XATTR_SIZE = 16;
+
+const CODE_KIND: Record<number, ErofsErrorKind> = {
+  [-2]: 'bad-magic', [-3]: 'bad-blocksize', [-4]: 'unsupported-feature', [-5]: 'bad-checksum', [-6]: 'unsupported',
+  [-7]: 'corrupt', [-8]: 'corrupt', [-9]: 'corrupt', [-10]: 'corrupt', [-11]: 'corrupt', [-12]: 'corrupt', [-13]: 'corrupt',
+};
+const CODE_TEXT: Record<number, string> = {
+  [-1]: 'metadata truncated', [-2]: 'bad superblock magic (not EROFS)', [-3]: 'unsupported block size',
+  [-4]: 'unknown incompatible feature', [-5]: 'superblock checksum mismatch', [-6]: 'unsupported on-disk format',
+  [-7]: 'corrupted metadata', [-8]: 'invalid inode mode', [-9]: 'corrupted directory entry',
+  [-10]: 'corrupted xattr', [-11]: 'corrupted compression index', [-12]: 'corrupted compressed data',
+  [-13]: 'out of range',
+};
+function codeError(code: number, what: string): ErofsError {
+  return new ErofsError(CODE_KIND[code] ?? 'corrupt', `erofs: ${what}: ${CODE_TEXT[code] ?? `error ${code}`}`);
+}
+
+export const FEATURE_NAMES: Record<string, Array<[number, string]>> = {
+  compat: [[0x1, 'sb_csum'], [0x2, 'mtime']],
+  incompat: [[0x1, '0padding'], [0x2, 'big_pcluster'], [0x4, 'chunked_file'], [0x8, 'device_table'], [0x10, 'ztailpacking']],
+};
+
+export type ErofsFileType = 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo' | 'socket';
+export type ErofsLayout = 'flat-plain' | 'compressed-legacy' | 'flat-inline' | 'compressed' | 'chunk-based';
+const LAYOUTS: ErofsLayout[] = ['flat-plain', 'compressed-legacy', 'flat-inline', 'compressed', 'chunk-based'];
+
+export interface ErofsSuperblock {
+  blockSize: number;
+  blkbits: number;
+  rootNid: number;
+  inos: number;
+  buildTime: number;
+  buildTimeNsec: number;
+  blocks: number;
+  metaBlkaddr: number;
+  xattrBlkaddr: number;
+  featureCompat: number;
+  featureIncompat: number;
+  features: string[];
+  uuid: string;
+  volumeName: string;
+  checksum: number;
+  extraDevices: number;
+  comprAlgs: number;
+}
+
+export interface ErofsStat {
+  nid: number;
+  ino: number;
+  type: ErofsFileType;
+  /** Full st_mode (type and permission bits). */
+  mode: number;
+  nlink: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtime: number;
+  mtimeNsec: number;
+  rdevMajor: number;
+  rdevMinor: number;
+  layout: ErofsLayout;
+  inodeVersion: 'compact' | 'extended';
+  xattrIsize: number;
+}
+
+export interface ErofsDirent {
+  name: string;
+  nameBytes: Buffer;
+  nid: number;
+  type: ErofsFileType | 'unknown';
+}
+
+export interface ErofsXattr { name: string; value: Buffer }
+
+/** Where image bytes come from. */
+export interface ImageSource {
+  readonly size: number;
+  /** Reads len bytes at pos into dst[off…]; returns bytes read (short at EOF). */
+  read(dst: Uint8Array, off: number, len: number, pos: number): number;
+  close(): void;
+}
+
+class FileSource implements ImageSource {
+  readonly size: number;
+  constructor(private fd: number) {
+    this.size = fs.fstatSync(fd).size;
+  }
+  read(dst: Uint8Array, off: number, len: number, pos: number): number {
+    let done = 0;
+    while (done < len) {
+      const n = fs.readSync(this.fd, dst, off + done, len - done, pos + done);
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  }
+  close(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+class BufferSource implements ImageSource {
+  constructor(private buf: Uint8Array) {}
+  get size(): number { return this.buf.length; }
+  read(dst: Uint8Array, off: number, len: number, pos: number): number {
+    if (pos >= this.buf.length) return 0;
+    const n = Math.min(len, this.buf.length - pos);
+    dst.set(this.buf.subarray(pos, pos + n), off);
+    return n;
+  }
+  close(): void { /* nothing */ }
+}
+
+export interface ErofsOptions {
+  /** Largest inode metadata window (default 8 MiB). */
+  metaMaxBytes?: number;
+  /** Largest decoded extent kept in memory (default 4 MiB). */
+  extentMaxBytes?: number;
+}
+
+interface InodeInfo {
+  st: ErofsStat;
+  metaNeed: number;
+  iloc: number;
+}
+
+const TYPE_FROM_MODE: Record<number, ErofsFileType> = {
+  0o100000: 'file', 0o040000: 'dir', 0o120000: 'symlink', 0o020000: 'chardev',
+  0o060000: 'blockdev', 0o010000: 'fifo', 0o140000: 'socket',
+};
+const TYPE_FROM_FT: Array<ErofsFileType | 'unknown'> = ['unknown', 'file', 'dir', 'chardev', 'blockdev', 'fifo', 'socket', 'symlink'];
+const XATTR_PREFIX: Record<number, string> = {
+  0: '', 1: 'user.', 2: 'system.posix_acl_access', 3: 'system.posix_acl_default', 4: 'trusted.', 5: 'lustre.', 6: 'security.',
+};
+
+export class ErofsImage {
+  readonly sb: ErofsSuperblock;
+  private readonly wasm: ErofsExports;
+  private readonly mem: HotMemory;
+  private readonly u8: Uint8Array;
+  private readonly view: DataView;
+  private readonly rec: number;
+  private readonly meta: number;
+  private readonly metaMax: number;
+  private readonly inOff: number;
+  private readonly inMax: number;
+  private readonly outOff: number;
+  private readonly outMax: number;
+  private readonly aux: number;
+  private readonly auxMax = 128 << 10;
+  private readonly inodes = new Map<number, InodeInfo>();
+  /** nid whose metadata is in the window, and how many bytes of it. */
+  private winNid = -1;
+  private winLen = 0;
+  /** The decoded extent in `out`: nid, start, length. */
+  private cacheNid = -1;
+  private cacheLa = 0;
+  private cacheLen = 0;
+
+  static open(path: string, opts: ErofsOptions = {}): ErofsImage {
+    let fd: number;
+    try {
+      fd = fs.openSync(path, 'r');
+    } catch (cause) {
+      throw new ErofsError('io', `erofs: cannot open ${path}: ${(cause as Error).message}`, { cause });
+    }
+    try {
+      return new ErofsImage(new FileSource(fd), opts);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  static fromBuffer(buf: Uint8Array, opts: ErofsOptions = {}): ErofsImage {
+    return new ErofsImage(new BufferSource(buf), opts);
+  }
+
+  constructor(private readonly src: ImageSource, opts: ErofsOptions = {}) {
+    this.metaMax = opts.metaMaxBytes ?? 8 << 20;
+    this.outMax = opts.extentMaxBytes ?? 4 << 20;
+    this.inMax = (1 << 20) + 65536; // Z_EROFS_PCLUSTER_MAX_SIZE + a block
+    this.mem = new HotMemory({ scratchBytes: 512 + this.metaMax + this.inMax + this.outMax + this.auxMax + 4096 });
+    this.wasm = instantiate<ErofsExports>('erofs', this.mem);
+    this.rec = this.mem.reserve('erofs.rec', 512, 8);
+    this.meta = this.mem.reserve('erofs.meta', this.metaMax, 64);
+    this.inOff = this.mem.reserve('erofs.in', this.inMax, 64);
+    this.outOff = this.mem.reserve('erofs.out', this.outMax, 64);
+    this.aux = this.mem.reserve('erofs.aux', this.auxMax, 64);
+    this.u8 = this.mem.u8;
+    this.view = this.mem.view;
+    this.sb = this.readSuperblock();
+    this.wasm.setFeatures(this.sb.featureIncompat);
+  }
+
+  close(): void {
+    this.src.close();
+  }
+
+  private slot(i: number): number {
+    return this.view.getFloat64(this.rec + 8 * i, true);
+  }
+
+  /** Reads exactly len image bytes at pos into the Memory at off. */
+  private readInto(off: number, len: number, pos: number, what: string): void {
+    if (pos < 0 || pos + len > this.src.size) {
+      throw new ErofsError('corrupt', `erofs: ${what} at ${pos}+${len} lies past the end of the ${this.src.size}-byte image`);
+    }
+    const n = this.src.read(this.u8, off, len, pos);
+    if (n !== len) throw new ErofsError('io', `erofs: short read of ${what} at ${pos}`);
+  }
+
+  private readSuperblock(): ErofsSuperblock {
+    const len = Math.min(this.src.size, 65536);
+    if (len < 1024 + 128) throw new ErofsError('bad-magic', `erofs: image of ${this.src.size} bytes is too small to hold a superblock`);
+    this.readInto(this.aux, len, 0, 'superblock');
+    const rc = this.wasm.superblock(this.aux, len, this.rec);
+    if (rc < 0) {
+      if (rc === -4) {
+        throw new ErofsError('unsupported-feature', `erofs: unknown incompatible features 0x${this.slot(S.UNKNOWN_INCOMPAT).toString(16)}`);
+      }
+      throw codeError(rc === E_NEED_MORE ? -7 : rc, 'superblock');
+    }
+    const sbb = this.u8.subarray(this.aux + 1024, this.aux + 1024 + 128);
+    const uuidHex = Buffer.from(sbb.subarray(48, 64)).toString('hex');
+    const uuid = `${uuidHex.slice(0, 8)}-${uuidHex.slice(8, 12)}-${uuidHex.slice(12, 16)}-${uuidHex.slice(16, 20)}-${uuidHex.slice(20)}`;
+    const vn = Buffer.from(sbb.subarray(64, 80));
+    const z = vn.indexOf(0);
+    const featureCompat = this.slot(S.FEATURE_COMPAT);
+    const featureIncompat = this.slot(S.FEATURE_INCOMPAT);
+    const features = [
+      ...FEATURE_NAMES.compat.filter(([b]) => featureCompat & b).map(([, n]) => n),
+      ...FEATURE_NAMES.incompat.filter(([b]) => featureIncompat & b).map(([, n]) => n),
+    ];
+    const blkbits = this.slot(S.BLKBITS);
+    return {
+      blockSize: 2 ** blkbits,
+      blkbits,
+      rootNid: this.slot(S.ROOT_NID),
+      inos: this.slot(S.INOS),
+      buildTime: this.slot(S.BUILD_TIME),
+      buildTimeNsec: this.slot(S.BUILD_TIME_NSEC),
+      blocks: this.slot(S.BLOCKS),
+      metaBlkaddr: this.slot(S.META_BLKADDR),
+      xattrBlkaddr: this.slot(S.XATTR_BLKADDR),
+      featureCompat,
+      featureIncompat,
+      features,
+      uuid,
+      volumeName: vn.subarray(0, z < 0 ? 16 : z).toString('latin1'),
+      checksum: this.slot(S.CHECKSUM),
+      extraDevices: this.slot(S.EXTRA_DEVICES),
+      comprAlgs: this.slot(S.COMPR_ALGS),
+    };
+  }
+
+  /* ---- inodes ---- */
+
+  private iloc(nid: number): number {
+    return this.sb.metaBlkaddr * this.sb.blockSize + nid * 32;
+  }
+
+  /** Loads nid's metadata window into the Memory (no-op if already there). */
+  private loadWindow(nid: number, need: number): void {
+    if (this.winNid === nid && this.winLen >= need) return;
+    const iloc = this.iloc(nid);
+    if (need > this.metaMax) throw new ErofsError('too-large', `erofs: inode ${nid} metadata of ${need} bytes exceeds ${this.metaMax}`);
+    this.winNid = -1;
+    this.readInto(this.meta, need, iloc, `inode ${nid} metadata`);
+    this.winNid = nid;
+    this.winLen = need;
+  }
+
+  /** Parses (and caches) inode `nid`. */
+  inode(nid: number): ErofsStat {
+    return this.info(nid).st;
+  }
+
+  private info(nid: number): InodeInfo {
+    const hit = this.inodes.get(nid);
+    if (hit) return hit;
+    if (!Number.isSafeInteger(nid) || nid < 0) throw new ErofsError('corrupt', `erofs: bad nid ${nid}`);
+    const iloc = this.iloc(nid);
+    const ilocOff = iloc % this.sb.blockSize;
+    let want = Math.min(64, Math.max(0, this.src.size - iloc));
+    if (want < 32) throw new ErofsError('corrupt', `erofs: inode ${nid} lies past the end of the image`);
+    for (let tries = 0; ; tries++) {
+      this.loadWindow(nid, want);
+      const rc = this.wasm.inode(this.meta, want, this.sb.blkbits, ilocOff, this.rec);
+      if (rc === 0) break;
+      if (rc !== E_NEED_MORE || tries > 3) throw codeError(rc, `inode ${nid}`);
+      const need = this.slot(I.META_NEED);
+      if (need <= want) throw codeError(-7, `inode ${nid}`);
+      want = need;
+    }
+    const mode = this.slot(I.MODE);
+    const version = this.slot(I.VERSION);
+    let mtime = this.slot(I.MTIME);
+    let mtimeNsec = this.slot(I.MTIME_NSEC);
+    if (mtime < 0) {
+      mtime = this.sb.buildTime;
+      mtimeNsec = this.sb.buildTimeNsec;
+    }
+    const st: ErofsStat = {
+      nid,
+      ino: nid,
+      type: TYPE_FROM_MODE[mode & 0o170000],
+      mode,
+      nlink: this.slot(I.NLINK),
+      uid: this.slot(I.UID),
+      gid: this.slot(I.GID),
+      size: this.slot(I.SIZE),
+      mtime,
+      mtimeNsec,
+      rdevMajor: this.slot(I.RDEV_MAJOR),
+      rdevMinor: this.slot(I.RDEV_MINOR),
+      layout: LAYOUTS[this.slot(I.LAYOUT)],
+      inodeVersion: version ? 'extended' : 'compact',
+      xattrIsize: this.slot(I.XATTR_ISIZE),
+    };
+    const info: InodeInfo = { st, metaNeed: this.slot(I.META_NEED), iloc };
+    if (info.metaNeed > this.metaMax) throw new ErofsError('too-large', `erofs: inode ${nid} metadata of ${info.metaNeed} bytes exceeds ${this.metaMax}`);
+    if (iloc + info.metaNeed > this.src.size) throw new ErofsError('corrupt', `erofs: inode ${nid} metadata runs past the end of the image`);
+    this.inodes.set(nid, info);
+    return info;
+  }
+
+  /* ---- data ---- */
+
+  /** Reads up to `length` bytes of inode `nid` at `offset` (short at EOF). */
+  readNid(nid: number, offset: number, length: number): Buffer {
+    const info = this.info(nid);
+    const st = info.st;
+    if (st.type !== 'file' && st.type !== 'dir' && st.type !== 'symlink') return Buffer.alloc(0);
+    if (offset < 0 || length < 0) throw new ErofsError('corrupt', `erofs: bad range ${offset}+${length}`);
+    const end = Math.min(st.size, offset + length);
+    if (end <= offset) return Buffer.alloc(0);
+    const out = Buffer.allocUnsafe(end - offset);
+    this.readRange(info, offset, end, out);
+    return out;
+  }
+
+  private readRange(info: InodeInfo, offset: number, end: number, out: Buffer): void {
+    const nid = info.st.nid;
+    const blkbits = this.sb.blkbits;
+    const ilocOff = info.iloc % this.sb.blockSize;
+    let pos = offset;
+    while (pos < end) {
+      let la: number, llen: number;
+      if (this.cacheNid === nid && pos >= this.cacheLa && pos < this.cacheLa + this.cacheLen) {
+        la = this.cacheLa;
+        llen = this.cacheLen;
+        const n = Math.min(end, la + llen) - pos;
+        out.set(this.u8.subarray(this.outOff + (pos - la), this.outOff + (pos - la) + n), pos - offset);
+        pos += n;
+        continue;
+      }
+      this.loadWindow(nid, info.metaNeed);
+      const rc = this.wasm.mapBlocks(this.meta, info.metaNeed, blkbits, ilocOff, pos, this.rec);
+      if (rc < 0) throw codeError(rc, `inode ${nid} block map at ${pos}`);
+      la = this.slot(M.LA);
+      llen = this.slot(M.LLEN);
+      const pa = this.slot(M.PA);
+      const plen = this.slot(M.PLEN);
+      const flags = this.slot(M.FLAGS);
+      if (llen <= 0 || la > pos || la + llen <= pos) throw new ErofsError('corrupt', `erofs: inode ${nid}: bad extent ${la}+${llen} for offset ${pos}`);
+      const stop = Math.min(end, la + llen);
+      const at = pos - la;
+      if (!(flags & MAP_MAPPED)) {
+        out.fill(0, pos - offset, stop - offset); // hole
+        pos = stop;
+        continue;
+      }
+      if (this.slot(M.DEVICE) !== 0) throw new ErofsError('unsupported', `erofs: inode ${nid} has data on extra device ${this.slot(M.DEVICE)}`);
+      if (!(flags & MAP_ENCODED)) {
+        if (flags & MAP_META) {
+          out.set(this.u8.subarray(this.meta + pa + at, this.meta + pa + at + (stop - pos)), pos - offset);
+        } else {
+          const want = stop - pos;
+          if (pa + at + want > this.src.size) throw new ErofsError('corrupt', `erofs: inode ${nid} data at ${pa + at} lies past the end of the image`);
+          const n = this.src.read(out, pos - offset, want, pa + at);
+          if (n !== want) throw new ErofsError('io', `erofs: short read of inode ${nid} data`);
+        }
+        pos = stop;
+        continue;
+      }
+      // Compressed extent: decode whole when it fits, else the prefix needed.
+      if (plen > this.inMax) throw new ErofsError('corrupt', `erofs: inode ${nid}: pcluster of ${plen} bytes`);
+      const full = llen <= this.outMax;
+      const decodeLen = full ? llen : stop - la;
+      if (decodeLen > this.outMax) throw new ErofsError('too-large', `erofs: inode ${nid}: extent of ${llen} bytes exceeds ${this.outMax}`);
+      if (flags & MAP_META) {
+        this.u8.copyWithin(this.inOff, this.meta + pa, this.meta + pa + plen);
+      } else {
+        this.readInto(this.inOff, plen, pa, `inode ${nid} pcluster`);
+      }
+      this.cacheNid = -1;
+      const zeroPad = this.sb.featureIncompat & INCOMPAT_LZ4_0PADDING ? 1 : 0;
+      const dc = this.wasm.decompressCluster(this.inOff, plen, this.outOff, decodeLen, this.slot(M.ALG), zeroPad, full ? 0 : 1);
+      if (dc < 0) throw codeError(dc, `inode ${nid} extent at ${la}`);
+      if (full) {
+        this.cacheNid = nid;
+        this.cacheLa = la;
+        this.cacheLen = llen;
+      }
+      out.set(this.u8.subarray(this.outOff + at, this.outOff + at + (stop - pos)), pos - offset);
+      pos = stop;
+    }
+  }
+
+  /* ---- directories ---- */
+
+  /** Entries of directory `nid`, "." and ".." included, in on-disk order. */
+  readdirNid(nid: number): ErofsDirent[] {
+    const st = this.inode(nid);
+    if (st.type !== 'dir') throw new ErofsError('not-dir', `erofs: inode ${nid} is not a directory`);
+    const data = this.readNid(nid, 0, st.size);
+    const bs = this.sb.blockSize;
+    const outCap = Math.floor((this.auxMax - bs) / DIRENT_SIZE);
+    const res: ErofsDirent[] = [];
+    for (let b = 0; b < data.length; b += bs) {
+      const len = Math.min(bs, data.length - b);
+      this.u8.set(data.subarray(b, b + len), this.aux);
+      const tab = this.aux + bs;
+      const n = this.wasm.dirBlock(this.aux, len, tab, outCap);
+      if (n < 0) throw codeError(n, `directory ${nid} block ${b / bs}`);
+      for (let i = 0; i < n; i++) {
+        const e = tab + i * DIRENT_SIZE;
+        const nameoff = this.view.getUint16(e + 8, true);
+        const namelen = this.view.getUint16(e + 10, true);
+        const nameBytes = Buffer.from(data.subarray(b + nameoff, b + nameoff + namelen));
+        res.push({
+          name: nameBytes.toString('utf8'),
+          nameBytes,
+          nid: this.view.getFloat64(e, true),
+          type: TYPE_FROM_FT[this.u8[e + 12]] ?? 'unknown',
+        });
+      }
+    }
+    return res;
+  }
+
+  /** Finds `name` in directory `nid` by binary search over its blocks. */
+  lookupNid(dirNid: number, name: string | Buffer): number | undefined {
+    const st = this.inode(dirNid);
+    if (st.type !== 'dir') throw new ErofsError('not-dir', `erofs: inode ${dirNid} is not a directory`);
+    const nb = typeof name === 'string' ? Buffer.from(name, 'utf8') : name;
+    if (nb.length === 0 || nb.length > 255) return undefined;
+    const bs = this.sb.blockSize;
+    const nblocks = Math.ceil(st.size / bs);
+    const nameAt = this.aux + bs;
+    let lo = 0, hi = nblocks - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const blk = this.readNid(dirNid, mid * bs, bs);
+      this.u8.set(blk, this.aux);
+      this.u8.set(nb, nameAt);
+      const r = this.wasm.dirLookup(this.aux, blk.length, nameAt, nb.length);
+      if (r >= 0) return Number(blk.readBigUInt64LE(12 * r));
+      if (r === LOOKUP_BEFORE) hi = mid - 1;
+      else if (r === LOOKUP_AFTER) lo = mid + 1;
+      else if (r === LOOKUP_ABSENT) return undefined;
+      else throw codeError(r, `directory ${dirNid} block ${mid}`);
+    }
+    return undefined;
+  }
+
+  /* ---- paths ---- */
+
+  /** Resolves an absolute path (symlinks followed except, if !follow, the last). */
+  resolve(path: string, follow = true): number {
+    let nid = this.sb.rootNid;
+    const parts = path.split('/').filter((p) => p !== '' && p !== '.');
+    const stack: number[] = [];
+    let hops = 0;
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i];
+      if (part === '..') {
+        nid = stack.pop() ?? this.sb.rootNid;
+        continue;
+      }
+      const child = this.lookupNid(nid, part);
+      if (child === undefined) throw new ErofsError('not-found', `erofs: ${path}: no such file or directory`);
+      const st = this.inode(child);
+      const last = i === parts.length - 1;
+      if (st.type === 'symlink' && (!last || follow)) {
+        if (++hops > 40) throw new ErofsError('loop', `erofs: ${path}: too many levels of symbolic links`);
+        const target = this.readNid(child, 0, st.size).toString('utf8');
+        const rest = parts.slice(i + 1);
+        const tparts = target.split('/').filter((p) => p !== '' && p !== '.');
+        if (target.startsWith('/')) {
+          nid = this.sb.rootNid;
+          stack.length = 0;
+        }
+        parts.splice(0, parts.length, ...tparts, ...rest);
+        i = -1;
+        continue;
+      }
+      if (!last && st.type !== 'dir') throw new ErofsError('not-dir', `erofs: ${path}: not a directory`);
+      stack.push(nid);
+      nid = child;
+    }
+    return nid;
+  }
+
+  stat(path: string): ErofsStat {
+    return this.inode(this.resolve(path, true));
+  }
+
+  lstat(path: string): ErofsStat {
+    return this.inode(this.resolve(path, false));
+  }
+
+  /** Names and types in a directory, without "." and "..". */
+  readdir(path: string): ErofsDirent[] {
+    return this.readdirNid(this.resolve(path, true)).filter((e) => e.name !== '.' && e.name !== '..');
+  }
+
+  read(path: string, offset: number, length: number): Buffer {
+    const nid = this.resolve(path, true);
+    if (this.inode(nid).type === 'dir') throw new ErofsError('is-dir', `erofs: ${path}: is a directory`);
+    return this.readNid(nid, offset, length);
+  }
+
+  readFile(path: string): Buffer {
+    const nid = this.resolve(path, true);
+    const st = this.inode(nid);
+    if (st.type === 'dir') throw new ErofsError('is-dir', `erofs: ${path}: is a directory`);
+    return this.readNid(nid, 0, st.size);
+  }
+
+  readlink(path: string): string {
+    return this.readlinkNid(this.resolve(path, false)).toString('utf8');
+  }
+
+  readlinkNid(nid: number): Buffer {
+    const st = this.inode(nid);
+    if (st.type !== 'symlink') throw new ErofsError('not-symlink', `erofs: inode ${nid} is not a symbolic link`);
+    return this.readNid(nid, 0, st.size);
+  }
+
+  /* ---- xattrs ---- */
+
+  xattrsNid(nid: number): ErofsXattr[] {
+    const info = this.info(nid);
+    if (info.st.xattrIsize === 0) return [];
+    this.loadWindow(nid, info.metaNeed);
+    const cap = Math.floor(this.auxMax / XATTR_SIZE);
+    const n = this.wasm.xattrIbody(this.meta, info.metaNeed, this.aux, cap, this.rec);
+    if (n < 0) throw codeError(n, `inode ${nid} xattrs`);
+    const recs: Array<{ kind: number; index: number; nameLen: number; valueSize: number; a: number; b: number }> = [];
+    for (let i = 0; i < n; i++) {
+      const e = this.aux + i * XATTR_SIZE;
+      recs.push({
+        kind: this.u8[e], index: this.u8[e + 1], nameLen: this.u8[e + 2],
+        valueSize: this.view.getUint32(e + 4, true), a: this.view.getUint32(e + 8, true), b: this.view.getUint32(e + 12, true),
+      });
+    }
+    const res: ErofsXattr[] = [];
+    for (const r of recs) {
+      let index: number, name: Buffer, value: Buffer;
+      if (r.kind === 0) {
+        index = r.index;
+        name = Buffer.from(this.u8.subarray(this.meta + r.a, this.meta + r.a + r.nameLen));
+        value = Buffer.from(this.u8.subarray(this.meta + r.b, this.meta + r.b + r.valueSize));
+      } else {
+        ({ index, name, value } = this.sharedXattr(r.a));
+      }
+      const prefix = XATTR_PREFIX[index];
+      if (prefix === undefined) continue; // unknown namespace: skipped, as the kernel does
+      res.push({ name: prefix + name.toString('utf8'), value });
+    }
+    return res;
+  }
+
+  private sharedXattr(id: number): { index: number; name: Buffer; value: Buffer } {
+    const pos = this.sb.xattrBlkaddr * this.sb.blockSize + id * 4;
+    this.readInto(this.aux, 4, pos, `shared xattr ${id}`);
+    let rc = this.wasm.xattrEntry(this.aux, 4, this.rec);
+    const size = this.slot(X.ENTRY_SIZE);
+    if (rc === E_NEED_MORE) {
+      const need = 4 + this.slot(X.NAME_LEN) + this.slot(X.VALUE_SIZE);
+      this.readInto(this.aux, need, pos, `shared xattr ${id}`);
+      rc = this.wasm.xattrEntry(this.aux, need, this.rec);
+    }
+    if (rc < 0 || size > this.auxMax) throw codeError(rc < 0 ? rc : -10, `shared xattr ${id}`);
+    const nameLen = this.slot(X.NAME_LEN);
+    const valueSize = this.slot(X.VALUE_SIZE);
+    return {
+      index: this.slot(X.INDEX),
+      name: Buffer.from(this.u8.subarray(this.aux + 4, this.aux + 4 + nameLen)),
+      value: Buffer.from(this.u8.subarray(this.aux + 4 + nameLen, this.aux + 4 + nameLen + valueSize)),
+    };
+  }
+
+  listxattr(path: string): string[] {
+    return this.xattrsNid(this.resolve(path, false)).map((x) => x.name);
+  }
+
+  getxattr(path: string, name: string): Buffer {
+    const x = this.xattrsNid(this.resolve(path, false)).find((e) => e.name === name);
+    if (!x) throw new ErofsError('no-xattr', `erofs: ${path}: no xattr ${name}`);
+    return x.value;
+  }
+}
