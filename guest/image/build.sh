@@ -46,7 +46,10 @@ cp -r "$repo/proto" "$agent/proto"
 cp "$repo/package.json" "$agent/"
 [ -f "$repo/native/build/Release/kata_native.node" ] && { mkdir -p "$agent/native/build/Release"; cp "$repo/native/build/Release/kata_native.node" "$agent/native/build/Release/"; }
 (cd "$repo" && npm ls --omit=dev --all --parseable 2>/dev/null | grep node_modules) | while read -r p; do
-  rel="${p#"$repo"/}"; mkdir -p "$agent/$(dirname "$rel")"; cp -r "$p" "$agent/$rel"
+  rel="${p#"$repo"/}"
+  # top-level packages only: nested node_modules come along with their parent
+  [[ "$rel" =~ ^node_modules/(@[^/]+/)?[^/]+$ ]] || continue
+  mkdir -p "$agent/$(dirname "$rel")"; cp -r "$p" "$agent/$rel"
 done
 find "$agent" -name '*.map' -delete; find "$agent" -name '*.md' -delete
 

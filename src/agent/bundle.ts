@@ -9,14 +9,8 @@
  * Everything else (args, env, cwd, user, rlimits, capabilities, hostname,
  * mounts, readonly root, seccomp) passes through to crun untouched.
  */
-import type { OciSpec, OciMount, OciNamespace } from './oci';
-
-export class BundleError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'BundleError';
-  }
-}
+import { validateSpec, type OciSpec, type OciMount, type OciNamespace } from '../protocols/oci';
+export { BundleError, validateSpec } from '../protocols/oci';
 
 /** Mounts every Linux container expects; added when the spec lacks them. */
 export const DEFAULT_MOUNTS: OciMount[] = [
@@ -30,29 +24,6 @@ export const DEFAULT_MOUNTS: OciMount[] = [
 ];
 
 const KEPT_NAMESPACES = new Set(['pid', 'ipc', 'uts', 'mount', 'cgroup', 'user']);
-
-/** Checks the parts of a spec crun cannot do without; throws BundleError. */
-export function validateSpec(spec: unknown): asserts spec is OciSpec {
-  if (typeof spec !== 'object' || spec === null || Array.isArray(spec)) throw new BundleError('OCI spec must be a JSON object');
-  const s = spec as Record<string, unknown>;
-  if (typeof s.ociVersion !== 'string') throw new BundleError('OCI spec: ociVersion must be a string');
-  const p = s.process as Record<string, unknown> | undefined;
-  if (typeof p !== 'object' || p === null) throw new BundleError('OCI spec: process is required');
-  if (!Array.isArray(p.args) || p.args.length === 0 || !p.args.every((a) => typeof a === 'string'))
-    throw new BundleError('OCI spec: process.args must be a non-empty array of strings');
-  if (typeof p.cwd !== 'string' || !p.cwd.startsWith('/')) throw new BundleError('OCI spec: process.cwd must be an absolute path');
-  const u = p.user as Record<string, unknown> | undefined;
-  if (typeof u !== 'object' || u === null || !Number.isInteger(u.uid) || !Number.isInteger(u.gid))
-    throw new BundleError('OCI spec: process.user.uid and gid must be integers');
-  if (p.env !== undefined && (!Array.isArray(p.env) || !p.env.every((e) => typeof e === 'string' && e.includes('='))))
-    throw new BundleError('OCI spec: process.env must be an array of KEY=VALUE strings');
-  if (s.mounts !== undefined && !Array.isArray(s.mounts)) throw new BundleError('OCI spec: mounts must be an array');
-  for (const m of (s.mounts as unknown[] | undefined) ?? []) {
-    const mm = m as Record<string, unknown>;
-    if (typeof mm?.destination !== 'string' || !mm.destination.startsWith('/'))
-      throw new BundleError('OCI spec: every mount needs an absolute destination');
-  }
-}
 
 export interface GuestBundleOptions {
   containerId: string;

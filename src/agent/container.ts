@@ -8,7 +8,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Storage } from '../protocols/agent-api';
 import { adaptSpecForGuest, validateSpec } from './bundle';
-import type { OciProcess, OciSpec } from './oci';
+import type { OciProcess, OciSpec } from '../protocols/oci';
 import type { OciRuntime } from './oci-runtime';
 import { GuestProcess, consoleSocketPath } from './process';
 import { StorageSet, type Mounter } from './storage';

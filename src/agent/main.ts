@@ -11,6 +11,7 @@ import { AgentSandbox } from './sandbox';
 import { agentHandlers } from './service';
 import { CrunRuntime } from './oci-runtime';
 import { serveOnVirtioPort } from './transport';
+import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 
 async function run(): Promise<void> {
   const debug = /(^|\s)agent\.log=debug(\s|$)/.test(await import('node:fs').then((fs) => fs.readFileSync('/proc/cmdline', 'utf8')).catch(() => ''));
@@ -19,9 +20,11 @@ async function run(): Promise<void> {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
   server.addService(agentServiceDefinition(), agentHandlers(sandbox));
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
-  log.info('agent ready', { transport: 'virtio-serial' });
-  process.stderr.write('KATA_TS_AGENT_READY\n');
-  await serveOnVirtioPort(server, grpc.ServerCredentials.createInsecure());
+  await serveOnVirtioPort(server, grpc.ServerCredentials.createInsecure(), () => {
+    log.info('agent ready', { transport: 'virtio-serial' });
+    // The host waits for this marker on the console before it dials.
+    process.stderr.write(`${AGENT_READY_MARKER}\n`);
+  });
 }
 
 export function main(): void {

@@ -70,10 +70,11 @@ class PortSession extends Duplex {
 }
 
 /** Serve `server` on the named virtio-serial port forever, one session at a time. */
-export async function serveOnVirtioPort(server: grpc.Server, creds: grpc.ServerCredentials, name = AGENT_PORT_NAME): Promise<never> {
+export async function serveOnVirtioPort(server: grpc.Server, creds: grpc.ServerCredentials, onReady: () => void, name = AGENT_PORT_NAME): Promise<never> {
   const dev = await findVirtioPort(name);
   const fd = fs.openSync(dev, 'r+');
   const injector = server.createConnectionInjector(creds);
+  onReady();
   for (;;) {
     const s = new PortSession(fd);
     const done = new Promise<void>((r) => {

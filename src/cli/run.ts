@@ -1,0 +1,138 @@
+/**
+ * `kata-ts run`: boot a sandbox VM, run one container in it, stream its
+ * stdio (or a terminal with -t), exit with the container's status, tear
+ * everything down — also on Ctrl-C, SIGTERM and errors.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { errorMessage, KataError } from '../common/errors';
+import { logger } from '../common/log';
+import { selectHypervisor } from '../hypervisor';
+import type { OciSpec } from '../protocols/oci';
+import type { Config } from '../runtime/config';
+import { Sandbox } from '../runtime/sandbox';
+import { defaultProcess, defaultSpec, readBundle } from '../runtime/spec';
+import { attachProcess } from '../runtime/stdio';
+
+export class RunError extends KataError<'usage' | 'rootfs'> {}
+
+export interface RunOptions {
+  rootfs?: string;
+  bundle?: string;
+  hypervisor: 'auto' | 'qemu' | 'builtin';
+  memory?: number;
+  cpus?: number;
+  env: string[];
+  workdir?: string;
+  user?: string;
+  tty: boolean;
+  hostname?: string;
+  readonly: boolean;
+  name?: string;
+  command: string[];
+}
+
+/** "UID[:GID]" -> numbers; names are not resolved (no guest passwd lookup on the host). */
+export function parseUser(u: string | undefined): { uid: number; gid: number } | undefined {
+  if (u === undefined) return undefined;
+  const m = /^(\d+)(?::(\d+))?$/.exec(u);
+  if (!m) throw new RunError('usage', `invalid --user "${u}": expected UID[:GID] (numbers)`);
+  return { uid: Number(m[1]), gid: Number(m[2] ?? m[1]) };
+}
+
+export function parseEnv(list: string[]): string[] {
+  for (const e of list) if (!/^[^=\s]+=/.test(e)) throw new RunError('usage', `invalid --env "${e}": expected KEY=VALUE`);
+  return list;
+}
+
+export function defaultRootfs(cfg: Config): string {
+  return path.join(cfg.runtime.cache_dir, 'rootfs', 'busybox');
+}
+
+/** Build the container spec and find its rootfs from the options. */
+export function resolveContainer(o: RunOptions, cfg: Config, consoleSize?: { height: number; width: number }): { spec: OciSpec; rootfs: string } {
+  if (o.rootfs && o.bundle) throw new RunError('usage', '--rootfs and --bundle cannot be used together');
+  const user = parseUser(o.user);
+  const env = parseEnv(o.env);
+  if (o.bundle) {
+    const { spec, rootfs } = readBundle(o.bundle);
+    const p = spec.process!;
+    if (o.command.length) p.args = o.command;
+    if (env.length) p.env = [...(p.env ?? []), ...env];
+    if (o.workdir) p.cwd = o.workdir;
+    if (user) p.user = { ...p.user, ...user };
+    if (o.tty) p.terminal = true;
+    if (p.terminal && consoleSize) p.consoleSize = consoleSize;
+    return { spec, rootfs };
+  }
+  const rootfs = path.resolve(o.rootfs ?? defaultRootfs(cfg));
+  if (!fs.existsSync(rootfs) || !fs.statSync(rootfs).isDirectory()) {
+    throw new RunError('rootfs', o.rootfs ? `rootfs ${rootfs} is not a directory` : `default image missing at ${rootfs} (run scripts/setup.sh)`);
+  }
+  if (o.command.length === 0) throw new RunError('usage', 'no command given: kata-ts run [options] -- CMD [ARGS...]');
+  if (o.workdir && !o.workdir.startsWith('/')) throw new RunError('usage', `--workdir must be absolute: ${o.workdir}`);
+  const spec = defaultSpec({
+    args: o.command, env, cwd: o.workdir, uid: user?.uid, gid: user?.gid, terminal: o.tty,
+    consoleSize: o.tty ? consoleSize : undefined, hostname: o.hostname, readonlyRootfs: o.readonly,
+  });
+  spec.process = { ...defaultProcess({ args: o.command, env, cwd: o.workdir, uid: user?.uid, gid: user?.gid, terminal: o.tty, consoleSize: o.tty ? consoleSize : undefined }) };
+  return { spec, rootfs };
+}
+
+/** Runs the container; returns its exit status. Throws on runtime errors. */
+export async function runContainer(o: RunOptions, cfg: Config): Promise<number> {
+  const log = logger('run');
+  const stdinTty = !!process.stdin.isTTY;
+  const consoleSize = process.stdout.isTTY ? { height: process.stdout.rows, width: process.stdout.columns } : undefined;
+  const { spec, rootfs } = resolveContainer(o, cfg, consoleSize);
+  const terminal = !!spec.process?.terminal;
+  const { hv, choice } = await selectHypervisor(cfg, o.hypervisor);
+  log.info('hypervisor chosen', { ...choice });
+  const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
+  const containerId = id;
+  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, bootContainers: [{ id: containerId, rootfs }] });
+
+  let interrupted: string | undefined;
+  const onSignal = (sig: NodeJS.Signals) => {
+    interrupted = sig;
+    void sandbox.stop();
+  };
+  const signals: NodeJS.Signals[] = terminal ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const s of signals) process.on(s, onSignal);
+  let rawSet = false;
+  try {
+    await sandbox.start();
+    await sandbox.createContainer(containerId, spec, rootfs);
+    await sandbox.startContainer(containerId);
+    if (terminal && stdinTty) {
+      process.stdin.setRawMode(true);
+      rawSet = true;
+    }
+    const attached = attachProcess(sandbox.agent, containerId, '', {
+      stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, terminal,
+    });
+    const onResize = () => void attached.resize(process.stdout.rows, process.stdout.columns).catch(() => undefined);
+    if (terminal && process.stdout.isTTY) {
+      process.stdout.on('resize', onResize);
+      onResize();
+    }
+    const vmGone = hv.exited().then((why) => {
+      throw new Error(`the VM stopped unexpectedly: ${why}`);
+    });
+    const st = await Promise.race([attached.done, vmGone]);
+    process.stdout.off('resize', onResize);
+    sandbox.markExited(containerId);
+    return st.status;
+  } catch (err) {
+    if (interrupted) throw new Error(`interrupted by ${interrupted}`);
+    throw err;
+  } finally {
+    if (rawSet) process.stdin.setRawMode(false);
+    process.stdin.pause();
+    process.stdin.destroy();
+    await sandbox.stop();
+    for (const s of signals) process.off(s, onSignal);
+    void errorMessage;
+  }
+}

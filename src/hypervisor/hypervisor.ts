@@ -1,0 +1,65 @@
+/**
+ * The Hypervisor interface: what the runtime needs from a VMM, whichever it
+ * is (QEMU as a child process driven over QMP, or the builtin VMM in this
+ * process). Kata's runtime-rs has the same seam. Devices are described
+ * abstractly; each implementation maps them onto its own transport.
+ */
+export interface DiskDevice {
+  /** Stable id; becomes the virtio-blk serial the agent looks the disk up by. */
+  id: string;
+  path: string;
+  readonly: boolean;
+}
+
+export interface VmConfig {
+  /** Sandbox id (names the VM). */
+  id: string;
+  /** Directory for this VM's sockets, pid file and console log. */
+  dir: string;
+  kernel: string;
+  /** Guest root filesystem image (EROFS), attached read-only as the first disk. */
+  image: string;
+  vcpus: number;
+  memoryMiB: number;
+  kernelParams: string;
+  /** Disks present from boot (containers known at start). */
+  disks: DiskDevice[];
+  debug: boolean;
+}
+
+export interface VmInfo {
+  hypervisor: 'qemu' | 'builtin';
+  /** Host pids that belong to the VM (QEMU's; the runtime's own for builtin). */
+  pids: number[];
+  /** Unix socket whose stream reaches the guest agent's transport. */
+  agentSocket: string;
+  consoleLog: string;
+  accel: string;
+}
+
+export interface Hypervisor {
+  readonly name: 'qemu' | 'builtin';
+  /** Boot the VM; resolves once the VMM runs (not when the guest is ready). */
+  start(cfg: VmConfig): Promise<VmInfo>;
+  /** Stop the VM and release everything it holds. Idempotent. */
+  stop(): Promise<void>;
+  pause(): Promise<void>;
+  resume(): Promise<void>;
+  /** Attach a disk to the running VM (hotplug). */
+  addDisk(d: DiskDevice): Promise<void>;
+  removeDisk(id: string): Promise<void>;
+  /** Resolves when the VM ends for any reason, with a human reason. */
+  exited(): Promise<string>;
+  /** Last lines of the guest console, for error messages. */
+  consoleTail(lines?: number): string;
+}
+
+/** The guest kernel command line every kata-ts VM gets. */
+export function baseKernelParams(debug: boolean): string {
+  return [
+    'console=ttyS0', 'root=/dev/vda', 'rootfstype=erofs', 'ro', 'init=/sbin/kata-init',
+    // Entropy: Node blocks in getrandom() until the CRNG is ready; trust the
+    // (emulated) RDRAND of -cpu max, see shared/NOTES.md.
+    'random.trust_cpu=on', 'panic=-1', 'reboot=k', debug ? 'agent.log=debug' : 'quiet',
+  ].join(' ');
+}

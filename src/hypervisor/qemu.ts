@@ -1,0 +1,198 @@
+/**
+ * QEMU hypervisor: QEMU runs as a child process of the runtime/shim, driven
+ * over QMP (qmp.sock) and stopped with `quit`, then SIGTERM, then SIGKILL.
+ *
+ * Machine: `pc` by default (virtio-*-pci, ACPI hotplug on the root bus so
+ * container disks can be added to a running sandbox), `q35`, or `microvm`
+ * (virtio-mmio, boot-time disks only). The guest kernel boots directly
+ * through its PVH entry (-kernel vmlinux); the root filesystem is the EROFS
+ * guest image on the first virtio-blk disk; the agent channel is a
+ * virtio-serial port whose host end is a unix socket (agent.sock).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { KataError } from '../common/errors';
+import { logger } from '../common/log';
+import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type VmInfo } from './hypervisor';
+import { QmpClient } from './qmp';
+
+export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
+
+export interface QemuOptions {
+  binary: string;
+  machine: 'pc' | 'q35' | 'microvm';
+  accel: 'kvm' | 'tcg';
+}
+
+const AGENT_PORT = 'agent.channel.0';
+
+export class QemuHypervisor implements Hypervisor {
+  readonly name = 'qemu' as const;
+  private child: ChildProcess | undefined;
+  private qmp: QmpClient | undefined;
+  private cfg: VmConfig | undefined;
+  private exitReason: Promise<string> | undefined;
+  private stopping = false;
+  private readonly log = logger('qemu');
+  private nextSlot = 8;
+  private readonly diskSlots = new Map<string, number>();
+
+  constructor(private readonly opts: QemuOptions) {}
+
+  /** The full command line (exposed for tests and `--debug`). */
+  commandLine(cfg: VmConfig): string[] {
+    const mmio = this.opts.machine === 'microvm';
+    const dev = (pci: string, mm: string, extra: string, addr?: number) =>
+      `${mmio ? mm : pci},${extra}${!mmio && addr !== undefined ? `,addr=0x${addr.toString(16)}` : ''}`;
+    const args = [
+      '-name', `kata-ts-${cfg.id},debug-threads=on`,
+      '-M', `${this.opts.machine},accel=${this.opts.accel}`,
+      '-cpu', this.opts.accel === 'kvm' ? 'host' : 'max',
+      '-smp', String(cfg.vcpus),
+      '-m', `${cfg.memoryMiB}M`,
+      '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
+      '-kernel', cfg.kernel,
+      '-append', `${baseKernelParams(cfg.debug)} ${cfg.kernelParams}`.trim(),
+      '-chardev', `file,id=console,path=${path.join(cfg.dir, 'console.log')}`,
+      '-serial', 'chardev:console',
+      '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`,
+      '-pidfile', path.join(cfg.dir, 'qemu.pid'),
+      // root filesystem: always the first disk (/dev/vda), slot 3
+      '-drive', `if=none,id=rootimg,file=${cfg.image},format=raw,readonly=on,cache=unsafe`,
+      '-device', dev('virtio-blk-pci', 'virtio-blk-device', 'drive=rootimg,serial=kata-root', 3),
+      '-device', dev('virtio-serial-pci', 'virtio-serial-device', 'id=vser', 4),
+      '-chardev', `socket,id=agent,path=${path.join(cfg.dir, 'agent.sock')},server=on,wait=off`,
+      '-device', `virtserialport,chardev=agent,name=${AGENT_PORT}`,
+      '-device', dev('virtio-rng-pci', 'virtio-rng-device', 'id=rng', 5),
+    ];
+    for (const d of cfg.disks) {
+      const slot = this.nextSlot++;
+      this.diskSlots.set(d.id, slot);
+      args.push('-drive', `if=none,id=d-${d.id},file=${d.path},format=raw,readonly=${d.readonly ? 'on' : 'off'}`);
+      args.push('-device', dev('virtio-blk-pci', 'virtio-blk-device', `id=dev-${d.id},drive=d-${d.id},serial=${d.id}`, slot));
+    }
+    return args;
+  }
+
+  async start(cfg: VmConfig): Promise<VmInfo> {
+    for (const f of [cfg.kernel, cfg.image]) {
+      if (!fs.existsSync(f)) throw new QemuError('config', `${f} does not exist (run scripts/setup.sh to build the guest)`);
+    }
+    if (!fs.existsSync(this.opts.binary)) throw new QemuError('config', `QEMU not found at ${this.opts.binary}`);
+    for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
+    this.cfg = cfg;
+    fs.mkdirSync(cfg.dir, { recursive: true });
+    const args = this.commandLine(cfg);
+    this.log.debug('starting qemu', { args });
+    const child = spawn(this.opts.binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
+    this.child = child;
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      if (stderr.length > 8192) stderr = stderr.slice(-8192);
+    });
+    this.exitReason = new Promise<string>((resolve) => {
+      child.on('exit', (code, signal) => {
+        const why = this.stopping ? 'stopped' : `QEMU exited (${signal ?? `status ${code}`})${stderr.trim() ? `: ${stderr.trim().split('\n').slice(-3).join(' | ')}` : ''}`;
+        resolve(why);
+      });
+      child.on('error', (err) => resolve(`QEMU failed to start: ${err.message}`));
+    });
+    const qmp = new QmpClient();
+    const connected = qmp.connect(path.join(cfg.dir, 'qmp.sock'), 15000).then(() => 'ok' as const);
+    const res = await Promise.race([connected, this.exitReason]);
+    if (res !== 'ok') {
+      qmp.close();
+      throw new QemuError('exited', res);
+    }
+    this.qmp = qmp;
+    return {
+      hypervisor: 'qemu', pids: [child.pid ?? 0], agentSocket: path.join(cfg.dir, 'agent.sock'),
+      consoleLog: path.join(cfg.dir, 'console.log'), accel: this.opts.accel,
+    };
+  }
+
+  exited(): Promise<string> {
+    return this.exitReason ?? Promise.resolve('not started');
+  }
+
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (!child || child.exitCode !== null || child.signalCode !== null) {
+      this.qmp?.close();
+      return;
+    }
+    this.stopping = true;
+    const gone = new Promise<void>((r) => child.once('exit', () => r()));
+    const within = (ms: number) => Promise.race([gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
+    await this.qmp?.execute('quit').catch(() => undefined);
+    if (!(await within(3000))) {
+      child.kill('SIGTERM');
+      if (!(await within(3000))) {
+        child.kill('SIGKILL');
+        await gone;
+      }
+    }
+    this.qmp?.close();
+  }
+
+  async pause(): Promise<void> {
+    await this.requireQmp().execute('stop');
+  }
+
+  async resume(): Promise<void> {
+    await this.requireQmp().execute('cont');
+  }
+
+  async addDisk(d: DiskDevice): Promise<void> {
+    if (this.opts.machine === 'microvm') throw new QemuError('config', 'the microvm machine cannot hotplug disks; use machine_type = "pc"');
+    const qmp = this.requireQmp();
+    if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
+    const slot = this.nextSlot++;
+    if (slot > 0x1f) throw new QemuError('config', 'no free PCI slot for another disk');
+    await qmp.execute('blockdev-add', {
+      'node-name': `d-${d.id}`, driver: 'raw', 'read-only': d.readonly,
+      file: { driver: 'file', filename: d.path, 'read-only': d.readonly },
+    });
+    await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `dev-${d.id}`, drive: `d-${d.id}`, serial: d.id, addr: `0x${slot.toString(16)}` });
+    this.diskSlots.set(d.id, slot);
+  }
+
+  async removeDisk(id: string): Promise<void> {
+    const qmp = this.requireQmp();
+    if (!this.diskSlots.has(id)) return;
+    const deleted = new Promise<void>((resolve) => {
+      const onEv = (name: string, data: { device?: string }) => {
+        if (name === 'DEVICE_DELETED' && data.device === `dev-${id}`) {
+          qmp.off('event', onEv);
+          resolve();
+        }
+      };
+      qmp.on('event', onEv);
+      setTimeout(() => {
+        qmp.off('event', onEv);
+        resolve();
+      }, 5000);
+    });
+    await qmp.execute('device_del', { id: `dev-${id}` }).catch(() => undefined);
+    await deleted;
+    await qmp.execute('blockdev-del', { 'node-name': `d-${id}` }).catch(() => undefined);
+    this.diskSlots.delete(id);
+  }
+
+  consoleTail(lines = 20): string {
+    if (!this.cfg) return '';
+    try {
+      const txt = fs.readFileSync(path.join(this.cfg.dir, 'console.log'), 'utf8');
+      return txt.split('\n').filter((l) => l.trim()).slice(-lines).join('\n');
+    } catch {
+      return '';
+    }
+  }
+
+  private requireQmp(): QmpClient {
+    if (!this.qmp) throw new QemuError('qmp', 'VM is not running');
+    return this.qmp;
+  }
+}

@@ -1,0 +1,162 @@
+/**
+ * kata-ts configuration: a TOML file shaped like Kata's configuration.toml.
+ *
+ *   [hypervisor.qemu]   QEMU path, machine, acceleration, guest kernel/image
+ *   [hypervisor.builtin] the in-process VMM (own issue)
+ *   [agent.kata]        agent dial timeout, debug console
+ *   [runtime]           which hypervisor, run/cache dirs, logging
+ *
+ * Every key has a built-in default (SCHEMA), so no file is needed. The file
+ * is found at --config, then $KATA_TS_CONFIG, then
+ * /etc/kata-ts/configuration.toml (optional). Unknown sections/keys and
+ * values of the wrong type or range are errors naming the file and line.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseToml, TomlError, type TomlTable, type TomlValue } from '../common/toml';
+import { KataError } from '../common/errors';
+
+export class ConfigError extends KataError<'syntax' | 'unknown-key' | 'bad-value' | 'unreadable'> {}
+
+type Kind = 'string' | 'int' | 'bool' | 'string[]';
+interface KeySpec<T> {
+  kind: Kind;
+  default: T;
+  describe: string;
+  /** Returns an error text when the value is not acceptable. */
+  check?: (v: T) => string | undefined;
+}
+
+const oneOf = (...allowed: string[]) => (v: string) => (allowed.includes(v) ? undefined : `must be one of ${allowed.map((a) => `"${a}"`).join(', ')}`);
+const range = (lo: number, hi: number) => (v: number) => (v >= lo && v <= hi ? undefined : `must be between ${lo} and ${hi}`);
+const absOrEmpty = (v: string) => (v === '' || path.isAbsolute(v) ? undefined : 'must be an absolute path');
+
+export const DEFAULT_CACHE_DIR = '/var/cache/kata-ts';
+
+export const SCHEMA = {
+  'hypervisor.qemu': {
+    path: { kind: 'string', default: '/usr/bin/qemu-system-x86_64', describe: 'QEMU binary', check: absOrEmpty } as KeySpec<string>,
+    kernel: { kind: 'string', default: '', describe: 'guest kernel (default: the set-up build, <cache>/kernel/vmlinux)', check: absOrEmpty } as KeySpec<string>,
+    image: { kind: 'string', default: '', describe: 'guest root image, EROFS (default: <cache>/image/rootfs.erofs)', check: absOrEmpty } as KeySpec<string>,
+    machine_type: { kind: 'string', default: 'pc', describe: 'QEMU machine: pc (PCI with ACPI hotplug on the root bus), q35 or microvm (virtio-mmio; neither hotplugs disks here)', check: oneOf('pc', 'q35', 'microvm') } as KeySpec<string>,
+    accel: { kind: 'string', default: 'auto', describe: 'acceleration: auto (KVM only where it runs guests in hardware), kvm, tcg', check: oneOf('auto', 'kvm', 'tcg') } as KeySpec<string>,
+    default_vcpus: { kind: 'int', default: 1, describe: 'vCPUs per sandbox', check: range(1, 64) } as KeySpec<number>,
+    default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
+    kernel_params: { kind: 'string', default: '', describe: 'extra guest kernel command line' } as KeySpec<string>,
+  },
+  'hypervisor.builtin': {
+    kernel: { kind: 'string', default: '', describe: 'guest kernel for the builtin VMM', check: absOrEmpty } as KeySpec<string>,
+    image: { kind: 'string', default: '', describe: 'guest root image for the builtin VMM', check: absOrEmpty } as KeySpec<string>,
+    default_vcpus: { kind: 'int', default: 1, describe: 'vCPUs per sandbox', check: range(1, 64) } as KeySpec<number>,
+    default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
+    allow_emulated_kvm: { kind: 'bool', default: false, describe: 'run even where KVM only emulates guests (PVM hosts): very slow' } as KeySpec<boolean>,
+  },
+  'agent.kata': {
+    dial_timeout: { kind: 'int', default: 90, describe: 'seconds to wait for the guest agent after boot', check: range(1, 3600) } as KeySpec<number>,
+    enable_debug: { kind: 'bool', default: false, describe: 'agent debug logging' } as KeySpec<boolean>,
+    debug_console_enabled: { kind: 'bool', default: false, describe: 'allow kata-ctl exec (a shell in the guest VM)' } as KeySpec<boolean>,
+  },
+  runtime: {
+    hypervisor: { kind: 'string', default: 'auto', describe: 'auto, qemu or builtin', check: oneOf('auto', 'qemu', 'builtin') } as KeySpec<string>,
+    enable_debug: { kind: 'bool', default: false, describe: 'debug logging' } as KeySpec<boolean>,
+    run_dir: { kind: 'string', default: '/run/kata-ts', describe: 'sandbox state directory', check: absOrEmpty } as KeySpec<string>,
+    cache_dir: { kind: 'string', default: DEFAULT_CACHE_DIR, describe: 'guest kernel/image cache', check: absOrEmpty } as KeySpec<string>,
+    stop_timeout: { kind: 'int', default: 10, describe: 'seconds a container gets after SIGTERM before SIGKILL on teardown', check: range(0, 600) } as KeySpec<number>,
+  },
+} as const;
+
+type Section = keyof typeof SCHEMA;
+type ValueOf<S> = S extends KeySpec<infer T> ? T : never;
+export type Config = { -readonly [S in Section]: { -readonly [K in keyof (typeof SCHEMA)[S]]: ValueOf<(typeof SCHEMA)[S][K]> } } & {
+  /** The file the values came from, or "" for built-in defaults only. */
+  source: string;
+};
+
+export function defaultConfig(): Config {
+  const out: Record<string, unknown> = { source: '' };
+  for (const [sec, keys] of Object.entries(SCHEMA)) {
+    const o: Record<string, unknown> = {};
+    for (const [k, spec] of Object.entries(keys)) o[k] = Array.isArray(spec.default) ? [...spec.default] : spec.default;
+    out[sec] = o;
+  }
+  return out as Config;
+}
+
+function typeOk(kind: Kind, v: TomlValue): boolean {
+  switch (kind) {
+    case 'string': return typeof v === 'string';
+    case 'int': return typeof v === 'number' && Number.isInteger(v);
+    case 'bool': return typeof v === 'boolean';
+    case 'string[]': return Array.isArray(v) && v.every((x) => typeof x === 'string');
+  }
+}
+
+/** Parse configuration text; `file` is used in error messages. */
+export function parseConfig(text: string, file: string): Config {
+  let parsed;
+  try {
+    parsed = parseToml(text);
+  } catch (err) {
+    if (err instanceof TomlError) throw new ConfigError('syntax', `${file}:${err.line}: ${err.message.replace(/^line \d+: /, '')}`);
+    throw err;
+  }
+  const cfg = defaultConfig();
+  cfg.source = file;
+  const { value, lines } = parsed;
+  const where = (key: string) => `${file}:${lines.get(key) ?? 1}`;
+  const visit = (table: TomlTable, prefix: string): void => {
+    for (const [k, v] of Object.entries(table)) {
+      const name = prefix ? `${prefix}.${k}` : k;
+      if (name in SCHEMA) {
+        if (typeof v !== 'object' || Array.isArray(v)) throw new ConfigError('bad-value', `${where(name)}: [${name}] must be a table`);
+        const keys = SCHEMA[name as Section] as Record<string, KeySpec<unknown>>;
+        for (const [kk, vv] of Object.entries(v)) {
+          const full = `${name}.${kk}`;
+          const spec = keys[kk];
+          if (!spec) throw new ConfigError('unknown-key', `${where(full)}: unknown key "${kk}" in [${name}] (known: ${Object.keys(keys).join(', ')})`);
+          if (!typeOk(spec.kind, vv)) throw new ConfigError('bad-value', `${where(full)}: ${full} must be ${spec.kind === 'int' ? 'an integer' : spec.kind === 'bool' ? 'true or false' : `a ${spec.kind}`}`);
+          const msg = spec.check?.(vv);
+          if (msg) throw new ConfigError('bad-value', `${where(full)}: ${full} ${msg} (got ${JSON.stringify(vv)})`);
+          (cfg as unknown as Record<string, Record<string, unknown>>)[name]![kk] = vv;
+        }
+      } else if (typeof v === 'object' && !Array.isArray(v) && Object.keys(SCHEMA).some((s) => s.startsWith(name + '.'))) {
+        visit(v, name);
+      } else {
+        throw new ConfigError('unknown-key', `${where(name)}: unknown ${typeof v === 'object' && !Array.isArray(v) ? 'section' : 'key'} "${name}" (sections: ${Object.keys(SCHEMA).map((s) => `[${s}]`).join(', ')})`);
+      }
+    }
+  };
+  visit(value, '');
+  return cfg;
+}
+
+export const SYSTEM_CONFIG = '/etc/kata-ts/configuration.toml';
+
+/** The configuration file in effect: explicit, $KATA_TS_CONFIG, the system file, or none. */
+export function findConfigFile(explicit?: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  if (explicit) return explicit;
+  if (env.KATA_TS_CONFIG) return env.KATA_TS_CONFIG;
+  return fs.existsSync(SYSTEM_CONFIG) ? SYSTEM_CONFIG : undefined;
+}
+
+export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.env): Config {
+  const file = findConfigFile(explicit, env);
+  if (!file) return defaultConfig();
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError('unreadable', `cannot read configuration ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  return parseConfig(text, file);
+}
+
+/** Guest kernel and image paths, defaults resolved against the cache. */
+export function guestAssets(cfg: Config, which: 'qemu' | 'builtin'): { kernel: string; image: string } {
+  const sec = which === 'qemu' ? cfg['hypervisor.qemu'] : cfg['hypervisor.builtin'];
+  const cache = cfg.runtime.cache_dir;
+  return {
+    kernel: sec.kernel || path.join(cache, 'kernel', 'vmlinux'),
+    image: sec.image || path.join(cache, 'image', 'rootfs.erofs'),
+  };
+}

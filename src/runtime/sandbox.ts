@@ -1,0 +1,226 @@
+/**
+ * A sandbox: one VM (through a Hypervisor), its guest agent, and the
+ * containers in it — Kata's "virtcontainers" Sandbox, drivable without
+ * containerd (the CLI and, later, the shim both sit on this).
+ *
+ * Teardown always happens: stop() is idempotent, runs on every error path,
+ * and removes the VM, its sockets and the sandbox directory. State is
+ * persisted for kata-ctl at each change.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { KataError, errorMessage } from '../common/errors';
+import { logger } from '../common/log';
+import type { Hypervisor, VmInfo } from '../hypervisor/hypervisor';
+import { dialAgent, waitForMarker } from '../protocols/agent-dialer';
+import type { OciProcess, OciSpec } from '../protocols/oci';
+import { AgentClient } from './agent-client';
+import type { Config } from './config';
+import { guestAssets } from './config';
+import { buildErofsImage } from './rootfs';
+import { sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
+
+export class SandboxError extends KataError<'boot' | 'agent' | 'container' | 'state'> {}
+
+export interface SandboxOptions {
+  id: string;
+  config: Config;
+  hypervisor: Hypervisor;
+  vcpus?: number;
+  memoryMiB?: number;
+  hostname?: string;
+  /** Containers whose rootfs disks should be attached at boot (no hotplug needed). */
+  bootContainers?: { id: string; rootfs: string }[];
+}
+
+interface HostContainer {
+  id: string;
+  disk: string;
+  image: string;
+  state: 'created' | 'running' | 'stopped';
+  pid: number;
+}
+
+/** virtio-blk serials are at most 20 bytes: derive a short stable disk id. */
+export function diskIdFor(containerId: string): string {
+  return 'c' + crypto.createHash('sha256').update(containerId).digest('hex').slice(0, 19);
+}
+
+export const GUEST_CONTAINERS_DIR = '/run/kata-ts/containers';
+
+export class Sandbox {
+  readonly dir: string;
+  private vm: VmInfo | undefined;
+  private agentClient: AgentClient | undefined;
+  private readonly containers = new Map<string, HostContainer>();
+  private phase: SandboxPhase = 'creating';
+  private stopped: Promise<void> | undefined;
+  private readonly log;
+  private readonly createdAt = new Date().toISOString();
+  private readonly preparedImages = new Map<string, string>();
+
+  constructor(private readonly opts: SandboxOptions) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
+    this.dir = path.join(sandboxesDir(opts.config.runtime.run_dir), opts.id);
+    this.log = logger('sandbox', { sandbox: opts.id });
+  }
+
+  get id(): string {
+    return this.opts.id;
+  }
+
+  get agent(): AgentClient {
+    if (!this.agentClient) throw new SandboxError('agent', 'sandbox is not running');
+    return this.agentClient;
+  }
+
+  get vmInfo(): VmInfo | undefined {
+    return this.vm;
+  }
+
+  /** Boot the VM and connect to the agent. On any failure everything is torn down. */
+  async start(): Promise<void> {
+    if (fs.existsSync(this.dir)) throw new SandboxError('state', `sandbox ${this.id} already exists (${this.dir})`);
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    try {
+      this.persist();
+      const disks = [];
+      for (const c of this.opts.bootContainers ?? []) {
+        const image = await this.prepareImage(c.id, c.rootfs);
+        disks.push({ id: diskIdFor(c.id), path: image, readonly: true });
+      }
+      const cfg = this.opts.config;
+      const q = cfg['hypervisor.qemu'];
+      const assets = guestAssets(cfg, this.opts.hypervisor.name);
+      const t0 = Date.now();
+      this.vm = await this.opts.hypervisor.start({
+        id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
+        vcpus: this.opts.vcpus ?? q.default_vcpus, memoryMiB: this.opts.memoryMiB ?? q.default_memory,
+        kernelParams: q.kernel_params, disks, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+      });
+      this.persist();
+      const timeoutMs = cfg['agent.kata'].dial_timeout * 1000;
+      try {
+        await waitForMarker(this.vm.consoleLog, timeoutMs, this.opts.hypervisor.exited());
+      } catch (err) {
+        const tail = this.opts.hypervisor.consoleTail(8);
+        throw new SandboxError('boot', `${errorMessage(err)}${tail ? `; last console lines:\n${tail}` : ''}`, { cause: err });
+      }
+      this.agentClient = new AgentClient(dialAgent(this.vm.agentSocket));
+      await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
+      await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: [], sysctls: {} });
+      this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel });
+      this.phase = 'running';
+      this.persist();
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  private async prepareImage(containerId: string, rootfs: string): Promise<string> {
+    const image = path.join(this.dir, `rootfs-${diskIdFor(containerId)}.erofs`);
+    await buildErofsImage(rootfs, image);
+    this.preparedImages.set(containerId, image);
+    return image;
+  }
+
+  /** Create a container from an OCI spec whose rootfs is the host directory `rootfs`. */
+  async createContainer(id: string, spec: OciSpec, rootfs: string): Promise<void> {
+    if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
+    const disk = diskIdFor(id);
+    let image = this.preparedImages.get(id);
+    if (!image) {
+      image = await this.prepareImage(id, rootfs);
+      await this.opts.hypervisor.addDisk({ id: disk, path: image, readonly: true });
+    }
+    const lower = `/run/kata-ts/storage/${id}`;
+    const root = `${GUEST_CONTAINERS_DIR}/${id}/rootfs`;
+    try {
+      await this.agent.createContainer({
+        container_id: id, exec_id: '',
+        storages: [
+          { driver: 'blk', source: disk, fstype: 'erofs', options: ['ro'], mount_point: lower },
+          { driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${lower}`], mount_point: root },
+        ],
+        oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
+      });
+    } catch (err) {
+      await this.opts.hypervisor.removeDisk(disk).catch(() => undefined);
+      throw err;
+    }
+    this.containers.set(id, { id, disk, image, state: 'created', pid: 0 });
+    this.persist();
+  }
+
+  async startContainer(id: string): Promise<number> {
+    const c = this.container(id);
+    c.pid = await this.agent.startContainer(id);
+    c.state = 'running';
+    this.persist();
+    return c.pid;
+  }
+
+  async exec(containerId: string, execId: string, proc: OciProcess): Promise<number> {
+    this.container(containerId);
+    return this.agent.execProcess({ container_id: containerId, exec_id: execId, process_json: JSON.stringify(proc) });
+  }
+
+  async removeContainer(id: string, timeoutSec = this.opts.config.runtime.stop_timeout): Promise<void> {
+    const c = this.container(id);
+    await this.agent.removeContainer(id, timeoutSec);
+    await this.opts.hypervisor.removeDisk(c.disk).catch(() => undefined);
+    fs.rmSync(c.image, { force: true });
+    this.containers.delete(id);
+    this.persist();
+  }
+
+  markExited(id: string): void {
+    const c = this.containers.get(id);
+    if (c) {
+      c.state = 'stopped';
+      this.persist();
+    }
+  }
+
+  private container(id: string): HostContainer {
+    const c = this.containers.get(id);
+    if (!c) throw new SandboxError('container', `container ${id} not found in sandbox ${this.id}`);
+    return c;
+  }
+
+  /** Stop everything; safe to call many times and from any state. */
+  stop(): Promise<void> {
+    this.stopped ??= this.doStop();
+    return this.stopped;
+  }
+
+  private async doStop(): Promise<void> {
+    this.phase = 'stopping';
+    if (fs.existsSync(this.dir)) this.persist();
+    if (this.agentClient) {
+      await this.agentClient.destroySandbox(5000).catch(() => undefined);
+      this.agentClient.close();
+    }
+    await this.opts.hypervisor.stop().catch((err) => this.log.warn('hypervisor stop failed', { err: errorMessage(err) }));
+    this.phase = 'stopped';
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private persist(): void {
+    const st: SandboxState = {
+      id: this.id, phase: this.phase, hypervisor: this.opts.hypervisor.name, accel: this.vm?.accel ?? '',
+      ownerPid: process.pid, vmPids: this.vm?.pids ?? [],
+      vcpus: this.opts.vcpus ?? this.opts.config['hypervisor.qemu'].default_vcpus,
+      memoryMiB: this.opts.memoryMiB ?? this.opts.config['hypervisor.qemu'].default_memory,
+      createdAt: this.createdAt,
+      containers: [...this.containers.values()].map((c) => ({ id: c.id, state: c.state, pid: c.pid, disk: c.disk })),
+    };
+    try {
+      writeState(this.dir, st);
+    } catch (err) {
+      this.log.warn('cannot persist state', { err: errorMessage(err) });
+    }
+  }
+}
