@@ -13,6 +13,7 @@ import type { OciRuntime } from './oci-runtime';
 import { GuestProcess, consoleSocketPath } from './process';
 import { StorageSet, type Mounter } from './storage';
 import { native } from '../common/native';
+import { executableExists } from './executable';
 
 export type ContainerState = 'created' | 'running' | 'stopped';
 
@@ -65,6 +66,7 @@ export class Container {
 
   async start(): Promise<GuestProcess> {
     if (this.state !== 'created') throw new AgentError('failed-precondition', `container ${this.id} is ${this.state}, not created`);
+    this.checkExecutable(this.spec.process!);
     const terminal = !!this.spec.process?.terminal;
     const proc = new GuestProcess(this.id, '', terminal);
     const sock = terminal ? consoleSocketPath(this.dir, 'init') : undefined;
@@ -97,6 +99,8 @@ export class Container {
     if (!Array.isArray(p.args) || p.args.length === 0) throw new AgentError('invalid', 'process.args must be a non-empty array');
     p.cwd ??= this.spec.process?.cwd ?? '/';
     p.user ??= this.spec.process?.user ?? { uid: 0, gid: 0 };
+    p.env ??= this.spec.process?.env;
+    this.checkExecutable(p);
     const file = path.join(this.dir, `exec-${execId}.json`);
     await fs.writeFile(file, JSON.stringify(p));
     const pidFile = path.join(this.dir, `exec-${execId}.pid`);
@@ -117,6 +121,15 @@ export class Container {
       await new Promise((r) => setTimeout(r, 25));
     }
     return proc;
+  }
+
+  /** Command-not-found as its own error (the CLI maps it to status 127). */
+  private checkExecutable(p: OciProcess): void {
+    const root = this.spec.root?.path;
+    if (!root) return;
+    if (!executableExists(root, p.args[0]!, p.env ?? [], p.cwd)) {
+      throw new AgentError('not-found', `executable file \`${p.args[0]}\` not found in $PATH`);
+    }
   }
 
   process(execId: string): GuestProcess {

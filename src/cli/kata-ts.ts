@@ -11,8 +11,15 @@ import { configureLogging } from '../common/log';
 import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
 import { runContainer } from './run';
+import { AgentCallError } from '../runtime/agent-client';
 
 export const RUNTIME_FAILURE = 125;
+
+/** 127 when the command does not exist in the container (as shells and docker report), else 125. */
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof AgentCallError && err.kind === 'not-found' && /^executable file/.test(err.message)) return 127;
+  return RUNTIME_FAILURE;
+}
 
 export async function main(args: string[]): Promise<void> {
   const dd = args.indexOf('--');
@@ -55,7 +62,7 @@ export async function main(args: string[]): Promise<void> {
         }, cfg);
       } catch (err) {
         process.stderr.write(`kata-ts: ${errorMessage(err)}\n`);
-        code = RUNTIME_FAILURE;
+        code = exitCodeFor(err);
       }
     })
     .demandCommand(1, 'a command is required (see --help)')
