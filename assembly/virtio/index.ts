@@ -157,6 +157,13 @@ export function mem_map_check(mm: usize): i32 {
   return -1;
 }
 
+/** translate() with region 0 already in locals; other regions only if any. */
+@inline function translateFast(mm: usize, start: u64, size: u64, off: u64, multi: bool, gpa: u64, len: u64): i64 {
+  const rel = gpa - start;
+  if (gpa >= start && rel <= size && len <= size - rel) return <i64>(off + rel);
+  return multi ? translate(mm, gpa, len) : -1;
+}
+
 export function mem_translate(mm: usize, gpa: u64, len: u64): i64 {
   if (mem_map_check(mm) != 0) return -1;
   return translate(mm, gpa, len);
@@ -233,6 +240,11 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
   const mm = <usize>load<u32>(q, Q_MEM_MAP);
   const last = load<u32>(q, Q_LAST_AVAIL);
   const limit = min(<u32>pend, maxChains);
+  // Region 0 in locals: nearly every buffer lives there (one check, no loop).
+  const r0start = load<u64>(mm, 8);
+  const r0size = load<u64>(mm, 16);
+  const r0off = <u64>load<u32>(mm, 24);
+  const multi = load<u32>(mm) > 1;
   let n: u32 = 0;
   let iovUsed: u32 = 0;
   let full = false;
@@ -267,7 +279,7 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
         if (flags & VIRTQ_DESC_F_NEXT) return fail(q, VQ_ERR_INDIRECT_WITH_NEXT, idx);
         // struct indirect_descriptor_table { struct virtq_desc desc[len / 16]; }
         if (len == 0 || (len & 15) != 0) return fail(q, VQ_ERR_INDIRECT_LEN, idx);
-        const t = translate(mm, addr, <u64>len);
+        const t = translateFast(mm, r0start, r0size, r0off, multi, addr, <u64>len);
         if (t < 0) return fail(q, VQ_ERR_INDIRECT_ADDR, idx);
         table = <usize>t;
         tsize = len >> 4;
@@ -278,7 +290,7 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
       }
       // §2.7.5.3.1: a driver MUST NOT create a chain longer than Queue Size.
       if (++total > size) return fail(q, VQ_ERR_CHAIN_TOO_LONG, head);
-      const off = translate(mm, addr, <u64>len);
+      const off = translateFast(mm, r0start, r0size, r0off, multi, addr, <u64>len);
       if (off < 0) return fail(q, VQ_ERR_DESC_ADDR, idx);
       if (flags & VIRTQ_DESC_F_WRITE) {
         nw++;

@@ -1,0 +1,126 @@
+/**
+ * Virtqueue pop+push chains/s, side by side in one run (issue 3): the
+ * AssemblyScript queue through src/hot/virtqueue, the same algorithm in
+ * plain TypeScript (bench/virtqueue-plain.ts), and a C reference compiled
+ * with gcc -O2 at bench time (bench/c/virtqueue.c). Same rings, same checks:
+ *   direct    queue size 256, 128 chains of 2 descriptors (16 B header
+ *             readable + 4 KiB writable) per kick
+ *   indirect  queue size 256, 256 chains of 1 indirect descriptor → 3
+ *             (header, 4 KiB data, status byte) per kick
+ * Each kick: the driver bumps avail idx, the device pops the whole batch,
+ * pushes every chain to the used ring with one idx update and asks whether
+ * to notify (EVENT_IDX on).
+ *
+ *   npx tsc -p tsconfig.json && bash scripts/build-wasm.sh && node dist/bench/hot-virtqueue.js
+ *
+ * Writes build/bench/hot-virtqueue.json.
+ */
+import { HotMemory } from '../src/hot/memory';
+import { CHAIN_HEAD, CHAIN_WORDS, CHAIN_WRITABLE_BYTES, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioModule } from '../src/hot/virtqueue';
+import { PlainQueue } from './virtqueue-plain';
+import { best, compileC, machine, runJson, table, writeResult } from './native';
+
+const SIZE = 256;
+const G = 0x4000_0000n;
+const GS = 8 << 20;
+
+type Mode = 'direct' | 'indirect';
+
+function setupRings(mem: HotMemory, mode: Mode): { perBatch: number; desc: bigint; avail: bigint; used: bigint } {
+  const desc = G, avail = G + BigInt(16 * SIZE), used = G + 8192n, ind = G + 16384n, data = G + (1n << 20n);
+  const v = mem.view;
+  const at = (gpa: bigint) => mem.gpaToOffset(gpa, 1);
+  mem.u8.fill(0, mem.guestBase, mem.guestBase + (1 << 20));
+  const setDesc = (p: number, addr: bigint, len: number, flags: number, next: number) => {
+    v.setBigUint64(p, addr, true); v.setUint32(p + 8, len, true); v.setUint16(p + 12, flags, true); v.setUint16(p + 14, next, true);
+  };
+  if (mode === 'direct') {
+    for (let c = 0; c < 128; c++) {
+      setDesc(at(desc) + 16 * 2 * c, data + BigInt(c * 8192), 16, 1, 2 * c + 1);
+      setDesc(at(desc) + 16 * (2 * c + 1), data + BigInt(c * 8192 + 4096), 4096, 2, 0);
+    }
+    for (let s = 0; s < SIZE; s++) v.setUint16(at(avail) + 4 + 2 * s, 2 * (s % 128), true);
+    return { perBatch: 128, desc, avail, used };
+  }
+  for (let c = 0; c < 256; c++) {
+    const t = at(ind + BigInt(48 * c));
+    setDesc(t, data + BigInt(c * 8192), 16, 1, 1);
+    setDesc(t + 16, data + BigInt(c * 8192 + 4096), 4096, 3, 2);
+    setDesc(t + 32, data + BigInt(c * 8192 + 16), 1, 2, 0);
+    setDesc(at(desc) + 16 * c, ind + BigInt(48 * c), 48, 4, 0);
+    v.setUint16(at(avail) + 4 + 2 * c, c, true);
+  }
+  return { perBatch: 256, desc, avail, used };
+}
+
+function main(): void {
+  const mem = new HotMemory({ scratchBytes: 1 << 20, guestRegions: [{ gpa: G, size: GS }] });
+  const mod = new VirtioModule(mem);
+  const q = mod.createQueue({ maxSize: SIZE, maxIov: 4 * SIZE });
+  const bin = compileC('virtqueue');
+  const results: Record<string, unknown> = { machine: machine(), unit: 'chains/s', modes: {} };
+  console.log('virtqueue pop + push + notify check, chains/s (best of N)');
+  for (const mode of ['direct', 'indirect'] as Mode[]) {
+    const r = setupRings(mem, mode);
+    const features = (1n << BigInt(VIRTIO_F_EVENT_IDX)) | (1n << BigInt(VIRTIO_F_INDIRECT_DESC));
+    const availIdxOff = mem.gpaToOffset(r.avail + 2n, 2);
+    const v = mem.view;
+    const batches = mode === 'direct' ? 20000 : 10000;
+
+    // AssemblyScript, through the typed wrapper as a device model would use it.
+    q.reset();
+    q.activate({ size: SIZE, features, descGpa: r.desc, availGpa: r.avail, usedGpa: r.used });
+    let aidx = 0;
+    const cw = q.chainWords;
+    const runAs = () => {
+      for (let b = 0; b < batches; b++) {
+        aidx = (aidx + r.perBatch) & 0xffff;
+        v.setUint16(availIdxOff, aidx, true);
+        const n = q.popBatch();
+        if (n !== r.perBatch) throw new Error(`AS popped ${n}`);
+        for (let i = 0; i < n; i++) q.stageUsed(cw[i * CHAIN_WORDS + CHAIN_HEAD], cw[i * CHAIN_WORDS + CHAIN_WRITABLE_BYTES]);
+        q.flushUsed();
+        q.needsNotification();
+      }
+    };
+    runAs(); // warm-up
+    const asRate = (batches * r.perBatch) / best(5, runAs);
+
+    // Plain TypeScript, same algorithm over the same Memory.
+    const region = mem.guestRegions[0];
+    const pq = new PlainQueue(mem.memory.buffer, [{ gpa: Number(region.gpa), size: region.size, offset: region.offset }], SIZE,
+      mem.gpaToOffset(r.desc, 16 * SIZE), mem.gpaToOffset(r.avail, 6 + 2 * SIZE), mem.gpaToOffset(r.used, 6 + 8 * SIZE), true, true, 4 * SIZE);
+    pq.lastAvail = pq.nextUsed = pq.signalled = aidx;
+    const elems = new Uint32Array(2 * SIZE);
+    const runTs = () => {
+      for (let b = 0; b < batches; b++) {
+        aidx = (aidx + r.perBatch) & 0xffff;
+        v.setUint16(availIdxOff, aidx, true);
+        const n = pq.popBatch(SIZE);
+        if (n !== r.perBatch) throw new Error(`TS popped ${n}`);
+        for (let i = 0; i < n; i++) { elems[2 * i] = pq.chains[i * 6]; elems[2 * i + 1] = pq.chains[i * 6 + 5]; }
+        pq.pushUsedBatch(elems, n);
+        pq.needsNotification();
+      }
+    };
+    runTs();
+    const tsRate = (batches * r.perBatch) / best(5, runTs);
+
+    let cRate = 0;
+    for (let k = 0; k < 5; k++) cRate = Math.max(cRate, runJson<{ chains_per_s: number }>(bin, [mode, String(batches * 5)]).chains_per_s);
+
+    const ratios = { 'as / c': asRate / cRate, 'as / plain-ts': asRate / tsRate };
+    (results.modes as Record<string, unknown>)[mode] = { rates: { as: asRate, 'plain-ts': tsRate, c: cRate }, ratios };
+    console.log(`\n${mode} (${r.perBatch} chains per kick)`);
+    console.log(table([
+      ['as (src/hot/virtqueue)', (asRate / 1e6).toFixed(2) + ' M', ''],
+      ['plain-ts', (tsRate / 1e6).toFixed(2) + ' M', ''],
+      ['c (gcc -O2)', (cRate / 1e6).toFixed(2) + ' M', ''],
+      ['as / c', ratios['as / c'].toFixed(2) + '×', 'goal ≥ 0.7×'],
+      ['as / plain-ts', ratios['as / plain-ts'].toFixed(2) + '×', 'goal ≥ 3×'],
+    ]));
+  }
+  console.log(`\nwrote ${writeResult('hot-virtqueue', results)}`);
+}
+
+main();
