@@ -10,7 +10,8 @@
  *   meta    ≤ 8 MiB  the current inode's metadata window (inode, xattrs,
  *                    inline tail, chunk table or compression indexes)
  *   in      1 MiB+   one physical cluster read from the image
- *   out     4 MiB    one decoded extent (kept as a one-extent cache)
+ *   out     8 MiB    one decoded extent (kept as a one-extent cache); mkfs.erofs
+ *                    1.5 never makes extents past its 6000 KiB input queue
  *   aux     ≤ 128 KiB directory block / dirent table / xattr table / names
  * Plain data never enters the Memory: it is read straight into the caller's
  * Buffer.
@@ -48,6 +49,8 @@ const LOOKUP_BEFORE = -100, LOOKUP_AFTER = -101, LOOKUP_ABSENT = -102;
 const MAP_MAPPED = 1, MAP_META = 2, MAP_ENCODED = 4;
 const INCOMPAT_LZ4_0PADDING = 0x1;
 const DIRENT_SIZE = 16, XATTR_SIZE = 16;
+/** Largest single read (Buffer limit is 4 GiB; callers chunk big files). */
+const MAX_READ = 1 << 30;
 
 const CODE_KIND: Record<number, ErofsErrorKind> = {
   [-2]: 'bad-magic', [-3]: 'bad-blocksize', [-4]: 'unsupported-feature', [-5]: 'bad-checksum', [-6]: 'unsupported',
@@ -164,7 +167,11 @@ class BufferSource implements ImageSource {
 export interface ErofsOptions {
   /** Largest inode metadata window (default 8 MiB). */
   metaMaxBytes?: number;
-  /** Largest decoded extent kept in memory (default 4 MiB). */
+  /**
+   * Largest decoded extent kept in memory (default 8 MiB: mkfs.erofs 1.5
+   * extents stop at its 6000 KiB queue). Larger extents are decoded as a
+   * prefix when the read ends within this size, else refused ('too-large').
+   */
   extentMaxBytes?: number;
 }
 
@@ -228,7 +235,7 @@ export class ErofsImage {
 
   constructor(private readonly src: ImageSource, opts: ErofsOptions = {}) {
     this.metaMax = opts.metaMaxBytes ?? 8 << 20;
-    this.outMax = opts.extentMaxBytes ?? 4 << 20;
+    this.outMax = opts.extentMaxBytes ?? 8 << 20;
     this.inMax = (1 << 20) + 65536; // Z_EROFS_PCLUSTER_MAX_SIZE + a block
     this.mem = new HotMemory({ scratchBytes: 512 + this.metaMax + this.inMax + this.outMax + this.auxMax + 4096 });
     this.wasm = instantiate<ErofsExports>('erofs', this.mem);
@@ -385,6 +392,7 @@ export class ErofsImage {
     if (offset < 0 || length < 0) throw new ErofsError('corrupt', `erofs: bad range ${offset}+${length}`);
     const end = Math.min(st.size, offset + length);
     if (end <= offset) return Buffer.alloc(0);
+    if (end - offset > MAX_READ) throw new ErofsError('too-large', `erofs: read of ${end - offset} bytes exceeds ${MAX_READ} in one call`);
     const out = Buffer.allocUnsafe(end - offset);
     this.readRange(info, offset, end, out);
     return out;
@@ -464,6 +472,8 @@ export class ErofsImage {
   readdirNid(nid: number): ErofsDirent[] {
     const st = this.inode(nid);
     if (st.type !== 'dir') throw new ErofsError('not-dir', `erofs: inode ${nid} is not a directory`);
+    // Directories are never compressed by mkfs and live inside the image.
+    if (st.size > this.src.size) throw new ErofsError('corrupt', `erofs: directory ${nid} claims ${st.size} bytes`);
     const data = this.readNid(nid, 0, st.size);
     const bs = this.sb.blockSize;
     const outCap = Math.floor((this.auxMax - bs) / DIRENT_SIZE);
@@ -586,6 +596,7 @@ export class ErofsImage {
   readlinkNid(nid: number): Buffer {
     const st = this.inode(nid);
     if (st.type !== 'symlink') throw new ErofsError('not-symlink', `erofs: inode ${nid} is not a symbolic link`);
+    if (st.size > 4095) throw new ErofsError('corrupt', `erofs: symlink ${nid} target of ${st.size} bytes exceeds PATH_MAX`);
     return this.readNid(nid, 0, st.size);
   }
 
