@@ -42,14 +42,16 @@ export function attachProcess(agent: AgentClient, containerId: string, execId: s
   if (!io.terminal && io.stderr) outs.push(pipeOutput(agent.readStderr(ref), io.stderr));
   let stdinOpen = !!io.stdin;
   const stdin = io.stdin;
+  // Writes and the final close go through one chain: in order, one in flight.
+  let chain: Promise<unknown> = Promise.resolve();
   const onData = (b: Buffer) => {
     stdin!.pause();
-    agent.writeStdin(ref, b).then(() => stdin!.resume(), () => detach());
+    chain = chain.then(() => agent.writeStdin(ref, b)).then(() => stdin!.resume(), () => detach());
   };
   const onEnd = () => {
     if (!stdinOpen) return;
     stdinOpen = false;
-    agent.closeStdin(ref).catch(() => undefined);
+    chain = chain.then(() => agent.closeStdin(ref)).catch(() => undefined);
   };
   const detach = () => {
     stdinOpen = false;

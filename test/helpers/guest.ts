@@ -1,0 +1,59 @@
+/**
+ * Shared helpers for tests that boot real VMs: where the guest assets are,
+ * a private run directory per test run, a gate that skips (with the reason
+ * printed) when the guest was not built, and a check that nothing was left
+ * behind (qemu processes, sandbox dirs).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { defaultConfig, type Config } from '../../src/runtime/config';
+
+export const REPO = path.resolve(__dirname, '..', '..', '..');
+export const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
+
+export function guestAvailable(): string | undefined {
+  for (const f of [path.join(CACHE, 'kernel', 'vmlinux'), path.join(CACHE, 'image', 'rootfs.erofs'), path.join(CACHE, 'rootfs', 'busybox', 'bin', 'busybox')]) {
+    if (!fs.existsSync(f)) return `guest asset ${f} missing (run scripts/setup.sh)`;
+  }
+  if (!fs.existsSync('/usr/bin/qemu-system-x86_64')) return 'qemu-system-x86_64 not installed';
+  return undefined;
+}
+
+/** Skip the suite, saying why, when VMs cannot boot here. */
+export function requireGuest(ctx: Mocha.Context): void {
+  const why = guestAvailable();
+  if (why) {
+    process.stdout.write(`      skipped: ${why}\n`);
+    ctx.skip();
+  }
+}
+
+export function testRunDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-test-run-'));
+}
+
+export function testConfig(runDir: string): Config {
+  const c = defaultConfig();
+  c.runtime.run_dir = runDir;
+  c.runtime.cache_dir = CACHE;
+  c['agent.kata'].dial_timeout = 120;
+  return c;
+}
+
+/** QEMU processes started for sandboxes under runDir (matched by their -pidfile path). */
+export function leftoverQemu(runDir: string): string[] {
+  try {
+    const out = execFileSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' });
+    return out.split('\n').filter((l) => l.includes('qemu-system') && l.includes(runDir));
+  } catch {
+    return [];
+  }
+}
+
+export function writeTestConfig(runDir: string, extra = ''): string {
+  const f = path.join(runDir, 'configuration.toml');
+  fs.writeFileSync(f, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 120\n${extra}`);
+  return f;
+}
