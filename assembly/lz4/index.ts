@@ -251,16 +251,18 @@ export function compress(src: usize, srcLen: u32, dst: usize, dstCap: u32, work:
       // Extend forwards, 8 bytes at a time.
       let a = pos + MINMATCH;
       let b = cand + MINMATCH;
+      let ended = false;
       while (a + 8 <= matchlimit) {
         const diff = load<u64>(src + a) ^ load<u64>(src + b);
         if (diff != 0) {
           a += <u32>ctz(diff) >> 3;
+          ended = true;
           break;
         }
         a += 8;
         b += 8;
       }
-      if (a + 8 > matchlimit) {
+      if (!ended) {
         while (a < matchlimit && load<u8>(src + a) == load<u8>(src + b)) {
           a++;
           b++;

@@ -125,6 +125,23 @@ describe('hot/lz4: LZ4 block format', function () {
       expect(fs.readFileSync(path.join(tmp, 'ours.out')).equals(corpus)).to.equal(true);
     });
 
+    it('4 KiB and 64 KiB blocks of real data round trip and lz4 -d agrees', function () {
+      // Many block ends: catches match extension running into the last
+      // literals (a regression: a stale cursor once made a false match there).
+      for (const bs of [4096, 65536]) {
+        const blocks: Buffer[] = [];
+        for (let i = 0; i < corpus.length; i += bs) {
+          const raw = corpus.subarray(i, i + bs);
+          const c = lz.compressBlock(raw);
+          expect(lz.decompressBlock(c, raw.length).equals(raw), `block ${i / bs} of ${bs}`).to.equal(true);
+          blocks.push(c);
+        }
+        fs.writeFileSync(path.join(tmp, `b${bs}.lz4`), legacyFrame([Buffer.concat(blocks.slice(0, 1))]));
+        execFileSync('lz4', ['-d', '-f', '-q', path.join(tmp, `b${bs}.lz4`), path.join(tmp, `b${bs}.out`)]);
+        expect(fs.readFileSync(path.join(tmp, `b${bs}.out`)).equals(corpus.subarray(0, bs))).to.equal(true);
+      }
+    });
+
     const variants: Array<[string, string[], number]> = [
       ['default frame (-B7, independent blocks)', ['-B7'], 4 << 20],
       ['64 KiB blocks with block checksums (-B4 -BX)', ['-B4', '-BX'], 64 << 10],
