@@ -97,7 +97,19 @@ export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, par
         memory.copy(op, ip, oend - op);
         return <i32>dstCap;
       }
-      memory.copy(op, ip, ll);
+      if (ip + <usize>ll <= iFast && op + <usize>ll <= oFast) {
+        // Long run with room behind it: 16-byte wild copies beat a call.
+        const lend = op + <usize>ll;
+        let s = ip;
+        let d = op;
+        do {
+          v128.store(d, v128.load(s));
+          d += 16;
+          s += 16;
+        } while (d < lend);
+      } else {
+        memory.copy(op, ip, ll);
+      }
       op += ll;
       ip += ll;
       if (ip == iend) return <i32>(op - dst);
