@@ -2,7 +2,8 @@
 # Builds the kata-ts guest image and the default container rootfs.
 #
 # Guest image: a read-only EROFS root filesystem (LZ4) booted as /dev/vda:
-#   /sbin/kata-init (PID 1, guest/init/kata-init.c, static), /usr/bin/node and
+#   /sbin/kata-init (PID 1, guest/init/kata-init.c, static), /sbin/kata-pty
+#   (debug console pty helper, guest/init/kata-pty.c), /usr/bin/node and
 #   its libraries, crun and its libraries, busybox (debug console), and the
 #   agent bundle at /opt/kata-ts (compiled agent + production node_modules).
 #   EROFS on virtio-blk rather than an initrd: nothing is unpacked at boot, the
@@ -29,6 +30,7 @@ copy_with_libs() { # copy a binary and the shared libraries ldd names, same path
 echo "image: staging guest root filesystem"
 for d in proc sys dev run tmp etc root sbin bin usr/bin usr/sbin lib64 var/run; do mkdir -p "$stage/$d"; done
 gcc -static -O2 -Wall -o "$stage/sbin/kata-init" "$repo/guest/init/kata-init.c"
+gcc -static -O2 -Wall -o "$stage/sbin/kata-pty" "$repo/guest/init/kata-pty.c" # debug console pty (kata-ctl exec)
 copy_with_libs "$(readlink -f "$(command -v node)")" /usr/bin/node
 copy_with_libs "$(command -v crun)" /usr/bin/crun
 cp /bin/busybox "$stage/bin/busybox"

@@ -12,11 +12,14 @@ import { agentHandlers } from './service';
 import { CrunRuntime } from './oci-runtime';
 import { serveOnVirtioPort } from './transport';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
+import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
 
 async function run(): Promise<void> {
-  const debug = /(^|\s)agent\.log=debug(\s|$)/.test(await import('node:fs').then((fs) => fs.readFileSync('/proc/cmdline', 'utf8')).catch(() => ''));
+  const cmdline = await import('node:fs').then((fs) => fs.readFileSync('/proc/cmdline', 'utf8')).catch(() => '');
+  const debug = /(^|\s)agent\.log=debug(\s|$)/.test(cmdline);
   const log = configureLogging({ source: 'agent', level: debug ? 'debug' : 'info' });
-  const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true });
+  const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
+    debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
   server.addService(agentServiceDefinition(), agentHandlers(sandbox));
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop

@@ -11,6 +11,8 @@ import { AgentError, Container } from './container';
 import type { OciRuntime } from './oci-runtime';
 import type { GuestProcess } from './process';
 import type { Mounter } from './storage';
+import { DebugConsoles, type DebugConsoleOptions } from './debug-console';
+import { readGuestStats } from './guest-stats';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -21,6 +23,8 @@ export interface AgentOptions {
   mounter?: Mounter;
   /** Apply guest-wide settings (hostname, sysctls); off in unit tests. */
   manageHost?: boolean;
+  /** Debug console (processes outside containers); disabled when absent. */
+  debugConsole?: DebugConsoleOptions;
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -29,8 +33,11 @@ export class AgentSandbox {
   readonly containers = new Map<string, Container>();
   sandboxId = '';
   private readonly started = Date.now();
+  readonly consoles: DebugConsoles;
 
-  constructor(private readonly opts: AgentOptions) {}
+  constructor(private readonly opts: AgentOptions) {
+    this.consoles = new DebugConsoles(opts.debugConsole ?? { enabled: false, ptyHelper: '', dir: '' });
+  }
 
   async createSandbox(req: api.CreateSandboxRequest): Promise<void> {
     this.sandboxId = req.sandbox_id;
@@ -47,6 +54,7 @@ export class AgentSandbox {
   }
 
   async destroySandbox(): Promise<void> {
+    this.consoles.killAll();
     for (const c of [...this.containers.values()]) await c.remove(0).catch(() => undefined);
     this.containers.clear();
   }
@@ -88,12 +96,15 @@ export class AgentSandbox {
     return p.pid;
   }
 
+  /** container_id "" addresses a debug console process (debug-console.ts). */
   process(ref: api.ProcessRef): GuestProcess {
+    if (!ref.container_id) return this.consoles.process(ref.exec_id ?? '');
     return this.container(ref.container_id).process(ref.exec_id ?? '');
   }
 
   async signalProcess(req: api.SignalProcessRequest): Promise<void> {
     if (!Number.isInteger(req.signal) || req.signal < 1 || req.signal > 64) throw new AgentError('invalid', `invalid signal ${req.signal}`);
+    if (!req.container_id) return this.consoles.signal(req.exec_id ?? '', req.signal);
     await this.container(req.container_id).signal(req.exec_id ?? '', req.signal);
   }
 
@@ -120,6 +131,15 @@ export class AgentSandbox {
       memory_usage_bytes: mem, memory_limit_bytes: maxTxt && maxTxt !== 'max' ? Number(maxTxt) : 0,
       pids_current: Number((await read('pids.current')).trim() || 0), io_read_bytes: ioR, io_write_bytes: ioW,
     };
+  }
+
+  async startDebugConsole(req: api.DebugConsoleRequest): Promise<api.DebugConsoleResponse> {
+    const { execId, proc } = await this.consoles.start(req);
+    return { exec_id: execId, pid: proc.pid };
+  }
+
+  guestStats(): Promise<api.GuestStatsResponse> {
+    return readGuestStats();
   }
 
   async guestDetails(): Promise<api.GuestDetailsResponse> {

@@ -72,6 +72,8 @@ export function agentHandlers(sb: AgentSandbox): grpc.UntypedServiceImplementati
     WriteStdin: unary<api.WriteStreamRequest, api.WriteStreamResponse>(async (r) => ({ len: await sb.process(r).writeStdin(r.data) })),
     CloseStdin: unary<api.ProcessRef, api.Empty>(async (r) => (sb.process(r).closeStdin(), {})),
     TtyWinResize: unary<api.TtyWinResizeRequest, api.Empty>(async (r) => (sb.process(r).resize(r.row, r.column), {})),
+    StartDebugConsole: unary<api.DebugConsoleRequest, api.DebugConsoleResponse>((r) => sb.startDebugConsole(r)),
+    GetGuestStats: unary<api.Empty, api.GuestStatsResponse>(() => sb.guestStats()),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   };

@@ -35,6 +35,13 @@ export interface GuestDetailsResponse {
   agent_version: string; kernel_release: string; mem_total_bytes: number; cpus: number;
   uptime_ms: number; crun_version: string;
 }
+export interface DebugConsoleRequest { args: string[]; terminal: boolean; rows: number; columns: number; env: string[] }
+export interface DebugConsoleResponse { exec_id: string; pid: number }
+export interface GuestStatsResponse {
+  mem_total_bytes: number; mem_available_bytes: number; mem_free_bytes: number;
+  load1: number; load5: number; load15: number;
+  cpu_user_ms: number; cpu_system_ms: number; cpu_idle_ms: number; uptime_ms: number; processes: number;
+}
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 
 let cached: grpc.ServiceDefinition | undefined;
