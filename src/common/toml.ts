@@ -30,6 +30,12 @@ class Cursor {
     return c;
   }
   fail(msg: string): never { throw new TomlError(this.line, msg); }
+  /** Consume `ch` if it is next (never swallowing a newline by mistake). */
+  eat(ch: string): boolean {
+    if (this.peek() !== ch) return false;
+    this.next();
+    return true;
+  }
   skipWs(): void { while (this.peek() === ' ' || this.peek() === '\t') this.pos++; }
   skipComment(): void { if (this.peek() === '#') while (!this.eof() && this.peek() !== '\n') this.pos++; }
   /** whitespace, newlines and comments (inside arrays) */
@@ -72,8 +78,8 @@ function parseString(c: Cursor): string {
   if (c.peek() === q && c.peek(1) === q) c.fail('multi-line strings are not supported');
   let out = '';
   for (;;) {
+    if (c.peek() === '' || c.peek() === '\n') c.fail('unterminated string');
     const ch = c.next();
-    if (ch === '' || ch === '\n') c.fail('unterminated string');
     if (ch === q) return out;
     if (q === '"' && ch === '\\') {
       const e = c.next();
@@ -115,7 +121,7 @@ function parseValue(c: Cursor): TomlValue {
     for (;;) {
       const k = parseKey(c);
       c.skipWs();
-      if (c.next() !== '=') c.fail('expected "=" in inline table');
+      if (!c.eat('=')) c.fail('expected "=" in inline table');
       setPath(c, t, k, parseValue(c), new Map(), '');
       c.skipWs();
       const d = c.next();
@@ -163,7 +169,7 @@ export function parseToml(text: string): { value: TomlTable; lines: TomlLines } 
       c.next();
       if (c.peek() === '[') c.fail('arrays of tables are not supported');
       const keys = parseKey(c);
-      if (c.next() !== ']') c.fail('expected "]" after table name');
+      if (!c.eat(']')) c.fail('expected "]" after table name');
       const name = keys.join('.');
       if (declared.has(name)) c.fail(`table [${name}] defined twice`);
       declared.add(name);
@@ -181,7 +187,7 @@ export function parseToml(text: string): { value: TomlTable; lines: TomlLines } 
     }
     const keys = parseKey(c);
     c.skipWs();
-    if (c.next() !== '=') c.fail(`expected "=" after key "${keys.join('.')}"`);
+    if (!c.eat('=')) c.fail(`expected "=" after key "${keys.join('.')}"`);
     const line = c.line;
     const v = parseValue(c);
     setPath(c, table, keys, v, lines, prefix);

@@ -1,0 +1,143 @@
+/**
+ * The agent's gRPC service end to end over an in-process transport: the real
+ * server (handlers + connection injector, as in the guest) and the real host
+ * client (AgentClient), connected through a unix socket in a temp dir, with
+ * the DirectRuntime test double instead of crun.
+ */
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
+import * as grpc from '@grpc/grpc-js';
+import { agentServiceDefinition } from '../../../src/protocols/agent-api';
+import { dialAgent } from '../../../src/protocols/agent-dialer';
+import { AgentSandbox } from '../../../src/agent/sandbox';
+import { agentHandlers } from '../../../src/agent/service';
+import { AgentClient, AgentCallError } from '../../../src/runtime/agent-client';
+import { attachProcess } from '../../../src/runtime/stdio';
+import { defaultSpec } from '../../../src/runtime/spec';
+import { DirectRuntime } from '../../helpers/direct-runtime';
+
+describe('unit: agent service over an in-process transport', function () {
+  this.timeout(20000);
+  let dir: string;
+  let server: grpc.Server;
+  let listener: net.Server;
+  let client: AgentClient;
+  let sandbox: AgentSandbox;
+  const sockets: net.Socket[] = [];
+
+  before(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-agent-'));
+    sandbox = new AgentSandbox({ runtime: new DirectRuntime(), stateDir: path.join(dir, 'state') });
+    server = new grpc.Server();
+    server.addService(agentServiceDefinition(), agentHandlers(sandbox));
+    const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const sock = path.join(dir, 'agent.sock');
+    listener = net.createServer((s) => {
+      sockets.push(s);
+      injector.injectConnection(s);
+    });
+    await new Promise<void>((r) => listener.listen(sock, r));
+    client = new AgentClient(dialAgent(sock));
+    await client.check(5000);
+  });
+
+  after(async () => {
+    await sandbox.destroySandbox();
+    client.close();
+    for (const s of sockets) s.destroy();
+    server.forceShutdown();
+    await new Promise((r) => listener.close(r));
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  const spec = (args: string[], env: string[] = []) => JSON.stringify({ ...defaultSpec({ args, env }), root: { path: '/' } });
+
+  async function runToEnd(id: string, args: string[], input?: string, env: string[] = []) {
+    await client.createContainer({ container_id: id, exec_id: '', storages: [], oci_spec_json: spec(args, env) });
+    const pid = await client.startContainer(id);
+    const out = new PassThrough();
+    const err = new PassThrough();
+    let o = '';
+    let e = '';
+    out.on('data', (d) => (o += d));
+    err.on('data', (d) => (e += d));
+    const stdin = input === undefined ? undefined : (() => { const p = new PassThrough(); p.end(input); return p; })();
+    const st = await attachProcess(client, id, '', { stdin, stdout: out, stderr: err, terminal: false }).done;
+    return { pid, status: st.status, signal: st.signal, out: o, err: e };
+  }
+
+  it('answers Check and GetGuestDetails', async () => {
+    const d = await client.guestDetails();
+    expect(d.agent_version).to.match(/^\d+\.\d+\.\d+$/);
+    expect(d.kernel_release).to.equal(os.release());
+    expect(d.crun_version).to.equal('direct-test-double');
+  });
+
+  it('runs a container: stdout, stderr, exit status, env', async () => {
+    const r = await runToEnd('c-status', ['sh', '-c', 'echo out $X; echo err >&2; exit 3'], undefined, ['X=ex']);
+    expect(r.pid).to.be.greaterThan(0);
+    expect(r.status).to.equal(3);
+    expect(r.out).to.equal('out ex\n');
+    expect(r.err).to.equal('err\n');
+  });
+
+  it('forwards stdin and its end', async () => {
+    const r = await runToEnd('c-stdin', ['sh', '-c', 'wc -c'], 'x'.repeat(100000));
+    expect(r.out.trim()).to.equal('100000');
+  });
+
+  it('delivers a signal and reports 128+signal', async () => {
+    await client.createContainer({ container_id: 'c-kill', exec_id: '', storages: [], oci_spec_json: spec(['sleep', '30']) });
+    await client.startContainer('c-kill');
+    await client.signalProcess({ container_id: 'c-kill', exec_id: '', signal: 9 });
+    const st = await client.waitProcess({ container_id: 'c-kill', exec_id: '' });
+    expect(st.status).to.equal(137);
+    expect(st.signal).to.equal(9);
+    expect(st.exited_at_ms).to.be.closeTo(Date.now(), 10000);
+  });
+
+  it('execs a second process into a running container', async () => {
+    await client.createContainer({ container_id: 'c-exec', exec_id: '', storages: [], oci_spec_json: spec(['sleep', '30']) });
+    await client.startContainer('c-exec');
+    const pid = await client.execProcess({ container_id: 'c-exec', exec_id: 'e1', process_json: JSON.stringify({ args: ['sh', '-c', 'echo from exec; exit 4'], cwd: '/', user: { uid: 0, gid: 0 } }) });
+    expect(pid).to.be.greaterThan(0);
+    const out = new PassThrough();
+    let o = '';
+    out.on('data', (d) => (o += d));
+    const st = await attachProcess(client, 'c-exec', 'e1', { stdout: out, stderr: new PassThrough(), terminal: false }).done;
+    expect(st.status).to.equal(4);
+    expect(o).to.equal('from exec\n');
+    await client.removeContainer('c-exec', 0);
+    expect(sandbox.containers.has('c-exec')).to.equal(false);
+  });
+
+  it('maps errors onto gRPC codes', async () => {
+    const code = async (p: Promise<unknown>) => {
+      try {
+        await p;
+      } catch (err) {
+        expect(err).to.be.instanceOf(AgentCallError);
+        return (err as AgentCallError).kind;
+      }
+      return 'no error';
+    };
+    expect(await code(client.startContainer('nope'))).to.equal('not-found');
+    expect(await code(client.waitProcess({ container_id: 'c-status', exec_id: 'nope' }))).to.equal('not-found');
+    expect(await code(client.createContainer({ container_id: 'c-status', exec_id: '', storages: [], oci_spec_json: spec(['true']) }))).to.equal('already-exists');
+    expect(await code(client.createContainer({ container_id: 'bad json', exec_id: '', storages: [], oci_spec_json: '{' }))).to.equal('invalid');
+    expect(await code(client.createContainer({ container_id: 'c-badspec', exec_id: '', storages: [], oci_spec_json: '{"ociVersion":"1"}' }))).to.equal('invalid');
+    expect(await code(client.createContainer({ container_id: 'c-store', exec_id: '', storages: [{ driver: 'nfs', source: 'x', fstype: '', options: [], mount_point: path.join(dir, 'm') }], oci_spec_json: spec(['true']) }))).to.equal('failed-precondition');
+    await client.createContainer({ container_id: 'c-nocmd', exec_id: '', storages: [], oci_spec_json: spec(['definitely-not-a-command-xyz']) });
+    const e = await client.startContainer('c-nocmd').catch((x: AgentCallError) => x);
+    expect((e as AgentCallError).kind).to.equal('not-found');
+    expect((e as AgentCallError).message).to.match(/executable file `definitely-not-a-command-xyz` not found/);
+    expect(await code(client.signalProcess({ container_id: 'c-status', exec_id: '', signal: 0 }))).to.equal('invalid');
+    expect(await code(client.startContainer('c-status'))).to.equal('failed-precondition');
+    // failed creations leave no container behind
+    expect([...sandbox.containers.keys()]).to.not.include.members(['c-badspec', 'c-store']);
+  });
+});

@@ -1,0 +1,108 @@
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseConfig, defaultConfig, loadConfig, findConfigFile, ConfigError, SCHEMA, guestAssets } from '../../../src/runtime/config';
+import { parseToml, TomlError } from '../../../src/common/toml';
+
+describe('unit: TOML reader', () => {
+  it('reads tables, dotted tables, strings, numbers, booleans, arrays, inline tables and comments', () => {
+    const { value } = parseToml(`
+# comment
+title = "kata" # trailing
+[hypervisor.qemu]
+path = '/usr/bin/qemu'
+n = 1_024
+hex = 0x1F
+f = 1.5e2
+b = true
+arr = [ "a", 'b',
+  "c", ]
+tbl = { x = 1, y = "z" }
+"quoted key" = "\\u00e9\\t"
+`);
+    expect(value.title).to.equal('kata');
+    expect(value.hypervisor).to.deep.equal({ qemu: { path: '/usr/bin/qemu', n: 1024, hex: 31, f: 150, b: true, arr: ['a', 'b', 'c'], tbl: { x: 1, y: 'z' }, 'quoted key': 'é\t' } });
+  });
+
+  it('names the line of every syntax error', () => {
+    const cases: [string, number, RegExp][] = [
+      ['a = 1\nb = \n', 2, /expected a value/],
+      ['a = "x\n', 1, /unterminated string/],
+      ['[t]\na = 1\n[t]\n', 3, /defined twice/],
+      ['a = 1\na = 2\n', 2, /duplicate key/],
+      ['x = yes\n', 1, /strings need quotes/],
+      ['x = [1, 2\n', 2, /expected "," or "\]"/],
+      ['a = 1 b = 2\n', 1, /after value/],
+    ];
+    for (const [text, line, re] of cases) {
+      try {
+        parseToml(text);
+        expect.fail(`no error for ${JSON.stringify(text)}`);
+      } catch (err) {
+        expect(err).to.be.instanceOf(TomlError);
+        expect((err as TomlError).line, text).to.equal(line);
+        expect((err as Error).message).to.match(re);
+      }
+    }
+  });
+});
+
+describe('unit: configuration', () => {
+  it('has a default for every key', () => {
+    const c = defaultConfig();
+    for (const [sec, keys] of Object.entries(SCHEMA)) {
+      for (const k of Object.keys(keys)) expect((c as unknown as Record<string, Record<string, unknown>>)[sec]![k], `${sec}.${k}`).to.not.equal(undefined);
+    }
+    expect(c['hypervisor.qemu'].default_memory).to.equal(512);
+    expect(c.runtime.hypervisor).to.equal('auto');
+    expect(c.source).to.equal('');
+  });
+
+  it('overrides defaults from a Kata-shaped file', () => {
+    const c = parseConfig(`[hypervisor.qemu]\ndefault_memory = 1024\nmachine_type = "microvm"\n[agent.kata]\ndebug_console_enabled = true\n[runtime]\nhypervisor = "qemu"\n`, 'c.toml');
+    expect(c['hypervisor.qemu'].default_memory).to.equal(1024);
+    expect(c['hypervisor.qemu'].machine_type).to.equal('microvm');
+    expect(c['hypervisor.qemu'].default_vcpus).to.equal(1);
+    expect(c['agent.kata'].debug_console_enabled).to.equal(true);
+    expect(c.runtime.hypervisor).to.equal('qemu');
+    expect(c.source).to.equal('c.toml');
+  });
+
+  it('rejects unknown sections and keys with file and line', () => {
+    expect(() => parseConfig('[hypervisor.qemu]\nmemory = 5\n', '/etc/x.toml')).to.throw(ConfigError, /^\/etc\/x\.toml:2: unknown key "memory" in \[hypervisor\.qemu\]/);
+    expect(() => parseConfig('\n[hypervisor.firecracker]\npath = "x"\n', 'f')).to.throw(ConfigError, /f:3: unknown key "hypervisor.firecracker.path"|f:\d+: unknown section "hypervisor.firecracker"/);
+    expect(() => parseConfig('top = 1\n', 'f')).to.throw(ConfigError, /f:1: unknown key "top"/);
+  });
+
+  it('rejects bad values with file and line', () => {
+    expect(() => parseConfig('[hypervisor.qemu]\n\ndefault_memory = "big"\n', 'f')).to.throw(ConfigError, /^f:3: hypervisor\.qemu\.default_memory must be an integer/);
+    expect(() => parseConfig('[hypervisor.qemu]\ndefault_vcpus = 0\n', 'f')).to.throw(ConfigError, /f:2: .*between 1 and 64/);
+    expect(() => parseConfig('[runtime]\nhypervisor = "firecracker"\n', 'f')).to.throw(ConfigError, /must be one of "auto", "qemu", "builtin"/);
+    expect(() => parseConfig('[runtime]\nrun_dir = "relative"\n', 'f')).to.throw(ConfigError, /absolute path/);
+    expect(() => parseConfig('[agent.kata]\nenable_debug = 1\n', 'f')).to.throw(ConfigError, /true or false/);
+    expect(() => parseConfig('[runtime\n', 'f')).to.throw(ConfigError, /^f:1:/);
+  });
+
+  it('finds the file at --config, then $KATA_TS_CONFIG, then the system path', () => {
+    expect(findConfigFile('/a.toml', { KATA_TS_CONFIG: '/b.toml' })).to.equal('/a.toml');
+    expect(findConfigFile(undefined, { KATA_TS_CONFIG: '/b.toml' })).to.equal('/b.toml');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-cfg-'));
+    try {
+      const f = path.join(dir, 'c.toml');
+      fs.writeFileSync(f, '[runtime]\nstop_timeout = 3\n');
+      expect(loadConfig(undefined, { KATA_TS_CONFIG: f }).runtime.stop_timeout).to.equal(3);
+      expect(() => loadConfig(path.join(dir, 'missing.toml'), {})).to.throw(ConfigError, /cannot read configuration/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('resolves guest assets against the cache unless configured', () => {
+    const c = defaultConfig();
+    c.runtime.cache_dir = '/cache';
+    expect(guestAssets(c, 'qemu')).to.deep.equal({ kernel: '/cache/kernel/vmlinux', image: '/cache/image/rootfs.erofs' });
+    c['hypervisor.qemu'].kernel = '/k';
+    expect(guestAssets(c, 'qemu').kernel).to.equal('/k');
+  });
+});
