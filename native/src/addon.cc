@@ -4,9 +4,11 @@
 #include <napi.h>
 
 void InitFd(Napi::Env env, Napi::Object exports);
+void InitFs(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
+  InitFs(env, exports);
   return exports;
 }
 
