@@ -4,10 +4,14 @@
 #include <napi.h>
 
 void InitFd(Napi::Env env, Napi::Object exports);
+void InitMem(Napi::Env env, Napi::Object exports);
+void InitSock(Napi::Env env, Napi::Object exports);
 void InitFs(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
+  InitMem(env, exports);
+  InitSock(env, exports);
   InitFs(env, exports);
   return exports;
 }

@@ -47,6 +47,39 @@ export interface NativeAddon {
   fsListxattr(path: string, out: Buffer | null, follow: boolean): number;
   fsRemovexattr(path: string, name: Buffer, follow: boolean): number;
   fsClose(fd: number): number;
+
+  // --- native/src/mem.cc: guest memory (ARCHITECTURE.md decision 1) ---
+  /** memfd of `size` bytes (close-on-exec). */
+  memfdCreate(name: string, size: number): number;
+  /** mmap(MAP_FIXED|MAP_SHARED) fd@fileOffset over buffer[offset, offset+length); page aligned. */
+  mapFileOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number, readonly?: boolean): void;
+  /** Puts anonymous zero pages back over buffer[offset, offset+length). */
+  unmapOver(buffer: ArrayBuffer, offset: number, length: number): void;
+  /** Identity of an open file, to tell whether two fds are the same memfd. */
+  fstatId(fd: number): { dev: number; ino: number; size: number };
+
+  // --- native/src/sock.cc: eventfds, fd passing, vsock, readiness ---
+  // Non-blocking throughout: -1 means EAGAIN ("try again when ready").
+  eventfdCreate(initial?: number): number;
+  /** Counter value, or -1 when not signalled. */
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value?: number): void;
+  /** bytes -1 = EAGAIN, 0 = EOF; fds received with SCM_RIGHTS (close-on-exec). */
+  recvMsg(fd: number, buf: Buffer, offset: number, length: number): { bytes: number; fds: number[]; truncated?: boolean };
+  /** Sends buf with optional SCM_RIGHTS fds; bytes sent or -1 (EAGAIN). */
+  sendMsg(fd: number, buf: Buffer, fds?: number[]): number;
+  readFd(fd: number, buf: Buffer, offset: number, length: number): number;
+  writeFd(fd: number, buf: Buffer, offset: number, length: number): number;
+  shutdownFd(fd: number, how: 0 | 1 | 2): void;
+  acceptNb(listenFd: number): number;
+  unixListenNb(path: string, backlog?: number): number;
+  unixConnect(path: string): number;
+  vsockListen(port: number, backlog?: number): number;
+  vsockConnect(cid: number, port: number): number;
+  /** Watch fd on the Node loop; cb(events: 1 readable | 2 writable | 4 hang-up/error). */
+  pollStart(fd: number, events: number, cb: (events: number) => void, unref?: boolean): number;
+  pollUpdate(id: number, events: number): void;
+  pollStop(id: number): void;
 }
 
 export class NativeError extends KataError<'not-built'> {}

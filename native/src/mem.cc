@@ -1,0 +1,108 @@
+// Guest memory syscalls (ARCHITECTURE.md decision 1): memfd creation, and
+// mapping a file (a guest-RAM memfd, ours or one QEMU sent over vhost-user)
+// MAP_FIXED|MAP_SHARED over a page-aligned range of a WebAssembly.Memory's
+// buffer, so JS views, WASM loads and the other process see the same pages.
+// Unmapping puts fresh anonymous zero pages back, because V8 still owns the
+// range and a hole there would turn a later access into SIGSEGV.
+// Syscalls only: the caller decides where (offsets are checked against the
+// buffer here so a bad offset is an exception, never a stray mapping).
+#include <napi.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cstdint>
+#include "errors.h"
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+
+// memfdCreate(name, size) -> fd (MFD_CLOEXEC, ftruncated to size).
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = info[0].As<Napi::String>();
+  int64_t size = info[1].As<Napi::Number>().Int64Value();
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC);
+  if (fd < 0) { SyscallError(env, "memfd_create", errno).ThrowAsJavaScriptException(); return env.Null(); }
+  if (ftruncate(fd, size) != 0) {
+    int e = errno; close(fd); SyscallError(env, "ftruncate", e).ThrowAsJavaScriptException(); return env.Null();
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// Resolves [offset, offset+length) of an ArrayBuffer to a page-aligned address.
+bool Range(const Napi::CallbackInfo& info, uint8_t** addr, uint64_t* len) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) {
+    Napi::TypeError::New(env, "expected the WebAssembly.Memory's ArrayBuffer").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  int64_t off = info[1].As<Napi::Number>().Int64Value();
+  int64_t n = info[2].As<Napi::Number>().Int64Value();
+  uint8_t* base = static_cast<uint8_t*>(ab.Data());
+  if (off < 0 || n <= 0 || static_cast<uint64_t>(off) + static_cast<uint64_t>(n) > ab.ByteLength()) {
+    Napi::RangeError::New(env, "range outside the buffer").ThrowAsJavaScriptException();
+    return false;
+  }
+  uint8_t* a = base + off;
+  if ((reinterpret_cast<uintptr_t>(a) % kPage) != 0 || (static_cast<uint64_t>(n) % kPage) != 0) {
+    Napi::RangeError::New(env, "range is not page aligned").ThrowAsJavaScriptException();
+    return false;
+  }
+  *addr = a;
+  *len = static_cast<uint64_t>(n);
+  return true;
+}
+
+// mapFileOver(arrayBuffer, offset, length, fd, fileOffset, readonly?)
+Napi::Value MapFileOver(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* addr; uint64_t len;
+  if (!Range(info, &addr, &len)) return env.Undefined();
+  int fd = info[3].As<Napi::Number>().Int32Value();
+  int64_t foff = info[4].As<Napi::Number>().Int64Value();
+  bool ro = info.Length() > 5 && info[5].ToBoolean().Value();
+  if (foff < 0 || (static_cast<uint64_t>(foff) % kPage) != 0) {
+    Napi::RangeError::New(env, "file offset is not page aligned").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  void* p = mmap(addr, len, PROT_READ | (ro ? 0 : PROT_WRITE), MAP_SHARED | MAP_FIXED, fd, foff);
+  if (p == MAP_FAILED) SyscallError(env, "mmap", errno).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+// unmapOver(arrayBuffer, offset, length): anonymous zero pages back in place.
+Napi::Value UnmapOver(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* addr; uint64_t len;
+  if (!Range(info, &addr, &len)) return env.Undefined();
+  void* p = mmap(addr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  if (p == MAP_FAILED) SyscallError(env, "mmap(anon)", errno).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
+// fstatId(fd) -> {dev, ino, size}: tells whether two fds name the same file.
+Napi::Value FstatId(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct stat st{};
+  if (fstat(info[0].As<Napi::Number>().Int32Value(), &st) != 0) {
+    SyscallError(env, "fstat", errno).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("dev", Napi::Number::New(env, static_cast<double>(st.st_dev)));
+  o.Set("ino", Napi::Number::New(env, static_cast<double>(st.st_ino)));
+  o.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  return o;
+}
+
+}  // namespace
+
+void InitMem(Napi::Env env, Napi::Object exports) {
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
+  exports.Set("mapFileOver", Napi::Function::New(env, MapFileOver));
+  exports.Set("unmapOver", Napi::Function::New(env, UnmapOver));
+  exports.Set("fstatId", Napi::Function::New(env, FstatId));
+}
