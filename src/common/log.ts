@@ -15,6 +15,16 @@ export type Logger = winston.Logger;
 
 let root: winston.Logger | undefined;
 
+/** Kata's log line shape (logrus JSON): time, level, msg, then fields. */
+const kataShape = winston.format((info) => {
+  const { message, level, ...rest } = info;
+  const out = info as Record<string | symbol, unknown>;
+  for (const k of Object.keys(rest)) delete out[k];
+  delete out.message;
+  Object.assign(out, { time: new Date().toISOString(), level, msg: message, ...rest });
+  return info;
+});
+
 export interface LogOptions {
   level?: LogLevel;
   /** Where JSON lines go; default process.stderr. */
@@ -30,11 +40,7 @@ export function configureLogging(opts: LogOptions = {}): winston.Logger {
     level: opts.level ?? (process.env.KATA_TS_LOG_LEVEL as LogLevel | undefined) ?? 'warn',
     silent: opts.silent ?? false,
     defaultMeta: { source: opts.source ?? 'kata-ts', pid: process.pid },
-    format: winston.format.combine(
-      winston.format.timestamp({ alias: 'time' }),
-      winston.format.errors({ stack: false }),
-      winston.format.json(),
-    ),
+    format: winston.format.combine(winston.format.errors({ stack: false }), kataShape(), winston.format.json()),
     transports: [new winston.transports.Stream({ stream: opts.stream ?? process.stderr })],
   });
   return root;
