@@ -16,7 +16,7 @@
  */
 import { KataError } from '../common/errors';
 import { logger } from '../common/log';
-import { HotMemory } from './memory';
+import { HotMemory, type GuestRegion } from './memory';
 import { instantiate } from './loader';
 
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -133,9 +133,13 @@ export class VirtioModule {
     this.writeMemoryMap();
   }
 
-  /** Writes HotMemory's guest regions as the module's memory map. */
-  private writeMemoryMap(): void {
-    const regions = this.mem.guestRegions;
+  /**
+   * Writes the module's memory map: HotMemory's guest regions by default, or
+   * `regions` when the guest's layout is learnt later (vhost-user
+   * SET_MEM_TABLE maps the front end's regions into the guest RAM area).
+   * Queues must be re-activated after the map changes.
+   */
+  writeMemoryMap(regions: ReadonlyArray<GuestRegion> = this.mem.guestRegions): void {
     if (regions.length > MAX_MEM_REGIONS) {
       throw new VirtqueueError('mem-map', `${regions.length} guest regions; at most ${MAX_MEM_REGIONS}`);
     }
