@@ -160,11 +160,11 @@ export class Container {
     if (init && !init.exitStatus) {
       if (timeoutSec > 0) {
         await this.signal('', 15).catch(() => undefined);
-        await Promise.race([init.wait(), new Promise((r) => setTimeout(r, timeoutSec * 1000))]);
+        await Promise.race([init.wait(), new Promise((r) => setTimeout(r, timeoutSec * 1000).unref())]);
       }
       if (!init.exitStatus) {
         await this.signal('', 9).catch(() => undefined);
-        await Promise.race([init.wait(), new Promise((r) => setTimeout(r, 5000))]);
+        await Promise.race([init.wait(), new Promise((r) => setTimeout(r, 5000).unref())]);
       }
     }
     await this.runtime.delete(this.id);

@@ -24,7 +24,7 @@ async function run(): Promise<void> {
   server.addService(agentServiceDefinition(), agentHandlers(sandbox));
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
   await serveOnVirtioPort(server, grpc.ServerCredentials.createInsecure(), () => {
-    log.info('agent ready', { transport: 'virtio-serial' });
+    log.info('agent ready', { transport: 'virtio-serial', nodeUptimeMs: Math.round(process.uptime() * 1000), guestUptime: require('node:fs').readFileSync('/proc/uptime', 'utf8').split(' ')[0] });
     // The host waits for this marker on the console before it dials.
     process.stderr.write(`${AGENT_READY_MARKER}\n`);
   });

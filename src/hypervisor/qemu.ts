@@ -125,7 +125,8 @@ export class QemuHypervisor implements Hypervisor {
     }
     this.stopping = true;
     const gone = new Promise<void>((r) => child.once('exit', () => r()));
-    const within = (ms: number) => Promise.race([gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
+    // unref'd: a pending grace timer must not keep the CLI alive after QEMU is gone
+    const within = (ms: number) => Promise.race([gone.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms).unref())]);
     await this.qmp?.execute('quit').catch(() => undefined);
     if (!(await within(3000))) {
       child.kill('SIGTERM');
@@ -173,7 +174,7 @@ export class QemuHypervisor implements Hypervisor {
       setTimeout(() => {
         qmp.off('event', onEv);
         resolve();
-      }, 5000);
+      }, 5000).unref();
     });
     await qmp.execute('device_del', { id: `dev-${id}` }).catch(() => undefined);
     await deleted;

@@ -1,0 +1,145 @@
+/**
+ * Sandbox start-up and footprint (issue 2), side by side in one run:
+ *
+ *   kata-ts run      `kata-ts run -- echo MARK`: start of the CLI to MARK on
+ *                    its stdout (VM boot, agent, container create+start).
+ *   floor (kernel)   the same QEMU machine, kernel and guest image booted by a
+ *                    bare command line with init=/bin/echo MARK: the cost of
+ *                    QEMU + kernel alone.
+ *   floor (node)     the same, with init=/usr/bin/node -e 'print MARK': the
+ *                    cost of starting Node in the guest, which the agent pays.
+ *
+ * Reported as medians and as ratios to the floors, plus host memory (PSS from
+ * /proc/<pid>/smaps_rollup) of the runtime process and of QEMU per running
+ * sandbox. Acceleration is whatever `auto` picks here (TCG on PVM hosts).
+ *
+ *   bash scripts/setup.sh && node dist/bench/boot.js [runs]
+ *
+ * Writes build/bench/boot.json.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { ROOT, writeResult } from './native';
+import { defaultConfig, guestAssets } from '../src/runtime/config';
+import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
+import { QemuHypervisor } from '../src/hypervisor/qemu';
+import { baseKernelParams } from '../src/hypervisor/hypervisor';
+
+const MARK = 'KATA_BENCH_MARK';
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+/** Spawn, resolve with ms until `marker` appears on the chosen stream, then let it finish. */
+function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'): Promise<{ ms: number; totalMs: number }> {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let seen = -1;
+    let buf = '';
+    child[stream].on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      if (seen < 0 && buf.includes(MARK)) seen = Number(process.hrtime.bigint() - t0) / 1e6;
+    });
+    const other = stream === 'stdout' ? 'stderr' : 'stdout';
+    child[other].resume();
+    const timer = setTimeout(() => child.kill('SIGKILL'), 180000);
+    child.on('exit', () => {
+      clearTimeout(timer);
+      const total = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (seen < 0) reject(new Error(`${cmd} ended without printing the marker: ${buf.slice(-400)}`));
+      else resolve({ ms: seen, totalMs: total });
+    });
+  });
+}
+
+function pssKiB(pid: number): number {
+  try {
+    const t = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    return Number(/^Pss:\s+(\d+) kB/m.exec(t)?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+async function footprint(cfgFile: string, runDir: string): Promise<{ runtimePssMiB: number; qemuPssMiB: number }> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'sleep', '20'], { stdio: 'ignore' });
+  try {
+    const deadline = Date.now() + 120000;
+    let qemuPid = 0;
+    while (Date.now() < deadline) {
+      const dir = path.join(runDir, 'sandboxes');
+      for (const id of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+        try {
+          const st = JSON.parse(fs.readFileSync(path.join(dir, id, 'state.json'), 'utf8'));
+          if (st.phase === 'running' && st.containers?.[0]?.state === 'running') qemuPid = st.vmPids[0];
+        } catch { /* being written */ }
+      }
+      if (qemuPid) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 2000)); // settle
+    return { runtimePssMiB: pssKiB(child.pid!) / 1024, qemuPssMiB: pssKiB(qemuPid) / 1024 };
+  } finally {
+    await new Promise((r) => { child.once('exit', r); setTimeout(() => child.kill('SIGTERM'), 100); });
+  }
+}
+
+async function main(): Promise<void> {
+  const runs = Number(process.argv[2] ?? 3);
+  const cfg = defaultConfig();
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-bench-'));
+  const cfgFile = path.join(runDir, 'configuration.toml');
+  fs.writeFileSync(cfgFile, `[runtime]\nrun_dir = "${runDir}"\n`);
+  const probe = await probeKvm(cfg['hypervisor.qemu'].path, runDir);
+  const choice = chooseHypervisor('auto', 'auto', probe, false);
+  const assets = guestAssets(cfg, 'qemu');
+  const floorArgs = (init: string, extra: string) => {
+    const q = new QemuHypervisor({ binary: cfg['hypervisor.qemu'].path, machine: 'pc', accel: choice.accel });
+    const dir = fs.mkdtempSync(path.join(runDir, 'floor-'));
+    const args = q.commandLine({ id: 'floor', dir, kernel: assets.kernel, image: assets.image, vcpus: 1, memoryMiB: 512, kernelParams: '', disks: [], debug: false });
+    const i = args.indexOf('-append');
+    args[i + 1] = baseKernelParams(false).replace('init=/sbin/kata-init', `init=${init}`).replace('quiet', 'quiet') + ` -- ${extra}`;
+    const s = args.indexOf('-serial');
+    args.splice(s, 2, '-serial', 'stdio');
+    const c = args.indexOf('-chardev');
+    args.splice(c, 2);
+    return args;
+  };
+  const results: Record<string, number[]> = { 'kata-ts run': [], 'floor (kernel)': [], 'floor (node)': [] };
+  const totals: number[] = [];
+  for (let r = 0; r < runs; r++) {
+    const k = await timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'echo', MARK], 'stdout');
+    results['kata-ts run']!.push(k.ms);
+    totals.push(k.totalMs);
+    results['floor (kernel)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/bin/echo', MARK), 'stdout')).ms);
+    results['floor (node)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/usr/bin/node', `-e console.log("${MARK}")`), 'stdout')).ms);
+  }
+  const fp = await footprint(cfgFile, runDir);
+  fs.rmSync(runDir, { recursive: true, force: true });
+  const med = Object.fromEntries(Object.entries(results).map(([k, v]) => [k, Math.round(median(v))]));
+  const out = {
+    accel: choice.accel, reason: choice.reason, runs,
+    medianMs: med, runTotalMedianMs: Math.round(median(totals)),
+    ratioToKernelFloor: +(med['kata-ts run']! / med['floor (kernel)']!).toFixed(2),
+    ratioToNodeFloor: +(med['kata-ts run']! / med['floor (node)']!).toFixed(2),
+    footprintMiB: { runtime: +fp.runtimePssMiB.toFixed(1), qemu: +fp.qemuPssMiB.toFixed(1) },
+    samplesMs: results,
+  };
+  console.log(`accel: ${out.accel} (${out.reason})`);
+  console.log('time to first output (median of %d):', runs);
+  for (const [k, v] of Object.entries(med)) console.log(`  ${k.padEnd(16)} ${String(v).padStart(6)} ms`);
+  console.log(`  ratio kata-ts run / floor (kernel): ${out.ratioToKernelFloor}x;  / floor (node): ${out.ratioToNodeFloor}x`);
+  console.log(`  kata-ts run total (to exit, VM torn down): ${out.runTotalMedianMs} ms`);
+  console.log(`host PSS per running sandbox: runtime ${out.footprintMiB.runtime} MiB, qemu ${out.footprintMiB.qemu} MiB`);
+  writeResult('boot', out);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
