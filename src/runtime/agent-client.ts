@@ -58,6 +58,8 @@ export class AgentClient {
   async writeStdin(ref: Ref, data: Buffer): Promise<number> { return (await this.call<api.WriteStreamRequest, api.WriteStreamResponse>('WriteStdin', { ...ref, data })).len; }
   closeStdin(ref: Ref): Promise<api.Empty> { return this.call('CloseStdin', ref); }
   ttyWinResize(req: api.TtyWinResizeRequest): Promise<api.Empty> { return this.call('TtyWinResize', req); }
+  startDebugConsole(req: api.DebugConsoleRequest): Promise<api.DebugConsoleResponse> { return this.call('StartDebugConsole', req); }
+  guestStats(timeoutMs?: number): Promise<api.GuestStatsResponse> { return this.call('GetGuestStats', {}, timeoutMs); }
   readStdout(ref: Ref): Readable & { cancel(): void } { return this.stream('ReadStdout', ref); }
   readStderr(ref: Ref): Readable & { cancel(): void } { return this.stream('ReadStderr', ref); }
 

@@ -16,10 +16,11 @@ import type { Hypervisor, VmInfo } from '../hypervisor/hypervisor';
 import { dialAgent, waitForMarker } from '../protocols/agent-dialer';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import { AgentClient } from './agent-client';
+import { serveCtlChannel, type CtlChannel } from './ctl-channel';
 import type { Config } from './config';
 import { guestAssets } from './config';
 import { buildErofsImage } from './rootfs';
-import { sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
+import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
 export class SandboxError extends KataError<'boot' | 'agent' | 'container' | 'state'> {}
 
@@ -59,6 +60,7 @@ export class Sandbox {
   private readonly log;
   private readonly createdAt = new Date().toISOString();
   private readonly preparedImages = new Map<string, string>();
+  private ctl: CtlChannel | undefined;
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
@@ -97,7 +99,8 @@ export class Sandbox {
       this.vm = await this.opts.hypervisor.start({
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
         vcpus: this.opts.vcpus ?? q.default_vcpus, memoryMiB: this.opts.memoryMiB ?? q.default_memory,
-        kernelParams: q.kernel_params, disks, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+        // The guest agent serves the debug console only when booted with this flag.
+        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       });
       this.persist();
       const timeoutMs = cfg['agent.kata'].dial_timeout * 1000;
@@ -110,6 +113,8 @@ export class Sandbox {
       this.agentClient = new AgentClient(dialAgent(this.vm.agentSocket));
       await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
       await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: [], sysctls: {} });
+      // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
+      this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel });
       this.phase = 'running';
       this.persist();
@@ -199,6 +204,7 @@ export class Sandbox {
   private async doStop(): Promise<void> {
     this.phase = 'stopping';
     if (fs.existsSync(this.dir)) this.persist();
+    await this.ctl?.close();
     if (this.agentClient) {
       await this.agentClient.destroySandbox(5000).catch(() => undefined);
       this.agentClient.close();
@@ -211,7 +217,7 @@ export class Sandbox {
   private persist(): void {
     const st: SandboxState = {
       id: this.id, phase: this.phase, hypervisor: this.opts.hypervisor.name, accel: this.vm?.accel ?? '',
-      ownerPid: process.pid, vmPids: this.vm?.pids ?? [],
+      ownerPid: process.pid, ownerStartTime: processStartTime(process.pid), vmPids: this.vm?.pids ?? [],
       vcpus: this.opts.vcpus ?? this.opts.config['hypervisor.qemu'].default_vcpus,
       memoryMiB: this.opts.memoryMiB ?? this.opts.config['hypervisor.qemu'].default_memory,
       createdAt: this.createdAt,

@@ -16,6 +16,11 @@ export interface SandboxState {
   accel: string;
   /** The runtime process (CLI or shim) that owns the VM. */
   ownerPid: number;
+  /**
+   * The owner's start time (clock ticks after boot, /proc/<pid>/stat field
+   * 22), so a recycled pid is not mistaken for a live owner.
+   */
+  ownerStartTime?: number;
   /** VMM pids (QEMU). */
   vmPids: number[];
   vcpus: number;
@@ -46,6 +51,18 @@ export function listStates(runDir: string): { dir: string; state: SandboxState |
   const d = sandboxesDir(runDir);
   if (!fs.existsSync(d)) return [];
   return fs.readdirSync(d).map((id) => ({ dir: path.join(d, id), state: readState(path.join(d, id)) }));
+}
+
+/** Start time of a process in clock ticks after boot, or undefined when it does not exist. */
+export function processStartTime(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(rest[19]);
+  } catch {
+    return undefined;
+  }
 }
 
 export function pidAlive(pid: number): boolean {
