@@ -1,6 +1,13 @@
 /** Registry of kata-ctl subcommands; add one import + one entry per command module. */
 import type { CtlCommand } from '../command';
 import { erofsCommand } from './erofs';
+import { checkCommand } from './check';
+import { envCommand } from './env';
+import { listCommand } from './list';
+import { cleanupCommand } from './cleanup';
+import { execCommand } from './exec';
+import { metricsCommand } from './metrics';
 
 export const commands: CtlCommand<any>[] = [];
 commands.push(erofsCommand);
+commands.push(checkCommand, envCommand, listCommand, cleanupCommand, execCommand, metricsCommand);
