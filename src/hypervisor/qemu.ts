@@ -147,7 +147,8 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   async addDisk(d: DiskDevice): Promise<void> {
-    if (this.opts.machine === 'microvm') throw new QemuError('config', 'the microvm machine cannot hotplug disks; use machine_type = "pc"');
+    // microvm has no hotplug; q35's root complex (pcie.0) has none without root ports.
+    if (this.opts.machine !== 'pc') throw new QemuError('config', `the ${this.opts.machine} machine cannot hotplug disks; use machine_type = "pc"`);
     const qmp = this.requireQmp();
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     const slot = this.nextSlot++;
