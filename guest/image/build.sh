@@ -15,8 +15,10 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${KATA_TS_CACHE:-/var/cache/kata-ts}"
-stage="$cache/build/image-stage"
-rm -rf "$stage"; mkdir -p "$stage"
+mkdir -p "$cache/build"
+# a private staging dir: concurrent set-ups (two checkouts, CI) must not clobber each other
+stage="$(mktemp -d "$cache/build/image-stage.XXXXXX")"
+trap 'rm -rf "$stage"' EXIT
 
 copy_with_libs() { # copy a binary and the shared libraries ldd names, same paths
   local bin="$1" dest="${2:-$1}"
@@ -62,16 +64,16 @@ if [ -f "$out/rootfs.erofs" ]; then
   echo "image: up to date ($out)"
 else
   echo "image: mkfs.erofs -zlz4 ($(du -sm "$stage" | cut -f1) MiB staged)"
-  mkdir -p "$out.tmp"
+  tmp="$(mktemp -d "$out.tmp.XXXXXX")"; chmod 755 "$tmp"
   t0=$(date +%s%N)
-  mkfs.erofs -zlz4 -T0 --all-root "$out.tmp/rootfs.erofs" "$stage" >/dev/null
+  mkfs.erofs -zlz4 -T0 --all-root "$tmp/rootfs.erofs" "$stage" >/dev/null
   t1=$(date +%s%N)
-  echo "image: built $(du -m "$out.tmp/rootfs.erofs" | cut -f1) MiB in $(( (t1-t0)/1000000 )) ms"
-  rm -rf "$out"; mv "$out.tmp" "$out"
+  echo "image: built $(du -m "$tmp/rootfs.erofs" | cut -f1) MiB in $(( (t1-t0)/1000000 )) ms"
+  if [ -f "$out/rootfs.erofs" ]; then rm -rf "$tmp"; else rm -rf "$out"; mv "$tmp" "$out"; fi
 fi
-ln -sfn "$(basename "$out")" "$cache/image"
+ln -sfn "$(basename "$out")" "$cache/image.new.$$" && mv -T "$cache/image.new.$$" "$cache/image"
 # keep only the newest few images
-ls -dt "$cache"/image-* 2>/dev/null | tail -n +4 | xargs -r rm -rf
+ls -dt "$cache"/image-* 2>/dev/null | grep -v '\.tmp\.' | tail -n +6 | xargs -r rm -rf
 
 rootfs="$cache/rootfs/busybox"
 if [ ! -x "$rootfs/bin/busybox" ] || [ /bin/busybox -nt "$rootfs/bin/busybox" ]; then
@@ -83,4 +85,3 @@ if [ ! -x "$rootfs/bin/busybox" ] || [ /bin/busybox -nt "$rootfs/bin/busybox" ];
   printf 'root:x:0:\ndaemon:x:1:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
   chmod 1777 "$rootfs/tmp"
 fi
-rm -rf "$stage"
