@@ -8,11 +8,10 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { AgentSandbox } from '../../../src/agent/sandbox';
 import { debugConsoleAllowed } from '../../../src/agent/debug-console';
 import type { OciRuntime } from '../../../src/agent/oci-runtime';
-import { REPO } from '../../helpers/guest';
+import { buildPtyHelper } from '../../helpers/pty-helper';
 
 const noRuntime = {} as OciRuntime;
 
@@ -26,23 +25,18 @@ async function drain(sb: AgentSandbox, execId: string, which: 'stdout' | 'stderr
 describe('agent debug console (host, real pty helper)', function () {
   this.timeout(20000);
   let dir: string;
-  let helper: string;
+  let helper: string | undefined;
   let sb: AgentSandbox;
 
   before(function () {
-    if (!fs.existsSync(path.join(REPO, 'native', 'build', 'Release', 'kata_native.node'))) {
-      process.stdout.write('      skipped: native addon not built (scripts/setup.sh)\n');
+    const b = buildPtyHelper();
+    if (!b.helper) {
+      process.stdout.write(`      skipped: ${b.why}\n`);
       this.skip();
     }
+    helper = b.helper;
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-dbg-'));
-    helper = path.join(dir, 'kata-pty');
-    try {
-      execFileSync('gcc', ['-static', '-O2', '-Wall', '-o', helper, path.join(REPO, 'guest', 'init', 'kata-pty.c')], { stdio: 'pipe' });
-    } catch (err) {
-      process.stdout.write(`      skipped: cannot build kata-pty with gcc: ${(err as Error).message.split('\n')[0]}\n`);
-      this.skip();
-    }
-    sb = new AgentSandbox({ runtime: noRuntime, stateDir: dir, debugConsole: { enabled: true, ptyHelper: helper, dir: path.join(dir, 'c') } });
+    sb = new AgentSandbox({ runtime: noRuntime, stateDir: dir, debugConsole: { enabled: true, ptyHelper: helper!, dir: path.join(dir, 'c') } });
   });
 
   after(async () => {
