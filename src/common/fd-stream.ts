@@ -1,0 +1,133 @@
+/**
+ * A Duplex over a raw non-blocking socket fd that Node's net module cannot
+ * wrap — an accepted AF_VSOCK socket in the guest agent (libuv's
+ * uv_guess_handle calls AF_VSOCK "unknown", so `new net.Socket({ fd })`
+ * refuses it). Readiness comes from the addon's uv_poll watcher on Node's
+ * own loop; reads and writes are plain non-blocking syscalls. No threads,
+ * no busy waiting. Owns the fd: closes it when the stream is destroyed.
+ */
+import { Duplex } from 'node:stream';
+import { native, type NativeAddon } from './native';
+
+const READ_CHUNK = 64 * 1024;
+const POLL_READ = 1;
+const POLL_WRITE = 2;
+
+export class FdStream extends Duplex {
+  private readonly n: NativeAddon;
+  private poll = 0;
+  private wantRead = false;
+  private pendingWrite: { buf: Buffer; off: number; cb: (e?: Error | null) => void } | undefined;
+  private fdClosed = false;
+
+  constructor(readonly fd: number) {
+    super({ allowHalfOpen: true });
+    this.n = native();
+    this.poll = this.n.pollStart(fd, 0, (ev) => this.onPoll(ev));
+  }
+
+  private interest(): void {
+    if (this.fdClosed) return;
+    this.n.pollUpdate(this.poll, (this.wantRead ? POLL_READ : 0) | (this.pendingWrite ? POLL_WRITE : 0));
+  }
+
+  private onPoll(ev: number): void {
+    if (this.pendingWrite && (ev & (POLL_WRITE | 4))) this.flushWrite();
+    if (this.wantRead && (ev & (POLL_READ | 4))) this.readSome();
+  }
+
+  override _read(): void {
+    this.wantRead = true;
+    this.readSome();
+  }
+
+  private readSome(): void {
+    while (this.wantRead && !this.fdClosed) {
+      const buf = Buffer.allocUnsafe(READ_CHUNK);
+      let r: number;
+      try {
+        r = this.n.readFd(this.fd, buf, 0, READ_CHUNK);
+      } catch (err) {
+        this.destroy(err as Error);
+        return;
+      }
+      if (r < 0) break; // EAGAIN: wait for readiness
+      if (r === 0) {
+        this.wantRead = false;
+        this.push(null);
+        break;
+      }
+      if (!this.push(buf.subarray(0, r))) this.wantRead = false;
+    }
+    this.interest();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    this.pendingWrite = { buf: chunk, off: 0, cb };
+    this.flushWrite();
+  }
+
+  private flushWrite(): void {
+    const w = this.pendingWrite;
+    if (!w || this.fdClosed) return;
+    try {
+      while (w.off < w.buf.length) {
+        const r = this.n.writeFd(this.fd, w.buf, w.off, w.buf.length - w.off);
+        if (r < 0) { this.interest(); return; }
+        w.off += r;
+      }
+    } catch (err) {
+      this.pendingWrite = undefined;
+      this.interest();
+      w.cb(err as Error);
+      return;
+    }
+    this.pendingWrite = undefined;
+    this.interest();
+    w.cb();
+  }
+
+  override _final(cb: (e?: Error | null) => void): void {
+    try {
+      if (!this.fdClosed) this.n.shutdownFd(this.fd, 1);
+      cb();
+    } catch (err) {
+      cb(err as Error);
+    }
+  }
+
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    if (!this.fdClosed) {
+      this.fdClosed = true;
+      this.n.pollStop(this.poll);
+      try { this.n.closeFd(this.fd); } catch { /* already gone */ }
+    }
+    cb(err);
+  }
+}
+
+/**
+ * Accepts connections on a non-blocking listening fd (e.g. native
+ * vsockListen) and hands each to `onConnection` as an FdStream.
+ * Returns a function that stops listening and closes the listener.
+ */
+export function acceptLoop(listenFd: number, onConnection: (s: FdStream) => void, onError: (e: Error) => void = () => undefined): () => void {
+  const n = native();
+  const poll = n.pollStart(listenFd, POLL_READ, () => {
+    for (;;) {
+      let fd: number;
+      try {
+        fd = n.acceptNb(listenFd);
+      } catch (err) {
+        onError(err as Error);
+        return;
+      }
+      if (fd < 0) return;
+      onConnection(new FdStream(fd));
+    }
+  });
+  return () => {
+    n.pollStop(poll);
+    n.closeFd(listenFd);
+  };
+}

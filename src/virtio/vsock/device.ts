@@ -1,0 +1,506 @@
+/**
+ * virtio-vsock device (virtio 1.2 §5.10): stream sockets between the guest
+ * (CID from config space) and the host (CID 2), with credit-based flow
+ * control (§5.10.6.3), connection set-up (REQUEST/RESPONSE), shutdown and
+ * reset. Transport-agnostic (src/virtio/device.ts): served to QEMU through
+ * src/vhost-user and to the builtin VMM through virtio-mmio.
+ *
+ * Host side is a set of byte streams, one per connection. The hybrid-vsock
+ * listener (hybrid.ts, Firecracker's unix-socket scheme) hands host-initiated
+ * streams to connectToGuest(); guest-initiated connections are dialled with
+ * the dialHost option (hybrid: `<socket>_<port>`). Tests plug in any Duplex.
+ *
+ * Data path: tx (guest→host) payloads are gathered out of guest memory into
+ * one Buffer per packet and written to the host stream; our fwd_cnt only
+ * advances when the stream has taken the bytes, so the guest can never have
+ * more than buf_alloc bytes in flight per connection. rx (host→guest) data
+ * is queued per connection, bounded by buf_alloc (the stream is paused
+ * beyond it), and copied into the guest's rx buffers only while the guest
+ * has credit for it (peer_buf_alloc - (rx_cnt - peer_fwd_cnt) > 0).
+ *
+ * Guest input is hostile: a chain too short for a header, a length larger
+ * than the chain, or a broken ring sets NEEDS_RESET (ctx.needsReset) and the
+ * device stops; a well-formed packet for an unknown connection gets RST
+ * (§5.10.6.3). Queues are walked by the WASM virtqueue (src/hot/virtqueue).
+ */
+import type { Duplex } from 'node:stream';
+import { logger } from '../../common/log';
+import { errorMessage } from '../../common/errors';
+import { CHAIN_HEAD, CHAIN_IOV_FIRST, CHAIN_N_READABLE, CHAIN_N_WRITABLE, CHAIN_READABLE_BYTES, CHAIN_WORDS, CHAIN_WRITABLE_BYTES, Virtqueue, VirtqueueError } from '../../hot/virtqueue';
+import { copyConfig, VIRTIO_ID_VSOCK, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import {
+  decodeHdr, encodeHdr, gather, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_NAMES, OP_REQUEST, OP_RESPONSE, OP_RST,
+  OP_RW, OP_SHUTDOWN, RX_Q, scatter, SHUTDOWN_RCV, SHUTDOWN_SEND, TX_Q, VIRTIO_VSOCK_TYPE_STREAM, VSOCK_HOST_CID, VsockError,
+  type Iovs, type VsockHdr,
+} from './packet';
+
+/** Largest payload we accept in one tx packet (Linux: VIRTIO_VSOCK_MAX_PKT_BUF_SIZE). */
+export const MAX_PKT_PAYLOAD = 64 * 1024;
+/** Per-connection receive buffer we advertise (buf_alloc). */
+export const DEFAULT_BUF_ALLOC = 256 * 1024;
+/** Host-initiated connections use local ports from here (as Firecracker does). */
+const FIRST_LOCAL_PORT = 1 << 30;
+/** A closing connection whose guest never sends RST is dropped after this. */
+const CLOSE_TIMEOUT_MS = 5000;
+
+export interface VsockDeviceOptions {
+  guestCid: number | bigint;
+  /** Connect a guest-initiated connection to host port `port`; reject to refuse (RST). */
+  dialHost?: (port: number) => Promise<Duplex>;
+  bufAlloc?: number;
+  /** Max queue size offered per queue. */
+  queueSize?: number;
+}
+
+type ConnState = 'requested' | 'dialling' | 'established' | 'closing';
+
+class Conn {
+  state: ConnState;
+  stream: Duplex | undefined;
+  /** Guest→host bytes the host stream has taken (our fwd_cnt, u32 wrap). */
+  fwdCnt = 0;
+  lastFwdSent = 0;
+  /** Guest's receive buffer and how much of what we sent it has consumed. */
+  peerBufAlloc = 0;
+  peerFwdCnt = 0;
+  /** Host→guest bytes sent (rx_cnt, u32 wrap). */
+  rxCnt = 0;
+  pending: Buffer[] = [];
+  pendingBytes = 0;
+  paused = false;
+  hostEof = false;
+  hostClosed = false;
+  guestNoRecv = false;
+  shutdownSent = false;
+  closeTimer: NodeJS.Timeout | undefined;
+  onEstablished: ((localPort: number) => void) | undefined;
+  constructor(readonly hostPort: number, readonly guestPort: number, state: ConnState) {
+    this.state = state;
+  }
+  get key(): string { return `${this.hostPort}:${this.guestPort}`; }
+  /** Credit the guest has left for us (§5.10.6.3.1). */
+  get peerCredit(): number {
+    return Math.max(0, this.peerBufAlloc - ((this.rxCnt - this.peerFwdCnt) >>> 0));
+  }
+}
+
+interface RxChain { head: number; iovs: Iovs; cap: number }
+
+export interface VsockMetrics {
+  txPackets: number; rxPackets: number; txBytes: number; rxBytes: number;
+  connsOpened: number; connsReset: number; needsReset: number;
+}
+
+export class VsockDevice implements VirtioDevice {
+  readonly deviceType = VIRTIO_ID_VSOCK;
+  readonly queueMaxSizes: ReadonlyArray<number>;
+  readonly availableFeatures = VIRTIO_RING_FEATURES;
+  readonly configSize = 8;
+  readonly guestCid: bigint;
+  readonly bufAlloc: number;
+  readonly metrics: VsockMetrics = { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, connsOpened: 0, connsReset: 0, needsReset: 0 };
+  private readonly config = new Uint8Array(8);
+  private readonly log = logger('virtio.vsock');
+  private ctx: ActivateContext | undefined;
+  private broken = false;
+  private readonly conns = new Map<string, Conn>();
+  private readonly ctrl: VsockHdr[] = [];
+  private readonly ready = new Set<Conn>();
+  private readonly spare: RxChain[] = [];
+  private nextLocalPort = FIRST_LOCAL_PORT;
+  private rxScheduled = false;
+  private readonly hdrBuf = new Uint8Array(HDR_SIZE);
+
+  constructor(private readonly opts: VsockDeviceOptions) {
+    this.guestCid = BigInt(opts.guestCid);
+    if (this.guestCid < 3n || this.guestCid >= 0xffff_ffffn) throw new VsockError('config', `guest CID ${this.guestCid} must be in 3..2^32-2`);
+    new DataView(this.config.buffer).setBigUint64(0, this.guestCid, true);
+    this.bufAlloc = opts.bufAlloc ?? DEFAULT_BUF_ALLOC;
+    const qs = opts.queueSize ?? 256;
+    this.queueMaxSizes = [qs, qs, qs];
+  }
+
+  get isActive(): boolean { return this.ctx !== undefined && !this.broken; }
+  get connectionCount(): number { return this.conns.size; }
+
+  ackFeatures(_features: bigint): void { /* no device-specific feature bits used (no SEQPACKET) */ }
+  readConfig(offset: number, out: Uint8Array): void { copyConfig(this.config, offset, out); }
+  writeConfig(_offset: number, _data: Uint8Array): void { /* §5.10.4: config is read-only */ }
+
+  activate(ctx: ActivateContext): void {
+    if (!ctx.queues[RX_Q] || !ctx.queues[TX_Q]) throw new VsockError('config', 'vsock needs its rx and tx queues');
+    this.ctx = ctx;
+    this.broken = false;
+    this.scheduleRx();
+  }
+
+  queueNotify(index: number): void {
+    if (!this.ctx || this.broken) return;
+    if (index === TX_Q) this.processTx();
+    else if (index === RX_Q) this.processRx();
+    // EVENT_Q: the driver only refills event buffers; we send no events.
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+    this.broken = false;
+    for (const c of [...this.conns.values()]) this.drop(c, 'device reset');
+    this.ctrl.length = 0;
+    this.spare.length = 0;
+    this.ready.clear();
+  }
+
+  close(): void {
+    this.reset();
+  }
+
+  /**
+   * Host-initiated connection to guest port `port` (hybrid vsock CONNECT).
+   * `early` holds bytes the client sent after its CONNECT line. onEstablished
+   * runs when the guest accepts; if it refuses, the stream is destroyed.
+   */
+  connectToGuest(port: number, stream: Duplex, early: Buffer | undefined, onEstablished: (localPort: number) => void): void {
+    let hostPort = this.nextLocalPort;
+    while (this.conns.has(`${hostPort}:${port}`)) hostPort = hostPort >= 0xfffffffe ? FIRST_LOCAL_PORT : hostPort + 1;
+    this.nextLocalPort = hostPort >= 0xfffffffe ? FIRST_LOCAL_PORT : hostPort + 1;
+    const c = new Conn(hostPort, port >>> 0, 'requested');
+    c.stream = stream;
+    c.onEstablished = onEstablished;
+    if (early && early.length) { c.pending.push(early); c.pendingBytes += early.length; }
+    stream.pause();
+    stream.once('close', () => { if (c.state === 'requested' && this.conns.get(c.key) === c) this.sendRst(c, true); });
+    this.conns.set(c.key, c);
+    this.metrics.connsOpened++;
+    this.queueCtrl(c, OP_REQUEST);
+  }
+
+  // ───────────────────────── tx: guest → host ─────────────────────────
+
+  private processTx(): void {
+    const ctx = this.ctx!;
+    const vq = ctx.queues[TX_Q]!;
+    try {
+      for (;;) {
+        vq.disableNotification();
+        let n: number;
+        while ((n = vq.popBatch()) > 0) {
+          for (let i = 0; i < n && !this.broken; i++) this.txChain(vq, i);
+          if (this.broken) return;
+          vq.flushUsed();
+        }
+        if (!vq.enableNotification()) break;
+      }
+      if (vq.needsNotification()) ctx.interrupt(TX_Q);
+    } catch (err) {
+      this.fail(err);
+      return;
+    }
+    this.scheduleRx();
+  }
+
+  private txChain(vq: Virtqueue, i: number): void {
+    const w = vq.chainWords, b = i * CHAIN_WORDS;
+    const head = w[b + CHAIN_HEAD];
+    const readable = w[b + CHAIN_READABLE_BYTES];
+    if (w[b + CHAIN_N_WRITABLE] !== 0 || readable < HDR_SIZE) {
+      this.fail(new VsockError('malformed', `tx chain ${head}: ${readable} readable bytes, ${w[b + CHAIN_N_WRITABLE]} writable descriptors`));
+      return;
+    }
+    const iovs = this.iovs(vq, w[b + CHAIN_IOV_FIRST], w[b + CHAIN_N_READABLE]);
+    const u8 = this.ctx!.memory.hot.u8;
+    const hdr = decodeHdr(gather(u8, iovs, 0, HDR_SIZE, this.hdrBuf));
+    if (hdr.len > MAX_PKT_PAYLOAD || hdr.len > readable - HDR_SIZE) {
+      this.fail(new VsockError('malformed', `tx packet ${OP_NAMES[hdr.op] ?? hdr.op} claims ${hdr.len} payload bytes, chain has ${readable - HDR_SIZE}`));
+      return;
+    }
+    // The payload leaves guest memory here (one copy), so the buffer can be
+    // returned to the guest right away.
+    const payload = hdr.op === OP_RW && hdr.len > 0 ? Buffer.from(gather(u8, iovs, HDR_SIZE, hdr.len)) : undefined;
+    vq.stageUsed(head, 0);
+    this.metrics.txPackets++;
+    this.onGuestPacket(hdr, payload);
+  }
+
+  private onGuestPacket(h: VsockHdr, payload: Buffer | undefined): void {
+    // §5.10.6: drop what is not from our guest to the host (spoofed CIDs).
+    if (h.srcCid !== this.guestCid || h.dstCid !== VSOCK_HOST_CID) {
+      this.log.debug('dropping packet with foreign CIDs', { src: String(h.srcCid), dst: String(h.dstCid), op: h.op });
+      return;
+    }
+    const key = `${h.dstPort}:${h.srcPort}`;
+    const c = this.conns.get(key);
+    if (h.type !== VIRTIO_VSOCK_TYPE_STREAM) {
+      if (h.op !== OP_RST) this.rstFor(h);
+      return;
+    }
+    if (c) {
+      c.peerBufAlloc = h.bufAlloc;
+      c.peerFwdCnt = h.fwdCnt;
+    }
+    switch (h.op) {
+      case OP_REQUEST:
+        if (c) { this.rstFor(h); return; }
+        this.guestConnect(h);
+        return;
+      case OP_RESPONSE:
+        if (!c || c.state !== 'requested') { this.rstFor(h); if (c) this.drop(c, 'unexpected RESPONSE'); return; }
+        c.state = 'established';
+        this.attach(c);
+        c.onEstablished?.(c.hostPort);
+        this.markReady(c);
+        return;
+      case OP_RW:
+        if (!c || c.state !== 'established') { this.rstFor(h); return; }
+        if (payload && c.stream && !c.stream.destroyed) {
+          const len = payload.length;
+          this.metrics.txBytes += len;
+          c.stream.write(payload, (err) => {
+            if (err) return;
+            c.fwdCnt = (c.fwdCnt + len) >>> 0;
+            // Tell the guest about freed space before it runs dry.
+            if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= this.bufAlloc / 4 && this.conns.get(c.key) === c) this.queueCtrl(c, OP_CREDIT_UPDATE);
+          });
+        }
+        return;
+      case OP_CREDIT_UPDATE:
+        if (!c) { this.rstFor(h); return; }
+        this.markReady(c);
+        return;
+      case OP_CREDIT_REQUEST:
+        if (!c) { this.rstFor(h); return; }
+        this.queueCtrl(c, OP_CREDIT_UPDATE);
+        return;
+      case OP_SHUTDOWN:
+        if (!c) { this.rstFor(h); return; }
+        if (h.flags & SHUTDOWN_RCV) {
+          c.guestNoRecv = true;
+          c.pending = [];
+          c.pendingBytes = 0;
+        }
+        if (h.flags & SHUTDOWN_SEND) c.stream?.end();
+        if ((h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND)) === (SHUTDOWN_RCV | SHUTDOWN_SEND)) {
+          // Both directions closed: the connection is over; RST tells the
+          // guest we agree (what Linux's own transport does).
+          this.sendRst(c, false);
+        } else this.markReady(c);
+        return;
+      case OP_RST:
+        if (c) this.drop(c, 'guest reset');
+        return;
+      default:
+        this.rstFor(h);
+    }
+  }
+
+  private guestConnect(h: VsockHdr): void {
+    const c = new Conn(h.dstPort, h.srcPort, 'dialling');
+    c.peerBufAlloc = h.bufAlloc;
+    c.peerFwdCnt = h.fwdCnt;
+    this.conns.set(c.key, c);
+    this.metrics.connsOpened++;
+    const dial = this.opts.dialHost;
+    if (!dial) { this.sendRst(c, false); return; }
+    dial(h.dstPort).then((stream) => {
+      if (this.conns.get(c.key) !== c) { stream.destroy(); return; }
+      c.stream = stream;
+      c.state = 'established';
+      this.attach(c);
+      this.queueCtrl(c, OP_RESPONSE);
+    }, (err: unknown) => {
+      this.log.debug('guest-initiated connection refused on the host', { port: h.dstPort, err: errorMessage(err) });
+      if (this.conns.get(c.key) === c) this.sendRst(c, false);
+    });
+  }
+
+  /** Wires an established connection's host stream. */
+  private attach(c: Conn): void {
+    const s = c.stream!;
+    s.on('data', (d: Buffer) => {
+      if (this.conns.get(c.key) !== c || c.guestNoRecv) return;
+      c.pending.push(d);
+      c.pendingBytes += d.length;
+      if (c.pendingBytes >= this.bufAlloc && !c.paused) { c.paused = true; s.pause(); }
+      this.markReady(c);
+    });
+    s.on('end', () => { c.hostEof = true; this.markReady(c); });
+    s.on('close', () => { c.hostEof = true; c.hostClosed = true; this.markReady(c); });
+    s.on('error', (err: Error) => this.log.debug('host stream error', { port: c.hostPort, err: err.message }));
+    s.resume();
+  }
+
+  // ───────────────────────── rx: host → guest ─────────────────────────
+
+  private markReady(c: Conn): void {
+    if (this.conns.get(c.key) !== c) return;
+    this.ready.add(c);
+    this.scheduleRx();
+  }
+
+  private queueCtrl(c: Conn, op: number, flags = 0): void {
+    this.ctrl.push(this.hdrFor(c, op, 0, flags));
+    this.scheduleRx();
+  }
+
+  private hdrFor(c: Conn, op: number, len: number, flags: number): VsockHdr {
+    c.lastFwdSent = c.fwdCnt;
+    return {
+      srcCid: VSOCK_HOST_CID, dstCid: this.guestCid, srcPort: c.hostPort, dstPort: c.guestPort, len,
+      type: VIRTIO_VSOCK_TYPE_STREAM, op, flags, bufAlloc: this.bufAlloc, fwdCnt: c.fwdCnt,
+    };
+  }
+
+  /** RST for a packet that matches no connection (§5.10.6.3). */
+  private rstFor(h: VsockHdr): void {
+    this.ctrl.push({
+      srcCid: VSOCK_HOST_CID, dstCid: this.guestCid, srcPort: h.dstPort, dstPort: h.srcPort, len: 0,
+      type: VIRTIO_VSOCK_TYPE_STREAM, op: OP_RST, flags: 0, bufAlloc: 0, fwdCnt: 0,
+    });
+    this.scheduleRx();
+  }
+
+  private sendRst(c: Conn, destroyStream: boolean): void {
+    this.queueCtrl(c, OP_RST);
+    this.metrics.connsReset++;
+    this.forget(c);
+    if (destroyStream) c.stream?.destroy();
+    else c.stream?.end();
+  }
+
+  private drop(c: Conn, why: string): void {
+    this.log.debug('connection closed', { host: c.hostPort, guest: c.guestPort, why });
+    this.forget(c);
+    c.stream?.destroy();
+  }
+
+  private forget(c: Conn): void {
+    if (this.conns.get(c.key) === c) this.conns.delete(c.key);
+    this.ready.delete(c);
+    if (c.closeTimer) clearTimeout(c.closeTimer);
+  }
+
+  private scheduleRx(): void {
+    if (this.rxScheduled || !this.ctx) return;
+    this.rxScheduled = true;
+    // Coalesce: many stream 'data' events in one tick fill rx buffers in one pass.
+    setImmediate(() => {
+      this.rxScheduled = false;
+      this.processRx();
+    });
+  }
+
+  private hasWork(): boolean {
+    return this.ctrl.length > 0 || this.ready.size > 0;
+  }
+
+  private processRx(): void {
+    const ctx = this.ctx;
+    if (!ctx || this.broken) return;
+    const vq = ctx.queues[RX_Q]!;
+    let used = 0;
+    try {
+      while (this.hasWork()) {
+        if (this.spare.length === 0 && !this.popRx(vq)) break;
+        const ch = this.spare[0];
+        const len = this.nextPacket(ch);
+        if (len < 0) break; // only connections without credit left
+        this.spare.shift();
+        vq.stageUsed(ch.head, len);
+        used++;
+      }
+      if (used) {
+        vq.flushUsed();
+        if (vq.needsNotification()) ctx.interrupt(RX_Q);
+      }
+    } catch (err) {
+      this.fail(err);
+    }
+  }
+
+  /** Pops every available rx buffer into `spare`; re-arms the kick when none. */
+  private popRx(vq: Virtqueue): boolean {
+    for (;;) {
+      const n = vq.popBatch();
+      if (n > 0) {
+        const w = vq.chainWords;
+        for (let i = 0; i < n; i++) {
+          const b = i * CHAIN_WORDS;
+          const cap = w[b + CHAIN_WRITABLE_BYTES];
+          if (w[b + CHAIN_N_READABLE] !== 0 || cap < HDR_SIZE) {
+            throw new VsockError('malformed', `rx chain ${w[b + CHAIN_HEAD]}: ${cap} writable bytes, ${w[b + CHAIN_N_READABLE]} readable descriptors`);
+          }
+          this.spare.push({ head: w[b + CHAIN_HEAD], iovs: this.iovs(vq, w[b + CHAIN_IOV_FIRST], w[b + CHAIN_N_WRITABLE]), cap });
+        }
+        return true;
+      }
+      // No buffers: ask for a kick, unless some arrived meanwhile.
+      if (!vq.enableNotification()) return false;
+    }
+  }
+
+  /** Writes the next packet into `ch`; its total length, or -1 if nothing can go now. */
+  private nextPacket(ch: RxChain): number {
+    const u8 = this.ctx!.memory.hot.u8;
+    const ctl = this.ctrl.shift();
+    if (ctl) {
+      scatter(u8, ch.iovs, 0, encodeHdr(ctl, this.hdrBuf));
+      this.metrics.rxPackets++;
+      return HDR_SIZE;
+    }
+    for (const c of this.ready) {
+      const room = Math.min(c.peerCredit, ch.cap - HDR_SIZE, MAX_PKT_PAYLOAD);
+      if (c.pendingBytes > 0 && room > 0 && c.state === 'established') {
+        let n = 0;
+        let skip = HDR_SIZE;
+        while (n < room && c.pending.length) {
+          const d = c.pending[0];
+          const take = Math.min(d.length, room - n);
+          scatter(u8, ch.iovs, skip, take === d.length ? d : d.subarray(0, take));
+          skip += take;
+          n += take;
+          if (take === d.length) c.pending.shift();
+          else c.pending[0] = d.subarray(take);
+        }
+        c.pendingBytes -= n;
+        c.rxCnt = (c.rxCnt + n) >>> 0;
+        scatter(u8, ch.iovs, 0, encodeHdr(this.hdrFor(c, OP_RW, n, 0), this.hdrBuf));
+        this.metrics.rxPackets++;
+        this.metrics.rxBytes += n;
+        if (c.paused && c.pendingBytes < this.bufAlloc / 2) { c.paused = false; c.stream?.resume(); }
+        if (c.pendingBytes === 0 && !c.hostEof) this.ready.delete(c);
+        return HDR_SIZE + n;
+      }
+      if (c.pendingBytes === 0 && c.hostEof && !c.shutdownSent && c.state === 'established') {
+        // Everything the host sent has reached the guest: pass the EOF on.
+        c.shutdownSent = true;
+        this.ready.delete(c);
+        const flags = c.hostClosed ? SHUTDOWN_RCV | SHUTDOWN_SEND : SHUTDOWN_SEND;
+        scatter(u8, ch.iovs, 0, encodeHdr(this.hdrFor(c, OP_SHUTDOWN, 0, flags), this.hdrBuf));
+        this.metrics.rxPackets++;
+        c.state = 'closing';
+        c.closeTimer = setTimeout(() => { if (this.conns.get(c.key) === c) this.sendRst(c, true); }, CLOSE_TIMEOUT_MS);
+        c.closeTimer.unref();
+        return HDR_SIZE;
+      }
+      // No credit (wait for CREDIT_UPDATE) or nothing to send.
+      this.ready.delete(c);
+    }
+    return -1;
+  }
+
+  private iovs(vq: Virtqueue, first: number, count: number): Iovs {
+    const io = vq.iovWords;
+    const out: Iovs = [];
+    for (let k = first; k < first + count; k++) out.push([io[2 * k], io[2 * k + 1]]);
+    return out;
+  }
+
+  /** A malformed ring or chain: NEEDS_RESET, log, stop (decision 2). */
+  private fail(err: unknown): void {
+    if (!(err instanceof VirtqueueError) && !(err instanceof VsockError)) throw err;
+    if (this.broken) return;
+    this.broken = true;
+    this.metrics.needsReset++;
+    this.log.error('vsock: malformed guest queue, device needs reset', { err: errorMessage(err) });
+    this.ctx?.needsReset(errorMessage(err));
+  }
+}
