@@ -10,7 +10,7 @@ import { configureLogging } from '../common/log';
 import { AgentSandbox } from './sandbox';
 import { agentHandlers } from './service';
 import { CrunRuntime } from './oci-runtime';
-import { serveOnVirtioPort } from './transport';
+import { serveOnVsock } from './vsock-transport';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
 
@@ -23,8 +23,8 @@ async function run(): Promise<void> {
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
   server.addService(agentServiceDefinition(), agentHandlers(sandbox));
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
-  await serveOnVirtioPort(server, grpc.ServerCredentials.createInsecure(), () => {
-    log.info('agent ready', { transport: 'virtio-serial', nodeUptimeMs: Math.round(process.uptime() * 1000), guestUptime: require('node:fs').readFileSync('/proc/uptime', 'utf8').split(' ')[0] });
+  serveOnVsock(server, grpc.ServerCredentials.createInsecure(), () => {
+    log.info('agent ready', { transport: 'vsock', nodeUptimeMs: Math.round(process.uptime() * 1000), guestUptime: require('node:fs').readFileSync('/proc/uptime', 'utf8').split(' ')[0] });
     // The host waits for this marker on the console before it dials.
     process.stderr.write(`${AGENT_READY_MARKER}\n`);
   });

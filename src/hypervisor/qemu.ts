@@ -6,8 +6,12 @@
  * container disks can be added to a running sandbox), `q35`, or `microvm`
  * (virtio-mmio, boot-time disks only). The guest kernel boots directly
  * through its PVH entry (-kernel vmlinux); the root filesystem is the EROFS
- * guest image on the first virtio-blk disk; the agent channel is a
- * virtio-serial port whose host end is a unix socket (agent.sock).
+ * guest image on the first virtio-blk disk. The agent channel is vsock:
+ * our own vsock device (src/virtio/vsock) served to QEMU's
+ * vhost-user-vsock-pci by our vhost-user backend inside this process
+ * (src/vhost-user), exposed on the host as a hybrid vsock socket
+ * (vsock.sock). vhost-user needs the guest RAM shareable, so RAM is a
+ * memory-backend-memfd (share=on) bound through a NUMA node.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -16,6 +20,8 @@ import { KataError } from '../common/errors';
 import { logger } from '../common/log';
 import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type VmInfo } from './hypervisor';
 import { QmpClient } from './qmp';
+import { VhostUserBackend } from '../vhost-user/backend';
+import { HybridVsock } from '../virtio/vsock/hybrid';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
 
@@ -25,7 +31,8 @@ export interface QemuOptions {
   accel: 'kvm' | 'tcg';
 }
 
-const AGENT_PORT = 'agent.channel.0';
+/** The guest's vsock CID (§5.10.4: 3 is the first guest CID). */
+export const GUEST_CID = 3;
 
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
@@ -37,6 +44,8 @@ export class QemuHypervisor implements Hypervisor {
   private readonly log = logger('qemu');
   private nextSlot = 8;
   private readonly diskSlots = new Map<string, number>();
+  private vsock: HybridVsock | undefined;
+  private vsockBackend: VhostUserBackend | undefined;
 
   constructor(private readonly opts: QemuOptions) {}
 
@@ -51,6 +60,9 @@ export class QemuHypervisor implements Hypervisor {
       '-cpu', this.opts.accel === 'kvm' ? 'host' : 'max',
       '-smp', String(cfg.vcpus),
       '-m', `${cfg.memoryMiB}M`,
+      // vhost-user backends map guest RAM: it must be a shared memfd.
+      '-object', `memory-backend-memfd,id=mem,size=${cfg.memoryMiB}M,share=on`,
+      '-numa', 'node,memdev=mem',
       '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
       '-kernel', cfg.kernel,
       '-append', `${baseKernelParams(cfg.debug)} ${cfg.kernelParams}`.trim(),
@@ -61,9 +73,9 @@ export class QemuHypervisor implements Hypervisor {
       // root filesystem: always the first disk (/dev/vda), slot 3
       '-drive', `if=none,id=rootimg,file=${cfg.image},format=raw,readonly=on,cache=unsafe`,
       '-device', dev('virtio-blk-pci', 'virtio-blk-device', 'drive=rootimg,serial=kata-root', 3),
-      '-device', dev('virtio-serial-pci', 'virtio-serial-device', 'id=vser', 4),
-      '-chardev', `socket,id=agent,path=${path.join(cfg.dir, 'agent.sock')},server=on,wait=off`,
-      '-device', `virtserialport,chardev=agent,name=${AGENT_PORT}`,
+      // agent channel: vhost-user-vsock served by this process (start()).
+      '-chardev', `socket,id=vsock,path=${path.join(cfg.dir, 'vhost-vsock.sock')}`,
+      '-device', dev('vhost-user-vsock-pci', 'vhost-user-vsock-device', 'chardev=vsock', 4),
       '-device', dev('virtio-rng-pci', 'virtio-rng-device', 'id=rng', 5),
     ];
     for (const d of cfg.disks) {
@@ -83,6 +95,14 @@ export class QemuHypervisor implements Hypervisor {
     for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
+    // The backend listens before QEMU starts: QEMU connects at start-up.
+    this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: GUEST_CID });
+    await this.vsock.listen();
+    this.vsockBackend = new VhostUserBackend({
+      socketPath: path.join(cfg.dir, 'vhost-vsock.sock'), device: this.vsock.device,
+      guestBytes: cfg.memoryMiB * 1024 * 1024, queues: 2, name: 'vsock', // QEMU serves the event queue itself
+    });
+    this.vsockBackend.listen();
     const args = this.commandLine(cfg);
     this.log.debug('starting qemu', { args });
     const child = spawn(this.opts.binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
@@ -104,11 +124,12 @@ export class QemuHypervisor implements Hypervisor {
     const res = await Promise.race([connected, this.exitReason]);
     if (res !== 'ok') {
       qmp.close();
+      await this.closeBackends();
       throw new QemuError('exited', res);
     }
     this.qmp = qmp;
     return {
-      hypervisor: 'qemu', pids: [child.pid ?? 0], agentSocket: path.join(cfg.dir, 'agent.sock'),
+      hypervisor: 'qemu', pids: [child.pid ?? 0], agentSocket: path.join(cfg.dir, 'vsock.sock'),
       consoleLog: path.join(cfg.dir, 'console.log'), accel: this.opts.accel,
     };
   }
@@ -121,6 +142,7 @@ export class QemuHypervisor implements Hypervisor {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) {
       this.qmp?.close();
+      await this.closeBackends();
       return;
     }
     this.stopping = true;
@@ -136,6 +158,15 @@ export class QemuHypervisor implements Hypervisor {
       }
     }
     this.qmp?.close();
+    await this.closeBackends();
+  }
+
+  /** Our in-process device backends go with the VM. */
+  private async closeBackends(): Promise<void> {
+    this.vsockBackend?.close();
+    this.vsockBackend = undefined;
+    await this.vsock?.close();
+    this.vsock = undefined;
   }
 
   async pause(): Promise<void> {

@@ -1,15 +1,24 @@
 /**
  * How the host reaches the guest agent: the one module that knows the agent
- * transport. Today the agent channel is a virtio-serial port whose host end
- * is a unix socket served by the VMM; gRPC's HTTP/2 runs straight over it
- * (`unix:` target). The guest prints AGENT_READY_MARKER on its console once
- * the port is open, so the host dials exactly once, when the guest listens.
+ * transport. The agent listens on vsock port AGENT_VSOCK_PORT; the VM's vsock
+ * device is exposed on the host as a Firecracker-style hybrid vsock unix
+ * socket (src/virtio/vsock/hybrid.ts): connect, write `CONNECT <port>\n`,
+ * read `OK <local port>\n`, then the stream is the vsock stream.
+ *
+ * gRPC (grpc-js) can only dial addresses, not hand-made streams, so the
+ * dialer runs a tiny local unix-socket relay next to the vsock socket: each
+ * connection grpc-js opens to it becomes one hybrid-vsock connection to the
+ * agent. The guest prints AGENT_READY_MARKER on its console once it listens,
+ * so the host dials when the guest is ready.
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { agentClientConstructor } from './agent-api';
 
 export const AGENT_READY_MARKER = 'KATA_TS_AGENT_READY';
+/** The agent's vsock port (Kata's agent uses 1024 too). */
+export const AGENT_VSOCK_PORT = 1024;
 
 export class DialError extends Error {
   constructor(readonly kind: 'timeout' | 'vm-exited', message: string) {
@@ -46,13 +55,81 @@ export async function waitForMarker(consoleLog: string, timeoutMs: number, vmExi
   }
 }
 
-/** A gRPC client for the AgentService over the VMM's agent socket. */
-export function dialAgent(agentSocket: string): grpc.Client {
+/**
+ * Opens one stream to guest vsock `port` through the hybrid vsock socket;
+ * rejects if the guest refuses (nobody listening) or does not answer.
+ */
+export function connectVsock(vsockSocket: string, port: number, timeoutMs = 10000): Promise<net.Socket> {
+  return new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect(vsockSocket);
+    let line = '';
+    const fail = (why: string) => {
+      clearTimeout(timer);
+      s.destroy();
+      reject(new Error(`vsock connect to port ${port}: ${why}`));
+    };
+    const timer = setTimeout(() => fail('timed out'), timeoutMs);
+    s.once('error', (e) => fail(e.message));
+    s.once('close', () => fail('refused (connection closed)'));
+    s.once('connect', () => s.write(`CONNECT ${port}\n`));
+    const onData = (d: Buffer) => {
+      const nl = d.indexOf(0x0a);
+      if (nl < 0) {
+        line += d.toString('latin1');
+        if (line.length > 64) fail('bad handshake reply');
+        return;
+      }
+      line += d.subarray(0, nl).toString('latin1');
+      s.removeListener('data', onData);
+      if (!/^OK [0-9]+$/.test(line)) return fail(`bad handshake reply "${line.slice(0, 64)}"`);
+      clearTimeout(timer);
+      s.removeAllListeners('error');
+      s.removeAllListeners('close');
+      s.pause();
+      const rest = d.subarray(nl + 1);
+      if (rest.length) s.unshift(rest);
+      resolve(s);
+    };
+    s.on('data', onData);
+  });
+}
+
+/** A gRPC client for the AgentService over the VM's hybrid vsock socket. */
+export function dialAgent(vsockSocket: string): grpc.Client {
+  const relayPath = `${vsockSocket}.agent`;
+  try { fs.unlinkSync(relayPath); } catch { /* none */ }
+  const open = new Set<net.Socket>();
+  const relay = net.createServer((c) => {
+    open.add(c);
+    c.once('close', () => open.delete(c));
+    c.on('error', () => c.destroy());
+    c.pause();
+    connectVsock(vsockSocket, AGENT_VSOCK_PORT).then((v) => {
+      open.add(v);
+      v.once('close', () => open.delete(v));
+      v.on('error', () => c.destroy());
+      if (c.destroyed) { v.destroy(); return; }
+      c.pipe(v);
+      v.pipe(c);
+      c.once('close', () => v.destroy());
+      v.once('close', () => c.destroy());
+      c.resume();
+    }, () => c.destroy());
+  });
+  relay.listen(relayPath);
+  relay.unref();
   const Ctor = agentClientConstructor();
-  return new Ctor(`unix:${agentSocket}`, grpc.credentials.createInsecure(), {
+  const client = new Ctor(`unix:${relayPath}`, grpc.credentials.createInsecure(), {
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
-    // One long-lived HTTP/2 session: the virtio-serial port carries exactly one.
     'grpc.use_local_subchannel_pool': 1,
     'grpc.keepalive_time_ms': 0,
   });
+  const close = client.close.bind(client);
+  client.close = () => {
+    close();
+    relay.close();
+    for (const s of open) s.destroy();
+    try { fs.unlinkSync(relayPath); } catch { /* gone */ }
+  };
+  return client;
 }
