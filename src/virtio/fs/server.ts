@@ -73,6 +73,9 @@ export class FuseServer {
       return await this.dispatch(req, writable);
     } catch (err) {
       this.counters.errors++;
+      // fuse.rst: FORGET, BATCH_FORGET and INTERRUPT are never answered,
+      // not even with an error (the guest posted no reply buffer for them).
+      if (req.opcode === Op.FORGET || req.opcode === Op.BATCH_FORGET || req.opcode === Op.INTERRUPT) return 0;
       if (err instanceof FsError) {
         if (err.kind === 'malformed') this.counters.malformed++;
         return writeReply(writable, req.unique, -err.errno, []);
