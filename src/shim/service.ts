@@ -1,0 +1,376 @@
+/**
+ * The containerd task service (containerd.task.v2.Task) of one shim, which
+ * owns one sandbox VM (one pod): one method per RPC, each mapped onto
+ * src/runtime's Sandbox. The first Create boots the VM with that container's
+ * rootfs attached at boot; later Creates (other containers of the pod)
+ * hotplug theirs. Errors are ShimError/runtime errors here; registration.ts
+ * converts them to ttrpc codes.
+ *
+ * Pids: containerd is told the VM's host pid (QEMU) for a container's init,
+ * as Kata does — it is the host process that embodies the container — and
+ * the guest pid for exec'd processes; Pids lists guest pids.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { errorMessage } from '../common/errors';
+import { logger } from '../common/log';
+import { selectHypervisor } from '../hypervisor';
+import type { Hypervisor } from '../hypervisor/hypervisor';
+import { encode, timestamp } from '../protocols/ttrpc/messages';
+import type { OciProcess } from '../protocols/oci';
+import type { Config } from '../runtime/config';
+import { Sandbox } from '../runtime/sandbox';
+import { readBundle } from '../runtime/spec';
+import { attachProcess } from '../runtime/stdio';
+import type { StatsContainerResponse } from '../protocols/agent-api';
+import { ShimError } from './errors';
+import type { Publisher } from './events';
+import { ShimProcess } from './process';
+import { mountRootfs, unmountRootfs } from './rootfs';
+import { openHostIo } from './stdio';
+import type * as t from './types';
+
+export const SHIM_VERSION = 'kata-ts 0.1.0';
+/** Written into each bundle so `shim delete` can find the VM after a crash. */
+export const BUNDLE_MARKER = 'kata-ts-shim.json';
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+interface ShimContainer {
+  id: string;
+  bundle: string;
+  rootfs: t.CreateTaskRequest['rootfs'];
+  init: ShimProcess;
+  execs: Map<string, ShimProcess>;
+}
+
+export interface TaskServiceOptions {
+  config: Config;
+  /** The sandbox (pod) id this shim serves. */
+  sandboxId: string;
+  publisher: Publisher;
+  /** Called once when Shutdown finds nothing left to serve. */
+  onShutdown: () => void;
+  hypervisor?: (cfg: Config) => Promise<Hypervisor>;
+}
+
+export interface BundleMarker {
+  sandboxId: string;
+  sandboxDir: string;
+  runDir: string;
+  shimPid: number;
+}
+
+export class TaskService {
+  private readonly containers = new Map<string, ShimContainer>();
+  private sandbox: Sandbox | undefined;
+  private hv: Hypervisor | undefined;
+  private vmGone: string | undefined;
+  private lock: Promise<unknown> = Promise.resolve();
+  private shuttingDown = false;
+  private readonly log;
+
+  constructor(private readonly opts: TaskServiceOptions) {
+    this.log = logger('shim', { sandbox: opts.sandboxId });
+  }
+
+  /** Create/Delete change the sandbox: one at a time. */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.lock.then(fn, fn);
+    this.lock = run.catch(() => undefined);
+    return run;
+  }
+
+  private container(id: string): ShimContainer {
+    const c = this.containers.get(id);
+    if (!c) throw new ShimError('not-found', `container ${id} not found`);
+    return c;
+  }
+
+  private process(id: string, execId: string): ShimProcess {
+    const c = this.container(id);
+    if (!execId) return c.init;
+    const p = c.execs.get(execId);
+    if (!p) throw new ShimError('not-found', `process ${execId} not found in container ${id}`);
+    return p;
+  }
+
+  private get hostPid(): number {
+    return this.sandbox?.vmInfo?.pids[0] ?? 0;
+  }
+
+  private requireSandbox(): Sandbox {
+    if (this.vmGone) throw new ShimError('failed-precondition', `the sandbox VM is gone: ${this.vmGone}`);
+    if (!this.sandbox) throw new ShimError('failed-precondition', 'the sandbox is not running');
+    return this.sandbox;
+  }
+
+  async create(r: t.CreateTaskRequest): Promise<{ pid: number }> {
+    return this.serial(async () => {
+      if (!ID_RE.test(r.id)) throw new ShimError('invalid', `invalid container id "${r.id}"`);
+      if (this.containers.has(r.id)) throw new ShimError('already-exists', `container ${r.id} already exists`);
+      if (r.checkpoint) throw new ShimError('unimplemented', 'restoring from a checkpoint is not supported');
+      if (this.shuttingDown) throw new ShimError('failed-precondition', 'the shim is shutting down');
+      if (!r.bundle || !path.isAbsolute(r.bundle) || !fs.existsSync(r.bundle)) throw new ShimError('invalid', `bundle "${r.bundle}" is not an existing absolute path`);
+      const mounted = await mountRootfs(r.bundle, r.rootfs);
+      try {
+        const { spec, rootfs } = readBundle(r.bundle);
+        if (r.terminal && spec.process) spec.process.terminal = true;
+        if (!this.sandbox) {
+          const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(this.opts.config);
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, bootContainers: [{ id: r.id, rootfs }] });
+          this.writeMarker(r.bundle, sb.dir);
+          await sb.start();
+          this.sandbox = sb;
+          this.hv = hv;
+          void hv.exited().then((why) => this.onVmExit(why));
+        } else {
+          this.requireSandbox();
+          this.writeMarker(r.bundle, this.sandbox.dir);
+        }
+        await this.sandbox.createContainer(r.id, spec, rootfs);
+      } finally {
+        if (mounted) await unmountRootfs(r.bundle);
+      }
+      const init = new ShimProcess(r.id, '', { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal });
+      init.pid = this.hostPid;
+      this.containers.set(r.id, { id: r.id, bundle: r.bundle, rootfs: r.rootfs, init, execs: new Map() });
+      this.opts.publisher.publish('TaskCreate', {
+        container_id: r.id, bundle: r.bundle, rootfs: r.rootfs, pid: init.pid,
+        io: { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal }, checkpoint: '',
+      });
+      this.log.info('container created', { container: r.id });
+      return { pid: init.pid };
+    });
+  }
+
+  private writeMarker(bundle: string, sandboxDir: string): void {
+    const m: BundleMarker = { sandboxId: this.opts.sandboxId, sandboxDir, runDir: this.opts.config.runtime.run_dir, shimPid: process.pid };
+    fs.writeFileSync(path.join(bundle, BUNDLE_MARKER), JSON.stringify(m));
+  }
+
+  async start(r: t.IdRequest): Promise<{ pid: number }> {
+    const c = this.container(r.id);
+    const p = this.process(r.id, r.exec_id);
+    if (p.status !== 'created') throw new ShimError('failed-precondition', `process ${r.exec_id || r.id} is ${p.status}, not created`);
+    if (r.exec_id && c.init.status !== 'running') throw new ShimError('failed-precondition', `container ${r.id} is not running`);
+    const sb = this.requireSandbox();
+    const io = openHostIo(p.stdio);
+    p.io = io;
+    try {
+      if (r.exec_id) {
+        p.guestPid = await sb.exec(r.id, r.exec_id, p.spec!);
+        p.pid = p.guestPid;
+      } else {
+        p.guestPid = await sb.startContainer(r.id);
+        p.pid = this.hostPid;
+      }
+    } catch (err) {
+      p.io = undefined;
+      await io.close();
+      throw err;
+    }
+    p.status = 'running';
+    const attached = attachProcess(sb.agent, r.id, r.exec_id, { stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, terminal: p.stdio.terminal });
+    p.resize = attached.resize;
+    attached.done.then(
+      (st) => this.finish(p, st.status, st.exited_at_ms ? new Date(st.exited_at_ms) : new Date()),
+      (err) => {
+        this.log.warn('wait failed', { container: r.id, exec: r.exec_id, err: errorMessage(err) });
+        return this.finish(p, 255, new Date());
+      },
+    );
+    if (r.exec_id) this.opts.publisher.publish('TaskExecStarted', { container_id: r.id, exec_id: r.exec_id, pid: p.pid });
+    else this.opts.publisher.publish('TaskStart', { container_id: r.id, pid: p.pid });
+    return { pid: p.pid };
+  }
+
+  /** Exit bookkeeping: close the fifos (the client's EOF), then tell waiters and containerd. */
+  private async finish(p: ShimProcess, status: number, at: Date): Promise<void> {
+    await p.io?.close().catch(() => undefined);
+    if (!p.setExited(status, at)) return;
+    this.opts.publisher.publish('TaskExit', {
+      container_id: p.containerId, id: p.execId || p.containerId, pid: p.pid, exit_status: status, exited_at: timestamp(at),
+    });
+  }
+
+  private onVmExit(why: string): void {
+    if (this.shuttingDown) return;
+    this.vmGone = why;
+    this.log.error('sandbox VM exited', { why });
+    const now = new Date();
+    for (const c of this.containers.values()) {
+      for (const p of [c.init, ...c.execs.values()]) if (p.status !== 'stopped' && p.status !== 'created') void this.finish(p, 255, now);
+    }
+  }
+
+  async delete(r: t.IdRequest): Promise<{ pid: number; exit_status: number; exited_at?: t.Timestamp }> {
+    return this.serial(async () => {
+      const c = this.container(r.id);
+      const p = this.process(r.id, r.exec_id);
+      if (p.status === 'running' || p.status === 'paused') throw new ShimError('failed-precondition', `cannot delete ${r.exec_id ? `process ${r.exec_id}` : `container ${r.id}`}: it is ${p.status}`);
+      await p.io?.close();
+      if (r.exec_id) {
+        c.execs.delete(r.exec_id);
+      } else {
+        if (this.sandbox && !this.vmGone) {
+          await this.sandbox.removeContainer(r.id).catch((err) => {
+            if (!this.vmGone) throw err;
+          });
+        }
+        this.containers.delete(r.id);
+        await unmountRootfs(c.bundle);
+      }
+      const ex = p.exitInfo;
+      const res = { pid: p.pid, exit_status: ex?.status ?? 0, exited_at: timestamp(ex?.exitedAt) };
+      if (!r.exec_id) this.opts.publisher.publish('TaskDelete', { container_id: r.id, id: r.id, ...res });
+      return res;
+    });
+  }
+
+  async exec(r: t.ExecProcessRequest): Promise<void> {
+    const c = this.container(r.id);
+    if (!ID_RE.test(r.exec_id)) throw new ShimError('invalid', `invalid exec id "${r.exec_id}"`);
+    if (c.execs.has(r.exec_id)) throw new ShimError('already-exists', `exec ${r.exec_id} already exists in container ${r.id}`);
+    if (c.init.status === 'stopped') throw new ShimError('failed-precondition', `container ${r.id} is stopped`);
+    let spec: OciProcess;
+    try {
+      spec = JSON.parse(Buffer.from(r.spec?.value ?? []).toString('utf8')) as OciProcess;
+    } catch (err) {
+      throw new ShimError('invalid', `exec spec is not valid JSON: ${errorMessage(err)}`);
+    }
+    if (!Array.isArray(spec?.args) || spec.args.length === 0) throw new ShimError('invalid', 'exec spec: args must not be empty');
+    spec.cwd ||= '/';
+    spec.user ??= { uid: 0, gid: 0 };
+    spec.terminal = r.terminal;
+    c.execs.set(r.exec_id, new ShimProcess(r.id, r.exec_id, { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal }, spec));
+    this.opts.publisher.publish('TaskExecAdded', { container_id: r.id, exec_id: r.exec_id });
+  }
+
+  async state(r: t.IdRequest): Promise<Record<string, unknown>> {
+    const c = this.container(r.id);
+    const p = this.process(r.id, r.exec_id);
+    const ex = p.exitInfo;
+    return {
+      id: r.id, bundle: c.bundle, pid: p.pid, status: p.status.toUpperCase() as t.Status, stdin: p.stdio.stdin, stdout: p.stdio.stdout,
+      stderr: p.stdio.stderr, terminal: p.stdio.terminal, exit_status: ex?.status ?? 0, exited_at: timestamp(ex?.exitedAt), exec_id: r.exec_id,
+    };
+  }
+
+  async kill(r: t.KillRequest): Promise<void> {
+    const p = this.process(r.id, r.exec_id);
+    if (!Number.isInteger(r.signal) || r.signal < 1 || r.signal > 64) throw new ShimError('invalid', `invalid signal ${r.signal}`);
+    if (p.status === 'stopped') throw new ShimError('not-found', `process ${r.exec_id || r.id} already finished`);
+    if (p.status === 'created') {
+      // Nothing runs yet: the process "dies" of the signal without starting.
+      await this.finish(p, 128 + r.signal, new Date());
+      return;
+    }
+    if (p.status === 'paused') throw new ShimError('failed-precondition', `container ${r.id} is paused; resume it first`);
+    await this.requireSandbox().agent.signalProcess({ container_id: r.id, exec_id: r.exec_id, signal: r.signal });
+  }
+
+  async wait(r: t.IdRequest): Promise<{ exit_status: number; exited_at?: t.Timestamp }> {
+    const e = await this.process(r.id, r.exec_id).wait();
+    return { exit_status: e.status, exited_at: timestamp(e.exitedAt) };
+  }
+
+  async pids(r: { id: string }): Promise<{ processes: { pid: number }[] }> {
+    const c = this.container(r.id);
+    const procs = [c.init, ...c.execs.values()].filter((p) => p.status === 'running' || p.status === 'paused');
+    return { processes: procs.map((p) => ({ pid: p.guestPid })) };
+  }
+
+  async closeIO(r: t.CloseIORequest): Promise<void> {
+    const p = this.process(r.id, r.exec_id);
+    if (r.stdin) p.io?.closeStdin();
+  }
+
+  async resizePty(r: t.ResizePtyRequest): Promise<void> {
+    const p = this.process(r.id, r.exec_id);
+    if (!p.stdio.terminal) throw new ShimError('failed-precondition', `process ${r.exec_id || r.id} has no terminal`);
+    if (p.status !== 'running' || !p.resize) return;
+    // The guest receives the pty from crun just after the process starts; a
+    // resize right after Start (ctr sends one at once) can precede it.
+    for (let i = 0; ; i++) {
+      try {
+        await p.resize(r.height, r.width);
+        return;
+      } catch (err) {
+        if (i >= 10 || p.status !== 'running') {
+          this.log.warn('resize failed', { container: r.id, exec: r.exec_id, err: errorMessage(err) });
+          return;
+        }
+        await new Promise((res) => setTimeout(res, 50));
+      }
+    }
+  }
+
+  /** The VM is paused as a whole (QMP stop), so only a pod of one container can be paused. */
+  async pause(r: { id: string }): Promise<void> {
+    const c = this.container(r.id);
+    if (this.containers.size > 1) throw new ShimError('unimplemented', 'pausing one container of a multi-container pod needs the guest cgroup freezer (not yet)');
+    if (c.init.status !== 'running') throw new ShimError('failed-precondition', `container ${r.id} is ${c.init.status}`);
+    this.requireSandbox();
+    await this.hv!.pause();
+    c.init.status = 'paused';
+    for (const e of c.execs.values()) if (e.status === 'running') e.status = 'paused';
+    this.opts.publisher.publish('TaskPaused', { container_id: r.id });
+  }
+
+  async resume(r: { id: string }): Promise<void> {
+    const c = this.container(r.id);
+    if (c.init.status !== 'paused') throw new ShimError('failed-precondition', `container ${r.id} is not paused`);
+    await this.hv!.resume();
+    c.init.status = 'running';
+    for (const e of c.execs.values()) if (e.status === 'paused') e.status = 'running';
+    this.opts.publisher.publish('TaskResumed', { container_id: r.id });
+  }
+
+  async update(r: t.UpdateTaskRequest): Promise<void> {
+    this.container(r.id);
+    throw new ShimError('unimplemented', 'updating resources of a running container needs the agent UpdateContainer call (not yet)');
+  }
+
+  async stats(r: { id: string }): Promise<{ stats: t.Any }> {
+    this.container(r.id);
+    const s: StatsContainerResponse = await this.requireSandbox().agent.statsContainer(r.id);
+    const value = encode('io.containerd.cgroups.v2.Metrics', {
+      pids: { current: s.pids_current },
+      cpu: { usage_usec: s.cpu_usage_usec, user_usec: s.cpu_user_usec, system_usec: s.cpu_system_usec },
+      memory: { usage: s.memory_usage_bytes, usage_limit: s.memory_limit_bytes },
+      io: { usage: [{ rbytes: s.io_read_bytes, wbytes: s.io_write_bytes }] },
+    });
+    return { stats: { type_url: 'io.containerd.cgroups.v2.Metrics', value } };
+  }
+
+  async connect(r: { id: string }): Promise<{ shim_pid: number; task_pid: number; version: string }> {
+    const c = this.containers.get(r.id);
+    return { shim_pid: process.pid, task_pid: c?.init.pid ?? this.hostPid, version: SHIM_VERSION };
+  }
+
+  async checkpoint(): Promise<void> {
+    throw new ShimError('unimplemented', 'checkpoint is not supported by kata-ts');
+  }
+
+  /** Ends the shim once no container is left (containerd calls this after each Delete). */
+  async shutdown(r: t.ShutdownRequest): Promise<void> {
+    if (this.containers.size > 0 && !r.now) return;
+    if (this.shuttingDown) return;
+    this.shuttingDown = true;
+    // Answer first; the caller closes its connection as we go away.
+    setImmediate(() => this.opts.onShutdown());
+  }
+
+  /** Stop the VM and forget everything (shutdown, signals). */
+  async teardown(): Promise<void> {
+    this.shuttingDown = true;
+    for (const c of this.containers.values()) {
+      for (const p of [c.init, ...c.execs.values()]) await p.io?.close().catch(() => undefined);
+      await unmountRootfs(c.bundle).catch(() => undefined);
+    }
+    await this.sandbox?.stop();
+    await this.opts.publisher.flush();
+    this.opts.publisher.close();
+  }
+}
