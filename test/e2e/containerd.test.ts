@@ -1,0 +1,197 @@
+/**
+ * containerd end to end: a private containerd drives containerd-shim-kata-ts-v2
+ * through `ctr`, every container in a QEMU VM (TCG here). One containerd
+ * for the whole file; VM boots are the cost (~10 s each), so each test packs
+ * the checks that can share one container: 6 VMs in all.
+ */
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { requireGuest } from '../helpers/guest';
+import { containerdAvailable, IMAGE, RUNTIME, TestContainerd, USER_IMAGE } from '../helpers/containerd';
+import { TtrpcClient } from '../../src/protocols/ttrpc/client';
+import { encodeFrame } from '../../src/protocols/ttrpc/frame';
+import { decode, encode } from '../../src/protocols/ttrpc/messages';
+
+const TASK = 'containerd.task.v2.Task';
+
+async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
+  this.timeout(240000);
+  let cd: TestContainerd;
+  const run = (args: string[], o: { input?: string } = {}) => cd.ctr(['run', '--runtime', RUNTIME, ...args], o);
+  const taskStatus = async (id: string) => {
+    const ls = await cd.ctr(['task', 'ls']);
+    const line = ls.stdout.split('\n').find((l) => l.split(/\s+/)[0] === id);
+    return line?.split(/\s+/)[2];
+  };
+  const bundleOf = (id: string) => path.join(cd.dir, 'state', 'io.containerd.runtime.v2.task', cd.namespace, id);
+
+  before(async function () {
+    requireGuest(this);
+    const why = containerdAvailable();
+    if (why) {
+      process.stdout.write(`      skipped: ${why}\n`);
+      this.skip();
+    }
+    cd = new TestContainerd();
+    await cd.start();
+    await cd.importImage();
+  });
+
+  after(async () => {
+    if (!cd) return;
+    const left = await cd.stop();
+    expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed') process.stdout.write(`containerd log tail:\n${cd.log.split('\n').slice(-25).join('\n')}\n`);
+  });
+
+  it('runs in the guest kernel with exit status and both streams (ctr run --rm)', async () => {
+    const r = await run(['--rm', IMAGE, 'rm1', 'sh', '-c', 'uname -r; echo to-stderr >&2; exit 3']);
+    expect(r.stderr).to.equal('to-stderr\n');
+    expect(r.code).to.equal(3);
+    expect(r.stdout.trim()).to.match(/^6\.1\./);
+    expect(r.stdout.trim()).to.not.equal(os.release());
+    expect(cd.shimPids(), 'shim exits after --rm').to.deep.equal([]);
+    expect(cd.qemuPids()).to.deep.equal([]);
+  });
+
+  it('takes env, user and working dir from the image config', async () => {
+    const r = await run(['--rm', '--env', 'EXTRA=from-ctr', USER_IMAGE, 'user1', 'sh', '-c', 'id -u; id -g; echo $FROM_IMAGE $EXTRA; pwd']);
+    expect(r.stderr).to.equal('');
+    expect(r.stdout).to.equal('1000\n1000\nimage-env from-ctr\n/home\n');
+    expect(r.code).to.equal(0);
+  });
+
+  it('passes stdin through (ctr run attaches it) and sees its end', async () => {
+    const input = Array.from({ length: 500 }, (_, i) => `line ${i}`).join('\n') + '\n';
+    const r = await run(['--rm', IMAGE, 'stdin1', 'sh', '-c', 'wc -l; echo done'], { input });
+    expect(r.stdout).to.equal('500\ndone\n');
+    expect(r.code).to.equal(0);
+  });
+
+  it('run -d, task ls, exec (pipes and tty), ps, pause/resume, metrics, kill TERM, delete', async () => {
+    const d = await run(['-d', IMAGE, 'd1', 'sh', '-c', 'trap "exit 42" TERM; while :; do sleep 0.1; done']);
+    expect(d.code, d.stderr).to.equal(0);
+    expect(await taskStatus('d1')).to.equal('RUNNING');
+    const ex = await cd.ctr(['task', 'exec', '--exec-id', 'e1', 'd1', 'sh', '-c', 'echo exec-out; echo exec-err >&2; exit 5']);
+    expect(ex).to.include({ code: 5, stdout: 'exec-out\n', stderr: 'exec-err\n' });
+    // A terminal needs a tty on ctr's side too: script(1) provides one.
+    const tty = await new Promise<{ code: number | null; out: string }>((resolve) => {
+      const ctrCmd = `ctr --address ${cd.socket} -n ${cd.namespace} task exec -t --exec-id t1 d1 sh -c 'tty'`;
+      const p = spawn('script', ['-qec', ctrCmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      p.stdout.on('data', (b: Buffer) => (out += b.toString()));
+      p.on('exit', (code) => resolve({ code, out }));
+      p.stdin.end();
+    });
+    expect(tty.code, tty.out).to.equal(0);
+    expect(tty.out).to.match(/\/dev\/pts\/\d+/);
+    const ps = await cd.ctr(['task', 'ps', 'd1']);
+    expect(ps.code).to.equal(0);
+    expect(ps.stdout.split('\n').filter((l) => /^\s*\d+/.test(l)).length).to.be.at.least(1);
+    expect((await cd.ctr(['task', 'pause', 'd1'])).code).to.equal(0);
+    expect(await taskStatus('d1')).to.equal('PAUSED');
+    expect((await cd.ctr(['task', 'resume', 'd1'])).code).to.equal(0);
+    expect(await taskStatus('d1')).to.equal('RUNNING');
+    const m = await cd.ctr(['task', 'metrics', 'd1']);
+    expect(m.code, m.stderr).to.equal(0);
+    expect(m.stdout).to.match(/d1/);
+    expect((await cd.ctr(['task', 'kill', 'd1'])).code).to.equal(0);
+    await until('d1 stopped', async () => ((await taskStatus('d1')) === 'STOPPED' ? true : undefined));
+    const del = await cd.ctr(['task', 'delete', 'd1']);
+    expect(del.stderr, 'ctr task delete reports the exit status').to.match(/exit code 42/);
+    expect((await cd.ctr(['container', 'delete', 'd1'])).code).to.equal(0);
+    await until('shim gone', async () => (cd.shimPids().length === 0 ? true : undefined), 15000);
+    expect(cd.qemuPids()).to.deep.equal([]);
+  });
+
+  it('runs a pod: two containers in one VM through the CRI annotations; SIGKILL gives 137', async () => {
+    const pod = ['--annotation', 'io.kubernetes.cri.sandbox-id=pod1'];
+    const a = await run(['-d', ...pod, '--annotation', 'io.kubernetes.cri.container-type=sandbox', IMAGE, 'pod1', 'sleep', '600']);
+    expect(a.code, a.stderr).to.equal(0);
+    const b = await run(['-d', ...pod, '--annotation', 'io.kubernetes.cri.container-type=container', IMAGE, 'pod1-app', 'sh', '-c', 'echo app > /tmp/who; sleep 600']);
+    expect(b.code, b.stderr).to.equal(0);
+    expect(cd.shimPids(), 'one shim for the pod').to.have.length(1);
+    expect(cd.qemuPids(), 'one VM for the pod').to.have.length(1);
+    const bootA = await cd.ctr(['task', 'exec', '--exec-id', 'b1', 'pod1', 'cat', '/proc/sys/kernel/random/boot_id']);
+    const bootB = await cd.ctr(['task', 'exec', '--exec-id', 'b2', 'pod1-app', 'cat', '/proc/sys/kernel/random/boot_id']);
+    expect(bootA.stdout).to.match(/^[0-9a-f-]{36}\n$/);
+    expect(bootB.stdout).to.equal(bootA.stdout);
+    // Separate root filesystems all the same.
+    const who = await cd.ctr(['task', 'exec', '--exec-id', 'w1', 'pod1', 'sh', '-c', 'cat /tmp/who 2>/dev/null || echo none']);
+    expect(who.stdout).to.equal('none\n');
+    expect((await cd.ctr(['task', 'kill', '-s', 'SIGKILL', 'pod1-app'])).code).to.equal(0);
+    await until('pod1-app stopped', async () => ((await taskStatus('pod1-app')) === 'STOPPED' ? true : undefined));
+    expect((await cd.ctr(['task', 'delete', 'pod1-app'])).stderr).to.match(/exit code 137/);
+    expect((await cd.ctr(['container', 'delete', 'pod1-app'])).code).to.equal(0);
+    expect(cd.qemuPids(), 'the pod VM outlives one member').to.have.length(1);
+    expect((await cd.ctr(['task', 'kill', '-s', 'SIGKILL', 'pod1'])).code).to.equal(0);
+    await until('pod1 stopped', async () => ((await taskStatus('pod1')) === 'STOPPED' ? true : undefined));
+    expect((await cd.ctr(['task', 'delete', 'pod1'])).stderr).to.match(/exit code 137/);
+    expect((await cd.ctr(['container', 'delete', 'pod1'])).code).to.equal(0);
+    await until('pod shim gone', async () => (cd.shimPids().length === 0 ? true : undefined), 15000);
+    expect(cd.qemuPids()).to.deep.equal([]);
+  });
+
+  it('answers bad input with proper errors and keeps serving; a killed shim is cleaned up by containerd', async () => {
+    const d = await run(['-d', IMAGE, 'crash1', 'sleep', '600']);
+    expect(d.code, d.stderr).to.equal(0);
+    const address = fs.readFileSync(path.join(bundleOf('crash1'), 'address'), 'utf8');
+    const sockPath = address.replace(/^unix:\/\//, '');
+    // Raw garbage, an even stream id, an undecodable request.
+    const raw = net.createConnection(sockPath);
+    await new Promise((r) => raw.once('connect', r));
+    const replies: Buffer[] = [];
+    raw.on('data', (b: Buffer) => replies.push(b));
+    raw.write(encodeFrame(2, 1, 0, encode('ttrpc.Request', { service: TASK, method: 'State', payload: Buffer.alloc(0) })));
+    raw.write(encodeFrame(3, 1, 0, Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])));
+    await until('two replies', async () => (Buffer.concat(replies).length >= 20 ? true : undefined), 5000);
+    const all = Buffer.concat(replies);
+    const first = decode<{ status: { code: number } }>('ttrpc.Response', all.subarray(10, 10 + all.readUInt32BE(0)));
+    expect(first.status.code).to.equal(3); // InvalidArgument
+    raw.destroy();
+    const c = await TtrpcClient.connect(address);
+    try {
+      const err = (p: Promise<unknown>) => p.then(() => expect.fail('should have failed'), (e: Error & { kind: string }) => e.kind);
+      expect(await err(c.call('no.such.Service', 'X', Buffer.alloc(0)))).to.equal('Unimplemented');
+      expect(await err(c.call(TASK, 'NoSuchMethod', Buffer.alloc(0)))).to.equal('Unimplemented');
+      const req = (m: string, t: string, v: Record<string, unknown>, res = 'google.protobuf.Empty') => c.request(TASK, m, `containerd.task.v2.${t}`, res, v);
+      expect(await err(req('State', 'StateRequest', { id: 'nope' }, 'containerd.task.v2.StateResponse'))).to.equal('NotFound');
+      expect(await err(req('Kill', 'KillRequest', { id: 'crash1', exec_id: 'nope', signal: 9 }))).to.equal('NotFound');
+      expect(await err(req('Create', 'CreateTaskRequest', { id: 'bad1', bundle: '/nonexistent/bundle' }, 'containerd.task.v2.CreateTaskResponse'))).to.equal('InvalidArgument');
+      expect(await err(req('Create', 'CreateTaskRequest', { id: 'crash1', bundle: bundleOf('crash1') }, 'containerd.task.v2.CreateTaskResponse'))).to.equal('AlreadyExists');
+      expect(await err(req('Checkpoint', 'CheckpointTaskRequest', { id: 'crash1' }))).to.equal('Unimplemented');
+      expect(await err(req('Delete', 'DeleteRequest', { id: 'crash1' }, 'containerd.task.v2.DeleteResponse'))).to.equal('FailedPrecondition');
+      const st = await req('State', 'StateRequest', { id: 'crash1' }, 'containerd.task.v2.StateResponse') as { status: string };
+      expect(st.status).to.equal('RUNNING');
+    } finally {
+      c.close();
+    }
+    // Now kill the shim outright: containerd notices, runs `shim delete`, which kills the VM.
+    const [shim] = cd.shimPids();
+    expect(shim).to.be.a('number');
+    expect(cd.qemuPids()).to.have.length(1);
+    process.kill(shim!, 'SIGKILL');
+    await until('qemu cleaned up', async () => (cd.qemuPids().length === 0 ? true : undefined), 20000);
+    await until('crash1 stopped', async () => ((await taskStatus('crash1')) !== 'RUNNING' ? true : undefined), 20000);
+    await cd.ctr(['task', 'delete', 'crash1']);
+    expect((await cd.ctr(['container', 'delete', 'crash1'])).code).to.equal(0);
+    expect(fs.readdirSync(path.join(cd.runDir, 'sandboxes')), 'sandbox dirs left').to.deep.equal([]);
+  });
+});
