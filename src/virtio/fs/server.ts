@@ -246,6 +246,9 @@ export class FuseServer {
     const want = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_AUTO_INVAL_DATA |
       FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
       FUSE_CACHE_SYMLINKS;
+    // A second INIT is a new guest driver instance (reboot, re-probe): the
+    // old one's nodeids and handles mean nothing any more.
+    if (this.initialized) this.fs.destroy();
     const maxPages = Math.max(1, Math.floor(this.maxWrite / 4096));
     out.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), 4);
     out.writeUInt32LE(b.readUInt32LE(8), 8); // max_readahead: what the guest proposed
