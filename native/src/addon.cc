@@ -7,12 +7,18 @@ void InitFd(Napi::Env env, Napi::Object exports);
 void InitMem(Napi::Env env, Napi::Object exports);
 void InitSock(Napi::Env env, Napi::Object exports);
 void InitFs(Napi::Env env, Napi::Object exports);
+void InitKvm(Napi::Env env, Napi::Object exports);
+void InitKvmVcpu(Napi::Env env, Napi::Object exports);
+void InitVfio(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
   InitMem(env, exports);
   InitSock(env, exports);
   InitFs(env, exports);
+  InitKvm(env, exports);
+  InitKvmVcpu(env, exports);
+  InitVfio(env, exports);
   return exports;
 }
 
