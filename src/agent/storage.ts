@@ -2,7 +2,10 @@
  * Mounts the storages a container's rootfs is made of (Kata's Storage):
  *   blk     — a virtio-blk disk found by its serial (/sys/block/vdX/serial),
  *             mounted read-only with the given fstype (EROFS images);
- *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir.
+ *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir;
+ *   virtiofs — a host directory shared by our virtio-fs device, found by its
+ *             mount tag (virtio 1.2 §5.11.4) and mounted as it is: writes go
+ *             straight to the host directory, as under runc.
  * The guest has no libmount in Node, so busybox `mount`/`umount` do the
  * syscalls; every mount is recorded so teardown can undo it in reverse.
  */
@@ -67,6 +70,13 @@ export class StorageSet {
       case 'blk': {
         const dev = await findBlockDevice(s.source);
         await this.mounter.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? s.options : ['ro']);
+        break;
+      }
+      case 'virtiofs': {
+        // The tag is the device's config-space tag; the kernel finds the
+        // device by it (fs/fuse/virtio_fs.c), no /dev node involved.
+        if (!/^[A-Za-z0-9_.-]{1,36}$/.test(s.source)) throw new StorageError(`bad virtio-fs tag "${s.source}"`);
+        await this.mounter.mount(s.source, s.mount_point, 'virtiofs', s.options);
         break;
       }
       case 'overlay': {

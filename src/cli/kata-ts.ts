@@ -1,6 +1,6 @@
 /**
  * `kata-ts`: run containers in lightweight VMs from the command line.
- *   kata-ts run [--rootfs DIR | --bundle DIR] [--hypervisor auto|qemu|builtin]
+ *   kata-ts run [--rootfs DIR | --bundle DIR] [--rootfs-share virtiofs|erofs] [--hypervisor auto|qemu|builtin]
  *               [--memory MiB] [--cpus N] [-e K=V]... [-w DIR] [-u UID[:GID]] [-t] -- CMD...
  * Thin: parse, call src/runtime, print. Errors are one line on stderr; the
  * exit status is the container's, or 125 when kata-ts itself failed (as
@@ -35,6 +35,7 @@ export async function main(args: string[]): Promise<void> {
       .usage('$0 run [options] -- CMD [ARGS...]')
       .option('rootfs', { type: 'string', describe: 'container root filesystem directory (default: the built-in busybox image)' })
       .option('bundle', { type: 'string', describe: 'OCI bundle directory (config.json + rootfs)' })
+      .option('rootfs-share', { choices: ['virtiofs', 'erofs'] as const, describe: 'how the rootfs reaches the guest: virtio-fs share, changes land in the directory (default with --rootfs/--bundle), or EROFS image + throwaway overlay (default for the built-in image)' })
       .option('hypervisor', { choices: ['auto', 'qemu', 'builtin'] as const, default: 'auto' as const, describe: 'which VMM' })
       .option('memory', { alias: 'm', type: 'number', describe: 'guest memory in MiB' })
       .option('cpus', { type: 'number', describe: 'guest vCPUs' })
@@ -58,7 +59,7 @@ export async function main(args: string[]): Promise<void> {
         code = await runContainer({
           rootfs: a.rootfs, bundle: a.bundle, hypervisor: a.hypervisor, memory: a.memory, cpus: a.cpus,
           env: (a.env as string[]) ?? [], workdir: a.workdir, user: a.user, tty: a.tty, hostname: a.hostname,
-          readonly: a['read-only'], name: a.name, command: [...((a.cmd as string[] | undefined) ?? []), ...command],
+          readonly: a['read-only'], name: a.name, rootfsShare: a['rootfs-share'], command: [...((a.cmd as string[] | undefined) ?? []), ...command],
         }, cfg);
       } catch (err) {
         process.stderr.write(`kata-ts: ${errorMessage(err)}\n`);

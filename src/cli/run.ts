@@ -11,7 +11,7 @@ import { logger } from '../common/log';
 import { selectHypervisor } from '../hypervisor';
 import type { OciSpec } from '../protocols/oci';
 import type { Config } from '../runtime/config';
-import { Sandbox } from '../runtime/sandbox';
+import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { defaultProcess, defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
 
@@ -30,6 +30,13 @@ export interface RunOptions {
   hostname?: string;
   readonly: boolean;
   name?: string;
+  /**
+   * How the rootfs reaches the guest: a virtio-fs share of the directory
+   * (default for --rootfs/--bundle: the container's changes land in it) or
+   * an EROFS image with a throwaway overlay (default for the built-in image,
+   * which many runs share and none may modify).
+   */
+  rootfsShare?: RootfsShare;
   command: string[];
 }
 
@@ -91,7 +98,8 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   log.info('hypervisor chosen', { ...choice });
   const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
   const containerId = id;
-  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, bootContainers: [{ id: containerId, rootfs }] });
+  const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
+  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, bootContainers: [{ id: containerId, rootfs, rootfsShare }] });
 
   let interrupted: string | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

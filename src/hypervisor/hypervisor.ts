@@ -11,6 +11,14 @@ export interface DiskDevice {
   readonly: boolean;
 }
 
+/** A host directory shared into the guest with virtio-fs (our FUSE server). */
+export interface FsShare {
+  /** Mount tag the guest mounts by (≤ 36 bytes, §5.11.4). */
+  tag: string;
+  /** Host directory; the guest's changes land in it. */
+  path: string;
+}
+
 export interface VmConfig {
   /** Sandbox id (names the VM). */
   id: string;
@@ -24,6 +32,8 @@ export interface VmConfig {
   kernelParams: string;
   /** Disks present from boot (containers known at start). */
   disks: DiskDevice[];
+  /** virtio-fs shares present from boot. */
+  shares?: FsShare[];
   debug: boolean;
 }
 

@@ -11,7 +11,10 @@
  * vhost-user-vsock-pci by our vhost-user backend inside this process
  * (src/vhost-user), exposed on the host as a hybrid vsock socket
  * (vsock.sock). vhost-user needs the guest RAM shareable, so RAM is a
- * memory-backend-memfd (share=on) bound through a NUMA node.
+ * memory-backend-memfd (share=on) bound through a NUMA node. Host
+ * directories shared with the guest (container rootfs by default) are our
+ * virtio-fs device (src/virtio/fs) behind vhost-user-fs-pci, one backend per
+ * share, also served in this process.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -22,6 +25,7 @@ import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type
 import { QmpClient } from './qmp';
 import { VhostUserBackend } from '../vhost-user/backend';
 import { HybridVsock } from '../virtio/vsock/hybrid';
+import { VirtioFsDevice } from '../virtio/fs/device';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
 
@@ -33,6 +37,8 @@ export interface QemuOptions {
 
 /** The guest's vsock CID (§5.10.4: 3 is the first guest CID). */
 export const GUEST_CID = 3;
+/** Queue size of vhost-user-fs rings (QEMU's default is 128; 1024 is its maximum). */
+const FS_QUEUE_SIZE = 1024;
 
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
@@ -46,6 +52,7 @@ export class QemuHypervisor implements Hypervisor {
   private readonly diskSlots = new Map<string, number>();
   private vsock: HybridVsock | undefined;
   private vsockBackend: VhostUserBackend | undefined;
+  private readonly fsBackends: Array<{ backend: VhostUserBackend; device: VirtioFsDevice }> = [];
 
   constructor(private readonly opts: QemuOptions) {}
 
@@ -78,6 +85,12 @@ export class QemuHypervisor implements Hypervisor {
       '-device', dev('vhost-user-vsock-pci', 'vhost-user-vsock-device', 'chardev=vsock', 4),
       '-device', dev('virtio-rng-pci', 'virtio-rng-device', 'id=rng', 5),
     ];
+    (cfg.shares ?? []).forEach((sh, i) => {
+      // vhost-user-fs-pci keeps the tag and queue count in QEMU's own config
+      // space; queue-size must not exceed what our device offers.
+      args.push('-chardev', `socket,id=fs${i},path=${path.join(cfg.dir, `vhost-fs-${i}.sock`)}`);
+      args.push('-device', dev('vhost-user-fs-pci', 'vhost-user-fs-device', `chardev=fs${i},tag=${sh.tag},queue-size=${FS_QUEUE_SIZE}`, this.nextSlot++));
+    });
     for (const d of cfg.disks) {
       const slot = this.nextSlot++;
       this.diskSlots.set(d.id, slot);
@@ -93,6 +106,10 @@ export class QemuHypervisor implements Hypervisor {
     }
     if (!fs.existsSync(this.opts.binary)) throw new QemuError('config', `QEMU not found at ${this.opts.binary}`);
     for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
+    for (const sh of cfg.shares ?? []) {
+      if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
+      if (!fs.existsSync(sh.path) || !fs.statSync(sh.path).isDirectory()) throw new QemuError('config', `virtio-fs share ${sh.path} is not a directory`);
+    }
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
@@ -103,6 +120,15 @@ export class QemuHypervisor implements Hypervisor {
       guestBytes: cfg.memoryMiB * 1024 * 1024, queues: 2, name: 'vsock', // QEMU serves the event queue itself
     });
     this.vsockBackend.listen();
+    (cfg.shares ?? []).forEach((sh, i) => {
+      const device = new VirtioFsDevice({ tag: sh.tag, sharedDir: sh.path, queueSize: FS_QUEUE_SIZE });
+      const backend = new VhostUserBackend({
+        socketPath: path.join(cfg.dir, `vhost-fs-${i}.sock`), device,
+        guestBytes: cfg.memoryMiB * 1024 * 1024, name: `fs${i}`,
+      });
+      backend.listen();
+      this.fsBackends.push({ backend, device });
+    });
     const args = this.commandLine(cfg);
     this.log.debug('starting qemu', { args });
     const child = spawn(this.opts.binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
@@ -163,6 +189,10 @@ export class QemuHypervisor implements Hypervisor {
 
   /** Our in-process device backends go with the VM. */
   private async closeBackends(): Promise<void> {
+    for (const { backend, device } of this.fsBackends.splice(0)) {
+      backend.close();
+      device.close();
+    }
     this.vsockBackend?.close();
     this.vsockBackend = undefined;
     await this.vsock?.close();

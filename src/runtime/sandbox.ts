@@ -3,6 +3,12 @@
  * containers in it — Kata's "virtcontainers" Sandbox, drivable without
  * containerd (the CLI and, later, the shim both sit on this).
  *
+ * Container root filesystems reach the guest one of two ways: a virtio-fs
+ * share of the host directory (the default for containers known at boot —
+ * the container then writes straight into that directory, as under runc),
+ * or an EROFS image of it on a read-only virtio-blk disk with a tmpfs
+ * overlay on top (containers added later, or `rootfsShare: 'erofs'`).
+ *
  * Teardown always happens: stop() is idempotent, runs on every error path,
  * and removes the VM, its sockets and the sandbox directory. State is
  * persisted for kata-ctl at each change.
@@ -31,9 +37,15 @@ export interface SandboxOptions {
   vcpus?: number;
   memoryMiB?: number;
   hostname?: string;
-  /** Containers whose rootfs disks should be attached at boot (no hotplug needed). */
-  bootContainers?: { id: string; rootfs: string }[];
+  /**
+   * Containers known at boot: their rootfs is shared with virtio-fs (default)
+   * or built into an EROFS disk, attached at boot (no hotplug needed).
+   */
+  bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare }[];
 }
+
+/** How a container's rootfs directory reaches the guest. */
+export type RootfsShare = 'virtiofs' | 'erofs';
 
 interface HostContainer {
   id: string;
@@ -41,6 +53,11 @@ interface HostContainer {
   image: string;
   state: 'created' | 'running' | 'stopped';
   pid: number;
+}
+
+/** virtio-fs mount tag for a container's rootfs share (≤ 36 bytes, §5.11.4). */
+export function fsTagFor(containerId: string): string {
+  return 'kata-' + crypto.createHash('sha256').update(containerId).digest('hex').slice(0, 24);
 }
 
 /** virtio-blk serials are at most 20 bytes: derive a short stable disk id. */
@@ -60,6 +77,8 @@ export class Sandbox {
   private readonly log;
   private readonly createdAt = new Date().toISOString();
   private readonly preparedImages = new Map<string, string>();
+  /** Containers whose rootfs is a boot-time virtio-fs share → its tag. */
+  private readonly sharedRootfs = new Map<string, string>();
   private ctl: CtlChannel | undefined;
 
   constructor(private readonly opts: SandboxOptions) {
@@ -88,7 +107,14 @@ export class Sandbox {
     try {
       this.persist();
       const disks = [];
+      const shares = [];
       for (const c of this.opts.bootContainers ?? []) {
+        if ((c.rootfsShare ?? 'virtiofs') === 'virtiofs') {
+          const tag = fsTagFor(c.id);
+          shares.push({ tag, path: c.rootfs });
+          this.sharedRootfs.set(c.id, tag);
+          continue;
+        }
         const image = await this.prepareImage(c.id, c.rootfs);
         disks.push({ id: diskIdFor(c.id), path: image, readonly: true });
       }
@@ -100,7 +126,7 @@ export class Sandbox {
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
         vcpus: this.opts.vcpus ?? q.default_vcpus, memoryMiB: this.opts.memoryMiB ?? q.default_memory,
         // The guest agent serves the debug console only when booted with this flag.
-        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, shares, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       });
       this.persist();
       const timeoutMs = cfg['agent.kata'].dial_timeout * 1000;
@@ -134,6 +160,19 @@ export class Sandbox {
   /** Create a container from an OCI spec whose rootfs is the host directory `rootfs`. */
   async createContainer(id: string, spec: OciSpec, rootfs: string): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
+    const root = `${GUEST_CONTAINERS_DIR}/${id}/rootfs`;
+    const tag = this.sharedRootfs.get(id);
+    if (tag) {
+      // virtio-fs: the share is the rootfs itself, writable, no overlay.
+      await this.agent.createContainer({
+        container_id: id, exec_id: '',
+        storages: [{ driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
+        oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
+      });
+      this.containers.set(id, { id, disk: '', image: '', state: 'created', pid: 0 });
+      this.persist();
+      return;
+    }
     const disk = diskIdFor(id);
     let image = this.preparedImages.get(id);
     if (!image) {
@@ -141,7 +180,6 @@ export class Sandbox {
       await this.opts.hypervisor.addDisk({ id: disk, path: image, readonly: true });
     }
     const lower = `/run/kata-ts/storage/${id}`;
-    const root = `${GUEST_CONTAINERS_DIR}/${id}/rootfs`;
     try {
       await this.agent.createContainer({
         container_id: id, exec_id: '',
@@ -175,8 +213,8 @@ export class Sandbox {
   async removeContainer(id: string, timeoutSec = this.opts.config.runtime.stop_timeout): Promise<void> {
     const c = this.container(id);
     await this.agent.removeContainer(id, timeoutSec);
-    await this.opts.hypervisor.removeDisk(c.disk).catch(() => undefined);
-    fs.rmSync(c.image, { force: true });
+    if (c.disk) await this.opts.hypervisor.removeDisk(c.disk).catch(() => undefined);
+    if (c.image) fs.rmSync(c.image, { force: true });
     this.containers.delete(id);
     this.persist();
   }
