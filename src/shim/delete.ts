@@ -39,13 +39,14 @@ async function killAndWait(pid: number): Promise<void> {
 }
 
 /** Kills the VM and removes the sandbox dir, unless its shim still runs (it serves other pod members). */
-export async function cleanupSandbox(m: BundleMarker): Promise<void> {
-  if (m.shimPid && m.shimPid !== process.pid && cmdline(m.shimPid).includes('containerd-shim-kata-ts-v2')) return;
+export async function cleanupSandbox(m: BundleMarker): Promise<boolean> {
+  if (m.shimPid && m.shimPid !== process.pid && cmdline(m.shimPid).includes('containerd-shim-kata-ts-v2')) return false;
   const st = readState(m.sandboxDir);
   for (const pid of st?.vmPids ?? []) {
     if (cmdline(pid).includes(m.sandboxDir)) await killAndWait(pid);
   }
   fs.rmSync(m.sandboxDir, { recursive: true, force: true });
+  return true;
 }
 
 export async function deleteShim(flags: ShimFlags): Promise<Buffer> {
@@ -56,9 +57,11 @@ export async function deleteShim(flags: ShimFlags): Promise<Buffer> {
   } catch {
     marker = undefined;
   }
-  if (marker) await cleanupSandbox(marker);
+  const shimGone = marker ? await cleanupSandbox(marker) : true;
   await unmountRootfs(bundle);
-  if (flags.address && flags.id) {
+  // containerd runs `delete` after every shim disconnect, also when one pod
+  // member is done and the shim lives on for the others: keep its socket then.
+  if (shimGone && flags.address && flags.id) {
     const sock = socketPath(flags.address, flags.namespace, groupId(flags.id, bundleAnnotations(bundle)));
     fs.rmSync(sock, { force: true });
   }

@@ -1,11 +1,10 @@
 /**
  * The container rootfs containerd hands the shim: a list of mounts (an
  * overlayfs snapshot, or a bind) to be mounted at <bundle>/rootfs on the
- * host, as the runc shim does. kata-ts then turns that directory into an
- * EROFS image for the guest (src/runtime/rootfs) and unmounts it again right
- * away — the image is the container's lower layer and its writes go to a
- * guest tmpfs. (Until virtio-fs shares the mounted snapshot itself, writes do
- * not reach the snapshot's upper dir: a documented limitation.)
+ * host, as the runc shim does, and unmounted at Delete (or by `shim delete`
+ * after a crash). The Sandbox gets that directory: as an EROFS image (the
+ * container's writes then go to a guest tmpfs, not the snapshot) or, once
+ * virtio-fs is the default, shared as it is.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';

@@ -112,6 +112,8 @@ export class TaskService {
       if (r.checkpoint) throw new ShimError('unimplemented', 'restoring from a checkpoint is not supported');
       if (this.shuttingDown) throw new ShimError('failed-precondition', 'the shim is shutting down');
       if (!r.bundle || !path.isAbsolute(r.bundle) || !fs.existsSync(r.bundle)) throw new ShimError('invalid', `bundle "${r.bundle}" is not an existing absolute path`);
+      // The mounted rootfs stays until Delete (as under runc): the runtime
+      // may share the directory itself (virtio-fs) rather than copy it.
       const mounted = await mountRootfs(r.bundle, r.rootfs);
       try {
         const { spec, rootfs } = readBundle(r.bundle);
@@ -129,8 +131,9 @@ export class TaskService {
           this.writeMarker(r.bundle, this.sandbox.dir);
         }
         await this.sandbox.createContainer(r.id, spec, rootfs);
-      } finally {
+      } catch (err) {
         if (mounted) await unmountRootfs(r.bundle);
+        throw err;
       }
       const init = new ShimProcess(r.id, '', { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal });
       init.pid = this.hostPid;

@@ -89,21 +89,36 @@ export function openHostIo(paths: StdioPaths): HostIo {
       sock = s;
       s.on('error', () => proxy.end());
       s.pipe(proxy);
+      if (closeRequested) drainThenEnd();
     }, () => proxy.end());
   }
+  let closeRequested = false;
+  // CloseIO comes when the client has written everything and closed its end:
+  // what is still in the fifo must reach the process before end of input, so
+  // let the fifo run to EOF, and only force the end if a writer lingers.
+  const drainThenEnd = () => {
+    const t = setTimeout(() => {
+      sock?.unpipe(stdin!);
+      sock?.destroy();
+      stdin?.end();
+    }, 2000);
+    sock!.once('close', () => clearTimeout(t));
+  };
   const out: HostIo = {
     stdin,
     stdout,
     stderr,
     closeStdin: () => {
-      sock?.unpipe(stdin!);
-      sock?.destroy();
-      stdin?.end();
+      if (!stdin || closeRequested) return;
+      closeRequested = true;
+      if (sock) drainThenEnd();
     },
     close: async () => {
       if (closed) return;
       closed = true;
-      out.closeStdin();
+      sock?.unpipe(stdin!);
+      sock?.destroy();
+      stdin?.end();
       if (paths.stdin && !sock) {
         // A pending open waits for a writer that may never come: be that writer.
         try {

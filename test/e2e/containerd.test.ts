@@ -160,7 +160,7 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     const replies: Buffer[] = [];
     raw.on('data', (b: Buffer) => replies.push(b));
     raw.write(encodeFrame(2, 1, 0, encode('ttrpc.Request', { service: TASK, method: 'State', payload: Buffer.alloc(0) })));
-    raw.write(encodeFrame(3, 1, 0, Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])));
+    raw.write(encodeFrame(3, 1, 0, Buffer.from([0x0a, 0x05, 0x41])));
     await until('two replies', async () => (Buffer.concat(replies).length >= 20 ? true : undefined), 5000);
     const all = Buffer.concat(replies);
     const first = decode<{ status: { code: number } }>('ttrpc.Response', all.subarray(10, 10 + all.readUInt32BE(0)));

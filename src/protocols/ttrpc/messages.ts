@@ -33,9 +33,53 @@ export function encode(type: string, value: Record<string, unknown>): Buffer {
   return Buffer.from(t.encode(t.fromObject(value)).finish());
 }
 
-/** Decodes or throws (a RangeError/Error from protobufjs on malformed input). */
+/**
+ * Checks the protobuf wire format of `data` as message type `t` before
+ * protobufjs sees it: every tag, varint and length must lie inside the
+ * buffer (protobufjs 7 reads a truncated length-delimited field leniently),
+ * wire types must be valid, and embedded messages are checked recursively.
+ * Input from sockets is hostile (decision 2).
+ */
+export function checkWire(t: protobuf.Type, data: Uint8Array, depth = 0): void {
+  if (depth > 32) throw new Error('protobuf: nesting too deep');
+  let pos = 0;
+  const varint = (): number => {
+    let v = 0;
+    for (let shift = 0; ; shift += 7) {
+      if (pos >= data.length) throw new Error('protobuf: truncated varint');
+      if (shift > 63) throw new Error('protobuf: varint too long');
+      const b = data[pos++]!;
+      v += (b & 0x7f) * 2 ** shift;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  while (pos < data.length) {
+    const tag = varint();
+    const fieldNo = Math.floor(tag / 8);
+    if (fieldNo === 0) throw new Error('protobuf: field number 0');
+    switch (tag & 7) {
+      case 0: varint(); break;
+      case 1: pos += 8; break;
+      case 5: pos += 4; break;
+      case 2: {
+        const len = varint();
+        if (pos + len > data.length) throw new Error(`protobuf: field ${fieldNo} length ${len} runs past the end`);
+        const f = t.fieldsById[fieldNo];
+        if (f && f.resolvedType instanceof protobuf.Type && !f.map) checkWire(f.resolvedType, data.subarray(pos, pos + len), depth + 1);
+        pos += len;
+        break;
+      }
+      default:
+        throw new Error(`protobuf: invalid wire type ${tag & 7}`);
+    }
+    if (pos > data.length) throw new Error('protobuf: truncated field');
+  }
+}
+
+/** Decodes or throws on malformed input. */
 export function decode<T>(type: string, data: Buffer): T {
   const t = messageType(type);
+  checkWire(t, data);
   return t.toObject(t.decode(data), DECODE_OPTIONS) as T;
 }
 
