@@ -57,7 +57,9 @@ export async function waitForMarker(consoleLog: string, timeoutMs: number, vmExi
 
 /**
  * Opens one stream to guest vsock `port` through the hybrid vsock socket;
- * rejects if the guest refuses (nobody listening) or does not answer.
+ * rejects if the guest refuses (nobody listening) or does not answer. The
+ * socket comes back paused (no byte lost between handshake and caller):
+ * pipe() it or resume() it after adding a 'data' listener.
  */
 export function connectVsock(vsockSocket: string, port: number, timeoutMs = 10000): Promise<net.Socket> {
   return new Promise<net.Socket>((resolve, reject) => {

@@ -378,6 +378,9 @@ export class VhostUserBackend {
         const s = decodeVringState(p, 'GET_VRING_BASE');
         const r = this.ring(s.index, 'GET_VRING_BASE');
         this.deactivate('ring stopped');
+        // Stopping rings is how the front end resets the device (the guest
+        // driver's reset reaches us as vhost_dev_stop): a NEEDS_RESET is over.
+        this.broken = false;
         r.started = false;
         this.stopKick(r);
         return encodeVringState({ index: s.index, num: r.base });
@@ -490,7 +493,7 @@ export class VhostUserBackend {
       }
     } catch (err) {
       this.log.warn('cannot start rings', { err: errorMessage(err) });
-      this.signalErr(0);
+      this.signalErr(-1);
       return;
     }
     const memory: GuestMemory = {
@@ -529,12 +532,15 @@ export class VhostUserBackend {
     this.broken = true;
     this.log.error('device needs reset (malformed guest input); device stopped until the driver resets it', { reason });
     this.deactivate('needs reset');
-    this.signalErr(ring < 0 ? 0 : ring);
+    this.signalErr(ring);
   }
 
+  /** Signals the error eventfd of `ring`, or of every ring (-1) when the device as a whole failed. */
   private signalErr(ring: number): void {
-    const fd = this.rings[ring]?.errFd ?? -1;
-    if (fd >= 0) try { native().eventfdWrite(fd, 1); } catch { /* closed */ }
+    for (const r of ring < 0 ? this.rings : [this.rings[ring]]) {
+      const fd = r?.errFd ?? -1;
+      if (fd >= 0) try { native().eventfdWrite(fd, 1); } catch { /* closed */ }
+    }
   }
 
   /** Stops the device; remembers each ring's position for GET_VRING_BASE. */

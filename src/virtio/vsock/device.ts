@@ -184,8 +184,10 @@ export class VsockDevice implements VirtioDevice {
         vq.disableNotification();
         let n: number;
         while ((n = vq.popBatch()) > 0) {
-          for (let i = 0; i < n && !this.broken; i++) this.txChain(vq, i);
-          if (this.broken) return;
+          // A malformed chain stops the device (and the transport may reset
+          // it synchronously): check after every chain.
+          for (let i = 0; i < n && this.ctx === ctx && !this.broken; i++) this.txChain(vq, i);
+          if (this.ctx !== ctx || this.broken) return;
           vq.flushUsed();
         }
         if (!vq.enableNotification()) break;
