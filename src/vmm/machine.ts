@@ -1,0 +1,233 @@
+/**
+ * The builtin VMM's machine: KVM VM + guest RAM inside the hot-path
+ * WebAssembly.Memory, legacy devices (COM1, i8042, RTC), virtio-mmio devices
+ * announced on the kernel command line, the Linux 64-bit boot protocol, and
+ * one native thread per vCPU. Firecracker's builder.rs is the model.
+ *
+ * Lifetime: create() builds everything (vCPUs not running), start() runs
+ * them, `ended` resolves once with why the machine stopped (guest reset
+ * through the i8042 — Kata treats a guest reboot as the end of the VM — a
+ * guest error, or stop()), close() releases every fd, thread and mapping.
+ */
+import * as fs from 'node:fs';
+import { HotMemory } from '../hot/memory';
+import { VirtioModule } from '../hot/virtqueue';
+import type { GuestMemory, VirtioDevice } from '../virtio/device';
+import { Bus } from './bus';
+import { I8042 } from './devices/i8042';
+import { Rtc } from './devices/rtc';
+import { COM1_IRQ, COM1_PORT, Serial } from './devices/serial';
+import { VirtioMmio, REG } from './devices/virtio-mmio';
+import { loadKernel, placeInitrd } from './boot/loader';
+import { buildMpTable } from './boot/mptable';
+import { buildZeroPage, e820For } from './boot/params';
+import { cpuidFor, setLongMode, setupLapic, setupMsrs, writeBootTables } from './boot/x86';
+import { VmmError } from './errors';
+import { KvmVm } from './kvm/vm';
+import { kvmNative } from './kvm/native';
+import { Vcpu, type VcpuEnd } from './kvm/vcpu';
+import { CMDLINE_ADDR, CMDLINE_MAX, MPTABLE_ADDR, ramRegions, VIRTIO_IRQS, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, ZERO_PAGE } from './layout';
+
+export interface MachineOptions {
+  memoryBytes: number;
+  vcpus: number;
+  kernel: Buffer | string;
+  initrd?: Buffer | string;
+  cmdline: string;
+  devices?: VirtioDevice[];
+  /** Guest serial output (COM1). */
+  serialOut?: (b: Uint8Array) => void;
+  /** Scratch for the WASM modules' queue structs. Default 1 MiB. */
+  scratchBytes?: number;
+  /**
+   * Where each vCPU starts; default: all at the kernel entry (test guests
+   * tell themselves apart by APIC id). Linux itself brings APs up via INIT/SIPI,
+   * so for Linux only vCPU 0 is made runnable (apsRunnable false).
+   */
+  apsRunnable?: boolean;
+}
+
+export interface MachineEnd {
+  kind: VcpuEnd['kind'];
+  reason: string;
+  error?: VmmError;
+}
+
+const MP_STATE_RUNNABLE = 0;
+
+export class Machine {
+  readonly hot: HotMemory;
+  readonly vm: KvmVm;
+  readonly pio = new Bus('pio');
+  readonly mmio = new Bus('mmio');
+  readonly vcpus: Vcpu[] = [];
+  readonly serial: Serial;
+  readonly transports: VirtioMmio[] = [];
+  readonly cmdline: string;
+  readonly ended: Promise<MachineEnd>;
+  private resolveEnd!: (e: MachineEnd) => void;
+  private endInfo: MachineEnd | undefined;
+  private irqfds: Array<{ fd: number; gsi: number }> = [];
+  private notifyFds: Array<{ fd: number; poll: number; addr: number; index: number }> = [];
+  private closed = false;
+  private started = false;
+
+  constructor(opts: MachineOptions) {
+    if (!Number.isInteger(opts.vcpus) || opts.vcpus < 1 || opts.vcpus > 64) throw new VmmError('config', `vcpus ${opts.vcpus} out of 1..64`);
+    if (opts.memoryBytes < 16 << 20 || opts.memoryBytes % 4096 !== 0) throw new VmmError('config', 'memory must be ≥ 16 MiB and a multiple of 4 KiB');
+    if ((opts.devices?.length ?? 0) > VIRTIO_IRQS.length) throw new VmmError('config', `at most ${VIRTIO_IRQS.length} virtio-mmio devices`);
+    this.ended = new Promise((r) => (this.resolveEnd = r));
+    this.hot = new HotMemory({ scratchBytes: opts.scratchBytes ?? (1 << 20), guestRegions: ramRegions(opts.memoryBytes) });
+    this.vm = new KvmVm();
+    try {
+      if (opts.vcpus > this.vm.maxVcpus) throw new VmmError('config', `KVM allows at most ${this.vm.maxVcpus} vCPUs`);
+      this.vm.attachMemory(this.hot);
+      // Legacy devices.
+      this.serial = new Serial(opts.serialOut ?? (() => {}), () => this.vm.pulseIrq(COM1_IRQ));
+      this.pio.register(COM1_PORT, 8, this.serial, 'com1');
+      this.pio.register(0x60, 5, new I8042(() => this.finish({ kind: 'reset', reason: 'guest reset through the i8042 (reboot)' })), 'i8042');
+      this.pio.register(0x70, 2, new Rtc(), 'rtc');
+      // virtio-mmio devices.
+      const module = new VirtioModule(this.hot);
+      const memory: GuestMemory = { hot: this.hot, module, translate: (gpa, len) => module.translate(gpa, len) };
+      const extra: string[] = [];
+      (opts.devices ?? []).forEach((dev, i) => {
+        const base = VIRTIO_MMIO_BASE + i * VIRTIO_MMIO_SIZE;
+        const gsi = VIRTIO_IRQS[i];
+        const t = new VirtioMmio(dev, memory, module, {
+          raiseIrq: this.irqfdFor(gsi),
+          watchNotify: (index, onKick) => this.watchNotify(base + REG.QueueNotify, index, onKick),
+        }, `mmio${i}`);
+        this.mmio.register(base, VIRTIO_MMIO_SIZE, t, `virtio-mmio@0x${base.toString(16)}`);
+        this.transports.push(t);
+        extra.push(`virtio_mmio.device=4K@0x${base.toString(16)}:${gsi}`);
+      });
+      this.cmdline = [opts.cmdline, ...extra].filter(Boolean).join(' ');
+      this.loadGuest(opts);
+      for (let i = 0; i < opts.vcpus; i++) this.vcpus.push(new Vcpu(this.vm.vmFd, i, this.vm.mmapSize, { pio: this.pio, mmio: this.mmio }));
+      this.setupVcpus(opts);
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+  }
+
+  private entry = 0n;
+
+  private write(gpa: number, data: Uint8Array): void {
+    const off = this.hot.gpaToOffset(BigInt(gpa), data.length);
+    this.hot.u8.set(data, off);
+  }
+
+  private loadGuest(opts: MachineOptions): void {
+    const ram = opts.memoryBytes;
+    const img = typeof opts.kernel === 'string' ? fs.readFileSync(opts.kernel) : opts.kernel;
+    const k = loadKernel(img, (gpa, d) => this.write(gpa, d), ram);
+    this.entry = k.entry;
+    let initrd: { addr: number; size: number } | undefined;
+    if (opts.initrd !== undefined) {
+      const rd = typeof opts.initrd === 'string' ? fs.readFileSync(opts.initrd) : opts.initrd;
+      const addr = placeInitrd(rd.length, k, ram);
+      this.write(addr, rd);
+      initrd = { addr, size: rd.length };
+    }
+    const cmd = Buffer.from(this.cmdline + '\0', 'latin1');
+    if (cmd.length > CMDLINE_MAX) throw new VmmError('boot', `kernel command line is ${cmd.length} bytes; at most ${CMDLINE_MAX}`);
+    this.write(CMDLINE_ADDR, cmd);
+    this.write(ZERO_PAGE, buildZeroPage({ setupHeader: k.setupHeader, cmdlineSize: cmd.length - 1, initrd, e820: e820For(ram) }));
+    this.write(MPTABLE_ADDR, buildMpTable(MPTABLE_ADDR, opts.vcpus));
+    writeBootTables(this.hot.view, (gpa, len) => this.hot.gpaToOffset(BigInt(gpa), len));
+  }
+
+  private setupVcpus(opts: MachineOptions): void {
+    for (const v of this.vcpus) {
+      v.native.setCpuid2(cpuidFor(this.vm.supportedCpuid, v.index, opts.vcpus));
+      setupMsrs(v.native);
+      setLongMode(v.native, this.entry, BigInt(ZERO_PAGE), { rsp: BigInt(0x8ff0 - v.index * 0x100) });
+      setupLapic(v.native);
+      if (v.index > 0 && opts.apsRunnable) v.native.setMpState(MP_STATE_RUNNABLE);
+    }
+  }
+
+  /** An irqfd on `gsi`; returns the function that raises it. */
+  private irqfdFor(gsi: number): () => void {
+    const n = kvmNative();
+    const fd = n.eventfdCreate(0);
+    this.irqfds.push({ fd, gsi });
+    this.vm.irqfd(fd, gsi);
+    return () => n.eventfdWrite(fd, 1);
+  }
+
+  private watchNotify(addr: number, index: number, onKick: () => void): () => void {
+    const n = kvmNative();
+    const fd = n.eventfdCreate(0);
+    this.vm.ioeventfd({ fd, addr, len: 4, datamatch: index });
+    const poll = n.pollStart(fd, 1, () => { if (n.eventfdRead(fd) > 0) onKick(); }, true);
+    const rec = { fd, poll, addr, index };
+    this.notifyFds.push(rec);
+    return () => this.unwatch(rec);
+  }
+
+  private unwatch(rec: { fd: number; poll: number; addr: number; index: number }): void {
+    const i = this.notifyFds.indexOf(rec);
+    if (i < 0) return;
+    this.notifyFds.splice(i, 1);
+    const n = kvmNative();
+    n.pollStop(rec.poll);
+    try { this.vm.ioeventfd({ fd: rec.fd, addr: rec.addr, len: 4, datamatch: rec.index, deassign: true }); } catch { /* VM already gone */ }
+    n.closeFd(rec.fd);
+  }
+
+  /** Starts every vCPU thread. */
+  start(): void {
+    if (this.started) throw new VmmError('config', 'machine already started');
+    this.started = true;
+    for (const v of this.vcpus) v.start((e) => this.onVcpuEnd(e));
+  }
+
+  private onVcpuEnd(e: VcpuEnd): void {
+    // One vCPU ending ends the machine (a guest reset or error concerns all).
+    if (e.kind !== 'stopped' || !this.endInfo) this.finish({ kind: e.kind, reason: e.reason, error: e.error });
+  }
+
+  private finish(e: MachineEnd): void {
+    if (this.endInfo) return;
+    this.endInfo = e;
+    // Stop the other vCPUs from outside their handlers: defer to a fresh tick.
+    setImmediate(() => {
+      for (const v of this.vcpus) v.stop();
+      this.resolveEnd(e);
+    });
+  }
+
+  async pause(): Promise<void> {
+    await Promise.all(this.vcpus.map((v) => v.pause()));
+  }
+
+  resume(): void {
+    for (const v of this.vcpus) v.resume();
+  }
+
+  /** Stops the vCPUs; resolves `ended` with kind 'stopped' if the guest had not ended it. */
+  async stop(): Promise<MachineEnd> {
+    this.finish({ kind: 'stopped', reason: 'stopped by the host' });
+    return this.ended;
+  }
+
+  /** Releases everything. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (!this.endInfo) { this.endInfo = { kind: 'stopped', reason: 'closed' }; this.resolveEnd(this.endInfo); }
+    for (const v of this.vcpus) v.close();
+    for (const t of this.transports) t.close();
+    for (const rec of [...this.notifyFds]) this.unwatch(rec);
+    const n = kvmNative();
+    for (const { fd, gsi } of this.irqfds.splice(0)) {
+      try { this.vm.irqfd(fd, gsi, true); } catch { /* VM gone */ }
+      n.closeFd(fd);
+    }
+    for (const d of this.transports) void d.device.close?.();
+    this.vm?.close();
+  }
+}
