@@ -22,7 +22,7 @@ import {
 import { Caller, PassthroughFs, SetattrArgs } from './passthrough';
 import { readdir } from './readdir';
 import {
-  attrOut, cstring, entryOut, FuseRequest, need, parseRequest, slices, statfsOut, Timeouts, totalLength,
+  attrOut, cstring, entryOut, FuseRequest, need, newStat, parseRequest, slices, statfsOut, Timeouts, totalLength,
   writeOutHeader, writeReply,
 } from './wire';
 
@@ -105,7 +105,17 @@ export class FuseServer {
         this.initialized = false;
         return this.ok(w, req);
       case Op.LOOKUP: {
-        const e = fs.lookup(req.nodeid, cstring(b, 0, 'LOOKUP name').s);
+        let e;
+        try {
+          e = fs.lookup(req.nodeid, cstring(b, 0, 'LOOKUP name').s);
+        } catch (err) {
+          // fuse.rst: nodeid 0 with a timeout is a cacheable negative entry,
+          // sparing the guest a LOOKUP round trip per create of a new name.
+          if (err instanceof FsError && err.kind === 'errno' && err.errno === E.ENOENT && this.t.entrySec > 0) {
+            return this.ok(w, req, entryOut(0, newStat(), this.t));
+          }
+          throw err;
+        }
         return this.ok(w, req, entryOut(e.inode.id, e.st, this.t));
       }
       case Op.FORGET:

@@ -62,7 +62,7 @@ describe('virtio-fs FUSE server (passthrough)', function () {
     } finally { g.done(); }
   });
 
-  it('LOOKUP/GETATTR report the host inode; unknown names ENOENT', async () => {
+  it('LOOKUP/GETATTR report the host inode; unknown names are negative entries', async () => {
     fs.writeFileSync(path.join(f.dir, 'a'), 'hello');
     const e = await f.c.lookup(ROOT, 'a');
     const st = fs.lstatSync(path.join(f.dir, 'a'), { bigint: true });
@@ -71,7 +71,14 @@ describe('virtio-fs FUSE server (passthrough)', function () {
     expect(e.attr.mode).to.equal(Number(st.mode));
     expect((await f.c.getattr(e.nodeid)).ino).to.equal(st.ino);
     expect((await f.c.getattr(ROOT)).mode & 0o170000).to.equal(0o040000);
-    expect(await f.c.errno(1, ROOT, cstr('nope'))).to.equal(os.constants.errno.ENOENT);
+    // A missing name is a cacheable negative entry (nodeid 0, entry timeout)…
+    const neg = await f.c.ok(1, ROOT, cstr('nope'));
+    expect(neg.readBigUInt64LE(0)).to.equal(0n);
+    expect(neg.readBigUInt64LE(16)).to.equal(1n);
+    // …or plain ENOENT when the server is configured not to cache.
+    const g = new FuseClient(new FuseServer(f.pfs, { cacheTimeoutSec: 0 }));
+    await g.init();
+    expect(await g.errno(1, ROOT, cstr('nope'))).to.equal(os.constants.errno.ENOENT);
     // Same inode twice → same nodeid.
     expect((await f.c.lookup(ROOT, 'a')).nodeid).to.equal(e.nodeid);
   });
