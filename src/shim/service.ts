@@ -309,25 +309,20 @@ export class TaskService {
     }
   }
 
-  /** The VM is paused as a whole (QMP stop), so only a pod of one container can be paused. */
+  /**
+   * Pausing the whole VM (QMP stop/cont) was tried: the agent connection
+   * drops across it and the container's wait fails. Pause needs the agent to
+   * freeze the container's cgroup instead (cgroup.freeze), which it does not
+   * do yet — so say so rather than pretend.
+   */
   async pause(r: { id: string }): Promise<void> {
-    const c = this.container(r.id);
-    if (this.containers.size > 1) throw new ShimError('unimplemented', 'pausing one container of a multi-container pod needs the guest cgroup freezer (not yet)');
-    if (c.init.status !== 'running') throw new ShimError('failed-precondition', `container ${r.id} is ${c.init.status}`);
-    this.requireSandbox();
-    await this.hv!.pause();
-    c.init.status = 'paused';
-    for (const e of c.execs.values()) if (e.status === 'running') e.status = 'paused';
-    this.opts.publisher.publish('TaskPaused', { container_id: r.id });
+    this.container(r.id);
+    throw new ShimError('unimplemented', 'pause needs the guest agent cgroup freezer (not yet)');
   }
 
   async resume(r: { id: string }): Promise<void> {
-    const c = this.container(r.id);
-    if (c.init.status !== 'paused') throw new ShimError('failed-precondition', `container ${r.id} is not paused`);
-    await this.hv!.resume();
-    c.init.status = 'running';
-    for (const e of c.execs.values()) if (e.status === 'paused') e.status = 'running';
-    this.opts.publisher.publish('TaskResumed', { container_id: r.id });
+    this.container(r.id);
+    throw new ShimError('unimplemented', 'resume needs the guest agent cgroup freezer (not yet)');
   }
 
   async update(r: t.UpdateTaskRequest): Promise<void> {

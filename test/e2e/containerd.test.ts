@@ -85,7 +85,7 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     expect(r.code).to.equal(0);
   });
 
-  it('run -d, task ls, exec (pipes and tty), ps, pause/resume, kill TERM, delete', async () => {
+  it('run -d, task ls, exec (pipes and tty), ps, pause refused, kill TERM, delete', async () => {
     const d = await run(['-d', IMAGE, 'd1', 'sh', '-c', 'trap "exit 42" TERM; while :; do sleep 0.1; done']);
     expect(d.code, d.stderr).to.equal(0);
     expect(await taskStatus('d1')).to.equal('RUNNING');
@@ -105,9 +105,8 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     const ps = await cd.ctr(['task', 'ps', 'd1']);
     expect(ps.code).to.equal(0);
     expect(ps.stdout.split('\n').filter((l) => /^\s*\d+/.test(l)).length).to.be.at.least(1);
-    expect((await cd.ctr(['task', 'pause', 'd1'])).code).to.equal(0);
-    expect(await taskStatus('d1')).to.equal('PAUSED');
-    expect((await cd.ctr(['task', 'resume', 'd1'])).code).to.equal(0);
+    const pause = await cd.ctr(['task', 'pause', 'd1']);
+    expect(pause.stderr).to.match(/not implemented|freezer/);
     expect(await taskStatus('d1')).to.equal('RUNNING');
     expect((await cd.ctr(['task', 'kill', 'd1'])).code).to.equal(0);
     await until('d1 stopped', async () => ((await taskStatus('d1')) === 'STOPPED' ? true : undefined));
