@@ -64,7 +64,6 @@ export interface BundleMarker {
 export class TaskService {
   private readonly containers = new Map<string, ShimContainer>();
   private sandbox: Sandbox | undefined;
-  private hv: Hypervisor | undefined;
   private vmGone: string | undefined;
   private lock: Promise<unknown> = Promise.resolve();
   private shuttingDown = false;
@@ -124,7 +123,6 @@ export class TaskService {
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
-          this.hv = hv;
           void hv.exited().then((why) => this.onVmExit(why));
         } else {
           this.requireSandbox();
