@@ -13,6 +13,7 @@
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
+import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { agentClientConstructor } from './agent-api';
 
@@ -96,9 +97,14 @@ export function connectVsock(vsockSocket: string, port: number, timeoutMs = 1000
   });
 }
 
+let relaySeq = 0;
+
 /** A gRPC client for the AgentService over the VM's hybrid vsock socket. */
 export function dialAgent(vsockSocket: string): grpc.Client {
-  const relayPath = `${vsockSocket}.agent`;
+  // One relay per client (a runtime and kata-ctl helpers may dial at once),
+  // in the VM's own directory, named short: sun_path holds 108 bytes and
+  // sandbox dirs carry 64-character ids.
+  const relayPath = path.join(path.dirname(vsockSocket), `r${process.pid.toString(36)}.${(relaySeq++).toString(36)}`);
   try { fs.unlinkSync(relayPath); } catch { /* none */ }
   const open = new Set<net.Socket>();
   const relay = net.createServer((c) => {
