@@ -36,6 +36,13 @@ export const BUNDLE_MARKER = 'kata-ts-shim.json';
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
+/**
+ * EROFS image + guest overlay for containerd's rootfs for now: with the
+ * virtio-fs share (the Sandbox default since it landed) the shim process died
+ * silently on the first exec in e2e runs; switch once that is understood.
+ */
+const ROOTFS_SHARE = 'erofs' as const;
+
 interface ShimContainer {
   id: string;
   bundle: string;
@@ -119,7 +126,7 @@ export class TaskService {
         if (r.terminal && spec.process) spec.process.terminal = true;
         if (!this.sandbox) {
           const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(this.opts.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, bootContainers: [{ id: r.id, rootfs }] });
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, bootContainers: [{ id: r.id, rootfs, rootfsShare: ROOTFS_SHARE }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
