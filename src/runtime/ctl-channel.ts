@@ -1,21 +1,23 @@
 /**
  * How kata-ctl reaches the agent of a sandbox another process owns — the one
- * module that knows this transport, so the move to vsock swaps only this file.
+ * module that knows this transport.
  *
- * Today (virtio-serial agent channel, one HTTP/2 session held by the owner):
- * the owning runtime serves `<sandbox dir>/ctl.sock` (mode 0600 in the 0700
+ * The owning runtime serves `<sandbox dir>/ctl.sock` (mode 0600 in the 0700
  * sandbox dir: root's tool only) with the ctl-proxy allowlist and forwards
- * each call on its own agent session; kata-ctl dials that socket with the
- * ordinary agent client. With hybrid vsock (`CONNECT <port>\n` on the VMM's
- * unix socket, many connections), dialSandboxAgent would connect to the
- * agent directly (and the debug console to its own port, as Kata's 1026),
- * and serveCtlChannel would only keep enforcing the host-side policy.
+ * each call on its own agent session; kata-ctl dials that socket as plain
+ * gRPC over a unix socket. Chosen when the agent channel was one
+ * virtio-serial port (one HTTP/2 session, held by the owner) and kept on
+ * hybrid vsock because it also enforces the owner's configuration
+ * (debug_console_enabled) and keeps kata-ctl away from the owner's
+ * containers. To dial the agent directly instead (several vsock connections
+ * are allowed now), dialSandboxAgent would return
+ * `new AgentClient(dialAgent(<the sandbox's hybrid vsock socket>))` and
+ * the agent's own `agent.debug_console` gate would be the only policy.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { agentServiceDefinition } from '../protocols/agent-api';
-import { dialAgent } from '../protocols/agent-dialer';
+import { agentClientConstructor, agentServiceDefinition } from '../protocols/agent-api';
 import { AgentClient } from './agent-client';
 import { ctlProxyHandlers, type CtlProxyOptions } from './ctl-proxy';
 
@@ -58,5 +60,11 @@ export async function serveCtlChannel(sandboxDir: string, agent: AgentClient, op
 export function dialSandboxAgent(sandboxDir: string): AgentClient | undefined {
   const socket = ctlSocketPath(sandboxDir);
   if (!fs.existsSync(socket)) return undefined;
-  return new AgentClient(dialAgent(socket));
+  return new AgentClient(dialUnixAgent(socket));
+}
+
+/** A gRPC AgentService client on a plain unix socket (no vsock handshake). */
+export function dialUnixAgent(socket: string): grpc.Client {
+  const Ctor = agentClientConstructor();
+  return new Ctor(`unix:${socket}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
 }

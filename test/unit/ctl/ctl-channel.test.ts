@@ -14,9 +14,8 @@ import { AgentSandbox } from '../../../src/agent/sandbox';
 import { agentHandlers } from '../../../src/agent/service';
 import type { OciRuntime } from '../../../src/agent/oci-runtime';
 import { agentServiceDefinition } from '../../../src/protocols/agent-api';
-import { dialAgent } from '../../../src/protocols/agent-dialer';
 import { AgentCallError, AgentClient } from '../../../src/runtime/agent-client';
-import { ctlSocketPath, dialSandboxAgent, serveCtlChannel, type CtlChannel } from '../../../src/runtime/ctl-channel';
+import { ctlSocketPath, dialSandboxAgent, dialUnixAgent, serveCtlChannel, type CtlChannel } from '../../../src/runtime/ctl-channel';
 import { DEBUG_CONSOLE_DISABLED } from '../../../src/runtime/ctl-proxy';
 import { runConsole } from '../../../src/ctl/console';
 import { buildPtyHelper } from '../../helpers/pty-helper';
@@ -54,7 +53,7 @@ describe('ctl channel: kata-ctl → owner proxy → agent (no VM)', function () 
     server.addService(agentServiceDefinition(), agentHandlers(sb));
     const agentSock = path.join(dir, 'agent.sock');
     await new Promise<void>((res, rej) => server.bindAsync(`unix:${agentSock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
-    owner = new AgentClient(dialAgent(agentSock));
+    owner = new AgentClient(dialUnixAgent(agentSock));
     for (const [name, debugConsole] of [['on', true], ['off', false]] as const) {
       fs.mkdirSync(path.join(dir, name));
       channels.push(await serveCtlChannel(path.join(dir, name), owner, { debugConsole }));
