@@ -67,10 +67,12 @@ export class GuestProcess {
     }
     child.stderr?.on('data', (b: Buffer) => (this.runtimeErrors += b.toString()));
     this.stderr.end(); // a terminal merges stderr into stdout
-    const got = await Promise.race([
-      native().recvFd(consoleListenFd).then((fd) => ({ fd })),
-      this.exited.then(() => ({ fd: -1 })),
-    ]);
+    const received = native().recvFd(consoleListenFd).then((fd) => ({ fd }), () => ({ fd: -1 }));
+    let got = await Promise.race([received, this.exited.then(() => ({ fd: -2 }))]);
+    // A short command can exit right after its runtime sent the pty master:
+    // the fd (and the output buffered in the pty) may already be on its way,
+    // so give the receive a moment before concluding there is no terminal.
+    if (got.fd === -2) got = await Promise.race([received, new Promise<{ fd: number }>((r) => setTimeout(() => r({ fd: -1 }), 1000))]);
     native().closeFd(consoleListenFd);
     if (got.fd < 0) {
       this.stdout.end();
