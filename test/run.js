@@ -23,30 +23,33 @@ function walk(dir, out) {
 const root = path.join(__dirname, '..', 'dist', 'test');
 const filter = process.argv[2];
 const files = walk(root, []).sort().filter((f) => !filter || f.includes(filter));
-// Leak check: anything a test started must be gone when the suite ends.
-function ourProcesses() {
-  const out = require('node:child_process').execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
-  return new Set(out.split('\n').filter((l) => /qemu-system.*kata-ts-|containerd-shim-kata-ts|containerd .*kata-ts-test/.test(l)).map((l) => l.trim()));
+// Everything the suite creates lives under one private TMPDIR (os.tmpdir()
+// honours it, children inherit it), so the leak check below can tell this
+// run's VMs, shims and mounts from anything else on the machine.
+const suiteTmp = fs.mkdtempSync('/tmp/kts-');
+process.env.TMPDIR = suiteTmp;
+function leftovers() {
+  const ps = require('node:child_process').execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' });
+  const procs = ps.split('\n').filter((l) => l.includes(suiteTmp) && /qemu|containerd|kata|sleep/.test(l) && !/ ps -eo/.test(l));
+  const mounts = fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => l.includes(suiteTmp));
+  return [...procs.map((l) => l.trim()), ...mounts];
 }
-function ourMounts() {
-  return new Set(fs.readFileSync('/proc/mounts', 'utf8').split('\n').filter((l) => /kata-ts|kata-test|kata-shim/.test(l)));
-}
-const procsBefore = ourProcesses();
-const mountsBefore = ourMounts();
 
 const mocha = new Mocha({ timeout: 120000, reporter: 'spec' });
 for (const f of files) mocha.addFile(f);
 let passed = 0, failed = 0, skipped = 0;
 const runner = mocha.run((failures) => {
-  const leakedProcs = [...ourProcesses()].filter((p) => !procsBefore.has(p));
-  const leakedMounts = [...ourMounts()].filter((m) => !mountsBefore.has(m));
-  if (leakedProcs.length || leakedMounts.length) {
+  const leaked = leftovers();
+  if (leaked.length) {
     failed++;
-    process.stdout.write(`\nleak check FAILED: left behind after the suite:\n${[...leakedProcs, ...leakedMounts].map((l) => `  ${l}`).join('\n')}\n`);
+    process.stdout.write(`\nleak check FAILED: left behind after the suite:\n${leaked.map((l) => `  ${l}`).join('\n')}\n`);
   } else {
     passed++;
     process.stdout.write('\nleak check: no VMs, shims or mounts left behind\n');
   }
+  try {
+    fs.rmSync(suiteTmp, { recursive: true, force: true });
+  } catch { /* a leaked mount keeps it busy; reported above */ }
   process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);
   process.exitCode = failures > 0 || failed > 0 ? 1 : 0;
 });

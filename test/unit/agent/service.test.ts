@@ -36,9 +36,25 @@ describe('unit: agent service over an in-process transport', function () {
     server.addService(agentServiceDefinition(), agentHandlers(sandbox));
     const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
     const sock = path.join(dir, 'agent.sock');
+    // Answer the hybrid-vsock handshake the dialer speaks (`CONNECT <port>\n`
+    // -> `OK <port>\n`), as the VMM's vsock device does, then hand the
+    // stream to gRPC.
     listener = net.createServer((s) => {
       sockets.push(s);
-      injector.injectConnection(s);
+      let head = Buffer.alloc(0);
+      const onData = (d: Buffer) => {
+        head = Buffer.concat([head, d]);
+        const nl = head.indexOf(10);
+        if (nl < 0) return;
+        s.off('data', onData);
+        s.pause();
+        const port = /^CONNECT (\d+)$/.exec(head.subarray(0, nl).toString())?.[1];
+        if (!port) return void s.destroy();
+        if (nl + 1 < head.length) s.unshift(head.subarray(nl + 1));
+        s.write(`OK ${port}\n`);
+        injector.injectConnection(s);
+      };
+      s.on('data', onData);
     });
     await new Promise<void>((r) => listener.listen(sock, r));
     client = new AgentClient(dialAgent(sock));
