@@ -58,6 +58,12 @@ export interface Hypervisor {
   /** Attach a disk to the running VM (hotplug). */
   addDisk(d: DiskDevice): Promise<void>;
   removeDisk(id: string): Promise<void>;
+  /**
+   * Share a host directory with the running VM (virtio-fs hotplug), when the
+   * hypervisor can; callers fall back to a disk image when it is absent.
+   */
+  addShare?(share: FsShare): Promise<void>;
+  removeShare?(tag: string): Promise<void>;
   /** Resolves when the VM ends for any reason, with a human reason. */
   exited(): Promise<string>;
   /** Last lines of the guest console, for error messages. */

@@ -7,7 +7,7 @@ import type { Config } from '../runtime/config';
 import { KataError } from '../common/errors';
 import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from './capabilities';
 import type { Hypervisor } from './hypervisor';
-import { QemuHypervisor } from './qemu';
+import { QemuHypervisor, type BlockDriver } from './qemu';
 import { BuiltinHypervisor } from './builtin';
 
 export class HypervisorSelectError extends KataError<'unavailable'> {}
@@ -48,5 +48,9 @@ export async function selectHypervisor(cfg: Config, requested?: 'auto' | 'qemu' 
     return { hv: new BuiltinHypervisor(), choice, probe };
   }
   const q = cfg['hypervisor.qemu'];
-  return { hv: new QemuHypervisor({ binary: q.path, machine: q.machine_type as 'pc' | 'q35' | 'microvm', accel: choice.accel }), choice, probe };
+  const hv = new QemuHypervisor({
+    binary: q.path, machine: q.machine_type as 'pc' | 'q35' | 'microvm', accel: choice.accel,
+    blockDriver: q.block_device_driver as BlockDriver, rootBlockDriver: q.root_block_driver as BlockDriver,
+  });
+  return { hv, choice, probe };
 }

@@ -15,6 +15,18 @@
  * directories shared with the guest (container rootfs by default) are our
  * virtio-fs device (src/virtio/fs) behind vhost-user-fs-pci, one backend per
  * share, also served in this process.
+ *
+ * Disks (the guest root image and container EROFS images) are served one of
+ * two ways, chosen by `blockDriver` / `rootBlockDriver`:
+ *   vhost-user-blk  our virtio-blk device (src/virtio/blk, virtio 1.2 §5.2)
+ *                   behind vhost-user-blk-pci; the serial the agent finds a
+ *                   disk by comes from our VIRTIO_BLK_T_GET_ID answer.
+ *   virtio-blk      QEMU's own virtio-blk-pci on a -drive/blockdev node.
+ * Hotplug (the `pc` machine's ACPI PCI hotplug) works for both: QMP
+ * chardev-add + device_add vhost-user-blk-pci, or blockdev-add + device_add
+ * virtio-blk-pci; removal waits for DEVICE_DELETED before letting go of the
+ * backend. virtio-fs shares can be hotplugged the same way (addShare), so
+ * containers added to a running sandbox get their rootfs shared too.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -25,20 +37,30 @@ import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type
 import { QmpClient } from './qmp';
 import { VhostUserBackend } from '../vhost-user/backend';
 import { HybridVsock } from '../virtio/vsock/hybrid';
-import { VirtioFsDevice } from '../virtio/fs/device';
+import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
+import type { FsShare } from './hypervisor';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
+
+/** Who serves a disk: our device over vhost-user, or QEMU's own virtio-blk. */
+export type BlockDriver = 'vhost-user-blk' | 'virtio-blk';
 
 export interface QemuOptions {
   binary: string;
   machine: 'pc' | 'q35' | 'microvm';
   accel: 'kvm' | 'tcg';
+  /** Container disks (default vhost-user-blk). */
+  blockDriver?: BlockDriver;
+  /** The guest root image (default virtio-blk; see README "Performance" for why). */
+  rootBlockDriver?: BlockDriver;
 }
 
 /** The guest's vsock CID (§5.10.4: 3 is the first guest CID). */
 export const GUEST_CID = 3;
-/** Queue size of vhost-user-fs rings (QEMU's default is 128; 1024 is its maximum). */
-const FS_QUEUE_SIZE = 1024;
+/** QMP chardev-add argument for a unix socket QEMU connects to (qapi/char.json ChardevSocket). */
+function unixClientChardev(id: string, socket: string): Record<string, unknown> {
+  return { id, backend: { type: 'socket', data: { addr: { type: 'unix', data: { path: socket } }, server: false } } };
+}
 
 export class QemuHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
@@ -49,12 +71,31 @@ export class QemuHypervisor implements Hypervisor {
   private stopping = false;
   private readonly log = logger('qemu');
   private nextSlot = 8;
-  private readonly diskSlots = new Map<string, number>();
+  private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
+  private readonly shareSlots = new Map<string, number>();
   private vsock: HybridVsock | undefined;
   private vsockBackend: VhostUserBackend | undefined;
-  private readonly fsBackends: Array<{ backend: VhostUserBackend; device: VirtioFsDevice }> = [];
+  /** Our blk/fs device servers (boot-time and hotplugged). */
+  private devices: VhostUserDevices | undefined;
+  /** Names hotplug sockets uniquely within the VM dir (kept short: sun_path is 108 bytes). */
+  private hotSeq = 0;
+  readonly blockDriver: BlockDriver;
+  readonly rootBlockDriver: BlockDriver;
 
-  constructor(private readonly opts: QemuOptions) {}
+  constructor(private readonly opts: QemuOptions) {
+    this.blockDriver = opts.blockDriver ?? 'vhost-user-blk';
+    this.rootBlockDriver = opts.rootBlockDriver ?? 'virtio-blk';
+  }
+
+  /** Socket of boot disk i / the root image / boot share i (deterministic so commandLine() stays pure). */
+  private static bootSocket(dir: string, what: 'root' | 'disk' | 'fs', i = 0): string {
+    return path.join(dir, what === 'root' ? 'vb-r.sock' : what === 'disk' ? `vb-${i}.sock` : `vhost-fs-${i}.sock`);
+  }
+
+  /** Our device server behind a disk or share (tests and metrics). */
+  servedDevice(kind: 'blk' | 'fs', key: string): ServedDevice | undefined {
+    return this.devices?.get(kind, key);
+  }
 
   /** The full command line (exposed for tests and `--debug`). */
   commandLine(cfg: VmConfig): string[] {
@@ -78,8 +119,11 @@ export class QemuHypervisor implements Hypervisor {
       '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`,
       '-pidfile', path.join(cfg.dir, 'qemu.pid'),
       // root filesystem: always the first disk (/dev/vda), slot 3
-      '-drive', `if=none,id=rootimg,file=${cfg.image},format=raw,readonly=on,cache=unsafe`,
-      '-device', dev('virtio-blk-pci', 'virtio-blk-device', 'drive=rootimg,serial=kata-root', 3),
+      ...(this.rootBlockDriver === 'vhost-user-blk'
+        ? ['-chardev', `socket,id=vub-root,path=${QemuHypervisor.bootSocket(cfg.dir, 'root')}`,
+          '-device', dev('vhost-user-blk-pci', 'vhost-user-blk', `chardev=vub-root,num-queues=1,queue-size=${BLK_QUEUE_SIZE}`, 3)]
+        : ['-drive', `if=none,id=rootimg,file=${cfg.image},format=raw,readonly=on,cache=unsafe`,
+          '-device', dev('virtio-blk-pci', 'virtio-blk-device', 'drive=rootimg,serial=kata-root', 3)]),
       // agent channel: vhost-user-vsock served by this process (start()).
       '-chardev', `socket,id=vsock,path=${path.join(cfg.dir, 'vhost-vsock.sock')}`,
       '-device', dev('vhost-user-vsock-pci', 'vhost-user-vsock-device', 'chardev=vsock', 4),
@@ -88,15 +132,21 @@ export class QemuHypervisor implements Hypervisor {
     (cfg.shares ?? []).forEach((sh, i) => {
       // vhost-user-fs-pci keeps the tag and queue count in QEMU's own config
       // space; queue-size must not exceed what our device offers.
-      args.push('-chardev', `socket,id=fs${i},path=${path.join(cfg.dir, `vhost-fs-${i}.sock`)}`);
+      args.push('-chardev', `socket,id=fs${i},path=${QemuHypervisor.bootSocket(cfg.dir, 'fs', i)}`);
       args.push('-device', dev('vhost-user-fs-pci', 'vhost-user-fs-device', `chardev=fs${i},tag=${sh.tag},queue-size=${FS_QUEUE_SIZE}`, this.nextSlot++));
     });
-    for (const d of cfg.disks) {
+    cfg.disks.forEach((d, i) => {
       const slot = this.nextSlot++;
-      this.diskSlots.set(d.id, slot);
+      this.diskSlots.set(d.id, { slot, driver: this.blockDriver });
+      if (this.blockDriver === 'vhost-user-blk') {
+        // Read-only is ours to honour (VIRTIO_BLK_F_RO + an O_RDONLY fd); the serial is our GET_ID answer.
+        args.push('-chardev', `socket,id=vub-${d.id},path=${QemuHypervisor.bootSocket(cfg.dir, 'disk', i)}`);
+        args.push('-device', dev('vhost-user-blk-pci', 'vhost-user-blk', `id=dev-${d.id},chardev=vub-${d.id},num-queues=1,queue-size=${BLK_QUEUE_SIZE}`, slot));
+        return;
+      }
       args.push('-drive', `if=none,id=d-${d.id},file=${d.path},format=raw,readonly=${d.readonly ? 'on' : 'off'}`);
       args.push('-device', dev('virtio-blk-pci', 'virtio-blk-device', `id=dev-${d.id},drive=d-${d.id},serial=${d.id}`, slot));
-    }
+    });
     return args;
   }
 
@@ -120,15 +170,16 @@ export class QemuHypervisor implements Hypervisor {
       guestBytes: cfg.memoryMiB * 1024 * 1024, queues: 2, name: 'vsock', // QEMU serves the event queue itself
     });
     this.vsockBackend.listen();
-    (cfg.shares ?? []).forEach((sh, i) => {
-      const device = new VirtioFsDevice({ tag: sh.tag, sharedDir: sh.path, queueSize: FS_QUEUE_SIZE });
-      const backend = new VhostUserBackend({
-        socketPath: path.join(cfg.dir, `vhost-fs-${i}.sock`), device,
-        guestBytes: cfg.memoryMiB * 1024 * 1024, name: `fs${i}`,
-      });
-      backend.listen();
-      this.fsBackends.push({ backend, device });
-    });
+    const devices = new VhostUserDevices(cfg.memoryMiB * 1024 * 1024);
+    this.devices = devices;
+    try {
+      (cfg.shares ?? []).forEach((sh, i) => devices.addFs(sh.tag, sh.path, QemuHypervisor.bootSocket(cfg.dir, 'fs', i)));
+      if (this.rootBlockDriver === 'vhost-user-blk') devices.addBlk('kata-root', cfg.image, true, QemuHypervisor.bootSocket(cfg.dir, 'root'));
+      if (this.blockDriver === 'vhost-user-blk') cfg.disks.forEach((d, i) => devices.addBlk(d.id, d.path, d.readonly, QemuHypervisor.bootSocket(cfg.dir, 'disk', i)));
+    } catch (err) {
+      await this.closeBackends();
+      throw new QemuError('config', `cannot serve the VM's devices: ${(err as Error).message}`, { cause: err });
+    }
     const args = this.commandLine(cfg);
     this.log.debug('starting qemu', { args });
     const child = spawn(this.opts.binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
@@ -189,10 +240,8 @@ export class QemuHypervisor implements Hypervisor {
 
   /** Our in-process device backends go with the VM. */
   private async closeBackends(): Promise<void> {
-    for (const { backend, device } of this.fsBackends.splice(0)) {
-      backend.close();
-      device.close();
-    }
+    this.devices?.closeAll();
+    this.devices = undefined;
     this.vsockBackend?.close();
     this.vsockBackend = undefined;
     await this.vsock?.close();
@@ -208,40 +257,117 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   async addDisk(d: DiskDevice): Promise<void> {
-    // microvm has no hotplug; q35's root complex (pcie.0) has none without root ports.
-    if (this.opts.machine !== 'pc') throw new QemuError('config', `the ${this.opts.machine} machine cannot hotplug disks; use machine_type = "pc"`);
-    const qmp = this.requireQmp();
+    const qmp = this.requireHotplug('disks');
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
-    const slot = this.nextSlot++;
-    if (slot > 0x1f) throw new QemuError('config', 'no free PCI slot for another disk');
-    await qmp.execute('blockdev-add', {
-      'node-name': `d-${d.id}`, driver: 'raw', 'read-only': d.readonly,
-      file: { driver: 'file', filename: d.path, 'read-only': d.readonly },
-    });
-    await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `dev-${d.id}`, drive: `d-${d.id}`, serial: d.id, addr: `0x${slot.toString(16)}` });
-    this.diskSlots.set(d.id, slot);
+    if (this.diskSlots.has(d.id)) throw new QemuError('config', `disk ${d.id} is already attached`);
+    const addr = this.takeSlot();
+    if (this.blockDriver === 'vhost-user-blk') {
+      const s = this.requireDevices().addBlk(d.id, d.path, d.readonly, path.join(this.cfg!.dir, `vb-h${this.hotSeq++}.sock`));
+      await this.plugVhostUser(s, { driver: 'vhost-user-blk-pci', 'num-queues': 1, 'queue-size': BLK_QUEUE_SIZE, addr });
+    } else {
+      await qmp.execute('blockdev-add', {
+        'node-name': `d-${d.id}`, driver: 'raw', 'read-only': d.readonly,
+        file: { driver: 'file', filename: d.path, 'read-only': d.readonly },
+      });
+      await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `dev-${d.id}`, drive: `d-${d.id}`, serial: d.id, addr });
+    }
+    this.diskSlots.set(d.id, { slot: Number(addr), driver: this.blockDriver });
   }
 
   async removeDisk(id: string): Promise<void> {
     const qmp = this.requireQmp();
-    if (!this.diskSlots.has(id)) return;
+    const d = this.diskSlots.get(id);
+    if (!d) return;
+    await this.unplug(`dev-${id}`);
+    if (d.driver === 'vhost-user-blk') {
+      const s = this.devices?.get('blk', id);
+      if (s) await qmp.execute('chardev-remove', { id: s.chardev }).catch(() => undefined);
+      this.devices?.remove('blk', id);
+    } else {
+      await qmp.execute('blockdev-del', { 'node-name': `d-${id}` }).catch(() => undefined);
+    }
+    this.diskSlots.delete(id);
+  }
+
+  /** Shares a host directory with the running guest (virtio-fs hotplug, our device). */
+  async addShare(sh: FsShare): Promise<void> {
+    this.requireHotplug('virtio-fs shares');
+    if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
+    if (!fs.existsSync(sh.path) || !fs.statSync(sh.path).isDirectory()) throw new QemuError('config', `virtio-fs share ${sh.path} is not a directory`);
+    if (this.shareSlots.has(sh.tag)) throw new QemuError('config', `virtio-fs tag ${sh.tag} is already shared`);
+    const addr = this.takeSlot();
+    const s = this.requireDevices().addFs(sh.tag, sh.path, path.join(this.cfg!.dir, `vf-h${this.hotSeq++}.sock`));
+    await this.plugVhostUser(s, { driver: 'vhost-user-fs-pci', tag: sh.tag, 'queue-size': FS_QUEUE_SIZE, addr });
+    this.shareSlots.set(sh.tag, Number(addr));
+  }
+
+  async removeShare(tag: string): Promise<void> {
+    const qmp = this.requireQmp();
+    const s = this.devices?.get('fs', tag);
+    if (!s || !this.shareSlots.has(tag)) return;
+    await this.unplug(s.qdevId);
+    await qmp.execute('chardev-remove', { id: s.chardev }).catch(() => undefined);
+    this.devices?.remove('fs', tag);
+    this.shareSlots.delete(tag);
+  }
+
+  /**
+   * chardev-add then device_add for a backend that already listens. QEMU
+   * connects at chardev-add and negotiates inside device_add (realize), with
+   * this event loop answering while the QMP call is pending. On failure
+   * everything added is taken back.
+   */
+  private async plugVhostUser(s: ServedDevice, props: Record<string, unknown>): Promise<void> {
+    const qmp = this.requireQmp();
+    let chardev = false;
+    try {
+      await qmp.execute('chardev-add', unixClientChardev(s.chardev, s.socket));
+      chardev = true;
+      await qmp.execute('device_add', { ...props, id: s.qdevId, chardev: s.chardev });
+    } catch (err) {
+      if (chardev) await qmp.execute('chardev-remove', { id: s.chardev }).catch(() => undefined);
+      this.devices?.remove(s.kind, s.key);
+      throw err;
+    }
+  }
+
+  /** device_del, then wait for the guest to release it (ACPI eject → DEVICE_DELETED), 5 s at most. */
+  private async unplug(qdevId: string): Promise<void> {
+    const qmp = this.requireQmp();
     const deleted = new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        qmp.off('event', onEv);
+        resolve();
+      }, 5000);
+      timer.unref();
       const onEv = (name: string, data: { device?: string }) => {
-        if (name === 'DEVICE_DELETED' && data.device === `dev-${id}`) {
+        if (name === 'DEVICE_DELETED' && data.device === qdevId) {
           qmp.off('event', onEv);
+          clearTimeout(timer);
           resolve();
         }
       };
       qmp.on('event', onEv);
-      setTimeout(() => {
-        qmp.off('event', onEv);
-        resolve();
-      }, 5000).unref();
     });
-    await qmp.execute('device_del', { id: `dev-${id}` }).catch(() => undefined);
+    await qmp.execute('device_del', { id: qdevId }).catch(() => undefined);
     await deleted;
-    await qmp.execute('blockdev-del', { 'node-name': `d-${id}` }).catch(() => undefined);
-    this.diskSlots.delete(id);
+  }
+
+  private requireHotplug(what: string): QmpClient {
+    // microvm has no hotplug; q35's root complex (pcie.0) has none without root ports.
+    if (this.opts.machine !== 'pc') throw new QemuError('config', `the ${this.opts.machine} machine cannot hotplug ${what}; use machine_type = "pc"`);
+    return this.requireQmp();
+  }
+
+  private takeSlot(): string {
+    const slot = this.nextSlot++;
+    if (slot > 0x1f) throw new QemuError('config', 'no free PCI slot for another device');
+    return `0x${slot.toString(16)}`;
+  }
+
+  private requireDevices(): VhostUserDevices {
+    if (!this.devices || !this.cfg) throw new QemuError('qmp', 'VM is not running');
+    return this.devices;
   }
 
   consoleTail(lines = 20): string {

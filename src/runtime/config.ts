@@ -43,6 +43,8 @@ export const SCHEMA = {
     default_vcpus: { kind: 'int', default: 1, describe: 'vCPUs per sandbox', check: range(1, 64) } as KeySpec<number>,
     default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
     kernel_params: { kind: 'string', default: '', describe: 'extra guest kernel command line' } as KeySpec<string>,
+    block_device_driver: { kind: 'string', default: 'vhost-user-blk', describe: 'container disks: vhost-user-blk (our virtio-blk device over vhost-user) or virtio-blk (QEMU\'s own)', check: oneOf('vhost-user-blk', 'virtio-blk') } as KeySpec<string>,
+    root_block_driver: { kind: 'string', default: 'virtio-blk', describe: 'the guest root image: virtio-blk (QEMU\'s own) or vhost-user-blk (ours)', check: oneOf('vhost-user-blk', 'virtio-blk') } as KeySpec<string>,
   },
   'hypervisor.builtin': {
     kernel: { kind: 'string', default: '', describe: 'guest kernel for the builtin VMM', check: absOrEmpty } as KeySpec<string>,

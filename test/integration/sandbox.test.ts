@@ -18,7 +18,10 @@ describe('integration: sandbox with two containers (QEMU)', function () {
   this.timeout(240000);
   let runDir: string;
   let sandbox: Sandbox | undefined;
-  const rootfs = path.join(CACHE, 'rootfs', 'busybox');
+  // Private copies: a virtio-fs rootfs is written in place, and the shared
+  // cache's busybox tree must stay pristine for every other test.
+  let rootfs1 = '';
+  let rootfs2 = '';
 
   const collect = async (cid: string, execId: string) => {
     const out = new PassThrough();
@@ -32,9 +35,12 @@ describe('integration: sandbox with two containers (QEMU)', function () {
     requireGuest(this);
     configureLogging({ silent: true });
     runDir = testRunDir();
+    rootfs1 = path.join(runDir, 'rootfs1');
+    rootfs2 = path.join(runDir, 'rootfs2');
+    for (const d of [rootfs1, rootfs2]) fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), d, { recursive: true, verbatimSymlinks: true });
     const cfg = testConfig(runDir);
     const { hv } = await selectHypervisor(cfg, 'qemu');
-    sandbox = new Sandbox({ id: 'pod1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'first', rootfs }] });
+    sandbox = new Sandbox({ id: 'pod1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'first', rootfs: rootfs1 }] });
     await sandbox.start();
   });
 
@@ -47,9 +53,9 @@ describe('integration: sandbox with two containers (QEMU)', function () {
   });
 
   it('runs a boot-time container and a hotplugged one side by side', async () => {
-    await sandbox!.createContainer('first', defaultSpec({ args: ['sh', '-c', 'echo first > /tmp/f; sleep 60'] }), rootfs);
+    await sandbox!.createContainer('first', defaultSpec({ args: ['sh', '-c', 'echo first > /tmp/f; sleep 60'] }), rootfs1);
     await sandbox!.startContainer('first');
-    await sandbox!.createContainer('second', defaultSpec({ args: ['sh', '-c', 'cat /tmp/f 2>&1; hostname; echo second'], hostname: 'two' }), rootfs);
+    await sandbox!.createContainer('second', defaultSpec({ args: ['sh', '-c', 'cat /tmp/f 2>&1; hostname; echo second'], hostname: 'two' }), rootfs2);
     await sandbox!.startContainer('second');
     const r = await collect('second', '');
     expect(r.status).to.equal(0);

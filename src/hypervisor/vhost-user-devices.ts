@@ -1,0 +1,114 @@
+/**
+ * The vhost-user devices a QEMU VM gets from this process: one
+ * VhostUserBackend (src/vhost-user) per device, each serving one of our
+ * device models — virtio-blk (src/virtio/blk, virtio 1.2 §5.2) for disks and
+ * virtio-fs (src/virtio/fs, §5.11) for shared directories — on its own unix
+ * socket. QEMU reaches a socket through a `socket` chardev, either on its
+ * command line (boot devices) or added at run time with QMP `chardev-add`
+ * before `device_add vhost-user-{blk,fs}-pci` (hotplug).
+ *
+ * Ordering matters for hotplug: the backend listens before the chardev is
+ * added (QEMU connects at chardev-add and blocks in device_add's realize on
+ * GET_FEATURES/GET_CONFIG replies, which this same event loop answers while
+ * the QMP call is pending), and on removal the backend closes only after
+ * QEMU reported DEVICE_DELETED and the chardev is gone, so the guest never
+ * sees its device vanish under in-flight requests.
+ *
+ * Kept apart from qemu.ts so the command-line and QMP code stay about QEMU,
+ * and the lifetime of our in-process device servers is in one place.
+ */
+import * as path from 'node:path';
+import { logger } from '../common/log';
+import { errorMessage } from '../common/errors';
+import { VhostUserBackend } from '../vhost-user/backend';
+import { BlkDevice } from '../virtio/blk/device';
+import { VirtioFsDevice } from '../virtio/fs/device';
+import type { VirtioDevice } from '../virtio/device';
+
+/** Queue size of vhost-user-fs rings (QEMU's default is 128; 1024 is its maximum). */
+export const FS_QUEUE_SIZE = 1024;
+/**
+ * Queue size of vhost-user-blk rings: QEMU 7.2's default (128) would cap a
+ * request at fewer segments than the seg_max our config space advertises
+ * (queue size − 2) unless indirect descriptors are used; 256 matches.
+ */
+export const BLK_QUEUE_SIZE = 256;
+
+export interface ServedDevice {
+  /** Key: the disk id or the fs tag. */
+  key: string;
+  kind: 'blk' | 'fs';
+  /** Unix socket QEMU's chardev connects to. */
+  socket: string;
+  /** QEMU ids (chardev and device). */
+  chardev: string;
+  qdevId: string;
+  backend: VhostUserBackend;
+  device: VirtioDevice;
+}
+
+export class VhostUserDevices {
+  private readonly served = new Map<string, ServedDevice>();
+  private seq = 0;
+  private readonly log = logger('vhost-user-devices');
+
+  constructor(private readonly guestBytes: number) {}
+
+  /** Starts serving a file-backed virtio-blk disk; `id` is its GET_ID serial. */
+  addBlk(id: string, file: string, readonly: boolean, socket: string): ServedDevice {
+    // O_RDONLY for read-only images: a hostile driver's writes fail in the kernel too.
+    const device = new BlkDevice({ path: file, readonly, id, queueSize: BLK_QUEUE_SIZE });
+    return this.serve(`blk:${id}`, 'blk', device, socket, `vub-${id}`, `dev-${id}`);
+  }
+
+  /** Starts serving a host directory as a virtio-fs share with mount tag `tag`. */
+  addFs(tag: string, dir: string, socket: string): ServedDevice {
+    const device = new VirtioFsDevice({ tag, sharedDir: dir, queueSize: FS_QUEUE_SIZE });
+    const n = this.seq++;
+    return this.serve(`fs:${tag}`, 'fs', device, socket, `vuf-${n}`, `fsdev-${n}`);
+  }
+
+  get(kind: 'blk' | 'fs', key: string): ServedDevice | undefined {
+    return this.served.get(`${kind}:${key}`);
+  }
+
+  /** Stops serving one device (after QEMU let go of it). */
+  remove(kind: 'blk' | 'fs', key: string): void {
+    const s = this.served.get(`${kind}:${key}`);
+    if (!s) return;
+    this.served.delete(`${kind}:${key}`);
+    this.closeOne(s);
+  }
+
+  /** Stops every device. Idempotent. */
+  closeAll(): void {
+    for (const s of this.served.values()) this.closeOne(s);
+    this.served.clear();
+  }
+
+  private serve(mapKey: string, kind: 'blk' | 'fs', device: VirtioDevice, socket: string, chardev: string, qdevId: string): ServedDevice {
+    if (this.served.has(mapKey)) {
+      void device.close?.();
+      throw new Error(`${mapKey} is already served`);
+    }
+    const backend = new VhostUserBackend({ socketPath: socket, device, guestBytes: this.guestBytes, name: `${kind}:${path.basename(socket)}` });
+    try {
+      backend.listen();
+    } catch (err) {
+      void device.close?.();
+      throw err;
+    }
+    const s: ServedDevice = { key: mapKey.slice(kind.length + 1), kind, socket, chardev, qdevId, backend, device };
+    this.served.set(mapKey, s);
+    return s;
+  }
+
+  private closeOne(s: ServedDevice): void {
+    try {
+      s.backend.close();
+      void s.device.close?.();
+    } catch (err) {
+      this.log.warn('closing a device server failed', { key: s.key, err: errorMessage(err) });
+    }
+  }
+}
