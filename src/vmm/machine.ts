@@ -200,6 +200,9 @@ export class Machine {
     });
   }
 
+  /** Why the machine ended, once it has (synchronous view of `ended`). */
+  get endReason(): MachineEnd | undefined { return this.endInfo; }
+
   async pause(): Promise<void> {
     await Promise.all(this.vcpus.map((v) => v.pause()));
   }
