@@ -92,6 +92,10 @@ export class QemuHypervisor implements Hypervisor {
     return path.join(dir, what === 'root' ? 'vb-r.sock' : what === 'disk' ? `vb-${i}.sock` : `vhost-fs-${i}.sock`);
   }
 
+  private static bootShareIds(i: number): { chardev: string; qdevId: string } {
+    return { chardev: `fs${i}`, qdevId: `fsdev-b${i}` };
+  }
+
   /** Our device server behind a disk or share (tests and metrics). */
   servedDevice(kind: 'blk' | 'fs', key: string): ServedDevice | undefined {
     return this.devices?.get(kind, key);
@@ -132,8 +136,12 @@ export class QemuHypervisor implements Hypervisor {
     (cfg.shares ?? []).forEach((sh, i) => {
       // vhost-user-fs-pci keeps the tag and queue count in QEMU's own config
       // space; queue-size must not exceed what our device offers.
-      args.push('-chardev', `socket,id=fs${i},path=${QemuHypervisor.bootSocket(cfg.dir, 'fs', i)}`);
-      args.push('-device', dev('vhost-user-fs-pci', 'vhost-user-fs-device', `chardev=fs${i},tag=${sh.tag},queue-size=${FS_QUEUE_SIZE}`, this.nextSlot++));
+      // Named like hotplugged shares (bootShareIds) so removeShare() can unplug them too.
+      const ids = QemuHypervisor.bootShareIds(i);
+      const slot = this.nextSlot++;
+      this.shareSlots.set(sh.tag, slot);
+      args.push('-chardev', `socket,id=${ids.chardev},path=${QemuHypervisor.bootSocket(cfg.dir, 'fs', i)}`);
+      args.push('-device', dev('vhost-user-fs-pci', 'vhost-user-fs-device', `id=${ids.qdevId},chardev=${ids.chardev},tag=${sh.tag},queue-size=${FS_QUEUE_SIZE}`, slot));
     });
     cfg.disks.forEach((d, i) => {
       const slot = this.nextSlot++;
@@ -173,7 +181,7 @@ export class QemuHypervisor implements Hypervisor {
     const devices = new VhostUserDevices(cfg.memoryMiB * 1024 * 1024);
     this.devices = devices;
     try {
-      (cfg.shares ?? []).forEach((sh, i) => devices.addFs(sh.tag, sh.path, QemuHypervisor.bootSocket(cfg.dir, 'fs', i)));
+      (cfg.shares ?? []).forEach((sh, i) => devices.addFs(sh.tag, sh.path, QemuHypervisor.bootSocket(cfg.dir, 'fs', i), QemuHypervisor.bootShareIds(i)));
       if (this.rootBlockDriver === 'vhost-user-blk') devices.addBlk('kata-root', cfg.image, true, QemuHypervisor.bootSocket(cfg.dir, 'root'));
       if (this.blockDriver === 'vhost-user-blk') cfg.disks.forEach((d, i) => devices.addBlk(d.id, d.path, d.readonly, QemuHypervisor.bootSocket(cfg.dir, 'disk', i)));
     } catch (err) {

@@ -62,10 +62,10 @@ export class VhostUserDevices {
   }
 
   /** Starts serving a host directory as a virtio-fs share with mount tag `tag`. */
-  addFs(tag: string, dir: string, socket: string): ServedDevice {
+  addFs(tag: string, dir: string, socket: string, ids?: { chardev: string; qdevId: string }): ServedDevice {
     const device = new VirtioFsDevice({ tag, sharedDir: dir, queueSize: FS_QUEUE_SIZE });
     const n = this.seq++;
-    return this.serve(`fs:${tag}`, 'fs', device, socket, `vuf-${n}`, `fsdev-${n}`);
+    return this.serve(`fs:${tag}`, 'fs', device, socket, ids?.chardev ?? `vuf-${n}`, ids?.qdevId ?? `fsdev-${n}`);
   }
 
   get(kind: 'blk' | 'fs', key: string): ServedDevice | undefined {

@@ -4,10 +4,12 @@
  * containerd (the CLI and, later, the shim both sit on this).
  *
  * Container root filesystems reach the guest one of two ways: a virtio-fs
- * share of the host directory (the default for containers known at boot —
- * the container then writes straight into that directory, as under runc),
- * or an EROFS image of it on a read-only virtio-blk disk with a tmpfs
- * overlay on top (containers added later, or `rootfsShare: 'erofs'`).
+ * share of the host directory (the default — the container then writes
+ * straight into that directory, as under runc; containers known at boot get
+ * it on the VM's command line, containers added to a running sandbox — the
+ * shim's pod members — through the hypervisor's share hotplug), or an EROFS
+ * image of it on a read-only virtio-blk disk with a tmpfs overlay on top
+ * (`rootfsShare: 'erofs'`, or a hypervisor without share hotplug).
  *
  * Teardown always happens: stop() is idempotent, runs on every error path,
  * and removes the VM, its sockets and the sandbox directory. State is
@@ -50,6 +52,8 @@ export type RootfsShare = 'virtiofs' | 'erofs';
 interface HostContainer {
   id: string;
   disk: string;
+  /** virtio-fs tag of its rootfs share ('' for EROFS). */
+  share: string;
   image: string;
   state: 'created' | 'running' | 'stopped';
   pid: number;
@@ -157,19 +161,36 @@ export class Sandbox {
     return image;
   }
 
-  /** Create a container from an OCI spec whose rootfs is the host directory `rootfs`. */
-  async createContainer(id: string, spec: OciSpec, rootfs: string): Promise<void> {
+  /**
+   * Create a container from an OCI spec whose rootfs is the host directory
+   * `rootfs`. A container not known at boot gets its directory shared by
+   * virtio-fs hotplug (default) or, with rootfsShare 'erofs' or a hypervisor
+   * that cannot hotplug shares, an EROFS disk.
+   */
+  async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
     const root = `${GUEST_CONTAINERS_DIR}/${id}/rootfs`;
-    const tag = this.sharedRootfs.get(id);
+    let tag = this.sharedRootfs.get(id);
+    const hv = this.opts.hypervisor;
+    if (!tag && !this.preparedImages.has(id) && (opts.rootfsShare ?? 'virtiofs') === 'virtiofs' && hv.addShare) {
+      if (!fs.existsSync(rootfs) || !fs.statSync(rootfs).isDirectory()) throw new SandboxError('container', `rootfs ${rootfs} is not a directory`);
+      tag = fsTagFor(id);
+      await hv.addShare({ tag, path: rootfs });
+      this.sharedRootfs.set(id, tag);
+    }
     if (tag) {
       // virtio-fs: the share is the rootfs itself, writable, no overlay.
-      await this.agent.createContainer({
-        container_id: id, exec_id: '',
-        storages: [{ driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
-        oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
-      });
-      this.containers.set(id, { id, disk: '', image: '', state: 'created', pid: 0 });
+      try {
+        await this.agent.createContainer({
+          container_id: id, exec_id: '',
+          storages: [{ driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
+          oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
+        });
+      } catch (err) {
+        await this.unshare(id);
+        throw err;
+      }
+      this.containers.set(id, { id, disk: '', share: tag, image: '', state: 'created', pid: 0 });
       this.persist();
       return;
     }
@@ -193,7 +214,7 @@ export class Sandbox {
       await this.opts.hypervisor.removeDisk(disk).catch(() => undefined);
       throw err;
     }
-    this.containers.set(id, { id, disk, image, state: 'created', pid: 0 });
+    this.containers.set(id, { id, disk, share: '', image, state: 'created', pid: 0 });
     this.persist();
   }
 
@@ -214,9 +235,20 @@ export class Sandbox {
     const c = this.container(id);
     await this.agent.removeContainer(id, timeoutSec);
     if (c.disk) await this.opts.hypervisor.removeDisk(c.disk).catch(() => undefined);
+    // After the agent unmounted it: the host directory is let go (the shim
+    // unmounts its rootfs right after, which our open fds would block).
+    if (c.share) await this.unshare(id);
     if (c.image) fs.rmSync(c.image, { force: true });
     this.containers.delete(id);
     this.persist();
+  }
+
+  /** Unplugs a container's rootfs share (boot-time or hotplugged) and forgets its tag. */
+  private async unshare(id: string): Promise<void> {
+    const tag = this.sharedRootfs.get(id);
+    if (!tag) return;
+    this.sharedRootfs.delete(id);
+    await this.opts.hypervisor.removeShare?.(tag).catch((err) => this.log.warn('cannot unplug a rootfs share', { tag, err: errorMessage(err) }));
   }
 
   markExited(id: string): void {

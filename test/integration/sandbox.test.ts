@@ -1,7 +1,9 @@
 /**
  * The runtime's Sandbox API against a real VM: two containers in one
- * sandbox (one attached at boot, one hotplugged), exec, a container killed
- * from the host (137), teardown leaving nothing behind.
+ * sandbox (one attached at boot, one added to the running sandbox with its
+ * rootfs shared by virtio-fs hotplug, a third on a hotplugged EROFS disk),
+ * exec, a container killed from the host (137), teardown leaving nothing
+ * behind.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -9,7 +11,8 @@ import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { requireGuest, testRunDir, testConfig, leftoverQemu, CACHE } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
-import { Sandbox } from '../../src/runtime/sandbox';
+import { Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
+import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
 import { attachProcess } from '../../src/runtime/stdio';
 import { configureLogging } from '../../src/common/log';
@@ -18,6 +21,7 @@ describe('integration: sandbox with two containers (QEMU)', function () {
   this.timeout(240000);
   let runDir: string;
   let sandbox: Sandbox | undefined;
+  let hv: QemuHypervisor;
   // Private copies: a virtio-fs rootfs is written in place, and the shared
   // cache's busybox tree must stay pristine for every other test.
   let rootfs1 = '';
@@ -39,7 +43,7 @@ describe('integration: sandbox with two containers (QEMU)', function () {
     rootfs2 = path.join(runDir, 'rootfs2');
     for (const d of [rootfs1, rootfs2]) fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), d, { recursive: true, verbatimSymlinks: true });
     const cfg = testConfig(runDir);
-    const { hv } = await selectHypervisor(cfg, 'qemu');
+    hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
     sandbox = new Sandbox({ id: 'pod1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'first', rootfs: rootfs1 }] });
     await sandbox.start();
   });
@@ -55,13 +59,27 @@ describe('integration: sandbox with two containers (QEMU)', function () {
   it('runs a boot-time container and a hotplugged one side by side', async () => {
     await sandbox!.createContainer('first', defaultSpec({ args: ['sh', '-c', 'echo first > /tmp/f; sleep 60'] }), rootfs1);
     await sandbox!.startContainer('first');
-    await sandbox!.createContainer('second', defaultSpec({ args: ['sh', '-c', 'cat /tmp/f 2>&1; hostname; echo second'], hostname: 'two' }), rootfs2);
+    await sandbox!.createContainer('second', defaultSpec({ args: ['sh', '-c', 'cat /tmp/f 2>&1; hostname; echo second | tee /second.txt'], hostname: 'two' }), rootfs2);
+    expect(hv.servedDevice('fs', fsTagFor('second')), 'rootfs shared by virtio-fs hotplug').to.not.equal(undefined);
     await sandbox!.startContainer('second');
     const r = await collect('second', '');
     expect(r.status).to.equal(0);
-    // each container has its own writable layer and UTS namespace
+    // each container has its own rootfs and UTS namespace
     expect(r.out).to.equal('cat: can\'t open \'/tmp/f\': No such file or directory\ntwo\nsecond\n');
+    // virtio-fs: the write landed in the host directory, as under runc
+    expect(fs.readFileSync(path.join(rootfs2, 'second.txt'), 'utf8')).to.equal('second\n');
     await sandbox!.removeContainer('second');
+    expect(hv.servedDevice('fs', fsTagFor('second')), 'share unplugged with its container').to.equal(undefined);
+  });
+
+  it('adds a container on a hotplugged EROFS disk when asked (writes stay in the guest)', async () => {
+    await sandbox!.createContainer('third', defaultSpec({ args: ['sh', '-c', 'echo x > /third.txt && cat /second.txt'] }), rootfs2, { rootfsShare: 'erofs' });
+    expect(hv.servedDevice('blk', diskIdFor('third'))).to.not.equal(undefined);
+    await sandbox!.startContainer('third');
+    expect(await collect('third', '')).to.deep.equal({ status: 0, out: 'second\n' });
+    expect(fs.existsSync(path.join(rootfs2, 'third.txt'))).to.equal(false);
+    await sandbox!.removeContainer('third');
+    expect(hv.servedDevice('blk', diskIdFor('third'))).to.equal(undefined);
   });
 
   it('execs into a running container and sees its files', async () => {
