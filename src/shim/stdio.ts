@@ -80,17 +80,18 @@ export function openHostIo(paths: StdioPaths): HostIo {
     const p = pathOf(paths.stdin);
     const proxy = new PassThrough();
     stdin = proxy;
-    fs.promises.open(p.path, fs.constants.O_RDONLY).then((fh) => {
-      if (closed || proxy.writableEnded) {
-        void fh.close();
-        return;
-      }
-      const s = new net.Socket({ fd: fh.fd, readable: true, writable: false });
+    // A raw fd, not a FileHandle: a FileHandle closes its fd when garbage
+    // collected, and the socket below owns the fd — two owners would close it
+    // twice, the second time under whatever reused the number.
+    fs.open(p.path, fs.constants.O_RDONLY, (err, fd) => {
+      if (err) return void proxy.end();
+      if (closed || proxy.writableEnded) return void fs.close(fd, () => undefined);
+      const s = new net.Socket({ fd, readable: true, writable: false });
       sock = s;
       s.on('error', () => proxy.end());
       s.pipe(proxy);
       if (closeRequested) drainThenEnd();
-    }, () => proxy.end());
+    });
   }
   let closeRequested = false;
   // CloseIO comes when the client has written everything and closed its end:
