@@ -77,6 +77,7 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
       InstanceMethod("getLapic", &Vcpu::GetLapic), InstanceMethod("setLapic", &Vcpu::SetLapic),
       InstanceMethod("getMsrs", &Vcpu::GetMsrs), InstanceMethod("setMsrs", &Vcpu::SetMsrs),
       InstanceMethod("setCpuid2", &Vcpu::SetCpuid2), InstanceMethod("getMpState", &Vcpu::GetMpState),
+      InstanceMethod("setMpState", &Vcpu::SetMpState),
       InstanceMethod("start", &Vcpu::Start), InstanceMethod("runOnce", &Vcpu::RunOnce),
       InstanceMethod("pause", &Vcpu::Pause), InstanceMethod("resume", &Vcpu::Resume),
       InstanceMethod("stop", &Vcpu::Stop), InstanceMethod("close", &Vcpu::Close),
@@ -393,6 +394,17 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
     kvm_mp_state s{};
     if (Io(KVM_GET_MP_STATE, &s) < 0) return Fail(env, "ioctl(KVM_GET_MP_STATE)");
     return Napi::Number::New(env, s.mp_state);
+  }
+
+  // setMpState(state): KVM_MP_STATE_RUNNABLE (0) lets an AP run without INIT/SIPI.
+  Napi::Value SetMpState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Quiescent(env)) return env.Undefined();
+    int64_t st; if (!ArgInt(info, 0, &st, "mp_state")) return env.Undefined();
+    kvm_mp_state s{};
+    s.mp_state = static_cast<uint32_t>(st);
+    if (Io(KVM_SET_MP_STATE, &s) < 0) return Fail(env, "ioctl(KVM_SET_MP_STATE)");
+    return env.Undefined();
   }
 
   // ---- running ----
