@@ -6,8 +6,9 @@
  *
  * Lifetime: create() builds everything (vCPUs not running), start() runs
  * them, `ended` resolves once with why the machine stopped (guest reset
- * through the i8042 — Kata treats a guest reboot as the end of the VM — a
- * guest error, or stop()), close() releases every fd, thread and mapping.
+ * through the i8042 — Kata treats a guest reboot as the end of the VM —, a
+ * guest power-off through port 0x501 (devices/power.ts), a guest error, or
+ * stop()), close() releases every fd, thread and mapping.
  */
 import * as fs from 'node:fs';
 import { HotMemory } from '../hot/memory';
@@ -15,6 +16,7 @@ import { VirtioModule } from '../hot/virtqueue';
 import type { GuestMemory, VirtioDevice } from '../virtio/device';
 import { Bus } from './bus';
 import { I8042 } from './devices/i8042';
+import { POWER_PORT, PowerPort } from './devices/power';
 import { Rtc } from './devices/rtc';
 import { COM1_IRQ, COM1_PORT, Serial } from './devices/serial';
 import { VirtioMmio, REG } from './devices/virtio-mmio';
@@ -51,6 +53,8 @@ export interface MachineEnd {
   kind: VcpuEnd['kind'];
   reason: string;
   error?: VmmError;
+  /** The byte the guest wrote to the power port (devices/power.ts), for kind 'shutdown' by that port. */
+  exitCode?: number;
 }
 
 const MP_STATE_RUNNABLE = 0;
@@ -87,6 +91,7 @@ export class Machine {
       this.pio.register(COM1_PORT, 8, this.serial, 'com1');
       this.pio.register(0x60, 5, new I8042(() => this.finish({ kind: 'reset', reason: 'guest reset through the i8042 (reboot)' })), 'i8042');
       this.pio.register(0x70, 2, new Rtc(), 'rtc');
+      this.pio.register(POWER_PORT, 1, new PowerPort((code) => this.finish({ kind: 'shutdown', reason: `guest powered off through port 0x501 (code ${code})`, exitCode: code })), 'power');
       // virtio-mmio devices.
       const module = new VirtioModule(this.hot);
       const memory: GuestMemory = { hot: this.hot, module, translate: (gpa, len) => module.translate(gpa, len) };
