@@ -5,7 +5,13 @@
  * CLI's in-memory benchmark). Data: a tar of /usr/lib files (~64 MiB),
  * cut into independent blocks of 4 MiB (CLI default -B7) and 64 KiB.
  * Decode is measured on the blocks liblz4 made (the `lz4` CLI frames) and
- * on ours. lz4-napi / lz4js are not dependencies of the repo, so absent.
+ * on ours. JS peers, same blocks (the liblz4 ones for decode), same run:
+ *   lz4-napi  (Rust lz4_flex through N-API; decode takes a size-prefixed
+ *             block and returns a new Buffer, encode returns one — its API)
+ *   lz4js     (pure JavaScript, decompressBlock/compressBlock on Buffers)
+ * Both are bench-only devDependencies (package.json cannot carry a comment):
+ * the runtime never loads them. One that fails to load is left out and the
+ * output says why.
  *
  *   npx tsc -p tsconfig.json && bash scripts/build-wasm.sh && node dist/bench/hot-lz4.js
  *
@@ -44,7 +50,27 @@ function cliBench(file: string): { enc?: number; dec?: number } {
   return last ? { enc: Number(last[1]), dec: Number(last[2]) } : {};
 }
 
+interface Lz4Napi { compressSync(b: Buffer): Buffer; uncompressSync(b: Uint8Array): Buffer }
+interface Lz4js {
+  compressBound(n: number): number;
+  compressBlock(src: Uint8Array, dst: Uint8Array, sIndex: number, sLength: number, hashTable: Uint32Array): number;
+  decompressBlock(src: Uint8Array, dst: Uint8Array, sIndex: number, sLength: number, dIndex: number): number;
+}
+
+/** A bench-only peer, or why it is absent. */
+function peer<T>(name: string): { mod?: T; why?: string } {
+  try {
+    return { mod: require(name) as T };
+  } catch (e) {
+    return { why: `${name} left out: it does not load on node ${process.version} (${(e as Error).message.split('\n')[0]})` };
+  }
+}
+
 function main(): void {
+  const napi = peer<Lz4Napi>('lz4-napi');
+  const lz4js = peer<Lz4js>('lz4js');
+  const absent = [napi.why, lz4js.why].filter((w): w is string => !!w);
+  for (const w of absent) console.log(w);
   const file = corpus();
   const data = fs.readFileSync(file);
   const n = data.length;
@@ -83,6 +109,7 @@ function main(): void {
     // Blocks made by liblz4 through the CLI.
     const lzFile = path.join(ROOT, 'build', 'bench', `usrlib${cliFlag}.lz4`);
     execFileSync('lz4', ['-1', '-f', '-q', cliFlag, '-BI', file, lzFile]);
+    const peers: Record<string, number> = {};
     const cblocks: Array<[number, number, number, boolean]> = [];
     let p = compOff;
     let raw = 0;
@@ -104,6 +131,49 @@ function main(): void {
     decodeCli();
     const asDecCli = n / best(10, decodeCli) / 1e6;
     if (!Buffer.from(mem.u8.subarray(outOff, outOff + n)).equals(data)) throw new Error('AS decode of CLI blocks mismatch');
+    // JS peers on the same blocks.
+    const src = Buffer.from(data.buffer, data.byteOffset, n);
+    if (napi.mod) {
+      const z = napi.mod;
+      const prefixed = cblocks.map(([q, c, len, comp]) => {
+        const b = Buffer.alloc(4 + c);
+        b.writeUInt32LE(len, 0);
+        b.set(mem.u8.subarray(q, q + c), 4);
+        return { b, comp, len };
+      });
+      const dec = () => {
+        let o = 0;
+        for (const { b, comp, len } of prefixed) o += comp ? z.uncompressSync(b).length : len;
+        return o;
+      };
+      if (dec() !== n) throw new Error('lz4-napi decode length');
+      const check = prefixed.filter((x) => x.comp).slice(0, 2);
+      let at = 0;
+      for (const x of prefixed) { if (check.includes(x) && !z.uncompressSync(x.b).equals(src.subarray(at, at + x.len))) throw new Error('lz4-napi decode mismatch'); at += x.len; }
+      peers['lz4-napi decode (liblz4 blocks)'] = n / best(5, dec) / 1e6;
+      const enc = () => { for (let i = 0; i < n; i += bs) z.compressSync(src.subarray(i, Math.min(n, i + bs))); };
+      enc();
+      peers['lz4-napi encode'] = n / best(3, enc) / 1e6;
+    }
+    if (lz4js.mod) {
+      const z = lz4js.mod;
+      const comp = Buffer.from(mem.u8.subarray(compOff, p));
+      const out = Buffer.alloc(n);
+      const dec = () => {
+        let o = 0;
+        for (const [q, c, len, isz] of cblocks) {
+          if (isz) o = z.decompressBlock(comp, out, q - compOff, c, o);
+          else { comp.copy(out, o, q - compOff, q - compOff + c); o += len; }
+        }
+        return o;
+      };
+      if (dec() !== n || !out.equals(src)) throw new Error('lz4js decode mismatch');
+      peers['lz4js decode (liblz4 blocks)'] = n / best(3, dec) / 1e6;
+      const dst = Buffer.alloc(z.compressBound(bs));
+      const ht = new Uint32Array(1 << 16);
+      const enc = () => { for (let i = 0; i < n; i += bs) { ht.fill(0); z.compressBlock(src.subarray(i, Math.min(n, i + bs)), dst, 0, Math.min(bs, n - i), ht); } };
+      peers['lz4js encode'] = n / best(2, enc) / 1e6;
+    }
     const c = runJson<{ encMBps: number; decMBps: number; ratio: number; ok: boolean }>(bin, [file, String(bs), '5']);
     const r: Record<string, number | undefined> = {
       'as encode': asEnc,
@@ -111,6 +181,7 @@ function main(): void {
       'as decode (liblz4 blocks)': asDecCli,
       'as decode (own blocks)': asDecOurs,
       'liblz4 decode (C)': c.decMBps,
+      ...peers,
     };
     if (bs === 4 << 20) {
       r['lz4 -b1 encode (CLI)'] = cli.enc;
@@ -122,7 +193,12 @@ function main(): void {
       'as ratio / liblz4 ratio (size)': ratio / c.ratio,
     };
     if (bs === 4 << 20 && cli.dec) ratios['as decode / lz4 -b1 decode'] = asDecCli / cli.dec;
-    (results.blockSizes as Record<string, unknown>)[label] = { mbps: r, ratios, compressedRatio: { as: ratio, liblz4: c.ratio }, liblz4RoundTrip: c.ok };
+    for (const pn of ['lz4-napi', 'lz4js']) {
+      const d = peers[`${pn} decode (liblz4 blocks)`], e = peers[`${pn} encode`];
+      if (d) ratios[`as decode / ${pn} decode`] = asDecCli / d;
+      if (e) ratios[`as encode / ${pn} encode`] = asEnc / e;
+    }
+    (results.blockSizes as Record<string, unknown>)[label] = { mbps: r, ratios, ...(absent.length ? { absentPeers: absent } : {}), compressedRatio: { as: ratio, liblz4: c.ratio }, liblz4RoundTrip: c.ok };
     console.log(`\nblocks of ${label}: compressed to ${(ratio * 100).toFixed(1)}% (liblz4 ${(c.ratio * 100).toFixed(1)}%)`);
     console.log(table(Object.entries(r).map(([k, v]) => [k, v === undefined ? 'n/a' : v.toFixed(0), ''])));
     console.log(table(Object.entries(ratios).map(([k, v]) => [k, v === undefined ? 'n/a' : v.toFixed(2) + '×', ''])));

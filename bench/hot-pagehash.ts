@@ -4,7 +4,13 @@
  * our C build of the same algorithm, Debian's libxxhash (hash only and with a
  * separate zero scan) and `xxhsum -b` — with libxxhash XXH3 for context.
  * Two working sets: 64 MiB (a guest RAM scan, memory-bound) and 1 MiB
- * (in cache, comparable with `xxhsum -b`'s 100 KB sample).
+ * (in cache, comparable with `xxhsum -b`'s 100 KB sample). JS peers, XXH64
+ * of every 4 KiB page of the same memory, one call per page (their API):
+ *   xxhash-wasm  h64Raw(page)                          (hand-written WASM)
+ *   hash-wasm    createXXHash64(): init/update/digest   (C compiled to WASM)
+ * Both are bench-only devDependencies (package.json cannot carry a comment):
+ * the runtime never loads them. One that fails to load is left out and the
+ * output says why. Their fingerprints are checked against ours.
  *
  *   npx tsc -p tsconfig.json && bash scripts/build-wasm.sh && node dist/bench/hot-pagehash.js
  *
@@ -28,7 +34,27 @@ function xxhsumBench(variant: number, name: string): number | undefined {
   return last;
 }
 
-function main(): void {
+interface XxhashWasm { h64Raw(b: Uint8Array, seed?: bigint): bigint }
+interface HashWasmHasher { init(): HashWasmHasher; update(b: Uint8Array): HashWasmHasher; digest(f: 'hex'): string }
+
+async function jsPeers(): Promise<{ fns: Record<string, (page: Uint8Array) => bigint>; absent: string[] }> {
+  const fns: Record<string, (page: Uint8Array) => bigint> = {};
+  const absent: string[] = [];
+  const why = (name: string, e: unknown) => `${name} left out: it does not load on node ${process.version} (${(e as Error).message.split('\n')[0]})`;
+  try {
+    const x = await (require('xxhash-wasm') as () => Promise<XxhashWasm>)();
+    fns['xxhash-wasm'] = (page) => x.h64Raw(page, 0n);
+  } catch (e) { absent.push(why('xxhash-wasm', e)); }
+  try {
+    const h = await (require('hash-wasm') as { createXXHash64(): Promise<HashWasmHasher> }).createXXHash64();
+    fns['hash-wasm'] = (page) => BigInt('0x' + h.init().update(page).digest('hex'));
+  } catch (e) { absent.push(why('hash-wasm', e)); }
+  return { fns, absent };
+}
+
+async function main(): Promise<void> {
+  const peers = await jsPeers();
+  for (const w of peers.absent) console.log(w);
   const sets = [{ label: '64 MiB', pages: 16384, rounds: 15 }, { label: '1 MiB', pages: 256, rounds: 400 }];
   const maxPages = 16384;
   const mem = new HotMemory({ scratchBytes: 2 << 20, guestRegions: [{ gpa: 0x1_0000_0000n, size: maxPages * PAGE_SIZE }] });
@@ -46,17 +72,27 @@ function main(): void {
     hasher.hashPages(base, s.pages); // warm-up / tier-up
     const as = bytes / best(s.rounds, () => hasher.hashPages(base, s.pages)) / 1e9;
     const c = runJson<CResult>(bin, [String(s.pages), String(s.rounds)]);
+    const js: Record<string, number> = {};
+    const ours = hasher.hashPages(base, s.pages).hashes.slice();
+    for (const [name, fn] of Object.entries(peers.fns)) {
+      const pages = Array.from({ length: s.pages }, (_, i) => mem.u8.subarray(base + i * PAGE_SIZE, base + (i + 1) * PAGE_SIZE));
+      for (let i = 0; i < s.pages; i += 97) if (fn(pages[i]) !== ours[i]) throw new Error(`${name} disagrees with ours on page ${i}`);
+      const run = () => { for (const pg of pages) fn(pg); };
+      run();
+      js[name] = bytes / best(Math.max(3, s.rounds >> 2), run) / 1e9;
+    }
     const { agree, ...native } = c;
     const r: Record<string, number | undefined> = {
-      'as-xxh64+zero': as, ...native, 'xxhsum-b XXH64': xxhsum64, 'xxhsum-b XXH3': xxhsum3,
+      'as-xxh64+zero': as, ...native, 'xxhsum-b XXH64': xxhsum64, 'xxhsum-b XXH3': xxhsum3, ...js,
     };
-    const ratios = {
+    const ratios: Record<string, number | undefined> = {
       'as / c-xxh64+zero': as / c['c-xxh64+zero'],
       'as / lib-xxh64': as / c['lib-xxh64'],
       'as / lib-xxh64+zero': as / c['lib-xxh64+zero'],
       'as / xxhsum-b XXH64': xxhsum64 ? as / xxhsum64 : undefined,
     };
-    (results.sets as Record<string, unknown>)[s.label] = { gbps: r, ratios, cAgreesWithLib: agree };
+    for (const [name, v] of Object.entries(js)) ratios[`as / ${name}`] = as / v;
+    (results.sets as Record<string, unknown>)[s.label] = { gbps: r, ratios, cAgreesWithLib: agree, ...(peers.absent.length ? { absentPeers: peers.absent } : {}) };
     console.log(`\n${s.label} (${s.pages} pages)`);
     console.log(table(Object.entries(r).map(([k, v]) => [k, v === undefined ? 'n/a' : v.toFixed(2), ''])));
     console.log(table(Object.entries(ratios).map(([k, v]) => [k, v === undefined ? 'n/a' : v.toFixed(2) + '×', ''])));
@@ -64,4 +100,4 @@ function main(): void {
   console.log(`\nwrote ${writeResult('hot-pagehash', results)}`);
 }
 
-main();
+main().catch((e: Error) => { process.stderr.write(`${e.stack ?? e.message}\n`); process.exit(1); });
