@@ -10,6 +10,7 @@ void InitFs(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitKvmVcpu(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
+void InitTap(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
@@ -19,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitKvm(env, exports);
   InitKvmVcpu(env, exports);
   InitVfio(env, exports);
+  InitTap(env, exports);
   return exports;
 }
 
