@@ -114,6 +114,22 @@ export class PlainQueue {
     return n;
   }
 
+  /** vq_push_used_chains with lens 0: chains 0..n-1 of the last pop, len = writable bytes. */
+  pushUsedChains(n: number): number {
+    if (this.error) return -this.error;
+    const v = this.v, c = this.chains, size = this.size, mask = size - 1, nu = this.nextUsed;
+    for (let i = 0; i < n; i++) {
+      const id = c[6 * i];
+      if (id >= size) return -20;
+      const e = this.used + 4 + 8 * ((nu + i) & mask);
+      v.setUint32(e, id, true);
+      v.setUint32(e + 4, c[6 * i + 5], true);
+    }
+    this.nextUsed = (nu + n) & 0xffff;
+    v.setUint16(this.used + 2, this.nextUsed, true);
+    return n;
+  }
+
   needsNotification(): boolean {
     const nu = this.nextUsed, old = this.signalled;
     if (nu === old) return false;

@@ -49,6 +49,11 @@
  * vq_avail_pending(q) → chains available | -VQ_ERR_*
  * vq_push_used(q, id, len) → 1 | -VQ_ERR_*
  * vq_push_used_batch(q, elems, n) → n | -VQ_ERR_*
+ * vq_push_used_chains(q, chains, n, lens) → n | -VQ_ERR_*
+ *     pushes the first n chain records of a pop (chains as vq_pop_batch
+ *     wrote them) with len = lens[i] (u32 array), or with each chain's
+ *     writable_bytes when lens is 0: the whole "complete this kick" step in
+ *     one call, no per-chain copy into used elements on the host side.
  * vq_needs_notification(q) → 1 | 0
  * vq_enable_notification(q) → 1 if more chains are already available, else 0
  * vq_disable_notification(q) → 0
@@ -149,8 +154,10 @@ export function mem_map_check(mm: usize): i32 {
     const r = mm + 8 + i * 24;
     const start = load<u64>(r);
     const size = load<u64>(r, 8);
+    // gpa < start wraps rel past 2^64 - start > size (mem_map_check:
+    // start + size does not overflow), so rel <= size alone covers it.
     const rel = gpa - start;
-    if (gpa >= start && rel <= size && len <= size - rel) {
+    if (rel <= size && len <= size - rel) {
       return <i64>(<u64>load<u32>(r, 16) + rel);
     }
   }
@@ -159,8 +166,8 @@ export function mem_map_check(mm: usize): i32 {
 
 /** translate() with region 0 already in locals; other regions only if any. */
 @inline function translateFast(mm: usize, start: u64, size: u64, off: u64, multi: bool, gpa: u64, len: u64): i64 {
-  const rel = gpa - start;
-  if (gpa >= start && rel <= size && len <= size - rel) return <i64>(off + rel);
+  const rel = gpa - start; // as in translate(): wraps past size when gpa < start
+  if (rel <= size && len <= size - rel) return <i64>(off + rel);
   return multi ? translate(mm, gpa, len) : -1;
 }
 
@@ -269,8 +276,9 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
       if (++visited > tsize) return fail(q, VQ_ERR_LOOP, head);
       const d = table + (<usize>idx << 4);
       const addr = load<u64>(d);
-      const len = load<u32>(d, 8);
-      const flags = <u32>load<u16>(d, 12);
+      const lfn = load<u64>(d, 8); // len | flags << 32 | next << 48, one load
+      const len = <u32>lfn;
+      const flags = <u32>(lfn >> 32) & 0xffff;
       if (flags & VIRTQ_DESC_F_INDIRECT) {
         // §2.7.5.3.1: only if negotiated, never inside an indirect table,
         // never together with NEXT. §2.7.5.3.2: the device ignores WRITE here.
@@ -311,7 +319,7 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
       store<u32>(v, len, 4);
       pos++;
       if ((flags & VIRTQ_DESC_F_NEXT) == 0) break;
-      idx = <u32>load<u16>(d, 14);
+      idx = <u32>(lfn >> 48);
     }
     if (full) break;
     // §2.7.5.2: no chain longer than 2^32 bytes in total.
@@ -362,14 +370,45 @@ export function vq_push_used_batch(q: usize, elems: usize, count: u32): i32 {
   const size = load<u32>(q, Q_SIZE);
   const mask = size - 1;
   const used = <usize>load<u32>(q, Q_USED);
-  // Check every id first so a bad batch publishes nothing.
-  for (let i: u32 = 0; i < count; i++) {
-    if (load<u32>(elems + (<usize>i << 3)) >= size) return -VQ_ERR_USED_ID;
-  }
+  // A bad id ends the call before used idx moves: the slots written so far
+  // lie past used idx, invisible to the driver, so a bad batch publishes
+  // nothing (and the next push overwrites them).
   const nu = load<u32>(q, Q_NEXT_USED);
   for (let i: u32 = 0; i < count; i++) {
     const e = elems + (<usize>i << 3);
-    putUsed(used, mask, nu + i, load<u32>(e), load<u32>(e, 4));
+    const id = load<u32>(e);
+    if (id >= size) return -VQ_ERR_USED_ID;
+    putUsed(used, mask, nu + i, id, load<u32>(e, 4));
+  }
+  const next = (nu + count) & 0xffff;
+  atomic.store<u16>(used + 2, <u16>next); // §2.7.8.2, as in vq_push_used
+  store<u32>(q, next, Q_NEXT_USED);
+  return <i32>count;
+}
+
+export function vq_push_used_chains(q: usize, chains: usize, count: u32, lens: usize): i32 {
+  const err = load<u32>(q, Q_ERROR);
+  if (err != 0) return -<i32>err;
+  if (load<u32>(q, Q_READY) == 0) return -VQ_ERR_NOT_READY;
+  const size = load<u32>(q, Q_SIZE);
+  const mask = size - 1;
+  const used = <usize>load<u32>(q, Q_USED);
+  const nu = load<u32>(q, Q_NEXT_USED);
+  // Ids come from the chain records in host scratch; checked all the same,
+  // with the publish-nothing rule of vq_push_used_batch.
+  if (lens == 0) {
+    for (let i: u32 = 0; i < count; i++) {
+      const c = chains + <usize>i * 24;
+      const id = load<u32>(c);
+      if (id >= size) return -VQ_ERR_USED_ID;
+      putUsed(used, mask, nu + i, id, load<u32>(c, 20));
+    }
+  } else {
+    for (let i: u32 = 0; i < count; i++) {
+      const id = load<u32>(chains + <usize>i * 24);
+      if (id >= size) return -VQ_ERR_USED_ID;
+      putUsed(used, mask, nu + i, id, load<u32>(lens + (<usize>i << 2)));
+    }
   }
   const next = (nu + count) & 0xffff;
   atomic.store<u16>(used + 2, <u16>next); // §2.7.8.2, as in vq_push_used

@@ -82,6 +82,7 @@ export interface VirtioExports {
   vq_pop_batch(q: number, chains: number, maxChains: number, iov: number, maxIov: number): number;
   vq_push_used(q: number, id: number, len: number): number;
   vq_push_used_batch(q: number, elems: number, count: number): number;
+  vq_push_used_chains(q: number, chains: number, n: number, lens: number): number;
   vq_needs_notification(q: number): number;
   vq_enable_notification(q: number): number;
   vq_disable_notification(q: number): number;
@@ -314,6 +315,21 @@ export class Virtqueue {
     if (n === 0) return 0;
     this.staged = 0;
     return this.check(this.w.vq_push_used_batch(this.q, this.usedOff, n));
+  }
+
+  /**
+   * Publishes chains 0..n-1 of the last pop as used with one idx update, in
+   * one call: len = lens[i], or each chain's writable bytes when lens is
+   * omitted (a device that filled every writable buffer). Staged elements
+   * are flushed first, so the used ring keeps the order of the calls.
+   */
+  pushUsedChains(n: number, lens?: ArrayLike<number>): number {
+    if (this.staged !== 0) this.flushUsed();
+    if (n > this.maxChains) throw new VirtqueueError('config', `pushUsedChains: ${n} chains > maxChains ${this.maxChains}`);
+    if (lens === undefined) return this.check(this.w.vq_push_used_chains(this.q, this.chainsOff, n, 0));
+    const u = this.usedWords;
+    for (let i = 0; i < n; i++) u[i] = lens[i];
+    return this.check(this.w.vq_push_used_chains(this.q, this.chainsOff, n, this.usedOff));
   }
 
   /** Whether the caller must send a used buffer notification now (§2.7.7.2). */

@@ -224,6 +224,32 @@ describe('hot/virtqueue: pop and push', () => {
     expect(r.drv.numFree).to.equal(4);
   });
 
+  it('pushes the chains of a pop in one call: writable bytes or given lens, after staged elements', () => {
+    const r = rig({ size: 8 });
+    const heads = [0, 1, 2].map((i) => r.drv.add([{ gpa: r.data + BigInt(i * 64), len: 4 }], [{ gpa: r.data + 4096n + BigInt(i * 64), len: 10 + i }])!);
+    expect(r.q.popBatch()).to.equal(3);
+    r.q.stageUsed(heads[2], 99); // staged first, published first
+    expect(r.q.pushUsedChains(2)).to.equal(2);
+    expect(r.drv.usedIdx).to.equal(3);
+    expect([r.drv.getBuf(), r.drv.getBuf(), r.drv.getBuf()]).to.deep.equal([
+      { id: heads[2], len: 99 }, { id: heads[0], len: 10 }, { id: heads[1], len: 11 },
+    ]);
+    const more = [3, 4].map((i) => r.drv.add([], [{ gpa: r.data + 4096n + BigInt(i * 64), len: 20 }])!);
+    expect(r.q.popBatch()).to.equal(2);
+    expect(r.q.pushUsedChains(2, [6, 7])).to.equal(2);
+    expect([r.drv.getBuf(), r.drv.getBuf(), r.drv.getBuf()]).to.deep.equal([
+      { id: more[0], len: 6 }, { id: more[1], len: 7 }, undefined,
+    ]);
+    // A corrupted chain record (host scratch) is refused and publishes nothing.
+    const idx = r.drv.usedIdx;
+    r.drv.add([], [{ gpa: r.data + 4096n, len: 1 }]);
+    expect(r.q.popBatch()).to.equal(1);
+    r.q.chainWords[0] = 8;
+    expectVqError(() => r.q.pushUsedChains(1), 'used-id');
+    expect(r.drv.usedIdx).to.equal(idx);
+    expect(r.q.error).to.equal(undefined);
+  });
+
   it('refuses a used id outside the queue (host bug) without poisoning the queue', () => {
     const r = rig({ size: 4 });
     const e = expectVqError(() => r.q.pushUsed(4, 0), 'used-id');
