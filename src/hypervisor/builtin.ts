@@ -5,13 +5,20 @@
  * socket (src/virtio/vsock/hybrid), the console is COM1 written to the
  * console log. All on virtio-mmio, announced on the kernel command line.
  *
+ * Network: with a tap name ([hypervisor.builtin] net_tap) or a backend
+ * (tests), a virtio-net device (src/virtio/net) comes after the disks and
+ * vsock; the guest's addresses are the agent's business, as with QEMU.
+ *
  * Limits today: no disk hotplug (virtio-mmio has none; Firecracker has the
- * same limit), no virtio-net, pause/resume are vCPU-level only.
+ * same limit), pause/resume are vCPU-level only.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BlkDevice } from '../virtio/blk/device';
 import { HybridVsock } from '../virtio/vsock/hybrid';
+import { NetDevice } from '../virtio/net/device';
+import type { NetBackend } from '../virtio/net/backend';
+import { TapBackend } from '../virtio/net/tap';
 import type { VirtioDevice } from '../virtio/device';
 import { Machine } from '../vmm/machine';
 import { VmmError } from '../vmm/errors';
@@ -20,13 +27,29 @@ import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type
 /** Guest CID of every builtin VM (each VM has its own vsock device, so no clash). */
 export const BUILTIN_GUEST_CID = 3;
 
+export interface BuiltinOptions {
+  /** Tap interface (name or pattern, e.g. "kts%d") for a virtio-net device; none when unset. */
+  netTap?: string;
+  /** A ready backend instead of a tap (tests). */
+  netBackend?: NetBackend;
+  /** Guest MAC; default a fixed locally administered one. */
+  netMac?: string;
+}
+
 export class BuiltinHypervisor implements Hypervisor {
   readonly name = 'builtin' as const;
+  /** The virtio-net device while the VM runs (when configured). */
+  net: NetDevice | undefined;
   private machine: Machine | undefined;
   private vsock: HybridVsock | undefined;
   private console: fs.WriteStream | undefined;
   private consoleBuf = '';
   private exitReason: Promise<string> = new Promise(() => {});
+
+  constructor(private readonly opts: BuiltinOptions = {}) {}
+
+  /** The machine while it runs (tests, metrics). */
+  get vmm(): Machine | undefined { return this.machine; }
 
   async start(cfg: VmConfig): Promise<VmInfo> {
     if (this.machine) throw new VmmError('config', 'VM already started');
@@ -41,6 +64,10 @@ export class BuiltinHypervisor implements Hypervisor {
     await this.vsock.listen();
     devices.push(this.vsock.device);
     try {
+      if (this.opts.netBackend || this.opts.netTap) {
+        this.net = new NetDevice({ backend: this.opts.netBackend ?? new TapBackend(this.opts.netTap), mac: this.opts.netMac });
+        devices.push(this.net);
+      }
       this.machine = new Machine({
         memoryBytes: cfg.memoryMiB << 20, vcpus: cfg.vcpus, kernel: cfg.kernel, devices,
         cmdline: [baseKernelParams(cfg.debug), cfg.kernelParams].filter(Boolean).join(' '),

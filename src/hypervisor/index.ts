@@ -45,7 +45,7 @@ export async function selectHypervisor(cfg: Config, requested?: 'auto' | 'qemu' 
     const allow = cfg['hypervisor.builtin'].allow_emulated_kvm || process.env[ALLOW_EMULATED_ENV] === '1';
     const why = builtinRefusal(probe, allow);
     if (why) throw new HypervisorSelectError('unavailable', why);
-    return { hv: new BuiltinHypervisor(), choice, probe };
+    return { hv: new BuiltinHypervisor({ netTap: cfg['hypervisor.builtin'].net_tap || undefined }), choice, probe };
   }
   const q = cfg['hypervisor.qemu'];
   const hv = new QemuHypervisor({

@@ -52,6 +52,7 @@ export const SCHEMA = {
     default_vcpus: { kind: 'int', default: 1, describe: 'vCPUs per sandbox', check: range(1, 64) } as KeySpec<number>,
     default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
     allow_emulated_kvm: { kind: 'bool', default: false, describe: 'run even where KVM only emulates guests (PVM hosts): very slow' } as KeySpec<boolean>,
+    net_tap: { kind: 'string', default: '', describe: 'tap interface (name or pattern like kts%d) for a virtio-net device; empty: no network device' } as KeySpec<string>,
   },
   'agent.kata': {
     dial_timeout: { kind: 'int', default: 90, describe: 'seconds to wait for the guest agent after boot', check: range(1, 3600) } as KeySpec<number>,

@@ -18,6 +18,8 @@ import { builtinRefusal, HypervisorSelectError, selectHypervisor, ALLOW_EMULATED
 import { BuiltinHypervisor } from '../../src/hypervisor/builtin';
 import { defaultConfig } from '../../src/runtime/config';
 import { Machine } from '../../src/vmm/machine';
+import { MemoryBackend } from '../../src/virtio/net/backend';
+import { buildGuest } from '../unit/vmm/guest-build';
 
 const KERNEL_DIR = '/var/cache/kata-ts/kernel';
 
@@ -86,6 +88,36 @@ describe('integration: builtin hypervisor', function () {
     } finally {
       m.close();
     }
+  });
+
+  it('BuiltinHypervisor with the test guest as kernel: rootfs blk + hybrid vsock + virtio-net devices on the cmdline, a frame out and back, guest end seen', async function () {
+    const g = buildGuest();
+    if (!probe.devKvm || !g.elf) { console.log(`    skipped: ${!probe.devKvm ? probe.reason : g.reason}`); this.skip(); }
+    const image = path.join(runDir, 'root.raw');
+    fs.writeFileSync(image, Buffer.alloc(1 << 20));
+    const be = new MemoryBackend();
+    be.onSend = (f) => {
+      const reply = Buffer.alloc(60);
+      f.copy(reply, 0, 6, 12);
+      reply.writeUInt16BE(0x88b5, 12);
+      reply.write('reply via builtin', 14, 'latin1');
+      setImmediate(() => be.inject(reply));
+    };
+    const hv = new BuiltinHypervisor({ netBackend: be, netMac: '02:00:00:00:00:42' });
+    await hv.start({ id: 'tg', dir: path.join(runDir, 'tg'), kernel: g.elf!, image, vcpus: 1, memoryMiB: 64, kernelParams: 'test=net', disks: [], debug: false });
+    try {
+      const reason = await Promise.race([hv.exited(), new Promise<string>((r) => setTimeout(() => r('timeout'), 20000))]);
+      expect(reason).to.match(/i8042/);
+      const out = hv.consoleTail(100);
+      // three devices announced in order: blk (rootfs), vsock, net
+      expect(out).to.match(/virtio_mmio\.device=4K@0xd0000000:5 virtio_mmio\.device=4K@0xd0001000:6 virtio_mmio\.device=4K@0xd0002000:7/);
+      expect(out).to.contain('net mac=02:00:00:00:00:42');
+      expect(out).to.contain('net got len=60 type=0x88b5 payload=reply via builtin');
+      expect(be.sent).to.have.length(1);
+    } finally {
+      await hv.stop();
+    }
+    expect(be.closed).to.equal(true);
   });
 
   it('full Linux boots (bzImage, agent over vsock, containers) need hardware KVM', function () {
