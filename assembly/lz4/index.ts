@@ -56,6 +56,11 @@ const HASH_ENTRIES: u32 = 1 << HASH_LOG;
 const WILD: usize = 32;
 
 export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, partial: u32): i32 {
+  // Two copies of the loop, the partial-mode tests folded away in each.
+  return partial != 0 ? decode(src, srcLen, dst, dstCap, true) : decode(src, srcLen, dst, dstCap, false);
+}
+
+@inline function decode(src: usize, srcLen: u32, dst: usize, dstCap: u32, partial: bool): i32 {
   const iend = src + <usize>srcLen;
   const oend = dst + <usize>dstCap;
   if (iend < src || oend < dst) return ERR_ARGS;
@@ -93,7 +98,7 @@ export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, par
       }
       if (<usize>ll > iend - ip) return ERR_INPUT_TRUNCATED;
       if (<usize>ll > oend - op) {
-        if (partial == 0) return ERR_OUTPUT_OVERFLOW;
+        if (!partial) return ERR_OUTPUT_OVERFLOW;
         memory.copy(op, ip, oend - op);
         return <i32>dstCap;
       }
@@ -114,7 +119,7 @@ export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, par
       ip += ll;
       if (ip == iend) return <i32>(op - dst);
     }
-    if (partial != 0 && op == oend) return <i32>dstCap;
+    if (partial && op == oend) return <i32>dstCap;
 
     // Match.
     if (iend - ip < 2) return ERR_INPUT_TRUNCATED;
@@ -122,6 +127,25 @@ export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, par
     ip += 2;
     if (offset == 0 || offset > op - dst) return ERR_BAD_OFFSET;
     let ml = token & 15;
+    let match = op - offset;
+    // Short match (4..18 bytes) with 32 bytes of room: fixed-size copies, no
+    // loop. offset ≥ 16 (or ≥ 8 for 8-byte steps) makes each load read bytes
+    // already final, overlap included.
+    if (ml < 15 && op <= oFast) {
+      if (offset >= 16) {
+        v128.store(op, v128.load(match));
+        v128.store(op, v128.load(match, 16), 16);
+        op += <usize>ml + MINMATCH;
+        continue;
+      }
+      if (offset >= 8) {
+        store<u64>(op, load<u64>(match));
+        store<u64>(op, load<u64>(match, 8), 8);
+        store<u64>(op, load<u64>(match, 16), 16);
+        op += <usize>ml + MINMATCH;
+        continue;
+      }
+    }
     if (ml == 15) {
       let b: u32 = 255;
       do {
@@ -131,16 +155,15 @@ export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, par
         ml += b;
         if (ml > matchLimit) {
           // Longer than the whole output: fills it in partial mode.
-          if (partial == 0) return ERR_OUTPUT_OVERFLOW;
+          if (!partial) return ERR_OUTPUT_OVERFLOW;
           break;
         }
       } while (b == 255);
     }
     ml += MINMATCH;
-    let match = op - offset;
     let cpy = op + <usize>ml;
     if (cpy > oend) {
-      if (partial == 0) return ERR_OUTPUT_OVERFLOW;
+      if (!partial) return ERR_OUTPUT_OVERFLOW;
       // Byte-exact tail into the last bytes of the buffer.
       while (op < oend) {
         store<u8>(op, load<u8>(match));
@@ -195,7 +218,7 @@ export function decompress(src: usize, srcLen: u32, dst: usize, dstCap: u32, par
         match++;
       }
     }
-    if (partial != 0 && op == oend) return <i32>dstCap;
+    if (partial && op == oend) return <i32>dstCap;
   }
   return ERR_ARGS; // unreachable
 }
