@@ -14,7 +14,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { buildGuest } from './guest-build';
-import { kvmUsable, runGuest } from './helpers';
+import { fdCount, kvmUsable, runGuest, threadCount } from './helpers';
 import { BlkDevice } from '../../../src/virtio/blk/device';
 import { HybridVsock } from '../../../src/virtio/vsock/hybrid';
 import { NetDevice } from '../../../src/virtio/net/device';
@@ -58,7 +58,7 @@ describe('vmm test guest as a virtio driver (real devices)', function () {
     expect(dev.metrics).to.include({ reads: 2, writes: 1, flushes: 1 });
     expect(r.end.kind).to.equal('reset');
     console.log(`      blk guest run ${r.ms.toFixed(0)} ms`);
-    expect(r.ms).to.be.lessThan(1000);
+    expect(r.ms).to.be.lessThan(2000); // ~50-400 ms here; slack for a loaded shared host
   });
 
   it('virtio-vsock: the guest connects to a host unix listener at <socket>_<port> and exchanges data', async () => {
@@ -83,7 +83,7 @@ describe('vmm test guest as a virtio driver (real devices)', function () {
       expect(got).to.equal('hello from guest vsockecho:hi from the host');
       expect(r.out).to.match(/vsock closed op=3/);
       console.log(`      vsock (guest → host) run ${r.ms.toFixed(0)} ms`);
-      expect(r.ms).to.be.lessThan(1000);
+      expect(r.ms).to.be.lessThan(2000); // ~50-400 ms here; slack for a loaded shared host
     } finally {
       await hv.close();
       await new Promise<void>((res) => server.close(() => res()));
@@ -119,7 +119,7 @@ describe('vmm test guest as a virtio driver (real devices)', function () {
       expect(r.out).to.match(/vsock accepted from host port \d+/);
       expect(r.out).to.contain('vsock got: ping from host');
       console.log(`      vsock (host → guest) run ${r.ms.toFixed(0)} ms`);
-      expect(r.ms).to.be.lessThan(1000);
+      expect(r.ms).to.be.lessThan(2000); // ~50-400 ms here; slack for a loaded shared host
     } finally {
       await hv.close();
     }
@@ -148,7 +148,50 @@ describe('vmm test guest as a virtio driver (real devices)', function () {
     expect(r.out).to.contain('net got len=60 type=0x88b5 payload=reply from host net');
     expect(dev.metrics).to.include({ txFrames: 1, rxFrames: 1 });
     console.log(`      net run ${r.ms.toFixed(0)} ms`);
-    expect(r.ms).to.be.lessThan(1000);
+    expect(r.ms).to.be.lessThan(2000); // ~50-400 ms here; slack for a loaded shared host
+  });
+
+  it('hostile guest against each real device (garbage registers and rings): host alive, VM ends, the devices still work after', async () => {
+    const file = path.join(dir, 'hostile.raw');
+    fs.writeFileSync(file, Buffer.alloc(64 * 512));
+    const hv = new HybridVsock(path.join(dir, 'h.sock'), { guestCid: 3 });
+    await hv.listen();
+    try {
+      for (const dev of [new BlkDevice({ path: file }), hv.device, new NetDevice({ backend: new MemoryBackend() })]) {
+        const r = await runGuest('hostile', { devices: [dev] });
+        expect(r.out, `device ${dev.deviceType}`).to.match(/hostile done status=0x[0-9a-f]+/);
+        expect(r.end.kind).to.equal('reset');
+      }
+      // The same vsock device (reset by the hostile guest's driver) serves a good guest afterwards.
+      const server = net.createServer((s) => { s.on('data', () => s.write('after')); s.on('error', () => undefined); });
+      await new Promise<void>((res) => server.listen(`${path.join(dir, 'h.sock')}_77`, res));
+      try {
+        const r = await runGuest('vsock', { devices: [hv.device], extra: 'port=77' });
+        expect(r.out).to.contain('vsock got: after');
+      } finally { await new Promise<void>((res) => server.close(() => res())); }
+    } finally {
+      await hv.close();
+    }
+  });
+
+  it('leaks no fds or threads over repeated runs with blk, vsock and net devices', async () => {
+    const file = path.join(dir, 'leak.raw');
+    fs.writeFileSync(file, Buffer.alloc(64 * 512));
+    const once = async () => {
+      const hv = new HybridVsock(path.join(dir, 'l.sock'), { guestCid: 3 });
+      await hv.listen();
+      const be = new MemoryBackend();
+      be.onSend = (f) => setImmediate(() => be.inject(f));
+      await runGuest('net', { devices: [new BlkDevice({ path: file }), hv.device, new NetDevice({ backend: be })] });
+      await runGuest('blk', { devices: [new BlkDevice({ path: file })] });
+      await hv.close();
+    };
+    await once();
+    const fds = fdCount(), threads = threadCount();
+    for (let i = 0; i < 3; i++) await once();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(fdCount()).to.equal(fds);
+    expect(threadCount()).to.equal(threads);
   });
 
   it('power port 0x501: the guest powers off without ACPI, the exit code reaches the host', async () => {
