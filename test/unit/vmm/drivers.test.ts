@@ -101,11 +101,11 @@ describe('vmm test guest as a virtio driver (real devices)', function () {
       for (let attempt = 0; attempt < 50 && !reply.includes('echo:'); attempt++) {
         reply = await new Promise<string>((res) => {
           const c = net.connect(sock);
-          let buf = '';
+          let buf = '', sent = false;
           c.on('data', (d) => {
             buf += d.toString('latin1');
-            if (/^OK \d+\n/.test(buf) && !buf.includes('sent')) { c.write('ping from host'); buf += ''; }
-            if (buf.includes('echo:')) { c.end(); }
+            if (!sent && /^OK \d+\n/.test(buf)) { sent = true; c.write('ping from host'); }
+            if (buf.includes('echo:ping from host')) c.end();
           });
           c.on('close', () => res(buf));
           c.on('error', () => res(buf));
