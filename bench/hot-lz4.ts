@@ -129,7 +129,16 @@ function main(): void {
       }
     };
     decodeCli();
-    const asDecCli = n / best(10, decodeCli) / 1e6;
+    // AS decode and liblz4 in interleaved rounds (best of each): on a shared
+    // machine both then see the same spells of contention.
+    type CRes = { encMBps: number; decMBps: number; ratio: number; ok: boolean };
+    let asDecCli = 0;
+    let c: CRes = { encMBps: 0, decMBps: 0, ratio: 0, ok: true };
+    for (let k = 0; k < 5; k++) {
+      asDecCli = Math.max(asDecCli, n / best(3, decodeCli) / 1e6);
+      const ck = runJson<CRes>(bin, [file, String(bs), '3']);
+      c = { encMBps: Math.max(c.encMBps, ck.encMBps), decMBps: Math.max(c.decMBps, ck.decMBps), ratio: ck.ratio, ok: c.ok && ck.ok };
+    }
     if (!Buffer.from(mem.u8.subarray(outOff, outOff + n)).equals(data)) throw new Error('AS decode of CLI blocks mismatch');
     // JS peers on the same blocks.
     const src = Buffer.from(data.buffer, data.byteOffset, n);
@@ -174,7 +183,6 @@ function main(): void {
       const enc = () => { for (let i = 0; i < n; i += bs) { ht.fill(0); z.compressBlock(src.subarray(i, Math.min(n, i + bs)), dst, 0, Math.min(bs, n - i), ht); } };
       peers['lz4js encode'] = n / best(2, enc) / 1e6;
     }
-    const c = runJson<{ encMBps: number; decMBps: number; ratio: number; ok: boolean }>(bin, [file, String(bs), '5']);
     const r: Record<string, number | undefined> = {
       'as encode': asEnc,
       'liblz4 encode (C)': c.encMBps,
