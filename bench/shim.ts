@@ -81,7 +81,7 @@ async function main(): Promise<void> {
       for (let i = 0; i < runs; i++) {
         const t0 = process.hrtime.bigint();
         const r = await cd.ctr(['run', '--rm', ...p.args, IMAGE, `${p.name}-rm-${i}`, 'true']);
-        if (r.code !== 0) throw new Error(`${p.name} run: ${r.stderr}`);
+        if (r.code !== 0) throw new Error(`${p.name} run: ${r.stderr}\ncontainerd log tail:\n${cd.log.split('\n').slice(-30).join('\n')}`);
         times.push(Number(process.hrtime.bigint() - t0) / 1e6);
       }
       const perPod = async (n: number) => {

@@ -13,6 +13,7 @@ import type { GuestProcess } from './process';
 import type { Mounter } from './storage';
 import { DebugConsoles, type DebugConsoleOptions } from './debug-console';
 import { readGuestStats } from './guest-stats';
+import { ContainerCgroup, DEFAULT_CGROUP_ROOT, parseKeyed, type LinuxResources } from './cgroup';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -25,6 +26,8 @@ export interface AgentOptions {
   manageHost?: boolean;
   /** Debug console (processes outside containers); disabled when absent. */
   debugConsole?: DebugConsoleOptions;
+  /** Parent of the containers' cgroup v2 directories (crun's cgroupsPath, bundle.ts). */
+  cgroupRoot?: string;
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -34,6 +37,12 @@ export class AgentSandbox {
   sandboxId = '';
   private readonly started = Date.now();
   readonly consoles: DebugConsoles;
+  /** Containers OOM-killed and not yet told (GetOOMEvent), and who waits. */
+  private readonly oomQueue: string[] = [];
+  private readonly oomWaiters: ((id: string) => void)[] = [];
+  private readonly oomWatches = new Map<string, () => void>();
+  /** Containers frozen by PauseContainer. */
+  readonly paused = new Set<string>();
 
   constructor(private readonly opts: AgentOptions) {
     this.consoles = new DebugConsoles(opts.debugConsole ?? { enabled: false, ptyHelper: '', dir: '' });
@@ -55,6 +64,8 @@ export class AgentSandbox {
 
   async destroySandbox(): Promise<void> {
     this.consoles.killAll();
+    for (const stop of this.oomWatches.values()) stop();
+    this.oomWatches.clear();
     for (const c of [...this.containers.values()]) await c.remove(0).catch(() => undefined);
     this.containers.clear();
   }
@@ -81,17 +92,90 @@ export class AgentSandbox {
 
   async startContainer(id: string): Promise<number> {
     const p = await this.container(id).start();
+    this.oomWatches.get(id)?.();
+    this.oomWatches.set(id, this.cgroup(id).watchOom(() => this.pushOom(id)));
     return p.pid;
   }
 
   async removeContainer(id: string, timeout: number): Promise<void> {
     const c = this.container(id);
+    // A frozen container cannot stop on SIGTERM: thaw it first.
+    if (this.paused.has(id)) await this.cgroup(id).freeze(false).catch(() => undefined);
+    this.paused.delete(id);
     await c.remove(timeout);
     this.containers.delete(id);
+    this.oomWatches.get(id)?.();
+    this.oomWatches.delete(id);
+  }
+
+  cgroup(id: string): ContainerCgroup {
+    return new ContainerCgroup(this.opts.cgroupRoot ?? DEFAULT_CGROUP_ROOT, id);
+  }
+
+  private running(id: string, what: string): Container {
+    const c = this.container(id);
+    if (c.state !== 'running') throw new AgentError('failed-precondition', `cannot ${what} container ${id}: it is ${c.state}`);
+    return c;
+  }
+
+  async pauseContainer(id: string): Promise<void> {
+    this.running(id, 'pause');
+    if (this.paused.has(id)) throw new AgentError('failed-precondition', `container ${id} is already paused`);
+    await this.cgroup(id).freeze(true);
+    this.paused.add(id);
+  }
+
+  async resumeContainer(id: string): Promise<void> {
+    this.running(id, 'resume');
+    if (!this.paused.has(id)) throw new AgentError('failed-precondition', `container ${id} is not paused`);
+    await this.cgroup(id).freeze(false);
+    this.paused.delete(id);
+  }
+
+  async updateContainer(req: api.UpdateContainerRequest): Promise<void> {
+    this.running(req.container_id, 'update');
+    let r: LinuxResources;
+    try {
+      r = JSON.parse(req.resources_json || '{}') as LinuxResources;
+    } catch (err) {
+      throw new AgentError('invalid', `resources are not valid JSON: ${(err as Error).message}`);
+    }
+    if (typeof r !== 'object' || r === null || Array.isArray(r)) throw new AgentError('invalid', 'resources must be a JSON object (OCI LinuxResources)');
+    await this.cgroup(req.container_id).update(r);
+  }
+
+  private pushOom(id: string): void {
+    const w = this.oomWaiters.shift();
+    if (w) w(id);
+    else this.oomQueue.push(id);
+  }
+
+  /** The next OOM-killed container id, waiting as long as it takes; cancel() drops the wait. */
+  waitOom(): { promise: Promise<string>; cancel: () => void } {
+    const id = this.oomQueue.shift();
+    if (id !== undefined) return { promise: Promise.resolve(id), cancel: () => undefined };
+    let waiter!: (id: string) => void;
+    const promise = new Promise<string>((resolve) => (waiter = resolve));
+    this.oomWaiters.push(waiter);
+    return {
+      promise,
+      cancel: () => {
+        const i = this.oomWaiters.indexOf(waiter);
+        if (i >= 0) this.oomWaiters.splice(i, 1);
+      },
+    };
+  }
+
+  /** An event taken by a caller that went away goes back to the front. */
+  requeueOom(id: string): void {
+    const w = this.oomWaiters.shift();
+    if (w) w(id);
+    else this.oomQueue.unshift(id);
   }
 
   async execProcess(req: api.ExecProcessRequest): Promise<number> {
     if (!req.exec_id) throw new AgentError('invalid', 'exec_id is required');
+    if (this.paused.has(req.container_id)) throw new AgentError('failed-precondition', `container ${req.container_id} is paused`);
     const p = await this.container(req.container_id).exec(req.exec_id, req.process_json);
     return p.pid;
   }
@@ -115,12 +199,11 @@ export class AgentSandbox {
 
   async stats(id: string): Promise<api.StatsContainerResponse> {
     this.container(id);
-    const dir = path.join('/sys/fs/cgroup/kata-ts', id);
-    const read = async (f: string) => fs.readFile(path.join(dir, f), 'utf8').catch(() => '');
-    const kv = (txt: string) => Object.fromEntries(txt.split('\n').filter(Boolean).map((l) => l.split(/\s+/)).map(([k, v]) => [k, Number(v)]));
-    const cpu = kv(await read('cpu.stat'));
-    const mem = Number((await read('memory.current')).trim() || 0);
-    const maxTxt = (await read('memory.max')).trim();
+    const cg = this.cgroup(id);
+    const read = async (f: string) => (await cg.read(f)).trim();
+    const num = (txt: string) => (txt && txt !== 'max' ? Number(txt) : 0);
+    const cpu = parseKeyed(await read('cpu.stat'));
+    const events = parseKeyed(await read('memory.events'));
     let ioR = 0, ioW = 0;
     for (const line of (await read('io.stat')).split('\n')) {
       ioR += Number(/rbytes=(\d+)/.exec(line)?.[1] ?? 0);
@@ -128,8 +211,10 @@ export class AgentSandbox {
     }
     return {
       cpu_usage_usec: cpu.usage_usec ?? 0, cpu_user_usec: cpu.user_usec ?? 0, cpu_system_usec: cpu.system_usec ?? 0,
-      memory_usage_bytes: mem, memory_limit_bytes: maxTxt && maxTxt !== 'max' ? Number(maxTxt) : 0,
-      pids_current: Number((await read('pids.current')).trim() || 0), io_read_bytes: ioR, io_write_bytes: ioW,
+      cpu_nr_periods: cpu.nr_periods ?? 0, cpu_nr_throttled: cpu.nr_throttled ?? 0, cpu_throttled_usec: cpu.throttled_usec ?? 0,
+      memory_usage_bytes: num(await read('memory.current')), memory_limit_bytes: num(await read('memory.max')),
+      memory_max_usage_bytes: num(await read('memory.peak')), memory_oom: events.oom ?? 0, memory_oom_kill: events.oom_kill ?? 0,
+      pids_current: num(await read('pids.current')), pids_limit: num(await read('pids.max')), io_read_bytes: ioR, io_write_bytes: ioW,
     };
   }
 

@@ -66,6 +66,22 @@ export function agentHandlers(sb: AgentSandbox): grpc.UntypedServiceImplementati
     StartContainer: unary<api.StartContainerRequest, api.StartContainerResponse>(async (r) => ({ pid: await sb.startContainer(r.container_id) })),
     RemoveContainer: unary<api.RemoveContainerRequest, api.Empty>(async (r) => (await sb.removeContainer(r.container_id, r.timeout), {})),
     StatsContainer: unary<{ container_id: string }, api.StatsContainerResponse>((r) => sb.stats(r.container_id)),
+    PauseContainer: unary<{ container_id: string }, api.Empty>(async (r) => (await sb.pauseContainer(r.container_id), {})),
+    ResumeContainer: unary<{ container_id: string }, api.Empty>(async (r) => (await sb.resumeContainer(r.container_id), {})),
+    UpdateContainer: unary<api.UpdateContainerRequest, api.Empty>(async (r) => (await sb.updateContainer(r), {})),
+    GetOOMEvent: (call: grpc.ServerUnaryCall<api.Empty, api.OOMEvent>, cb: grpc.sendUnaryData<api.OOMEvent>) => {
+      // A long poll: a caller that goes away must not take the next event with it.
+      let gone = false;
+      const { promise, cancel } = sb.waitOom();
+      call.on('cancelled', () => {
+        gone = true;
+        cancel();
+      });
+      promise.then((id) => {
+        if (gone) sb.requeueOom(id);
+        else cb(null, { container_id: id });
+      });
+    },
     ExecProcess: unary<api.ExecProcessRequest, api.ExecProcessResponse>(async (r) => ({ pid: await sb.execProcess(r) })),
     SignalProcess: unary<api.SignalProcessRequest, api.Empty>(async (r) => (await sb.signalProcess(r), {})),
     WaitProcess: unary<api.ProcessRef, api.WaitProcessResponse>((r) => sb.waitProcess(r)),

@@ -30,7 +30,11 @@ export interface StatsContainerResponse {
   cpu_usage_usec: number; cpu_user_usec: number; cpu_system_usec: number;
   memory_usage_bytes: number; memory_limit_bytes: number; pids_current: number;
   io_read_bytes: number; io_write_bytes: number;
+  pids_limit: number; memory_oom: number; memory_oom_kill: number;
+  cpu_nr_periods: number; cpu_nr_throttled: number; cpu_throttled_usec: number; memory_max_usage_bytes: number;
 }
+export interface UpdateContainerRequest { container_id: string; resources_json: string }
+export interface OOMEvent { container_id: string }
 export interface GuestDetailsResponse {
   agent_version: string; kernel_release: string; mem_total_bytes: number; cpus: number;
   uptime_ms: number; crun_version: string;

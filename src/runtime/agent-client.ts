@@ -52,6 +52,11 @@ export class AgentClient {
   async startContainer(id: string): Promise<number> { return (await this.call<api.StartContainerRequest, api.StartContainerResponse>('StartContainer', { container_id: id })).pid; }
   removeContainer(id: string, timeout: number): Promise<api.Empty> { return this.call('RemoveContainer', { container_id: id, timeout }); }
   statsContainer(id: string): Promise<api.StatsContainerResponse> { return this.call('StatsContainer', { container_id: id }); }
+  pauseContainer(id: string): Promise<api.Empty> { return this.call('PauseContainer', { container_id: id }); }
+  resumeContainer(id: string): Promise<api.Empty> { return this.call('ResumeContainer', { container_id: id }); }
+  updateContainer(req: api.UpdateContainerRequest): Promise<api.Empty> { return this.call('UpdateContainer', req); }
+  /** Long poll: resolves with the next OOM-killed container (no deadline). */
+  getOomEvent(): Promise<api.OOMEvent> { return this.call('GetOOMEvent', {}); }
   async execProcess(req: api.ExecProcessRequest): Promise<number> { return (await this.call<api.ExecProcessRequest, api.ExecProcessResponse>('ExecProcess', req)).pid; }
   signalProcess(req: api.SignalProcessRequest): Promise<api.Empty> { return this.call('SignalProcess', req); }
   waitProcess(ref: Ref): Promise<api.WaitProcessResponse> { return this.call('WaitProcess', ref); }

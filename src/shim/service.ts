@@ -131,6 +131,7 @@ export class TaskService {
           await sb.start();
           this.sandbox = sb;
           void hv.exited().then((why) => this.onVmExit(why));
+          void this.watchOom(sb);
         } else {
           this.requireSandbox();
           this.writeMarker(r.bundle, this.sandbox.dir);
@@ -241,6 +242,7 @@ export class TaskService {
     if (!ID_RE.test(r.exec_id)) throw new ShimError('invalid', `invalid exec id "${r.exec_id}"`);
     if (c.execs.has(r.exec_id)) throw new ShimError('already-exists', `exec ${r.exec_id} already exists in container ${r.id}`);
     if (c.init.status === 'stopped') throw new ShimError('failed-precondition', `container ${r.id} is stopped`);
+    if (c.init.status === 'paused') throw new ShimError('failed-precondition', `container ${r.id} is paused`);
     let spec: OciProcess;
     try {
       spec = JSON.parse(Buffer.from(r.spec?.value ?? []).toString('utf8')) as OciProcess;
@@ -274,7 +276,7 @@ export class TaskService {
       await this.finish(p, 128 + r.signal, new Date());
       return;
     }
-    if (p.status === 'paused') throw new ShimError('failed-precondition', `container ${r.id} is paused; resume it first`);
+    // A frozen cgroup still lets SIGKILL through (delete -f of a paused task).
     await this.requireSandbox().agent.signalProcess({ container_id: r.id, exec_id: r.exec_id, signal: r.signal });
   }
 
@@ -315,36 +317,69 @@ export class TaskService {
   }
 
   /**
-   * Pausing the whole VM (QMP stop/cont) was tried: the agent connection
-   * drops across it and the container's wait fails. Pause needs the agent to
-   * freeze the container's cgroup instead (cgroup.freeze), which it does not
-   * do yet — so say so rather than pretend.
+   * The agent freezes the container's cgroup (cgroup.freeze; pausing the
+   * whole VM with QMP stop dropped the agent connection). Its execs are
+   * frozen with it, as under runc.
    */
   async pause(r: { id: string }): Promise<void> {
-    this.container(r.id);
-    throw new ShimError('unimplemented', 'pause needs the guest agent cgroup freezer (not yet)');
+    const c = this.container(r.id);
+    if (c.init.status !== 'running') throw new ShimError('failed-precondition', `container ${r.id} is ${c.init.status}, not running`);
+    await this.requireSandbox().agent.pauseContainer(r.id);
+    for (const p of [c.init, ...c.execs.values()]) if (p.status === 'running') p.status = 'paused';
+    this.opts.publisher.publish('TaskPaused', { container_id: r.id });
   }
 
   async resume(r: { id: string }): Promise<void> {
-    this.container(r.id);
-    throw new ShimError('unimplemented', 'resume needs the guest agent cgroup freezer (not yet)');
+    const c = this.container(r.id);
+    if (c.init.status !== 'paused') throw new ShimError('failed-precondition', `container ${r.id} is ${c.init.status}, not paused`);
+    await this.requireSandbox().agent.resumeContainer(r.id);
+    for (const p of [c.init, ...c.execs.values()]) if (p.status === 'paused') p.status = 'running';
+    this.opts.publisher.publish('TaskResumed', { container_id: r.id });
   }
 
+  /** resources: an Any holding runtime-spec LinuxResources as JSON (containerd's typeurl for specs types). */
   async update(r: t.UpdateTaskRequest): Promise<void> {
-    this.container(r.id);
-    throw new ShimError('unimplemented', 'updating resources of a running container needs the agent UpdateContainer call (not yet)');
+    const c = this.container(r.id);
+    if (c.init.status !== 'running' && c.init.status !== 'paused') throw new ShimError('failed-precondition', `container ${r.id} is ${c.init.status}`);
+    const raw = Buffer.from(r.resources?.value ?? []).toString('utf8');
+    let res: unknown;
+    try {
+      res = raw ? JSON.parse(raw) : {};
+    } catch (err) {
+      throw new ShimError('invalid', `resources (${r.resources?.type_url ?? 'no type'}) are not LinuxResources JSON: ${errorMessage(err)}`);
+    }
+    if (typeof res !== 'object' || res === null || Array.isArray(res)) throw new ShimError('invalid', 'resources must be a LinuxResources object');
+    await this.requireSandbox().agent.updateContainer({ container_id: r.id, resources_json: JSON.stringify(res) });
   }
 
+  /** Field numbers as containerd/cgroups cgroup2/stats/metrics.proto. */
   async stats(r: { id: string }): Promise<{ stats: t.Any }> {
     this.container(r.id);
     const s: StatsContainerResponse = await this.requireSandbox().agent.statsContainer(r.id);
     const value = encode('io.containerd.cgroups.v2.Metrics', {
-      pids: { current: s.pids_current },
-      cpu: { usage_usec: s.cpu_usage_usec, user_usec: s.cpu_user_usec, system_usec: s.cpu_system_usec },
-      memory: { usage: s.memory_usage_bytes, usage_limit: s.memory_limit_bytes },
+      pids: { current: s.pids_current, limit: s.pids_limit },
+      cpu: { usage_usec: s.cpu_usage_usec, user_usec: s.cpu_user_usec, system_usec: s.cpu_system_usec,
+        nr_periods: s.cpu_nr_periods, nr_throttled: s.cpu_nr_throttled, throttled_usec: s.cpu_throttled_usec },
+      memory: { usage: s.memory_usage_bytes, usage_limit: s.memory_limit_bytes, max_usage: s.memory_max_usage_bytes },
       io: { usage: [{ rbytes: s.io_read_bytes, wbytes: s.io_write_bytes }] },
+      memory_events: { oom: s.memory_oom, oom_kill: s.memory_oom_kill },
     });
     return { stats: { type_url: 'io.containerd.cgroups.v2.Metrics', value } };
+  }
+
+  /** TaskOOM for each OOM kill the agent reports (GetOOMEvent long poll), for the VM's life. */
+  private async watchOom(sb: Sandbox): Promise<void> {
+    while (!this.shuttingDown && !this.vmGone) {
+      try {
+        const e = await sb.agent.getOomEvent();
+        if (e.container_id && this.containers.has(e.container_id)) this.opts.publisher.publish('TaskOOM', { container_id: e.container_id });
+      } catch (err) {
+        if (this.shuttingDown || this.vmGone) return;
+        this.log.warn('OOM event poll failed', { err: errorMessage(err) });
+        if ((err as { grpcCode?: number }).grpcCode === 12) return; // UNIMPLEMENTED: an agent without OOM events
+        await new Promise((res) => setTimeout(res, 1000).unref());
+      }
+    }
   }
 
   async connect(r: { id: string }): Promise<{ shim_pid: number; task_pid: number; version: string }> {

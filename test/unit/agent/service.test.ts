@@ -31,7 +31,7 @@ describe('unit: agent service over an in-process transport', function () {
 
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-agent-'));
-    sandbox = new AgentSandbox({ runtime: new DirectRuntime(), stateDir: path.join(dir, 'state') });
+    sandbox = new AgentSandbox({ runtime: new DirectRuntime(), stateDir: path.join(dir, 'state'), cgroupRoot: path.join(dir, 'cgroup') });
     server = new grpc.Server();
     server.addService(agentServiceDefinition(), agentHandlers(sandbox));
     const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
@@ -129,6 +129,96 @@ describe('unit: agent service over an in-process transport', function () {
     expect(o).to.equal('from exec\n');
     await client.removeContainer('c-exec', 0);
     expect(sandbox.containers.has('c-exec')).to.equal(false);
+  });
+
+  /**
+   * A plain directory stands in for /sys/fs/cgroup/kata-ts/<id>; a fake
+   * kernel mirrors cgroup.freeze into cgroup.events as the freezer does.
+   */
+  function fakeCgroup(id: string): { dir: string; stop: () => void } {
+    const cg = path.join(dir, 'cgroup', id);
+    fs.mkdirSync(cg, { recursive: true });
+    const files: Record<string, string> = {
+      'cgroup.freeze': '0\n', 'cgroup.events': 'populated 1\nfrozen 0\n', 'memory.max': 'max\n', 'memory.low': '0\n',
+      'cpu.max': 'max 100000\n', 'cpu.weight': '100\n', 'pids.max': 'max\n', 'pids.current': '2\n', 'memory.current': '4096\n',
+      'memory.events': 'low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n', 'cpu.stat': 'usage_usec 10\nuser_usec 6\nsystem_usec 4\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n',
+    };
+    for (const [f, v] of Object.entries(files)) fs.writeFileSync(path.join(cg, f), v);
+    const t = setInterval(() => {
+      const frozen = fs.readFileSync(path.join(cg, 'cgroup.freeze'), 'utf8').trim();
+      fs.writeFileSync(path.join(cg, 'cgroup.events'), `populated 1\nfrozen ${frozen}\n`);
+    }, 20);
+    return { dir: cg, stop: () => clearInterval(t) };
+  }
+
+  it('pauses and resumes a container through its cgroup freezer', async () => {
+    const cg = fakeCgroup('c-pause');
+    try {
+      await client.createContainer({ container_id: 'c-pause', exec_id: '', storages: [], oci_spec_json: spec(['sleep', '30']) });
+      await client.startContainer('c-pause');
+      await client.pauseContainer('c-pause');
+      expect(fs.readFileSync(path.join(cg.dir, 'cgroup.events'), 'utf8')).to.include('frozen 1');
+      const kind = (p: Promise<unknown>) => p.then(() => 'ok', (e: AgentCallError) => e.kind);
+      expect(await kind(client.pauseContainer('c-pause')), 'twice').to.equal('failed-precondition');
+      expect(await kind(client.execProcess({ container_id: 'c-pause', exec_id: 'x', process_json: JSON.stringify({ args: ['true'] }) }))).to.equal('failed-precondition');
+      await client.resumeContainer('c-pause');
+      expect(fs.readFileSync(path.join(cg.dir, 'cgroup.freeze'), 'utf8')).to.equal('0');
+      expect(fs.readFileSync(path.join(cg.dir, 'cgroup.events'), 'utf8')).to.include('frozen 0');
+      expect(await kind(client.resumeContainer('c-pause')), 'not paused').to.equal('failed-precondition');
+      expect(await kind(client.pauseContainer('nope'))).to.equal('not-found');
+      await client.removeContainer('c-pause', 0);
+    } finally {
+      cg.stop();
+    }
+  });
+
+  it('updates cgroup v2 resources from OCI LinuxResources and reports them in stats', async () => {
+    const cg = fakeCgroup('c-upd');
+    try {
+      await client.createContainer({ container_id: 'c-upd', exec_id: '', storages: [], oci_spec_json: spec(['sleep', '30']) });
+      await client.startContainer('c-upd');
+      const res = { memory: { limit: 64 << 20, reservation: 1 << 20 }, cpu: { shares: 1024, quota: 50000, period: 100000 }, pids: { limit: 42 } };
+      await client.updateContainer({ container_id: 'c-upd', resources_json: JSON.stringify(res) });
+      const rd = (f: string) => fs.readFileSync(path.join(cg.dir, f), 'utf8');
+      expect(rd('memory.max')).to.equal(String(64 << 20));
+      expect(rd('memory.low')).to.equal(String(1 << 20));
+      expect(rd('cpu.max')).to.equal('50000 100000');
+      expect(rd('cpu.weight')).to.equal('39');
+      expect(rd('pids.max')).to.equal('42');
+      // A period alone keeps the quota; -1 lifts a limit.
+      await client.updateContainer({ container_id: 'c-upd', resources_json: JSON.stringify({ cpu: { period: 200000 }, pids: { limit: -1 } }) });
+      expect(rd('cpu.max')).to.equal('50000 200000');
+      expect(rd('pids.max')).to.equal('max');
+      const st = await client.statsContainer('c-upd');
+      expect(st).to.include({ memory_limit_bytes: 64 << 20, memory_usage_bytes: 4096, pids_current: 2, pids_limit: 0, cpu_usage_usec: 10 });
+      const kind = (p: Promise<unknown>) => p.then(() => 'ok', (e: AgentCallError) => e.kind);
+      expect(await kind(client.updateContainer({ container_id: 'c-upd', resources_json: '{nope' }))).to.equal('invalid');
+      expect(await kind(client.updateContainer({ container_id: 'c-upd', resources_json: JSON.stringify({ unified: { '../x': '1' } }) }))).to.equal('invalid');
+      fs.rmSync(path.join(cg.dir, 'pids.max'));
+      expect(await kind(client.updateContainer({ container_id: 'c-upd', resources_json: JSON.stringify({ pids: { limit: 5 } }) })), 'no controller file').to.equal('failed-precondition');
+      await client.removeContainer('c-upd', 0);
+    } finally {
+      cg.stop();
+    }
+  });
+
+  it('reports an OOM kill through the GetOOMEvent long poll', async () => {
+    const cg = fakeCgroup('c-oom');
+    try {
+      await client.createContainer({ container_id: 'c-oom', exec_id: '', storages: [], oci_spec_json: spec(['sleep', '30']) });
+      await client.startContainer('c-oom');
+      const ev = client.getOomEvent();
+      let got = '';
+      void ev.then((e) => (got = e.container_id));
+      await new Promise((r) => setTimeout(r, 200));
+      expect(got, 'nothing before an OOM kill').to.equal('');
+      fs.writeFileSync(path.join(cg.dir, 'memory.events'), 'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n');
+      expect((await ev).container_id).to.equal('c-oom');
+      expect((await client.statsContainer('c-oom')).memory_oom_kill).to.equal(1);
+      await client.removeContainer('c-oom', 0);
+    } finally {
+      cg.stop();
+    }
   });
 
   it('maps errors onto gRPC codes', async () => {
