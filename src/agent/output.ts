@@ -10,6 +10,9 @@ import type { Readable } from 'node:stream';
 
 export type Chunk = Buffer;
 
+/** Largest message read() hands out (well under the host's 16 MiB gRPC limit). */
+export const READ_MAX = 1024 * 1024;
+
 export class OutputPipe {
   private chunks: Buffer[] = [];
   private buffered = 0;
@@ -46,14 +49,23 @@ export class OutputPipe {
     return this.ended;
   }
 
-  /** Next chunk, or null at end of stream. */
-  async read(): Promise<Buffer | null> {
+  /**
+   * Everything waiting (up to `max` bytes, whole chunks) as one Buffer, or
+   * null at end of stream. One read is one gRPC message, one HTTP/2 write
+   * and — on vsock — one or a few packets and kicks: handing out what piled
+   * up while the previous message was being sent, instead of one pipe read
+   * at a time, is what lets a stream keep up in a slow (TCG) guest.
+   */
+  async read(max = READ_MAX): Promise<Buffer | null> {
     for (;;) {
-      const c = this.chunks.shift();
-      if (c) {
-        this.buffered -= c.length;
+      if (this.chunks.length) {
+        let n = 0;
+        let k = 0;
+        while (k < this.chunks.length && (k === 0 || n + this.chunks[k].length <= max)) n += this.chunks[k++].length;
+        const taken = this.chunks.splice(0, k);
+        this.buffered -= n;
         if (this.buffered <= this.highWater / 2) this.source?.resume();
-        return c;
+        return taken.length === 1 ? taken[0] : Buffer.concat(taken, n);
       }
       if (this.ended) return null;
       await new Promise<void>((r) => (this.wake = r));

@@ -99,6 +99,18 @@ export function connectVsock(vsockSocket: string, port: number, timeoutMs = 1000
 
 let relaySeq = 0;
 
+/**
+ * HTTP/2 receive window (per stream and per connection) the host grants the
+ * agent. With HTTP/2's default 64 KiB the agent may have only 64 KiB of a
+ * ReadStdout stream in flight, then waits for our WINDOW_UPDATE to cross
+ * vsock and wake its (TCG-slow) event loop: the stream went out in 16 KiB
+ * frames, one vsock packet, kick and interrupt each. Measured on 32 MiB of
+ * stdout (TCG guest, bench note in test/integration/vsock.test.ts): 64 KiB →
+ * ~1740 tx packets, 16 MiB → ~700, and about half the guest CPU. The host
+ * side is not the limit: grpc-js only buffers what the reader has not taken.
+ */
+export const AGENT_FLOW_CONTROL_WINDOW = 16 * 1024 * 1024;
+
 /** A gRPC client for the AgentService over the VM's hybrid vsock socket. */
 export function dialAgent(vsockSocket: string): grpc.Client {
   // One relay per client (a runtime and kata-ctl helpers may dial at once),
@@ -131,6 +143,7 @@ export function dialAgent(vsockSocket: string): grpc.Client {
     'grpc.max_receive_message_length': 16 * 1024 * 1024,
     'grpc.use_local_subchannel_pool': 1,
     'grpc.keepalive_time_ms': 0,
+    'grpc-node.flow_control_window': AGENT_FLOW_CONTROL_WINDOW,
   });
   const close = client.close.bind(client);
   client.close = () => {
