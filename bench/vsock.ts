@@ -9,10 +9,18 @@
  *           socket, and 1-byte ping-pong round trips.
  *  peer     the same transfers over a plain unix socket pair in the same
  *           process (the floor any in-process relay pays).
- *  vm       with --vm: a QEMU TCG guest; sequential agent gRPC round trips
- *           (GetGuestDetails) over vsock — the number the runtime feels.
+ *  vm       with --vm, one QEMU TCG guest: sequential agent gRPC round
+ *           trips (Check) per second over our vsock — the number the
+ *           runtime feels — and a guest→host bulk transfer (BENCH_VSOCK_VM_MIB,
+ *           default 64 MiB) written by the same Node producer in the guest
+ *           to (a) an AF_VSOCK stream through our device, (b) its stdout,
+ *           read by the host as the agent's ReadStdout gRPC stream over our
+ *           vsock, (c) a QEMU-native virtio-serial port (virtio-serial-pci
+ *           hotplugged, socket chardev): ratios ours / QEMU's.
  *
  *   npx tsc -p tsconfig.json && node dist/bench/vsock.js [--vm]
+ *   (--vm needs the guest built by scripts/setup.sh; the guest commands run
+ *   as debug consoles, so the VM boots with agent.debug_console)
  *
  * Writes build/bench/vsock.json. Ratios are device/peer (1.0 = as fast as
  * a bare unix socket; throughput higher is better, latency lower is better).
@@ -35,6 +43,10 @@ import { machine, table, writeResult } from './native';
 
 const BYTES = 32 << 20;
 const PINGS = 2000;
+/** VM bulk transfers: VM_REPS blocks of VM_BLOCK bytes (odd, so every block lands at a new phase). */
+const VM_BLOCK = 1048573;
+const VM_REPS = Number(process.env.BENCH_VSOCK_VM_MIB ?? 64);
+const VM_BULK_PORT = 5001;
 
 async function deviceRig() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-vsock-'));
@@ -137,23 +149,125 @@ async function peerThroughput(): Promise<{ h2g: number; g2h: number; rttUs: numb
   return { h2g, g2h, rttUs: rtt };
 }
 
-async function vmRoundTrips(): Promise<{ rpcUs: number; calls: number }> {
+/**
+ * The guest-side producer for the VM transfers, the same code for every
+ * channel so only the channel differs: Node in the guest writes `reps`
+ * copies of a 1 MiB - 3 B block to `target` — "vsock" (AF_VSOCK to host
+ * port VM_BULK_PORT, i.e. our device → hybrid `<socket>_<port>`), "-"
+ * (stdout: the agent's ReadStdout gRPC stream over our vsock) or a
+ * virtio-serial port device (QEMU's own virtio-serial-pci + a socket chardev).
+ */
+const GUEST_PRODUCER = `
+const fs = require('fs');
+const [, target, reps] = process.argv;
+const block = Buffer.alloc(${VM_BLOCK}, '0123456789abcdef\\n');
+let out;
+if (target === 'vsock') {
+  const n = require('/opt/kata-ts/dist/src/common/native.js').native();
+  const { FdStream } = require('/opt/kata-ts/dist/src/common/fd-stream.js');
+  out = new FdStream(n.vsockConnect(2, ${VM_BULK_PORT}));
+} else if (target === '-') out = process.stdout;
+else out = fs.createWriteStream(target);
+let i = 0;
+const go = () => {
+  while (i < Number(reps)) { i++; if (!out.write(block)) { out.once('drain', go); return; } }
+  if (out !== process.stdout) out.end(() => out.destroy());
+};
+go();
+`;
+
+interface VmResult {
+  rpcUs: number; rpcPerSec: number; calls: number; bulkBytes: number;
+  vsockMBs: number; agentStdoutMBs: number; virtioSerialMBs: number;
+}
+
+/** Receives `bytes` on `onData`'s feed; MB/s from the first byte to the last. */
+function meter(bytes: number, timeoutMs: number): { feed: (d: Buffer) => void; done: Promise<number> } {
+  let got = 0;
+  let t0 = 0n;
+  let resolve!: (v: number) => void;
+  let reject!: (e: Error) => void;
+  const done = new Promise<number>((res, rej) => { resolve = res; reject = rej; });
+  const timer = setTimeout(() => reject(new Error(`bulk transfer: ${got} of ${bytes} bytes after ${timeoutMs} ms`)), timeoutMs);
+  return {
+    feed: (d) => {
+      if (!t0) t0 = process.hrtime.bigint();
+      got += d.length;
+      if (got >= bytes) { clearTimeout(timer); resolve(got / (Number(process.hrtime.bigint() - t0) / 1e9) / 1e6); }
+    },
+    done,
+  };
+}
+
+async function vmBench(): Promise<VmResult> {
   const cache = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-vsock-vm-'));
   const hv = new QemuHypervisor({ binary: '/usr/bin/qemu-system-x86_64', machine: 'pc', accel: 'tcg' });
+  const servers: net.Server[] = [];
   try {
-    const vm = await hv.start({ id: 'bench-vsock', dir, kernel: path.join(cache, 'kernel', 'vmlinux'), image: path.join(cache, 'image', 'rootfs.erofs'), vcpus: 1, memoryMiB: 512, kernelParams: '', disks: [], debug: false });
+    const vm = await hv.start({ id: 'bench-vsock', dir, kernel: path.join(cache, 'kernel', 'vmlinux'), image: path.join(cache, 'image', 'rootfs.erofs'), vcpus: 1, memoryMiB: 512, kernelParams: 'agent.debug_console', disks: [], debug: false });
     await waitForMarker(vm.consoleLog, 120000, hv.exited());
     const client = new AgentClient(dialAgent(vm.agentSocket));
     await client.check(30000);
+    // Agent RPC round trips over our vsock (sequential Check calls).
     const calls = 100;
     for (let i = 0; i < 10; i++) await client.check(5000);
     const t0 = process.hrtime.bigint();
     for (let i = 0; i < calls; i++) await client.check(5000);
     const rpcUs = Number(process.hrtime.bigint() - t0) / 1e3 / calls;
+
+    const bytes = VM_BLOCK * VM_REPS;
+    const run = async (target: string) => {
+      const r = await client.startDebugConsole({ args: ['/usr/bin/node', '-e', GUEST_PRODUCER, target, String(VM_REPS)], terminal: false, rows: 0, columns: 0, env: [] });
+      return { container_id: '', exec_id: r.exec_id };
+    };
+    // 1. raw vsock: guest connects to host port VM_BULK_PORT (hybrid <socket>_<port>).
+    const m1 = meter(bytes, 300000);
+    const vsrv = net.createServer((c) => c.on('data', m1.feed));
+    servers.push(vsrv);
+    await new Promise<void>((r) => vsrv.listen(`${vm.agentSocket}_${VM_BULK_PORT}`, () => r()));
+    const ref1 = await run('vsock');
+    const vsockMBs = await m1.done;
+    await client.waitProcess(ref1);
+    // 2. the same bytes as a process's stdout through the agent (gRPC ReadStdout over vsock).
+    const m2 = meter(bytes, 300000);
+    const ref2 = await run('-');
+    const out = client.readStdout(ref2);
+    out.on('data', (msg: { data: Buffer }) => { if (msg.data?.length) m2.feed(msg.data); });
+    const agentStdoutMBs = await m2.done;
+    await client.waitProcess(ref2);
+    // 3. QEMU-native: a virtio-serial port (virtio-serial-pci hotplugged, socket chardev to us).
+    const m3 = meter(bytes, 300000);
+    const serSock = path.join(dir, 'ser.sock');
+    const ssrv = net.createServer((c) => c.on('data', m3.feed));
+    servers.push(ssrv);
+    await new Promise<void>((r) => ssrv.listen(serSock, () => r()));
+    // The hypervisor owns the one QMP connection; borrow it (bench only).
+    const qmp = (hv as unknown as { qmp: { execute(cmd: string, args?: Record<string, unknown>): Promise<unknown> } }).qmp;
+    await qmp.execute('chardev-add', { id: 'bser', backend: { type: 'socket', data: { addr: { type: 'unix', data: { path: serSock } }, server: false } } });
+    await qmp.execute('device_add', { driver: 'virtio-serial-pci', id: 'bvser', addr: '0x1e' });
+    await qmp.execute('device_add', { driver: 'virtserialport', bus: 'bvser.0', chardev: 'bser', name: 'bench', id: 'bport' });
+    // Find the port's device node once the guest has probed it.
+    let port = '';
+    for (let i = 0; i < 200 && !port; i++) {
+      const find = await client.startDebugConsole({ args: ['/bin/sh', '-c', 'for f in /sys/class/virtio-ports/*; do [ "$(cat $f/name 2>/dev/null)" = bench ] && echo /dev/${f##*/}; done; true'], terminal: false, rows: 0, columns: 0, env: [] });
+      const ref = { container_id: '', exec_id: find.exec_id };
+      let text = '';
+      const s = client.readStdout(ref);
+      const ended = new Promise<void>((r) => { s.on('data', (msg: { data: Buffer }) => { text += msg.data?.toString() ?? ''; }); s.on('end', () => r()); s.on('error', () => r()); });
+      await client.waitProcess(ref);
+      await ended;
+      port = text.trim();
+      if (!port) await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!port) throw new Error('virtio-serial port "bench" never appeared in the guest');
+    const ref3 = await run(port);
+    const virtioSerialMBs = await m3.done;
+    await client.waitProcess(ref3);
     client.close();
-    return { rpcUs, calls };
+    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, virtioSerialMBs };
   } finally {
+    for (const s of servers) s.close();
     await hv.stop();
     fs.rmSync(dir, { recursive: true, force: true });
   }
@@ -170,12 +284,19 @@ async function main(): Promise<void> {
     ['1-byte round trip µs', f(dev.rttUs), `${f(peer.rttUs)}  (ratio ${(dev.rttUs / peer.rttUs).toFixed(2)})`],
   ];
   const result: Record<string, unknown> = { machine: machine(), bytes: BYTES, pings: PINGS, device: dev, peer };
+  process.stdout.write(`${table([['metric', 'vsock device (vhost-user)', 'unix socket pair (peer)'], ...rows])}\n`);
   if (process.argv.includes('--vm')) {
-    const vm = await vmRoundTrips();
-    rows.push(['agent Check RPC µs (TCG VM)', f(vm.rpcUs), '—']);
+    const vm = await vmBench();
+    const mib = (vm.bulkBytes / 1048576).toFixed(0);
+    process.stdout.write(`\nsame TCG guest (1 vCPU), ${mib} MiB guest→host written by the same Node producer in the guest:\n`);
+    process.stdout.write(`${table([
+      ['metric', 'ours (vhost-user vsock)', 'QEMU virtio-serial (peer)'],
+      [`bulk guest→host MB/s, raw stream`, f(vm.vsockMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.vsockMBs / vm.virtioSerialMBs).toFixed(2)})`],
+      [`bulk as agent ReadStdout (gRPC) MB/s`, f(vm.agentStdoutMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.agentStdoutMBs / vm.virtioSerialMBs).toFixed(2)})`],
+      ['agent Check RPC round trips/s', f(vm.rpcPerSec), `—  (${f(vm.rpcUs / 1000)} ms each)`],
+    ])}\n`);
     result.vm = vm;
   }
-  process.stdout.write(`${table([['metric', 'vsock device (vhost-user)', 'unix socket pair (peer)'], ...rows])}\n`);
   process.stdout.write(`wrote ${writeResult('vsock', result)}\n`);
 }
 
