@@ -85,7 +85,11 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     expect(r.code).to.equal(0);
   });
 
-  it('run -d, task ls, exec (pipes and tty), ps, pause/resume, update, metrics, kill TERM, delete', async () => {
+  it('run -d, task ls, exec (pipes and tty), ps, pause/resume, update, metrics, OOM event, kill TERM, delete', async () => {
+    const events = spawn('ctr', ['--address', cd.socket, 'events'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let evs = '';
+    events.stdout.on('data', (b: Buffer) => (evs += b.toString()));
+    const sawEvent = (topic: string) => until(`${topic} event`, async () => (evs.includes(`${topic} {"container_id":"d1"}`) ? true : undefined), 15000);
     const d = await run(['-d', IMAGE, 'd1', 'sh', '-c', 'trap "exit 42" TERM; while :; do sleep 0.1; done']);
     expect(d.code, d.stderr).to.equal(0);
     expect(await taskStatus('d1')).to.equal('RUNNING');
@@ -115,6 +119,8 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     const resume = await cd.ctr(['task', 'resume', 'd1']);
     expect(resume.code, resume.stderr).to.equal(0);
     expect(await taskStatus('d1')).to.equal('RUNNING');
+    await sawEvent('/tasks/paused');
+    await sawEvent('/tasks/resumed');
     // The container sees the guest's cgroup tree (no cgroup namespace): its own is /proc/self/cgroup's path.
     const cgFile = (f: string) => `cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/${f}`;
     const thawed = await cd.ctr(['task', 'exec', '--exec-id', 'p2', 'd1', 'sh', '-c', cgFile('cgroup.events')]);
@@ -136,6 +142,11 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     expect(metrics.stdout).to.match(/pids\.limit\s+77\b/);
     expect(Number(/memory\.usage\s+(\d+)/.exec(metrics.stdout)?.[1] ?? 0), metrics.stdout).to.be.greaterThan(0);
     expect(Number(/pids\.current\s+(\d+)/.exec(metrics.stdout)?.[1] ?? 0)).to.be.at.least(1);
+    // Past the limit the guest kernel OOM-kills the biggest task (tail): TaskOOM.
+    const oom = await cd.ctr(['task', 'exec', '--exec-id', 'o1', 'd1', 'tail', '/dev/zero']);
+    expect(oom.code, 'OOM-killed').to.equal(137);
+    await sawEvent('/tasks/oom');
+    events.kill();
     expect((await cd.ctr(['task', 'kill', 'd1'])).code).to.equal(0);
     await until('d1 stopped', async () => ((await taskStatus('d1')) === 'STOPPED' ? true : undefined));
     const del = await cd.ctr(['task', 'delete', 'd1']);
