@@ -327,12 +327,9 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
       return fail(q, VQ_ERR_CHAIN_BYTES, head);
     }
     const c = chains + <usize>n * 24;
-    store<u32>(c, head);
-    store<u32>(c, iovUsed, 4);
-    store<u32>(c, nr, 8);
-    store<u32>(c, nw, 12);
-    store<u32>(c, <u32>rbytes, 16);
-    store<u32>(c, <u32>wbytes, 20);
+    store<u64>(c, <u64>head | (<u64>iovUsed << 32));
+    store<u64>(c, <u64>nr | (<u64>nw << 32), 8);
+    store<u64>(c, rbytes | (wbytes << 32), 16); // both ≤ 2^32 - 1 here
     iovUsed = pos;
     n++;
   }
@@ -401,7 +398,8 @@ export function vq_push_used_chains(q: usize, chains: usize, count: u32, lens: u
       const c = chains + <usize>i * 24;
       const id = load<u32>(c);
       if (id >= size) return -VQ_ERR_USED_ID;
-      putUsed(used, mask, nu + i, id, load<u32>(c, 20));
+      // id | writable_bytes << 32: the used element, one store.
+      store<u64>(used + 4 + (<usize>((nu + i) & mask) << 3), <u64>id | (<u64>load<u32>(c, 20) << 32));
     }
   } else {
     for (let i: u32 = 0; i < count; i++) {
