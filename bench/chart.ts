@@ -94,7 +94,13 @@ export function panels(name: string, root: Json): Panel[] {
 }
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
-const fmt = (v: number) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2));
+const fmt = (v: number) => {
+  const a = Math.abs(v);
+  if (a >= 1e9) return `${(v / 1e9).toFixed(2)} G`;
+  if (a >= 1e6) return `${(v / 1e6).toFixed(2)} M`;
+  if (a >= 1e5) return `${(v / 1e3).toFixed(1)} k`;
+  return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
+};
 
 export function svg(heading: string, ps: Panel[]): string {
   const W = 860, LABEL = 330, BAR_H = 18, GAP = 6, PAD = 16, TITLE = 26;
