@@ -356,11 +356,13 @@ export class TaskService {
   async stats(r: { id: string }): Promise<{ stats: t.Any }> {
     this.container(r.id);
     const s: StatsContainerResponse = await this.requireSandbox().agent.statsContainer(r.id);
+    // The agent says 0 for "max"; containerd's cgroups package says MaxUint64.
+    const limit = (v: number) => (v > 0 ? v : '18446744073709551615');
     const value = encode('io.containerd.cgroups.v2.Metrics', {
-      pids: { current: s.pids_current, limit: s.pids_limit },
+      pids: { current: s.pids_current, limit: limit(s.pids_limit) },
       cpu: { usage_usec: s.cpu_usage_usec, user_usec: s.cpu_user_usec, system_usec: s.cpu_system_usec,
         nr_periods: s.cpu_nr_periods, nr_throttled: s.cpu_nr_throttled, throttled_usec: s.cpu_throttled_usec },
-      memory: { usage: s.memory_usage_bytes, usage_limit: s.memory_limit_bytes, max_usage: s.memory_max_usage_bytes },
+      memory: { usage: s.memory_usage_bytes, usage_limit: limit(s.memory_limit_bytes), max_usage: s.memory_max_usage_bytes },
       io: { usage: [{ rbytes: s.io_read_bytes, wbytes: s.io_write_bytes }] },
       memory_events: { oom: s.memory_oom, oom_kill: s.memory_oom_kill },
     });

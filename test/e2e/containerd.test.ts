@@ -116,6 +116,8 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     const frozenExec = await cd.ctr(['task', 'exec', '--exec-id', 'p1', 'd1', 'true']);
     expect(frozenExec.code, 'no exec into a frozen container').to.not.equal(0);
     expect(frozenExec.stderr).to.match(/paused/);
+    const before = await cd.ctr(['task', 'metrics', 'd1']);
+    expect(before.stdout, 'unlimited as containerd says it').to.match(/pids\.limit\s+18446744073709551615\b/);
     const resume = await cd.ctr(['task', 'resume', 'd1']);
     expect(resume.code, resume.stderr).to.equal(0);
     expect(await taskStatus('d1')).to.equal('RUNNING');
@@ -228,5 +230,7 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     await cd.ctr(['task', 'delete', 'crash1']);
     expect((await cd.ctr(['container', 'delete', 'crash1'])).code).to.equal(0);
     expect(fs.readdirSync(path.join(cd.runDir, 'sandboxes')), 'sandbox dirs left').to.deep.equal([]);
+    // containerd runs `shim delete` after each disconnect; under load the last may still be finishing.
+    await until('shim delete processes gone', async () => (cd.shimPids().length === 0 ? true : undefined), 15000);
   });
 });
