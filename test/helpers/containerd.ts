@@ -14,8 +14,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { CACHE, REPO } from './guest';
+import { runCommand, type CommandResult } from './spawn';
 
-export interface CtrResult { code: number | null; stdout: string; stderr: string }
+export type CtrResult = CommandResult;
 
 export const IMAGE = 'docker.io/kata-ts-test/busybox:latest';
 export const USER_IMAGE = 'docker.io/kata-ts-test/busybox:user';
@@ -139,21 +140,7 @@ export class TestContainerd {
   }
 
   ctr(args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<CtrResult> {
-    return new Promise((resolve, reject) => {
-      const child = spawn('/usr/bin/ctr', ['--address', this.socket, '-n', this.namespace, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-      const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 150000);
-      child.on('error', reject);
-      child.on('exit', (code) => {
-        clearTimeout(timer);
-        resolve({ code, stdout, stderr });
-      });
-      if (opts.input !== undefined) child.stdin.end(opts.input);
-      else child.stdin.end();
-    });
+    return runCommand('/usr/bin/ctr', ['--address', this.socket, '-n', this.namespace, ...args], opts);
   }
 
   async importImage(): Promise<void> {
