@@ -105,7 +105,7 @@ let relaySeq = 0;
  * ReadStdout stream in flight, then waits for our WINDOW_UPDATE to cross
  * vsock and wake its (TCG-slow) event loop: the stream went out in 16 KiB
  * frames, one vsock packet, kick and interrupt each. Measured on 32 MiB of
- * stdout (TCG guest, bench note in test/integration/vsock.test.ts): 64 KiB →
+ * stdout in a TCG guest (README, vsock figures): 64 KiB →
  * ~1740 tx packets, 16 MiB → ~700, and about half the guest CPU. The host
  * side is not the limit: grpc-js only buffers what the reader has not taken.
  */
