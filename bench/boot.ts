@@ -24,7 +24,6 @@ import { spawn } from 'node:child_process';
 import { ROOT, writeResult } from './native';
 import { defaultConfig, guestAssets } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
-import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { baseKernelParams } from '../src/hypervisor/hypervisor';
 
 const MARK = 'KATA_BENCH_MARK';
@@ -98,18 +97,19 @@ async function main(): Promise<void> {
   const probe = await probeKvm(cfg['hypervisor.qemu'].path, runDir);
   const choice = chooseHypervisor('auto', 'auto', probe, false);
   const assets = guestAssets(cfg, 'qemu');
-  const floorArgs = (init: string, extra: string) => {
-    const q = new QemuHypervisor({ binary: cfg['hypervisor.qemu'].path, machine: 'pc', accel: choice.accel });
-    const dir = fs.mkdtempSync(path.join(runDir, 'floor-'));
-    const args = q.commandLine({ id: 'floor', dir, kernel: assets.kernel, image: assets.image, vcpus: 1, memoryMiB: 512, kernelParams: '', disks: [], debug: false });
-    const i = args.indexOf('-append');
-    args[i + 1] = baseKernelParams(false).replace('init=/sbin/kata-init', `init=${init}`).replace('quiet', 'quiet') + ` -- ${extra}`;
-    const s = args.indexOf('-serial');
-    args.splice(s, 2, '-serial', 'stdio');
-    const c = args.indexOf('-chardev');
-    args.splice(c, 2);
-    return args;
-  };
+  // The floor: a bare QEMU command line with the same machine, CPU model,
+  // memory, kernel and guest image (root on QEMU's virtio-blk), and init
+  // replaced by the marker program. No vhost-user devices, no agent.
+  const floorArgs = (init: string, extra: string) => [
+    '-M', `pc,accel=${choice.accel}`, '-cpu', choice.accel === 'kvm' ? 'host' : 'max', '-smp', '1', '-m', '512M',
+    '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
+    '-kernel', assets.kernel,
+    '-append', `${baseKernelParams(false).replace('init=/sbin/kata-init', `init=${init}`)} -- ${extra}`,
+    '-serial', 'stdio',
+    '-drive', `if=none,id=rootimg,file=${assets.image},format=raw,readonly=on`,
+    '-device', 'virtio-blk-pci,drive=rootimg,addr=0x3',
+    '-device', 'virtio-rng-pci',
+  ];
   const results: Record<string, number[]> = { 'kata-ts run': [], 'floor (kernel)': [], 'floor (node)': [] };
   const totals: number[] = [];
   for (let r = 0; r < runs; r++) {
