@@ -29,7 +29,8 @@ export class DialError extends Error {
 }
 
 /** Waits until `marker` appears in the console log, the VM exits, or the timeout. */
-export async function waitForMarker(consoleLog: string, timeoutMs: number, vmExited: Promise<string>, marker = AGENT_READY_MARKER): Promise<void> {
+/** Resolves with the rest of the marker's line (the agent's start-up timings as JSON). */
+export async function waitForMarker(consoleLog: string, timeoutMs: number, vmExited: Promise<string>, marker = AGENT_READY_MARKER): Promise<string> {
   let exited: string | undefined;
   void vmExited.then((r) => (exited = r));
   const deadline = Date.now() + timeoutMs;
@@ -44,7 +45,9 @@ export async function waitForMarker(consoleLog: string, timeoutMs: number, vmExi
         while ((n = fs.readSync(fd, buf, 0, buf.length, offset)) > 0) {
           offset += n;
           tail = (tail + buf.subarray(0, n).toString('latin1')).slice(-4096);
-          if (tail.includes(marker)) return;
+          const at = tail.indexOf(marker);
+          const eol = at >= 0 ? tail.indexOf('\n', at) : -1;
+          if (eol >= 0) return tail.slice(at + marker.length, eol).trim();
         }
       } finally {
         fs.closeSync(fd);

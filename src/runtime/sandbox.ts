@@ -69,6 +69,15 @@ export function diskIdFor(containerId: string): string {
   return 'c' + crypto.createHash('sha256').update(containerId).digest('hex').slice(0, 19);
 }
 
+/** The agent's ready line carries its start-up timings as JSON; tolerate anything. */
+function parseTimings(text: string): unknown {
+  try {
+    return text ? JSON.parse(text) : undefined;
+  } catch {
+    return text;
+  }
+}
+
 export const GUEST_CONTAINERS_DIR = '/run/kata-ts/containers';
 
 export class Sandbox {
@@ -134,8 +143,9 @@ export class Sandbox {
       });
       this.persist();
       const timeoutMs = cfg['agent.kata'].dial_timeout * 1000;
+      let guestTimings = '';
       try {
-        await waitForMarker(this.vm.consoleLog, timeoutMs, this.opts.hypervisor.exited());
+        guestTimings = await waitForMarker(this.vm.consoleLog, timeoutMs, this.opts.hypervisor.exited());
       } catch (err) {
         const tail = this.opts.hypervisor.consoleTail(8);
         throw new SandboxError('boot', `${errorMessage(err)}${tail ? `; last console lines:\n${tail}` : ''}`, { cause: err });
@@ -145,7 +155,7 @@ export class Sandbox {
       await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: [], sysctls: {} });
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
-      this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel });
+      this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings) });
       this.phase = 'running';
       this.persist();
     } catch (err) {
