@@ -14,17 +14,13 @@ import type { ChildProcess } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { OutputPipe } from './output';
 import { native } from '../common/native';
+import { SIGNALS } from '../protocols/oci';
 
 export interface ExitStatus {
   status: number;
   signal: number;
   exitedAt: Date;
 }
-
-const SIGNAL_NUMBERS: Record<string, number> = {
-  SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGABRT: 6, SIGKILL: 9, SIGUSR1: 10, SIGSEGV: 11,
-  SIGUSR2: 12, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15,
-};
 
 export class GuestProcess {
   readonly stdout = new OutputPipe();
@@ -48,7 +44,7 @@ export class GuestProcess {
    */
   async attach(child: ChildProcess, consoleListenFd?: number): Promise<void> {
     child.on('exit', (code, signal) => {
-      const sig = signal ? (SIGNAL_NUMBERS[signal] ?? 0) : code !== null && code > 128 ? code - 128 : 0;
+      const sig = signal ? (SIGNALS[signal] ?? 0) : code !== null && code > 128 ? code - 128 : 0;
       const status = code ?? 128 + sig;
       this.finish({ status, signal: sig, exitedAt: new Date() });
     });

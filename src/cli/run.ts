@@ -6,13 +6,13 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { errorMessage, KataError } from '../common/errors';
+import { KataError } from '../common/errors';
 import { logger } from '../common/log';
 import { selectHypervisor } from '../hypervisor';
 import type { OciSpec } from '../protocols/oci';
 import type { Config } from '../runtime/config';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
-import { defaultProcess, defaultSpec, readBundle } from '../runtime/spec';
+import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
@@ -83,7 +83,6 @@ export function resolveContainer(o: RunOptions, cfg: Config, consoleSize?: { hei
     args: o.command, env, cwd: o.workdir, uid: user?.uid, gid: user?.gid, terminal: o.tty,
     consoleSize: o.tty ? consoleSize : undefined, hostname: o.hostname, readonlyRootfs: o.readonly,
   });
-  spec.process = { ...defaultProcess({ args: o.command, env, cwd: o.workdir, uid: user?.uid, gid: user?.gid, terminal: o.tty, consoleSize: o.tty ? consoleSize : undefined }) };
   return { spec, rootfs };
 }
 
@@ -141,6 +140,5 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
     process.stdin.destroy();
     await sandbox.stop();
     for (const s of signals) process.off(s, onSignal);
-    void errorMessage;
   }
 }

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
+import { expect } from 'chai';
 import { defaultConfig, type Config } from '../../src/runtime/config';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -56,4 +57,12 @@ export function writeTestConfig(runDir: string, extra = ''): string {
   const f = path.join(runDir, 'configuration.toml');
   fs.writeFileSync(f, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 120\n${extra}`);
   return f;
+}
+
+/** End of a VM suite: no QEMU and no sandbox directory left under runDir; then remove it. */
+export function expectNothingLeft(runDir: string): void {
+  expect(leftoverQemu(runDir), 'qemu left running').to.deep.equal([]);
+  const sandboxes = path.join(runDir, 'sandboxes');
+  expect(fs.existsSync(sandboxes) ? fs.readdirSync(sandboxes) : [], 'sandbox dirs left').to.deep.equal([]);
+  fs.rmSync(runDir, { recursive: true, force: true });
 }

@@ -14,7 +14,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, leftoverQemu, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { Sandbox, diskIdFor } from '../../src/runtime/sandbox';
@@ -67,8 +67,7 @@ describe('integration: vhost-user-blk in the guest (QEMU)', function () {
   after(async () => {
     await sandbox?.stop();
     if (!runDir) return;
-    expect(leftoverQemu(runDir)).to.deep.equal([]);
-    fs.rmSync(runDir, { recursive: true, force: true });
+    expectNothingLeft(runDir);
   });
 
   it('serves the boot-time container disk read-only through our device', async () => {

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { CACHE, REPO, leftoverQemu, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
+import { CACHE, REPO, expectNothingLeft, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
 import { kataCtl } from '../helpers/kata-ctl';
 import { parsePrometheus, sampleOf } from '../helpers/prometheus';
 import { listSandboxes, type SandboxRow, type CleanupEntry } from '../../src/ctl/sandboxes';
@@ -59,8 +59,7 @@ describe('integration: kata-ctl on a running sandbox (QEMU)', function () {
       clearTimeout(t);
     }
     if (!runDir) return;
-    expect(leftoverQemu(runDir), 'qemu left running').to.deep.equal([]);
-    fs.rmSync(runDir, { recursive: true, force: true });
+    expectNothingLeft(runDir);
   });
 
   it('list shows it running, with its VMM, vCPUs, memory and container', async () => {

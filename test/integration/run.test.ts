@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { runCommand, type CommandResult } from '../helpers/spawn';
-import { REPO, requireGuest, testRunDir, writeTestConfig, leftoverQemu } from '../helpers/guest';
+import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft } from '../helpers/guest';
 
 function kataTs(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<CommandResult> {
   return runCommand(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), ...args], opts);
@@ -27,10 +27,7 @@ describe('integration: kata-ts run (QEMU)', function () {
 
   after(() => {
     if (!runDir) return;
-    expect(leftoverQemu(runDir), 'qemu left running').to.deep.equal([]);
-    const sandboxes = path.join(runDir, 'sandboxes');
-    expect(fs.existsSync(sandboxes) ? fs.readdirSync(sandboxes) : [], 'sandbox dirs left').to.deep.equal([]);
-    fs.rmSync(runDir, { recursive: true, force: true });
+    expectNothingLeft(runDir);
   });
 
   it('runs in the guest kernel, not the host one, and exits 0', async () => {

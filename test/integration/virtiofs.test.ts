@@ -14,7 +14,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { CACHE, REPO, requireGuest, testRunDir, writeTestConfig, leftoverQemu } from '../helpers/guest';
+import { CACHE, REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft } from '../helpers/guest';
 
 interface Result { code: number | null; stdout: string; stderr: string }
 
@@ -106,10 +106,7 @@ describe('integration: virtio-fs rootfs (QEMU, vhost-user-fs)', function () {
 
   after(() => {
     if (!runDir) return;
-    expect(leftoverQemu(runDir), 'qemu left running').to.deep.equal([]);
-    const sandboxes = path.join(runDir, 'sandboxes');
-    expect(fs.existsSync(sandboxes) ? fs.readdirSync(sandboxes) : [], 'sandbox dirs left').to.deep.equal([]);
-    fs.rmSync(runDir, { recursive: true, force: true });
+    expectNothingLeft(runDir);
   });
 
   it('the container\'s file operations land in the host directory; symlinks never escape it', async () => {

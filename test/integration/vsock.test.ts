@@ -7,13 +7,12 @@
  */
 import { expect } from 'chai';
 import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { connectVsock, dialAgent, waitForMarker, AGENT_VSOCK_PORT } from '../../src/protocols/agent-dialer';
 import { AgentClient } from '../../src/runtime/agent-client';
-import { CACHE, REPO, leftoverQemu, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
+import { CACHE, REPO, expectNothingLeft, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
 
 describe('integration: vsock agent channel (QEMU, vhost-user)', function () {
   this.timeout(180000);
@@ -39,8 +38,7 @@ describe('integration: vsock agent channel (QEMU, vhost-user)', function () {
     for (const c of clients) c.close();
     if (hv) await hv.stop();
     if (!runDir) return;
-    expect(leftoverQemu(runDir), 'qemu left running').to.deep.equal([]);
-    fs.rmSync(runDir, { recursive: true, force: true });
+    expectNothingLeft(runDir);
   });
 
   it('serves 200 concurrent agent calls over 8 separate vsock connections', async () => {
