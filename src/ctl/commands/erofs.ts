@@ -5,14 +5,18 @@
  *   ls IMAGE [PATH]        long listing of a directory (or one entry)
  *   cat IMAGE PATH         file contents to stdout
  *   extract IMAGE [PATH] DIR   full extraction preserving modes, owners,
- *                          times, symlinks, hard links and device nodes
- * Owners and device nodes need root, as for fsck.erofs; xattrs are not
- * restored (Node has no setxattr).
+ *                          times, xattrs, symlinks, hard links and device nodes
+ * Owners, device nodes and trusted.* / security.* xattrs need root, as for
+ * fsck.erofs. Node has no setxattr, so xattrs go through the native addon's
+ * lsetxattr (src/common/native); a namespace the destination refuses is one
+ * warning, not an error.
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { CtlCommand } from '../command';
+import { native, NativeAddon, NativeError } from '../../common/native';
 import { ErofsImage, ErofsStat } from '../../hot/erofs';
 
 interface ErofsArgs {
@@ -79,21 +83,81 @@ function lsLine(img: ErofsImage, st: ErofsStat, name: string): string {
   return `${modeString(st)} ${String(st.nlink).padStart(3)} ${String(st.uid).padStart(5)} ${String(st.gid).padStart(5)} ${size.padStart(10)} ${isoTime(st.mtime, st.mtimeNsec)} ${name}${tail}`;
 }
 
-export interface ExtractStats { files: number; dirs: number; symlinks: number; hardlinks: number; specials: number; bytes: number }
+export interface ExtractStats {
+  files: number; dirs: number; symlinks: number; hardlinks: number; specials: number; bytes: number;
+  /** xattrs restored, and those the destination refused (see ExtractOptions.warn). */
+  xattrs: number; xattrsSkipped: number;
+}
+
+export interface ExtractOptions {
+  /** One line per refused xattr namespace (default: stderr). */
+  warn?: (line: string) => void;
+  /** The addon providing lsetxattr (default: src/common/native). */
+  addon?: () => Pick<NativeAddon, 'fsSetxattr'>;
+}
+
+const ERRNO_NAME = new Map(Object.entries(os.constants.errno).map(([k, v]) => [v, k]));
+/** errnos meaning "this filesystem / this caller cannot have that namespace". */
+const XATTR_REFUSED = new Set([os.constants.errno.EPERM, os.constants.errno.EACCES, os.constants.errno.ENOTSUP, os.constants.errno.EOPNOTSUPP]);
 
 /**
  * Extracts the subtree at `from` into `dest` (created if missing), like
  * `fsck.erofs --extract`: contents, modes, owners (when root), mtimes,
- * symlinks, hard links (by nid) and device/fifo/socket nodes.
+ * xattrs, symlinks, hard links (by nid) and device/fifo/socket nodes.
+ *
+ * Per inode the order is: chown (which clears setuid bits and
+ * security.capability), lsetxattr (never following a symlink; before chmod,
+ * so a mode without write permission cannot stop a non-root user.*), chmod,
+ * then times (setting xattrs only touches ctime). A namespace the
+ * destination refuses (EPERM/EACCES/ENOTSUP, e.g. trusted.* when not root,
+ * user.* on a symlink or device, or no xattr support at all) is reported
+ * once through `warn` and counted in xattrsSkipped; other errors throw.
  */
-export function extractImage(img: ErofsImage, from: string, dest: string): ExtractStats {
-  const stats: ExtractStats = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, specials: 0, bytes: 0 };
+export function extractImage(img: ErofsImage, from: string, dest: string, opts: ExtractOptions = {}): ExtractStats {
+  const stats: ExtractStats = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, specials: 0, bytes: 0, xattrs: 0, xattrsSkipped: 0 };
+  const warn = opts.warn ?? ((line: string) => process.stderr.write(line + '\n'));
   const seen = new Map<number, string>();
   const asRoot = typeof process.getuid === 'function' && process.getuid() === 0;
   const chunk = 1 << 20;
+  let addon: Pick<NativeAddon, 'fsSetxattr'> | null | undefined;
+  const refused = new Set<string>();
+  const setXattrs = (p: string, st: ErofsStat): void => {
+    if (st.xattrIsize === 0) return;
+    const list = img.xattrsNid(st.nid);
+    if (list.length === 0) return;
+    if (addon === undefined) {
+      try {
+        addon = (opts.addon ?? native)();
+      } catch (err) {
+        if (!(err instanceof NativeError)) throw err;
+        addon = null;
+        warn(`kata-ctl erofs extract: warning: xattrs are not restored: ${err.message}`);
+      }
+    }
+    if (addon === null) {
+      stats.xattrsSkipped += list.length;
+      return;
+    }
+    for (const x of list) {
+      const rc = addon.fsSetxattr(p, Buffer.from(x.name, 'utf8'), x.value, 0, false);
+      if (rc >= 0) {
+        stats.xattrs++;
+        continue;
+      }
+      const code = ERRNO_NAME.get(-rc) ?? `errno ${-rc}`;
+      if (!XATTR_REFUSED.has(-rc)) throw new Error(`kata-ctl erofs extract: lsetxattr ${p} ${x.name}: ${code}`);
+      stats.xattrsSkipped++;
+      const dot = x.name.indexOf('.');
+      const ns = dot < 0 ? x.name : `${x.name.slice(0, dot)}.*`;
+      if (refused.has(ns)) continue;
+      refused.add(ns);
+      warn(`kata-ctl erofs extract: warning: ${dest} refused ${ns} xattrs (${code}, first on ${p}); such xattrs are skipped`);
+    }
+  };
   const setMeta = (p: string, st: ErofsStat, link: boolean): void => {
     const t = st.mtime + st.mtimeNsec / 1e9;
     if (asRoot) (link ? fs.lchownSync : fs.chownSync)(p, st.uid, st.gid);
+    setXattrs(p, st);
     if (!link) fs.chmodSync(p, st.mode & 0o7777);
     fs.lutimesSync(p, t, t);
   };
@@ -218,7 +282,8 @@ export const erofsCommand: CtlCommand<ErofsArgs> = {
             return 2;
           }
           const s = extractImage(img, from, dest);
-          process.stderr.write(`extracted ${s.files} files (${s.bytes} bytes), ${s.dirs} dirs, ${s.symlinks} symlinks, ${s.hardlinks} hard links, ${s.specials} special files\n`);
+          const skipped = s.xattrsSkipped ? ` (${s.xattrsSkipped} not restored)` : '';
+          process.stderr.write(`extracted ${s.files} files (${s.bytes} bytes), ${s.dirs} dirs, ${s.symlinks} symlinks, ${s.hardlinks} hard links, ${s.specials} special files, ${s.xattrs} xattrs${skipped}\n`);
           return 0;
         }
         default:

@@ -19,6 +19,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ErofsError, ErofsImage, ErofsStat } from '../../../src/hot/erofs';
 import { extractImage } from '../../../src/ctl/commands/erofs';
+import { native } from '../../../src/common/native';
 
 function prng(seed: number): () => number {
   let s = seed >>> 0 || 1;
@@ -317,11 +318,18 @@ describe('hot/erofs: EROFS images from mkfs.erofs 1.5', function () {
     const ours = path.join(tmp, 'x-ours');
     const theirs = path.join(tmp, 'x-fsck');
     const img = ErofsImage.open(file);
+    const warnings: string[] = [];
+    let stats;
     try {
-      extractImage(img, '/', ours);
+      stats = extractImage(img, '/', ours, { warn: (l) => warnings.push(l) });
     } finally {
       img.close();
     }
+    expect(warnings, 'extract warnings').to.deep.equal([]);
+    expect(stats.xattrsSkipped).to.equal(0);
+    expect(stats.xattrs).to.equal(Object.values(xattrs).reduce((n, x) => n + Object.keys(x).length, 0));
+    // Read back with l*xattr (follow_symlinks=False), as for the source tree.
+    const oursX: Record<string, Record<string, string>> = JSON.parse(execFileSync('python3', ['-c', PY_XATTRS, ours], { encoding: 'utf8' }));
     execFileSync('fsck.erofs', [`--extract=${theirs}`, file], { stdio: 'ignore' });
     for (const rel of entries) {
       const a = fs.lstatSync(path.join(src, rel), { bigint: true });
@@ -338,9 +346,50 @@ describe('hot/erofs: EROFS images from mkfs.erofs 1.5', function () {
       }
       if (b.isSymbolicLink()) expect(fs.readlinkSync(path.join(ours, rel))).to.equal(fs.readlinkSync(path.join(src, rel)));
       if (b.isCharacterDevice() || b.isBlockDevice()) expect(b.rdev, what).to.equal(a.rdev);
+      expect(oursX[rel] ?? {}, `${what} xattrs`).to.deep.equal(xattrs[rel] ?? {});
     }
+    expect(oursX).to.deep.equal(xattrs);
+    expect(Object.keys(oursX['/one'])).to.include.members(['user.comment', 'trusted.overlay.opaque', 'security.selinux']);
     expect(fs.lstatSync(path.join(ours, 'hard/orig')).ino).to.equal(fs.lstatSync(path.join(ours, 'third-link')).ino);
     expect(fs.lstatSync(path.join(ours, 'special/sock')).isSocket()).to.equal(true);
+  });
+
+  it('kata-ctl extraction warns once per xattr namespace the destination refuses and keeps going', function () {
+    const file = mkfs('extract-refused', []);
+    const out = path.join(tmp, 'x-refused');
+    const { EPERM, EOPNOTSUPP } = os.constants.errno;
+    const calls: string[] = [];
+    const addon = () => ({
+      fsSetxattr: (p: string, name: Buffer, value: Buffer, flags: number, follow: boolean): number => {
+        expect(follow, 'never follows symlinks').to.equal(false);
+        const n = name.toString();
+        calls.push(n);
+        if (n.startsWith('trusted.')) return -EPERM;
+        if (n.startsWith('security.')) return -EOPNOTSUPP;
+        return native().fsSetxattr(p, name, value, flags, follow);
+      },
+    });
+    const warnings: string[] = [];
+    const img = ErofsImage.open(file);
+    let stats;
+    try {
+      stats = extractImage(img, '/', out, { warn: (l) => warnings.push(l), addon });
+    } finally {
+      img.close();
+    }
+    expect(warnings).to.have.length(2);
+    expect(warnings.find((w) => w.includes('trusted.*'))).to.match(/refused trusted\.\* xattrs \(EPERM/);
+    expect(warnings.find((w) => w.includes('security.*'))).to.match(/refused security\.\* xattrs \((EOPNOTSUPP|ENOTSUP)/);
+    expect(stats.xattrsSkipped).to.equal(calls.filter((n) => !n.startsWith('user.')).length);
+    expect(stats.xattrsSkipped).to.equal(3); // trusted.overlay.opaque, security.selinux, trusted.onfifo
+    const got: Record<string, Record<string, string>> = JSON.parse(execFileSync('python3', ['-c', PY_XATTRS, out], { encoding: 'utf8' }));
+    const want: Record<string, Record<string, string>> = {};
+    for (const [rel, x] of Object.entries(xattrs)) {
+      const user = Object.fromEntries(Object.entries(x).filter(([k]) => k.startsWith('user.')));
+      if (Object.keys(user).length) want[rel] = user;
+    }
+    expect(got).to.deep.equal(want);
+    expect(fs.readFileSync(path.join(out, 'deep/a/b/c/d/e/f/g/leaf'), 'utf8')).to.equal('leaf');
   });
 
   describe('hostile images', function () {
