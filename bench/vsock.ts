@@ -31,14 +31,11 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { configureLogging } from '../src/common/log';
-import { native } from '../src/common/native';
-import { VhostUserBackend } from '../src/vhost-user/backend';
-import { HybridVsock } from '../src/virtio/vsock/hybrid';
 import { connectVsock, dialAgent, waitForMarker } from '../src/protocols/agent-dialer';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { AgentClient } from '../src/runtime/agent-client';
-import { FakeFrontEnd, GUEST_RAM } from '../test/unit/vhost-user/fake-frontend';
-import { GuestVsock, type GuestConn } from '../test/unit/virtio/guest-vsock';
+import type { GuestConn } from '../test/unit/virtio/guest-vsock';
+import { closeVsockRig, vsockRig } from '../test/helpers/vhost-user-rig';
 import { machine, table, writeResult } from './native';
 
 const BYTES = 32 << 20;
@@ -49,30 +46,13 @@ const VM_REPS = Number(process.env.BENCH_VSOCK_VM_MIB ?? 64);
 const VM_BULK_PORT = 5001;
 
 async function deviceRig() {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-vsock-'));
-  const sock = path.join(dir, 'v.sock');
-  const hybrid = new HybridVsock(sock, { guestCid: 3 });
-  await hybrid.listen();
-  const backend = new VhostUserBackend({ socketPath: path.join(dir, 'vu.sock'), device: hybrid.device, guestBytes: GUEST_RAM, queues: 2 });
-  backend.listen();
-  const fe = new FakeFrontEnd();
-  fe.connect(path.join(dir, 'vu.sock'));
-  await fe.negotiate();
-  await fe.setMemTable();
-  const rx = await fe.startRing(0, 128, 0x10000n, { eventIdx: true });
-  const tx = await fe.startRing(1, 128, 0x30000n, { eventIdx: true });
-  await fe.enable(0);
-  await fe.enable(1);
-  const guest = new GuestVsock(fe, rx, tx, 3n, 0x100000n);
+  const r = await vsockRig({ tmpPrefix: 'bench-vsock-', sockName: 'v.sock' });
+  const { guest } = r;
   guest.listening.add(5000);
-  const s = await connectVsock(sock, 5000);
-  while (guest.conns.size === 0) await new Promise((r) => setTimeout(r, 1));
+  const s = await connectVsock(r.sock, 5000);
+  while (guest.conns.size === 0) await new Promise((res) => setTimeout(res, 1));
   const c = [...guest.conns.values()][0];
-  const close = async () => {
-    s.destroy(); guest.close(); fe.close(); backend.close(); await hybrid.close();
-    for (const f of [rx.kick, rx.call, rx.err, tx.kick, tx.call, tx.err]) native().closeFd(f);
-    fs.rmSync(dir, { recursive: true, force: true });
-  };
+  const close = async () => { s.destroy(); await closeVsockRig(r); };
   return { s, c, guest, close };
 }
 

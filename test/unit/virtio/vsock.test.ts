@@ -6,30 +6,14 @@
  */
 import { expect } from 'chai';
 import * as crypto from 'node:crypto';
-import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { native } from '../../../src/common/native';
-import { VhostUserBackend } from '../../../src/vhost-user/backend';
 import { Req } from '../../../src/vhost-user/protocol';
-import { HybridVsock } from '../../../src/virtio/vsock/hybrid';
 import { connectVsock } from '../../../src/protocols/agent-dialer';
 import { HDR_SIZE, OP_RW, SHUTDOWN_SEND } from '../../../src/virtio/vsock/packet';
-import { FakeFrontEnd, GUEST_RAM, type RingSet } from '../vhost-user/fake-frontend';
+import { FakeFrontEnd } from '../vhost-user/fake-frontend';
 import { GuestVsock } from './guest-vsock';
-
-interface Rig {
-  dir: string;
-  sock: string;
-  hybrid: HybridVsock;
-  backend: VhostUserBackend;
-  fe: FakeFrontEnd;
-  rx: RingSet;
-  tx: RingSet;
-  guest: GuestVsock;
-  servers: net.Server[];
-}
+import { closeVsockRig, vsockRig, type VsockRig } from '../../helpers/vhost-user-rig';
 
 async function waitFor(pred: () => boolean, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
@@ -39,36 +23,17 @@ async function waitFor(pred: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
-async function rig(): Promise<Rig> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-vsock-'));
-  const sock = path.join(dir, 'vsock.sock');
-  const hybrid = new HybridVsock(sock, { guestCid: 3 });
-  await hybrid.listen();
-  const backend = new VhostUserBackend({ socketPath: path.join(dir, 'vu.sock'), device: hybrid.device, guestBytes: GUEST_RAM, queues: 2, name: 'vsock-test' });
-  backend.listen();
-  const fe = new FakeFrontEnd();
-  fe.connect(path.join(dir, 'vu.sock'));
-  await fe.negotiate();
-  await fe.setMemTable();
-  const rx = await fe.startRing(0, 128, 0x10000n, { eventIdx: true });
-  const tx = await fe.startRing(1, 128, 0x30000n, { eventIdx: true });
-  await fe.enable(0);
-  expect(backend.isActive, 'not active before every ring is enabled').to.equal(false);
-  await fe.enable(1);
-  await waitFor(() => backend.isActive);
-  const guest = new GuestVsock(fe, rx, tx, 3n, 0x100000n);
-  return { dir, sock, hybrid, backend, fe, rx, tx, guest, servers: [] };
-}
-
-async function teardown(r: Rig): Promise<void> {
-  r.guest.close();
-  r.fe.close();
-  r.backend.close();
-  await r.hybrid.close();
-  for (const s of r.servers) await new Promise<void>((res) => s.close(() => res()));
-  const n = native();
-  for (const rs of [r.rx, r.tx]) for (const fd of [rs.kick, rs.call, rs.err]) n.closeFd(fd);
-  fs.rmSync(r.dir, { recursive: true, force: true });
+/** The shared rig, plus what QEMU's ordering promises: the backend stays
+ * inactive until every ring is enabled, and is active once they all are. */
+function rig(): Promise<VsockRig> {
+  return vsockRig({
+    tmpPrefix: 'kata-vsock-',
+    backendName: 'vsock-test',
+    afterEnable: async (q, backend) => {
+      if (q === 0) expect(backend.isActive, 'not active before every ring is enabled').to.equal(false);
+      else await waitFor(() => backend.isActive);
+    },
+  });
 }
 
 function md5(b: Buffer | Buffer[]): string {
@@ -90,9 +55,9 @@ function readAll(s: net.Socket, bytes: number): Promise<Buffer> {
 
 describe('virtio/vsock over vhost-user', function () {
   this.timeout(30000);
-  let r: Rig;
+  let r: VsockRig;
   beforeEach(async () => { r = await rig(); });
-  afterEach(async () => { await teardown(r); });
+  afterEach(async () => { await closeVsockRig(r); });
 
   it('offers the guest CID in config space and activates with the two rings QEMU runs', async () => {
     const cfg = await r.fe.getConfig(0, 8);
@@ -222,7 +187,7 @@ describe('virtio/vsock over vhost-user', function () {
     await waitFor(() => !r.backend.isConnected);
     expect(r.hybrid.device.connectionCount).to.equal(0);
     const fe2 = new FakeFrontEnd();
-    fe2.connect(path.join(r.dir, 'vu.sock'));
+    fe2.connect(r.vuSock);
     await fe2.negotiate();
     expect(r.backend.connections).to.equal(2);
     fe2.close();
