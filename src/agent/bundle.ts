@@ -10,7 +10,7 @@
  * mounts, readonly root, seccomp) passes through to crun untouched.
  */
 import { validateSpec, type OciSpec, type OciMount, type OciNamespace } from '../protocols/oci';
-export { BundleError, validateSpec } from '../protocols/oci';
+export { validateSpec } from '../protocols/oci';
 
 /** Mounts every Linux container expects; added when the spec lacks them. */
 export const DEFAULT_MOUNTS: OciMount[] = [

@@ -13,16 +13,13 @@ import type { OciRuntime } from './oci-runtime';
 import { GuestProcess, consoleSocketPath } from './process';
 import { StorageSet, type Mounter } from './storage';
 import { native } from '../common/native';
+import { KataError } from '../common/errors';
 import { executableExists } from './executable';
 
 export type ContainerState = 'created' | 'running' | 'stopped';
 
-export class AgentError extends Error {
-  constructor(readonly code: 'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'internal', message: string) {
-    super(message);
-    this.name = 'AgentError';
-  }
-}
+/** The agent's error; service.ts turns `kind` into the gRPC status code the host sees. */
+export class AgentError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'internal'> {}
 
 export class Container {
   state: ContainerState = 'created';

@@ -1,27 +1,28 @@
 /**
  * gRPC AgentService implementation: one handler per RPC, each translating the
  * request onto AgentSandbox and its errors onto gRPC status codes — the only
- * place agent errors meet wire codes.
+ * place agent errors meet wire codes. The code comes from the KataError kind
+ * (AgentError, StorageError 'failed-precondition', BundleError 'invalid');
+ * anything else is INTERNAL.
  */
 import * as grpc from '@grpc/grpc-js';
 import type * as api from '../protocols/agent-api';
-import { AgentError } from './container';
+import { KataError, errorMessage } from '../common/errors';
+import type { AgentError } from './container';
 import type { AgentSandbox } from './sandbox';
-import { BundleError } from './bundle';
-import { StorageError } from './storage';
 import type { OutputPipe } from './output';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
+const STATUS: Record<AgentError['kind'], grpc.status> = {
+  'not-found': grpc.status.NOT_FOUND, 'already-exists': grpc.status.ALREADY_EXISTS, invalid: grpc.status.INVALID_ARGUMENT,
+  'failed-precondition': grpc.status.FAILED_PRECONDITION, internal: grpc.status.INTERNAL,
+};
+
 function toStatus(err: unknown): grpc.ServiceError {
-  const e = err instanceof Error ? err : new Error(String(err));
-  let code = grpc.status.INTERNAL;
-  if (e instanceof AgentError) {
-    code = { 'not-found': grpc.status.NOT_FOUND, 'already-exists': grpc.status.ALREADY_EXISTS, invalid: grpc.status.INVALID_ARGUMENT,
-      'failed-precondition': grpc.status.FAILED_PRECONDITION, internal: grpc.status.INTERNAL }[e.code];
-  } else if (e instanceof BundleError) code = grpc.status.INVALID_ARGUMENT;
-  else if (e instanceof StorageError) code = grpc.status.FAILED_PRECONDITION;
-  return Object.assign(new Error(e.message), { code, details: e.message, metadata: new grpc.Metadata() });
+  const message = errorMessage(err);
+  const code = err instanceof KataError && Object.hasOwn(STATUS, err.kind) ? STATUS[err.kind as AgentError['kind']] : grpc.status.INTERNAL;
+  return Object.assign(new Error(message), { code, details: message, metadata: new grpc.Metadata() });
 }
 
 function unary<Req, Res>(fn: (req: Req) => Promise<Res>): Unary<Req, Res> {

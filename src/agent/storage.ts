@@ -14,13 +14,14 @@ import * as path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Storage } from '../protocols/agent-api';
+import { KataError } from '../common/errors';
 
 const execFileP = promisify(execFile);
 
-export class StorageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'StorageError';
+/** A storage that cannot be mounted: kind 'failed-precondition' (the guest lacks what the host promised). */
+export class StorageError extends KataError<'failed-precondition'> {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('failed-precondition', message, options);
   }
 }
 

@@ -3,8 +3,11 @@
  * and writes, as TypeScript types. Unknown fields are preserved as they pass
  * through (the guest's crun is the one that interprets the full spec).
  * Shared by the host (src/runtime builds and validates specs) and the agent
- * (which adapts them for the guest): the agent may import only src/protocols.
+ * (which adapts them for the guest): the agent may import only src/protocols
+ * and src/common.
  */
+import { KataError } from '../common/errors';
+
 export interface OciUser { uid: number; gid: number; additionalGids?: number[]; umask?: number; username?: string }
 export interface OciRlimit { type: string; hard: number; soft: number }
 export interface OciCapabilities { bounding?: string[]; effective?: string[]; inheritable?: string[]; permitted?: string[]; ambient?: string[] }
@@ -60,10 +63,10 @@ export const SIGNALS: Record<string, number> = {
   SIGPWR: 30, SIGSYS: 31,
 };
 
-export class BundleError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'BundleError';
+/** A spec crun cannot run: kind 'invalid' (the agent answers INVALID_ARGUMENT). */
+export class BundleError extends KataError<'invalid'> {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('invalid', message, options);
   }
 }
 

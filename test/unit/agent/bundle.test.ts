@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { adaptSpecForGuest, DEFAULT_MOUNTS } from '../../../src/agent/bundle';
 import { validateSpec, BundleError, type OciSpec } from '../../../src/protocols/oci';
 import { defaultSpec } from '../../../src/runtime/spec';
+import { KataError } from '../../../src/common/errors';
 
 describe('unit: OCI spec -> guest crun bundle', () => {
   const base = (): OciSpec => defaultSpec({ args: ['sh'], env: ['A=1'], cwd: '/w', uid: 5, gid: 6, terminal: true, hostname: 'h' });
@@ -70,5 +71,7 @@ describe('unit: OCI spec -> guest crun bundle', () => {
       [{ ociVersion: '1.0.2', process: { args: ['a'], cwd: '/', user: { uid: 0, gid: 0 } }, mounts: [{ destination: 'rel' }] }, /absolute destination/],
     ];
     for (const [spec, re] of bad) expect(() => validateSpec(spec), JSON.stringify(spec)).to.throw(BundleError, re);
+    // a KataError whose kind the agent answers as INVALID_ARGUMENT
+    expect(() => validateSpec(null)).to.throw(KataError).with.property('kind', 'invalid');
   });
 });

@@ -55,7 +55,7 @@ describe('agent debug console (host, real pty helper)', function () {
     const off = new AgentSandbox({ runtime: noRuntime, stateDir: dir });
     const err = await off.startDebugConsole({ args: ['true'], terminal: false, rows: 0, columns: 0, env: [] }).catch((e: Error) => e);
     expect(err).to.be.instanceOf(Error);
-    expect((err as Error & { code: string }).code).to.equal('failed-precondition');
+    expect(err).to.have.property('kind', 'failed-precondition');
     expect((err as Error).message).to.match(/debug_console_enabled = true/);
   });
 
@@ -71,7 +71,7 @@ describe('agent debug console (host, real pty helper)', function () {
 
   it('reports a missing command as not-found', async () => {
     const err = await sb.startDebugConsole({ args: ['/no/such/cmd'], terminal: false, rows: 0, columns: 0, env: [] }).catch((e: Error) => e);
-    expect((err as Error & { code: string }).code).to.equal('not-found');
+    expect(err).to.have.property('kind', 'not-found');
   });
 
   it('gives a terminal of the requested size that follows resizes, and exits on Ctrl-D', async () => {
