@@ -55,6 +55,20 @@ export interface QemuOptions {
   rootBlockDriver?: BlockDriver;
 }
 
+/** Fixed PCI slots: root disk 3, vsock 4, rng 5; boot shares, boot disks and hotplugged devices from 8 on. */
+const FIRST_DYNAMIC_SLOT = 8;
+const LAST_SLOT = 0x1f;
+
+/** Where the boot-time shares and disks of a VmConfig sit on the PCI bus. */
+interface BootSlotPlan {
+  /** Slot of cfg.shares[i]. */
+  shares: number[];
+  /** Slot of cfg.disks[i]. */
+  disks: number[];
+  /** First slot left for hotplug. */
+  next: number;
+}
+
 /** The guest's vsock CID (§5.10.4: 3 is the first guest CID). */
 export const GUEST_CID = 3;
 /** QMP chardev-add argument for a unix socket QEMU connects to (qapi/char.json ChardevSocket). */
@@ -70,7 +84,8 @@ export class QemuHypervisor implements Hypervisor {
   private exitReason: Promise<string> | undefined;
   private stopping = false;
   private readonly log = logger('qemu');
-  private nextSlot = 8;
+  /** Next PCI slot for a hotplugged device (past the boot plan's, set by start()). */
+  private nextSlot = FIRST_DYNAMIC_SLOT;
   private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
   private readonly shareSlots = new Map<string, number>();
   private vsock: HybridVsock | undefined;
@@ -96,13 +111,31 @@ export class QemuHypervisor implements Hypervisor {
     return { chardev: `fs${i}`, qdevId: `fsdev-b${i}` };
   }
 
+  /**
+   * PCI slots of the boot-time shares then disks, in config order from
+   * FIRST_DYNAMIC_SLOT: a pure function of the config, so commandLine()
+   * renders the same slots however often it is called, and start() adopts
+   * the same plan for hotplug bookkeeping.
+   */
+  private static bootSlotPlan(cfg: VmConfig): BootSlotPlan {
+    let next = FIRST_DYNAMIC_SLOT;
+    const take = () => {
+      if (next > LAST_SLOT) throw new QemuError('config', 'no free PCI slot for another device');
+      return next++;
+    };
+    const shares = (cfg.shares ?? []).map(take);
+    const disks = cfg.disks.map(take);
+    return { shares, disks, next };
+  }
+
   /** Our device server behind a disk or share (tests and metrics). */
   servedDevice(kind: 'blk' | 'fs', key: string): ServedDevice | undefined {
     return this.devices?.get(kind, key);
   }
 
-  /** The full command line (exposed for tests and `--debug`). */
+  /** The full command line (exposed for tests and `--debug`); pure: no slot or other state changes. */
   commandLine(cfg: VmConfig): string[] {
+    const plan = QemuHypervisor.bootSlotPlan(cfg);
     const mmio = this.opts.machine === 'microvm';
     const dev = (pci: string, mm: string, extra: string, addr?: number) =>
       `${mmio ? mm : pci},${extra}${!mmio && addr !== undefined ? `,addr=0x${addr.toString(16)}` : ''}`;
@@ -138,14 +171,12 @@ export class QemuHypervisor implements Hypervisor {
       // space; queue-size must not exceed what our device offers.
       // Named like hotplugged shares (bootShareIds) so removeShare() can unplug them too.
       const ids = QemuHypervisor.bootShareIds(i);
-      const slot = this.nextSlot++;
-      this.shareSlots.set(sh.tag, slot);
+      const slot = plan.shares[i];
       args.push('-chardev', `socket,id=${ids.chardev},path=${QemuHypervisor.bootSocket(cfg.dir, 'fs', i)}`);
       args.push('-device', dev('vhost-user-fs-pci', 'vhost-user-fs-device', `id=${ids.qdevId},chardev=${ids.chardev},tag=${sh.tag},queue-size=${FS_QUEUE_SIZE}`, slot));
     });
     cfg.disks.forEach((d, i) => {
-      const slot = this.nextSlot++;
-      this.diskSlots.set(d.id, { slot, driver: this.blockDriver });
+      const slot = plan.disks[i];
       if (this.blockDriver === 'vhost-user-blk') {
         // Read-only is ours to honour (VIRTIO_BLK_F_RO + an O_RDONLY fd); the serial is our GET_ID answer.
         args.push('-chardev', `socket,id=vub-${d.id},path=${QemuHypervisor.bootSocket(cfg.dir, 'disk', i)}`);
@@ -168,6 +199,13 @@ export class QemuHypervisor implements Hypervisor {
       if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
       if (!fs.existsSync(sh.path) || !fs.statSync(sh.path).isDirectory()) throw new QemuError('config', `virtio-fs share ${sh.path} is not a directory`);
     }
+    // Slots are assigned once per boot; commandLine() renders the same plan.
+    const plan = QemuHypervisor.bootSlotPlan(cfg);
+    this.shareSlots.clear();
+    (cfg.shares ?? []).forEach((sh, i) => this.shareSlots.set(sh.tag, plan.shares[i]));
+    this.diskSlots.clear();
+    cfg.disks.forEach((d, i) => this.diskSlots.set(d.id, { slot: plan.disks[i], driver: this.blockDriver }));
+    this.nextSlot = plan.next;
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
@@ -369,7 +407,7 @@ export class QemuHypervisor implements Hypervisor {
 
   private takeSlot(): string {
     const slot = this.nextSlot++;
-    if (slot > 0x1f) throw new QemuError('config', 'no free PCI slot for another device');
+    if (slot > LAST_SLOT) throw new QemuError('config', 'no free PCI slot for another device');
     return `0x${slot.toString(16)}`;
   }
 
