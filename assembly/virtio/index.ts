@@ -164,11 +164,15 @@ export function mem_map_check(mm: usize): i32 {
   return -1;
 }
 
-/** translate() with region 0 already in locals; other regions only if any. */
-@inline function translateFast(mm: usize, start: u64, size: u64, off: u64, multi: bool, gpa: u64, len: u64): i64 {
+/**
+ * translate() with region 0 already in locals; the full walk (which tries
+ * region 0 again, harmlessly) only on a miss — a bad address or a buffer in
+ * another region.
+ */
+@inline function translateFast(mm: usize, start: u64, size: u64, off: u64, gpa: u64, len: u64): i64 {
   const rel = gpa - start; // as in translate(): wraps past size when gpa < start
   if (rel <= size && len <= size - rel) return <i64>(off + rel);
-  return multi ? translate(mm, gpa, len) : -1;
+  return translate(mm, gpa, len);
 }
 
 export function mem_translate(mm: usize, gpa: u64, len: u64): i64 {
@@ -235,6 +239,15 @@ export function vq_avail_pending(q: usize): i32 {
  * Pops up to max_chains available chains. Each chain is fully validated
  * before any of it is reported; a chain that does not fit the remaining iov
  * capacity ends the batch unconsumed (it is popped by the next call).
+ *
+ * The walk is split in two loops — the descriptor table, then (at most one)
+ * indirect table — so the common direct path carries no indirect-state tests.
+ * Same checks as one loop would make: in the descriptor table a chain
+ * cannot hold more buffers than descriptors visited, so the loop check
+ * (visited > Queue Size) also bounds its length; in an indirect table both
+ * the table's own loop check and the whole chain's length are tested. A
+ * chain that does not fit the iov table is left before its next descriptor
+ * is read, so errors past that point surface when it is popped again.
  */
 export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize, maxIov: u32): i32 {
   const pend = vq_avail_pending(q);
@@ -251,84 +264,111 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
   const r0start = load<u64>(mm, 8);
   const r0size = load<u64>(mm, 16);
   const r0off = <u64>load<u32>(mm, 24);
-  const multi = load<u32>(mm) > 1;
   let n: u32 = 0;
   let iovUsed: u32 = 0;
-  let full = false;
   while (n < limit) {
     const head = <u32>load<u16>(ring + (((last + n) & mask) << 1));
     if (head >= size) return fail(q, VQ_ERR_HEAD_RANGE, head);
-    let table = descBase;
-    let tsize = size;
     let idx = head;
-    let inIndirect = false;
-    let visited: u32 = 0; // descriptors visited in the current table
-    let total: u32 = 0; // buffers in the chain, both tables
-    let nr: u32 = 0;
     let nw: u32 = 0;
     let rbytes: u64 = 0;
     let wbytes: u64 = 0;
     let pos = iovUsed;
+    let addr: u64 = 0;
+    let flags: u32 = 0;
+    let full = false;
+    // ── the descriptor table ──
+    // Every descriptor visited here but an indirect one (which ends the
+    // walk) took an iov slot, so pos - iovUsed counts the visits: one
+    // bound test per descriptor covers loops and iov capacity at once.
+    const lim = min(maxIov, iovUsed + size);
     while (true) {
-      if (idx >= tsize) return fail(q, VQ_ERR_NEXT_RANGE, idx);
-      // A chain that visits more descriptors than its table holds revisits
-      // one: §2.7.5.2 forbids loops.
-      if (++visited > tsize) return fail(q, VQ_ERR_LOOP, head);
-      const d = table + (<usize>idx << 4);
-      const addr = load<u64>(d);
-      const lfn = load<u64>(d, 8); // len | flags << 32 | next << 48, one load
-      const len = <u32>lfn;
-      const flags = <u32>(lfn >> 32) & 0xffff;
-      if (flags & VIRTQ_DESC_F_INDIRECT) {
-        // §2.7.5.3.1: only if negotiated, never inside an indirect table,
-        // never together with NEXT. §2.7.5.3.2: the device ignores WRITE here.
-        if (!indirectOk) return fail(q, VQ_ERR_INDIRECT_NOT_NEGOTIATED, idx);
-        if (inIndirect) return fail(q, VQ_ERR_NESTED_INDIRECT, idx);
-        if (flags & VIRTQ_DESC_F_NEXT) return fail(q, VQ_ERR_INDIRECT_WITH_NEXT, idx);
-        // struct indirect_descriptor_table { struct virtq_desc desc[len / 16]; }
-        if (len == 0 || (len & 15) != 0) return fail(q, VQ_ERR_INDIRECT_LEN, idx);
-        const t = translateFast(mm, r0start, r0size, r0off, multi, addr, <u64>len);
-        if (t < 0) return fail(q, VQ_ERR_INDIRECT_ADDR, idx);
-        table = <usize>t;
-        tsize = len >> 4;
-        idx = 0;
-        visited = 0;
-        inIndirect = true;
-        continue;
+      if (idx >= size) return fail(q, VQ_ERR_NEXT_RANGE, idx);
+      if (pos >= lim) {
+        // A chain that visits more descriptors than the table holds
+        // revisits one: §2.7.5.2 forbids loops.
+        if (pos - iovUsed >= size) return fail(q, VQ_ERR_LOOP, head);
+        full = true; // does not fit the iov table: stays for the next call
+        break;
       }
-      // §2.7.5.3.1: a driver MUST NOT create a chain longer than Queue Size.
-      if (++total > size) return fail(q, VQ_ERR_CHAIN_TOO_LONG, head);
-      const off = translateFast(mm, r0start, r0size, r0off, multi, addr, <u64>len);
+      const d = descBase + (<usize>idx << 4);
+      addr = load<u64>(d);
+      flags = <u32>load<u16>(d, 12);
+      if (flags & VIRTQ_DESC_F_INDIRECT) break;
+      const len = load<u32>(d, 8);
+      const off = translateFast(mm, r0start, r0size, r0off, addr, <u64>len);
       if (off < 0) return fail(q, VQ_ERR_DESC_ADDR, idx);
       if (flags & VIRTQ_DESC_F_WRITE) {
         nw++;
         wbytes += len;
       } else {
-        // §2.7.4.2: device-writable elements come after device-readable ones.
         if (nw != 0) return fail(q, VQ_ERR_WRITABLE_ORDER, idx);
-        nr++;
         rbytes += len;
       }
-      if (pos >= maxIov) {
-        if (n == 0) return -VQ_ERR_IOV_TOO_SMALL; // host error: not sticky
-        full = true;
-        break;
-      }
-      const v = iov + (<usize>pos << 3);
-      store<u32>(v, <u32>off);
-      store<u32>(v, len, 4);
+      store<u64>(iov + (<usize>pos << 3), <u64>off | (<u64>len << 32));
       pos++;
       if ((flags & VIRTQ_DESC_F_NEXT) == 0) break;
-      idx = <u32>(lfn >> 48);
+      idx = <u32>load<u16>(d, 14);
     }
-    if (full) break;
+    if (!full && (flags & VIRTQ_DESC_F_INDIRECT) != 0) {
+      // ── an indirect table (§2.7.5.3.1): only if negotiated, never with
+      // NEXT, never nested. §2.7.5.3.2: the device ignores WRITE here.
+      if (!indirectOk) return fail(q, VQ_ERR_INDIRECT_NOT_NEGOTIATED, idx);
+      if (flags & VIRTQ_DESC_F_NEXT) return fail(q, VQ_ERR_INDIRECT_WITH_NEXT, idx);
+      const tlen = load<u32>(descBase + (<usize>idx << 4), 8);
+      // struct indirect_descriptor_table { struct virtq_desc desc[len / 16]; }
+      if (tlen == 0 || (tlen & 15) != 0) return fail(q, VQ_ERR_INDIRECT_LEN, idx);
+      const t = translateFast(mm, r0start, r0size, r0off, addr, <u64>tlen);
+      if (t < 0) return fail(q, VQ_ERR_INDIRECT_ADDR, idx);
+      const table = <usize>t;
+      const tsize = tlen >> 4;
+      // Visits to this table, buffers in the whole chain and iov capacity
+      // are all counted by pos: one bound test, then which one it was.
+      const tstart = pos;
+      const lim2 = min(lim, tstart + tsize);
+      idx = 0;
+      while (true) {
+        if (idx >= tsize) return fail(q, VQ_ERR_NEXT_RANGE, idx);
+        if (pos >= lim2) {
+          if (pos - tstart >= tsize) return fail(q, VQ_ERR_LOOP, head);
+          // §2.7.5.3.1: a driver MUST NOT create a chain longer than Queue Size.
+          if (pos - iovUsed >= size) return fail(q, VQ_ERR_CHAIN_TOO_LONG, head);
+          full = true;
+          break;
+        }
+        const d = table + (<usize>idx << 4);
+        addr = load<u64>(d);
+        flags = <u32>load<u16>(d, 12);
+        if (flags & VIRTQ_DESC_F_INDIRECT) return fail(q, VQ_ERR_NESTED_INDIRECT, idx);
+        const len = load<u32>(d, 8);
+        const off = translateFast(mm, r0start, r0size, r0off, addr, <u64>len);
+        if (off < 0) return fail(q, VQ_ERR_DESC_ADDR, idx);
+        if (flags & VIRTQ_DESC_F_WRITE) {
+          nw++;
+          wbytes += len;
+        } else {
+          if (nw != 0) return fail(q, VQ_ERR_WRITABLE_ORDER, idx);
+          rbytes += len;
+        }
+        store<u64>(iov + (<usize>pos << 3), <u64>off | (<u64>len << 32));
+        pos++;
+        if ((flags & VIRTQ_DESC_F_NEXT) == 0) break;
+        idx = <u32>load<u16>(d, 14);
+      }
+    }
+    if (full) {
+      if (n == 0) return -VQ_ERR_IOV_TOO_SMALL; // host error: not sticky
+      break;
+    }
     // §2.7.5.2: no chain longer than 2^32 bytes in total.
-    if (rbytes > 0xffffffff || wbytes > 0xffffffff || rbytes + wbytes > 0x100000000) {
+    // (Each sum is below 2^47: at most 32768 buffers of < 2^32 bytes.)
+    if ((rbytes | wbytes) > 0xffffffff || rbytes + wbytes > 0x100000000) {
       return fail(q, VQ_ERR_CHAIN_BYTES, head);
     }
+    const nbuf = pos - iovUsed;
     const c = chains + <usize>n * 24;
     store<u64>(c, <u64>head | (<u64>iovUsed << 32));
-    store<u64>(c, <u64>nr | (<u64>nw << 32), 8);
+    store<u64>(c, <u64>(nbuf - nw) | (<u64>nw << 32), 8);
     store<u64>(c, rbytes | (wbytes << 32), 16); // both ≤ 2^32 - 1 here
     iovUsed = pos;
     n++;
