@@ -170,8 +170,13 @@ export function mem_map_check(mm: usize): i32 {
  * another region.
  */
 @inline function translateFast(mm: usize, start: u64, size: u64, off: u64, gpa: u64, len: u64): i64 {
-  const rel = gpa - start; // as in translate(): wraps past size when gpa < start
-  if (rel <= size && len <= size - rel) return <i64>(off + rel);
+  // translate()'s two tests in one compare. The region lies in the Memory
+  // (mem_map_check: off + size <= 2^32) and len < 2^32, so rel + len wraps
+  // only when rel > 2^64 - 2^32 > size (gpa < start), and then max() keeps
+  // rel, which fails the compare; otherwise max() is rel + len, and
+  // rel + len <= size is rel <= size && len <= size - rel.
+  const rel = gpa - start;
+  if (max(rel + len, rel) <= size) return <i64>(off + rel);
   return translate(mm, gpa, len);
 }
 
@@ -274,9 +279,8 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
     let rbytes: u64 = 0;
     let wbytes: u64 = 0;
     let pos = iovUsed;
-    let addr: u64 = 0;
-    let flags: u32 = 0;
     let full = false;
+    let indirect = false;
     // ── the descriptor table ──
     // Every descriptor visited here but an indirect one (which ends the
     // walk) took an iov slot, so pos - iovUsed counts the visits: one
@@ -291,10 +295,16 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
         full = true; // does not fit the iov table: stays for the next call
         break;
       }
+      // Nothing read here stays live past the loop (the indirect path
+      // below reads its descriptor again, and checks what it reads): V8's
+      // register allocator spilled such values to the stack at every visit.
       const d = descBase + (<usize>idx << 4);
-      addr = load<u64>(d);
-      flags = <u32>load<u16>(d, 12);
-      if (flags & VIRTQ_DESC_F_INDIRECT) break;
+      const addr = load<u64>(d);
+      const flags = <u32>load<u16>(d, 12);
+      if (flags & VIRTQ_DESC_F_INDIRECT) {
+        indirect = true;
+        break;
+      }
       const len = load<u32>(d, 8);
       const off = translateFast(mm, r0start, r0size, r0off, addr, <u64>len);
       if (off < 0) return fail(q, VQ_ERR_DESC_ADDR, idx);
@@ -310,12 +320,14 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
       if ((flags & VIRTQ_DESC_F_NEXT) == 0) break;
       idx = <u32>load<u16>(d, 14);
     }
-    if (!full && (flags & VIRTQ_DESC_F_INDIRECT) != 0) {
+    if (indirect) {
       // ── an indirect table (§2.7.5.3.1): only if negotiated, never with
       // NEXT, never nested. §2.7.5.3.2: the device ignores WRITE here.
+      const id = descBase + (<usize>idx << 4);
       if (!indirectOk) return fail(q, VQ_ERR_INDIRECT_NOT_NEGOTIATED, idx);
-      if (flags & VIRTQ_DESC_F_NEXT) return fail(q, VQ_ERR_INDIRECT_WITH_NEXT, idx);
-      const tlen = load<u32>(descBase + (<usize>idx << 4), 8);
+      if (load<u16>(id, 12) & VIRTQ_DESC_F_NEXT) return fail(q, VQ_ERR_INDIRECT_WITH_NEXT, idx);
+      const addr = load<u64>(id);
+      const tlen = load<u32>(id, 8);
       // struct indirect_descriptor_table { struct virtq_desc desc[len / 16]; }
       if (tlen == 0 || (tlen & 15) != 0) return fail(q, VQ_ERR_INDIRECT_LEN, idx);
       const t = translateFast(mm, r0start, r0size, r0off, addr, <u64>tlen);
@@ -337,8 +349,8 @@ export function vq_pop_batch(q: usize, chains: usize, maxChains: u32, iov: usize
           break;
         }
         const d = table + (<usize>idx << 4);
-        addr = load<u64>(d);
-        flags = <u32>load<u16>(d, 12);
+        const addr = load<u64>(d);
+        const flags = <u32>load<u16>(d, 12);
         if (flags & VIRTQ_DESC_F_INDIRECT) return fail(q, VQ_ERR_NESTED_INDIRECT, idx);
         const len = load<u32>(d, 8);
         const off = translateFast(mm, r0start, r0size, r0off, addr, <u64>len);
