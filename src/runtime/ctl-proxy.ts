@@ -3,10 +3,12 @@
  * implementing the part of the AgentService that kata-ctl needs, each call
  * forwarded to the agent over the owner's own connection.
  *
- * Why a proxy in the owner: the agent channel today is one virtio-serial
- * port carrying one HTTP/2 session, held by the runtime process that booted
- * the VM; a second process cannot dial it. The owner already has the session
- * and multiplexes kata-ctl's calls onto it.
+ * Why a proxy in the owner: it applies the owner's configuration
+ * (debug_console_enabled) and keeps kata-ctl away from the owner's
+ * containers, whatever the agent itself allows. It dates from the
+ * virtio-serial channel (one HTTP/2 session only the owner could hold); on
+ * hybrid vsock a second process could dial the agent, and ctl-channel.ts
+ * says what changing that would take.
  *
  * What is forwarded is an allowlist: health, guest details and stats,
  * container stats (read-only), and the debug console — starting one only
