@@ -55,6 +55,19 @@ cp "$repo/package.json" "$agent/"
   [[ "$rel" =~ ^node_modules/(@[^/]+/)?[^/]+$ ]] || continue
   mkdir -p "$agent/$(dirname "$rel")"; cp -r "$p" "$agent/$rel"
 done
+# The agent as one file (src/agent/boot.ts says why): esbuild bundles boot.js
+# and all it imports over the staged boot.js; the native addon stays a
+# separate .node file, loaded by path at run time. KATA_TS_AGENT_BUNDLE=0
+# keeps the separate files (to compare, or to debug with readable paths).
+esbuild="$repo/node_modules/.bin/esbuild"
+if [ "${KATA_TS_AGENT_BUNDLE:-1}" = 0 ]; then
+  echo "image: agent bundling off (KATA_TS_AGENT_BUNDLE=0): module files loaded one by one"
+elif [ -x "$esbuild" ] && "$esbuild" "$repo/dist/src/agent/boot.js" --bundle --platform=node --target=node20 \
+     --external:'*.node' --log-level=error --outfile="$agent/dist/src/agent/boot.js" --allow-overwrite; then
+  echo "image: agent bundled into one file ($(( $(stat -c %s "$agent/dist/src/agent/boot.js") / 1024 )) KiB, esbuild)"
+else
+  echo "image: esbuild unavailable or failed: the agent loads its module files one by one (slower boot)"
+fi
 find "$agent" -name '*.map' -delete; find "$agent" -name '*.md' -delete
 
 hash="$(cd "$stage" && find . -printf '%p %s %m %l\n' | sort | sha256sum | cut -c1-16)"

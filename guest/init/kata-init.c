@@ -62,7 +62,7 @@ int main(void) {
   pid_t agent = fork();
   if (agent == 0) {
     setsid();
-    char *argv[] = { "/usr/bin/node", "/opt/kata-ts/dist/src/agent/main.js", NULL };
+    char *argv[] = { "/usr/bin/node", "/opt/kata-ts/dist/src/agent/boot.js", NULL };
     execv(argv[0], argv);
     dprintf(2, "kata-init: exec agent: %s\n", strerror(errno));
     _exit(127);
