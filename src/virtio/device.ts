@@ -25,6 +25,11 @@
  *   DEVICE_NEEDS_RESET (§2.1.2) status     ctx.needsReset(reason) when a
  *     bit + config interrupt                 queue/chain is malformed
  *
+ * The device column's common parts live in one place so the device models
+ * cannot drift apart: ConfigSpace (below) builds and serves a read-only,
+ * little-endian config struct; NeedsResetLatch (needs-reset.ts) is the
+ * log-once/stop/ctx.needsReset side of DEVICE_NEEDS_RESET.
+ *
  * Guest memory: ctx.memory.translate(gpa, len) gives the offset in the one
  * hot-path WebAssembly.Memory (ARCHITECTURE.md decision 1), and
  * ctx.memory.hot.buffer(off, len) a Buffer aliasing it — do file/socket I/O
@@ -139,4 +144,34 @@ export function copyConfig(src: Uint8Array, offset: number, out: Uint8Array): vo
     const p = offset + i;
     out[i] = p >= 0 && p < src.length ? src[p] : 0;
   }
+}
+
+/**
+ * A device's configuration space (§2.5) as the device models here have it:
+ * a fixed struct filled in once at construction and read-only afterwards.
+ * Every multi-byte field is little-endian (§2.5: "in little-endian format"
+ * for VERSION_1 devices), so the setters take no endianness flag to forget.
+ * Reads go through copyConfig, which makes any offset/length a transport
+ * passes (MMIO access, vhost-user GET_CONFIG) safe: bytes past the struct
+ * read as 0, nothing throws.
+ */
+export class ConfigSpace {
+  readonly bytes: Uint8Array;
+  private readonly view: DataView;
+
+  constructor(size: number) {
+    this.bytes = new Uint8Array(size);
+    this.view = new DataView(this.bytes.buffer);
+  }
+
+  /** configSize for VirtioDevice. */
+  get size(): number { return this.bytes.length; }
+
+  setU16(offset: number, v: number): void { this.view.setUint16(offset, v, true); }
+  setU32(offset: number, v: number): void { this.view.setUint32(offset, v, true); }
+  setU64(offset: number, v: bigint): void { this.view.setBigUint64(offset, v, true); }
+  setBytes(offset: number, src: Uint8Array): void { this.bytes.set(src, offset); }
+
+  /** VirtioDevice.readConfig. */
+  read(offset: number, out: Uint8Array): void { copyConfig(this.bytes, offset, out); }
 }

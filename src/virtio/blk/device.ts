@@ -16,10 +16,11 @@
  * element is pushed when its I/O ends. Transport-agnostic (device.ts).
  */
 import * as fs from 'node:fs';
-import { KataError, errorMessage } from '../../common/errors';
+import { KataError } from '../../common/errors';
 import { logger } from '../../common/log';
 import { CHAIN_HEAD, CHAIN_IOV_FIRST, CHAIN_N_READABLE, CHAIN_N_WRITABLE, CHAIN_WORDS, Virtqueue, VirtqueueError } from '../../hot/virtqueue';
-import { copyConfig, VIRTIO_ID_BLOCK, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { ConfigSpace, VIRTIO_ID_BLOCK, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { NeedsResetLatch } from '../needs-reset';
 
 export type BlkErrorKind = 'config' | 'malformed';
 export class BlkError extends KataError<BlkErrorKind> {}
@@ -55,14 +56,14 @@ export class BlkDevice implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_BLOCK;
   readonly queueMaxSizes: ReadonlyArray<number>;
   readonly availableFeatures: bigint;
-  readonly configSize = 60;
   readonly capacitySectors: bigint;
   readonly metrics: BlkMetrics = { reads: 0, writes: 0, flushes: 0, readBytes: 0, writeBytes: 0, errors: 0, needsReset: 0 };
   private readonly fd: number;
-  private readonly config = new Uint8Array(60);
+  private readonly config = new ConfigSpace(60);
   private readonly log = logger('virtio.blk');
   private ctx: ActivateContext | undefined;
-  private broken = false;
+  /** A malformed request chain or ring: VirtqueueError from the walker, BlkError 'malformed' from request(). */
+  private readonly needsReset = new NeedsResetLatch({ log: this.log, name: 'virtio-blk', guestErrors: [VirtqueueError, BlkError], metrics: this.metrics });
   /** Bumped on reset so completions of old requests are dropped. */
   private generation = 0;
   private closed = false;
@@ -76,25 +77,25 @@ export class BlkDevice implements VirtioDevice {
     this.availableFeatures = VIRTIO_RING_FEATURES | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_SEG_MAX | (opts.readonly ? VIRTIO_BLK_F_RO : 0n);
     // §5.2.4 struct virtio_blk_config: capacity @0, size_max @8, seg_max @12,
     // geometry @16, blk_size @20 ...
-    const v = new DataView(this.config.buffer);
-    v.setBigUint64(0, this.capacitySectors, true);
-    v.setUint32(12, Math.max(1, qs - 2), true);
-    v.setUint32(20, SECTOR, true);
+    this.config.setU64(0, this.capacitySectors);
+    this.config.setU32(12, Math.max(1, qs - 2));
+    this.config.setU32(20, SECTOR);
   }
 
+  get configSize(): number { return this.config.size; }
   ackFeatures(_features: bigint): void { /* nothing feature-dependent */ }
-  readConfig(offset: number, out: Uint8Array): void { copyConfig(this.config, offset, out); }
+  readConfig(offset: number, out: Uint8Array): void { this.config.read(offset, out); }
   writeConfig(_offset: number, _data: Uint8Array): void { /* writeback toggle not offered: read-only config */ }
 
   activate(ctx: ActivateContext): void {
     if (!ctx.queues[0]) throw new BlkError('config', 'virtio-blk needs its request queue');
     this.ctx = ctx;
-    this.broken = false;
+    this.needsReset.clear();
   }
 
   reset(): void {
     this.ctx = undefined;
-    this.broken = false;
+    this.needsReset.clear();
     this.generation++;
   }
 
@@ -105,7 +106,7 @@ export class BlkDevice implements VirtioDevice {
 
   queueNotify(index: number): void {
     const ctx = this.ctx;
-    if (!ctx || this.broken || index !== 0) return;
+    if (!ctx || this.needsReset.tripped || index !== 0) return;
     const vq = ctx.queues[0]!;
     try {
       for (;;) {
@@ -113,7 +114,7 @@ export class BlkDevice implements VirtioDevice {
         let n: number;
         while ((n = vq.popBatch()) > 0) {
           for (let i = 0; i < n; i++) this.request(ctx, vq, i);
-          if (this.ctx !== ctx || this.broken) return;
+          if (this.ctx !== ctx || this.needsReset.tripped) return;
         }
         if (!vq.enableNotification()) break;
       }
@@ -214,11 +215,6 @@ export class BlkDevice implements VirtioDevice {
   }
 
   private fail(err: unknown): void {
-    if (!(err instanceof VirtqueueError) && !(err instanceof BlkError)) throw err;
-    if (this.broken) return;
-    this.broken = true;
-    this.metrics.needsReset++;
-    this.log.error('virtio-blk: malformed guest queue, device needs reset', { err: errorMessage(err) });
-    this.ctx?.needsReset(errorMessage(err));
+    this.needsReset.trip(this.ctx, err);
   }
 }

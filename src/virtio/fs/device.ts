@@ -19,9 +19,9 @@
  * error (EINVAL/EIO reply).
  */
 import { logger } from '../../common/log';
-import { errorMessage } from '../../common/errors';
 import { Virtqueue } from '../../hot/virtqueue';
-import { copyConfig, VIRTIO_ID_FS, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { ConfigSpace, VIRTIO_ID_FS, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { NeedsResetLatch } from '../needs-reset';
 import { FsError, VIRTIO_FS_CONFIG_SIZE, VIRTIO_FS_TAG_LEN } from './constants';
 import { PassthroughFs, type PassthroughOptions } from './passthrough';
 import { FuseServer, type FuseServerOptions } from './server';
@@ -50,15 +50,27 @@ export class VirtioFsDevice implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_FS;
   readonly queueMaxSizes: ReadonlyArray<number>;
   readonly availableFeatures = VIRTIO_RING_FEATURES;
-  readonly configSize = VIRTIO_FS_CONFIG_SIZE;
   readonly fs: PassthroughFs;
   readonly server: FuseServer;
-  private readonly config: Buffer;
+  private readonly config = new ConfigSpace(VIRTIO_FS_CONFIG_SIZE);
   private readonly log = logger('virtio.fs');
   private ctx: ActivateContext | undefined;
   /** Bumped on every activate/reset: completions of an older cycle are dropped. */
   private generation = 0;
-  private broken = false;
+  /**
+   * Only ring-level failures reach it (a bad FUSE request is that request's
+   * error reply), so every error counts, and it keeps virtio-fs's own log
+   * line: warn "device needs reset" {reason: "virtio-fs: …"}.
+   */
+  private readonly needsReset = new NeedsResetLatch({
+    log: this.log,
+    name: 'virtio-fs',
+    report: (log, message) => {
+      const reason = `virtio-fs: ${message}`;
+      log.warn('device needs reset', { reason });
+      return reason;
+    },
+  });
   private inFlight = 0;
   private readonly flushPending = new Set<number>();
   private closed = false;
@@ -73,40 +85,40 @@ export class VirtioFsDevice implements VirtioDevice {
     const qs = opts.queueSize ?? 1024;
     this.queueMaxSizes = new Array<number>(1 + nreq).fill(qs);
     // §5.11.4: tag[36] (NUL padded, not NUL terminated when full), le32 num_request_queues.
-    this.config = Buffer.alloc(VIRTIO_FS_CONFIG_SIZE);
-    tag.copy(this.config, 0);
-    this.config.writeUInt32LE(nreq, VIRTIO_FS_TAG_LEN);
+    this.config.setBytes(0, tag);
+    this.config.setU32(VIRTIO_FS_TAG_LEN, nreq);
     this.fs = new PassthroughFs(opts.sharedDir, opts);
     this.server = new FuseServer(this.fs, opts);
   }
 
-  get isActive(): boolean { return this.ctx !== undefined && !this.broken; }
+  get isActive(): boolean { return this.ctx !== undefined && !this.needsReset.tripped; }
 
   get metrics(): VirtioFsMetrics {
     const c = this.server.counters;
     return { requests: c.requests, errors: c.errors, malformed: c.malformed, inFlight: this.inFlight, inodes: this.fs.inodes.size, handles: this.fs.handles.size };
   }
 
+  get configSize(): number { return this.config.size; }
   ackFeatures(_features: bigint): void { /* no device-specific feature bits (no VIRTIO_FS_F_NOTIFICATION) */ }
-  readConfig(offset: number, out: Uint8Array): void { copyConfig(this.config, offset, out); }
+  readConfig(offset: number, out: Uint8Array): void { this.config.read(offset, out); }
   writeConfig(_offset: number, _data: Uint8Array): void { /* §5.11.4: read-only */ }
 
   activate(ctx: ActivateContext): void {
     this.ctx = ctx;
-    this.broken = false;
+    this.needsReset.clear();
     this.generation++;
     // Chains may have been posted before DRIVER_OK reached us.
     ctx.queues.forEach((q, i) => { if (q) this.process(i); });
   }
 
   queueNotify(index: number): void {
-    if (!this.ctx || this.broken) return;
+    if (!this.ctx || this.needsReset.tripped) return;
     this.process(index);
   }
 
   reset(): void {
     this.ctx = undefined;
-    this.broken = false;
+    this.needsReset.clear();
     this.generation++;
     this.flushPending.clear();
     // FUSE state (nodeids, handles) is kept: vhost-user stops and restarts
@@ -146,7 +158,7 @@ export class VirtioFsDevice implements VirtioDevice {
     this.inFlight++;
     void this.server.handle(readable, writable).then((len) => {
       this.inFlight--;
-      if (gen !== this.generation || this.broken) return; // reset meanwhile: the ring is gone
+      if (gen !== this.generation || this.needsReset.tripped) return; // reset meanwhile: the ring is gone
       vq.stageUsed(head, len);
       this.scheduleFlush(vq, index);
     });
@@ -158,7 +170,7 @@ export class VirtioFsDevice implements VirtioDevice {
     const gen = this.generation;
     setImmediate(() => {
       this.flushPending.delete(index);
-      if (gen !== this.generation || this.broken || !this.ctx) return;
+      if (gen !== this.generation || this.needsReset.tripped || !this.ctx) return;
       try {
         vq.flushUsed();
         if (vq.needsNotification()) this.ctx.interrupt(index);
@@ -169,10 +181,6 @@ export class VirtioFsDevice implements VirtioDevice {
   }
 
   private fail(err: unknown): void {
-    if (this.broken) return;
-    this.broken = true;
-    const reason = `virtio-fs: ${errorMessage(err)}`;
-    this.log.warn('device needs reset', { reason });
-    this.ctx?.needsReset(reason);
+    this.needsReset.trip(this.ctx, err);
   }
 }

@@ -19,7 +19,8 @@
 import { KataError, errorMessage } from '../../common/errors';
 import { logger } from '../../common/log';
 import { VirtqueueError, type Virtqueue } from '../../hot/virtqueue';
-import { copyConfig, VIRTIO_ID_NET, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { ConfigSpace, VIRTIO_ID_NET, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { NeedsResetLatch } from '../needs-reset';
 import type { NetBackend } from './backend';
 
 export type NetErrorKind = 'config' | 'malformed' | 'io';
@@ -60,22 +61,22 @@ export class NetDevice implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_NET;
   readonly queueMaxSizes: ReadonlyArray<number>;
   readonly availableFeatures = VIRTIO_RING_FEATURES | VIRTIO_NET_F_MAC | VIRTIO_NET_F_STATUS;
-  readonly configSize = 12;
   readonly mac: Uint8Array;
   readonly metrics: NetMetrics = { txFrames: 0, txBytes: 0, rxFrames: 0, rxBytes: 0, rxDropped: 0, txDropped: 0, needsReset: 0 };
-  private readonly config = new Uint8Array(12);
+  private readonly config = new ConfigSpace(12);
   private readonly log = logger('virtio.net');
   private readonly backlog: Buffer[] = [];
   private readonly rxBacklog: number;
   private ctx: ActivateContext | undefined;
-  private broken = false;
+  /** A malformed rx/tx chain or ring: VirtqueueError from the walker, NetError 'malformed' from processRx/processTx. */
+  private readonly needsReset = new NeedsResetLatch({ log: this.log, name: 'virtio-net', guestErrors: [VirtqueueError, NetError], metrics: this.metrics });
   private closed = false;
 
   constructor(private readonly opts: NetDeviceOptions) {
     this.mac = parseMac(opts.mac ?? '02:6b:74:73:00:01');
-    this.config.set(this.mac, 0);
-    new DataView(this.config.buffer).setUint16(6, VIRTIO_NET_S_LINK_UP, true);
-    new DataView(this.config.buffer).setUint16(8, 1, true); // max_virtqueue_pairs
+    this.config.setBytes(0, this.mac);
+    this.config.setU16(6, VIRTIO_NET_S_LINK_UP);
+    this.config.setU16(8, 1); // max_virtqueue_pairs
     const qs = opts.queueSize ?? 256;
     this.queueMaxSizes = [qs, qs];
     this.rxBacklog = opts.rxBacklog ?? DEFAULT_RX_BACKLOG;
@@ -85,18 +86,19 @@ export class NetDevice implements VirtioDevice {
   get backend(): NetBackend { return this.opts.backend; }
   get macString(): string { return [...this.mac].map((b) => b.toString(16).padStart(2, '0')).join(':'); }
 
+  get configSize(): number { return this.config.size; }
   ackFeatures(_features: bigint): void { /* MAC/STATUS change nothing on the data path */ }
-  readConfig(offset: number, out: Uint8Array): void { copyConfig(this.config, offset, out); }
+  readConfig(offset: number, out: Uint8Array): void { this.config.read(offset, out); }
   writeConfig(_offset: number, _data: Uint8Array): void { /* VIRTIO_NET_F_CTRL_MAC_ADDR not offered: read-only */ }
 
   activate(ctx: ActivateContext): void {
     if (!ctx.queues[RX_Q] || !ctx.queues[TX_Q]) throw new NetError('config', 'virtio-net needs its receive and transmit queues');
     this.ctx = ctx;
-    this.broken = false;
+    this.needsReset.clear();
   }
 
   queueNotify(index: number): void {
-    if (!this.ctx || this.broken) return;
+    if (!this.ctx || this.needsReset.tripped) return;
     try {
       if (index === TX_Q) this.processTx(this.ctx);
       else if (index === RX_Q) this.processRx(this.ctx);
@@ -107,7 +109,7 @@ export class NetDevice implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
-    this.broken = false;
+    this.needsReset.clear();
     this.backlog.length = 0;
   }
 
@@ -149,7 +151,7 @@ export class NetDevice implements VirtioDevice {
     if (frame.length > MAX_FRAME) { this.metrics.rxDropped++; return; }
     if (this.backlog.length >= this.rxBacklog) { this.metrics.rxDropped++; return; }
     this.backlog.push(Buffer.from(frame));
-    if (this.ctx && !this.broken) {
+    if (this.ctx && !this.needsReset.tripped) {
       try { this.processRx(this.ctx); } catch (err) { this.fail(err); }
     }
   }
@@ -190,11 +192,6 @@ export class NetDevice implements VirtioDevice {
   }
 
   private fail(err: unknown): void {
-    if (!(err instanceof VirtqueueError) && !(err instanceof NetError)) throw err;
-    if (this.broken) return;
-    this.broken = true;
-    this.metrics.needsReset++;
-    this.log.error('virtio-net: malformed guest queue, device needs reset', { err: errorMessage(err) });
-    this.ctx?.needsReset(errorMessage(err));
+    this.needsReset.trip(this.ctx, err);
   }
 }

@@ -27,7 +27,8 @@ import type { Duplex } from 'node:stream';
 import { logger } from '../../common/log';
 import { errorMessage } from '../../common/errors';
 import { CHAIN_HEAD, CHAIN_IOV_FIRST, CHAIN_N_READABLE, CHAIN_N_WRITABLE, CHAIN_READABLE_BYTES, CHAIN_WORDS, CHAIN_WRITABLE_BYTES, Virtqueue, VirtqueueError } from '../../hot/virtqueue';
-import { copyConfig, VIRTIO_ID_VSOCK, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { ConfigSpace, VIRTIO_ID_VSOCK, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
+import { NeedsResetLatch } from '../needs-reset';
 import {
   decodeHdr, encodeHdr, gather, HDR_SIZE, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_NAMES, OP_REQUEST, OP_RESPONSE, OP_RST,
   OP_RW, OP_SHUTDOWN, RX_Q, scatter, SHUTDOWN_RCV, SHUTDOWN_SEND, TX_Q, VIRTIO_VSOCK_TYPE_STREAM, VSOCK_HOST_CID, VsockError,
@@ -95,14 +96,14 @@ export class VsockDevice implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_VSOCK;
   readonly queueMaxSizes: ReadonlyArray<number>;
   readonly availableFeatures = VIRTIO_RING_FEATURES;
-  readonly configSize = 8;
   readonly guestCid: bigint;
   readonly bufAlloc: number;
   readonly metrics: VsockMetrics = { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, connsOpened: 0, connsReset: 0, needsReset: 0 };
-  private readonly config = new Uint8Array(8);
+  private readonly config = new ConfigSpace(8);
   private readonly log = logger('virtio.vsock');
   private ctx: ActivateContext | undefined;
-  private broken = false;
+  /** A malformed ring or chain (decision 2): VirtqueueError from the walker, VsockError 'malformed' from txChain/popRx. */
+  private readonly needsReset = new NeedsResetLatch({ log: this.log, name: 'vsock', guestErrors: [VirtqueueError, VsockError], metrics: this.metrics });
   private readonly conns = new Map<string, Conn>();
   private readonly ctrl: VsockHdr[] = [];
   private readonly ready = new Set<Conn>();
@@ -114,28 +115,29 @@ export class VsockDevice implements VirtioDevice {
   constructor(private readonly opts: VsockDeviceOptions) {
     this.guestCid = BigInt(opts.guestCid);
     if (this.guestCid < 3n || this.guestCid >= 0xffff_ffffn) throw new VsockError('config', `guest CID ${this.guestCid} must be in 3..2^32-2`);
-    new DataView(this.config.buffer).setBigUint64(0, this.guestCid, true);
+    this.config.setU64(0, this.guestCid); // §5.10.4 le64 guest_cid
     this.bufAlloc = opts.bufAlloc ?? DEFAULT_BUF_ALLOC;
     const qs = opts.queueSize ?? 256;
     this.queueMaxSizes = [qs, qs, qs];
   }
 
-  get isActive(): boolean { return this.ctx !== undefined && !this.broken; }
+  get isActive(): boolean { return this.ctx !== undefined && !this.needsReset.tripped; }
   get connectionCount(): number { return this.conns.size; }
 
+  get configSize(): number { return this.config.size; }
   ackFeatures(_features: bigint): void { /* no device-specific feature bits used (no SEQPACKET) */ }
-  readConfig(offset: number, out: Uint8Array): void { copyConfig(this.config, offset, out); }
+  readConfig(offset: number, out: Uint8Array): void { this.config.read(offset, out); }
   writeConfig(_offset: number, _data: Uint8Array): void { /* §5.10.4: config is read-only */ }
 
   activate(ctx: ActivateContext): void {
     if (!ctx.queues[RX_Q] || !ctx.queues[TX_Q]) throw new VsockError('config', 'vsock needs its rx and tx queues');
     this.ctx = ctx;
-    this.broken = false;
+    this.needsReset.clear();
     this.scheduleRx();
   }
 
   queueNotify(index: number): void {
-    if (!this.ctx || this.broken) return;
+    if (!this.ctx || this.needsReset.tripped) return;
     if (index === TX_Q) this.processTx();
     else if (index === RX_Q) this.processRx();
     // EVENT_Q: the driver only refills event buffers; we send no events.
@@ -143,7 +145,7 @@ export class VsockDevice implements VirtioDevice {
 
   reset(): void {
     this.ctx = undefined;
-    this.broken = false;
+    this.needsReset.clear();
     for (const c of [...this.conns.values()]) this.drop(c, 'device reset');
     this.ctrl.length = 0;
     this.spare.length = 0;
@@ -186,8 +188,8 @@ export class VsockDevice implements VirtioDevice {
         while ((n = vq.popBatch()) > 0) {
           // A malformed chain stops the device (and the transport may reset
           // it synchronously): check after every chain.
-          for (let i = 0; i < n && this.ctx === ctx && !this.broken; i++) this.txChain(vq, i);
-          if (this.ctx !== ctx || this.broken) return;
+          for (let i = 0; i < n && this.ctx === ctx && !this.needsReset.tripped; i++) this.txChain(vq, i);
+          if (this.ctx !== ctx || this.needsReset.tripped) return;
           vq.flushUsed();
         }
         if (!vq.enableNotification()) break;
@@ -396,7 +398,7 @@ export class VsockDevice implements VirtioDevice {
 
   private processRx(): void {
     const ctx = this.ctx;
-    if (!ctx || this.broken) return;
+    if (!ctx || this.needsReset.tripped) return;
     const vq = ctx.queues[RX_Q]!;
     let used = 0;
     try {
@@ -498,11 +500,6 @@ export class VsockDevice implements VirtioDevice {
 
   /** A malformed ring or chain: NEEDS_RESET, log, stop (decision 2). */
   private fail(err: unknown): void {
-    if (!(err instanceof VirtqueueError) && !(err instanceof VsockError)) throw err;
-    if (this.broken) return;
-    this.broken = true;
-    this.metrics.needsReset++;
-    this.log.error('vsock: malformed guest queue, device needs reset', { err: errorMessage(err) });
-    this.ctx?.needsReset(errorMessage(err));
+    this.needsReset.trip(this.ctx, err);
   }
 }
