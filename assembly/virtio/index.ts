@@ -62,6 +62,19 @@
  * mem_map_check(mm) → 0 | -VQ_ERR_MEM_MAP
  */
 
+import {
+  Q_ERROR, Q_ERROR_INFO, fail, memMapCheck, needEvent, translate, translateFast,
+  VQ_ERR_NOT_READY, VQ_ERR_QUEUE_SIZE, VQ_ERR_RING_ALIGN, VQ_ERR_RING_ADDR, VQ_ERR_MEM_MAP,
+  VQ_ERR_AVAIL_IDX_AHEAD, VQ_ERR_HEAD_RANGE, VQ_ERR_NEXT_RANGE, VQ_ERR_DESC_ADDR, VQ_ERR_LOOP,
+  VQ_ERR_CHAIN_TOO_LONG, VQ_ERR_INDIRECT_NOT_NEGOTIATED, VQ_ERR_NESTED_INDIRECT,
+  VQ_ERR_INDIRECT_WITH_NEXT, VQ_ERR_INDIRECT_LEN, VQ_ERR_INDIRECT_ADDR, VQ_ERR_WRITABLE_ORDER,
+  VQ_ERR_CHAIN_BYTES, VQ_ERR_IOV_TOO_SMALL, VQ_ERR_USED_ID,
+} from './common';
+export {
+  vqp_setup, vqp_avail_pending, vqp_pop_batch, vqp_push_used, vqp_push_used_batch,
+  vqp_push_used_chains, vqp_needs_notification, vqp_enable_notification, vqp_disable_notification,
+} from './packed';
+
 // §2.7.5 The Virtqueue Descriptor Table
 const VIRTQ_DESC_F_NEXT: u32 = 1;
 const VIRTQ_DESC_F_WRITE: u32 = 2;
@@ -74,7 +87,6 @@ const VIRTIO_F_INDIRECT_DESC: u32 = 28;
 const VIRTIO_F_EVENT_IDX: u32 = 29;
 
 const MAX_QUEUE_SIZE: u32 = 32768;
-const MAX_REGIONS: u32 = 8;
 
 // Queue struct fields.
 const Q_SIZE: usize = 0;
@@ -88,96 +100,11 @@ const Q_AVAIL: usize = 40;
 const Q_USED: usize = 44;
 const Q_LAST_AVAIL: usize = 48;
 const Q_NEXT_USED: usize = 52;
-const Q_ERROR: usize = 56;
-const Q_ERROR_INFO: usize = 60;
 const Q_READY: usize = 64;
 const Q_SIGNALLED_USED: usize = 68;
 
-// Error codes (mirrored in src/hot/virtqueue.ts). 1–5 and 19–20 concern
-// set-up or host calls; 6–18 are hostile or broken guest rings.
-const VQ_ERR_NOT_READY: i32 = 1;
-const VQ_ERR_QUEUE_SIZE: i32 = 2;
-const VQ_ERR_RING_ALIGN: i32 = 3;
-const VQ_ERR_RING_ADDR: i32 = 4;
-const VQ_ERR_MEM_MAP: i32 = 5;
-const VQ_ERR_AVAIL_IDX_AHEAD: i32 = 6;
-const VQ_ERR_HEAD_RANGE: i32 = 7;
-const VQ_ERR_NEXT_RANGE: i32 = 8;
-const VQ_ERR_DESC_ADDR: i32 = 9;
-const VQ_ERR_LOOP: i32 = 10;
-const VQ_ERR_CHAIN_TOO_LONG: i32 = 11;
-const VQ_ERR_INDIRECT_NOT_NEGOTIATED: i32 = 12;
-const VQ_ERR_NESTED_INDIRECT: i32 = 13;
-const VQ_ERR_INDIRECT_WITH_NEXT: i32 = 14;
-const VQ_ERR_INDIRECT_LEN: i32 = 15;
-const VQ_ERR_INDIRECT_ADDR: i32 = 16;
-const VQ_ERR_WRITABLE_ORDER: i32 = 17;
-const VQ_ERR_CHAIN_BYTES: i32 = 18;
-const VQ_ERR_IOV_TOO_SMALL: i32 = 19;
-const VQ_ERR_USED_ID: i32 = 20;
-
-/** Records a sticky guest error and returns it negated. */
-function fail(q: usize, code: i32, info: u32): i32 {
-  store<u32>(q, <u32>code, Q_ERROR);
-  store<u32>(q, info, Q_ERROR_INFO);
-  return -code;
-}
-
-/** Bytes of this Memory (u64: 65536 pages do not fit u32). */
-@inline function memoryBytes(): u64 {
-  return <u64>memory.size() << 16;
-}
-
 export function mem_map_check(mm: usize): i32 {
-  if (<u64>mm + 8 + <u64>MAX_REGIONS * 24 > memoryBytes()) return -VQ_ERR_MEM_MAP;
-  const count = load<u32>(mm);
-  if (count == 0 || count > MAX_REGIONS) return -VQ_ERR_MEM_MAP;
-  const limit = memoryBytes();
-  for (let i: u32 = 0; i < count; i++) {
-    const r = mm + 8 + i * 24;
-    const gpa = load<u64>(r);
-    const size = load<u64>(r, 8);
-    const off = load<u32>(r, 16);
-    if (size == 0 || gpa + size < gpa) return -VQ_ERR_MEM_MAP;
-    if (<u64>off + size > limit) return -VQ_ERR_MEM_MAP;
-  }
-  return 0;
-}
-
-/**
- * Memory offset of guest-physical [gpa, gpa+len) if the whole range lies in
- * one region of the map, else -1. Written so no sum can overflow.
- */
-@inline function translate(mm: usize, gpa: u64, len: u64): i64 {
-  const count = load<u32>(mm);
-  for (let i: u32 = 0; i < count; i++) {
-    const r = mm + 8 + i * 24;
-    const start = load<u64>(r);
-    const size = load<u64>(r, 8);
-    // gpa < start wraps rel past 2^64 - start > size (mem_map_check:
-    // start + size does not overflow), so rel <= size alone covers it.
-    const rel = gpa - start;
-    if (rel <= size && len <= size - rel) {
-      return <i64>(<u64>load<u32>(r, 16) + rel);
-    }
-  }
-  return -1;
-}
-
-/**
- * translate() with region 0 already in locals; the full walk (which tries
- * region 0 again, harmlessly) only on a miss — a bad address or a buffer in
- * another region.
- */
-@inline function translateFast(mm: usize, start: u64, size: u64, off: u64, gpa: u64, len: u64): i64 {
-  // translate()'s two tests in one compare. The region lies in the Memory
-  // (mem_map_check: off + size <= 2^32) and len < 2^32, so rel + len wraps
-  // only when rel > 2^64 - 2^32 > size (gpa < start), and then max() keeps
-  // rel, which fails the compare; otherwise max() is rel + len, and
-  // rel + len <= size is rel <= size && len <= size - rel.
-  const rel = gpa - start;
-  if (max(rel + len, rel) <= size) return <i64>(off + rel);
-  return translate(mm, gpa, len);
+  return memMapCheck(mm);
 }
 
 export function mem_translate(mm: usize, gpa: u64, len: u64): i64 {
@@ -464,14 +391,6 @@ export function vq_push_used_chains(q: usize, chains: usize, count: u32, lens: u
   atomic.store<u16>(used + 2, <u16>next); // §2.7.8.2, as in vq_push_used
   store<u32>(q, next, Q_NEXT_USED);
   return <i32>count;
-}
-
-/**
- * vring_need_event from virtio_ring.h (§2.7.7.2 in 16-bit arithmetic): did
- * used_idx pass `event` when it moved from `old` to `new`? Wraps at 65536.
- */
-@inline function needEvent(event: u32, newIdx: u32, old: u32): bool {
-  return ((newIdx - event - 1) & 0xffff) < ((newIdx - old) & 0xffff);
 }
 
 export function vring_need_event(event: u32, newIdx: u32, old: u32): i32 {

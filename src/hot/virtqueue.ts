@@ -1,6 +1,6 @@
 /**
  * Typed wrapper over assembly/virtio (split virtqueue, device side, virtio
- * 1.2 §2.7). Owns each queue's scratch — the queue struct, the chain and
+ * 1.2 §2.7; and PackedVirtqueue, §2.8, at the end of this file). Owns each queue's scratch — the queue struct, the chain and
  * iovec tables one pop fills, the used elements one push publishes — inside
  * the shared HotMemory, and turns the module's status codes into
  * VirtqueueError kinds.
@@ -30,7 +30,7 @@ export const MAX_QUEUE_SIZE = 32768;
 /** Regions the memory map holds (assembly/virtio MAX_REGIONS). */
 export const MAX_MEM_REGIONS = 8;
 
-/** assembly/virtio error codes, by kind. Codes 6–18 are guest errors. */
+/** assembly/virtio error codes, by kind. Codes 6–18 and 21 are guest errors. */
 export const VQ_ERROR_CODES = {
   'not-ready': 1,
   'queue-size': 2,
@@ -52,6 +52,11 @@ export const VQ_ERROR_CODES = {
   'chain-bytes': 18,
   'iov-too-small': 19,
   'used-id': 20,
+  // Packed queue only (assembly/virtio/packed.ts): 21 is a guest error,
+  // 22–23 host errors.
+  'chain-not-avail': 21,
+  'used-descs': 22,
+  'ring-pos': 23,
 } as const;
 export type VirtqueueErrorKind = keyof typeof VQ_ERROR_CODES | 'config';
 
@@ -87,6 +92,15 @@ export interface VirtioExports {
   vq_enable_notification(q: number): number;
   vq_disable_notification(q: number): number;
   vring_need_event(event: number, newIdx: number, old: number): number;
+  vqp_setup(q: number): number;
+  vqp_avail_pending(q: number): number;
+  vqp_pop_batch(q: number, chains: number, maxChains: number, iov: number, maxIov: number): number;
+  vqp_push_used(q: number, token: number, len: number): number;
+  vqp_push_used_batch(q: number, elems: number, count: number): number;
+  vqp_push_used_chains(q: number, chains: number, n: number, lens: number): number;
+  vqp_needs_notification(q: number): number;
+  vqp_enable_notification(q: number): number;
+  vqp_disable_notification(q: number): number;
 }
 
 // Queue struct layout (assembly/virtio/index.ts header).
@@ -177,6 +191,23 @@ export class VirtioModule {
     const name = opts.name ?? `virtio.q${this.queues++}`;
     const base = this.mem.reserve(name, Q_BYTES + maxChains * (CHAIN_WORDS * 4 + 8) + maxIov * 8, 64);
     return new Virtqueue(this, base, maxSize, maxChains, maxIov);
+  }
+
+  /**
+   * Reserves scratch for one packed queue (§2.8; assembly/virtio/packed.ts).
+   * Same sizing rules as createQueue; maxSize need not be a power of two.
+   */
+  createPackedQueue(opts: { maxSize?: number; maxChains?: number; maxIov?: number; name?: string } = {}): PackedVirtqueue {
+    const maxSize = opts.maxSize ?? 256;
+    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
+      throw new VirtqueueError('config', `maxSize ${maxSize} out of 1..${MAX_QUEUE_SIZE}`);
+    }
+    const maxChains = opts.maxChains ?? maxSize;
+    const maxIov = opts.maxIov ?? Math.max(2 * maxSize, 64);
+    if (maxIov < maxSize) throw new VirtqueueError('config', `maxIov ${maxIov} < maxSize ${maxSize}`);
+    const name = opts.name ?? `virtio.pq${this.queues++}`;
+    const base = this.mem.reserve(name, Q_BYTES + maxChains * (CHAIN_WORDS * 4 + 8) + maxIov * 8, 64);
+    return new PackedVirtqueue(this, base, maxSize, maxChains, maxIov);
   }
 }
 
@@ -362,5 +393,215 @@ export class Virtqueue {
 
   private throwErr(kind: VirtqueueErrorKind, code: number, info: number, sticky: boolean): never {
     throw new VirtqueueError(kind, `virtqueue: ${kind} (code ${code}, at ${info})`, code, info, sticky);
+  }
+}
+
+// ───────────── packed virtqueue (virtio 1.2 §2.8) ─────────────
+
+export const VIRTIO_F_RING_PACKED = 34;
+/** Packed descriptor flags (§2.8.1); NEXT/WRITE/INDIRECT as in split. */
+export const VIRTQ_DESC_F_AVAIL = 1 << 7;
+export const VIRTQ_DESC_F_USED = 1 << 15;
+/** Event suppression flags (§2.8.10). */
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+export const RING_EVENT_FLAGS_DESC = 2;
+/** Fresh ring position: 0 with wrap counter 1 (off_wrap encoding). */
+export const PACKED_START = 0x8000;
+
+export interface PackedQueueConfig {
+  /** Queue Size: 1..32768, not necessarily a power of two. */
+  size: number;
+  features: bigint;
+  /** Descriptor ring (16-byte aligned). */
+  descGpa: bigint;
+  /** Driver Area: driver event suppression structure (4-byte aligned). */
+  driverGpa: bigint;
+  /** Device Area: device event suppression structure (4-byte aligned). */
+  deviceGpa: bigint;
+  /** Restore: position | wrap counter << 15 (default PACKED_START). */
+  nextAvail?: number;
+  nextUsed?: number;
+}
+
+export interface PackedChain extends Chain {
+  /** Descriptors the chain took in the ring (what its completion skips). */
+  ringDescs: number;
+  /** id | ringDescs << 16: what pushUsed/stageUsed take back. */
+  token: number;
+}
+
+/**
+ * Packed queue over the same scratch layout as Virtqueue: one pop fills
+ * chain records and iovecs in the split layout, except that a record's
+ * word 0 holds the buffer id (low 16 bits) and the ring descriptors the
+ * chain took (high 16 bits) — its "token". A completion needs both (the
+ * used side skips that many ring slots, §2.8.21.3), so pushUsed/stageUsed
+ * take the token, and pushUsedChains reads it from the records.
+ */
+export class PackedVirtqueue {
+  readonly q: number;
+  readonly chainsOff: number;
+  readonly iovOff: number;
+  readonly usedOff: number;
+  readonly chainWords: Uint32Array;
+  readonly iovWords: Uint32Array;
+  private readonly usedWords: Uint32Array;
+  private readonly words: Uint32Array;
+  private staged = 0;
+  private reported = false;
+  private readonly w: VirtioExports;
+
+  constructor(
+    readonly module: VirtioModule,
+    base: number,
+    readonly maxSize: number,
+    readonly maxChains: number,
+    readonly maxIov: number,
+  ) {
+    const buf = module.mem.memory.buffer;
+    this.q = base;
+    this.chainsOff = base + Q_BYTES;
+    this.usedOff = this.chainsOff + maxChains * CHAIN_WORDS * 4;
+    this.iovOff = this.usedOff + maxChains * 8;
+    this.words = new Uint32Array(buf, base, Q_BYTES / 4);
+    this.chainWords = new Uint32Array(buf, this.chainsOff, maxChains * CHAIN_WORDS);
+    this.usedWords = new Uint32Array(buf, this.usedOff, maxChains * 2);
+    this.iovWords = new Uint32Array(buf, this.iovOff, maxIov * 2);
+    this.w = module.wasm;
+  }
+
+  activate(cfg: PackedQueueConfig): void {
+    if (cfg.size > this.maxSize) {
+      throw new VirtqueueError('queue-size', `queue size ${cfg.size} exceeds this queue's maximum ${this.maxSize}`, VQ_ERROR_CODES['queue-size'], cfg.size, true);
+    }
+    const v = this.module.mem.view;
+    const q = this.q;
+    v.setUint32(q + Q_SIZE, cfg.size >>> 0, true);
+    v.setUint32(q + Q_FEATURES, Number(BigInt.asUintN(32, cfg.features)), true);
+    v.setBigUint64(q + Q_DESC_GPA, BigInt.asUintN(64, cfg.descGpa), true);
+    v.setBigUint64(q + Q_AVAIL_GPA, BigInt.asUintN(64, cfg.driverGpa), true);
+    v.setBigUint64(q + Q_USED_GPA, BigInt.asUintN(64, cfg.deviceGpa), true);
+    v.setUint32(q + Q_MEM_MAP, this.module.memMap, true);
+    v.setUint32(q + Q_LAST_AVAIL, (cfg.nextAvail ?? PACKED_START) >>> 0, true);
+    v.setUint32(q + Q_NEXT_USED, (cfg.nextUsed ?? PACKED_START) >>> 0, true);
+    this.staged = 0;
+    this.reported = false;
+    this.check(this.w.vqp_setup(q));
+  }
+
+  reset(): void {
+    this.words[Q_READY / 4] = 0;
+    this.words[Q_ERROR / 4] = 0;
+    this.staged = 0;
+  }
+
+  get ready(): boolean { return this.words[Q_READY / 4] === 1; }
+  /** Next ring position to pop | wrap counter << 15. */
+  get nextAvail(): number { return this.words[Q_LAST_AVAIL / 4]; }
+  /** Next used ring position | wrap counter << 15. */
+  get nextUsed(): number { return this.words[Q_NEXT_USED / 4]; }
+  get error(): VirtqueueErrorKind | undefined {
+    const c = this.words[Q_ERROR / 4];
+    return c === 0 ? undefined : KIND_BY_CODE[c];
+  }
+
+  /** 1 if a chain is available to pop, else 0 (packed rings keep no count). */
+  pending(): number {
+    return this.check(this.w.vqp_avail_pending(this.q));
+  }
+
+  popBatch(max = this.maxChains): number {
+    return this.check(this.w.vqp_pop_batch(this.q, this.chainsOff, Math.min(max, this.maxChains), this.iovOff, this.maxIov));
+  }
+
+  chain(i: number): PackedChain {
+    const c = this.chainWords;
+    const b = i * CHAIN_WORDS;
+    const first = c[b + CHAIN_IOV_FIRST];
+    const nr = c[b + CHAIN_N_READABLE];
+    const nw = c[b + CHAIN_N_WRITABLE];
+    const io = this.iovWords;
+    const pick = (from: number, n: number) => {
+      const out: Array<{ offset: number; length: number }> = [];
+      for (let k = from; k < from + n; k++) out.push({ offset: io[2 * k], length: io[2 * k + 1] });
+      return out;
+    };
+    const token = c[b + CHAIN_HEAD];
+    return {
+      head: token & 0xffff,
+      ringDescs: token >>> 16,
+      token,
+      readableBytes: c[b + CHAIN_READABLE_BYTES],
+      writableBytes: c[b + CHAIN_WRITABLE_BYTES],
+      readable: pick(first, nr),
+      writable: pick(first + nr, nw),
+    };
+  }
+
+  buffers(i: number): { head: number; token: number; readable: Buffer[]; writable: Buffer[] } {
+    const ch = this.chain(i);
+    const mem = this.module.mem;
+    return {
+      head: ch.head,
+      token: ch.token,
+      readable: ch.readable.map((v) => mem.buffer(v.offset, v.length)),
+      writable: ch.writable.map((v) => mem.buffer(v.offset, v.length)),
+    };
+  }
+
+  /** Publishes one used descriptor for the chain with this token now. */
+  pushUsed(token: number, len: number): void {
+    if (this.staged !== 0) this.flushUsed();
+    this.check(this.w.vqp_push_used(this.q, token >>> 0, len >>> 0));
+  }
+
+  stageUsed(token: number, len: number): void {
+    if (this.staged === this.maxChains) this.flushUsed();
+    this.usedWords[2 * this.staged] = token;
+    this.usedWords[2 * this.staged + 1] = len;
+    this.staged++;
+  }
+
+  flushUsed(): number {
+    const n = this.staged;
+    if (n === 0) return 0;
+    this.staged = 0;
+    return this.check(this.w.vqp_push_used_batch(this.q, this.usedOff, n));
+  }
+
+  pushUsedChains(n: number, lens?: ArrayLike<number>): number {
+    if (this.staged !== 0) this.flushUsed();
+    if (n > this.maxChains) throw new VirtqueueError('config', `pushUsedChains: ${n} chains > maxChains ${this.maxChains}`);
+    if (lens === undefined) return this.check(this.w.vqp_push_used_chains(this.q, this.chainsOff, n, 0));
+    const u = this.usedWords;
+    for (let i = 0; i < n; i++) u[i] = lens[i];
+    return this.check(this.w.vqp_push_used_chains(this.q, this.chainsOff, n, this.usedOff));
+  }
+
+  /** Whether the caller must send a used buffer notification now (§2.8.10). */
+  needsNotification(): boolean {
+    return this.w.vqp_needs_notification(this.q) === 1;
+  }
+
+  enableNotification(): boolean {
+    return this.w.vqp_enable_notification(this.q) === 1;
+  }
+
+  disableNotification(): void {
+    this.w.vqp_disable_notification(this.q);
+  }
+
+  private check(r: number): number {
+    if (r >= 0) return r;
+    const code = -r;
+    const kind = KIND_BY_CODE[code] ?? 'config';
+    const sticky = this.words[Q_ERROR / 4] === code;
+    const info = sticky ? this.words[Q_ERROR_INFO / 4] : 0;
+    if (sticky && !this.reported) {
+      this.reported = true;
+      logger('hot.virtqueue').warn('packed virtqueue error: device needs reset', { kind, info, q: this.q });
+    }
+    throw new VirtqueueError(kind, `packed virtqueue: ${kind} (code ${code}, at ${info})`, code, info, sticky);
   }
 }
