@@ -16,10 +16,16 @@
  *
  *   npx tsc -p tsconfig.json && bash scripts/build-wasm.sh && node dist/bench/hot-virtqueue.js
  *
+ * packed (AS only: the plain-TS and C peers exist for split only) runs the
+ * same two shapes on a packed ring (§2.8, assembly/virtio/packed.ts): the
+ * driver re-marks the ring's 256 descriptors available each kick (each kick
+ * takes the whole ring, so the wrap counter flips every time) outside the
+ * timed part; the timed part is pop + pushUsedChains + needsNotification.
+ *
  * Writes build/bench/hot-virtqueue.json.
  */
 import { HotMemory } from '../src/hot/memory';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VirtioModule } from '../src/hot/virtqueue';
+import { RING_EVENT_FLAGS_DESC, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, VirtioModule } from '../src/hot/virtqueue';
 import { PlainQueue } from './virtqueue-plain';
 import { best, compileC, machine, runJson, table, writeResult } from './native';
 
@@ -127,7 +133,85 @@ function main(): void {
       ['as / plain-ts', ratios['as / plain-ts'].toFixed(2) + '×', 'goal ≥ 3×'],
     ]));
   }
+  runPacked(mem, mod, results);
   console.log(`\nwrote ${writeResult('hot-virtqueue', results)}`);
+}
+
+/** Packed ring, AS only (no plain-TS or C packed peer exists). */
+function runPacked(mem: HotMemory, mod: VirtioModule, results: Record<string, unknown>): void {
+  const pq = mod.createPackedQueue({ maxSize: SIZE, maxIov: 4 * SIZE, name: 'bench.packed' });
+  const desc = G, driver = G + BigInt(16 * SIZE), device = driver + 4n, ind = G + 16384n, data = G + (1n << 20n);
+  const v = mem.view;
+  const at = (gpa: bigint) => mem.gpaToOffset(gpa, 1);
+  const features = (1n << BigInt(VIRTIO_F_EVENT_IDX)) | (1n << BigInt(VIRTIO_F_INDIRECT_DESC));
+  const ringFlags = new Uint16Array(mem.memory.buffer, at(desc), 8 * SIZE);
+  const out: Record<string, unknown> = {};
+  for (const mode of ['direct', 'indirect'] as Mode[]) {
+    mem.u8.fill(0, mem.guestBase, mem.guestBase + (1 << 20));
+    const setDesc = (p: number, addr: bigint, len: number, id: number, flags: number) => {
+      v.setBigUint64(p, addr, true); v.setUint32(p + 8, len, true); v.setUint16(p + 12, id, true); v.setUint16(p + 14, flags, true);
+    };
+    const base = new Uint16Array(SIZE); // flags without AVAIL/USED, per ring slot
+    const ids = new Uint16Array(SIZE);
+    if (mode === 'direct') {
+      for (let c = 0; c < 128; c++) {
+        base[2 * c] = 1; ids[2 * c] = c; base[2 * c + 1] = 2; ids[2 * c + 1] = c;
+      }
+    } else {
+      for (let c = 0; c < 256; c++) {
+        const t = at(ind + BigInt(48 * c));
+        setDesc(t, data + BigInt(c * 8192), 16, 0, 0);
+        setDesc(t + 16, data + BigInt(c * 8192 + 4096), 4096, 0, 2);
+        setDesc(t + 32, data + BigInt(c * 8192 + 16), 1, 0, 2);
+        base[c] = 4; ids[c] = c;
+      }
+    }
+    const perBatch = mode === 'direct' ? 128 : 256;
+    const batches = mode === 'direct' ? 20000 : 10000;
+    // The driver's work per kick: rewrite addr/len/id (the device's used
+    // descriptors overwrote some), then flags with the wrap counter's bits.
+    const mark = (w: number) => {
+      const bits = w ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
+      for (let i = 0; i < SIZE; i++) {
+        const p = at(desc) + 16 * i;
+        if (mode === 'direct') {
+          const c = i >> 1;
+          v.setBigUint64(p, data + BigInt(c * 8192 + (i & 1) * 4096), true);
+          v.setUint32(p + 8, i & 1 ? 4096 : 16, true);
+        } else {
+          v.setBigUint64(p, ind + BigInt(48 * i), true);
+          v.setUint32(p + 8, 48, true);
+        }
+        v.setUint16(p + 12, ids[i], true);
+      }
+      for (let i = 0; i < SIZE; i++) ringFlags[8 * i + 7] = base[i] | bits;
+    };
+    pq.reset();
+    pq.activate({ size: SIZE, features, descGpa: desc, driverGpa: driver, deviceGpa: device });
+    v.setUint16(at(driver) + 2, RING_EVENT_FLAGS_DESC, true); // off_wrap 0: notify at most once a lap
+    let w = 1;
+    const run = (): number => {
+      let ns = 0n;
+      for (let b = 0; b < batches; b++) {
+        mark(w);
+        const t0 = process.hrtime.bigint();
+        const n = pq.popBatch();
+        if (n !== perBatch) throw new Error(`packed popped ${n}`);
+        pq.pushUsedChains(n);
+        pq.needsNotification();
+        ns += process.hrtime.bigint() - t0;
+        w ^= 1;
+      }
+      return (batches * perBatch) / (Number(ns) / 1e9);
+    };
+    run(); // warm-up
+    let rate = 0;
+    for (let k = 0; k < 7; k++) rate = Math.max(rate, run());
+    out[mode] = { rates: { as: rate } };
+    console.log(`\npacked ${mode} (${perBatch} chains per kick, the whole ring; AS only — plain-TS and C peers exist only for split)`);
+    console.log(table([['as (src/hot/virtqueue PackedVirtqueue)', (rate / 1e6).toFixed(2) + ' M', '']]));
+  }
+  results.packed = out;
 }
 
 main();
