@@ -60,6 +60,9 @@
  * vring_need_event(event, new, old) → 1 | 0   (the §2.7.7 / virtio_ring.h arithmetic)
  * mem_translate(mm, gpa, len) → off | -1     (u64 gpa/len; BigInt from JS)
  * mem_map_check(mm) → 0 | -VQ_ERR_MEM_MAP
+ *
+ * The packed virtqueue (§2.8: vqp_*) lives in packed.ts, its ABI in that
+ * file's header; helpers and error codes both share are in common.ts.
  */
 
 import {
