@@ -178,7 +178,21 @@ export class VirtioModule {
    * Reserves scratch for one queue. Do this once per device queue at set-up
    * (scratch is never freed) and activate() it on every driver (re)start.
    */
-  createQueue(opts: { maxSize?: number; maxChains?: number; maxIov?: number; name?: string } = {}): Virtqueue {
+  createQueue(opts: QueueScratchOptions = {}): Virtqueue {
+    const { base, maxSize, maxChains, maxIov } = this.reserveQueue(opts, 'q');
+    return new Virtqueue(this, base, maxSize, maxChains, maxIov);
+  }
+
+  /**
+   * Reserves scratch for one packed queue (§2.8; assembly/virtio/packed.ts).
+   * Same sizing rules as createQueue; maxSize need not be a power of two.
+   */
+  createPackedQueue(opts: QueueScratchOptions = {}): PackedVirtqueue {
+    const { base, maxSize, maxChains, maxIov } = this.reserveQueue(opts, 'pq');
+    return new PackedVirtqueue(this, base, maxSize, maxChains, maxIov);
+  }
+
+  private reserveQueue(opts: QueueScratchOptions, prefix: string): { base: number; maxSize: number; maxChains: number; maxIov: number } {
     const maxSize = opts.maxSize ?? 256;
     if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
       throw new VirtqueueError('config', `maxSize ${maxSize} out of 1..${MAX_QUEUE_SIZE}`);
@@ -188,30 +202,34 @@ export class VirtioModule {
     // pop always makes progress.
     const maxIov = opts.maxIov ?? Math.max(2 * maxSize, 64);
     if (maxIov < maxSize) throw new VirtqueueError('config', `maxIov ${maxIov} < maxSize ${maxSize}`);
-    const name = opts.name ?? `virtio.q${this.queues++}`;
+    const name = opts.name ?? `virtio.${prefix}${this.queues++}`;
     const base = this.mem.reserve(name, Q_BYTES + maxChains * (CHAIN_WORDS * 4 + 8) + maxIov * 8, 64);
-    return new Virtqueue(this, base, maxSize, maxChains, maxIov);
-  }
-
-  /**
-   * Reserves scratch for one packed queue (§2.8; assembly/virtio/packed.ts).
-   * Same sizing rules as createQueue; maxSize need not be a power of two.
-   */
-  createPackedQueue(opts: { maxSize?: number; maxChains?: number; maxIov?: number; name?: string } = {}): PackedVirtqueue {
-    const maxSize = opts.maxSize ?? 256;
-    if (!Number.isInteger(maxSize) || maxSize < 1 || maxSize > MAX_QUEUE_SIZE) {
-      throw new VirtqueueError('config', `maxSize ${maxSize} out of 1..${MAX_QUEUE_SIZE}`);
-    }
-    const maxChains = opts.maxChains ?? maxSize;
-    const maxIov = opts.maxIov ?? Math.max(2 * maxSize, 64);
-    if (maxIov < maxSize) throw new VirtqueueError('config', `maxIov ${maxIov} < maxSize ${maxSize}`);
-    const name = opts.name ?? `virtio.pq${this.queues++}`;
-    const base = this.mem.reserve(name, Q_BYTES + maxChains * (CHAIN_WORDS * 4 + 8) + maxIov * 8, 64);
-    return new PackedVirtqueue(this, base, maxSize, maxChains, maxIov);
+    return { base, maxSize, maxChains, maxIov };
   }
 }
 
-export class Virtqueue {
+export interface QueueScratchOptions { maxSize?: number; maxChains?: number; maxIov?: number; name?: string }
+
+/** The wasm entry points of one ring layout: what split and packed differ in. */
+interface RingCalls {
+  setup(q: number): number;
+  availPending(q: number): number;
+  popBatch(q: number, chains: number, maxChains: number, iov: number, maxIov: number): number;
+  pushUsed(q: number, id: number, len: number): number;
+  pushUsedBatch(q: number, elems: number, n: number): number;
+  pushUsedChains(q: number, chains: number, n: number, lens: number): number;
+  needsNotification(q: number): number;
+  enableNotification(q: number): number;
+  disableNotification(q: number): number;
+}
+
+/**
+ * What a split and a packed queue share: the scratch layout (queue struct,
+ * chain records, used elements, iovecs), activation, the batch pop, staged
+ * and batch completions, notification calls and the error reporting. The
+ * subclasses add their configuration, positions and completion token.
+ */
+abstract class QueueBase {
   /** Offset of the queue struct. */
   readonly q: number;
   readonly chainsOff: number;
@@ -221,11 +239,10 @@ export class Virtqueue {
   readonly chainWords: Uint32Array;
   /** Iovecs of the last pop: [offset, length] u32 pairs. */
   readonly iovWords: Uint32Array;
-  private readonly usedWords: Uint32Array;
-  private readonly words: Uint32Array;
-  private staged = 0;
+  protected readonly usedWords: Uint32Array;
+  protected readonly words: Uint32Array;
+  protected staged = 0;
   private reported = false;
-  private readonly w: VirtioExports;
 
   constructor(
     readonly module: VirtioModule,
@@ -233,6 +250,9 @@ export class Virtqueue {
     readonly maxSize: number,
     readonly maxChains: number,
     readonly maxIov: number,
+    protected readonly calls: RingCalls,
+    /** Names the queue kind in errors and logs. */
+    private readonly label: string,
   ) {
     const buf = module.mem.memory.buffer;
     this.q = base;
@@ -243,27 +263,26 @@ export class Virtqueue {
     this.chainWords = new Uint32Array(buf, this.chainsOff, maxChains * CHAIN_WORDS);
     this.usedWords = new Uint32Array(buf, this.usedOff, maxChains * 2);
     this.iovWords = new Uint32Array(buf, this.iovOff, maxIov * 2);
-    this.w = module.wasm;
   }
 
-  /** Validates the driver's configuration and starts the queue (DRIVER_OK). */
-  activate(cfg: QueueConfig): void {
-    if (cfg.size > this.maxSize) {
-      throw new VirtqueueError('queue-size', `queue size ${cfg.size} exceeds this queue's maximum ${this.maxSize}`, VQ_ERROR_CODES['queue-size'], cfg.size, true);
+  /** Writes the queue struct and runs the module's validation (DRIVER_OK). */
+  protected start(size: number, features: bigint, descGpa: bigint, driverArea: bigint, deviceArea: bigint, nextAvail: number, nextUsed: number): void {
+    if (size > this.maxSize) {
+      throw new VirtqueueError('queue-size', `queue size ${size} exceeds this queue's maximum ${this.maxSize}`, VQ_ERROR_CODES['queue-size'], size, true);
     }
     const v = this.module.mem.view;
     const q = this.q;
-    v.setUint32(q + Q_SIZE, cfg.size >>> 0, true);
-    v.setUint32(q + Q_FEATURES, Number(BigInt.asUintN(32, cfg.features)), true);
-    v.setBigUint64(q + Q_DESC_GPA, BigInt.asUintN(64, cfg.descGpa), true);
-    v.setBigUint64(q + Q_AVAIL_GPA, BigInt.asUintN(64, cfg.availGpa), true);
-    v.setBigUint64(q + Q_USED_GPA, BigInt.asUintN(64, cfg.usedGpa), true);
+    v.setUint32(q + Q_SIZE, size >>> 0, true);
+    v.setUint32(q + Q_FEATURES, Number(BigInt.asUintN(32, features)), true);
+    v.setBigUint64(q + Q_DESC_GPA, BigInt.asUintN(64, descGpa), true);
+    v.setBigUint64(q + Q_AVAIL_GPA, BigInt.asUintN(64, driverArea), true);
+    v.setBigUint64(q + Q_USED_GPA, BigInt.asUintN(64, deviceArea), true);
     v.setUint32(q + Q_MEM_MAP, this.module.memMap, true);
-    v.setUint32(q + Q_LAST_AVAIL, (cfg.lastAvailIdx ?? 0) & 0xffff, true);
-    v.setUint32(q + Q_NEXT_USED, (cfg.nextUsedIdx ?? 0) & 0xffff, true);
+    v.setUint32(q + Q_LAST_AVAIL, nextAvail, true);
+    v.setUint32(q + Q_NEXT_USED, nextUsed, true);
     this.staged = 0;
     this.reported = false;
-    this.check(this.w.vq_setup(q));
+    this.check(this.calls.setup(q));
   }
 
   /** Stops the queue (device reset); activate() starts it again. */
@@ -274,17 +293,10 @@ export class Virtqueue {
   }
 
   get ready(): boolean { return this.words[Q_READY / 4] === 1; }
-  get lastAvailIdx(): number { return this.words[Q_LAST_AVAIL / 4]; }
-  get nextUsedIdx(): number { return this.words[Q_NEXT_USED / 4]; }
   /** The sticky guest error, if the queue needs a reset. */
   get error(): VirtqueueErrorKind | undefined {
     const c = this.words[Q_ERROR / 4];
     return c === 0 ? undefined : KIND_BY_CODE[c];
-  }
-
-  /** Chains available and not yet popped. */
-  pending(): number {
-    return this.check(this.w.vq_avail_pending(this.q));
   }
 
   /**
@@ -292,7 +304,7 @@ export class Virtqueue {
    * valid until the next pop: chain i is chainWords[i*CHAIN_WORDS + CHAIN_*].
    */
   popBatch(max = this.maxChains): number {
-    return this.check(this.w.vq_pop_batch(this.q, this.chainsOff, Math.min(max, this.maxChains), this.iovOff, this.maxIov));
+    return this.check(this.calls.popBatch(this.q, this.chainsOff, Math.min(max, this.maxChains), this.iovOff, this.maxIov));
   }
 
   /** Convenience view of chain i of the last pop (allocates). */
@@ -328,12 +340,7 @@ export class Virtqueue {
     };
   }
 
-  /** Publishes one used element now. */
-  pushUsed(id: number, len: number): void {
-    this.check(this.w.vq_push_used(this.q, id >>> 0, len >>> 0));
-  }
-
-  /** Stages a used element; flushUsed() publishes all staged with one idx update. */
+  /** Stages a used element; flushUsed() publishes all staged with one update. */
   stageUsed(id: number, len: number): void {
     if (this.staged === this.maxChains) this.flushUsed();
     this.usedWords[2 * this.staged] = id;
@@ -345,11 +352,11 @@ export class Virtqueue {
     const n = this.staged;
     if (n === 0) return 0;
     this.staged = 0;
-    return this.check(this.w.vq_push_used_batch(this.q, this.usedOff, n));
+    return this.check(this.calls.pushUsedBatch(this.q, this.usedOff, n));
   }
 
   /**
-   * Publishes chains 0..n-1 of the last pop as used with one idx update, in
+   * Publishes chains 0..n-1 of the last pop as used with one update, in
    * one call: len = lens[i], or each chain's writable bytes when lens is
    * omitted (a device that filled every writable buffer). Staged elements
    * are flushed first, so the used ring keeps the order of the calls.
@@ -357,27 +364,27 @@ export class Virtqueue {
   pushUsedChains(n: number, lens?: ArrayLike<number>): number {
     if (this.staged !== 0) this.flushUsed();
     if (n > this.maxChains) throw new VirtqueueError('config', `pushUsedChains: ${n} chains > maxChains ${this.maxChains}`);
-    if (lens === undefined) return this.check(this.w.vq_push_used_chains(this.q, this.chainsOff, n, 0));
+    if (lens === undefined) return this.check(this.calls.pushUsedChains(this.q, this.chainsOff, n, 0));
     const u = this.usedWords;
     for (let i = 0; i < n; i++) u[i] = lens[i];
-    return this.check(this.w.vq_push_used_chains(this.q, this.chainsOff, n, this.usedOff));
+    return this.check(this.calls.pushUsedChains(this.q, this.chainsOff, n, this.usedOff));
   }
 
-  /** Whether the caller must send a used buffer notification now (§2.7.7.2). */
+  /** Whether the caller must send a used buffer notification now (§2.7.7.2, §2.8.10). */
   needsNotification(): boolean {
-    return this.w.vq_needs_notification(this.q) === 1;
+    return this.calls.needsNotification(this.q) === 1;
   }
 
   /** Re-enables kicks; true if chains arrived meanwhile (pop again, do not sleep). */
   enableNotification(): boolean {
-    return this.w.vq_enable_notification(this.q) === 1;
+    return this.calls.enableNotification(this.q) === 1;
   }
 
   disableNotification(): void {
-    this.w.vq_disable_notification(this.q);
+    this.calls.disableNotification(this.q);
   }
 
-  private check(r: number): number {
+  protected check(r: number): number {
     if (r >= 0) return r;
     const code = -r;
     const kind = KIND_BY_CODE[code] ?? 'config';
@@ -386,13 +393,39 @@ export class Virtqueue {
     if (sticky && !this.reported) {
       this.reported = true; // once per broken queue, not once per call
       // Looked up per use so a later configureLogging() is honoured.
-      logger('hot.virtqueue').warn('virtqueue error: device needs reset', { kind, info, q: this.q });
+      logger('hot.virtqueue').warn(`${this.label} error: device needs reset`, { kind, info, q: this.q });
     }
-    return this.throwErr(kind, code, info, sticky);
+    throw new VirtqueueError(kind, `${this.label}: ${kind} (code ${code}, at ${info})`, code, info, sticky);
+  }
+}
+
+/** Split virtqueue (§2.7). */
+export class Virtqueue extends QueueBase {
+  constructor(module: VirtioModule, base: number, maxSize: number, maxChains: number, maxIov: number) {
+    const w = module.wasm;
+    super(module, base, maxSize, maxChains, maxIov, {
+      setup: w.vq_setup, availPending: w.vq_avail_pending, popBatch: w.vq_pop_batch, pushUsed: w.vq_push_used,
+      pushUsedBatch: w.vq_push_used_batch, pushUsedChains: w.vq_push_used_chains, needsNotification: w.vq_needs_notification,
+      enableNotification: w.vq_enable_notification, disableNotification: w.vq_disable_notification,
+    }, 'virtqueue');
   }
 
-  private throwErr(kind: VirtqueueErrorKind, code: number, info: number, sticky: boolean): never {
-    throw new VirtqueueError(kind, `virtqueue: ${kind} (code ${code}, at ${info})`, code, info, sticky);
+  /** Validates the driver's configuration and starts the queue (DRIVER_OK). */
+  activate(cfg: QueueConfig): void {
+    this.start(cfg.size, cfg.features, cfg.descGpa, cfg.availGpa, cfg.usedGpa, (cfg.lastAvailIdx ?? 0) & 0xffff, (cfg.nextUsedIdx ?? 0) & 0xffff);
+  }
+
+  get lastAvailIdx(): number { return this.words[Q_LAST_AVAIL / 4]; }
+  get nextUsedIdx(): number { return this.words[Q_NEXT_USED / 4]; }
+
+  /** Chains available and not yet popped. */
+  pending(): number {
+    return this.check(this.calls.availPending(this.q));
+  }
+
+  /** Publishes one used element now. */
+  pushUsed(id: number, len: number): void {
+    this.check(this.calls.pushUsed(this.q, id >>> 0, len >>> 0));
   }
 }
 
@@ -439,169 +472,43 @@ export interface PackedChain extends Chain {
  * used side skips that many ring slots, §2.8.21.3), so pushUsed/stageUsed
  * take the token, and pushUsedChains reads it from the records.
  */
-export class PackedVirtqueue {
-  readonly q: number;
-  readonly chainsOff: number;
-  readonly iovOff: number;
-  readonly usedOff: number;
-  readonly chainWords: Uint32Array;
-  readonly iovWords: Uint32Array;
-  private readonly usedWords: Uint32Array;
-  private readonly words: Uint32Array;
-  private staged = 0;
-  private reported = false;
-  private readonly w: VirtioExports;
-
-  constructor(
-    readonly module: VirtioModule,
-    base: number,
-    readonly maxSize: number,
-    readonly maxChains: number,
-    readonly maxIov: number,
-  ) {
-    const buf = module.mem.memory.buffer;
-    this.q = base;
-    this.chainsOff = base + Q_BYTES;
-    this.usedOff = this.chainsOff + maxChains * CHAIN_WORDS * 4;
-    this.iovOff = this.usedOff + maxChains * 8;
-    this.words = new Uint32Array(buf, base, Q_BYTES / 4);
-    this.chainWords = new Uint32Array(buf, this.chainsOff, maxChains * CHAIN_WORDS);
-    this.usedWords = new Uint32Array(buf, this.usedOff, maxChains * 2);
-    this.iovWords = new Uint32Array(buf, this.iovOff, maxIov * 2);
-    this.w = module.wasm;
+export class PackedVirtqueue extends QueueBase {
+  constructor(module: VirtioModule, base: number, maxSize: number, maxChains: number, maxIov: number) {
+    const w = module.wasm;
+    super(module, base, maxSize, maxChains, maxIov, {
+      setup: w.vqp_setup, availPending: w.vqp_avail_pending, popBatch: w.vqp_pop_batch, pushUsed: w.vqp_push_used,
+      pushUsedBatch: w.vqp_push_used_batch, pushUsedChains: w.vqp_push_used_chains, needsNotification: w.vqp_needs_notification,
+      enableNotification: w.vqp_enable_notification, disableNotification: w.vqp_disable_notification,
+    }, 'packed virtqueue');
   }
 
   activate(cfg: PackedQueueConfig): void {
-    if (cfg.size > this.maxSize) {
-      throw new VirtqueueError('queue-size', `queue size ${cfg.size} exceeds this queue's maximum ${this.maxSize}`, VQ_ERROR_CODES['queue-size'], cfg.size, true);
-    }
-    const v = this.module.mem.view;
-    const q = this.q;
-    v.setUint32(q + Q_SIZE, cfg.size >>> 0, true);
-    v.setUint32(q + Q_FEATURES, Number(BigInt.asUintN(32, cfg.features)), true);
-    v.setBigUint64(q + Q_DESC_GPA, BigInt.asUintN(64, cfg.descGpa), true);
-    v.setBigUint64(q + Q_AVAIL_GPA, BigInt.asUintN(64, cfg.driverGpa), true);
-    v.setBigUint64(q + Q_USED_GPA, BigInt.asUintN(64, cfg.deviceGpa), true);
-    v.setUint32(q + Q_MEM_MAP, this.module.memMap, true);
-    v.setUint32(q + Q_LAST_AVAIL, (cfg.nextAvail ?? PACKED_START) >>> 0, true);
-    v.setUint32(q + Q_NEXT_USED, (cfg.nextUsed ?? PACKED_START) >>> 0, true);
-    this.staged = 0;
-    this.reported = false;
-    this.check(this.w.vqp_setup(q));
+    this.start(cfg.size, cfg.features, cfg.descGpa, cfg.driverGpa, cfg.deviceGpa, (cfg.nextAvail ?? PACKED_START) >>> 0, (cfg.nextUsed ?? PACKED_START) >>> 0);
   }
 
-  reset(): void {
-    this.words[Q_READY / 4] = 0;
-    this.words[Q_ERROR / 4] = 0;
-    this.staged = 0;
-  }
-
-  get ready(): boolean { return this.words[Q_READY / 4] === 1; }
   /** Next ring position to pop | wrap counter << 15. */
   get nextAvail(): number { return this.words[Q_LAST_AVAIL / 4]; }
   /** Next used ring position | wrap counter << 15. */
   get nextUsed(): number { return this.words[Q_NEXT_USED / 4]; }
-  get error(): VirtqueueErrorKind | undefined {
-    const c = this.words[Q_ERROR / 4];
-    return c === 0 ? undefined : KIND_BY_CODE[c];
-  }
 
   /** 1 if a chain is available to pop, else 0 (packed rings keep no count). */
   pending(): number {
-    return this.check(this.w.vqp_avail_pending(this.q));
+    return this.check(this.calls.availPending(this.q));
   }
 
-  popBatch(max = this.maxChains): number {
-    return this.check(this.w.vqp_pop_batch(this.q, this.chainsOff, Math.min(max, this.maxChains), this.iovOff, this.maxIov));
+  /** Chain i of the last pop, its record's word 0 split into id and ring descriptors. */
+  override chain(i: number): PackedChain {
+    const token = this.chainWords[i * CHAIN_WORDS + CHAIN_HEAD];
+    return { ...super.chain(i), head: token & 0xffff, ringDescs: token >>> 16, token };
   }
 
-  chain(i: number): PackedChain {
-    const c = this.chainWords;
-    const b = i * CHAIN_WORDS;
-    const first = c[b + CHAIN_IOV_FIRST];
-    const nr = c[b + CHAIN_N_READABLE];
-    const nw = c[b + CHAIN_N_WRITABLE];
-    const io = this.iovWords;
-    const pick = (from: number, n: number) => {
-      const out: Array<{ offset: number; length: number }> = [];
-      for (let k = from; k < from + n; k++) out.push({ offset: io[2 * k], length: io[2 * k + 1] });
-      return out;
-    };
-    const token = c[b + CHAIN_HEAD];
-    return {
-      head: token & 0xffff,
-      ringDescs: token >>> 16,
-      token,
-      readableBytes: c[b + CHAIN_READABLE_BYTES],
-      writableBytes: c[b + CHAIN_WRITABLE_BYTES],
-      readable: pick(first, nr),
-      writable: pick(first + nr, nw),
-    };
-  }
-
-  buffers(i: number): { head: number; token: number; readable: Buffer[]; writable: Buffer[] } {
-    const ch = this.chain(i);
-    const mem = this.module.mem;
-    return {
-      head: ch.head,
-      token: ch.token,
-      readable: ch.readable.map((v) => mem.buffer(v.offset, v.length)),
-      writable: ch.writable.map((v) => mem.buffer(v.offset, v.length)),
-    };
+  override buffers(i: number): { head: number; token: number; readable: Buffer[]; writable: Buffer[] } {
+    return { ...super.buffers(i), token: this.chainWords[i * CHAIN_WORDS + CHAIN_HEAD] };
   }
 
   /** Publishes one used descriptor for the chain with this token now. */
   pushUsed(token: number, len: number): void {
     if (this.staged !== 0) this.flushUsed();
-    this.check(this.w.vqp_push_used(this.q, token >>> 0, len >>> 0));
-  }
-
-  stageUsed(token: number, len: number): void {
-    if (this.staged === this.maxChains) this.flushUsed();
-    this.usedWords[2 * this.staged] = token;
-    this.usedWords[2 * this.staged + 1] = len;
-    this.staged++;
-  }
-
-  flushUsed(): number {
-    const n = this.staged;
-    if (n === 0) return 0;
-    this.staged = 0;
-    return this.check(this.w.vqp_push_used_batch(this.q, this.usedOff, n));
-  }
-
-  pushUsedChains(n: number, lens?: ArrayLike<number>): number {
-    if (this.staged !== 0) this.flushUsed();
-    if (n > this.maxChains) throw new VirtqueueError('config', `pushUsedChains: ${n} chains > maxChains ${this.maxChains}`);
-    if (lens === undefined) return this.check(this.w.vqp_push_used_chains(this.q, this.chainsOff, n, 0));
-    const u = this.usedWords;
-    for (let i = 0; i < n; i++) u[i] = lens[i];
-    return this.check(this.w.vqp_push_used_chains(this.q, this.chainsOff, n, this.usedOff));
-  }
-
-  /** Whether the caller must send a used buffer notification now (§2.8.10). */
-  needsNotification(): boolean {
-    return this.w.vqp_needs_notification(this.q) === 1;
-  }
-
-  enableNotification(): boolean {
-    return this.w.vqp_enable_notification(this.q) === 1;
-  }
-
-  disableNotification(): void {
-    this.w.vqp_disable_notification(this.q);
-  }
-
-  private check(r: number): number {
-    if (r >= 0) return r;
-    const code = -r;
-    const kind = KIND_BY_CODE[code] ?? 'config';
-    const sticky = this.words[Q_ERROR / 4] === code;
-    const info = sticky ? this.words[Q_ERROR_INFO / 4] : 0;
-    if (sticky && !this.reported) {
-      this.reported = true;
-      logger('hot.virtqueue').warn('packed virtqueue error: device needs reset', { kind, info, q: this.q });
-    }
-    throw new VirtqueueError(kind, `packed virtqueue: ${kind} (code ${code}, at ${info})`, code, info, sticky);
+    this.check(this.calls.pushUsed(this.q, token >>> 0, len >>> 0));
   }
 }
