@@ -149,7 +149,8 @@ describe('unit: protobuf reader and codec (src/protocols/protobuf)', () => {
   });
 
   describe('scalar edge cases and wire forms', () => {
-    const s = parseProto(`syntax = "proto3"; package t;
+    // One source, read by both parsers.
+    const EDGE_PROTO = `syntax = "proto3"; package t;
       message All {
         int32 i32 = 1; int64 i64 = 2; uint32 u32 = 3; uint64 u64 = 4; sint32 s32 = 5; sint64 s64 = 6;
         fixed32 f32 = 7; fixed64 f64 = 8; sfixed32 sf32 = 9; sfixed64 sf64 = 10; bool b = 11; float fl = 12; double d = 13;
@@ -157,16 +158,9 @@ describe('unit: protobuf reader and codec (src/protocols/protobuf)', () => {
         Inner inner = 20; repeated Inner rin = 21; map<string, int64> ms = 22;
         enum E { ZERO = 0; ONE = 1; NEG = -1; }
         message Inner { string name = 1; }
-      }`, 'edge.proto');
-    const root = protobuf.parse(`syntax = "proto3"; package t;
-      message All {
-        int32 i32 = 1; int64 i64 = 2; uint32 u32 = 3; uint64 u64 = 4; sint32 s32 = 5; sint64 s64 = 6;
-        fixed32 f32 = 7; fixed64 f64 = 8; sfixed32 sf32 = 9; sfixed64 sf64 = 10; bool b = 11; float fl = 12; double d = 13;
-        string str = 14; bytes by = 15; E e = 16; repeated int32 ri = 17; repeated string rs = 18; map<uint32, Inner> mi = 19;
-        Inner inner = 20; repeated Inner rin = 21; map<string, int64> ms = 22;
-        enum E { ZERO = 0; ONE = 1; NEG = -1; }
-        message Inner { string name = 1; }
-      }`, { keepCase: true }).root;
+      }`;
+    const s = parseProto(EDGE_PROTO, 'edge.proto');
+    const root = protobuf.parse(EDGE_PROTO, { keepCase: true }).root;
     const All = root.lookupType('t.All');
     const schema = s.messages.get('t.All')!;
     const toObj = (b: Uint8Array) => All.toObject(All.decode(b), { longs: Number, enums: String, defaults: true, bytes: Buffer } as protobuf.IConversionOptions);
