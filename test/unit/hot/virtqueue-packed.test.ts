@@ -13,8 +13,6 @@ import {
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
-  VIRTIO_F_EVENT_IDX,
-  VIRTIO_F_INDIRECT_DESC,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
@@ -26,6 +24,7 @@ import {
 import { Buf } from './driver-ring';
 import { PackedRing, packedLayout } from './driver-packed';
 import { configureLogging } from '../../../src/common/log';
+import { expectVqError, features } from './vq-assert';
 
 const GUEST = 0x4000_0000n;
 const GUEST_SIZE = 8 << 20;
@@ -34,10 +33,6 @@ const HIGH_SIZE = 1 << 20;
 const MAX_IND = 16;
 
 interface Rig { mem: HotMemory; mod: VirtioModule; q: PackedVirtqueue; drv: PackedRing; data: bigint; size: number }
-
-function features(o: { eventIdx?: boolean; indirect?: boolean }): bigint {
-  return (o.eventIdx ? 1n << BigInt(VIRTIO_F_EVENT_IDX) : 0n) | (o.indirect ? 1n << BigInt(VIRTIO_F_INDIRECT_DESC) : 0n);
-}
 
 let shared: { mem: HotMemory; mod: VirtioModule; queues: Map<number, PackedVirtqueue> } | undefined;
 
@@ -62,17 +57,6 @@ function rig(o: { size?: number; eventIdx?: boolean; indirect?: boolean; maxIndi
   q.reset();
   q.activate({ size, features: features(o), descGpa: lay.descGpa, driverGpa: lay.driverGpa, deviceGpa: lay.deviceGpa });
   return { mem, mod, q, drv, data, size };
-}
-
-function expectVqError(fn: () => unknown, kind: VirtqueueErrorKind): VirtqueueError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).to.be.instanceOf(VirtqueueError);
-    expect((e as VirtqueueError).kind).to.equal(kind);
-    return e as VirtqueueError;
-  }
-  throw new Error(`expected VirtqueueError ${kind}`);
 }
 
 function expectGuestError(r: Rig, kind: VirtqueueErrorKind): void {

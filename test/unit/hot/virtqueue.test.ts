@@ -8,8 +8,6 @@ import { expect } from 'chai';
 import { HotMemory, STATIC_END, WASM_PAGE } from '../../../src/hot/memory';
 import { activeDataSegments, compileModule, wasmDir } from '../../../src/hot/loader';
 import {
-  VIRTIO_F_EVENT_IDX,
-  VIRTIO_F_INDIRECT_DESC,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
@@ -25,6 +23,7 @@ import { Buf, DriverRing, needEvent, ringLayout } from './driver-ring';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { configureLogging } from '../../../src/common/log';
+import { expectVqError, features } from './vq-assert';
 
 const GUEST = 0x4000_0000n; // 1 GiB: guest addresses never equal Memory offsets
 const GUEST_SIZE = 8 << 20;
@@ -39,10 +38,6 @@ interface Rig {
   drv: DriverRing;
   data: bigint;
   size: number;
-}
-
-function features(o: { eventIdx?: boolean; indirect?: boolean }): bigint {
-  return (o.eventIdx ? 1n << BigInt(VIRTIO_F_EVENT_IDX) : 0n) | (o.indirect ? 1n << BigInt(VIRTIO_F_INDIRECT_DESC) : 0n);
 }
 
 let shared: { mem: HotMemory; mod: VirtioModule; queues: Map<number, Virtqueue> } | undefined;
@@ -71,17 +66,6 @@ function rig(o: { size?: number; eventIdx?: boolean; indirect?: boolean; startId
   q.reset();
   q.activate({ size, features: features(o), ...lay, lastAvailIdx: o.startIdx, nextUsedIdx: o.startIdx });
   return { mem, mod, q, drv, data, size };
-}
-
-function expectVqError(fn: () => unknown, kind: VirtqueueErrorKind): VirtqueueError {
-  try {
-    fn();
-  } catch (e) {
-    expect(e).to.be.instanceOf(VirtqueueError);
-    expect((e as VirtqueueError).kind).to.equal(kind);
-    return e as VirtqueueError;
-  }
-  throw new Error(`expected VirtqueueError ${kind}`);
 }
 
 /** Hostile-guest assertion: error kind, sticky, and the queue stays broken. */
