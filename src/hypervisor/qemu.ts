@@ -55,7 +55,13 @@ export interface QemuOptions {
   rootBlockDriver?: BlockDriver;
 }
 
-/** Fixed PCI slots: root disk 3, vsock 4, rng 5; boot shares, boot disks and hotplugged devices from 8 on. */
+/**
+ * Fixed PCI slots: root disk 3, vsock 4, rng 5; boot-time devices (shares,
+ * disks, then whatever else the boot plan places) and hotplugged devices
+ * share 8..0x1f. A hotplugged device takes the lowest free slot and gives it
+ * back when the guest has released it (DEVICE_DELETED), so add/remove cycles
+ * never run the bus dry.
+ */
 const FIRST_DYNAMIC_SLOT = 8;
 const LAST_SLOT = 0x1f;
 
@@ -65,8 +71,13 @@ interface BootSlotPlan {
   shares: number[];
   /** Slot of cfg.disks[i]. */
   disks: number[];
-  /** First slot left for hotplug. */
+  /** One past the last slot the plan hands out: start() reserves [FIRST_DYNAMIC_SLOT, next). */
   next: number;
+}
+
+/** QMP/QEMU spelling of a PCI slot number (device_add addr). */
+function slotAddr(slot: number): string {
+  return `0x${slot.toString(16)}`;
 }
 
 /** The guest's vsock CID (§5.10.4: 3 is the first guest CID). */
@@ -84,8 +95,8 @@ export class QemuHypervisor implements Hypervisor {
   private exitReason: Promise<string> | undefined;
   private stopping = false;
   private readonly log = logger('qemu');
-  /** Next PCI slot for a hotplugged device (past the boot plan's, set by start()). */
-  private nextSlot = FIRST_DYNAMIC_SLOT;
+  /** PCI slots ≥ FIRST_DYNAMIC_SLOT in use: the boot plan's (set by start()) and hotplugged ones until unplugged. */
+  private readonly usedSlots = new Set<number>();
   private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
   private readonly shareSlots = new Map<string, number>();
   private vsock: HybridVsock | undefined;
@@ -115,7 +126,8 @@ export class QemuHypervisor implements Hypervisor {
    * PCI slots of the boot-time shares then disks, in config order from
    * FIRST_DYNAMIC_SLOT: a pure function of the config, so commandLine()
    * renders the same slots however often it is called, and start() adopts
-   * the same plan for hotplug bookkeeping.
+   * the same plan for hotplug bookkeeping. Every boot device's slot must
+   * come from take(): start() reserves everything below `next`.
    */
   private static bootSlotPlan(cfg: VmConfig): BootSlotPlan {
     let next = FIRST_DYNAMIC_SLOT;
@@ -205,7 +217,8 @@ export class QemuHypervisor implements Hypervisor {
     (cfg.shares ?? []).forEach((sh, i) => this.shareSlots.set(sh.tag, plan.shares[i]));
     this.diskSlots.clear();
     cfg.disks.forEach((d, i) => this.diskSlots.set(d.id, { slot: plan.disks[i], driver: this.blockDriver }));
-    this.nextSlot = plan.next;
+    this.usedSlots.clear();
+    for (let s = FIRST_DYNAMIC_SLOT; s < plan.next; s++) this.usedSlots.add(s);
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
@@ -306,25 +319,35 @@ export class QemuHypervisor implements Hypervisor {
     const qmp = this.requireHotplug('disks');
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     if (this.diskSlots.has(d.id)) throw new QemuError('config', `disk ${d.id} is already attached`);
-    const addr = this.takeSlot();
-    if (this.blockDriver === 'vhost-user-blk') {
-      const s = this.requireDevices().addBlk(d.id, d.path, d.readonly, path.join(this.cfg!.dir, `vb-h${this.hotSeq++}.sock`));
-      await this.plugVhostUser(s, { driver: 'vhost-user-blk-pci', 'num-queues': 1, 'queue-size': BLK_QUEUE_SIZE, addr });
-    } else {
-      await qmp.execute('blockdev-add', {
-        'node-name': `d-${d.id}`, driver: 'raw', 'read-only': d.readonly,
-        file: { driver: 'file', filename: d.path, 'read-only': d.readonly },
-      });
-      await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `dev-${d.id}`, drive: `d-${d.id}`, serial: d.id, addr });
+    const slot = this.takeSlot();
+    const addr = slotAddr(slot);
+    try {
+      if (this.blockDriver === 'vhost-user-blk') {
+        const s = this.requireDevices().addBlk(d.id, d.path, d.readonly, path.join(this.cfg!.dir, `vb-h${this.hotSeq++}.sock`));
+        await this.plugVhostUser(s, { driver: 'vhost-user-blk-pci', 'num-queues': 1, 'queue-size': BLK_QUEUE_SIZE, addr });
+      } else {
+        await qmp.execute('blockdev-add', {
+          'node-name': `d-${d.id}`, driver: 'raw', 'read-only': d.readonly,
+          file: { driver: 'file', filename: d.path, 'read-only': d.readonly },
+        });
+        await qmp.execute('device_add', { driver: 'virtio-blk-pci', id: `dev-${d.id}`, drive: `d-${d.id}`, serial: d.id, addr }).catch(async (err: unknown) => {
+          await qmp.execute('blockdev-del', { 'node-name': `d-${d.id}` }).catch(() => undefined);
+          throw err;
+        });
+      }
+    } catch (err) {
+      // Nothing was plugged: the slot is free again.
+      this.freeSlot(slot);
+      throw err;
     }
-    this.diskSlots.set(d.id, { slot: Number(addr), driver: this.blockDriver });
+    this.diskSlots.set(d.id, { slot, driver: this.blockDriver });
   }
 
   async removeDisk(id: string): Promise<void> {
     const qmp = this.requireQmp();
     const d = this.diskSlots.get(id);
     if (!d) return;
-    await this.unplug(`dev-${id}`);
+    await this.unplug(`dev-${id}`, d.slot);
     if (d.driver === 'vhost-user-blk') {
       const s = this.devices?.get('blk', id);
       if (s) await qmp.execute('chardev-remove', { id: s.chardev }).catch(() => undefined);
@@ -341,17 +364,23 @@ export class QemuHypervisor implements Hypervisor {
     if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
     if (!fs.existsSync(sh.path) || !fs.statSync(sh.path).isDirectory()) throw new QemuError('config', `virtio-fs share ${sh.path} is not a directory`);
     if (this.shareSlots.has(sh.tag)) throw new QemuError('config', `virtio-fs tag ${sh.tag} is already shared`);
-    const addr = this.takeSlot();
-    const s = this.requireDevices().addFs(sh.tag, sh.path, path.join(this.cfg!.dir, `vf-h${this.hotSeq++}.sock`));
-    await this.plugVhostUser(s, { driver: 'vhost-user-fs-pci', tag: sh.tag, 'queue-size': FS_QUEUE_SIZE, addr });
-    this.shareSlots.set(sh.tag, Number(addr));
+    const slot = this.takeSlot();
+    try {
+      const s = this.requireDevices().addFs(sh.tag, sh.path, path.join(this.cfg!.dir, `vf-h${this.hotSeq++}.sock`));
+      await this.plugVhostUser(s, { driver: 'vhost-user-fs-pci', tag: sh.tag, 'queue-size': FS_QUEUE_SIZE, addr: slotAddr(slot) });
+    } catch (err) {
+      this.freeSlot(slot);
+      throw err;
+    }
+    this.shareSlots.set(sh.tag, slot);
   }
 
   async removeShare(tag: string): Promise<void> {
     const qmp = this.requireQmp();
     const s = this.devices?.get('fs', tag);
-    if (!s || !this.shareSlots.has(tag)) return;
-    await this.unplug(s.qdevId);
+    const slot = this.shareSlots.get(tag);
+    if (!s || slot === undefined) return;
+    await this.unplug(s.qdevId, slot);
     await qmp.execute('chardev-remove', { id: s.chardev }).catch(() => undefined);
     this.devices?.remove('fs', tag);
     this.shareSlots.delete(tag);
@@ -377,26 +406,42 @@ export class QemuHypervisor implements Hypervisor {
     }
   }
 
-  /** device_del, then wait for the guest to release it (ACPI eject → DEVICE_DELETED), 5 s at most. */
-  private async unplug(qdevId: string): Promise<void> {
+  /**
+   * device_del, then wait for the guest to release it (ACPI eject →
+   * DEVICE_DELETED), 5 s at most. The PCI slot is freed when DEVICE_DELETED
+   * comes, even after the wait gave up; a slot the guest has not released is
+   * never handed out again (device_add there would fail). A device QEMU no
+   * longer has (DeviceNotFound) frees its slot at once.
+   */
+  private async unplug(qdevId: string, slot: number): Promise<void> {
     const qmp = this.requireQmp();
-    const deleted = new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
+    let settle = () => {};
+    const waited = new Promise<void>((resolve) => { settle = resolve; });
+    const timer = setTimeout(() => {
+      this.log.warn('guest has not released an unplugged device; its PCI slot stays taken until it does', { device: qdevId, slot });
+      settle();
+    }, 5000);
+    timer.unref();
+    const onEv = (name: string, data: { device?: string }) => {
+      if (name === 'DEVICE_DELETED' && data.device === qdevId) {
         qmp.off('event', onEv);
-        resolve();
-      }, 5000);
-      timer.unref();
-      const onEv = (name: string, data: { device?: string }) => {
-        if (name === 'DEVICE_DELETED' && data.device === qdevId) {
-          qmp.off('event', onEv);
-          clearTimeout(timer);
-          resolve();
-        }
-      };
-      qmp.on('event', onEv);
-    });
-    await qmp.execute('device_del', { id: qdevId }).catch(() => undefined);
-    await deleted;
+        clearTimeout(timer);
+        this.freeSlot(slot);
+        settle();
+      }
+    };
+    qmp.on('event', onEv);
+    try {
+      await qmp.execute('device_del', { id: qdevId });
+    } catch (err) {
+      // No DEVICE_DELETED will follow a refused device_del.
+      qmp.off('event', onEv);
+      clearTimeout(timer);
+      if (/DeviceNotFound/.test((err as Error).message)) this.freeSlot(slot);
+      else this.log.warn('device_del failed; its PCI slot stays taken', { device: qdevId, slot, err: (err as Error).message });
+      settle();
+    }
+    await waited;
   }
 
   private requireHotplug(what: string): QmpClient {
@@ -405,10 +450,24 @@ export class QemuHypervisor implements Hypervisor {
     return this.requireQmp();
   }
 
-  private takeSlot(): string {
-    const slot = this.nextSlot++;
-    if (slot > LAST_SLOT) throw new QemuError('config', 'no free PCI slot for another device');
-    return `0x${slot.toString(16)}`;
+  /** The lowest free PCI slot ≥ FIRST_DYNAMIC_SLOT, now taken (give it back with freeSlot if nothing gets plugged). */
+  private takeSlot(): number {
+    for (let slot = FIRST_DYNAMIC_SLOT; slot <= LAST_SLOT; slot++) {
+      if (!this.usedSlots.has(slot)) {
+        this.usedSlots.add(slot);
+        return slot;
+      }
+    }
+    throw new QemuError('config', `no free PCI slot for another device (${this.usedSlots.size} of ${LAST_SLOT - FIRST_DYNAMIC_SLOT + 1} in use)`);
+  }
+
+  private freeSlot(slot: number): void {
+    this.usedSlots.delete(slot);
+  }
+
+  /** PCI slots ≥ FIRST_DYNAMIC_SLOT in use, ascending (tests, `--debug`). */
+  slotsInUse(): number[] {
+    return [...this.usedSlots].sort((a, b) => a - b);
   }
 
   private requireDevices(): VhostUserDevices {

@@ -25,10 +25,38 @@ function slotsOf(args: string[]): Map<string, number> {
   return out;
 }
 
-/** A QMP server on qmp.sock that greets, answers every command with {}, records device_add arguments and confirms device_del at once. */
-function fakeQmp(sock: string, onQuit: () => void): { server: net.Server; deviceAdds: Array<Record<string, unknown>> } {
+interface FakeQmp {
+  server: net.Server;
+  deviceAdds: Array<Record<string, unknown>>;
+  /** device_del ids whose DEVICE_DELETED is withheld (a guest that does not release the device). */
+  withhold: Set<string>;
+  /** device_del ids answered with DeviceNotFound (QEMU no longer has the device). */
+  notFound: Set<string>;
+  /** device_add ids answered with an error. */
+  refuseAdd: Set<string>;
+  /** Every command received. */
+  commands: Array<{ execute: string; arguments?: Record<string, unknown> }>;
+  /** Sends an event to the client, e.g. a late DEVICE_DELETED. */
+  emit(event: string, data: Record<string, unknown>): void;
+}
+
+/**
+ * A QMP server on qmp.sock that greets, answers every command with {},
+ * records device_add arguments and confirms device_del at once (unless told
+ * to withhold the event or to answer DeviceNotFound). Like QEMU, it refuses a
+ * device_add on a PCI slot that is still occupied.
+ */
+function fakeQmp(sock: string, onQuit: () => void): FakeQmp {
   const deviceAdds: Array<Record<string, unknown>> = [];
+  const withhold = new Set<string>();
+  const notFound = new Set<string>();
+  const refuseAdd = new Set<string>();
+  const commands: Array<{ execute: string; arguments?: Record<string, unknown> }> = [];
+  /** Occupied slot → device id, as QEMU's bus sees it. */
+  const bus = new Map<string, string>();
+  let conn: net.Socket | undefined;
   const server = net.createServer((c) => {
+    conn = c;
     c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
     let buf = '';
     c.on('data', (d) => {
@@ -37,16 +65,43 @@ function fakeQmp(sock: string, onQuit: () => void): { server: net.Server; device
       while ((nl = buf.indexOf('\n')) >= 0) {
         const msg = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: Record<string, unknown>; id?: string };
         buf = buf.slice(nl + 1);
-        if (msg.execute === 'device_add') deviceAdds.push(msg.arguments ?? {});
+        const args = msg.arguments ?? {};
+        commands.push({ execute: msg.execute, ...(msg.arguments ? { arguments: msg.arguments } : {}) });
+        if (msg.execute === 'device_add') {
+          if (refuseAdd.has(String(args.id))) {
+            c.write(`${JSON.stringify({ error: { class: 'GenericError', desc: `device_add ${String(args.id)} refused` }, id: msg.id })}\n`);
+            continue;
+          }
+          const addr = String(args.addr);
+          if (bus.has(addr)) {
+            c.write(`${JSON.stringify({ error: { class: 'GenericError', desc: `PCI: slot ${addr} function 0 not available for ${String(args.driver)}, in use by ${bus.get(addr)}` }, id: msg.id })}\n`);
+            continue;
+          }
+          bus.set(addr, String(args.id));
+          deviceAdds.push(args);
+        }
+        if (msg.execute === 'device_del' && notFound.has(String(args.id))) {
+          c.write(`${JSON.stringify({ error: { class: 'DeviceNotFound', desc: `Device '${String(args.id)}' not found` }, id: msg.id })}\n`);
+          continue;
+        }
         c.write(`${JSON.stringify({ return: {}, id: msg.id })}\n`);
-        if (msg.execute === 'device_del') c.write(`${JSON.stringify({ event: 'DEVICE_DELETED', data: { device: msg.arguments?.id } })}\n`);
+        if (msg.execute === 'device_del' && !withhold.has(String(args.id))) {
+          for (const [addr, id] of bus) if (id === args.id) bus.delete(addr);
+          c.write(`${JSON.stringify({ event: 'DEVICE_DELETED', data: { device: args.id } })}\n`);
+        }
         if (msg.execute === 'quit') onQuit();
       }
     });
     c.on('error', () => undefined);
   });
   server.listen(sock);
-  return { server, deviceAdds };
+  return {
+    server, deviceAdds, withhold, notFound, refuseAdd, commands,
+    emit(event, data) {
+      if (event === 'DEVICE_DELETED') for (const [addr, id] of bus) if (id === data.device) bus.delete(addr);
+      conn?.write(`${JSON.stringify({ event, data })}\n`);
+    },
+  };
 }
 
 describe('QemuHypervisor PCI slots', function () {
@@ -115,14 +170,115 @@ describe('QemuHypervisor PCI slots', function () {
       for (const s of hot) expect(s).to.be.within(8, 0x1f);
       // commandLine() calls after hotplug change nothing either.
       expect(hv.commandLine(cfg)).to.deep.equal(before);
+      const cSlot = hot[0];
       await hv.removeDisk('c');
       await hv.addDisk({ id: 'e', path: path.join(dir, 'c.img'), readonly: true });
+      // The lowest free slot is the one disk c gave back; no device in use shares it.
       const last = parseInt(String(qmp.deviceAdds[qmp.deviceAdds.length - 1].addr), 16);
-      expect(all).to.not.include(last);
+      expect(last).to.equal(cSlot);
+      expect(hv.slotsInUse()).to.deep.equal(all.filter((s) => s >= 8).sort((a, b) => a - b));
     } finally {
       await hv.stop();
       if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
       await new Promise<void>((res) => qmp.server.close(() => res()));
     }
+  });
+
+  /** Boots the stand-in QEMU with cfg and runs fn against it. */
+  async function withFakeVm(blockDriver: 'vhost-user-blk' | 'virtio-blk', fn: (hv: QemuHypervisor, qmp: FakeQmp) => Promise<void>): Promise<void> {
+    const bin = path.join(dir, 'fake-qemu');
+    fs.writeFileSync(bin, '#!/bin/sh\nexec sleep 60\n', { mode: 0o755 });
+    fs.mkdirSync(cfg.dir, { recursive: true });
+    const hv = new QemuHypervisor({ binary: bin, machine: 'pc', accel: 'tcg', blockDriver });
+    let pid = 0;
+    const qmp = fakeQmp(path.join(cfg.dir, 'qmp.sock'), () => { if (pid) process.kill(pid, 'SIGKILL'); });
+    try {
+      pid = (await hv.start(cfg)).pids[0];
+      await fn(hv, qmp);
+    } finally {
+      await hv.stop();
+      if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      await new Promise<void>((res) => qmp.server.close(() => res()));
+    }
+  }
+
+  for (const blockDriver of ['vhost-user-blk', 'virtio-blk'] as const) {
+    it(`50 add/remove cycles of a disk and a share reuse freed slots and never run out (${blockDriver})`, async () => {
+      fs.mkdirSync(path.join(dir, 'hot'));
+      await withFakeVm(blockDriver, async (hv, qmp) => {
+        const boot = hv.slotsInUse();
+        expect(boot).to.deep.equal([8, 9, 10, 11]);
+        // One long-lived disk, so the cycling devices are not simply the only ones.
+        await hv.addDisk({ id: 'keep', path: path.join(dir, 'c.img'), readonly: true });
+        for (let i = 0; i < 50; i++) {
+          await hv.addDisk({ id: `c${i}`, path: path.join(dir, 'c.img'), readonly: true });
+          await hv.addShare({ tag: `hot${i}`, path: path.join(dir, 'hot') });
+          expect(hv.slotsInUse()).to.deep.equal([8, 9, 10, 11, 12, 13, 14]);
+          await hv.removeDisk(`c${i}`);
+          await hv.removeShare(`hot${i}`);
+          expect(hv.slotsInUse()).to.deep.equal([8, 9, 10, 11, 12]);
+        }
+        // 1 + 100 device_adds, every one accepted on a free slot (the fake refuses occupied ones).
+        expect(qmp.deviceAdds).to.have.length(101);
+        expect(new Set(qmp.deviceAdds.map((a) => a.addr))).to.deep.equal(new Set(['0xc', '0xd', '0xe']));
+        // Boot devices can go too, and their slots are reused.
+        await hv.removeDisk('a');
+        expect(hv.slotsInUse()).to.not.include(10);
+        await hv.addDisk({ id: 'z', path: path.join(dir, 'c.img'), readonly: true });
+        expect(qmp.deviceAdds[qmp.deviceAdds.length - 1].addr).to.equal('0xa');
+      });
+    });
+  }
+
+  it('a full bus refuses the next device with a clear error; freeing one slot makes room again', async () => {
+    await withFakeVm('virtio-blk', async (hv) => {
+      // 0x08..0x1f is 24 slots; boot takes 4.
+      for (let i = 0; i < 20; i++) await hv.addDisk({ id: `f${i}`, path: path.join(dir, 'c.img'), readonly: true });
+      expect(hv.slotsInUse()).to.have.length(24);
+      let err: Error | undefined;
+      await hv.addDisk({ id: 'over', path: path.join(dir, 'c.img'), readonly: true }).catch((e: Error) => { err = e; });
+      expect(err?.message).to.match(/no free PCI slot/);
+      await hv.removeDisk('f7');
+      await hv.addDisk({ id: 'over', path: path.join(dir, 'c.img'), readonly: true });
+      expect(hv.slotsInUse()).to.have.length(24);
+    });
+  });
+
+  for (const blockDriver of ['vhost-user-blk', 'virtio-blk'] as const) {
+    it(`a device_add QEMU refuses gives its slot back (${blockDriver})`, async () => {
+      await withFakeVm(blockDriver, async (hv, qmp) => {
+        await hv.addDisk({ id: 'x', path: path.join(dir, 'c.img'), readonly: true });
+        const before = hv.slotsInUse();
+        qmp.refuseAdd.add('dev-y');
+        let err: Error | undefined;
+        await hv.addDisk({ id: 'y', path: path.join(dir, 'c.img'), readonly: true }).catch((e: Error) => { err = e; });
+        expect(err?.message).to.match(/refused/);
+        expect(hv.slotsInUse()).to.deep.equal(before);
+        if (blockDriver === 'virtio-blk') expect(qmp.commands).to.deep.include({ execute: 'blockdev-del', arguments: { 'node-name': 'd-y' } });
+        qmp.refuseAdd.clear();
+        await hv.addDisk({ id: 'y', path: path.join(dir, 'c.img'), readonly: true });
+        expect(hv.slotsInUse()).to.deep.equal([...before, 13]);
+      });
+    });
+  }
+
+  it('a device the guest does not release keeps its slot until DEVICE_DELETED comes; DeviceNotFound frees it at once', async function () {
+    this.timeout(30000);
+    await withFakeVm('virtio-blk', async (hv, qmp) => {
+      await hv.addDisk({ id: 'stuck', path: path.join(dir, 'c.img'), readonly: true });
+      await hv.addDisk({ id: 'gone', path: path.join(dir, 'c.img'), readonly: true });
+      expect(hv.slotsInUse()).to.deep.equal([8, 9, 10, 11, 12, 13]);
+      qmp.withhold.add('dev-stuck');
+      await hv.removeDisk('stuck'); // gives up waiting after 5 s
+      expect(hv.slotsInUse(), 'slot of an unreleased device').to.include(12);
+      await hv.addDisk({ id: 'next', path: path.join(dir, 'c.img'), readonly: true });
+      expect(qmp.deviceAdds[qmp.deviceAdds.length - 1].addr, 'not the stuck slot').to.equal('0xe');
+      qmp.emit('DEVICE_DELETED', { device: 'dev-stuck' });
+      await new Promise((r) => setTimeout(r, 100));
+      expect(hv.slotsInUse()).to.not.include(12);
+      qmp.notFound.add('dev-gone');
+      await hv.removeDisk('gone');
+      expect(hv.slotsInUse()).to.deep.equal([8, 9, 10, 11, 14]);
+    });
   });
 });
