@@ -32,7 +32,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { KataError } from '../common/errors';
-import { logger } from '../common/log';
+import { logger, type Logger } from '../common/log';
 import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type VmInfo } from './hypervisor';
 import { QmpClient } from './qmp';
 import { VhostUserBackend } from '../vhost-user/backend';
@@ -78,6 +78,42 @@ interface BootSlotPlan {
 /** QMP/QEMU spelling of a PCI slot number (device_add addr). */
 function slotAddr(slot: number): string {
   return `0x${slot.toString(16)}`;
+}
+
+/** util-linux setpriv (scripts/setup.sh installs util-linux), looked up once. */
+let setprivPath: string | null | undefined;
+function findSetpriv(): string | null {
+  if (setprivPath === undefined) {
+    setprivPath = null;
+    for (const dir of (process.env.PATH || '/usr/bin:/bin').split(':').concat(['/usr/bin', '/bin'])) {
+      const p = path.join(dir || '.', 'setpriv');
+      try {
+        fs.accessSync(p, fs.constants.X_OK);
+        setprivPath = p;
+        break;
+      } catch { /* next */ }
+    }
+  }
+  return setprivPath;
+}
+
+/**
+ * argv that runs QEMU so it cannot outlive this process: `setpriv
+ * --pdeathsig KILL -- qemu …` sets PR_SET_PDEATHSIG and execs QEMU (same
+ * pid, same command line in /proc). Without it a SIGKILLed `kata-ts run` or
+ * shim left QEMU running (its vhost-user devices, served by the dead
+ * process, gone with it) until `kata-ctl cleanup`. The signal fires when the
+ * thread that forked exits: libuv spawns from the main thread, so that is
+ * the process's own end. The shim's `delete` still cleans up after a dead
+ * shim (it finds the VM already gone).
+ */
+function ownedBy(binary: string, args: string[], log: Logger): [string, string[]] {
+  const setpriv = findSetpriv();
+  if (!setpriv) {
+    log.warn('setpriv (util-linux) not found: QEMU will outlive this process if it is killed');
+    return [binary, args];
+  }
+  return [setpriv, ['--pdeathsig', 'KILL', '--', binary, ...args]];
 }
 
 /** The guest's vsock CID (§5.10.4: 3 is the first guest CID). */
@@ -241,7 +277,7 @@ export class QemuHypervisor implements Hypervisor {
     }
     const args = this.commandLine(cfg);
     this.log.debug('starting qemu', { args });
-    const child = spawn(this.opts.binary, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
+    const child = spawn(...ownedBy(this.opts.binary, args, this.log), { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
     this.child = child;
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {

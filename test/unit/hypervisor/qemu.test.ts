@@ -2,13 +2,15 @@
  * QemuHypervisor PCI slot bookkeeping, without a VM: commandLine() is pure
  * (same config → same argv, however often it is called), and start() with a
  * stand-in QEMU (a sleeping shell script; the test answers QMP itself on
- * qmp.sock) adopts the boot slots so hotplugged devices get free ones.
+ * qmp.sock) adopts the boot slots so hotplugged devices get free ones,
+ * frees them on unplug, and starts QEMU so it dies with its owner.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
 import type { VmConfig } from '../../../src/hypervisor/hypervisor';
 
@@ -104,7 +106,7 @@ function fakeQmp(sock: string, onQuit: () => void): FakeQmp {
   };
 }
 
-describe('QemuHypervisor PCI slots', function () {
+describe('QemuHypervisor with a stand-in QEMU: PCI slots, owner death', function () {
   this.timeout(20000);
   let dir: string;
   let cfg: VmConfig;
@@ -281,4 +283,48 @@ describe('QemuHypervisor PCI slots', function () {
       expect(hv.slotsInUse()).to.deep.equal([8, 9, 10, 11, 14]);
     });
   });
+
+  it('QEMU does not outlive the process that started it (SIGKILL of the owner kills QEMU)', async () => {
+    const bin = path.join(dir, 'fake-qemu');
+    fs.writeFileSync(bin, '#!/bin/sh\nexec sleep 60\n', { mode: 0o755 });
+    fs.mkdirSync(cfg.dir, { recursive: true });
+    const qmp = fakeQmp(path.join(cfg.dir, 'qmp.sock'), () => undefined);
+    const owner = spawn(process.execPath, [path.join(__dirname, 'qemu-owner-child.js'), bin, JSON.stringify({ ...cfg, disks: [], shares: [] })], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let qemuPid = 0;
+    try {
+      let out = '';
+      let err = '';
+      owner.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      qemuPid = await new Promise<number>((resolve, reject) => {
+        owner.stdout!.on('data', (d: Buffer) => {
+          out += d.toString();
+          if (out.includes('\n')) resolve(Number(out.trim()));
+        });
+        owner.once('exit', (code) => reject(new Error(`owner exited ${code}: ${err}`)));
+      });
+      expect(alive(qemuPid), 'stand-in QEMU running').to.equal(true);
+      // The QEMU pid is QEMU's own (setpriv execs it), as -pidfile and `shim delete` expect.
+      expect(fs.readFileSync(`/proc/${qemuPid}/cmdline`, 'utf8').split('\0')[0]).to.equal('sleep');
+      const exited = new Promise((r) => owner.once('exit', r));
+      owner.kill('SIGKILL');
+      await exited;
+      const end = Date.now() + 3000;
+      while (alive(qemuPid) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      expect(alive(qemuPid), 'QEMU still running after its owner was SIGKILLed').to.equal(false);
+    } finally {
+      owner.kill('SIGKILL');
+      if (qemuPid && alive(qemuPid)) process.kill(qemuPid, 'SIGKILL');
+      await new Promise<void>((res) => qmp.server.close(() => res()));
+    }
+  });
 });
+
+/** Running (a zombie waiting for its reaper counts as gone). */
+function alive(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
