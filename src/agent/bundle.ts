@@ -10,6 +10,7 @@
  * mounts, readonly root, seccomp) passes through to crun untouched.
  */
 import { validateSpec, type OciSpec, type OciMount, type OciNamespace } from '../protocols/oci';
+import { SANDBOX_SHM_GUEST_DIR, underSharedGuestDir } from '../protocols/guest-paths';
 export { validateSpec } from '../protocols/oci';
 
 /** Mounts every Linux container expects; added when the spec lacks them. */
@@ -51,14 +52,20 @@ export function adaptSpecForGuest(input: OciSpec, opts: GuestBundleOptions): Oci
     .map((n) => ({ type: n.type }));
   if (!ns.some((n) => n.type === 'mount')) ns.push({ type: 'mount' });
   linux.namespaces = ns;
-  // Bind mounts of host paths cannot be honoured until volumes are shared
-  // into the guest (virtio-fs); keep only kernel filesystems and tmpfs.
-  const mounts = (spec.mounts ?? []).filter((m) => m.type !== 'bind' && !(m.options ?? []).includes('bind') && !(m.options ?? []).includes('rbind'));
+  // Bind mounts: the host translated each volume's source to a path under
+  // the sandbox's volume share (src/runtime/volumes.ts), and /dev/shm to the
+  // pod's tmpfs; those are kept as they are (type, options, propagation) for
+  // crun. Any other bind source is a host path that means nothing here.
+  const mounts = (spec.mounts ?? []).filter((m) => !isBind(m) || underSharedGuestDir(m.source ?? '') || m.source === SANDBOX_SHM_GUEST_DIR);
   for (const d of DEFAULT_MOUNTS) if (!mounts.some((m) => m.destination === d.destination)) mounts.push(d);
   // /sys/fs/cgroup: cgroup v2 in the guest.
   for (const m of mounts) if (m.destination === '/sys/fs/cgroup') { m.type = 'cgroup2'; m.source = 'cgroup2'; }
   spec.mounts = sortMounts(mounts);
   return spec;
+}
+
+function isBind(m: OciMount): boolean {
+  return m.type === 'bind' || (m.options ?? []).includes('bind') || (m.options ?? []).includes('rbind');
 }
 
 /** Parents before children, preserving order otherwise (crun mounts in order). */

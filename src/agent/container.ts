@@ -11,7 +11,7 @@ import { adaptSpecForGuest, validateSpec } from './bundle';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import type { OciRuntime } from './oci-runtime';
 import { GuestProcess, consoleSocketPath } from './process';
-import { StorageSet, type Mounter } from './storage';
+import { StorageSet, type Mounter, type StorageRegistry } from './storage';
 import { native } from '../common/native';
 import { KataError } from '../common/errors';
 import { executableExists } from './executable';
@@ -33,8 +33,10 @@ export class Container {
     readonly dir: string,
     private readonly runtime: OciRuntime,
     mounter?: Mounter,
+    /** The sandbox's storages (shared ones are mounted once); a private set when absent. */
+    registry?: StorageRegistry,
   ) {
-    this.storages = new StorageSet(mounter);
+    this.storages = new StorageSet(mounter, registry);
   }
 
   get bundleDir(): string {

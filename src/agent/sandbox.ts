@@ -10,7 +10,7 @@ import type * as api from '../protocols/agent-api';
 import { AgentError, Container } from './container';
 import type { OciRuntime } from './oci-runtime';
 import type { GuestProcess } from './process';
-import type { Mounter } from './storage';
+import { StorageRegistry, type Mounter } from './storage';
 import { DebugConsoles, type DebugConsoleOptions } from './debug-console';
 import { readGuestStats } from './guest-stats';
 import { ContainerCgroup, DEFAULT_CGROUP_ROOT, parseKeyed, type LinuxResources } from './cgroup';
@@ -43,8 +43,11 @@ export class AgentSandbox {
   private readonly oomWatches = new Map<string, () => void>();
   /** Containers frozen by PauseContainer. */
   readonly paused = new Set<string>();
+  /** Storages by mount point across containers (the volume share and the pod's shm are mounted once). */
+  readonly storages: StorageRegistry;
 
   constructor(private readonly opts: AgentOptions) {
+    this.storages = new StorageRegistry(opts.mounter);
     this.consoles = new DebugConsoles(opts.debugConsole ?? { enabled: false, ptyHelper: '', dir: '' });
   }
 
@@ -79,7 +82,7 @@ export class AgentSandbox {
   async createContainer(req: api.CreateContainerRequest): Promise<void> {
     if (!ID_RE.test(req.container_id)) throw new AgentError('invalid', `invalid container id "${req.container_id}"`);
     if (this.containers.has(req.container_id)) throw new AgentError('already-exists', `container ${req.container_id} already exists`);
-    const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter);
+    const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter, this.storages);
     this.containers.set(c.id, c);
     try {
       await c.create(req.oci_spec_json, req.storages ?? []);

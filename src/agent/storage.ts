@@ -5,7 +5,11 @@
  *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir;
  *   virtiofs — a host directory shared by our virtio-fs device, found by its
  *             mount tag (virtio 1.2 §5.11.4) and mounted as it is: writes go
- *             straight to the host directory, as under runc.
+ *             straight to the host directory, as under runc;
+ *   ephemeral — a tmpfs (the pod's /dev/shm).
+ * Storages are counted by mount point across the sandbox, as Kata's agent
+ * does: the volume share and the pod's shm, which every container with a
+ * volume names, are mounted by the first and unmounted with the last.
  * The guest has no libmount in Node, so busybox `mount`/`umount` do the
  * syscalls; every mount is recorded so teardown can undo it in reverse.
  */
@@ -60,45 +64,100 @@ export async function findBlockDevice(serial: string, timeoutMs = 10000, sysBloc
   }
 }
 
-export class StorageSet {
-  private mounted: string[] = [];
-  constructor(private readonly mounter: Mounter = busyboxMounter) {}
+/** The sandbox's mounted storages, by mount point, with how many containers use each. */
+export class StorageRegistry {
+  private readonly refs = new Map<string, { count: number; ready: Promise<void> }>();
+  constructor(readonly mounter: Mounter = busyboxMounter) {}
 
-  async add(s: Storage, scratchDir: string): Promise<string> {
-    if (!s.mount_point.startsWith('/')) throw new StorageError(`storage mount point must be absolute: ${s.mount_point}`);
-    await fs.mkdir(s.mount_point, { recursive: true });
-    switch (s.driver) {
-      case 'blk': {
-        const dev = await findBlockDevice(s.source);
-        await this.mounter.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? s.options : ['ro']);
-        break;
+  /** Mounts `s` unless a container already did; returns its mount point. */
+  async acquire(s: Storage, scratchDir: string): Promise<string> {
+    if (!s.mount_point.startsWith('/') || s.mount_point.split('/').includes('..')) throw new StorageError(`storage mount point must be absolute, without "..": ${s.mount_point}`);
+    const held = this.refs.get(s.mount_point);
+    if (held) {
+      held.count++;
+      try {
+        await held.ready;
+      } catch (err) {
+        held.count--;
+        throw err;
       }
-      case 'virtiofs': {
-        // The tag is the device's config-space tag; the kernel finds the
-        // device by it (fs/fuse/virtio_fs.c), no /dev node involved.
-        if (!/^[A-Za-z0-9_.-]{1,36}$/.test(s.source)) throw new StorageError(`bad virtio-fs tag "${s.source}"`);
-        await this.mounter.mount(s.source, s.mount_point, 'virtiofs', s.options);
-        break;
-      }
-      case 'overlay': {
-        const upper = path.join(scratchDir, 'upper');
-        const work = path.join(scratchDir, 'work');
-        await fs.mkdir(upper, { recursive: true });
-        await fs.mkdir(work, { recursive: true });
-        const lower = s.options.find((o) => o.startsWith('lowerdir='));
-        if (!lower) throw new StorageError('overlay storage needs a lowerdir= option');
-        await this.mounter.mount('overlay', s.mount_point, 'overlay', [lower, `upperdir=${upper}`, `workdir=${work}`]);
-        break;
-      }
-      default:
-        throw new StorageError(`unknown storage driver "${s.driver}"`);
+      return s.mount_point;
     }
-    this.mounted.push(s.mount_point);
+    const ready = mountStorage(this.mounter, s, scratchDir);
+    this.refs.set(s.mount_point, { count: 1, ready });
+    try {
+      await ready;
+    } catch (err) {
+      this.refs.delete(s.mount_point);
+      throw err;
+    }
     return s.mount_point;
   }
 
+  async release(mountPoint: string): Promise<void> {
+    const held = this.refs.get(mountPoint);
+    if (!held) return;
+    if (--held.count > 0) return;
+    this.refs.delete(mountPoint);
+    await this.mounter.umount(mountPoint);
+  }
+
+  /** Mount points in use (tests). */
+  get mounted(): string[] {
+    return [...this.refs.keys()];
+  }
+}
+
+async function mountStorage(m: Mounter, s: Storage, scratchDir: string): Promise<void> {
+  await fs.mkdir(s.mount_point, { recursive: true });
+  switch (s.driver) {
+    case 'blk': {
+      const dev = await findBlockDevice(s.source);
+      await m.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? s.options : ['ro']);
+      break;
+    }
+    case 'virtiofs': {
+      // The tag is the device's config-space tag; the kernel finds the
+      // device by it (fs/fuse/virtio_fs.c), no /dev node involved.
+      if (!/^[A-Za-z0-9_.-]{1,36}$/.test(s.source)) throw new StorageError(`bad virtio-fs tag "${s.source}"`);
+      await m.mount(s.source, s.mount_point, 'virtiofs', s.options);
+      break;
+    }
+    case 'ephemeral': {
+      await m.mount(s.source || 'tmpfs', s.mount_point, 'tmpfs', s.options);
+      break;
+    }
+    case 'overlay': {
+      const upper = path.join(scratchDir, 'upper');
+      const work = path.join(scratchDir, 'work');
+      await fs.mkdir(upper, { recursive: true });
+      await fs.mkdir(work, { recursive: true });
+      const lower = s.options.find((o) => o.startsWith('lowerdir='));
+      if (!lower) throw new StorageError('overlay storage needs a lowerdir= option');
+      await m.mount('overlay', s.mount_point, 'overlay', [lower, `upperdir=${upper}`, `workdir=${work}`]);
+      break;
+    }
+    default:
+      throw new StorageError(`unknown storage driver "${s.driver}"`);
+  }
+}
+
+/** One container's storages, in the sandbox's registry (a private one when none is given). */
+export class StorageSet {
+  private mounted: string[] = [];
+  private readonly registry: StorageRegistry;
+  constructor(mounter: Mounter = busyboxMounter, registry?: StorageRegistry) {
+    this.registry = registry ?? new StorageRegistry(mounter);
+  }
+
+  async add(s: Storage, scratchDir: string): Promise<string> {
+    const mp = await this.registry.acquire(s, scratchDir);
+    this.mounted.push(mp);
+    return mp;
+  }
+
   async removeAll(): Promise<void> {
-    for (const m of this.mounted.reverse()) await this.mounter.umount(m);
+    for (const m of this.mounted.reverse()) await this.registry.release(m);
     this.mounted = [];
   }
 }

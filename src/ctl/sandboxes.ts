@@ -14,6 +14,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { listStates, pidAlive, processStartTime, type SandboxState } from '../runtime/state';
+import { removeTreeSafely } from '../runtime/volumes';
 
 export type Liveness = 'running' | 'stale';
 
@@ -161,7 +162,8 @@ export async function cleanupStale(runDir: string, opts: { dryRun?: boolean } = 
       }
     }
     if (!opts.dryRun) {
-      fs.rmSync(r.dir, { recursive: true, force: true });
+      // Unmounts the sandbox's volumes first; never deletes through a mount.
+      removeTreeSafely(r.dir);
       e.removed = !fs.existsSync(r.dir);
     }
     removed.push(e);

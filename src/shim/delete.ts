@@ -11,6 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readState } from '../runtime/state';
+import { removeTreeSafely } from '../runtime/volumes';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { ShimFlags } from './flags';
 import { unmountRootfs } from './rootfs';
@@ -45,7 +46,9 @@ export async function cleanupSandbox(m: BundleMarker): Promise<boolean> {
   for (const pid of st?.vmPids ?? []) {
     if (cmdline(pid).includes(m.sandboxDir)) await killAndWait(pid);
   }
-  fs.rmSync(m.sandboxDir, { recursive: true, force: true });
+  // Volumes (bind mounts under <sandbox>/shared) are unmounted first; a tree
+  // that keeps a mount is left rather than deleted through it.
+  removeTreeSafely(m.sandboxDir);
   return true;
 }
 

@@ -47,6 +47,27 @@ describe('unit: OCI spec -> guest crun bundle', () => {
     expect(dests).to.include('/scratch');
   });
 
+  it('keeps bind mounts from the volume share and the pod shm as the host gave them; drops other bind sources', () => {
+    const s = base();
+    s.mounts = [
+      { destination: '/cfg', type: 'bind', source: '/run/kata-ts/shared/c/0-cfg', options: ['rbind', 'ro', 'rprivate'] },
+      { destination: '/etc/hosts', type: 'bind', source: '/run/kata-ts/shared/c/1-hosts', options: ['rbind', 'rshared'] },
+      { destination: '/dev/shm', type: 'bind', source: '/run/kata-ts/sandbox/shm', options: ['rbind', 'rslave'] },
+      { destination: '/esc', type: 'bind', source: '/run/kata-ts/shared/c/../../containers', options: ['rbind'] },
+      { destination: '/host', type: 'bind', source: '/var/lib/x', options: ['rbind'] },
+      { destination: '/prefix', type: 'bind', source: '/run/kata-ts/sharedX/y', options: ['rbind'] },
+    ];
+    const g = adaptSpecForGuest(s, { containerId: 'c', rootfs: '/r' });
+    const find = (d: string) => g.mounts!.find((m) => m.destination === d);
+    expect(find('/cfg')).to.deep.equal(s.mounts[0]);
+    expect(find('/etc/hosts')).to.deep.equal(s.mounts[1]);
+    expect(find('/dev/shm')).to.deep.equal(s.mounts[2]);
+    expect(g.mounts!.filter((m) => m.destination === '/dev/shm'), 'no default tmpfs on top').to.have.length(1);
+    expect(find('/esc'), '.. out of the share').to.equal(undefined);
+    expect(find('/host')).to.equal(undefined);
+    expect(find('/prefix')).to.equal(undefined);
+  });
+
   it('adds the default mounts, cgroup v2, parents before children', () => {
     const g = adaptSpecForGuest(base(), { containerId: 'c', rootfs: '/r' });
     for (const d of DEFAULT_MOUNTS) expect(g.mounts!.map((m) => m.destination)).to.include(d.destination);

@@ -1,0 +1,22 @@
+/**
+ * Guest paths the host and the agent agree on for volumes (Kata's
+ * `kataShared`): the sandbox-wide virtio-fs share that carries every
+ * container's bind-mount sources, and the pod's /dev/shm. The host rewrites
+ * a container's bind mounts to sources under SHARED_GUEST_DIR; the agent
+ * keeps exactly those (any other host path means nothing in the guest).
+ */
+
+/** virtio-fs mount tag of the sandbox-wide volume share (≤ 36 bytes, virtio 1.2 §5.11.4). */
+export const SHARED_FS_TAG = 'kataShared';
+
+/** Where the agent mounts the volume share, once per sandbox. */
+export const SHARED_GUEST_DIR = '/run/kata-ts/shared';
+
+/** The pod's /dev/shm: one guest tmpfs shared by every container of the sandbox. */
+export const SANDBOX_SHM_GUEST_DIR = '/run/kata-ts/sandbox/shm';
+
+/** True when `p` is SHARED_GUEST_DIR or below it, with no `.`/`..` component. */
+export function underSharedGuestDir(p: string): boolean {
+  if (!p.startsWith(SHARED_GUEST_DIR + '/')) return false;
+  return p.split('/').every((c) => c !== '..' && c !== '.');
+}

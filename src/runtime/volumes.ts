@@ -1,0 +1,321 @@
+/**
+ * Volumes (a container's OCI bind mounts) through one sandbox-wide virtio-fs
+ * share, as Kata's `kataShared`: the host bind-mounts each source into
+ * `<sandbox dir>/shared/<container id>/<n>-<basename>`, the share (tag
+ * SHARED_FS_TAG) is mounted once in the guest at SHARED_GUEST_DIR, and the
+ * container's mount keeps its type, options and propagation flags with its
+ * source translated to the guest path — crun bind-mounts it from there.
+ *
+ * What holds (and why):
+ * - Read-only is enforced on the host: a `ro` volume's bind mount (and every
+ *   mount below it, for rbind) is remounted MS_RDONLY|MS_REMOUNT|MS_BIND, so
+ *   our FUSE server — the only way the guest reaches it — gets EROFS whatever
+ *   the guest does with its own mount flags.
+ * - Confinement is the rootfs share's: the FUSE server resolves one component
+ *   at a time with O_NOFOLLOW from fds it holds (src/virtio/fs/passthrough.ts),
+ *   so a guest `..` or symlink never walks the host; the share root itself is
+ *   the sandbox's `shared` directory, never anything above it.
+ * - Host updates are seen: each volume's bind mount is made a slave
+ *   (MS_SLAVE, or MS_REC|MS_SLAVE for rbind) of its source — mounts the host
+ *   adds under the source show up, nothing propagates back — and the files
+ *   are the host's own, served with a 1 s cache (a kubelet `..data` symlink
+ *   swap is visible within about a second).
+ * - The `shared` directory is a private self-bind mount, made before the VM
+ *   opens it: volume mounts under it never propagate into other mount
+ *   namespaces of a host whose / is shared (systemd's default).
+ * - /dev/shm (CRI's sandbox shm bind mount) is not shared from the host: it
+ *   becomes a bind of one guest tmpfs per sandbox (SANDBOX_SHM_GUEST_DIR),
+ *   shared by the pod's containers as the host tmpfs is under runc —
+ *   shared memory through FUSE without DAX would not be coherent.
+ * - Sources that are missing, sockets, FIFOs or devices, and sources or
+ *   destinations with a `..` component are refused before anything is
+ *   mounted; a failure half-way unmounts what that container got.
+ * - Removal never deletes host data: mount points are removed with rmdir or
+ *   unlink only after their unmount, and a sandbox directory that still has
+ *   a mount below it is not removed at all.
+ *
+ * mount(2) is not reachable from Node and the native addon has no binding
+ * for it; util-linux `mount`/`umount` are spawned instead (a few times per
+ * container create, never on a data path; the shim already mounts container
+ * roots the same way, and libmount handles propagation flags).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { execFile, execFileSync } from 'node:child_process';
+import { promisify } from 'node:util';
+import { KataError, errorMessage } from '../common/errors';
+import type { OciMount } from '../protocols/oci';
+import { SANDBOX_SHM_GUEST_DIR, SHARED_GUEST_DIR } from '../protocols/guest-paths';
+
+const execFileP = promisify(execFile);
+
+export class VolumeError extends KataError<'invalid' | 'unsupported' | 'mount'> {}
+
+/** One bind mount of a container, planned: where it goes on the host and in the guest. */
+export interface Volume {
+  /** Host source as the spec gives it (absolute, no `..`). */
+  source: string;
+  /** Mount point inside the sandbox's shared directory on the host. */
+  hostTarget: string;
+  /** The same, as the guest sees it under SHARED_GUEST_DIR. */
+  guestSource: string;
+  kind: 'file' | 'dir';
+  readonly: boolean;
+  /** rbind: mounts below the source come along. */
+  recursive: boolean;
+}
+
+export interface ContainerVolumes {
+  /** The spec's mounts with bind sources translated to guest paths. */
+  mounts: OciMount[];
+  volumes: Volume[];
+  /** A mount asks for the sandbox's /dev/shm (SANDBOX_SHM_GUEST_DIR). */
+  needsShm: boolean;
+}
+
+export function isBindMount(m: OciMount): boolean {
+  const o = m.options ?? [];
+  return m.type === 'bind' || o.includes('bind') || o.includes('rbind');
+}
+
+function hasDotDot(p: string): boolean {
+  return p.split('/').includes('..');
+}
+
+/** A file name made of the source's last component, safe in any path (≤ 64 bytes). */
+function safeBase(source: string): string {
+  const b = path.basename(source).replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64);
+  return b === '' || b === '.' || b === '..' ? 'root' : b;
+}
+
+type StatFn = (p: string) => fs.Stats;
+
+/**
+ * Validates a container's bind mounts and translates them; touches nothing.
+ * `sharedDir` is the sandbox's host share directory.
+ */
+export function planVolumes(containerId: string, mounts: OciMount[], sharedDir: string, stat: StatFn = fs.statSync): ContainerVolumes {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(containerId)) throw new VolumeError('invalid', `invalid container id "${containerId}"`);
+  const out: ContainerVolumes = { mounts: [], volumes: [], needsShm: false };
+  for (const m of mounts) {
+    if (!isBindMount(m)) {
+      out.mounts.push(m);
+      continue;
+    }
+    const src = m.source ?? '';
+    const dst = m.destination;
+    if (hasDotDot(dst)) throw new VolumeError('invalid', `bind mount destination "${dst}" has a ".." component`);
+    if (path.posix.normalize(dst).replace(/\/+$/, '') === '/dev/shm') {
+      out.mounts.push({ ...m, type: 'bind', source: SANDBOX_SHM_GUEST_DIR, options: withBind(m.options) });
+      out.needsShm = true;
+      continue;
+    }
+    if (!src.startsWith('/')) throw new VolumeError('invalid', `bind mount source "${src}" (for ${dst}) must be an absolute host path`);
+    if (hasDotDot(src)) throw new VolumeError('invalid', `bind mount source "${src}" (for ${dst}) has a ".." component`);
+    let st: fs.Stats;
+    try {
+      st = stat(src);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new VolumeError('invalid', `bind mount source ${src} (for ${dst}) ${code === 'ENOENT' || code === 'ENOTDIR' ? 'does not exist' : `cannot be read: ${errorMessage(err)}`}`, { cause: err });
+    }
+    let kind: Volume['kind'];
+    if (st.isDirectory()) kind = 'dir';
+    else if (st.isFile()) kind = 'file';
+    else {
+      const what = st.isSocket() ? 'a unix socket (sockets cannot cross into the VM)' : st.isFIFO() ? 'a FIFO' : 'a device node';
+      throw new VolumeError('invalid', `bind mount source ${src} (for ${dst}) is ${what}: only files and directories can be volumes`);
+    }
+    const name = `${out.volumes.length}-${safeBase(src)}`;
+    const opts = m.options ?? [];
+    const v: Volume = {
+      source: src, kind,
+      hostTarget: path.join(sharedDir, containerId, name),
+      guestSource: `${SHARED_GUEST_DIR}/${containerId}/${name}`,
+      readonly: opts.includes('ro'),
+      recursive: opts.includes('rbind'),
+    };
+    out.volumes.push(v);
+    out.mounts.push({ ...m, type: 'bind', source: v.guestSource, options: withBind(m.options) });
+  }
+  return out;
+}
+
+/** crun needs bind or rbind among the options of a bind mount; everything else (ro, propagation) is kept. */
+function withBind(options: string[] | undefined): string[] {
+  const o = [...(options ?? [])];
+  if (!o.includes('bind') && !o.includes('rbind')) o.push('rbind');
+  return o;
+}
+
+/** The syscalls a volume needs, behind an interface (util-linux by default). */
+export interface HostMounter {
+  bind(source: string, target: string, recursive: boolean): Promise<void>;
+  /** Propagation of an existing mount: 'private' | 'slave', recursive or not. */
+  propagation(target: string, kind: 'private' | 'slave', recursive: boolean): Promise<void>;
+  remountReadonly(target: string): Promise<void>;
+  /** MNT_DETACH: a busy mount (FUSE server fds, a process inside) cannot stay listed. */
+  unmount(target: string): Promise<void>;
+}
+
+async function run(args: string[]): Promise<void> {
+  try {
+    await execFileP('mount', args);
+  } catch (err) {
+    const e = err as { stderr?: string; message: string; code?: string };
+    if (e.code === 'ENOENT') throw new VolumeError('mount', 'mount (util-linux) not found');
+    throw new VolumeError('mount', `mount ${args.join(' ')}: ${(e.stderr || e.message).trim()}`);
+  }
+}
+
+export const utilLinuxMounter: HostMounter = {
+  bind: (source, target, recursive) => run([recursive ? '--rbind' : '--bind', source, target]),
+  propagation: (target, kind, recursive) => run([`--make-${recursive ? 'r' : ''}${kind}`, target]),
+  remountReadonly: (target) => run(['-o', 'remount,bind,ro', target]),
+  async unmount(target) {
+    await execFileP('umount', ['-l', target]).catch(() => undefined);
+  },
+};
+
+/** mountinfo's mount point field escapes space, tab, newline and backslash as \ooo. */
+function unescapeMountinfo(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+}
+
+/** Mount points at or below `dir`, deepest (and most recently mounted) first. */
+export function mountsUnder(dir: string, mountinfo = '/proc/self/mountinfo'): { target: string; readonly: boolean }[] {
+  let abs = path.resolve(dir);
+  try {
+    abs = fs.realpathSync(abs);
+  } catch { /* gone: compare as given */ }
+  let text = '';
+  try {
+    text = fs.readFileSync(mountinfo, 'utf8');
+  } catch {
+    return [];
+  }
+  const found: { target: string; readonly: boolean; order: number }[] = [];
+  text.split('\n').forEach((line, order) => {
+    const f = line.split(' ');
+    if (f.length < 6) return;
+    const target = unescapeMountinfo(f[4]!);
+    if (target === abs || target.startsWith(abs + '/')) found.push({ target, readonly: f[5]!.split(',').includes('ro'), order });
+  });
+  found.sort((a, b) => b.target.split('/').length - a.target.split('/').length || b.order - a.order);
+  return found.map(({ target, readonly }) => ({ target, readonly }));
+}
+
+/**
+ * Unmounts everything at or below `dir` (synchronously: crash clean-up paths
+ * use it) and says whether nothing is left mounted there.
+ */
+export function unmountAllSync(dir: string): boolean {
+  for (let i = 0; i < 16; i++) {
+    const ms = mountsUnder(dir);
+    if (ms.length === 0) return true;
+    for (const m of ms) {
+      try {
+        execFileSync('umount', ['-l', m.target], { stdio: 'ignore' });
+      } catch { /* listed again below if it stayed */ }
+    }
+  }
+  return mountsUnder(dir).length === 0;
+}
+
+/**
+ * Removes a directory tree that may hold volume mounts (a sandbox
+ * directory): unmounts first, and removes nothing when a mount is left —
+ * a recursive delete through a bind mount would delete the host's data.
+ */
+export function removeTreeSafely(dir: string): boolean {
+  if (!unmountAllSync(dir)) return false;
+  fs.rmSync(dir, { recursive: true, force: true });
+  return true;
+}
+
+/** The volumes of one sandbox on the host: the shared directory and each container's bind mounts. */
+export class SandboxVolumes {
+  private prepared = false;
+  private readonly byContainer = new Map<string, Volume[]>();
+
+  constructor(readonly sharedDir: string, private readonly mounter: HostMounter = utilLinuxMounter) {}
+
+  /**
+   * Creates the shared directory as a private self-bind mount. Call before
+   * the VM's FUSE server opens it (it would hold the directory below).
+   */
+  async prepare(): Promise<void> {
+    if (this.prepared) return;
+    fs.mkdirSync(this.sharedDir, { recursive: true, mode: 0o755 });
+    if (!mountsUnder(this.sharedDir).some((m) => m.target === fs.realpathSync(this.sharedDir))) {
+      await this.mounter.bind(this.sharedDir, this.sharedDir, false);
+      try {
+        await this.mounter.propagation(this.sharedDir, 'private', false);
+      } catch (err) {
+        await this.mounter.unmount(this.sharedDir);
+        throw err;
+      }
+    }
+    this.prepared = true;
+  }
+
+  /** Mounts a container's volumes; on any failure what it mounted is undone and the error thrown. */
+  async add(containerId: string, volumes: Volume[]): Promise<void> {
+    if (this.byContainer.has(containerId)) throw new VolumeError('invalid', `volumes of container ${containerId} are already mounted`);
+    if (volumes.length === 0) return;
+    await this.prepare();
+    this.byContainer.set(containerId, volumes);
+    try {
+      fs.mkdirSync(path.join(this.sharedDir, containerId), { recursive: true, mode: 0o755 });
+      for (const v of volumes) await this.mountOne(v);
+    } catch (err) {
+      await this.remove(containerId);
+      throw err;
+    }
+  }
+
+  private async mountOne(v: Volume): Promise<void> {
+    if (v.kind === 'dir') fs.mkdirSync(v.hostTarget, { mode: 0o755 });
+    else fs.writeFileSync(v.hostTarget, '', { flag: 'wx', mode: 0o644 });
+    await this.mounter.bind(v.source, v.hostTarget, v.recursive);
+    await this.mounter.propagation(v.hostTarget, 'slave', v.recursive);
+    if (v.readonly) {
+      // Every mount rbind brought along, too: a remount changes one mount only.
+      const below = v.recursive ? mountsUnder(v.hostTarget).map((m) => m.target) : [v.hostTarget];
+      for (const t of below.reverse()) await this.mounter.remountReadonly(t);
+    }
+  }
+
+  /** Unmounts a container's volumes and removes their mount points (idempotent). */
+  async remove(containerId: string): Promise<void> {
+    const vols = this.byContainer.get(containerId);
+    this.byContainer.delete(containerId);
+    const dir = path.join(this.sharedDir, containerId);
+    if (!vols && !fs.existsSync(dir)) return;
+    for (let i = 0; i < 16; i++) {
+      const ms = mountsUnder(dir);
+      if (ms.length === 0) break;
+      for (const m of ms) await this.mounter.unmount(m.target);
+    }
+    if (mountsUnder(dir).length) throw new VolumeError('mount', `cannot unmount the volumes of ${containerId} under ${dir}`);
+    // Only empty mount points go: never a recursive delete here.
+    for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) fs.rmdirSync(p);
+      else fs.unlinkSync(p);
+    }
+    fs.rmdirSync(dir);
+  }
+
+  /** Every container's volumes, then the shared directory's own mount. */
+  async close(): Promise<void> {
+    let firstErr: unknown;
+    for (const id of [...this.byContainer.keys()]) await this.remove(id).catch((err) => (firstErr ??= err));
+    for (let i = 0; i < 16 && mountsUnder(this.sharedDir).length; i++) {
+      for (const m of mountsUnder(this.sharedDir)) await this.mounter.unmount(m.target);
+    }
+    this.prepared = false;
+    if (mountsUnder(this.sharedDir).length) throw new VolumeError('mount', `mounts are left under ${this.sharedDir}`);
+    if (firstErr) throw firstErr;
+  }
+}
