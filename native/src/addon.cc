@@ -11,6 +11,7 @@ void InitKvm(Napi::Env env, Napi::Object exports);
 void InitKvmVcpu(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
+void InitNetns(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
@@ -21,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitKvmVcpu(env, exports);
   InitVfio(env, exports);
   InitTap(env, exports);
+  InitNetns(env, exports);
   return exports;
 }
 

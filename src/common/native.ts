@@ -80,6 +80,12 @@ export interface NativeAddon {
   pollStart(fd: number, events: number, cb: (events: number) => void, unref?: boolean): number;
   pollUpdate(id: number, events: number): void;
   pollStop(id: number): void;
+
+  // --- native/src/netns.cc: fds made inside a network namespace ---
+  /** Blocking AF_NETLINK socket (NETLINK_ROUTE = 0) in the netns at `netns` (null: ours). */
+  netlinkOpen(protocol: number, netns?: string | null): number;
+  /** A tap interface created in the netns at `netns` (null: ours); lives while an fd is open. */
+  tapCreate(netns: string | null, name: string, opts?: { vnetHdr?: boolean; nonBlocking?: boolean }): { fd: number; name: string };
 }
 
 export class NativeError extends KataError<'not-built'> {}

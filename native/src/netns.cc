@@ -1,0 +1,126 @@
+// Network-namespace-aware fds for pod networking (src/resource/network,
+// src/protocols/netlink). A netlink socket and a tap device both belong to
+// the network namespace of the thread that created them, for their whole
+// life; so each function here runs its socket()/open()+TUNSETIFF on a
+// short-lived thread that first setns()es into the pod's namespace (a net
+// namespace may be entered by one thread of a multithreaded process), and
+// hands the fd back. Node's own threads never change namespace. Everything
+// after that — netlink messages, tc, link settings — is plain read/write
+// on the fd, encoded in TypeScript.
+#include <napi.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <linux/netlink.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cstring>
+#include <string>
+#include <thread>
+#include "errors.h"
+
+namespace {
+
+#ifndef NETLINK_EXT_ACK
+#define NETLINK_EXT_ACK 11
+#endif
+
+struct Result {
+  int fd = -1;
+  int err = 0;
+  const char* syscall = "";
+  std::string name;
+};
+
+// Runs fn on a fresh thread inside the namespace at nsPath ("" = ours).
+template <typename Fn>
+Result InNetns(const std::string& nsPath, Fn fn) {
+  Result r;
+  std::thread t([&] {
+    if (!nsPath.empty()) {
+      int ns = open(nsPath.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0) { r.err = errno; r.syscall = "open(netns)"; return; }
+      int rc = setns(ns, CLONE_NEWNET);
+      int e = errno;
+      close(ns);
+      if (rc != 0) { r.err = e; r.syscall = "setns(CLONE_NEWNET)"; return; }
+    }
+    fn(r);
+  });
+  t.join();
+  return r;
+}
+
+std::string OptString(const Napi::CallbackInfo& info, size_t i) {
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return "";
+  return info[i].As<Napi::String>();
+}
+
+// netlinkOpen(protocol, netnsPath?) -> fd: a blocking, close-on-exec
+// AF_NETLINK socket bound to an automatic port id, with extended acks on
+// (error messages from the kernel), in the given network namespace.
+Napi::Value NetlinkOpen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int proto = info[0].As<Napi::Number>().Int32Value();
+  Result r = InNetns(OptString(info, 1), [proto](Result& r) {
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, proto);
+    if (fd < 0) { r.err = errno; r.syscall = "socket(AF_NETLINK)"; return; }
+    sockaddr_nl sa{};
+    sa.nl_family = AF_NETLINK;
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+      r.err = errno; r.syscall = "bind(AF_NETLINK)"; close(fd); return;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);  // best effort: older kernels lack it
+    // Dumps of a busy namespace can be large: a generous receive buffer.
+    int rcv = 1 << 20;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+    r.fd = fd;
+  });
+  if (r.err) { SyscallError(env, r.syscall, r.err).ThrowAsJavaScriptException(); return env.Null(); }
+  return Napi::Number::New(env, r.fd);
+}
+
+// tapCreate(netnsPath | null, name, { vnetHdr, nonBlocking }) -> { fd, name }:
+// a tap interface (IFF_TAP | IFF_NO_PI, plus IFF_VNET_HDR when asked so QEMU
+// can use checksum/segmentation offloads) created in the namespace. It lives
+// while an fd to it is open (not persistent), so a crashed owner leaves none.
+Napi::Value TapCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string ns = OptString(info, 0);
+  std::string name = info[1].As<Napi::String>();
+  bool vnetHdr = false, nonBlocking = false;
+  if (info.Length() > 2 && info[2].IsObject()) {
+    Napi::Object o = info[2].As<Napi::Object>();
+    vnetHdr = o.Has("vnetHdr") && o.Get("vnetHdr").ToBoolean();
+    nonBlocking = o.Has("nonBlocking") && o.Get("nonBlocking").ToBoolean();
+  }
+  if (name.empty() || name.size() >= IFNAMSIZ) {
+    Napi::Error::New(env, "tapCreate: interface name must be 1-15 bytes").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  Result r = InNetns(ns, [&](Result& r) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0));
+    if (fd < 0) { r.err = errno; r.syscall = "open(/dev/net/tun)"; return; }
+    ifreq ifr{};
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnetHdr ? IFF_VNET_HDR : 0);
+    std::memcpy(ifr.ifr_name, name.c_str(), name.size());
+    if (ioctl(fd, TUNSETIFF, &ifr) != 0) { r.err = errno; r.syscall = "ioctl(TUNSETIFF)"; close(fd); return; }
+    r.fd = fd;
+    r.name.assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
+  });
+  if (r.err) { SyscallError(env, r.syscall, r.err).ThrowAsJavaScriptException(); return env.Null(); }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", r.fd);
+  o.Set("name", r.name);
+  return o;
+}
+
+}  // namespace
+
+void InitNetns(Napi::Env env, Napi::Object exports) {
+  exports.Set("netlinkOpen", Napi::Function::New(env, NetlinkOpen));
+  exports.Set("tapCreate", Napi::Function::New(env, TapCreate));
+}

@@ -1,0 +1,182 @@
+/**
+ * Pod networking on the host, Kata's default "tcfilter" model (runtime-rs
+ * `resource/network`): CNI has already set up the pod's network namespace
+ * (a veth with the pod's addresses and routes). For every such interface we
+ * create a tap in the same namespace and join the two with tc — an ingress
+ * qdisc on each and a mirred redirect from one to the other — so frames for
+ * the pod go to the VM and the VM's frames leave through the veth. The VM
+ * gets one virtio-net device per tap with the veth's MAC (peers' ARP
+ * entries stay right) and MTU; the agent then gives the guest interface the
+ * veth's name, addresses, routes and static neighbours (guest-config.ts).
+ *
+ * The runtime never invents addresses (ARCHITECTURE decision 8): whatever
+ * the namespace holds is what the guest gets. Nothing is left behind: the
+ * taps are not persistent (they go when the last fd — QEMU's — closes) and
+ * teardown removes the ingress qdiscs, which takes the filters with them.
+ */
+import * as fs from 'node:fs';
+import { KataError, errorMessage } from '../../common/errors';
+import { logger } from '../../common/log';
+import { native } from '../../common/native';
+import { NetlinkError } from '../../protocols/netlink/message';
+import {
+  AF_INET6, ARPHRD_ETHER, IFF_LOOPBACK, IFF_UP, NUD_PERMANENT, RT_SCOPE_LINK, listAddresses, listLinks, listNeighbours, listRoutes, setLink,
+  type Address, type Link, type Neighbour, type Route,
+} from '../../protocols/netlink/route';
+import { NetlinkSocket } from '../../protocols/netlink/socket';
+import { addIngressQdisc, addRedirectFilter, deleteIngressQdisc } from '../../protocols/netlink/tc';
+
+export class NetworkError extends KataError<'invalid' | 'unsupported' | 'setup'> {}
+
+/** Interface kinds whose frames tc can mirror to a tap (Ethernet devices). */
+const MIRRORABLE_KINDS = new Set(['', 'veth', 'macvlan', 'ipvlan', 'vlan', 'dummy', 'macvtap']);
+/** Our taps, as Kata names them; never mirrored themselves. */
+const TAP_NAME = /^tap\d+_kata$/;
+
+/** One pod interface mirrored to a tap the VM's virtio-net device uses. */
+export interface Endpoint {
+  /** The CNI interface (veth) in the pod netns. */
+  link: Link;
+  addresses: Address[];
+  tapName: string;
+  tapIndex: number;
+  /** Our fd on the tap, handed to the hypervisor; -1 once released. */
+  tapFd: number;
+}
+
+export interface PodNetworkSnapshot {
+  endpoints: Endpoint[];
+  /** Main-table unicast routes through a mirrored interface. */
+  routes: Route[];
+  /** Static (NUD_PERMANENT) neighbours on a mirrored interface. */
+  neighbours: Neighbour[];
+}
+
+/** Which interfaces of a namespace are the pod's: up, not loopback, not our taps. Throws for ones we cannot mirror. */
+export function podInterfaces(links: Link[]): Link[] {
+  const out: Link[] = [];
+  for (const l of links) {
+    if (l.flags & IFF_LOOPBACK || !(l.flags & IFF_UP) || TAP_NAME.test(l.name)) continue;
+    if (l.hwType !== ARPHRD_ETHER || !MIRRORABLE_KINDS.has(l.kind)) {
+      throw new NetworkError('unsupported', `interface ${l.name} (${l.kind || `hardware type ${l.hwType}`}) cannot be mirrored into the VM: kata-ts mirrors Ethernet interfaces (${[...MIRRORABLE_KINDS].filter(Boolean).join(', ')})`);
+    }
+    out.push(l);
+  }
+  return out;
+}
+
+export class PodNetwork {
+  private readonly log = logger('network');
+  private endpoints: Endpoint[] = [];
+  private routes: Route[] = [];
+  private neighbours: Neighbour[] = [];
+  private torn = false;
+
+  private constructor(readonly netns: string) {}
+
+  /**
+   * Mirrors every pod interface of the namespace at `netns` to a new tap.
+   * On any failure what was done is undone and one NetworkError says why.
+   */
+  static attach(netns: string): PodNetwork {
+    if (!netns || !fs.existsSync(netns)) throw new NetworkError('invalid', `network namespace ${netns || '(empty path)'} does not exist`);
+    const pn = new PodNetwork(netns);
+    let s: NetlinkSocket;
+    try {
+      s = NetlinkSocket.open(netns);
+    } catch (err) {
+      throw new NetworkError('invalid', `${netns} is not a usable network namespace: ${errorMessage(err)}`, { cause: err });
+    }
+    try {
+      pn.mirrorAll(s);
+    } catch (err) {
+      pn.undo(s);
+      s.close();
+      if (err instanceof NetworkError) throw err;
+      throw new NetworkError('setup', `cannot mirror the pod network of ${netns}: ${errorMessage(err)}`, { cause: err });
+    }
+    s.close();
+    return pn;
+  }
+
+  private mirrorAll(s: NetlinkSocket): void {
+    const pod = podInterfaces(listLinks(s));
+    const addrs = listAddresses(s);
+    pod.forEach((link, i) => {
+      const tap = native().tapCreate(this.netns, `tap${i}_kata`, { vnetHdr: true });
+      const tapLink = listLinks(s).find((l) => l.name === tap.name);
+      const ep: Endpoint = {
+        link, tapName: tap.name, tapFd: tap.fd, tapIndex: tapLink?.index ?? 0,
+        // The guest makes its own IPv6 link-local address from the same MAC.
+        addresses: addrs.filter((a) => a.index === link.index && !(a.family === AF_INET6 && a.scope === RT_SCOPE_LINK)),
+      };
+      this.endpoints.push(ep);
+      if (!ep.tapIndex) throw new NetworkError('setup', `tap ${tap.name} did not appear in ${this.netns}`);
+      setLink(s, ep.tapIndex, { mtu: link.mtu, up: true });
+      addIngressQdisc(s, link.index);
+      addIngressQdisc(s, ep.tapIndex);
+      addRedirectFilter(s, link.index, ep.tapIndex);
+      addRedirectFilter(s, ep.tapIndex, link.index);
+      this.log.info('interface mirrored', { netns: this.netns, iface: link.name, kind: link.kind, mac: link.mac, mtu: link.mtu, tap: tap.name });
+    });
+    const mirrored = new Set(this.endpoints.map((e) => e.link.index));
+    this.routes = listRoutes(s).filter((r) => r.type === 1 && mirrored.has(r.oif));
+    this.neighbours = listNeighbours(s).filter((n) => mirrored.has(n.index) && n.state & NUD_PERMANENT && n.ip && n.mac);
+  }
+
+  snapshot(): PodNetworkSnapshot {
+    return { endpoints: [...this.endpoints], routes: [...this.routes], neighbours: [...this.neighbours] };
+  }
+
+  /** The tap fds, to pass to the hypervisor at VM start. */
+  tapFds(): { id: string; fd: number; mac: string; mtu: number }[] {
+    return this.endpoints.map((e, i) => ({ id: `net${i}`, fd: e.tapFd, mac: e.link.mac, mtu: e.link.mtu }));
+  }
+
+  /** Closes our copies of the tap fds once the hypervisor holds its own (the taps then live as long as the VM). */
+  releaseTapFds(): void {
+    for (const e of this.endpoints) {
+      if (e.tapFd < 0) continue;
+      try {
+        fs.closeSync(e.tapFd);
+      } catch { /* already closed */ }
+      e.tapFd = -1;
+    }
+  }
+
+  /** Removes the tc plumbing and our tap fds. Idempotent; a vanished netns is not an error. */
+  teardown(): void {
+    if (this.torn) return;
+    this.torn = true;
+    let s: NetlinkSocket | undefined;
+    try {
+      if (fs.existsSync(this.netns)) s = NetlinkSocket.open(this.netns);
+    } catch (err) {
+      this.log.warn('cannot open the pod netns for teardown', { netns: this.netns, err: errorMessage(err) });
+    }
+    if (s) this.undo(s);
+    s?.close();
+    this.releaseTapFds();
+  }
+
+  private undo(s: NetlinkSocket): void {
+    const links = (() => {
+      try {
+        return listLinks(s);
+      } catch {
+        return [];
+      }
+    })();
+    for (const e of this.endpoints) {
+      for (const index of [e.link.index, e.tapIndex]) {
+        if (!index || !links.some((l) => l.index === index)) continue;
+        try {
+          deleteIngressQdisc(s, index);
+        } catch (err) {
+          if (!(err instanceof NetlinkError && (err.errno === 2 || err.errno === 22 || err.errno === 19))) this.log.warn('cannot remove an ingress qdisc', { index, err: errorMessage(err) });
+        }
+      }
+    }
+    this.releaseTapFds();
+  }
+}
