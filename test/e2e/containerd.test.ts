@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { requireGuest } from '../helpers/guest';
+import { skipOrFail } from '../helpers/skip';
 import { containerdAvailable, IMAGE, RUNTIME, TestContainerd, USER_IMAGE } from '../helpers/containerd';
 import { TtrpcClient } from '../../src/protocols/ttrpc/client';
 import { encodeFrame } from '../../src/protocols/ttrpc/frame';
@@ -42,10 +43,7 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
   before(async function () {
     requireGuest(this);
     const why = containerdAvailable();
-    if (why) {
-      process.stdout.write(`      skipped: ${why}\n`);
-      this.skip();
-    }
+    if (why) skipOrFail(this, why);
     cd = new TestContainerd();
     await cd.start();
     await cd.importImage();

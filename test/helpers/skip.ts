@@ -7,9 +7,10 @@
  * `CI=true` it throws an error naming the prerequisite: a CI run with a
  * broken set-up must fail, not stay green by skipping.
  *
- * Only what this host cannot have — hardware KVM (here KVM only emulates
- * guests), an IOMMU or VFIO device, root, /dev/net/tun, a PVM host — may
- * skip under CI, with `{ hostCannot: true }`. The reason is printed either
+ * Only what this host cannot have — KVM, or KVM that runs guests in
+ * hardware (here it only emulates them), an IOMMU or VFIO device, a PVM
+ * host, /dev/net/tun, network namespaces — may skip under CI, with
+ * `{ hostCannot: true }`. Root is a prerequisite: CI runs set-up as root. The reason is printed either
  * way, and such a skip is marked on the test (or, from a hook, on its suite)
  * as `kataTsHostCannot`, so test/run.js can count any other skip under CI
  * (a bare `this.skip()`, `it.skip`) as a failure.

@@ -20,6 +20,7 @@ import { defaultConfig } from '../../src/runtime/config';
 import { Machine } from '../../src/vmm/machine';
 import { MemoryBackend } from '../../src/virtio/net/backend';
 import { buildGuest } from '../unit/vmm/guest-build';
+import { skipOrFail } from '../helpers/skip';
 
 const KERNEL_DIR = '/var/cache/kata-ts/kernel';
 
@@ -66,7 +67,8 @@ describe('integration: builtin hypervisor', function () {
 
   it('Linux smoke: our kernel prints its version, our cmdline and our e820 map on COM1', async function () {
     const vmlinux = path.join(KERNEL_DIR, 'vmlinux');
-    if (!probe.devKvm || !fs.existsSync(vmlinux)) { console.log(`    skipped: ${!probe.devKvm ? probe.reason : `${vmlinux} not built (scripts/setup.sh)`}`); this.skip(); }
+    if (!probe.devKvm) skipOrFail(this, probe.reason, { hostCannot: true });
+    if (!fs.existsSync(vmlinux)) skipOrFail(this, `${vmlinux} not built (scripts/setup.sh)`);
     let out = '';
     const m = new Machine({
       memoryBytes: 256 << 20, vcpus: 1, kernel: vmlinux,
@@ -92,7 +94,8 @@ describe('integration: builtin hypervisor', function () {
 
   it('BuiltinHypervisor with the test guest as kernel: rootfs blk + hybrid vsock + virtio-net devices on the cmdline, a frame out and back, guest end seen', async function () {
     const g = buildGuest();
-    if (!probe.devKvm || !g.elf) { console.log(`    skipped: ${!probe.devKvm ? probe.reason : g.reason}`); this.skip(); }
+    if (!probe.devKvm) skipOrFail(this, probe.reason, { hostCannot: true });
+    if (!g.elf) skipOrFail(this, g.reason ?? 'test guest not built');
     const image = path.join(runDir, 'root.raw');
     fs.writeFileSync(image, Buffer.alloc(1 << 20));
     const be = new MemoryBackend();
@@ -121,7 +124,7 @@ describe('integration: builtin hypervisor', function () {
   });
 
   it('full Linux boots (bzImage, agent over vsock, containers) need hardware KVM', function () {
-    if (!probe.hardware) { console.log(`    skipped: ${probe.reason}`); this.skip(); }
+    if (!probe.hardware) skipOrFail(this, probe.reason, { hostCannot: true });
     // On hardware hosts the container suite (test/integration/run.test.ts)
     // runs with KATA_TS_HYPERVISOR=builtin; nothing extra here yet.
   });

@@ -17,6 +17,7 @@ import { kataCtl } from '../helpers/kata-ctl';
 import { parsePrometheus, sampleOf } from '../helpers/prometheus';
 import { listSandboxes, type SandboxRow, type CleanupEntry } from '../../src/ctl/sandboxes';
 import { ctlSocketPath } from '../../src/runtime/ctl-channel';
+import { skipOrFail } from '../helpers/skip';
 
 const ID = 'ctl-it';
 
@@ -111,8 +112,7 @@ describe('integration: kata-ctl on a running sandbox (QEMU)', function () {
     try {
       execFileSync('tmux', ['-V']);
     } catch {
-      process.stdout.write('      skipped: tmux not installed\n');
-      this.skip();
+      skipOrFail(this, 'tmux not installed');
     }
     const dir = fs.mkdtempSync(path.join(runDir, 'tty-'));
     const script = `stty -g > ${dir}/before; node ${path.join(REPO, 'bin', 'kata-ctl')} --config ${cfg} exec ${ID}; echo $? > ${dir}/rc; stty -g > ${dir}/after; sleep 600`;

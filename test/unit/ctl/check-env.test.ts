@@ -16,6 +16,7 @@ import type { CheckReport } from '../../../src/ctl/host-check';
 import type { EnvReport } from '../../../src/ctl/env';
 import { kataCtl } from '../../helpers/kata-ctl';
 import { CACHE } from '../../helpers/guest';
+import { skipOrFail } from '../../helpers/skip';
 
 describe('kata-ctl check', function () {
   this.timeout(90000);
@@ -61,10 +62,7 @@ describe('kata-ctl check', function () {
   });
 
   it('finds that KVM only emulates guests on a PVM host, with the measured evidence, and picks QEMU+TCG', function () {
-    if (!fs.existsSync('/sys/module/kvm_pvm')) {
-      process.stdout.write('      skipped: not a PVM host\n');
-      this.skip();
-    }
+    if (!fs.existsSync('/sys/module/kvm_pvm')) skipOrFail(this, 'not a PVM host', { hostCannot: true });
     expect(report.kvm.devKvm).to.equal(true);
     expect(report.kvm.hardware).to.equal(false);
     expect(report.kvm.loopMs).to.be.greaterThan(EMULATION_THRESHOLD_MS);

@@ -19,6 +19,7 @@ import { ctlSocketPath, dialSandboxAgent, dialUnixAgent, serveCtlChannel, type C
 import { DEBUG_CONSOLE_DISABLED } from '../../../src/runtime/ctl-proxy';
 import { runConsole } from '../../../src/ctl/console';
 import { buildPtyHelper } from '../../helpers/pty-helper';
+import { skipOrFail } from '../../helpers/skip';
 
 function io(input: string) {
   const stdin = new PassThrough();
@@ -43,10 +44,7 @@ describe('ctl channel: kata-ctl → owner proxy → agent (no VM)', function () 
 
   before(async function () {
     const b = buildPtyHelper();
-    if (!b.helper) {
-      process.stdout.write(`      skipped: ${b.why}\n`);
-      this.skip();
-    }
+    if (!b.helper) skipOrFail(this, b.why ?? 'pty helper not built');
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-ctlch-'));
     sb = new AgentSandbox({ runtime: {} as OciRuntime, stateDir: dir, debugConsole: { enabled: true, ptyHelper: b.helper!, dir: path.join(dir, 'c') } });
     server = new grpc.Server();

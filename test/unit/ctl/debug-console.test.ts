@@ -12,6 +12,7 @@ import { AgentSandbox } from '../../../src/agent/sandbox';
 import { debugConsoleAllowed } from '../../../src/agent/debug-console';
 import type { OciRuntime } from '../../../src/agent/oci-runtime';
 import { buildPtyHelper } from '../../helpers/pty-helper';
+import { skipOrFail } from '../../helpers/skip';
 
 const noRuntime = {} as OciRuntime;
 
@@ -30,10 +31,7 @@ describe('agent debug console (host, real pty helper)', function () {
 
   before(function () {
     const b = buildPtyHelper();
-    if (!b.helper) {
-      process.stdout.write(`      skipped: ${b.why}\n`);
-      this.skip();
-    }
+    if (!b.helper) skipOrFail(this, b.why ?? 'pty helper not built');
     helper = b.helper;
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-dbg-'));
     sb = new AgentSandbox({ runtime: noRuntime, stateDir: dir, debugConsole: { enabled: true, ptyHelper: helper!, dir: path.join(dir, 'c') } });

@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { HotMemory } from '../../../src/hot/memory';
 import { PAGE_SIZE, PageHashError, PageHasher } from '../../../src/hot/pagehash';
+import { skipOrFail } from '../../helpers/skip';
 
 const M = (1n << 64n) - 1n;
 const P1 = 0x9e3779b185ebca87n, P2 = 0xc2b2ae3d27d4eb4fn, P3 = 0x165667b19e3779f9n;
@@ -100,7 +101,7 @@ describe('hot/pagehash', () => {
   });
 
   it('equals `xxhsum -H1` for every length class (0–100, around 4 KiB, 64 KiB)', function () {
-    if (!hasXxhsum()) this.skip();
+    if (!hasXxhsum()) skipOrFail(this, 'xxhsum not installed (apt-get install xxhash)');
     const lens = [...Array.from({ length: 101 }, (_, i) => i), 255, 1000, 4095, 4096, 4097, 8191, 65536];
     const files: string[] = [];
     const ours: bigint[] = [];
@@ -115,7 +116,7 @@ describe('hot/pagehash', () => {
   });
 
   it('fingerprints guest pages in place, equal to xxhsum per page; flags zero pages', function () {
-    if (!hasXxhsum()) this.skip();
+    if (!hasXxhsum()) skipOrFail(this, 'xxhsum not installed (apt-get install xxhash)');
     const base = mem.gpaToOffset(GUEST, NPAGES * PAGE_SIZE);
     const u8 = mem.u8;
     u8.set(crypto.randomBytes(NPAGES * PAGE_SIZE), base);

@@ -11,19 +11,24 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildGuest } from '../vmm/guest-build';
 import { kvmUsable } from '../vmm/helpers';
+import { skipOrFail } from '../../helpers/skip';
 
-function why(): string | undefined {
-  if (process.getuid?.() !== 0) return 'not root (a tap needs CAP_NET_ADMIN)';
-  if (!fs.existsSync('/dev/net/tun')) return 'no /dev/net/tun';
-  try { execFileSync('unshare', ['--net', 'true'], { stdio: 'pipe' }); } catch (e) { return `unshare --net fails: ${(e as Error).message.split('\n')[0]}`; }
-  return kvmUsable() ?? buildGuest().reason;
+/** Why this cannot run here; `hostCannot` when no set-up could change it. */
+function why(): { reason: string; hostCannot?: boolean } | undefined {
+  if (process.getuid?.() !== 0) return { reason: 'not root (a tap needs CAP_NET_ADMIN)' };
+  if (!fs.existsSync('/dev/net/tun')) return { reason: 'no /dev/net/tun in this kernel', hostCannot: true };
+  try { execFileSync('unshare', ['--net', 'true'], { stdio: 'pipe' }); } catch (e) { return { reason: `unshare --net fails: ${(e as Error).message.split('\n')[0]}`, hostCannot: true }; }
+  const noKvm = kvmUsable();
+  if (noKvm) return { reason: noKvm, hostCannot: true };
+  const noGuest = buildGuest().reason;
+  return noGuest ? { reason: noGuest } : undefined;
 }
 
 describe('virtio-net tap backend (in a private network namespace)', function () {
   this.timeout(60000);
   before(function () {
     const w = why();
-    if (w) { console.log(`    skipped: ${w}`); this.skip(); }
+    if (w) skipOrFail(this, w.reason, { hostCannot: w.hostCannot });
   });
 
   it('the guest ARPs for the host through virtio-net and a tap; the kernel answers; the tap is gone afterwards', () => {

@@ -12,11 +12,12 @@ import { HotMemory } from '../../../src/hot/memory';
 import { VmmError } from '../../../src/vmm/errors';
 import { openVfioDevice } from '../../../src/vmm/vfio';
 import { fdCount, kvmUsable, threadCount } from './helpers';
+import { skipOrFail } from '../../helpers/skip';
 
 describe('vmm addon (KVM, VFIO)', () => {
   before(function () {
     const why = kvmUsable();
-    if (why) { console.log(`    skipped: ${why}`); this.skip(); }
+    if (why) skipOrFail(this, why, { hostCannot: true });
   });
 
   it('reports API 12 and the capabilities the VMM needs', () => {

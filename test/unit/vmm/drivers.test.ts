@@ -19,6 +19,7 @@ import { BlkDevice } from '../../../src/virtio/blk/device';
 import { HybridVsock } from '../../../src/virtio/vsock/hybrid';
 import { NetDevice } from '../../../src/virtio/net/device';
 import { MemoryBackend } from '../../../src/virtio/net/backend';
+import { skipOrFail } from '../../helpers/skip';
 
 /** FNV-1a 32, as the guest computes it. */
 function fnv(b: Uint8Array): number {
@@ -32,8 +33,10 @@ describe('vmm test guest as a virtio driver (real devices)', function () {
   this.timeout(60000);
   let dir: string;
   before(function () {
-    const why = kvmUsable() ?? buildGuest().reason;
-    if (why) { console.log(`    skipped: ${why}`); this.skip(); }
+    const noKvm = kvmUsable();
+    if (noKvm) skipOrFail(this, noKvm, { hostCannot: true });
+    const noGuest = buildGuest().reason;
+    if (noGuest) skipOrFail(this, noGuest);
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmm-drv-'));
   });
   after(() => { if (dir) fs.rmSync(dir, { recursive: true, force: true }); });

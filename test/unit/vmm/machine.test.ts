@@ -13,12 +13,15 @@ import { EchoDevice } from './echo-device';
 import { fdCount, kvmUsable, runGuest, threadCount } from './helpers';
 import { Machine } from '../../../src/vmm/machine';
 import { VmmError } from '../../../src/vmm/errors';
+import { skipOrFail } from '../../helpers/skip';
 
 describe('vmm machine (test guest)', function () {
   this.timeout(60000);
   before(function () {
-    const why = kvmUsable() ?? buildGuest().reason;
-    if (why) { console.log(`    skipped: ${why}`); this.skip(); }
+    const noKvm = kvmUsable();
+    if (noKvm) skipOrFail(this, noKvm, { hostCannot: true });
+    const noGuest = buildGuest().reason;
+    if (noGuest) skipOrFail(this, noGuest);
   });
 
   it('enters long mode through the loader, prints on COM1 with our cmdline, reboots via the i8042', async () => {
