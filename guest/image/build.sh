@@ -41,7 +41,7 @@ ln -sf ../../bin/busybox "$stage/usr/bin/env" 2>/dev/null || true
 printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$stage/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' > "$stage/etc/group"
 echo kata-ts > "$stage/etc/hostname"
-: > "$stage/etc/resolv.conf"
+ln -sfn /run/kata-ts/resolv.conf "$stage/etc/resolv.conf" # written by the agent from the sandbox DNS (src/agent/network.ts)
 
 echo "image: staging agent bundle (/opt/kata-ts)"
 agent="$stage/opt/kata-ts"; mkdir -p "$agent/dist/src"

@@ -14,6 +14,7 @@ import { StorageRegistry, type Mounter } from './storage';
 import { DebugConsoles, type DebugConsoleOptions } from './debug-console';
 import { readGuestStats } from './guest-stats';
 import { ContainerCgroup, DEFAULT_CGROUP_ROOT, parseKeyed, type LinuxResources } from './cgroup';
+import { GuestNetwork } from './network';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -28,6 +29,8 @@ export interface AgentOptions {
   debugConsole?: DebugConsoleOptions;
   /** Parent of the containers' cgroup v2 directories (crun's cgroupsPath, bundle.ts). */
   cgroupRoot?: string;
+  /** Guest networking (rtnetlink); defaults to the real one when manageHost is on. */
+  network?: GuestNetwork;
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -45,14 +48,26 @@ export class AgentSandbox {
   readonly paused = new Set<string>();
   /** Storages by mount point across containers (the volume share and the pod's shm are mounted once). */
   readonly storages: StorageRegistry;
+  private readonly net: GuestNetwork | undefined;
 
   constructor(private readonly opts: AgentOptions) {
     this.storages = new StorageRegistry(opts.mounter);
     this.consoles = new DebugConsoles(opts.debugConsole ?? { enabled: false, ptyHelper: '', dir: '' });
+    this.net = opts.network ?? (opts.manageHost ? new GuestNetwork() : undefined);
+  }
+
+  /** The guest network, or a clear refusal where the agent does not manage one (unit tests). */
+  get network(): GuestNetwork {
+    if (!this.net) throw new AgentError('failed-precondition', 'this agent does not manage the guest network');
+    return this.net;
   }
 
   async createSandbox(req: api.CreateSandboxRequest): Promise<void> {
     this.sandboxId = req.sandbox_id;
+    if (this.net) {
+      this.net.loopbackUp();
+      await this.net.writeResolvConf(req.dns ?? []);
+    }
     if (!this.opts.manageHost) return;
     if (req.hostname) {
       await fs.writeFile('/proc/sys/kernel/hostname', req.hostname).catch(() => undefined);

@@ -91,6 +91,11 @@ export function agentHandlers(sb: AgentSandbox): grpc.UntypedServiceImplementati
     TtyWinResize: unary<api.TtyWinResizeRequest, api.Empty>(async (r) => (sb.process(r).resize(r.row, r.column), {})),
     StartDebugConsole: unary<api.DebugConsoleRequest, api.DebugConsoleResponse>((r) => sb.startDebugConsole(r)),
     GetGuestStats: unary<api.Empty, api.GuestStatsResponse>(() => sb.guestStats()),
+    UpdateInterface: unary<api.UpdateInterfaceRequest, api.Interface>(async (r) => sb.network.updateInterface(r.interface)),
+    UpdateRoutes: unary<api.UpdateRoutesRequest, api.Routes>(async (r) => sb.network.updateRoutes(r.routes)),
+    ListInterfaces: unary<api.Empty, api.Interfaces>(async () => sb.network.listInterfaces()),
+    ListRoutes: unary<api.Empty, api.Routes>(async () => sb.network.listRoutes()),
+    AddARPNeighbors: unary<api.AddARPNeighborsRequest, api.Empty>(async (r) => (sb.network.addArpNeighbors(r.neighbors), {})),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   };

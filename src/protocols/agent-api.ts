@@ -51,6 +51,19 @@ export interface GuestStatsResponse {
   load1: number; load5: number; load15: number;
   cpu_user_ms: number; cpu_system_ms: number; cpu_idle_ms: number; uptime_ms: number; processes: number;
 }
+export type IPFamily = 'v4' | 'v6';
+export interface IPAddress { family: IPFamily; address: string; mask: string }
+export interface Interface {
+  device: string; name: string; ip_addresses: IPAddress[]; mtu: number; hw_addr: string;
+  device_path: string; type: string; raw_flags: number;
+}
+export interface Interfaces { interfaces: Interface[] }
+export interface Route { dest: string; gateway: string; device: string; source: string; scope: number; family: IPFamily; flags: number }
+export interface Routes { routes: Route[] }
+export interface ARPNeighbor { to_ip_address: IPAddress | null; device: string; lladdr: string; state: number; flags: number }
+export interface UpdateInterfaceRequest { interface: Interface | null }
+export interface UpdateRoutesRequest { routes: Routes | null }
+export interface AddARPNeighborsRequest { neighbors: { neighbors: ARPNeighbor[] } | null }
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 
 let cached: grpc.ServiceDefinition | undefined;

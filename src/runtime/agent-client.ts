@@ -65,6 +65,11 @@ export class AgentClient {
   ttyWinResize(req: api.TtyWinResizeRequest): Promise<api.Empty> { return this.call('TtyWinResize', req); }
   startDebugConsole(req: api.DebugConsoleRequest): Promise<api.DebugConsoleResponse> { return this.call('StartDebugConsole', req); }
   guestStats(timeoutMs?: number): Promise<api.GuestStatsResponse> { return this.call('GetGuestStats', {}, timeoutMs); }
+  updateInterface(iface: api.Interface): Promise<api.Interface> { return this.call('UpdateInterface', { interface: iface }); }
+  updateRoutes(routes: api.Route[]): Promise<api.Routes> { return this.call('UpdateRoutes', { routes: { routes } }); }
+  listInterfaces(): Promise<api.Interfaces> { return this.call('ListInterfaces', {}); }
+  listRoutes(): Promise<api.Routes> { return this.call('ListRoutes', {}); }
+  addArpNeighbors(neighbors: api.ARPNeighbor[]): Promise<api.Empty> { return this.call('AddARPNeighbors', { neighbors: { neighbors } }); }
   readStdout(ref: Ref): Readable & { cancel(): void } { return this.stream('ReadStdout', ref); }
   readStderr(ref: Ref): Readable & { cancel(): void } { return this.stream('ReadStderr', ref); }
 
