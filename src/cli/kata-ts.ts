@@ -1,7 +1,8 @@
 /**
  * `kata-ts`: run containers in lightweight VMs from the command line.
  *   kata-ts run [--rootfs DIR | --bundle DIR] [--rootfs-share virtiofs|erofs] [--hypervisor auto|qemu|builtin]
- *               [--memory MiB] [--cpus N] [-e K=V]... [-w DIR] [-u UID[:GID]] [-t] -- CMD...
+ *               [--memory MiB] [--cpus N] [-e K=V]... [-w DIR] [-u UID[:GID]] [-t]
+ *               [-v HOST:GUEST[:ro|rw]]... -- CMD...
  * Thin: parse, call src/runtime, print. Errors are one line on stderr; the
  * exit status is the container's, or 125 when kata-ts itself failed (as
  * docker/podman do).
@@ -10,7 +11,7 @@ import yargs from 'yargs';
 import { configureLogging } from '../common/log';
 import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
-import { runContainer } from './run';
+import { parseNet, runContainer } from './run';
 import { AgentCallError } from '../runtime/agent-client';
 
 export const RUNTIME_FAILURE = 125;
@@ -46,6 +47,9 @@ export async function main(args: string[]): Promise<void> {
       .option('hostname', { type: 'string', describe: 'container hostname' })
       .option('read-only', { type: 'boolean', default: false, describe: 'mount the container rootfs read-only' })
       .option('name', { type: 'string', describe: 'sandbox/container id (default: random)' })
+      .option('volume', { alias: 'v', type: 'string', array: true, default: [] as string[], describe: 'bind mount HOST:GUEST[:ro|rw] (file or directory; repeatable), shared into the VM with virtio-fs' })
+      .option('net', { type: 'string', array: true, describe: 'networking: "none" (loopback only, the default) or "host-netns PATH": mirror every interface of the network namespace at PATH into the VM (as CNI would have set it up)' })
+      .option('dns', { type: 'string', array: true, default: [] as string[], describe: 'nameserver address (or a whole resolv.conf line) for the guest (repeatable)' })
       .check((a) => {
         if (a.memory !== undefined && (!Number.isInteger(a.memory) || a.memory < 64 || a.memory > 3584)) throw new Error('--memory must be an integer number of MiB between 64 and 3584');
         if (a.cpus !== undefined && (!Number.isInteger(a.cpus) || a.cpus < 1 || a.cpus > 64)) throw new Error('--cpus must be an integer between 1 and 64');
@@ -59,7 +63,8 @@ export async function main(args: string[]): Promise<void> {
         code = await runContainer({
           rootfs: a.rootfs, bundle: a.bundle, hypervisor: a.hypervisor, memory: a.memory, cpus: a.cpus,
           env: (a.env as string[]) ?? [], workdir: a.workdir, user: a.user, tty: a.tty, hostname: a.hostname,
-          readonly: a['read-only'], name: a.name, rootfsShare: a['rootfs-share'], command: [...((a.cmd as string[] | undefined) ?? []), ...command],
+          volumes: (a.volume as string[]) ?? [],
+          readonly: a['read-only'], name: a.name, rootfsShare: a['rootfs-share'], netns: parseNet(a.net as string[] | undefined), dns: (a.dns as string[]) ?? [], command: [...((a.cmd as string[] | undefined) ?? []), ...command],
         }, cfg);
       } catch (err) {
         process.stderr.write(`kata-ts: ${errorMessage(err)}\n`);

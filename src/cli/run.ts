@@ -9,11 +9,12 @@ import * as path from 'node:path';
 import { KataError } from '../common/errors';
 import { logger } from '../common/log';
 import { selectHypervisor } from '../hypervisor';
-import type { OciSpec } from '../protocols/oci';
+import type { OciMount, OciSpec } from '../protocols/oci';
 import type { Config } from '../runtime/config';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
+import { isBindMount, planVolumes } from '../runtime/volumes';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
 
@@ -29,6 +30,8 @@ export interface RunOptions {
   tty: boolean;
   hostname?: string;
   readonly: boolean;
+  /** `--volume HOST:GUEST[:ro|rw]` bind mounts (src/runtime/volumes.ts). */
+  volumes?: string[];
   name?: string;
   /**
    * How the rootfs reaches the guest: a virtio-fs share of the directory
@@ -37,7 +40,22 @@ export interface RunOptions {
    * which many runs share and none may modify).
    */
   rootfsShare?: RootfsShare;
+  /** Network namespace whose interfaces the VM mirrors (--net host-netns PATH); none when absent. */
+  netns?: string;
+  /** Guest resolv.conf lines (--dns). */
+  dns?: string[];
   command: string[];
+}
+
+/** `--net none` | `--net host-netns PATH` → the netns path, or undefined for none. */
+export function parseNet(words: string[] | undefined): string | undefined {
+  if (!words || words.length === 0) return undefined;
+  if (words.length === 1 && words[0] === 'none') return undefined;
+  if (words.length === 2 && words[0] === 'host-netns') {
+    if (!path.isAbsolute(words[1])) throw new RunError('usage', `--net host-netns needs an absolute path, got "${words[1]}"`);
+    return words[1];
+  }
+  throw new RunError('usage', `invalid --net "${words.join(' ')}": expected "none" or "host-netns PATH"`);
 }
 
 /** "UID[:GID]" -> numbers; names are not resolved (no guest passwd lookup on the host). */
@@ -55,6 +73,20 @@ export function parseEnv(list: string[]): string[] {
 
 export function defaultRootfs(cfg: Config): string {
   return path.join(cfg.runtime.cache_dir, 'rootfs', 'busybox');
+}
+
+/**
+ * `HOST:GUEST[:ro|rw]` → an OCI bind mount as Docker makes one (rbind,
+ * rprivate). HOST is resolved against the working directory; paths with a
+ * colon cannot be given this way (use a --bundle).
+ */
+export function parseVolume(v: string): OciMount {
+  const parts = v.split(':');
+  const [host, guest, mode = 'rw'] = parts;
+  if (parts.length < 2 || parts.length > 3 || !host || !guest) throw new RunError('usage', `invalid --volume "${v}": expected HOST:GUEST[:ro|rw]`);
+  if (!guest.startsWith('/')) throw new RunError('usage', `invalid --volume "${v}": the container path must be absolute`);
+  if (mode !== 'ro' && mode !== 'rw') throw new RunError('usage', `invalid --volume "${v}": mode must be ro or rw`);
+  return { destination: guest, type: 'bind', source: path.resolve(host), options: ['rbind', 'rprivate', mode] };
 }
 
 /** Build the container spec and find its rootfs from the options. */
@@ -92,13 +124,16 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   const stdinTty = !!process.stdin.isTTY;
   const consoleSize = process.stdout.isTTY ? { height: process.stdout.rows, width: process.stdout.columns } : undefined;
   const { spec, rootfs } = resolveContainer(o, cfg, consoleSize);
+  if (o.volumes?.length) spec.mounts = [...(spec.mounts ?? []), ...o.volumes.map(parseVolume)];
   const terminal = !!spec.process?.terminal;
   const { hv, choice } = await selectHypervisor(cfg, o.hypervisor);
   log.info('hypervisor chosen', { ...choice });
   const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
   const containerId = id;
+  // Bad volumes fail here, before a VM boots (createContainer checks again).
+  if (spec.mounts?.some(isBindMount)) planVolumes(containerId, spec.mounts, '/');
   const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
-  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, bootContainers: [{ id: containerId, rootfs, rootfsShare }] });
+  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare }], netns: o.netns, dns: o.dns });
 
   let interrupted: string | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

@@ -53,6 +53,9 @@ export class BuiltinHypervisor implements Hypervisor {
 
   async start(cfg: VmConfig): Promise<VmInfo> {
     if (this.machine) throw new VmmError('config', 'VM already started');
+    // Pod networking hands the VM tap fds; our virtio-net device (src/virtio/net)
+    // is not wired into the builtin machine's boot yet: say so, don't drop it.
+    if (cfg.nets?.length) throw new VmmError('config', 'the builtin VMM does not attach pod network interfaces yet; use the qemu hypervisor for networked sandboxes');
     fs.mkdirSync(cfg.dir, { recursive: true });
     const consoleLog = path.join(cfg.dir, 'console.log');
     const agentSocket = path.join(cfg.dir, 'vsock.sock');

@@ -19,6 +19,18 @@ export interface FsShare {
   path: string;
 }
 
+/**
+ * A network device backed by a tap the runtime opened (in the pod's netns,
+ * src/resource/network): the hypervisor gets the fd, the guest NIC the MAC.
+ */
+export interface NetDevice {
+  id: string;
+  /** Open tap fd (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR). */
+  fd: number;
+  mac: string;
+  mtu: number;
+}
+
 export interface VmConfig {
   /** Sandbox id (names the VM). */
   id: string;
@@ -34,6 +46,8 @@ export interface VmConfig {
   disks: DiskDevice[];
   /** virtio-fs shares present from boot. */
   shares?: FsShare[];
+  /** virtio-net devices present from boot (one per pod interface). */
+  nets?: NetDevice[];
   debug: boolean;
 }
 

@@ -71,6 +71,8 @@ interface BootSlotPlan {
   shares: number[];
   /** Slot of cfg.disks[i]. */
   disks: number[];
+  /** Slot of cfg.nets[i]. */
+  nets: number[];
   /** One past the last slot the plan hands out: start() reserves [FIRST_DYNAMIC_SLOT, next). */
   next: number;
 }
@@ -149,6 +151,9 @@ export class QemuHypervisor implements Hypervisor {
     this.rootBlockDriver = opts.rootBlockDriver ?? 'virtio-blk';
   }
 
+  /** The child's fd number of cfg.nets[0] (after stdin, stdout, stderr). */
+  static readonly FIRST_NET_FD = 3;
+
   /** Socket of boot disk i / the root image / boot share i (deterministic so commandLine() stays pure). */
   private static bootSocket(dir: string, what: 'root' | 'disk' | 'fs', i = 0): string {
     return path.join(dir, what === 'root' ? 'vb-r.sock' : what === 'disk' ? `vb-${i}.sock` : `vhost-fs-${i}.sock`);
@@ -173,7 +178,8 @@ export class QemuHypervisor implements Hypervisor {
     };
     const shares = (cfg.shares ?? []).map(take);
     const disks = cfg.disks.map(take);
-    return { shares, disks, next };
+    const nets = (cfg.nets ?? []).map(take);
+    return { shares, disks, nets, next };
   }
 
   /** Our device server behind a disk or share (tests and metrics). */
@@ -234,6 +240,16 @@ export class QemuHypervisor implements Hypervisor {
       args.push('-drive', `if=none,id=d-${d.id},file=${d.path},format=raw,readonly=${d.readonly ? 'on' : 'off'}`);
       args.push('-device', dev('virtio-blk-pci', 'virtio-blk-device', `id=dev-${d.id},drive=d-${d.id},serial=${d.id}`, slot));
     });
+    // Pod interfaces: QEMU's own virtio-net on the tap fds we opened in the
+    // pod netns, passed as fds 3, 4, … (start()'s stdio). QEMU's device
+    // rather than ours over vhost-user: frames then never cross this Node
+    // process, one hop less per frame for the shim's event loop
+    // (bench/net.ts measures the path against runc; README "Networking").
+    // host_mtu offers VIRTIO_NET_F_MTU so the guest starts at the pod's MTU.
+    (cfg.nets ?? []).forEach((n, i) => {
+      args.push('-netdev', `tap,id=${n.id},fd=${QemuHypervisor.FIRST_NET_FD + i},vhost=off`);
+      args.push('-device', dev('virtio-net-pci', 'virtio-net-device', `id=dev-${n.id},netdev=${n.id},mac=${n.mac},host_mtu=${n.mtu}`, plan.nets[i]));
+    });
     return args;
   }
 
@@ -242,6 +258,11 @@ export class QemuHypervisor implements Hypervisor {
       if (!fs.existsSync(f)) throw new QemuError('config', `${f} does not exist (run scripts/setup.sh to build the guest)`);
     }
     if (!fs.existsSync(this.opts.binary)) throw new QemuError('config', `QEMU not found at ${this.opts.binary}`);
+    for (const n of cfg.nets ?? []) {
+      if (!/^[A-Za-z0-9_-]{1,32}$/.test(n.id)) throw new QemuError('config', `net id "${n.id}" must be 1-32 of [A-Za-z0-9_-]`);
+      if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(n.mac)) throw new QemuError('config', `net ${n.id}: "${n.mac}" is not a MAC address`);
+      if (!Number.isInteger(n.fd) || n.fd < 0) throw new QemuError('config', `net ${n.id}: no tap fd`);
+    }
     for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     for (const sh of cfg.shares ?? []) {
       if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
@@ -277,7 +298,7 @@ export class QemuHypervisor implements Hypervisor {
     }
     const args = this.commandLine(cfg);
     this.log.debug('starting qemu', { args });
-    const child = spawn(...ownedBy(this.opts.binary, args, this.log), { stdio: ['ignore', 'ignore', 'pipe'], detached: false });
+    const child = spawn(...ownedBy(this.opts.binary, args, this.log), { stdio: ['ignore', 'ignore', 'pipe', ...(cfg.nets ?? []).map((n) => n.fd)], detached: false });
     this.child = child;
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {
