@@ -35,7 +35,8 @@ export function skipOrFail(ctx: Mocha.Context, reason: string, opts: { hostCanno
   if (opts.hostCannot) {
     const r = ctx.runnable();
     // From a hook the skip covers the suite's tests; from a test, that test.
-    const target = (r.type === 'hook' ? r.parent : r) as unknown as Record<string, unknown> | undefined;
+    const isHook = (r as unknown as { type?: string }).type === 'hook';
+    const target = (isHook ? r.parent : r) as unknown as Record<string, unknown> | undefined;
     if (target) target[HOST_CANNOT_MARK] = reason;
   }
   process.stdout.write(`      skipped${opts.hostCannot ? ' (this host cannot)' : ''}: ${reason}\n`);
