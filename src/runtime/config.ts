@@ -155,6 +155,12 @@ export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.e
 }
 
 /** Guest kernel and image paths, defaults resolved against the cache. */
+/** vCPUs and memory (MiB) of a sandbox: default_vcpus/default_memory of the section of the hypervisor that runs it. */
+export function vmSizing(cfg: Config, which: 'qemu' | 'builtin'): { vcpus: number; memoryMiB: number } {
+  const sec = which === 'qemu' ? cfg['hypervisor.qemu'] : cfg['hypervisor.builtin'];
+  return { vcpus: sec.default_vcpus, memoryMiB: sec.default_memory };
+}
+
 export function guestAssets(cfg: Config, which: 'qemu' | 'builtin'): { kernel: string; image: string } {
   const sec = which === 'qemu' ? cfg['hypervisor.qemu'] : cfg['hypervisor.builtin'];
   const cache = cfg.runtime.cache_dir;

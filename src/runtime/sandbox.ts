@@ -26,7 +26,7 @@ import type { OciProcess, OciSpec } from '../protocols/oci';
 import { AgentClient } from './agent-client';
 import { serveCtlChannel, type CtlChannel } from './ctl-channel';
 import type { Config } from './config';
-import { guestAssets } from './config';
+import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
 import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
@@ -137,7 +137,7 @@ export class Sandbox {
       const t0 = Date.now();
       this.vm = await this.opts.hypervisor.start({
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
-        vcpus: this.opts.vcpus ?? q.default_vcpus, memoryMiB: this.opts.memoryMiB ?? q.default_memory,
+        vcpus: this.opts.vcpus ?? vmSizing(cfg, this.opts.hypervisor.name).vcpus, memoryMiB: this.opts.memoryMiB ?? vmSizing(cfg, this.opts.hypervisor.name).memoryMiB,
         // The guest agent serves the debug console only when booted with this flag.
         kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, shares, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       });
@@ -298,8 +298,8 @@ export class Sandbox {
     const st: SandboxState = {
       id: this.id, phase: this.phase, hypervisor: this.opts.hypervisor.name, accel: this.vm?.accel ?? '',
       ownerPid: process.pid, ownerStartTime: processStartTime(process.pid), vmPids: this.vm?.pids ?? [],
-      vcpus: this.opts.vcpus ?? this.opts.config['hypervisor.qemu'].default_vcpus,
-      memoryMiB: this.opts.memoryMiB ?? this.opts.config['hypervisor.qemu'].default_memory,
+      vcpus: this.opts.vcpus ?? vmSizing(this.opts.config, this.opts.hypervisor.name).vcpus,
+      memoryMiB: this.opts.memoryMiB ?? vmSizing(this.opts.config, this.opts.hypervisor.name).memoryMiB,
       createdAt: this.createdAt,
       containers: [...this.containers.values()].map((c) => ({ id: c.id, state: c.state, pid: c.pid, disk: c.disk })),
     };
