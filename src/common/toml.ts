@@ -5,10 +5,17 @@
  * arrays (multi-line allowed), inline tables, comments. Every error names the
  * line it was found on. No dependency: the allowed package set has no TOML.
  */
-export class TomlError extends Error {
-  constructor(readonly line: number, message: string) {
-    super(`line ${line}: ${message}`);
-    this.name = 'TomlError';
+import { KataError } from './errors';
+
+/**
+ * A file that is not TOML we read: `syntax` (malformed text, bad escapes),
+ * `duplicate` (a key or table defined twice), `unsupported` (valid TOML
+ * outside our subset). The message starts with `line N:`; readers that know
+ * the file name prefix it (runtime/config: `<file>:<line>: …`).
+ */
+export class TomlError extends KataError<'syntax' | 'duplicate' | 'unsupported'> {
+  constructor(readonly line: number, message: string, kind: 'syntax' | 'duplicate' | 'unsupported' = 'syntax') {
+    super(kind, `line ${line}: ${message}`);
   }
 }
 
@@ -29,7 +36,7 @@ class Cursor {
     if (c === '\n') this.line++;
     return c;
   }
-  fail(msg: string): never { throw new TomlError(this.line, msg); }
+  fail(msg: string, kind?: TomlError['kind']): never { throw new TomlError(this.line, msg, kind); }
   /** Consume `ch` if it is next (never swallowing a newline by mistake). */
   eat(ch: string): boolean {
     if (this.peek() !== ch) return false;
@@ -75,7 +82,7 @@ function parseKey(c: Cursor): string[] {
 
 function parseString(c: Cursor): string {
   const q = c.next();
-  if (c.peek() === q && c.peek(1) === q) c.fail('multi-line strings are not supported');
+  if (c.peek() === q && c.peek(1) === q) c.fail('multi-line strings are not supported', 'unsupported');
   let out = '';
   for (;;) {
     if (c.peek() === '' || c.peek() === '\n') c.fail('unterminated string');
@@ -89,8 +96,11 @@ function parseString(c: Cursor): string {
         const len = e === 'u' ? 4 : 8;
         const hex = c.s.slice(c.pos, c.pos + len);
         if (!/^[0-9a-fA-F]+$/.test(hex) || hex.length !== len) c.fail('bad unicode escape');
+        const cp = parseInt(hex, 16);
+        // TOML 1.0: \uXXXX and \UXXXXXXXX name Unicode scalar values only.
+        if (cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) c.fail(`unicode escape \\${e}${hex} is not a Unicode scalar value (at most U+10FFFF, no surrogates)`);
         c.pos += len;
-        out += String.fromCodePoint(parseInt(hex, 16));
+        out += String.fromCodePoint(cp);
       } else c.fail(`bad escape "\\${e}"`);
     } else out += ch;
   }
@@ -150,7 +160,7 @@ function setPath(c: Cursor, root: TomlTable, keys: string[], v: TomlValue, lines
     else c.fail(`key "${k}" is not a table`);
   }
   const last = keys[keys.length - 1]!;
-  if (last in t) c.fail(`duplicate key "${[...keys].join('.')}"`);
+  if (last in t) c.fail(`duplicate key "${[...keys].join('.')}"`, 'duplicate');
   t[last] = v;
   lines.set(prefix + keys.join('.'), c.line);
 }
@@ -167,11 +177,11 @@ export function parseToml(text: string): { value: TomlTable; lines: TomlLines } 
     if (c.eof()) break;
     if (c.peek() === '[') {
       c.next();
-      if (c.peek() === '[') c.fail('arrays of tables are not supported');
+      if (c.peek() === '[') c.fail('arrays of tables are not supported', 'unsupported');
       const keys = parseKey(c);
       if (!c.eat(']')) c.fail('expected "]" after table name');
       const name = keys.join('.');
-      if (declared.has(name)) c.fail(`table [${name}] defined twice`);
+      if (declared.has(name)) c.fail(`table [${name}] defined twice`, 'duplicate');
       declared.add(name);
       lines.set(name, c.line);
       table = root;

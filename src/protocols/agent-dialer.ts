@@ -15,18 +15,14 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { KataError } from '../common/errors';
 import { agentClientConstructor } from './agent-api';
 
 export const AGENT_READY_MARKER = 'KATA_TS_AGENT_READY';
 /** The agent's vsock port (Kata's agent uses 1024 too). */
 export const AGENT_VSOCK_PORT = 1024;
 
-export class DialError extends Error {
-  constructor(readonly kind: 'timeout' | 'vm-exited', message: string) {
-    super(message);
-    this.name = 'DialError';
-  }
-}
+export class DialError extends KataError<'timeout' | 'vm-exited'> {}
 
 /** Waits until `marker` appears in the console log, the VM exits, or the timeout. */
 /** Resolves with the rest of the marker's line (the agent's start-up timings as JSON). */

@@ -4,8 +4,53 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseConfig, defaultConfig, loadConfig, findConfigFile, ConfigError, SCHEMA, guestAssets } from '../../../src/runtime/config';
 import { parseToml, TomlError } from '../../../src/common/toml';
+import { KataError } from '../../../src/common/errors';
 
 describe('unit: TOML reader', () => {
+  it('\\U and \\u escapes outside the Unicode scalar values are TomlErrors naming the line, in config errors with file:line', () => {
+    for (const esc of ['\\UFFFFFFFF', '\\U00110000', '\\uD800', '\\UDFFF0000']) {
+      const text = `# x\nname = "a${esc}b"\n`;
+      let err: unknown;
+      try {
+        parseToml(text);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, esc).to.be.instanceOf(TomlError);
+      expect((err as TomlError).line, esc).to.equal(2);
+      expect((err as TomlError).kind, esc).to.equal('syntax');
+      expect((err as Error).message, esc).to.match(/not a Unicode scalar value/);
+      let cfgErr: unknown;
+      try {
+        parseConfig(`[runtime]\nrun_dir = "/r${esc}"\n`, '/etc/kata-ts/configuration.toml');
+      } catch (e) {
+        cfgErr = e;
+      }
+      expect(cfgErr, esc).to.be.instanceOf(ConfigError);
+      expect((cfgErr as ConfigError).kind).to.equal('syntax');
+      expect((cfgErr as Error).message, esc).to.match(/^\/etc\/kata-ts\/configuration\.toml:2: unicode escape/);
+    }
+    // The largest scalar value and an astral one still read.
+    expect(parseToml('a = "\\U0010FFFF\\U0001F600"\n').value.a).to.equal('\u{10FFFF}\u{1F600}');
+  });
+
+  it('TomlError is a KataError whose kind tells syntax, duplicates and unsupported TOML apart', () => {
+    const kindOf = (text: string) => {
+      try {
+        parseToml(text);
+      } catch (e) {
+        expect(e).to.be.instanceOf(KataError);
+        return (e as TomlError).kind;
+      }
+      return 'none';
+    };
+    expect(kindOf('a = \n')).to.equal('syntax');
+    expect(kindOf('a = 1\na = 2\n')).to.equal('duplicate');
+    expect(kindOf('[t]\n[t]\n')).to.equal('duplicate');
+    expect(kindOf('[[t]]\n')).to.equal('unsupported');
+    expect(kindOf('a = """x"""\n')).to.equal('unsupported');
+  });
+
   it('reads tables, dotted tables, strings, numbers, booleans, arrays, inline tables and comments', () => {
     const { value } = parseToml(`
 # comment
