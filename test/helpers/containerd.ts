@@ -33,8 +33,11 @@ function sha256(b: Buffer): string {
   return crypto.createHash('sha256').update(b).digest('hex');
 }
 
-/** Builds an OCI image layout tar with two tags over one busybox layer. */
-export function buildBusyboxImage(dir: string): string {
+/** An image config (OCI `config` object) for one more tag of the busybox image. */
+export interface ExtraTag { tag: string; config: Record<string, unknown> }
+
+/** Builds an OCI image layout tar with two tags (plus `extra`) over one busybox layer. */
+export function buildBusyboxImage(dir: string, extra: ExtraTag[] = []): string {
   const rootfs = path.join(dir, 'layer-root');
   for (const d of ['bin', 'etc', 'tmp', 'home', 'root', 'proc', 'sys', 'dev']) fs.mkdirSync(path.join(rootfs, d), { recursive: true });
   fs.copyFileSync('/bin/busybox', path.join(rootfs, 'bin', 'busybox'));
@@ -58,10 +61,15 @@ export function buildBusyboxImage(dir: string): string {
   };
   const layer = put(gz);
   const manifests = [];
-  for (const [tag, extra] of [['latest', {}], ['user', { User: '1000:1000', Env: ['PATH=/bin', 'FROM_IMAGE=image-env', 'HOME=/home'], WorkingDir: '/home' }]] as const) {
+  const tags: ExtraTag[] = [
+    { tag: 'latest', config: {} },
+    { tag: 'user', config: { User: '1000:1000', Env: ['PATH=/bin', 'FROM_IMAGE=image-env', 'HOME=/home'], WorkingDir: '/home' } },
+    ...extra,
+  ];
+  for (const { tag, config: imageConfig } of tags) {
     const config = put(Buffer.from(JSON.stringify({
       architecture: 'amd64', os: 'linux',
-      config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['sh'], ...extra },
+      config: { Env: ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd: ['sh'], ...imageConfig },
       rootfs: { type: 'layers', diff_ids: [`sha256:${sha256(tarBytes)}`] },
     })));
     const manifest = put(Buffer.from(JSON.stringify({
