@@ -5,7 +5,7 @@
  * reads a pod netns with it; the agent configures the guest with it.
  */
 import * as net from 'node:net';
-import { NLM_F_CREATE, NLM_F_REPLACE, NetlinkError, attr, attrMap, parseAttrs, read, type NetlinkMessage } from './message';
+import { NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NetlinkError, attr, attrMap, parseAttrs, read, type NetlinkMessage } from './message';
 import type { NetlinkSocket } from './socket';
 
 export const RTM_NEWLINK = 16;
@@ -294,7 +294,9 @@ export function addRoute(s: NetlinkSocket, r: RouteSpec): void {
   if (r.prefsrc) attrs.push(attr.raw(RTA_PREFSRC, ipToBytes(r.prefsrc)));
   if (r.priority) attrs.push(attr.u32(RTA_PRIORITY, r.priority));
   const scope = r.scope ?? (r.gateway ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK);
-  s.request(`add route ${isDefault ? 'default' : `${r.dst}/${r.dstLen}`}${r.gateway ? ` via ${r.gateway}` : ''}`, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
+  // EXCL, not REPLACE: a route the kernel made for an address must stay the
+  // kernel's (EEXIST tells the caller it is already there).
+  s.request(`add route ${isDefault ? 'default' : `${r.dst}/${r.dstLen}`}${r.gateway ? ` via ${r.gateway}` : ''}`, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL,
     rtmsg({ family, dstLen: isDefault ? 0 : r.dstLen, table: RT_TABLE_MAIN, protocol: RTPROT_BOOT, scope, type: RTN_UNICAST }), attrs);
 }
 

@@ -103,7 +103,8 @@ export class PodNetwork {
     const pod = podInterfaces(listLinks(s));
     const addrs = listAddresses(s);
     pod.forEach((link, i) => {
-      const tap = native().tapCreate(this.netns, `tap${i}_kata`, { vnetHdr: true });
+      // Non-blocking, as QEMU sets it anyway (it shares this open file description).
+      const tap = native().tapCreate(this.netns, `tap${i}_kata`, { vnetHdr: true, nonBlocking: true });
       const tapLink = listLinks(s).find((l) => l.name === tap.name);
       const ep: Endpoint = {
         link, tapName: tap.name, tapFd: tap.fd, tapIndex: tapLink?.index ?? 0,
