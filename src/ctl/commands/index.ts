@@ -7,7 +7,9 @@ import { listCommand } from './list';
 import { cleanupCommand } from './cleanup';
 import { execCommand } from './exec';
 import { metricsCommand } from './metrics';
+import { installCommand, uninstallCommand } from './install';
 
 export const commands: CtlCommand<any>[] = [];
 commands.push(erofsCommand);
 commands.push(checkCommand, envCommand, listCommand, cleanupCommand, execCommand, metricsCommand);
+commands.push(installCommand, uninstallCommand);
