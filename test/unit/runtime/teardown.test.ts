@@ -15,6 +15,8 @@ import { configureLogging } from '../../../src/common/log';
 class FakeHypervisor implements Hypervisor {
   readonly name = 'qemu' as const;
   calls: string[] = [];
+  /** When set, stop() waits for it: the test decides when the VM is gone. */
+  stopGate: Promise<void> | undefined;
   private resolveExit!: (r: string) => void;
   private readonly exit = new Promise<string>((r) => (this.resolveExit = r));
   constructor(private readonly behaviour: 'silent' | 'dies' | 'fails-start') {}
@@ -27,6 +29,8 @@ class FakeHypervisor implements Hypervisor {
   }
   async stop(): Promise<void> {
     this.calls.push('stop');
+    await this.stopGate;
+    this.calls.push('stopped');
     this.resolveExit('stopped');
   }
   async pause(): Promise<void> {}
@@ -64,7 +68,7 @@ describe('unit: sandbox teardown bookkeeping', function () {
     expect(err).to.be.instanceOf(SandboxError);
     expect((err as Error).message).to.match(/did not come up within 1 s/);
     expect((err as Error).message).to.match(/Kernel panic/);
-    expect(hv.calls).to.deep.equal(['start', 'stop']);
+    expect(hv.calls).to.deep.equal(['start', 'stop', 'stopped']);
     expect(fs.existsSync(sb.dir)).to.equal(false);
   });
 
@@ -82,16 +86,40 @@ describe('unit: sandbox teardown bookkeeping', function () {
     const hv = new FakeHypervisor('fails-start');
     const sb = make(hv);
     await sb.start().catch(() => undefined);
-    expect(hv.calls).to.deep.equal(['start', 'stop']);
+    expect(hv.calls).to.deep.equal(['start', 'stop', 'stopped']);
     expect(fs.existsSync(sb.dir)).to.equal(false);
   });
 
-  it('stop() is idempotent and concurrent calls share one teardown', async () => {
+  it('stop() after a failed start is idempotent: the VM is stopped once', async () => {
     const hv = new FakeHypervisor('silent');
     const sb = make(hv);
     await sb.start().catch(() => undefined);
-    await Promise.all([sb.stop(), sb.stop(), sb.stop()]);
+    await sb.stop();
+    await sb.stop();
     expect(hv.calls.filter((c) => c === 'stop')).to.have.length(1);
+  });
+
+  it('concurrent stop() calls, all in flight at once, share one teardown and all wait for it', async () => {
+    const hv = new FakeHypervisor('silent');
+    let release!: () => void;
+    hv.stopGate = new Promise<void>((r) => (release = r));
+    const sb = make(hv);
+    fs.mkdirSync(sb.dir, { recursive: true });
+    const settled = [false, false, false];
+    const calls = settled.map((_, i) => sb.stop().then(() => { settled[i] = true; }));
+    // Let the first teardown reach the hypervisor and block there.
+    for (let i = 0; i < 20 && !hv.calls.includes('stop'); i++) await new Promise((r) => setImmediate(r));
+    expect(hv.calls, 'the hypervisor is being stopped').to.deep.equal(['stop']);
+    // A fourth call while the teardown is still blocked.
+    calls.push(sb.stop().then(() => { settled.push(true); }));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(settled, 'no caller returns before the VM is gone').to.deep.equal([false, false, false]);
+    expect(fs.existsSync(sb.dir), 'the directory outlives the VM').to.equal(true);
+    release();
+    await Promise.all(calls);
+    expect(settled).to.deep.equal([true, true, true, true]);
+    expect(hv.calls, 'one hypervisor stop for four callers').to.deep.equal(['stop', 'stopped']);
+    expect(fs.existsSync(sb.dir)).to.equal(false);
   });
 
   it('refuses a second sandbox with the same id while the first exists', async () => {
