@@ -151,8 +151,15 @@ describe('virtio/net device', function () {
   });
 
   it('close() closes the backend once', () => {
+    let closes = 0;
+    const close = be.close.bind(be);
+    be.close = () => { closes++; close(); };
+    expect(closes).to.equal(0);
+    dev.close();
+    expect(closes, 'first close').to.equal(1);
     dev.close();
     dev.close();
+    expect(closes, 'later closes reach the backend no more').to.equal(1);
     expect(be.closed).to.equal(true);
   });
 });
