@@ -25,6 +25,67 @@ function prng(seed: number): () => number {
   };
 }
 
+/**
+ * A plain reference decoder of the LZ4 block format (lz4_Block_format.md),
+ * byte by byte, with the contract of assembly/lz4's decompress(): the block
+ * must end exactly at the end of the input and fit in `cap`; `partial` stops,
+ * successfully, once `cap` bytes are out; matches may not reach before the
+ * output. Returns the output, or undefined where the block is invalid.
+ */
+function refDecode(src: Uint8Array, cap: number, partial: boolean): Buffer | undefined {
+  if (src.length === 0) return undefined;
+  const out: number[] = [];
+  let ip = 0;
+  for (;;) {
+    if (ip >= src.length) return undefined;
+    const token = src[ip++];
+    let ll = token >> 4;
+    if (ll === 15) {
+      let b = 255;
+      do {
+        if (ip >= src.length) return undefined;
+        b = src[ip++];
+        ll += b;
+      } while (b === 255);
+    }
+    if (ll > src.length - ip) return undefined;
+    if (ll > cap - out.length) {
+      if (!partial) return undefined;
+      for (let k = 0; out.length < cap; k++) out.push(src[ip + k]);
+      return Buffer.from(out);
+    }
+    for (let k = 0; k < ll; k++) out.push(src[ip + k]);
+    ip += ll;
+    if (ip === src.length) return Buffer.from(out);
+    if (partial && out.length === cap) return Buffer.from(out);
+    if (src.length - ip < 2) return undefined;
+    const offset = src[ip] | (src[ip + 1] << 8);
+    ip += 2;
+    if (offset === 0 || offset > out.length) return undefined;
+    let ml = token & 15;
+    if (ml === 15) {
+      let b = 255;
+      do {
+        if (ip >= src.length) return undefined;
+        b = src[ip++];
+        ml += b;
+        if (ml > cap) {
+          if (!partial) return undefined;
+          break; // longer than the whole output: fills it
+        }
+      } while (b === 255);
+    }
+    ml += 4;
+    if (out.length + ml > cap) {
+      if (!partial) return undefined;
+      while (out.length < cap) out.push(out[out.length - offset]);
+      return Buffer.from(out);
+    }
+    for (let k = 0; k < ml; k++) out.push(out[out.length - offset]);
+    if (partial && out.length === cap) return Buffer.from(out);
+  }
+}
+
 function shapedInputs(): Array<[string, Buffer]> {
   const r = prng(7);
   const rand = (n: number) => Buffer.from(Array.from({ length: n }, () => r() & 255));
@@ -208,8 +269,52 @@ describe('hot/lz4: LZ4 block format', function () {
       expect(errors).to.be.greaterThan(0);
     });
 
-    it('random garbage is refused cleanly', function () {
-      for (let i = 0; i < 2000; i++) decodeGuarded(crypto.randomBytes(1 + (i % 300)), 1024, (i & 1) === 1);
+    it('the reference decoder used below agrees with ours on valid blocks', function () {
+      for (const [name, data] of shapedInputs()) {
+        const block = lz.compressBlock(data.subarray(0, 100000));
+        const want = data.subarray(0, 100000);
+        expect(refDecode(block, want.length, false)?.equals(want), name).to.equal(true);
+        expect(refDecode(block, want.length + 100, false)?.equals(want), `${name}, room to spare`).to.equal(true);
+        if (want.length > 10) {
+          expect(refDecode(block, want.length - 10, false), `${name}, too small`).to.equal(undefined);
+          expect(refDecode(block, want.length - 10, true)?.equals(want.subarray(0, want.length - 10)), `${name}, prefix`).to.equal(true);
+        }
+      }
+    });
+
+    it('random garbage is refused cleanly: a named error, unless the bytes happen to form a valid block', function () {
+      // Refused means an Lz4Error of a known kind, nothing written outside
+      // the output (decodeGuarded's canaries), and agreement with the
+      // reference decoder: what we refuse is invalid, and what we accept is
+      // a valid block (e.g. one token of 0 literals), decoded to the same
+      // bytes. Valid blocks stay rare among random bytes.
+      const r = prng(2024);
+      const kinds = new Map<string, number>();
+      let accepted = 0;
+      const cases = 4000;
+      for (let i = 0; i < cases; i++) {
+        const b = Buffer.from(Array.from({ length: 1 + (i % 300) }, () => r() & 255));
+        const partial = (i & 1) === 1;
+        const cap = [1024, 64, 8][(i >> 1) % 3];
+        const { n, err } = decodeGuarded(b, cap, partial);
+        const ref = refDecode(b, cap, partial);
+        const what = `case ${i} (${b.length} bytes into ${cap}, ${partial ? 'partial' : 'whole'}): ${b.subarray(0, 16).toString('hex')}…`;
+        if (err) {
+          expect(['truncated', 'overflow', 'bad-offset'], what).to.include(err.kind);
+          expect(ref, `${what}: refused (${err.kind}) but the reference decodes it`).to.equal(undefined);
+          kinds.set(err.kind, (kinds.get(err.kind) ?? 0) + 1);
+        } else {
+          expect(ref, `${what}: accepted but not a valid block`).to.not.equal(undefined);
+          expect(n, what).to.equal(ref!.length);
+          const dst = lz.dstOff + guard;
+          expect(Buffer.from(lz.mem.u8.subarray(dst, dst + n!)).equals(ref!), `${what}: output differs from the reference`).to.equal(true);
+          accepted++;
+        }
+      }
+      const refused = cases - accepted;
+      process.stdout.write(`      ${refused}/${cases} refused (${[...kinds].map(([k, c]) => `${k} ${c}`).join(', ')}), ${accepted} valid by chance\n`);
+      expect(refused).to.be.at.least(cases * 0.9);
+      expect(kinds.size, 'truncation, overflow and bad offsets all seen').to.equal(3);
     });
 
     it('names the failure: zero offset, offset before the output, overflow, truncation', function () {
