@@ -21,7 +21,13 @@
  * Guest input is hostile: a chain too short for a header, a length larger
  * than the chain, or a broken ring sets NEEDS_RESET (ctx.needsReset) and the
  * device stops; a well-formed packet for an unknown connection gets RST
- * (§5.10.6.3). Queues are walked by the WASM virtqueue (src/hot/virtqueue).
+ * (§5.10.6.3). Nothing a guest sends grows host memory without bound, even
+ * when it stops taking rx buffers: RST replies wait in a queue of at most
+ * MAX_QUEUED_RST and are dropped (counted, logged) beyond it, as
+ * Firecracker's muxer does with its bounded rx queue; a connection has at
+ * most one CREDIT_UPDATE pending (built when sent, so it carries the latest
+ * fwd_cnt); guest connection requests beyond MAX_CONNECTIONS get RST.
+ * Queues are walked by the WASM virtqueue (src/hot/virtqueue).
  */
 import type { Duplex } from 'node:stream';
 import { logger } from '../../common/log';
@@ -41,6 +47,10 @@ export const MAX_PKT_PAYLOAD = 64 * 1024;
 export const DEFAULT_BUF_ALLOC = 256 * 1024;
 /** Host-initiated connections use local ports from here (as Firecracker does). */
 const FIRST_LOCAL_PORT = 1 << 30;
+/** RST replies waiting for a guest rx buffer; more are dropped (Firecracker: MUXER_RXQ_SIZE). */
+export const MAX_QUEUED_RST = 256;
+/** Connections at once; a guest REQUEST beyond gets RST (Firecracker: MAX_CONNECTIONS). */
+export const MAX_CONNECTIONS = 1023;
 /** A closing connection whose guest never sends RST is dropped after this. */
 const CLOSE_TIMEOUT_MS = 5000;
 
@@ -73,6 +83,8 @@ class Conn {
   hostClosed = false;
   guestNoRecv = false;
   shutdownSent = false;
+  /** A CREDIT_UPDATE waits in the device's creditDue set. */
+  creditDue = false;
   closeTimer: NodeJS.Timeout | undefined;
   onEstablished: ((localPort: number) => void) | undefined;
   constructor(readonly hostPort: number, readonly guestPort: number, state: ConnState) {
@@ -90,6 +102,8 @@ interface RxChain { head: number; iovs: Iovs; cap: number }
 export interface VsockMetrics {
   txPackets: number; rxPackets: number; txBytes: number; rxBytes: number;
   connsOpened: number; connsReset: number; needsReset: number;
+  /** RST replies dropped because MAX_QUEUED_RST were already waiting. */
+  rstDropped: number;
 }
 
 export class VsockDevice implements VirtioDevice {
@@ -98,14 +112,21 @@ export class VsockDevice implements VirtioDevice {
   readonly availableFeatures = VIRTIO_RING_FEATURES;
   readonly guestCid: bigint;
   readonly bufAlloc: number;
-  readonly metrics: VsockMetrics = { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, connsOpened: 0, connsReset: 0, needsReset: 0 };
+  readonly metrics: VsockMetrics = { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, connsOpened: 0, connsReset: 0, needsReset: 0, rstDropped: 0 };
   private readonly config = new ConfigSpace(8);
   private readonly log = logger('virtio.vsock');
   private ctx: ActivateContext | undefined;
   /** A malformed ring or chain (decision 2): VirtqueueError from the walker, VsockError 'malformed' from txChain/popRx. */
   private readonly needsReset = new NeedsResetLatch({ log: this.log, name: 'vsock', guestErrors: [VirtqueueError, VsockError], metrics: this.metrics });
   private readonly conns = new Map<string, Conn>();
+  /** Control packets for the guest, sent before any data (REQUEST, RESPONSE, RST). */
   private readonly ctrl: VsockHdr[] = [];
+  /** RSTs in ctrl (bounded by MAX_QUEUED_RST). */
+  private queuedRsts = 0;
+  /** Dropping RSTs since the queue was last below its bound (logs once per burst). */
+  private droppingRsts = false;
+  /** Connections owed a CREDIT_UPDATE (each at most once). */
+  private readonly creditDue = new Set<Conn>();
   private readonly ready = new Set<Conn>();
   private readonly spare: RxChain[] = [];
   private nextLocalPort = FIRST_LOCAL_PORT;
@@ -123,6 +144,8 @@ export class VsockDevice implements VirtioDevice {
 
   get isActive(): boolean { return this.ctx !== undefined && !this.needsReset.tripped; }
   get connectionCount(): number { return this.conns.size; }
+  /** Control packets waiting for guest rx buffers (RSTs, responses, credit updates). */
+  get queuedControlPackets(): number { return this.ctrl.length + this.creditDue.size; }
 
   get configSize(): number { return this.config.size; }
   ackFeatures(_features: bigint): void { /* no device-specific feature bits used (no SEQPACKET) */ }
@@ -148,6 +171,9 @@ export class VsockDevice implements VirtioDevice {
     this.needsReset.clear();
     for (const c of [...this.conns.values()]) this.drop(c, 'device reset');
     this.ctrl.length = 0;
+    this.queuedRsts = 0;
+    this.droppingRsts = false;
+    this.creditDue.clear();
     this.spare.length = 0;
     this.ready.clear();
   }
@@ -243,7 +269,7 @@ export class VsockDevice implements VirtioDevice {
     }
     switch (h.op) {
       case OP_REQUEST:
-        if (c) { this.rstFor(h); return; }
+        if (c || this.conns.size >= MAX_CONNECTIONS) { this.rstFor(h); return; }
         this.guestConnect(h);
         return;
       case OP_RESPONSE:
@@ -262,7 +288,7 @@ export class VsockDevice implements VirtioDevice {
             if (err) return;
             c.fwdCnt = (c.fwdCnt + len) >>> 0;
             // Tell the guest about freed space before it runs dry.
-            if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= this.bufAlloc / 4 && this.conns.get(c.key) === c) this.queueCtrl(c, OP_CREDIT_UPDATE);
+            if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= this.bufAlloc / 4 && this.conns.get(c.key) === c) this.queueCreditUpdate(c);
           });
         }
         return;
@@ -272,7 +298,7 @@ export class VsockDevice implements VirtioDevice {
         return;
       case OP_CREDIT_REQUEST:
         if (!c) { this.rstFor(h); return; }
-        this.queueCtrl(c, OP_CREDIT_UPDATE);
+        this.queueCreditUpdate(c);
         return;
       case OP_SHUTDOWN:
         if (!c) { this.rstFor(h); return; }
@@ -341,7 +367,31 @@ export class VsockDevice implements VirtioDevice {
   }
 
   private queueCtrl(c: Conn, op: number, flags = 0): void {
-    this.ctrl.push(this.hdrFor(c, op, 0, flags));
+    this.pushCtrl(this.hdrFor(c, op, 0, flags));
+  }
+
+  /** Queues a control packet; an RST only while fewer than MAX_QUEUED_RST wait (decision 2: bounded host memory). */
+  private pushCtrl(h: VsockHdr): void {
+    if (h.op === OP_RST) {
+      if (this.queuedRsts >= MAX_QUEUED_RST) {
+        this.metrics.rstDropped++;
+        if (!this.droppingRsts) {
+          this.droppingRsts = true;
+          this.log.warn('rx queue full: dropping RST packets (the guest is not taking rx buffers)', { queued: this.queuedRsts, port: h.dstPort });
+        }
+        return;
+      }
+      this.queuedRsts++;
+    }
+    this.ctrl.push(h);
+    this.scheduleRx();
+  }
+
+  /** At most one CREDIT_UPDATE per connection waits; its header is built when it is sent. */
+  private queueCreditUpdate(c: Conn): void {
+    if (c.creditDue) return;
+    c.creditDue = true;
+    this.creditDue.add(c);
     this.scheduleRx();
   }
 
@@ -355,11 +405,10 @@ export class VsockDevice implements VirtioDevice {
 
   /** RST for a packet that matches no connection (§5.10.6.3). */
   private rstFor(h: VsockHdr): void {
-    this.ctrl.push({
+    this.pushCtrl({
       srcCid: VSOCK_HOST_CID, dstCid: this.guestCid, srcPort: h.dstPort, dstPort: h.srcPort, len: 0,
       type: VIRTIO_VSOCK_TYPE_STREAM, op: OP_RST, flags: 0, bufAlloc: 0, fwdCnt: 0,
     });
-    this.scheduleRx();
   }
 
   private sendRst(c: Conn, destroyStream: boolean): void {
@@ -379,6 +428,8 @@ export class VsockDevice implements VirtioDevice {
   private forget(c: Conn): void {
     if (this.conns.get(c.key) === c) this.conns.delete(c.key);
     this.ready.delete(c);
+    this.creditDue.delete(c);
+    c.creditDue = false;
     if (c.closeTimer) clearTimeout(c.closeTimer);
   }
 
@@ -393,7 +444,7 @@ export class VsockDevice implements VirtioDevice {
   }
 
   private hasWork(): boolean {
-    return this.ctrl.length > 0 || this.ready.size > 0;
+    return this.ctrl.length > 0 || this.creditDue.size > 0 || this.ready.size > 0;
   }
 
   private processRx(): void {
@@ -446,7 +497,15 @@ export class VsockDevice implements VirtioDevice {
     const u8 = this.ctx!.memory.hot.u8;
     const ctl = this.ctrl.shift();
     if (ctl) {
+      if (ctl.op === OP_RST && --this.queuedRsts < MAX_QUEUED_RST / 2) this.droppingRsts = false;
       scatter(u8, ch.iovs, 0, encodeHdr(ctl, this.hdrBuf));
+      this.metrics.rxPackets++;
+      return HDR_SIZE;
+    }
+    for (const c of this.creditDue) {
+      this.creditDue.delete(c);
+      c.creditDue = false;
+      scatter(u8, ch.iovs, 0, encodeHdr(this.hdrFor(c, OP_CREDIT_UPDATE, 0, 0), this.hdrBuf));
       this.metrics.rxPackets++;
       return HDR_SIZE;
     }

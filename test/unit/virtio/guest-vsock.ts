@@ -53,6 +53,10 @@ export class GuestVsock {
   private polls: number[] = [];
   private nextPort = 50000;
   packetsIn = 0;
+  /** Packets received, by op. */
+  readonly opsIn = new Map<number, number>();
+  /** A guest that stops taking rx buffers (a flooding or stuck driver): pollRx reads nothing while set. */
+  rxPaused = false;
 
   constructor(readonly fe: FakeFrontEnd, readonly rx: RingSet, readonly tx: RingSet, readonly cid: bigint, readonly area: bigint) {
     const n = native();
@@ -72,6 +76,7 @@ export class GuestVsock {
   }
 
   pollRx(): void {
+    if (this.rxPaused) return;
     const u8 = this.fe.mem.u8;
     let refilled = false;
     for (let b = this.rx.ring.getBuf(); b; b = this.rx.ring.getBuf()) {
@@ -80,6 +85,7 @@ export class GuestVsock {
       const h = decodeHdr(u8.subarray(this.fe.off(gpa, HDR_SIZE), this.fe.off(gpa) + HDR_SIZE));
       const payload = h.len ? Buffer.from(u8.subarray(this.fe.off(gpa + 64n), this.fe.off(gpa + 64n) + h.len)) : undefined;
       this.packetsIn++;
+      this.opsIn.set(h.op, (this.opsIn.get(h.op) ?? 0) + 1);
       this.onPacket(h, payload);
       this.addRx(gpa);
       refilled = true;
@@ -135,6 +141,9 @@ export class GuestVsock {
     if (c) c.lastFwdSent = c.fwdCnt;
     return { srcCid: this.cid, dstCid: 2n, srcPort: src, dstPort: dst, len, type: VIRTIO_VSOCK_TYPE_STREAM, op, flags, bufAlloc: c ? GUEST_BUF_ALLOC : 0, fwdCnt: c?.fwdCnt ?? 0 };
   }
+
+  /** Packets queued by send() that have not reached the tx ring yet. */
+  get txBacklog(): number { return this.txPending.length; }
 
   /** Queues a packet; it goes when a tx slot is free. */
   send(h: VsockHdr, payload?: Buffer): void {
