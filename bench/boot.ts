@@ -12,6 +12,9 @@
  * Reported as medians and as ratios to the floors, plus host memory (PSS from
  * /proc/<pid>/smaps_rollup) of the runtime process and of QEMU per running
  * sandbox. Acceleration is whatever `auto` picks here (TCG on PVM hosts).
+ * A footprint that cannot be measured (no running sandbox, a process gone,
+ * an unreadable smaps_rollup) is reported as a failure — footprintError in
+ * the JSON, FAILED on the console, exit status 1 — never as 0 MiB.
  *
  *   bash scripts/setup.sh && node dist/bench/boot.js [runs]
  *
@@ -22,6 +25,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { ROOT, writeResult } from './native';
+import { pssMiB } from './pss';
 import { defaultConfig, guestAssets } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
 import { baseKernelParams } from '../src/hypervisor/hypervisor';
@@ -56,17 +60,10 @@ function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'):
   });
 }
 
-function pssKiB(pid: number): number {
-  try {
-    const t = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-    return Number(/^Pss:\s+(\d+) kB/m.exec(t)?.[1] ?? 0);
-  } catch {
-    return 0;
-  }
-}
-
 async function footprint(cfgFile: string, runDir: string): Promise<{ runtimePssMiB: number; qemuPssMiB: number }> {
-  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'sleep', '20'], { stdio: 'ignore' });
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'sleep', '20'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-2000); });
   try {
     const deadline = Date.now() + 120000;
     let qemuPid = 0;
@@ -79,12 +76,16 @@ async function footprint(cfgFile: string, runDir: string): Promise<{ runtimePssM
         } catch { /* being written */ }
       }
       if (qemuPid) break;
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`kata-ts run ended (${child.signalCode ?? `status ${child.exitCode}`}) before its sandbox ran: ${stderr.trim()}`);
       await new Promise((r) => setTimeout(r, 200));
     }
+    if (!qemuPid) throw new Error('no running sandbox within 120 s to measure');
     await new Promise((r) => setTimeout(r, 2000)); // settle
-    return { runtimePssMiB: pssKiB(child.pid!) / 1024, qemuPssMiB: pssKiB(qemuPid) / 1024 };
+    return { runtimePssMiB: pssMiB(child.pid!), qemuPssMiB: pssMiB(qemuPid) };
   } finally {
-    await new Promise((r) => { child.once('exit', r); setTimeout(() => child.kill('SIGTERM'), 100); });
+    if (child.exitCode === null && child.signalCode === null) {
+      await new Promise((r) => { child.once('exit', r); setTimeout(() => child.kill('SIGTERM'), 100); });
+    }
   }
 }
 
@@ -119,7 +120,13 @@ async function main(): Promise<void> {
     results['floor (kernel)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/bin/echo', MARK), 'stdout')).ms);
     results['floor (node)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/usr/bin/node', `-e console.log("${MARK}")`), 'stdout')).ms);
   }
-  const fp = await footprint(cfgFile, runDir);
+  let fp: { runtimePssMiB: number; qemuPssMiB: number } | undefined;
+  let footprintError: string | undefined;
+  try {
+    fp = await footprint(cfgFile, runDir);
+  } catch (err) {
+    footprintError = (err as Error).message;
+  }
   fs.rmSync(runDir, { recursive: true, force: true });
   const med = Object.fromEntries(Object.entries(results).map(([k, v]) => [k, Math.round(median(v))]));
   const out = {
@@ -127,7 +134,8 @@ async function main(): Promise<void> {
     medianMs: med, runTotalMedianMs: Math.round(median(totals)),
     ratioToKernelFloor: +(med['kata-ts run']! / med['floor (kernel)']!).toFixed(2),
     ratioToNodeFloor: +(med['kata-ts run']! / med['floor (node)']!).toFixed(2),
-    footprintMiB: { runtime: +fp.runtimePssMiB.toFixed(1), qemu: +fp.qemuPssMiB.toFixed(1) },
+    footprintMiB: fp ? { runtime: +fp.runtimePssMiB.toFixed(1), qemu: +fp.qemuPssMiB.toFixed(1) } : null,
+    ...(footprintError ? { footprintError } : {}),
     samplesMs: results,
   };
   console.log(`accel: ${out.accel} (${out.reason})`);
@@ -135,8 +143,10 @@ async function main(): Promise<void> {
   for (const [k, v] of Object.entries(med)) console.log(`  ${k.padEnd(16)} ${String(v).padStart(6)} ms`);
   console.log(`  ratio kata-ts run / floor (kernel): ${out.ratioToKernelFloor}x;  / floor (node): ${out.ratioToNodeFloor}x`);
   console.log(`  kata-ts run total (to exit, VM torn down): ${out.runTotalMedianMs} ms`);
-  console.log(`host PSS per running sandbox: runtime ${out.footprintMiB.runtime} MiB, qemu ${out.footprintMiB.qemu} MiB`);
+  if (out.footprintMiB) console.log(`host PSS per running sandbox: runtime ${out.footprintMiB.runtime} MiB, qemu ${out.footprintMiB.qemu} MiB`);
+  else console.log(`host PSS per running sandbox: FAILED: ${footprintError}`);
   writeResult('boot', out);
+  if (footprintError) process.exitCode = 1;
 }
 
 main().catch((err) => {
