@@ -12,7 +12,8 @@ import * as path from 'node:path';
 import { configureLogging } from '../../../src/common/log';
 import { PassthroughFs } from '../../../src/virtio/fs/passthrough';
 import { FuseServer } from '../../../src/virtio/fs/server';
-import { cstr, FuseClient, u32s, u64s } from './fs-client';
+import { Worker } from 'node:worker_threads';
+import { cstr, FuseClient, parseEntry, u32s, u64s } from './fs-client';
 
 const ROOT = 1;
 const { EINVAL, ENOTDIR, ELOOP, EBADF, EIO, ENAMETOOLONG, ERANGE, ENOENT } = os.constants.errno;
@@ -134,29 +135,61 @@ describe('virtio-fs confinement and hostile requests', function () {
   });
 
   it('swap race under load: many requests against a directory being swapped concurrently stay inside', async function () {
-    this.timeout(20000);
+    this.timeout(30000);
     const d = await c.mkdir(ROOT, 'race');
-    let stop = false;
-    const swapper = (async () => {
-      let i = 0;
-      while (!stop) {
-        const p = path.join(share, 'race');
-        try {
-          if (i++ % 2 === 0) { fs.renameSync(p, path.join(share, 'race.real')); fs.symlinkSync(outside, p); }
-          else { fs.unlinkSync(p); fs.renameSync(path.join(share, 'race.real'), p); }
-        } catch { /* racing with ourselves is fine */ }
-        await new Promise((r) => setImmediate(r));
+    // The swapper runs on its own thread, so renames really interleave with
+    // the server's syscalls (not only between our awaits). It counts
+    // completed swaps (dir → symlink to the outside, and back) in shared
+    // memory and always leaves the directory in place when told to stop.
+    const shared = new Int32Array(new SharedArrayBuffer(8)); // [0] stop, [1] swaps
+    const swapper = new Worker(`
+      const { workerData: { p, real, outside, shared } } = require('node:worker_threads');
+      const fs = require('node:fs');
+      while (Atomics.load(shared, 0) === 0) {
+        fs.renameSync(p, real); fs.symlinkSync(outside, p);
+        Atomics.add(shared, 1, 1);
+        fs.unlinkSync(p); fs.renameSync(real, p);
+        Atomics.add(shared, 1, 1);
       }
-    })();
-    for (let i = 0; i < 300; i++) {
-      const name = `f${i}`;
-      const r = await c.raw(35, d.nodeid, Buffer.concat([u32s(2, 0o644, 0, 0), cstr(name)]));
-      if (r.error === 0) await c.release(r.body.readBigUInt64LE(128));
-      await c.raw(1, ROOT, cstr('race')); // a fresh lookup may see either
-      await c.raw(10, d.nodeid, cstr('secret'));
+    `, { eval: true, workerData: { p: path.join(share, 'race'), real: path.join(share, 'race.real'), outside, shared } });
+    const exited = new Promise<number>((res, rej) => { swapper.on('exit', res); swapper.on('error', rej); });
+    try {
+      while (Atomics.load(shared, 1) === 0) await new Promise((r) => setTimeout(r, 1));
+      const atStart = Atomics.load(shared, 1);
+      const created: string[] = [];
+      const seen = { dir: 0, link: 0 };
+      let swapsDuringRequests = 0;
+      for (let i = 0; i < 300; i++) {
+        const before = Atomics.load(shared, 1);
+        const name = `f${i}`;
+        const r = await c.raw(35, d.nodeid, Buffer.concat([u32s(2, 0o644, 0, 0), cstr(name)]));
+        expect(r.error, `create ${name} in the held directory`).to.equal(0);
+        created.push(name);
+        await c.release(r.body.readBigUInt64LE(128));
+        const l = await c.raw(1, ROOT, cstr('race')); // a fresh lookup may see either
+        if (l.error === 0) {
+          const type = parseEntry(l.body).attr.mode & 0o170000;
+          if (type === 0o040000) seen.dir++;
+          else if (type === 0o120000) seen.link++;
+        }
+        expect(-(await c.raw(10, d.nodeid, cstr('secret'))).error, 'unlink "secret" in the held directory').to.equal(ENOENT);
+        if (Atomics.load(shared, 1) !== before) swapsDuringRequests++;
+      }
+      const swaps = Atomics.load(shared, 1) - atStart;
+      process.stdout.write(`      ${swaps} swaps during the requests; ${swapsDuringRequests}/300 rounds overlapped one; lookups saw the directory ${seen.dir}x, the symlink ${seen.link}x\n`);
+      // How many rounds overlap a swap depends on how the two threads are
+      // scheduled (tens to hundreds of 300 on 2 busy cores); one is the claim.
+      expect(swapsDuringRequests, 'swaps happened while requests were in flight').to.be.greaterThan(0);
+      expect(seen.link, 'a lookup caught the symlink').to.be.greaterThan(0);
+      expect(seen.dir, 'a lookup caught the directory').to.be.greaterThan(0);
+      Atomics.store(shared, 0, 1);
+      expect(await exited).to.equal(0);
+      // Every file went into the real directory, none beside the secret.
+      expect(fs.readdirSync(path.join(share, 'race')).sort()).to.deep.equal([...created].sort());
+    } finally {
+      Atomics.store(shared, 0, 1);
+      await exited.catch(() => undefined);
     }
-    stop = true;
-    await swapper;
   });
 
   it('malformed headers and bodies are answered EINVAL/EIO, never thrown', async () => {
