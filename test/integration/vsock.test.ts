@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { connectVsock, dialAgent, waitForMarker, AGENT_VSOCK_PORT } from '../../src/protocols/agent-dialer';
-import { AgentClient } from '../../src/runtime/agent-client';
+import { AgentCallError, AgentClient } from '../../src/runtime/agent-client';
 import { CACHE, REPO, expectNothingLeft, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
 
 describe('integration: vsock agent channel (QEMU, vhost-user)', function () {
@@ -41,14 +41,40 @@ describe('integration: vsock agent channel (QEMU, vhost-user)', function () {
     expectNothingLeft(runDir);
   });
 
-  it('serves 200 concurrent agent calls over 8 separate vsock connections', async () => {
+  it('serves 200 concurrent agent calls over 8 separate vsock connections, each answered with its own reply', async () => {
     for (let i = 0; i < 8; i++) clients.push(new AgentClient(dialAgent(vsockSocket)));
     await Promise.all(clients.map((c) => c.check(30000)));
     const t0 = Date.now();
-    const calls = Array.from({ length: 200 }, (_, i) => clients[i % clients.length].guestDetails());
+    // All 200 in flight at once. Even calls ask for the guest's details; odd
+    // calls ask for the stats of a container that does not exist, whose
+    // error names the id asked for: a reply delivered to the wrong call, or
+    // lost, or doubled, shows up as a wrong or missing id.
+    type Reply = { i: number; d?: Awaited<ReturnType<AgentClient['guestDetails']>>; e?: Error };
+    const calls = Array.from({ length: 200 }, (_, i): Promise<Reply> => {
+      const c = clients[i % clients.length];
+      return i % 2 === 0
+        ? c.guestDetails().then((d) => ({ i, d }), (e: Error) => ({ i, e }))
+        : c.statsContainer(`absent-${i}`).then(() => ({ i }), (e: Error) => ({ i, e }));
+    });
     const res = await Promise.all(calls);
-    expect(res).to.have.length(200);
-    process.stdout.write(`      200 GetGuestDetails calls in ${Date.now() - t0} ms\n`);
+    process.stdout.write(`      200 calls (100 GetGuestDetails, 100 StatsContainer) in ${Date.now() - t0} ms\n`);
+    expect(res.map((r) => r.i)).to.deep.equal(Array.from({ length: 200 }, (_, i) => i));
+    for (const r of res) {
+      if (r.i % 2 === 0) {
+        expect(r, `call ${r.i}`).to.not.have.property('e');
+        const d = r.d!;
+        expect(d.agent_version, `call ${r.i}`).to.match(/^\d+\.\d+\.\d+/);
+        expect(d.kernel_release, `call ${r.i}`).to.match(/^6\.1\./);
+        expect(Number(d.cpus), `call ${r.i}`).to.equal(1);
+        expect(Number(d.mem_total_bytes), `call ${r.i}`).to.be.within(256 << 20, 512 << 20);
+        expect(Number(d.uptime_ms), `call ${r.i}`).to.be.greaterThan(0);
+      } else {
+        const e = r.e as AgentCallError | undefined;
+        expect(e, `call ${r.i} (StatsContainer of a missing container) succeeded`).to.be.instanceOf(AgentCallError);
+        expect(e!.kind, `call ${r.i}`).to.equal('not-found');
+        expect(e!.message, `call ${r.i} got another call's reply`).to.contain(`container absent-${r.i} not found`);
+      }
+    }
   });
 
   it('refuses a host connection to a guest port nobody listens on (guest RST), agent port still fine', async () => {
