@@ -46,9 +46,14 @@ describe('integration: kata-ts run (QEMU)', function () {
   });
 
   it('reports a process killed by SIGKILL as 137', async () => {
-    // The container's init kills itself from a child: PID 1 of a pid namespace
-    // only dies from signals sent from outside it, so use exec of a sub-shell.
-    const r = await run(['--', 'sh', '-c', 'sleep 30 & kill -KILL $!; wait $!; exit $?']);
+    // The container's process itself must die of SIGKILL, not exit 137. It
+    // is PID 1 of its pid namespace, and signals sent from inside the
+    // namespace do not reach it (`kill -9 $$` is ignored). The guest kernel
+    // sends this one: at the RLIMIT_CPU hard limit it SIGKILLs the process,
+    // and signals from the kernel do reach a namespace's init. The loop never
+    // ends by itself, so only the signal can make it exit.
+    const r = await run(['--', 'sh', '-c', 'ulimit -t 1; while :; do :; done']);
+    expect(r.stderr).to.equal('');
     expect(r.code).to.equal(137);
   });
 
