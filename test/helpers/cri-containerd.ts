@@ -77,8 +77,11 @@ export class CriContainerd {
     // Short path: unix socket paths (ours and the shims') must fit in 108 bytes.
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ktscri-'));
     this.socket = path.join(this.dir, 'c.sock');
-    this.runDir = path.join(this.dir, 'run');
     const tag = crypto.randomBytes(3).toString('hex');
+    // kata-ts's run dir is short and outside the temp dir: CRI's ids are 64
+    // hex digits, and the sockets in a sandbox dir (<run_dir>/sandboxes/<id>/
+    // vhost-vsock.sock) must fit in 108 bytes; under a test TMPDIR they do not.
+    this.runDir = `/run/kc-${tag.slice(0, 4)}`;
     this.netns = `ktscri-${tag}`;
     this.network = `ktscri-${tag}`;
     // Any /24 will do inside our own netns; a random one keeps logs of two runs apart.
@@ -217,8 +220,10 @@ export class CriContainerd {
     return this.processes('qemu-system').filter((p) => p.args.includes(this.runDir)).map((p) => p.pid);
   }
 
+  /** Mounts under containerd's dir or kata-ts's run dir. */
   mountsBelow(): string[] {
-    return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(this.dir + '/'));
+    return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '')
+      .filter((m) => m.startsWith(this.dir + '/') || m.startsWith(this.runDir + '/'));
   }
 
   cniCacheEntries(): string[] {
@@ -289,6 +294,7 @@ export class CriContainerd {
       /* never created */
     }
     fs.rmSync(this.dir, { recursive: true, force: true });
+    fs.rmSync(this.runDir, { recursive: true, force: true });
     return left;
   }
 }
