@@ -14,7 +14,7 @@ import type { Config } from '../runtime/config';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
-import { isBindMount, planVolumes } from '../runtime/volumes';
+import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
 
@@ -86,6 +86,8 @@ export function parseVolume(v: string): OciMount {
   if (parts.length < 2 || parts.length > 3 || !host || !guest) throw new RunError('usage', `invalid --volume "${v}": expected HOST:GUEST[:ro|rw]`);
   if (!guest.startsWith('/')) throw new RunError('usage', `invalid --volume "${v}": the container path must be absolute`);
   if (mode !== 'ro' && mode !== 'rw') throw new RunError('usage', `invalid --volume "${v}": mode must be ro or rw`);
+  // Refused as in config.json (volumes.ts), not normalised away by resolve().
+  if (host.split('/').includes('..')) throw new VolumeError('invalid', `bind mount source "${host}" (for ${guest}) has a ".." component`);
   return { destination: guest, type: 'bind', source: path.resolve(host), options: ['rbind', 'rprivate', mode] };
 }
 

@@ -28,6 +28,9 @@ import { serveCtlChannel, type CtlChannel } from './ctl-channel';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
+import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './volumes';
+import type { Storage } from '../protocols/agent-api';
+import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
 export class SandboxError extends KataError<'boot' | 'agent' | 'container' | 'state'> {}
@@ -44,6 +47,11 @@ export interface SandboxOptions {
    * or built into an EROFS disk, attached at boot (no hotplug needed).
    */
   bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare }[];
+  /**
+   * Attach the volume share (volumes.ts) at boot; otherwise it is hotplugged
+   * when the first container with a bind mount arrives.
+   */
+  volumes?: boolean;
 }
 
 /** How a container's rootfs directory reaches the guest. */
@@ -93,10 +101,14 @@ export class Sandbox {
   /** Containers whose rootfs is a boot-time virtio-fs share → its tag. */
   private readonly sharedRootfs = new Map<string, string>();
   private ctl: CtlChannel | undefined;
+  /** Containers' bind mounts, through one share (SHARED_FS_TAG) of <dir>/shared. */
+  private readonly volumes: SandboxVolumes;
+  private volumeShare = false;
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
     this.dir = path.join(sandboxesDir(opts.config.runtime.run_dir), opts.id);
+    this.volumes = new SandboxVolumes(path.join(this.dir, 'shared'));
     this.log = logger('sandbox', { sandbox: opts.id });
   }
 
@@ -130,6 +142,11 @@ export class Sandbox {
         }
         const image = await this.prepareImage(c.id, c.rootfs);
         disks.push({ id: diskIdFor(c.id), path: image, readonly: true });
+      }
+      if (this.opts.volumes) {
+        await this.volumes.prepare();
+        shares.push({ tag: SHARED_FS_TAG, path: this.volumes.sharedDir });
+        this.volumeShare = true;
       }
       const cfg = this.opts.config;
       const q = cfg['hypervisor.qemu'];
@@ -179,6 +196,43 @@ export class Sandbox {
    */
   async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
+    // Volumes first: a bad bind mount is refused before anything is set up.
+    const vol = await this.mountVolumes(id, spec);
+    try {
+      await this.createWithRootfs(id, { ...spec, mounts: vol.mounts }, rootfs, opts, vol.storages);
+    } catch (err) {
+      await this.volumes.remove(id).catch((e) => this.log.warn('cannot unmount volumes', { container: id, err: errorMessage(e) }));
+      throw err;
+    }
+  }
+
+  /**
+   * Validates and mounts a container's bind mounts on the host (volumes.ts);
+   * returns the translated mounts and the sandbox storages the agent needs
+   * for them (the volume share, the pod's /dev/shm), to go before the rootfs.
+   */
+  private async mountVolumes(id: string, spec: OciSpec): Promise<{ mounts: OciSpec['mounts']; storages: Storage[] }> {
+    if (!spec.mounts?.length) return { mounts: spec.mounts, storages: [] };
+    const plan = planVolumes(id, spec.mounts, this.volumes.sharedDir);
+    const storages: Storage[] = [];
+    if (plan.volumes.length) {
+      if (!this.volumeShare) {
+        const hv = this.opts.hypervisor;
+        if (!hv.addShare) throw new VolumeError('unsupported', `bind mounts need virtio-fs, which the ${hv.name} hypervisor does not provide (use qemu)`);
+        await this.volumes.prepare();
+        await hv.addShare({ tag: SHARED_FS_TAG, path: this.volumes.sharedDir });
+        this.volumeShare = true;
+      }
+      await this.volumes.add(id, plan.volumes);
+      storages.push({ driver: 'virtiofs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point: SHARED_GUEST_DIR });
+    }
+    if (plan.needsShm) {
+      storages.push({ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['nosuid', 'nodev', 'noexec', 'mode=1777', 'size=65536k'], mount_point: SANDBOX_SHM_GUEST_DIR });
+    }
+    return { mounts: plan.mounts, storages };
+  }
+
+  private async createWithRootfs(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare }, volumeStorages: Storage[]): Promise<void> {
     const root = `${GUEST_CONTAINERS_DIR}/${id}/rootfs`;
     let tag = this.sharedRootfs.get(id);
     const hv = this.opts.hypervisor;
@@ -193,7 +247,7 @@ export class Sandbox {
       try {
         await this.agent.createContainer({
           container_id: id, exec_id: '',
-          storages: [{ driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
+          storages: [...volumeStorages, { driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
           oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
         });
       } catch (err) {
@@ -215,6 +269,7 @@ export class Sandbox {
       await this.agent.createContainer({
         container_id: id, exec_id: '',
         storages: [
+          ...volumeStorages,
           { driver: 'blk', source: disk, fstype: 'erofs', options: ['ro'], mount_point: lower },
           { driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${lower}`], mount_point: root },
         ],
@@ -248,6 +303,7 @@ export class Sandbox {
     // After the agent unmounted it: the host directory is let go (the shim
     // unmounts its rootfs right after, which our open fds would block).
     if (c.share) await this.unshare(id);
+    await this.volumes.remove(id).catch((err) => this.log.warn('cannot unmount volumes (retried at sandbox stop)', { container: id, err: errorMessage(err) }));
     if (c.image) fs.rmSync(c.image, { force: true });
     this.containers.delete(id);
     this.persist();
@@ -290,8 +346,10 @@ export class Sandbox {
       this.agentClient.close();
     }
     await this.opts.hypervisor.stop().catch((err) => this.log.warn('hypervisor stop failed', { err: errorMessage(err) }));
+    await this.volumes.close().catch((err) => this.log.warn('cannot unmount volumes', { err: errorMessage(err) }));
     this.phase = 'stopped';
-    fs.rmSync(this.dir, { recursive: true, force: true });
+    // Never a recursive delete through a volume mount that is still there.
+    if (!removeTreeSafely(this.dir)) this.log.error('mounts are left under the sandbox directory; not removing it', { dir: this.dir });
   }
 
   private persist(): void {

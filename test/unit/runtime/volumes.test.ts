@@ -17,6 +17,7 @@ import {
   isBindMount, mountsUnder, planVolumes, removeTreeSafely, SandboxVolumes, VolumeError,
 } from '../../../src/runtime/volumes';
 import { StorageRegistry, StorageSet, type Mounter } from '../../../src/agent/storage';
+import { parseVolume, RunError } from '../../../src/cli/run';
 
 function expectVolumeError(fn: () => unknown, re: RegExp): void {
   try {
@@ -201,6 +202,15 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
       expect(fs.readFileSync(path.join(src, 'file.txt'), 'utf8')).to.equal('hello');
       expect(fs.readdirSync(path.join(src, 'rw'))).to.deep.equal([]);
       expect(fs.existsSync(path.join(src, 'cfg', '..2024_01', 'key'))).to.equal(true);
+    });
+  });
+
+  describe('kata-ts run --volume', () => {
+    it('parses HOST:GUEST[:ro|rw] into a Docker-style bind mount and refuses the rest', () => {
+      expect(parseVolume('/srv/data:/data')).to.deep.equal({ destination: '/data', type: 'bind', source: '/srv/data', options: ['rbind', 'rprivate', 'rw'] });
+      expect(parseVolume('rel/dir:/d:ro')).to.deep.equal({ destination: '/d', type: 'bind', source: path.resolve('rel/dir'), options: ['rbind', 'rprivate', 'ro'] });
+      for (const bad of ['/a', '/a:b', '/a:/b:rx', ':/b', '/a:/b:ro:x']) expect(() => parseVolume(bad), bad).to.throw(RunError, /invalid --volume/);
+      expect(() => parseVolume('/srv/../etc:/x'), 'not normalised away').to.throw(VolumeError, /has a "\.\." component/);
     });
   });
 
