@@ -1,8 +1,9 @@
 /**
  * containerd end to end: a private containerd drives containerd-shim-kata-ts-v2
  * through `ctr`, every container in a QEMU VM (TCG here). One containerd
- * for the whole file; VM boots are the cost (~10 s each), so each test packs
- * the checks that can share one container: 6 VMs in all.
+ * for the whole file; VM boots are the cost (~10 s each), so checks that can
+ * share one container do: one test each, the container started and removed
+ * by their describe's hooks. 6 VMs in all.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -83,77 +84,134 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     expect(r.code).to.equal(0);
   });
 
-  it('run -d, task ls, exec (pipes and tty), ps, pause/resume, update, metrics, OOM event, kill TERM, delete', async () => {
-    const events = spawn('ctr', ['--address', cd.socket, 'events'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  // One detached container (one VM) shared by the tests below, each checking
+  // one feature, so one failure does not hide the others. The hooks start it
+  // and make sure it is gone whatever failed; each test leaves it running and
+  // unpaused for the next.
+  describe('a detached container (ctr run -d)', function () {
+    const ID = 'd1';
+    let events: ReturnType<typeof spawn> | undefined;
     let evs = '';
-    events.stdout.on('data', (b: Buffer) => (evs += b.toString()));
-    const sawEvent = (topic: string) => until(`${topic} event`, async () => (evs.includes(`${topic} {"container_id":"d1"}`) ? true : undefined), 15000);
-    const d = await run(['-d', IMAGE, 'd1', 'sh', '-c', 'trap "exit 42" TERM; while :; do sleep 0.1; done']);
-    expect(d.code, d.stderr).to.equal(0);
-    expect(await taskStatus('d1')).to.equal('RUNNING');
-    const ex = await cd.ctr(['task', 'exec', '--exec-id', 'e1', 'd1', 'sh', '-c', 'echo exec-out; echo exec-err >&2; exit 5']);
-    expect(ex).to.include({ code: 5, stdout: 'exec-out\n', stderr: 'exec-err\n' });
-    // A terminal needs a tty on ctr's side too: script(1) provides one.
-    const tty = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      const ctrCmd = `ctr --address ${cd.socket} -n ${cd.namespace} task exec -t --exec-id t1 d1 sh -c 'tty'`;
-      const p = spawn('script', ['-qec', ctrCmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
-      let out = '';
-      p.stdout.on('data', (b: Buffer) => (out += b.toString()));
-      p.on('exit', (code) => resolve({ code, out }));
-      p.stdin.end();
-    });
-    expect(tty.code, tty.out).to.equal(0);
-    expect(tty.out).to.match(/\/dev\/pts\/\d+/);
-    const ps = await cd.ctr(['task', 'ps', 'd1']);
-    expect(ps.code).to.equal(0);
-    expect(ps.stdout.split('\n').filter((l) => /^\s*\d+/.test(l)).length).to.be.at.least(1);
-    // Pause freezes the container's cgroup in the guest (cgroup.freeze).
-    const pause = await cd.ctr(['task', 'pause', 'd1']);
-    expect(pause.code, pause.stderr).to.equal(0);
-    expect(await taskStatus('d1')).to.equal('PAUSED');
-    const frozenExec = await cd.ctr(['task', 'exec', '--exec-id', 'p1', 'd1', 'true']);
-    expect(frozenExec.code, 'no exec into a frozen container').to.not.equal(0);
-    expect(frozenExec.stderr).to.match(/paused/);
-    const before = await cd.ctr(['task', 'metrics', 'd1']);
-    expect(before.stdout, 'unlimited as containerd says it').to.match(/pids\.limit\s+18446744073709551615\b/);
-    const resume = await cd.ctr(['task', 'resume', 'd1']);
-    expect(resume.code, resume.stderr).to.equal(0);
-    expect(await taskStatus('d1')).to.equal('RUNNING');
-    await sawEvent('/tasks/paused');
-    await sawEvent('/tasks/resumed');
-    // The container sees the guest's cgroup tree (no cgroup namespace): its own is /proc/self/cgroup's path.
+    const sawEvent = (topic: string) => until(`${topic} event`, async () => (evs.includes(`${topic} {"container_id":"${ID}"}`) ? true : undefined), 15000);
     const cgFile = (f: string) => `cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/${f}`;
-    const thawed = await cd.ctr(['task', 'exec', '--exec-id', 'p2', 'd1', 'sh', '-c', cgFile('cgroup.events')]);
-    expect(thawed.stdout).to.match(/frozen 0/);
-    // Update: ctr 1.6 has no `task update`, so send containerd's request
-    // (LinuxResources JSON in an Any) to the shim directly.
-    const tc = await TtrpcClient.connect(fs.readFileSync(path.join(bundleOf('d1'), 'address'), 'utf8'));
-    try {
-      const resources = { type_url: 'types.containerd.io/opencontainers/runtime-spec/1/LinuxResources', value: Buffer.from(JSON.stringify({ memory: { limit: 64 << 20 }, pids: { limit: 77 } })) };
-      await tc.request(TASK, 'Update', 'containerd.task.v2.UpdateTaskRequest', 'google.protobuf.Empty', { id: 'd1', resources });
-    } finally {
-      tc.close();
-    }
-    const lim = await cd.ctr(['task', 'exec', '--exec-id', 'u1', 'd1', 'sh', '-c', `${cgFile('memory.max')}; ${cgFile('pids.max')}`]);
-    expect(lim.stdout).to.equal(`${64 << 20}\n77\n`);
-    const metrics = await cd.ctr(['task', 'metrics', 'd1']);
-    expect(metrics.code, metrics.stderr).to.equal(0);
-    expect(metrics.stdout).to.match(new RegExp(`memory\\.usage_limit\\s+${64 << 20}\\b`));
-    expect(metrics.stdout).to.match(/pids\.limit\s+77\b/);
-    expect(Number(/memory\.usage\s+(\d+)/.exec(metrics.stdout)?.[1] ?? 0), metrics.stdout).to.be.greaterThan(0);
-    expect(Number(/pids\.current\s+(\d+)/.exec(metrics.stdout)?.[1] ?? 0)).to.be.at.least(1);
-    // Past the limit the guest kernel OOM-kills the biggest task (tail): TaskOOM.
-    const oom = await cd.ctr(['task', 'exec', '--exec-id', 'o1', 'd1', 'tail', '/dev/zero']);
-    expect(oom.code, 'OOM-killed').to.equal(137);
-    await sawEvent('/tasks/oom');
-    events.kill();
-    expect((await cd.ctr(['task', 'kill', 'd1'])).code).to.equal(0);
-    await until('d1 stopped', async () => ((await taskStatus('d1')) === 'STOPPED' ? true : undefined));
-    const del = await cd.ctr(['task', 'delete', 'd1']);
-    expect(del.stderr, 'ctr task delete reports the exit status').to.match(/exit code 42/);
-    expect((await cd.ctr(['container', 'delete', 'd1'])).code).to.equal(0);
-    await until('shim gone', async () => (cd.shimPids().length === 0 ? true : undefined), 15000);
-    expect(cd.qemuPids()).to.deep.equal([]);
+    /** containerd's Update request (LinuxResources JSON in an Any), sent to the shim: ctr 1.6 has no `task update`. */
+    const update = async (resources: Record<string, unknown>) => {
+      const tc = await TtrpcClient.connect(fs.readFileSync(path.join(bundleOf(ID), 'address'), 'utf8'));
+      try {
+        const any = { type_url: 'types.containerd.io/opencontainers/runtime-spec/1/LinuxResources', value: Buffer.from(JSON.stringify(resources)) };
+        await tc.request(TASK, 'Update', 'containerd.task.v2.UpdateTaskRequest', 'google.protobuf.Empty', { id: ID, resources: any });
+      } finally {
+        tc.close();
+      }
+    };
+
+    before(async function () {
+      events = spawn('ctr', ['--address', cd.socket, 'events'], { stdio: ['ignore', 'pipe', 'ignore'] });
+      events.stdout!.on('data', (b: Buffer) => (evs += b.toString()));
+      const d = await run(['-d', IMAGE, ID, 'sh', '-c', 'trap "exit 42" TERM; while :; do sleep 0.1; done']);
+      expect(d.code, d.stderr).to.equal(0);
+    });
+
+    after(async function () {
+      events?.kill();
+      if (!cd) return;
+      // Whatever the tests left: no task, no container, no shim, no VM.
+      const st = await taskStatus(ID);
+      if (st === 'PAUSED') await cd.ctr(['task', 'resume', ID]);
+      if (st && st !== 'STOPPED') {
+        await cd.ctr(['task', 'kill', '-s', 'SIGKILL', ID]);
+        await until(`${ID} stopped`, async () => ((await taskStatus(ID)) === 'STOPPED' ? true : undefined)).catch(() => undefined);
+      }
+      if (st) await cd.ctr(['task', 'delete', ID]);
+      await cd.ctr(['container', 'delete', ID]);
+      await until('shim gone', async () => (cd.shimPids().length === 0 ? true : undefined), 15000);
+      expect(cd.qemuPids()).to.deep.equal([]);
+    });
+
+    it('is listed RUNNING by task ls', async () => {
+      expect(await taskStatus(ID)).to.equal('RUNNING');
+    });
+
+    it('exec with pipes: both streams and the exit status', async () => {
+      const ex = await cd.ctr(['task', 'exec', '--exec-id', 'e1', ID, 'sh', '-c', 'echo exec-out; echo exec-err >&2; exit 5']);
+      expect(ex).to.include({ code: 5, stdout: 'exec-out\n', stderr: 'exec-err\n' });
+    });
+
+    it('exec with a terminal', async () => {
+      // A terminal needs a tty on ctr's side too: script(1) provides one.
+      const tty = await new Promise<{ code: number | null; out: string }>((resolve) => {
+        const ctrCmd = `ctr --address ${cd.socket} -n ${cd.namespace} task exec -t --exec-id t1 ${ID} sh -c 'tty'`;
+        const p = spawn('script', ['-qec', ctrCmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+        let out = '';
+        p.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        p.on('exit', (code) => resolve({ code, out }));
+        p.stdin.end();
+      });
+      expect(tty.code, tty.out).to.equal(0);
+      expect(tty.out).to.match(/\/dev\/pts\/\d+/);
+    });
+
+    it('task ps lists its processes', async () => {
+      const ps = await cd.ctr(['task', 'ps', ID]);
+      expect(ps.code).to.equal(0);
+      expect(ps.stdout.split('\n').filter((l) => /^\s*\d+/.test(l)).length).to.be.at.least(1);
+    });
+
+    it('task metrics report no pids limit before any update (unlimited as containerd says it)', async () => {
+      const m = await cd.ctr(['task', 'metrics', ID]);
+      expect(m.code, m.stderr).to.equal(0);
+      expect(m.stdout).to.match(/pids\.limit\s+18446744073709551615\b/);
+    });
+
+    it('pause freezes the container (PAUSED, no exec), resume thaws it; both events reach containerd', async () => {
+      // Pause freezes the container's cgroup in the guest (cgroup.freeze).
+      const pause = await cd.ctr(['task', 'pause', ID]);
+      try {
+        expect(pause.code, pause.stderr).to.equal(0);
+        expect(await taskStatus(ID)).to.equal('PAUSED');
+        const frozenExec = await cd.ctr(['task', 'exec', '--exec-id', 'p1', ID, 'true']);
+        expect(frozenExec.code, 'no exec into a frozen container').to.not.equal(0);
+        expect(frozenExec.stderr).to.match(/paused/);
+      } finally {
+        const resume = await cd.ctr(['task', 'resume', ID]);
+        expect(resume.code, resume.stderr).to.equal(0);
+      }
+      expect(await taskStatus(ID)).to.equal('RUNNING');
+      await sawEvent('/tasks/paused');
+      await sawEvent('/tasks/resumed');
+      // The container sees the guest's cgroup tree (no cgroup namespace): its own is /proc/self/cgroup's path.
+      const thawed = await cd.ctr(['task', 'exec', '--exec-id', 'p2', ID, 'sh', '-c', cgFile('cgroup.events')]);
+      expect(thawed.stdout).to.match(/frozen 0/);
+    });
+
+    it('update sets memory.max and pids.max in the guest, and metrics report them', async () => {
+      await update({ memory: { limit: 64 << 20 }, pids: { limit: 77 } });
+      const lim = await cd.ctr(['task', 'exec', '--exec-id', 'u1', ID, 'sh', '-c', `${cgFile('memory.max')}; ${cgFile('pids.max')}`]);
+      expect(lim.stdout).to.equal(`${64 << 20}\n77\n`);
+      const metrics = await cd.ctr(['task', 'metrics', ID]);
+      expect(metrics.code, metrics.stderr).to.equal(0);
+      expect(metrics.stdout).to.match(new RegExp(`memory\\.usage_limit\\s+${64 << 20}\\b`));
+      expect(metrics.stdout).to.match(/pids\.limit\s+77\b/);
+      expect(Number(/memory\.usage\s+(\d+)/.exec(metrics.stdout)?.[1] ?? 0), metrics.stdout).to.be.greaterThan(0);
+      expect(Number(/pids\.current\s+(\d+)/.exec(metrics.stdout)?.[1] ?? 0)).to.be.at.least(1);
+    });
+
+    it('past its memory limit the guest OOM-kills the biggest task (137) and containerd gets TaskOOM', async () => {
+      await update({ memory: { limit: 64 << 20 } }); // its own limit: does not rely on the update test
+      const oom = await cd.ctr(['task', 'exec', '--exec-id', 'o1', ID, 'tail', '/dev/zero']);
+      expect(oom.code, 'OOM-killed').to.equal(137);
+      await sawEvent('/tasks/oom');
+    });
+
+    it('kill (SIGTERM) runs the trap: delete reports exit code 42; the shim and the VM go away', async () => {
+      expect((await cd.ctr(['task', 'kill', ID])).code).to.equal(0);
+      await until(`${ID} stopped`, async () => ((await taskStatus(ID)) === 'STOPPED' ? true : undefined));
+      const del = await cd.ctr(['task', 'delete', ID]);
+      expect(del.stderr, 'ctr task delete reports the exit status').to.match(/exit code 42/);
+      expect((await cd.ctr(['container', 'delete', ID])).code).to.equal(0);
+      await until('shim gone', async () => (cd.shimPids().length === 0 ? true : undefined), 15000);
+      expect(cd.qemuPids()).to.deep.equal([]);
+    });
   });
 
   it('runs a pod: two containers in one VM through the CRI annotations; SIGKILL gives 137', async () => {
