@@ -263,10 +263,16 @@ export class CriContainerd {
     if (proc && proc.exitCode === null) {
       const gone = new Promise((r) => proc.once('exit', r));
       proc.kill('SIGTERM');
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([gone, new Promise((r) => (timer = setTimeout(r, 5000)))]);
-      clearTimeout(timer);
-      if (proc.exitCode === null) proc.kill('SIGKILL');
+      const exited = async (ms: number) => {
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([gone, new Promise((r) => (timer = setTimeout(r, ms)))]);
+        clearTimeout(timer);
+        return proc.exitCode !== null || proc.signalCode !== null;
+      };
+      if (!(await exited(10000))) {
+        proc.kill('SIGKILL');
+        await exited(5000);
+      }
     }
     for (const pid of [...this.shimPids(), ...this.qemuPids()]) {
       try {
