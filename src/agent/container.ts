@@ -43,7 +43,13 @@ export class Container {
     return path.join(this.dir, 'bundle');
   }
 
-  async create(specJson: string, storages: Storage[]): Promise<void> {
+  /**
+   * `resolvConf`: the sandbox's guest resolv.conf (set when the host gave DNS
+   * lines); a container whose spec mounts none gets it read-only at
+   * /etc/resolv.conf, as a Docker user expects. Under CRI the kubelet's own
+   * resolv.conf mount is there and wins.
+   */
+  async create(specJson: string, storages: Storage[], opts: { resolvConf?: string } = {}): Promise<void> {
     let spec: unknown;
     try {
       spec = JSON.parse(specJson);
@@ -60,6 +66,9 @@ export class Container {
     for (const [i, s] of storages.entries()) rootfs = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
     if (!rootfs.startsWith('/')) throw new AgentError('invalid', 'container has no rootfs: give a storage or an absolute root.path');
     this.spec = adaptSpecForGuest(spec as OciSpec, { containerId: this.id, rootfs });
+    if (opts.resolvConf && !(this.spec.mounts ?? []).some((m) => m.destination === '/etc/resolv.conf')) {
+      (this.spec.mounts ??= []).push({ destination: '/etc/resolv.conf', type: 'bind', source: opts.resolvConf, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+    }
     await fs.writeFile(path.join(this.bundleDir, 'config.json'), JSON.stringify(this.spec));
   }
 

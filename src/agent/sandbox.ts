@@ -14,7 +14,7 @@ import { StorageRegistry, type Mounter } from './storage';
 import { DebugConsoles, type DebugConsoleOptions } from './debug-console';
 import { readGuestStats } from './guest-stats';
 import { ContainerCgroup, DEFAULT_CGROUP_ROOT, parseKeyed, type LinuxResources } from './cgroup';
-import { GuestNetwork } from './network';
+import { GUEST_RESOLV_CONF, GuestNetwork } from './network';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -49,6 +49,8 @@ export class AgentSandbox {
   /** Storages by mount point across containers (the volume share and the pod's shm are mounted once). */
   readonly storages: StorageRegistry;
   private readonly net: GuestNetwork | undefined;
+  /** CreateSandbox carried DNS lines: containers without their own resolv.conf get the guest's. */
+  private dnsGiven = false;
 
   constructor(private readonly opts: AgentOptions) {
     this.storages = new StorageRegistry(opts.mounter);
@@ -67,6 +69,7 @@ export class AgentSandbox {
     if (this.net) {
       this.net.loopbackUp();
       await this.net.writeResolvConf(req.dns ?? []);
+      this.dnsGiven = (req.dns ?? []).length > 0;
     }
     if (!this.opts.manageHost) return;
     if (req.hostname) {
@@ -100,7 +103,7 @@ export class AgentSandbox {
     const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter, this.storages);
     this.containers.set(c.id, c);
     try {
-      await c.create(req.oci_spec_json, req.storages ?? []);
+      await c.create(req.oci_spec_json, req.storages ?? [], { resolvConf: this.dnsGiven ? GUEST_RESOLV_CONF : undefined });
     } catch (err) {
       this.containers.delete(c.id);
       await c.remove(0).catch(() => undefined);
