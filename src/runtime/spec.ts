@@ -94,3 +94,13 @@ export function readBundle(bundleDir: string): { spec: OciSpec; rootfs: string }
   if (!fs.existsSync(rootfs) || !fs.statSync(rootfs).isDirectory()) throw new SpecError('bundle', `rootfs ${rootfs} is not a directory`);
   return { spec, rootfs };
 }
+
+/**
+ * The pod's network namespace from a sandbox container's spec
+ * (`linux.namespaces[type=network].path`, as CRI + CNI set it), or
+ * undefined when the spec asks for a fresh namespace (no path) or none.
+ */
+export function networkNamespacePath(spec: OciSpec): string | undefined {
+  const ns = spec.linux?.namespaces?.find((n) => n.type === 'network');
+  return ns?.path || undefined;
+}
