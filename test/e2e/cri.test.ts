@@ -21,6 +21,7 @@
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { BUSYBOX, CriContainerd, criUnavailable, HANDLERS } from '../helpers/cri-containerd';
@@ -310,6 +311,37 @@ for (const handler of HANDLERS) {
         await cd.cri.removeContainer(id!);
       }
       expect((await exec(w.side, 'echo still-fine')).out).to.equal('still-fine\n');
+    });
+
+    it(`bad input: a unix socket as bind source ${expectVm ? 'is refused at StartContainer with one clear error (a socket cannot cross into the VM), nothing half set up' : 'is bound into the container (runc)'}`, async () => {
+      const w = await setUp();
+      const sock = path.join(cd.dir, 'volumes', 'app.sock');
+      const listener = net.createServer((c) => c.end('from-host-socket\n')).listen(sock);
+      await new Promise((r) => listener.once('listening', r));
+      try {
+        const mountsBefore = cd.mountsBelow().sort();
+        const id = await cd.cri.createContainer(w.server.id, container('sock', IDLE, [{ container_path: '/run/app.sock', host_path: sock }]), w.server.config);
+        const started = await cd.cri.startContainer(id).then(() => undefined, (e: CriError) => e);
+        if (expectVm) {
+          expect(started, 'StartContainer must fail').to.be.instanceOf(CriError);
+          expect(started!.details).to.include(sock).and.match(/socket/);
+          const st = (await cd.cri.containerStatus(id)).status;
+          expect(st.state, 'not running').to.not.equal('CONTAINER_RUNNING');
+          await cd.cri.removeContainer(id);
+          expect(cd.mountsBelow().sort(), 'no mount left').to.deep.equal(mountsBefore);
+          expect(cd.qemuPids(), 'the pod\'s VM lives on').to.have.length(2);
+        } else {
+          expect(started, started?.message).to.equal(undefined);
+          const r = await exec(id, 'test -S /run/app.sock && echo is-a-socket');
+          expect(r.out, r.err).to.equal('is-a-socket\n');
+          await cd.cri.stopContainer(id, GRACE_SEC);
+          await cd.cri.removeContainer(id);
+        }
+        expect((await cd.cri.listContainers({ pod_sandbox_id: w.server.id })).map((c) => c.metadata.name).sort()).to.deep.equal(['side', 'web']);
+        expect((await exec(w.side, 'echo still-fine')).out).to.equal('still-fine\n');
+      } finally {
+        listener.close();
+      }
     });
 
     it('StopContainer, StopPodSandbox, RemovePodSandbox: exit statuses, then nothing left (shims, VMs, mounts, netns, veths, CNI state)', async () => {

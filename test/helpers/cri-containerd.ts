@@ -273,6 +273,8 @@ export class CriContainerd {
         proc.kill('SIGKILL');
         await exited(5000);
       }
+      // Our end of its stderr: a shim that inherited the pipe must not keep this process alive.
+      proc.stderr?.destroy();
     }
     for (const pid of [...this.shimPids(), ...this.qemuPids()]) {
       try {
@@ -301,6 +303,8 @@ export class CriContainerd {
     }
     fs.rmSync(this.dir, { recursive: true, force: true });
     fs.rmSync(this.runDir, { recursive: true, force: true });
+    // One turn of the event loop, so containerd's process handle finishes closing.
+    await new Promise((r) => setImmediate(r));
     return left;
   }
 }
