@@ -10,7 +10,7 @@
  *   hot-erofs      EROFS read-everything: AS reader vs kernel erofs, fsck.erofs
  *
  * With --all, also the VM/device benchmarks (slow: they boot TCG guests):
- *   boot, virtiofs, blk, vsock (--vm), vmm, shim — each with its defaults.
+ *   boot, virtiofs, blk, vsock (--vm), vmm, shim, cri-start — each with its defaults.
  *
  *   bash scripts/setup.sh && node dist/bench/run.js [--all] [name ...]
  *
@@ -22,7 +22,7 @@ import * as path from 'node:path';
 import { writeCharts } from './chart';
 
 const HOT: Array<[string, string[]]> = [['hot-virtqueue', []], ['hot-lz4', []], ['hot-pagehash', []], ['hot-erofs', []]];
-const VM: Array<[string, string[]]> = [['boot', []], ['virtiofs', []], ['blk', []], ['vsock', ['--vm']], ['vmm', []], ['shim', []]];
+const VM: Array<[string, string[]]> = [['boot', []], ['virtiofs', []], ['blk', []], ['vsock', ['--vm']], ['vmm', []], ['shim', []], ['cri-start', []]];
 
 function main(): void {
   const args = process.argv.slice(2);
