@@ -20,7 +20,7 @@ t0=$(date +%s)
 # 1. Debian packages ----------------------------------------------------------
 pkgs=(qemu-system-x86 crun erofs-utils busybox-static linux-source-6.1 bc bison flex
       libelf-dev libssl-dev cpio xz-utils zstd xxhash lz4 containerd runc iproute2 procps
-      util-linux tmux make g++ python3)
+      util-linux tmux make g++ python3 containernetworking-plugins iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

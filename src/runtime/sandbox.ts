@@ -31,6 +31,8 @@ import { buildErofsImage } from './rootfs';
 import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './volumes';
 import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
+import { PodNetwork } from '../resource/network/pod-network';
+import { configureGuestNetwork, guestNetworkPlan } from '../resource/network/guest-config';
 import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
 export class SandboxError extends KataError<'boot' | 'agent' | 'container' | 'state'> {}
@@ -42,6 +44,14 @@ export interface SandboxOptions {
   vcpus?: number;
   memoryMiB?: number;
   hostname?: string;
+  /**
+   * The pod's network namespace (set up by CNI, or `kata-ts run --net
+   * host-netns PATH`): each of its interfaces is mirrored into the VM
+   * (src/resource/network). Absent: the VM has only loopback.
+   */
+  netns?: string;
+  /** resolv.conf lines for the guest (Kata's CreateSandbox dns). */
+  dns?: string[];
   /**
    * Containers known at boot: their rootfs is shared with virtio-fs (default)
    * or built into an EROFS disk, attached at boot (no hotplug needed).
@@ -101,6 +111,8 @@ export class Sandbox {
   /** Containers whose rootfs is a boot-time virtio-fs share → its tag. */
   private readonly sharedRootfs = new Map<string, string>();
   private ctl: CtlChannel | undefined;
+  /** The pod's interfaces mirrored into the VM (opts.netns). */
+  private network: PodNetwork | undefined;
   /** Containers' bind mounts, through one share (SHARED_FS_TAG) of <dir>/shared. */
   private readonly volumes: SandboxVolumes;
   private volumeShare = false;
@@ -151,13 +163,16 @@ export class Sandbox {
       const cfg = this.opts.config;
       const q = cfg['hypervisor.qemu'];
       const assets = guestAssets(cfg, this.opts.hypervisor.name);
+      if (this.opts.netns) this.network = PodNetwork.attach(this.opts.netns);
       const t0 = Date.now();
       this.vm = await this.opts.hypervisor.start({
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
         vcpus: this.opts.vcpus ?? vmSizing(cfg, this.opts.hypervisor.name).vcpus, memoryMiB: this.opts.memoryMiB ?? vmSizing(cfg, this.opts.hypervisor.name).memoryMiB,
         // The guest agent serves the debug console only when booted with this flag.
-        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, shares, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, shares, nets: this.network?.tapFds(), debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       });
+      // QEMU holds its own tap fds now: the taps live exactly as long as the VM.
+      this.network?.releaseTapFds();
       this.persist();
       const timeoutMs = cfg['agent.kata'].dial_timeout * 1000;
       let guestTimings = '';
@@ -169,7 +184,8 @@ export class Sandbox {
       }
       this.agentClient = new AgentClient(dialAgent(this.vm.agentSocket));
       await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
-      await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: [], sysctls: {} });
+      await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {} });
+      if (this.network) await configureGuestNetwork(this.agentClient, guestNetworkPlan(this.network.snapshot()));
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings) });
@@ -346,6 +362,11 @@ export class Sandbox {
       this.agentClient.close();
     }
     await this.opts.hypervisor.stop().catch((err) => this.log.warn('hypervisor stop failed', { err: errorMessage(err) }));
+    try {
+      this.network?.teardown();
+    } catch (err) {
+      this.log.warn('cannot tear down the pod network', { err: errorMessage(err) });
+    }
     await this.volumes.close().catch((err) => this.log.warn('cannot unmount volumes', { err: errorMessage(err) }));
     this.phase = 'stopped';
     // Never a recursive delete through a volume mount that is still there.
