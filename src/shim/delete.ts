@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readState } from '../runtime/state';
-import { removeTreeSafely } from '../runtime/volumes';
+import { removeTreeSafely, unmountAllSync } from '../runtime/volumes';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { ShimFlags } from './flags';
 import { unmountRootfs } from './rootfs';
@@ -43,11 +43,14 @@ async function killAndWait(pid: number): Promise<void> {
 export async function cleanupSandbox(m: BundleMarker): Promise<boolean> {
   if (m.shimPid && m.shimPid !== process.pid && cmdline(m.shimPid).includes('containerd-shim-kata-ts-v2')) return false;
   const st = readState(m.sandboxDir);
+  // Volumes (bind mounts under <sandbox>/shared) go first, lazily, while the
+  // VM is still there: once it is gone, removing the directory is all that is
+  // left (containerd's clients see the task stop as soon as the VM dies).
+  unmountAllSync(m.sandboxDir);
   for (const pid of st?.vmPids ?? []) {
     if (cmdline(pid).includes(m.sandboxDir)) await killAndWait(pid);
   }
-  // Volumes (bind mounts under <sandbox>/shared) are unmounted first; a tree
-  // that keeps a mount is left rather than deleted through it.
+  // A tree that still has a mount is left rather than deleted through it.
   removeTreeSafely(m.sandboxDir);
   return true;
 }

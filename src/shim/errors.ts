@@ -10,6 +10,7 @@ import { SpecError } from '../runtime/spec';
 import { SandboxError } from '../runtime/sandbox';
 import { MountError } from './rootfs';
 import { StdioError } from './stdio';
+import { VolumeError } from '../runtime/volumes';
 
 export class ShimError extends KataError<'not-found' | 'already-exists' | 'failed-precondition' | 'invalid' | 'unimplemented' | 'internal'> {}
 
@@ -30,6 +31,7 @@ export function toTtrpcError(err: unknown, context: string): TtrpcError {
   if (err instanceof AgentCallError) return new TtrpcError(AGENT_CODES[err.kind], msg, { cause: err });
   if (err instanceof SpecError) return new TtrpcError(err.kind === 'bundle' ? 'NotFound' : 'InvalidArgument', msg, { cause: err });
   if (err instanceof MountError) return new TtrpcError(err.kind === 'invalid' ? 'InvalidArgument' : 'Internal', msg, { cause: err });
+  if (err instanceof VolumeError) return new TtrpcError(err.kind === 'mount' ? 'Internal' : err.kind === 'unsupported' ? 'FailedPrecondition' : 'InvalidArgument', msg, { cause: err });
   if (err instanceof StdioError) return new TtrpcError(err.kind === 'unsupported' ? 'InvalidArgument' : 'Internal', msg, { cause: err });
   if (err instanceof SandboxError && err.kind === 'container' && /not found/.test(err.message)) return new TtrpcError('NotFound', msg, { cause: err });
   return new TtrpcError('Unknown', msg, { cause: err });
