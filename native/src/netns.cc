@@ -58,17 +58,20 @@ std::string OptString(const Napi::CallbackInfo& info, size_t i) {
   return info[i].As<Napi::String>();
 }
 
-// netlinkOpen(protocol, netnsPath?) -> fd: a blocking, close-on-exec
-// AF_NETLINK socket bound to an automatic port id, with extended acks on
-// (error messages from the kernel), in the given network namespace.
+// netlinkOpen(protocol, netnsPath?, groups?) -> fd: a blocking,
+// close-on-exec AF_NETLINK socket bound to an automatic port id, with
+// extended acks on (error messages from the kernel), in the given network
+// namespace; `groups` (RTMGRP_* bits) subscribes it to change notifications.
 Napi::Value NetlinkOpen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int proto = info[0].As<Napi::Number>().Int32Value();
-  Result r = InNetns(OptString(info, 1), [proto](Result& r) {
+  uint32_t groups = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Uint32Value() : 0;
+  Result r = InNetns(OptString(info, 1), [proto, groups](Result& r) {
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, proto);
     if (fd < 0) { r.err = errno; r.syscall = "socket(AF_NETLINK)"; return; }
     sockaddr_nl sa{};
     sa.nl_family = AF_NETLINK;
+    sa.nl_groups = groups;
     if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
       r.err = errno; r.syscall = "bind(AF_NETLINK)"; close(fd); return;
     }

@@ -82,8 +82,8 @@ export interface NativeAddon {
   pollStop(id: number): void;
 
   // --- native/src/netns.cc: fds made inside a network namespace ---
-  /** Blocking AF_NETLINK socket (NETLINK_ROUTE = 0) in the netns at `netns` (null: ours). */
-  netlinkOpen(protocol: number, netns?: string | null): number;
+  /** Blocking AF_NETLINK socket (NETLINK_ROUTE = 0) in the netns at `netns` (null: ours), subscribed to `groups` (RTMGRP_* bits). */
+  netlinkOpen(protocol: number, netns?: string | null, groups?: number): number;
   /** A tap interface created in the netns at `netns` (null: ours); lives while an fd is open. */
   tapCreate(netns: string | null, name: string, opts?: { vnetHdr?: boolean; nonBlocking?: boolean }): { fd: number; name: string };
 }

@@ -78,6 +78,9 @@ export interface Hypervisor {
    */
   addShare?(share: FsShare): Promise<void>;
   removeShare?(tag: string): Promise<void>;
+  /** Hotplug a network device on a tap fd (a pod interface added after boot), when the hypervisor can. */
+  addNet?(n: NetDevice): Promise<void>;
+  removeNet?(id: string): Promise<void>;
   /** Resolves when the VM ends for any reason, with a human reason. */
   exited(): Promise<string>;
   /** Last lines of the guest console, for error messages. */

@@ -33,7 +33,7 @@ import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { KataError } from '../common/errors';
 import { logger, type Logger } from '../common/log';
-import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type VmInfo } from './hypervisor';
+import { baseKernelParams, type DiskDevice, type Hypervisor, type NetDevice, type VmConfig, type VmInfo } from './hypervisor';
 import { QmpClient } from './qmp';
 import { VhostUserBackend } from '../vhost-user/backend';
 import { HybridVsock } from '../virtio/vsock/hybrid';
@@ -137,6 +137,8 @@ export class QemuHypervisor implements Hypervisor {
   private readonly usedSlots = new Set<number>();
   private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
   private readonly shareSlots = new Map<string, number>();
+  /** Network devices (boot-time and hotplugged) → their PCI slot. */
+  private readonly netSlots = new Map<string, number>();
   private vsock: HybridVsock | undefined;
   private vsockBackend: VhostUserBackend | undefined;
   /** Our blk/fs device servers (boot-time and hotplugged). */
@@ -276,6 +278,8 @@ export class QemuHypervisor implements Hypervisor {
     cfg.disks.forEach((d, i) => this.diskSlots.set(d.id, { slot: plan.disks[i], driver: this.blockDriver }));
     this.usedSlots.clear();
     for (let s = FIRST_DYNAMIC_SLOT; s < plan.next; s++) this.usedSlots.add(s);
+    this.netSlots.clear();
+    (cfg.nets ?? []).forEach((n, i) => this.netSlots.set(n.id, plan.nets[i]));
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
@@ -398,6 +402,43 @@ export class QemuHypervisor implements Hypervisor {
       throw err;
     }
     this.diskSlots.set(d.id, { slot, driver: this.blockDriver });
+  }
+
+  /**
+   * Hotplugs a virtio-net device on a tap fd (a pod interface that appeared
+   * after boot): the fd crosses the QMP socket with SCM_RIGHTS (`getfd`),
+   * then netdev_add tap + device_add virtio-net-pci on a free slot. QEMU
+   * keeps its own copy; the caller may close its fd afterwards.
+   */
+  async addNet(n: NetDevice): Promise<void> {
+    const qmp = this.requireHotplug('network devices');
+    if (!/^[A-Za-z0-9_-]{1,32}$/.test(n.id)) throw new QemuError('config', `net id "${n.id}" must be 1-32 of [A-Za-z0-9_-]`);
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(n.mac)) throw new QemuError('config', `net ${n.id}: "${n.mac}" is not a MAC address`);
+    if (this.netSlots.has(n.id)) throw new QemuError('config', `net ${n.id} is already attached`);
+    const slot = this.takeSlot();
+    const fdname = `fd-${n.id}`;
+    let netdev = false;
+    try {
+      await qmp.executeWithFd('getfd', { fdname }, n.fd);
+      await qmp.execute('netdev_add', { type: 'tap', id: n.id, fd: fdname, vhost: false });
+      netdev = true;
+      await qmp.execute('device_add', { driver: 'virtio-net-pci', id: `dev-${n.id}`, netdev: n.id, mac: n.mac, host_mtu: n.mtu, addr: slotAddr(slot) });
+    } catch (err) {
+      if (netdev) await qmp.execute('netdev_del', { id: n.id }).catch(() => undefined);
+      await qmp.execute('closefd', { fdname }).catch(() => undefined);
+      this.freeSlot(slot);
+      throw err;
+    }
+    this.netSlots.set(n.id, slot);
+  }
+
+  async removeNet(id: string): Promise<void> {
+    const qmp = this.requireQmp();
+    const slot = this.netSlots.get(id);
+    if (slot === undefined) return;
+    await this.unplug(`dev-${id}`, slot);
+    await qmp.execute('netdev_del', { id }).catch(() => undefined);
+    this.netSlots.delete(id);
   }
 
   async removeDisk(id: string): Promise<void> {

@@ -8,6 +8,7 @@
 import * as net from 'node:net';
 import { EventEmitter } from 'node:events';
 import { KataError } from '../common/errors';
+import { native } from '../common/native';
 
 export class QmpError extends KataError<'connect' | 'command' | 'closed' | 'protocol'> {}
 
@@ -101,6 +102,29 @@ export class QmpClient extends EventEmitter {
     return new Promise<T>((resolve, reject) => {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, cmd });
       s.write(JSON.stringify(args ? { execute: cmd, arguments: args, id } : { execute: cmd, id }) + '\n');
+    });
+  }
+
+  /**
+   * A command that carries an fd (SCM_RIGHTS), as `getfd` and `add-fd`
+   * expect: the JSON goes out in the same sendmsg as the fd, through the
+   * addon, on the socket's own descriptor. Only when nothing is queued in
+   * the stream (commands must not overtake one another).
+   */
+  executeWithFd<T = unknown>(cmd: string, args: Record<string, unknown>, fd: number): Promise<T> {
+    const s = this.sock;
+    if (!s) return Promise.reject(new QmpError('closed', `QMP ${cmd}: not connected`));
+    const sockFd = (s as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (sockFd === undefined || sockFd < 0) return Promise.reject(new QmpError('protocol', `QMP ${cmd}: no descriptor to pass an fd on`));
+    if (s.writableLength > 0) return Promise.reject(new QmpError('protocol', `QMP ${cmd}: other commands are still being written`));
+    const id = String(this.nextId++);
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, cmd });
+      const sent = native().sendMsg(sockFd, Buffer.from(JSON.stringify({ execute: cmd, arguments: args, id }) + '\n'), [fd]);
+      if (sent < 0) {
+        this.pending.delete(id);
+        reject(new QmpError('protocol', `QMP ${cmd}: the socket would block`));
+      }
     });
   }
 

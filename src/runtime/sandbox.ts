@@ -32,7 +32,8 @@ import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './vo
 import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
-import { configureGuestNetwork, guestNetworkPlan } from '../resource/network/guest-config';
+import { configureGuestNetwork, guestNetworkPlan, type GuestNetworkPlan } from '../resource/network/guest-config';
+import { NetnsWatcher } from '../resource/network/netns-watch';
 import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
 export class SandboxError extends KataError<'boot' | 'agent' | 'container' | 'state'> {}
@@ -113,6 +114,10 @@ export class Sandbox {
   private ctl: CtlChannel | undefined;
   /** The pod's interfaces mirrored into the VM (opts.netns). */
   private network: PodNetwork | undefined;
+  private netWatch: NetnsWatcher | undefined;
+  /** What the guest was last told (to push only what changed). */
+  private pushedNetwork: GuestNetworkPlan | undefined;
+  private netSync: Promise<void> = Promise.resolve();
   /** Containers' bind mounts, through one share (SHARED_FS_TAG) of <dir>/shared. */
   private readonly volumes: SandboxVolumes;
   private volumeShare = false;
@@ -185,7 +190,13 @@ export class Sandbox {
       this.agentClient = new AgentClient(dialAgent(this.vm.agentSocket));
       await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
       await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {} });
-      if (this.network) await configureGuestNetwork(this.agentClient, guestNetworkPlan(this.network.snapshot()));
+      if (this.network) {
+        const plan = guestNetworkPlan(this.network.snapshot());
+        await configureGuestNetwork(this.agentClient, plan);
+        this.pushedNetwork = plan;
+        // Interfaces CNI adds later are hotplugged (where the hypervisor can).
+        if (this.opts.hypervisor.addNet) this.netWatch = NetnsWatcher.start(this.opts.netns!, () => void this.resyncNetwork());
+      }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings) });
@@ -195,6 +206,42 @@ export class Sandbox {
       await this.stop();
       throw err;
     }
+  }
+
+  /**
+   * The pod netns changed: hotplug a virtio-net device for each interface
+   * that appeared (unplug those that went), then tell the agent what
+   * changed — interfaces whose name, MTU or addresses differ, and the routes
+   * and neighbours when they differ. One resync at a time.
+   */
+  resyncNetwork(): Promise<void> {
+    this.netSync = this.netSync.then(async () => {
+      const net = this.network;
+      const hv = this.opts.hypervisor;
+      if (!net || !this.agentClient || this.phase !== 'running' || !hv.addNet) return;
+      try {
+        const { added, removed } = net.rescan();
+        for (const e of removed) await hv.removeNet?.(e.id);
+        for (const e of added) {
+          await hv.addNet(PodNetwork.netDevice(e));
+          net.closeTap(e);
+          this.log.info('pod interface hotplugged', { iface: e.link.name, mac: e.link.mac, device: e.id });
+        }
+        const plan = guestNetworkPlan(net.snapshot());
+        const before = this.pushedNetwork;
+        const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+        for (const i of plan.interfaces) {
+          if (!same(before?.interfaces.find((x) => x.hw_addr === i.hw_addr), i)) await this.agentClient.updateInterface(i);
+        }
+        if (!same(before?.routes, plan.routes)) await this.agentClient.updateRoutes(plan.routes);
+        const newNeighbours = plan.neighbours.filter((n) => !before?.neighbours.some((o) => same(o, n)));
+        if (newNeighbours.length) await this.agentClient.addArpNeighbors(newNeighbours);
+        this.pushedNetwork = plan;
+      } catch (err) {
+        this.log.error('cannot follow a change of the pod network', { netns: this.opts.netns, err: errorMessage(err) });
+      }
+    });
+    return this.netSync;
   }
 
   private async prepareImage(containerId: string, rootfs: string): Promise<string> {
@@ -357,6 +404,8 @@ export class Sandbox {
     this.phase = 'stopping';
     if (fs.existsSync(this.dir)) this.persist();
     await this.ctl?.close();
+    this.netWatch?.close();
+    await this.netSync;
     if (this.agentClient) {
       await this.agentClient.destroySandbox(5000).catch(() => undefined);
       this.agentClient.close();

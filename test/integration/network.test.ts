@@ -101,6 +101,38 @@ describe('integration: pod network (kata-ts run --net host-netns)', function () 
     expect(v.code).to.equal(0);
   });
 
+  it('hotplugs an interface CNI adds while the pod runs, with its address, and traffic crosses it', async () => {
+    const script = [
+      'echo ready',
+      'i=0; while [ $i -lt 240 ]; do if ip -o addr show eth1 2>/dev/null | grep -q "inet 10.95.0.2/24"; then break; fi; sleep 0.5; i=$((i+1)); done',
+      'ip -o link show eth1; ip -o addr show eth1; ping -c 2 -W 5 10.95.0.1 >/dev/null && echo ping-ok',
+    ].join('; ');
+    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--net', 'host-netns', `/var/run/netns/${pod}`, '--', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '', err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+    const deadline = Date.now() + 120000;
+    while (!out.includes('ready') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    expect(out).to.contain('ready');
+    // What CNI's bridge plugin does for a second network (e.g. Multus): a veth, an address, up.
+    ip('link', 'add', 'eth1', 'netns', pod, 'type', 'veth', 'peer', 'name', 'vnode2', 'netns', peer);
+    ip('-n', peer, 'addr', 'add', '10.95.0.1/24', 'dev', 'vnode2');
+    ip('-n', peer, 'link', 'set', 'vnode2', 'up');
+    ip('-n', pod, 'link', 'set', 'eth1', 'up');
+    ip('-n', pod, 'addr', 'add', '10.95.0.2/24', 'dev', 'eth1');
+    const eth1Mac = ip('-n', pod, '-o', 'link', 'show', 'eth1').match(/link\/ether ([0-9a-f:]+)/)![1];
+    const timer = setTimeout(() => child.kill('SIGTERM'), 150000);
+    const code = await exited;
+    clearTimeout(timer);
+    expect(err).to.equal('');
+    expect(out).to.contain(`link/ether ${eth1Mac}`);
+    expect(out).to.contain('inet 10.95.0.2/24');
+    expect(out).to.contain('ping-ok');
+    expect(code).to.equal(0);
+    ip('-n', pod, 'link', 'del', 'eth1');
+  });
+
   it('leaves no tap and no tc qdisc in the pod namespace after the runs', () => {
     expect(ip('-n', pod, '-o', 'link')).to.not.contain('tap0_kata');
     expect(execFileSync('tc', ['-n', pod, 'qdisc', 'show', 'dev', 'eth0'], { encoding: 'utf8' })).to.not.contain('ingress');

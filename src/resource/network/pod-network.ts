@@ -35,6 +35,8 @@ const TAP_NAME = /^tap\d+_kata$/;
 
 /** One pod interface mirrored to a tap the VM's virtio-net device uses. */
 export interface Endpoint {
+  /** Device id in the VM (net0, net1, … as the tap's number). */
+  id: string;
   /** The CNI interface (veth) in the pod netns. */
   link: Link;
   addresses: Address[];
@@ -100,29 +102,73 @@ export class PodNetwork {
   }
 
   private mirrorAll(s: NetlinkSocket): void {
-    const pod = podInterfaces(listLinks(s));
+    for (const link of podInterfaces(listLinks(s))) this.mirrorOne(s, link);
+    this.refresh(s);
+  }
+
+  /** A tap for one pod interface, joined to it with tc both ways. */
+  private mirrorOne(s: NetlinkSocket, link: Link): Endpoint {
+    let n = 0;
+    while (this.endpoints.some((e) => e.tapName === `tap${n}_kata`)) n++;
+    // Non-blocking, as QEMU sets it anyway (it shares this open file description).
+    const tap = native().tapCreate(this.netns, `tap${n}_kata`, { vnetHdr: true, nonBlocking: true });
+    const tapLink = listLinks(s).find((l) => l.name === tap.name);
+    const ep: Endpoint = { id: `net${n}`, link, tapName: tap.name, tapFd: tap.fd, tapIndex: tapLink?.index ?? 0, addresses: [] };
+    this.endpoints.push(ep);
+    if (!ep.tapIndex) throw new NetworkError('setup', `tap ${tap.name} did not appear in ${this.netns}`);
+    setLink(s, ep.tapIndex, { mtu: link.mtu, up: true });
+    addIngressQdisc(s, link.index);
+    addIngressQdisc(s, ep.tapIndex);
+    addRedirectFilter(s, link.index, ep.tapIndex);
+    addRedirectFilter(s, ep.tapIndex, link.index);
+    this.log.info('interface mirrored', { netns: this.netns, iface: link.name, kind: link.kind, mac: link.mac, mtu: link.mtu, tap: tap.name });
+    return ep;
+  }
+
+  /** Re-reads addresses, routes and neighbours of the mirrored interfaces. */
+  private refresh(s: NetlinkSocket): void {
     const addrs = listAddresses(s);
-    pod.forEach((link, i) => {
-      // Non-blocking, as QEMU sets it anyway (it shares this open file description).
-      const tap = native().tapCreate(this.netns, `tap${i}_kata`, { vnetHdr: true, nonBlocking: true });
-      const tapLink = listLinks(s).find((l) => l.name === tap.name);
-      const ep: Endpoint = {
-        link, tapName: tap.name, tapFd: tap.fd, tapIndex: tapLink?.index ?? 0,
-        // The guest makes its own IPv6 link-local address from the same MAC.
-        addresses: addrs.filter((a) => a.index === link.index && !(a.family === AF_INET6 && a.scope === RT_SCOPE_LINK)),
-      };
-      this.endpoints.push(ep);
-      if (!ep.tapIndex) throw new NetworkError('setup', `tap ${tap.name} did not appear in ${this.netns}`);
-      setLink(s, ep.tapIndex, { mtu: link.mtu, up: true });
-      addIngressQdisc(s, link.index);
-      addIngressQdisc(s, ep.tapIndex);
-      addRedirectFilter(s, link.index, ep.tapIndex);
-      addRedirectFilter(s, ep.tapIndex, link.index);
-      this.log.info('interface mirrored', { netns: this.netns, iface: link.name, kind: link.kind, mac: link.mac, mtu: link.mtu, tap: tap.name });
-    });
+    const links = new Map(listLinks(s).map((l) => [l.index, l]));
+    for (const e of this.endpoints) {
+      e.link = links.get(e.link.index) ?? e.link;
+      // The guest makes its own IPv6 link-local address from the same MAC.
+      e.addresses = addrs.filter((a) => a.index === e.link.index && !(a.family === AF_INET6 && a.scope === RT_SCOPE_LINK));
+    }
     const mirrored = new Set(this.endpoints.map((e) => e.link.index));
     this.routes = listRoutes(s).filter((r) => r.type === 1 && mirrored.has(r.oif));
     this.neighbours = listNeighbours(s).filter((n) => mirrored.has(n.index) && n.state & NUD_PERMANENT && n.ip && n.mac);
+  }
+
+  /**
+   * After the namespace changed (netns-watch.ts): mirrors pod interfaces
+   * that appeared, forgets those that went, refreshes what the guest should
+   * have. The caller plugs/unplugs the VM's devices for `added`/`removed`.
+   */
+  rescan(): { added: Endpoint[]; removed: Endpoint[] } {
+    if (this.torn) return { added: [], removed: [] };
+    const s = NetlinkSocket.open(this.netns);
+    try {
+      const links = listLinks(s);
+      const present = new Set(links.map((l) => l.index));
+      const removed = this.endpoints.filter((e) => !present.has(e.link.index));
+      for (const e of removed) {
+        // The veth is gone (and its filter with it); our tap stays while QEMU holds it.
+        if (present.has(e.tapIndex)) {
+          try {
+            deleteIngressQdisc(s, e.tapIndex);
+          } catch { /* already gone */ }
+        }
+        this.closeTap(e);
+      }
+      this.endpoints = this.endpoints.filter((e) => present.has(e.link.index));
+      const known = new Set(this.endpoints.map((e) => e.link.index));
+      const added: Endpoint[] = [];
+      for (const link of podInterfaces(links)) if (!known.has(link.index)) added.push(this.mirrorOne(s, link));
+      this.refresh(s);
+      return { added, removed };
+    } finally {
+      s.close();
+    }
   }
 
   snapshot(): PodNetworkSnapshot {
@@ -131,18 +177,25 @@ export class PodNetwork {
 
   /** The tap fds, to pass to the hypervisor at VM start. */
   tapFds(): { id: string; fd: number; mac: string; mtu: number }[] {
-    return this.endpoints.map((e, i) => ({ id: `net${i}`, fd: e.tapFd, mac: e.link.mac, mtu: e.link.mtu }));
+    return this.endpoints.map((e) => PodNetwork.netDevice(e));
+  }
+
+  static netDevice(e: Endpoint): { id: string; fd: number; mac: string; mtu: number } {
+    return { id: e.id, fd: e.tapFd, mac: e.link.mac, mtu: e.link.mtu };
+  }
+
+  /** Closes our copy of one tap fd (the hypervisor holds its own). */
+  closeTap(e: Endpoint): void {
+    if (e.tapFd < 0) return;
+    try {
+      fs.closeSync(e.tapFd);
+    } catch { /* already closed */ }
+    e.tapFd = -1;
   }
 
   /** Closes our copies of the tap fds once the hypervisor holds its own (the taps then live as long as the VM). */
   releaseTapFds(): void {
-    for (const e of this.endpoints) {
-      if (e.tapFd < 0) continue;
-      try {
-        fs.closeSync(e.tapFd);
-      } catch { /* already closed */ }
-      e.tapFd = -1;
-    }
+    for (const e of this.endpoints) this.closeTap(e);
   }
 
   /** Removes the tc plumbing and our tap fds. Idempotent; a vanished netns is not an error. */
