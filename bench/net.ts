@@ -14,17 +14,16 @@
  * Prints a table with kata-ts/runc ratios and writes build/bench/net.json.
  * Everything it creates (namespaces, bundle, processes) is removed.
  */
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as readline from 'node:readline';
+import { PodNetns } from '../test/helpers/netns';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 const UPLOAD_MIB = Number(process.env.UPLOAD_MIB ?? 64);
-const ip = (...a: string[]) => execFileSync('ip', a, { encoding: 'utf8' });
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 interface Result { uploadMiBs: number; downloadMiBs: number; rttMedianUs: number; rttP99Us: number }
@@ -40,21 +39,13 @@ const CLIENT = [
 
 async function main(): Promise<void> {
   const runs = Number(process.argv[2] ?? 3);
-  const tag = crypto.randomBytes(3).toString('hex');
-  const pod = `kts-bpod-${tag}`, peer = `kts-bpeer-${tag}`;
+  const net = new PodNetns({ podCidr: '10.96.77.2/24', prefix: 'ktsb' });
+  const { pod, peer } = net;
+  const tag = pod.slice(-6);
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-bench-net-'));
-  const made: string[] = [];
   let server: ReturnType<typeof spawn> | undefined;
   try {
-    for (const n of [pod, peer]) {
-      ip('netns', 'add', n);
-      made.push(n);
-    }
-    ip('link', 'add', 'eth0', 'netns', pod, 'type', 'veth', 'peer', 'name', 'vnode', 'netns', peer);
-    ip('-n', pod, 'link', 'set', 'eth0', 'up');
-    ip('-n', pod, 'addr', 'add', '10.96.77.2/24', 'dev', 'eth0');
-    ip('-n', peer, 'link', 'set', 'vnode', 'up');
-    ip('-n', peer, 'addr', 'add', '10.96.77.1/24', 'dev', 'vnode');
+    net.create();
     server = spawn('ip', ['netns', 'exec', peer, process.execPath, path.join(__dirname, 'net-peer.js'), '10.96.77.1'], { stdio: ['ignore', 'pipe', 'inherit'] });
     const lines = readline.createInterface({ input: server.stdout! });
     const queue: Record<string, unknown>[] = [];
@@ -133,7 +124,7 @@ async function main(): Promise<void> {
     fs.writeFileSync(path.join(out, 'net.json'), JSON.stringify({ runs, uploadMiB: UPLOAD_MIB, results, guestLoopbackFloorMiBs: floorMiBs }, null, 2));
   } finally {
     server?.kill('SIGKILL');
-    for (const n of made) spawnSync('ip', ['netns', 'del', n]);
+    net.destroy();
     fs.rmSync(work, { recursive: true, force: true });
   }
 }

@@ -19,7 +19,7 @@ import { executableExists } from './executable';
 export type ContainerState = 'created' | 'running' | 'stopped';
 
 /** The agent's error; service.ts turns `kind` into the gRPC status code the host sees. */
-export class AgentError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'internal'> {}
+export class AgentError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'permission-denied' | 'internal'> {}
 
 export class Container {
   state: ContainerState = 'created';

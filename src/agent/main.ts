@@ -12,6 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { agentServiceDefinition } from '../protocols/agent-api';
 import { AgentSandbox } from './sandbox';
 import { agentHandlers } from './service';
+import { PolicyGate } from './policy';
 import { CrunRuntime } from './oci-runtime';
 import { serveOnVsock } from './vsock-transport';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
@@ -24,7 +25,8 @@ async function run(): Promise<void> {
   const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   const server = new grpc.Server({ 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
-  server.addService(agentServiceDefinition(), agentHandlers(sandbox));
+  // The policy's hash may be pinned on the command line (policy.ts): fixed for this VM's life.
+  server.addService(agentServiceDefinition(), agentHandlers(sandbox, PolicyGate.fromCmdline(cmdline)));
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
   serveOnVsock(server, grpc.ServerCredentials.createInsecure(), () => {
     // The host waits for this marker on the console before it dials; the

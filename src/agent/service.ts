@@ -3,7 +3,8 @@
  * request onto AgentSandbox and its errors onto gRPC status codes — the only
  * place agent errors meet wire codes. The code comes from the KataError kind
  * (AgentError, StorageError 'failed-precondition', BundleError 'invalid');
- * anything else is INTERNAL.
+ * anything else is INTERNAL. Every request first passes the agent policy
+ * (policy.ts): a denial is PERMISSION_DENIED naming the rule.
  */
 import * as grpc from '@grpc/grpc-js';
 import type * as api from '../protocols/agent-api';
@@ -11,12 +12,14 @@ import { KataError, errorMessage } from '../common/errors';
 import type { AgentError } from './container';
 import type { AgentSandbox } from './sandbox';
 import type { OutputPipe } from './output';
+import { PolicyGate } from './policy';
+import { agentServiceDefinition } from '../protocols/agent-api';
 
 type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
 
 const STATUS: Record<AgentError['kind'], grpc.status> = {
   'not-found': grpc.status.NOT_FOUND, 'already-exists': grpc.status.ALREADY_EXISTS, invalid: grpc.status.INVALID_ARGUMENT,
-  'failed-precondition': grpc.status.FAILED_PRECONDITION, internal: grpc.status.INTERNAL,
+  'failed-precondition': grpc.status.FAILED_PRECONDITION, 'permission-denied': grpc.status.PERMISSION_DENIED, internal: grpc.status.INTERNAL,
 };
 
 function toStatus(err: unknown): grpc.ServiceError {
@@ -57,8 +60,31 @@ function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['proce
   };
 }
 
-export function agentHandlers(sb: AgentSandbox): grpc.UntypedServiceImplementation {
-  return {
+/**
+ * The policy check at the edge: every handler is wrapped, so no RPC — also
+ * one added later — runs before the gate (policy.ts) has admitted it.
+ */
+function guarded(gate: PolicyGate, handlers: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
+  const def = agentServiceDefinition();
+  const out: grpc.UntypedServiceImplementation = {};
+  for (const [rpc, h] of Object.entries(handlers)) {
+    const streaming = def[rpc]?.responseStream ?? false;
+    out[rpc] = ((call: grpc.ServerUnaryCall<unknown, unknown> & grpc.ServerWritableStream<unknown, unknown>, cb?: grpc.sendUnaryData<unknown>) => {
+      try {
+        gate.admit(rpc, call.request);
+      } catch (err) {
+        if (streaming) call.destroy(toStatus(err));
+        else cb!(toStatus(err));
+        return;
+      }
+      (h as (c: unknown, cb?: unknown) => void)(call, cb);
+    }) as grpc.UntypedHandleCall;
+  }
+  return out;
+}
+
+export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGate()): grpc.UntypedServiceImplementation {
+  return guarded(gate, {
     CreateSandbox: unary<api.CreateSandboxRequest, api.Empty>(async (r) => (await sb.createSandbox(r), {})),
     DestroySandbox: unary<api.Empty, api.Empty>(async () => (await sb.destroySandbox(), {})),
     GetGuestDetails: unary<api.Empty, api.GuestDetailsResponse>(() => sb.guestDetails()),
@@ -98,5 +124,5 @@ export function agentHandlers(sb: AgentSandbox): grpc.UntypedServiceImplementati
     AddARPNeighbors: unary<api.AddARPNeighborsRequest, api.Empty>(async (r) => (sb.network.addArpNeighbors(r.neighbors), {})),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
-  };
+  });
 }

@@ -50,6 +50,7 @@ export async function main(args: string[]): Promise<void> {
       .option('volume', { alias: 'v', type: 'string', array: true, default: [] as string[], describe: 'bind mount HOST:GUEST[:ro|rw] (file or directory; repeatable), shared into the VM with virtio-fs' })
       .option('net', { type: 'string', array: true, describe: 'networking: "none" (loopback only, the default) or "host-netns PATH": mirror every interface of the network namespace at PATH into the VM (as CNI would have set it up)' })
       .option('dns', { type: 'string', array: true, default: [] as string[], describe: 'nameserver address (or a whole resolv.conf line) for the guest (repeatable)' })
+      .option('policy', { type: 'string', describe: 'agent policy file (JSON, see README "Agent policy"): the guest agent enforces it on every request; it cannot be changed after the sandbox is created (default: [agent.kata] policy_file)' })
       .check((a) => {
         if (a.memory !== undefined && (!Number.isInteger(a.memory) || a.memory < 64 || a.memory > 3584)) throw new Error('--memory must be an integer number of MiB between 64 and 3584');
         if (a.cpus !== undefined && (!Number.isInteger(a.cpus) || a.cpus < 1 || a.cpus > 64)) throw new Error('--cpus must be an integer between 1 and 64');
@@ -63,7 +64,7 @@ export async function main(args: string[]): Promise<void> {
         code = await runContainer({
           rootfs: a.rootfs, bundle: a.bundle, hypervisor: a.hypervisor, memory: a.memory, cpus: a.cpus,
           env: (a.env as string[]) ?? [], workdir: a.workdir, user: a.user, tty: a.tty, hostname: a.hostname,
-          volumes: (a.volume as string[]) ?? [],
+          volumes: (a.volume as string[]) ?? [], policy: a.policy,
           readonly: a['read-only'], name: a.name, rootfsShare: a['rootfs-share'], netns: parseNet(a.net as string[] | undefined), dns: (a.dns as string[]) ?? [], command: [...((a.cmd as string[] | undefined) ?? []), ...command],
         }, cfg);
       } catch (err) {

@@ -15,6 +15,7 @@ import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
+import { policyFromFile } from '../runtime/policy';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
 
@@ -44,6 +45,8 @@ export interface RunOptions {
   netns?: string;
   /** Guest resolv.conf lines (--dns). */
   dns?: string[];
+  /** Agent policy file (--policy); else [agent.kata] policy_file. */
+  policy?: string;
   command: string[];
 }
 
@@ -128,6 +131,8 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   const { spec, rootfs } = resolveContainer(o, cfg, consoleSize);
   if (o.volumes?.length) spec.mounts = [...(spec.mounts ?? []), ...o.volumes.map(parseVolume)];
   const terminal = !!spec.process?.terminal;
+  // A bad policy fails here, before a VM boots.
+  const policy = o.policy ? policyFromFile(o.policy) : undefined;
   const { hv, choice } = await selectHypervisor(cfg, o.hypervisor);
   log.info('hypervisor chosen', { ...choice });
   const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
@@ -135,7 +140,7 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   // Bad volumes fail here, before a VM boots (createContainer checks again).
   if (spec.mounts?.some(isBindMount)) planVolumes(containerId, spec.mounts, '/');
   const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
-  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare }], netns: o.netns, dns: o.dns });
+  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare }], netns: o.netns, dns: o.dns, policy });
 
   let interrupted: string | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

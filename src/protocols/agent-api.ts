@@ -17,7 +17,7 @@ export const AGENT_PROTO = path.resolve(__dirname, '..', '..', '..', 'proto', 'a
 
 export interface Empty {}
 export interface Storage { driver: string; source: string; fstype: string; options: string[]; mount_point: string }
-export interface CreateSandboxRequest { sandbox_id: string; hostname: string; dns: string[]; sysctls: Record<string, string> }
+export interface CreateSandboxRequest { sandbox_id: string; hostname: string; dns: string[]; sysctls: Record<string, string>; policy_json: string }
 export interface CreateContainerRequest { container_id: string; exec_id: string; storages: Storage[]; oci_spec_json: string }
 export interface StartContainerRequest { container_id: string }
 export interface StartContainerResponse { pid: number }

@@ -8,10 +8,10 @@ import type { Readable } from 'node:stream';
 import type * as api from '../protocols/agent-api';
 import { KataError } from '../common/errors';
 
-export class AgentCallError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'unavailable' | 'deadline' | 'internal'> {
+export class AgentCallError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'permission-denied' | 'unavailable' | 'deadline' | 'internal'> {
   constructor(readonly rpc: string, readonly grpcCode: number, details: string) {
     const kind = ({ [grpc.status.NOT_FOUND]: 'not-found', [grpc.status.ALREADY_EXISTS]: 'already-exists', [grpc.status.INVALID_ARGUMENT]: 'invalid',
-      [grpc.status.FAILED_PRECONDITION]: 'failed-precondition', [grpc.status.UNAVAILABLE]: 'unavailable', [grpc.status.DEADLINE_EXCEEDED]: 'deadline' } as Record<number, AgentCallError['kind']>)[grpcCode] ?? 'internal';
+      [grpc.status.FAILED_PRECONDITION]: 'failed-precondition', [grpc.status.PERMISSION_DENIED]: 'permission-denied', [grpc.status.UNAVAILABLE]: 'unavailable', [grpc.status.DEADLINE_EXCEEDED]: 'deadline' } as Record<number, AgentCallError['kind']>)[grpcCode] ?? 'internal';
     super(kind, details);
   }
 }

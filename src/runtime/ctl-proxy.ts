@@ -27,7 +27,7 @@ export interface CtlProxyOptions {
 
 const CODE_OF_KIND: Record<AgentCallError['kind'], grpc.status> = {
   'not-found': grpc.status.NOT_FOUND, 'already-exists': grpc.status.ALREADY_EXISTS, invalid: grpc.status.INVALID_ARGUMENT,
-  'failed-precondition': grpc.status.FAILED_PRECONDITION, unavailable: grpc.status.UNAVAILABLE, deadline: grpc.status.DEADLINE_EXCEEDED,
+  'failed-precondition': grpc.status.FAILED_PRECONDITION, 'permission-denied': grpc.status.PERMISSION_DENIED, unavailable: grpc.status.UNAVAILABLE, deadline: grpc.status.DEADLINE_EXCEEDED,
   internal: grpc.status.INTERNAL,
 };
 

@@ -24,6 +24,8 @@ import type { Hypervisor, VmInfo } from '../hypervisor/hypervisor';
 import { dialAgent, waitForMarker } from '../protocols/agent-dialer';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import { AgentClient } from './agent-client';
+import { policyFromFile, type HostPolicy } from './policy';
+import { POLICY_KERNEL_PARAM } from '../protocols/agent-policy';
 import { serveCtlChannel, type CtlChannel } from './ctl-channel';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
@@ -63,6 +65,12 @@ export interface SandboxOptions {
    * when the first container with a bind mount arrives.
    */
   volumes?: boolean;
+  /**
+   * Agent policy (README "Agent policy"): given, or read from
+   * `[agent.kata] policy_file`. Sent once in CreateSandbox, its sha256
+   * pinned on the guest kernel command line.
+   */
+  policy?: HostPolicy;
 }
 
 /** How a container's rootfs directory reaches the guest. */
@@ -145,6 +153,9 @@ export class Sandbox {
   /** Boot the VM and connect to the agent. On any failure everything is torn down. */
   async start(): Promise<void> {
     if (fs.existsSync(this.dir)) throw new SandboxError('state', `sandbox ${this.id} already exists (${this.dir})`);
+    // A malformed policy fails here, before anything is set up.
+    const policyFile = this.opts.config['agent.kata'].policy_file;
+    const policy = this.opts.policy ?? (policyFile ? policyFromFile(policyFile) : undefined);
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     try {
       this.persist();
@@ -174,7 +185,7 @@ export class Sandbox {
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
         vcpus: this.opts.vcpus ?? vmSizing(cfg, this.opts.hypervisor.name).vcpus, memoryMiB: this.opts.memoryMiB ?? vmSizing(cfg, this.opts.hypervisor.name).memoryMiB,
         // The guest agent serves the debug console only when booted with this flag.
-        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : ''].filter(Boolean).join(' '), disks, shares, nets: this.network?.tapFds(), debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : '', policy ? `${POLICY_KERNEL_PARAM}=${policy.sha256}` : ''].filter(Boolean).join(' '), disks, shares, nets: this.network?.tapFds(), debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       });
       // QEMU holds its own tap fds now: the taps live exactly as long as the VM.
       this.network?.releaseTapFds();
@@ -189,7 +200,7 @@ export class Sandbox {
       }
       this.agentClient = new AgentClient(dialAgent(this.vm.agentSocket));
       await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
-      await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {} });
+      await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {}, policy_json: policy?.text ?? '' });
       if (this.network) {
         const plan = guestNetworkPlan(this.network.snapshot());
         await configureGuestNetwork(this.agentClient, plan);

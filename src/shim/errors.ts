@@ -11,6 +11,7 @@ import { SandboxError } from '../runtime/sandbox';
 import { MountError } from './rootfs';
 import { StdioError } from './stdio';
 import { VolumeError } from '../runtime/volumes';
+import { HostPolicyError } from '../runtime/policy';
 
 export class ShimError extends KataError<'not-found' | 'already-exists' | 'failed-precondition' | 'invalid' | 'unimplemented' | 'internal'> {}
 
@@ -21,7 +22,7 @@ const SHIM_CODES: Record<ShimError['kind'], CodeName> = {
 
 const AGENT_CODES: Record<AgentCallError['kind'], CodeName> = {
   'not-found': 'NotFound', 'already-exists': 'AlreadyExists', invalid: 'InvalidArgument', 'failed-precondition': 'FailedPrecondition',
-  unavailable: 'Unavailable', deadline: 'DeadlineExceeded', internal: 'Internal',
+  'permission-denied': 'PermissionDenied', unavailable: 'Unavailable', deadline: 'DeadlineExceeded', internal: 'Internal',
 };
 
 export function toTtrpcError(err: unknown, context: string): TtrpcError {
@@ -32,6 +33,7 @@ export function toTtrpcError(err: unknown, context: string): TtrpcError {
   if (err instanceof SpecError) return new TtrpcError(err.kind === 'bundle' ? 'NotFound' : 'InvalidArgument', msg, { cause: err });
   if (err instanceof MountError) return new TtrpcError(err.kind === 'invalid' ? 'InvalidArgument' : 'Internal', msg, { cause: err });
   if (err instanceof VolumeError) return new TtrpcError(err.kind === 'mount' ? 'Internal' : err.kind === 'unsupported' ? 'FailedPrecondition' : 'InvalidArgument', msg, { cause: err });
+  if (err instanceof HostPolicyError) return new TtrpcError('InvalidArgument', msg, { cause: err });
   if (err instanceof StdioError) return new TtrpcError(err.kind === 'unsupported' ? 'InvalidArgument' : 'Internal', msg, { cause: err });
   if (err instanceof SandboxError && err.kind === 'container' && /not found/.test(err.message)) return new TtrpcError('NotFound', msg, { cause: err });
   return new TtrpcError('Unknown', msg, { cause: err });

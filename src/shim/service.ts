@@ -19,8 +19,9 @@ import type { Hypervisor } from '../hypervisor/hypervisor';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { OciProcess } from '../protocols/oci';
 import type { Config } from '../runtime/config';
-import { Sandbox } from '../runtime/sandbox';
+import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { readBundle } from '../runtime/spec';
+import { isBindMount, planVolumes } from '../runtime/volumes';
 import { attachProcess } from '../runtime/stdio';
 import type { StatsContainerResponse } from '../protocols/agent-api';
 import { ShimError } from './errors';
@@ -35,13 +36,6 @@ export const SHIM_VERSION = 'kata-ts 0.1.0';
 export const BUNDLE_MARKER = 'kata-ts-shim.json';
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
-
-/**
- * EROFS image + guest overlay for containerd's rootfs for now: with the
- * virtio-fs share (the Sandbox default since it landed) the shim process died
- * silently on the first exec in e2e runs; switch once that is understood.
- */
-const ROOTFS_SHARE = 'erofs' as const;
 
 interface ShimContainer {
   id: string;
@@ -101,6 +95,11 @@ export class TaskService {
     return p;
   }
 
+  /** [runtime] rootfs_share: how containerd's rootfs (mounted at <bundle>/rootfs) reaches the guest. */
+  private get rootfsShare(): RootfsShare {
+    return this.opts.config.runtime.rootfs_share as RootfsShare;
+  }
+
   private get hostPid(): number {
     return this.sandbox?.vmInfo?.pids[0] ?? 0;
   }
@@ -124,9 +123,11 @@ export class TaskService {
       try {
         const { spec, rootfs } = readBundle(r.bundle);
         if (r.terminal && spec.process) spec.process.terminal = true;
+        // A bad volume is refused before a VM boots for it (createContainer checks again).
+        if (spec.mounts?.some(isBindMount)) planVolumes(r.id, spec.mounts, '/');
         if (!this.sandbox) {
           const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(this.opts.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, bootContainers: [{ id: r.id, rootfs, rootfsShare: ROOTFS_SHARE }] });
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
@@ -136,7 +137,7 @@ export class TaskService {
           this.requireSandbox();
           this.writeMarker(r.bundle, this.sandbox.dir);
         }
-        await this.sandbox.createContainer(r.id, spec, rootfs);
+        await this.sandbox.createContainer(r.id, spec, rootfs, { rootfsShare: this.rootfsShare });
       } catch (err) {
         if (mounted) await unmountRootfs(r.bundle);
         throw err;

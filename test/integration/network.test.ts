@@ -7,21 +7,18 @@
  * routes, reaches a server in the peer namespace over TCP, serves one that
  * the peer reaches, and leaves no tap or tc filter behind.
  */
-import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { expect } from 'chai';
 import { runCommand } from '../helpers/spawn';
 import { REPO, expectNothingLeft, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
-
-const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' });
+import { PodNetns, ip } from '../helpers/netns';
 
 describe('integration: pod network (kata-ts run --net host-netns)', function () {
   this.timeout(240000);
-  const tag = crypto.randomBytes(3).toString('hex');
-  const pod = `kts-ipod-${tag}`;
-  const peer = `kts-ipeer-${tag}`;
-  const made: string[] = [];
+  const net = new PodNetns({ podCidr: '10.97.0.2/24', mtu: 1450, defaultRoute: true, prefix: 'ktsi' });
+  const { pod, peer } = net;
+  const tag = pod.slice(-6);
   let runDir: string;
   let cfgFile: string;
   let server: ChildProcess | undefined;
@@ -34,19 +31,9 @@ describe('integration: pod network (kata-ts run --net host-netns)', function () 
     requireGuest(this);
     runDir = testRunDir();
     cfgFile = writeTestConfig(runDir);
-    for (const n of [pod, peer]) {
-      ip('netns', 'add', n);
-      made.push(n);
-    }
-    ip('link', 'add', 'eth0', 'netns', pod, 'type', 'veth', 'peer', 'name', 'vnode', 'netns', peer);
-    ip('-n', pod, 'link', 'set', 'eth0', 'mtu', '1450', 'up');
-    ip('-n', pod, 'addr', 'add', '10.97.0.2/24', 'dev', 'eth0');
-    ip('-n', pod, 'route', 'add', 'default', 'via', '10.97.0.1');
+    net.create();
     ip('-n', pod, 'neigh', 'add', '10.97.0.66', 'lladdr', '02:66:66:66:66:66', 'dev', 'eth0', 'nud', 'permanent');
-    ip('-n', peer, 'link', 'set', 'vnode', 'mtu', '1450', 'up');
-    ip('-n', peer, 'addr', 'add', '10.97.0.1/24', 'dev', 'vnode');
-    ip('-n', peer, 'link', 'set', 'lo', 'up');
-    podMac = ip('-n', pod, '-o', 'link', 'show', 'eth0').match(/link\/ether ([0-9a-f:]+)/)![1];
+    podMac = net.podMac();
     // The "node": an HTTP server in the peer namespace (Node's: Debian's
     // busybox-static wget/httpd are not used on the host side, its wget
     // segfaults here even on an IP literal).
@@ -60,7 +47,7 @@ describe('integration: pod network (kata-ts run --net host-netns)', function () 
       server.kill('SIGKILL');
       await gone;
     }
-    for (const n of made) execFileSync('ip', ['netns', 'del', n]);
+    net.destroy();
     if (runDir) expectNothingLeft(runDir);
   });
 
@@ -121,7 +108,7 @@ describe('integration: pod network (kata-ts run --net host-netns)', function () 
     ip('-n', peer, 'link', 'set', 'vnode2', 'up');
     ip('-n', pod, 'link', 'set', 'eth1', 'up');
     ip('-n', pod, 'addr', 'add', '10.95.0.2/24', 'dev', 'eth1');
-    const eth1Mac = ip('-n', pod, '-o', 'link', 'show', 'eth1').match(/link\/ether ([0-9a-f:]+)/)![1];
+    const eth1Mac = net.podMac('eth1');
     const timer = setTimeout(() => child.kill('SIGTERM'), 150000);
     const code = await exited;
     clearTimeout(timer);

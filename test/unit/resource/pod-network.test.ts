@@ -18,8 +18,8 @@ import { GuestNetwork } from '../../../src/agent/network';
 import { NetlinkSocket } from '../../../src/protocols/netlink/socket';
 import { ipToBytes } from '../../../src/protocols/netlink/route';
 import { skipOrFail } from '../../helpers/skip';
+import { PodNetns, ip } from '../../helpers/netns';
 
-const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' });
 const tc = (...args: string[]) => execFileSync('tc', args, { encoding: 'utf8' });
 
 function why(): string | undefined {
@@ -49,30 +49,24 @@ function arpRequest(mac: string, from: string, to: string): Buffer {
 
 describe('pod network (tc mirroring in a real netns)', function () {
   this.timeout(30000);
+  const net = new PodNetns({ podCidr: '10.99.0.2/24', mtu: 1400, defaultRoute: true });
+  const { pod, peer } = net;
   const tag = crypto.randomBytes(3).toString('hex');
-  const pod = `kts-pod-${tag}`;
-  const peer = `kts-peer-${tag}`;
   const guest = `kts-guest-${tag}`;
   const made: string[] = [];
 
   before(function () {
     const w = why();
     if (w) skipOrFail(this, w);
-    for (const n of [pod, peer, guest]) {
-      ip('netns', 'add', n);
-      made.push(n);
-    }
     // pod: a CNI-like veth with address, MTU, default route and a static neighbour
-    ip('link', 'add', 'eth0', 'netns', pod, 'type', 'veth', 'peer', 'name', 'vpeer', 'netns', peer);
-    ip('-n', pod, 'link', 'set', 'eth0', 'mtu', '1400', 'up');
-    ip('-n', pod, 'addr', 'add', '10.99.0.2/24', 'dev', 'eth0');
-    ip('-n', pod, 'route', 'add', 'default', 'via', '10.99.0.1');
+    net.create();
+    ip('netns', 'add', guest);
+    made.push(guest);
     ip('-n', pod, 'neigh', 'add', '10.99.0.50', 'lladdr', '02:aa:bb:cc:dd:ee', 'dev', 'eth0', 'nud', 'permanent');
-    ip('-n', peer, 'link', 'set', 'vpeer', 'mtu', '1400', 'up');
-    ip('-n', peer, 'addr', 'add', '10.99.0.1/24', 'dev', 'vpeer');
   });
 
   after(() => {
+    net.destroy();
     for (const n of made) execFileSync('ip', ['netns', 'del', n]);
   });
 
@@ -84,7 +78,7 @@ describe('pod network (tc mirroring in a real netns)', function () {
       expect(tc('-n', pod, 'filter', 'show', 'dev', 'eth0', 'ingress')).to.match(/mirred \(Egress Redirect to device tap0_kata\)/);
       expect(tc('-n', pod, 'filter', 'show', 'dev', 'tap0_kata', 'ingress')).to.match(/mirred \(Egress Redirect to device eth0\)/);
       const plan = guestNetworkPlan(pn.snapshot());
-      const mac = ip('-n', pod, '-o', 'link', 'show', 'eth0').match(/link\/ether ([0-9a-f:]+)/)![1];
+      const mac = net.podMac();
       expect(plan.interfaces).to.have.length(1);
       expect(plan.interfaces[0]).to.include({ name: 'eth0', mtu: 1400, hw_addr: mac, type: 'veth' });
       expect(plan.interfaces[0].ip_addresses).to.deep.equal([{ family: 'v4', address: '10.99.0.2', mask: '24' }]);
