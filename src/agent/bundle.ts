@@ -6,8 +6,14 @@
  * the guest. Kata's agent drops or rewrites the same things: the VM is the
  * pod, so containers share the guest's network namespace; hooks run on the
  * host side if anywhere; the cgroup lives under the agent's own hierarchy.
+ * A pid/ipc/uts namespace *path* is CRI asking to join the pod's (the
+ * sandbox container's) namespace: it is pointed at the sandbox container's
+ * guest namespace, as Kata's agent does (update_container_namespaces).
+ * net.* sysctls cannot be set by crun without a network namespace of the
+ * container's own; they are taken out for the agent to apply guest-wide
+ * (the guest's netns is the pod's).
  * Everything else (args, env, cwd, user, rlimits, capabilities, hostname,
- * mounts, readonly root, seccomp) passes through to crun untouched.
+ * mounts, readonly root, seccomp, other sysctls) passes through to crun.
  */
 import { validateSpec, type OciSpec, type OciMount, type OciNamespace } from '../protocols/oci';
 import { SANDBOX_SHM_GUEST_DIR, underSharedGuestDir } from '../protocols/guest-paths';
@@ -25,11 +31,48 @@ export const DEFAULT_MOUNTS: OciMount[] = [
 ];
 
 const KEPT_NAMESPACES = new Set(['pid', 'ipc', 'uts', 'mount', 'cgroup', 'user']);
+/** Namespaces a container may share with its pod's sandbox container (CRI gives their paths). */
+export const POD_NAMESPACES = new Set(['pid', 'ipc', 'uts']);
 
 export interface GuestBundleOptions {
   containerId: string;
   /** Guest path of the mounted container root filesystem. */
   rootfs: string;
+  /**
+   * Guest pid of the sandbox container's init (the pod's first container,
+   * CRI's pause), when this container is another container of the pod. A
+   * pid/ipc/uts namespace with a path then joins /proc/<pid>/ns/<type>.
+   * Absent for the sandbox container itself (and outside a pod): paths are
+   * dropped and crun creates the namespace.
+   */
+  sandboxPid?: number;
+}
+
+/** Guest-side namespace path of the pod's namespace `type`, held by the sandbox init `pid`. */
+export function podNamespacePath(pid: number, type: string): string {
+  return `/proc/${pid}/ns/${type}`;
+}
+
+/** A sysctl crun cannot apply in a container that shares the guest's network namespace. */
+export function isNetworkSysctl(name: string): boolean {
+  return name.startsWith('net.') || name.startsWith('net/');
+}
+
+/**
+ * Takes the net.* sysctls out of an adapted spec (mutating it) and returns
+ * them: they belong to the pod's network namespace, which is the guest's.
+ */
+export function takeGuestSysctls(spec: OciSpec): Record<string, string> {
+  const out: Record<string, string> = {};
+  const all = spec.linux?.sysctl;
+  if (!all) return out;
+  for (const [k, v] of Object.entries(all)) {
+    if (!isNetworkSysctl(k)) continue;
+    out[k] = v;
+    delete all[k];
+  }
+  if (Object.keys(all).length === 0) delete spec.linux!.sysctl;
+  return out;
 }
 
 /** Returns the spec crun will run in the guest (a new object). */
@@ -46,10 +89,15 @@ export function adaptSpecForGuest(input: OciSpec, opts: GuestBundleOptions): Oci
   delete linux.mountLabel;
   linux.cgroupsPath = `/kata-ts/${opts.containerId}`;
   // Host namespace paths mean nothing here; the guest's network namespace is
-  // the pod's, shared by every container (Kata does the same).
+  // the pod's, shared by every container (Kata does the same). A pid, ipc or
+  // uts path names the pod's namespace (the sandbox container's): join the
+  // sandbox container's in the guest. A namespace absent from the spec
+  // (HostPID, HostIPC) is the guest's own, the nearest a VM has to the host's.
   const ns: OciNamespace[] = (linux.namespaces ?? [{ type: 'pid' }, { type: 'ipc' }, { type: 'uts' }, { type: 'mount' }])
     .filter((n) => KEPT_NAMESPACES.has(n.type))
-    .map((n) => ({ type: n.type }));
+    .map((n) =>
+      n.path && opts.sandboxPid && POD_NAMESPACES.has(n.type) ? { type: n.type, path: podNamespacePath(opts.sandboxPid, n.type) } : { type: n.type },
+    );
   if (!ns.some((n) => n.type === 'mount')) ns.push({ type: 'mount' });
   linux.namespaces = ns;
   // Bind mounts: the host translated each volume's source to a path under

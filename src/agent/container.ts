@@ -7,7 +7,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Storage } from '../protocols/agent-api';
-import { adaptSpecForGuest, validateSpec } from './bundle';
+import { adaptSpecForGuest, takeGuestSysctls, validateSpec } from './bundle';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import type { OciRuntime } from './oci-runtime';
 import { GuestProcess, consoleSocketPath } from './process';
@@ -44,12 +44,37 @@ export class Container {
   }
 
   /**
+   * Console sockets live apart from the container's directory: with a CRI id
+   * (64 hex digits) <stateDir>/<id>/console-….sock outgrows sun_path (108
+   * bytes). A sibling of stateDir (/run/kata-ts/cs in the guest) plus a
+   * short hash of the ids fits whatever the ids are.
+   */
+  get consoleDir(): string {
+    return path.join(path.dirname(this.dir), '..', 'cs');
+  }
+
+  private async consoleSocket(execId: string): Promise<string> {
+    await fs.mkdir(this.consoleDir, { recursive: true, mode: 0o700 });
+    const sock = consoleSocketPath(this.consoleDir, execId, this.id);
+    await fs.rm(sock, { force: true });
+    return sock;
+  }
+
+  /**
    * `resolvConf`: the sandbox's guest resolv.conf (set when the host gave DNS
    * lines); a container whose spec mounts none gets it read-only at
    * /etc/resolv.conf, as a Docker user expects. Under CRI the kubelet's own
    * resolv.conf mount is there and wins.
+   * `sandboxPid`: the pod's sandbox container's guest pid, whose pid/ipc/uts
+   * namespaces this container joins where its spec gives a path (bundle.ts).
+   * `guestSysctls`: applies the spec's net.* sysctls guest-wide (the guest's
+   * netns is the pod's); crun gets the others.
    */
-  async create(specJson: string, storages: Storage[], opts: { resolvConf?: string } = {}): Promise<void> {
+  async create(
+    specJson: string,
+    storages: Storage[],
+    opts: { resolvConf?: string; sandboxPid?: number; guestSysctls?: (s: Record<string, string>) => Promise<void> } = {},
+  ): Promise<void> {
     let spec: unknown;
     try {
       spec = JSON.parse(specJson);
@@ -65,7 +90,9 @@ export class Container {
     let rootfs = (spec as OciSpec).root?.path ?? '';
     for (const [i, s] of storages.entries()) rootfs = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
     if (!rootfs.startsWith('/')) throw new AgentError('invalid', 'container has no rootfs: give a storage or an absolute root.path');
-    this.spec = adaptSpecForGuest(spec as OciSpec, { containerId: this.id, rootfs });
+    this.spec = adaptSpecForGuest(spec as OciSpec, { containerId: this.id, rootfs, sandboxPid: opts.sandboxPid });
+    const net = takeGuestSysctls(this.spec);
+    if (Object.keys(net).length > 0) await opts.guestSysctls?.(net);
     if (opts.resolvConf && !(this.spec.mounts ?? []).some((m) => m.destination === '/etc/resolv.conf')) {
       (this.spec.mounts ??= []).push({ destination: '/etc/resolv.conf', type: 'bind', source: opts.resolvConf, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
     }
@@ -77,7 +104,7 @@ export class Container {
     this.checkExecutable(this.spec.process!);
     const terminal = !!this.spec.process?.terminal;
     const proc = new GuestProcess(this.id, '', terminal);
-    const sock = terminal ? consoleSocketPath(this.dir, 'init') : undefined;
+    const sock = terminal ? await this.consoleSocket('') : undefined;
     const listenFd = sock ? native().unixListen(sock) : undefined;
     const child = this.runtime.run(this.id, this.bundleDir, { consoleSocket: sock });
     this.init = proc;
@@ -89,6 +116,7 @@ export class Container {
     });
     proc.pid = child.pid ?? 0;
     await attached;
+    if (sock) await fs.rm(sock, { force: true });
     // Prefer the container process's own pid once crun knows it.
     const p = await this.runtime.pid(this.id);
     if (p > 0) proc.pid = p;
@@ -113,12 +141,13 @@ export class Container {
     await fs.writeFile(file, JSON.stringify(p));
     const pidFile = path.join(this.dir, `exec-${execId}.pid`);
     const terminal = !!p.terminal;
-    const sock = terminal ? consoleSocketPath(this.dir, execId) : undefined;
+    const sock = terminal ? await this.consoleSocket(execId) : undefined;
     const listenFd = sock ? native().unixListen(sock) : undefined;
     const child = this.runtime.exec(this.id, file, { consoleSocket: sock, pidFile });
     const proc = new GuestProcess(this.id, execId, terminal);
     this.processes.set(execId, proc);
     await proc.attach(child, listenFd);
+    if (sock) await fs.rm(sock, { force: true });
     proc.pid = child.pid ?? 0;
     for (let i = 0; i < 40 && !proc.exitStatus; i++) {
       const txt = await fs.readFile(pidFile, 'utf8').catch(() => '');

@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { createHash } from 'node:crypto';
 import * as tty from 'node:tty';
 import type { ChildProcess } from 'node:child_process';
 import type { Writable } from 'node:stream';
@@ -119,7 +120,13 @@ export class GuestProcess {
   }
 }
 
-/** A console socket path for one process, short enough for sun_path. */
-export function consoleSocketPath(dir: string, execId: string): string {
-  return path.join(dir, `console-${execId.slice(0, 16) || 'init'}.sock`);
+/**
+ * A console socket path for one process: `dir` plus a 16-hex-digit hash of
+ * the ids, so its length does not depend on them (sun_path holds 108 bytes;
+ * CRI ids alone are 64 characters). 64 bits of hash: no two live processes
+ * of one guest collide in practice.
+ */
+export function consoleSocketPath(dir: string, execId: string, containerId = ''): string {
+  const h = createHash('sha256').update(`${containerId}\0${execId}`).digest('hex').slice(0, 16);
+  return path.join(dir, `console-${h}.sock`);
 }

@@ -15,6 +15,7 @@ import { DebugConsoles, type DebugConsoleOptions } from './debug-console';
 import { readGuestStats } from './guest-stats';
 import { ContainerCgroup, DEFAULT_CGROUP_ROOT, parseKeyed, type LinuxResources } from './cgroup';
 import { GUEST_RESOLV_CONF, GuestNetwork } from './network';
+import { POD_NAMESPACES } from './bundle';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -31,6 +32,18 @@ export interface AgentOptions {
   cgroupRoot?: string;
   /** Guest networking (rtnetlink); defaults to the real one when manageHost is on. */
   network?: GuestNetwork;
+  /** Writes one guest-wide sysctl; defaults to /proc/sys when manageHost is on (tests record). */
+  writeSysctl?: (name: string, value: string) => Promise<void>;
+}
+
+/** Writes a sysctl of the guest (its network namespace is the pod's). */
+export async function writeGuestSysctl(name: string, value: string): Promise<void> {
+  if (!/^[A-Za-z0-9_.\/-]+$/.test(name) || name.split(/[./]/).some((p) => p === '' || p === '..')) {
+    throw new AgentError('invalid', `bad sysctl name ${name}`);
+  }
+  await fs.writeFile(path.join('/proc/sys', ...name.split(/[./]/)), value).catch((err: Error) => {
+    throw new AgentError('invalid', `sysctl ${name}=${value}: ${err.message}`);
+  });
 }
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -51,6 +64,12 @@ export class AgentSandbox {
   private readonly net: GuestNetwork | undefined;
   /** CreateSandbox carried DNS lines: containers without their own resolv.conf get the guest's. */
   private dnsGiven = false;
+  /**
+   * The pod's sandbox container: the first container created (CRI's pause).
+   * Later containers join its pid/ipc/uts namespaces where their spec gives
+   * a path, as CRI asks (bundle.ts).
+   */
+  sandboxContainerId = '';
 
   constructor(private readonly opts: AgentOptions) {
     this.storages = new StorageRegistry(opts.mounter);
@@ -101,14 +120,51 @@ export class AgentSandbox {
     if (!ID_RE.test(req.container_id)) throw new AgentError('invalid', `invalid container id "${req.container_id}"`);
     if (this.containers.has(req.container_id)) throw new AgentError('already-exists', `container ${req.container_id} already exists`);
     const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter, this.storages);
+    const first = !this.sandboxContainerId;
+    if (first) this.sandboxContainerId = c.id;
     this.containers.set(c.id, c);
     try {
-      await c.create(req.oci_spec_json, req.storages ?? [], { resolvConf: this.dnsGiven ? GUEST_RESOLV_CONF : undefined });
+      await c.create(req.oci_spec_json, req.storages ?? [], {
+        resolvConf: this.dnsGiven ? GUEST_RESOLV_CONF : undefined,
+        sandboxPid: first ? undefined : this.sandboxPid(req.oci_spec_json),
+        guestSysctls: (s) => this.applyGuestSysctls(s),
+      });
     } catch (err) {
       this.containers.delete(c.id);
+      if (first) this.sandboxContainerId = '';
       await c.remove(0).catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * The guest pid of the sandbox container's init, for a container whose
+   * spec asks to join pod namespaces (a pid/ipc/uts path); undefined when it
+   * asks for none. Refused when the sandbox container is not running: its
+   * namespaces are gone (or not there yet).
+   */
+  private sandboxPid(specJson: string): number | undefined {
+    let wants = false;
+    try {
+      const ns = (JSON.parse(specJson) as { linux?: { namespaces?: { type?: string; path?: string }[] } }).linux?.namespaces;
+      wants = Array.isArray(ns) && ns.some((n) => !!n?.path && POD_NAMESPACES.has(n.type ?? ''));
+    } catch {
+      return undefined; // Container.create reports the bad JSON
+    }
+    if (!wants) return undefined;
+    const sb = this.containers.get(this.sandboxContainerId);
+    const pid = sb?.state === 'running' ? (sb.init?.pid ?? 0) : 0;
+    if (pid <= 0) {
+      throw new AgentError('failed-precondition', `cannot join the pod's namespaces: sandbox container ${this.sandboxContainerId} is not running`);
+    }
+    return pid;
+  }
+
+  /** net.* sysctls of a container's spec: the guest's network namespace is the pod's. */
+  private async applyGuestSysctls(s: Record<string, string>): Promise<void> {
+    const write = this.opts.writeSysctl ?? (this.opts.manageHost ? writeGuestSysctl : undefined);
+    if (!write) return;
+    for (const [k, v] of Object.entries(s)) await write(k, v);
   }
 
   async startContainer(id: string): Promise<number> {
