@@ -58,6 +58,7 @@ export const SCHEMA = {
     dial_timeout: { kind: 'int', default: 90, describe: 'seconds to wait for the guest agent after boot', check: range(1, 3600) } as KeySpec<number>,
     enable_debug: { kind: 'bool', default: false, describe: 'agent debug logging' } as KeySpec<boolean>,
     debug_console_enabled: { kind: 'bool', default: false, describe: 'allow kata-ctl exec (a shell in the guest VM)' } as KeySpec<boolean>,
+    policy_file: { kind: 'string', default: '', describe: 'agent policy (JSON, README "Agent policy") every sandbox gets unless given another (kata-ts run --policy, the pod annotation io.katacontainers.config.agent.policy); empty: none', check: absOrEmpty } as KeySpec<string>,
   },
   runtime: {
     hypervisor: { kind: 'string', default: 'auto', describe: 'auto, qemu or builtin', check: oneOf('auto', 'qemu', 'builtin') } as KeySpec<string>,
