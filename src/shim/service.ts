@@ -29,6 +29,7 @@ import type { Publisher } from './events';
 import { ShimProcess } from './process';
 import { mountRootfs, unmountRootfs } from './rootfs';
 import { openHostIo } from './stdio';
+import { policyFromAnnotations } from '../runtime/policy';
 import type * as t from './types';
 
 export const SHIM_VERSION = 'kata-ts 0.1.0';
@@ -65,6 +66,8 @@ export interface BundleMarker {
 export class TaskService {
   private readonly containers = new Map<string, ShimContainer>();
   private sandbox: Sandbox | undefined;
+  /** sha256 of the agent policy the pod's sandbox was created with ('' for none): fixed from then on. */
+  private policySha: string | undefined;
   private vmGone: string | undefined;
   private lock: Promise<unknown> = Promise.resolve();
   private shuttingDown = false;
@@ -125,9 +128,16 @@ export class TaskService {
         if (r.terminal && spec.process) spec.process.terminal = true;
         // A bad volume is refused before a VM boots for it (createContainer checks again).
         if (spec.mounts?.some(isBindMount)) planVolumes(r.id, spec.mounts, '/');
+        // The pod's agent policy (annotation io.katacontainers.config.agent.policy,
+        // base64 JSON), validated before a VM boots; absent: [agent.kata] policy_file.
+        const policy = policyFromAnnotations(spec.annotations);
+        if (this.sandbox && policy && policy.sha256 !== this.policySha) {
+          throw new ShimError('failed-precondition', `container ${r.id} carries an agent policy different from the one its pod's sandbox was created with; the policy cannot change after creation`);
+        }
         if (!this.sandbox) {
+          this.policySha = policy?.sha256 ?? '';
           const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(this.opts.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, policy, volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
