@@ -18,6 +18,9 @@ import { executableExists } from './executable';
 
 export type ContainerState = 'created' | 'running' | 'stopped';
 
+/** How long StartContainer waits for crun to record a started container (TCG guests are slow). */
+export const START_STATE_WAIT_MS = 30_000;
+
 /** The agent's error; service.ts turns `kind` into the gRPC status code the host sees. */
 export class AgentError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'permission-denied' | 'internal'> {}
 
@@ -117,9 +120,21 @@ export class Container {
     proc.pid = child.pid ?? 0;
     await attached;
     if (sock) await fs.rm(sock, { force: true });
-    // Prefer the container process's own pid once crun knows it.
-    const p = await this.runtime.pid(this.id);
-    if (p > 0) proc.pid = p;
+    // The container process's own pid, once crun has recorded it. `crun run`
+    // returns to us before it has: until then a kill (StopContainer right
+    // after StartContainer) finds no state ("status: No such file"), and the
+    // pid would be crun's, whose namespaces are the guest's, not the pod's.
+    // So StartContainer answers once crun knows the container, or it exited.
+    const deadline = Date.now() + START_STATE_WAIT_MS;
+    for (let delay = 10; !proc.exitStatus; delay = Math.min(delay * 2, 200)) {
+      const p = await this.runtime.pid(this.id);
+      if (p > 0) {
+        proc.pid = p;
+        break;
+      }
+      if (Date.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, delay));
+    }
     return proc;
   }
 

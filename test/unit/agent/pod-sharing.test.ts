@@ -107,6 +107,16 @@ describe('unit: agent pod sharing (namespaces, sysctls, console sockets)', funct
     expect(bundle(pause).linux!.namespaces!.every((n) => !n.path)).to.equal(true);
   });
 
+  it("StartContainer answers with the container's pid once crun has recorded it (not crun's own)", async () => {
+    let calls = 0;
+    runtime.pid = async () => (++calls < 4 ? 0 : 999999); // crun state: not yet, then the init's pid
+    await sandbox.createContainer({ container_id: 'sb', exec_id: '', storages: [], oci_spec_json: spec() });
+    expect(await sandbox.startContainer('sb')).to.equal(999999);
+    expect(calls).to.equal(4);
+    await sandbox.createContainer({ container_id: 'c2', exec_id: '', storages: [], oci_spec_json: spec((s) => criNamespaces(s, false)) });
+    expect(bundle('c2').linux!.namespaces).to.deep.include({ type: 'ipc', path: '/proc/999999/ns/ipc' });
+  });
+
   it('a container without namespace paths gets its own namespaces (kata-ts run, ctr)', async () => {
     await sandbox.createContainer({ container_id: 'sb', exec_id: '', storages: [], oci_spec_json: spec() });
     await sandbox.startContainer('sb');
