@@ -99,6 +99,11 @@ class Writer {
   finish(): Buffer { return this.buf.subarray(0, this.pos); }
 }
 
+/** double/float: IEEE 754 values, NaN and ±Infinity included (what the decoder gives back). */
+function toFloat(field: string, v: unknown): number {
+  return typeof v === 'number' ? v : toNumber(field, v);
+}
+
 function toNumber(field: string, v: unknown): number {
   const n = typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : typeof v === 'string' && v.trim() !== '' ? Number(v) : typeof v === 'boolean' ? Number(v) : NaN;
   if (!Number.isFinite(n)) throw new ProtoEncodeError('invalid', `field ${field}: ${String(v)} is not a number`);
@@ -165,8 +170,8 @@ function writeScalar(w: Writer, field: FieldSchema, type: ScalarType | 'enum', x
     case 'fixed32': w.fixed32(toNumber(field.name, x) >>> 0); return;
     case 'sfixed32': w.fixed32(toNumber(field.name, x) | 0); return;
     case 'fixed64': case 'sfixed64': w.fixed64(...split64(toNumber(field.name, x))); return;
-    case 'double': w.double(toNumber(field.name, x)); return;
-    case 'float': w.float(toNumber(field.name, x)); return;
+    case 'double': w.double(toFloat(field.name, x)); return;
+    case 'float': w.float(toFloat(field.name, x)); return;
   }
 }
 

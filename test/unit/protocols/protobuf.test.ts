@@ -205,6 +205,19 @@ describe('unit: protobuf reader and codec (src/protocols/protobuf)', () => {
       expect(Buffer.isBuffer(o.by) && (o.by as Buffer).length === 0).to.equal(true);
     });
 
+    it('encodes what it decodes for float/double: NaN and ±Infinity round-trip, as protobufjs writes them (found by test/fuzz)', () => {
+      // Before: decode gave NaN for a double's NaN bits, and encoding that object threw 'NaN is not a number'.
+      const theirs = All.encode(All.fromObject({ d: NaN, fl: -Infinity })).finish();
+      const o = decodeMessage(schema, Buffer.from(theirs));
+      expect(Number.isNaN(o.d)).to.equal(true);
+      expect(o.fl).to.equal(-Infinity);
+      const ours = encodeMessage(schema, o);
+      expect([...ours]).to.deep.equal([...theirs]);
+      const again = decodeMessage(schema, ours);
+      expect(Number.isNaN(again.d) && again.fl === -Infinity).to.equal(true);
+      expect(() => encodeMessage(schema, { d: 'x' })).to.throw(/field d: x is not a number/);
+    });
+
     it('refuses values that are not of the field type, naming the field', () => {
       expect(() => encodeMessage(schema, { str: 5 })).to.throw(/field str: expected a string/);
       expect(() => encodeMessage(schema, { u32: 'many' })).to.throw(/field u32: many is not a number/);
