@@ -20,7 +20,7 @@ import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { OciProcess } from '../protocols/oci';
 import type { Config } from '../runtime/config';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
-import { readBundle } from '../runtime/spec';
+import { networkNamespacePath, readBundle } from '../runtime/spec';
 import { isBindMount, planVolumes } from '../runtime/volumes';
 import { attachProcess } from '../runtime/stdio';
 import type { StatsContainerResponse } from '../protocols/agent-api';
@@ -137,7 +137,7 @@ export class TaskService {
         if (!this.sandbox) {
           this.policySha = policy?.sha256 ?? '';
           const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(this.opts.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, policy, volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
