@@ -2,14 +2,16 @@
  * Agent policy against a real VM (QEMU): `kata-ts run --policy FILE` runs an
  * allowed command and refuses a denied one before it starts; through the
  * Sandbox API an allowed exec runs, a denied exec gets PermissionDenied naming
- * the rule and is logged on the guest console, and the host cannot replace
- * the policy with a second CreateSandbox.
+ * the rule and is logged on the guest console, kata-ctl exec (the debug
+ * console) is refused, and the host cannot replace the policy with a second
+ * CreateSandbox.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { runCommand, type CommandResult } from '../helpers/spawn';
+import { kataCtl } from '../helpers/kata-ctl';
 import { REPO, requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, CACHE, leftoverQemu } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
@@ -82,7 +84,8 @@ describe('integration: agent policy (QEMU)', function () {
   describe('exec under a policy (Sandbox API)', () => {
     let sandbox: Sandbox | undefined;
     let rootfs = '';
-    const policyText = JSON.stringify({ version: 1, exec_process: { process: { args: [['ls', '/[a-z]*'], ['cat', '/proc/cmdline']], allow_root: false } } });
+    let ctlCfg = '';
+    const policyText = JSON.stringify({ version: 1, requests: { deny: ['StartDebugConsole'] }, exec_process: { process: { args: [['ls', '/[a-z]*'], ['cat', '/proc/cmdline']], allow_root: false } } });
 
     const collect = async (cid: string, execId: string) => {
       const out = new PassThrough();
@@ -101,6 +104,9 @@ describe('integration: agent policy (QEMU)', function () {
       rootfs = path.join(runDir, 'rootfs');
       fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
       const cfg = testConfig(runDir);
+      // The configuration allows the debug console; the policy refuses it.
+      cfg['agent.kata'].debug_console_enabled = true;
+      ctlCfg = writeTestConfig(runDir, 'debug_console_enabled = true\n');
       const { hv } = await selectHypervisor(cfg, 'qemu');
       sandbox = new Sandbox({ id: 'policy1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'app', rootfs }], policy: hostPolicy(policyText, 'test') });
       await sandbox.start();
@@ -135,6 +141,12 @@ describe('integration: agent policy (QEMU)', function () {
       const console = fs.readFileSync(sandbox!.vmInfo!.consoleLog, 'utf8');
       const lines = console.split('\n').filter((l) => l.includes('"policy denied request"')).map((l) => JSON.parse(l.slice(l.indexOf('{'))));
       expect(lines.map((l) => [l.rpc, l.rule])).to.deep.include.members([['ExecProcess', 'exec_process.process.args'], ['ExecProcess', 'exec_process.process.allow_root']]);
+    });
+
+    it('refuses the debug console (kata-ctl exec) the configuration allows', async () => {
+      const r = await kataCtl(['--config', ctlCfg, 'exec', 'policy1', '--', 'true']);
+      expect(r.code).to.equal(125);
+      expect(r.stderr).to.match(/^kata-ctl: .*policy denied StartDebugConsole: rule requests\.deny: StartDebugConsole is denied\n$/);
     });
 
     it('cannot be replaced from the host: a second CreateSandbox is refused and the policy stays', async () => {
