@@ -1,0 +1,16 @@
+/** Every fuzz target, in the order a full run takes them. */
+import type { Target } from '../engine';
+import { virtqueuePacked, virtqueueSplit } from './virtqueue';
+import { vhostUser, vsock } from './devices';
+import { fuse } from './fuse';
+import { erofs } from './erofs';
+import { lz4Target, netlink, oci, protobuf, toml, ttrpc } from './protocols';
+
+/** Fastest first: a full run that must be stopped early loses the slow ones' tail only. */
+export const TARGETS: Target[] = [toml, oci, protobuf, ttrpc, netlink, lz4Target, vhostUser, fuse, virtqueueSplit, virtqueuePacked, vsock, erofs];
+
+export function targetByName(name: string): Target {
+  const t = TARGETS.find((x) => x.name === name);
+  if (!t) throw new Error(`unknown fuzz target "${name}"; targets: ${TARGETS.map((x) => x.name).join(', ')}`);
+  return t;
+}
