@@ -1,10 +1,11 @@
 /**
  * Volumes (a container's OCI bind mounts) through one sandbox-wide virtio-fs
  * share, as Kata's `kataShared`: the host bind-mounts each source into
- * `<sandbox dir>/shared/<container id>/<n>-<basename>`, the share (tag
- * SHARED_FS_TAG) is mounted once in the guest at SHARED_GUEST_DIR, and the
- * container's mount keeps its type, options and propagation flags with its
- * source translated to the guest path — crun bind-mounts it from there.
+ * `<sandbox dir>/mounts/<container id>/<n>-<basename>`, which propagates to
+ * the read-only view `<sandbox dir>/shared` that the share (tag
+ * SHARED_FS_TAG) serves; the guest mounts it once at SHARED_GUEST_DIR, and
+ * the container's mount keeps its type, options and propagation flags with
+ * its source translated to the guest path — crun bind-mounts it from there.
  *
  * What holds (and why):
  * - Read-only is enforced on the host: a `ro` volume's bind mount (and every
@@ -20,9 +21,16 @@
  *   adds under the source show up, nothing propagates back — and the files
  *   are the host's own, served with a 1 s cache (a kubelet `..data` symlink
  *   swap is visible within about a second).
- * - The `shared` directory is a private self-bind mount, made before the VM
- *   opens it: volume mounts under it never propagate into other mount
- *   namespaces of a host whose / is shared (systemd's default).
+ * - The guest cannot change the share's own tree, as in Kata: `mounts` is a
+ *   private-then-shared self-bind that only the host writes, and `shared` is
+ *   a read-only bind of it, slave to it, made before the VM opens it. New
+ *   volume mounts in `mounts` appear in `shared`; the guest can neither
+ *   create files there nor plant a symlink where the host will create a
+ *   mount point, and every host path the runtime walks (mkdir, mount,
+ *   umount) lies in `mounts` or `shared`, never under a guest-writable name.
+ *   A `ro` volume's copy in `shared` is remounted read-only too (a
+ *   propagated copy starts out as the mount it copies: writable).
+ *   Nothing propagates out of the sandbox: `mounts` is its own peer group.
  * - /dev/shm (CRI's sandbox shm bind mount) is not shared from the host: it
  *   becomes a bind of one guest tmpfs per sandbox (SANDBOX_SHM_GUEST_DIR),
  *   shared by the pod's containers as the host tmpfs is under runc —
@@ -55,8 +63,10 @@ export class VolumeError extends KataError<'invalid' | 'unsupported' | 'mount'> 
 export interface Volume {
   /** Host source as the spec gives it (absolute, no `..`). */
   source: string;
-  /** Mount point inside the sandbox's shared directory on the host. */
+  /** Mount point in the sandbox's host-only `mounts` directory. */
   hostTarget: string;
+  /** Its propagated copy in the served, read-only `shared` view. */
+  sharedTarget: string;
   /** The same, as the guest sees it under SHARED_GUEST_DIR. */
   guestSource: string;
   kind: 'file' | 'dir';
@@ -89,6 +99,11 @@ function safeBase(source: string): string {
 }
 
 type StatFn = (p: string) => fs.Stats;
+
+/** The host-only directory whose read-only view is `sharedDir`. */
+export function mountsDirOf(sharedDir: string): string {
+  return path.join(path.dirname(sharedDir), 'mounts');
+}
 
 /**
  * Validates a container's bind mounts and translates them; touches nothing.
@@ -130,7 +145,8 @@ export function planVolumes(containerId: string, mounts: OciMount[], sharedDir: 
     const opts = m.options ?? [];
     const v: Volume = {
       source: src, kind,
-      hostTarget: path.join(sharedDir, containerId, name),
+      hostTarget: path.join(mountsDirOf(sharedDir), containerId, name),
+      sharedTarget: path.join(sharedDir, containerId, name),
       guestSource: `${SHARED_GUEST_DIR}/${containerId}/${name}`,
       readonly: opts.includes('ro'),
       recursive: opts.includes('rbind'),
@@ -151,8 +167,8 @@ function withBind(options: string[] | undefined): string[] {
 /** The syscalls a volume needs, behind an interface (util-linux by default). */
 export interface HostMounter {
   bind(source: string, target: string, recursive: boolean): Promise<void>;
-  /** Propagation of an existing mount: 'private' | 'slave', recursive or not. */
-  propagation(target: string, kind: 'private' | 'slave', recursive: boolean): Promise<void>;
+  /** Propagation of an existing mount: private, shared or slave, recursive or not. */
+  propagation(target: string, kind: 'private' | 'shared' | 'slave', recursive: boolean): Promise<void>;
   remountReadonly(target: string): Promise<void>;
   /** MNT_DETACH: a busy mount (FUSE server fds, a process inside) cannot stay listed. */
   unmount(target: string): Promise<void>;
@@ -182,7 +198,12 @@ function unescapeMountinfo(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
-/** Mount points at or below `dir`, deepest (and most recently mounted) first. */
+/**
+ * Mount points at or below `dir`, shallowest (and oldest) first: unmounting
+ * the first one with MNT_DETACH takes everything below it along, so the
+ * runtime never walks a path below a volume's root (names there are the
+ * source's, which a guest may rename).
+ */
 export function mountsUnder(dir: string, mountinfo = '/proc/self/mountinfo'): { target: string; readonly: boolean }[] {
   let abs = path.resolve(dir);
   try {
@@ -201,7 +222,7 @@ export function mountsUnder(dir: string, mountinfo = '/proc/self/mountinfo'): { 
     const target = unescapeMountinfo(f[4]!);
     if (target === abs || target.startsWith(abs + '/')) found.push({ target, readonly: f[5]!.split(',').includes('ro'), order });
   });
-  found.sort((a, b) => b.target.split('/').length - a.target.split('/').length || b.order - a.order);
+  found.sort((a, b) => a.target.split('/').length - b.target.split('/').length || a.order - b.order);
   return found.map(({ target, readonly }) => ({ target, readonly }));
 }
 
@@ -210,14 +231,12 @@ export function mountsUnder(dir: string, mountinfo = '/proc/self/mountinfo'): { 
  * use it) and says whether nothing is left mounted there.
  */
 export function unmountAllSync(dir: string): boolean {
-  for (let i = 0; i < 16; i++) {
-    const ms = mountsUnder(dir);
-    if (ms.length === 0) return true;
-    for (const m of ms) {
-      try {
-        execFileSync('umount', ['-l', m.target], { stdio: 'ignore' });
-      } catch { /* listed again below if it stayed */ }
-    }
+  for (let i = 0; i < 64; i++) {
+    const [m] = mountsUnder(dir);
+    if (!m) return true;
+    try {
+      execFileSync('umount', ['-l', m.target], { stdio: 'ignore' });
+    } catch { /* listed again if it stayed */ }
   }
   return mountsUnder(dir).length === 0;
 }
@@ -233,28 +252,41 @@ export function removeTreeSafely(dir: string): boolean {
   return true;
 }
 
-/** The volumes of one sandbox on the host: the shared directory and each container's bind mounts. */
+/** The volumes of one sandbox on the host: the `mounts`/`shared` pair and each container's bind mounts. */
 export class SandboxVolumes {
   private prepared = false;
   private readonly byContainer = new Map<string, Volume[]>();
+  /** Host-only: the runtime mounts here; `sharedDir` is its read-only view. */
+  readonly mountsDir: string;
 
-  constructor(readonly sharedDir: string, private readonly mounter: HostMounter = utilLinuxMounter) {}
+  constructor(readonly sharedDir: string, private readonly mounter: HostMounter = utilLinuxMounter) {
+    this.mountsDir = mountsDirOf(sharedDir);
+  }
 
   /**
-   * Creates the shared directory as a private self-bind mount. Call before
-   * the VM's FUSE server opens it (it would hold the directory below).
+   * Sets up `mounts` (its own peer group) and `shared` (a read-only slave
+   * view of it). Call before the VM's FUSE server opens `shared` (it would
+   * hold the directory below).
    */
   async prepare(): Promise<void> {
     if (this.prepared) return;
+    fs.mkdirSync(this.mountsDir, { recursive: true, mode: 0o755 });
     fs.mkdirSync(this.sharedDir, { recursive: true, mode: 0o755 });
-    if (!mountsUnder(this.sharedDir).some((m) => m.target === fs.realpathSync(this.sharedDir))) {
-      await this.mounter.bind(this.sharedDir, this.sharedDir, false);
-      try {
-        await this.mounter.propagation(this.sharedDir, 'private', false);
-      } catch (err) {
-        await this.mounter.unmount(this.sharedDir);
-        throw err;
+    const isMount = (d: string) => mountsUnder(d).some((m) => m.target === fs.realpathSync(d));
+    try {
+      if (!isMount(this.mountsDir)) {
+        await this.mounter.bind(this.mountsDir, this.mountsDir, false);
+        await this.mounter.propagation(this.mountsDir, 'private', false);
+        await this.mounter.propagation(this.mountsDir, 'shared', false);
       }
+      if (!isMount(this.sharedDir)) {
+        await this.mounter.bind(this.mountsDir, this.sharedDir, false);
+        await this.mounter.propagation(this.sharedDir, 'slave', false);
+        await this.mounter.remountReadonly(this.sharedDir);
+      }
+    } catch (err) {
+      await this.unmountAll();
+      throw err;
     }
     this.prepared = true;
   }
@@ -266,7 +298,7 @@ export class SandboxVolumes {
     await this.prepare();
     this.byContainer.set(containerId, volumes);
     try {
-      fs.mkdirSync(path.join(this.sharedDir, containerId), { recursive: true, mode: 0o755 });
+      fs.mkdirSync(path.join(this.mountsDir, containerId), { mode: 0o755 });
       for (const v of volumes) await this.mountOne(v);
     } catch (err) {
       await this.remove(containerId);
@@ -279,10 +311,12 @@ export class SandboxVolumes {
     else fs.writeFileSync(v.hostTarget, '', { flag: 'wx', mode: 0o644 });
     await this.mounter.bind(v.source, v.hostTarget, v.recursive);
     await this.mounter.propagation(v.hostTarget, 'slave', v.recursive);
+    if (!mountsUnder(v.sharedTarget).some((m) => m.target === v.sharedTarget || m.target === safeRealpath(v.sharedTarget))) {
+      throw new VolumeError('mount', `the bind mount of ${v.source} did not propagate to ${v.sharedTarget}`);
+    }
     if (v.readonly) {
-      // Every mount rbind brought along, too: a remount changes one mount only.
-      const below = v.recursive ? mountsUnder(v.hostTarget).map((m) => m.target) : [v.hostTarget];
-      for (const t of below.reverse()) await this.mounter.remountReadonly(t);
+      // Both copies, and every mount rbind brought along: a remount changes one mount only.
+      for (const t of [...mountsUnder(v.hostTarget), ...mountsUnder(v.sharedTarget)]) await this.mounter.remountReadonly(t.target);
     }
   }
 
@@ -290,14 +324,14 @@ export class SandboxVolumes {
   async remove(containerId: string): Promise<void> {
     const vols = this.byContainer.get(containerId);
     this.byContainer.delete(containerId);
-    const dir = path.join(this.sharedDir, containerId);
+    const dir = path.join(this.mountsDir, containerId);
+    const view = path.join(this.sharedDir, containerId);
     if (!vols && !fs.existsSync(dir)) return;
-    for (let i = 0; i < 16; i++) {
-      const ms = mountsUnder(dir);
-      if (ms.length === 0) break;
-      for (const m of ms) await this.mounter.unmount(m.target);
-    }
-    if (mountsUnder(dir).length) throw new VolumeError('mount', `cannot unmount the volumes of ${containerId} under ${dir}`);
+    // Unmounting in `mounts` propagates to `shared`; whatever stayed goes after.
+    await this.unmountUnder(dir);
+    await this.unmountUnder(view);
+    if (mountsUnder(dir).length || mountsUnder(view).length) throw new VolumeError('mount', `cannot unmount the volumes of ${containerId} under ${dir}`);
+    if (!fs.existsSync(dir)) return;
     // Only empty mount points go: never a recursive delete here.
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
@@ -307,15 +341,34 @@ export class SandboxVolumes {
     fs.rmdirSync(dir);
   }
 
-  /** Every container's volumes, then the shared directory's own mount. */
+  private async unmountUnder(dir: string): Promise<void> {
+    for (let i = 0; i < 64; i++) {
+      const [m] = mountsUnder(dir);
+      if (!m) return;
+      await this.mounter.unmount(m.target);
+    }
+  }
+
+  private async unmountAll(): Promise<void> {
+    await this.unmountUnder(this.sharedDir);
+    await this.unmountUnder(this.mountsDir);
+  }
+
+  /** Every container's volumes, then the `shared` view and the `mounts` directory. */
   async close(): Promise<void> {
     let firstErr: unknown;
     for (const id of [...this.byContainer.keys()]) await this.remove(id).catch((err) => (firstErr ??= err));
-    for (let i = 0; i < 16 && mountsUnder(this.sharedDir).length; i++) {
-      for (const m of mountsUnder(this.sharedDir)) await this.mounter.unmount(m.target);
-    }
+    await this.unmountAll();
     this.prepared = false;
-    if (mountsUnder(this.sharedDir).length) throw new VolumeError('mount', `mounts are left under ${this.sharedDir}`);
+    if (mountsUnder(this.sharedDir).length || mountsUnder(this.mountsDir).length) throw new VolumeError('mount', `mounts are left under ${path.dirname(this.sharedDir)}`);
     if (firstErr) throw firstErr;
+  }
+}
+
+function safeRealpath(p: string): string {
+  try {
+    return fs.realpathSync(p);
+  } catch {
+    return p;
   }
 }

@@ -43,7 +43,7 @@ describe('kata-ctl cleanup of a stale sandbox with volumes (root)', function () 
       id: 'dead1', phase: 'running', hypervisor: 'qemu', accel: 'tcg', ownerPid: deadPid, ownerStartTime: 1, vmPids: [],
       vcpus: 1, memoryMiB: 512, createdAt: new Date(Date.now() - 90_000).toISOString(), containers: [{ id: 'c1', state: 'running', pid: 1 }],
     });
-    expect(mountsUnder(sb).length).to.equal(2);
+    expect(mountsUnder(sb).length, 'mounts, shared and the volume in each').to.equal(4);
     const cfg = path.join(runDir, 'c.toml');
     fs.writeFileSync(cfg, `[runtime]\nrun_dir = "${runDir}"\n`);
     const r = await kataCtl(['--config', cfg, 'cleanup', '--json']);

@@ -53,9 +53,9 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
       const p = planVolumes('ctr1', mounts, '/sb/shared');
       expect(p.needsShm).to.equal(false);
       expect(p.volumes).to.deep.equal([
-        { source: path.join(tmp, 'data dir'), kind: 'dir', hostTarget: '/sb/shared/ctr1/0-data_dir', guestSource: `${SHARED_GUEST_DIR}/ctr1/0-data_dir`, readonly: true, recursive: true },
-        { source: path.join(tmp, 'hosts'), kind: 'file', hostTarget: '/sb/shared/ctr1/1-hosts', guestSource: `${SHARED_GUEST_DIR}/ctr1/1-hosts`, readonly: false, recursive: false },
-        { source: path.join(tmp, 'hosts'), kind: 'file', hostTarget: '/sb/shared/ctr1/2-hosts', guestSource: `${SHARED_GUEST_DIR}/ctr1/2-hosts`, readonly: false, recursive: false },
+        { source: path.join(tmp, 'data dir'), kind: 'dir', hostTarget: '/sb/mounts/ctr1/0-data_dir', sharedTarget: '/sb/shared/ctr1/0-data_dir', guestSource: `${SHARED_GUEST_DIR}/ctr1/0-data_dir`, readonly: true, recursive: true },
+        { source: path.join(tmp, 'hosts'), kind: 'file', hostTarget: '/sb/mounts/ctr1/1-hosts', sharedTarget: '/sb/shared/ctr1/1-hosts', guestSource: `${SHARED_GUEST_DIR}/ctr1/1-hosts`, readonly: false, recursive: false },
+        { source: path.join(tmp, 'hosts'), kind: 'file', hostTarget: '/sb/mounts/ctr1/2-hosts', sharedTarget: '/sb/shared/ctr1/2-hosts', guestSource: `${SHARED_GUEST_DIR}/ctr1/2-hosts`, readonly: false, recursive: false },
       ]);
       expect(p.mounts).to.deep.equal([
         { destination: '/proc', type: 'proc', source: 'proc' },
@@ -129,7 +129,8 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
     it('mounts each source read-only or writable as asked; ro holds on the host (EROFS), writes to rw land in the source', async () => {
       const { src, sharedDir, vols, plan } = await setup();
       try {
-        const [cfg, file, rw] = plan.volumes.map((v) => v.hostTarget);
+        // What the FUSE server serves: the copies in the read-only `shared` view.
+        const [cfg, file, rw] = plan.volumes.map((v) => v.sharedTarget);
         expect(fs.readFileSync(path.join(cfg!, 'key'), 'utf8')).to.equal('v1');
         expect(fs.readFileSync(file!, 'utf8')).to.equal('hello');
         expect(() => fs.writeFileSync(path.join(cfg!, 'new'), 'x')).to.throw(/EROFS/);
@@ -137,8 +138,12 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
         fs.writeFileSync(path.join(rw!, 'out'), 'from guest');
         expect(fs.readFileSync(path.join(src, 'rw', 'out'), 'utf8')).to.equal('from guest');
         const ms = mountsUnder(sharedDir);
-        expect(ms.find((m) => m.target === fs.realpathSync(sharedDir)), 'shared dir is its own mount').to.not.equal(undefined);
+        expect(ms[0], 'the shared view is its own read-only mount').to.deep.equal({ target: fs.realpathSync(sharedDir), readonly: true });
         expect(ms.filter((m) => m.target.startsWith(path.join(fs.realpathSync(sharedDir), 'c1') + '/')).map((m) => m.readonly).sort()).to.deep.equal([false, true, true]);
+        // The guest cannot change the view's own tree: no new names, no symlink planted where a mount point will go.
+        expect(() => fs.mkdirSync(path.join(sharedDir, 'c2'))).to.throw(/EROFS/);
+        expect(() => fs.symlinkSync('/etc', path.join(sharedDir, 'c1', '9-x'))).to.throw(/EROFS/);
+        expect(() => fs.renameSync(path.join(sharedDir, 'c1'), path.join(sharedDir, 'c9'))).to.throw(/EROFS|EBUSY/);
       } finally {
         await vols.close();
       }
@@ -147,7 +152,7 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
     it('shows a configMap-style ..data swap and an in-place file update made on the host', async () => {
       const { src, vols, plan } = await setup();
       try {
-        const [cfg, file] = plan.volumes.map((v) => v.hostTarget);
+        const [cfg, file] = plan.volumes.map((v) => v.sharedTarget);
         // kubelet's atomic writer: new timestamped dir, new ..data symlink renamed over the old one.
         fs.mkdirSync(path.join(src, 'cfg', '..2024_02'));
         fs.writeFileSync(path.join(src, 'cfg', '..2024_02', 'key'), 'v2');
@@ -165,7 +170,9 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
       const { src, sharedDir, vols } = await setup();
       await vols.remove('c1');
       expect(fs.existsSync(path.join(sharedDir, 'c1'))).to.equal(false);
-      expect(mountsUnder(sharedDir).map((m) => m.target)).to.deep.equal([fs.realpathSync(sharedDir)]);
+      expect(fs.existsSync(path.join(vols.mountsDir, 'c1'))).to.equal(false);
+      const sb = fs.realpathSync(path.dirname(sharedDir));
+      expect(mountsUnder(sb).map((m) => m.target).sort()).to.deep.equal([path.join(sb, 'mounts'), path.join(sb, 'shared')]);
       await vols.close();
       expect(mountsUnder(tmp)).to.deep.equal([]);
       expect(fs.readFileSync(path.join(src, 'file.txt'), 'utf8')).to.equal('hello');
@@ -187,7 +194,8 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
         await vols.add('c2', plan.volumes).catch((e) => (caught = e));
         expect(caught).to.be.instanceOf(VolumeError);
         expect(mountsUnder(path.join(sharedDir, 'c2'))).to.deep.equal([]);
-        expect(fs.existsSync(path.join(sharedDir, 'c2'))).to.equal(false);
+        expect(mountsUnder(path.join(vols.mountsDir, 'c2'))).to.deep.equal([]);
+        expect(fs.existsSync(path.join(vols.mountsDir, 'c2'))).to.equal(false);
       } finally {
         await vols.close();
       }
