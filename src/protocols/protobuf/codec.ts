@@ -22,6 +22,7 @@ export class ProtoEncodeError extends KataError<'invalid'> {}
 
 const WIRE_VARINT = 0, WIRE_I64 = 1, WIRE_LEN = 2, WIRE_I32 = 5;
 const TWO32 = 4294967296;
+const TWO64 = TWO32 * TWO32;
 
 function wireOf(v: ValueType): number {
   if (v.kind === 'message') return WIRE_LEN;
@@ -110,9 +111,16 @@ function toNumber(field: string, v: unknown): number {
   return n;
 }
 
-/** A JS number as the two uint32 halves of its 64-bit two's complement. */
+/**
+ * A JS number as the two uint32 halves of its 64-bit two's complement.
+ * Out of range saturates (as protobufjs's Long.fromNumber does): 2^64 and
+ * above → 2^64-1, below -2^63 → -2^63. 2^64-1 itself is not a double: a
+ * uint64 max decodes to 2^64, and must not come back as 0.
+ */
 function split64(n: number): [number, number] {
   n = Math.trunc(n);
+  if (n >= TWO64) return [0xffffffff, 0xffffffff];
+  if (n < -TWO64 / 2) return [0, 0x80000000];
   if (n >= 0) return [n % TWO32 >>> 0, Math.floor(n / TWO32) >>> 0];
   const m = -n;
   let lo = ~(m % TWO32 >>> 0) >>> 0;
@@ -164,7 +172,9 @@ function writeScalar(w: Writer, field: FieldSchema, type: ScalarType | 'enum', x
     case 'sint64': {
       // zigzag: 2n for n ≥ 0, -2n - 1 for n < 0.
       const n = Math.trunc(toNumber(field.name, x));
-      w.varint64(...split64(n >= 0 ? 2 * n : -2 * n - 1));
+      // 2^63 and above saturate to the largest sint64 (zigzag 2^64-2).
+      if (n >= TWO64 / 2) w.varint64(0xfffffffe, 0xffffffff);
+      else w.varint64(...split64(n >= 0 ? 2 * n : -2 * n - 1));
       return;
     }
     case 'fixed32': w.fixed32(toNumber(field.name, x) >>> 0); return;

@@ -218,6 +218,22 @@ describe('unit: protobuf reader and codec (src/protocols/protobuf)', () => {
       expect(() => encodeMessage(schema, { d: 'x' })).to.throw(/field d: x is not a number/);
     });
 
+    it('saturates 64-bit values out of range instead of wrapping: a decoded uint64 max encodes as uint64 max, not 0 (found by test/fuzz)', () => {
+      // 2^64-1 is not a double: it decodes to 2^64, which split into two
+      // uint32 halves wrapped to 0 (a pids limit of "max" would become 0).
+      const max = Buffer.from([...tag(4, 0), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+      const o = decodeMessage(schema, max);
+      expect(o.u64).to.equal(2 ** 64);
+      expect([...encodeMessage(schema, o)]).to.deep.equal([...max]);
+      const f64 = encodeMessage(schema, { f64: 2 ** 64, sf64: -(2 ** 70), i64: -(2 ** 64), s64: 2 ** 63 });
+      const back = toObj(f64);
+      expect(back.f64).to.equal(2 ** 64); // 0xffff_ffff_ffff_ffff read back as a number
+      expect(back.sf64).to.equal(-(2 ** 63));
+      expect(back.i64).to.equal(-(2 ** 63));
+      expect(back.s64).to.equal(2 ** 63); // the largest sint64, not -2^63
+      expect(decodeMessage(schema, f64)).to.include({ f64: 2 ** 64, sf64: -(2 ** 63), i64: -(2 ** 63), s64: 2 ** 63 });
+    });
+
     it('refuses values that are not of the field type, naming the field', () => {
       expect(() => encodeMessage(schema, { str: 5 })).to.throw(/field str: expected a string/);
       expect(() => encodeMessage(schema, { u32: 'many' })).to.throw(/field u32: many is not a number/);
