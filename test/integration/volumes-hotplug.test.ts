@@ -54,12 +54,14 @@ describe('integration: volume share hotplugged into a running sandbox (QEMU)', f
     fs.mkdirSync(data);
     fs.writeFileSync(path.join(data, 'in'), 'from host\n');
     const shared = path.join(runDir, 'sandboxes', 'vhot', 'shared');
-    const specA = defaultSpec({ args: ['sh', '-c', 'cat /data/in; echo from-a > /data/a; sleep 600'] });
-    specA.mounts = [{ destination: '/data', type: 'bind', source: data, options: ['rbind', 'rprivate'] }];
+    // CRI's pod /dev/shm: a bind of a host tmpfs, which becomes one guest tmpfs for the pod.
+    const shm = { destination: '/dev/shm', type: 'bind', source: '/run/containerd/sandboxes/vhot/shm', options: ['rbind'] };
+    const specA = defaultSpec({ args: ['sh', '-c', 'cat /data/in; echo from-a > /data/a; echo pod-shm > /dev/shm/x; sleep 600'] });
+    specA.mounts = [{ destination: '/data', type: 'bind', source: data, options: ['rbind', 'rprivate'] }, shm];
     await sandbox!.createContainer('a', specA, busybox, { rootfsShare: 'erofs' });
     await sandbox!.startContainer('a');
     const specB = defaultSpec({ args: ['sleep', '600'] });
-    specB.mounts = [{ destination: '/ro', type: 'bind', source: data, options: ['rbind', 'ro'] }];
+    specB.mounts = [{ destination: '/ro', type: 'bind', source: data, options: ['rbind', 'ro'] }, shm];
     await sandbox!.createContainer('b', specB, busybox, { rootfsShare: 'erofs' });
     await sandbox!.startContainer('b');
     const tries = async (cid: string, cmd: string, want: string) => {
@@ -73,6 +75,7 @@ describe('integration: volume share hotplugged into a running sandbox (QEMU)', f
     };
     expect(await tries('b', 'cat /ro/a; touch /ro/x 2>/dev/null && echo RO-WRITE || echo ro-refused', 'from-a\nro-refused\n')).to.equal('from-a\nro-refused\n');
     expect(fs.readFileSync(path.join(data, 'a'), 'utf8')).to.equal('from-a\n');
+    expect(await tries('b', 'cat /dev/shm/x', 'pod-shm\n'), "b sees a's /dev/shm").to.equal('pod-shm\n');
     expect(mountsUnder(path.join(shared, 'a')).length).to.equal(1);
     await sandbox!.removeContainer('a', 0);
     expect(mountsUnder(path.join(shared, 'a')), "a's volume unmounted on the host").to.deep.equal([]);
