@@ -23,6 +23,9 @@ import { KataError } from '../common/errors';
 const execFileP = promisify(execFile);
 
 /** A storage that cannot be mounted: kind 'failed-precondition' (the guest lacks what the host promised). */
+/** How long a virtio-fs mount waits for its (hotplugged) device to be probed. */
+export const VIRTIOFS_WAIT_MS = 10000;
+
 export class StorageError extends KataError<'failed-precondition'> {
   constructor(message: string, options?: { cause?: unknown }) {
     super('failed-precondition', message, options);
@@ -120,7 +123,18 @@ async function mountStorage(m: Mounter, s: Storage, scratchDir: string): Promise
       // The tag is the device's config-space tag; the kernel finds the
       // device by it (fs/fuse/virtio_fs.c), no /dev node involved.
       if (!/^[A-Za-z0-9_.-]{1,36}$/.test(s.source)) throw new StorageError(`bad virtio-fs tag "${s.source}"`);
-      await m.mount(s.source, s.mount_point, 'virtiofs', s.options);
+      // A hotplugged share's device is probed by the guest some time after
+      // the host's device_add returned; until then the kernel answers EINVAL
+      // ("tag not found"). Wait for it as for a block device's serial.
+      for (const deadline = Date.now() + VIRTIOFS_WAIT_MS; ; ) {
+        try {
+          await m.mount(s.source, s.mount_point, 'virtiofs', s.options);
+          break;
+        } catch (err) {
+          if (!/Invalid argument|No such device/.test(String((err as Error).message)) || Date.now() > deadline) throw err;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
       break;
     }
     case 'ephemeral': {
