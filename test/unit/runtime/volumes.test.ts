@@ -149,6 +149,30 @@ describe('unit: volumes (bind mounts through the sandbox share)', () => {
       }
     });
 
+    it('rbind brings the source\'s submounts along, read-only too when the volume is ro', async () => {
+      const src = path.join(tmp, 'tree');
+      fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
+      execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', path.join(src, 'sub')]);
+      const sharedDir = path.join(tmp, 'sb', 'shared');
+      const vols = new SandboxVolumes(sharedDir);
+      try {
+        fs.writeFileSync(path.join(src, 'sub', 'in-submount'), 'sub');
+        const plan = planVolumes('c3', [
+          { destination: '/ro', type: 'bind', source: src, options: ['rbind', 'ro'] },
+          { destination: '/flat', type: 'bind', source: src, options: ['bind'] },
+        ], sharedDir);
+        await vols.add('c3', plan.volumes);
+        const [ro, flat] = plan.volumes.map((v) => v.sharedTarget);
+        expect(fs.readFileSync(path.join(ro!, 'sub', 'in-submount'), 'utf8')).to.equal('sub');
+        expect(() => fs.writeFileSync(path.join(ro!, 'sub', 'x'), 'x'), 'the submount is ro too').to.throw(/EROFS/);
+        expect(fs.readdirSync(path.join(flat!, 'sub')), 'bind (not rbind) leaves submounts out').to.deep.equal([]);
+      } finally {
+        await vols.close();
+        execFileSync('umount', [path.join(src, 'sub')]);
+      }
+      expect(mountsUnder(tmp)).to.deep.equal([]);
+    });
+
     it('shows a configMap-style ..data swap and an in-place file update made on the host', async () => {
       const { src, vols, plan } = await setup();
       try {
