@@ -1,5 +1,6 @@
 /**
  * Volumes added to a running sandbox that did not boot with the volume
+ * (with rshared and rslave propagation flags, which crun applies in the guest)
  * share (Sandbox API, real QEMU): the first container with a bind mount
  * hotplugs the `kataShared` share, the agent mounts it once for both
  * containers and keeps it while one still uses it, each container's mounts
@@ -57,11 +58,11 @@ describe('integration: volume share hotplugged into a running sandbox (QEMU)', f
     // CRI's pod /dev/shm: a bind of a host tmpfs, which becomes one guest tmpfs for the pod.
     const shm = { destination: '/dev/shm', type: 'bind', source: '/run/containerd/sandboxes/vhot/shm', options: ['rbind'] };
     const specA = defaultSpec({ args: ['sh', '-c', 'cat /data/in; echo from-a > /data/a; echo pod-shm > /dev/shm/x; sleep 600'] });
-    specA.mounts = [{ destination: '/data', type: 'bind', source: data, options: ['rbind', 'rprivate'] }, shm];
+    specA.mounts = [{ destination: '/data', type: 'bind', source: data, options: ['rbind', 'rshared'] }, shm];
     await sandbox!.createContainer('a', specA, busybox, { rootfsShare: 'erofs' });
     await sandbox!.startContainer('a');
     const specB = defaultSpec({ args: ['sleep', '600'] });
-    specB.mounts = [{ destination: '/ro', type: 'bind', source: data, options: ['rbind', 'ro'] }, shm];
+    specB.mounts = [{ destination: '/ro', type: 'bind', source: data, options: ['rbind', 'ro', 'rslave'] }, shm];
     await sandbox!.createContainer('b', specB, busybox, { rootfsShare: 'erofs' });
     await sandbox!.startContainer('b');
     const tries = async (cid: string, cmd: string, want: string) => {
