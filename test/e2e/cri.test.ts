@@ -27,6 +27,7 @@ import * as path from 'node:path';
 import { BUSYBOX, CriContainerd, criUnavailable, HANDLERS } from '../helpers/cri-containerd';
 import { skipOrFail } from '../helpers/skip';
 import { CriError, type ContainerConfig, type PodSandboxConfig } from '../helpers/cri';
+import { POLICY_ANNOTATION } from '../../src/protocols/agent-policy';
 
 const HTTP_PORT = 8080;
 const HOST_PORT = 18080;
@@ -341,6 +342,28 @@ for (const handler of HANDLERS) {
         expect((await exec(w.side, 'echo still-fine')).out).to.equal('still-fine\n');
       } finally {
         listener.close();
+      }
+    });
+
+    it(`pod annotations io.katacontainers.* ${expectVm ? 'reach the kata-ts shim (the handler\'s pod_annotations): an agent policy from the pod allows one exec and denies another' : 'are not passed to runc (no pod_annotations on its handler)'}`, async () => {
+      const policy = { version: 1, exec_process: { process: { args: [['echo', '[a-z-]+']] } } };
+      const config = podConfig('policy', { annotations: { [POLICY_ANNOTATION]: Buffer.from(JSON.stringify(policy)).toString('base64'), 'other.example/keep-out': 'x' } });
+      const pod = await runPod(config);
+      try {
+        const st = await cd.cri.podSandboxStatus(pod.id, true);
+        const spec = (JSON.parse(st.info.info ?? '{}') as { runtimeSpec?: { annotations?: Record<string, string> } }).runtimeSpec;
+        expect(spec?.annotations ?? {}, 'only io.katacontainers.* pass, and only for the handler that asks').to.not.have.property('other.example/keep-out');
+        if (expectVm) expect(spec?.annotations).to.have.property(POLICY_ANNOTATION);
+        else expect(spec?.annotations ?? {}).to.not.have.property(POLICY_ANNOTATION);
+        const id = await startContainer(pod, container('guarded', IDLE));
+        const ok = await cd.cri.execSync(id, ['echo', 'allowed'], 30);
+        expect(ok.stdout.toString()).to.equal('allowed\n');
+        const denied = await cd.cri.execSync(id, ['sh', '-c', 'echo pwned'], 30).then((r) => `ran: ${r.stdout.toString()}`, (e: CriError) => e.details);
+        if (expectVm) expect(denied).to.match(/policy denied ExecProcess/).and.not.include('pwned\n');
+        else expect(denied).to.equal('ran: pwned\n');
+      } finally {
+        await cd.cri.stopPodSandbox(pod.id);
+        await cd.cri.removePodSandbox(pod.id);
       }
     });
 
