@@ -1,7 +1,7 @@
 /**
  * Volumes added to a running sandbox that did not boot with the volume
- * (with rshared and rslave propagation flags, which crun applies in the guest)
- * share (Sandbox API, real QEMU): the first container with a bind mount
+ * share (Sandbox API, real QEMU; the volumes carry rshared and rslave, which
+ * crun applies in the guest): the first container with a bind mount
  * hotplugs the `kataShared` share, the agent mounts it once for both
  * containers and keeps it while one still uses it, each container's mounts
  * are undone at its removal, and nothing is left mounted after stop.
