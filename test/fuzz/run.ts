@@ -52,6 +52,8 @@ interface WorkerReport {
   /** New-signature inputs, smallest per signature (base64). */
   keep?: Array<{ data: string; label: string }>;
   slowestMs: number;
+  /** Cases re-run because one run exceeded the budget. */
+  retried: number;
 }
 
 const SAB_HEADER = 16;
@@ -71,16 +73,11 @@ async function workerMain(w: WorkerInput): Promise<void> {
   const pool: Buffer[] = [];
   const failures: Failure[] = [];
   const failSigs = new Map<string, number>();
-  let rejects = 0, oks = 0, slowestMs = 0;
+  let rejects = 0, oks = 0, slowestMs = 0, retried = 0;
   /** Signatures past MAX_SIGNATURES: counted (up to 100000), inputs not kept. */
   const overflow = new Set<string>();
 
-  const runOne = async (input: Buffer, index: number): Promise<Verdict> => {
-    const n = Math.min(input.length, bytes.length);
-    bytes.set(input.subarray(0, n), 0);
-    Atomics.store(ctl, 1, n);
-    Atomics.store(ctl, 2, index);
-    Atomics.store(ctl, 0, 1);
+  const runOnce = async (input: Buffer): Promise<{ v: Verdict; ms: number }> => {
     const t0 = performance.now();
     let v: Verdict;
     try {
@@ -90,11 +87,26 @@ async function workerMain(w: WorkerInput): Promise<void> {
     } catch (err) {
       v = classify(target, err);
     }
-    const ms = performance.now() - t0;
+    return { v, ms: performance.now() - t0 };
+  };
+
+  const runOne = async (input: Buffer, index: number): Promise<Verdict> => {
+    const n = Math.min(input.length, bytes.length);
+    bytes.set(input.subarray(0, n), 0);
+    Atomics.store(ctl, 1, n);
+    Atomics.store(ctl, 2, index);
+    Atomics.store(ctl, 0, 1);
+    let { v, ms } = await runOnce(input);
+    // Slow only if it stays slow: on this shared 2-core machine a GC or
+    // scheduling pause can stretch any one case past the budget.
+    for (let again = 0; again < 2 && v.ok && ms > w.budgetMs; again++) {
+      retried++;
+      ms = Math.min(ms, (await runOnce(input)).ms);
+    }
     Atomics.store(ctl, 0, 0);
     if (ms > slowestMs) slowestMs = ms;
     if (v.ok && ms > w.budgetMs) {
-      v = { ok: false, kind: 'slow', signature: `slow:${v.signature}`, message: `case took ${ms.toFixed(0)} ms (budget ${w.budgetMs} ms); outcome ${v.signature}` };
+      v = { ok: false, kind: 'slow', signature: `slow:${v.signature}`, message: `case took ${ms.toFixed(0)} ms three times (budget ${w.budgetMs} ms); outcome ${v.signature}` };
     }
     return v;
   };
@@ -118,7 +130,7 @@ async function workerMain(w: WorkerInput): Promise<void> {
   };
 
   const report = (type: 'progress' | 'done', cases: number): void => {
-    const msg: WorkerReport = { type, cases, rejects, oks, signatures: sigs.size + overflow.size, failures: failures.splice(0), slowestMs };
+    const msg: WorkerReport = { type, cases, rejects, oks, signatures: sigs.size + overflow.size, failures: failures.splice(0), slowestMs, retried };
     if (type === 'done') {
       msg.keep = [...sigs.entries()].map(([sig, data]) => ({ data: data.toString('base64'), label: sig.startsWith('reject') ? 'reject' : 'ok' }));
     }
@@ -171,6 +183,7 @@ interface TargetResult {
   hangs: number;
   crashes: number;
   slowestMs: number;
+  slowRetried: number;
   corpusAdded: number;
   corpusFiles: number;
 }
@@ -201,7 +214,7 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
   const ctl = new Int32Array(sab, 0, 4);
   const findings = path.join(path.dirname(corpusRoot()), 'findings', name);
   const t0 = Date.now();
-  let cases = 0, rejects = 0, oks = 0, signatures = 0, hangs = 0, crashes = 0, slowestMs = 0;
+  let cases = 0, rejects = 0, oks = 0, signatures = 0, hangs = 0, crashes = 0, slowestMs = 0, retried = 0;
   const kinds: Record<string, number> = {};
   let keep: Array<{ data: Buffer; label: string }> = [];
   const saveFailure = (f: Failure): void => {
@@ -221,6 +234,8 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
     const worker = new Worker(__filename, { workerData: wi, resourceLimits: { maxOldGenerationSizeMb: 1024 } });
     let lastCase = -2, since = Date.now();
     let lastCases = 0;
+    // This worker's cumulative counts (added to the totals when it ends).
+    let cur = { rejects: 0, oks: 0, retried: 0 };
     const result = await new Promise<'done' | 'hang' | 'oom' | 'crash'>((resolve) => {
       let finished = false;
       const timer = setInterval(() => {
@@ -236,8 +251,7 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
       worker.on('message', (m: WorkerReport) => {
         cases += m.cases - lastCases;
         lastCases = m.type === 'progress' ? m.cases : 0;
-        rejects = m.type === 'done' ? rejects + m.rejects : rejects;
-        oks = m.type === 'done' ? oks + m.oks : oks;
+        cur = { rejects: m.rejects, oks: m.oks, retried: m.retried };
         signatures = Math.max(signatures, m.signatures);
         slowestMs = Math.max(slowestMs, m.slowestMs);
         for (const f of m.failures) saveFailure(f);
@@ -260,6 +274,9 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
         resolve(code === 0 ? 'done' : 'crash');
       });
     });
+    rejects += cur.rejects;
+    oks += cur.oks;
+    retried += cur.retried;
     if (result === 'done') break;
     // The case in flight when the worker was stopped or died.
     const idx = Atomics.load(ctl, 2);
@@ -272,6 +289,7 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
     if (++restarts > 20) { process.stderr.write(`  ${name}: too many worker restarts, giving up\n`); break; }
   }
   const seconds = (Date.now() - t0) / 1000;
+  cases = Atomics.load(ctl, 3);
   let corpusAdded = 0;
   if (o.save) {
     // Seeds first (replay must not need mkfs.erofs & co), then new
@@ -283,7 +301,7 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
   const failures = Object.values(kinds).reduce((s, n) => s + n, 0);
   return {
     target: name, cases, seconds: Math.round(seconds * 10) / 10, casesPerSecond: Math.round(cases / seconds), rejects, oks, signatures,
-    failures, failureKinds: kinds, hangs, crashes, slowestMs: Math.round(slowestMs), corpusAdded, corpusFiles: readCorpus(name).length,
+    failures, failureKinds: kinds, hangs, crashes, slowestMs: Math.round(slowestMs), slowRetried: retried, corpusAdded, corpusFiles: readCorpus(name).length,
   };
 }
 
