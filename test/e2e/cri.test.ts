@@ -9,6 +9,8 @@
  *   - "server": containers `web` (busybox httpd on 8080, hostPort mapped)
  *     and `side`, both mounting one emptyDir (a host dir) at /shared;
  *   - "client": one container that dials the server pod.
+ * (A third, short-lived pod carries an agent policy annotation, to check the
+ * handler's pod_annotations.)
  * The pods are made once per handler, lazily, by the first `it` that needs
  * them, so a failure in one aspect (say, networking) fails its own `it`s
  * and leaves the others (logs, volumes, teardown) to report on their own.
