@@ -53,6 +53,12 @@ export class VhostUserMemory {
           throw new VhostUserError('memory', `region ${i} wraps the address space`);
         }
         const id = n.fstatId(fds[i]);
+        // A region past the end of its file maps, but the first access to
+        // those pages (a ring or buffer the guest names) is SIGBUS: the
+        // whole backend process dies. Refuse the table instead.
+        if (r.mmapOffset + r.size > BigInt(id.size)) {
+          throw new VhostUserError('memory', `region ${i}: offset 0x${r.mmapOffset.toString(16)} + size 0x${r.size.toString(16)} passes the end of its ${id.size}-byte file`);
+        }
         return `${id.dev}:${id.ino}`;
       });
       let next = this.hot.guestBase;

@@ -14,8 +14,9 @@ import {
 } from '../../../src/virtio/vsock/packet';
 import {
   encodeConfig, encodeMessage, encodeU64, encodeVringState, HEADER_SIZE, MAX_PAYLOAD, Req, VHOST_USER_VERSION,
-  VHOST_USER_VERSION_MASK, VhostUserError, decodeHeader,
+  VHOST_USER_VERSION_MASK, VhostUserError, decodeHeader, decodeMemTable,
 } from '../../../src/vhost-user/protocol';
+import { native } from '../../../src/common/native';
 import { VhostUserBackend } from '../../../src/vhost-user/backend';
 import { DriverRing } from '../../unit/hot/driver-ring';
 import { bucket, invariant, type Target } from '../engine';
@@ -186,6 +187,8 @@ export const vsock: Target = {
 
 // ───────────────────────────── vhost-user ─────────────────────────────
 
+/** Bytes of each memfd a SET_MEM_TABLE brings. */
+const MEMFD_SIZE = 0x40000;
 let backend: VhostUserBackend | undefined;
 function getBackend(): VhostUserBackend {
   if (backend) return backend;
@@ -208,11 +211,14 @@ type BackendInternals = {
  * framed as the backend frames it (12-byte header, then `size` payload
  * bytes); a header the backend would refuse (version, size > 4096) ends the
  * case as the backend would end the connection. Messages go to the
- * backend's own handler; no file descriptors travel (SET_MEM_TABLE needs
- * memfds: with none, the table must be refused or empty).
+ * backend's own handler. SET_MEM_TABLE brings one 256 KiB memfd per region
+ * (the table's offsets and sizes are the hostile part), so rings can start
+ * and the vsock device activate on the mapped guest memory; kick/call/err
+ * messages without the 'no fd' flag bring an eventfd.
  * Oracle: the handler throws only VhostUserError (the dispatcher turns
  * those into a failed reply); replies are well-formed; GET_CONFIG answers
- * with exactly the size asked.
+ * with exactly the size asked; every region mapped lies inside its memfd
+ * (past the end, the first access is SIGBUS: the process dies).
  */
 function vhostCase(input: Buffer): string {
   const b = getBackend();
@@ -232,11 +238,30 @@ function vhostCase(input: Buffer): string {
     p += HEADER_SIZE + h.size;
     n++;
     let reply: Buffer | undefined;
+    // SET_MEM_TABLE carries one memfd per region (as QEMU sends them), each
+    // MEMFD_SIZE bytes: the table's offsets and sizes are the hostile part.
+    const fds: number[] = [];
+    if (h.request === Req.SET_MEM_TABLE && payload.length >= 4) {
+      for (let i = 0; i < Math.min(payload.readUInt32LE(0), 8); i++) fds.push(native().memfdCreate('fuzz-vu', MEMFD_SIZE));
+    }
+    // SET_VRING_KICK/CALL/ERR without the 'no fd' flag carry an eventfd.
+    if ((h.request === Req.SET_VRING_KICK || h.request === Req.SET_VRING_CALL || h.request === Req.SET_VRING_ERR) && payload.length >= 8 && !(payload[1]! & 1)) {
+      fds.push(native().eventfdCreate(0));
+    }
     try {
-      reply = bi.handle(h.request, payload, []);
+      reply = bi.handle(h.request, payload, fds);
     } catch (err) {
       if (err instanceof VhostUserError) { refused++; continue; }
       throw err;
+    } finally {
+      // Those the handler did not take (it splices them off when it does).
+      for (const fd of fds) try { native().closeFd(fd); } catch { /* taken */ }
+    }
+    if (h.request === Req.SET_MEM_TABLE) {
+      // Every mapped region lies inside its file: a page past the end would
+      // be SIGBUS on first access (the guest's rings live there).
+      const table = decodeMemTable(payload);
+      for (const t of table) invariant(t.mmapOffset + t.size <= BigInt(MEMFD_SIZE), `region at offset 0x${t.mmapOffset.toString(16)}+0x${t.size.toString(16)} mapped past the end of its ${MEMFD_SIZE}-byte memfd`);
     }
     if (h.request === Req.GET_CONFIG) {
       invariant(reply !== undefined && reply.length === 12 + payload.readUInt32LE(4), 'GET_CONFIG reply size');
@@ -285,13 +310,15 @@ export const vhostUser: Target = {
       vmsg(Req.GET_CONFIG, encodeConfig(0, new Uint8Array(8))),
       vmsg(Req.SET_MEM_TABLE, memTable([[0n, 0x100000n, 0x7f0000000000n, 0n]])),
       vmsg(Req.SET_MEM_TABLE, memTable([])),
+      vmsg(Req.SET_MEM_TABLE, memTable([[0n, 0x20000n, 0x7f0000000000n, 0n], [0x100000n, 0x10000n, 0x7f0000100000n, 0x20000n]])),
+      vmsg(Req.SET_MEM_TABLE, memTable([[0n, 0x40000n, 0x7f0000000000n, 0n]])),
     ];
     const rings = [0, 1].flatMap((i) => [
       vmsg(Req.SET_VRING_NUM, encodeVringState({ index: i, num: 64 })),
       vmsg(Req.SET_VRING_BASE, encodeVringState({ index: i, num: 0 })),
       vmsg(Req.SET_VRING_ADDR, vaddr(i, 0x7f0000000000n + BigInt(i) * 0x4000n, 0x7f0000000800n + BigInt(i) * 0x4000n, 0x7f0000000400n + BigInt(i) * 0x4000n)),
-      vmsg(Req.SET_VRING_KICK, encodeU64(BigInt(i) | 0x100n)),
-      vmsg(Req.SET_VRING_CALL, encodeU64(BigInt(i) | 0x100n)),
+      vmsg(Req.SET_VRING_KICK, encodeU64(BigInt(i))),
+      vmsg(Req.SET_VRING_CALL, encodeU64(BigInt(i))),
       vmsg(Req.SET_VRING_ERR, encodeU64(BigInt(i) | 0x100n)),
       vmsg(Req.SET_VRING_ENABLE, encodeVringState({ index: i, num: 1 }), VHOST_USER_VERSION | 0x8),
     ]);
