@@ -4,13 +4,15 @@
  * volume share, read-only holds from the guest and is enforced by the
  * host's mount, host updates (in place, and a kubelet-style `..data` swap)
  * show up in the running container, escapes through `..` and symlinks land
- * in the container's own root, CRI-style /etc files and /dev/shm work, bad
+ * in the container's own root, CRI-style /etc files and /dev/shm work, a
+ * host mount added under a shared source reaches the container, bad
  * volumes fail before a VM boots — and no mount is left afterwards.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { runCommand, type CommandResult } from '../helpers/spawn';
 import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu } from '../helpers/guest';
 import { mountsUnder } from '../../src/runtime/volumes';
@@ -127,6 +129,30 @@ describe('integration: kata-ts run --volume (QEMU)', function () {
     expect(fs.readdirSync(ro)).to.deep.equal(['keep.txt']);
     expect(fs.readdirSync(shm), 'the host shm dir is not shared').to.deep.equal([]);
     expect(fs.readFileSync(path.join(host, 'outside-secret'), 'utf8')).to.equal('SECRET\n');
+    expect(mountsUnder(runDir), 'mounts left after the run').to.deep.equal([]);
+  });
+
+  it('HostToContainer: a mount the host adds under a shared-propagation source reaches the running container', async () => {
+    // As kubelet prepares a HostToContainer volume: the source is a shared mount.
+    const src = path.join(host, 'prop');
+    fs.mkdirSync(path.join(src, 'sub'), { recursive: true });
+    execFileSync('mount', ['--bind', src, src]);
+    execFileSync('mount', ['--make-rshared', src]);
+    try {
+      const sig = path.join(host, 'sig');
+      fs.mkdirSync(sig);
+      const pending = run(['--name', 'vol2', '-v', `${src}:/vol:ro`, '-v', `${sig}:/sig`, '--', 'sh', '-c',
+        'echo "before: $(ls /vol/sub)"; echo ready > /sig/ready; i=0; until [ -e /vol/sub/NEW ] || [ $i -gt 300 ]; do i=$((i+1)); sleep 0.1; done; echo "after: $(ls /vol/sub)"']);
+      await until('the container to look once', () => (fs.existsSync(path.join(sig, 'ready')) ? true : undefined), 180000);
+      execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', path.join(src, 'sub')]);
+      fs.writeFileSync(path.join(src, 'sub', 'NEW'), '');
+      const r = await pending;
+      expect(r.stderr).to.equal('');
+      expect(r.code).to.equal(0);
+      expect(r.stdout).to.equal('before: \nafter: NEW\n');
+    } finally {
+      execFileSync('umount', ['-R', '-l', src]);
+    }
     expect(mountsUnder(runDir), 'mounts left after the run').to.deep.equal([]);
   });
 
