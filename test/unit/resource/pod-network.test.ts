@@ -114,6 +114,32 @@ describe('pod network (tc mirroring in a real netns)', function () {
     expect(ip('-n', pod, '-o', 'link')).to.not.contain('tap0_kata');
   });
 
+  it('rescan mirrors an interface added later and forgets one that went, refreshing addresses', () => {
+    const pn = PodNetwork.attach(`/var/run/netns/${pod}`);
+    try {
+      expect(pn.rescan()).to.deep.equal({ added: [], removed: [] });
+      ip('link', 'add', 'net1', 'netns', pod, 'type', 'veth', 'peer', 'name', 'vpeer1', 'netns', peer);
+      ip('-n', pod, 'link', 'set', 'net1', 'up');
+      ip('-n', pod, 'addr', 'add', '10.98.7.2/24', 'dev', 'net1');
+      const { added, removed } = pn.rescan();
+      expect(removed).to.deep.equal([]);
+      expect(added.map((e) => [e.id, e.link.name, e.tapName])).to.deep.equal([['net1', 'net1', 'tap1_kata']]);
+      expect(tc('-n', pod, 'filter', 'show', 'dev', 'net1', 'ingress')).to.match(/Egress Redirect to device tap1_kata/);
+      expect(pn.snapshot().endpoints.find((e) => e.link.name === 'net1')!.addresses.map((a) => a.address)).to.deep.equal(['10.98.7.2']);
+      ip('-n', pod, 'addr', 'add', '10.98.8.2/24', 'dev', 'net1');
+      expect(pn.rescan().added).to.deep.equal([]);
+      expect(pn.snapshot().endpoints.find((e) => e.link.name === 'net1')!.addresses.map((a) => a.address)).to.include('10.98.8.2');
+      pn.closeTap(added[0]);
+      ip('-n', pod, 'link', 'del', 'net1');
+      const gone = pn.rescan();
+      expect(gone.removed.map((e) => e.link.name)).to.deep.equal(['net1']);
+      expect(pn.snapshot().endpoints.map((e) => e.link.name)).to.deep.equal(['eth0']);
+    } finally {
+      pn.teardown();
+    }
+    expect(ip('-n', pod, '-o', 'link')).to.not.contain('_kata');
+  });
+
   it('refuses a missing netns, a file that is not a netns, and an interface it cannot mirror, leaving nothing set up', () => {
     expect(() => PodNetwork.attach('/var/run/netns/kts-does-not-exist')).to.throw(NetworkError, /does not exist/);
     const notNs = path.join(os.tmpdir(), `kts-not-netns-${tag}`);
