@@ -36,12 +36,17 @@ export interface AgentOptions {
   writeSysctl?: (name: string, value: string) => Promise<void>;
 }
 
-/** Writes a sysctl of the guest (its network namespace is the pod's). */
-export async function writeGuestSysctl(name: string, value: string): Promise<void> {
-  if (!/^[A-Za-z0-9_.\/-]+$/.test(name) || name.split(/[./]/).some((p) => p === '' || p === '..')) {
+/**
+ * Writes a sysctl of the guest (its network namespace is the pod's). Names
+ * come dotted (net.ipv4.ip_forward) or slashed (net/ipv4/conf/eth0.1/rp_filter:
+ * the form for components that hold a dot), as sysctl(8) takes them.
+ */
+export async function writeGuestSysctl(name: string, value: string, root = '/proc/sys'): Promise<void> {
+  const parts = name.split(name.includes('/') ? '/' : '.');
+  if (!/^[A-Za-z0-9_.\/-]+$/.test(name) || parts.some((p) => p === '' || p === '.' || p === '..')) {
     throw new AgentError('invalid', `bad sysctl name ${name}`);
   }
-  await fs.writeFile(path.join('/proc/sys', ...name.split(/[./]/)), value).catch((err: Error) => {
+  await fs.writeFile(path.join(root, ...parts), value).catch((err: Error) => {
     throw new AgentError('invalid', `sysctl ${name}=${value}: ${err.message}`);
   });
 }

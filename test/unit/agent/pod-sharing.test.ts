@@ -14,7 +14,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { AgentSandbox } from '../../../src/agent/sandbox';
+import { AgentSandbox, writeGuestSysctl } from '../../../src/agent/sandbox';
 import { AgentError } from '../../../src/agent/container';
 import { adaptSpecForGuest, takeGuestSysctls, isNetworkSysctl } from '../../../src/agent/bundle';
 import { consoleSocketPath } from '../../../src/agent/process';
@@ -159,6 +159,19 @@ describe('unit: agent pod sharing (namespaces, sysctls, console sockets)', funct
     );
     expect(sb.containers.size).to.equal(0);
     expect(sb.sandboxContainerId).to.equal('');
+  });
+
+  it('writes guest sysctls by dotted or slashed name, and refuses names that leave /proc/sys', async () => {
+    const root = path.join(dir, 'sys');
+    fs.mkdirSync(path.join(root, 'net', 'ipv4', 'conf', 'eth0.1'), { recursive: true });
+    await writeGuestSysctl('net.ipv4.ip_forward', '1', root);
+    await writeGuestSysctl('net/ipv4/conf/eth0.1/rp_filter', '2', root);
+    expect(fs.readFileSync(path.join(root, 'net', 'ipv4', 'ip_forward'), 'utf8')).to.equal('1');
+    expect(fs.readFileSync(path.join(root, 'net', 'ipv4', 'conf', 'eth0.1', 'rp_filter'), 'utf8')).to.equal('2');
+    for (const bad of ['net/../../etc/passwd', 'net..x', 'net/./x', 'net x', '']) {
+      await writeGuestSysctl(bad, '1', root).then(() => expect.fail(bad), (e: AgentError) => expect(e.message).to.match(/bad sysctl name/));
+    }
+    await writeGuestSysctl('net.nope.x', '1', root).then(() => expect.fail('written'), (e: AgentError) => expect(e.message).to.match(/sysctl net\.nope\.x=1: ENOENT/));
   });
 
   it('an exec with a terminal in a container with a 64-hex id gets its pty (console socket fits sun_path)', async () => {
