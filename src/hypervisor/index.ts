@@ -51,6 +51,7 @@ export async function selectHypervisor(cfg: Config, requested?: 'auto' | 'qemu' 
   const hv = new QemuHypervisor({
     binary: q.path, machine: q.machine_type as 'pc' | 'q35' | 'microvm', accel: choice.accel,
     blockDriver: q.block_device_driver as BlockDriver, rootBlockDriver: q.root_block_driver as BlockDriver,
+    machineAccelerators: q.machine_accelerators || undefined,
   });
   return { hv, choice, probe };
 }

@@ -53,6 +53,8 @@ export interface QemuOptions {
   blockDriver?: BlockDriver;
   /** The guest root image (default virtio-blk; see README "Performance" for why). */
   rootBlockDriver?: BlockDriver;
+  /** Extra -machine properties (Kata's machine_accelerators, e.g. "nosmm"); accel is ours. */
+  machineAccelerators?: string;
 }
 
 /**
@@ -197,7 +199,7 @@ export class QemuHypervisor implements Hypervisor {
       `${mmio ? mm : pci},${extra}${!mmio && addr !== undefined ? `,addr=0x${addr.toString(16)}` : ''}`;
     const args = [
       '-name', `kata-ts-${cfg.id},debug-threads=on`,
-      '-M', `${this.opts.machine},accel=${this.opts.accel}`,
+      '-M', `${this.opts.machine},accel=${this.opts.accel}${this.opts.machineAccelerators ? `,${this.opts.machineAccelerators}` : ''}`,
       '-cpu', this.opts.accel === 'kvm' ? 'host' : 'max',
       '-smp', String(cfg.vcpus),
       '-m', `${cfg.memoryMiB}M`,

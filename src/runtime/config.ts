@@ -8,13 +8,19 @@
  *
  * Every key has a built-in default (SCHEMA), so no file is needed. The file
  * is found at --config, then $KATA_TS_CONFIG, then
- * /etc/kata-ts/configuration.toml (optional). Unknown sections/keys and
- * values of the wrong type or range are errors naming the file and line.
+ * /etc/kata-ts/configuration.toml (optional). Kata 3.2's key names are
+ * accepted (src/runtime/config-kata.ts): its names for settings we implement
+ * are aliases of ours, keys it knows and we do not implement are one warning
+ * each (Config.warnings, logged by loadConfig). Unknown sections/keys (with a
+ * "did you mean") and values of the wrong type or range are errors naming the
+ * file and line.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseToml, TomlError, type TomlTable, type TomlValue } from '../common/toml';
 import { KataError } from '../common/errors';
+import { logger } from '../common/log';
+import { ALIASES, KATA_VALUES, NO_OP_VALUES, UNSUPPORTED, UNSUPPORTED_SECTIONS, didYouMean } from './config-kata';
 
 export class ConfigError extends KataError<'syntax' | 'unknown-key' | 'bad-value' | 'unreadable'> {}
 
@@ -30,6 +36,14 @@ interface KeySpec<T> {
 const oneOf = (...allowed: string[]) => (v: string) => (allowed.includes(v) ? undefined : `must be one of ${allowed.map((a) => `"${a}"`).join(', ')}`);
 const range = (lo: number, hi: number) => (v: number) => (v >= lo && v <= hi ? undefined : `must be between ${lo} and ${hi}`);
 const absOrEmpty = (v: string) => (v === '' || path.isAbsolute(v) ? undefined : 'must be an absolute path');
+const validRegexes = (v: string[]) => {
+  for (const re of v) {
+    try { new RegExp(re); } catch { return `holds an invalid regular expression ${JSON.stringify(re)}`; }
+  }
+  return undefined;
+};
+/** QEMU -machine properties after machine_type,accel=…: "opt=value,opt,…" (not accel, which kata-ts sets). */
+const machineProps = (v: string) => (v === '' || (/^[A-Za-z0-9_.-]+(=[A-Za-z0-9_.:-]+)?(,[A-Za-z0-9_.-]+(=[A-Za-z0-9_.:-]+)?)*$/.test(v) && !/(^|,)accel=/.test(v)) ? undefined : 'must be comma-separated QEMU machine properties (name or name=value), without accel=');
 
 export const DEFAULT_CACHE_DIR = '/var/cache/kata-ts';
 
@@ -44,7 +58,9 @@ export const SCHEMA = {
     default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
     kernel_params: { kind: 'string', default: '', describe: 'extra guest kernel command line' } as KeySpec<string>,
     block_device_driver: { kind: 'string', default: 'vhost-user-blk', describe: 'container disks: vhost-user-blk (our virtio-blk device over vhost-user) or virtio-blk (QEMU\'s own)', check: oneOf('vhost-user-blk', 'virtio-blk') } as KeySpec<string>,
-    root_block_driver: { kind: 'string', default: 'virtio-blk', describe: 'the guest root image: virtio-blk (QEMU\'s own) or vhost-user-blk (ours)', check: oneOf('vhost-user-blk', 'virtio-blk') } as KeySpec<string>,
+    root_block_driver: { kind: 'string', default: 'virtio-blk', describe: 'the guest root image: virtio-blk (QEMU\'s own) or vhost-user-blk (ours); Kata\'s name vm_rootfs_driver (virtio-blk-pci, virtio-blk-mmio) is an alias', check: oneOf('vhost-user-blk', 'virtio-blk') } as KeySpec<string>,
+    machine_accelerators: { kind: 'string', default: '', describe: 'extra QEMU -machine properties, as in Kata (e.g. "nosmm,nosata"); accel stays ours', check: machineProps } as KeySpec<string>,
+    enable_annotations: { kind: 'string[]', default: [], describe: 'pod annotations io.katacontainers.config.hypervisor.<name> allowed to override this section: regular expressions matched against <name>, as in Kata (kata-ts applies default_vcpus, default_memory, kernel_params)', check: validRegexes } as KeySpec<string[]>,
   },
   'hypervisor.builtin': {
     kernel: { kind: 'string', default: '', describe: 'guest kernel for the builtin VMM', check: absOrEmpty } as KeySpec<string>,
@@ -53,6 +69,7 @@ export const SCHEMA = {
     default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
     allow_emulated_kvm: { kind: 'bool', default: false, describe: 'run even where KVM only emulates guests (PVM hosts): very slow' } as KeySpec<boolean>,
     net_tap: { kind: 'string', default: '', describe: 'tap interface (name or pattern like kts%d) for a virtio-net device; empty: no network device' } as KeySpec<string>,
+    enable_annotations: { kind: 'string[]', default: [], describe: 'as in [hypervisor.qemu], for the builtin VMM', check: validRegexes } as KeySpec<string[]>,
   },
   'agent.kata': {
     dial_timeout: { kind: 'int', default: 90, describe: 'seconds to wait for the guest agent after boot', check: range(1, 3600) } as KeySpec<number>,
@@ -61,7 +78,7 @@ export const SCHEMA = {
     policy_file: { kind: 'string', default: '', describe: 'agent policy (JSON, README "Agent policy") every sandbox gets unless given another (kata-ts run --policy, the pod annotation io.katacontainers.config.agent.policy); empty: none', check: absOrEmpty } as KeySpec<string>,
   },
   runtime: {
-    hypervisor: { kind: 'string', default: 'auto', describe: 'auto, qemu or builtin', check: oneOf('auto', 'qemu', 'builtin') } as KeySpec<string>,
+    hypervisor: { kind: 'string', default: 'auto', describe: 'auto, qemu or builtin; Kata\'s name hypervisor_name is an alias', check: oneOf('auto', 'qemu', 'builtin') } as KeySpec<string>,
     enable_debug: { kind: 'bool', default: false, describe: 'debug logging' } as KeySpec<boolean>,
     run_dir: { kind: 'string', default: '/run/kata-ts', describe: 'sandbox state directory', check: absOrEmpty } as KeySpec<string>,
     cache_dir: { kind: 'string', default: DEFAULT_CACHE_DIR, describe: 'guest kernel/image cache', check: absOrEmpty } as KeySpec<string>,
@@ -75,10 +92,12 @@ type ValueOf<S> = S extends KeySpec<infer T> ? T : never;
 export type Config = { -readonly [S in Section]: { -readonly [K in keyof (typeof SCHEMA)[S]]: ValueOf<(typeof SCHEMA)[S][K]> } } & {
   /** The file the values came from, or "" for built-in defaults only. */
   source: string;
+  /** "file:line: …" for each Kata key kata-ts knows and does not implement. */
+  warnings: string[];
 };
 
 export function defaultConfig(): Config {
-  const out: Record<string, unknown> = { source: '' };
+  const out: Record<string, unknown> = { source: '', warnings: [] };
   for (const [sec, keys] of Object.entries(SCHEMA)) {
     const o: Record<string, unknown> = {};
     for (const [k, spec] of Object.entries(keys)) o[k] = Array.isArray(spec.default) ? [...spec.default] : spec.default;
@@ -109,25 +128,60 @@ export function parseConfig(text: string, file: string): Config {
   cfg.source = file;
   const { value, lines } = parsed;
   const where = (key: string) => `${file}:${lines.get(key) ?? 1}`;
+  const store = cfg as unknown as Record<string, Record<string, unknown>>;
+  const sections = [...Object.keys(SCHEMA), ...Object.keys(UNSUPPORTED).filter((s) => !(s in SCHEMA)), ...Object.keys(UNSUPPORTED_SECTIONS)];
+  const kindText = (k: Kind) => (k === 'int' ? 'an integer' : k === 'bool' ? 'true or false' : k === 'string[]' ? 'an array of strings' : `a ${k}`);
+  const readSection = (name: string, table: TomlTable): void => {
+    const keys = (SCHEMA as Record<string, Record<string, KeySpec<unknown>>>)[name] ?? {};
+    const aliases = ALIASES[name] ?? {};
+    const unsupported = UNSUPPORTED[name] ?? {};
+    /** our key → the name it was set by (Kata's alias and ours both given is an error). */
+    const setBy = new Map<string, string>();
+    for (const [kk, vv] of Object.entries(table)) {
+      const full = `${name}.${kk}`;
+      const ours = keys[kk] ? kk : aliases[kk];
+      if (ours) {
+        const spec = keys[ours]!;
+        const prev = setBy.get(ours);
+        if (prev) throw new ConfigError('bad-value', `${where(full)}: [${name}] ${kk} and ${prev} (line ${lines.get(`${name}.${prev}`) ?? '?'}) are the same setting; give one`);
+        setBy.set(ours, kk);
+        if (!typeOk(spec.kind, vv)) throw new ConfigError('bad-value', `${where(full)}: ${full} must be ${kindText(spec.kind)}`);
+        let v: unknown = vv;
+        const kata = KATA_VALUES[name]?.[ours];
+        if (typeof vv === 'string' && kata && vv in kata) {
+          const mapped = kata[vv];
+          if (mapped === null) {
+            cfg.warnings.push(`${where(full)}: [${name}] ${kk} = "${vv}" is not supported by kata-ts; using "${String(spec.default)}"`);
+            continue;
+          }
+          v = mapped;
+        }
+        const msg = spec.check?.(v);
+        if (msg) throw new ConfigError('bad-value', `${where(full)}: ${full} ${msg} (got ${JSON.stringify(vv)})`);
+        store[name]![ours] = v;
+      } else if (kk in unsupported) {
+        if (full in NO_OP_VALUES && NO_OP_VALUES[full] === vv) continue;
+        cfg.warnings.push(`${where(full)}: [${name}] ${kk} is not supported by kata-ts (${unsupported[kk]}); ignored`);
+      } else {
+        const hint = didYouMean(kk, [...Object.keys(keys), ...Object.keys(aliases), ...Object.keys(unsupported)]);
+        throw new ConfigError('unknown-key', `${where(full)}: unknown key "${kk}" in [${name}]${hint ? `; did you mean "${hint}"?` : ''} (known: ${[...Object.keys(keys), ...Object.keys(aliases)].join(', ')})`);
+      }
+    }
+  };
   const visit = (table: TomlTable, prefix: string): void => {
     for (const [k, v] of Object.entries(table)) {
       const name = prefix ? `${prefix}.${k}` : k;
-      if (name in SCHEMA) {
-        if (typeof v !== 'object' || Array.isArray(v)) throw new ConfigError('bad-value', `${where(name)}: [${name}] must be a table`);
-        const keys = SCHEMA[name as Section] as Record<string, KeySpec<unknown>>;
-        for (const [kk, vv] of Object.entries(v)) {
-          const full = `${name}.${kk}`;
-          const spec = keys[kk];
-          if (!spec) throw new ConfigError('unknown-key', `${where(full)}: unknown key "${kk}" in [${name}] (known: ${Object.keys(keys).join(', ')})`);
-          if (!typeOk(spec.kind, vv)) throw new ConfigError('bad-value', `${where(full)}: ${full} must be ${spec.kind === 'int' ? 'an integer' : spec.kind === 'bool' ? 'true or false' : `a ${spec.kind}`}`);
-          const msg = spec.check?.(vv);
-          if (msg) throw new ConfigError('bad-value', `${where(full)}: ${full} ${msg} (got ${JSON.stringify(vv)})`);
-          (cfg as unknown as Record<string, Record<string, unknown>>)[name]![kk] = vv;
-        }
-      } else if (typeof v === 'object' && !Array.isArray(v) && Object.keys(SCHEMA).some((s) => s.startsWith(name + '.'))) {
+      const isTable = typeof v === 'object' && !Array.isArray(v);
+      if (name in UNSUPPORTED_SECTIONS) {
+        cfg.warnings.push(`${where(name)}: [${name}] is not supported by kata-ts (${UNSUPPORTED_SECTIONS[name]} is not implemented); section ignored`);
+      } else if (name in SCHEMA || name in UNSUPPORTED) {
+        if (!isTable) throw new ConfigError('bad-value', `${where(name)}: [${name}] must be a table`);
+        readSection(name, v);
+      } else if (isTable && sections.some((s) => s.startsWith(name + '.'))) {
         visit(v, name);
       } else {
-        throw new ConfigError('unknown-key', `${where(name)}: unknown ${typeof v === 'object' && !Array.isArray(v) ? 'section' : 'key'} "${name}" (sections: ${Object.keys(SCHEMA).map((s) => `[${s}]`).join(', ')})`);
+        const hint = didYouMean(name, sections);
+        throw new ConfigError('unknown-key', `${where(name)}: unknown ${isTable ? 'section' : 'key'} "${name}"${hint ? `; did you mean [${hint}]?` : ''} (sections: ${Object.keys(SCHEMA).map((s) => `[${s}]`).join(', ')})`);
       }
     }
   };
@@ -153,7 +207,10 @@ export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.e
   } catch (err) {
     throw new ConfigError('unreadable', `cannot read configuration ${file}: ${(err as Error).message}`, { cause: err });
   }
-  return parseConfig(text, file);
+  const cfg = parseConfig(text, file);
+  // A warning never stops a sandbox: logged once per process that loads the file.
+  for (const w of cfg.warnings) logger('config').warn(w);
+  return cfg;
 }
 
 /** Guest kernel and image paths, defaults resolved against the cache. */

@@ -3,6 +3,7 @@
  * RPC edge): ShimError kinds, agent call errors and spec/mount errors are
  * mapped onto the gRPC codes containerd turns back into its errdefs.
  */
+import { ConfigError } from '../runtime/config';
 import { KataError, errorMessage } from '../common/errors';
 import { TtrpcError, type CodeName } from '../protocols/ttrpc/codes';
 import { AgentCallError } from '../runtime/agent-client';
@@ -34,6 +35,7 @@ export function toTtrpcError(err: unknown, context: string): TtrpcError {
   if (err instanceof MountError) return new TtrpcError(err.kind === 'invalid' ? 'InvalidArgument' : 'Internal', msg, { cause: err });
   if (err instanceof VolumeError) return new TtrpcError(err.kind === 'mount' ? 'Internal' : err.kind === 'unsupported' ? 'FailedPrecondition' : 'InvalidArgument', msg, { cause: err });
   if (err instanceof HostPolicyError) return new TtrpcError('InvalidArgument', msg, { cause: err });
+  if (err instanceof ConfigError) return new TtrpcError(err.kind === 'unreadable' ? 'Internal' : 'InvalidArgument', msg, { cause: err });
   if (err instanceof StdioError) return new TtrpcError(err.kind === 'unsupported' ? 'InvalidArgument' : 'Internal', msg, { cause: err });
   if (err instanceof SandboxError && err.kind === 'container' && /not found/.test(err.message)) return new TtrpcError('NotFound', msg, { cause: err });
   return new TtrpcError('Unknown', msg, { cause: err });

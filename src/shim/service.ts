@@ -19,6 +19,7 @@ import type { Hypervisor } from '../hypervisor/hypervisor';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { OciProcess } from '../protocols/oci';
 import type { Config } from '../runtime/config';
+import { annotatedConfig } from '../runtime/config-kata';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { networkNamespacePath, readBundle } from '../runtime/spec';
 import { isBindMount, planVolumes } from '../runtime/volumes';
@@ -136,8 +137,11 @@ export class TaskService {
         }
         if (!this.sandbox) {
           this.policySha = policy?.sha256 ?? '';
-          const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(this.opts.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: this.opts.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
+          // Kata's io.katacontainers.config.hypervisor.* annotations, where enable_annotations allows.
+          const pod = annotatedConfig(this.opts.config, spec.annotations);
+          for (const w of pod.warnings) this.log.warn(w);
+          const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(pod.config);
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
