@@ -105,6 +105,11 @@ function parseTimings(text: string): unknown {
   }
 }
 
+/** sun_path holds 108 bytes, the last a NUL. */
+const UNIX_PATH_MAX = 107;
+/** The longest socket name a sandbox directory holds: vhost-vsock.sock (vhost-fs-NN.sock and the hotplug ones are no longer). */
+const SOCKET_NAME_MAX = 'vhost-vsock.sock'.length;
+
 export const GUEST_CONTAINERS_DIR = '/run/kata-ts/containers';
 
 export class Sandbox {
@@ -133,6 +138,13 @@ export class Sandbox {
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
     this.dir = path.join(sandboxesDir(opts.config.runtime.run_dir), opts.id);
+    // The VM's unix sockets live in this directory, and a socket address
+    // holds 107 bytes: Node cuts a longer path short without a word, and two
+    // cut-short names then collide (EADDRINUSE). Refuse it plainly instead.
+    const longest = Buffer.byteLength(path.join(this.dir, 'x'.repeat(SOCKET_NAME_MAX)));
+    if (longest > UNIX_PATH_MAX) {
+      throw new SandboxError('state', `sandbox directory ${this.dir} is too long for its unix sockets (${longest} > ${UNIX_PATH_MAX} bytes): set a shorter [runtime] run_dir (at most ${UNIX_PATH_MAX - (longest - Buffer.byteLength(opts.config.runtime.run_dir))} bytes for this sandbox id)`);
+    }
     this.volumes = new SandboxVolumes(path.join(this.dir, 'shared'));
     this.log = logger('sandbox', { sandbox: opts.id });
   }
