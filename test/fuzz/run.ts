@@ -56,7 +56,8 @@ interface WorkerReport {
   retried: number;
 }
 
-const SAB_HEADER = 16;
+/** ctl words: [0] in a case, [1] input length, [2] case index, [3] next case, [4] stop. */
+const SAB_HEADER = 32;
 /** Outcome signatures kept per worker (each holds its smallest input). */
 const MAX_SIGNATURES = 4096;
 
@@ -67,7 +68,7 @@ async function workerMain(w: WorkerInput): Promise<void> {
   configureLogging({ silent: true });
   const target = targetByName(w.target);
   const rng = new Rng(w.seed);
-  const ctl = new Int32Array(w.sab, 0, 4);
+  const ctl = new Int32Array(w.sab, 0, 5);
   const bytes = new Uint8Array(w.sab, SAB_HEADER);
   const sigs = new Map<string, Buffer>();
   const pool: Buffer[] = [];
@@ -150,7 +151,8 @@ async function workerMain(w: WorkerInput): Promise<void> {
 
   const startIndex = Atomics.load(ctl, 3);
   let last = Date.now();
-  for (let i = startIndex; i < w.cases; i++) {
+  let i = startIndex;
+  for (; i < w.cases && Atomics.load(ctl, 4) === 0; i++) {
     // Parents: mostly recent discoveries, sometimes anything.
     const parent = pool.length > 8 && rng.chance(0.3) ? pool[pool.length - 1 - rng.below(Math.min(pool.length, 32))]! : rng.pick(pool);
     const other = rng.pick(pool);
@@ -165,7 +167,7 @@ async function workerMain(w: WorkerInput): Promise<void> {
     }
   }
   target.close?.();
-  report('done', w.cases - startIndex);
+  report('done', i - startIndex);
 }
 
 // ──────────────────────────────── main ────────────────────────────────
@@ -185,6 +187,8 @@ interface TargetResult {
   slowestMs: number;
   slowRetried: number;
   corpusAdded: number;
+  /** Stopped by a signal before --cases. */
+  stoppedEarly?: boolean;
   corpusFiles: number;
 }
 
@@ -211,7 +215,8 @@ function parseArgs(argv: string[]): { targets: string[]; cases: number; seed: nu
 async function fuzzTarget(name: string, o: { cases: number; seed: number; budgetMs: number; save: boolean }): Promise<TargetResult> {
   const target = targetByName(name);
   const sab = new SharedArrayBuffer(SAB_HEADER + Math.max(target.maxLen, 1 << 16));
-  const ctl = new Int32Array(sab, 0, 4);
+  const ctl = new Int32Array(sab, 0, 5);
+  current = ctl;
   const findings = path.join(path.dirname(corpusRoot()), 'findings', name);
   const t0 = Date.now();
   let cases = 0, rejects = 0, oks = 0, signatures = 0, hangs = 0, crashes = 0, slowestMs = 0, retried = 0;
@@ -228,7 +233,7 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
   };
   let replay = true;
   let restarts = 0;
-  while (Atomics.load(ctl, 3) < o.cases || replay) {
+  while ((Atomics.load(ctl, 3) < o.cases && !stopping) || replay) {
     const wi: WorkerInput = { target: name, cases: o.cases, seed: (o.seed + restarts * 7919) >>> 0, budgetMs: o.budgetMs, sab, replay };
     replay = false;
     const worker = new Worker(__filename, { workerData: wi, resourceLimits: { maxOldGenerationSizeMb: 1024 } });
@@ -305,13 +310,27 @@ async function fuzzTarget(name: string, o: { cases: number; seed: number; budget
   };
 }
 
+/** SIGINT/SIGTERM: the target in progress stops after its current case and is recorded; the rest are skipped. */
+let stopping = false;
+let current: Int32Array | undefined;
+
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      if (stopping) process.exit(130);
+      stopping = true;
+      process.stderr.write(`fuzz: ${sig}: stopping after the current case (again to quit at once)\n`);
+      if (current) Atomics.store(current, 4, 1);
+    });
+  }
   process.stderr.write(`fuzz: ${o.targets.length} target(s), ${o.cases} cases each, seed ${o.seed}, budget ${o.budgetMs} ms/case\n`);
   const results: TargetResult[] = [];
   for (const t of o.targets) {
+    if (stopping) break;
     process.stderr.write(`${t}: ${targetByName(t).describe}\n`);
     const r = await fuzzTarget(t, o);
+    if (stopping) r.stoppedEarly = true;
     results.push(r);
     process.stdout.write(`${JSON.stringify(r)}\n`);
     if (o.json) fs.writeFileSync(o.json, JSON.stringify({ seed: o.seed, budgetMs: o.budgetMs, results }, null, 2));
