@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { guestAssets, SCHEMA, type Config } from '../runtime/config';
 import { sandboxesDir } from '../runtime/state';
 import { fileSha256 } from './host-check';
+import { stringifyToml } from '../common/toml';
 
 export interface EnvReport {
   schemaVersion: 1;
@@ -53,9 +54,9 @@ export function envReport(cfg: Config): EnvReport {
   };
 }
 
-function tomlValue(v: string | number | boolean | string[]): string {
-  if (Array.isArray(v)) return `[${v.map((x) => JSON.stringify(x)).join(', ')}]`;
-  return typeof v === 'string' ? JSON.stringify(v) : String(v);
+/** One `key = value` line, written by the same TOML library that reads the file. */
+function tomlLine(key: string, v: string | number | boolean | string[]): string {
+  return stringifyToml({ [key]: v }).trim();
 }
 
 export function envText(r: EnvReport): string {
@@ -70,7 +71,7 @@ export function envText(r: EnvReport): string {
   for (const [sec, keys] of Object.entries(r.config.values)) {
     out.push('', `[${sec}]`);
     const specs = SCHEMA[sec as keyof typeof SCHEMA] as Record<string, { describe: string }>;
-    for (const [key, v] of Object.entries(keys)) out.push(`${key} = ${tomlValue(v)}  # ${specs[key]!.describe}`);
+    for (const [key, v] of Object.entries(keys)) out.push(`${tomlLine(key, v)}  # ${specs[key]!.describe}`);
   }
   return out.join('\n') + '\n';
 }

@@ -11,6 +11,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseConfig, defaultConfig, loadConfig, ConfigError } from '../../../src/runtime/config';
 import { annotatedConfig, UNSUPPORTED } from '../../../src/runtime/config-kata';
+import { configureLogging } from '../../../src/common/log';
+import { Writable } from 'node:stream';
 
 function fixture(): string {
   for (const up of ['../../..', '../../../..']) {
@@ -88,14 +90,20 @@ describe('unit: Kata configuration keys', () => {
     expect(() => parseConfig('[runtime]\nenable_debug = true\nenable_debug = false\n', 'f')).to.throw(ConfigError, /^f:3:/);
   });
 
-  it('loadConfig gives the same verdict as parseConfig (kata-ts, the shim and kata-ctl all load through it)', () => {
+  it('loadConfig gives the same verdict as parseConfig (kata-ts, the shim and kata-ctl all load through it) and logs each warning once', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-cfg-'));
+    let logged = '';
+    configureLogging({ stream: new Writable({ write(chunk, _enc, cb) { logged += String(chunk); cb(); } }) });
     try {
       const f = path.join(dir, 'configuration.toml');
       fs.copyFileSync(fixture(), f);
       const c = loadConfig(f, {});
       expect(c.warnings).to.deep.equal(parseConfig(fs.readFileSync(f, 'utf8'), f).warnings);
+      const msgs = logged.trim().split('\n').map((l) => JSON.parse(l) as { level: string; msg: string });
+      expect(msgs.map((m) => m.msg)).to.deep.equal(c.warnings);
+      expect(msgs.every((m) => m.level === 'warn')).to.equal(true);
     } finally {
+      configureLogging({ silent: process.env.KATA_TS_LOG_LEVEL === undefined });
       fs.rmSync(dir, { recursive: true, force: true });
     }
   });
