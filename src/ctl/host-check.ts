@@ -31,6 +31,8 @@ export interface CheckItem {
   path?: string;
   version?: string;
   sha256?: string;
+  /** configuration: the Kata keys kata-ts ignores, "file:line: …". */
+  warnings?: string[];
 }
 
 export interface CheckReport {
@@ -125,6 +127,10 @@ export async function runHostCheck(cfg: Config, opts: CheckOptions = {}): Promis
   const probe = await probeKvm(q.path, opts.noCache ? undefined : cfg.runtime.run_dir);
   const choice = chooseHypervisor(cfg.runtime.hypervisor as 'auto' | 'qemu' | 'builtin', q.accel as 'auto' | 'kvm' | 'tcg', probe, BUILTIN_AVAILABLE);
   const checks: CheckItem[] = [];
+  // The configuration's verdict is the runtime's and the shim's (one loadConfig): errors never get here.
+  checks.push(item('configuration', 'configuration', cfg.warnings.length === 0, false,
+    `${cfg.source || 'built-in defaults'}${cfg.warnings.length ? `: ${cfg.warnings.length} Kata key(s) not supported by kata-ts, ignored (each logged with its line)` : ''}`,
+    'remove the keys named in the warnings, or leave them: a warning never stops a sandbox', cfg.warnings.length ? { warnings: cfg.warnings } : {}));
   const virtFlags = probe.cpuFlags.filter((f) => f === 'vmx' || f === 'svm');
 
   checks.push(item('kvm-device', '/dev/kvm present and usable', probe.devKvm, false,

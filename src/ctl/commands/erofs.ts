@@ -6,6 +6,8 @@
  *   cat IMAGE PATH         file contents to stdout
  *   extract IMAGE [PATH] DIR   full extraction preserving modes, owners,
  *                          times, xattrs, symlinks, hard links and device nodes
+ * inspect and ls take --json: the superblock, an inode, or one entry per
+ * directory member as objects (times as ISO-8601 with nanoseconds).
  * Owners, device nodes and trusted.* / security.* xattrs need root, as for
  * fsck.erofs. Node has no setxattr, so xattrs go through the native addon's
  * lsetxattr (src/common/native); a namespace the destination refuses is one
@@ -16,11 +18,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import type { CtlCommand } from '../command';
+import { printJson } from '../common';
 import { native, NativeAddon, NativeError } from '../../common/native';
 import { ErofsImage, ErofsStat } from '../../hot/erofs';
 
 interface ErofsArgs {
   action: string;
+  json?: boolean;
   image: string;
   path?: string;
   dir?: string;
@@ -75,6 +79,28 @@ function inodeText(img: ErofsImage, p: string): string {
   if (st.type === 'symlink') lines.push(`Target: ${img.readlink(p)}`);
   for (const x of img.listxattr(p)) lines.push(`Xattr: ${x}`);
   return lines.join('\n') + '\n';
+}
+
+/** The superblock as `erofs inspect --json` prints it. */
+export function inspectJson(img: ErofsImage): Record<string, unknown> {
+  const sb = img.sb;
+  return {
+    magic: '0xE0F5E1E2', blocks: sb.blocks, blockSize: sb.blockSize, metaBlkaddr: sb.metaBlkaddr, xattrBlkaddr: sb.xattrBlkaddr,
+    rootNid: sb.rootNid, inodes: sb.inos, created: isoTime(sb.buildTime, sb.buildTimeNsec), features: sb.features,
+    checksum: `0x${sb.checksum.toString(16).padStart(8, '0')}`, uuid: sb.uuid, volumeName: sb.volumeName, extraDevices: sb.extraDevices,
+  };
+}
+
+/** One inode as `erofs inspect IMAGE PATH --json` / `erofs ls --json` print it. */
+export function inodeJson(img: ErofsImage, st: ErofsStat, name: string, withXattrs = false, p?: string): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    name, nid: st.nid, type: st.type, mode: modeString(st), perm: `0${(st.mode & 0o7777).toString(8)}`, size: st.size, nlink: st.nlink, uid: st.uid, gid: st.gid,
+    mtime: isoTime(st.mtime, st.mtimeNsec), layout: st.layout, inodeVersion: st.inodeVersion, xattrSize: st.xattrIsize,
+  };
+  if (st.type === 'chardev' || st.type === 'blockdev') out.device = { major: st.rdevMajor, minor: st.rdevMinor };
+  if (st.type === 'symlink') out.target = img.readlinkNid(st.nid).toString('utf8');
+  if (withXattrs && p !== undefined) out.xattrs = img.listxattr(p);
+  return out;
 }
 
 function lsLine(img: ErofsImage, st: ErofsStat, name: string): string {
@@ -243,17 +269,23 @@ export const erofsCommand: CtlCommand<ErofsArgs> = {
       .positional('action', { type: 'string', choices: ['inspect', 'ls', 'cat', 'extract'], demandOption: true })
       .positional('image', { type: 'string', demandOption: true, describe: 'EROFS image file' })
       .positional('path', { type: 'string', describe: 'path inside the image (extract: DIR when alone)' })
-      .positional('dir', { type: 'string', describe: 'extract: destination directory' }) as never,
+      .positional('dir', { type: 'string', describe: 'extract: destination directory' })
+      .option('json', { type: 'boolean', default: false, describe: 'inspect, ls: machine-readable output' }) as never,
   handler: async (argv) => {
     const img = ErofsImage.open(argv.image);
     try {
       switch (argv.action) {
         case 'inspect':
-          process.stdout.write(argv.path ? inodeText(img, argv.path) : inspectText(img));
+          if (argv.json) printJson(argv.path ? inodeJson(img, img.lstat(argv.path), argv.path, true, argv.path) : inspectJson(img));
+          else process.stdout.write(argv.path ? inodeText(img, argv.path) : inspectText(img));
           return 0;
         case 'ls': {
           const p = argv.path ?? '/';
           const st = img.lstat(p);
+          if (argv.json) {
+            printJson(st.type !== 'dir' ? [inodeJson(img, st, p)] : img.readdir(p).map((e) => inodeJson(img, img.inode(e.nid), e.name)));
+            return 0;
+          }
           if (st.type !== 'dir') {
             process.stdout.write(lsLine(img, st, p) + '\n');
             return 0;

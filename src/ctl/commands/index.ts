@@ -8,8 +8,11 @@ import { cleanupCommand } from './cleanup';
 import { execCommand } from './exec';
 import { metricsCommand } from './metrics';
 import { installCommand, uninstallCommand } from './install';
+import { versionCommand } from './version';
+import { logParserCommand } from './log-parser';
 
 export const commands: CtlCommand<any>[] = [];
 commands.push(erofsCommand);
 commands.push(checkCommand, envCommand, listCommand, cleanupCommand, execCommand, metricsCommand);
 commands.push(installCommand, uninstallCommand);
+commands.push(versionCommand, logParserCommand);
