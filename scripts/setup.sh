@@ -64,6 +64,11 @@ if [ $guest = 1 ]; then
   # drivers ours builds in. A set-up that "succeeded" with it left every VM
   # test skipped and `kata-ts run` broken, so a failed build stops set-up.
   klog="$KATA_TS_CACHE/kernel-build.log"
+  # Progress lines (guest/progress.sh) only for a person at a terminal: the
+  # kernel build's output goes through tee, so say here whether ours is one.
+  if [ -z "${KATA_TS_PROGRESS:-}" ]; then
+    if [ -t 1 ]; then export KATA_TS_PROGRESS=1; else export KATA_TS_PROGRESS=0; fi
+  fi
   if ! bash guest/kernel/build.sh 2>&1 | tee "$klog"; then
     echo "setup: ERROR: the guest kernel build failed (guest/kernel/build.sh); its output is in $klog" >&2
     echo "setup: the kernel tree is kept in $KATA_TS_CACHE/build/ (run make there for the full compiler output); fix the cause and run set-up again" >&2

@@ -14,6 +14,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+. "$here/../progress.sh"
 cache="${KATA_TS_CACHE:-/var/cache/kata-ts}"
 mkdir -p "$cache/build"
 # a private staging dir: concurrent set-ups (two checkouts, CI) must not clobber each other
@@ -79,8 +80,21 @@ else
   echo "image: mkfs.erofs -zlz4 ($(du -sm "$stage" | cut -f1) MiB staged)"
   tmp="$(mktemp -d "$out.tmp.XXXXXX")"; chmod 755 "$tmp"
   t0=$(date +%s%N)
-  mkfs.erofs -zlz4 -T0 --all-root "$tmp/rootfs.erofs" "$stage" >/dev/null
+  # Progress (on a terminal, guest/progress.sh): time so far against the last build's.
+  est=$(cat "$cache/image-build-ms" 2>/dev/null || echo 0)
+  mkfs.erofs -zlz4 -T0 --all-root "$tmp/rootfs.erofs" "$stage" >/dev/null &
+  mkfs_pid=$!
+  if [ "$KATA_TS_PROGRESS" = 1 ] && [ "$est" -gt 0 ]; then
+    s0=$(date +%s)
+    while kill -0 "$mkfs_pid" 2>/dev/null; do
+      progress "image: mkfs.erofs" $(( ($(date +%s%N) - t0) / 1000000 )) "$est" "$s0" ms
+      sleep 0.5
+    done
+    progress_done
+  fi
+  wait "$mkfs_pid"
   t1=$(date +%s%N)
+  echo $(( (t1-t0)/1000000 )) > "$cache/image-build-ms"
   echo "image: built $(du -m "$tmp/rootfs.erofs" | cut -f1) MiB in $(( (t1-t0)/1000000 )) ms"
   if [ -f "$out/rootfs.erofs" ]; then rm -rf "$tmp"; else rm -rf "$out"; mv "$tmp" "$out"; fi
 fi
