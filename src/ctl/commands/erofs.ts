@@ -276,14 +276,14 @@ export const erofsCommand: CtlCommand<ErofsArgs> = {
     try {
       switch (argv.action) {
         case 'inspect':
-          if (argv.json) printJson(argv.path ? inodeJson(img, img.lstat(argv.path), argv.path, true, argv.path) : inspectJson(img));
+          if (argv.json) printJson({ schemaVersion: 1, ...(argv.path ? inodeJson(img, img.lstat(argv.path), argv.path, true, argv.path) : inspectJson(img)) });
           else process.stdout.write(argv.path ? inodeText(img, argv.path) : inspectText(img));
           return 0;
         case 'ls': {
           const p = argv.path ?? '/';
           const st = img.lstat(p);
           if (argv.json) {
-            printJson(st.type !== 'dir' ? [inodeJson(img, st, p)] : img.readdir(p).map((e) => inodeJson(img, img.inode(e.nid), e.name)));
+            printJson({ schemaVersion: 1, path: p, entries: st.type !== 'dir' ? [inodeJson(img, st, p)] : img.readdir(p).map((e) => inodeJson(img, img.inode(e.nid), e.name)) });
             return 0;
           }
           if (st.type !== 'dir') {

@@ -26,7 +26,7 @@ export const logParserCommand: CtlCommand<LogParserArgs> = {
     .option('stdin', { type: 'boolean', default: false, describe: 'also read a log from standard input' })
     .option('sandbox', { type: 'string', describe: 'add the sandbox\'s own logs (guest console) and keep only its entries' })
     .option('level', { type: 'string', choices: ['error', 'warn', 'info', 'debug'], describe: 'keep entries at this level or more severe' })
-    .option('json', { type: 'boolean', default: false, describe: 'a JSON array of entries (time, level, source, msg, fields, file, line)' }) as never,
+    .option('json', { type: 'boolean', default: false, describe: '{ schemaVersion, stats, entries: [{ time, level, source, msg, fields, file, line }] }' }) as never,
   handler: async (argv) => {
     const files = [...(argv.files ?? []), ...(argv.stdin ? ['-'] : [])];
     if (argv.sandbox) files.push(...sandboxLogFiles(ctlConfig(argv).runtime.run_dir, argv.sandbox));
@@ -35,7 +35,7 @@ export const logParserCommand: CtlCommand<LogParserArgs> = {
       return 2;
     }
     const { entries, stats } = mergeLogs(readLogs(files), { level: argv.level, sandbox: argv.sandbox });
-    if (argv.json) printJson(entries);
+    if (argv.json) printJson({ schemaVersion: 1, stats, entries });
     else process.stdout.write(entries.map(entryText).join('\n') + (entries.length ? '\n' : ''));
     process.stderr.write(`log-parser: ${stats.entries} entries from ${stats.files} file(s); ${stats.skipped} of ${stats.lines} lines were not JSON log entries\n`);
     return 0;

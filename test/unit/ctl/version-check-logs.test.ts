@@ -103,19 +103,22 @@ describe('kata-ctl erofs inspect/ls --json', function () {
 
   it('inspect gives the superblock and an inode; ls gives one object per entry', async () => {
     const sb = JSON.parse((await kataCtl(['erofs', 'inspect', img, '--json'])).stdout) as Record<string, unknown>;
+    expect(sb.schemaVersion).to.equal(1);
     expect(sb.magic).to.equal('0xE0F5E1E2');
     expect(sb.blockSize).to.equal(4096);
     expect(sb.inodes).to.be.a('number');
     const f = JSON.parse((await kataCtl(['erofs', 'inspect', img, '/d/f.txt', '--json'])).stdout) as Record<string, unknown>;
     expect(f).to.include({ name: '/d/f.txt', type: 'file', size: 5 });
     expect(f.xattrs).to.deep.equal([]);
-    const ls = JSON.parse((await kataCtl(['erofs', 'ls', img, '/', '--json'])).stdout) as Record<string, unknown>[];
+    const doc = JSON.parse((await kataCtl(['erofs', 'ls', img, '/', '--json'])).stdout) as { schemaVersion: number; path: string; entries: Record<string, unknown>[] };
+    expect(doc).to.include({ schemaVersion: 1, path: '/' });
+    const ls = doc.entries;
     const byName = Object.fromEntries(ls.map((e) => [e.name, e]));
     expect(Object.keys(byName).sort()).to.deep.equal(['d', 'link']);
     expect(byName.d).to.include({ type: 'dir', mode: 'drwxr-xr-x' });
     expect(byName.link).to.include({ type: 'symlink', target: 'd/f.txt' });
-    const one = JSON.parse((await kataCtl(['erofs', 'ls', img, '/d/f.txt', '--json'])).stdout) as Record<string, unknown>[];
-    expect(one).to.have.length(1);
+    const one = JSON.parse((await kataCtl(['erofs', 'ls', img, '/d/f.txt', '--json'])).stdout) as { entries: Record<string, unknown>[] };
+    expect(one.entries).to.have.length(1);
     const missing = await kataCtl(['erofs', 'ls', img, '/nope', '--json']);
     expect(missing.code).to.not.equal(0);
   });
@@ -159,7 +162,10 @@ describe('kata-ctl log-parser', function () {
       const stdin = line({ time: '2026-01-01T00:00:01.000Z', level: 'info', msg: 'one', source: 'agent' }) + '\n';
       const r = await kataCtl(['log-parser', a, '--stdin', '--json'], { input: stdin });
       expect(r.code, r.stderr).to.equal(0);
-      expect((JSON.parse(r.stdout) as LogEntry[]).map((e) => e.msg)).to.deep.equal(['one', 'two']);
+      const doc = JSON.parse(r.stdout) as { schemaVersion: number; stats: { entries: number }; entries: LogEntry[] };
+      expect(doc.schemaVersion).to.equal(1);
+      expect(doc.stats.entries).to.equal(2);
+      expect(doc.entries.map((e) => e.msg)).to.deep.equal(['one', 'two']);
       expect(r.stderr).to.match(/2 entries from 2 file\(s\)/);
       const text = await kataCtl(['log-parser', a]);
       expect(text.stdout).to.equal('2026-01-01T00:00:02.000Z info  kata-ts two (a.log:1)\n');
@@ -179,7 +185,7 @@ describe('kata-ctl log-parser', function () {
       fs.writeFileSync(path.join(sdir, 'console.log'), `[ 0.1] kernel\n${line({ time: '2026-01-01T00:00:00.500Z', level: 'warn', msg: 'agent says', source: 'agent' })}\n`);
       const s = await kataCtl(['--config', cfg, 'log-parser', a, '--sandbox', 'sb1', '--json']);
       expect(s.code, s.stderr).to.equal(0);
-      expect((JSON.parse(s.stdout) as LogEntry[]).map((e) => e.msg)).to.deep.equal(['agent says', 'two']);
+      expect((JSON.parse(s.stdout) as { entries: LogEntry[] }).entries.map((e) => e.msg)).to.deep.equal(['agent says', 'two']);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
