@@ -9,19 +9,19 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { TtrpcServer } from '../../../src/protocols/ttrpc/server';
-import { TtrpcClient } from '../../../src/protocols/ttrpc/client';
+import type { TtrpcClient } from '../../../src/protocols/ttrpc/client';
 import type { TtrpcError } from '../../../src/protocols/ttrpc/codes';
 import { TaskService } from '../../../src/shim/service';
-import { registerTaskService, TASK_SERVICE } from '../../../src/shim/registration';
+import { TASK_SERVICE } from '../../../src/shim/registration';
+import { recordingHypervisor, serveTaskService, type ServedTaskService } from '../../helpers/shim-rig';
 import { MemoryPublisher } from '../../../src/shim/events';
 import { defaultConfig } from '../../../src/runtime/config';
 import { defaultSpec } from '../../../src/runtime/spec';
-import type { Hypervisor, VmConfig } from '../../../src/hypervisor/hypervisor';
+import type { VmConfig } from '../../../src/hypervisor/hypervisor';
 
 describe('unit: shim hypervisor annotations (no VM)', () => {
   let dir: string;
-  let server: TtrpcServer;
+  let served: ServedTaskService;
   let client: TtrpcClient;
   let asked = 0;
   const boots: VmConfig[] = [];
@@ -32,26 +32,14 @@ describe('unit: shim hypervisor annotations (no VM)', () => {
     const cfg = defaultConfig();
     cfg.runtime.run_dir = path.join(dir, 'run');
     cfg['hypervisor.qemu'].enable_annotations = ['^default_memory$'];
-    const hv = {
-      name: 'qemu',
-      start: async (c: VmConfig) => {
-        boots.push(c);
-        throw new Error('no VM in unit tests');
-      },
-      stop: async () => undefined,
-      exited: () => new Promise<string>(() => undefined),
-      consoleTail: () => '',
-    } as unknown as Hypervisor;
+    const hv = recordingHypervisor(boots);
     const svc = new TaskService({ config: cfg, sandboxId: 'sb', publisher: new MemoryPublisher(), onShutdown: () => undefined, hypervisor: async () => (asked++, hv) });
-    server = new TtrpcServer();
-    registerTaskService(server, svc);
-    await server.listen(path.join(dir, 'shim.sock'));
-    client = await TtrpcClient.connect(path.join(dir, 'shim.sock'));
+    served = await serveTaskService(svc, dir);
+    client = served.client;
   });
 
   after(async () => {
-    client.close();
-    await server.close();
+    await served.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 

@@ -10,12 +10,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseFlags, formatFlags } from '../../../src/shim/flags';
 import { groupId, socketPath, bundleAnnotations } from '../../../src/shim/grouping';
-import { TtrpcServer } from '../../../src/protocols/ttrpc/server';
-import { TtrpcClient } from '../../../src/protocols/ttrpc/client';
+import type { TtrpcClient } from '../../../src/protocols/ttrpc/client';
 import type { TtrpcError } from '../../../src/protocols/ttrpc/codes';
 import { encode } from '../../../src/protocols/ttrpc/messages';
 import { TaskService } from '../../../src/shim/service';
-import { registerTaskService, TASK_SERVICE } from '../../../src/shim/registration';
+import { TASK_SERVICE } from '../../../src/shim/registration';
+import { serveTaskService, type ServedTaskService } from '../../helpers/shim-rig';
 import { MemoryPublisher } from '../../../src/shim/events';
 import { defaultConfig } from '../../../src/runtime/config';
 
@@ -43,7 +43,7 @@ describe('unit: shim flags and grouping', () => {
 
 describe('unit: shim task service over ttrpc (no VM)', () => {
   let dir: string;
-  let server: TtrpcServer;
+  let served: ServedTaskService;
   let client: TtrpcClient;
   let shutdowns = 0;
   const call = (m: string, t: string, v: Record<string, unknown>, res = 'google.protobuf.Empty') =>
@@ -60,15 +60,12 @@ describe('unit: shim task service over ttrpc (no VM)', () => {
         throw new Error('no VM in unit tests');
       },
     });
-    server = new TtrpcServer();
-    registerTaskService(server, svc);
-    await server.listen(path.join(dir, 'shim.sock'));
-    client = await TtrpcClient.connect(path.join(dir, 'shim.sock'));
+    served = await serveTaskService(svc, dir);
+    client = served.client;
   });
 
   after(async () => {
-    client.close();
-    await server.close();
+    await served.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
