@@ -18,12 +18,12 @@ import {
   RTPROT_KERNEL, setLink, type Link,
 } from '../protocols/netlink/route';
 import { NetlinkSocket } from '../protocols/netlink/socket';
+import { apiAddress, apiRoute } from '../protocols/netlink/agent-shapes';
 import { AgentError } from './container';
 
 /** The guest's /etc/resolv.conf is a link to this file (guest/image/build.sh): the root filesystem is read-only. */
 export const GUEST_RESOLV_CONF = '/run/kata-ts/resolv.conf';
 
-const famName = (f: number): api.IPFamily => (f === AF_INET6 ? 'v6' : 'v4');
 
 function invalid(err: unknown): AgentError {
   if (err instanceof NetlinkError && err.kind === 'invalid') return new AgentError('invalid', err.message, { cause: err });
@@ -112,10 +112,7 @@ export class GuestNetwork {
     return this.with((s) => {
       const names = new Map(listLinks(s).map((l) => [l.index, l.name]));
       return {
-        routes: listRoutes(s).filter((r) => r.type === 1).map((r) => ({
-          dest: r.dst ? `${r.dst}/${r.dstLen}` : '', gateway: r.gateway, device: names.get(r.oif) ?? '', source: r.prefsrc,
-          scope: r.scope, family: famName(r.family), flags: 0,
-        })),
+        routes: listRoutes(s).filter((r) => r.type === 1).map((r) => apiRoute(r, names)),
       };
     });
   }
@@ -177,6 +174,6 @@ export class GuestNetwork {
 function toApiInterface(l: Link, addrs: { family: number; address: string; prefixLen: number }[]): api.Interface {
   return {
     device: l.name, name: l.name, mtu: l.mtu, hw_addr: l.mac, device_path: '', type: l.kind, raw_flags: l.flags,
-    ip_addresses: addrs.map((a) => ({ family: famName(a.family), address: a.address, mask: String(a.prefixLen) })),
+    ip_addresses: addrs.map(apiAddress),
   };
 }

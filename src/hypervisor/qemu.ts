@@ -155,6 +155,13 @@ export class QemuHypervisor implements Hypervisor {
     this.rootBlockDriver = opts.rootBlockDriver ?? 'virtio-blk';
   }
 
+  /** A network device QEMU can take: an id it accepts, a MAC, an open tap fd. */
+  private static checkNet(n: NetDevice): void {
+    if (!/^[A-Za-z0-9_-]{1,32}$/.test(n.id)) throw new QemuError('config', `net id "${n.id}" must be 1-32 of [A-Za-z0-9_-]`);
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(n.mac)) throw new QemuError('config', `net ${n.id}: "${n.mac}" is not a MAC address`);
+    if (!Number.isInteger(n.fd) || n.fd < 0) throw new QemuError('config', `net ${n.id}: no tap fd`);
+  }
+
   /** The child's fd number of cfg.nets[0] (after stdin, stdout, stderr). */
   static readonly FIRST_NET_FD = 3;
 
@@ -262,11 +269,7 @@ export class QemuHypervisor implements Hypervisor {
       if (!fs.existsSync(f)) throw new QemuError('config', `${f} does not exist (run scripts/setup.sh to build the guest)`);
     }
     if (!fs.existsSync(this.opts.binary)) throw new QemuError('config', `QEMU not found at ${this.opts.binary}`);
-    for (const n of cfg.nets ?? []) {
-      if (!/^[A-Za-z0-9_-]{1,32}$/.test(n.id)) throw new QemuError('config', `net id "${n.id}" must be 1-32 of [A-Za-z0-9_-]`);
-      if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(n.mac)) throw new QemuError('config', `net ${n.id}: "${n.mac}" is not a MAC address`);
-      if (!Number.isInteger(n.fd) || n.fd < 0) throw new QemuError('config', `net ${n.id}: no tap fd`);
-    }
+    for (const n of cfg.nets ?? []) QemuHypervisor.checkNet(n);
     for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     for (const sh of cfg.shares ?? []) {
       if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
@@ -414,8 +417,7 @@ export class QemuHypervisor implements Hypervisor {
    */
   async addNet(n: NetDevice): Promise<void> {
     const qmp = this.requireHotplug('network devices');
-    if (!/^[A-Za-z0-9_-]{1,32}$/.test(n.id)) throw new QemuError('config', `net id "${n.id}" must be 1-32 of [A-Za-z0-9_-]`);
-    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(n.mac)) throw new QemuError('config', `net ${n.id}: "${n.mac}" is not a MAC address`);
+    QemuHypervisor.checkNet(n);
     if (this.netSlots.has(n.id)) throw new QemuError('config', `net ${n.id} is already attached`);
     const slot = this.takeSlot();
     const fdname = `fd-${n.id}`;

@@ -8,7 +8,7 @@
  * does. u32 rather than matchall: matchall is a module many hosts (these
  * included) do not load on demand; u32 with one zero-mask key matches all.
  */
-import { attr } from './message';
+import { NLM_F_CREATE, NLM_F_EXCL, attr } from './message';
 import type { NetlinkSocket } from './socket';
 
 const RTM_NEWQDISC = 36;
@@ -44,7 +44,7 @@ function tcmsg(ifindex: number, handle: number, parent: number, info = 0): Buffe
 
 /** `tc qdisc add dev IFINDEX ingress` (EEXIST if one is there already). */
 export function addIngressQdisc(s: NetlinkSocket, ifindex: number): void {
-  s.request(`add ingress qdisc on link ${ifindex}`, RTM_NEWQDISC, 0x400 | 0x200 /* CREATE|EXCL */, tcmsg(ifindex, INGRESS_HANDLE, TC_H_INGRESS), [attr.str(TCA_KIND, 'ingress')]);
+  s.request(`add ingress qdisc on link ${ifindex}`, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, tcmsg(ifindex, INGRESS_HANDLE, TC_H_INGRESS), [attr.str(TCA_KIND, 'ingress')]);
 }
 
 /** `tc qdisc del dev IFINDEX ingress`: takes the qdisc's filters with it. */
@@ -77,7 +77,7 @@ function mirredParms(toIfindex: number): Buffer {
 export function addRedirectFilter(s: NetlinkSocket, fromIfindex: number, toIfindex: number, prio = 49152): void {
   const info = ((prio & 0xffff) << 16) | ((ETH_P_ALL >> 8) | ((ETH_P_ALL & 0xff) << 8)); // protocol in network byte order
   const action = attr.nested(1, [attr.str(TCA_ACT_KIND, 'mirred'), attr.nested(TCA_ACT_OPTIONS, [attr.raw(TCA_MIRRED_PARMS, mirredParms(toIfindex))])]);
-  s.request(`redirect link ${fromIfindex} → ${toIfindex} (tc mirred)`, RTM_NEWTFILTER, 0x400 | 0x200, tcmsg(fromIfindex, 0, INGRESS_HANDLE, info), [
+  s.request(`redirect link ${fromIfindex} → ${toIfindex} (tc mirred)`, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, tcmsg(fromIfindex, 0, INGRESS_HANDLE, info), [
     attr.str(TCA_KIND, 'u32'),
     attr.nested(TCA_OPTIONS, [attr.raw(TCA_U32_SEL, matchAllSelector()), attr.nested(TCA_U32_ACT, [action])]),
   ]);

@@ -6,7 +6,7 @@
  * Pure translation plus the three calls, so the mapping is unit-testable.
  */
 import type * as api from '../../protocols/agent-api';
-import { AF_INET6 } from '../../protocols/netlink/route';
+import { apiAddress, apiFamily, apiRoute } from '../../protocols/netlink/agent-shapes';
 import type { PodNetworkSnapshot } from './pod-network';
 
 export interface GuestNetworkPlan {
@@ -15,21 +15,16 @@ export interface GuestNetworkPlan {
   neighbours: api.ARPNeighbor[];
 }
 
-const fam = (f: number): api.IPFamily => (f === AF_INET6 ? 'v6' : 'v4');
-
 export function guestNetworkPlan(snap: PodNetworkSnapshot): GuestNetworkPlan {
   const nameOf = new Map(snap.endpoints.map((e) => [e.link.index, e.link.name]));
   return {
     interfaces: snap.endpoints.map((e) => ({
       device: '', name: e.link.name, mtu: e.link.mtu, hw_addr: e.link.mac, device_path: '', type: e.link.kind, raw_flags: 0,
-      ip_addresses: e.addresses.map((a) => ({ family: fam(a.family), address: a.address, mask: String(a.prefixLen) })),
+      ip_addresses: e.addresses.map(apiAddress),
     })),
-    routes: snap.routes.map((r) => ({
-      dest: r.dst ? `${r.dst}/${r.dstLen}` : '', gateway: r.gateway, device: nameOf.get(r.oif) ?? '', source: r.prefsrc,
-      scope: r.scope, family: fam(r.family), flags: 0,
-    })),
+    routes: snap.routes.map((r) => apiRoute(r, nameOf)),
     neighbours: snap.neighbours.map((n) => ({
-      to_ip_address: { family: fam(n.family), address: n.ip, mask: '' }, device: nameOf.get(n.index) ?? '', lladdr: n.mac, state: n.state, flags: n.flags,
+      to_ip_address: { family: apiFamily(n.family), address: n.ip, mask: '' }, device: nameOf.get(n.index) ?? '', lladdr: n.mac, state: n.state, flags: n.flags,
     })),
   };
 }
