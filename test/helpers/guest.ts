@@ -9,7 +9,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { expect } from 'chai';
+import { PassThrough } from 'node:stream';
 import { defaultConfig, type Config } from '../../src/runtime/config';
+import type { AgentClient } from '../../src/runtime/agent-client';
+import { attachProcess } from '../../src/runtime/stdio';
 import { skipOrFail } from './skip';
 
 export const REPO = path.resolve(__dirname, '..', '..', '..');
@@ -64,4 +67,13 @@ export function expectNothingLeft(runDir: string): void {
   const sandboxes = path.join(runDir, 'sandboxes');
   expect(fs.existsSync(sandboxes) ? fs.readdirSync(sandboxes) : [], 'sandbox dirs left').to.deep.equal([]);
   fs.rmSync(runDir, { recursive: true, force: true });
+}
+
+/** Waits for a process in the guest to end: its status and its stdout and stderr, interleaved as they came. */
+export async function collectOutput(agent: AgentClient, cid: string, execId: string): Promise<{ status: number; out: string }> {
+  const out = new PassThrough();
+  let o = '';
+  out.on('data', (d) => (o += d));
+  const st = await attachProcess(agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
+  return { status: st.status, out: o };
 }

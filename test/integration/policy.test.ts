@@ -9,14 +9,12 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PassThrough } from 'node:stream';
 import { runCommand, type CommandResult } from '../helpers/spawn';
 import { kataCtl } from '../helpers/kata-ctl';
-import { REPO, requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, CACHE, leftoverQemu } from '../helpers/guest';
+import { REPO, requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, CACHE, leftoverQemu, collectOutput } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
-import { attachProcess } from '../../src/runtime/stdio';
 import { AgentCallError } from '../../src/runtime/agent-client';
 import { hostPolicy } from '../../src/runtime/policy';
 import { policySha256 } from '../../src/protocols/agent-policy';
@@ -87,13 +85,7 @@ describe('integration: agent policy (QEMU)', function () {
     let ctlCfg = '';
     const policyText = JSON.stringify({ version: 1, requests: { deny: ['StartDebugConsole'] }, exec_process: { process: { args: [['ls', '/[a-z]*'], ['cat', '/proc/cmdline']], allow_root: false } } });
 
-    const collect = async (cid: string, execId: string) => {
-      const out = new PassThrough();
-      let o = '';
-      out.on('data', (d) => (o += d));
-      const st = await attachProcess(sandbox!.agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
-      return { status: st.status, out: o };
-    };
+    const collect = (cid: string, execId: string) => collectOutput(sandbox!.agent, cid, execId);
     const refusal = async (p: Promise<unknown>): Promise<AgentCallError> => {
       const err = await p.then(() => undefined, (e: unknown) => e);
       expect(err, 'refused').to.be.instanceOf(AgentCallError);

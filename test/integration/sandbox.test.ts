@@ -8,13 +8,11 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
-import { attachProcess } from '../../src/runtime/stdio';
 import { configureLogging } from '../../src/common/log';
 
 describe('integration: sandbox with two containers (QEMU)', function () {
@@ -27,13 +25,7 @@ describe('integration: sandbox with two containers (QEMU)', function () {
   let rootfs1 = '';
   let rootfs2 = '';
 
-  const collect = async (cid: string, execId: string) => {
-    const out = new PassThrough();
-    let o = '';
-    out.on('data', (d) => (o += d));
-    const st = await attachProcess(sandbox!.agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
-    return { status: st.status, out: o };
-  };
+  const collect = (cid: string, execId: string) => collectOutput(sandbox!.agent, cid, execId);
 
   before(async function () {
     requireGuest(this);

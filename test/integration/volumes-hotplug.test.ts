@@ -9,12 +9,10 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
-import { attachProcess } from '../../src/runtime/stdio';
 import { mountsUnder } from '../../src/runtime/volumes';
 import { configureLogging } from '../../src/common/log';
 
@@ -24,13 +22,7 @@ describe('integration: volume share hotplugged into a running sandbox (QEMU)', f
   let sandbox: Sandbox | undefined;
   const busybox = path.join(CACHE, 'rootfs', 'busybox');
 
-  const collect = async (cid: string, execId: string) => {
-    const out = new PassThrough();
-    let o = '';
-    out.on('data', (d) => (o += d));
-    const st = await attachProcess(sandbox!.agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
-    return { status: st.status, out: o };
-  };
+  const collect = (cid: string, execId: string) => collectOutput(sandbox!.agent, cid, execId);
 
   before(async function () {
     requireGuest(this);
