@@ -6,20 +6,9 @@
  * the policy does not allow is refused at Create, with no shim or VM left.
  */
 import { expect } from 'chai';
-import { requireGuest } from '../helpers/guest';
-import { skipOrFail } from '../helpers/skip';
-import { containerdAvailable, IMAGE, RUNTIME, TestContainerd } from '../helpers/containerd';
+import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
 import { POLICY_ANNOTATION } from '../../src/protocols/agent-policy';
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+import { until } from '../helpers/until';
 
 describe('e2e: agent policy by pod annotation with io.containerd.kata-ts.v2', function () {
   this.timeout(240000);
@@ -32,18 +21,11 @@ describe('e2e: agent policy by pod annotation with io.containerd.kata-ts.v2', fu
   const annotation = ['--annotation', `${POLICY_ANNOTATION}=${Buffer.from(policy).toString('base64')}`];
 
   before(async function () {
-    requireGuest(this);
-    const why = containerdAvailable();
-    if (why) skipOrFail(this, why);
-    cd = new TestContainerd();
-    await cd.start();
-    await cd.importImage();
+    cd = await startTestContainerd(this);
   });
 
   after(async () => {
-    if (!cd) return;
-    const left = await cd.stop();
-    expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
+    await stopTestContainerd(cd);
   });
 
   afterEach(function () {

@@ -9,20 +9,9 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { requireGuest } from '../helpers/guest';
-import { skipOrFail } from '../helpers/skip';
-import { containerdAvailable, IMAGE, RUNTIME, TestContainerd } from '../helpers/containerd';
+import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
 import { mountsUnder } from '../../src/runtime/volumes';
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+import { until } from '../helpers/until';
 
 describe('e2e: ctr run --mount (volumes) with io.containerd.kata-ts.v2', function () {
   this.timeout(240000);
@@ -32,21 +21,14 @@ describe('e2e: ctr run --mount (volumes) with io.containerd.kata-ts.v2', functio
   const bind = (src: string, dst: string, opts: string) => ['--mount', `type=bind,src=${src},dst=${dst},options=${opts}`];
 
   before(async function () {
-    requireGuest(this);
-    const why = containerdAvailable();
-    if (why) skipOrFail(this, why);
-    cd = new TestContainerd();
-    await cd.start();
-    await cd.importImage();
+    cd = await startTestContainerd(this);
     host = path.join(cd.dir, 'vol');
     fs.mkdirSync(host);
   });
 
   after(async () => {
-    if (!cd) return;
-    expect(mountsUnder(cd.runDir), 'volume mounts left').to.deep.equal([]);
-    const left = await cd.stop();
-    expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
+    if (cd) expect(mountsUnder(cd.runDir), 'volume mounts left').to.deep.equal([]);
+    await stopTestContainerd(cd);
   });
 
   afterEach(function () {

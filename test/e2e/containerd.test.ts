@@ -11,24 +11,13 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { requireGuest } from '../helpers/guest';
-import { skipOrFail } from '../helpers/skip';
-import { containerdAvailable, IMAGE, RUNTIME, TestContainerd, USER_IMAGE } from '../helpers/containerd';
+import { IMAGE, RUNTIME, TestContainerd, USER_IMAGE, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
 import { TtrpcClient } from '../../src/protocols/ttrpc/client';
 import { encodeFrame } from '../../src/protocols/ttrpc/frame';
 import { decode, encode } from '../../src/protocols/ttrpc/messages';
+import { until } from '../helpers/until';
 
 const TASK = 'containerd.task.v2.Task';
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
   this.timeout(240000);
@@ -42,18 +31,11 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
   const bundleOf = (id: string) => path.join(cd.dir, 'state', 'io.containerd.runtime.v2.task', cd.namespace, id);
 
   before(async function () {
-    requireGuest(this);
-    const why = containerdAvailable();
-    if (why) skipOrFail(this, why);
-    cd = new TestContainerd();
-    await cd.start();
-    await cd.importImage();
+    cd = await startTestContainerd(this);
   });
 
   after(async () => {
-    if (!cd) return;
-    const left = await cd.stop();
-    expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
+    await stopTestContainerd(cd);
   });
 
   afterEach(function () {

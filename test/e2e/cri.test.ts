@@ -30,6 +30,7 @@ import { BUSYBOX, CriContainerd, criUnavailable, HANDLERS } from '../helpers/cri
 import { skipOrFail } from '../helpers/skip';
 import { CriError, type ContainerConfig, type PodSandboxConfig } from '../helpers/cri';
 import { POLICY_ANNOTATION } from '../../src/protocols/agent-policy';
+import { until } from '../helpers/until';
 
 const HTTP_PORT = 8080;
 const HOST_PORT = 18080;
@@ -42,16 +43,6 @@ interface World {
   server: Pod; client: Pod;
   web: string; side: string; clientCtr: string;
   emptyDir: string;
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
 }
 
 function httpGet(host: string, port: number): string {
@@ -195,7 +186,7 @@ for (const handler of HANDLERS) {
       const lines = await until('both streams in the log', () => {
         const ls = fs.existsSync(file) ? fs.readFileSync(file, 'utf8').split('\n').filter(Boolean) : [];
         return ls.length >= 2 ? ls : undefined;
-      }, 20000);
+      }, 20000, 250);
       const parsed = lines.map((l) => /^(\S+) (stdout|stderr) (F|P) (.*)$/.exec(l));
       expect(parsed.every(Boolean), `CRI log lines: ${lines.join(' | ')}`).to.equal(true);
       for (const m of parsed) {
@@ -232,7 +223,7 @@ for (const handler of HANDLERS) {
       const late = await until('a host write seen in the container', async () => {
         const r = await exec(w.side, 'cat /shared/late 2>/dev/null');
         return r.out ? r.out : undefined;
-      }, 10000).catch(() => '(never)');
+      }, 10000, 250).catch(() => '(never)');
       expect(late).to.equal('after-start\n');
     });
 
@@ -242,7 +233,7 @@ for (const handler of HANDLERS) {
       expect(r.out, `client pod → ${w.server.ip}:${HTTP_PORT}: ${r.err}`).to.match(/^HTTP\/1\.[01] 200/).and.include('served by server-host');
       // The server's side (httpd -v logs each peer to stderr): the connection came from the client pod's IP, no NAT between pods.
       const log = path.join(w.server.config.log_directory!, 'web', '0.log');
-      const seen = await until('the server to log the client', () => (fs.readFileSync(log, 'utf8').includes(w.client.ip) ? true : undefined), 10000).catch(() => false);
+      const seen = await until('the server to log the client', () => (fs.readFileSync(log, 'utf8').includes(w.client.ip) ? true : undefined), 10000, 250).catch(() => false);
       expect(seen, `web's log names ${w.client.ip}: ${fs.readFileSync(log, 'utf8')}`).to.equal(true);
     });
 
@@ -392,7 +383,7 @@ for (const handler of HANDLERS) {
       }
       expect(await cd.cri.listPodSandbox()).to.deep.equal([]);
       expect(await cd.cri.listContainers()).to.deep.equal([]);
-      await until('shims and VMs to exit', () => (cd.shimPids().length + cd.qemuPids().length === 0 ? true : undefined), 30000)
+      await until('shims and VMs to exit', () => (cd.shimPids().length + cd.qemuPids().length === 0 ? true : undefined), 30000, 250)
         .catch(() => undefined);
       expect(cd.shimPids(), 'shims').to.deep.equal([]);
       expect(cd.qemuPids(), 'QEMU').to.deep.equal([]);

@@ -25,20 +25,9 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { requireGuest } from '../helpers/guest';
-import { skipOrFail } from '../helpers/skip';
 import { kataCtl } from '../helpers/kata-ctl';
-import { containerdAvailable, IMAGE, RUNTIME, TestContainerd } from '../helpers/containerd';
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
+import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
+import { until } from '../helpers/until';
 
 function socketsUnder(dir: string, out: string[] = []): string[] {
   let entries: fs.Dirent[] = [];
@@ -153,12 +142,7 @@ describe('e2e: faults mid-operation (ctr, kata-ts shim, QEMU)', function () {
   };
 
   before(async function () {
-    requireGuest(this);
-    const why = containerdAvailable();
-    if (why) skipOrFail(this, why);
-    cd = new TestContainerd();
-    await cd.start();
-    await cd.importImage();
+    cd = await startTestContainerd(this);
     events = spawn('ctr', ['--address', cd.socket, 'events'], { stdio: ['ignore', 'pipe', 'ignore'] });
     events.stdout!.on('data', (b: Buffer) => (evs += b.toString()));
   });
@@ -182,9 +166,7 @@ describe('e2e: faults mid-operation (ctr, kata-ts shim, QEMU)', function () {
 
   after(async () => {
     events?.kill();
-    if (!cd) return;
-    const left = await cd.stop();
-    expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
+    await stopTestContainerd(cd);
   });
 
   it('SIGKILL of QEMU during an exec: containerd sees both exit (255), delete and cleanup leave nothing', async () => {

@@ -13,7 +13,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { CACHE, REPO } from './guest';
+import { expect } from 'chai';
+import { CACHE, REPO, requireGuest } from './guest';
+import { skipOrFail } from './skip';
 import { runCommand, type CommandResult } from './spawn';
 
 export type CtrResult = CommandResult;
@@ -207,4 +209,26 @@ export class TestContainerd {
     fs.rmSync(this.dir, { recursive: true, force: true });
     return left;
   }
+}
+
+/**
+ * The e2e suites' `before`: a private containerd started with the test
+ * images imported, or a skip (a failure under CI=true) naming what is
+ * missing — the guest or containerd itself.
+ */
+export async function startTestContainerd(ctx: Mocha.Context): Promise<TestContainerd> {
+  requireGuest(ctx);
+  const why = containerdAvailable();
+  if (why) skipOrFail(ctx, why);
+  const cd = new TestContainerd();
+  await cd.start();
+  await cd.importImage();
+  return cd;
+}
+
+/** The e2e suites' `after`: stops containerd and fails if any shim, VM or mount was left running. */
+export async function stopTestContainerd(cd: TestContainerd | undefined): Promise<void> {
+  if (!cd) return;
+  const left = await cd.stop();
+  expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
 }

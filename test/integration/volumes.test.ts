@@ -16,19 +16,10 @@ import { execFileSync } from 'node:child_process';
 import { runCommand, type CommandResult } from '../helpers/spawn';
 import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu } from '../helpers/guest';
 import { mountsUnder } from '../../src/runtime/volumes';
+import { until } from '../helpers/until';
 
 function kataTs(args: string[], opts: { input?: string; timeoutMs?: number } = {}): Promise<CommandResult> {
   return runCommand(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), ...args], opts);
-}
-
-async function until<T>(what: string, fn: () => T | undefined, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 describe('integration: kata-ts run --volume (QEMU)', function () {
@@ -100,7 +91,7 @@ describe('integration: kata-ts run --volume (QEMU)', function () {
       '-v', `${hosts}:/etc/hosts`, '-v', `${shm}:/dev/shm`, '--', 'sh', '-c', script]);
     let result: CommandResult | undefined;
     void pending.then((r) => (result = r));
-    await until('the container to get ready', () => (fs.existsSync(path.join(data, 'ready')) ? true : result ? (() => { throw new Error(`kata-ts run ended early: ${JSON.stringify(result)}`); })() : undefined), 180000);
+    await until('the container to get ready', () => (fs.existsSync(path.join(data, 'ready')) ? true : result ? (() => { throw new Error(`kata-ts run ended early: ${JSON.stringify(result)}`); })() : undefined), 180000, 100);
     // Read-only is the host's mount, not only the guest's flag.
     const shared = path.join(runDir, 'sandboxes', name, 'shared');
     const ms = mountsUnder(shared);
@@ -143,7 +134,7 @@ describe('integration: kata-ts run --volume (QEMU)', function () {
       fs.mkdirSync(sig);
       const pending = run(['--name', 'vol2', '-v', `${src}:/vol:ro`, '-v', `${sig}:/sig`, '--', 'sh', '-c',
         'echo "before: $(ls /vol/sub)"; echo ready > /sig/ready; i=0; until [ -e /vol/sub/NEW ] || [ $i -gt 300 ]; do i=$((i+1)); sleep 0.1; done; echo "after: $(ls /vol/sub)"']);
-      await until('the container to look once', () => (fs.existsSync(path.join(sig, 'ready')) ? true : undefined), 180000);
+      await until('the container to look once', () => (fs.existsSync(path.join(sig, 'ready')) ? true : undefined), 180000, 100);
       execFileSync('mount', ['-t', 'tmpfs', 'tmpfs', path.join(src, 'sub')]);
       fs.writeFileSync(path.join(src, 'sub', 'NEW'), '');
       const r = await pending;
