@@ -304,7 +304,11 @@ describe('QemuHypervisor with a stand-in QEMU: PCI slots, owner death', function
       });
       expect(alive(qemuPid), 'stand-in QEMU running').to.equal(true);
       // The QEMU pid is QEMU's own (setpriv execs it), as -pidfile and `shim delete` expect.
-      expect(fs.readFileSync(`/proc/${qemuPid}/cmdline`, 'utf8').split('\0')[0]).to.equal('sleep');
+      // The stand-in is a script that execs sleep: give its exec chain (setpriv →
+      // /bin/sh → sleep) a moment to finish before reading what the pid runs.
+      const cmd = () => fs.readFileSync(`/proc/${qemuPid}/cmdline`, 'utf8').split('\0')[0];
+      for (const end = Date.now() + 2000; cmd() !== 'sleep' && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20));
+      expect(cmd()).to.equal('sleep');
       const exited = new Promise((r) => owner.once('exit', r));
       owner.kill('SIGKILL');
       await exited;
