@@ -98,6 +98,32 @@ Napi::Value FstatId(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// residentPages(arrayBuffer, offset, length, out Uint8Array) -> resident count.
+// mincore(2) over a mapped range: out[i] = 1 when page i is in memory. For a
+// shared memfd mapping it reports the file's page cache, so the page scanner
+// (src/memory) reads only pages the guest has really touched: reading a hole
+// of a shmem mapping would allocate it and grow the VM's footprint.
+Napi::Value ResidentPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* addr; uint64_t len;
+  if (!Range(info, &addr, &len)) return env.Null();
+  if (!info[3].IsTypedArray()) {
+    Napi::TypeError::New(env, "expected a Uint8Array for the result").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  Napi::Uint8Array out = info[3].As<Napi::Uint8Array>();
+  uint64_t pages = len / kPage;
+  if (out.ElementLength() < pages) {
+    Napi::RangeError::New(env, "result array shorter than the page count").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  uint8_t* vec = out.Data();
+  if (mincore(addr, len, vec) != 0) { SyscallError(env, "mincore", errno).ThrowAsJavaScriptException(); return env.Null(); }
+  uint64_t n = 0;
+  for (uint64_t i = 0; i < pages; i++) { vec[i] &= 1; n += vec[i]; }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
 }  // namespace
 
 void InitMem(Napi::Env env, Napi::Object exports) {
@@ -105,4 +131,5 @@ void InitMem(Napi::Env env, Napi::Object exports) {
   exports.Set("mapFileOver", Napi::Function::New(env, MapFileOver));
   exports.Set("unmapOver", Napi::Function::New(env, UnmapOver));
   exports.Set("fstatId", Napi::Function::New(env, FstatId));
+  exports.Set("residentPages", Napi::Function::New(env, ResidentPages));
 }

@@ -57,6 +57,8 @@ export interface NativeAddon {
   unmapOver(buffer: ArrayBuffer, offset: number, length: number): void;
   /** Identity of an open file, to tell whether two fds are the same memfd. */
   fstatId(fd: number): { dev: number; ino: number; size: number };
+  /** mincore(2): out[i] = 1 when page i of buffer[offset, offset+length) is resident; returns the count. */
+  residentPages(buffer: ArrayBuffer, offset: number, length: number, out: Uint8Array): number;
 
   // --- native/src/sock.cc: eventfds, fd passing, vsock, readiness ---
   // Non-blocking throughout: -1 means EAGAIN ("try again when ready").

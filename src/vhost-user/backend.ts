@@ -116,6 +116,15 @@ export class VhostUserBackend {
   /** Messages handled on the current and past connections. */
   messages = 0;
 
+  /**
+   * Guest RAM as the front end's last SET_MEM_TABLE mapped it into `hot`
+   * (empty before one, or after a disconnect): the page scanner
+   * (src/memory/scanner.ts) reads the guest's pages here, in place.
+   */
+  get guestMemoryRegions(): ReadonlyArray<{ gpa: bigint; size: number; offset: number }> {
+    return this.mem.regions;
+  }
+
   constructor(readonly opts: VhostUserBackendOptions) {
     this.device = opts.device;
     this.queueCount = opts.queues ?? opts.device.queueMaxSizes.length;
