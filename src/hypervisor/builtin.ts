@@ -62,7 +62,7 @@ export class BuiltinHypervisor implements Hypervisor {
     this.console = fs.createWriteStream(consoleLog);
     const devices: VirtioDevice[] = [];
     devices.push(new BlkDevice({ path: cfg.image, readonly: true, id: 'kata-root' }));
-    for (const d of cfg.disks) devices.push(new BlkDevice({ path: d.path, readonly: d.readonly, id: d.id }));
+    for (const d of cfg.disks) devices.push(new BlkDevice({ path: d.path, readonly: d.readonly, id: d.id, backend: d.backend }));
     this.vsock = new HybridVsock(agentSocket, { guestCid: BUILTIN_GUEST_CID });
     await this.vsock.listen();
     devices.push(this.vsock.device);

@@ -4,11 +4,19 @@
  * process). Kata's runtime-rs has the same seam. Devices are described
  * abstractly; each implementation maps them onto its own transport.
  */
+import type { BlkBackend } from '../virtio/blk/device';
+
 export interface DiskDevice {
   /** Stable id; becomes the virtio-blk serial the agent looks the disk up by. */
   id: string;
   path: string;
   readonly: boolean;
+  /**
+   * Bytes computed by this process instead of read from `path` (a converted
+   * image's blob device, src/image/blob-device.ts). Only our own virtio-blk
+   * device can serve it (QEMU's vhost-user-blk driver; the builtin VMM).
+   */
+  backend?: BlkBackend;
 }
 
 /** A host directory shared into the guest with virtio-fs (our FUSE server). */
@@ -59,6 +67,8 @@ export interface VmInfo {
   agentSocket: string;
   consoleLog: string;
   accel: string;
+  /** The guest's vsock CID, when it is not the fixed default (a VM template clone's own). */
+  guestCid?: number;
 }
 
 export interface Hypervisor {

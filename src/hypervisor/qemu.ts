@@ -79,6 +79,16 @@ interface BootSlotPlan {
   next: number;
 }
 
+/** A VM started from a template (startClone): built by src/factory. */
+export interface QemuClone {
+  /** QEMU's argv but -qmp/-pidfile: the template's machine, RAM and devices, -S -incoming defer, its own console. */
+  args: string[];
+  /** Loads the template's state over QMP and resumes the guest. */
+  restore(qmp: QmpClient): Promise<void>;
+  /** This clone's vsock CID (our device's config space answers it). */
+  guestCid: number;
+}
+
 /** QMP/QEMU spelling of a PCI slot number (device_add addr). */
 function slotAddr(slot: number): string {
   return `0x${slot.toString(16)}`;
@@ -111,7 +121,7 @@ function findSetpriv(): string | null {
  * the process's own end. The shim's `delete` still cleans up after a dead
  * shim (it finds the VM already gone).
  */
-function ownedBy(binary: string, args: string[], log: Logger): [string, string[]] {
+export function ownedBy(binary: string, args: string[], log: Logger): [string, string[]] {
   const setpriv = findSetpriv();
   if (!setpriv) {
     log.warn('setpriv (util-linux) not found: QEMU will outlive this process if it is killed');
@@ -149,6 +159,11 @@ export class QemuHypervisor implements Hypervisor {
   private hotSeq = 0;
   readonly blockDriver: BlockDriver;
   readonly rootBlockDriver: BlockDriver;
+
+  /** The options this hypervisor runs QEMU with (a VM template's key needs them). */
+  get settings(): Readonly<QemuOptions> {
+    return this.opts;
+  }
 
   constructor(private readonly opts: QemuOptions) {
     this.blockDriver = opts.blockDriver ?? 'vhost-user-blk';
@@ -271,6 +286,8 @@ export class QemuHypervisor implements Hypervisor {
     if (!fs.existsSync(this.opts.binary)) throw new QemuError('config', `QEMU not found at ${this.opts.binary}`);
     for (const n of cfg.nets ?? []) QemuHypervisor.checkNet(n);
     for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
+    // A computed disk (d.backend) exists only in this process: QEMU's own virtio-blk cannot open it.
+    if (this.blockDriver !== 'vhost-user-blk' && cfg.disks.some((d) => d.backend)) throw new QemuError('config', 'converted-image disks need block_device_driver = "vhost-user-blk" (our virtio-blk device computes their bytes)');
     for (const sh of cfg.shares ?? []) {
       if (!/^[A-Za-z0-9_.-]{1,36}$/.test(sh.tag)) throw new QemuError('config', `virtio-fs tag "${sh.tag}" must be 1-36 of [A-Za-z0-9_.-]`);
       if (!fs.existsSync(sh.path) || !fs.statSync(sh.path).isDirectory()) throw new QemuError('config', `virtio-fs share ${sh.path} is not a directory`);
@@ -300,14 +317,28 @@ export class QemuHypervisor implements Hypervisor {
     try {
       (cfg.shares ?? []).forEach((sh, i) => devices.addFs(sh.tag, sh.path, QemuHypervisor.bootSocket(cfg.dir, 'fs', i), QemuHypervisor.bootShareIds(i)));
       if (this.rootBlockDriver === 'vhost-user-blk') devices.addBlk('kata-root', cfg.image, true, QemuHypervisor.bootSocket(cfg.dir, 'root'));
-      if (this.blockDriver === 'vhost-user-blk') cfg.disks.forEach((d, i) => devices.addBlk(d.id, d.path, d.readonly, QemuHypervisor.bootSocket(cfg.dir, 'disk', i)));
+      if (this.blockDriver === 'vhost-user-blk') cfg.disks.forEach((d, i) => devices.addBlk(d.id, d.path, d.readonly, QemuHypervisor.bootSocket(cfg.dir, 'disk', i), d.backend));
     } catch (err) {
       await this.closeBackends();
       throw new QemuError('config', `cannot serve the VM's devices: ${(err as Error).message}`, { cause: err });
     }
     const args = this.commandLine(cfg);
+    const pid = await this.spawnQemu(cfg.dir, args, (cfg.nets ?? []).map((n) => n.fd));
+    return {
+      hypervisor: 'qemu', pids: [pid], agentSocket: path.join(cfg.dir, 'vsock.sock'),
+      consoleLog: path.join(cfg.dir, 'console.log'), accel: this.opts.accel,
+    };
+  }
+
+  /**
+   * Spawns QEMU with `args` (plus QMP and pid file in `dir`) and `fds` as
+   * its fds 3, 4, …; resolves with its pid once QMP answers. If QEMU exits
+   * first, our device backends are closed and the reason is thrown.
+   */
+  private async spawnQemu(dir: string, args: string[], fds: number[]): Promise<number> {
     this.log.debug('starting qemu', { args });
-    const child = spawn(...ownedBy(this.opts.binary, args, this.log), { stdio: ['ignore', 'ignore', 'pipe', ...(cfg.nets ?? []).map((n) => n.fd)], detached: false });
+    this.stopping = false; // a VM may be started again after a failed start (a template clone's fallback)
+    const child = spawn(...ownedBy(this.opts.binary, args, this.log), { stdio: ['ignore', 'ignore', 'pipe', ...fds], detached: false });
     this.child = child;
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => {
@@ -322,7 +353,7 @@ export class QemuHypervisor implements Hypervisor {
       child.on('error', (err) => resolve(`QEMU failed to start: ${err.message}`));
     });
     const qmp = new QmpClient();
-    const connected = qmp.connect(path.join(cfg.dir, 'qmp.sock'), 15000).then(() => 'ok' as const);
+    const connected = qmp.connect(path.join(dir, 'qmp.sock'), 15000).then(() => 'ok' as const);
     const res = await Promise.race([connected, this.exitReason]);
     if (res !== 'ok') {
       qmp.close();
@@ -330,9 +361,52 @@ export class QemuHypervisor implements Hypervisor {
       throw new QemuError('exited', res);
     }
     this.qmp = qmp;
+    return child.pid ?? 0;
+  }
+
+  /**
+   * Starts this VM as a clone of a VM template (src/factory): QEMU runs
+   * `clone.args` (the template's machine, memory and QEMU-own devices, with
+   * -S -incoming defer), `clone.restore` loads the template's device state
+   * and resumes the guest; then the sandbox's own devices are hotplugged —
+   * our vhost-user-vsock agent channel at its usual slot 4 with this
+   * clone's CID, then cfg's shares, disks and nets through addShare /
+   * addDisk / addNet — so none of them is in the template (QEMU cannot
+   * migrate vhost-user-vsock/-fs) and CID and MACs are the clone's own.
+   * Any failure stops QEMU and everything served for it.
+   */
+  async startClone(cfg: VmConfig, clone: QemuClone): Promise<VmInfo> {
+    if (this.opts.machine !== 'pc') throw new QemuError('config', `VM templates need the pc machine (ACPI hotplug of the agent channel), not ${this.opts.machine}`);
+    for (const n of cfg.nets ?? []) QemuHypervisor.checkNet(n);
+    this.cfg = cfg;
+    this.usedSlots.clear();
+    this.diskSlots.clear();
+    this.shareSlots.clear();
+    this.netSlots.clear();
+    fs.mkdirSync(cfg.dir, { recursive: true });
+    this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid });
+    await this.vsock.listen();
+    const vsockSock = path.join(cfg.dir, 'vhost-vsock.sock');
+    this.vsockBackend = new VhostUserBackend({ socketPath: vsockSock, device: this.vsock.device, guestBytes: cfg.memoryMiB * 1024 * 1024, queues: 2, name: 'vsock' });
+    this.vsockBackend.listen();
+    this.devices = new VhostUserDevices(cfg.memoryMiB * 1024 * 1024);
+    let pid = 0;
+    try {
+      pid = await this.spawnQemu(cfg.dir, clone.args, []);
+      const qmp = this.requireQmp();
+      await clone.restore(qmp);
+      await qmp.execute('chardev-add', unixClientChardev('vsock', vsockSock));
+      await qmp.execute('device_add', { driver: 'vhost-user-vsock-pci', id: 'vsock0', chardev: 'vsock', addr: slotAddr(4) });
+      for (const sh of cfg.shares ?? []) await this.addShare(sh);
+      for (const d of cfg.disks) await this.addDisk(d);
+      for (const n of cfg.nets ?? []) await this.addNet(n);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
     return {
-      hypervisor: 'qemu', pids: [child.pid ?? 0], agentSocket: path.join(cfg.dir, 'vsock.sock'),
-      consoleLog: path.join(cfg.dir, 'console.log'), accel: this.opts.accel,
+      hypervisor: 'qemu', pids: [pid], agentSocket: path.join(cfg.dir, 'vsock.sock'),
+      consoleLog: path.join(cfg.dir, 'console.log'), accel: this.opts.accel, guestCid: clone.guestCid,
     };
   }
 
@@ -385,11 +459,12 @@ export class QemuHypervisor implements Hypervisor {
     const qmp = this.requireHotplug('disks');
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     if (this.diskSlots.has(d.id)) throw new QemuError('config', `disk ${d.id} is already attached`);
+    if (d.backend && this.blockDriver !== 'vhost-user-blk') throw new QemuError('config', `disk ${d.id} is a converted-image device: it needs block_device_driver = "vhost-user-blk"`);
     const slot = this.takeSlot();
     const addr = slotAddr(slot);
     try {
       if (this.blockDriver === 'vhost-user-blk') {
-        const s = this.requireDevices().addBlk(d.id, d.path, d.readonly, path.join(this.cfg!.dir, `vb-h${this.hotSeq++}.sock`));
+        const s = this.requireDevices().addBlk(d.id, d.path, d.readonly, path.join(this.cfg!.dir, `vb-h${this.hotSeq++}.sock`), d.backend);
         await this.plugVhostUser(s, { driver: 'vhost-user-blk-pci', 'num-queues': 1, 'queue-size': BLK_QUEUE_SIZE, addr });
       } else {
         await qmp.execute('blockdev-add', {

@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { logger } from '../common/log';
 import { errorMessage } from '../common/errors';
 import { VhostUserBackend } from '../vhost-user/backend';
-import { BlkDevice } from '../virtio/blk/device';
+import { BlkDevice, type BlkBackend } from '../virtio/blk/device';
 import { VirtioFsDevice } from '../virtio/fs/device';
 import type { VirtioDevice } from '../virtio/device';
 
@@ -54,10 +54,13 @@ export class VhostUserDevices {
 
   constructor(private readonly guestBytes: number) {}
 
-  /** Starts serving a file-backed virtio-blk disk; `id` is its GET_ID serial. */
-  addBlk(id: string, file: string, readonly: boolean, socket: string): ServedDevice {
+  /**
+   * Starts serving a file-backed virtio-blk disk (or, given `backend`, a
+   * read-only computed one); `id` is its GET_ID serial.
+   */
+  addBlk(id: string, file: string, readonly: boolean, socket: string, backend?: BlkBackend): ServedDevice {
     // O_RDONLY for read-only images: a hostile driver's writes fail in the kernel too.
-    const device = new BlkDevice({ path: file, readonly, id, queueSize: BLK_QUEUE_SIZE });
+    const device = new BlkDevice({ path: file, readonly, id, queueSize: BLK_QUEUE_SIZE, backend });
     return this.serve(`blk:${id}`, 'blk', device, socket, `vub-${id}`, `dev-${id}`);
   }
 

@@ -14,6 +14,11 @@
  * become Buffers aliasing the hot WebAssembly.Memory (decision 1) handed to
  * preadv/pwritev on the libuv pool. Requests complete out of order; a used
  * element is pushed when its I/O ends. Transport-agnostic (device.ts).
+ *
+ * Instead of a file, a disk may be served by a read-only BlkBackend (e.g. a
+ * converted image's virtual blob device, src/image/blob-device.ts, whose
+ * bytes are computed per request): IN requests go to backend.read(), and a
+ * backend failure is VIRTIO_BLK_S_IOERR for that request only.
  */
 import * as fs from 'node:fs';
 import { KataError } from '../../common/errors';
@@ -42,8 +47,22 @@ export const SECTOR = 512;
 export const VIRTIO_BLK_ID_BYTES = 20;
 const REQ_HDR = 16;
 
+/**
+ * A read-only source of a disk's bytes. read() fills `bufs` (in order) from
+ * byte `offset`; it rejects when the bytes cannot be produced correctly, and
+ * then the guest gets an I/O error, never other bytes.
+ */
+export interface BlkBackend {
+  readonly size: number;
+  read(bufs: Buffer[], offset: number): Promise<void>;
+  close?(): void;
+}
+
 export interface BlkDeviceOptions {
+  /** Backing file (ignored when `backend` is given). */
   path: string;
+  /** Serve this read-only backend instead of a file (implies readonly). */
+  backend?: BlkBackend;
   readonly?: boolean;
   /** GET_ID answer (≤ 20 bytes, the "serial"). */
   id?: string;
@@ -69,8 +88,9 @@ export class BlkDevice implements VirtioDevice {
   private closed = false;
 
   constructor(readonly opts: BlkDeviceOptions) {
-    this.fd = fs.openSync(opts.path, opts.readonly ? 'r' : 'r+');
-    const size = fs.fstatSync(this.fd).size;
+    if (opts.backend) opts = this.opts = { ...opts, readonly: true };
+    this.fd = opts.backend ? -1 : fs.openSync(opts.path, opts.readonly ? 'r' : 'r+');
+    const size = opts.backend ? opts.backend.size : fs.fstatSync(this.fd).size;
     this.capacitySectors = BigInt(Math.floor(size / SECTOR));
     const qs = opts.queueSize ?? 256;
     this.queueMaxSizes = [qs];
@@ -101,7 +121,11 @@ export class BlkDevice implements VirtioDevice {
 
   close(): void {
     this.reset();
-    if (!this.closed) { this.closed = true; fs.closeSync(this.fd); }
+    if (!this.closed) {
+      this.closed = true;
+      if (this.opts.backend) this.opts.backend.close?.();
+      else fs.closeSync(this.fd);
+    }
   }
 
   queueNotify(index: number): void {
@@ -168,6 +192,17 @@ export class BlkDevice implements VirtioDevice {
         const len = total();
         if (!this.inRange(sector, len)) { done(VIRTIO_BLK_S_IOERR, 0); return; }
         this.metrics.reads++;
+        const backend = this.opts.backend;
+        if (backend) {
+          backend.read(bufs, Number(sector) * SECTOR).then(() => {
+            this.metrics.readBytes += len;
+            done(VIRTIO_BLK_S_OK, len);
+          }, (err: unknown) => {
+            this.log.warn('backend read failed', { id: this.opts.id, sector: String(sector), len, err: err instanceof Error ? err.message : String(err) });
+            done(VIRTIO_BLK_S_IOERR, 0);
+          });
+          return;
+        }
         fs.readv(this.fd, bufs, Number(sector) * SECTOR, (err, n) => {
           if (err) this.log.warn('read failed', { err: err.message });
           // Past EOF of a non-sector-multiple file: the tail reads as zeros.
