@@ -1,62 +1,63 @@
 /**
- * gRPC AgentService implementation: one handler per RPC, each translating the
- * request onto AgentSandbox and its errors onto gRPC status codes — the only
- * place agent errors meet wire codes. The code comes from the KataError kind
+ * The AgentService implementation: one handler per RPC of proto/agent.proto,
+ * each translating the request onto AgentSandbox. Handlers are plain async
+ * functions (unary) or async generators (server streaming), independent of
+ * the transport; agentRpcServer() serves them over ttrpc (rpc-server.ts).
+ *
+ * agentStatus() is the only place agent errors meet wire codes (gRPC code
+ * numbers, which ttrpc carries): the code comes from the KataError kind
  * (AgentError, StorageError 'failed-precondition', BundleError 'invalid');
  * anything else is INTERNAL. Every request first passes the agent policy
  * (policy.ts): a denial is PERMISSION_DENIED naming the rule.
+ *
+ * To add an RPC: declare it in proto/agent.proto (the single source of the
+ * service) and add one line to the table in agentHandlers().
  */
-import * as grpc from '@grpc/grpc-js';
 import type * as api from '../protocols/agent-api';
+import { AGENT_SERVICE, agentMethods } from '../protocols/agent-api';
 import { KataError, errorMessage } from '../common/errors';
+import { Code } from '../protocols/ttrpc/codes';
+import { RpcServer, type CallContext, type RpcMethod, type RpcStatus } from '../protocols/ttrpc/rpc-server';
 import type { AgentError } from './container';
 import type { AgentSandbox } from './sandbox';
 import type { OutputPipe } from './output';
 import { PolicyGate } from './policy';
-import { agentServiceDefinition } from '../protocols/agent-api';
 
-type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+export type UnaryHandler = (req: any, ctx: CallContext) => Promise<unknown>;
+export type StreamHandler = (req: any, ctx: CallContext) => AsyncIterable<unknown>;
+export type AgentHandlers = Record<string, UnaryHandler | StreamHandler>;
 
-const STATUS: Record<AgentError['kind'], grpc.status> = {
-  'not-found': grpc.status.NOT_FOUND, 'already-exists': grpc.status.ALREADY_EXISTS, invalid: grpc.status.INVALID_ARGUMENT,
-  'failed-precondition': grpc.status.FAILED_PRECONDITION, 'permission-denied': grpc.status.PERMISSION_DENIED, internal: grpc.status.INTERNAL,
+/** Largest agent message either way (requests carry OCI specs and stdin; replies stdout chunks). */
+export const AGENT_MAX_MESSAGE = 16 * 1024 * 1024;
+
+const STATUS: Record<AgentError['kind'], number> = {
+  'not-found': Code.NotFound, 'already-exists': Code.AlreadyExists, invalid: Code.InvalidArgument,
+  'failed-precondition': Code.FailedPrecondition, 'permission-denied': Code.PermissionDenied, internal: Code.Internal,
 };
 
-function toStatus(err: unknown): grpc.ServiceError {
+/** An error thrown by a handler (or the policy) as the status the host receives. */
+export function agentStatus(err: unknown): RpcStatus {
   const message = errorMessage(err);
-  const code = err instanceof KataError && Object.hasOwn(STATUS, err.kind) ? STATUS[err.kind as AgentError['kind']] : grpc.status.INTERNAL;
-  return Object.assign(new Error(message), { code, details: message, metadata: new grpc.Metadata() });
+  const code = err instanceof KataError && Object.hasOwn(STATUS, err.kind) ? STATUS[err.kind as AgentError['kind']] : Code.Internal;
+  return { code, message };
 }
 
-function unary<Req, Res>(fn: (req: Req) => Promise<Res>): Unary<Req, Res> {
-  return (call, cb) => {
-    fn(call.request).then((r) => cb(null, r), (err) => cb(toStatus(err)));
-  };
-}
-
-function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['process']>) => OutputPipe) {
-  return (call: grpc.ServerWritableStream<api.ProcessRef, api.ReadStreamResponse>) => {
-    let pipe: OutputPipe;
+function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['process']>) => OutputPipe): StreamHandler {
+  return async function* (req: api.ProcessRef, ctx: CallContext) {
+    const pipe = pick(sb.process(req));
+    // The host cancels by closing the stream's connection: wake the pending
+    // read so the pipe is free for the next reader, with nothing lost.
+    const onAbort = () => pipe.interrupt();
+    ctx.signal.addEventListener('abort', onAbort);
     try {
-      pipe = pick(sb.process(call.request));
-    } catch (err) {
-      call.destroy(toStatus(err));
-      return;
-    }
-    let cancelled = false;
-    call.on('cancelled', () => {
-      cancelled = true;
-      pipe.interrupt();
-    });
-    (async () => {
       for (;;) {
         const chunk = await pipe.read();
-        if (cancelled) return;
-        if (chunk === null) break;
-        if (!call.write({ data: chunk })) await new Promise((r) => call.once('drain', r));
+        if (ctx.signal.aborted || chunk === null) return;
+        yield { data: chunk };
       }
-      call.end();
-    })().catch((err) => call.destroy(toStatus(err)));
+    } finally {
+      ctx.signal.removeEventListener('abort', onAbort);
+    }
   };
 }
 
@@ -64,65 +65,79 @@ function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['proce
  * The policy check at the edge: every handler is wrapped, so no RPC — also
  * one added later — runs before the gate (policy.ts) has admitted it.
  */
-function guarded(gate: PolicyGate, handlers: grpc.UntypedServiceImplementation): grpc.UntypedServiceImplementation {
-  const def = agentServiceDefinition();
-  const out: grpc.UntypedServiceImplementation = {};
+function guarded(gate: PolicyGate, handlers: AgentHandlers): AgentHandlers {
+  const out: AgentHandlers = {};
   for (const [rpc, h] of Object.entries(handlers)) {
-    const streaming = def[rpc]?.responseStream ?? false;
-    out[rpc] = ((call: grpc.ServerUnaryCall<unknown, unknown> & grpc.ServerWritableStream<unknown, unknown>, cb?: grpc.sendUnaryData<unknown>) => {
-      try {
-        gate.admit(rpc, call.request);
-      } catch (err) {
-        if (streaming) call.destroy(toStatus(err));
-        else cb!(toStatus(err));
-        return;
+    const streaming = agentMethods().get(rpc)?.responseStream ?? false;
+    out[rpc] = streaming
+      ? async function* (req: unknown, ctx: CallContext) {
+        gate.admit(rpc, req);
+        yield* (h as StreamHandler)(req, ctx);
       }
-      (h as (c: unknown, cb?: unknown) => void)(call, cb);
-    }) as grpc.UntypedHandleCall;
+      : async (req: unknown, ctx: CallContext) => {
+        gate.admit(rpc, req);
+        return (h as UnaryHandler)(req, ctx);
+      };
   }
   return out;
 }
 
-export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGate()): grpc.UntypedServiceImplementation {
+export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGate()): AgentHandlers {
   return guarded(gate, {
-    CreateSandbox: unary<api.CreateSandboxRequest, api.Empty>(async (r) => (await sb.createSandbox(r), {})),
-    DestroySandbox: unary<api.Empty, api.Empty>(async () => (await sb.destroySandbox(), {})),
-    GetGuestDetails: unary<api.Empty, api.GuestDetailsResponse>(() => sb.guestDetails()),
-    Check: unary<{ service: string }, api.HealthCheckResponse>(async () => ({ status: 'SERVING' })),
-    CreateContainer: unary<api.CreateContainerRequest, api.Empty>(async (r) => (await sb.createContainer(r), {})),
-    StartContainer: unary<api.StartContainerRequest, api.StartContainerResponse>(async (r) => ({ pid: await sb.startContainer(r.container_id) })),
-    RemoveContainer: unary<api.RemoveContainerRequest, api.Empty>(async (r) => (await sb.removeContainer(r.container_id, r.timeout), {})),
-    StatsContainer: unary<{ container_id: string }, api.StatsContainerResponse>((r) => sb.stats(r.container_id)),
-    PauseContainer: unary<{ container_id: string }, api.Empty>(async (r) => (await sb.pauseContainer(r.container_id), {})),
-    ResumeContainer: unary<{ container_id: string }, api.Empty>(async (r) => (await sb.resumeContainer(r.container_id), {})),
-    UpdateContainer: unary<api.UpdateContainerRequest, api.Empty>(async (r) => (await sb.updateContainer(r), {})),
-    GetOOMEvent: (call: grpc.ServerUnaryCall<api.Empty, api.OOMEvent>, cb: grpc.sendUnaryData<api.OOMEvent>) => {
+    CreateSandbox: async (r: api.CreateSandboxRequest) => (await sb.createSandbox(r), {}),
+    DestroySandbox: async () => (await sb.destroySandbox(), {}),
+    GetGuestDetails: () => sb.guestDetails(),
+    Check: async () => ({ status: 'SERVING' }),
+    CreateContainer: async (r: api.CreateContainerRequest) => (await sb.createContainer(r), {}),
+    StartContainer: async (r: api.StartContainerRequest) => ({ pid: await sb.startContainer(r.container_id) }),
+    RemoveContainer: async (r: api.RemoveContainerRequest) => (await sb.removeContainer(r.container_id, r.timeout), {}),
+    StatsContainer: (r: { container_id: string }) => sb.stats(r.container_id),
+    PauseContainer: async (r: { container_id: string }) => (await sb.pauseContainer(r.container_id), {}),
+    ResumeContainer: async (r: { container_id: string }) => (await sb.resumeContainer(r.container_id), {}),
+    UpdateContainer: async (r: api.UpdateContainerRequest) => (await sb.updateContainer(r), {}),
+    GetOOMEvent: async (_r: api.Empty, ctx: CallContext) => {
       // A long poll: a caller that goes away must not take the next event with it.
-      let gone = false;
       const { promise, cancel } = sb.waitOom();
-      call.on('cancelled', () => {
-        gone = true;
-        cancel();
-      });
-      promise.then((id) => {
-        if (gone) sb.requeueOom(id);
-        else cb(null, { container_id: id });
-      });
+      const onAbort = () => cancel();
+      ctx.signal.addEventListener('abort', onAbort);
+      const id = await promise;
+      ctx.signal.removeEventListener('abort', onAbort);
+      if (ctx.signal.aborted) {
+        sb.requeueOom(id);
+        throw new KataError('internal', 'caller gone');
+      }
+      return { container_id: id };
     },
-    ExecProcess: unary<api.ExecProcessRequest, api.ExecProcessResponse>(async (r) => ({ pid: await sb.execProcess(r) })),
-    SignalProcess: unary<api.SignalProcessRequest, api.Empty>(async (r) => (await sb.signalProcess(r), {})),
-    WaitProcess: unary<api.ProcessRef, api.WaitProcessResponse>((r) => sb.waitProcess(r)),
-    WriteStdin: unary<api.WriteStreamRequest, api.WriteStreamResponse>(async (r) => ({ len: await sb.process(r).writeStdin(r.data) })),
-    CloseStdin: unary<api.ProcessRef, api.Empty>(async (r) => (sb.process(r).closeStdin(), {})),
-    TtyWinResize: unary<api.TtyWinResizeRequest, api.Empty>(async (r) => (sb.process(r).resize(r.row, r.column), {})),
-    StartDebugConsole: unary<api.DebugConsoleRequest, api.DebugConsoleResponse>((r) => sb.startDebugConsole(r)),
-    GetGuestStats: unary<api.Empty, api.GuestStatsResponse>(() => sb.guestStats()),
-    UpdateInterface: unary<api.UpdateInterfaceRequest, api.Interface>(async (r) => sb.network.updateInterface(r.interface)),
-    UpdateRoutes: unary<api.UpdateRoutesRequest, api.Routes>(async (r) => sb.network.updateRoutes(r.routes)),
-    ListInterfaces: unary<api.Empty, api.Interfaces>(async () => sb.network.listInterfaces()),
-    ListRoutes: unary<api.Empty, api.Routes>(async () => sb.network.listRoutes()),
-    AddARPNeighbors: unary<api.AddARPNeighborsRequest, api.Empty>(async (r) => (sb.network.addArpNeighbors(r.neighbors), {})),
+    ExecProcess: async (r: api.ExecProcessRequest) => ({ pid: await sb.execProcess(r) }),
+    SignalProcess: async (r: api.SignalProcessRequest) => (await sb.signalProcess(r), {}),
+    WaitProcess: (r: api.ProcessRef) => sb.waitProcess(r),
+    WriteStdin: async (r: api.WriteStreamRequest) => ({ len: await sb.process(r).writeStdin(r.data) }),
+    CloseStdin: async (r: api.ProcessRef) => (sb.process(r).closeStdin(), {}),
+    TtyWinResize: async (r: api.TtyWinResizeRequest) => (sb.process(r).resize(r.row, r.column), {}),
+    StartDebugConsole: (r: api.DebugConsoleRequest) => sb.startDebugConsole(r),
+    GetGuestStats: () => sb.guestStats(),
+    UpdateInterface: async (r: api.UpdateInterfaceRequest) => sb.network.updateInterface(r.interface),
+    UpdateRoutes: async (r: api.UpdateRoutesRequest) => sb.network.updateRoutes(r.routes),
+    ListInterfaces: async () => sb.network.listInterfaces(),
+    ListRoutes: async () => sb.network.listRoutes(),
+    AddARPNeighbors: async (r: api.AddARPNeighborsRequest) => (sb.network.addArpNeighbors(r.neighbors), {}),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   });
+}
+
+/**
+ * The handlers served over ttrpc with proto/agent.proto's codecs. An RPC
+ * of the proto without a handler answers Unimplemented; a handler without an
+ * RPC in the proto is a programming error caught here, at start-up.
+ */
+export function agentRpcServer(handlers: AgentHandlers, onProtocolError?: (why: string) => void): RpcServer {
+  const defs = agentMethods();
+  const methods = new Map<string, RpcMethod>();
+  for (const [name, handle] of Object.entries(handlers)) {
+    const d = defs.get(name);
+    if (!d) throw new KataError('internal', `agent handler ${name} has no RPC in proto/agent.proto`);
+    methods.set(name, { responseStream: d.responseStream, decodeRequest: d.decodeRequest, encodeResponse: d.encodeResponse, handle: handle as RpcMethod['handle'] });
+  }
+  return new RpcServer({ service: AGENT_SERVICE, methods, status: agentStatus, maxLength: AGENT_MAX_MESSAGE, onProtocolError });
 }

@@ -1,5 +1,5 @@
 /**
- * The guest agent's gRPC API (proto/agent.proto), read at run time by our
+ * The guest agent's API (proto/agent.proto), read at run time by our
  * own proto3 reader and codec (src/protocols/protobuf: @grpc/proto-loader
  * and protobufjs cost ~2.5 s of every boot when loaded under instruction
  * emulation) and described here as TypeScript types so both sides (host
@@ -9,9 +9,10 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
-import { parseProto } from './protobuf/schema';
+import type * as grpc from '@grpc/grpc-js';
+import { parseProto, type ProtoSchema } from './protobuf/schema';
 import { grpcServiceDefinition } from './protobuf/grpc-service';
+import { decodeMessage, encodeMessage } from './protobuf/codec';
 
 export const AGENT_PROTO = path.resolve(__dirname, '..', '..', '..', 'proto', 'agent.proto');
 
@@ -66,17 +67,58 @@ export interface UpdateRoutesRequest { routes: Routes | null }
 export interface AddARPNeighborsRequest { neighbors: { neighbors: ARPNeighbor[] } | null }
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 
-let cached: grpc.ServiceDefinition | undefined;
+/** The service's full name: the ttrpc Request.service and the gRPC path prefix. */
+export const AGENT_SERVICE = 'katats.agent.v1.AgentService';
 
-/** The AgentService definition, loaded once. */
-export function agentServiceDefinition(): grpc.ServiceDefinition {
-  if (cached) return cached;
-  const schema = parseProto(fs.readFileSync(AGENT_PROTO, 'utf8'), AGENT_PROTO);
-  cached = grpcServiceDefinition(schema, 'katats.agent.v1.AgentService');
-  return cached;
+let schemaCache: ProtoSchema | undefined;
+let cached: grpc.ServiceDefinition | undefined;
+let methodsCache: Map<string, AgentMethod> | undefined;
+
+function agentSchema(): ProtoSchema {
+  return (schemaCache ??= parseProto(fs.readFileSync(AGENT_PROTO, 'utf8'), AGENT_PROTO));
 }
 
-/** Client constructor for the AgentService. */
+/**
+ * One RPC of the AgentService as the ttrpc transport sees it: its shape and
+ * the codec of its messages. Built from proto/agent.proto, the single source
+ * of the service: an RPC added there appears here (and in the policy's RPC
+ * list) without another table to edit.
+ */
+export interface AgentMethod {
+  name: string;
+  requestStream: boolean;
+  responseStream: boolean;
+  encodeRequest(v: unknown): Buffer;
+  decodeRequest(b: Buffer): unknown;
+  encodeResponse(v: unknown): Buffer;
+  decodeResponse(b: Buffer): unknown;
+}
+
+/** Every RPC of the AgentService by name, loaded once. */
+export function agentMethods(): ReadonlyMap<string, AgentMethod> {
+  if (methodsCache) return methodsCache;
+  const svc = agentSchema().services.get(AGENT_SERVICE)!;
+  methodsCache = new Map(svc.methods.map((m) => [m.name, {
+    name: m.name, requestStream: m.requestStream, responseStream: m.responseStream,
+    encodeRequest: (v: unknown) => encodeMessage(m.request, v as Record<string, unknown>),
+    decodeRequest: (b: Buffer) => decodeMessage(m.request, b),
+    encodeResponse: (v: unknown) => encodeMessage(m.response, v as Record<string, unknown>),
+    decodeResponse: (b: Buffer) => decodeMessage(m.response, b),
+  }]));
+  return methodsCache;
+}
+
+/** The AgentService as a grpc-js definition (the host's kata-ctl channel), loaded once. */
+export function agentServiceDefinition(): grpc.ServiceDefinition {
+  return (cached ??= grpcServiceDefinition(agentSchema(), AGENT_SERVICE));
+}
+
+/**
+ * Client constructor for the AgentService over gRPC. grpc-js is required
+ * here, not at the top: the guest agent imports this module and must not
+ * load grpc-js (README performance, agent transport).
+ */
 export function agentClientConstructor(): grpc.ServiceClientConstructor {
-  return grpc.makeGenericClientConstructor(agentServiceDefinition(), 'AgentService');
+  const g = require('@grpc/grpc-js') as typeof grpc;
+  return g.makeGenericClientConstructor(agentServiceDefinition(), 'AgentService');
 }

@@ -5,18 +5,22 @@
  * socket (src/virtio/vsock/hybrid.ts): connect, write `CONNECT <port>\n`,
  * read `OK <local port>\n`, then the stream is the vsock stream.
  *
- * gRPC (grpc-js) can only dial addresses, not hand-made streams, so the
- * dialer runs a tiny local unix-socket relay next to the vsock socket: each
- * connection grpc-js opens to it becomes one hybrid-vsock connection to the
- * agent. The guest prints AGENT_READY_MARKER on its console once it listens,
- * so the host dials when the guest is ready.
+ * On that stream the API (proto/agent.proto) is spoken as ttrpc, as Kata's
+ * agent does since 2.0 (README architecture, agent transport, says why:
+ * measured, gRPC's HTTP/2 cost ~1 s of guest start under TCG and capped
+ * stdout). Unary calls share one connection, opened on first use and again
+ * after it breaks; each output stream gets a connection of its own, so that
+ * socket backpressure is that stream's flow control and closing it is the
+ * cancel ttrpc does not otherwise have. The guest prints AGENT_READY_MARKER
+ * on its console once it listens, so the host dials when the guest is ready.
  */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
-import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
+import { Readable } from 'node:stream';
 import { KataError } from '../common/errors';
-import { agentClientConstructor } from './agent-api';
+import { agentMethods, AGENT_SERVICE } from './agent-api';
+import { RpcClient } from './ttrpc/rpc-client';
+import { TtrpcError } from './ttrpc/codes';
 
 export const AGENT_READY_MARKER = 'KATA_TS_AGENT_READY';
 /** The agent's vsock port (Kata's agent uses 1024 too). */
@@ -96,60 +100,157 @@ export function connectVsock(vsockSocket: string, port: number, timeoutMs = 1000
   });
 }
 
-let relaySeq = 0;
+/** Largest agent message either way (matches the agent's AGENT_MAX_MESSAGE). */
+export const AGENT_MAX_MESSAGE = 16 * 1024 * 1024;
+
+/** An error of the agent transport or the agent: `code` is a gRPC code number. */
+export interface AgentWireError extends Error {
+  code: number;
+  details?: string;
+}
 
 /**
- * HTTP/2 receive window (per stream and per connection) the host grants the
- * agent. With HTTP/2's default 64 KiB the agent may have only 64 KiB of a
- * ReadStdout stream in flight, then waits for our WINDOW_UPDATE to cross
- * vsock and wake its (TCG-slow) event loop: the stream went out in 16 KiB
- * frames, one vsock packet, kick and interrupt each. Measured on 32 MiB of
- * stdout in a TCG guest (README, vsock figures): 64 KiB →
- * ~1740 tx packets, 16 MiB → ~700, and about half the guest CPU. The host
- * side is not the limit: grpc-js only buffers what the reader has not taken.
+ * The agent API as the host's AgentClient uses it, whatever carries it:
+ * ttrpc over vsock to the guest (dialAgent), or gRPC to a sandbox owner's
+ * ctl socket (ctl-channel.ts). Messages are objects of proto/agent.proto
+ * in proto-loader's shape; errors are AgentWireError.
  */
-export const AGENT_FLOW_CONTROL_WINDOW = 16 * 1024 * 1024;
+export interface AgentWire {
+  /** Resolves once the agent can be reached (connects if needed). */
+  ready(timeoutMs: number): Promise<void>;
+  unary(method: string, req: unknown, timeoutMs?: number): Promise<unknown>;
+  /** A server-streaming call as an object-mode Readable of messages; cancel() stops it. */
+  stream(method: string, req: unknown): Readable & { cancel(): void };
+  close(): void;
+}
 
-/** A gRPC client for the AgentService over the VM's hybrid vsock socket. */
-export function dialAgent(vsockSocket: string): grpc.Client {
-  // One relay per client (a runtime and kata-ctl helpers may dial at once),
-  // in the VM's own directory, named short: sun_path holds 108 bytes and
-  // sandbox dirs carry 64-character ids.
-  const relayPath = path.join(path.dirname(vsockSocket), `r${process.pid.toString(36)}.${(relaySeq++).toString(36)}`);
-  try { fs.unlinkSync(relayPath); } catch { /* none */ }
-  const open = new Set<net.Socket>();
-  const relay = net.createServer((c) => {
-    open.add(c);
-    c.once('close', () => open.delete(c));
-    c.on('error', () => c.destroy());
-    c.pause();
-    connectVsock(vsockSocket, AGENT_VSOCK_PORT).then((v) => {
-      open.add(v);
-      v.once('close', () => open.delete(v));
-      v.on('error', () => c.destroy());
-      if (c.destroyed) { v.destroy(); return; }
-      c.pipe(v);
-      v.pipe(c);
-      c.once('close', () => v.destroy());
-      v.once('close', () => c.destroy());
-      c.resume();
-    }, () => c.destroy());
-  });
-  relay.listen(relayPath);
-  relay.unref();
-  const Ctor = agentClientConstructor();
-  const client = new Ctor(`unix:${relayPath}`, grpc.credentials.createInsecure(), {
-    'grpc.max_receive_message_length': 16 * 1024 * 1024,
-    'grpc.use_local_subchannel_pool': 1,
-    'grpc.keepalive_time_ms': 0,
-    'grpc-node.flow_control_window': AGENT_FLOW_CONTROL_WINDOW,
-  });
-  const close = client.close.bind(client);
-  client.close = () => {
-    close();
-    relay.close();
-    for (const s of open) s.destroy();
-    try { fs.unlinkSync(relayPath); } catch { /* gone */ }
-  };
-  return client;
+function wireError(err: unknown): AgentWireError {
+  if (err instanceof TtrpcError) return Object.assign(new Error(err.message), { code: err.code });
+  return Object.assign(new Error((err as Error).message ?? String(err)), { code: 14 /* UNAVAILABLE */ });
+}
+
+/** Phase timings of the first connection (README performance: cold path). */
+export interface DialTimings {
+  /** vsock CONNECT handshake of the first connection, ms. */
+  connectMs?: number;
+}
+
+/** ttrpc over hybrid vsock to the guest agent. */
+export class TtrpcAgentWire implements AgentWire {
+  private conn: Promise<RpcClient> | undefined;
+  private readonly open = new Set<net.Socket>();
+  private closed = false;
+  readonly timings: DialTimings = {};
+
+  constructor(private readonly vsockSocket: string, private readonly port = AGENT_VSOCK_PORT) {}
+
+  private async connect(timeoutMs = 10000): Promise<net.Socket> {
+    if (this.closed) throw new TtrpcError('Canceled', 'agent client closed');
+    const t0 = Date.now();
+    const s = await connectVsock(this.vsockSocket, this.port, timeoutMs);
+    this.timings.connectMs ??= Date.now() - t0;
+    if (this.closed) {
+      s.destroy();
+      throw new TtrpcError('Canceled', 'agent client closed');
+    }
+    this.open.add(s);
+    s.once('close', () => this.open.delete(s));
+    s.setNoDelay?.(true);
+    return s;
+  }
+
+  private client(timeoutMs?: number): Promise<RpcClient> {
+    if (!this.conn) {
+      const p = this.connect(timeoutMs).then((s) => {
+        const c = new RpcClient(s, AGENT_SERVICE, AGENT_MAX_MESSAGE);
+        s.resume();
+        s.once('close', () => { if (this.conn === p) this.conn = undefined; });
+        return c;
+      });
+      p.catch(() => { if (this.conn === p) this.conn = undefined; });
+      this.conn = p;
+    }
+    return this.conn;
+  }
+
+  async ready(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      try {
+        await this.client(Math.max(1000, deadline - Date.now()));
+        return;
+      } catch (err) {
+        if (this.closed || Date.now() + 50 > deadline) throw wireError(err);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  async unary(method: string, req: unknown, timeoutMs = 0): Promise<unknown> {
+    const m = agentMethods().get(method);
+    if (!m) throw Object.assign(new Error(`unknown agent RPC ${method}`), { code: 12 /* UNIMPLEMENTED */ });
+    try {
+      const c = await this.client();
+      return m.decodeResponse(await c.call(method, m.encodeRequest(req), timeoutMs));
+    } catch (err) {
+      throw wireError(err);
+    }
+  }
+
+  stream(method: string, req: unknown): Readable & { cancel(): void } {
+    const m = agentMethods().get(method)!;
+    let sock: net.Socket | undefined;
+    let cancelled = false;
+    const out = new Readable({
+      objectMode: true,
+      read: () => sock?.resume(),
+      destroy: (err, cb) => {
+        cancelled = true;
+        sock?.destroy();
+        cb(err);
+      },
+    }) as Readable & { cancel(): void };
+    out.cancel = () => {
+      if (cancelled) return;
+      cancelled = true;
+      sock?.destroy();
+      out.push(null);
+    };
+    const fail = (err: unknown) => { if (!cancelled) out.destroy(wireError(err)); };
+    this.connect().then((s) => {
+      if (cancelled) return void s.destroy();
+      sock = s;
+      const c = new RpcClient(s, AGENT_SERVICE, AGENT_MAX_MESSAGE);
+      c.stream(method, m.encodeRequest(req), (payload) => {
+        let msg: unknown;
+        try {
+          msg = m.decodeResponse(payload);
+        } catch (err) {
+          fail(new TtrpcError('DataLoss', `${method}: malformed message from the agent: ${(err as Error).message}`));
+          s.destroy();
+          return;
+        }
+        // Backpressure: stop reading this stream's socket until the consumer catches up.
+        if (!out.push(msg)) s.pause();
+      }, (err) => {
+        if (err) fail(err);
+        else if (!cancelled) out.push(null);
+        s.destroy();
+      });
+      s.resume();
+    }, fail);
+    return out;
+  }
+
+  close(): void {
+    this.closed = true;
+    void this.conn?.then((c) => c.close(), () => undefined);
+    this.conn = undefined;
+    for (const s of this.open) s.destroy();
+  }
+}
+
+/** The agent API over the VM's hybrid vsock socket (connects lazily). */
+export function dialAgent(vsockSocket: string): TtrpcAgentWire {
+  return new TtrpcAgentWire(vsockSocket);
 }

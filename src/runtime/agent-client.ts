@@ -1,48 +1,87 @@
 /**
- * Host side of the agent API: typed, promise-returning calls over the gRPC
- * client from src/protocols/agent-dialer. gRPC status errors are wrapped in
- * AgentCallError carrying the RPC name and the status code name.
+ * Host side of the agent API: typed, promise-returning calls over an
+ * AgentWire — ttrpc over vsock to the guest (src/protocols/agent-dialer),
+ * or a grpc-js client (kata-ctl's channel to a sandbox owner,
+ * ctl-channel.ts). Errors are wrapped in AgentCallError carrying the RPC
+ * name and the status code (gRPC code numbers, which ttrpc carries too).
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import type { Readable } from 'node:stream';
 import type * as api from '../protocols/agent-api';
+import type { AgentWire, AgentWireError } from '../protocols/agent-dialer';
 import { KataError } from '../common/errors';
+import { Code } from '../protocols/ttrpc/codes';
 
 export class AgentCallError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'permission-denied' | 'unavailable' | 'deadline' | 'internal'> {
   constructor(readonly rpc: string, readonly grpcCode: number, details: string) {
-    const kind = ({ [grpc.status.NOT_FOUND]: 'not-found', [grpc.status.ALREADY_EXISTS]: 'already-exists', [grpc.status.INVALID_ARGUMENT]: 'invalid',
-      [grpc.status.FAILED_PRECONDITION]: 'failed-precondition', [grpc.status.PERMISSION_DENIED]: 'permission-denied', [grpc.status.UNAVAILABLE]: 'unavailable', [grpc.status.DEADLINE_EXCEEDED]: 'deadline' } as Record<number, AgentCallError['kind']>)[grpcCode] ?? 'internal';
+    const kind = ({ [Code.NotFound]: 'not-found', [Code.AlreadyExists]: 'already-exists', [Code.InvalidArgument]: 'invalid',
+      [Code.FailedPrecondition]: 'failed-precondition', [Code.PermissionDenied]: 'permission-denied', [Code.Unavailable]: 'unavailable', [Code.DeadlineExceeded]: 'deadline' } as Record<number, AgentCallError['kind']>)[grpcCode] ?? 'internal';
     super(kind, details);
   }
 }
 
 type Ref = api.ProcessRef;
 
-export class AgentClient {
+/** A grpc-js client (kata-ctl's ctl socket) as an AgentWire. */
+class GrpcWire implements AgentWire {
   constructor(private readonly client: grpc.Client) {}
 
-  private call<Req, Res>(method: string, req: Req, timeoutMs?: number): Promise<Res> {
+  ready(timeoutMs: number): Promise<void> {
+    return new Promise<void>((resolve, reject) =>
+      this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(Object.assign(new Error(`agent unreachable: ${err.message}`), { code: Code.Unavailable })) : resolve())));
+  }
+
+  unary(method: string, req: unknown, timeoutMs?: number): Promise<unknown> {
+    const g = require('@grpc/grpc-js') as typeof grpc;
     return new Promise((resolve, reject) => {
-      const fn = (this.client as unknown as Record<string, (r: Req, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: Res) => void) => void>)[method]!;
+      const fn = (this.client as unknown as Record<string, (r: unknown, m: grpc.Metadata, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, r: unknown) => void) => void>)[method]!;
       const opts: grpc.CallOptions = timeoutMs ? { deadline: Date.now() + timeoutMs } : {};
-      fn.call(this.client, req, new grpc.Metadata(), opts, (err, res) => {
-        if (err) reject(new AgentCallError(method, err.code, err.details || err.message));
+      fn.call(this.client, req, new g.Metadata(), opts, (err, res) => {
+        if (err) reject(Object.assign(new Error(err.details || err.message), { code: err.code, details: err.details }));
         else resolve(res);
       });
     });
   }
 
-  private stream(method: string, req: Ref): Readable & { cancel(): void } {
-    const fn = (this.client as unknown as Record<string, (r: Ref) => grpc.ClientReadableStream<api.ReadStreamResponse>>)[method]!;
+  stream(method: string, req: unknown): Readable & { cancel(): void } {
+    const fn = (this.client as unknown as Record<string, (r: unknown) => grpc.ClientReadableStream<api.ReadStreamResponse>>)[method]!;
     return fn.call(this.client, req);
   }
 
-  /** Waits until the agent answers Check (the channel may still be connecting). */
+  close(): void {
+    this.client.close();
+  }
+}
+
+export class AgentClient {
+  private readonly wire: AgentWire;
+
+  constructor(conn: AgentWire | grpc.Client) {
+    this.wire = 'waitForReady' in conn ? new GrpcWire(conn) : conn;
+  }
+
+  private async call<Req, Res>(method: string, req: Req, timeoutMs?: number): Promise<Res> {
+    try {
+      return (await this.wire.unary(method, req, timeoutMs)) as Res;
+    } catch (err) {
+      const e = err as AgentWireError;
+      throw new AgentCallError(method, typeof e.code === 'number' ? e.code : Code.Unavailable, e.details || e.message);
+    }
+  }
+
+  private stream(method: string, req: Ref): Readable & { cancel(): void } {
+    return this.wire.stream(method, req);
+  }
+
+  /** Waits until the agent answers Check (the connection may still be coming up). */
   async check(timeoutMs: number): Promise<void> {
-    await new Promise<void>((resolve, reject) =>
-      this.client.waitForReady(Date.now() + timeoutMs, (err) => (err ? reject(new AgentCallError('Check', grpc.status.UNAVAILABLE, `agent unreachable: ${err.message}`)) : resolve())));
+    try {
+      await this.wire.ready(timeoutMs);
+    } catch (err) {
+      throw new AgentCallError('Check', Code.Unavailable, `agent unreachable: ${(err as Error).message}`);
+    }
     const r = await this.call<{ service: string }, api.HealthCheckResponse>('Check', { service: '' }, timeoutMs);
-    if (r.status !== 'SERVING') throw new AgentCallError('Check', grpc.status.UNAVAILABLE, `agent is ${r.status}`);
+    if (r.status !== 'SERVING') throw new AgentCallError('Check', Code.Unavailable, `agent is ${r.status}`);
   }
 
   createSandbox(req: api.CreateSandboxRequest): Promise<api.Empty> { return this.call('CreateSandbox', req); }
@@ -74,6 +113,6 @@ export class AgentClient {
   readStderr(ref: Ref): Readable & { cancel(): void } { return this.stream('ReadStderr', ref); }
 
   close(): void {
-    this.client.close();
+    this.wire.close();
   }
 }

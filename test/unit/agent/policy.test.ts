@@ -8,12 +8,13 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { parsePolicy, policySha256, PolicyError, POLICY_ANNOTATION } from '../../../src/protocols/agent-policy';
 import { evaluate, PolicyGate, pinnedPolicyHash, type Decision } from '../../../src/agent/policy';
 import { AgentError } from '../../../src/agent/container';
 import { AgentSandbox } from '../../../src/agent/sandbox';
-import { agentHandlers } from '../../../src/agent/service';
+import { agentHandlers, agentStatus, type StreamHandler, type UnaryHandler } from '../../../src/agent/service';
+import { Code } from '../../../src/protocols/ttrpc/codes';
+import type { RpcStatus } from '../../../src/protocols/ttrpc/rpc-server';
 import { AgentCallError } from '../../../src/runtime/agent-client';
 import { HostPolicyError, policyFromAnnotations, policyFromFile } from '../../../src/runtime/policy';
 import { defaultSpec, defaultProcess } from '../../../src/runtime/spec';
@@ -276,31 +277,37 @@ describe('unit: agent policy', () => {
     });
   });
 
-  describe('at the gRPC edge (service.ts)', () => {
+  describe('at the RPC edge (service.ts)', () => {
     let dir: string;
     before(() => (dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-policy-'))));
     after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
     it('answers a denied unary call and a denied stream with PERMISSION_DENIED naming the rule, before any handler runs', async () => {
       const sb = new AgentSandbox({ runtime: { version: async () => 'x' } as never, stateDir: dir });
-      const h = agentHandlers(sb, new PolicyGate({ log: () => undefined })) as Record<string, (call: object, cb?: (e: grpc.ServiceError | null, r?: unknown) => void) => void>;
-      const unary = (rpc: string, request: object) => new Promise<{ err: grpc.ServiceError | null; res?: unknown }>((resolve) => h[rpc]!({ request, on: () => undefined }, (err, res) => resolve({ err, res })));
+      const h = agentHandlers(sb, new PolicyGate({ log: () => undefined }));
+      const ctx = { signal: new AbortController().signal, timeoutNano: 0 };
+      const unary = (rpc: string, request: object) => (h[rpc] as UnaryHandler)(request, ctx).then(
+        (res) => ({ err: null, res }), (e: unknown) => ({ err: agentStatus(e), res: undefined }));
       const policy = { version: 1, requests: { deny: ['ExecProcess', 'ReadStdout'] } };
       expect((await unary('CreateSandbox', sandboxReq(policy))).err).to.equal(null);
       const ex = await unary('ExecProcess', execReq({ args: ['ls'] }));
-      expect(ex.err?.code).to.equal(grpc.status.PERMISSION_DENIED);
-      expect(ex.err?.details).to.equal('policy denied ExecProcess: rule requests.deny: ExecProcess is denied');
+      expect(ex.err?.code).to.equal(Code.PermissionDenied);
+      expect(ex.err?.message).to.equal('policy denied ExecProcess: rule requests.deny: ExecProcess is denied');
       // an allowed call reaches its handler (and fails there: no such container)
-      expect((await unary('StatsContainer', { container_id: 'nope' })).err?.code).to.equal(grpc.status.NOT_FOUND);
+      expect((await unary('StatsContainer', { container_id: 'nope' })).err?.code).to.equal(Code.NotFound);
       const again = await unary('CreateSandbox', sandboxReq({ version: 1 }));
-      expect(again.err?.code).to.equal(grpc.status.PERMISSION_DENIED);
-      expect(again.err?.details).to.match(/create_sandbox\.once/);
-      let destroyed: grpc.ServiceError | undefined;
-      h.ReadStdout!({ request: { container_id: 'c1', exec_id: '' }, on: () => undefined, destroy: (e: grpc.ServiceError) => (destroyed = e) });
-      expect(destroyed?.code).to.equal(grpc.status.PERMISSION_DENIED);
-      expect(destroyed?.details).to.match(/rule requests\.deny: ReadStdout is denied/);
+      expect(again.err?.code).to.equal(Code.PermissionDenied);
+      expect(again.err?.message).to.match(/create_sandbox\.once/);
+      let denied: RpcStatus | undefined;
+      try {
+        for await (const m of (h.ReadStdout as StreamHandler)({ container_id: 'c1', exec_id: '' }, ctx)) expect.fail(`a denied stream yielded ${JSON.stringify(m)}`);
+      } catch (e) {
+        denied = agentStatus(e);
+      }
+      expect(denied?.code).to.equal(Code.PermissionDenied);
+      expect(denied?.message).to.match(/rule requests\.deny: ReadStdout is denied/);
       // the host sees its own kind
-      expect(new AgentCallError('ExecProcess', grpc.status.PERMISSION_DENIED, 'x').kind).to.equal('permission-denied');
+      expect(new AgentCallError('ExecProcess', Code.PermissionDenied, 'x').kind).to.equal('permission-denied');
     });
   });
 

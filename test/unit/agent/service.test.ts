@@ -1,17 +1,15 @@
 /**
- * The agent's gRPC service end to end over an in-process transport: the real
- * server (handlers + connection injector, as in the guest) and the real host
- * client (AgentClient), connected through a unix socket in a temp dir, with
- * the DirectRuntime test double instead of crun.
+ * The agent's service end to end over an in-process transport: the real
+ * server (handlers + ttrpc server, as in the guest) and the real host
+ * client (AgentClient over ttrpc), connected through a unix socket in a temp
+ * dir that answers the hybrid-vsock handshake, with the DirectRuntime test
+ * double instead of crun.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import * as grpc from '@grpc/grpc-js';
-import { agentServiceDefinition } from '../../../src/protocols/agent-api';
 import { dialAgent } from '../../../src/protocols/agent-dialer';
 import { AgentSandbox } from '../../../src/agent/sandbox';
 import { agentHandlers } from '../../../src/agent/service';
@@ -19,54 +17,27 @@ import { AgentClient, AgentCallError } from '../../../src/runtime/agent-client';
 import { attachProcess } from '../../../src/runtime/stdio';
 import { defaultSpec } from '../../../src/runtime/spec';
 import { DirectRuntime } from '../../helpers/direct-runtime';
+import { serveAgentOnUnix, type AgentRig } from '../../helpers/agent-rig';
 
 describe('unit: agent service over an in-process transport', function () {
   this.timeout(20000);
   let dir: string;
-  let server: grpc.Server;
-  let listener: net.Server;
+  let rig: AgentRig;
   let client: AgentClient;
   let sandbox: AgentSandbox;
-  const sockets: net.Socket[] = [];
 
   before(async () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-agent-'));
     sandbox = new AgentSandbox({ runtime: new DirectRuntime(), stateDir: path.join(dir, 'state'), cgroupRoot: path.join(dir, 'cgroup') });
-    server = new grpc.Server();
-    server.addService(agentServiceDefinition(), agentHandlers(sandbox));
-    const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
-    const sock = path.join(dir, 'agent.sock');
-    // Answer the hybrid-vsock handshake the dialer speaks (`CONNECT <port>\n`
-    // -> `OK <port>\n`), as the VMM's vsock device does, then hand the
-    // stream to gRPC.
-    listener = net.createServer((s) => {
-      sockets.push(s);
-      let head = Buffer.alloc(0);
-      const onData = (d: Buffer) => {
-        head = Buffer.concat([head, d]);
-        const nl = head.indexOf(10);
-        if (nl < 0) return;
-        s.off('data', onData);
-        s.pause();
-        const port = /^CONNECT (\d+)$/.exec(head.subarray(0, nl).toString())?.[1];
-        if (!port) return void s.destroy();
-        if (nl + 1 < head.length) s.unshift(head.subarray(nl + 1));
-        s.write(`OK ${port}\n`);
-        injector.injectConnection(s);
-      };
-      s.on('data', onData);
-    });
-    await new Promise<void>((r) => listener.listen(sock, r));
-    client = new AgentClient(dialAgent(sock));
+    rig = await serveAgentOnUnix(agentHandlers(sandbox), path.join(dir, 'agent.sock'));
+    client = new AgentClient(dialAgent(rig.socket));
     await client.check(5000);
   });
 
   after(async () => {
-    await sandbox.destroySandbox();
-    client.close();
-    for (const s of sockets) s.destroy();
-    server.forceShutdown();
-    await new Promise((r) => listener.close(r));
+    await sandbox?.destroySandbox();
+    client?.close();
+    await rig?.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 

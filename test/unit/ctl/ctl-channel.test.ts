@@ -13,9 +13,10 @@ import * as grpc from '@grpc/grpc-js';
 import { AgentSandbox } from '../../../src/agent/sandbox';
 import { agentHandlers } from '../../../src/agent/service';
 import type { OciRuntime } from '../../../src/agent/oci-runtime';
-import { agentServiceDefinition } from '../../../src/protocols/agent-api';
+import { dialAgent } from '../../../src/protocols/agent-dialer';
+import { serveAgentOnUnix, type AgentRig } from '../../helpers/agent-rig';
 import { AgentCallError, AgentClient } from '../../../src/runtime/agent-client';
-import { ctlSocketPath, dialSandboxAgent, dialUnixAgent, serveCtlChannel, type CtlChannel } from '../../../src/runtime/ctl-channel';
+import { ctlSocketPath, dialSandboxAgent, serveCtlChannel, type CtlChannel } from '../../../src/runtime/ctl-channel';
 import { DEBUG_CONSOLE_DISABLED } from '../../../src/runtime/ctl-proxy';
 import { runConsole } from '../../../src/ctl/console';
 import { buildPtyHelper } from '../../helpers/pty-helper';
@@ -36,7 +37,7 @@ function io(input: string) {
 describe('ctl channel: kata-ctl → owner proxy → agent (no VM)', function () {
   this.timeout(20000);
   let dir: string;
-  let server: grpc.Server;
+  let agent: AgentRig | undefined;
   let owner: AgentClient;
   const channels: CtlChannel[] = [];
   const clients: AgentClient[] = [];
@@ -47,11 +48,9 @@ describe('ctl channel: kata-ctl → owner proxy → agent (no VM)', function () 
     if (!b.helper) skipOrFail(this, b.why ?? 'pty helper not built');
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-ctlch-'));
     sb = new AgentSandbox({ runtime: {} as OciRuntime, stateDir: dir, debugConsole: { enabled: true, ptyHelper: b.helper!, dir: path.join(dir, 'c') } });
-    server = new grpc.Server();
-    server.addService(agentServiceDefinition(), agentHandlers(sb));
-    const agentSock = path.join(dir, 'agent.sock');
-    await new Promise<void>((res, rej) => server.bindAsync(`unix:${agentSock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
-    owner = new AgentClient(dialUnixAgent(agentSock));
+    // The agent as in the guest (ttrpc behind the hybrid-vsock handshake); the owner dials it as the runtime does.
+    agent = await serveAgentOnUnix(agentHandlers(sb), path.join(dir, 'agent.sock'));
+    owner = new AgentClient(dialAgent(agent.socket));
     for (const [name, debugConsole] of [['on', true], ['off', false]] as const) {
       fs.mkdirSync(path.join(dir, name));
       channels.push(await serveCtlChannel(path.join(dir, name), owner, { debugConsole }));
@@ -63,7 +62,7 @@ describe('ctl channel: kata-ctl → owner proxy → agent (no VM)', function () 
     for (const c of channels) await c.close();
     owner?.close();
     sb?.consoles.killAll();
-    server?.forceShutdown();
+    await agent?.close();
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
