@@ -5,6 +5,8 @@
  *   [hypervisor.builtin] the in-process VMM (own issue)
  *   [agent.kata]        agent dial timeout, debug console
  *   [runtime]           which hypervisor, run/cache dirs, logging
+ *   [factory]           VM templates (src/factory)
+ *   [image]             converted-image store, lazy fetch (src/image)
  *
  * Every key has a built-in default (SCHEMA), so no file is needed. The file
  * is found at --config, then $KATA_TS_CONFIG, then
@@ -76,6 +78,17 @@ export const SCHEMA = {
     enable_debug: { kind: 'bool', default: false, describe: 'agent debug logging' } as KeySpec<boolean>,
     debug_console_enabled: { kind: 'bool', default: false, describe: 'allow kata-ctl exec (a shell in the guest VM)' } as KeySpec<boolean>,
     policy_file: { kind: 'string', default: '', describe: 'agent policy (JSON, README "Agent policy") every sandbox gets unless given another (kata-ts run --policy, the pod annotation io.katacontainers.config.agent.policy); empty: none', check: absOrEmpty } as KeySpec<string>,
+  },
+  factory: {
+    enable_template: { kind: 'bool', default: false, describe: 'start sandboxes by cloning a VM template (kata-ctl factory init) instead of booting; QEMU, pc machine only; a missing or stale template means a cold boot and one warning' } as KeySpec<boolean>,
+    template_path: { kind: 'string', default: '/run/kata-ts/template', describe: 'where the VM template lives (kata-ctl factory init mounts a tmpfs there)', check: (v: string) => (path.isAbsolute(v) ? undefined : 'must be an absolute path') } as KeySpec<string>,
+  },
+  image: {
+    store_dir: { kind: 'string', default: '/var/lib/kata-ts/images', describe: 'converted-image store (kata-ts image convert, kata-ts run --image, kata-ctl image): EROFS metadata, chunk tables, content-addressed blobs', check: absOrEmpty } as KeySpec<string>,
+    registry_url: { kind: 'string', default: '', describe: 'lazy source for chunks not in the store: an OCI-distribution-like server (http[s]://host:port) answering range GETs of /v2/<registry_name>/blobs/sha256:<hex>; empty: every blob must be local', check: (v: string) => (v === '' || /^https?:\/\/[^/]/.test(v) ? undefined : 'must be empty or an http(s) URL') } as KeySpec<string>,
+    registry_name: { kind: 'string', default: '', describe: 'repository name the lazy source fetches blobs under (/v2/<name>/blobs/…)' } as KeySpec<string>,
+    fetch_timeout: { kind: 'int', default: 10, describe: 'seconds a lazy range fetch may go without a byte before it is retried (3 tries in all), then the guest read fails with EIO', check: range(1, 600) } as KeySpec<number>,
+    chunk_cache_mib: { kind: 'int', default: 64, describe: 'verified, decoded chunks kept in memory per image device', check: range(0, 4096) } as KeySpec<number>,
   },
   runtime: {
     hypervisor: { kind: 'string', default: 'auto', describe: 'auto, qemu or builtin; Kata\'s name hypervisor_name is an alias', check: oneOf('auto', 'qemu', 'builtin') } as KeySpec<string>,
