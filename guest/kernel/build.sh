@@ -4,7 +4,7 @@
 # (vmlinux for PVH boot, bzImage, .config, build-time.txt), keyed by the hash
 # of the fragment, this script and the source tarball, so a rebuild happens
 # only when one of them changes. Prints progress; exits non-zero on failure
-# (the caller then falls back to Debian's cloud kernel and says so).
+# (set-up stops there: there is no fallback kernel).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # Lines ending in "# progress" only draw progress (guest/progress.sh): the cache key # progress
