@@ -10,9 +10,11 @@ import { metricsCommand } from './metrics';
 import { installCommand, uninstallCommand } from './install';
 import { versionCommand } from './version';
 import { logParserCommand } from './log-parser';
+import { imageCommand } from './image';
 
 export const commands: CtlCommand<any>[] = [];
 commands.push(erofsCommand);
 commands.push(checkCommand, envCommand, listCommand, cleanupCommand, execCommand, metricsCommand);
 commands.push(installCommand, uninstallCommand);
 commands.push(versionCommand, logParserCommand);
+commands.push(imageCommand);

@@ -1,0 +1,70 @@
+/**
+ * `kata-ctl image ls | rm ID | gc [--dry-run]` — the converted-image store
+ * (src/image/gc.ts): list images with their local/remote bytes, remove one,
+ * collect unreferenced blobs. `--store DIR` overrides `[image] store_dir`;
+ * every verb takes --json (schemaVersion 1).
+ */
+import type { CtlCommand } from '../command';
+import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
+import { collectGarbage, listStore, removeImage, type ImageSummary } from '../../image/gc';
+
+interface ImageArgs extends GlobalArgs {
+  action: string;
+  id?: string;
+  store?: string;
+  dryRun?: boolean;
+}
+
+function mib(n: number): string {
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+function lsText(rows: ImageSummary[]): string {
+  if (!rows.length) return 'no converted images\n';
+  const lines = ['ID            REFERENCE                         CHUNKS  DEVICE      STORED      LOCAL'];
+  for (const r of rows) {
+    lines.push([
+      r.id.slice(7, 19).padEnd(13), (r.references[0] ?? '-').slice(0, 33).padEnd(33), String(r.chunks).padStart(6),
+      mib(r.deviceBytes).padStart(11), mib(r.storedBytes).padStart(11), `${mib(r.localBytes).padStart(11)}`,
+    ].join(' '));
+  }
+  return lines.join('\n') + '\n';
+}
+
+export const imageCommand: CtlCommand<ImageArgs> = {
+  command: 'image <action> [id]',
+  describe: 'converted images: ls, rm ID, gc [--dry-run]',
+  builder: (y) =>
+    y
+      .positional('action', { type: 'string', choices: ['ls', 'rm', 'gc'], demandOption: true })
+      .positional('id', { type: 'string', describe: 'rm: image id (sha256:…, a ≥ 12-digit prefix) or a reference it was converted from' })
+      .option('store', { type: 'string', describe: 'store directory (default: [image] store_dir)' })
+      .option('dry-run', { type: 'boolean', default: false, describe: 'gc: only say what would be removed' })
+      .option('json', JSON_OPTION) as never,
+  handler: async (argv) => {
+    const root = argv.store || ctlConfig(argv).image.store_dir;
+    switch (argv.action) {
+      case 'ls': {
+        const rows = listStore(root);
+        if (argv.json) printJson({ schemaVersion: 1, store: root, images: rows });
+        else process.stdout.write(lsText(rows));
+        return 0;
+      }
+      case 'rm': {
+        if (!argv.id) throw new Error('kata-ctl image rm needs an image id');
+        const id = await removeImage(root, argv.id);
+        if (argv.json) printJson({ schemaVersion: 1, removed: id });
+        else process.stdout.write(`removed ${id} (its blobs go at the next kata-ctl image gc)\n`);
+        return 0;
+      }
+      default: {
+        const r = await collectGarbage(root, { dryRun: argv.dryRun });
+        if (argv.json) { printJson({ schemaVersion: 1, ...r }); return 0; }
+        const verb = r.dryRun ? 'would remove' : 'removed';
+        for (const x of r.removed) process.stdout.write(`${verb} ${x.path} (${x.why}, ${mib(x.bytes)})\n`);
+        process.stdout.write(`${r.images} images, ${r.liveBlobs} live blobs; ${verb} ${r.removed.length} entries, ${mib(r.freedBytes)}\n`);
+        return 0;
+      }
+    }
+  },
+};
