@@ -1,0 +1,178 @@
+/**
+ * OCI image → converted image in the store (the library API behind
+ * `kata-ts image convert`): resolve and verify the source, apply its layers
+ * into a tree, chunk the files into content-addressed blobs, write the chunk
+ * table and the EROFS metadata, register atomically.
+ *
+ * A source whose manifest digest is already registered is a cache hit: the
+ * id is returned and nothing is written. On any error the temp directory
+ * (with its partial blobs) is removed and nothing is registered.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as zlib from 'node:zlib';
+import { KataError } from '../common/errors';
+import { checkChunkSize, DEFAULT_CHUNK_SIZE, encodeChunkTable } from './chunk-table';
+import { Chunker } from './chunker';
+import { DEFAULT_INLINE_MAX, fileIsInline, writeErofs } from './erofs-writer';
+import { LayerTree, type Inode } from './layers';
+import { layerCompression, openSource, type ContainerdOptions, type ResolvedImage } from './oci-source';
+import { Progress } from './progress';
+import {
+  abortImage, appendChunkIndex, beginImage, blobPath, commitBlob, commitImage, DEFAULT_STORE_DIR, imageDir, imageIdHex,
+  IMAGE_RECORD_VERSION, loadChunkIndex, readImage, withStoreLock, writeFileSynced, type ImageRecord,
+} from './store';
+import { parseTar } from './tar';
+
+export class ConvertError extends KataError<'layer' | 'options' | 'unsupported'> {}
+
+/** Largest chunk the converter takes (its LZ4 buffers are sized by it). */
+export const MAX_CONVERT_CHUNK = 16 << 20;
+/** Largest uncompressed layer (one Node Buffer; see README limits). */
+export const MAX_LAYER_BYTES = 2 ** 31;
+
+export interface ConvertOptions {
+  store?: string;
+  chunkSize?: number;
+  /** LZ4-compress chunks when it saves space (default true). */
+  compress?: boolean;
+  inlineMax?: number;
+  containerd?: ContainerdOptions;
+  /** Show a progress line on a terminal (default true). */
+  progress?: boolean;
+}
+
+export interface ConvertResult {
+  id: string;
+  cached: boolean;
+  record: ImageRecord;
+  /** Store-relative paths of what this conversion wrote. */
+  metaPath: string;
+}
+
+/** Decompresses a layer by its media type and checks it against its diff_id. */
+export function layerTar(raw: Buffer, mediaType: string, diffId: string | undefined, what: string): Buffer {
+  const c = layerCompression(mediaType);
+  let tar: Buffer;
+  if (c === 'zstd') throw new ConvertError('unsupported', `${what}: zstd layers are not supported (Node 20's zlib has no zstd decoder)`);
+  if (c === 'gzip') {
+    try { tar = zlib.gunzipSync(raw, { maxOutputLength: MAX_LAYER_BYTES }); } catch (e) {
+      throw new ConvertError('layer', `${what}: gzip stream is corrupt or over ${MAX_LAYER_BYTES} bytes (${(e as Error).message})`, { cause: e });
+    }
+  } else tar = raw;
+  const got = `sha256:${crypto.createHash('sha256').update(tar).digest('hex')}`;
+  if (diffId !== undefined && got !== diffId) throw new ConvertError('layer', `${what}: uncompressed content is ${got}, the config's diff_id says ${diffId}`);
+  return tar;
+}
+
+/** Applies every layer of a resolved image into a tree. */
+export function buildTree(img: ResolvedImage, onLayer: (bytes: number) => void = () => undefined): LayerTree {
+  const tree = new LayerTree();
+  img.layers.forEach((l, i) => {
+    const what = `layer ${i} (${l.digest.slice(0, 19)})`;
+    const tar = layerTar(img.readLayer(i), l.mediaType, img.config.rootfs?.diff_ids?.[i], what);
+    tree.apply(parseTar(tar, what), i, what);
+    onLayer(l.size);
+  });
+  return tree;
+}
+
+/** Unique chunk-based files in the writer's order (breadth-first, byte-sorted names). */
+function chunkedFiles(root: Inode, inlineMax: number): Inode[] {
+  const out: Inode[] = [];
+  const seen = new Set<Inode>();
+  const queue = [root];
+  for (let i = 0; i < queue.length; i++) {
+    const kids = [...queue[i].children!].sort((a, b) => Buffer.compare(Buffer.from(a[0]), Buffer.from(b[0])));
+    for (const [, { inode }] of kids) {
+      if (seen.has(inode)) continue;
+      seen.add(inode);
+      if (inode.kind === 'dir') queue.push(inode);
+      else if (inode.kind === 'file' && !fileIsInline(inode, inlineMax)) out.push(inode);
+    }
+  }
+  return out;
+}
+
+function runConfig(img: ResolvedImage): ImageRecord['config'] {
+  const c = img.config.config ?? {};
+  return { entrypoint: c.Entrypoint ?? [], cmd: c.Cmd ?? [], env: c.Env ?? [], cwd: c.WorkingDir || '/', user: c.User ?? '' };
+}
+
+/** Converts SOURCE into the store; see the module header. */
+export async function convertImage(source: string, opts: ConvertOptions = {}): Promise<ConvertResult> {
+  const store = opts.store ?? DEFAULT_STORE_DIR;
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  checkChunkSize(chunkSize);
+  if (chunkSize > MAX_CONVERT_CHUNK) throw new ConvertError('options', `chunk size ${chunkSize} exceeds the converter's ${MAX_CONVERT_CHUNK}`);
+  const inlineMax = opts.inlineMax ?? DEFAULT_INLINE_MAX;
+  const img = openSource(source, opts.containerd);
+  const hex = imageIdHex(img.id);
+  const hit = (): ConvertResult | null => (fs.existsSync(imageDir(store, hex))
+    ? { id: img.id, cached: true, record: readImage(store, hex), metaPath: path.join('images', hex, 'meta.erofs') } : null);
+  const early = hit();
+  if (early) return early;
+  return withStoreLock(store, async () => {
+    const again = hit();
+    if (again) return again;
+    const tmp = beginImage(store);
+    const index = loadChunkIndex(store);
+    const chunker = new Chunker(chunkSize, index, tmp, opts.compress ?? true);
+    const showProgress = opts.progress ?? true;
+    try {
+      const layerBytes = img.layers.reduce((a, l) => a + l.size, 0);
+      const p1 = showProgress ? new Progress('unpacking layers', layerBytes) : null;
+      let done = 0;
+      const tree = buildTree(img, (n) => { done += n; p1?.update(done); });
+      p1?.done();
+      const files = chunkedFiles(tree.root, inlineMax);
+      const total = files.reduce((a, f) => a + f.data.length, 0);
+      const p2 = showProgress ? new Progress('chunking', total) : null;
+      const slots = new Map<Inode, number[]>();
+      for (const f of files) { slots.set(f, chunker.addFile(f)); p2?.update(chunker.bytesDone); }
+      p2?.done();
+      const res = chunker.finish((d) => fs.statSync(blobPath(store, d)).size);
+      const table = encodeChunkTable(res.table);
+      const deviceTag = crypto.createHash('sha256').update(table).digest('hex');
+      const links = tree.linkCounts();
+      const meta = writeErofs(tree.root, links, {
+        chunkSize, inlineMax, fileSlots: (n) => slots.get(n)!,
+        deviceBlocks: (res.table.slots.length * chunkSize) / 4096, deviceTag,
+        uuid: Buffer.from(hex.slice(0, 32), 'hex'),
+      });
+      writeFileSynced(path.join(tmp, 'chunks.bin'), table);
+      writeFileSynced(path.join(tmp, 'meta.erofs'), meta.image);
+      const record: ImageRecord = {
+        version: IMAGE_RECORD_VERSION, id: img.id, references: img.references, created: new Date().toISOString(),
+        config: runConfig(img),
+        layers: img.layers.map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })),
+        blobs: res.table.blobs, chunkSize, metaSize: meta.image.length,
+        totals: { files: meta.files, dirs: meta.dirs, fileBytes: fileBytes(tree.root), chunks: res.table.slots.length, newChunks: res.newChunks, newBlobBytes: res.newBlobBytes },
+      };
+      writeFileSynced(path.join(tmp, 'image.json'), JSON.stringify(record, null, 2) + '\n');
+      for (const b of res.newBlobs) commitBlob(store, b.tmp, b.digest);
+      commitImage(store, tmp, hex);
+      appendChunkIndex(store, res.newIndex);
+      return { id: img.id, cached: false, record, metaPath: path.join('images', hex, 'meta.erofs') };
+    } catch (e) {
+      chunker.close();
+      abortImage(tmp);
+      throw e;
+    }
+  });
+}
+
+function fileBytes(root: Inode): number {
+  let n = 0;
+  const seen = new Set<Inode>();
+  const walk = (d: Inode): void => {
+    for (const { inode } of d.children!.values()) {
+      if (seen.has(inode)) continue;
+      seen.add(inode);
+      if (inode.kind === 'dir') walk(inode); else if (inode.kind === 'file') n += inode.data.length;
+    }
+  };
+  walk(root);
+  return n;
+}
