@@ -17,55 +17,11 @@
  * Buffer.
  */
 import * as fs from 'node:fs';
-import { KataError } from '../common/errors';
 import { HotMemory } from './memory';
-import { instantiate } from './loader';
+import { compileModule, instantiate } from './loader';
+import { abiOf, ErofsError, type ErofsAbi, type ErofsAbiTable, type ErofsErrorKind, type ErofsExports } from './erofs-abi';
 
-export type ErofsErrorKind =
-  | 'io' | 'bad-magic' | 'bad-blocksize' | 'unsupported-feature' | 'bad-checksum' | 'unsupported'
-  | 'corrupt' | 'not-found' | 'not-dir' | 'not-symlink' | 'is-dir' | 'too-large' | 'loop' | 'no-xattr';
-export class ErofsError extends KataError<ErofsErrorKind> {}
-
-/** Raw exports of build/wasm/erofs.wasm (ABI in assembly/erofs/index.ts). */
-interface ErofsExports {
-  setFeatures(incompat: number): void;
-  superblock(buf: number, len: number, rec: number): number;
-  inode(win: number, winLen: number, blkbits: number, ilocOff: number, rec: number): number;
-  mapBlocks(win: number, winLen: number, blkbits: number, ilocOff: number, la: number, rec: number): number;
-  decompressCluster(src: number, srcLen: number, dst: number, dstLen: number, alg: number, zeroPadding: number, partial: number): number;
-  dirBlock(blk: number, len: number, out: number, outCap: number): number;
-  dirLookup(blk: number, len: number, name: number, nameLen: number): number;
-  xattrIbody(win: number, winLen: number, out: number, outCap: number, rec: number): number;
-  xattrEntry(p: number, len: number, rec: number): number;
-}
-
-// Record slots and codes (mirror assembly/erofs/index.ts).
-const S = { BLKBITS: 0, ROOT_NID: 1, INOS: 2, BUILD_TIME: 3, BUILD_TIME_NSEC: 4, BLOCKS: 5, META_BLKADDR: 6, XATTR_BLKADDR: 7, FEATURE_COMPAT: 8, FEATURE_INCOMPAT: 9, COMPR_ALGS: 10, EXTRA_DEVICES: 11, CHECKSUM: 14, UNKNOWN_INCOMPAT: 15 } as const;
-const I = { VERSION: 0, LAYOUT: 1, ISIZE: 2, XATTR_ISIZE: 3, MODE: 4, NLINK: 5, SIZE: 6, RAW: 7, INO: 8, UID: 9, GID: 10, MTIME: 11, MTIME_NSEC: 12, META_NEED: 13, RDEV_MAJOR: 14, RDEV_MINOR: 15, Z_ADVISE: 16, Z_ALG: 17, Z_LCLUSTERBITS: 18, CHUNKBITS: 19 } as const;
-const M = { LA: 32, LLEN: 33, PA: 34, PLEN: 35, FLAGS: 36, ALG: 37, DEVICE: 38 } as const;
-const X = { SHARED_COUNT: 48, INDEX: 49, NAME_LEN: 50, VALUE_SIZE: 51, ENTRY_SIZE: 52 } as const;
-const E_NEED_MORE = -1;
-const LOOKUP_BEFORE = -100, LOOKUP_AFTER = -101, LOOKUP_ABSENT = -102;
-const MAP_MAPPED = 1, MAP_META = 2, MAP_ENCODED = 4;
-const INCOMPAT_LZ4_0PADDING = 0x1;
-const DIRENT_SIZE = 16, XATTR_SIZE = 16;
-/** Largest single read (Buffer limit is 4 GiB; callers chunk big files). */
-const MAX_READ = 1 << 30;
-
-const CODE_KIND: Record<number, ErofsErrorKind> = {
-  [-2]: 'bad-magic', [-3]: 'bad-blocksize', [-4]: 'unsupported-feature', [-5]: 'bad-checksum', [-6]: 'unsupported',
-  [-7]: 'corrupt', [-8]: 'corrupt', [-9]: 'corrupt', [-10]: 'corrupt', [-11]: 'corrupt', [-12]: 'corrupt', [-13]: 'corrupt',
-};
-const CODE_TEXT: Record<number, string> = {
-  [-1]: 'metadata truncated', [-2]: 'bad superblock magic (not EROFS)', [-3]: 'unsupported block size',
-  [-4]: 'unknown incompatible feature', [-5]: 'superblock checksum mismatch', [-6]: 'unsupported on-disk format',
-  [-7]: 'corrupted metadata', [-8]: 'invalid inode mode', [-9]: 'corrupted directory entry',
-  [-10]: 'corrupted xattr', [-11]: 'corrupted compression index', [-12]: 'corrupted compressed data',
-  [-13]: 'out of range',
-};
-function codeError(code: number, what: string): ErofsError {
-  return new ErofsError(CODE_KIND[code] ?? 'corrupt', `erofs: ${what}: ${CODE_TEXT[code] ?? `error ${code}`}`);
-}
+export { ErofsError, type ErofsErrorKind };
 
 export const FEATURE_NAMES: Record<string, Array<[number, string]>> = {
   compat: [[0x1, 'sb_csum'], [0x2, 'mtime']],
@@ -92,8 +48,41 @@ export interface ErofsSuperblock {
   uuid: string;
   volumeName: string;
   checksum: number;
+  /** extra_devices as stored in the superblock. */
   extraDevices: number;
   comprAlgs: number;
+  /** The device table (EROFS_FEATURE_INCOMPAT_DEVICE_TABLE): device k + 1 is devices[k]. */
+  devices: ErofsDeviceSlot[];
+}
+
+/** One erofs_deviceslot: the blob device a chunk index's device_id k + 1 names. */
+export interface ErofsDeviceSlot {
+  /** mkfs.erofs writes the blob's path or digest here (empty with --blobdev in 1.5). */
+  tag: string;
+  /** Declared size in blocks; 0 = not declared (mkfs.erofs 1.5 --blobdev). */
+  blocks: number;
+  /** Flat addressing: primary-device block where this device is mapped (0 = none). */
+  mappedBlkaddr: number;
+}
+
+/**
+ * Where one chunk of a file lives: `chunkLocation(inode, fileOffset)`.
+ * device 0 is the image itself, k ≥ 1 the k-th extra device (kernel:
+ * `-o device=` in table order; kata-ctl: the k-th `--device`).
+ */
+export interface ErofsChunkLocation {
+  /** Device index (0 = primary). */
+  device: number;
+  /** Block address on that device (units of the image block size); null for a hole. */
+  blockAddr: number | null;
+  /** Byte offset of the chunk's first byte on the device (blockAddr * blockSize). */
+  byteAddr: number | null;
+  /** The chunk's logical range in the file: [fileStart, fileStart + length). */
+  fileStart: number;
+  /** Bytes of file data in the chunk (the last chunk stops at the file size). */
+  length: number;
+  /** Chunk size of the inode (2^chunkbits). */
+  chunkSize: number;
 }
 
 export interface ErofsStat {
@@ -173,12 +162,27 @@ export interface ErofsOptions {
    * prefix when the read ends within this size, else refused ('too-large').
    */
   extentMaxBytes?: number;
+  /**
+   * The extra devices (blobs) of a multi-device image, in device-table
+   * order, as the kernel's `-o device=`: paths (opened here, closed by
+   * close()) or sources. When given, their number must equal the image's
+   * extra_devices. When absent, reading data that lives on an extra device
+   * is a 'no-device' error; metadata still reads.
+   */
+  devices?: Array<string | ImageSource>;
 }
+
+/** Device tables beyond this many slots are refused (the kernel has no limit; mkfs.erofs writes one per --blobdev). */
+const MAX_DEVICES = 256;
+/** Largest single read (Buffer limit is 4 GiB; callers chunk big files). */
+const MAX_READ = 1 << 30;
 
 interface InodeInfo {
   st: ErofsStat;
   metaNeed: number;
   iloc: number;
+  /** Chunk-based files: 2^chunkbits. */
+  chunkSize: number;
 }
 
 const TYPE_FROM_MODE: Record<number, ErofsFileType> = {
@@ -193,6 +197,15 @@ const XATTR_PREFIX: Record<number, string> = {
 export class ErofsImage {
   readonly sb: ErofsSuperblock;
   private readonly wasm: ErofsExports;
+  private readonly abi: ErofsAbiTable;
+  /** The module's constants (assembly/erofs/abi.ts), read from its exports. */
+  private readonly k: ErofsAbi;
+  /** Extra devices by index - 1, as given in ErofsOptions.devices. */
+  private readonly devs: ImageSource[];
+  /** Device sources this image opened (and closes). */
+  private readonly ownedDevs: ImageSource[] = [];
+  /** The raw device table in the Memory (sb.devices.length slots). */
+  private readonly devt: number;
   private readonly mem: HotMemory;
   private readonly u8: Uint8Array;
   private readonly view: DataView;
@@ -233,25 +246,84 @@ export class ErofsImage {
     return new ErofsImage(new BufferSource(buf), opts);
   }
 
-  constructor(private readonly src: ImageSource, opts: ErofsOptions = {}) {
-    this.metaMax = opts.metaMaxBytes ?? 8 << 20;
-    this.outMax = opts.extentMaxBytes ?? 8 << 20;
-    this.inMax = (1 << 20) + 65536; // Z_EROFS_PCLUSTER_MAX_SIZE + a block
-    this.mem = new HotMemory({ scratchBytes: 512 + this.metaMax + this.inMax + this.outMax + this.auxMax + 4096 });
-    this.wasm = instantiate<ErofsExports>('erofs', this.mem);
-    this.rec = this.mem.reserve('erofs.rec', 512, 8);
-    this.meta = this.mem.reserve('erofs.meta', this.metaMax, 64);
-    this.inOff = this.mem.reserve('erofs.in', this.inMax, 64);
-    this.outOff = this.mem.reserve('erofs.out', this.outMax, 64);
-    this.aux = this.mem.reserve('erofs.aux', this.auxMax, 64);
+  /**
+   * `shared`: an open image whose Memory and WebAssembly instance this one
+   * reuses (see reuse()); the two must then not be used concurrently.
+   */
+  constructor(private readonly src: ImageSource, opts: ErofsOptions = {}, shared?: ErofsImage) {
+    if (shared) {
+      this.metaMax = shared.metaMax;
+      this.outMax = shared.outMax;
+      this.inMax = shared.inMax;
+      this.mem = shared.mem;
+      this.wasm = shared.wasm;
+      this.abi = shared.abi;
+      this.rec = shared.rec;
+      this.meta = shared.meta;
+      this.inOff = shared.inOff;
+      this.outOff = shared.outOff;
+      this.aux = shared.aux;
+      this.devt = shared.devt;
+    } else {
+      this.metaMax = opts.metaMaxBytes ?? 8 << 20;
+      this.outMax = opts.extentMaxBytes ?? 8 << 20;
+      this.inMax = (1 << 20) + 65536; // Z_EROFS_PCLUSTER_MAX_SIZE + a block
+      const devtMax = MAX_DEVICES * 128;
+      this.mem = new HotMemory({ scratchBytes: 1024 + this.metaMax + this.inMax + this.outMax + this.auxMax + devtMax + 4096 });
+      this.wasm = instantiate<ErofsExports>('erofs', this.mem);
+      this.abi = abiOf(compileModule('erofs'), this.wasm as unknown as Record<string, unknown>);
+      this.rec = this.mem.reserve('erofs.rec', this.abi.k.REC_BYTES, 8);
+      this.meta = this.mem.reserve('erofs.meta', this.metaMax, 64);
+      this.inOff = this.mem.reserve('erofs.in', this.inMax, 64);
+      this.outOff = this.mem.reserve('erofs.out', this.outMax, 64);
+      this.aux = this.mem.reserve('erofs.aux', this.auxMax, 64);
+      this.devt = this.mem.reserve('erofs.devt', devtMax, 64);
+    }
+    this.k = this.abi.k;
     this.u8 = this.mem.u8;
     this.view = this.mem.view;
-    this.sb = this.readSuperblock();
-    this.wasm.setFeatures(this.sb.featureIncompat);
+    this.devs = [];
+    try {
+      for (const d of opts.devices ?? []) {
+        if (typeof d !== 'string') {
+          this.devs.push(d);
+          continue;
+        }
+        let fd: number;
+        try {
+          fd = fs.openSync(d, 'r');
+        } catch (cause) {
+          throw new ErofsError('io', `erofs: cannot open device ${d}: ${(cause as Error).message}`, { cause });
+        }
+        const dev = new FileSource(fd);
+        this.ownedDevs.push(dev);
+        this.devs.push(dev);
+      }
+      this.sb = this.readSuperblock();
+      this.wasm.setFeatures(this.rec, this.sb.featureIncompat);
+      // erofs_scan_devices(): the devices given must match the table.
+      if (this.devs.length > 0 && this.devs.length !== this.sb.devices.length) {
+        throw new ErofsError('bad-device', `erofs: extra devices don't match (image has ${this.sb.devices.length}, given ${this.devs.length})`);
+      }
+    } catch (err) {
+      for (const d of this.ownedDevs) d.close();
+      throw err;
+    }
+  }
+
+  /**
+   * Opens another image over this one's Memory and WebAssembly instance
+   * (no new 10+ MiB Memory): for callers that open many images one after
+   * another (the fuzzer). Do not use the two images at the same time.
+   */
+  reuse(src: ImageSource, devices?: ImageSource[]): ErofsImage {
+    return new ErofsImage(src, { devices }, this);
   }
 
   close(): void {
     this.src.close();
+    for (const d of this.ownedDevs) d.close();
+    this.ownedDevs.length = 0;
   }
 
   private slot(i: number): number {
@@ -259,12 +331,23 @@ export class ErofsImage {
   }
 
   /** Reads exactly len image bytes at pos into the Memory at off. */
-  private readInto(off: number, len: number, pos: number, what: string): void {
-    if (pos < 0 || pos + len > this.src.size) {
-      throw new ErofsError('corrupt', `erofs: ${what} at ${pos}+${len} lies past the end of the ${this.src.size}-byte image`);
+  private readInto(off: number, len: number, pos: number, what: string, device = 0): void {
+    const src = this.source(device, what);
+    if (pos < 0 || pos + len > src.size) {
+      throw new ErofsError(device ? 'outside-device' : 'corrupt', `erofs: ${what} at ${pos}+${len} lies past the end of the ${src.size}-byte ${device ? `device ${device}` : 'image'}`);
     }
-    const n = this.src.read(this.u8, off, len, pos);
+    const n = src.read(this.u8, off, len, pos);
     if (n !== len) throw new ErofsError('io', `erofs: short read of ${what} at ${pos}`);
+  }
+
+  /** The source holding device `device`'s bytes (0 = the image). */
+  private source(device: number, what: string): ImageSource {
+    if (device === 0) return this.src;
+    const dev = this.devs[device - 1];
+    if (!dev) {
+      throw new ErofsError('no-device', `erofs: ${what} lives on extra device ${device} (of ${this.sb.devices.length}), which was not given (kata-ctl: --device PATH, in device-table order)`);
+    }
+    return dev;
   }
 
   private readSuperblock(): ErofsSuperblock {
@@ -273,43 +356,74 @@ export class ErofsImage {
     this.readInto(this.aux, len, 0, 'superblock');
     const rc = this.wasm.superblock(this.aux, len, this.rec);
     if (rc < 0) {
-      if (rc === -4) {
-        throw new ErofsError('unsupported-feature', `erofs: unknown incompatible features 0x${this.slot(S.UNKNOWN_INCOMPAT).toString(16)}`);
+      if (rc === this.k.E_UNSUPPORTED_FEATURE) {
+        throw new ErofsError('unsupported-feature', `erofs: unknown incompatible features 0x${this.slot(this.k.S_UNKNOWN_INCOMPAT).toString(16)}`);
       }
-      throw codeError(rc === E_NEED_MORE ? -7 : rc, 'superblock');
+      throw this.abi.error(rc === this.k.E_NEED_MORE ? this.k.E_CORRUPT : rc, 'superblock');
     }
     const sbb = this.u8.subarray(this.aux + 1024, this.aux + 1024 + 128);
     const uuidHex = Buffer.from(sbb.subarray(48, 64)).toString('hex');
     const uuid = `${uuidHex.slice(0, 8)}-${uuidHex.slice(8, 12)}-${uuidHex.slice(12, 16)}-${uuidHex.slice(16, 20)}-${uuidHex.slice(20)}`;
     const vn = Buffer.from(sbb.subarray(64, 80));
     const z = vn.indexOf(0);
-    const featureCompat = this.slot(S.FEATURE_COMPAT);
-    const featureIncompat = this.slot(S.FEATURE_INCOMPAT);
+    const featureCompat = this.slot(this.k.S_FEATURE_COMPAT);
+    const featureIncompat = this.slot(this.k.S_FEATURE_INCOMPAT);
     const features = [
       ...FEATURE_NAMES.compat.filter(([b]) => featureCompat & b).map(([, n]) => n),
       ...FEATURE_NAMES.incompat.filter(([b]) => featureIncompat & b).map(([, n]) => n),
     ];
-    const blkbits = this.slot(S.BLKBITS);
+    const blkbits = this.slot(this.k.S_BLKBITS);
+    const devices = this.readDeviceTable();
     return {
       blockSize: 2 ** blkbits,
       blkbits,
-      rootNid: this.slot(S.ROOT_NID),
-      inos: this.slot(S.INOS),
-      buildTime: this.slot(S.BUILD_TIME),
-      buildTimeNsec: this.slot(S.BUILD_TIME_NSEC),
-      blocks: this.slot(S.BLOCKS),
-      metaBlkaddr: this.slot(S.META_BLKADDR),
-      xattrBlkaddr: this.slot(S.XATTR_BLKADDR),
+      rootNid: this.slot(this.k.S_ROOT_NID),
+      inos: this.slot(this.k.S_INOS),
+      buildTime: this.slot(this.k.S_BUILD_TIME),
+      buildTimeNsec: this.slot(this.k.S_BUILD_TIME_NSEC),
+      blocks: this.slot(this.k.S_BLOCKS),
+      metaBlkaddr: this.slot(this.k.S_META_BLKADDR),
+      xattrBlkaddr: this.slot(this.k.S_XATTR_BLKADDR),
       featureCompat,
       featureIncompat,
       features,
       uuid,
       volumeName: vn.subarray(0, z < 0 ? 16 : z).toString('latin1'),
-      checksum: this.slot(S.CHECKSUM),
-      extraDevices: this.slot(S.EXTRA_DEVICES),
-      comprAlgs: this.slot(S.COMPR_ALGS),
+      checksum: this.slot(this.k.S_CHECKSUM),
+      extraDevices: this.slot(this.k.S_EXTRA_DEVICES),
+      comprAlgs: this.slot(this.k.S_COMPR_ALGS),
+      devices,
     };
   }
+
+  /**
+   * Copies the device table into the Memory (mapDevice() reads it there)
+   * and decodes each slot as erofs_init_device() does.
+   */
+  private readDeviceTable(): ErofsDeviceSlot[] {
+    const n = this.slot(this.k.S_DEVICES);
+    const off = this.slot(this.k.S_DEVT_OFF);
+    this.devMask = this.slot(this.k.S_DEVICE_ID_MASK);
+    if (n === 0) return [];
+    if (n > MAX_DEVICES) throw new ErofsError('unsupported', `erofs: device table of ${n} devices (at most ${MAX_DEVICES})`);
+    if (off < 1024 + 128) throw new ErofsError('corrupt', `erofs: device table at ${off} overlaps the superblock`);
+    this.readInto(this.devt, n * this.k.DEVT_SLOT_SIZE, off, 'device table');
+    const out: ErofsDeviceSlot[] = [];
+    for (let i = 0; i < n; i++) {
+      const p = this.devt + i * this.k.DEVT_SLOT_SIZE;
+      this.wasm.deviceSlot(p, this.rec);
+      const tagLen = this.slot(this.k.D_TAG_LEN);
+      out.push({
+        tag: Buffer.from(this.u8.subarray(p, p + tagLen)).toString('utf8'),
+        blocks: this.slot(this.k.D_BLOCKS),
+        mappedBlkaddr: this.slot(this.k.D_MAPPED_BLKADDR),
+      });
+    }
+    return out;
+  }
+
+  /** S_DEVICE_ID_MASK of the superblock (erofs_scan_devices). */
+  private devMask = 0;
 
   /* ---- inodes ---- */
 
@@ -345,15 +459,15 @@ export class ErofsImage {
       this.loadWindow(nid, want);
       const rc = this.wasm.inode(this.meta, want, this.sb.blkbits, ilocOff, this.rec);
       if (rc === 0) break;
-      if (rc !== E_NEED_MORE || tries > 3) throw codeError(rc, `inode ${nid}`);
-      const need = this.slot(I.META_NEED);
-      if (need <= want) throw codeError(-7, `inode ${nid}`);
+      if (rc !== this.k.E_NEED_MORE || tries > 3) throw this.abi.error(rc, `inode ${nid}`);
+      const need = this.slot(this.k.I_META_NEED);
+      if (need <= want) throw this.abi.error(this.k.E_CORRUPT, `inode ${nid}`);
       want = need;
     }
-    const mode = this.slot(I.MODE);
-    const version = this.slot(I.VERSION);
-    let mtime = this.slot(I.MTIME);
-    let mtimeNsec = this.slot(I.MTIME_NSEC);
+    const mode = this.slot(this.k.I_MODE);
+    const version = this.slot(this.k.I_VERSION);
+    let mtime = this.slot(this.k.I_MTIME);
+    let mtimeNsec = this.slot(this.k.I_MTIME_NSEC);
     if (mtime < 0) {
       mtime = this.sb.buildTime;
       mtimeNsec = this.sb.buildTimeNsec;
@@ -363,19 +477,20 @@ export class ErofsImage {
       ino: nid,
       type: TYPE_FROM_MODE[mode & 0o170000],
       mode,
-      nlink: this.slot(I.NLINK),
-      uid: this.slot(I.UID),
-      gid: this.slot(I.GID),
-      size: this.slot(I.SIZE),
+      nlink: this.slot(this.k.I_NLINK),
+      uid: this.slot(this.k.I_UID),
+      gid: this.slot(this.k.I_GID),
+      size: this.slot(this.k.I_SIZE),
       mtime,
       mtimeNsec,
-      rdevMajor: this.slot(I.RDEV_MAJOR),
-      rdevMinor: this.slot(I.RDEV_MINOR),
-      layout: LAYOUTS[this.slot(I.LAYOUT)],
+      rdevMajor: this.slot(this.k.I_RDEV_MAJOR),
+      rdevMinor: this.slot(this.k.I_RDEV_MINOR),
+      layout: LAYOUTS[this.slot(this.k.I_LAYOUT)],
       inodeVersion: version ? 'extended' : 'compact',
-      xattrIsize: this.slot(I.XATTR_ISIZE),
+      xattrIsize: this.slot(this.k.I_XATTR_ISIZE),
     };
-    const info: InodeInfo = { st, metaNeed: this.slot(I.META_NEED), iloc };
+    const chunkSize = st.layout === 'chunk-based' ? 2 ** this.slot(this.k.I_CHUNKBITS) : 0;
+    const info: InodeInfo = { st, metaNeed: this.slot(this.k.I_META_NEED), iloc, chunkSize };
     if (info.metaNeed > this.metaMax) throw new ErofsError('too-large', `erofs: inode ${nid} metadata of ${info.metaNeed} bytes exceeds ${this.metaMax}`);
     if (iloc + info.metaNeed > this.src.size) throw new ErofsError('corrupt', `erofs: inode ${nid} metadata runs past the end of the image`);
     this.inodes.set(nid, info);
@@ -398,10 +513,66 @@ export class ErofsImage {
     return out;
   }
 
-  private readRange(info: InodeInfo, offset: number, end: number, out: Buffer): void {
+  /**
+   * Maps byte `pos` of the inode (mapBlocks, then mapDevice when the image
+   * has devices or the index names one). M_LA / M_LLEN stay in the record.
+   */
+  private mapAt(info: InodeInfo, pos: number): { pa: number; plen: number; flags: number; device: number } {
     const nid = info.st.nid;
     const blkbits = this.sb.blkbits;
-    const ilocOff = info.iloc % this.sb.blockSize;
+    this.loadWindow(nid, info.metaNeed);
+    const rc = this.wasm.mapBlocks(this.meta, info.metaNeed, blkbits, info.iloc % this.sb.blockSize, pos, this.rec);
+    if (rc < 0) throw this.abi.error(rc, `inode ${nid} block map at ${pos}`);
+    const la = this.slot(this.k.M_LA);
+    const llen = this.slot(this.k.M_LLEN);
+    const flags = this.slot(this.k.M_FLAGS);
+    if (llen <= 0 || la > pos || la + llen <= pos) throw new ErofsError('corrupt', `erofs: inode ${nid}: bad extent ${la}+${llen} for offset ${pos}`);
+    let device = 0;
+    if ((flags & this.k.MAP_MAPPED) && !(flags & this.k.MAP_META) && (this.sb.devices.length > 0 || this.slot(this.k.M_DEVICE) !== 0)) {
+      const raw = this.slot(this.k.M_DEVICE);
+      const blk = this.slot(this.k.M_PA) / this.sb.blockSize;
+      const dr = this.wasm.mapDevice(this.devt, this.sb.devices.length, this.devMask, blkbits, this.rec);
+      if (dr < 0) throw this.abi.error(dr, `inode ${nid} chunk at ${la} (device id ${raw}, block ${blk}, ${this.sb.devices.length} extra devices)`);
+      device = this.slot(this.k.M_DEVICE);
+    }
+    return { pa: this.slot(this.k.M_PA), plen: this.slot(this.k.M_PLEN), flags, device };
+  }
+
+  /**
+   * Where the chunk holding byte `fileOffset` of a chunk-based (or flat,
+   * uncompressed) regular file lives: device index and block address, as
+   * the kernel's erofs_map_blocks() + erofs_map_dev() resolve it. For the
+   * lazy image device and the converter's verification (issue 12): a bad
+   * device id or a chunk outside its declared device is an ErofsError.
+   */
+  chunkLocation(inode: number | string, fileOffset: number): ErofsChunkLocation {
+    const nid = typeof inode === 'string' ? this.resolve(inode, true) : inode;
+    const info = this.info(nid);
+    const st = info.st;
+    if (st.type !== 'file') throw new ErofsError('bad-argument', `erofs: inode ${nid} is not a regular file`);
+    if (!Number.isSafeInteger(fileOffset) || fileOffset < 0 || fileOffset >= st.size) {
+      throw new ErofsError('bad-argument', `erofs: offset ${fileOffset} is outside inode ${nid} (size ${st.size})`);
+    }
+    if (st.layout === 'compressed' || st.layout === 'compressed-legacy') {
+      throw new ErofsError('unsupported', `erofs: inode ${nid} is compressed; its data has no chunk location`);
+    }
+    const { pa, flags, device } = this.mapAt(info, fileOffset);
+    if (flags & this.k.MAP_META) throw new ErofsError('unsupported', `erofs: offset ${fileOffset} of inode ${nid} is inline in the metadata`);
+    const la = this.slot(this.k.M_LA);
+    const llen = this.slot(this.k.M_LLEN);
+    const mapped = (flags & this.k.MAP_MAPPED) !== 0;
+    return {
+      device,
+      blockAddr: mapped ? pa / this.sb.blockSize : null,
+      byteAddr: mapped ? pa : null,
+      fileStart: la,
+      length: Math.min(llen, st.size - la),
+      chunkSize: st.layout === 'chunk-based' ? info.chunkSize : llen,
+    };
+  }
+
+  private readRange(info: InodeInfo, offset: number, end: number, out: Buffer): void {
+    const nid = info.st.nid;
     let pos = offset;
     while (pos < end) {
       let la: number, llen: number;
@@ -413,30 +584,28 @@ export class ErofsImage {
         pos += n;
         continue;
       }
-      this.loadWindow(nid, info.metaNeed);
-      const rc = this.wasm.mapBlocks(this.meta, info.metaNeed, blkbits, ilocOff, pos, this.rec);
-      if (rc < 0) throw codeError(rc, `inode ${nid} block map at ${pos}`);
-      la = this.slot(M.LA);
-      llen = this.slot(M.LLEN);
-      const pa = this.slot(M.PA);
-      const plen = this.slot(M.PLEN);
-      const flags = this.slot(M.FLAGS);
-      if (llen <= 0 || la > pos || la + llen <= pos) throw new ErofsError('corrupt', `erofs: inode ${nid}: bad extent ${la}+${llen} for offset ${pos}`);
+      const { pa, plen, flags, device } = this.mapAt(info, pos);
+      la = this.slot(this.k.M_LA);
+      llen = this.slot(this.k.M_LLEN);
       const stop = Math.min(end, la + llen);
       const at = pos - la;
-      if (!(flags & MAP_MAPPED)) {
+      if (!(flags & this.k.MAP_MAPPED)) {
         out.fill(0, pos - offset, stop - offset); // hole
         pos = stop;
         continue;
       }
-      if (this.slot(M.DEVICE) !== 0) throw new ErofsError('unsupported', `erofs: inode ${nid} has data on extra device ${this.slot(M.DEVICE)}`);
-      if (!(flags & MAP_ENCODED)) {
-        if (flags & MAP_META) {
+      if (!(flags & this.k.MAP_ENCODED)) {
+        if (flags & this.k.MAP_META) {
           out.set(this.u8.subarray(this.meta + pa + at, this.meta + pa + at + (stop - pos)), pos - offset);
         } else {
           const want = stop - pos;
-          if (pa + at + want > this.src.size) throw new ErofsError('corrupt', `erofs: inode ${nid} data at ${pa + at} lies past the end of the image`);
-          const n = this.src.read(out, pos - offset, want, pa + at);
+          const src = this.source(device, `inode ${nid} data at ${la}`);
+          if (pa + at + want > src.size) {
+            throw device
+              ? new ErofsError('outside-device', `erofs: inode ${nid} chunk at ${la} reads ${pa + at}+${want}, past the end of the ${src.size}-byte device ${device}`)
+              : new ErofsError('corrupt', `erofs: inode ${nid} data at ${pa + at} lies past the end of the image`);
+          }
+          const n = src.read(out, pos - offset, want, pa + at);
           if (n !== want) throw new ErofsError('io', `erofs: short read of inode ${nid} data`);
         }
         pos = stop;
@@ -447,15 +616,15 @@ export class ErofsImage {
       const full = llen <= this.outMax;
       const decodeLen = full ? llen : stop - la;
       if (decodeLen > this.outMax) throw new ErofsError('too-large', `erofs: inode ${nid}: extent of ${llen} bytes exceeds ${this.outMax}`);
-      if (flags & MAP_META) {
+      if (flags & this.k.MAP_META) {
         this.u8.copyWithin(this.inOff, this.meta + pa, this.meta + pa + plen);
       } else {
-        this.readInto(this.inOff, plen, pa, `inode ${nid} pcluster`);
+        this.readInto(this.inOff, plen, pa, `inode ${nid} pcluster`, device);
       }
       this.cacheNid = -1;
-      const zeroPad = this.sb.featureIncompat & INCOMPAT_LZ4_0PADDING ? 1 : 0;
-      const dc = this.wasm.decompressCluster(this.inOff, plen, this.outOff, decodeLen, this.slot(M.ALG), zeroPad, full ? 0 : 1);
-      if (dc < 0) throw codeError(dc, `inode ${nid} extent at ${la}`);
+      const zeroPad = this.sb.featureIncompat & this.k.INCOMPAT_LZ4_0PADDING ? 1 : 0;
+      const dc = this.wasm.decompressCluster(this.inOff, plen, this.outOff, decodeLen, this.slot(this.k.M_ALG), zeroPad, full ? 0 : 1);
+      if (dc < 0) throw this.abi.error(dc, `inode ${nid} extent at ${la}`);
       if (full) {
         this.cacheNid = nid;
         this.cacheLa = la;
@@ -476,16 +645,16 @@ export class ErofsImage {
     if (st.size > this.src.size) throw new ErofsError('corrupt', `erofs: directory ${nid} claims ${st.size} bytes`);
     const data = this.readNid(nid, 0, st.size);
     const bs = this.sb.blockSize;
-    const outCap = Math.floor((this.auxMax - bs) / DIRENT_SIZE);
+    const outCap = Math.floor((this.auxMax - bs) / this.k.DIRENT_SIZE);
     const res: ErofsDirent[] = [];
     for (let b = 0; b < data.length; b += bs) {
       const len = Math.min(bs, data.length - b);
       this.u8.set(data.subarray(b, b + len), this.aux);
       const tab = this.aux + bs;
       const n = this.wasm.dirBlock(this.aux, len, tab, outCap);
-      if (n < 0) throw codeError(n, `directory ${nid} block ${b / bs}`);
+      if (n < 0) throw this.abi.error(n, `directory ${nid} block ${b / bs}`);
       for (let i = 0; i < n; i++) {
-        const e = tab + i * DIRENT_SIZE;
+        const e = tab + i * this.k.DIRENT_SIZE;
         const nameoff = this.view.getUint16(e + 8, true);
         const namelen = this.view.getUint16(e + 10, true);
         const nameBytes = Buffer.from(data.subarray(b + nameoff, b + nameoff + namelen));
@@ -517,10 +686,10 @@ export class ErofsImage {
       this.u8.set(nb, nameAt);
       const r = this.wasm.dirLookup(this.aux, blk.length, nameAt, nb.length);
       if (r >= 0) return Number(blk.readBigUInt64LE(12 * r));
-      if (r === LOOKUP_BEFORE) hi = mid - 1;
-      else if (r === LOOKUP_AFTER) lo = mid + 1;
-      else if (r === LOOKUP_ABSENT) return undefined;
-      else throw codeError(r, `directory ${dirNid} block ${mid}`);
+      if (r === this.k.LOOKUP_BEFORE) hi = mid - 1;
+      else if (r === this.k.LOOKUP_AFTER) lo = mid + 1;
+      else if (r === this.k.LOOKUP_ABSENT) return undefined;
+      else throw this.abi.error(r, `directory ${dirNid} block ${mid}`);
     }
     return undefined;
   }
@@ -606,12 +775,12 @@ export class ErofsImage {
     const info = this.info(nid);
     if (info.st.xattrIsize === 0) return [];
     this.loadWindow(nid, info.metaNeed);
-    const cap = Math.floor(this.auxMax / XATTR_SIZE);
+    const cap = Math.floor(this.auxMax / this.k.XATTR_SIZE);
     const n = this.wasm.xattrIbody(this.meta, info.metaNeed, this.aux, cap, this.rec);
-    if (n < 0) throw codeError(n, `inode ${nid} xattrs`);
+    if (n < 0) throw this.abi.error(n, `inode ${nid} xattrs`);
     const recs: Array<{ kind: number; index: number; nameLen: number; valueSize: number; a: number; b: number }> = [];
     for (let i = 0; i < n; i++) {
-      const e = this.aux + i * XATTR_SIZE;
+      const e = this.aux + i * this.k.XATTR_SIZE;
       recs.push({
         kind: this.u8[e], index: this.u8[e + 1], nameLen: this.u8[e + 2],
         valueSize: this.view.getUint32(e + 4, true), a: this.view.getUint32(e + 8, true), b: this.view.getUint32(e + 12, true),
@@ -638,17 +807,17 @@ export class ErofsImage {
     const pos = this.sb.xattrBlkaddr * this.sb.blockSize + id * 4;
     this.readInto(this.aux, 4, pos, `shared xattr ${id}`);
     let rc = this.wasm.xattrEntry(this.aux, 4, this.rec);
-    const size = this.slot(X.ENTRY_SIZE);
-    if (rc === E_NEED_MORE) {
-      const need = 4 + this.slot(X.NAME_LEN) + this.slot(X.VALUE_SIZE);
+    const size = this.slot(this.k.X_ENTRY_SIZE);
+    if (rc === this.k.E_NEED_MORE) {
+      const need = 4 + this.slot(this.k.X_NAME_LEN) + this.slot(this.k.X_VALUE_SIZE);
       this.readInto(this.aux, need, pos, `shared xattr ${id}`);
       rc = this.wasm.xattrEntry(this.aux, need, this.rec);
     }
-    if (rc < 0 || size > this.auxMax) throw codeError(rc < 0 ? rc : -10, `shared xattr ${id}`);
-    const nameLen = this.slot(X.NAME_LEN);
-    const valueSize = this.slot(X.VALUE_SIZE);
+    if (rc < 0 || size > this.auxMax) throw this.abi.error(rc < 0 ? rc : this.k.E_BAD_XATTR, `shared xattr ${id}`);
+    const nameLen = this.slot(this.k.X_NAME_LEN);
+    const valueSize = this.slot(this.k.X_VALUE_SIZE);
     return {
-      index: this.slot(X.INDEX),
+      index: this.slot(this.k.X_INDEX),
       name: Buffer.from(this.u8.subarray(this.aux + 4, this.aux + 4 + nameLen)),
       value: Buffer.from(this.u8.subarray(this.aux + 4 + nameLen, this.aux + 4 + nameLen + valueSize)),
     };

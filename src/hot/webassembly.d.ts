@@ -14,6 +14,10 @@ declare namespace WebAssembly {
   type ImportValue = Function | Memory | number;
   type Imports = Record<string, Record<string, ImportValue>>;
   type Exports = Record<string, Function | Memory | unknown>;
+  /** Exported globals: assembly/erofs exports its ABI constants this way. */
+  class Global {
+    readonly value: number | bigint;
+  }
   class Module {
     constructor(bytes: ArrayBufferView | ArrayBuffer);
   }

@@ -1,17 +1,23 @@
 /**
- * EROFS images (assembly/erofs via src/hot/erofs.ts): the whole image is the
- * input. Seeds are mkfs.erofs 1.5 images of a small tree (plain, inline,
- * lz4/lz4hc compressed with and without ztailpacking, chunk-based files,
- * long and many names, symlinks, a fifo, xattrs when the filesystem takes
- * them), made at start-up when mkfs.erofs is there; the seed images are also
- * kept in the corpus so replay does not need it.
+ * EROFS images (assembly/erofs via src/hot/erofs.ts): the input is an image,
+ * or an image plus its blob device (packWithDevice). Seeds are mkfs.erofs
+ * 1.5 images of a small tree (plain, inline, lz4/lz4hc compressed with and
+ * without ztailpacking, chunk-based files with 4 KiB and 64 KiB chunks, and
+ * chunk-based with --blobdev: 8-byte chunk indexes naming device 1 and a
+ * device table, at 4 KiB, 64 KiB and 1 MiB chunks; long and many names,
+ * symlinks, a fifo, xattrs when the filesystem takes them), made at
+ * start-up when mkfs.erofs is there; the seed images are also kept in the
+ * corpus so replay does not need it.
  *
  * The case opens the image and walks it the way the image service does:
  * every directory (depth ≤ 8, ≤ 512 entries visited), stat, file reads
  * (whole files up to 256 KiB, and a read at an odd offset), readlink,
- * xattrs, and a lookup of each entry's name back to its nid.
+ * xattrs, a lookup of each entry's name back to its nid, and for
+ * chunk-based files chunkLocation() of the first chunks.
  * Oracle: only ErofsError; reads return at most what was asked and at most
- * the file size; what a lookup finds is an entry readdir lists under that name.
+ * the file size; what a lookup finds is an entry readdir lists under that
+ * name; a chunk is on device 0 or 1 and a read at its start returns the
+ * device's bytes there (zeros for a hole).
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -58,12 +64,15 @@ function erofsSeeds(): Buffer[] {
   try {
     const src = path.join(tmp, 'tree');
     makeTree(src);
-    const variants: string[][] = [[], ['-zlz4'], ['-zlz4hc', '-Eztailpacking'], ['--chunksize=4096'], ['-zlz4hc,12', '-C8192'], ['-Enoinline_data']];
+    const variants: string[][] = [[], ['-zlz4'], ['-zlz4hc', '-Eztailpacking'], ['--chunksize=4096'], ['-zlz4hc,12', '-C8192'], ['-Enoinline_data'],
+      ['--chunksize=65536'], ['--chunksize=4096', '--blobdev=BLOB'], ['--chunksize=65536', '--blobdev=BLOB'], ['--chunksize=1048576', '--blobdev=BLOB']];
     variants.forEach((opts, i) => {
       const img = path.join(tmp, `img${i}`);
+      const blob = path.join(tmp, `blob${i}`);
       try {
-        execFileSync('mkfs.erofs', ['--quiet', '-T0', '-U00000000-0000-0000-0000-000000000001', '--all-root', ...opts, img, src], { stdio: ['ignore', 'ignore', 'pipe'] });
-        seedCache!.push(fs.readFileSync(img));
+        execFileSync('mkfs.erofs', ['--quiet', '-T0', '-U00000000-0000-0000-0000-000000000001', '--all-root', ...opts.map((o) => o.replace('BLOB', blob)), img, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+        const seed = fs.existsSync(blob) ? packWithDevice(fs.readFileSync(img), fs.readFileSync(blob)) : fs.readFileSync(img);
+        if (seed.length <= erofs.maxLen) seedCache!.push(seed);
       } catch { /* an option this mkfs.erofs lacks */ }
     });
   } finally {
@@ -86,33 +95,61 @@ function bufferSource(buf: Uint8Array): ImageSource {
 }
 
 /**
- * Opens `buf` as ErofsImage does, but over the WebAssembly Memory and
- * instance of the first image opened: a fresh 2 MiB Memory and instance per
- * case cost 70% of the run (allocation and GC), 10^6 of them ~45 min. The
- * per-image state the constructor sets (source, superblock, inode cache,
- * metadata window, extent cache) is set afresh; the decoder's windows keep
- * the previous image's bytes, which a correct decoder never reads before
- * writing.
+ * Opens `buf` over the WebAssembly Memory and instance of the first image
+ * opened (ErofsImage.reuse): a fresh 10 MiB Memory and instance per case
+ * cost 70% of the run (allocation and GC), 10^6 of them ~45 min. The
+ * decoder's windows keep the previous image's bytes, which a correct
+ * decoder never reads before writing.
  */
 let template: ErofsImage | undefined;
-function open(buf: Uint8Array): ErofsImage {
-  if (!template) {
-    template = new ErofsImage(bufferSource(buf), OPTS);
-    return template;
+function open(buf: Uint8Array, devices?: ImageSource[]): ErofsImage {
+  if (template) return template.reuse(bufferSource(buf), devices);
+  template = new ErofsImage(bufferSource(buf), { ...OPTS, devices });
+  return template;
+}
+
+/**
+ * Multi-device inputs: "KTSDEV1\0", u32 LE image length, the image, then
+ * the bytes of extra device 1 (a --blobdev blob). Anything else is a
+ * single-device image. The header is mutated like the rest, so the fuzzer
+ * also feeds blob images without their blob and images with a cut blob.
+ */
+const DEV_MAGIC = Buffer.from('KTSDEV1\0', 'latin1');
+export function packWithDevice(image: Buffer, device: Buffer): Buffer {
+  const head = Buffer.alloc(12);
+  DEV_MAGIC.copy(head);
+  head.writeUInt32LE(image.length, 8);
+  return Buffer.concat([head, image, device]);
+}
+function unpack(input: Buffer): { image: Buffer; devices?: ImageSource[] } {
+  if (input.length < 12 || !input.subarray(0, 8).equals(DEV_MAGIC)) return { image: input };
+  const n = Math.min(input.readUInt32LE(8), input.length - 12);
+  return { image: input.subarray(12, 12 + n), devices: [bufferSource(input.subarray(12 + n))] };
+}
+
+/**
+ * Chunk-based files: chunkLocation() of the first chunks names device 0 or
+ * the one extra device, and the bytes a read returns at a chunk's start
+ * are the device's bytes at that address (or zeros for a hole).
+ */
+function checkChunks(img: ErofsImage, nid: number, size: number, device: ImageSource | undefined): number {
+  let n = 0;
+  for (let off = 0; off < size && n < 4; n++) {
+    const loc = img.chunkLocation(nid, off);
+    invariant(loc.device === 0 || loc.device === 1, `chunk at ${off} on device ${loc.device} of ${img.sb.devices.length}`);
+    invariant(loc.fileStart <= off && off < loc.fileStart + loc.length, `chunk ${loc.fileStart}+${loc.length} does not hold ${off}`);
+    const want = Math.min(64, size - off);
+    const got = img.readNid(nid, off, want);
+    if (loc.byteAddr === null) {
+      invariant(got.every((b) => b === 0), `hole at ${off} read non-zero bytes`);
+    } else if (loc.device === 1 && device) {
+      const ref = Buffer.alloc(want);
+      const r = device.read(ref, 0, want, loc.byteAddr + (off - loc.fileStart));
+      invariant(r === want && ref.equals(got), `chunk at ${off}: read differs from device 1 at ${loc.byteAddr}`);
+    }
+    off = loc.fileStart + Math.max(loc.chunkSize, 1);
   }
-  const img = Object.create(ErofsImage.prototype) as ErofsImage;
-  Object.assign(img, template);
-  const m = img as unknown as Record<string, unknown> & { readSuperblock(): unknown; wasm: { setFeatures(n: number): void } };
-  m.src = bufferSource(buf);
-  m.inodes = new Map();
-  m.winNid = -1;
-  m.winLen = 0;
-  m.cacheNid = -1;
-  m.cacheLa = 0;
-  m.cacheLen = 0;
-  m.sb = m.readSuperblock();
-  m.wasm.setFeatures((m.sb as { featureIncompat: number }).featureIncompat);
-  return img;
+  return n;
 }
 
 export const erofs: Target = {
@@ -123,8 +160,9 @@ export const erofs: Target = {
     Buffer.from([0xed, 0x41]), Buffer.from([0xa4, 0x81]), Buffer.from([0xff, 0xa1]), Buffer.from([0x01]), Buffer.from([0x02]), Buffer.from([0x03]), Buffer.from([0x04]), Buffer.from([0x08])],
   seeds: erofsSeeds,
   run(input) {
-    const img = open(input);
-    let visited = 0, read = 0, dirs = 0, links = 0, xattrs = 0;
+    const { image, devices } = unpack(input);
+    const img = open(image, devices);
+    let visited = 0, read = 0, dirs = 0, links = 0, xattrs = 0, chunks = 0;
     const walk = (nid: number, depth: number): void => {
       if (depth > 8 || visited >= MAX_VISIT) return;
       dirs++;
@@ -151,6 +189,7 @@ export const erofs: Target = {
             const b = img.readNid(e.nid, 0, want);
             invariant(b.length <= want, `read ${b.length} bytes of ${want} asked`);
             read += b.length;
+            if (st.layout === 'chunk-based') chunks += checkChunks(img, e.nid, st.size, devices?.[0]);
             if (st.size > 3) {
               const off = Math.floor(st.size / 3) + 1;
               const c = img.readNid(e.nid, off, 777);
@@ -168,7 +207,7 @@ export const erofs: Target = {
     } finally {
       img.close();
     }
-    return `d${bucket(dirs)}:v${bucket(visited)}:r${bucket(read)}:l${bucket(links)}:x${bucket(xattrs)}`;
+    return `d${bucket(dirs)}:v${bucket(visited)}:r${bucket(read)}:l${bucket(links)}:x${bucket(xattrs)}:c${bucket(chunks)}`;
   },
   expected: (err) => err instanceof ErofsError,
 };
