@@ -1,8 +1,9 @@
 /**
  * `kata-ts`: run containers in lightweight VMs from the command line.
- *   kata-ts run [--rootfs DIR | --bundle DIR] [--rootfs-share virtiofs|erofs] [--hypervisor auto|qemu|builtin]
+ *   kata-ts run [--rootfs DIR | --bundle DIR] | --image SOURCE|ID] [--rootfs-share virtiofs|erofs] [--hypervisor auto|qemu|builtin]
  *               [--memory MiB] [--cpus N] [-e K=V]... [-w DIR] [-u UID[:GID]] [-t]
  *               [-v HOST:GUEST[:ro|rw]]... -- CMD...
+ *   kata-ts image convert SOURCE [--chunk-size N] [--store DIR] [--json] | image ls [--json]
  * Thin: parse, call src/runtime, print. Errors are one line on stderr; the
  * exit status is the container's, or 125 when kata-ts itself failed (as
  * docker/podman do).
@@ -13,6 +14,7 @@ import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
 import { parseNet, runContainer } from './run';
 import { AgentCallError } from '../runtime/agent-client';
+import { imageCommand } from './image';
 
 export const RUNTIME_FAILURE = 125;
 
@@ -32,10 +34,12 @@ export async function main(args: string[]): Promise<void> {
     .usage('$0 <command> [options]')
     .option('config', { type: 'string', describe: 'configuration file (default: $KATA_TS_CONFIG, then /etc/kata-ts/configuration.toml)' })
     .option('debug', { type: 'boolean', default: false, describe: 'debug logging (JSON on stderr)' })
+    .option('log-level', { choices: ['error', 'warn', 'info', 'debug'] as const, describe: 'host log level (JSON on stderr; default warn, debug with --debug). info shows the start-up phases (\'sandbox ready\') without --debug\'s guest debug mode, which slows the boot' })
     .command('run [cmd..]', 'run a container in a new VM', (y) => y
       .usage('$0 run [options] -- CMD [ARGS...]')
       .option('rootfs', { type: 'string', describe: 'container root filesystem directory (default: the built-in busybox image)' })
       .option('bundle', { type: 'string', describe: 'OCI bundle directory (config.json + rootfs)' })
+      .option('image', { type: 'string', describe: 'a converted image (id, id prefix or reference in [image] store_dir), or a SOURCE `kata-ts image convert` takes, converted on first use; its entrypoint/cmd/env/cwd apply' })
       .option('rootfs-share', { choices: ['virtiofs', 'erofs'] as const, describe: 'how the rootfs reaches the guest: virtio-fs share, changes land in the directory (default with --rootfs/--bundle), or EROFS image + throwaway overlay (default for the built-in image)' })
       .option('hypervisor', { choices: ['auto', 'qemu', 'builtin'] as const, default: 'auto' as const, describe: 'which VMM' })
       .option('memory', { alias: 'm', type: 'number', describe: 'guest memory in MiB' })
@@ -57,14 +61,14 @@ export async function main(args: string[]): Promise<void> {
         return true;
       }),
     async (a) => {
-      configureLogging({ source: 'kata-ts', level: a.debug ? 'debug' : 'warn' });
+      configureLogging({ source: 'kata-ts', level: a['log-level'] ?? (a.debug ? 'debug' : 'warn') });
       try {
         const cfg = loadConfig(a.config, process.env);
         if (a.debug) cfg.runtime.enable_debug = true;
         code = await runContainer({
           rootfs: a.rootfs, bundle: a.bundle, hypervisor: a.hypervisor, memory: a.memory, cpus: a.cpus,
           env: (a.env as string[]) ?? [], workdir: a.workdir, user: a.user, tty: a.tty, hostname: a.hostname,
-          volumes: (a.volume as string[]) ?? [], policy: a.policy,
+          volumes: (a.volume as string[]) ?? [], policy: a.policy, image: a.image,
           readonly: a['read-only'], name: a.name, rootfsShare: a['rootfs-share'], netns: parseNet(a.net as string[] | undefined), dns: (a.dns as string[]) ?? [], command: [...((a.cmd as string[] | undefined) ?? []), ...command],
         }, cfg);
       } catch (err) {
@@ -72,6 +76,7 @@ export async function main(args: string[]): Promise<void> {
         code = exitCodeFor(err);
       }
     })
+    .command(imageCommand((c) => { code = c; }))
     .demandCommand(1, 'a command is required (see --help)')
     .strict()
     .help()
