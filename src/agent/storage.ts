@@ -1,7 +1,8 @@
 /**
  * Mounts the storages a container's rootfs is made of (Kata's Storage):
  *   blk     — a virtio-blk disk found by its serial (/sys/block/vdX/serial),
- *             mounted read-only with the given fstype (EROFS images);
+ *             mounted read-only with the given fstype (EROFS images; a
+ *             converted image's blob device named by `device-serial=`);
  *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir;
  *   virtiofs — a host directory shared by our virtio-fs device, found by its
  *             mount tag (virtio 1.2 §5.11.4) and mounted as it is: writes go
@@ -67,6 +68,24 @@ export async function findBlockDevice(serial: string, timeoutMs = 10000, sysBloc
   }
 }
 
+/**
+ * `device-serial=SERIAL` options become `device=/dev/vdX`: a converted image
+ * (src/image) is EROFS metadata on one disk whose file data lives on a second
+ * disk (the image's blob device, EROFS device 1), and the kernel wants that
+ * one named by path (`mount -t erofs -o device=…`, fs/erofs/super.c) while
+ * the host only knows its serial.
+ */
+export async function resolveDeviceSerials(options: string[]): Promise<string[]> {
+  const out: string[] = [];
+  for (const o of options) {
+    if (!o.startsWith('device-serial=')) { out.push(o); continue; }
+    const serial = o.slice('device-serial='.length);
+    if (!/^[A-Za-z0-9_-]{1,20}$/.test(serial)) throw new StorageError(`bad device serial "${serial}"`);
+    out.push(`device=${await findBlockDevice(serial)}`);
+  }
+  return out;
+}
+
 /** The sandbox's mounted storages, by mount point, with how many containers use each. */
 export class StorageRegistry {
   private readonly refs = new Map<string, { count: number; ready: Promise<void> }>();
@@ -116,7 +135,7 @@ async function mountStorage(m: Mounter, s: Storage, scratchDir: string): Promise
   switch (s.driver) {
     case 'blk': {
       const dev = await findBlockDevice(s.source);
-      await m.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? s.options : ['ro']);
+      await m.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? await resolveDeviceSerials(s.options) : ['ro']);
       break;
     }
     case 'virtiofs': {

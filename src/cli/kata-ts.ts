@@ -1,6 +1,6 @@
 /**
  * `kata-ts`: run containers in lightweight VMs from the command line.
- *   kata-ts run [--rootfs DIR | --bundle DIR] | --image SOURCE|ID] [--rootfs-share virtiofs|erofs] [--hypervisor auto|qemu|builtin]
+ *   kata-ts run [--rootfs DIR | --bundle DIR | --image SOURCE|ID] [--rootfs-share virtiofs|erofs] [--hypervisor auto|qemu|builtin]
  *               [--memory MiB] [--cpus N] [-e K=V]... [-w DIR] [-u UID[:GID]] [-t]
  *               [-v HOST:GUEST[:ro|rw]]... -- CMD...
  *   kata-ts image convert SOURCE [--chunk-size N] [--store DIR] [--json] | image ls [--json]

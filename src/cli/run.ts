@@ -16,6 +16,7 @@ import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
 import { policyFromFile } from '../runtime/policy';
+import { findOrConvertImage, imageProcess } from '../runtime/image-rootfs';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
 
@@ -47,6 +48,12 @@ export interface RunOptions {
   dns?: string[];
   /** Agent policy file (--policy); else [agent.kata] policy_file. */
   policy?: string;
+  /**
+   * `--image SOURCE|ID`: the rootfs is a converted image (src/image; the
+   * store's, or SOURCE converted on first use), served from the store —
+   * no per-run mkfs.erofs. Its entrypoint/cmd/env/cwd/user apply.
+   */
+  image?: string;
   command: string[];
 }
 
@@ -123,12 +130,39 @@ export function resolveContainer(o: RunOptions, cfg: Config, consoleSize?: { hei
   return { spec, rootfs };
 }
 
+/**
+ * `--image`: finds (or converts) the image and builds the spec from its
+ * config, the command line's options winning (a given command replaces the
+ * image's cmd; its entrypoint stays, as with `docker run`).
+ */
+export async function resolveImageContainer(o: RunOptions, cfg: Config, consoleSize?: { height: number; width: number }): Promise<{ spec: OciSpec; imageId: string }> {
+  if (o.rootfs || o.bundle) throw new RunError('usage', '--image cannot be used with --rootfs or --bundle');
+  if (o.rootfsShare) throw new RunError('usage', '--rootfs-share does not apply to --image (a converted image is always its EROFS disks + an overlay)');
+  if (o.workdir && !o.workdir.startsWith('/')) throw new RunError('usage', `--workdir must be absolute: ${o.workdir}`);
+  const { record } = await findOrConvertImage(cfg, o.image!, { progress: !!process.stderr.isTTY });
+  const p = imageProcess(record, o.command);
+  let user = parseUser(o.user);
+  if (!user && p.user) {
+    try {
+      user = parseUser(p.user);
+    } catch {
+      throw new RunError('usage', `image ${record.id} runs as user "${p.user}", a name kata-ts cannot resolve on the host: give --user UID[:GID]`);
+    }
+  }
+  const spec = defaultSpec({
+    args: p.args, env: [...p.env, ...parseEnv(o.env)], cwd: o.workdir ?? p.cwd, uid: user?.uid, gid: user?.gid, terminal: o.tty,
+    consoleSize: o.tty ? consoleSize : undefined, hostname: o.hostname, readonlyRootfs: o.readonly,
+  });
+  return { spec, imageId: record.id };
+}
+
 /** Runs the container; returns its exit status. Throws on runtime errors. */
 export async function runContainer(o: RunOptions, cfg: Config): Promise<number> {
   const log = logger('run');
   const stdinTty = !!process.stdin.isTTY;
   const consoleSize = process.stdout.isTTY ? { height: process.stdout.rows, width: process.stdout.columns } : undefined;
-  const { spec, rootfs } = resolveContainer(o, cfg, consoleSize);
+  const fromImage = o.image ? await resolveImageContainer(o, cfg, consoleSize) : undefined;
+  const { spec, rootfs } = fromImage ? { spec: fromImage.spec, rootfs: '' } : resolveContainer(o, cfg, consoleSize);
   if (o.volumes?.length) spec.mounts = [...(spec.mounts ?? []), ...o.volumes.map(parseVolume)];
   const terminal = !!spec.process?.terminal;
   // A bad policy fails here, before a VM boots.
@@ -140,7 +174,7 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   // Bad volumes fail here, before a VM boots (createContainer checks again).
   if (spec.mounts?.some(isBindMount)) planVolumes(containerId, spec.mounts, '/');
   const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
-  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare }], netns: o.netns, dns: o.dns, policy });
+  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare, image: fromImage?.imageId }], netns: o.netns, dns: o.dns, policy });
 
   let interrupted: string | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

@@ -30,12 +30,14 @@ import { serveCtlChannel, type CtlChannel } from './ctl-channel';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
+import { imageStorages, openImageDisks } from './image-rootfs';
 import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './volumes';
 import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
 import { configureGuestNetwork, guestNetworkPlan, type GuestNetworkPlan } from '../resource/network/guest-config';
 import { NetnsWatcher } from '../resource/network/netns-watch';
+import { makeCloneUnique, startFromTemplate } from '../factory/sandbox-clone';
 import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
 export class SandboxError extends KataError<'boot' | 'agent' | 'container' | 'state'> {}
@@ -59,7 +61,7 @@ export interface SandboxOptions {
    * Containers known at boot: their rootfs is shared with virtio-fs (default)
    * or built into an EROFS disk, attached at boot (no hotplug needed).
    */
-  bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare }[];
+  bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare; image?: string }[];
   /**
    * Attach the volume share (volumes.ts) at boot; otherwise it is hotplugged
    * when the first container with a bind mount arrives.
@@ -81,6 +83,8 @@ interface HostContainer {
   disk: string;
   /** virtio-fs tag of its rootfs share ('' for EROFS). */
   share: string;
+  /** A converted image's blob-device disk (its metadata disk is `disk`). */
+  blobDisk?: string;
   image: string;
   state: 'created' | 'running' | 'stopped';
   pid: number;
@@ -110,6 +114,12 @@ const UNIX_PATH_MAX = 107;
 /** The longest socket name a sandbox directory holds: vhost-vsock.sock (vhost-fs-NN.sock and the hotplug ones are no longer). */
 const SOCKET_NAME_MAX = 'vhost-vsock.sock'.length;
 
+/** The sandbox's part of the guest kernel command line (a VM template's key includes it). */
+export function sandboxKernelParams(cfg: Config, policy: HostPolicy | undefined): string {
+  // The guest agent serves the debug console only when booted with this flag.
+  return [cfg['hypervisor.qemu'].kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : '', policy ? `${POLICY_KERNEL_PARAM}=${policy.sha256}` : ''].filter(Boolean).join(' ');
+}
+
 export const GUEST_CONTAINERS_DIR = '/run/kata-ts/containers';
 
 export class Sandbox {
@@ -122,6 +132,8 @@ export class Sandbox {
   private readonly log;
   private readonly createdAt = new Date().toISOString();
   private readonly preparedImages = new Map<string, string>();
+  /** Containers whose rootfs is a converted image attached at boot → its disks (image-rootfs.ts). */
+  private readonly bootImages = new Map<string, { meta: string; blob: string }>();
   /** Containers whose rootfs is a boot-time virtio-fs share → its tag. */
   private readonly sharedRootfs = new Map<string, string>();
   private ctl: CtlChannel | undefined;
@@ -174,6 +186,13 @@ export class Sandbox {
       const disks = [];
       const shares = [];
       for (const c of this.opts.bootContainers ?? []) {
+        if (c.image) {
+          // A converted image: its metadata and blob-device disks, nothing built.
+          const img = openImageDisks(this.opts.config, c.id, c.image);
+          disks.push(...img.disks);
+          this.bootImages.set(c.id, { meta: img.disks[0].id, blob: img.disks[1].id });
+          continue;
+        }
         if ((c.rootfsShare ?? 'virtiofs') === 'virtiofs') {
           const tag = fsTagFor(c.id);
           shares.push({ tag, path: c.rootfs });
@@ -189,29 +208,39 @@ export class Sandbox {
         this.volumeShare = true;
       }
       const cfg = this.opts.config;
-      const q = cfg['hypervisor.qemu'];
       const assets = guestAssets(cfg, this.opts.hypervisor.name);
       if (this.opts.netns) this.network = PodNetwork.attach(this.opts.netns);
       const t0 = Date.now();
-      this.vm = await this.opts.hypervisor.start({
+      const vmCfg = {
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
         vcpus: this.opts.vcpus ?? vmSizing(cfg, this.opts.hypervisor.name).vcpus, memoryMiB: this.opts.memoryMiB ?? vmSizing(cfg, this.opts.hypervisor.name).memoryMiB,
-        // The guest agent serves the debug console only when booted with this flag.
-        kernelParams: [q.kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : '', policy ? `${POLICY_KERNEL_PARAM}=${policy.sha256}` : ''].filter(Boolean).join(' '), disks, shares, nets: this.network?.tapFds(), debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
-      });
+        kernelParams: sandboxKernelParams(cfg, policy), disks, shares, nets: this.network?.tapFds(), debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+      };
+      // [factory] enable_template: a clone of the VM template, else (one warning) a cold boot.
+      const clone = await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log);
+      this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
       // QEMU holds its own tap fds now: the taps live exactly as long as the VM.
       this.network?.releaseTapFds();
       this.persist();
       const timeoutMs = cfg['agent.kata'].dial_timeout * 1000;
       let guestTimings = '';
-      try {
+      // A clone's agent printed its ready line in the template's life, not this one's: dial straight away.
+      if (!clone) try {
         guestTimings = await waitForMarker(this.vm.consoleLog, timeoutMs, this.opts.hypervisor.exited());
       } catch (err) {
         const tail = this.opts.hypervisor.consoleTail(8);
         throw new SandboxError('boot', `${errorMessage(err)}${tail ? `; last console lines:\n${tail}` : ''}`, { cause: err });
       }
-      this.agentClient = new AgentClient(dialAgent(this.vm.agentSocket));
+      // Host-side phases for the 'sandbox ready' line (README performance, cold path).
+      const tMarker = Date.now();
+      const wire = dialAgent(this.vm.agentSocket);
+      this.agentClient = new AgentClient(wire);
       await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
+      if (clone) {
+        await makeCloneUnique(this.agentClient);
+        guestTimings = JSON.stringify({ template: true, cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs });
+      }
+      const tCheck = Date.now();
       await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {}, policy_json: policy?.text ?? '' });
       if (this.network) {
         const plan = guestNetworkPlan(this.network.snapshot());
@@ -222,7 +251,8 @@ export class Sandbox {
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
-      this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings) });
+      this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings),
+        host: { toAgentReadyMs: tMarker - t0, dialMs: wire.timings.connectMs, firstRpcMs: tCheck - tMarker, sandboxSetupMs: Date.now() - tCheck } });
       this.phase = 'running';
       this.persist();
     } catch (err) {
@@ -280,7 +310,7 @@ export class Sandbox {
    * virtio-fs hotplug (default) or, with rootfsShare 'erofs' or a hypervisor
    * that cannot hotplug shares, an EROFS disk.
    */
-  async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare } = {}): Promise<void> {
+  async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
     // Volumes first: a bad bind mount is refused before anything is set up.
     const vol = await this.mountVolumes(id, spec);
@@ -318,8 +348,12 @@ export class Sandbox {
     return { mounts: plan.mounts, storages };
   }
 
-  private async createWithRootfs(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare }, volumeStorages: Storage[]): Promise<void> {
+  private async createWithRootfs(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string }, volumeStorages: Storage[]): Promise<void> {
     const root = `${GUEST_CONTAINERS_DIR}/${id}/rootfs`;
+    if (opts.image || this.bootImages.has(id)) {
+      await this.createFromImage(id, spec, opts.image, volumeStorages, root);
+      return;
+    }
     let tag = this.sharedRootfs.get(id);
     const hv = this.opts.hypervisor;
     if (!tag && !this.preparedImages.has(id) && (opts.rootfsShare ?? 'virtiofs') === 'virtiofs' && hv.addShare) {
@@ -369,6 +403,40 @@ export class Sandbox {
     this.persist();
   }
 
+  /**
+   * A container whose rootfs is a converted image (`rootfs` unused): its two
+   * disks (attached at boot, else hotplugged now) and the agent's EROFS +
+   * overlay storages (image-rootfs.ts).
+   */
+  private async createFromImage(id: string, spec: OciSpec, image: string | undefined, volumeStorages: Storage[], root: string): Promise<void> {
+    let ids = this.bootImages.get(id);
+    const hv = this.opts.hypervisor;
+    if (!ids) {
+      const img = openImageDisks(this.opts.config, id, image!);
+      await hv.addDisk(img.disks[0]).catch((err) => { img.device.close(); throw err; });
+      await hv.addDisk(img.disks[1]).catch(async (err) => {
+        img.device.close();
+        await hv.removeDisk(img.disks[0].id).catch(() => undefined);
+        throw err;
+      });
+      ids = { meta: img.disks[0].id, blob: img.disks[1].id };
+    }
+    const lower = `/run/kata-ts/storage/${id}`;
+    try {
+      await this.agent.createContainer({
+        container_id: id, exec_id: '',
+        storages: [...volumeStorages, ...imageStorages(id, lower, root)],
+        oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
+      });
+    } catch (err) {
+      await hv.removeDisk(ids.blob).catch(() => undefined);
+      await hv.removeDisk(ids.meta).catch(() => undefined);
+      throw err;
+    }
+    this.containers.set(id, { id, disk: ids.meta, blobDisk: ids.blob, share: '', image: '', state: 'created', pid: 0 });
+    this.persist();
+  }
+
   async startContainer(id: string): Promise<number> {
     const c = this.container(id);
     c.pid = await this.agent.startContainer(id);
@@ -386,6 +454,7 @@ export class Sandbox {
     const c = this.container(id);
     await this.agent.removeContainer(id, timeoutSec);
     if (c.disk) await this.opts.hypervisor.removeDisk(c.disk).catch(() => undefined);
+    if (c.blobDisk) await this.opts.hypervisor.removeDisk(c.blobDisk).catch(() => undefined);
     // After the agent unmounted it: the host directory is let go (the shim
     // unmounts its rootfs right after, which our open fds would block).
     if (c.share) await this.unshare(id);

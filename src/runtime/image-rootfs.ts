@@ -1,0 +1,104 @@
+/**
+ * A container rootfs from a converted image (src/image, issue 12) instead of
+ * a per-container mkfs.erofs: two read-only virtio-blk disks —
+ *   meta  the image's EROFS metadata (images/<id>/meta.erofs, a plain file);
+ *   blob  the image's blob device (EROFS device 1), whose bytes our
+ *         virtio-blk device computes per read (src/image/blob-device.ts:
+ *         chunk table → stored chunk → WASM LZ4 → sha256 check; missing
+ *         chunks fetched lazily from `[image] registry_url`);
+ * the agent mounts EROFS from the meta disk with `device=` the blob disk
+ * (found by serial, src/agent/storage.ts) and a tmpfs overlay for writes,
+ * as the per-container EROFS path does. Nothing is converted or written per
+ * container: a second container from the same image reads the same store.
+ *
+ * Also resolves an image for `kata-ts run --image SOURCE|ID` (convert on
+ * first use) and turns its OCI config (entrypoint/cmd/env/cwd/user) into
+ * the process to run.
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import { KataError } from '../common/errors';
+import type { DiskDevice } from '../hypervisor/hypervisor';
+import { BlobDevice } from '../image/blob-device';
+import { convertImage } from '../image/convert';
+import { resolveImage } from '../image/gc';
+import { LazySource } from '../image/lazy-source';
+import { imageIdHex, metaPath, readImage, type ImageRecord } from '../image/store';
+import type { Storage } from '../protocols/agent-api';
+import type { Config } from './config';
+
+export class ImageRootfsError extends KataError<'not-found' | 'config' | 'usage'> {}
+
+/** Serials of a container's two image disks (virtio-blk serials are ≤ 20 bytes). */
+export function imageDiskIds(containerId: string): { meta: string; blob: string } {
+  const h = crypto.createHash('sha256').update(containerId).digest('hex').slice(0, 18);
+  return { meta: `im${h}`, blob: `ib${h}` };
+}
+
+export interface ImageDisks {
+  record: ImageRecord;
+  disks: [DiskDevice, DiskDevice];
+  device: BlobDevice;
+}
+
+/** The lazy source `[image] registry_url`/`registry_name` describe, if any. */
+export function lazySourceFor(cfg: Config): LazySource | undefined {
+  const { registry_url: url, registry_name: name, fetch_timeout: t } = cfg.image;
+  if (!url) return undefined;
+  if (!name) throw new ImageRootfsError('config', '[image] registry_url is set but registry_name is empty');
+  return new LazySource({ baseUrl: url, name, stallMs: t * 1000 });
+}
+
+/** Opens a converted image's two disks for one container. */
+export function openImageDisks(cfg: Config, containerId: string, imageId: string): ImageDisks {
+  const root = cfg.image.store_dir;
+  const record = readImage(root, imageId);
+  const hex = imageIdHex(record.id);
+  const meta = metaPath(root, hex);
+  if (!fs.existsSync(meta)) throw new ImageRootfsError('not-found', `image ${record.id}: ${meta} is missing`);
+  const device = new BlobDevice({ root, imageId: record.id, lazy: lazySourceFor(cfg), cacheBytes: cfg.image.chunk_cache_mib << 20 });
+  const ids = imageDiskIds(containerId);
+  return {
+    record, device,
+    disks: [
+      { id: ids.meta, path: meta, readonly: true },
+      { id: ids.blob, path: `blob-device:${record.id}`, readonly: true, backend: device },
+    ],
+  };
+}
+
+/** The agent storages: EROFS (meta disk + blob device) at `lower`, an overlay at `root`. */
+export function imageStorages(containerId: string, lower: string, root: string): Storage[] {
+  const ids = imageDiskIds(containerId);
+  return [
+    { driver: 'blk', source: ids.meta, fstype: 'erofs', options: ['ro', `device-serial=${ids.blob}`], mount_point: lower },
+    { driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${lower}`], mount_point: root },
+  ];
+}
+
+/**
+ * `--image SOURCE|ID`: an image already in the store (by id, id prefix or a
+ * reference it was converted from), else SOURCE converted now (once; later
+ * runs hit the store).
+ */
+export async function findOrConvertImage(cfg: Config, ref: string, opts: { progress?: boolean } = {}): Promise<{ record: ImageRecord; converted: boolean }> {
+  const root = cfg.image.store_dir;
+  try {
+    return { record: resolveImage(root, ref), converted: false };
+  } catch (err) {
+    if (!(err instanceof KataError && err.kind === 'not-found')) throw err;
+  }
+  const r = await convertImage(ref, { store: root, progress: opts.progress });
+  return { record: r.record, converted: !r.cached };
+}
+
+/**
+ * The command an image runs when none is given: entrypoint + cmd (a given
+ * command replaces cmd, as `docker run IMAGE CMD`), its env and cwd.
+ */
+export function imageProcess(rec: ImageRecord, command: string[]): { args: string[]; env: string[]; cwd: string; user: string } {
+  const c = rec.config;
+  const args = [...c.entrypoint, ...(command.length ? command : c.cmd)];
+  if (!args.length) throw new ImageRootfsError('usage', `image ${rec.id} has no entrypoint or cmd: give a command (kata-ts run --image ID -- CMD)`);
+  return { args, env: c.env, cwd: c.cwd || '/', user: c.user };
+}
