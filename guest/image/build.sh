@@ -5,7 +5,8 @@
 #   /sbin/kata-init (PID 1, guest/init/kata-init.c, static), /sbin/kata-pty
 #   (debug console pty helper, guest/init/kata-pty.c), /usr/bin/node and
 #   its libraries, crun and its libraries, busybox (debug console), and the
-#   agent bundle at /opt/kata-ts (compiled agent + production node_modules).
+#   agent bundle at /opt/kata-ts (the agent as one esbuild file, the native
+#   addon, proto/agent.proto, and only the node_modules it loads: winston).
 #   EROFS on virtio-blk rather than an initrd: nothing is unpacked at boot, the
 #   kernel reads only the pages Node actually touches (see README performance).
 # Default container rootfs: busybox-static with its applets, /etc/passwd and
@@ -47,14 +48,24 @@ ln -sfn /run/kata-ts/resolv.conf "$stage/etc/resolv.conf" # written by the agent
 echo "image: staging agent bundle (/opt/kata-ts)"
 agent="$stage/opt/kata-ts"; mkdir -p "$agent/dist/src"
 for d in agent protocols common; do [ -d "$repo/dist/src/$d" ] && cp -r "$repo/dist/src/$d" "$agent/dist/src/"; done
-cp -r "$repo/proto" "$agent/proto"
+mkdir -p "$agent/proto"; cp "$repo/proto/agent.proto" "$agent/proto/" # the agent's only schema (read at start)
 cp "$repo/package.json" "$agent/"
 [ -f "$repo/native/build/Release/kata_native.node" ] && { mkdir -p "$agent/native/build/Release"; cp "$repo/native/build/Release/kata_native.node" "$agent/native/build/Release/"; }
-(cd "$repo" && npm ls --omit=dev --all --parseable 2>/dev/null | grep node_modules) | while read -r p; do
-  rel="${p#"$repo"/}"
-  # top-level packages only: nested node_modules come along with their parent
-  [[ "$rel" =~ ^node_modules/(@[^/]+/)?[^/]+$ ]] || continue
-  mkdir -p "$agent/$(dirname "$rel")"; cp -r "$p" "$agent/$rel"
+# node_modules: only what the agent requires at run time. Its transport
+# (ttrpc, our protobuf codec) needs no package; winston is loaded only for
+# agent.log=debug (src/agent/main.ts) and is kept out of the bundle below, so
+# it and its dependencies are the whole list (was: every production
+# dependency of the project — grpc-js, protobufjs, yargs, ...).
+AGENT_PACKAGES="winston"
+(cd "$repo" && node -e '
+  const fs = require("fs"), path = require("path"); const seen = new Set();
+  const find = (name, from) => { for (let d = from; ; d = path.dirname(d)) { const p = path.join(d, "node_modules", name); if (fs.existsSync(path.join(p, "package.json"))) return p; if (d === path.dirname(d)) return undefined; } };
+  const walk = (name, from) => { const dir = find(name, from); if (!dir || seen.has(dir)) return; seen.add(dir);
+    const pj = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8")); for (const d of Object.keys(pj.dependencies || {})) walk(d, dir); };
+  for (const n of process.argv.slice(1)) walk(n, process.cwd());
+  for (const d of seen) console.log(path.relative(process.cwd(), d));' $AGENT_PACKAGES) | while read -r rel; do
+  [ -d "$agent/$rel" ] && continue
+  mkdir -p "$agent/$(dirname "$rel")"; cp -r "$repo/$rel" "$agent/$rel"
 done
 # The agent as one file (src/agent/boot.ts says why): esbuild bundles boot.js
 # and all it imports over the staged boot.js; the native addon stays a
@@ -64,7 +75,7 @@ esbuild="$repo/node_modules/.bin/esbuild"
 if [ "${KATA_TS_AGENT_BUNDLE:-1}" = 0 ]; then
   echo "image: agent bundling off (KATA_TS_AGENT_BUNDLE=0): module files loaded one by one"
 elif [ -x "$esbuild" ] && "$esbuild" "$repo/dist/src/agent/boot.js" --bundle --platform=node --target=node20 \
-     --external:'*.node' --log-level=error --outfile="$agent/dist/src/agent/boot.js" --allow-overwrite; then
+     --external:'*.node' $(for p in $AGENT_PACKAGES; do printf -- '--external:%s ' "$p"; done) --log-level=error --outfile="$agent/dist/src/agent/boot.js" --allow-overwrite; then
   echo "image: agent bundled into one file ($(( $(stat -c %s "$agent/dist/src/agent/boot.js") / 1024 )) KiB, esbuild)"
 else
   echo "image: esbuild unavailable or failed: the agent loads its module files one by one (slower boot)"
@@ -97,6 +108,18 @@ else
   echo $(( (t1-t0)/1000000 )) > "$cache/image-build-ms"
   echo "image: built $(du -m "$tmp/rootfs.erofs" | cut -f1) MiB in $(( (t1-t0)/1000000 )) ms"
   if [ -f "$out/rootfs.erofs" ]; then rm -rf "$tmp"; else rm -rf "$out"; mv "$tmp" "$out"; fi
+fi
+# The DAX image (issue 13): the same tree uncompressed — EROFS maps only
+# uncompressed (flat) files with DAX — behind an NVDIMM pfn info block and
+# padded to 2 MiB (src/memory/dax-image.ts says why), for QEMU's nvdimm.
+# Its pages are then one copy in the host page cache for every sandbox
+# (README "Memory density").
+if [ ! -f "$out/rootfs-dax.erofs" ]; then
+  t0=$(date +%s%N)
+  mkfs.erofs -T0 --all-root "$out/rootfs-flat.erofs.tmp" "$stage" >/dev/null
+  node "$repo/dist/src/memory/dax-image.js" "$out/rootfs-flat.erofs.tmp" "$out/rootfs-dax.erofs" >/dev/null
+  rm -f "$out/rootfs-flat.erofs.tmp"
+  echo "image: DAX image (uncompressed, pfn info block) $(du -m --apparent-size "$out/rootfs-dax.erofs" | cut -f1) MiB in $(( ($(date +%s%N)-t0)/1000000 )) ms"
 fi
 ln -sfn "$(basename "$out")" "$cache/image.new.$$" && mv -T "$cache/image.new.$$" "$cache/image"
 # keep only the newest few images

@@ -52,6 +52,12 @@ export async function selectHypervisor(cfg: Config, requested?: 'auto' | 'qemu' 
     binary: q.path, machine: q.machine_type as 'pc' | 'q35' | 'microvm', accel: choice.accel,
     blockDriver: q.block_device_driver as BlockDriver, rootBlockDriver: q.root_block_driver as BlockDriver,
     machineAccelerators: q.machine_accelerators || undefined,
+    memory: {
+      imageNvdimm: !q.disable_image_nvdimm, balloon: q.reclaim_guest_freed_memory,
+      maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,
+      memorySlots: q.default_maxmemory > q.default_memory ? q.memory_slots : undefined,
+      maxVcpus: q.default_maxvcpus > q.default_vcpus ? q.default_maxvcpus : undefined,
+    },
   });
   return { hv, choice, probe };
 }

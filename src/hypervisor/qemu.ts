@@ -39,6 +39,7 @@ import { VhostUserBackend } from '../vhost-user/backend';
 import { HybridVsock } from '../virtio/vsock/hybrid';
 import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
 import type { FsShare } from './hypervisor';
+import { qemuMemoryPlan, type QemuMemoryOptions } from '../memory/qemu-plan';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
 
@@ -55,6 +56,8 @@ export interface QemuOptions {
   rootBlockDriver?: BlockDriver;
   /** Extra -machine properties (Kata's machine_accelerators, e.g. "nosmm"); accel is ours. */
   machineAccelerators?: string;
+  /** Memory density (issue 13): DAX image on an NVDIMM, balloon, hotplug room (src/memory/qemu-plan.ts). */
+  memory?: QemuMemoryOptions;
 }
 
 /**
@@ -217,26 +220,28 @@ export class QemuHypervisor implements Hypervisor {
   commandLine(cfg: VmConfig): string[] {
     const plan = QemuHypervisor.bootSlotPlan(cfg);
     const mmio = this.opts.machine === 'microvm';
+    const mem = qemuMemoryPlan(cfg, this.opts.memory ?? {}, mmio);
     const dev = (pci: string, mm: string, extra: string, addr?: number) =>
       `${mmio ? mm : pci},${extra}${!mmio && addr !== undefined ? `,addr=0x${addr.toString(16)}` : ''}`;
     const args = [
       '-name', `kata-ts-${cfg.id},debug-threads=on`,
-      '-M', `${this.opts.machine},accel=${this.opts.accel}${this.opts.machineAccelerators ? `,${this.opts.machineAccelerators}` : ''}`,
+      '-M', `${this.opts.machine},accel=${this.opts.accel}${this.opts.machineAccelerators ? `,${this.opts.machineAccelerators}` : ''}${mem.machineProps.map((p) => `,${p}`).join('')}`,
       '-cpu', this.opts.accel === 'kvm' ? 'host' : 'max',
-      '-smp', String(cfg.vcpus),
-      '-m', `${cfg.memoryMiB}M`,
+      '-smp', mem.smp,
+      '-m', mem.m,
       // vhost-user backends map guest RAM: it must be a shared memfd.
       '-object', `memory-backend-memfd,id=mem,size=${cfg.memoryMiB}M,share=on`,
       '-numa', 'node,memdev=mem',
       '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
       '-kernel', cfg.kernel,
-      '-append', `${baseKernelParams(cfg.debug)} ${cfg.kernelParams}`.trim(),
+      '-append', `${mem.rootParams ? baseKernelParams(cfg.debug).replace('root=/dev/vda', mem.rootParams) : baseKernelParams(cfg.debug)} ${cfg.kernelParams}`.trim(),
       '-chardev', `file,id=console,path=${path.join(cfg.dir, 'console.log')}`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`,
       '-pidfile', path.join(cfg.dir, 'qemu.pid'),
-      // root filesystem: always the first disk (/dev/vda), slot 3
-      ...(this.rootBlockDriver === 'vhost-user-blk'
+      // root filesystem: the NVDIMM (DAX) when planned, else the first disk (/dev/vda), slot 3
+      ...mem.args,
+      ...(mem.daxImage ? [] : this.rootBlockDriver === 'vhost-user-blk'
         ? ['-chardev', `socket,id=vub-root,path=${QemuHypervisor.bootSocket(cfg.dir, 'root')}`,
           '-device', dev('vhost-user-blk-pci', 'vhost-user-blk', `chardev=vub-root,num-queues=1,queue-size=${BLK_QUEUE_SIZE}`, 3)]
         : ['-drive', `if=none,id=rootimg,file=${cfg.image},format=raw,readonly=on,cache=unsafe`,
@@ -316,7 +321,7 @@ export class QemuHypervisor implements Hypervisor {
     this.devices = devices;
     try {
       (cfg.shares ?? []).forEach((sh, i) => devices.addFs(sh.tag, sh.path, QemuHypervisor.bootSocket(cfg.dir, 'fs', i), QemuHypervisor.bootShareIds(i)));
-      if (this.rootBlockDriver === 'vhost-user-blk') devices.addBlk('kata-root', cfg.image, true, QemuHypervisor.bootSocket(cfg.dir, 'root'));
+      if (this.rootBlockDriver === 'vhost-user-blk' && !qemuMemoryPlan(cfg, this.opts.memory ?? {}, this.opts.machine === 'microvm').daxImage) devices.addBlk('kata-root', cfg.image, true, QemuHypervisor.bootSocket(cfg.dir, 'root'));
       if (this.blockDriver === 'vhost-user-blk') cfg.disks.forEach((d, i) => devices.addBlk(d.id, d.path, d.readonly, QemuHypervisor.bootSocket(cfg.dir, 'disk', i), d.backend));
     } catch (err) {
       await this.closeBackends();
@@ -392,7 +397,7 @@ export class QemuHypervisor implements Hypervisor {
     this.devices = new VhostUserDevices(cfg.memoryMiB * 1024 * 1024);
     let pid = 0;
     try {
-      pid = await this.spawnQemu(cfg.dir, clone.args, []);
+      pid = await this.spawnQemu(cfg.dir, [...clone.args, '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`, '-pidfile', path.join(cfg.dir, 'qemu.pid')], []);
       const qmp = this.requireQmp();
       await clone.restore(qmp);
       await qmp.execute('chardev-add', unixClientChardev('vsock', vsockSock));

@@ -39,7 +39,7 @@ export const KATA_VALUES: Record<string, Record<string, Record<string, string | 
 
 const NO_VIRTIOFSD = 'kata-ts serves virtio-fs itself (src/virtio/fs over vhost-user), no virtiofsd';
 const NO_HOTPLUG = 'kata-ts does not hotplug vCPUs or memory';
-const NO_FACTORY = 'kata-ts has no VM factory (templates, VM cache)';
+const NO_VM_CACHE = 'kata-ts has no pre-started VM cache; VM templates ([factory] enable_template) are the fast start';
 
 /** Keys Kata knows that kata-ts does not implement: key → why. */
 export const UNSUPPORTED: Record<string, Record<string, string>> = {
@@ -47,24 +47,24 @@ export const UNSUPPORTED: Record<string, Record<string, string>> = {
     initrd: 'the guest boots from its EROFS image', confidential_guest: 'no confidential guests', sev_snp_guest: 'no confidential guests',
     rootless: 'QEMU runs as the shim\'s user', valid_hypervisor_paths: 'the path annotation is not implemented',
     firmware: 'QEMU\'s default firmware only', firmware_volume: 'QEMU\'s default firmware only', seccompsandbox: 'no QEMU seccomp sandbox',
-    cpu_features: 'the CPU model is host (KVM) or max (TCG)', default_bridges: 'hotplug uses the root bus', memory_slots: NO_HOTPLUG,
+    cpu_features: 'the CPU model is host (KVM) or max (TCG)', default_bridges: 'hotplug uses the root bus',
     memory_offset: NO_HOTPLUG, enable_virtio_mem: NO_HOTPLUG, disable_block_device_use: 'container roots follow [runtime] rootfs_share',
     virtio_fs_daemon: NO_VIRTIOFSD, valid_virtio_fs_daemon_paths: NO_VIRTIOFSD, virtio_fs_cache_size: `${NO_VIRTIOFSD}; no DAX window`,
     virtio_fs_queue_size: 'the virtio-fs queue size is fixed (1024)', virtio_fs_extra_args: NO_VIRTIOFSD, virtio_fs_cache: NO_VIRTIOFSD,
     block_device_aio: 'our block device does its own I/O', block_device_cache_set: 'no QEMU drive cache options', block_device_cache_direct: 'no QEMU drive cache options',
     block_device_cache_noflush: 'no QEMU drive cache options', block_device_logical_sector_size: '512-byte sectors', block_device_physical_sector_size: '512-byte sectors',
     enable_iothreads: 'no QEMU iothreads', indep_iothreads: 'no QEMU iothreads', enable_mem_prealloc: 'guest RAM is a memfd mapped on demand',
-    reclaim_guest_freed_memory: 'memory is reclaimed by the balloon and KSM (README)', enable_hugepages: 'no hugepages', enable_vhost_user_store: 'vhost-user devices are ours',
+    enable_hugepages: 'no hugepages', enable_vhost_user_store: 'vhost-user devices are ours',
     vhost_user_store_path: 'vhost-user devices are ours', valid_vhost_user_store_paths: 'vhost-user devices are ours', vhost_user_reconnect_timeout_sec: 'vhost-user devices are ours',
     enable_iommu: 'no vIOMMU', enable_iommu_platform: 'no vIOMMU', enable_numa: 'no guest NUMA', numa_mapping: 'no guest NUMA',
     file_mem_backend: 'guest RAM is a memfd', valid_file_mem_backends: 'guest RAM is a memfd', pflashes: 'no pflash images',
     enable_debug: 'use [runtime] enable_debug', extra_monitor_socket: 'QMP is the shim\'s own', disable_nesting_checks: 'KVM capability is probed (kata-ctl check)',
-    disable_image_nvdimm: 'the root image is a virtio-blk disk', hotplug_vfio_on_root_bus: 'VFIO is not configured here', hot_plug_vfio: 'VFIO is not configured here',
+    hotplug_vfio_on_root_bus: 'VFIO is not configured here', hot_plug_vfio: 'VFIO is not configured here',
     cold_plug_vfio: 'VFIO is not configured here', pcie_root_port: 'hotplug uses the root bus', disable_vhost_net: 'networking is a tap mirrored with tc',
     entropy_source: 'virtio-rng reads /dev/urandom', valid_entropy_sources: 'virtio-rng reads /dev/urandom', guest_hook_path: 'no OCI hooks in the guest',
     rx_rate_limiter_max_rate: 'no rate limiter', tx_rate_limiter_max_rate: 'no rate limiter', guest_memory_dump_path: 'no guest memory dumps',
     guest_memory_dump_paging: 'no guest memory dumps', enable_guest_swap: 'no guest swap', use_legacy_serial: 'the console is the serial port already',
-    disable_selinux: 'no SELinux', disable_guest_selinux: 'no SELinux', default_maxvcpus: NO_HOTPLUG, default_maxmemory: NO_HOTPLUG,
+    disable_selinux: 'no SELinux', disable_guest_selinux: 'no SELinux',
     shared_fs: 'kata-ts shares by virtio-fs only', rootfs_type: 'the guest image is EROFS',
   },
   'agent.kata': {
@@ -79,7 +79,7 @@ export const UNSUPPORTED: Record<string, Record<string, string>> = {
     create_container_timeout: 'use [agent.kata] dial_timeout', dan_conf: 'no DAN', kubelet_root_dir: 'not needed', pod_resource_api_sock: 'not needed', agent_name: 'the agent is kata-ts\'s own',
   },
   factory: {
-    enable_template: NO_FACTORY, template_path: NO_FACTORY, template_template: NO_FACTORY, vm_cache_number: NO_FACTORY, vm_cache_endpoint: NO_FACTORY,
+    vm_cache_number: NO_VM_CACHE, vm_cache_endpoint: NO_VM_CACHE, template_template: 'kata-ts keeps one template, at template_path',
   },
   image: { service_offload: 'images are pulled by containerd', provision: 'images are pulled by containerd' },
 };
@@ -95,6 +95,7 @@ export const NO_OP_VALUES: Record<string, unknown> = {
   'hypervisor.qemu.shared_fs': 'virtio-fs',
   'hypervisor.qemu.rootfs_type': 'erofs',
   'runtime.internetworking_model': 'tcfilter',
+  'factory.vm_cache_number': 0,
 };
 
 /** Levenshtein distance, for "did you mean". */
