@@ -8,6 +8,9 @@
  *                          times, xattrs, symlinks, hard links and device nodes
  * inspect and ls take --json: the superblock, an inode, or one entry per
  * directory member as objects (times as ISO-8601 with nanoseconds).
+ * Multi-device images (chunk-based files whose chunk indexes name a blob
+ * device, mkfs.erofs --blobdev, our converted images) take --device PATH
+ * per extra device, in device-table order, like the kernel's -o device=.
  * Owners, device nodes and trusted.* / security.* xattrs need root, as for
  * fsck.erofs. Node has no setxattr, so xattrs go through the native addon's
  * lsetxattr (src/common/native); a namespace the destination refuses is one
@@ -28,6 +31,7 @@ interface ErofsArgs {
   image: string;
   path?: string;
   dir?: string;
+  device?: string[];
 }
 
 const TYPE_CHAR: Record<ErofsStat['type'], string> = {
@@ -62,6 +66,10 @@ export function inspectText(img: ErofsImage): string {
     ['Filesystem volume name', sb.volumeName || '(none)'],
   ];
   if (sb.extraDevices) rows.push(['Filesystem extra devices', String(sb.extraDevices)]);
+  sb.devices.forEach((d, i) => {
+    const size = d.blocks ? `${d.blocks} blocks` : 'size not declared';
+    rows.push([`Filesystem device ${i + 1}`, `${d.tag || '(no tag)'}, ${size}${d.mappedBlkaddr ? `, mapped at block ${d.mappedBlkaddr}` : ''}`]);
+  });
   return rows.map(([k, v]) => `${(k + ':').padEnd(46)}${v}`).join('\n') + '\n';
 }
 
@@ -77,6 +85,10 @@ function inodeText(img: ErofsImage, p: string): string {
   ];
   if (st.type === 'chardev' || st.type === 'blockdev') lines.push(`Device: ${st.rdevMajor},${st.rdevMinor}`);
   if (st.type === 'symlink') lines.push(`Target: ${img.readlink(p)}`);
+  if (st.layout === 'chunk-based' && st.size > 0) {
+    const first = img.chunkLocation(st.nid, 0);
+    lines.push(`Chunks: ${Math.ceil(st.size / first.chunkSize)} of ${first.chunkSize} bytes, first on device ${first.device} at block ${first.blockAddr ?? '(hole)'}`);
+  }
   for (const x of img.listxattr(p)) lines.push(`Xattr: ${x}`);
   return lines.join('\n') + '\n';
 }
@@ -88,6 +100,7 @@ export function inspectJson(img: ErofsImage): Record<string, unknown> {
     magic: '0xE0F5E1E2', blocks: sb.blocks, blockSize: sb.blockSize, metaBlkaddr: sb.metaBlkaddr, xattrBlkaddr: sb.xattrBlkaddr,
     rootNid: sb.rootNid, inodes: sb.inos, created: isoTime(sb.buildTime, sb.buildTimeNsec), features: sb.features,
     checksum: `0x${sb.checksum.toString(16).padStart(8, '0')}`, uuid: sb.uuid, volumeName: sb.volumeName, extraDevices: sb.extraDevices,
+    devices: sb.devices,
   };
 }
 
@@ -270,9 +283,10 @@ export const erofsCommand: CtlCommand<ErofsArgs> = {
       .positional('image', { type: 'string', demandOption: true, describe: 'EROFS image file' })
       .positional('path', { type: 'string', describe: 'path inside the image (extract: DIR when alone)' })
       .positional('dir', { type: 'string', describe: 'extract: destination directory' })
-      .option('json', { type: 'boolean', default: false, describe: 'inspect, ls: machine-readable output' }) as never,
+      .option('json', { type: 'boolean', default: false, describe: 'inspect, ls: machine-readable output' })
+      .option('device', { type: 'string', array: true, describe: 'blob device file of a multi-device image, one per extra device in device-table order (as mount -o device=)' }) as never,
   handler: async (argv) => {
-    const img = ErofsImage.open(argv.image);
+    const img = ErofsImage.open(argv.image, { devices: argv.device ?? [] });
     try {
       switch (argv.action) {
         case 'inspect':
