@@ -9,9 +9,11 @@ void InitSock(Napi::Env env, Napi::Object exports);
 void InitFs(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitKvmVcpu(Napi::Env env, Napi::Object exports);
+void InitKvmSnapshot(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
+void InitGuestTimeRng(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
@@ -20,9 +22,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFs(env, exports);
   InitKvm(env, exports);
   InitKvmVcpu(env, exports);
+  InitKvmSnapshot(env, exports);
   InitVfio(env, exports);
   InitTap(env, exports);
   InitNetns(env, exports);
+  InitGuestTimeRng(env, exports);
   return exports;
 }
 

@@ -13,6 +13,7 @@
  * To add an RPC: declare it in proto/agent.proto (the single source of the
  * service) and add one line to the table in agentHandlers().
  */
+import { reseedRandomDev, setGuestDateTime } from './identity';
 import type * as api from '../protocols/agent-api';
 import { AGENT_SERVICE, agentMethods } from '../protocols/agent-api';
 import { KataError, errorMessage } from '../common/errors';
@@ -121,6 +122,8 @@ export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGat
     ListInterfaces: async () => sb.network.listInterfaces(),
     ListRoutes: async () => sb.network.listRoutes(),
     AddARPNeighbors: async (r: api.AddARPNeighborsRequest) => (sb.network.addArpNeighbors(r.neighbors), {}),
+    ReseedRandomDev: async (r: api.ReseedRandomDevRequest) => (await reseedRandomDev(r.data), {}),
+    SetGuestDateTime: async (r: api.SetGuestDateTimeRequest) => (setGuestDateTime(r.Sec, r.Usec), {}),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   });

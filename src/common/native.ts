@@ -51,6 +51,13 @@ export interface NativeAddon {
   // --- native/src/mem.cc: guest memory (ARCHITECTURE.md decision 1) ---
   /** memfd of `size` bytes (close-on-exec). */
   memfdCreate(name: string, size: number): number;
+  /**
+   * Guest agent, VM template clones (native/src/guest_time_rng.cc):
+   * clock_settime(CLOCK_REALTIME); RNDADDENTROPY crediting 8 bits a byte.
+   * Optional: an addon built before they existed lacks them.
+   */
+  clockSetRealtime?(sec: number, nsec: number): number;
+  addEntropy?(data: Buffer): number;
   /** mmap(MAP_FIXED|MAP_SHARED) fd@fileOffset over buffer[offset, offset+length); page aligned. */
   mapFileOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number, readonly?: boolean): void;
   /** Puts anonymous zero pages back over buffer[offset, offset+length). */

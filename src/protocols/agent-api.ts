@@ -64,6 +64,9 @@ export interface Routes { routes: Route[] }
 export interface ARPNeighbor { to_ip_address: IPAddress | null; device: string; lladdr: string; state: number; flags: number }
 export interface UpdateInterfaceRequest { interface: Interface | null }
 export interface UpdateRoutesRequest { routes: Routes | null }
+/** VM template clones (src/factory, agent/identity.ts): Kata's shapes. */
+export interface ReseedRandomDevRequest { data: Buffer }
+export interface SetGuestDateTimeRequest { Sec: number; Usec: number }
 export interface AddARPNeighborsRequest { neighbors: { neighbors: ARPNeighbor[] } | null }
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 
@@ -114,11 +117,10 @@ export function agentServiceDefinition(): grpc.ServiceDefinition {
 }
 
 /**
- * Client constructor for the AgentService over gRPC. grpc-js is required
- * here, not at the top: the guest agent imports this module and must not
- * load grpc-js (README performance, agent transport).
+ * Client constructor for the AgentService over gRPC, with the caller's
+ * grpc-js: the guest agent imports this module and must neither load nor
+ * bundle grpc-js (README performance, agent transport).
  */
-export function agentClientConstructor(): grpc.ServiceClientConstructor {
-  const g = require('@grpc/grpc-js') as typeof grpc;
+export function agentClientConstructor(g: typeof grpc): grpc.ServiceClientConstructor {
   return g.makeGenericClientConstructor(agentServiceDefinition(), 'AgentService');
 }

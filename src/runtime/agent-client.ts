@@ -104,6 +104,9 @@ export class AgentClient {
   ttyWinResize(req: api.TtyWinResizeRequest): Promise<api.Empty> { return this.call('TtyWinResize', req); }
   startDebugConsole(req: api.DebugConsoleRequest): Promise<api.DebugConsoleResponse> { return this.call('StartDebugConsole', req); }
   guestStats(timeoutMs?: number): Promise<api.GuestStatsResponse> { return this.call('GetGuestStats', {}, timeoutMs); }
+  /** A template clone's RNG reseed and clock (src/factory/sandbox-clone.ts). */
+  reseedRandomDev(data: Buffer): Promise<api.Empty> { return this.call('ReseedRandomDev', { data }); }
+  setGuestDateTime(sec: number, usec: number): Promise<api.Empty> { return this.call('SetGuestDateTime', { Sec: sec, Usec: usec }); }
   updateInterface(iface: api.Interface): Promise<api.Interface> { return this.call('UpdateInterface', { interface: iface }); }
   updateRoutes(routes: api.Route[]): Promise<api.Routes> { return this.call('UpdateRoutes', { routes: { routes } }); }
   listInterfaces(): Promise<api.Interfaces> { return this.call('ListInterfaces', {}); }

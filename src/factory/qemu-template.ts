@@ -1,0 +1,117 @@
+/**
+ * QEMU's side of VM templating: the command line a template and its clones
+ * share, and the two migrations over QMP (docs/devel/migration.rst,
+ * qapi/migration.json).
+ *
+ * The template VM holds ONLY devices QEMU can migrate — its own virtio-blk
+ * for the guest image (slot 3), virtio-rng (slot 5), the serial console and
+ * vmgenid — with guest RAM in a file mapped shared and bound through a NUMA
+ * node. Saving with the `x-ignore-shared` capability leaves that RAM out of
+ * the stream (it is already in the file): the state file is a few hundred
+ * KB of device and CPU state. A clone runs the same command line with its
+ * own RAM (see memory.ts), `-S -incoming defer`, loads the state and
+ * resumes. Our vhost-user devices (vsock, virtio-fs, blk) are never in the
+ * template: QEMU 7.2 marks vhost-user-vsock and vhost-user-fs unmigratable,
+ * and their backends live in the process that owns the sandbox; the clone
+ * hotplugs them after resume (QemuHypervisor.startClone).
+ *
+ * vmgenid: QEMU writes a fresh generation id into guest memory on every
+ * incoming migration (guid=auto) and raises an ACPI notification; Linux ≥
+ * 5.18 with CONFIG_VMGENID reseeds its RNG from it, so two clones' CRNGs
+ * diverge before the agent's ReseedRandomDev even arrives.
+ */
+import { KataError } from '../common/errors';
+import type { QmpClient } from '../hypervisor/qmp';
+
+export class TemplateError extends KataError<'config' | 'boot' | 'save' | 'restore' | 'missing' | 'stale' | 'corrupt'> {}
+
+export interface TemplateMachine {
+  kernel: string;
+  image: string;
+  kernelCmdline: string;
+  vcpus: number;
+  memoryMiB: number;
+  machine: string;
+  machineAccelerators: string;
+  accel: 'kvm' | 'tcg';
+}
+
+/**
+ * argv (without -qmp/-pidfile) of a template VM or a clone. `memPath` is
+ * the file behind guest RAM, always mapped share=on: the template's so
+ * the RAM lands in its file, a clone's so vhost-user backends can map it.
+ * `privateMem` maps it share=off instead (copy-on-write of the template's
+ * file): measured by bench/factory.ts, usable only without vhost-user devices.
+ */
+export function templateArgs(m: TemplateMachine, memPath: string, consoleLog: string, opts: { incoming?: boolean; privateMem?: boolean } = {}): string[] {
+  const args = [
+    '-name', 'kata-ts-template,debug-threads=on',
+    '-M', `${m.machine},accel=${m.accel}${m.machineAccelerators ? `,${m.machineAccelerators}` : ''}`,
+    '-cpu', m.accel === 'kvm' ? 'host' : 'max',
+    '-smp', String(m.vcpus),
+    '-m', `${m.memoryMiB}M`,
+    '-object', `memory-backend-file,id=mem,size=${m.memoryMiB}M,mem-path=${memPath},share=${opts.privateMem ? 'off' : 'on'}`,
+    '-numa', 'node,memdev=mem',
+    '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
+    // The kernel is loaded as option ROM/fw_cfg blobs whose sizes the
+    // migration stream checks: a clone passes the same kernel and line.
+    '-kernel', m.kernel,
+    '-append', m.kernelCmdline,
+    '-chardev', `file,id=console,path=${consoleLog}`,
+    '-serial', 'chardev:console',
+    '-drive', `if=none,id=rootimg,file=${m.image},format=raw,readonly=on,cache=unsafe`,
+    '-device', 'virtio-blk-pci,drive=rootimg,serial=kata-root,addr=0x3',
+    '-device', 'virtio-rng-pci,id=rng,addr=0x5',
+    '-device', 'vmgenid,id=vmgenid0,guid=auto',
+  ];
+  if (opts.incoming) args.push('-S', '-incoming', 'defer');
+  return args;
+}
+
+interface MigrationInfo {
+  status?: string;
+  'error-desc'?: string;
+}
+
+/** Polls query-migrate until completed (resolves) or failed/cancelled (throws `kind`). */
+async function waitMigration(qmp: QmpClient, kind: 'save' | 'restore', timeoutMs: number, exited?: Promise<string>): Promise<void> {
+  let gone: string | undefined;
+  void exited?.then((r) => (gone = r));
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await qmp.execute<MigrationInfo>('query-migrate').catch((err: Error) => ({ status: 'failed', 'error-desc': err.message }) as MigrationInfo);
+    if (info.status === 'completed') return;
+    if (info.status === 'failed' || info.status === 'cancelled') {
+      throw new TemplateError(kind, `QEMU's migration ${kind === 'save' ? 'to' : 'from'} the template state failed${info['error-desc'] ? `: ${info['error-desc']}` : ''}`);
+    }
+    if (gone !== undefined) throw new TemplateError(kind, `QEMU ended during the template ${kind}: ${gone}`);
+    if (Date.now() > deadline) throw new TemplateError(kind, `the template ${kind} did not finish within ${Math.round(timeoutMs / 1000)} s (status ${info.status ?? 'none'})`);
+    await new Promise((r) => setTimeout(r, kind === 'restore' ? 2 : 10));
+  }
+}
+
+/** Single-quotes a path for QEMU's exec: migration URI (run by /bin/sh -c). */
+function shQuote(p: string): string {
+  return `'${p.replace(/'/g, `'\\''`)}'`;
+}
+
+/** Pauses a running template VM and writes its device state to `statePath` (RAM stays in its file). */
+export async function saveTemplate(qmp: QmpClient, statePath: string, exited?: Promise<string>): Promise<void> {
+  await qmp.execute('stop');
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  await qmp.execute('migrate', { uri: `exec:cat > ${shQuote(statePath)}` });
+  await waitMigration(qmp, 'save', 60000, exited);
+}
+
+/**
+ * Loads a template's state into a QEMU started with templateArgs(…,
+ * {incoming: true}) and resumes the guest. A truncated or foreign state
+ * file, or one removed under us, ends in QEMU's own load error (the
+ * migration fails; QEMU exits), reported here.
+ */
+export async function restoreTemplate(qmp: QmpClient, statePath: string, exited?: Promise<string>, timeoutMs = 30000): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
+  await qmp.execute('migrate-incoming', { uri: `exec:cat ${shQuote(statePath)}` });
+  await waitMigration(qmp, 'restore', timeoutMs, exited);
+  await qmp.execute('cont');
+}

@@ -1,0 +1,67 @@
+/**
+ * The sandbox's door into the factory: start its VM as a clone of the VM
+ * template when `[factory] enable_template` is on and the template is valid
+ * for this sandbox, else say why in exactly one warning line and let the
+ * caller cold-boot. A clone that fails half way (a truncated state file, the
+ * template removed under us, QEMU refusing the stream) has already been
+ * stopped by QemuHypervisor.startClone: nothing of it is left when the
+ * caller boots instead.
+ *
+ * After the agent answers, a clone must stop being its template's twin:
+ * reseed the guest RNG with fresh host bytes (vmgenid already made the
+ * kernel mix in a new generation id) and set the guest clock, which still
+ * runs from the moment the template was saved (identity.ts in the agent).
+ */
+import * as crypto from 'node:crypto';
+import { errorMessage } from '../common/errors';
+import type { Logger } from '../common/log';
+import type { Hypervisor, VmConfig, VmInfo } from '../hypervisor/hypervisor';
+import { QemuHypervisor } from '../hypervisor/qemu';
+import type { Config } from '../runtime/config';
+import { VmFactory } from './factory';
+
+/** Bytes of host randomness a clone's guest gets (Kata's runtime sends 512 too). */
+export const RESEED_BYTES = 512;
+
+/** A VM started from the template, or undefined after one warning (the caller cold-boots). */
+export async function startFromTemplate(hv: Hypervisor, cfg: Config, vm: VmConfig, kernelParams: string, log: Logger): Promise<{ info: VmInfo; cloneMs: number; copyMs: number } | undefined> {
+  if (!cfg.factory.enable_template) return undefined;
+  if (!(hv instanceof QemuHypervisor)) {
+    log.warn(`[factory] enable_template: VM templates are implemented for QEMU only, not the ${hv.name} hypervisor; cold boot`);
+    return undefined;
+  }
+  const s = hv.settings;
+  const factory = new VmFactory({
+    config: cfg, kernelParams, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB,
+    qemu: { binary: s.binary, machine: s.machine, machineAccelerators: s.machineAccelerators ?? '', accel: s.accel, rootBlockDriver: hv.rootBlockDriver },
+  });
+  const t0 = Date.now();
+  const prep = factory.prepareClone(vm.dir);
+  if ('reason' in prep) {
+    log.warn(`${prep.reason}; cold boot`);
+    return undefined;
+  }
+  try {
+    const info = await hv.startClone(vm, prep.clone);
+    return { info, cloneMs: Date.now() - t0, copyMs: Math.round(prep.memory.ms) };
+  } catch (err) {
+    log.warn(`VM template clone failed (${errorMessage(err)}); cold boot`);
+    return undefined;
+  } finally {
+    prep.release();
+  }
+}
+
+/** What the runtime tells a clone's agent right after it answers. */
+export interface CloneIdentityAgent {
+  reseedRandomDev(data: Buffer): Promise<unknown>;
+  setGuestDateTime(sec: number, usec: number): Promise<unknown>;
+}
+
+/** Reseeds the clone's RNG and sets its clock (the hostname comes with CreateSandbox). */
+export async function makeCloneUnique(agent: CloneIdentityAgent): Promise<void> {
+  await agent.reseedRandomDev(crypto.randomBytes(RESEED_BYTES));
+  // Last, so the time is as fresh as it can be when the guest sets it.
+  const now = Date.now();
+  await agent.setGuestDateTime(Math.floor(now / 1000), (now % 1000) * 1000);
+}

@@ -1,0 +1,126 @@
+/**
+ * The VM template on disk: `<template_path>/` holds `memory` (guest RAM,
+ * sparse), `state` (QEMU's device/CPU state, x-ignore-shared) and
+ * `manifest.json` (the key inputs, hashes, sizes), written last and
+ * atomically — a directory without a readable manifest is no template.
+ *
+ * status() is what a sandbox start asks: cheap (stats and a 16-byte read,
+ * no hashing), and says valid, or missing/stale/corrupt and why.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { keyDifferences, templateKey, type TemplateInputs } from './template-key';
+
+export const MANIFEST = 'manifest.json';
+export const MEMORY = 'memory';
+export const STATE = 'state';
+/** QEMU's migration stream starts with "QEVM" and version 3 (migration/savevm.c). */
+const QEMU_VM_MAGIC = Buffer.from([0x51, 0x45, 0x56, 0x4d, 0x00, 0x00, 0x00, 0x03]);
+
+export interface TemplateManifest {
+  schemaVersion: 1;
+  key: string;
+  inputs: TemplateInputs;
+  createdAt: string;
+  qemuVersion: string;
+  kernelSha256: string;
+  imageSha256: string;
+  stateBytes: number;
+  memoryBytes: number;
+  /** Bytes of `memory` holding data (what a clone copies). */
+  memoryDataBytes: number;
+  /** factory init mounted a tmpfs at the template path (destroy unmounts it). */
+  mountedTmpfs: boolean;
+  /** Seconds from QEMU spawn to the agent's ready line, and to the saved state. */
+  bootS: number;
+  saveS: number;
+}
+
+export type TemplateState = 'valid' | 'missing' | 'stale' | 'corrupt';
+
+export interface TemplateStatus {
+  schemaVersion: 1;
+  path: string;
+  state: TemplateState;
+  /** Why it cannot be cloned (empty when valid). */
+  reasons: string[];
+  /** The key the current configuration asks for. */
+  wantedKey: string;
+  manifest?: TemplateManifest;
+  ageS?: number;
+  /** Bytes the template's files occupy on the host (allocated blocks). */
+  diskBytes?: number;
+}
+
+function allocated(file: string): number {
+  try {
+    return fs.statSync(file).blocks * 512;
+  } catch {
+    return 0;
+  }
+}
+
+function readManifest(dir: string): TemplateManifest {
+  const m = JSON.parse(fs.readFileSync(path.join(dir, MANIFEST), 'utf8')) as TemplateManifest;
+  const ok = m && m.schemaVersion === 1 && typeof m.key === 'string' && m.inputs && typeof m.stateBytes === 'number' && typeof m.memoryBytes === 'number';
+  if (!ok) throw new Error('not a kata-ts template manifest');
+  return m;
+}
+
+/** The template at `dir` against the inputs the configuration has now. */
+export function templateStatus(dir: string, wanted: TemplateInputs): TemplateStatus {
+  const wantedKey = templateKey(wanted);
+  const base = { schemaVersion: 1 as const, path: dir, wantedKey };
+  if (!fs.existsSync(path.join(dir, MANIFEST))) {
+    return { ...base, state: 'missing', reasons: [fs.existsSync(dir) ? `no template in ${dir} (run kata-ctl factory init)` : `${dir} does not exist (run kata-ctl factory init)`] };
+  }
+  let manifest: TemplateManifest;
+  try {
+    manifest = readManifest(dir);
+  } catch (err) {
+    return { ...base, state: 'corrupt', reasons: [`${path.join(dir, MANIFEST)}: ${(err as Error).message}`] };
+  }
+  const extra = {
+    manifest, ageS: Math.round((Date.now() - Date.parse(manifest.createdAt)) / 1000),
+    diskBytes: allocated(path.join(dir, MEMORY)) + allocated(path.join(dir, STATE)) + allocated(path.join(dir, MANIFEST)),
+  };
+  const corrupt: string[] = [];
+  const size = (f: string) => { try { return fs.statSync(path.join(dir, f)).size; } catch { return -1; } };
+  const st = size(STATE);
+  if (st !== manifest.stateBytes) corrupt.push(st < 0 ? `${STATE} is missing` : `${STATE} holds ${st} bytes, the manifest says ${manifest.stateBytes} (truncated or replaced)`);
+  else {
+    const head = Buffer.alloc(QEMU_VM_MAGIC.length);
+    const fd = fs.openSync(path.join(dir, STATE), 'r');
+    try { fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
+    if (!head.equals(QEMU_VM_MAGIC)) corrupt.push(`${STATE} does not start with QEMU's migration header`);
+  }
+  const mem = size(MEMORY);
+  if (mem !== manifest.memoryBytes) corrupt.push(mem < 0 ? `${MEMORY} is missing` : `${MEMORY} holds ${mem} bytes, the manifest says ${manifest.memoryBytes}`);
+  if (corrupt.length) return { ...base, ...extra, state: 'corrupt', reasons: corrupt };
+  if (manifest.key !== wantedKey) {
+    const diff = keyDifferences(manifest.inputs, wanted);
+    return { ...base, ...extra, state: 'stale', reasons: [`template key ${manifest.key} ≠ ${wantedKey}`, ...diff] };
+  }
+  return { ...base, ...extra, state: 'valid', reasons: [] };
+}
+
+/** Writes the manifest last, atomically (rename): until then the directory is no template. */
+export function writeManifest(dir: string, m: TemplateManifest): void {
+  const tmp = path.join(dir, `.${MANIFEST}.tmp`);
+  fs.writeFileSync(tmp, JSON.stringify(m, null, 2) + '\n', { mode: 0o600 });
+  fs.renameSync(tmp, path.join(dir, MANIFEST));
+}
+
+/** Whether `dir` is a mount point (from /proc/self/mountinfo). */
+export function isMountPoint(dir: string): boolean {
+  try {
+    const real = fs.realpathSync(dir);
+    // mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
+    return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => {
+      const mp = l.split(' ')[4];
+      return mp !== undefined && mp.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))) === real;
+    });
+  } catch {
+    return false;
+  }
+}
