@@ -78,6 +78,7 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
       InstanceMethod("getMsrs", &Vcpu::GetMsrs), InstanceMethod("setMsrs", &Vcpu::SetMsrs),
       InstanceMethod("setCpuid2", &Vcpu::SetCpuid2), InstanceMethod("getMpState", &Vcpu::GetMpState),
       InstanceMethod("setMpState", &Vcpu::SetMpState),
+      InstanceMethod("getState", &Vcpu::GetState), InstanceMethod("setState", &Vcpu::SetState),
       InstanceMethod("start", &Vcpu::Start), InstanceMethod("runOnce", &Vcpu::RunOnce),
       InstanceMethod("pause", &Vcpu::Pause), InstanceMethod("resume", &Vcpu::Resume),
       InstanceMethod("stop", &Vcpu::Stop), InstanceMethod("close", &Vcpu::Close),
@@ -407,6 +408,65 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
     return env.Undefined();
   }
 
+  // ---- snapshot blobs: KVM's own structs byte for byte (src/vmm/snapshot) ----
+  struct StateKind { const char* name; size_t size; unsigned long get; unsigned long set; };
+  static const StateKind* FindKind(Napi::Env env, Napi::Value v) {
+    static const StateKind kinds[] = {
+      {"regs", sizeof(kvm_regs), KVM_GET_REGS, KVM_SET_REGS},
+      {"sregs", sizeof(kvm_sregs), KVM_GET_SREGS, KVM_SET_SREGS},
+      {"fpu", sizeof(kvm_fpu), KVM_GET_FPU, KVM_SET_FPU},
+      {"xsave", sizeof(kvm_xsave), KVM_GET_XSAVE, KVM_SET_XSAVE},
+      {"xcrs", sizeof(kvm_xcrs), KVM_GET_XCRS, KVM_SET_XCRS},
+      {"lapic", sizeof(kvm_lapic_state), KVM_GET_LAPIC, KVM_SET_LAPIC},
+      {"mpstate", sizeof(kvm_mp_state), KVM_GET_MP_STATE, KVM_SET_MP_STATE},
+      {"events", sizeof(kvm_vcpu_events), KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS},
+      {"debugregs", sizeof(kvm_debugregs), KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS},
+    };
+    if (v.IsString()) {
+      std::string k = v.As<Napi::String>().Utf8Value();
+      for (const StateKind& x : kinds) if (k == x.name) return &x;
+    }
+    Napi::TypeError::New(env, "vCPU state kind must be one of regs, sregs, fpu, xsave, xcrs, lapic, mpstate, events, debugregs").ThrowAsJavaScriptException();
+    return nullptr;
+  }
+  // getState(kind) -> Buffer
+  Napi::Value GetState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Quiescent(env)) return env.Undefined();
+    const StateKind* k = FindKind(env, info[0]); if (!k) return env.Undefined();
+    size_t size = k->size;
+    unsigned long req = k->get;
+    // XSAVE: hosts with large state components (AMX) need KVM_GET_XSAVE2
+    // and the size KVM_CAP_XSAVE2 reports (the caller passes it); the
+    // plain KVM_GET_XSAVE then fails with EINVAL.
+    if (k->get == KVM_GET_XSAVE && info.Length() > 1 && info[1].IsNumber()) {
+      int64_t want = info[1].As<Napi::Number>().Int64Value();
+      if (want > static_cast<int64_t>(size) && want <= (1 << 20)) { size = static_cast<size_t>(want); req = KVM_GET_XSAVE2; }
+    }
+    std::vector<uint8_t> b(size, 0);
+    if (Io(req, b.data()) < 0) return Fail(env, (std::string("ioctl(KVM_GET_") + k->name + ")").c_str());
+    return Napi::Buffer<uint8_t>::Copy(env, b.data(), b.size());
+  }
+  // setState(kind, buffer): exactly the struct's size.
+  Napi::Value SetState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!Quiescent(env)) return env.Undefined();
+    const StateKind* k = FindKind(env, info[0]); if (!k) return env.Undefined();
+    // XSAVE may be larger than struct kvm_xsave (see GetState); KVM reads its own uabi size.
+    bool sizeOk = info.Length() >= 2 && info[1].IsBuffer() &&
+        (k->set == KVM_SET_XSAVE ? info[1].As<Napi::Buffer<uint8_t>>().Length() >= k->size && info[1].As<Napi::Buffer<uint8_t>>().Length() <= (1u << 20)
+                                 : info[1].As<Napi::Buffer<uint8_t>>().Length() == k->size);
+    if (!sizeOk) {
+      Napi::RangeError::New(env, std::string("setState(") + k->name + "): a Buffer of " + std::to_string(k->size) + " bytes required").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    size_t n = info[1].As<Napi::Buffer<uint8_t>>().Length();
+    std::vector<uint8_t> b(n);
+    std::memcpy(b.data(), info[1].As<Napi::Buffer<uint8_t>>().Data(), n);
+    if (Io(k->set, b.data()) < 0) return Fail(env, (std::string("ioctl(KVM_SET_") + k->name + ")").c_str());
+    return env.Undefined();
+  }
+
   // ---- running ----
 
   // Before re-entering the guest: hand the answer to an IO-in / MMIO-read exit back to KVM.
@@ -428,7 +488,16 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
     for (;;) {
       run_->immediate_exit = 0;
       if (stopReq_.load()) return kReasonStopped;
-      if (pauseReq_.load()) return kReasonPaused;
+      if (pauseReq_.load()) {
+        // api.rst (KVM_RUN, immediate_exit): an IO/MMIO exit is complete in
+        // the guest's registers only after the next KVM_RUN. Enter once with
+        // immediate_exit set (returns EINTR at once) so that a snapshot taken
+        // while parked sees a consistent vCPU.
+        run_->immediate_exit = 1;
+        ioctl(fd_, KVM_RUN, 0);
+        run_->immediate_exit = 0;
+        return kReasonPaused;
+      }
       int rc = ioctl(fd_, KVM_RUN, 0);
       if (rc < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
@@ -544,12 +613,16 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
     if (thread_.joinable()) pthread_kill(thread_.native_handle(), KickSignal());
   }
 
-  // pause(): the thread leaves KVM_RUN and parks; the handler sees reason PAUSED.
+  // pause(): the thread leaves KVM_RUN and parks; the handler sees reason
+  // PAUSED. Returns true when the thread is already parked (a second pause:
+  // no new PAUSED exit will come, and with pauseReq_ set under the lock it
+  // stays parked).
   Napi::Value Pause(const Napi::CallbackInfo& info) {
     if (!Usable(info.Env())) return info.Env().Undefined();
-    { std::lock_guard<std::mutex> lk(mu_); pauseReq_ = true; }
-    Kick();
-    return info.Env().Undefined();
+    bool already;
+    { std::lock_guard<std::mutex> lk(mu_); pauseReq_ = true; already = parked_.load(); }
+    if (!already) Kick();
+    return Napi::Boolean::New(info.Env(), already);
   }
   Napi::Value Resume(const Napi::CallbackInfo& info) {
     { std::lock_guard<std::mutex> lk(mu_); pauseReq_ = false; }

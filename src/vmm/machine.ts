@@ -9,6 +9,11 @@
  * through the i8042 — Kata treats a guest reboot as the end of the VM —, a
  * guest power-off through port 0x501 (devices/power.ts), a guest error, or
  * stop()), close() releases every fd, thread and mapping.
+ *
+ * Snapshots (src/vmm/snapshot, Firecracker's model): snapshot(dir) saves a
+ * running machine; Machine.restore(dir, opts) builds a new one from it —
+ * guest RAM mapped copy-on-write from the memory file, vCPU/VM/device state
+ * from the state file — ready to start() where the original was.
  */
 import * as fs from 'node:fs';
 import { HotMemory } from '../hot/memory';
@@ -25,6 +30,10 @@ import { buildMpTable } from './boot/mptable';
 import { buildZeroPage, e820For } from './boot/params';
 import { cpuidFor, setLongMode, setupLapic, setupMsrs, writeBootTables } from './boot/x86';
 import { VmmError } from './errors';
+import type { CpuidEntry } from './kvm/native';
+import { saveSnapshot, type SnapshotInfo } from './snapshot/save';
+import { applySnapshot, openSnapshot, type RestoreHooks } from './snapshot/restore';
+import { SnapshotError, type SnapshotState } from './snapshot/format';
 import { KvmVm } from './kvm/vm';
 import { kvmNative } from './kvm/native';
 import { Vcpu, type VcpuEnd } from './kvm/vcpu';
@@ -33,7 +42,8 @@ import { CMDLINE_ADDR, CMDLINE_MAX, MPTABLE_ADDR, ramRegions, VIRTIO_IRQS, VIRTI
 export interface MachineOptions {
   memoryBytes: number;
   vcpus: number;
-  kernel: Buffer | string;
+  /** Required for a cold boot; ignored when restoring (Machine.restore). */
+  kernel?: Buffer | string;
   initrd?: Buffer | string;
   cmdline: string;
   devices?: VirtioDevice[];
@@ -47,6 +57,16 @@ export interface MachineOptions {
    * so for Linux only vCPU 0 is made runnable (apsRunnable false).
    */
   apsRunnable?: boolean;
+  /** Set by Machine.restore: the validated state and the memory file to map. */
+  restoreFrom?: { state: SnapshotState; memoryFd: number };
+}
+
+/** What Machine.restore takes: the same devices, in the same order, as the snapshotted machine had. */
+export interface RestoreOptions {
+  devices?: VirtioDevice[];
+  serialOut?: (b: Uint8Array) => void;
+  scratchBytes?: number;
+  hooks?: RestoreHooks;
 }
 
 export interface MachineEnd {
@@ -66,6 +86,10 @@ export class Machine {
   readonly mmio = new Bus('mmio');
   readonly vcpus: Vcpu[] = [];
   readonly serial: Serial;
+  readonly rtc = new Rtc();
+  readonly memoryBytes: number;
+  private cpuids: CpuidEntry[][] = [];
+  private paused = false;
   readonly transports: VirtioMmio[] = [];
   readonly cmdline: string;
   readonly ended: Promise<MachineEnd>;
@@ -82,15 +106,23 @@ export class Machine {
     if ((opts.devices?.length ?? 0) > VIRTIO_IRQS.length) throw new VmmError('config', `at most ${VIRTIO_IRQS.length} virtio-mmio devices`);
     this.ended = new Promise((r) => (this.resolveEnd = r));
     this.hot = new HotMemory({ scratchBytes: opts.scratchBytes ?? (1 << 20), guestRegions: ramRegions(opts.memoryBytes) });
+    this.memoryBytes = opts.memoryBytes;
     this.vm = new KvmVm();
     try {
       if (opts.vcpus > this.vm.maxVcpus) throw new VmmError('config', `KVM allows at most ${this.vm.maxVcpus} vCPUs`);
-      this.vm.attachMemory(this.hot);
+      if (opts.restoreFrom) {
+        const want = opts.restoreFrom.state.meta.memoryFileBytes;
+        if (want !== this.hot.guestBytes) throw new SnapshotError('mismatch', `snapshot memory is ${want} bytes; ${opts.memoryBytes} bytes of RAM lay out as ${this.hot.guestBytes}`);
+        // The caller (Machine.restore) closes the fd; the mapping keeps the file.
+        this.vm.attachMemoryFile(this.hot, opts.restoreFrom.memoryFd);
+      } else {
+        this.vm.attachMemory(this.hot);
+      }
       // Legacy devices.
       this.serial = new Serial(opts.serialOut ?? (() => {}), () => this.vm.pulseIrq(COM1_IRQ));
       this.pio.register(COM1_PORT, 8, this.serial, 'com1');
       this.pio.register(0x60, 5, new I8042(() => this.finish({ kind: 'reset', reason: 'guest reset through the i8042 (reboot)' })), 'i8042');
-      this.pio.register(0x70, 2, new Rtc(), 'rtc');
+      this.pio.register(0x70, 2, this.rtc, 'rtc');
       this.pio.register(POWER_PORT, 1, new PowerPort((code) => this.finish({ kind: 'shutdown', reason: `guest powered off through port 0x501 (code ${code})`, exitCode: code })), 'power');
       // virtio-mmio devices.
       const module = new VirtioModule(this.hot);
@@ -107,10 +139,16 @@ export class Machine {
         this.transports.push(t);
         extra.push(`virtio_mmio.device=4K@0x${base.toString(16)}:${gsi}`);
       });
-      this.cmdline = [opts.cmdline, ...extra].filter(Boolean).join(' ');
-      this.loadGuest(opts);
+      const restore = opts.restoreFrom?.state;
+      this.cmdline = restore ? restore.meta.cmdline : [opts.cmdline, ...extra].filter(Boolean).join(' ');
+      if (!restore) this.loadGuest(opts);
       for (let i = 0; i < opts.vcpus; i++) this.vcpus.push(new Vcpu(this.vm.vmFd, i, this.vm.mmapSize, { pio: this.pio, mmio: this.mmio }));
-      this.setupVcpus(opts);
+      if (restore) {
+        this.cpuids = restore.meta.vcpu.map((v) => v.cpuid);
+        applySnapshot(this, restore);
+      } else {
+        this.setupVcpus(opts);
+      }
     } catch (err) {
       this.close();
       throw err;
@@ -126,6 +164,7 @@ export class Machine {
 
   private loadGuest(opts: MachineOptions): void {
     const ram = opts.memoryBytes;
+    if (opts.kernel === undefined) throw new VmmError('config', 'a kernel is required to boot');
     const img = typeof opts.kernel === 'string' ? fs.readFileSync(opts.kernel) : opts.kernel;
     const k = loadKernel(img, (gpa, d) => this.write(gpa, d), ram);
     this.entry = k.entry;
@@ -146,7 +185,8 @@ export class Machine {
 
   private setupVcpus(opts: MachineOptions): void {
     for (const v of this.vcpus) {
-      v.native.setCpuid2(cpuidFor(this.vm.supportedCpuid, v.index, opts.vcpus));
+      this.cpuids[v.index] = cpuidFor(this.vm.supportedCpuid, v.index, opts.vcpus);
+      v.native.setCpuid2(this.cpuids[v.index]);
       setupMsrs(v.native);
       setLongMode(v.native, this.entry, BigInt(ZERO_PAGE), { rsp: BigInt(0x8ff0 - v.index * 0x100) });
       setupLapic(v.native);
@@ -209,11 +249,47 @@ export class Machine {
   get endReason(): MachineEnd | undefined { return this.endInfo; }
 
   async pause(): Promise<void> {
+    this.paused = true;
     await Promise.all(this.vcpus.map((v) => v.pause()));
   }
 
   resume(): void {
+    this.paused = false;
     for (const v of this.vcpus) v.resume();
+  }
+
+  get isPaused(): boolean { return this.paused; }
+  /** Started, not ended, not closed. */
+  get isRunning(): boolean { return this.started && !this.endInfo && !this.closed; }
+  /** The CPUID table vCPU `i` was given (saved in snapshots). */
+  cpuidOf(i: number): CpuidEntry[] { return this.cpuids[i]; }
+
+  /** Saves the machine into `dir` (state.bin + sparse memory.bin); it keeps running afterwards unless it was paused. */
+  snapshot(dir: string): Promise<SnapshotInfo> {
+    return saveSnapshot(this, dir);
+  }
+
+  /**
+   * A new machine from a snapshot directory, not started yet (start() resumes
+   * the guest where it was). `devices` must match the snapshotted machine's
+   * virtio devices in type and order; their host-side state (open files,
+   * sockets) is the caller's. Throws SnapshotError for a corrupt, truncated,
+   * foreign-version or mismatched snapshot, with nothing left open.
+   */
+  static restore(dir: string, opts: RestoreOptions = {}): Machine {
+    const snap = openSnapshot(dir, opts.hooks);
+    const m = snap.state.meta;
+    try {
+      return new Machine({
+        memoryBytes: m.memoryBytes, vcpus: m.vcpus, cmdline: m.cmdline, devices: opts.devices,
+        serialOut: opts.serialOut, scratchBytes: opts.scratchBytes, restoreFrom: { state: snap.state, memoryFd: snap.memoryFd },
+      });
+    } catch (err) {
+      if (err instanceof SnapshotError || err instanceof VmmError) throw err;
+      throw new SnapshotError('mismatch', `restore from ${dir} failed: ${(err as Error).message}`, { cause: err });
+    } finally {
+      kvmNative().closeFd(snap.memoryFd);
+    }
   }
 
   /** Stops the vCPUs; resolves `ended` with kind 'stopped' if the guest had not ended it. */

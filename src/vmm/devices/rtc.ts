@@ -5,12 +5,17 @@
  * reads as set (unclaimed ports return 0xff) and the read loop times out.
  */
 import type { BusDevice } from '../bus';
+import type { RtcState } from '../snapshot/format';
 
 const bcd = (n: number): number => ((Math.floor(n / 10) << 4) | (n % 10)) & 0xff;
 
 export class Rtc implements BusDevice {
   private index = 0;
   private nvram = new Uint8Array(128);
+  /** Index and NVRAM for a snapshot; the time is the host's, read live. */
+  saveState(): RtcState { return { index: this.index, nvram: Buffer.from(this.nvram).toString('base64') }; }
+  loadState(s: RtcState): void { this.index = s.index; this.nvram = new Uint8Array(Buffer.from(s.nvram, 'base64')); }
+
   read(off: number, d: Uint8Array): void {
     d.fill(0);
     if (off === 0) { d[0] = this.index; return; }

@@ -6,6 +6,7 @@
  * loopback-free MSR. No real baud timing: bytes leave at once.
  */
 import type { BusDevice } from '../bus';
+import type { SerialState } from '../snapshot/format';
 
 export const COM1_PORT = 0x3f8, COM1_IRQ = 4;
 const IER_RDI = 1, IER_THRI = 2;
@@ -21,6 +22,16 @@ export class Serial implements BusDevice {
   private rx: number[] = [];
 
   constructor(private readonly out: (b: Uint8Array) => void, private readonly irq: () => void) {}
+
+  /** Register state for a snapshot (src/vmm/snapshot). */
+  saveState(): SerialState {
+    return { ier: this.ier, lcr: this.lcr, mcr: this.mcr, scr: this.scr, fcr: this.fcr, dll: this.dll, dlm: this.dlm, thrPending: this.thrPending, rx: [...this.rx] };
+  }
+
+  loadState(s: SerialState): void {
+    ({ ier: this.ier, lcr: this.lcr, mcr: this.mcr, scr: this.scr, fcr: this.fcr, dll: this.dll, dlm: this.dlm, thrPending: this.thrPending } = s);
+    this.rx = [...s.rx];
+  }
 
   /** Host → guest bytes (console input). */
   input(data: Uint8Array): void {

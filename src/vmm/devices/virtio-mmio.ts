@@ -19,6 +19,7 @@ import {
   type ActivateContext, type GuestMemory, type VirtioDevice,
 } from '../../virtio/device';
 import type { BusDevice } from '../bus';
+import { SnapshotError, type TransportState } from '../snapshot/format';
 
 export const MMIO_MAGIC = 0x7472_6976; // "virt"
 export const MMIO_VERSION = 2;
@@ -155,12 +156,60 @@ export class VirtioMmio implements BusDevice {
     if ((added & VIRTIO_CONFIG_S_DRIVER_OK) && (this.status & VIRTIO_CONFIG_S_FEATURES_OK)) this.activate();
   }
 
-  private activate(): void {
+  /**
+   * Transport state for a snapshot. The machine's vCPUs are paused; a queue
+   * whose device still holds popped chains (in-flight I/O) cannot be saved
+   * consistently — inFlight() says so and the snapshot waits or refuses.
+   */
+  saveState(): TransportState {
+    return {
+      deviceType: this.device.deviceType, status: this.status, devFeatSel: this.devFeatSel, drvFeatSel: this.drvFeatSel,
+      driverFeatures: '0x' + this.driverFeatures.toString(16), queueSel: this.queueSel, interruptStatus: this.interruptStatus,
+      configGeneration: this.configGeneration, active: this.active,
+      queues: this.queues.map((q, i) => ({
+        num: q.num, ready: q.ready, desc: '0x' + q.desc.toString(16), driver: '0x' + q.driver.toString(16), device: '0x' + q.device.toString(16),
+        lastAvail: this.active && q.ready ? this.vqs[i].lastAvailIdx & 0xffff : 0, nextUsed: this.active && q.ready ? this.vqs[i].nextUsedIdx & 0xffff : 0,
+      })),
+    };
+  }
+
+  /** Chains the device popped and has not completed, over all queues. */
+  inFlight(): number {
+    if (!this.active) return 0;
+    let n = 0;
+    this.queues.forEach((q, i) => { if (q.ready) n += (this.vqs[i].lastAvailIdx - this.vqs[i].nextUsedIdx) & 0xffff; });
+    return n;
+  }
+
+  /**
+   * Restore: the registers as saved and, for a running device, the same
+   * feature acknowledgement and activation the driver's DRIVER_OK caused,
+   * with each queue resuming at its saved ring indices.
+   */
+  restoreState(s: TransportState): void {
+    if (s.deviceType !== this.device.deviceType) throw new SnapshotError('mismatch', `virtio device type ${this.device.deviceType} where the snapshot has ${s.deviceType}`);
+    if (s.queues.length !== this.queues.length) throw new SnapshotError('mismatch', `virtio device type ${s.deviceType}: ${this.queues.length} queues, the snapshot has ${s.queues.length}`);
+    s.queues.forEach((q, i) => {
+      if (q.num > this.device.queueMaxSizes[i]) throw new SnapshotError('mismatch', `queue ${i} size ${q.num} exceeds the device's ${this.device.queueMaxSizes[i]}`);
+    });
+    this.status = s.status; this.devFeatSel = s.devFeatSel; this.drvFeatSel = s.drvFeatSel;
+    this.driverFeatures = BigInt(s.driverFeatures); this.queueSel = s.queueSel;
+    this.interruptStatus = s.interruptStatus; this.configGeneration = s.configGeneration;
+    this.queues = s.queues.map((q) => ({ num: q.num, ready: q.ready, desc: BigInt(q.desc), driver: BigInt(q.driver), device: BigInt(q.device) }));
+    if (!s.active) return;
+    if (this.status & VIRTIO_CONFIG_S_FEATURES_OK) this.device.ackFeatures(this.driverFeatures);
+    this.activate(s.queues.map((q) => ({ lastAvail: q.lastAvail, nextUsed: q.nextUsed })));
+    if (!this.active || ((this.status & VIRTIO_CONFIG_S_NEEDS_RESET) && !(s.status & VIRTIO_CONFIG_S_NEEDS_RESET))) {
+      throw new SnapshotError('mismatch', `virtio device type ${s.deviceType} did not reactivate from the snapshot`);
+    }
+  }
+
+  private activate(resumeAt?: Array<{ lastAvail: number; nextUsed: number }>): void {
     const queues: Array<Virtqueue | undefined> = [];
     try {
       this.queues.forEach((q, i) => {
         if (!q.ready) { queues.push(undefined); return; }
-        this.vqs[i].activate({ size: q.num, features: this.driverFeatures, descGpa: q.desc, availGpa: q.driver, usedGpa: q.device });
+        this.vqs[i].activate({ size: q.num, features: this.driverFeatures, descGpa: q.desc, availGpa: q.driver, usedGpa: q.device, lastAvailIdx: resumeAt?.[i].lastAvail, nextUsedIdx: resumeAt?.[i].nextUsed });
         queues.push(this.vqs[i]);
       });
       const ctx: ActivateContext = {

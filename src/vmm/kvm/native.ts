@@ -41,11 +41,16 @@ export interface NativeVcpu {
   setCpuid2(entries: CpuidEntry[]): void;
   getMpState(): number;
   setMpState(state: number): void;
+  /** KVM's own struct for a snapshot (regs, sregs, fpu, xsave, xcrs, lapic, mpstate, events, debugregs). */
+  /** For 'xsave', `size` > 4096 (KVM_CAP_XSAVE2) uses KVM_GET_XSAVE2. */
+  getState(kind: string, size?: number): Buffer;
+  setState(kind: string, blob: Buffer): void;
   /** Starts KVM_RUN on a native thread; handler(reason) runs on the JS thread per exit. */
   start(handler: (reason: number) => void): void;
   /** One KVM_RUN on the calling thread (not while started). */
   runOnce(): number;
-  pause(): void;
+  /** Asks the thread to park; true when it already is (no PAUSED exit follows). */
+  pause(): boolean;
   resume(): void;
   stop(): void;
   close(): void;
@@ -67,6 +72,15 @@ export interface KvmAddon {
   vmIrqfd(vmFd: number, eventfd: number, gsi: number, deassign?: boolean): void;
   vmIoeventfd(vmFd: number, o: { fd: number; addr: number | bigint; len: number; pio?: boolean; datamatch?: number | bigint; deassign?: boolean }): void;
   arrayBufferAddress(b: ArrayBuffer): bigint;
+  // native/src/kvm_snapshot.cc
+  /** KVM's struct for pic0, pic1, ioapic, pit2 or clock. */
+  vmGetState(vmFd: number, kind: string): Buffer;
+  vmSetState(vmFd: number, kind: string, blob: Buffer): void;
+  kvmGetMsrIndexList(kvmFd: number): number[];
+  /** MAP_PRIVATE|MAP_FIXED of fd over buffer[offset, offset+length): copy-on-write. */
+  mapFilePrivateOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number): void;
+  /** lseek(2); negative errno on failure (SEEK_DATA 3, SEEK_HOLE 4). */
+  fsLseek(fd: number, offset: number, whence: number): number;
   KvmVcpu: new (vmFd: number, index: number, mmapSize: number, record: ArrayBuffer) => NativeVcpu;
 
   // shared helpers from native/src/mem.cc and sock.cc

@@ -136,8 +136,9 @@ export class Vcpu {
   pause(): Promise<void> {
     if (this.ended || !this.native.running) return Promise.resolve();
     return new Promise((resolve) => {
+      // Already parked (paused twice): no PAUSED exit follows.
+      if (this.native.pause()) { resolve(); return; }
       this.pauseWaiters.push(resolve);
-      this.native.pause();
     });
   }
 

@@ -79,6 +79,27 @@ export class KvmVm {
   }
   private hot: HotMemory | undefined;
 
+  /**
+   * Restore path (src/vmm/snapshot): maps a snapshot's memory file
+   * MAP_PRIVATE over HotMemory's guest area — copy-on-write, so clones of one
+   * snapshot share its page cache and each writes its own copies — and
+   * registers the slots. The fd is not kept: the mapping holds the file.
+   * No memfd exists afterwards (memoryFd is -1): a restored VM cannot hand
+   * its RAM to a vhost-user peer (README, "Builtin VMM snapshots").
+   */
+  attachMemoryFile(hot: HotMemory, fd: number): void {
+    if (this.mapped) throw new VmmError('config', 'guest memory already attached');
+    if (hot.guestBytes === 0) throw new VmmError('config', 'HotMemory has no guest regions');
+    const n = kvmNative();
+    n.mapFilePrivateOver(hot.memory.buffer, hot.guestBase, hot.guestBytes, fd, 0);
+    this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
+    this.hot = hot;
+    const base = n.arrayBufferAddress(hot.memory.buffer);
+    for (const r of hot.guestRegions) {
+      n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);
+    }
+  }
+
   /** The guest RAM memfd (e.g. for a vhost-user peer), or -1. */
   get memoryFd(): number { return this.memfd; }
 
