@@ -63,8 +63,6 @@ export const S_UNKNOWN_INCOMPAT: i32 = 15;
 export const S_DEVICES: i32 = 16;
 /** Byte offset of the device table in the image (devt_slotoff * 128). */
 export const S_DEVT_OFF: i32 = 17;
-/** roundup_pow_of_two(devices + 1) - 1, the mask the kernel applies to device_id. */
-export const S_DEVICE_ID_MASK: i32 = 18;
 
 /* ---- inode slots ---- */
 export const I_VERSION: i32 = 0;

@@ -10,11 +10,14 @@
  * 8-byte struct erofs_inode_chunk_index { __le16 advise; __le16 device_id;
  * __le32 blkaddr; }. EROFS_NULL_ADDR is a hole.
  *
- *   mapDevice(devt, devices, mask, blkbits, rec)   erofs_map_dev(): takes
- *       M_DEVICE / M_PA / M_PLEN from a mapBlocks() result, masks the
- *       device id with S_DEVICE_ID_MASK as the kernel does, and checks it
- *       against the device table (devt = the `devices` on-disk 128-byte
- *       slots): id > devices is E_BAD_DEVICE; an extent past a device's
+ *   mapDevice(devt, devices, blkbits, rec)   erofs_map_dev(): takes
+ *       M_DEVICE / M_PA / M_PLEN from a mapBlocks() result and checks the
+ *       device id against the device table (devt = the `devices` on-disk
+ *       128-byte slots): id > devices is E_BAD_DEVICE. The kernel instead
+ *       masks the id with roundup_pow_of_two(devices + 1) - 1
+ *       (sbi->device_id_mask), so a corrupt id silently reads another
+ *       device; we refuse it, so it is an error and never wrong bytes (ids
+ *       mkfs.erofs writes are ≤ devices, where both agree). An extent past a device's
  *       declared blocks is E_OUTSIDE_DEVICE (blocks = 0, as mkfs.erofs 1.5
  *       --blobdev writes, means "size not declared": the host then bounds
  *       the read by the device file). Device 0 with flat addressing
@@ -69,11 +72,10 @@ export function chunkMap(s: MapState, win: usize, winLen: u32, blkbits: u32, ix:
   return 0;
 }
 
-export function mapDevice(devt: usize, devices: u32, mask: u32, blkbits: u32, rec: usize): i32 {
-  const raw = <u32>load<f64>(rec + (<usize>M_DEVICE << 3));
+export function mapDevice(devt: usize, devices: u32, blkbits: u32, rec: usize): i32 {
+  const id = <u32>load<f64>(rec + (<usize>M_DEVICE << 3));
   const pa = <u64>load<f64>(rec + (<usize>M_PA << 3));
   const plen = <u64>load<f64>(rec + (<usize>M_PLEN << 3));
-  const id = raw & mask;
   if (id != 0) {
     if (id > devices) return E_BAD_DEVICE; // idr_find() misses: -ENODEV
     const blocks = <u64>load<u32>(devt + <usize>((id - 1) * EROFS_DEVT_SLOT_SIZE), 64);

@@ -35,7 +35,7 @@
  *   deviceSlot(p, rec)                  super.ts
  *   inode(win, winLen, blkbits, ilocOff, rec)        inode.ts
  *   mapBlocks(win, winLen, blkbits, ilocOff, la, rec)   data.ts
- *   mapDevice(devt, devices, mask, blkbits, rec)     chunk.ts
+ *   mapDevice(devt, devices, blkbits, rec)           chunk.ts
  *   decompressCluster(src, srcLen, dst, dstLen, alg, zeroPadding, partial)
  *                                       decompress.ts
  *   dirBlock(blk, len, out, outCap), dirLookup(blk, len, name, nameLen)

@@ -11,7 +11,7 @@
 import {
   E_BAD_BLKSZ, E_BAD_CHECKSUM, E_BAD_MAGIC, E_CORRUPT, E_NEED_MORE, E_UNSUPPORTED_FEATURE,
   D_BLOCKS, D_MAPPED_BLKADDR, D_TAG_LEN,
-  S_BLKBITS, S_BLOCKS, S_BUILD_TIME, S_BUILD_TIME_NSEC, S_CHECKSUM, S_COMPR_ALGS, S_DEVICES, S_DEVICE_ID_MASK,
+  S_BLKBITS, S_BLOCKS, S_BUILD_TIME, S_BUILD_TIME_NSEC, S_CHECKSUM, S_COMPR_ALGS, S_DEVICES,
   S_DEVT_OFF, S_DEVT_SLOTOFF, S_EXTRA_DEVICES, S_EXTSLOTS, S_FEATURE_COMPAT, S_FEATURE_INCOMPAT, S_INOS,
   S_META_BLKADDR, S_ROOT_NID, S_UNKNOWN_INCOMPAT, S_XATTR_BLKADDR,
 } from './abi';
@@ -61,18 +61,10 @@ export function superblock(buf: usize, len: u32, rec: usize): i32 {
   const slotoff = <u32>load<u16>(sb, 88);
   put(rec, S_EXTRA_DEVICES, <f64>extra);
   put(rec, S_DEVT_SLOTOFF, <f64>slotoff);
-  // erofs_scan_devices(): without the feature bit the count is ignored;
-  // device ids in chunk indexes are masked to the next power of two.
+  // erofs_scan_devices(): without the feature bit the count is ignored.
   const devices: u32 = (incompat & INCOMPAT_DEVICE_TABLE) != 0 ? extra : 0;
-  let mask: u32 = 0;
-  if (devices != 0) {
-    mask = 1;
-    while (mask < devices + 1) mask <<= 1;
-    mask -= 1;
-  }
   put(rec, S_DEVICES, <f64>devices);
   put(rec, S_DEVT_OFF, <f64>(<u64>slotoff * <u64>EROFS_DEVT_SLOT_SIZE));
-  put(rec, S_DEVICE_ID_MASK, <f64>mask);
   return 0;
 }
 

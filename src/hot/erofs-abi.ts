@@ -24,7 +24,7 @@ export interface ErofsExports {
   deviceSlot(p: number, rec: number): number;
   inode(win: number, winLen: number, blkbits: number, ilocOff: number, rec: number): number;
   mapBlocks(win: number, winLen: number, blkbits: number, ilocOff: number, la: number, rec: number): number;
-  mapDevice(devt: number, devices: number, mask: number, blkbits: number, rec: number): number;
+  mapDevice(devt: number, devices: number, blkbits: number, rec: number): number;
   decompressCluster(src: number, srcLen: number, dst: number, dstLen: number, alg: number, zeroPadding: number, partial: number): number;
   dirBlock(blk: number, len: number, out: number, outCap: number): number;
   dirLookup(blk: number, len: number, name: number, nameLen: number): number;
@@ -40,7 +40,7 @@ const ABI_NAMES = [
   'REC_BYTES',
   'S_BLKBITS', 'S_ROOT_NID', 'S_INOS', 'S_BUILD_TIME', 'S_BUILD_TIME_NSEC', 'S_BLOCKS', 'S_META_BLKADDR', 'S_XATTR_BLKADDR',
   'S_FEATURE_COMPAT', 'S_FEATURE_INCOMPAT', 'S_COMPR_ALGS', 'S_EXTRA_DEVICES', 'S_CHECKSUM', 'S_UNKNOWN_INCOMPAT',
-  'S_DEVICES', 'S_DEVT_OFF', 'S_DEVICE_ID_MASK',
+  'S_DEVICES', 'S_DEVT_OFF',
   'I_VERSION', 'I_LAYOUT', 'I_XATTR_ISIZE', 'I_MODE', 'I_NLINK', 'I_SIZE', 'I_UID', 'I_GID', 'I_MTIME', 'I_MTIME_NSEC',
   'I_META_NEED', 'I_RDEV_MAJOR', 'I_RDEV_MINOR', 'I_CHUNKBITS', 'I_CHUNK_UNIT',
   'M_LA', 'M_LLEN', 'M_PA', 'M_PLEN', 'M_FLAGS', 'M_ALG', 'M_DEVICE',

@@ -403,7 +403,6 @@ export class ErofsImage {
   private readDeviceTable(): ErofsDeviceSlot[] {
     const n = this.slot(this.k.S_DEVICES);
     const off = this.slot(this.k.S_DEVT_OFF);
-    this.devMask = this.slot(this.k.S_DEVICE_ID_MASK);
     if (n === 0) return [];
     if (n > MAX_DEVICES) throw new ErofsError('unsupported', `erofs: device table of ${n} devices (at most ${MAX_DEVICES})`);
     if (off < 1024 + 128) throw new ErofsError('corrupt', `erofs: device table at ${off} overlaps the superblock`);
@@ -422,8 +421,6 @@ export class ErofsImage {
     return out;
   }
 
-  /** S_DEVICE_ID_MASK of the superblock (erofs_scan_devices). */
-  private devMask = 0;
 
   /* ---- inodes ---- */
 
@@ -531,7 +528,7 @@ export class ErofsImage {
     if ((flags & this.k.MAP_MAPPED) && !(flags & this.k.MAP_META) && (this.sb.devices.length > 0 || this.slot(this.k.M_DEVICE) !== 0)) {
       const raw = this.slot(this.k.M_DEVICE);
       const blk = this.slot(this.k.M_PA) / this.sb.blockSize;
-      const dr = this.wasm.mapDevice(this.devt, this.sb.devices.length, this.devMask, blkbits, this.rec);
+      const dr = this.wasm.mapDevice(this.devt, this.sb.devices.length, blkbits, this.rec);
       if (dr < 0) throw this.abi.error(dr, `inode ${nid} chunk at ${la} (device id ${raw}, block ${blk}, ${this.sb.devices.length} extra devices)`);
       device = this.slot(this.k.M_DEVICE);
     }
