@@ -21,7 +21,7 @@ import { errorMessage } from '../common/errors';
 import { logger } from '../common/log';
 import { QmpClient } from '../hypervisor/qmp';
 import { baseKernelParams } from '../hypervisor/hypervisor';
-import { ownedBy, type QemuClone } from '../hypervisor/qemu';
+import { ownedBy, type QemuClone, type QemuHypervisor } from '../hypervisor/qemu';
 import { waitForMarker } from '../protocols/agent-dialer';
 import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { cloneMemory, dataExtents, type CloneMemory } from './memory';
@@ -33,15 +33,29 @@ import { isMountPoint, MANIFEST, MEMORY, STATE, templateStatus, writeManifest, t
 export interface FactoryTarget {
   config: Config;
   /** QEMU binary, machine, its extra properties, the accelerator in use. */
-  qemu: { binary: string; machine: string; machineAccelerators: string; accel: 'kvm' | 'tcg'; rootBlockDriver: string };
+  qemu: { binary: string; machine: string; machineAccelerators: string; accel: 'kvm' | 'tcg'; rootBlockDriver: string;
+    /** Settings in use that a template does not reproduce (their config key names). */
+    unsupported?: string[] };
   /** The sandbox part of the kernel command line (sandboxKernelParams). */
   kernelParams: string;
   vcpus?: number;
   memoryMiB?: number;
 }
 
+/** FactoryTarget['qemu'] of a QEMU hypervisor as the runtime built it. */
+export function qemuTarget(hv: QemuHypervisor): FactoryTarget['qemu'] {
+  const s = hv.settings;
+  const m = s.memory ?? {};
+  const unsupported = [
+    m.imageNvdimm ? 'disable_image_nvdimm = false' : '', m.balloon ? 'reclaim_guest_freed_memory' : '',
+    m.maxMemoryMiB ? 'default_maxmemory' : '', m.maxVcpus ? 'default_maxvcpus' : '',
+  ].filter(Boolean);
+  return { binary: s.binary, machine: s.machine, machineAccelerators: s.machineAccelerators ?? '', accel: s.accel, rootBlockDriver: hv.rootBlockDriver, unsupported };
+}
+
 /** Why a configuration cannot use templates at all (undefined: it can). */
 export function templateUnsupported(t: FactoryTarget): string | undefined {
+  if (t.qemu.unsupported?.length) return `VM templates do not reproduce ${t.qemu.unsupported.join(', ')} ([hypervisor.qemu]): the template VM has QEMU's virtio-blk root disk, rng and console only`;
   if (t.qemu.machine !== 'pc') return `VM templates need machine_type = "pc" (hotplug of the agent channel after restore), not "${t.qemu.machine}"`;
   if (t.qemu.rootBlockDriver !== 'virtio-blk') return 'VM templates need root_block_driver = "virtio-blk": QEMU cannot migrate a vhost-user-blk root disk';
   return undefined;

@@ -18,7 +18,7 @@ import type { Logger } from '../common/log';
 import type { Hypervisor, VmConfig, VmInfo } from '../hypervisor/hypervisor';
 import { QemuHypervisor } from '../hypervisor/qemu';
 import type { Config } from '../runtime/config';
-import { VmFactory } from './factory';
+import { qemuTarget, VmFactory } from './factory';
 
 /** Bytes of host randomness a clone's guest gets (Kata's runtime sends 512 too). */
 export const RESEED_BYTES = 512;
@@ -30,11 +30,7 @@ export async function startFromTemplate(hv: Hypervisor, cfg: Config, vm: VmConfi
     log.warn(`[factory] enable_template: VM templates are implemented for QEMU only, not the ${hv.name} hypervisor; cold boot`);
     return undefined;
   }
-  const s = hv.settings;
-  const factory = new VmFactory({
-    config: cfg, kernelParams, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB,
-    qemu: { binary: s.binary, machine: s.machine, machineAccelerators: s.machineAccelerators ?? '', accel: s.accel, rootBlockDriver: hv.rootBlockDriver },
-  });
+  const factory = new VmFactory({ config: cfg, kernelParams, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB, qemu: qemuTarget(hv) });
   const t0 = Date.now();
   const prep = factory.prepareClone(vm.dir);
   if ('reason' in prep) {

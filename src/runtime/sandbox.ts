@@ -27,6 +27,8 @@ import { AgentClient } from './agent-client';
 import { policyFromFile, type HostPolicy } from './policy';
 import { POLICY_KERNEL_PARAM } from '../protocols/agent-policy';
 import { serveCtlChannel, type CtlChannel } from './ctl-channel';
+import { startSandboxMemory } from '../memory/sandbox-memory';
+import type { SandboxMemory } from '../memory/service';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
@@ -137,6 +139,7 @@ export class Sandbox {
   /** Containers whose rootfs is a boot-time virtio-fs share → its tag. */
   private readonly sharedRootfs = new Map<string, string>();
   private ctl: CtlChannel | undefined;
+  private memory: SandboxMemory | undefined;
   /** The pod's interfaces mirrored into the VM (opts.netns). */
   private network: PodNetwork | undefined;
   private netWatch: NetnsWatcher | undefined;
@@ -238,7 +241,7 @@ export class Sandbox {
       await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
       if (clone) {
         await makeCloneUnique(this.agentClient);
-        guestTimings = JSON.stringify({ template: true, cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs });
+        guestTimings = JSON.stringify({ template: true, cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
       }
       const tCheck = Date.now();
       await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {}, policy_json: policy?.text ?? '' });
@@ -251,6 +254,8 @@ export class Sandbox {
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
+      // Page scanner and balloon, reached by kata-ctl on mem.sock (src/memory).
+      this.memory = await startSandboxMemory(this.opts.hypervisor, cfg, this.id, this.dir, vmCfg.memoryMiB);
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings),
         host: { toAgentReadyMs: tMarker - t0, dialMs: wire.timings.connectMs, firstRpcMs: tCheck - tMarker, sandboxSetupMs: Date.now() - tCheck } });
       this.phase = 'running';
@@ -496,6 +501,7 @@ export class Sandbox {
     this.phase = 'stopping';
     if (fs.existsSync(this.dir)) this.persist();
     await this.ctl?.close();
+    await this.memory?.close();
     this.netWatch?.close();
     await this.netSync;
     if (this.agentClient) {

@@ -11,6 +11,7 @@ import { installCommand, uninstallCommand } from './install';
 import { versionCommand } from './version';
 import { logParserCommand } from './log-parser';
 import { imageCommand } from './image';
+import { factoryCommand } from './factory';
 
 export const commands: CtlCommand<any>[] = [];
 commands.push(erofsCommand);
@@ -18,3 +19,4 @@ commands.push(checkCommand, envCommand, listCommand, cleanupCommand, execCommand
 commands.push(installCommand, uninstallCommand);
 commands.push(versionCommand, logParserCommand);
 commands.push(imageCommand);
+commands.push(factoryCommand);

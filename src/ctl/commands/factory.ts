@@ -1,0 +1,98 @@
+/**
+ * `kata-ctl factory init | status | destroy [--json]` — the VM template
+ * (src/factory), Kata's `kata-runtime factory` verbs (runtime-rs still stubs
+ * them). The template is made for the configuration sandboxes run with:
+ * the hypervisor the runtime would pick (QEMU), its accelerator, the
+ * sandbox kernel parameters with `[agent.kata] policy_file`'s hash. A
+ * sandbox with another policy (`kata-ts run --policy`) or sizing finds the
+ * template stale and cold-boots.
+ */
+import type { CtlCommand } from '../command';
+import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
+import { selectHypervisor } from '../../hypervisor';
+import { QemuHypervisor } from '../../hypervisor/qemu';
+import { policyFromFile } from '../../runtime/policy';
+import { sandboxKernelParams } from '../../runtime/sandbox';
+import type { Config } from '../../runtime/config';
+import { qemuTarget, VmFactory } from '../../factory/factory';
+import { TemplateError } from '../../factory/qemu-template';
+import type { TemplateStatus } from '../../factory/template-store';
+
+interface FactoryArgs extends GlobalArgs {
+  action: string;
+}
+
+/** The factory for the configuration sandboxes start with. */
+export async function factoryFor(cfg: Config): Promise<VmFactory> {
+  const { hv } = await selectHypervisor(cfg, 'qemu');
+  if (!(hv instanceof QemuHypervisor)) throw new TemplateError('config', 'VM templates are implemented for QEMU only');
+  const policyFile = cfg['agent.kata'].policy_file;
+  const policy = policyFile ? policyFromFile(policyFile) : undefined;
+  return new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: sandboxKernelParams(cfg, policy) });
+}
+
+function mib(n: number | undefined): string {
+  return n === undefined ? '-' : `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+function age(s: number | undefined): string {
+  if (s === undefined) return '-';
+  if (s < 120) return `${s} s`;
+  if (s < 7200) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+/** Human text of a template status. */
+export function statusText(st: TemplateStatus, enabled: boolean): string {
+  const m = st.manifest;
+  const lines = [
+    `template:   ${st.path}`,
+    `state:      ${st.state}${st.reasons.length ? ` — ${st.reasons[0]}` : ''}`,
+    ...st.reasons.slice(1).map((r) => `            ${r}`),
+    `enabled:    ${enabled ? 'yes ([factory] enable_template = true)' : 'no ([factory] enable_template = false: sandboxes cold-boot)'}`,
+    `key:        ${m?.key ?? '-'}${st.wantedKey && m && m.key !== st.wantedKey ? ` (configuration wants ${st.wantedKey})` : ''}`,
+  ];
+  if (m) {
+    lines.push(
+      `created:    ${m.createdAt} (${age(st.ageS)} ago), boot ${m.bootS.toFixed(1)} s, save ${m.saveS.toFixed(2)} s`,
+      `machine:    ${m.inputs.machine}, ${m.inputs.accel}, ${m.inputs.vcpus} vCPU, ${m.inputs.memoryMiB} MiB; ${m.qemuVersion}`,
+      `kernel:     ${m.inputs.kernel.path} sha256:${m.kernelSha256.slice(0, 16)}`,
+      `image:      ${m.inputs.image.path} sha256:${m.imageSha256.slice(0, 16)}`,
+      `sizes:      state ${mib(m.stateBytes)}, memory ${mib(m.memoryBytes)} (${mib(m.memoryDataBytes)} data, copied per clone), on host ${mib(st.diskBytes)}${m.mountedTmpfs ? ' (tmpfs)' : ''}`,
+    );
+  }
+  return lines.join('\n') + '\n';
+}
+
+export const factoryCommand: CtlCommand<FactoryArgs> = {
+  command: 'factory <action>',
+  describe: 'VM template for fast sandbox start: init (make or remake), status, destroy',
+  builder: (y) =>
+    y
+      .positional('action', { type: 'string', choices: ['init', 'status', 'destroy'], demandOption: true })
+      .option('json', JSON_OPTION) as never,
+  handler: async (argv) => {
+    const cfg = ctlConfig(argv);
+    const factory = await factoryFor(cfg);
+    switch (argv.action) {
+      case 'init': {
+        const st = await factory.init((line) => process.stderr.write(`factory: ${line}\n`));
+        if (argv.json) printJson({ ...st, enabled: cfg.factory.enable_template });
+        else process.stdout.write(statusText(st, cfg.factory.enable_template));
+        return st.state === 'valid' ? 0 : 1;
+      }
+      case 'status': {
+        const st = factory.status();
+        if (argv.json) printJson({ ...st, enabled: cfg.factory.enable_template });
+        else process.stdout.write(statusText(st, cfg.factory.enable_template));
+        return st.state === 'valid' ? 0 : 1;
+      }
+      default: {
+        const removed = factory.destroy();
+        if (argv.json) printJson({ schemaVersion: 1, path: factory.dir, removed });
+        else process.stdout.write(removed.length ? removed.map((r) => `removed ${r}\n`).join('') : `no template at ${factory.dir}\n`);
+        return 0;
+      }
+    }
+  },
+};
