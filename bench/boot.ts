@@ -9,6 +9,13 @@
  *   floor (node)     the same, with init=/usr/bin/node -e 'print MARK': the
  *                    cost of starting Node in the guest, which the agent pays.
  *
+ * The kata-ts runs log at info level (`--log-level info`, not --debug, whose
+ * guest debug mode slows the boot): their 'sandbox ready' line carries the
+ * start-up phases — in the guest: kernel + kata-init, Node's own start,
+ * loading the agent's modules, agent API ready (listening on vsock); on the
+ * host: to the agent's ready line, the vsock dial, the first RPC (Check),
+ * and the sandbox set-up after it — reported as medians next to the totals.
+ *
  * Reported as medians and as ratios to the floors, plus host memory (PSS from
  * /proc/<pid>/smaps_rollup) of the runtime process and of QEMU per running
  * sandbox. Acceleration is whatever `auto` picks here (TCG on PVM hosts).
@@ -38,27 +45,56 @@ function median(xs: number[]): number {
 }
 
 /** Spawn, resolve with ms until `marker` appears on the chosen stream, then let it finish. */
-function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'): Promise<{ ms: number; totalMs: number }> {
+function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'): Promise<{ ms: number; totalMs: number; other: string }> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let seen = -1;
     let buf = '';
+    let otherText = '';
     child[stream].on('data', (d: Buffer) => {
       buf += d.toString('latin1');
       if (seen < 0 && buf.includes(MARK)) seen = Number(process.hrtime.bigint() - t0) / 1e6;
     });
     const other = stream === 'stdout' ? 'stderr' : 'stdout';
-    child[other].resume();
+    child[other].on('data', (d: Buffer) => { otherText = (otherText + d.toString('latin1')).slice(-65536); });
     const timer = setTimeout(() => child.kill('SIGKILL'), 180000);
     child.on('exit', () => {
       clearTimeout(timer);
       const total = Number(process.hrtime.bigint() - t0) / 1e6;
-      if (seen < 0) reject(new Error(`${cmd} ended without printing the marker: ${buf.slice(-400)}`));
-      else resolve({ ms: seen, totalMs: total });
+      if (seen < 0) reject(new Error(`${cmd} ended without printing the marker: ${buf.slice(-400)} ${otherText.slice(-400)}`));
+      else resolve({ ms: seen, totalMs: total, other: otherText });
     });
   });
 }
+
+/** The start-up phases of one kata-ts run, from its 'sandbox ready' log line (src/runtime/sandbox.ts). */
+function phasesOf(stderr: string): Record<string, number> {
+  for (const line of stderr.split('\n')) {
+    if (!line.includes('"sandbox ready"')) continue;
+    try {
+      const j = JSON.parse(line) as { guest?: Record<string, unknown>; host?: Record<string, unknown> };
+      const out: Record<string, number> = {};
+      for (const [side, o] of [['guest', j.guest], ['host', j.host]] as const) {
+        for (const [k, v] of Object.entries(o ?? {})) if (typeof v === 'number') out[`${side}.${k}`] = v;
+      }
+      return out;
+    } catch { /* not JSON */ }
+  }
+  return {};
+}
+
+/** Phase names in start-up order, with what each one is. */
+const PHASES: [string, string][] = [
+  ['host.toAgentReadyMs', 'spawn → agent ready line seen by the host'],
+  ['guest.kernelInitMs', '  guest: kernel + kata-init (to node exec)'],
+  ['guest.nodeStartMs', '  guest: Node start (to boot.js)'],
+  ['guest.modulesMs', '  guest: agent modules loaded'],
+  ['guest.apiReadyMs', '  guest: agent API ready (listening)'],
+  ['host.dialMs', 'host: vsock dial (first connection)'],
+  ['host.firstRpcMs', 'host: ready line → first RPC (Check) answered'],
+  ['host.sandboxSetupMs', 'host: CreateSandbox + set-up'],
+];
 
 async function footprint(cfgFile: string, runDir: string): Promise<{ runtimePssMiB: number; qemuPssMiB: number }> {
   const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'sleep', '20'], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -113,10 +149,13 @@ async function main(): Promise<void> {
   ];
   const results: Record<string, number[]> = { 'kata-ts run': [], 'floor (kernel)': [], 'floor (node)': [] };
   const totals: number[] = [];
+  const phaseSamples: Record<string, number[]> = {};
   for (let r = 0; r < runs; r++) {
-    const k = await timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'echo', MARK], 'stdout');
+    process.stderr.write(`run ${r + 1}/${runs}: kata-ts run, floor (kernel), floor (node)\n`);
+    const k = await timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--log-level', 'info', '--config', cfgFile, '--', 'echo', MARK], 'stdout');
     results['kata-ts run']!.push(k.ms);
     totals.push(k.totalMs);
+    for (const [p, v] of Object.entries(phasesOf(k.other))) (phaseSamples[p] ??= []).push(v);
     results['floor (kernel)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/bin/echo', MARK), 'stdout')).ms);
     results['floor (node)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/usr/bin/node', `-e console.log("${MARK}")`), 'stdout')).ms);
   }
@@ -134,6 +173,7 @@ async function main(): Promise<void> {
     medianMs: med, runTotalMedianMs: Math.round(median(totals)),
     ratioToKernelFloor: +(med['kata-ts run']! / med['floor (kernel)']!).toFixed(2),
     ratioToNodeFloor: +(med['kata-ts run']! / med['floor (node)']!).toFixed(2),
+    phasesMedianMs: Object.fromEntries(Object.entries(phaseSamples).map(([k, v]) => [k, Math.round(median(v))])),
     footprintMiB: fp ? { runtime: +fp.runtimePssMiB.toFixed(1), qemu: +fp.qemuPssMiB.toFixed(1) } : null,
     ...(footprintError ? { footprintError } : {}),
     samplesMs: results,
@@ -143,6 +183,11 @@ async function main(): Promise<void> {
   for (const [k, v] of Object.entries(med)) console.log(`  ${k.padEnd(16)} ${String(v).padStart(6)} ms`);
   console.log(`  ratio kata-ts run / floor (kernel): ${out.ratioToKernelFloor}x;  / floor (node): ${out.ratioToNodeFloor}x`);
   console.log(`  kata-ts run total (to exit, VM torn down): ${out.runTotalMedianMs} ms`);
+  console.log('kata-ts run phases (median, from its "sandbox ready" line):');
+  for (const [k, what] of PHASES) {
+    const v = out.phasesMedianMs[k];
+    console.log(`  ${what.padEnd(50)} ${v === undefined ? '     -' : String(v).padStart(6)} ms`);
+  }
   if (out.footprintMiB) console.log(`host PSS per running sandbox: runtime ${out.footprintMiB.runtime} MiB, qemu ${out.footprintMiB.qemu} MiB`);
   else console.log(`host PSS per running sandbox: FAILED: ${footprintError}`);
   writeResult('boot', out);

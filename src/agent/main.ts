@@ -26,17 +26,22 @@ export interface BootPhases {
   modulesMs: number;
 }
 
+const msSince = (t: bigint) => Math.round(Number(process.hrtime.bigint() - t) / 1e6);
+
 async function run(phases: BootPhases): Promise<void> {
   const t0 = process.hrtime.bigint();
   let cmdline = '';
   try { cmdline = fs.readFileSync('/proc/cmdline', 'utf8'); } catch { /* not Linux: tests */ }
   const debug = /(^|\s)agent\.log=debug(\s|$)/.test(cmdline);
   if (debug) (await import('../common/log')).configureLogging({ source: 'agent', level: 'debug' });
+  const logSetupMs = msSince(t0);
+  const t1 = process.hrtime.bigint();
   const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   // The policy's hash may be pinned on the command line (policy.ts): fixed for this VM's life.
   const server = agentRpcServer(agentHandlers(sandbox, PolicyGate.fromCmdline(cmdline)),
     (why) => process.stderr.write(`kata-agent: closed a connection: ${why}\n`));
+  const serviceMs = msSince(t1);
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
   serveOnVsock(server, () => {
     // The host waits for this marker on the console before it dials; the
@@ -48,7 +53,8 @@ async function run(phases: BootPhases): Promise<void> {
       // kernel boot + kata-init, until the node binary started
       kernelInitMs: guestUptimeMs - nodeUptimeMs,
       nodeStartMs: phases.nodeStartMs, modulesMs: phases.modulesMs,
-      apiReadyMs: Math.round(Number(process.hrtime.bigint() - t0) / 1e6),
+      // main() to listening: winston (agent.log=debug only), sandbox + service table (reads the proto), vsock listen
+      apiReadyMs: msSince(t0), logSetupMs, serviceMs,
     })}\n`);
   });
 }

@@ -65,6 +65,6 @@ export function dialSandboxAgent(sandboxDir: string): AgentClient | undefined {
 
 /** A gRPC AgentService client on a plain unix socket (no vsock handshake). */
 export function dialUnixAgent(socket: string): grpc.Client {
-  const Ctor = agentClientConstructor();
+  const Ctor = agentClientConstructor(grpc);
   return new Ctor(`unix:${socket}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
 }
