@@ -9,6 +9,24 @@
  * (tests), a virtio-net device (src/virtio/net) comes after the disks and
  * vsock; the guest's addresses are the agent's business, as with QEMU.
  *
+ * Snapshots (API for the factory, src/factory; Firecracker's model, see
+ * src/vmm/snapshot):
+ *   - `snapshot(dir)` pauses the running VM, writes `dir/state.bin`
+ *     (versioned, SHA-256-checked vCPU/VM/device state) and `dir/memory.bin`
+ *     (sparse guest RAM), and resumes it unless it was paused. Resolves with
+ *     SnapshotInfo (pause time, sizes). Throws SnapshotError kind 'refused'
+ *     when the VM is not running or virtio requests stay in flight.
+ *   - `restore(dir, cfg)` is start() from a snapshot: the same devices as
+ *     cfg describes (root image, disks in order, vsock; cfg must match the
+ *     snapshotted VM's, else SnapshotError 'mismatch'), guest RAM mapped
+ *     MAP_PRIVATE from memory.bin (clones share its page cache), then the
+ *     vCPUs resume where the snapshot stopped. cfg.kernel, kernelParams,
+ *     vcpus and memoryMiB are taken from the snapshot, not from cfg. Any
+ *     failure throws before a vCPU runs and closes everything it opened.
+ *   The guest's vsock connections do not survive a restore (the host side
+ *   is new); the agent must be reached by a new connection — which is
+ *   what a factory clone does anyway.
+ *
  * Limits today: no disk hotplug (virtio-mmio has none; Firecracker has the
  * same limit), pause/resume are vCPU-level only.
  */
@@ -21,6 +39,7 @@ import type { NetBackend } from '../virtio/net/backend';
 import { TapBackend } from '../virtio/net/tap';
 import type { VirtioDevice } from '../virtio/device';
 import { Machine } from '../vmm/machine';
+import type { SnapshotInfo } from '../vmm/snapshot/save';
 import { VmmError } from '../vmm/errors';
 import { baseKernelParams, type DiskDevice, type Hypervisor, type VmConfig, type VmInfo } from './hypervisor';
 
@@ -52,6 +71,25 @@ export class BuiltinHypervisor implements Hypervisor {
   get vmm(): Machine | undefined { return this.machine; }
 
   async start(cfg: VmConfig): Promise<VmInfo> {
+    return this.launch(cfg, (devices, serialOut) => new Machine({
+      memoryBytes: cfg.memoryMiB << 20, vcpus: cfg.vcpus, kernel: cfg.kernel, devices,
+      cmdline: [baseKernelParams(cfg.debug), cfg.kernelParams].filter(Boolean).join(' '),
+      serialOut,
+    }));
+  }
+
+  /** start() from a snapshot directory written by snapshot(); see the module header. */
+  async restore(dir: string, cfg: VmConfig): Promise<VmInfo> {
+    return this.launch(cfg, (devices, serialOut) => Machine.restore(dir, { devices, serialOut }));
+  }
+
+  /** Saves the running VM into `dir` (state.bin + memory.bin); see the module header. */
+  async snapshot(dir: string): Promise<SnapshotInfo> {
+    if (!this.machine) throw new VmmError('config', 'no VM to snapshot');
+    return this.machine.snapshot(dir);
+  }
+
+  private async launch(cfg: VmConfig, make: (devices: VirtioDevice[], serialOut: (b: Uint8Array) => void) => Machine): Promise<VmInfo> {
     if (this.machine) throw new VmmError('config', 'VM already started');
     // Pod networking hands the VM tap fds; our virtio-net device (src/virtio/net)
     // is not wired into the builtin machine's boot yet: say so, don't drop it.
@@ -71,17 +109,16 @@ export class BuiltinHypervisor implements Hypervisor {
         this.net = new NetDevice({ backend: this.opts.netBackend ?? new TapBackend(this.opts.netTap), mac: this.opts.netMac });
         devices.push(this.net);
       }
-      this.machine = new Machine({
-        memoryBytes: cfg.memoryMiB << 20, vcpus: cfg.vcpus, kernel: cfg.kernel, devices,
-        cmdline: [baseKernelParams(cfg.debug), cfg.kernelParams].filter(Boolean).join(' '),
-        serialOut: (b) => {
-          this.console?.write(Buffer.from(b));
-          this.consoleBuf = (this.consoleBuf + Buffer.from(b).toString('latin1')).slice(-16384);
-        },
+      this.machine = make(devices, (b) => {
+        this.console?.write(Buffer.from(b));
+        this.consoleBuf = (this.consoleBuf + Buffer.from(b).toString('latin1')).slice(-16384);
       });
     } catch (err) {
       await this.vsock.close();
       for (const d of devices) await d.close?.();
+      this.console?.end();
+      this.console = undefined;
+      this.net = undefined;
       throw err;
     }
     this.exitReason = this.machine.ended.then((e) => e.reason);

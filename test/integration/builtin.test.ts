@@ -6,6 +6,11 @@
  *  - Linux smoke test: our guest kernel (vmlinux, ELF, 64-bit boot protocol)
  *    started by the builtin VMM prints its version, our command line and our
  *    e820 map on COM1 within a bounded time — even emulated that takes seconds.
+ *  - Snapshot/restore through BuiltinHypervisor (the factory's API): the
+ *    test guest's count mode with the rootfs blk and vsock devices attached
+ *    is snapshotted mid-run and restored into two hypervisors at once; both
+ *    continue the count; a restore whose cfg has another disk set is
+ *    refused and leaves its directory's sockets closed.
  *  - Full boots (bzImage decompression, the agent over vsock, containers)
  *    only where KVM runs guests in hardware; skipped here with the reason.
  */
@@ -20,6 +25,9 @@ import { defaultConfig } from '../../src/runtime/config';
 import { Machine } from '../../src/vmm/machine';
 import { MemoryBackend } from '../../src/virtio/net/backend';
 import { buildGuest } from '../unit/vmm/guest-build';
+import { checkCount, countLines } from '../unit/vmm/count-guest';
+import { SnapshotError } from '../../src/vmm/snapshot/format';
+import { until } from '../helpers/until';
 import { skipOrFail } from '../helpers/skip';
 
 const KERNEL_DIR = '/var/cache/kata-ts/kernel';
@@ -121,6 +129,53 @@ describe('integration: builtin hypervisor', function () {
       await hv.stop();
     }
     expect(be.closed).to.equal(true);
+  });
+
+  it('snapshot(dir) mid-run and restore(dir, cfg) into two hypervisors at once: both continue the guest; a cfg with other disks is refused', async function () {
+    const g = buildGuest();
+    if (!probe.devKvm) skipOrFail(this, probe.reason, { hostCannot: true });
+    if (!g.elf) skipOrFail(this, g.reason ?? 'test guest not built');
+    const image = path.join(runDir, 'snap-root.raw');
+    fs.writeFileSync(image, Buffer.alloc(1 << 20));
+    const cfg = (id: string) => ({ id, dir: path.join(runDir, id), kernel: g.elf!, image, vcpus: 1, memoryMiB: 64, kernelParams: 'test=count n=100000', disks: [], debug: false });
+    const snap = path.join(runDir, 'snapshot');
+    const hvs: BuiltinHypervisor[] = [];
+    try {
+      const orig = new BuiltinHypervisor();
+      hvs.push(orig);
+      await orig.start(cfg('orig'));
+      await until('10 count lines', () => (countLines(orig.consoleTail(1000)).length >= 10 ? true : undefined), 30000, 10);
+      await orig.pause();
+      const info = await orig.snapshot(snap);
+      const at = countLines(orig.consoleTail(1000)).length;
+      expect(info.memoryDataBytes).to.be.below(info.memoryBytes);
+      await orig.stop();
+      const clones = [new BuiltinHypervisor(), new BuiltinHypervisor()];
+      hvs.push(...clones);
+      const infos = await Promise.all(clones.map((c, k) => c.restore(snap, cfg(`clone${k}`))));
+      expect(infos[0].agentSocket).to.not.equal(infos[1].agentSocket);
+      for (const c of clones) {
+        await until('20 lines past the snapshot', () => (countLines(c.consoleTail(1000)).length >= 20 ? true : undefined), 30000, 10);
+        // The console log of a clone starts at the snapshot: its first full line is the next count.
+        const lines = countLines(c.consoleTail(1000));
+        expect(lines[0].i).to.be.oneOf([at + 1, at + 2]);
+        expect(lines.slice(1).every((l, k) => l.i === lines[k].i + 1)).to.equal(true);
+      }
+      // The whole computation, original then clone, checks out.
+      const full = countLines(orig.consoleTail(1000)).concat(countLines(clones[0].consoleTail(1000)).filter((l) => l.i > at));
+      expect(checkCount(full)).to.equal(undefined);
+      // A cfg with an extra disk does not match the snapshot's devices.
+      const bad = new BuiltinHypervisor();
+      const extra = path.join(runDir, 'extra.raw');
+      fs.writeFileSync(extra, Buffer.alloc(1 << 20));
+      let err: unknown;
+      try { await bad.restore(snap, { ...cfg('bad'), disks: [{ id: 'x', path: extra, readonly: true }] }); } catch (e) { err = e; }
+      expect(err).to.be.instanceOf(SnapshotError);
+      expect((err as Error).message).to.match(/the snapshot has 2 virtio device\(s\); the restore was given 3/);
+      expect(bad.vmm).to.equal(undefined);
+    } finally {
+      for (const h of hvs) await h.stop();
+    }
   });
 
   it('full Linux boots (bzImage, agent over vsock, containers) need hardware KVM', function () {
