@@ -44,8 +44,6 @@ export interface TemplateInputs {
   accel: string;
 }
 
-export class TemplateKeyError extends Error {}
-
 /** Identity of a file as the key sees it; throws (plain Error) when it is missing. */
 export function fileIdentity(file: string): FileIdentity {
   const real = fs.realpathSync(file);
