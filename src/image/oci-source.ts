@@ -207,9 +207,15 @@ function fromDockerArchive(files: Map<string, Buffer>, tag: string | null, sourc
 
 function fromArchive(file: string, tag: string | null, source: string): ResolvedImage {
   const files = new Map<string, Buffer>();
+  const links: [string, string][] = [];
+  const norm = (p: string): string => path.posix.normalize(p.replace(/^\.?\/+/, ''));
   for (const ent of parseTar(fs.readFileSync(file), source)) {
-    if (ent.type === 'file') files.set(path.posix.normalize(ent.path.replace(/^\.?\/+/, '')), ent.data);
+    if (ent.type === 'file') files.set(norm(ent.path), ent.data);
+    // docker save writes <id>/layer.tar as a symlink to the layer file.
+    else if (ent.type === 'symlink') links.push([norm(ent.path), norm(path.posix.join(path.posix.dirname(norm(ent.path)), ent.linkname))]);
+    else if (ent.type === 'hardlink') links.push([norm(ent.path), norm(ent.linkname)]);
   }
+  for (const [from, to] of links) { const b = files.get(to); if (b && !files.has(from)) files.set(from, b); }
   if (files.has('oci-layout')) return fromLayout((rel) => files.get(rel) ?? null, tag, source);
   if (files.has('manifest.json')) return fromDockerArchive(files, tag, source);
   throw new OciSourceError('not-found', `${source}: neither an oci-archive (no oci-layout) nor a docker-archive (no manifest.json)`);
