@@ -315,8 +315,11 @@ export const erofsCommand: CtlCommand<ErofsArgs> = {
           }
           const nid = img.resolve(argv.path, true);
           const st = img.inode(nid);
+          // Through process.stdout with its callback, not fs.writeSync(1):
+          // a non-blocking stdout pipe (spawn with stdio 'pipe') gives EAGAIN.
           for (let off = 0; off < st.size; off += 1 << 20) {
-            fs.writeSync(1, img.readNid(nid, off, Math.min(1 << 20, st.size - off)));
+            const buf = img.readNid(nid, off, Math.min(1 << 20, st.size - off));
+            await new Promise<void>((resolve, reject) => process.stdout.write(buf, (err) => (err ? reject(err) : resolve())));
           }
           return 0;
         }
