@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import { dialSandboxAgent } from '../runtime/ctl-channel';
 import { errorMessage } from '../common/errors';
 import { Registry } from './prometheus';
+import { memoryMetrics } from './memory-metrics';
 import { listSandboxes, type SandboxRow } from './sandboxes';
 
 const CLK_TCK = 100;
@@ -124,5 +125,7 @@ export async function collectMetrics(runDir: string, opts: { only?: string; time
       if (err) errors.push(`${r.id}: ${err}`);
     }
   }
+  // Page scanner (per sandbox and across them) and host KSM: src/ctl/memory-metrics.ts.
+  for (const e of await memoryMetrics(reg, rows)) errors.push(`memory: ${e}`);
   return { text: reg.render(), errors };
 }

@@ -657,6 +657,20 @@ export class QemuHypervisor implements Hypervisor {
     return this.devices;
   }
 
+  /**
+   * Guest RAM as our vhost-user vsock backend maps it (every QEMU VM here has
+   * that device): where the page scanner (src/memory) reads it, in place.
+   */
+  guestMemory(): { hot: VhostUserBackend['hot']; regions: () => VhostUserBackend['guestMemoryRegions'] } | undefined {
+    const b = this.vsockBackend;
+    return b ? { hot: b.hot, regions: () => b.guestMemoryRegions } : undefined;
+  }
+
+  /** One QMP command for memory management (balloon, memory/vCPU hotplug: src/memory). */
+  memoryQmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
+    return this.requireQmp().execute(cmd, args);
+  }
+
   consoleTail(lines = 20): string {
     if (!this.cfg) return '';
     try {

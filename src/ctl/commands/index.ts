@@ -11,6 +11,9 @@ import { installCommand, uninstallCommand } from './install';
 import { versionCommand } from './version';
 import { logParserCommand } from './log-parser';
 import { imageCommand } from './image';
+import { balloonCommand } from './balloon';
+import { ksmCommand } from './ksm';
+import { pagesCommand } from './pages';
 import { factoryCommand } from './factory';
 
 export const commands: CtlCommand<any>[] = [];
@@ -20,3 +23,4 @@ commands.push(installCommand, uninstallCommand);
 commands.push(versionCommand, logParserCommand);
 commands.push(imageCommand);
 commands.push(factoryCommand);
+commands.push(balloonCommand, ksmCommand, pagesCommand);

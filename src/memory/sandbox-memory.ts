@@ -1,0 +1,32 @@
+/**
+ * Glue between a sandbox's configuration and its SandboxMemory
+ * (service.ts): which features the [memory] and [hypervisor.qemu] keys turn
+ * on, and what the hypervisor can give (guest RAM mapping, QMP). Kept here
+ * so src/runtime/sandbox.ts only calls one function.
+ */
+import type { Hypervisor } from '../hypervisor/hypervisor';
+import type { QemuHypervisor } from '../hypervisor/qemu';
+import type { Config } from '../runtime/config';
+import { SandboxMemory } from './service';
+import { KsmThrottler } from './throttler';
+
+export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number): Promise<SandboxMemory | undefined> {
+  // The builtin VMM maps guest RAM itself; wiring it here is not done yet (README "Memory density": limits).
+  if (hv.name !== 'qemu') return undefined;
+  const q = hv as QemuHypervisor;
+  const mem = cfg.memory;
+  const companions: Array<{ stop(): void }> = [];
+  if (mem.ksm_throttler) {
+    // A sandbox starting is what the throttler speeds up for (throttler.ts).
+    const t = new KsmThrottler(cfg.runtime.run_dir);
+    if (t.start({ kick: true })) companions.push(t);
+  }
+  return SandboxMemory.start({
+    id, dir, memoryMiB,
+    source: q.guestMemory(),
+    qmp: (cmd, args) => q.memoryQmp(cmd, args),
+    balloon: cfg['hypervisor.qemu'].reclaim_guest_freed_memory,
+    scanner: { enabled: mem.page_scanner, rateMiB: mem.scan_rate_mib, intervalSec: mem.scan_interval },
+    companions,
+  });
+}

@@ -1,0 +1,155 @@
+/**
+ * A running sandbox's memory management, in the process that owns its VM:
+ * the periodic page scanner pass (scanner.ts) with its event-loop delay
+ * measured, the balloon over QMP, and the mem.sock kata-ctl talks to
+ * (ctl-socket.ts).
+ *
+ * Guest numbers are untrusted: balloon sizes and guest memory statistics
+ * come from the guest driver through QEMU, and a figure outside the VM's
+ * RAM is reported as a warning, never acted on.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { KataError, errorMessage } from '../common/errors';
+import { logger } from '../common/log';
+import { PageScanner, type ScanResult, type ScanSource } from './scanner';
+import { serveMemoryCtl, type MemoryCtlServer, type MemoryRequest } from './ctl-socket';
+
+export class SandboxMemoryError extends KataError<'config' | 'unavailable'> {}
+
+const MIB = 1024 * 1024;
+
+export interface SandboxMemoryOptions {
+  id: string;
+  dir: string;
+  memoryMiB: number;
+  /** Guest RAM as the runtime maps it; undefined where there is none to read (builtin VMM not wired). */
+  source?: ScanSource;
+  /** QMP of the VM (balloon); undefined: no balloon control. */
+  qmp?: (cmd: string, args?: Record<string, unknown>) => Promise<unknown>;
+  balloon: boolean;
+  scanner: { enabled: boolean; rateMiB: number; intervalSec: number };
+  /** Stopped with the sandbox (the KSM throttler). */
+  companions?: Array<{ stop(): void }>;
+}
+
+export interface ScanReport extends Omit<ScanResult, 'fingerprints' | 'counts'> {
+  at: string;
+  /** Event-loop delay while the pass ran (this process serves the VM's devices). */
+  eventLoopDelayMaxMs: number;
+  eventLoopDelayP99Ms: number;
+  /** base64 of the sorted fingerprints (u64 LE) and their counts (u32 LE), for kata-ctl's cross-sandbox merge. */
+  fingerprints: string;
+  counts: string;
+}
+
+export class SandboxMemory {
+  private scanner: PageScanner | undefined;
+  private last: ScanReport | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private ctl: MemoryCtlServer | undefined;
+  private inflight: Promise<ScanReport> | undefined;
+  private readonly log = logger('memory');
+
+  private constructor(private readonly o: SandboxMemoryOptions) {}
+
+  static async start(o: SandboxMemoryOptions): Promise<SandboxMemory> {
+    const m = new SandboxMemory(o);
+    if (o.source) m.scanner = new PageScanner(o.source, { rateBytesPerSec: o.scanner.rateMiB * MIB });
+    if (o.balloon && o.qmp) {
+      // Guest statistics are pulled by QEMU every 2 s once asked for.
+      await o.qmp('qom-set', { path: '/machine/peripheral/balloon0', property: 'guest-stats-polling-interval', value: 2 })
+        .catch((err) => m.log.warn('balloon statistics unavailable', { sandbox: o.id, err: errorMessage(err) }));
+    }
+    m.ctl = await serveMemoryCtl(o.dir, (req) => m.handle(req));
+    if (o.scanner.enabled && m.scanner) {
+      const tick = () => {
+        m.timer = setTimeout(() => void m.scan().catch((err) => m.log.warn('page scan failed', { sandbox: o.id, err: errorMessage(err) })).finally(tick), o.scanner.intervalSec * 1000);
+        m.timer.unref();
+      };
+      // First pass soon after boot, then every interval.
+      m.timer = setTimeout(() => void m.scan().catch(() => undefined).finally(tick), 1000);
+      m.timer.unref();
+    }
+    return m;
+  }
+
+  private async handle(req: MemoryRequest): Promise<Record<string, unknown>> {
+    if (req.op === 'scan') {
+      if (!this.scanner) throw new SandboxMemoryError('unavailable', 'this sandbox\'s guest RAM is not mapped by the runtime: no page scanner');
+      const r = req.fresh || !this.last ? await this.scan() : this.last;
+      return { scan: r };
+    }
+    return { balloon: await this.balloon(req.setMiB) };
+  }
+
+  /** One pass now (joins a pass already running). */
+  scan(): Promise<ScanReport> {
+    if (!this.scanner) return Promise.reject(new SandboxMemoryError('unavailable', 'no page scanner'));
+    this.inflight ??= this.runScan().finally(() => { this.inflight = undefined; });
+    return this.inflight;
+  }
+
+  private async runScan(): Promise<ScanReport> {
+    const h = monitorEventLoopDelay({ resolution: 5 });
+    h.enable();
+    let r: ScanResult;
+    try {
+      r = await this.scanner!.scan();
+    } finally {
+      h.disable();
+    }
+    const { fingerprints, counts, ...rest } = r;
+    this.last = {
+      ...rest, at: new Date().toISOString(),
+      eventLoopDelayMaxMs: h.max / 1e6, eventLoopDelayP99Ms: h.percentile(99) / 1e6,
+      fingerprints: Buffer.from(fingerprints.buffer, fingerprints.byteOffset, fingerprints.byteLength).toString('base64'),
+      counts: Buffer.from(counts.buffer, counts.byteOffset, counts.byteLength).toString('base64'),
+    };
+    this.log.debug('page scan', { sandbox: this.o.id, residentPages: r.residentPages, zeroPages: r.zeroPages, duplicatePages: r.duplicatePages, ms: Math.round(r.durationMs) });
+    return this.last;
+  }
+
+  /** Reads the balloon, or sets the guest's target size first. */
+  async balloon(setMiB?: number): Promise<Record<string, unknown>> {
+    const qmp = this.o.qmp;
+    if (!this.o.balloon || !qmp) throw new SandboxMemoryError('unavailable', 'this sandbox has no balloon ([hypervisor.qemu] reclaim_guest_freed_memory = true adds one)');
+    const ram = this.o.memoryMiB;
+    if (setMiB !== undefined) {
+      if (setMiB > ram) throw new SandboxMemoryError('config', `balloon target ${setMiB} MiB is beyond the VM's ${ram} MiB of RAM`);
+      await qmp('balloon', { value: setMiB * MIB });
+    }
+    const warnings: string[] = [];
+    const q = await qmp('query-balloon') as { actual?: unknown };
+    let actualMiB: number | undefined = typeof q?.actual === 'number' ? q.actual / MIB : undefined;
+    if (actualMiB === undefined || !(actualMiB > 0) || actualMiB > ram) {
+      warnings.push(`guest reported a balloon size of ${String(q?.actual)} bytes, outside the VM's ${ram} MiB: ignored`);
+      actualMiB = undefined;
+    }
+    const stats: Record<string, number> = {};
+    const g = await qmp('qom-get', { path: '/machine/peripheral/balloon0', property: 'guest-stats' }).catch(() => undefined) as { stats?: Record<string, unknown> } | undefined;
+    for (const [k, v] of Object.entries(g?.stats ?? {})) {
+      if (typeof v !== 'number' || v < 0) continue; // -1: the guest did not report it
+      // Byte counts beyond the VM's RAM are lies (or a broken driver); event counters are not bounded.
+      if (/memory|cache/.test(k) && v > ram * MIB) {
+        warnings.push(`guest statistic ${k} = ${v} bytes exceeds the VM's RAM: ignored`);
+        continue;
+      }
+      stats[k] = v;
+    }
+    if (stats['stat-free-memory'] !== undefined && stats['stat-total-memory'] !== undefined && stats['stat-free-memory'] > stats['stat-total-memory']) {
+      warnings.push('guest reports more free memory than total: statistics ignored');
+      for (const k of Object.keys(stats)) delete stats[k];
+    }
+    for (const w of warnings) this.log.warn(w, { sandbox: this.o.id });
+    return { ramMiB: ram, actualMiB, targetMiB: setMiB, stats, warnings };
+  }
+
+  async close(): Promise<void> {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.scanner?.stop();
+    for (const c of this.o.companions ?? []) c.stop();
+    await this.inflight?.catch(() => undefined);
+    await this.ctl?.close();
+  }
+}
