@@ -20,6 +20,7 @@
  * 5.18 with CONFIG_VMGENID reseeds its RNG from it, so two clones' CRNGs
  * diverge before the agent's ReseedRandomDev even arrives.
  */
+import * as fs from 'node:fs';
 import { KataError } from '../common/errors';
 import type { QmpClient } from '../hypervisor/qmp';
 
@@ -105,13 +106,27 @@ export async function saveTemplate(qmp: QmpClient, statePath: string, exited?: P
 
 /**
  * Loads a template's state into a QEMU started with templateArgs(…,
- * {incoming: true}) and resumes the guest. A truncated or foreign state
- * file, or one removed under us, ends in QEMU's own load error (the
- * migration fails; QEMU exits), reported here.
+ * {incoming: true}) and resumes the guest. The state file is opened here
+ * and its fd handed to QEMU (getfd + `fd:` URI): a template removed after
+ * that point no longer matters, and one removed before is a clear error
+ * from this open — with `exec:cat FILE` QEMU 7.2 sat in "setup" forever
+ * when cat found no file. A truncated or foreign state file ends in QEMU's
+ * own load error (it exits), reported here.
  */
 export async function restoreTemplate(qmp: QmpClient, statePath: string, exited?: Promise<string>, timeoutMs = 30000): Promise<void> {
+  let fd: number;
+  try {
+    fd = fs.openSync(statePath, 'r');
+  } catch (err) {
+    throw new TemplateError('missing', `cannot open the template state ${statePath}: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    await qmp.executeWithFd('getfd', { fdname: 'template-state' }, fd);
+  } finally {
+    fs.closeSync(fd);
+  }
   await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
-  await qmp.execute('migrate-incoming', { uri: `exec:cat ${shQuote(statePath)}` });
+  await qmp.execute('migrate-incoming', { uri: 'fd:template-state' });
   await waitMigration(qmp, 'restore', timeoutMs, exited);
   await qmp.execute('cont');
 }
