@@ -39,7 +39,8 @@ function haveMkfs(): boolean {
   }
 }
 
-function makeTree(dir: string): void {
+/** `full`: also the 40-file and long-name directories (left out of the blob seeds, to keep image + blob small). */
+function makeTree(dir: string, full = true): void {
   const w = (p: string, data: string | Buffer) => { fs.mkdirSync(path.dirname(path.join(dir, p)), { recursive: true }); fs.writeFileSync(path.join(dir, p), data); };
   w('etc/hostname', 'pod\n');
   w('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n'.repeat(20));
@@ -47,8 +48,10 @@ function makeTree(dir: string): void {
   w('usr/share/doc/readme', 'kata-ts erofs fuzz seed; compressible text. '.repeat(200));
   w('empty', '');
   w('var/log/x', 'a'.repeat(4096));
-  for (let i = 0; i < 40; i++) w(`many/f${String(i).padStart(3, '0')}-${'n'.repeat(i % 17)}`, String(i));
-  w(`long/${'L'.repeat(200)}`, 'long name');
+  if (full) {
+    for (let i = 0; i < 40; i++) w(`many/f${String(i).padStart(3, '0')}-${'n'.repeat(i % 17)}`, String(i));
+    w(`long/${'L'.repeat(200)}`, 'long name');
+  }
   fs.symlinkSync('../etc/hostname', path.join(dir, 'bin/link'));
   fs.symlinkSync('/'.repeat(1) + 'x'.repeat(300), path.join(dir, 'bin/longlink'));
   try { execFileSync('mkfifo', [path.join(dir, 'fifo')], { stdio: 'ignore' }); } catch { /* no fifo */ }
@@ -64,13 +67,16 @@ function erofsSeeds(): Buffer[] {
   try {
     const src = path.join(tmp, 'tree');
     makeTree(src);
+    const small = path.join(tmp, 'small');
+    makeTree(small, false);
     const variants: string[][] = [[], ['-zlz4'], ['-zlz4hc', '-Eztailpacking'], ['--chunksize=4096'], ['-zlz4hc,12', '-C8192'], ['-Enoinline_data'],
       ['--chunksize=65536'], ['--chunksize=4096', '--blobdev=BLOB'], ['--chunksize=65536', '--blobdev=BLOB'], ['--chunksize=1048576', '--blobdev=BLOB']];
     variants.forEach((opts, i) => {
       const img = path.join(tmp, `img${i}`);
       const blob = path.join(tmp, `blob${i}`);
       try {
-        execFileSync('mkfs.erofs', ['--quiet', '-T0', '-U00000000-0000-0000-0000-000000000001', '--all-root', ...opts.map((o) => o.replace('BLOB', blob)), img, src], { stdio: ['ignore', 'ignore', 'pipe'] });
+        const withBlob = opts.some((o) => o.includes('BLOB'));
+        execFileSync('mkfs.erofs', ['--quiet', '-T0', '-U00000000-0000-0000-0000-000000000001', '--all-root', ...opts.map((o) => o.replace('BLOB', blob)), img, withBlob ? small : src], { stdio: ['ignore', 'ignore', 'pipe'] });
         const seed = fs.existsSync(blob) ? packWithDevice(fs.readFileSync(img), fs.readFileSync(blob)) : fs.readFileSync(img);
         if (seed.length <= erofs.maxLen) seedCache!.push(seed);
       } catch { /* an option this mkfs.erofs lacks */ }
