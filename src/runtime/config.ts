@@ -101,6 +101,8 @@ export const SCHEMA = {
     registry_name: { kind: 'string', default: '', describe: 'repository name the lazy source fetches blobs under (/v2/<name>/blobs/…)' } as KeySpec<string>,
     fetch_timeout: { kind: 'int', default: 10, describe: 'seconds a lazy range fetch may go without a byte before it is retried (3 tries in all), then the guest read fails with EIO', check: range(1, 600) } as KeySpec<number>,
     chunk_cache_mib: { kind: 'int', default: 64, describe: 'verified, decoded chunks kept in memory per image device', check: range(0, 4096) } as KeySpec<number>,
+    containerd_images: { kind: 'bool', default: false, describe: 'the shim runs CRI containers from converted images (keyed by the io.kubernetes.cri.image-name annotation; converted from containerd\'s content store on first use) instead of sharing containerd\'s snapshot; the io.kata-ts.image annotation asks for it per container either way' } as KeySpec<boolean>,
+    containerd_content_dir: { kind: 'string', default: '', describe: 'containerd\'s content store for conversions by the shim (default /var/lib/containerd/io.containerd.content.v1.content)', check: absOrEmpty } as KeySpec<string>,
   },
   runtime: {
     hypervisor: { kind: 'string', default: 'auto', describe: 'auto, qemu or builtin; Kata\'s name hypervisor_name is an alias', check: oneOf('auto', 'qemu', 'builtin') } as KeySpec<string>,

@@ -21,11 +21,14 @@ import { KataError } from '../common/errors';
 import type { DiskDevice } from '../hypervisor/hypervisor';
 import { BlobDevice } from '../image/blob-device';
 import { convertImage } from '../image/convert';
+import type { ContainerdOptions } from '../image/oci-source';
 import { resolveImage } from '../image/gc';
 import { LazySource } from '../image/lazy-source';
 import { imageIdHex, metaPath, readImage, type ImageRecord } from '../image/store';
 import type { Storage } from '../protocols/agent-api';
 import type { Config } from './config';
+import { logger } from '../common/log';
+import { errorMessage } from '../common/errors';
 
 export class ImageRootfsError extends KataError<'not-found' | 'config' | 'usage'> {}
 
@@ -101,4 +104,42 @@ export function imageProcess(rec: ImageRecord, command: string[]): { args: strin
   const args = [...c.entrypoint, ...(command.length ? command : c.cmd)];
   if (!args.length) throw new ImageRootfsError('usage', `image ${rec.id} has no entrypoint or cmd: give a command (kata-ts run --image ID -- CMD)`);
   return { args, env: c.env, cwd: c.cwd || '/', user: c.user };
+}
+
+/** Annotation naming the converted image a containerd container runs from (`ctr run --annotation io.kata-ts.image=REF`). */
+export const IMAGE_ANNOTATION = 'io.kata-ts.image';
+/** What containerd's CRI plugin puts on every container: the image reference the pod spec named. */
+export const CRI_IMAGE_NAME_ANNOTATION = 'io.kubernetes.cri.image-name';
+
+/**
+ * The shim's choice for a containerd container (README "containerd and
+ * converted images"): the converted image named by IMAGE_ANNOTATION (an
+ * error if it cannot be found or converted: it was asked for), else, with
+ * `[image] containerd_images = true`, the one CRI's image-name annotation
+ * names — found in the store by reference, or converted now from
+ * containerd's content store (`containerd:REF`, the shim's namespace) —
+ * falling back to the snapshot (undefined, one warning) when that fails.
+ * Keyed by the manifest digest: the same image converts once, whatever
+ * containers and pods use it.
+ */
+export async function imageForContainer(cfg: Config, annotations: Record<string, string> | undefined, ctrd: ContainerdOptions): Promise<string | undefined> {
+  const explicit = annotations?.[IMAGE_ANNOTATION];
+  const cri = annotations?.[CRI_IMAGE_NAME_ANNOTATION];
+  const ref = explicit || (cfg.image.containerd_images ? cri : undefined);
+  if (!ref) return undefined;
+  const root = cfg.image.store_dir;
+  try {
+    try {
+      return resolveImage(root, ref).id;
+    } catch (err) {
+      if (!(err instanceof KataError && err.kind === 'not-found')) throw err;
+    }
+    const source = ref.startsWith('containerd:') || ref.startsWith('/') ? ref : `containerd:${ref}`;
+    const r = await convertImage(source, { store: root, progress: false, containerd: { ...ctrd, contentDir: ctrd.contentDir ?? (cfg.image.containerd_content_dir || undefined) } });
+    return r.id;
+  } catch (err) {
+    if (explicit) throw new ImageRootfsError('not-found', `${IMAGE_ANNOTATION}=${explicit}: ${errorMessage(err)}`, { cause: err });
+    logger('image-rootfs').warn('no converted image for this container; sharing containerd\'s snapshot instead', { image: ref, err: errorMessage(err) });
+    return undefined;
+  }
 }

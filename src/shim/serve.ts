@@ -59,6 +59,7 @@ export async function serve(flags: ShimFlags): Promise<void> {
   };
   const svc: TaskService = new TaskService({
     config, sandboxId: groupId(flags.id, bundleAnnotations(bundle)), publisher, onShutdown: () => void exit('shutdown'),
+    containerd: { address: flags.address, namespace: flags.namespace },
   });
   registerTaskService(server, svc);
   await server.listen(flags.socket);

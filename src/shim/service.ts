@@ -19,6 +19,7 @@ import type { Hypervisor } from '../hypervisor/hypervisor';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { OciProcess } from '../protocols/oci';
 import type { Config } from '../runtime/config';
+import { imageForContainer } from '../runtime/image-rootfs';
 import { annotatedConfig } from '../runtime/config-kata';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { networkNamespacePath, readBundle } from '../runtime/spec';
@@ -55,6 +56,8 @@ export interface TaskServiceOptions {
   /** Called once when Shutdown finds nothing left to serve. */
   onShutdown: () => void;
   hypervisor?: (cfg: Config) => Promise<Hypervisor>;
+  /** containerd's socket and this shim's namespace: where converted images come from (image-rootfs.ts). */
+  containerd?: { address: string; namespace: string };
 }
 
 export interface BundleMarker {
@@ -132,6 +135,9 @@ export class TaskService {
         // The pod's agent policy (annotation io.katacontainers.config.agent.policy,
         // base64 JSON), validated before a VM boots; absent: [agent.kata] policy_file.
         const policy = policyFromAnnotations(spec.annotations);
+        // A converted image instead of the snapshot, when asked for (README "containerd and converted images").
+        const image = await imageForContainer(this.opts.config, spec.annotations, { address: this.opts.containerd?.address || undefined, namespace: this.opts.containerd?.namespace || undefined });
+        if (image) this.log.info('container runs from a converted image', { container: r.id, image });
         if (this.sandbox && policy && policy.sha256 !== this.policySha) {
           throw new ShimError('failed-precondition', `container ${r.id} carries an agent policy different from the one its pod's sandbox was created with; the policy cannot change after creation`);
         }
@@ -141,7 +147,7 @@ export class TaskService {
           const pod = annotatedConfig(this.opts.config, spec.annotations);
           for (const w of pod.warnings) this.log.warn(w);
           const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(pod.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare }] });
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare, image }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
@@ -151,7 +157,7 @@ export class TaskService {
           this.requireSandbox();
           this.writeMarker(r.bundle, this.sandbox.dir);
         }
-        await this.sandbox.createContainer(r.id, spec, rootfs, { rootfsShare: this.rootfsShare });
+        await this.sandbox.createContainer(r.id, spec, rootfs, { rootfsShare: this.rootfsShare, image });
       } catch (err) {
         if (mounted) await unmountRootfs(r.bundle);
         throw err;

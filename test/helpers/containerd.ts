@@ -213,15 +213,15 @@ export class TestContainerd {
 
 /**
  * The e2e suites' `before`: a private containerd started with the test
- * images imported, or a skip (a failure under CI=true) naming what is
+ * images imported (and `kataExtraConfig` appended to kata-ts's configuration), or a skip (a failure under CI=true) naming what is
  * missing — the guest or containerd itself.
  */
-export async function startTestContainerd(ctx: Mocha.Context): Promise<TestContainerd> {
+export async function startTestContainerd(ctx: Mocha.Context, kataExtraConfig?: (cd: TestContainerd) => string): Promise<TestContainerd> {
   requireGuest(ctx);
   const why = containerdAvailable();
   if (why) skipOrFail(ctx, why);
   const cd = new TestContainerd();
-  await cd.start();
+  await cd.start(kataExtraConfig?.(cd));
   await cd.importImage();
   return cd;
 }
