@@ -127,9 +127,9 @@ export function parseTar(buf: Buffer, what = 'tar'): TarEntry[] {
     const size = parseNumber(h, 124, 12, 'size', o);
     const dataStart = o + BLOCK;
     const padded = Math.ceil(size / BLOCK) * BLOCK;
-    if (dataStart + size > buf.length) throw new TarError('truncated', `${what}: entry at ${o} declares ${size} bytes, only ${buf.length - dataStart} left`);
+    if (dataStart + padded > buf.length) throw new TarError('truncated', `${what}: truncated: entry at ${o} declares ${size} bytes (padded ${padded}), only ${buf.length - dataStart} left`);
     const data = buf.subarray(dataStart, dataStart + size);
-    const next = Math.min(buf.length, dataStart + padded);
+    const next = dataStart + padded;
     if (typeflag === 'x' || typeflag === 'g') {
       const recs = parsePax(data, o);
       if (typeflag === 'g') global = new Map([...global, ...recs]);
@@ -176,12 +176,12 @@ export function parseTar(buf: Buffer, what = 'tar'): TarEntry[] {
       else if (k === 'mtime') [e.mtime, e.mtimeNsec] = paxTime(v, o);
       else if (k === 'size') {
         const s = paxNumber(v, k, o);
-        if (dataStart + s > buf.length) throw new TarError('truncated', `${what}: entry at ${o} declares ${s} bytes (PAX), only ${buf.length - dataStart} left`);
+        if (dataStart + Math.ceil(s / BLOCK) * BLOCK > buf.length) throw new TarError('truncated', `${what}: entry at ${o} declares ${s} bytes (PAX), only ${buf.length - dataStart} left`);
         e.size = s;
         e.data = buf.subarray(dataStart, dataStart + s);
       } else if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice('SCHILY.xattr.'.length), Buffer.from(v));
     }
-    if (e.size !== size) o = Math.min(buf.length, dataStart + Math.ceil(e.size / BLOCK) * BLOCK);
+    if (e.size !== size) o = dataStart + Math.ceil(e.size / BLOCK) * BLOCK;
     else o = next;
     if (type !== 'file') { e.data = buf.subarray(0, 0); e.size = 0; }
     entries.push(e);
