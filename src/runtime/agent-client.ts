@@ -11,6 +11,10 @@ import type * as api from '../protocols/agent-api';
 import type { AgentWire, AgentWireError } from '../protocols/agent-dialer';
 import { KataError } from '../common/errors';
 import { Code } from '../protocols/ttrpc/codes';
+import { logger } from '../common/log';
+
+// Created on first use: a logger made at import time would miss the CLI's configureLogging.
+let rpcLog: ReturnType<typeof logger> | undefined;
 
 export class AgentCallError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'permission-denied' | 'unavailable' | 'deadline' | 'internal'> {
   constructor(readonly rpc: string, readonly grpcCode: number, details: string) {
@@ -61,8 +65,12 @@ export class AgentClient {
   }
 
   private async call<Req, Res>(method: string, req: Req, timeoutMs?: number): Promise<Res> {
+    const t0 = Date.now();
     try {
-      return (await this.wire.unary(method, req, timeoutMs)) as Res;
+      const res = (await this.wire.unary(method, req, timeoutMs)) as Res;
+      // Per-RPC latency at debug level: where a slow start spends its time (README performance).
+      (rpcLog ??= logger('agent-client')).debug('agent rpc', { rpc: method, ms: Date.now() - t0 });
+      return res;
     } catch (err) {
       const e = err as AgentWireError;
       throw new AgentCallError(method, typeof e.code === 'number' ? e.code : Code.Unavailable, e.details || e.message);
