@@ -4,13 +4,14 @@ import { virtqueuePacked, virtqueueSplit } from './virtqueue';
 import { vhostUser, vsock } from './devices';
 import { fuse } from './fuse';
 import { erofs } from './erofs';
+import { layerTar } from './layer-tar';
 import { selftest } from './selftest';
 import { vmmSnapshot } from './vmm-snapshot';
 import { lz4Target, netlink, oci, protobuf, toml, ttrpc } from './protocols';
 import { agentTtrpcClient, agentTtrpcServer } from './agent-ttrpc';
 
 /** Fastest first: a full run that must be stopped early loses the slow ones' tail only. */
-export const TARGETS: Target[] = [toml, oci, protobuf, ttrpc, agentTtrpcServer, agentTtrpcClient, netlink, lz4Target, vmmSnapshot, vhostUser, fuse, virtqueueSplit, virtqueuePacked, vsock, erofs];
+export const TARGETS: Target[] = [toml, oci, protobuf, ttrpc, agentTtrpcServer, agentTtrpcClient, netlink, lz4Target, layerTar, vmmSnapshot, vhostUser, fuse, virtqueueSplit, virtqueuePacked, vsock, erofs];
 
 export function targetByName(name: string): Target {
   const t = [...TARGETS, selftest].find((x) => x.name === name);
