@@ -16,25 +16,44 @@
 import { DIRENT_SIZE, E_BAD_DIRENT, E_RANGE, LOOKUP_ABSENT, LOOKUP_AFTER, LOOKUP_BEFORE } from './abi';
 import { EROFS_FT_MAX, EROFS_NAME_LEN } from './format';
 
-export function dirBlock(blk: usize, len: u32, out: usize, outCap: u32): i32 {
+/** Entries in a block: the first entry's nameoff / 12 (the names follow the entries), or E_BAD_DIRENT. */
+function entryCount(blk: usize, len: u32): i32 {
   if (len < 12) return E_BAD_DIRENT;
   const first = <u32>load<u16>(blk, 8);
   if (first < 12 || first % 12 != 0 || first > len) return E_BAD_DIRENT;
-  const count = first / 12;
+  return <i32>(first / 12);
+}
+
+/**
+ * Length of entry i's name: up to the next entry's nameoff; the last name
+ * ends at a NUL or the end of the block. E_BAD_DIRENT if they go backwards.
+ */
+function nameLength(blk: usize, len: u32, i: u32, count: u32): i32 {
+  const de = blk + <usize>(i * 12);
+  const nameoff = <u32>load<u16>(de, 8);
+  if (i + 1 < count) {
+    const next = <u32>load<u16>(de, 20);
+    if (next < nameoff) return E_BAD_DIRENT;
+    return <i32>(next - nameoff);
+  }
+  if (nameoff > len) return E_BAD_DIRENT;
+  let namelen: u32 = 0;
+  while (nameoff + namelen < len && load<u8>(blk + nameoff + namelen) != 0) namelen++;
+  return <i32>namelen;
+}
+
+export function dirBlock(blk: usize, len: u32, out: usize, outCap: u32): i32 {
+  const n = entryCount(blk, len);
+  if (n < 0) return n;
+  const count = <u32>n;
+  const first = count * 12;
   if (count > outCap) return E_RANGE;
   for (let i: u32 = 0; i < count; i++) {
     const de = blk + <usize>(i * 12);
     const nameoff = <u32>load<u16>(de, 8);
-    let namelen: u32;
-    if (i + 1 < count) {
-      const next = <u32>load<u16>(de, 20);
-      if (next < nameoff) return E_BAD_DIRENT;
-      namelen = next - nameoff;
-    } else {
-      if (nameoff > len) return E_BAD_DIRENT;
-      namelen = 0;
-      while (nameoff + namelen < len && load<u8>(blk + nameoff + namelen) != 0) namelen++;
-    }
+    const nl = nameLength(blk, len, i, count);
+    if (nl < 0) return nl;
+    const namelen = <u32>nl;
     if (nameoff < first || namelen == 0 || namelen > EROFS_NAME_LEN || nameoff + namelen > len) return E_BAD_DIRENT;
     const ft = <u32>load<u8>(de, 10);
     if (ft >= EROFS_FT_MAX) return E_BAD_DIRENT;
@@ -58,26 +77,18 @@ function nameCmp(a: usize, alen: u32, b: usize, blen: u32): i32 {
 }
 
 export function dirLookup(blk: usize, len: u32, name: usize, nameLen: u32): i32 {
-  if (len < 12) return E_BAD_DIRENT;
-  const first = <u32>load<u16>(blk, 8);
-  if (first < 12 || first % 12 != 0 || first > len) return E_BAD_DIRENT;
-  const count = <i32>(first / 12);
+  const count = entryCount(blk, len);
+  if (count < 0) return count;
+  const first = <u32>count * 12;
   let lo: i32 = 0;
   let hi: i32 = count - 1;
   while (lo <= hi) {
     const mid = (lo + hi) >> 1;
     const de = blk + <usize>(mid * 12);
     const nameoff = <u32>load<u16>(de, 8);
-    let namelen: u32;
-    if (mid + 1 < count) {
-      const next = <u32>load<u16>(de, 20);
-      if (next < nameoff) return E_BAD_DIRENT;
-      namelen = next - nameoff;
-    } else {
-      if (nameoff > len) return E_BAD_DIRENT;
-      namelen = 0;
-      while (nameoff + namelen < len && load<u8>(blk + nameoff + namelen) != 0) namelen++;
-    }
+    const nl = nameLength(blk, len, <u32>mid, <u32>count);
+    if (nl < 0) return nl;
+    const namelen = <u32>nl;
     if (nameoff < first || nameoff + namelen > len || namelen > EROFS_NAME_LEN) return E_BAD_DIRENT;
     const c = nameCmp(name, nameLen, blk + nameoff, namelen);
     if (c == 0) return mid;

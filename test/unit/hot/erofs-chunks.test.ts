@@ -18,17 +18,16 @@ import * as path from 'node:path';
 import { ErofsError, ErofsImage } from '../../../src/hot/erofs';
 import { extractImage } from '../../../src/ctl/commands/erofs';
 import { skipOrFail } from '../../helpers/skip';
+import { kataCtl } from '../../helpers/kata-ctl';
+import { REPO } from '../../helpers/guest';
+import { prng } from '../../helpers/prng';
 
-const KATA_CTL = path.resolve(__dirname, '../../../../bin/kata-ctl');
-
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    return s;
-  };
+/** `kata-ctl erofs cat` with binary stdout (kataCtl() decodes stdout as UTF-8). */
+function catBytes(args: string[]): { status: number | null; stdout: Buffer; stderr: string } {
+  const r = spawnSync(process.execPath, [path.join(REPO, 'bin', 'kata-ctl'), 'erofs', 'cat', ...args], {
+    env: { ...process.env, KATA_TS_CONFIG: '' }, maxBuffer: 16 << 20, timeout: 60000,
+  });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr.toString() };
 }
 
 /** Files around every chunk size's edges, duplicates (mkfs dedups chunks), holes, an empty file. */
@@ -341,17 +340,17 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
   });
 
   describe('kata-ctl erofs --device', function () {
-    it('cat, inspect and extract read a --blobdev image with its blob', function () {
+    it('cat, inspect and extract read a --blobdev image with its blob', async function () {
       const m = mkfs(65536, true);
-      const cat = spawnSync(KATA_CTL, ['erofs', 'cat', m.img, '/d/e/m1plus3', '--device', m.blob!], { maxBuffer: 8 << 20 });
-      expect(cat.status, cat.stderr.toString()).to.equal(0);
+      const cat = catBytes([m.img, '/d/e/m1plus3', '--device', m.blob!]);
+      expect(cat.status, cat.stderr).to.equal(0);
       expect(cat.stdout.equals(fs.readFileSync(path.join(src, 'd/e/m1plus3')))).to.equal(true);
-      const insp = spawnSync(KATA_CTL, ['erofs', 'inspect', m.img, '--device', m.blob!, '--json'], { encoding: 'utf8' });
-      expect(insp.status, insp.stderr).to.equal(0);
+      const insp = await kataCtl(['erofs', 'inspect', m.img, '--device', m.blob!, '--json']);
+      expect(insp.code, insp.stderr).to.equal(0);
       const j = JSON.parse(insp.stdout);
       expect(j.extraDevices).to.equal(1);
       expect(j.devices).to.deep.equal([{ tag: '', blocks: 0, mappedBlkaddr: 0 }]);
-      const one = spawnSync(KATA_CTL, ['erofs', 'inspect', m.img, '/d/e/m2', '--device', m.blob!], { encoding: 'utf8' });
+      const one = await kataCtl(['erofs', 'inspect', m.img, '/d/e/m2', '--device', m.blob!]);
       expect(one.stdout).to.match(/Chunks: 32 of 65536 bytes, first on device 1 at block \d+/);
       const dest = path.join(tmp, 'extract-65536');
       const img = ErofsImage.open(m.img, { devices: [m.blob!] });
@@ -363,15 +362,15 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
       for (const rel of files) expect(fs.readFileSync(path.join(dest, rel)).equals(fs.readFileSync(path.join(src, rel))), rel).to.equal(true);
     });
 
-    it('without --device: one clear error and exit 1; a missing blob file: one clear error', function () {
+    it('without --device: one clear error and exit 1; a missing blob file: one clear error', async function () {
       const m = mkfs(65536, true);
-      const r = spawnSync(KATA_CTL, ['erofs', 'cat', m.img, '/b4096'], { encoding: 'utf8' });
+      const r = catBytes([m.img, '/b4096']);
       expect(r.status).to.equal(1);
-      expect(r.stdout).to.equal('');
+      expect(r.stdout.length).to.equal(0);
       expect(r.stderr.trim().split('\n')).to.have.length(1);
       expect(r.stderr).to.match(/extra device 1 .*--device PATH/);
-      const r2 = spawnSync(KATA_CTL, ['erofs', 'ls', m.img, '--device', path.join(tmp, 'no.blob')], { encoding: 'utf8' });
-      expect(r2.status).to.equal(1);
+      const r2 = await kataCtl(['erofs', 'ls', m.img, '--device', path.join(tmp, 'no.blob')]);
+      expect(r2.code).to.equal(1);
       expect(r2.stderr).to.match(/cannot open device .*no\.blob/);
     });
   });

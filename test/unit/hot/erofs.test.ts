@@ -20,16 +20,7 @@ import * as path from 'node:path';
 import { ErofsError, ErofsImage, ErofsStat } from '../../../src/hot/erofs';
 import { extractImage } from '../../../src/ctl/commands/erofs';
 import { native } from '../../../src/common/native';
-
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    return s;
-  };
-}
+import { prng } from '../../helpers/prng';
 
 const PY_SETUP = `
 import os, stat, sys, json

@@ -13,17 +13,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Lz4, Lz4Error, legacyFrame, parseFrames } from '../../../src/hot/lz4';
-
-/** Deterministic pseudo-random bytes. */
-function prng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13; s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
-    return s;
-  };
-}
+import { prng } from '../../helpers/prng';
 
 /**
  * A plain reference decoder of the LZ4 block format (lz4_Block_format.md),
