@@ -11,6 +11,7 @@ import { guestAssets, SCHEMA, type Config } from '../runtime/config';
 import { sandboxesDir } from '../runtime/state';
 import { fileSha256 } from './host-check';
 import { stringifyToml } from '../common/toml';
+import { factoryLine, type FactoryEnv } from './factory-state';
 
 export interface EnvReport {
   schemaVersion: 1;
@@ -21,6 +22,8 @@ export interface EnvReport {
     image: { path: string; exists: boolean; sizeBytes: number | null; sha256: string | null };
   };
   paths: { runDir: string; cacheDir: string; sandboxesDir: string };
+  /** The VM template ([factory]); absent when not asked for (envReport without it). */
+  factory?: FactoryEnv;
 }
 
 function packageVersion(): string {
@@ -32,7 +35,7 @@ function packageVersion(): string {
   }
 }
 
-export function envReport(cfg: Config): EnvReport {
+export function envReport(cfg: Config, factory?: FactoryEnv): EnvReport {
   const values: EnvReport['config']['values'] = {};
   for (const [sec, keys] of Object.entries(SCHEMA)) {
     const cur = (cfg as unknown as Record<string, Record<string, string | number | boolean | string[]>>)[sec]!;
@@ -51,6 +54,7 @@ export function envReport(cfg: Config): EnvReport {
       image: { path: a.image, exists: iOk, sizeBytes: iOk ? fs.statSync(a.image).size : null, sha256: iOk ? fileSha256(a.image) : null },
     },
     paths: { runDir: cfg.runtime.run_dir, cacheDir: cfg.runtime.cache_dir, sandboxesDir: sandboxesDir(cfg.runtime.run_dir) },
+    ...(factory ? { factory } : {}),
   };
 }
 
@@ -68,6 +72,7 @@ export function envText(r: EnvReport): string {
   out.push(`# guest kernel: ${k.path} ${k.exists ? `Linux ${k.release ?? '?'} sha256:${k.sha256!.slice(0, 16)}` : '(missing)'}`);
   out.push(`# guest image:  ${i.path} ${i.exists ? `${i.sizeBytes} bytes sha256:${i.sha256!.slice(0, 16)}` : '(missing)'}`);
   out.push(`# run dir: ${r.paths.runDir}  cache dir: ${r.paths.cacheDir}`);
+  if (r.factory) out.push(`# VM factory: ${factoryLine(r.factory)}`);
   for (const [sec, keys] of Object.entries(r.config.values)) {
     out.push('', `[${sec}]`);
     const specs = SCHEMA[sec as keyof typeof SCHEMA] as Record<string, { describe: string }>;

@@ -18,6 +18,7 @@ import { execFileSync } from 'node:child_process';
 import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from '../hypervisor/capabilities';
 import { BUILTIN_AVAILABLE } from '../hypervisor';
 import { guestAssets, type Config } from '../runtime/config';
+import { factoryEnv, factoryLine } from './factory-state';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 
@@ -193,6 +194,10 @@ export async function runHostCheck(cfg: Config, opts: CheckOptions = {}): Promis
   }
   checks.push(item('run-dir', 'run directory writable', runDirOk, true, cfg.runtime.run_dir,
     `run as root or set [runtime] run_dir to a writable directory`, { path: cfg.runtime.run_dir }));
+  // [factory]: a stale or missing template never stops a sandbox (it cold-boots), so a warning at most.
+  const factory = await factoryEnv(cfg);
+  checks.push(item('factory', 'VM template ([factory])', !factory.enabled || factory.state === 'valid', false, factoryLine(factory),
+    'kata-ctl factory init (re)makes the template for this configuration', { path: factory.path }));
   const hvOk = choice.hypervisor !== 'builtin' || BUILTIN_AVAILABLE;
   checks.push(item('hypervisor', 'hypervisor', hvOk, true, `${choice.hypervisor} with ${choice.accel.toUpperCase()}: ${choice.reason}`,
     'the builtin VMM is not in this build: set [runtime] hypervisor = "qemu"'));

@@ -9,26 +9,11 @@
  */
 import type { CtlCommand } from '../command';
 import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
-import { selectHypervisor } from '../../hypervisor';
-import { QemuHypervisor } from '../../hypervisor/qemu';
-import { policyFromFile } from '../../runtime/policy';
-import { sandboxKernelParams } from '../../runtime/sandbox';
-import type { Config } from '../../runtime/config';
-import { qemuTarget, VmFactory } from '../../factory/factory';
-import { TemplateError } from '../../factory/qemu-template';
+import { factoryFor } from '../factory-state';
 import type { TemplateStatus } from '../../factory/template-store';
 
 interface FactoryArgs extends GlobalArgs {
   action: string;
-}
-
-/** The factory for the configuration sandboxes start with. */
-export async function factoryFor(cfg: Config): Promise<VmFactory> {
-  const { hv } = await selectHypervisor(cfg, 'qemu');
-  if (!(hv instanceof QemuHypervisor)) throw new TemplateError('config', 'VM templates are implemented for QEMU only');
-  const policyFile = cfg['agent.kata'].policy_file;
-  const policy = policyFile ? policyFromFile(policyFile) : undefined;
-  return new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: sandboxKernelParams(cfg, policy) });
 }
 
 function mib(n: number | undefined): string {

@@ -1,0 +1,49 @@
+/**
+ * The VM factory as kata-ctl sees it: the template for the configuration
+ * sandboxes start with (the hypervisor the runtime would pick, its
+ * accelerator, the sandbox kernel parameters with `[agent.kata]
+ * policy_file`'s hash), and its state for `check` and `env`.
+ */
+import { selectHypervisor } from '../hypervisor';
+import { QemuHypervisor } from '../hypervisor/qemu';
+import { policyFromFile } from '../runtime/policy';
+import { sandboxKernelParams } from '../runtime/sandbox';
+import type { Config } from '../runtime/config';
+import { qemuTarget, VmFactory } from '../factory/factory';
+import { TemplateError } from '../factory/qemu-template';
+import type { TemplateState } from '../factory/template-store';
+import { errorMessage } from '../common/errors';
+
+/** The factory for the configuration sandboxes start with. */
+export async function factoryFor(cfg: Config): Promise<VmFactory> {
+  const { hv } = await selectHypervisor(cfg, 'qemu');
+  if (!(hv instanceof QemuHypervisor)) throw new TemplateError('config', 'VM templates are implemented for QEMU only');
+  const policyFile = cfg['agent.kata'].policy_file;
+  const policy = policyFile ? policyFromFile(policyFile) : undefined;
+  return new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: sandboxKernelParams(cfg, policy) });
+}
+
+export interface FactoryEnv {
+  enabled: boolean;
+  path: string;
+  state: TemplateState | 'unavailable';
+  key: string | null;
+  reasons: string[];
+}
+
+/** The template's state for check/env; never throws. */
+export async function factoryEnv(cfg: Config): Promise<FactoryEnv> {
+  const base = { enabled: cfg.factory.enable_template, path: cfg.factory.template_path };
+  try {
+    const st = (await factoryFor(cfg)).status();
+    return { ...base, state: st.state, key: st.manifest?.key ?? null, reasons: st.reasons };
+  } catch (err) {
+    return { ...base, state: 'unavailable', key: null, reasons: [errorMessage(err)] };
+  }
+}
+
+/** One line: "valid template 1234… at /run/kata-ts/template" or what is wrong. */
+export function factoryLine(f: FactoryEnv): string {
+  const what = f.state === 'valid' ? `valid template ${f.key} at ${f.path}` : `template ${f.state} at ${f.path}${f.reasons.length ? ` (${f.reasons[0]})` : ''}`;
+  return `${f.enabled ? 'enabled' : 'disabled'}; ${what}`;
+}
