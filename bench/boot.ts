@@ -37,7 +37,7 @@ import { defaultConfig, guestAssets } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
 import { baseKernelParams } from '../src/hypervisor/hypervisor';
 
-const MARK = 'KATA_BENCH_MARK';
+export const MARK = 'KATA_BENCH_MARK';
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -45,7 +45,7 @@ function median(xs: number[]): number {
 }
 
 /** Spawn, resolve with ms until `marker` appears on the chosen stream, then let it finish. */
-function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'): Promise<{ ms: number; totalMs: number; other: string }> {
+export function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'): Promise<{ ms: number; totalMs: number; other: string }> {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -96,6 +96,25 @@ const PHASES: [string, string][] = [
   ['host.sandboxSetupMs', 'host: CreateSandbox + set-up'],
 ];
 
+/**
+ * The floor: a bare QEMU command line with the same machine, CPU model,
+ * memory, kernel and guest image (root on QEMU's virtio-blk), and init
+ * replaced by the marker program. No vhost-user devices, no agent.
+ * (bench/factory.ts measures against the same floor.)
+ */
+export function kernelFloorArgs(accel: string, assets: { kernel: string; image: string }, init = '/bin/echo', extra = MARK): string[] {
+  return [
+    '-M', `pc,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-smp', '1', '-m', '512M',
+    '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
+    '-kernel', assets.kernel,
+    '-append', `${baseKernelParams(false).replace('init=/sbin/kata-init', `init=${init}`)} -- ${extra}`,
+    '-serial', 'stdio',
+    '-drive', `if=none,id=rootimg,file=${assets.image},format=raw,readonly=on`,
+    '-device', 'virtio-blk-pci,drive=rootimg,addr=0x3',
+    '-device', 'virtio-rng-pci',
+  ];
+}
+
 async function footprint(cfgFile: string, runDir: string): Promise<{ runtimePssMiB: number; qemuPssMiB: number }> {
   const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'sleep', '20'], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
@@ -134,19 +153,7 @@ async function main(): Promise<void> {
   const probe = await probeKvm(cfg['hypervisor.qemu'].path, runDir);
   const choice = chooseHypervisor('auto', 'auto', probe, false);
   const assets = guestAssets(cfg, 'qemu');
-  // The floor: a bare QEMU command line with the same machine, CPU model,
-  // memory, kernel and guest image (root on QEMU's virtio-blk), and init
-  // replaced by the marker program. No vhost-user devices, no agent.
-  const floorArgs = (init: string, extra: string) => [
-    '-M', `pc,accel=${choice.accel}`, '-cpu', choice.accel === 'kvm' ? 'host' : 'max', '-smp', '1', '-m', '512M',
-    '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
-    '-kernel', assets.kernel,
-    '-append', `${baseKernelParams(false).replace('init=/sbin/kata-init', `init=${init}`)} -- ${extra}`,
-    '-serial', 'stdio',
-    '-drive', `if=none,id=rootimg,file=${assets.image},format=raw,readonly=on`,
-    '-device', 'virtio-blk-pci,drive=rootimg,addr=0x3',
-    '-device', 'virtio-rng-pci',
-  ];
+  const floorArgs = (init: string, extra: string) => kernelFloorArgs(choice.accel, assets, init, extra);
   const results: Record<string, number[]> = { 'kata-ts run': [], 'floor (kernel)': [], 'floor (node)': [] };
   const totals: number[] = [];
   const phaseSamples: Record<string, number[]> = {};
@@ -194,7 +201,10 @@ async function main(): Promise<void> {
   if (footprintError) process.exitCode = 1;
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+// bench/factory.ts imports the floor from here: run only as a program.
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}
