@@ -10,9 +10,12 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { execFileSync } from 'node:child_process';
 
+/** A layer: a whole directory, or some paths (relative) under a root, e.g. parts of the host's / */
+export type LayerSource = string | { root: string; paths: string[] };
+
 export interface OciImageSpec {
-  /** One directory per layer, lowest first. */
-  layers: string[];
+  /** One layer each, lowest first. */
+  layers: LayerSource[];
   tag: string;
   entrypoint?: string[];
   cmd?: string[];
@@ -32,8 +35,11 @@ export function buildOciLayout(layout: string, spec: OciImageSpec): string {
   fs.writeFileSync(path.join(layout, 'oci-layout'), JSON.stringify({ imageLayoutVersion: '1.0.0' }));
   const layers: { digest: string; size: number }[] = [];
   const diffIds: string[] = [];
-  for (const dir of spec.layers) {
-    const tar = execFileSync('tar', ['-C', dir, '--numeric-owner', '--xattrs', '-cf', '-', '.'], { maxBuffer: 4 << 30 });
+  for (const l of spec.layers) {
+    const [dir, paths] = typeof l === 'string' ? [l, ['.']] : [l.root, l.paths];
+    // Parent directories as entries of their own (owners, modes), not implied.
+    const parents = [...new Set(paths.flatMap((p) => p.split('/').slice(0, -1).map((_, i, a) => a.slice(0, i + 1).join('/'))))].filter(Boolean).sort();
+    const tar = execFileSync('tar', ['-C', dir, '--numeric-owner', '--xattrs', '-cf', '-', '--no-recursion', ...parents, '--recursion', ...paths], { maxBuffer: 4 << 30 });
     diffIds.push(`sha256:${crypto.createHash('sha256').update(tar).digest('hex')}`);
     layers.push(putBlob(layout, zlib.gzipSync(tar, { level: 1 })));
   }
