@@ -276,6 +276,28 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
       }
     });
 
+    it('flat addressing: a device-0 address inside a device\'s mapped_blkaddr range reads that device (erofs_map_dev)', function () {
+      const blobBlocks = fs.statSync(mkfs(4096, true).blob!).size / 4096;
+      const mapped = 100000;
+      let orig = 0;
+      const p = patched('flat', (b, at) => {
+        const devt = b.readUInt16LE(1024 + 88) * 128;
+        b.writeUInt32LE(blobBlocks, devt + 64);
+        b.writeUInt32LE(mapped, devt + 68);
+        orig = b.readUInt32LE(at + 4);
+        b.writeUInt16LE(0, at + 2);
+        b.writeUInt32LE(mapped + orig, at + 4);
+      });
+      const img = ErofsImage.open(p.img, { devices: [p.blob] });
+      try {
+        expect(img.readFile('/b4097').equals(fs.readFileSync(path.join(src, 'b4097')))).to.equal(true);
+        const loc = img.chunkLocation('/b4097', 0);
+        expect([loc.device, loc.blockAddr]).to.deep.equal([1, orig]);
+      } finally {
+        img.close();
+      }
+    });
+
     it('an EROFS_NULL_ADDR chunk is a hole: zeros, and no location', function () {
       const p = patched('hole', (b, at) => b.writeUInt32LE(0xffffffff, at + 4));
       const img = ErofsImage.open(p.img, { devices: [p.blob] });
