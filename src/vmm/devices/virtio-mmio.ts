@@ -202,6 +202,10 @@ export class VirtioMmio implements BusDevice {
     if (!this.active || ((this.status & VIRTIO_CONFIG_S_NEEDS_RESET) && !(s.status & VIRTIO_CONFIG_S_NEEDS_RESET))) {
       throw new SnapshotError('mismatch', `virtio device type ${s.deviceType} did not reactivate from the snapshot`);
     }
+    // A kick the guest wrote just before the snapshot went to the old VM's
+    // ioeventfd and is lost: look at every ready queue once (a spurious
+    // notification is harmless — the device reads the avail index).
+    this.queues.forEach((q, i) => { if (q.ready) this.notify(i); });
   }
 
   private activate(resumeAt?: Array<{ lastAvail: number; nextUsed: number }>): void {

@@ -30,13 +30,13 @@ export function checkCount(lines: CountLine[]): string | undefined {
 }
 
 /** A started count guest; `out()` is its serial output so far. */
-export function startCountGuest(n = 100000, opts: Partial<MachineOptions> & { touchMiB?: number } = {}): { machine: Machine; out: () => string } {
+export function startCountGuest(n = 100000, opts: Partial<MachineOptions> & { touchMiB?: number; extra?: string } = {}): { machine: Machine; out: () => string } {
   const g = buildGuest();
   if (!g.elf) throw new Error(g.reason);
   let out = '';
   const machine = new Machine({
     memoryBytes: 64 << 20, vcpus: 1, kernel: g.elf, apsRunnable: true, ...opts,
-    cmdline: `test=count n=${n}${opts.touchMiB ? ` touch=${opts.touchMiB}` : ''}`,
+    cmdline: `test=count n=${n}${opts.touchMiB ? ` touch=${opts.touchMiB}` : ''}${opts.extra ? ` ${opts.extra}` : ''}`,
     serialOut: (b) => { out += Buffer.from(b).toString('latin1'); },
   });
   machine.start();

@@ -5,6 +5,9 @@
  *  - snapshot mid-run; two clones restored from it run at the same time,
  *    each continues the computation exactly where it stopped, and each sees
  *    only its own serial input (copy-on-write RAM, separate devices);
+ *  - with an active virtio device (the echo device, polled by the guest)
+ *    the transport and queue indices come back: both clones keep getting
+ *    correct replies on fresh devices;
  *  - the memory file is sparse, the state file small;
  *  - bad input: truncated or corrupt state file, another VMM version, a
  *    memory file of the wrong size, the directory removed mid-restore,
@@ -80,6 +83,35 @@ describe('vmm snapshot and restore (test guest)', function () {
     const [l0, l1] = outs.map(countLines);
     expect(l0[at - 1]).to.deep.equal(l1[at - 1]);
     expect(l0[at + 39].acc).to.not.equal(l1[at + 39].acc);
+  });
+
+  it('an active virtio device: transport and queue indices restored, both clones keep getting replies', async () => {
+    const dev = new EchoDevice();
+    const g = startCountGuest(100000, { devices: [dev], extra: 'echo' });
+    machines.push(g.machine);
+    const echoes = (o: string) => [...o.matchAll(/^echo (\d+) (.*)\n/gm)].map((m) => ({ i: Number(m[1]), reply: m[2] }));
+    await until('3 echo lines', () => (echoes(g.out()).length >= 3 ? true : undefined), 30000, 10);
+    await g.machine.pause();
+    const dir = path.join(tmp, 'snap-echo');
+    await g.machine.snapshot(dir);
+    const base = g.out();
+    await g.machine.stop();
+    const state = decodeState(fs.readFileSync(path.join(dir, STATE_FILE)));
+    expect(state.meta.transports[0].active).to.equal(true);
+    expect(state.meta.transports[0].queues[0].lastAvail).to.be.at.least(3);
+    const devs = [new EchoDevice(), new EchoDevice()];
+    const outs = [base, base];
+    const clones = devs.map((d, k) => Machine.restore(dir, { devices: [d], serialOut: (b) => { outs[k] += Buffer.from(b).toString('latin1'); } }));
+    machines.push(...clones);
+    clones.forEach((m) => m.start());
+    const at = echoes(base).length;
+    await until('4 more echoes in both', () => (outs.every((o) => echoes(o).length >= at + 4) ? true : undefined), 30000, 10);
+    for (const m of clones) await m.stop();
+    outs.forEach((o, k) => {
+      for (const e of echoes(o)) expect(e.reply, `clone ${k} echo ${e.i}`).to.equal(`pong:ping ${e.i}`);
+      expect(checkCount(countLines(o)), `clone ${k}`).to.equal(undefined);
+      expect(devs[k].seen.length, `clone ${k}'s own device served its requests`).to.be.at.least(4);
+    });
   });
 
   it('writes a sparse memory file and a small state file', () => {
