@@ -1,0 +1,228 @@
+/**
+ * VM templates (issue 16, Factory), side by side in one run:
+ *
+ *   template         `kata-ts run -- echo MARK` with [factory] enable_template
+ *                    and a valid template: start of the CLI to MARK on stdout.
+ *   cold             the same command booting the VM.
+ *   floor (kernel)   bench/boot.ts's floor (imported, not copied): bare QEMU,
+ *                    same kernel and image, init=/bin/echo MARK.
+ *
+ * Then the two clone designs at the VM level (no sandbox, no container):
+ *   (1) shared copy  guest RAM = a fresh memfd filled from the template's data
+ *                    extents (what kata-ts does): spawn → resumed, and → our
+ *                    vhost-user-vsock hotplugged and the agent's vsock port
+ *                    answering (QemuHypervisor.startClone).
+ *   (2) private CoW  the template's memory file mapped share=off: spawn →
+ *                    resumed. Densest (pages shared with the template until
+ *                    written), but no vhost-user device can work on it — the
+ *                    backend would map the template file, not the clone's
+ *                    copy-on-write pages — so no agent channel of ours.
+ *
+ * And host memory (PSS of the runtime processes + QEMU, guest RAM included)
+ * of N idle sandboxes (`kata-ts run -- sleep`) from the template and cold,
+ * for N in the given list (default 1,5).
+ *
+ *   node dist/bench/factory.js [runs=3] [sandboxCounts=1,5]
+ *
+ * Writes build/bench/factory.json. Needs root (the template's tmpfs).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { ROOT, writeResult } from './native';
+import { pssMiB } from './pss';
+import { MARK, kernelFloorArgs, timeToMarker } from './boot';
+import { defaultConfig, guestAssets, loadConfig } from '../src/runtime/config';
+import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
+import { QemuHypervisor } from '../src/hypervisor/qemu';
+import { QmpClient } from '../src/hypervisor/qmp';
+import { connectVsock, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
+import { VmFactory, qemuTarget } from '../src/factory/factory';
+import { restoreTemplate, templateArgs } from '../src/factory/qemu-template';
+import { MEMORY, STATE } from '../src/factory/template-store';
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+
+const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+
+/** Option (1): kata-ts's clone path, to the agent's vsock port answering. */
+async function sharedCopyClone(factory: VmFactory, qemu: string, dir: string): Promise<{ copyMs: number; resumedMs: number; agentMs: number }> {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const t0 = process.hrtime.bigint();
+  const prep = factory.prepareClone(dir);
+  if ('reason' in prep) throw new Error(prep.reason);
+  let resumedMs = 0;
+  const restore = prep.clone.restore;
+  prep.clone.restore = async (q) => { await restore(q); resumedMs = ms(t0); };
+  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: factory.machine().accel });
+  try {
+    const vm = await hv.startClone({ id: 'bench', dir, kernel: '', image: '', vcpus: factory.machine().vcpus, memoryMiB: factory.machine().memoryMiB, kernelParams: '', disks: [], debug: false }, prep.clone);
+    prep.release();
+    const s = await connectVsock(vm.agentSocket, AGENT_VSOCK_PORT, 30000);
+    const agentMs = ms(t0);
+    s.destroy();
+    return { copyMs: prep.memory.ms, resumedMs, agentMs };
+  } finally {
+    prep.release();
+    await hv.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Option (2): the template's file mapped private, QEMU's own devices only: spawn → resumed. */
+async function privateCowClone(factory: VmFactory, qemu: string, dir: string): Promise<{ resumedMs: number; pssMiB: number }> {
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const args = [...templateArgs(factory.machine(), path.join(factory.dir, MEMORY), path.join(dir, 'console.log'), { incoming: true, privateMem: true }),
+    '-qmp', `unix:${path.join(dir, 'qmp.sock')},server=on,wait=off`];
+  const t0 = process.hrtime.bigint();
+  const child: ChildProcess = spawn(qemu, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const qmp = new QmpClient();
+  try {
+    await qmp.connect(path.join(dir, 'qmp.sock'), 15000);
+    await restoreTemplate(qmp, path.join(factory.dir, STATE));
+    const resumedMs = ms(t0);
+    await new Promise((r) => setTimeout(r, 1500)); // let the guest run a little before measuring
+    return { resumedMs, pssMiB: pssMiB(child.pid!) };
+  } finally {
+    await qmp.execute('quit').catch(() => undefined);
+    qmp.close();
+    if (child.exitCode === null) await new Promise((r) => { child.once('exit', r); setTimeout(() => child.kill('SIGKILL'), 3000).unref(); });
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Bytes allocated in the memfds a QEMU holds open (its guest RAM). PSS only
+ * counts pages mapped in a process's page tables: a clone's RAM pages copied
+ * from the template but not yet touched by the guest are in the memfd, not
+ * in anyone's PSS — reported beside it so nothing is hidden.
+ */
+function memfdBytes(pid: number): number {
+  const seen = new Set<number>();
+  let bytes = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (!fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('/memfd:')) continue;
+      const st = fs.statSync(`/proc/${pid}/fd/${fd}`);
+      if (seen.has(st.ino)) continue;
+      seen.add(st.ino);
+      bytes += st.blocks * 512;
+    } catch { /* closed meanwhile */ }
+  }
+  return bytes;
+}
+
+/** PSS of N idle sandboxes: every kata-ts run process and its QEMU. */
+async function idlePss(cfgFile: string, runDir: string, n: number): Promise<{ perSandboxMiB: number; totalMiB: number; guestRamMiB: number }> {
+  const children: ChildProcess[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      children.push(spawn(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--config', cfgFile, '--', 'sleep', '600'], { stdio: ['ignore', 'ignore', 'ignore'] }));
+    }
+    const deadline = Date.now() + 300000;
+    let qemuPids: number[] = [];
+    while (Date.now() < deadline) {
+      const dir = path.join(runDir, 'sandboxes');
+      qemuPids = [];
+      for (const id of fs.existsSync(dir) ? fs.readdirSync(dir) : []) {
+        try {
+          const st = JSON.parse(fs.readFileSync(path.join(dir, id, 'state.json'), 'utf8'));
+          if (st.phase === 'running' && st.containers?.[0]?.state === 'running') qemuPids.push(st.vmPids[0]);
+        } catch { /* being written */ }
+      }
+      if (qemuPids.length === n) break;
+      if (children.some((c) => c.exitCode !== null)) throw new Error('a kata-ts run ended before its sandbox ran');
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    if (qemuPids.length !== n) throw new Error(`only ${qemuPids.length} of ${n} sandboxes running after 300 s`);
+    await new Promise((r) => setTimeout(r, 3000)); // idle
+    const total = children.reduce((a, c) => a + pssMiB(c.pid!), 0) + qemuPids.reduce((a, p) => a + pssMiB(p), 0);
+    const ram = qemuPids.reduce((a, p) => a + memfdBytes(p), 0) / 1048576;
+    return { perSandboxMiB: total / n, totalMiB: total, guestRamMiB: ram / n };
+  } finally {
+    await Promise.all(children.map((c) => (c.exitCode !== null ? undefined : new Promise((r) => { c.once('exit', r); c.kill('SIGTERM'); }))));
+  }
+}
+
+async function main(): Promise<void> {
+  const runs = Number(process.argv[2] ?? 3);
+  const counts = (process.argv[3] ?? '1,5').split(',').map(Number).filter((n) => n > 0);
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-fbench-'));
+  const tplDir = path.join(runDir, 'template');
+  const base = `[runtime]\nrun_dir = "${runDir}"\n[factory]\ntemplate_path = "${tplDir}"\n`;
+  const coldCfg = path.join(runDir, 'cold.toml');
+  const tplCfg = path.join(runDir, 'template.toml');
+  fs.writeFileSync(coldCfg, base + 'enable_template = false\n');
+  fs.writeFileSync(tplCfg, base + 'enable_template = true\n');
+  const cfg = loadConfig(tplCfg);
+  const qemu = cfg['hypervisor.qemu'].path;
+  const probe = await probeKvm(qemu, runDir);
+  const choice = chooseHypervisor('qemu', 'auto', probe, false);
+  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
+  const factory = new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: '' });
+  try {
+    process.stderr.write('making the template (kata-ctl factory init)…\n');
+    const init = await factory.init((l) => process.stderr.write(`  ${l}\n`));
+    if (init.state !== 'valid') throw new Error(`template ${init.state}: ${init.reasons.join('; ')}`);
+    const assets = guestAssets(defaultConfig(), 'qemu');
+    const kataRun = (c: string) => timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--log-level', 'info', '--config', c, '--', 'echo', MARK], 'stdout');
+    const samples: Record<string, number[]> = { template: [], cold: [], 'floor (kernel)': [], 'clone (1) shared copy: resumed': [], 'clone (1) shared copy: agent vsock answers': [], 'clone (1) memory copy': [], 'clone (2) private CoW: resumed': [] };
+    let privPss = 0;
+    for (let r = 0; r < runs; r++) {
+      process.stderr.write(`run ${r + 1}/${runs}: template, cold, floor, clone (1), clone (2)\n`);
+      const t = await kataRun(tplCfg);
+      if (!/"template":true/.test(t.other)) throw new Error(`the templated run did not clone: ${t.other.slice(-600)}`);
+      samples.template!.push(t.ms);
+      samples.cold!.push((await kataRun(coldCfg)).ms);
+      samples['floor (kernel)']!.push((await timeToMarker(qemu, kernelFloorArgs(choice.accel, assets), 'stdout')).ms);
+      const one = await sharedCopyClone(factory, qemu, path.join(runDir, 'c1'));
+      samples['clone (1) shared copy: resumed']!.push(one.resumedMs);
+      samples['clone (1) shared copy: agent vsock answers']!.push(one.agentMs);
+      samples['clone (1) memory copy']!.push(one.copyMs);
+      const two = await privateCowClone(factory, qemu, path.join(runDir, 'c2'));
+      samples['clone (2) private CoW: resumed']!.push(two.resumedMs);
+      privPss = two.pssMiB;
+    }
+    const med = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, Math.round(median(v))]));
+    const floor = med['floor (kernel)']!;
+    const pss: Record<string, { template: number; cold: number; templateGuestRam: number; coldGuestRam: number }> = {};
+    for (const n of counts) {
+      process.stderr.write(`host PSS: ${n} idle sandbox(es) from the template, then cold\n`);
+      const a = await idlePss(tplCfg, runDir, n);
+      const b = await idlePss(coldCfg, runDir, n);
+      pss[String(n)] = { template: +a.perSandboxMiB.toFixed(1), cold: +b.perSandboxMiB.toFixed(1), templateGuestRam: +a.guestRamMiB.toFixed(1), coldGuestRam: +b.guestRamMiB.toFixed(1) };
+    }
+    const out = {
+      accel: choice.accel, runs, medianMs: med,
+      ratioToKernelFloor: { template: +(med.template! / floor).toFixed(2), cold: +(med.cold! / floor).toFixed(2) },
+      templateVsCold: +(med.template! / med.cold!).toFixed(2),
+      template: { key: init.manifest?.key, stateBytes: init.manifest?.stateBytes, memoryDataBytes: init.manifest?.memoryDataBytes, bootS: init.manifest?.bootS, saveS: init.manifest?.saveS },
+      privateCowClonePssMiB: +privPss.toFixed(1),
+      idlePssPerSandboxMiB: pss,
+      samplesMs: samples,
+    };
+    console.log(`accel: ${choice.accel}; template ${out.template.key}: state ${((out.template.stateBytes ?? 0) / 1024).toFixed(0)} KiB, RAM data ${((out.template.memoryDataBytes ?? 0) / 1048576).toFixed(1)} MiB, made in ${out.template.bootS?.toFixed(1)} s + ${out.template.saveS?.toFixed(2)} s`);
+    console.log(`time to first output, kata-ts run -- echo MARK (median of ${runs}):`);
+    for (const k of ['template', 'cold', 'floor (kernel)']) console.log(`  ${k.padEnd(44)} ${String(med[k]).padStart(6)} ms`);
+    console.log(`  ratio to the kernel floor: template ${out.ratioToKernelFloor.template}x, cold ${out.ratioToKernelFloor.cold}x (goal: template <= 0.5x); template/cold ${out.templateVsCold}x`);
+    console.log('clone designs at the VM level (median):');
+    for (const k of Object.keys(med).filter((x) => x.startsWith('clone'))) console.log(`  ${k.padEnd(44)} ${String(med[k]).padStart(6)} ms`);
+    console.log(`  clone (2) QEMU PSS after 1.5 s: ${out.privateCowClonePssMiB} MiB (no agent channel possible: vhost-user needs shared RAM)`);
+    for (const [n, v] of Object.entries(pss)) console.log(`host PSS per idle sandbox at ${n}: template ${v.template} MiB, cold ${v.cold} MiB (guest RAM allocated in its memfd: template ${v.templateGuestRam} MiB, cold ${v.coldGuestRam} MiB)`);
+    writeResult('factory', out);
+  } finally {
+    factory.destroy();
+    fs.rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});
