@@ -40,6 +40,7 @@ import { HybridVsock } from '../virtio/vsock/hybrid';
 import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
 import type { FsShare } from './hypervisor';
 import { qemuMemoryPlan, type QemuMemoryOptions } from '../memory/qemu-plan';
+import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr } from './pci-slots';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
 
@@ -63,12 +64,10 @@ export interface QemuOptions {
 /**
  * Fixed PCI slots: root disk 3, vsock 4, rng 5; boot-time devices (shares,
  * disks, then whatever else the boot plan places) and hotplugged devices
- * share 8..0x1f. A hotplugged device takes the lowest free slot and gives it
- * back when the guest has released it (DEVICE_DELETED), so add/remove cycles
- * never run the bus dry.
+ * share 8..0x1f, allocated by PciSlotAllocator (./pci-slots). A hotplugged
+ * device takes the lowest free slot and gives it back when the guest has
+ * released it (DEVICE_DELETED), so add/remove cycles never run the bus dry.
  */
-const FIRST_DYNAMIC_SLOT = 8;
-const LAST_SLOT = 0x1f;
 
 /** Where the boot-time shares and disks of a VmConfig sit on the PCI bus. */
 interface BootSlotPlan {
@@ -90,11 +89,6 @@ export interface QemuClone {
   restore(qmp: QmpClient): Promise<void>;
   /** This clone's vsock CID (our device's config space answers it). */
   guestCid: number;
-}
-
-/** QMP/QEMU spelling of a PCI slot number (device_add addr). */
-function slotAddr(slot: number): string {
-  return `0x${slot.toString(16)}`;
 }
 
 /** util-linux setpriv (scripts/setup.sh installs util-linux), looked up once. */
@@ -148,8 +142,12 @@ export class QemuHypervisor implements Hypervisor {
   private exitReason: Promise<string> | undefined;
   private stopping = false;
   private readonly log = logger('qemu');
-  /** PCI slots ≥ FIRST_DYNAMIC_SLOT in use: the boot plan's (set by start()) and hotplugged ones until unplugged. */
-  private readonly usedSlots = new Set<number>();
+  /**
+   * PCI slots ≥ FIRST_DYNAMIC_SLOT in use: the boot plan's (set by start())
+   * and hotplugged ones until unplugged. Read by the device manager
+   * (src/resource/devices) for the PCI path it hands the agent.
+   */
+  readonly slots = new PciSlotAllocator();
   private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
   private readonly shareSlots = new Map<string, number>();
   /** Network devices (boot-time and hotplugged) → their PCI slot. */
@@ -220,12 +218,14 @@ export class QemuHypervisor implements Hypervisor {
   commandLine(cfg: VmConfig): string[] {
     const plan = QemuHypervisor.bootSlotPlan(cfg);
     const mmio = this.opts.machine === 'microvm';
-    const mem = qemuMemoryPlan(cfg, this.opts.memory ?? {}, mmio);
+    const mem = qemuMemoryPlan(cfg, this.opts.memory ?? {}, mmio, this.opts.accel);
     const dev = (pci: string, mm: string, extra: string, addr?: number) =>
       `${mmio ? mm : pci},${extra}${!mmio && addr !== undefined ? `,addr=0x${addr.toString(16)}` : ''}`;
     const args = [
       '-name', `kata-ts-${cfg.id},debug-threads=on`,
-      '-M', `${this.opts.machine},accel=${this.opts.accel}${this.opts.machineAccelerators ? `,${this.opts.machineAccelerators}` : ''}${mem.machineProps.map((p) => `,${p}`).join('')}`,
+      // With a TCG translation cache size (src/memory/qemu-plan.ts) the accelerator moves to -accel: QEMU refuses both.
+      '-M', `${this.opts.machine}${mem.accel ? '' : `,accel=${this.opts.accel}`}${this.opts.machineAccelerators ? `,${this.opts.machineAccelerators}` : ''}${mem.machineProps.map((p) => `,${p}`).join('')}`,
+      ...(mem.accel ? ['-accel', mem.accel] : []),
       '-cpu', this.opts.accel === 'kvm' ? 'host' : 'max',
       '-smp', mem.smp,
       '-m', mem.m,
@@ -303,8 +303,8 @@ export class QemuHypervisor implements Hypervisor {
     (cfg.shares ?? []).forEach((sh, i) => this.shareSlots.set(sh.tag, plan.shares[i]));
     this.diskSlots.clear();
     cfg.disks.forEach((d, i) => this.diskSlots.set(d.id, { slot: plan.disks[i], driver: this.blockDriver }));
-    this.usedSlots.clear();
-    for (let s = FIRST_DYNAMIC_SLOT; s < plan.next; s++) this.usedSlots.add(s);
+    this.slots.clear();
+    for (let s = FIRST_DYNAMIC_SLOT; s < plan.next; s++) this.slots.reserve(s);
     this.netSlots.clear();
     (cfg.nets ?? []).forEach((n, i) => this.netSlots.set(n.id, plan.nets[i]));
     this.cfg = cfg;
@@ -384,7 +384,7 @@ export class QemuHypervisor implements Hypervisor {
     if (this.opts.machine !== 'pc') throw new QemuError('config', `VM templates need the pc machine (ACPI hotplug of the agent channel), not ${this.opts.machine}`);
     for (const n of cfg.nets ?? []) QemuHypervisor.checkNet(n);
     this.cfg = cfg;
-    this.usedSlots.clear();
+    this.slots.clear();
     this.diskSlots.clear();
     this.shareSlots.clear();
     this.netSlots.clear();
@@ -634,22 +634,25 @@ export class QemuHypervisor implements Hypervisor {
 
   /** The lowest free PCI slot ≥ FIRST_DYNAMIC_SLOT, now taken (give it back with freeSlot if nothing gets plugged). */
   private takeSlot(): number {
-    for (let slot = FIRST_DYNAMIC_SLOT; slot <= LAST_SLOT; slot++) {
-      if (!this.usedSlots.has(slot)) {
-        this.usedSlots.add(slot);
-        return slot;
-      }
+    try {
+      return this.slots.take();
+    } catch (err) {
+      throw new QemuError('config', (err as Error).message, { cause: err });
     }
-    throw new QemuError('config', `no free PCI slot for another device (${this.usedSlots.size} of ${LAST_SLOT - FIRST_DYNAMIC_SLOT + 1} in use)`);
   }
 
   private freeSlot(slot: number): void {
-    this.usedSlots.delete(slot);
+    this.slots.release(slot);
   }
 
   /** PCI slots ≥ FIRST_DYNAMIC_SLOT in use, ascending (tests, `--debug`). */
   slotsInUse(): number[] {
-    return [...this.usedSlots].sort((a, b) => a - b);
+    return this.slots.inUse();
+  }
+
+  /** The root-bus PCI slot a disk, share or network device of this VM sits in, if attached. */
+  slotOf(kind: 'blk' | 'fs' | 'net', id: string): number | undefined {
+    return kind === 'blk' ? this.diskSlots.get(id)?.slot : kind === 'fs' ? this.shareSlots.get(id) : this.netSlots.get(id);
   }
 
   private requireDevices(): VhostUserDevices {
