@@ -1,0 +1,168 @@
+/**
+ * Whole host footprint per idle sandbox (issue 13): N sandboxes started as
+ * in production — one `kata-ts run` owner process each (the runtime, as in a
+ * shim) with its QEMU child — left idle, then the PSS of every owner and
+ * every QEMU summed (PSS splits shared pages — the DAX image's page cache,
+ * QEMU's libraries — among the processes that map them; guest RAM touched
+ * is QEMU's shmem). Run at 1, 5 and 10 sandboxes with the memory features
+ * off (defaults) and on, side by side, one configuration after the other.
+ *
+ *   node dist/bench/footprint.js [counts=1,5,10] [configs=off,dax,balloon,ksm,on] [settleSec=20]
+ *
+ * `tb32` = a 32 MiB TCG translation cache; `on` = DAX image + balloon with
+ * free page reporting + 32 MiB TCG cache + KSM throttler + page
+ * scanner. KSM settings of the host are restored at the end. The page
+ * scanner's throughput (resident guest RAM hashed per busy second) and its
+ * CPU share at the default interval are measured on the `on` runs. Kata
+ * 3.2's figure (~120 MiB per pod, its CI) is quoted, not measured: Kata does
+ * not run here. Results: build/bench/footprint.json.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { pssMiB } from './pss';
+import { listSandboxes } from '../src/ctl/sandboxes';
+import { memoryCtlCall } from '../src/memory/ctl-socket';
+import { readKsm, readSettings, writeSettings, ksmUnavailable } from '../src/memory/ksm';
+import type { ScanReport } from '../src/memory/service';
+
+const REPO = path.resolve(__dirname, '..', '..');
+const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
+const KATA_CI_MIB = 120;
+
+const CONFIGS: Record<string, string> = {
+  off: '',
+  dax: '[hypervisor.qemu]\ndisable_image_nvdimm = false\n',
+  balloon: '[hypervisor.qemu]\nreclaim_guest_freed_memory = true\n',
+  ksm: '[memory]\nksm_throttler = true\n',
+  tb32: '[hypervisor.qemu]\ntcg_translation_cache = 32\n',
+  on: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 32\n[memory]\nksm_throttler = true\npage_scanner = true\nscan_interval = 3600\n',
+};
+
+interface Row {
+  config: string;
+  sandboxes: number;
+  perSandboxMiB: number;
+  runtimeMiB: number;
+  qemuMiB: number;
+  qemuShmemMiB: number;
+  ksmSavingMiB: number;
+  scanGBps?: number;
+  scanCpuShareAt60s?: number;
+  scanEventLoopDelayMaxMs?: number;
+  bootSec: number;
+}
+
+function shmemMiB(pid: number): number {
+  const t = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+  return Number(/^Pss_Shmem:\s+(\d+)/m.exec(t)?.[1] ?? 0) / 1024;
+}
+
+async function runOne(config: string, n: number, settleSec: number): Promise<Row> {
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-footprint-'));
+  const cfg = path.join(runDir, 'configuration.toml');
+  fs.writeFileSync(cfg, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 300\n${CONFIGS[config]}`);
+  const owners: ChildProcess[] = [];
+  const t0 = Date.now();
+  try {
+    for (let i = 0; i < n; i++) {
+      const c = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfg, '--name', `fp${i}`, '--', 'sleep', '3600'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let err = '';
+      c.stderr!.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-2000); });
+      c.on('exit', (code) => { if (code) process.stderr.write(`fp${i} exited ${code}: ${err}\n`); });
+      owners.push(c);
+    }
+    const deadline = Date.now() + 600_000;
+    for (;;) {
+      const rows = listSandboxes(runDir).filter((r) => r.phase === 'running' && r.containers === 1);
+      process.stderr.write(`\r${config} ×${n}: ${rows.length}/${n} running (${Math.round((Date.now() - t0) / 1000)} s)   `);
+      if (rows.length === n) break;
+      if (owners.some((o) => o.exitCode !== null)) throw new Error(`${config} ×${n}: a sandbox failed to start`);
+      if (Date.now() > deadline) throw new Error(`${config} ×${n}: not all sandboxes up in 10 min`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const bootSec = (Date.now() - t0) / 1000;
+    process.stderr.write(`\n${config} ×${n}: all running after ${bootSec.toFixed(0)} s; idling ${settleSec} s\n`);
+    await new Promise((r) => setTimeout(r, settleSec * 1000));
+    const rows = listSandboxes(runDir);
+    let runtime = 0;
+    let qemu = 0;
+    let shmem = 0;
+    for (const r of rows) {
+      runtime += pssMiB(r.ownerPid);
+      for (const p of r.vmPids) {
+        qemu += pssMiB(p);
+        shmem += shmemMiB(p);
+      }
+    }
+    const row: Row = {
+      config, sandboxes: n, perSandboxMiB: (runtime + qemu) / n, runtimeMiB: runtime / n, qemuMiB: qemu / n, qemuShmemMiB: shmem / n,
+      ksmSavingMiB: ksmUnavailable() ? 0 : readKsm().savingBytes / 1048576, bootSec,
+    };
+    if (config === 'on') {
+      let bytes = 0;
+      let busy = 0;
+      let delay = 0;
+      for (const r of rows) {
+        const s = (await memoryCtlCall(r.dir, { op: 'scan', fresh: true }, 300_000)).scan as ScanReport;
+        bytes += s.residentPages * 4096;
+        busy += s.busyMs;
+        delay = Math.max(delay, s.eventLoopDelayMaxMs);
+      }
+      row.scanGBps = bytes / 1e9 / (busy / 1000);
+      // One pass per sandbox every 60 s (the default interval) on 2 cores.
+      row.scanCpuShareAt60s = busy / 1000 / 60 / os.cpus().length;
+      row.scanEventLoopDelayMaxMs = delay;
+    }
+    return row;
+  } finally {
+    for (const o of owners) if (o.exitCode === null && o.signalCode === null) o.kill('SIGTERM');
+    await Promise.all(owners.map((o) => (o.exitCode !== null || o.signalCode !== null ? undefined : new Promise((r) => {
+      const t = setTimeout(() => o.kill('SIGKILL'), 30_000);
+      o.once('exit', () => { clearTimeout(t); r(undefined); });
+    }))));
+    fs.rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const counts = (process.argv[2] ?? '1,5,10').split(',').map(Number);
+  const configs = (process.argv[3] ?? 'off,on').split(',');
+  const settle = Number(process.argv[4] ?? 20);
+  for (const c of configs) if (!(c in CONFIGS)) throw new Error(`unknown config ${c} (${Object.keys(CONFIGS).join(', ')})`);
+  const savedKsm = ksmUnavailable() ? undefined : readSettings();
+  const rows: Row[] = [];
+  try {
+    for (const n of counts) {
+      for (const c of configs) {
+        // KSM from a clean state for every run: unmerge (run=2), then off.
+        if (savedKsm) writeSettings({ run: 2, pagesToScan: savedKsm.pagesToScan, sleepMillisecs: savedKsm.sleepMillisecs });
+        if (savedKsm) writeSettings({ run: 0, pagesToScan: savedKsm.pagesToScan, sleepMillisecs: savedKsm.sleepMillisecs });
+        rows.push(await runOne(c, n, settle));
+        const r = rows[rows.length - 1];
+        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox (runtime ${r.runtimeMiB.toFixed(1)}, QEMU ${r.qemuMiB.toFixed(1)} of which guest RAM ${r.qemuShmemMiB.toFixed(1)}), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide` +
+          `${r.scanGBps !== undefined ? `; scanner ${r.scanGBps.toFixed(2)} GB/s, CPU share at 60 s ${(r.scanCpuShareAt60s! * 100).toFixed(3)} %, max loop delay ${r.scanEventLoopDelayMaxMs!.toFixed(1)} ms` : ''}\n`);
+      }
+    }
+  } finally {
+    if (savedKsm) {
+      writeSettings({ run: 2, pagesToScan: savedKsm.pagesToScan, sleepMillisecs: savedKsm.sleepMillisecs });
+      writeSettings(savedKsm);
+    }
+  }
+  process.stdout.write('\nper idle sandbox, MiB (ratio to Kata 3.2 CI ~120 MiB, quoted):\n');
+  for (const n of counts) {
+    process.stdout.write(`  ${String(n).padStart(2)} sandboxes: ${configs.map((c) => {
+      const r = rows.find((x) => x.config === c && x.sandboxes === n)!;
+      return `${c} ${r.perSandboxMiB.toFixed(1)} (${(r.perSandboxMiB / KATA_CI_MIB).toFixed(2)}x)`;
+    }).join('  ')}\n`);
+  }
+  fs.mkdirSync(path.join(REPO, 'build', 'bench'), { recursive: true });
+  fs.writeFileSync(path.join(REPO, 'build', 'bench', 'footprint.json'), JSON.stringify({ schemaVersion: 1, kataCiMiB: KATA_CI_MIB, rows }, null, 2));
+}
+
+main().catch((err) => {
+  process.stderr.write(`footprint: ${(err as Error).message}\n`);
+  process.exit(1);
+});
