@@ -57,6 +57,7 @@ export async function selectHypervisor(cfg: Config, requested?: 'auto' | 'qemu' 
       maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,
       memorySlots: q.default_maxmemory > q.default_memory ? q.memory_slots : undefined,
       maxVcpus: q.default_maxvcpus > q.default_vcpus ? q.default_maxvcpus : undefined,
+      tcgTranslationCacheMiB: q.tcg_translation_cache || undefined,
     },
   });
   return { hv, choice, probe };

@@ -14,6 +14,11 @@
  *   balloon           virtio-balloon-pci with free-page-reporting (pages the
  *                     guest frees are punched out of the memfd) and
  *                     deflate-on-oom.
+ *   TCG cache         `-accel tcg,tb-size=N`: QEMU 7.2 reserves a 1 GiB
+ *                     translation cache under TCG and fills it as the guest
+ *                     runs — private memory of every VM, the largest part of
+ *                     an idle VM's footprint besides guest RAM (measured in
+ *                     README "Memory density").
  *   KSM               QEMU's -machine mem-merge is on by default: guest RAM
  *                     gets MADV_MERGEABLE. Ours is a shared memfd (vhost-user
  *                     needs it) and KSM skips VM_SHARED mappings, so guest
@@ -43,6 +48,8 @@ export interface QemuMemoryOptions {
   memorySlots?: number;
   /** vCPU ceiling (Kata: default_maxvcpus); 0/undefined: the boot count. */
   maxVcpus?: number;
+  /** TCG translation cache in MiB (QEMU's tb-size); 0/undefined: QEMU's default. Ignored under KVM. */
+  tcgTranslationCacheMiB?: number;
 }
 
 export interface QemuMemoryPlan {
@@ -60,6 +67,8 @@ export interface QemuMemoryPlan {
   daxImage?: string;
   /** Bytes of the NVDIMM (counted in maxmem). */
   nvdimmBytes: number;
+  /** An -accel argument replacing -machine accel= (TCG with a cache size). */
+  accel?: string;
 }
 
 /** Where the DAX image for `image` lives. */
@@ -67,8 +76,9 @@ export function daxImageFor(image: string): string {
   return path.join(path.dirname(image), DAX_IMAGE_NAME);
 }
 
-export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: string }, o: QemuMemoryOptions, mmio: boolean): QemuMemoryPlan {
+export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: string }, o: QemuMemoryOptions, mmio: boolean, accel: 'kvm' | 'tcg' = 'tcg'): QemuMemoryPlan {
   const plan: QemuMemoryPlan = { machineProps: [], m: `${vm.memoryMiB}M`, smp: String(vm.vcpus), args: [], nvdimmBytes: 0 };
+  if (accel === 'tcg' && o.tcgTranslationCacheMiB) plan.accel = `tcg,tb-size=${o.tcgTranslationCacheMiB}`;
   let slots = o.memorySlots ?? 0;
   let maxMiB = o.maxMemoryMiB ?? 0;
   if (maxMiB && maxMiB < vm.memoryMiB) throw new MemoryPlanError('config', `default_maxmemory ${maxMiB} MiB is below default_memory ${vm.memoryMiB} MiB`);

@@ -70,6 +70,8 @@ export interface ScanResult {
   slices: number;
   /** Longest time one slice kept the event loop (ms). */
   maxSliceMs: number;
+  /** Time spent in slices (mincore + hashing), without the pacing sleeps: the pass's CPU cost. */
+  busyMs: number;
   /** Sorted distinct XXH64 fingerprints of the non-zero pages … */
   fingerprints: BigUint64Array;
   /** … and how many pages have each. */
@@ -125,6 +127,7 @@ export class PageScanner {
     let zeroPages = 0;
     let slices = 0;
     let maxSliceMs = 0;
+    let busyMs = 0;
     let done = 0;
     const t0 = performance.now();
     for (const r of regions) {
@@ -149,6 +152,7 @@ export class PageScanner {
         done += len;
         const sliceMs = performance.now() - s0;
         if (sliceMs > maxSliceMs) maxSliceMs = sliceMs;
+        busyMs += sliceMs;
         // Pace to the rate; always yield so device I/O on this loop runs between slices.
         const ahead = (done / this.rate) * 1000 - (performance.now() - t0);
         await new Promise<void>((res) => (ahead >= 1 ? setTimeout(res, ahead) : setImmediate(res)));
@@ -159,7 +163,7 @@ export class PageScanner {
     return {
       ramBytes, residentPages, zeroPages, duplicatePages, distinctPages: fingerprints.length,
       savingBytes: (zeroPages + duplicatePages) * PAGE_SIZE,
-      durationMs: performance.now() - t0, slices, maxSliceMs, fingerprints, counts,
+      durationMs: performance.now() - t0, slices, maxSliceMs, busyMs, fingerprints, counts,
     };
   }
 }

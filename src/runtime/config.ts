@@ -69,6 +69,7 @@ export const SCHEMA = {
     default_maxmemory: { kind: 'int', default: 0, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room)', check: range(0, 3584) } as KeySpec<number>,
     memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory)', check: range(1, 64) } as KeySpec<number>,
     default_maxvcpus: { kind: 'int', default: 0, describe: 'as Kata: vCPU hotplug ceiling (0: the boot count)', check: range(0, 64) } as KeySpec<number>,
+    tcg_translation_cache: { kind: 'int', default: 0, describe: 'MiB of QEMU\'s TCG translation cache (tb-size; 0: QEMU\'s default, 1 GiB reserved and filled as the guest runs); smaller saves host memory per VM and costs guest speed', check: range(0, 4096) } as KeySpec<number>,
   },
   memory: {
     ksm_throttler: { kind: 'bool', default: false, describe: 'drive host KSM like Kata\'s ksm-throttler: aggressive while sandboxes start, backing off when idle (needs /sys/kernel/mm/ksm)' } as KeySpec<boolean>,

@@ -37,6 +37,15 @@ describe('memory/qemu-plan and dax-image', () => {
     expect(p.rootParams).to.equal('root=/dev/pmem0 rootflags=dax');
   });
 
+  it('a TCG translation cache size moves the accelerator to -accel (QEMU refuses both); KVM ignores it', () => {
+    expect(qemuMemoryPlan(vm(), { tcgTranslationCacheMiB: 32 }, false, 'tcg').accel).to.equal('tcg,tb-size=32');
+    expect(qemuMemoryPlan(vm(), { tcgTranslationCacheMiB: 32 }, false, 'kvm').accel).to.equal(undefined);
+    const line = new QemuHypervisor({ binary: '/bin/true', machine: 'pc', accel: 'tcg', memory: { tcgTranslationCacheMiB: 32 } })
+      .commandLine({ id: 'x', dir, kernel: '/k', image: vm().image, vcpus: 1, memoryMiB: 512, kernelParams: '', disks: [], debug: false }).join(' ');
+    expect(line).to.include('-M pc -accel tcg,tb-size=32 -cpu');
+    expect(line).to.not.include('accel=tcg');
+  });
+
   it('refuses what cannot work with one clear error', () => {
     expect(() => qemuMemoryPlan(vm(), { imageNvdimm: true }, false)).to.throw(MemoryPlanError, /no DAX guest image.*disable_image_nvdimm/);
     fs.writeFileSync(path.join(dir, DAX_IMAGE_NAME), Buffer.alloc(4096));
