@@ -91,6 +91,14 @@ export interface Hypervisor {
   /** Hotplug a network device on a tap fd (a pod interface added after boot), when the hypervisor can. */
   addNet?(n: NetDevice): Promise<void>;
   removeNet?(id: string): Promise<void>;
+  /**
+   * Where an attached disk, share or network device sits: its root-bus PCI
+   * slot (the device manager turns it into the PCI path the agent waits
+   * for). Absent where devices are not on PCI (the builtin VMM's virtio-mmio).
+   */
+  slotOf?(kind: 'blk' | 'fs' | 'net', id: string): number | undefined;
+  /** Hotplug slots still free, where the hypervisor has a bounded bus. */
+  freeSlots?(): number;
   /** Resolves when the VM ends for any reason, with a human reason. */
   exited(): Promise<string>;
   /** Last lines of the guest console, for error messages. */

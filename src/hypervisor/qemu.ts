@@ -234,7 +234,7 @@ export class QemuHypervisor implements Hypervisor {
       '-numa', 'node,memdev=mem',
       '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
       '-kernel', cfg.kernel,
-      '-append', `${mem.rootParams ? baseKernelParams(cfg.debug).replace('root=/dev/vda', mem.rootParams) : baseKernelParams(cfg.debug)} ${cfg.kernelParams}`.trim(),
+      '-append', `${mem.rootParams ? baseKernelParams(cfg.debug).replace('root=/dev/vda', mem.rootParams) : baseKernelParams(cfg.debug)} ${[...mem.kernelParams, cfg.kernelParams].join(' ')}`.trim(),
       '-chardev', `file,id=console,path=${path.join(cfg.dir, 'console.log')}`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`,
@@ -314,10 +314,11 @@ export class QemuHypervisor implements Hypervisor {
     await this.vsock.listen();
     this.vsockBackend = new VhostUserBackend({
       socketPath: path.join(cfg.dir, 'vhost-vsock.sock'), device: this.vsock.device,
-      guestBytes: cfg.memoryMiB * 1024 * 1024, queues: 2, name: 'vsock', // QEMU serves the event queue itself
+      // Sized for hotplugged DIMMs too (src/memory/resize.ts): QEMU sends them in a new memory table.
+      guestBytes: qemuMemoryPlan(cfg, this.opts.memory ?? {}, this.opts.machine === 'microvm', this.opts.accel).maxRamMiB * 1024 * 1024, queues: 2, name: 'vsock', // QEMU serves the event queue itself
     });
     this.vsockBackend.listen();
-    const devices = new VhostUserDevices(cfg.memoryMiB * 1024 * 1024);
+    const devices = new VhostUserDevices(qemuMemoryPlan(cfg, this.opts.memory ?? {}, this.opts.machine === 'microvm', this.opts.accel).maxRamMiB * 1024 * 1024);
     this.devices = devices;
     try {
       (cfg.shares ?? []).forEach((sh, i) => devices.addFs(sh.tag, sh.path, QemuHypervisor.bootSocket(cfg.dir, 'fs', i), QemuHypervisor.bootShareIds(i)));
@@ -648,6 +649,11 @@ export class QemuHypervisor implements Hypervisor {
   /** PCI slots ≥ FIRST_DYNAMIC_SLOT in use, ascending (tests, `--debug`). */
   slotsInUse(): number[] {
     return this.slots.inUse();
+  }
+
+  /** Hotplug slots still free on the root bus. */
+  freeSlots(): number {
+    return this.slots.free;
   }
 
   /** The root-bus PCI slot a disk, share or network device of this VM sits in, if attached. */
