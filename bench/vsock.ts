@@ -9,12 +9,12 @@
  *           socket, and 1-byte ping-pong round trips.
  *  peer     the same transfers over a plain unix socket pair in the same
  *           process (the floor any in-process relay pays).
- *  vm       with --vm, one QEMU TCG guest: sequential agent gRPC round
+ *  vm       with --vm, one QEMU TCG guest: sequential agent ttrpc round
  *           trips (Check) per second over our vsock — the number the
  *           runtime feels — and a guest→host bulk transfer (BENCH_VSOCK_VM_MIB,
  *           default 64 MiB) written by the same Node producer in the guest
  *           to (a) an AF_VSOCK stream through our device, (b) its stdout,
- *           read by the host as the agent's ReadStdout gRPC stream over our
+ *           read by the host as the agent's ReadStdout ttrpc stream over our
  *           vsock, (c) a QEMU-native virtio-serial port (virtio-serial-pci
  *           hotplugged, socket chardev): ratios ours / QEMU's.
  *
@@ -134,7 +134,7 @@ async function peerThroughput(): Promise<{ h2g: number; g2h: number; rttUs: numb
  * channel so only the channel differs: Node in the guest writes `reps`
  * copies of a 1 MiB - 3 B block to `target` — "vsock" (AF_VSOCK to host
  * port VM_BULK_PORT, i.e. our device → hybrid `<socket>_<port>`), "-"
- * (stdout: the agent's ReadStdout gRPC stream over our vsock) or a
+ * (stdout: the agent's ReadStdout ttrpc stream over our vsock) or a
  * virtio-serial port device (QEMU's own virtio-serial-pci + a socket chardev).
  */
 const GUEST_PRODUCER = `
@@ -209,7 +209,7 @@ async function vmBench(): Promise<VmResult> {
     const ref1 = await run('vsock');
     const vsockMBs = await m1.done;
     await client.waitProcess(ref1);
-    // 2. the same bytes as a process's stdout through the agent (gRPC ReadStdout over vsock).
+    // 2. the same bytes as a process's stdout through the agent (ttrpc ReadStdout over vsock).
     const m2 = meter(bytes, 300000);
     const ref2 = await run('-');
     const out = client.readStdout(ref2);
@@ -272,7 +272,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${table([
       ['metric', 'ours (vhost-user vsock)', 'QEMU virtio-serial (peer)'],
       [`bulk guest→host MB/s, raw stream`, f(vm.vsockMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.vsockMBs / vm.virtioSerialMBs).toFixed(2)})`],
-      [`bulk as agent ReadStdout (gRPC) MB/s`, f(vm.agentStdoutMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.agentStdoutMBs / vm.virtioSerialMBs).toFixed(2)})`],
+      [`bulk as agent ReadStdout (ttrpc) MB/s`, f(vm.agentStdoutMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.agentStdoutMBs / vm.virtioSerialMBs).toFixed(2)})`],
       ['agent Check RPC round trips/s', f(vm.rpcPerSec), `—  (${f(vm.rpcUs / 1000)} ms each)`],
     ])}\n`);
     result.vm = vm;

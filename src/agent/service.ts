@@ -18,7 +18,7 @@ import type * as api from '../protocols/agent-api';
 import { AGENT_SERVICE, agentMethods } from '../protocols/agent-api';
 import { KataError, errorMessage } from '../common/errors';
 import { Code } from '../protocols/ttrpc/codes';
-import { RpcServer, type CallContext, type RpcMethod, type RpcStatus } from '../protocols/ttrpc/rpc-server';
+import { EncodedMessage, RpcServer, type CallContext, type RpcMethod, type RpcStatus } from '../protocols/ttrpc/rpc-server';
 import type { AgentError } from './container';
 import type { AgentSandbox } from './sandbox';
 import type { OutputPipe } from './output';
@@ -43,18 +43,39 @@ export function agentStatus(err: unknown): RpcStatus {
   return { code, message };
 }
 
+/**
+ * ReadStreamResponse { data } as [tag + length prefix, ...chunks]: the
+ * stdout path's only encoding work is a few bytes (README performance,
+ * agent stdout). The tag is taken from the codec itself, so it follows
+ * proto/agent.proto.
+ */
+function readStreamMessage(): (chunks: Buffer[]) => EncodedMessage {
+  const probe = agentMethods().get('ReadStdout')!.encodeResponse({ data: Buffer.from([0x55]) });
+  const tag = probe.subarray(0, probe.length - 2);
+  if (probe[probe.length - 2] !== 1 || probe[probe.length - 1] !== 0x55) throw new KataError('internal', 'ReadStreamResponse is not a single bytes field');
+  return (chunks) => {
+    let n = chunks.reduce((t, c) => t + c.length, 0);
+    const len: number[] = [];
+    while (n > 127) { len.push((n & 0x7f) | 0x80); n >>>= 7; }
+    len.push(n);
+    return new EncodedMessage([Buffer.concat([tag, Buffer.from(len)]), ...chunks]);
+  };
+}
+
 function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['process']>) => OutputPipe): StreamHandler {
+  let message: ((chunks: Buffer[]) => EncodedMessage) | undefined;
   return async function* (req: api.ProcessRef, ctx: CallContext) {
     const pipe = pick(sb.process(req));
+    message ??= readStreamMessage();
     // The host cancels by closing the stream's connection: wake the pending
     // read so the pipe is free for the next reader, with nothing lost.
     const onAbort = () => pipe.interrupt();
     ctx.signal.addEventListener('abort', onAbort);
     try {
       for (;;) {
-        const chunk = await pipe.read();
-        if (ctx.signal.aborted || chunk === null) return;
-        yield { data: chunk };
+        const chunks = await pipe.readChunks();
+        if (ctx.signal.aborted || chunks === null) return;
+        yield message(chunks);
       }
     } finally {
       ctx.signal.removeEventListener('abort', onAbort);

@@ -20,8 +20,8 @@
  * on it: that is how a host cancels a stream or a long poll.
  */
 import type { Duplex } from 'node:stream';
-import { Code } from './codes';
-import { FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FrameReader, FrameType, encodeFrame, MAX_MESSAGE_LENGTH } from './frame';
+import { Code, TtrpcError } from './codes';
+import { FLAG_NO_DATA, FLAG_REMOTE_CLOSED, FrameReader, FrameType, encodeFrame, HEADER_LENGTH, MAX_MESSAGE_LENGTH } from './frame';
 import { decodeRequest, encodeResponse, type EnvelopeRequest } from './envelope';
 
 export interface CallContext {
@@ -55,7 +55,17 @@ export interface RpcServerOptions {
   onProtocolError?(why: string): void;
 }
 
-export class RpcProtocolError extends Error {}
+/**
+ * A streamed message already encoded, as the buffers that make it up in
+ * order: the server writes them one by one after the frame header, so a
+ * large payload (container stdout) is never copied into one buffer.
+ */
+export class EncodedMessage {
+  readonly length: number;
+  constructor(readonly parts: Buffer[]) {
+    this.length = parts.reduce((n, p) => n + p.length, 0);
+  }
+}
 
 export class RpcServer {
   private readonly maxLength: number;
@@ -153,7 +163,20 @@ export class RpcServer {
     (async () => {
       for await (const msg of out as AsyncIterable<unknown>) {
         if (ctx.signal.aborted) return;
-        if (!send(streamId, FrameType.Data, 0, m.encodeResponse(msg))) {
+        let more: boolean;
+        if (msg instanceof EncodedMessage) {
+          if (msg.length > this.maxLength) throw new TtrpcError('ResourceExhausted', `stream message of ${msg.length} bytes is over the ${this.maxLength}-byte limit`);
+          const head = Buffer.allocUnsafe(HEADER_LENGTH);
+          head.writeUInt32BE(msg.length, 0);
+          head.writeUInt32BE(streamId >>> 0, 4);
+          head.writeUInt8(FrameType.Data, 8);
+          head.writeUInt8(0, 9);
+          more = !c.destroyed && c.write(head);
+          for (const p of msg.parts) more = !c.destroyed && c.write(p);
+        } else {
+          more = send(streamId, FrameType.Data, 0, m.encodeResponse(msg));
+        }
+        if (!more && !c.destroyed) {
           // Socket-level backpressure is this stream's flow control.
           await new Promise<void>((r) => {
             const done = () => { c.off('drain', done); c.off('close', done); r(); };
