@@ -2,175 +2,51 @@
  * Read-only EROFS filesystem API over an image file or Buffer, parsing
  * through assembly/erofs (on-disk format: linux fs/erofs/erofs_fs.h,
  * erofs-utils 1.5): stat/lstat, readdir, lookup, read at offset, readlink,
- * listxattr/getxattr, superblock summary.
+ * listxattr/getxattr, superblock summary, and multi-device images
+ * (chunk-based files whose chunk indexes name blob devices of the
+ * superblock's device table; ErofsOptions.devices, as `mount -o device=`).
+ *
+ * chunkLocation(pathOrNid, fileOffset) → { device, blockAddr, byteAddr,
+ * fileStart, length, chunkSize }: which device (0 = the image, k = the k-th
+ * extra device) and block hold the chunk of a file containing that byte,
+ * resolved in WebAssembly as erofs_map_blocks() + erofs_map_dev() do (a
+ * device id the table lacks or a chunk past its device is an ErofsError).
+ * This is the "EROFS chunk lookup in assembly/" of issue 12, for the lazy
+ * image device (src/image/blob-device.ts) and the converter's verification.
  *
  * This file owns the I/O and the Memory layout; the module only parses
  * windows of image bytes. Per image one private HotMemory holds:
- *   rec     512 B    result record (f64 slots, see the module header)
+ *   rec     1 KiB    result record: f64 slots, then the module's map-walk
+ *                    state (assembly/erofs/abi.ts REC_BYTES, state.ts)
  *   meta    ≤ 8 MiB  the current inode's metadata window (inode, xattrs,
  *                    inline tail, chunk table or compression indexes)
  *   in      1 MiB+   one physical cluster read from the image
  *   out     8 MiB    one decoded extent (kept as a one-extent cache); mkfs.erofs
  *                    1.5 never makes extents past its 6000 KiB input queue
  *   aux     ≤ 128 KiB directory block / dirent table / xattr table / names
+ *   devt    32 KiB   the raw device table (≤ 256 slots), read by mapDevice()
  * Plain data never enters the Memory: it is read straight into the caller's
- * Buffer.
+ * Buffer, from the image or the device the chunk is on. Slot numbers and
+ * codes come from the module itself (src/hot/erofs-abi.ts).
  */
 import * as fs from 'node:fs';
 import { HotMemory } from './memory';
 import { compileModule, instantiate } from './loader';
 import { abiOf, ErofsError, type ErofsAbi, type ErofsAbiTable, type ErofsErrorKind, type ErofsExports } from './erofs-abi';
+import {
+  BufferSource, FEATURE_NAMES, FileSource,
+  type ErofsChunkLocation, type ErofsDeviceSlot, type ErofsDirent, type ErofsFileType, type ErofsLayout, type ErofsOptions,
+  type ErofsStat, type ErofsSuperblock, type ErofsXattr, type ImageSource,
+} from './erofs-types';
 
 export { ErofsError, type ErofsErrorKind };
-
-export const FEATURE_NAMES: Record<string, Array<[number, string]>> = {
-  compat: [[0x1, 'sb_csum'], [0x2, 'mtime']],
-  incompat: [[0x1, '0padding'], [0x2, 'big_pcluster'], [0x4, 'chunked_file'], [0x8, 'device_table'], [0x10, 'ztailpacking']],
+export {
+  FEATURE_NAMES,
+  type ErofsChunkLocation, type ErofsDeviceSlot, type ErofsDirent, type ErofsFileType, type ErofsLayout, type ErofsOptions,
+  type ErofsStat, type ErofsSuperblock, type ErofsXattr, type ImageSource,
 };
 
-export type ErofsFileType = 'file' | 'dir' | 'symlink' | 'chardev' | 'blockdev' | 'fifo' | 'socket';
-export type ErofsLayout = 'flat-plain' | 'compressed-legacy' | 'flat-inline' | 'compressed' | 'chunk-based';
 const LAYOUTS: ErofsLayout[] = ['flat-plain', 'compressed-legacy', 'flat-inline', 'compressed', 'chunk-based'];
-
-export interface ErofsSuperblock {
-  blockSize: number;
-  blkbits: number;
-  rootNid: number;
-  inos: number;
-  buildTime: number;
-  buildTimeNsec: number;
-  blocks: number;
-  metaBlkaddr: number;
-  xattrBlkaddr: number;
-  featureCompat: number;
-  featureIncompat: number;
-  features: string[];
-  uuid: string;
-  volumeName: string;
-  checksum: number;
-  /** extra_devices as stored in the superblock. */
-  extraDevices: number;
-  comprAlgs: number;
-  /** The device table (EROFS_FEATURE_INCOMPAT_DEVICE_TABLE): device k + 1 is devices[k]. */
-  devices: ErofsDeviceSlot[];
-}
-
-/** One erofs_deviceslot: the blob device a chunk index's device_id k + 1 names. */
-export interface ErofsDeviceSlot {
-  /** mkfs.erofs writes the blob's path or digest here (empty with --blobdev in 1.5). */
-  tag: string;
-  /** Declared size in blocks; 0 = not declared (mkfs.erofs 1.5 --blobdev). */
-  blocks: number;
-  /** Flat addressing: primary-device block where this device is mapped (0 = none). */
-  mappedBlkaddr: number;
-}
-
-/**
- * Where one chunk of a file lives: `chunkLocation(inode, fileOffset)`.
- * device 0 is the image itself, k ≥ 1 the k-th extra device (kernel:
- * `-o device=` in table order; kata-ctl: the k-th `--device`).
- */
-export interface ErofsChunkLocation {
-  /** Device index (0 = primary). */
-  device: number;
-  /** Block address on that device (units of the image block size); null for a hole. */
-  blockAddr: number | null;
-  /** Byte offset of the chunk's first byte on the device (blockAddr * blockSize). */
-  byteAddr: number | null;
-  /** The chunk's logical range in the file: [fileStart, fileStart + length). */
-  fileStart: number;
-  /** Bytes of file data in the chunk (the last chunk stops at the file size). */
-  length: number;
-  /** Chunk size of the inode (2^chunkbits). */
-  chunkSize: number;
-}
-
-export interface ErofsStat {
-  nid: number;
-  ino: number;
-  type: ErofsFileType;
-  /** Full st_mode (type and permission bits). */
-  mode: number;
-  nlink: number;
-  uid: number;
-  gid: number;
-  size: number;
-  mtime: number;
-  mtimeNsec: number;
-  rdevMajor: number;
-  rdevMinor: number;
-  layout: ErofsLayout;
-  inodeVersion: 'compact' | 'extended';
-  xattrIsize: number;
-}
-
-export interface ErofsDirent {
-  name: string;
-  nameBytes: Buffer;
-  nid: number;
-  type: ErofsFileType | 'unknown';
-}
-
-export interface ErofsXattr { name: string; value: Buffer }
-
-/** Where image bytes come from. */
-export interface ImageSource {
-  readonly size: number;
-  /** Reads len bytes at pos into dst[off…]; returns bytes read (short at EOF). */
-  read(dst: Uint8Array, off: number, len: number, pos: number): number;
-  close(): void;
-}
-
-class FileSource implements ImageSource {
-  readonly size: number;
-  constructor(private fd: number) {
-    this.size = fs.fstatSync(fd).size;
-  }
-  read(dst: Uint8Array, off: number, len: number, pos: number): number {
-    let done = 0;
-    while (done < len) {
-      const n = fs.readSync(this.fd, dst, off + done, len - done, pos + done);
-      if (n === 0) break;
-      done += n;
-    }
-    return done;
-  }
-  close(): void {
-    if (this.fd >= 0) fs.closeSync(this.fd);
-    this.fd = -1;
-  }
-}
-
-class BufferSource implements ImageSource {
-  constructor(private buf: Uint8Array) {}
-  get size(): number { return this.buf.length; }
-  read(dst: Uint8Array, off: number, len: number, pos: number): number {
-    if (pos >= this.buf.length) return 0;
-    const n = Math.min(len, this.buf.length - pos);
-    dst.set(this.buf.subarray(pos, pos + n), off);
-    return n;
-  }
-  close(): void { /* nothing */ }
-}
-
-export interface ErofsOptions {
-  /** Largest inode metadata window (default 8 MiB). */
-  metaMaxBytes?: number;
-  /**
-   * Largest decoded extent kept in memory (default 8 MiB: mkfs.erofs 1.5
-   * extents stop at its 6000 KiB queue). Larger extents are decoded as a
-   * prefix when the read ends within this size, else refused ('too-large').
-   */
-  extentMaxBytes?: number;
-  /**
-   * The extra devices (blobs) of a multi-device image, in device-table
-   * order, as the kernel's `-o device=`: paths (opened here, closed by
-   * close()) or sources. When given, their number must equal the image's
-   * extra_devices. When absent, reading data that lives on an extra device
-   * is a 'no-device' error; metadata still reads.
-   */
-  devices?: Array<string | ImageSource>;
-}
 
 /** Device tables beyond this many slots are refused (the kernel has no limit; mkfs.erofs writes one per --blobdev). */
 const MAX_DEVICES = 256;
