@@ -66,7 +66,7 @@ async function sharedCopyClone(factory: VmFactory, qemu: string, dir: string): P
     const s = await connectVsock(vm.agentSocket, AGENT_VSOCK_PORT, 30000);
     const agentMs = ms(t0);
     s.destroy();
-    return { copyMs: prep.memory.ms, resumedMs, agentMs };
+    return { copyMs: (await prep.memory.done).ms, resumedMs, agentMs };
   } finally {
     prep.release();
     await hv.stop();

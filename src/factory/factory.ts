@@ -24,7 +24,7 @@ import { baseKernelParams } from '../hypervisor/hypervisor';
 import { ownedBy, type QemuClone, type QemuHypervisor } from '../hypervisor/qemu';
 import { waitForMarker } from '../protocols/agent-dialer';
 import { guestAssets, vmSizing, type Config } from '../runtime/config';
-import { cloneMemory, dataExtents, type CloneMemory } from './memory';
+import { dataExtents, startCloneMemory, type CloneMemory } from './memory';
 import { restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
 import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
 import { isMountPoint, MANIFEST, MEMORY, STATE, templateStatus, writeManifest, type TemplateStatus } from './template-store';
@@ -220,15 +220,16 @@ export class VmFactory {
 
   /**
    * A clone of the template for a sandbox VM in `vmDir`, or why not (the
-   * template's state). The caller gives `clone` to QemuHypervisor.startClone
-   * and must call `release()` after it returned or threw.
+   * template's state). The RAM copy has started (memory.ts) and runs while
+   * QEMU starts. The caller gives `clone` to QemuHypervisor.startClone and
+   * must call `release()` after it returned or threw.
    */
   prepareClone(vmDir: string): { clone: QemuClone; memory: CloneMemory; release(): void } | { reason: string } {
     const st = this.status();
     if (st.state !== 'valid' || !st.manifest) return { reason: `VM template ${st.state}: ${st.reasons.join('; ')}` };
     let memory: CloneMemory;
     try {
-      memory = cloneMemory(path.join(this.dir, MEMORY), st.manifest.memoryBytes);
+      memory = startCloneMemory(path.join(this.dir, MEMORY), st.manifest.memoryBytes);
     } catch (err) {
       return { reason: `cannot copy the VM template's memory: ${errorMessage(err)}` };
     }
@@ -241,10 +242,15 @@ export class VmFactory {
         args,
         // A CID per clone (§5.10.4: 3 and up); the hybrid socket is per sandbox anyway.
         guestCid: crypto.randomInt(3, 0x7fffffff),
-        restore: (qmp) => restoreTemplate(qmp, statePath),
+        // The RAM copy overlaps QEMU's start; the state loads once it is complete.
+        restore: async (qmp) => {
+          await memory.done;
+          await restoreTemplate(qmp, statePath);
+        },
       },
       release: () => {
-        if (!released) fs.closeSync(memory.fd);
+        // After the copy settles: its writes target this fd.
+        if (!released) void memory.done.catch(() => undefined).then(() => fs.closeSync(memory.fd));
         released = true;
       },
     };

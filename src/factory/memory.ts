@@ -16,7 +16,11 @@
  * caller closes its fd once QEMU has it.
  */
 import * as fs from 'node:fs';
+import { promisify } from 'node:util';
 import { native } from '../common/native';
+
+const read = promisify(fs.read);
+const write = promisify(fs.write);
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -27,9 +31,12 @@ export interface CloneMemory {
   fd: number;
   /** What QEMU opens: /proc/<pid>/fd/<fd>. */
   path: string;
-  /** Bytes copied (the template's data extents). */
-  copied: number;
-  ms: number;
+  /**
+   * Settles when the copy is complete: bytes copied (the template's data
+   * extents) and how long it took. The copy runs on libuv's thread pool
+   * while QEMU starts; the guest must not be restored before this resolves.
+   */
+  done: Promise<{ copied: number; ms: number }>;
 }
 
 /** Data extents [start, end) of an open file, by SEEK_DATA/SEEK_HOLE. */
@@ -48,32 +55,46 @@ export function dataExtents(fd: number, size: number): [number, number][] {
   return out;
 }
 
-/** Copies the data extents of `templateFile` (`bytes` long) into a new memfd. */
-export function cloneMemory(templateFile: string, bytes: number): CloneMemory {
+/**
+ * Creates the clone's memfd and starts copying the data extents of
+ * `templateFile` (`bytes` long) into it, two chunks at a time on the thread
+ * pool. Throws at once (closing what it opened) when the file cannot be
+ * read or has another size; a read or write error later rejects `done`.
+ */
+export function startCloneMemory(templateFile: string, bytes: number): CloneMemory {
   const t0 = process.hrtime.bigint();
   const src = fs.openSync(templateFile, 'r');
   let fd = -1;
+  let chunks: [number, number][];
   try {
     const size = fs.fstatSync(src).size;
     if (size !== bytes) throw new Error(`${templateFile} holds ${size} bytes, the template's RAM is ${bytes}`);
     fd = native().memfdCreate('kata-ts-clone-ram', bytes);
-    const buf = Buffer.allocUnsafe(CHUNK);
-    let copied = 0;
+    chunks = [];
     for (const [start, end] of dataExtents(src, size)) {
-      for (let off = start; off < end;) {
-        const n = fs.readSync(src, buf, 0, Math.min(CHUNK, end - off), off);
-        if (n <= 0) throw new Error(`${templateFile} ended at ${off} (truncated while copying?)`);
-        let w = 0;
-        while (w < n) w += fs.writeSync(fd, buf, w, n - w, off + w);
-        off += n;
-        copied += n;
-      }
+      for (let off = start; off < end; off += CHUNK) chunks.push([off, Math.min(CHUNK, end - off)]);
     }
-    return { fd, path: `/proc/${process.pid}/fd/${fd}`, copied, ms: Number(process.hrtime.bigint() - t0) / 1e6 };
   } catch (err) {
     if (fd >= 0) fs.closeSync(fd);
-    throw err;
-  } finally {
     fs.closeSync(src);
+    throw err;
   }
+  const dst = fd;
+  let copied = 0;
+  const worker = async (): Promise<void> => {
+    const buf = Buffer.allocUnsafe(CHUNK);
+    for (let c = chunks.shift(); c; c = chunks.shift()) {
+      const [off, len] = c;
+      const n = (await read(src, buf, 0, len, off)).bytesRead;
+      if (n !== len) throw new Error(`${templateFile} ended at ${off + n} (truncated while copying?)`);
+      let w = 0;
+      while (w < n) w += (await write(dst, buf, w, n - w, off + w)).bytesWritten;
+      copied += n;
+    }
+  };
+  const done = Promise.all([worker(), worker()])
+    .then(() => ({ copied, ms: Number(process.hrtime.bigint() - t0) / 1e6 }))
+    .finally(() => fs.closeSync(src));
+  done.catch(() => undefined); // awaited by the restore; never an unhandled rejection
+  return { fd, path: `/proc/${process.pid}/fd/${fd}`, done };
 }

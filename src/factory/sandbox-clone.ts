@@ -39,7 +39,8 @@ export async function startFromTemplate(hv: Hypervisor, cfg: Config, vm: VmConfi
   }
   try {
     const info = await hv.startClone(vm, prep.clone);
-    return { info, cloneMs: Date.now() - t0, copyMs: Math.round(prep.memory.ms) };
+    const copy = await prep.memory.done; // resolved: the restore waited for it
+    return { info, cloneMs: Date.now() - t0, copyMs: Math.round(copy.ms) };
   } catch (err) {
     log.warn(`VM template clone failed (${errorMessage(err)}); cold boot`);
     return undefined;

@@ -54,11 +54,15 @@ describe('integration: VM templates (kata-ctl factory, QEMU)', function () {
     if (process.getuid?.() !== 0) skipOrFail(this, 'VM templates mount a tmpfs: run as root');
     runDir = testRunDir();
     tplDir = path.join(runDir, 'template');
-    // The kernel and image as they are now, by their real paths: a guest image
-    // rebuilt by someone else meanwhile (a new directory behind the cache's
-    // symlink) would make the template stale half way through the suite.
+    // Copies of the kernel and image as they are now: a guest image rebuilt
+    // meanwhile (the cache's symlink moves on, old builds are pruned) would
+    // make the template stale, or missing, half way through the suite.
     const assets = guestAssets(testConfig(runDir), 'qemu');
-    pinned = `[hypervisor.qemu]\nkernel = "${fs.realpathSync(assets.kernel)}"\nimage = "${fs.realpathSync(assets.image)}"\n`;
+    const kernel = path.join(runDir, 'vmlinux');
+    const image = path.join(runDir, 'rootfs.erofs');
+    fs.copyFileSync(assets.kernel, kernel);
+    fs.copyFileSync(assets.image, image);
+    pinned = `[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n`;
     cfgFile = writeTestConfig(runDir, `${pinned}[factory]\nenable_template = true\ntemplate_path = "${tplDir}"\n`);
   });
 

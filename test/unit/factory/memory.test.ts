@@ -2,7 +2,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { cloneMemory, dataExtents } from '../../../src/factory/memory';
+import { startCloneMemory, dataExtents } from '../../../src/factory/memory';
 import { requireNative } from './native-helper';
 
 describe('unit: factory clone memory (data extents into a memfd)', function () {
@@ -22,7 +22,7 @@ describe('unit: factory clone memory (data extents into a memfd)', function () {
     return f;
   }
 
-  it('finds the data extents and copies only them; the copy reads back the same bytes', () => {
+  it('finds the data extents and copies only them; the copy reads back the same bytes', async () => {
     const f = sparse();
     const fd = fs.openSync(f, 'r');
     const ext = dataExtents(fd, 4 << 20);
@@ -31,9 +31,9 @@ describe('unit: factory clone memory (data extents into a memfd)', function () {
     expect(ext.length).to.be.within(1, 2);
     const covered = ext.reduce((n, [a, b]) => n + b - a, 0);
     expect(covered).to.be.at.least(4096 + 8192).and.lessThan(4 << 20);
-    const m = cloneMemory(f, 4 << 20);
+    const m = startCloneMemory(f, 4 << 20);
     try {
-      expect(m.copied).to.equal(covered);
+      expect((await m.done).copied).to.equal(covered);
       expect(m.path).to.equal(`/proc/${process.pid}/fd/${m.fd}`);
       const copy = fs.readFileSync(m.path);
       expect(copy.length).to.equal(4 << 20);
@@ -46,7 +46,7 @@ describe('unit: factory clone memory (data extents into a memfd)', function () {
   it('refuses a memory file of another size than the template says, leaking no fd', () => {
     const f = sparse();
     const fds = fs.readdirSync('/proc/self/fd').length;
-    expect(() => cloneMemory(f, 8 << 20)).to.throw(/holds 4194304 bytes, the template's RAM is 8388608/);
+    expect(() => startCloneMemory(f, 8 << 20)).to.throw(/holds 4194304 bytes, the template's RAM is 8388608/);
     expect(fs.readdirSync('/proc/self/fd').length).to.equal(fds);
   });
 });
