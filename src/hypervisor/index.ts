@@ -3,7 +3,7 @@
  * and the measured host capabilities (decision 3).
  */
 import * as path from 'node:path';
-import type { Config } from '../runtime/config';
+import type { HypervisorSettings } from './settings';
 import { KataError } from '../common/errors';
 import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from './capabilities';
 import type { Hypervisor } from './hypervisor';
@@ -37,7 +37,7 @@ export function builtinRefusal(probe: KvmProbe, allowEmulated: boolean): string 
     `[hypervisor.builtin] allow_emulated_kvm = true (or ${ALLOW_EMULATED_ENV}=1) to run it anyway for experiments.`;
 }
 
-export async function selectHypervisor(cfg: Config, requested?: 'auto' | 'qemu' | 'builtin'): Promise<{ hv: Hypervisor; choice: HypervisorChoice; probe: KvmProbe }> {
+export async function selectHypervisor(cfg: HypervisorSettings, requested?: 'auto' | 'qemu' | 'builtin'): Promise<{ hv: Hypervisor; choice: HypervisorChoice; probe: KvmProbe }> {
   const probe = await probeKvm(cfg['hypervisor.qemu'].path, path.join(cfg.runtime.run_dir));
   const req = requested ?? (cfg.runtime.hypervisor as 'auto' | 'qemu' | 'builtin');
   const choice = chooseHypervisor(req, cfg['hypervisor.qemu'].accel as 'auto' | 'kvm' | 'tcg', probe, BUILTIN_AVAILABLE);

@@ -1,0 +1,38 @@
+/**
+ * The settings src/hypervisor reads, in its own type: the hypervisor layer
+ * must not import src/runtime (imports point down, ARCHITECTURE.md), so
+ * selectHypervisor() takes this shape instead of the runtime's Config. The
+ * runtime's parsed configuration file has these sections with these keys, so
+ * it is passed as is; anything else (a test, the factory) can build one
+ * directly.
+ */
+
+/** [hypervisor.qemu] keys the QEMU hypervisor is built from. */
+export interface QemuSettings {
+  path: string;
+  machine_type: string;
+  accel: string;
+  block_device_driver: string;
+  root_block_driver: string;
+  machine_accelerators: string;
+  disable_image_nvdimm: boolean;
+  reclaim_guest_freed_memory: boolean;
+  default_memory: number;
+  default_maxmemory: number;
+  memory_slots: number;
+  default_vcpus: number;
+  default_maxvcpus: number;
+  tcg_translation_cache: number;
+}
+
+/** [hypervisor.builtin] keys. */
+export interface BuiltinSettings {
+  allow_emulated_kvm: boolean;
+  net_tap: string;
+}
+
+export interface HypervisorSettings {
+  runtime: { run_dir: string; hypervisor: string };
+  'hypervisor.qemu': QemuSettings;
+  'hypervisor.builtin': BuiltinSettings;
+}
