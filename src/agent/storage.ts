@@ -75,13 +75,13 @@ export async function findBlockDevice(serial: string, timeoutMs = 10000, sysBloc
  * one named by path (`mount -t erofs -o device=…`, fs/erofs/super.c) while
  * the host only knows its serial.
  */
-export async function resolveDeviceSerials(options: string[]): Promise<string[]> {
+export async function resolveDeviceSerials(options: string[], sysBlock = '/sys/block', timeoutMs = 10000): Promise<string[]> {
   const out: string[] = [];
   for (const o of options) {
     if (!o.startsWith('device-serial=')) { out.push(o); continue; }
     const serial = o.slice('device-serial='.length);
     if (!/^[A-Za-z0-9_-]{1,20}$/.test(serial)) throw new StorageError(`bad device serial "${serial}"`);
-    out.push(`device=${await findBlockDevice(serial)}`);
+    out.push(`device=${await findBlockDevice(serial, timeoutMs, sysBlock)}`);
   }
   return out;
 }
