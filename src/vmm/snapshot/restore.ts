@@ -8,6 +8,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { logger } from '../../common/log';
 import type { Machine } from '../machine';
 import { decodeState, MEMORY_FILE, SnapshotError, STATE_FILE, type SnapshotState } from './format';
 import { openMemoryFile } from './memory-file';
@@ -41,4 +42,5 @@ export function applySnapshot(m: Machine, s: SnapshotState): void {
   m.serial.loadState(s.meta.serial);
   m.rtc.loadState(s.meta.rtc);
   m.transports.forEach((t, i) => t.restoreState(s.meta.transports[i]));
+  logger('vmm-snapshot').info('snapshot restored', { vcpus: s.meta.vcpus, memoryBytes: s.meta.memoryBytes, devices: s.meta.transports.length, createdAt: s.meta.createdAt });
 }

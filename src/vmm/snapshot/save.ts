@@ -11,6 +11,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { logger } from '../../common/log';
 import type { Machine } from '../machine';
 import { encodeState, MEMORY_FILE, SnapshotError, STATE_FILE, VMM_STATE_VERSION, type SnapshotMeta } from './format';
 import { writeMemoryFile } from './memory-file';
@@ -68,7 +69,9 @@ export async function saveSnapshot(m: Machine, dir: string): Promise<SnapshotInf
     fs.writeFileSync(`${stateFile}.tmp`, state, { mode: 0o600 });
     fs.renameSync(`${stateFile}.tmp`, stateFile);
     const pausedMs = Number(process.hrtime.bigint() - t0) / 1e6;
-    return { dir, pausedMs, stateBytes: state.length, memoryBytes: mem.bytes, memoryDataBytes: mem.dataBytes };
+    const info = { dir, pausedMs, stateBytes: state.length, memoryBytes: mem.bytes, memoryDataBytes: mem.dataBytes };
+    logger('vmm-snapshot').info('snapshot saved', info);
+    return info;
   } catch (err) {
     for (const f of [`${MEMORY_FILE}.tmp`, `${STATE_FILE}.tmp`]) fs.rmSync(path.join(dir, f), { force: true });
     throw err instanceof SnapshotError ? err : new SnapshotError('io', `snapshot failed: ${(err as Error).message}`, { cause: err });
