@@ -1,6 +1,9 @@
 /**
  * Mounts the storages a container's rootfs is made of (Kata's Storage):
- *   blk     — a virtio-blk disk found by its serial (/sys/block/vdX/serial),
+ *   blk     — a virtio-blk disk found by its PCI path when the source is one
+ *             ("0a", "02/00": Kata's form, from the host's device manager;
+ *             pci-device.ts waits for it), else by its serial
+ *             (/sys/block/vdX/serial; the builtin VMM's virtio-mmio disks),
  *             mounted read-only with the given fstype (EROFS images; a
  *             converted image's blob device named by `device-serial=`);
  *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir;
@@ -20,6 +23,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Storage } from '../protocols/agent-api';
 import { KataError } from '../common/errors';
+import { PCI_PATH_RE, waitForPciBlockDevice } from './pci-device';
 
 const execFileP = promisify(execFile);
 
@@ -134,7 +138,9 @@ async function mountStorage(m: Mounter, s: Storage, scratchDir: string): Promise
   await fs.mkdir(s.mount_point, { recursive: true });
   switch (s.driver) {
     case 'blk': {
-      const dev = await findBlockDevice(s.source);
+      const dev = PCI_PATH_RE.test(s.source)
+        ? await waitForPciBlockDevice(s.source).catch((err: Error) => { throw new StorageError(err.message, { cause: err }); })
+        : await findBlockDevice(s.source);
       await m.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? await resolveDeviceSerials(s.options) : ['ro']);
       break;
     }
