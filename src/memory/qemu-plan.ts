@@ -69,6 +69,10 @@ export interface QemuMemoryPlan {
   nvdimmBytes: number;
   /** An -accel argument replacing -machine accel= (TCG with a cache size). */
   accel?: string;
+  /** Guest kernel parameters the plan needs (hotplugged memory onlined by the guest kernel itself). */
+  kernelParams: string[];
+  /** Guest RAM the VM can reach at most (boot RAM + hotplug room, without the NVDIMM): what vhost-user backends must be able to map. */
+  maxRamMiB: number;
 }
 
 /** Where the DAX image for `image` lives. */
@@ -77,7 +81,7 @@ export function daxImageFor(image: string): string {
 }
 
 export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: string }, o: QemuMemoryOptions, mmio: boolean, accel: 'kvm' | 'tcg' = 'tcg'): QemuMemoryPlan {
-  const plan: QemuMemoryPlan = { machineProps: [], m: `${vm.memoryMiB}M`, smp: String(vm.vcpus), args: [], nvdimmBytes: 0 };
+  const plan: QemuMemoryPlan = { machineProps: [], m: `${vm.memoryMiB}M`, smp: String(vm.vcpus), args: [], nvdimmBytes: 0, kernelParams: [], maxRamMiB: vm.memoryMiB };
   if (accel === 'tcg' && o.tcgTranslationCacheMiB) plan.accel = `tcg,tb-size=${o.tcgTranslationCacheMiB}`;
   let slots = o.memorySlots ?? 0;
   let maxMiB = o.maxMemoryMiB ?? 0;
@@ -107,6 +111,11 @@ export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: st
     if (slots === 0) slots = 1;
     const total = Math.max(maxMiB, vm.memoryMiB) + Math.ceil(plan.nvdimmBytes / MIB);
     plan.m = `${vm.memoryMiB}M,slots=${slots},maxmem=${total}M`;
+    if (maxMiB > vm.memoryMiB) {
+      plan.maxRamMiB = maxMiB;
+      // DIMMs come up online without a guest helper (src/memory/resize.ts).
+      plan.kernelParams.push('memhp_default_state=online');
+    }
   }
   const maxCpus = o.maxVcpus ?? 0;
   if (maxCpus) {

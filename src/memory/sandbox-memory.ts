@@ -10,11 +10,12 @@ import type { Config } from '../runtime/config';
 import { SandboxMemory } from './service';
 import { KsmThrottler } from './throttler';
 
-export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number): Promise<SandboxMemory | undefined> {
+export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number, vcpus = cfg['hypervisor.qemu'].default_vcpus): Promise<SandboxMemory | undefined> {
   // The builtin VMM maps guest RAM itself; wiring it here is not done yet (README "Memory density": limits).
   if (hv.name !== 'qemu') return undefined;
-  const q = hv as QemuHypervisor;
+  const qemu = hv as QemuHypervisor;
   const mem = cfg.memory;
+  const q = cfg['hypervisor.qemu'];
   const companions: Array<{ stop(): void }> = [];
   if (mem.ksm_throttler) {
     // A sandbox starting is what the throttler speeds up for (throttler.ts).
@@ -23,10 +24,13 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
   }
   return SandboxMemory.start({
     id, dir, memoryMiB,
-    source: q.guestMemory(),
-    qmp: (cmd, args) => q.memoryQmp(cmd, args),
+    source: qemu.guestMemory(),
+    qmp: (cmd, args) => qemu.memoryQmp(cmd, args),
     balloon: cfg['hypervisor.qemu'].reclaim_guest_freed_memory,
     scanner: { enabled: mem.page_scanner, rateMiB: mem.scan_rate_mib, intervalSec: mem.scan_interval },
     companions,
+    resize: q.default_maxmemory > memoryMiB || q.default_maxvcpus > vcpus
+      ? { baseVcpus: vcpus, maxVcpus: Math.max(vcpus, q.default_maxvcpus), baseMiB: memoryMiB, maxMiB: Math.max(memoryMiB, q.default_maxmemory) }
+      : undefined,
   });
 }

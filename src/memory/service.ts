@@ -13,6 +13,7 @@ import { KataError, errorMessage } from '../common/errors';
 import { logger } from '../common/log';
 import { PageScanner, type ScanResult, type ScanSource } from './scanner';
 import { serveMemoryCtl, type MemoryCtlServer, type MemoryRequest } from './ctl-socket';
+import { VmResizer, containerDemand, type ResizeLimits } from './resize';
 
 export class SandboxMemoryError extends KataError<'config' | 'unavailable'> {}
 
@@ -30,6 +31,8 @@ export interface SandboxMemoryOptions {
   scanner: { enabled: boolean; rateMiB: number; intervalSec: number };
   /** Stopped with the sandbox (the KSM throttler). */
   companions?: Array<{ stop(): void }>;
+  /** Hotplug room (default_maxvcpus / default_maxmemory above the boot size): containers' limits resize the VM. */
+  resize?: ResizeLimits;
 }
 
 export interface ScanReport extends Omit<ScanResult, 'fingerprints' | 'counts'> {
@@ -49,8 +52,25 @@ export class SandboxMemory {
   private ctl: MemoryCtlServer | undefined;
   private inflight: Promise<ScanReport> | undefined;
   private readonly log = logger('memory');
+  readonly resizer: VmResizer | undefined;
 
-  private constructor(private readonly o: SandboxMemoryOptions) {}
+  private constructor(private readonly o: SandboxMemoryOptions) {
+    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon);
+  }
+
+  /** A container with OCI linux.resources joins: the VM grows to fit (or the container is refused beyond the maximum). */
+  async containerJoins(id: string, resources: Parameters<typeof containerDemand>[0]): Promise<void> {
+    if (!this.resizer) return;
+    const d = containerDemand(resources);
+    if (d.vcpus === 0 && d.memoryMiB === 0) return;
+    await this.resizer.add(id, d);
+    this.log.info('sandbox resized', { sandbox: this.o.id, container: id, vcpus: this.resizer.vcpus, memoryMiB: this.resizer.memoryMiB });
+  }
+
+  /** A container left: the VM shrinks to what the others need (best effort). */
+  async containerLeaves(id: string): Promise<void> {
+    await this.resizer?.remove(id).catch((err) => this.log.warn('cannot shrink the sandbox', { sandbox: this.o.id, container: id, err: errorMessage(err) }));
+  }
 
   static async start(o: SandboxMemoryOptions): Promise<SandboxMemory> {
     const m = new SandboxMemory(o);

@@ -37,6 +37,7 @@ import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './vo
 import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
+import { DeviceManager, SANDBOX_HOLDER } from '../resource/devices/device-manager';
 import { configureGuestNetwork, guestNetworkPlan, type GuestNetworkPlan } from '../resource/network/guest-config';
 import { NetnsWatcher } from '../resource/network/netns-watch';
 import { makeCloneUnique, startFromTemplate } from '../factory/sandbox-clone';
@@ -149,6 +150,8 @@ export class Sandbox {
   /** Containers' bind mounts, through one share (SHARED_FS_TAG) of <dir>/shared. */
   private readonly volumes: SandboxVolumes;
   private volumeShare = false;
+  /** Every disk, share and network device of the VM, boot-time or hotplugged, with its holders (src/resource/devices). */
+  readonly devices: DeviceManager;
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
@@ -161,6 +164,7 @@ export class Sandbox {
       throw new SandboxError('state', `sandbox directory ${this.dir} is too long for its unix sockets (${longest} > ${UNIX_PATH_MAX} bytes): set a shorter [runtime] run_dir (at most ${UNIX_PATH_MAX - (longest - Buffer.byteLength(opts.config.runtime.run_dir))} bytes for this sandbox id)`);
     }
     this.volumes = new SandboxVolumes(path.join(this.dir, 'shared'));
+    this.devices = new DeviceManager(opts.hypervisor);
     this.log = logger('sandbox', { sandbox: opts.id });
   }
 
@@ -222,6 +226,12 @@ export class Sandbox {
       // [factory] enable_template: a clone of the VM template, else (one warning) a cold boot.
       const clone = await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log);
       this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
+      // The boot devices, held by the containers they serve (else by the sandbox).
+      const holders: Record<string, string> = {};
+      for (const [c, tag] of this.sharedRootfs) holders[tag] = c;
+      for (const [c, d] of this.bootImages) { holders[d.meta] = c; holders[d.blob] = c; }
+      for (const c of this.opts.bootContainers ?? []) if (!c.image && (c.rootfsShare ?? 'virtiofs') !== 'virtiofs') holders[diskIdFor(c.id)] = c.id;
+      this.devices.adoptBoot(vmCfg, holders);
       // QEMU holds its own tap fds now: the taps live exactly as long as the VM.
       this.network?.releaseTapFds();
       this.persist();
@@ -279,9 +289,9 @@ export class Sandbox {
       if (!net || !this.agentClient || this.phase !== 'running' || !hv.addNet) return;
       try {
         const { added, removed } = net.rescan();
-        for (const e of removed) await hv.removeNet?.(e.id);
+        for (const e of removed) await this.devices.detach(e.id, SANDBOX_HOLDER);
         for (const e of added) {
-          await hv.addNet(PodNetwork.netDevice(e));
+          await this.devices.attach({ kind: 'net', ...PodNetwork.netDevice(e) }, SANDBOX_HOLDER);
           net.closeTap(e);
           this.log.info('pod interface hotplugged', { iface: e.link.name, mac: e.link.mac, device: e.id });
         }
@@ -317,11 +327,17 @@ export class Sandbox {
    */
   async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
+    // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
+    await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.
-    const vol = await this.mountVolumes(id, spec);
+    const vol = await this.mountVolumes(id, spec).catch(async (err) => {
+      await this.memory?.containerLeaves(id);
+      throw err;
+    });
     try {
       await this.createWithRootfs(id, { ...spec, mounts: vol.mounts }, rootfs, opts, vol.storages);
     } catch (err) {
+      await this.memory?.containerLeaves(id);
       await this.volumes.remove(id).catch((e) => this.log.warn('cannot unmount volumes', { container: id, err: errorMessage(e) }));
       throw err;
     }
@@ -341,7 +357,7 @@ export class Sandbox {
         const hv = this.opts.hypervisor;
         if (!hv.addShare) throw new VolumeError('unsupported', `bind mounts need virtio-fs, which the ${hv.name} hypervisor does not provide (use qemu)`);
         await this.volumes.prepare();
-        await hv.addShare({ tag: SHARED_FS_TAG, path: this.volumes.sharedDir });
+        await this.devices.attach({ kind: 'fs', id: SHARED_FS_TAG, path: this.volumes.sharedDir }, SANDBOX_HOLDER);
         this.volumeShare = true;
       }
       await this.volumes.add(id, plan.volumes);
@@ -364,7 +380,7 @@ export class Sandbox {
     if (!tag && !this.preparedImages.has(id) && (opts.rootfsShare ?? 'virtiofs') === 'virtiofs' && hv.addShare) {
       if (!fs.existsSync(rootfs) || !fs.statSync(rootfs).isDirectory()) throw new SandboxError('container', `rootfs ${rootfs} is not a directory`);
       tag = fsTagFor(id);
-      await hv.addShare({ tag, path: rootfs });
+      await this.devices.attach({ kind: 'fs', id: tag, path: rootfs }, id);
       this.sharedRootfs.set(id, tag);
     }
     if (tag) {
@@ -387,7 +403,7 @@ export class Sandbox {
     let image = this.preparedImages.get(id);
     if (!image) {
       image = await this.prepareImage(id, rootfs);
-      await this.opts.hypervisor.addDisk({ id: disk, path: image, readonly: true });
+      await this.devices.attach({ kind: 'blk', id: disk, path: image, readonly: true }, id);
     }
     const lower = `/run/kata-ts/storage/${id}`;
     try {
@@ -401,7 +417,7 @@ export class Sandbox {
         oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
       });
     } catch (err) {
-      await this.opts.hypervisor.removeDisk(disk).catch(() => undefined);
+      await this.devices.detach(disk, id).catch(() => undefined);
       throw err;
     }
     this.containers.set(id, { id, disk, share: '', image, state: 'created', pid: 0 });
@@ -415,15 +431,9 @@ export class Sandbox {
    */
   private async createFromImage(id: string, spec: OciSpec, image: string | undefined, volumeStorages: Storage[], root: string): Promise<void> {
     let ids = this.bootImages.get(id);
-    const hv = this.opts.hypervisor;
     if (!ids) {
       const img = openImageDisks(this.opts.config, id, image!);
-      await hv.addDisk(img.disks[0]).catch((err) => { img.device.close(); throw err; });
-      await hv.addDisk(img.disks[1]).catch(async (err) => {
-        img.device.close();
-        await hv.removeDisk(img.disks[0].id).catch(() => undefined);
-        throw err;
-      });
+      await this.devices.attachAll(img.disks.map((d) => ({ kind: 'blk' as const, ...d })), id).catch((err) => { img.device.close(); throw err; });
       ids = { meta: img.disks[0].id, blob: img.disks[1].id };
     }
     const lower = `/run/kata-ts/storage/${id}`;
@@ -434,8 +444,8 @@ export class Sandbox {
         oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
       });
     } catch (err) {
-      await hv.removeDisk(ids.blob).catch(() => undefined);
-      await hv.removeDisk(ids.meta).catch(() => undefined);
+      await this.devices.detach(ids.blob, id).catch(() => undefined);
+      await this.devices.detach(ids.meta, id).catch(() => undefined);
       throw err;
     }
     this.containers.set(id, { id, disk: ids.meta, blobDisk: ids.blob, share: '', image: '', state: 'created', pid: 0 });
@@ -458,8 +468,8 @@ export class Sandbox {
   async removeContainer(id: string, timeoutSec = this.opts.config.runtime.stop_timeout): Promise<void> {
     const c = this.container(id);
     await this.agent.removeContainer(id, timeoutSec);
-    if (c.disk) await this.opts.hypervisor.removeDisk(c.disk).catch(() => undefined);
-    if (c.blobDisk) await this.opts.hypervisor.removeDisk(c.blobDisk).catch(() => undefined);
+    if (c.disk) await this.devices.detach(c.disk, id).catch(() => undefined);
+    if (c.blobDisk) await this.devices.detach(c.blobDisk, id).catch(() => undefined);
     // After the agent unmounted it: the host directory is let go (the shim
     // unmounts its rootfs right after, which our open fds would block).
     if (c.share) await this.unshare(id);
@@ -467,6 +477,7 @@ export class Sandbox {
     if (c.image) fs.rmSync(c.image, { force: true });
     this.containers.delete(id);
     this.persist();
+    await this.memory?.containerLeaves(id);
   }
 
   /** Unplugs a container's rootfs share (boot-time or hotplugged) and forgets its tag. */
@@ -474,7 +485,7 @@ export class Sandbox {
     const tag = this.sharedRootfs.get(id);
     if (!tag) return;
     this.sharedRootfs.delete(id);
-    await this.opts.hypervisor.removeShare?.(tag).catch((err) => this.log.warn('cannot unplug a rootfs share', { tag, err: errorMessage(err) }));
+    await this.devices.detach(tag, id).catch((err) => this.log.warn('cannot unplug a rootfs share', { tag, err: errorMessage(err) }));
   }
 
   markExited(id: string): void {
