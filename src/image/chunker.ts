@@ -9,10 +9,17 @@
  * our AssemblyScript encoder when that saves space and appended to the new
  * blob of the layer its file came from. Blobs are written to temp files in
  * the image's temp directory and named by their sha256 when finished.
+ *
+ * addFile() hashes and assigns slots at once (dedup decisions are
+ * sequential); the new chunks are compressed afterwards by store(), in a
+ * pool of worker threads (lz4-worker.ts), and written in slot order, so the
+ * blobs do not depend on which worker finished first.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { Lz4 } from '../hot/lz4';
 import { CHUNK_FLAG_LZ4, type ChunkSlot, type ChunkTable } from './chunk-table';
 import type { Inode } from './layers';
@@ -51,6 +58,8 @@ export class Chunker {
   private readonly slotOf = new Map<string, number>();
   private readonly blobs = new Map<number, LayerBlob>();
   private readonly lz4: Lz4;
+  /** New chunks waiting for store(): slot index, bytes, layer. */
+  private readonly pending: { k: number; chunk: Buffer; layer: number }[] = [];
   private newChunks = 0;
   /** Uncompressed bytes chunked so far (progress). */
   bytesDone = 0;
@@ -81,19 +90,84 @@ export class Chunker {
       this.slots.push({ sha256: sha, where: { blob: stored.blob }, offset: stored.offset, storedSize: stored.storedSize, size: stored.size, flags: stored.flags });
       return k;
     }
-    let bytes: Buffer = chunk;
-    let flags = 0;
-    if (this.compress) {
-      const c = this.lz4.compressBlock(chunk);
-      if (c.length < chunk.length) { bytes = c; flags = CHUNK_FLAG_LZ4; }
-    }
+    this.slots.push({ sha256: sha, where: { layer }, offset: 0, storedSize: chunk.length, size: chunk.length, flags: 0 });
+    this.pending.push({ k, chunk, layer });
+    this.newChunks++;
+    return k;
+  }
+
+  /** Uncompressed bytes of the new chunks store() will write. */
+  pendingBytes(): number {
+    return this.pending.reduce((a, p) => a + p.chunk.length, 0);
+  }
+
+  /** Appends slot k's stored bytes to its layer's blob. */
+  private write(k: number, chunk: Buffer, compressed: Uint8Array | null, layer: number): void {
+    const bytes = compressed ?? chunk;
     const b = this.blobFor(layer);
     fs.writeSync(b.fd, bytes);
     b.hash.update(bytes);
-    this.slots.push({ sha256: sha, where: { layer }, offset: b.size, storedSize: bytes.length, size: chunk.length, flags });
+    const s = this.slots[k];
+    s.offset = b.size;
+    s.storedSize = bytes.length;
+    s.flags = compressed ? CHUNK_FLAG_LZ4 : 0;
     b.size += bytes.length;
-    this.newChunks++;
-    return k;
+  }
+
+  /**
+   * Compresses (when enabled) and writes every new chunk, in slot order.
+   * `workers`: threads to compress in (default: one per core, at most 4;
+   * 0 compresses on this thread). `onChunk` reports progress.
+   */
+  async store(workers = Math.min(4, os.cpus().length), onChunk: (bytes: number) => void = () => undefined): Promise<void> {
+    const list = this.pending.splice(0);
+    if (!this.compress || workers <= 1 || list.length < 4) {
+      for (const p of list) {
+        let c: Buffer | null = null;
+        if (this.compress) { const x = this.lz4.compressBlock(p.chunk); if (x.length < p.chunk.length) c = x; }
+        this.write(p.k, p.chunk, c, p.layer);
+        onChunk(p.chunk.length);
+      }
+      return;
+    }
+    const pool = Array.from({ length: workers }, () => new Worker(path.join(__dirname, 'lz4-worker.js'), { workerData: { chunkSize: this.chunkSize } }));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const done = new Map<number, Uint8Array | null>();
+        let next = 0; let sent = 0; let failed = false;
+        const window = workers * 3;
+        const fail = (e: unknown): void => { if (!failed) { failed = true; reject(e); } };
+        const flush = (): void => {
+          while (next < list.length && done.has(next)) {
+            const p = list[next];
+            try { this.write(p.k, p.chunk, done.get(next)!, p.layer); } catch (e) { fail(e); return; }
+            done.delete(next);
+            onChunk(p.chunk.length);
+            next++;
+          }
+          if (next === list.length) resolve();
+        };
+        const send = (w: Worker): void => {
+          if (failed || sent >= list.length || sent - next >= window) return;
+          const id = sent++;
+          const copy = new Uint8Array(list[id].chunk); // own buffer: transfer only this chunk
+          w.postMessage({ id, chunk: copy }, [copy.buffer]);
+        };
+        for (const w of pool) {
+          w.on('message', (m: { id: number; data: Uint8Array | null }) => {
+            done.set(m.id, m.data ? Buffer.from(m.data.buffer, m.data.byteOffset, m.data.length) : null);
+            flush();
+            for (const x of pool) send(x);
+          });
+          w.on('error', fail);
+          w.on('exit', (code) => { if (code !== 0) fail(new Error(`lz4 worker exited with ${code}`)); });
+        }
+        for (let i = 0; i < window; i++) send(pool[i % workers]);
+        flush();
+      });
+    } finally {
+      await Promise.all(pool.map((w) => w.terminate()));
+    }
   }
 
   private blobFor(layer: number): LayerBlob {

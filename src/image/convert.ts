@@ -39,6 +39,8 @@ export interface ConvertOptions {
   compress?: boolean;
   inlineMax?: number;
   containerd?: ContainerdOptions;
+  /** Threads compressing chunks (default one per core, at most 4; 0 or 1: this thread). */
+  workers?: number;
   /** Show a progress line on a terminal (default true). */
   progress?: boolean;
 }
@@ -128,10 +130,15 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       p1?.done();
       const files = chunkedFiles(tree.root, inlineMax);
       const total = files.reduce((a, f) => a + f.data.length, 0);
-      const p2 = showProgress ? new Progress('chunking', total) : null;
+      const p2 = showProgress ? new Progress('hashing chunks', total) : null;
       const slots = new Map<Inode, number[]>();
       for (const f of files) { slots.set(f, chunker.addFile(f)); p2?.update(chunker.bytesDone); }
       p2?.done();
+      const newBytes = chunker.pendingBytes();
+      const p3 = showProgress ? new Progress('compressing new chunks', newBytes) : null;
+      let stored = 0;
+      await chunker.store(opts.workers, (n) => { stored += n; p3?.update(stored); });
+      p3?.done();
       const res = chunker.finish((d) => fs.statSync(blobPath(store, d)).size);
       const table = encodeChunkTable(res.table);
       const deviceTag = crypto.createHash('sha256').update(table).digest('hex');
