@@ -158,7 +158,7 @@ go();
 
 interface VmResult {
   rpcUs: number; rpcPerSec: number; calls: number; bulkBytes: number;
-  vsockMBs: number; agentStdoutMBs: number; virtioSerialMBs: number;
+  vsockMBs: number; agentStdoutMBs: number; agentStdoutMessages: number; virtioSerialMBs: number;
 }
 
 /** Receives `bytes` on `onData`'s feed; MB/s from the first byte to the last. */
@@ -213,7 +213,8 @@ async function vmBench(): Promise<VmResult> {
     const m2 = meter(bytes, 300000);
     const ref2 = await run('-');
     const out = client.readStdout(ref2);
-    out.on('data', (msg: { data: Buffer }) => { if (msg.data?.length) m2.feed(msg.data); });
+    let agentStdoutMessages = 0;
+    out.on('data', (msg: { data: Buffer }) => { agentStdoutMessages++; if (msg.data?.length) m2.feed(msg.data); });
     const agentStdoutMBs = await m2.done;
     await client.waitProcess(ref2);
     // 3. QEMU-native: a virtio-serial port (virtio-serial-pci hotplugged, socket chardev to us).
@@ -245,7 +246,7 @@ async function vmBench(): Promise<VmResult> {
     const virtioSerialMBs = await m3.done;
     await client.waitProcess(ref3);
     client.close();
-    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, virtioSerialMBs };
+    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, virtioSerialMBs };
   } finally {
     for (const s of servers) s.close();
     await hv.stop();
@@ -274,6 +275,7 @@ async function main(): Promise<void> {
       [`bulk guest→host MB/s, raw stream`, f(vm.vsockMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.vsockMBs / vm.virtioSerialMBs).toFixed(2)})`],
       [`bulk as agent ReadStdout (ttrpc) MB/s`, f(vm.agentStdoutMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.agentStdoutMBs / vm.virtioSerialMBs).toFixed(2)})`],
       ['agent Check RPC round trips/s', f(vm.rpcPerSec), `—  (${f(vm.rpcUs / 1000)} ms each)`],
+      ['agent ReadStdout messages (avg KiB)', String(vm.agentStdoutMessages), `—  (${f(vm.bulkBytes / vm.agentStdoutMessages / 1024)} KiB each)`],
     ])}\n`);
     result.vm = vm;
   }

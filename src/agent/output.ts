@@ -80,18 +80,21 @@ export class OutputPipe {
    */
   async readChunks(max = READ_MAX): Promise<Buffer[] | null> {
     for (;;) {
-      if (this.chunks.length) {
-        let n = 0;
-        let k = 0;
-        while (k < this.chunks.length && (k === 0 || n + this.chunks[k].length <= max)) n += this.chunks[k++].length;
-        const taken = this.chunks.splice(0, k);
-        this.buffered -= n;
-        if (this.buffered <= this.highWater / 2) this.source?.resume();
-        return taken;
-      }
+      if (this.chunks.length) return this.takeChunks(max);
       if (this.ended) return null;
       await new Promise<void>((r) => (this.wake = r));
     }
+  }
+
+  /** Whatever is waiting now (up to `max` bytes, whole chunks; at least one if any), without waiting. */
+  takeChunks(max = READ_MAX): Buffer[] {
+    let n = 0;
+    let k = 0;
+    while (k < this.chunks.length && (k === 0 || n + this.chunks[k].length <= max)) n += this.chunks[k++].length;
+    const taken = this.chunks.splice(0, k);
+    this.buffered -= n;
+    if (this.buffered <= this.highWater / 2) this.source?.resume();
+    return taken;
   }
 
   /** Wake a pending read without data (reader cancelled). */
