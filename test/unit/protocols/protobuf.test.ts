@@ -55,6 +55,7 @@ function randomValue(v: ValueType, r: () => number, depth: number): unknown {
     case 'uint32': return pick < 0.2 ? 0 : pick < 0.4 ? 4294967295 : Math.floor(r() * 4294967296);
     case 'int32': return pick < 0.2 ? 0 : pick < 0.4 ? -2147483648 : Math.floor(r() * 4294967296) - 2147483648;
     case 'uint64': return pick < 0.2 ? 0 : pick < 0.4 ? Number.MAX_SAFE_INTEGER : Math.floor(r() * 2 ** 40) * (pick < 0.7 ? 1 : 4096);
+    case 'int64': return pick < 0.2 ? 0 : pick < 0.3 ? -1 : pick < 0.4 ? -(2 ** 40) : Math.floor(r() * 2 ** 40); // SetGuestDateTimeRequest
     case 'double': return pick < 0.2 ? 0 : pick < 0.3 ? -1.5 : r() * 1e6;
     default: throw new Error(`test generator lacks ${v.type}`);
   }
