@@ -67,10 +67,21 @@ export class BlobDevice implements BlkBackend {
 
   constructor(readonly opts: BlobDeviceOptions, table?: ChunkTable) {
     const hex = imageIdHex(opts.imageId);
-    this.table = table ?? decodeChunkTable(fs.readFileSync(chunkTablePath(opts.root, hex)));
+    this.table = table ?? BlobDevice.readTable(opts.root, hex);
     this.size = deviceSize(this.table);
     this.cacheBytes = opts.cacheBytes ?? 64 << 20;
     this.lz4 = new Lz4({ maxBlockBytes: Math.max(this.table.chunkSize, 4096) });
+  }
+
+  /** The image's chunk table; a missing or unreadable file is a BlobDeviceError (a corrupt one a ChunkTableError). */
+  private static readTable(root: string, hex: string): ChunkTable {
+    let buf: Buffer;
+    try {
+      buf = fs.readFileSync(chunkTablePath(root, hex));
+    } catch (err) {
+      throw new BlobDeviceError('missing', `image sha256:${hex}: cannot read its chunk table: ${errorMessage(err)}`, { cause: err });
+    }
+    return decodeChunkTable(buf);
   }
 
   async read(bufs: Buffer[], offset: number): Promise<void> {

@@ -166,6 +166,15 @@ describe('image/blob-device: serving a converted image\'s blob device', function
     });
   }
 
+  it('a missing or corrupt chunk table is one clear error at open', () => {
+    makeImage(root, chunksFor());
+    const t = fs.readFileSync(chunkTablePath(root, IMAGE));
+    fs.writeFileSync(chunkTablePath(root, IMAGE), t.subarray(0, t.length - 1));
+    expect(() => new BlobDevice({ root, imageId: IMAGE })).to.throw(/chunk table is .* bytes, its header says/);
+    fs.rmSync(chunkTablePath(root, IMAGE));
+    expect(() => new BlobDevice({ root, imageId: IMAGE })).to.throw(BlobDeviceError, /cannot read its chunk table/);
+  });
+
   it('rejects a bad lazy-source configuration', () => {
     expect(() => new LazySource({ baseUrl: 'ftp://x', name: 'a' })).to.throw(LazyError, /http or https/);
     expect(() => new LazySource({ baseUrl: 'http://127.0.0.1:1', name: 'Bad Name' })).to.throw(LazyError, /name/);
