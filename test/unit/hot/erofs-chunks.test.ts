@@ -103,6 +103,16 @@ function chunkIndexAt(img: ErofsImage, nid: number, k: number, unit: number): nu
   return iloc + Math.ceil((isize + st.xattrIsize) / unit) * unit + k * unit;
 }
 
+/** Opens an image with its devices, runs fn, closes it even when fn throws. */
+function withImage<T>(image: string, devices: string[], fn: (img: ErofsImage) => T): T {
+  const img = ErofsImage.open(image, { devices });
+  try {
+    return fn(img);
+  } finally {
+    img.close();
+  }
+}
+
 function expectErofs(fn: () => unknown, kind: string, re?: RegExp): void {
   let err: unknown;
   try {
@@ -263,16 +273,13 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
     it('an unknown device id is E_BAD_DEVICE, not a read from another device', function () {
       for (const id of [2, 3, 0x8001, 0xffff]) {
         const p = patched(`dev${id}`, (b, at) => b.writeUInt16LE(id, at + 2));
-        const img = ErofsImage.open(p.img, { devices: [p.blob] });
-        try {
+        withImage(p.img, [p.blob], (img) => {
           expectErofs(() => img.readFile('/b4097'), 'bad-device', new RegExp(`device id ${id}\\b`));
           expectErofs(() => img.chunkLocation('/b4097', 0), 'bad-device');
           // The file's other chunk, and other files, still read.
           expect(img.read('/b4097', 4096, 1).equals(fs.readFileSync(path.join(src, 'b4097')).subarray(4096))).to.equal(true);
           expect(img.readFile('/b4096').equals(fs.readFileSync(path.join(src, 'b4096')))).to.equal(true);
-        } finally {
-          img.close();
-        }
+        });
       }
     });
 
@@ -288,40 +295,31 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
         b.writeUInt16LE(0, at + 2);
         b.writeUInt32LE(mapped + orig, at + 4);
       });
-      const img = ErofsImage.open(p.img, { devices: [p.blob] });
-      try {
+      withImage(p.img, [p.blob], (img) => {
         expect(img.readFile('/b4097').equals(fs.readFileSync(path.join(src, 'b4097')))).to.equal(true);
         const loc = img.chunkLocation('/b4097', 0);
         expect([loc.device, loc.blockAddr]).to.deep.equal([1, orig]);
-      } finally {
-        img.close();
-      }
+      });
     });
 
     it('an EROFS_NULL_ADDR chunk is a hole: zeros, and no location', function () {
       const p = patched('hole', (b, at) => b.writeUInt32LE(0xffffffff, at + 4));
-      const img = ErofsImage.open(p.img, { devices: [p.blob] });
-      try {
+      withImage(p.img, [p.blob], (img) => {
         const data = img.readFile('/b4097');
         expect(data.subarray(0, 4096).every((x) => x === 0)).to.equal(true);
         expect(data.subarray(4096).equals(fs.readFileSync(path.join(src, 'b4097')).subarray(4096))).to.equal(true);
         const loc = img.chunkLocation('/b4097', 100);
         expect([loc.blockAddr, loc.byteAddr, loc.fileStart, loc.length]).to.deep.equal([null, null, 0, 4096]);
-      } finally {
-        img.close();
-      }
+      });
     });
 
     it('a chunk past the end of the blob is outside-device', function () {
       const p = patched('far', (b, at) => b.writeUInt32LE(0x00ffffff, at + 4));
-      const img = ErofsImage.open(p.img, { devices: [p.blob] });
-      try {
+      withImage(p.img, [p.blob], (img) => {
         expectErofs(() => img.readFile('/b4097'), 'outside-device', /past the end of the \d+-byte device 1/);
         // The location itself is well-formed (the declared size is 0 = not declared): the read is what fails.
         expect(img.chunkLocation('/b4097', 0).blockAddr).to.equal(0x00ffffff);
-      } finally {
-        img.close();
-      }
+      });
     });
 
     it('a chunk beyond the device table\'s declared blocks is E_OUTSIDE_DEVICE, even if the blob file is longer', function () {
@@ -331,14 +329,11 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
         b.writeUInt32LE(2, devt + 64); // the device claims 2 blocks
         b.writeUInt32LE(blobBlocks - 1, at + 4); // the chunk is the blob's last block
       });
-      const img = ErofsImage.open(p.img, { devices: [p.blob] });
-      try {
+      withImage(p.img, [p.blob], (img) => {
         expect(img.sb.devices[0].blocks).to.equal(2);
         expectErofs(() => img.readFile('/b4097'), 'outside-device', /outside its device/);
         expectErofs(() => img.chunkLocation('/b4097', 0), 'outside-device');
-      } finally {
-        img.close();
-      }
+      });
     });
 
     it('an unknown chunk format bit is unsupported, for that file only', function () {
@@ -351,13 +346,10 @@ describe('hot/erofs: chunk-based files and blob devices (mkfs.erofs 1.5 --chunks
         ref.close();
         b.writeUInt16LE(b.readUInt16LE(iloc + 16) | 0x40, iloc + 16);
       });
-      const img = ErofsImage.open(p.img, { devices: [p.blob] });
-      try {
+      withImage(p.img, [p.blob], (img) => {
         expectErofs(() => img.readFile('/b4097'), 'unsupported');
         expect(img.readFile('/b4096').length).to.equal(4096);
-      } finally {
-        img.close();
-      }
+      });
     });
   });
 
