@@ -113,8 +113,8 @@ export function decodeState(buf: Buffer): SnapshotState {
     const name = body.toString('latin1', off + 2, off + 2 + nl);
     const dl = body.readUInt32LE(off + 2 + nl);
     const start = off + 2 + nl + 4;
-    if (start + dl > body.length) throw new SnapshotError('format', `record ${JSON.stringify(name)} runs past the end`);
-    if (recs.has(name)) throw new SnapshotError('format', `record ${JSON.stringify(name)} appears twice`);
+    if (start + dl > body.length) throw new SnapshotError('format', `record ${show(name)} runs past the end`);
+    if (recs.has(name)) throw new SnapshotError('format', `record ${show(name)} appears twice`);
     recs.set(name, body.subarray(start, start + dl));
     off = start + dl;
   }
@@ -141,6 +141,11 @@ export function decodeState(buf: Buffer): SnapshotState {
   const known = 1 + Object.keys(VM_BLOBS).length + meta.vcpus * Object.keys(VCPU_BLOBS).length + xsaves;
   if (recs.size !== known) throw new SnapshotError('format', `${recs.size - known} unknown record(s) in the state file`);
   return { meta, vm, vcpu };
+}
+
+/** A record name from the file, made safe and short for an error message. */
+function show(name: string): string {
+  return `"${name.slice(0, 40).replace(/[^\x20-\x7e]|"/g, '?')}${name.length > 40 ? '…' : ''}"`;
 }
 
 function blob(recs: Map<string, Buffer>, name: string, size: number): Buffer {
@@ -188,7 +193,7 @@ const U32 = 0xffff_ffff;
 function checkMeta(v: unknown): SnapshotMeta {
   const m = obj(v, 'meta');
   const vmm = str(m, 'vmm', 100);
-  if (vmm !== VMM_STATE_VERSION) throw new SnapshotError('version', `state file was written by ${JSON.stringify(vmm)}; this VMM restores ${VMM_STATE_VERSION}`);
+  if (vmm !== VMM_STATE_VERSION) throw new SnapshotError('version', `state file was written by ${show(vmm)}; this VMM restores ${VMM_STATE_VERSION}`);
   const memoryBytes = int(m, 'memoryBytes', 2 ** 40, 16 << 20);
   if (memoryBytes % 4096 !== 0) bad('memoryBytes must be a multiple of 4096');
   const memoryFileBytes = int(m, 'memoryFileBytes', 2 ** 40, 4096);
