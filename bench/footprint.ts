@@ -30,6 +30,10 @@ import type { ScanReport } from '../src/memory/service';
 const REPO = path.resolve(__dirname, '..', '..');
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 const KATA_CI_MIB = 120;
+const PINNED = {
+  kernel: path.join(fs.realpathSync(path.join(CACHE, 'kernel')), 'vmlinux'),
+  image: path.join(fs.realpathSync(path.join(CACHE, 'image')), 'rootfs.erofs'),
+};
 
 const CONFIGS: Record<string, string> = {
   off: '',
@@ -62,7 +66,10 @@ function shmemMiB(pid: number): number {
 async function runOne(config: string, n: number, settleSec: number): Promise<Row> {
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-footprint-'));
   const cfg = path.join(runDir, 'configuration.toml');
-  fs.writeFileSync(cfg, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 300\n${CONFIGS[config]}`);
+  // The guest pinned for the whole bench: a rebuild elsewhere moves the cache symlinks, not this run.
+  const pin = `kernel = "${PINNED.kernel}"\nimage = "${PINNED.image}"\n`;
+  const extra = CONFIGS[config].includes('[hypervisor.qemu]\n') ? CONFIGS[config].replace('[hypervisor.qemu]\n', `[hypervisor.qemu]\n${pin}`) : `[hypervisor.qemu]\n${pin}${CONFIGS[config]}`;
+  fs.writeFileSync(cfg, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 300\n${extra}`);
   const owners: ChildProcess[] = [];
   const t0 = Date.now();
   try {
