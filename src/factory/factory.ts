@@ -27,7 +27,7 @@ import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { dataExtents, startCloneMemory, type CloneMemory } from './memory';
 import { restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
 import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
-import { isMountPoint, MANIFEST, MEMORY, STATE, templateStatus, writeManifest, type TemplateStatus } from './template-store';
+import { isMountPoint, MEMORY, mountSource, STATE, TEMPLATE_FILES, templateStatus, TMPFS_SOURCE, writeManifest, type TemplateStatus } from './template-store';
 
 /** What a template is made for: the QEMU settings and the sandbox's kernel parameters. */
 export interface FactoryTarget {
@@ -121,12 +121,17 @@ export class VmFactory {
     if (why) throw new TemplateError('config', why);
     const m = this.machine();
     const inputs = this.inputs(m);
+    // Never a tmpfs over, or a clean-up of, a directory that holds anything else.
+    const foreign = fs.existsSync(this.dir) ? fs.readdirSync(this.dir).filter((f) => !TEMPLATE_FILES.includes(f)) : [];
+    if (path.resolve(this.dir) === '/' || foreign.length) {
+      throw new TemplateError('config', `[factory] template_path ${this.dir} holds other files (${foreign.slice(0, 3).join(', ') || '/'}${foreign.length > 3 ? ', …' : ''}): refusing to make a template there; point it at a directory of its own`);
+    }
     this.destroy();
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     let mounted = false;
     if (!isMountPoint(this.dir)) {
       // As Kata: the template's RAM lives in a tmpfs sized for it.
-      const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${m.memoryMiB + 64}M,mode=0700`, 'kata-ts-template', this.dir], { encoding: 'utf8' });
+      const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${m.memoryMiB + 64}M,mode=0700`, TMPFS_SOURCE, this.dir], { encoding: 'utf8' });
       if (r.status === 0) mounted = true;
       else progress(`warning: cannot mount a tmpfs at ${this.dir} (${(r.stderr || r.error?.message || '').trim()}); the template's RAM is a file on that filesystem`);
     }
@@ -192,21 +197,22 @@ export class VmFactory {
   }
 
   private removeFiles(): void {
-    for (const f of [MANIFEST, `.${MANIFEST}.tmp`, STATE, MEMORY]) fs.rmSync(path.join(this.dir, f), { force: true });
+    for (const f of TEMPLATE_FILES) fs.rmSync(path.join(this.dir, f), { force: true });
   }
 
   /** Removes the template (files, the tmpfs init mounted, the directory if empty). Returns what it removed. */
   destroy(): string[] {
     const removed: string[] = [];
     if (!fs.existsSync(this.dir)) return removed;
-    for (const f of [MANIFEST, `.${MANIFEST}.tmp`, STATE, MEMORY]) {
+    for (const f of TEMPLATE_FILES) {
       const p = path.join(this.dir, f);
       if (fs.existsSync(p)) {
         fs.rmSync(p, { force: true });
         removed.push(p);
       }
     }
-    if (isMountPoint(this.dir) && fs.readdirSync(this.dir).length === 0) {
+    // Only the tmpfs factory init mounted (by its source name), and only empty.
+    if (mountSource(this.dir) === TMPFS_SOURCE && fs.readdirSync(this.dir).length === 0) {
       const r = spawnSync('umount', [this.dir], { encoding: 'utf8' });
       if (r.status !== 0) throw new TemplateError('config', `cannot unmount ${this.dir}: ${(r.stderr || '').trim()}`);
       removed.push(`tmpfs at ${this.dir}`);

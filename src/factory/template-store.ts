@@ -111,16 +111,30 @@ export function writeManifest(dir: string, m: TemplateManifest): void {
   fs.renameSync(tmp, path.join(dir, MANIFEST));
 }
 
-/** Whether `dir` is a mount point (from /proc/self/mountinfo). */
-export function isMountPoint(dir: string): boolean {
+/** The source of the mount at `dir` (from /proc/self/mountinfo), or undefined when `dir` is no mount point. */
+export function mountSource(dir: string): string | undefined {
   try {
     const real = fs.realpathSync(dir);
-    // mountinfo field 5 is the mount point, with spaces etc. octal-escaped.
-    return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((l) => {
+    const unescape = (x: string) => x.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+    let found: string | undefined;
+    for (const l of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      // field 5 is the mount point; after " - ": fstype, source (octal-escaped).
       const mp = l.split(' ')[4];
-      return mp !== undefined && mp.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))) === real;
-    });
+      if (mp === undefined || unescape(mp) !== real) continue;
+      found = unescape(l.split(' - ')[1]?.split(' ')[1] ?? ''); // the last mount there wins
+    }
+    return found;
   } catch {
-    return false;
+    return undefined;
   }
 }
+
+export function isMountPoint(dir: string): boolean {
+  return mountSource(dir) !== undefined;
+}
+
+/** The tmpfs source name factory init mounts with: destroy unmounts only its own. */
+export const TMPFS_SOURCE = 'kata-ts-template';
+
+/** Files a template directory may hold (anything else: it is not ours to mount over or clear). */
+export const TEMPLATE_FILES = [MANIFEST, `.${MANIFEST}.tmp`, STATE, MEMORY];

@@ -46,3 +46,32 @@ describe('unit: [factory] configuration and the template command line', () => {
     expect(templateUnsupported(t({ unsupported: ['disable_image_nvdimm = false', 'reclaim_guest_freed_memory'] }))).to.match(/disable_image_nvdimm = false, reclaim_guest_freed_memory/);
   });
 });
+
+describe('unit: factory init refuses a template_path it does not own', () => {
+  it('a directory holding other files is one clear error, and nothing in it is touched or mounted over', async () => {
+    const fs = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { VmFactory } = await import('../../../src/factory/factory');
+    const { isMountPoint } = await import('../../../src/factory/template-store');
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-tplown-'));
+    try {
+      const dir = path.join(tmp, 'tpl');
+      fs.mkdirSync(dir);
+      fs.writeFileSync(path.join(dir, 'precious.txt'), 'keep me');
+      fs.writeFileSync(path.join(dir, 'memory'), 'also a name of ours');
+      for (const f of ['vmlinux', 'rootfs.erofs', 'qemu']) fs.writeFileSync(path.join(tmp, f), f);
+      const cfg = defaultConfig();
+      cfg['hypervisor.qemu'].kernel = path.join(tmp, 'vmlinux');
+      cfg['hypervisor.qemu'].image = path.join(tmp, 'rootfs.erofs');
+      cfg.factory.template_path = dir;
+      const f = new VmFactory({ config: cfg, kernelParams: '', qemu: { binary: path.join(tmp, 'qemu'), machine: 'pc', machineAccelerators: '', accel: 'tcg', rootBlockDriver: 'virtio-blk' } });
+      const err = await f.init().then(() => undefined, (e: Error) => e);
+      expect(err?.message).to.match(/template_path .* holds other files \(precious\.txt\): refusing/);
+      expect(fs.readdirSync(dir).sort()).to.deep.equal(['memory', 'precious.txt']);
+      expect(isMountPoint(dir)).to.equal(false);
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+});
