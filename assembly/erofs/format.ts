@@ -1,20 +1,22 @@
 /**
  * On-disk constants of EROFS (include/linux: fs/erofs/erofs_fs.h, Linux
  * 6.1 / erofs-utils 1.5) and the two helpers every part of the reader uses.
- * Private to assembly/erofs: the host sees only abi.ts.
+ * Private to assembly/erofs: the host sees only abi.ts. The two on-disk
+ * numbers the host also needs are defined there and taken from it here.
  */
+import { DEVT_SLOT_SIZE, INCOMPAT_LZ4_0PADDING as ABI_LZ4_0PADDING } from './abi';
 
 export const EROFS_SUPER_MAGIC_V1: u32 = 0xe0f5e1e2;
 export const EROFS_SUPER_OFFSET: usize = 1024;
 export const COMPAT_SB_CHKSUM: u32 = 0x1;
-export const INCOMPAT_LZ4_0PADDING: u32 = 0x1;
+export const INCOMPAT_LZ4_0PADDING: u32 = <u32>ABI_LZ4_0PADDING;
 export const INCOMPAT_COMPR_CFGS: u32 = 0x2; // == BIG_PCLUSTER
 export const INCOMPAT_CHUNKED_FILE: u32 = 0x4;
 export const INCOMPAT_DEVICE_TABLE: u32 = 0x8;
 export const INCOMPAT_ZTAILPACKING: u32 = 0x10;
 export const ALL_INCOMPAT: u32 = INCOMPAT_LZ4_0PADDING | INCOMPAT_COMPR_CFGS | INCOMPAT_CHUNKED_FILE |
   INCOMPAT_DEVICE_TABLE | INCOMPAT_ZTAILPACKING;
-export const EROFS_DEVT_SLOT_SIZE: u32 = 128;
+export const EROFS_DEVT_SLOT_SIZE: u32 = <u32>DEVT_SLOT_SIZE;
 
 /* i_format data layouts */
 export const FLAT_PLAIN: u32 = 0;
