@@ -6,7 +6,8 @@
  */
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import type { Storage } from '../protocols/agent-api';
+import type { Device, Storage } from '../protocols/agent-api';
+import { applyDevices, type DeviceMapError, type DeviceResolver } from './devices';
 import { adaptSpecForGuest, takeGuestSysctls, validateSpec } from './bundle';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import type { OciRuntime } from './oci-runtime';
@@ -76,7 +77,7 @@ export class Container {
   async create(
     specJson: string,
     storages: Storage[],
-    opts: { resolvConf?: string; sandboxPid?: number; guestSysctls?: (s: Record<string, string>) => Promise<void> } = {},
+    opts: { resolvConf?: string; sandboxPid?: number; guestSysctls?: (s: Record<string, string>) => Promise<void>; devices?: Device[]; resolveDevice?: DeviceResolver } = {},
   ): Promise<void> {
     let spec: unknown;
     try {
@@ -93,6 +94,12 @@ export class Container {
     let rootfs = (spec as OciSpec).root?.path ?? '';
     for (const [i, s] of storages.entries()) rootfs = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
     if (!rootfs.startsWith('/')) throw new AgentError('invalid', 'container has no rootfs: give a storage or an absolute root.path');
+    // Disks the host attached for linux.devices: the guest's numbers (devices.ts).
+    if (opts.devices?.length) {
+      await applyDevices(spec as OciSpec, opts.devices, opts.resolveDevice).catch((err: DeviceMapError) => {
+        throw new AgentError(err.kind === 'invalid' ? 'invalid' : 'failed-precondition', err.message, { cause: err });
+      });
+    }
     this.spec = adaptSpecForGuest(spec as OciSpec, { containerId: this.id, rootfs, sandboxPid: opts.sandboxPid });
     const net = takeGuestSysctls(this.spec);
     if (Object.keys(net).length > 0) await opts.guestSysctls?.(net);

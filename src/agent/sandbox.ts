@@ -133,6 +133,7 @@ export class AgentSandbox {
         resolvConf: this.dnsGiven ? GUEST_RESOLV_CONF : undefined,
         sandboxPid: first ? undefined : this.sandboxPid(req.oci_spec_json),
         guestSysctls: (s) => this.applyGuestSysctls(s),
+        devices: req.devices ?? [],
       });
     } catch (err) {
       this.containers.delete(c.id);

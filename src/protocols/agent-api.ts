@@ -19,7 +19,9 @@ export const AGENT_PROTO = path.resolve(__dirname, '..', '..', '..', 'proto', 'a
 export interface Empty {}
 export interface Storage { driver: string; source: string; fstype: string; options: string[]; mount_point: string }
 export interface CreateSandboxRequest { sandbox_id: string; hostname: string; dns: string[]; sysctls: Record<string, string>; policy_json: string }
-export interface CreateContainerRequest { container_id: string; exec_id: string; storages: Storage[]; oci_spec_json: string }
+/** A container's device (proto/agent.proto Device): type "blk" at PCI path vm_path, seen at container_path. */
+export interface Device { id: string; type: string; vm_path: string; container_path: string; options: string[] }
+export interface CreateContainerRequest { container_id: string; exec_id: string; storages: Storage[]; oci_spec_json: string; devices?: Device[] }
 export interface StartContainerRequest { container_id: string }
 export interface StartContainerResponse { pid: number }
 export interface RemoveContainerRequest { container_id: string; timeout: number }
@@ -67,6 +69,8 @@ export interface UpdateRoutesRequest { routes: Routes | null }
 /** VM template clones (src/factory, agent/identity.ts): Kata's shapes. */
 export interface ReseedRandomDevRequest { data: Buffer }
 export interface SetGuestDateTimeRequest { Sec: number; Usec: number }
+/** Pod resizing (src/agent/online-cpu-mem.ts): Kata's shape. */
+export interface OnlineCPUMemRequest { wait: boolean; nb_cpus: number; cpu_only: boolean }
 export interface AddARPNeighborsRequest { neighbors: { neighbors: ARPNeighbor[] } | null }
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 
