@@ -4,7 +4,7 @@
  *
  *   <root>/blobs/sha256/<hex>            data blob (concatenated stored chunks)
  *   <root>/blobs/sha256/<hex>.partial    lazily fetched blob (sparse) ─┐ I2's
- *   <root>/blobs/sha256/<hex>.present    its presence bitmap          ─┘ lazy source
+ *   <root>/blobs/sha256/<hex>.present    its present-ranges log        ─┘ lazy source
  *   <root>/images/<hex>/meta.erofs       EROFS metadata (chunk-based files → device 1)
  *   <root>/images/<hex>/chunks.bin       device-1 slot → blob table (chunk-table.ts)
  *   <root>/images/<hex>/image.json       ImageRecord
