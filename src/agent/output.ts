@@ -59,13 +59,8 @@ export class OutputPipe {
   async read(max = READ_MAX): Promise<Buffer | null> {
     for (;;) {
       if (this.chunks.length) {
-        let n = 0;
-        let k = 0;
-        while (k < this.chunks.length && (k === 0 || n + this.chunks[k].length <= max)) n += this.chunks[k++].length;
-        const taken = this.chunks.splice(0, k);
-        this.buffered -= n;
-        if (this.buffered <= this.highWater / 2) this.source?.resume();
-        return taken.length === 1 ? taken[0] : Buffer.concat(taken, n);
+        const taken = this.takeChunks(max);
+        return taken.length === 1 ? taken[0] : Buffer.concat(taken);
       }
       if (this.ended) return null;
       await new Promise<void>((r) => (this.wake = r));

@@ -41,6 +41,17 @@ function fakeConn(): { conn: Duplex; written: Buffer[]; feed(b: Buffer): void } 
   return { conn, written, feed: (b) => inbound.write(b) };
 }
 
+/** Feeds `stream` in reads of sizes derived from `cut` (the input's last byte), as a socket would. */
+function feedSplit(stream: Buffer, cut: number, feed: (b: Buffer) => void): void {
+  let pos = 0;
+  let step = 1 + (cut % 64);
+  while (pos < stream.length) {
+    feed(stream.subarray(pos, pos + step));
+    pos += step;
+    step = 1 + ((step * 7 + cut) % 97);
+  }
+}
+
 const settle = () => new Promise<void>((r) => setImmediate(() => setImmediate(r)));
 
 /** The AgentService's codecs with stand-in handlers: one that fails, streams that yield once. */
@@ -90,13 +101,7 @@ export const agentTtrpcServer: Target = {
     const server = new RpcServer({ service: AGENT_SERVICE, methods: serverMethods(), status: agentStatus, maxLength: MAX, onProtocolError: (w) => violations.push(w) });
     const { conn, written, feed } = fakeConn();
     server.serve(conn);
-    let pos = 0;
-    let step = 1 + (cut % 64);
-    while (pos < stream.length) {
-      feed(stream.subarray(pos, pos + step));
-      pos += step;
-      step = 1 + ((step * 7 + cut) % 97);
-    }
+    feedSplit(stream, cut, feed);
     await settle();
     await settle();
     // What the server wrote must be well-formed frames on odd (client) streams, each answered once.
@@ -163,13 +168,7 @@ export const agentTtrpcClient: Target = {
       invariant(streamEnd === undefined, 'stream ended twice');
       streamEnd = e ? check(e) : 'ok';
     });
-    let pos = 0;
-    let step = 1 + (cut % 64);
-    while (pos < stream.length) {
-      feed(stream.subarray(pos, pos + step));
-      pos += step;
-      step = 1 + ((step * 7 + cut) % 97);
-    }
+    feedSplit(stream, cut, feed);
     await settle();
     c.close(); // settles whatever is still waiting
     await settle();
