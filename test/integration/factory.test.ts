@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { runCommand, type CommandResult } from '../helpers/spawn';
 import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu, testConfig } from '../helpers/guest';
 import { skipOrFail } from '../helpers/skip';
+import { PodNetns } from '../helpers/netns';
 import { VmFactory, qemuTarget } from '../../src/factory/factory';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { isMountPoint } from '../../src/factory/template-store';
@@ -114,6 +115,23 @@ describe('integration: VM templates (kata-ctl factory, QEMU)', function () {
     expect(sandboxReady(a.stderr).guestCid).to.be.a('number').and.not.equal(sandboxReady(b.stderr).guestCid);
     // The template's clock stopped when it was saved; SetGuestDateTime set it to now.
     for (const t of [Number(ta), Number(tb)]) expect(t).to.be.within(before - 2, after + 2);
+  });
+
+  it('two clones in two pod netns get each its own pod interface (MAC, address) hotplugged after resume', async () => {
+    const nets = [new PodNetns({ podCidr: '10.98.1.2/24', prefix: 'ktsf' }), new PodNetns({ podCidr: '10.98.2.2/24', prefix: 'ktsf' })];
+    try {
+      for (const n of nets) n.create();
+      const script = 'cat /sys/class/net/eth0/address; ip -4 -o addr show eth0 | grep -o "inet [0-9./]*"';
+      const rs = await Promise.all(nets.map((n) => run(['--net', 'host-netns', n.podPath, '--', 'sh', '-c', script])));
+      rs.forEach((r, i) => {
+        expect(r.code, r.stderr).to.equal(0);
+        expect(sandboxReady(r.stderr).template, r.stderr).to.equal(true);
+        expect(r.stdout).to.equal(`${nets[i]!.podMac()}\ninet ${nets[i]!.podAddr}/24\n`);
+      });
+      expect(nets[0]!.podMac()).to.not.equal(nets[1]!.podMac());
+    } finally {
+      for (const n of nets) n.destroy();
+    }
   });
 
   it('a stale template (other kernel parameters) is not cloned: one warning, cold boot', async () => {
