@@ -103,7 +103,8 @@ function config(runDir: string, store: string): Config {
   return cfg;
 }
 
-interface Started { sb: Sandbox; firstOutputMs: number; out: string }
+/** Times from t0 (before the Sandbox): started = VM booted (+ mkfs.erofs for a boot container on the current path), created = container created, first output. */
+interface Started { sb: Sandbox; firstOutputMs: number; startedMs: number; createdMs: number; out: string }
 
 /** Starts a sandbox whose boot container runs COMMAND; resolves at its first output. */
 async function startAndRun(cfg: Config, driver: BlockDriver, id: string, rootfs: { image?: string; dir?: string }): Promise<Started> {
@@ -111,8 +112,10 @@ async function startAndRun(cfg: Config, driver: BlockDriver, id: string, rootfs:
   const t0 = Date.now();
   const sb = new Sandbox({ id, config: cfg, hypervisor: hv, bootContainers: [{ id: 'c', rootfs: rootfs.dir ?? '', rootfsShare: 'erofs', image: rootfs.image }] });
   await sb.start();
+  const startedMs = Date.now() - t0;
   const spec = defaultSpec({ args: ['sh', '-c', `${COMMAND.map((a) => `'${a}'`).join(' ')}; exec sleep 600`] });
   await sb.createContainer('c', spec, rootfs.dir ?? '', rootfs.image ? { image: rootfs.image } : { rootfsShare: 'erofs' });
+  const createdMs = Date.now() - t0;
   const out = new PassThrough();
   let o = '';
   const first = new Promise<number>((resolve) => out.once('data', () => resolve(Date.now())));
@@ -122,7 +125,7 @@ async function startAndRun(cfg: Config, driver: BlockDriver, id: string, rootfs:
   const t1 = await Promise.race([first, new Promise<number>((_, rej) => setTimeout(() => rej(new Error(`no output from ${id} in 300 s`)), 300_000))]);
   await new Promise((r) => setTimeout(r, 200));
   if (!/hello from/.test(o)) throw new Error(`${id}: unexpected output ${JSON.stringify(o)}`);
-  return { sb, firstOutputMs: t1 - t0, out: o };
+  return { sb, firstOutputMs: t1 - t0, startedMs, createdMs, out: o };
 }
 
 async function guestJson(sb: Sandbox, script: string, n: number): Promise<Record<string, number>> {
@@ -167,7 +170,7 @@ async function main(): Promise<void> {
     const metaBytes = conv.record.metaSize;
     log(`image ${conv.id.slice(7, 19)}: tree ${(treeBytes / MiB).toFixed(0)} MiB, blobs ${(blobBytes / MiB).toFixed(0)} MiB, meta ${(metaBytes / MiB).toFixed(1)} MiB, converted in ${convertMs} ms`);
 
-    const cold: { lazyMs: number; fetched: number; mkfsMs: number }[] = [];
+    const cold: { lazyMs: number; fetched: number; mkfsMs: number; lazyPhases: number[]; mkfsPhases: number[] }[] = [];
     const warmOurs: Warm[] = [], warmQemu: Warm[] = [], warmFile: Warm[] = [];
     for (let r = 0; r < rounds; r++) {
       // Cold: metadata only; every chunk comes from the server.
@@ -185,7 +188,8 @@ async function main(): Promise<void> {
       await a.sb.stop();
       log(`round ${r + 1}/${rounds}: cold, unpacked tree + mkfs.erofs`);
       const b = await startAndRun(config(runDir, store), 'virtio-blk', `mk${r}`, { dir: unpacked });
-      cold.push({ lazyMs: a.firstOutputMs, fetched, mkfsMs: b.firstOutputMs });
+      cold.push({ lazyMs: a.firstOutputMs, fetched, mkfsMs: b.firstOutputMs, lazyPhases: [a.startedMs, a.createdMs, a.firstOutputMs], mkfsPhases: [b.startedMs, b.createdMs, b.firstOutputMs] });
+      log(`  phases (started, created, first output) ms: lazy ${a.startedMs}/${a.createdMs}/${a.firstOutputMs}, mkfs.erofs ${b.startedMs}/${b.createdMs}/${b.firstOutputMs}`);
       log(`round ${r + 1}/${rounds}: warm reads, QEMU virtio-blk EROFS`);
       warmQemu.push(await warm(b.sb, r));
       await b.sb.stop();
