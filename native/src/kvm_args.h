@@ -64,4 +64,19 @@ inline bool ArgFd(const Napi::CallbackInfo& info, size_t i, int* fd) {
   return true;
 }
 
+// The entry of `table` (structs with a `const char* name`) named by the JS
+// string `v`; else a TypeError listing the names, and nullptr. Used for the
+// snapshot state kinds (kvm_vcpu.cc, kvm_snapshot.cc).
+template <typename T, size_t N>
+const T* FindByName(Napi::Env env, Napi::Value v, const T (&table)[N], const char* what) {
+  if (v.IsString()) {
+    std::string k = v.As<Napi::String>().Utf8Value();
+    for (const T& x : table) if (k == x.name) return &x;
+  }
+  std::string names;
+  for (const T& x : table) names += (names.empty() ? "" : ", ") + std::string(x.name);
+  Napi::TypeError::New(env, std::string(what) + " must be one of " + names).ThrowAsJavaScriptException();
+  return nullptr;
+}
+
 }  // namespace kata

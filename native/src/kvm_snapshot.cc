@@ -50,14 +50,7 @@ const VmKind kVmKinds[] = {
   {"clock", sizeof(kvm_clock_data), -1},
 };
 
-const VmKind* FindVmKind(Napi::Env env, Napi::Value v) {
-  if (v.IsString()) {
-    std::string k = v.As<Napi::String>().Utf8Value();
-    for (const VmKind& x : kVmKinds) if (k == x.name) return &x;
-  }
-  Napi::TypeError::New(env, "VM state kind must be one of pic0, pic1, ioapic, pit2, clock").ThrowAsJavaScriptException();
-  return nullptr;
-}
+const VmKind* FindVmKind(Napi::Env env, Napi::Value v) { return FindByName(env, v, kVmKinds, "VM state kind"); }
 
 // vmGetState(vmFd, kind) -> Buffer (the KVM struct)
 Napi::Value VmGetState(const Napi::CallbackInfo& info) {

@@ -422,12 +422,7 @@ class Vcpu : public Napi::ObjectWrap<Vcpu> {
       {"events", sizeof(kvm_vcpu_events), KVM_GET_VCPU_EVENTS, KVM_SET_VCPU_EVENTS},
       {"debugregs", sizeof(kvm_debugregs), KVM_GET_DEBUGREGS, KVM_SET_DEBUGREGS},
     };
-    if (v.IsString()) {
-      std::string k = v.As<Napi::String>().Utf8Value();
-      for (const StateKind& x : kinds) if (k == x.name) return &x;
-    }
-    Napi::TypeError::New(env, "vCPU state kind must be one of regs, sregs, fpu, xsave, xcrs, lapic, mpstate, events, debugregs").ThrowAsJavaScriptException();
-    return nullptr;
+    return FindByName(env, v, kinds, "vCPU state kind");
   }
   // getState(kind) -> Buffer
   Napi::Value GetState(const Napi::CallbackInfo& info) {

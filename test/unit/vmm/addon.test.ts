@@ -1,8 +1,9 @@
 /**
  * The KVM/VFIO part of the addon on its own: capability checks, every
  * syscall error as a JS Error with the syscall name and errno text, type
- * errors for bad arguments, VFIO error paths (no VFIO devices here), and
- * no leaked fds or threads from VM/vCPU create/close.
+ * errors for bad arguments, VFIO error paths (no VFIO devices here), the
+ * snapshot calls (state blobs, MSR list, MAP_PRIVATE guest RAM), and no
+ * leaked fds or threads from VM/vCPU create/close.
  */
 import { expect } from 'chai';
 import { kvmNative, KVM_CAP } from '../../../src/vmm/kvm/native';
@@ -98,6 +99,56 @@ describe('vmm addon (KVM, VFIO)', () => {
       fs.readSync(vm.memoryFd, b, 0, 16, 0);
       expect(b[10]).to.equal(0xab);
     } finally { vm.close(); }
+  });
+
+  it('snapshot state: vCPU and VM blobs round-trip, wrong sizes and unknown kinds are refused, the MSR list is there', () => {
+    const n = kvmNative();
+    const vm = new KvmVm();
+    const v = new (n.KvmVcpu)(vm.vmFd, 0, vm.mmapSize, new ArrayBuffer(REC_BYTES));
+    try {
+      const kinds = ['regs', 'sregs', 'fpu', 'xcrs', 'lapic', 'mpstate', 'events', 'debugregs'];
+      for (const k of kinds) v.setState(k, v.getState(k));
+      v.setRegs({ rip: 0x123456n, rax: 42n });
+      const regs = v.getState('regs');
+      const fresh = new (n.KvmVcpu)(vm.vmFd, 1, vm.mmapSize, new ArrayBuffer(REC_BYTES));
+      try {
+        fresh.setState('regs', regs);
+        expect(fresh.getRegs().rip).to.equal(0x123456n);
+        expect(fresh.getRegs().rax).to.equal(42n);
+      } finally { fresh.close(); }
+      expect(() => v.setState('regs', Buffer.alloc(10))).to.throw(RangeError, /setState\(regs\): a Buffer of 144 bytes required/);
+      expect(() => v.getState('nope')).to.throw(TypeError, /vCPU state kind must be one of regs, sregs/);
+      for (const k of ['pic0', 'pic1', 'ioapic', 'pit2', 'clock']) n.vmSetState(vm.vmFd, k, n.vmGetState(vm.vmFd, k));
+      expect(() => n.vmSetState(vm.vmFd, 'pic0', n.vmGetState(vm.vmFd, 'pic1'))).to.throw(RangeError, /blob is for another chip/);
+      expect(() => n.vmSetState(vm.vmFd, 'pit2', Buffer.alloc(3))).to.throw(RangeError, /exactly 112 bytes/);
+      expect(() => n.vmGetState(vm.vmFd, 'nope')).to.throw(TypeError, /VM state kind must be one of pic0/);
+      expect(n.kvmGetMsrIndexList(vm.kvmFd)).to.include(0x10); // IA32_TSC
+    } finally { v.close(); vm.close(); }
+  });
+
+  it('a memory file mapped MAP_PRIVATE: guest RAM reads the file, writes stay private to the VM', () => {
+    const fs = require('node:fs') as typeof import('node:fs');
+    const os = require('node:os') as typeof import('node:os');
+    const path = require('node:path') as typeof import('node:path');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-cow-'));
+    const file = path.join(dir, 'memory.bin');
+    const hot = new HotMemory({ scratchBytes: 65536, guestRegions: [{ gpa: 0n, size: 1 << 20 }] });
+    const vm = new KvmVm();
+    try {
+      const content = Buffer.alloc(1 << 20);
+      content.write('template', 4096);
+      fs.writeFileSync(file, content);
+      const fd = fs.openSync(file, 'r');
+      try { vm.attachMemoryFile(hot, fd); } finally { fs.closeSync(fd); }
+      expect(vm.memoryFd).to.equal(-1);
+      expect(Buffer.from(hot.u8.subarray(hot.guestBase + 4096, hot.guestBase + 4104)).toString()).to.equal('template');
+      hot.u8[hot.guestBase + 4096] = 0x54; // 'T'
+      expect(hot.u8[hot.guestBase + 4096]).to.equal(0x54);
+      expect(fs.readFileSync(file).subarray(4096, 4104).toString()).to.equal('template');
+    } finally {
+      vm.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('VM create/close leaks no fds or threads', () => {
