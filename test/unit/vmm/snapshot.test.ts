@@ -8,6 +8,8 @@
  *  - with an active virtio device (the echo device, polled by the guest)
  *    the transport and queue indices come back: both clones keep getting
  *    correct replies on fresh devices;
+ *  - a request a device popped and never completed makes the snapshot
+ *    wait, then refuse, leaving no state file and the VM running;
  *  - the memory file is sparse, the state file small;
  *  - bad input: truncated or corrupt state file, another VMM version, a
  *    memory file of the wrong size, the directory removed mid-restore,
@@ -112,6 +114,29 @@ describe('vmm snapshot and restore (test guest)', function () {
       expect(checkCount(countLines(o)), `clone ${k}`).to.equal(undefined);
       expect(devs[k].seen.length, `clone ${k}'s own device served its requests`).to.be.at.least(4);
     });
+  });
+
+  it('refuses (after the drain timeout) while a device holds a popped request, leaves no state file, and the VM runs on', async () => {
+    /** Pops every chain and never completes it: a request forever in flight. */
+    class StuckDevice extends EchoDevice {
+      override queueNotify(index: number): void { const q = this.ctx?.queues[index]; if (q) q.popBatch(); }
+    }
+    const g = startCountGuest(100000, { devices: [new StuckDevice()], extra: 'echo' });
+    machines.push(g.machine);
+    // The guest's first ping (tick 5) is popped and never answered: it now spins in vq_wait.
+    await until('the guest to have sent its ping', () => (countLines(g.out()).length >= 5 ? true : undefined), 30000, 10);
+    await new Promise((r) => setTimeout(r, 50));
+    const dir = path.join(tmp, 'snap-stuck');
+    let err: unknown;
+    const t0 = Date.now();
+    try { await g.machine.snapshot(dir); } catch (e) { err = e; }
+    expect(err).to.be.instanceOf(SnapshotError);
+    expect((err as SnapshotError).kind).to.equal('refused');
+    expect((err as Error).message).to.match(/virtio requests still in flight after 2000 ms \(type 127: 1\)/);
+    expect(Date.now() - t0).to.be.at.least(2000);
+    expect(fs.existsSync(path.join(dir, STATE_FILE))).to.equal(false);
+    expect(g.machine.isRunning && !g.machine.isPaused, 'resumed after the refusal').to.equal(true);
+    await g.machine.stop();
   });
 
   it('writes a sparse memory file and a small state file', () => {
