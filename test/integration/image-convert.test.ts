@@ -38,8 +38,8 @@ for d, dirs, files in os.walk(root):
         if stat.S_ISREG(st.st_mode):
             with open(p, 'rb') as f: h = hashlib.sha256(f.read()).hexdigest()
         tgt = os.readlink(p) if stat.S_ISLNK(st.st_mode) else ''
-        mt = st.st_mtime_ns if not stat.S_ISLNK(st.st_mode) else 0
-        nl = st.st_nlink if not stat.S_ISDIR(st.st_mode) else 0
+        mt = st.st_mtime_ns
+        nl = st.st_nlink
         out.append([rel, oct(st.st_mode), st.st_uid, st.st_gid, st.st_size if not stat.S_ISDIR(st.st_mode) else 0, mt, nl, grp, st.st_rdev, tgt, xs, h])
 print(json.dumps(out))
 `;
