@@ -10,6 +10,8 @@
  *    correct replies on fresh devices;
  *  - a request a device popped and never completed makes the snapshot
  *    wait, then refuse, leaving no state file and the VM running;
+ *  - a restored VM snapshots again (its RAM scanned, zero pages skipped)
+ *    and that second-generation snapshot restores and continues;
  *  - the memory file is sparse, the state file small;
  *  - bad input: truncated or corrupt state file, another VMM version, a
  *    memory file of the wrong size, the directory removed mid-restore,
@@ -137,6 +139,28 @@ describe('vmm snapshot and restore (test guest)', function () {
     expect(fs.existsSync(path.join(dir, STATE_FILE))).to.equal(false);
     expect(g.machine.isRunning && !g.machine.isPaused, 'resumed after the refusal').to.equal(true);
     await g.machine.stop();
+  });
+
+  it('a restored VM can be snapshotted again (no memfd: its RAM is scanned) and that snapshot restores too', async () => {
+    let out = atSnapshot;
+    const c1 = Machine.restore(snapDir, { serialOut: (b) => { out += Buffer.from(b).toString('latin1'); } });
+    machines.push(c1);
+    const at = countLines(atSnapshot).length;
+    c1.start();
+    await until('10 lines in the first clone', () => (countLines(out).length >= at + 10 ? true : undefined), 30000, 10);
+    await c1.pause();
+    const dir2 = path.join(tmp, 'snap-of-clone');
+    const info = await c1.snapshot(dir2);
+    const cut = out;
+    await c1.stop();
+    expect(info.memoryDataBytes).to.be.below(1 << 20); // zero pages skipped even without SEEK_DATA
+    let out2 = cut;
+    const c2 = Machine.restore(dir2, { serialOut: (b) => { out2 += Buffer.from(b).toString('latin1'); } });
+    machines.push(c2);
+    c2.start();
+    await until('10 more lines in the second generation', () => (countLines(out2).length >= countLines(cut).length + 10 ? true : undefined), 30000, 10);
+    await c2.stop();
+    expect(checkCount(countLines(out2))).to.equal(undefined);
   });
 
   it('writes a sparse memory file and a small state file', () => {
