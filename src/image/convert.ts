@@ -53,8 +53,12 @@ export interface ConvertResult {
   metaPath: string;
 }
 
-/** Decompresses a layer by its media type and checks it against its diff_id. */
-export function layerTar(raw: Buffer, mediaType: string, diffId: string | undefined, what: string): Buffer {
+/**
+ * Decompresses a layer by its media type and checks it against its diff_id.
+ * `verifiedDigest`: the digest `raw` was already checked against; an
+ * uncompressed layer whose diff_id is that digest is not hashed again.
+ */
+export function layerTar(raw: Buffer, mediaType: string, diffId: string | undefined, what: string, verifiedDigest?: string): Buffer {
   const c = layerCompression(mediaType);
   let tar: Buffer;
   if (c === 'zstd') throw new ConvertError('unsupported', `${what}: zstd layers are not supported (Node 20's zlib has no zstd decoder)`);
@@ -63,6 +67,7 @@ export function layerTar(raw: Buffer, mediaType: string, diffId: string | undefi
       throw new ConvertError('layer', `${what}: gzip stream is corrupt or over ${MAX_LAYER_BYTES} bytes (${(e as Error).message})`, { cause: e });
     }
   } else tar = raw;
+  if (c === 'none' && diffId !== undefined && diffId === verifiedDigest) return tar;
   const got = `sha256:${crypto.createHash('sha256').update(tar).digest('hex')}`;
   if (diffId !== undefined && got !== diffId) throw new ConvertError('layer', `${what}: uncompressed content is ${got}, the config's diff_id says ${diffId}`);
   return tar;
@@ -73,7 +78,7 @@ export function buildTree(img: ResolvedImage, onLayer: (bytes: number) => void =
   const tree = new LayerTree();
   img.layers.forEach((l, i) => {
     const what = `layer ${i} (${l.digest.slice(0, 19)})`;
-    const tar = layerTar(img.readLayer(i), l.mediaType, img.config.rootfs?.diff_ids?.[i], what);
+    const tar = layerTar(img.readLayer(i), l.mediaType, img.config.rootfs?.diff_ids?.[i], what, l.digest);
     tree.apply(parseTar(tar, what), i, what);
     onLayer(l.size);
   });
