@@ -97,6 +97,9 @@ export interface Hypervisor {
    * for). Absent where devices are not on PCI (the builtin VMM's virtio-mmio).
    */
   slotOf?(kind: 'blk' | 'fs' | 'net', id: string): number | undefined;
+  /** Hotplug a host PCI device (vfio-pci) by its address dddd:bb:dd.f, when the hypervisor can. */
+  addVfio?(id: string, bdf: string): Promise<void>;
+  removeVfio?(id: string): Promise<void>;
   /** Hotplug slots still free, where the hypervisor has a bounded bus. */
   freeSlots?(): number;
   /** Resolves when the VM ends for any reason, with a human reason. */

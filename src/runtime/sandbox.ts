@@ -38,6 +38,8 @@ import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
 import { DeviceManager, SANDBOX_HOLDER } from '../resource/devices/device-manager';
+import { planContainerDevices, type ContainerDevicePlan } from '../resource/devices/container-devices';
+import type { Device } from '../protocols/agent-api';
 import { configureGuestNetwork, guestNetworkPlan, type GuestNetworkPlan } from '../resource/network/guest-config';
 import { NetnsWatcher } from '../resource/network/netns-watch';
 import { makeCloneUnique, startFromTemplate } from '../factory/sandbox-clone';
@@ -152,6 +154,8 @@ export class Sandbox {
   private volumeShare = false;
   /** Every disk, share and network device of the VM, boot-time or hotplugged, with its holders (src/resource/devices). */
   readonly devices: DeviceManager;
+  /** Containers' linux.devices disks as the agent is told about them (CreateContainerRequest.devices). */
+  private readonly containerDevices = new Map<string, Device[]>();
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
@@ -265,7 +269,7 @@ export class Sandbox {
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
       // Page scanner and balloon, reached by kata-ctl on mem.sock (src/memory).
-      this.memory = await startSandboxMemory(this.opts.hypervisor, cfg, this.id, this.dir, vmCfg.memoryMiB);
+      this.memory = await startSandboxMemory(this.opts.hypervisor, cfg, this.id, this.dir, vmCfg.memoryMiB, this.agentClient, vmCfg.vcpus);
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings),
         host: { toAgentReadyMs: tMarker - t0, dialMs: wire.timings.connectMs, firstRpcMs: tCheck - tMarker, sandboxSetupMs: Date.now() - tCheck } });
       this.phase = 'running';
@@ -327,6 +331,8 @@ export class Sandbox {
    */
   async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
+    // linux.devices: bad entries are refused before anything is set up (src/resource/devices).
+    const devPlan = planContainerDevices(spec);
     // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
     await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.
@@ -335,12 +341,25 @@ export class Sandbox {
       throw err;
     });
     try {
+      await this.attachContainerDevices(id, devPlan);
       await this.createWithRootfs(id, { ...spec, mounts: vol.mounts }, rootfs, opts, vol.storages);
     } catch (err) {
+      this.containerDevices.delete(id);
+      await this.devices.detachHolder(id).catch((e) => this.log.warn('cannot detach a container\'s devices', { container: id, err: errorMessage(e) }));
       await this.memory?.containerLeaves(id);
       await this.volumes.remove(id).catch((e) => this.log.warn('cannot unmount volumes', { container: id, err: errorMessage(e) }));
       throw err;
     }
+  }
+
+  /**
+   * Hotplugs the disks of a container's linux.devices (all or nothing) and
+   * records where they are for the agent: their PCI paths.
+   */
+  private async attachContainerDevices(id: string, plan: ContainerDevicePlan): Promise<void> {
+    if (!plan.disks.length) return;
+    const attached = await this.devices.attachAll(plan.disks, id);
+    this.containerDevices.set(id, plan.devices.map((d, i) => ({ ...d, vm_path: attached[i].pciPath ?? attached[i].spec.id })));
   }
 
   /**
@@ -387,7 +406,7 @@ export class Sandbox {
       // virtio-fs: the share is the rootfs itself, writable, no overlay.
       try {
         await this.agent.createContainer({
-          container_id: id, exec_id: '',
+          container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
           storages: [...volumeStorages, { driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
           oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
         });
@@ -408,7 +427,7 @@ export class Sandbox {
     const lower = `/run/kata-ts/storage/${id}`;
     try {
       await this.agent.createContainer({
-        container_id: id, exec_id: '',
+        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
         storages: [
           ...volumeStorages,
           { driver: 'blk', source: disk, fstype: 'erofs', options: ['ro'], mount_point: lower },
@@ -439,7 +458,7 @@ export class Sandbox {
     const lower = `/run/kata-ts/storage/${id}`;
     try {
       await this.agent.createContainer({
-        container_id: id, exec_id: '',
+        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
         storages: [...volumeStorages, ...imageStorages(id, lower, root)],
         oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
       });
@@ -470,6 +489,9 @@ export class Sandbox {
     await this.agent.removeContainer(id, timeoutSec);
     if (c.disk) await this.devices.detach(c.disk, id).catch(() => undefined);
     if (c.blobDisk) await this.devices.detach(c.blobDisk, id).catch(() => undefined);
+    // Its linux.devices disks (a disk another container also holds stays).
+    this.containerDevices.delete(id);
+    await this.devices.detachHolder(id).catch((err) => this.log.warn('cannot detach a container\'s devices', { container: id, err: errorMessage(err) }));
     // After the agent unmounted it: the host directory is let go (the shim
     // unmounts its rootfs right after, which our open fds would block).
     if (c.share) await this.unshare(id);

@@ -17,8 +17,9 @@
  *
  * Kinds not hotpluggable here are said plainly: `pmem` (the NVDIMM is a
  * boot-time device of the memory plan, src/memory), `vsock` (the agent
- * channel is fixed at slot 4 from boot), `vfio` (no IOMMU on these hosts;
- * see README "Devices"). The builtin VMM has no hotplug at all: its
+ * channel is fixed at slot 4 from boot). `vfio` goes to the hypervisor's
+ * addVfio (QEMU: vfio-pci after an IOMMU group check, which on these hosts
+ * without an IOMMU always refuses). The builtin VMM has no hotplug at all: its
  * virtio-mmio devices are declared on the kernel command line and the guest
  * cannot discover new ones without ACPI.
  *
@@ -66,7 +67,7 @@ const ID_RE: Record<'blk' | 'fs' | 'net' | 'other', RegExp> = {
 };
 
 /** The hypervisor methods the manager drives. */
-export type DeviceHost = Pick<Hypervisor, 'name' | 'addDisk' | 'removeDisk' | 'addShare' | 'removeShare' | 'addNet' | 'removeNet' | 'slotOf' | 'freeSlots'>;
+export type DeviceHost = Pick<Hypervisor, 'name' | 'addDisk' | 'removeDisk' | 'addShare' | 'removeShare' | 'addNet' | 'removeNet' | 'addVfio' | 'removeVfio' | 'slotOf' | 'freeSlots'>;
 
 /** Same device? (A second holder must describe exactly what is attached.) */
 function sameDevice(a: DeviceSpec, b: DeviceSpec): boolean {
@@ -253,7 +254,9 @@ export class DeviceManager {
       case 'vsock':
         throw new DeviceError('unsupported', `vsock device ${spec.id}: the agent channel is fixed from boot (slot 04); a second vsock device is not supported`);
       case 'vfio':
-        throw new DeviceError('unsupported', `vfio device ${spec.id} (${spec.bdf}): VFIO hotplug through the device manager is not implemented`);
+        if (!hv.addVfio) throw new DeviceError('unsupported', `vfio device ${spec.id} (${spec.bdf}): the ${hv.name} hypervisor cannot assign host PCI devices; use qemu`);
+        await hv.addVfio(spec.id, spec.bdf);
+        return;
     }
   }
 
@@ -261,5 +264,6 @@ export class DeviceManager {
     if (spec.kind === 'blk') await this.hv.removeDisk(spec.id);
     else if (spec.kind === 'fs') await this.hv.removeShare?.(spec.id);
     else if (spec.kind === 'net') await this.hv.removeNet?.(spec.id);
+    else if (spec.kind === 'vfio') await this.hv.removeVfio?.(spec.id);
   }
 }

@@ -28,6 +28,21 @@ import { ConfigSpace, VIRTIO_ID_BLOCK, VIRTIO_RING_FEATURES, type ActivateContex
 import { NeedsResetLatch } from '../needs-reset';
 
 export type BlkErrorKind = 'config' | 'malformed';
+/**
+ * Bytes of an image file or a host block device: fstat's size is 0 for a
+ * block device (a host disk or loop device given to a container through
+ * linux.devices), and Node has no BLKGETSIZE64; the kernel's
+ * /sys/dev/block/MAJOR:MINOR/size counts 512-byte sectors.
+ */
+function fileOrDeviceBytes(fd: number): number {
+  const st = fs.fstatSync(fd, { bigint: true });
+  if (!st.isBlockDevice()) return Number(st.size);
+  const d = st.rdev;
+  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
+  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
+  return Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
+}
+
 export class BlkError extends KataError<BlkErrorKind> {}
 
 /** §5.2.3 feature bits. */
@@ -90,7 +105,7 @@ export class BlkDevice implements VirtioDevice {
   constructor(readonly opts: BlkDeviceOptions) {
     if (opts.backend) opts = this.opts = { ...opts, readonly: true };
     this.fd = opts.backend ? -1 : fs.openSync(opts.path, opts.readonly ? 'r' : 'r+');
-    const size = opts.backend ? opts.backend.size : fs.fstatSync(this.fd).size;
+    const size = opts.backend ? opts.backend.size : fileOrDeviceBytes(this.fd);
     this.capacitySectors = BigInt(Math.floor(size / SECTOR));
     const qs = opts.queueSize ?? 256;
     this.queueMaxSizes = [qs];

@@ -12,6 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
+import { DeviceManager, DeviceError } from '../../../src/resource/devices/device-manager';
 import type { VmConfig } from '../../../src/hypervisor/hypervisor';
 
 /** PCI slot of every -device that names one (addr=0x..), by its id= (or driver when it has none). */
@@ -263,6 +264,22 @@ describe('QemuHypervisor with a stand-in QEMU: PCI slots, owner death', function
       });
     });
   }
+
+  it('VFIO through the device manager: this host has no IOMMU, so the device is refused before any device_add and no slot is taken', async function () {
+    if (fs.readdirSync('/sys/kernel/iommu_groups').length > 0) this.skip(); // a host with an IOMMU: this case does not apply
+    const bdf = fs.readdirSync('/sys/bus/pci/devices')[0];
+    await withFakeVm('virtio-blk', async (hv, qmp) => {
+      const before = hv.slotsInUse();
+      const m = new DeviceManager(hv);
+      let err: unknown;
+      await m.attach({ kind: 'vfio', id: 'gpu0', bdf }, 'c1').catch((e: unknown) => { err = e; });
+      expect(err).to.be.instanceOf(DeviceError);
+      expect((err as Error).message).to.match(new RegExp(`cannot attach vfio device gpu0: ${bdf.replace(/\./g, '\\.')} has no IOMMU group: the host's IOMMU is off`));
+      expect(hv.slotsInUse()).to.deep.equal(before);
+      expect(qmp.commands.filter((c) => c.execute === 'device_add')).to.deep.equal([]);
+      expect(m.list()).to.deep.equal([]);
+    });
+  });
 
   it('a device the guest does not release keeps its slot until DEVICE_DELETED comes; DeviceNotFound frees it at once', async function () {
     this.timeout(30000);

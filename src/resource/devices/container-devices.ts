@@ -1,0 +1,88 @@
+/**
+ * OCI `linux.devices` (and CRI devices, which containerd turns into the same
+ * spec entries) on the host side: each block-device entry ("b") names a host
+ * path — a block device or an image file — that becomes a virtio-blk disk of
+ * the VM through the device manager, held by the container; the agent gets a
+ * Device (proto/agent.proto) with the disk's PCI path and the container
+ * path, and gives the entry the guest device's numbers (src/agent/devices.ts).
+ *
+ * Rules:
+ *   - the host path is the entry's `path` (as Kata: the device the container
+ *     asked for, seen at the same path inside), read-write;
+ *   - a host block device whose major/minor differ from the entry's is an
+ *     error (the spec describes another device than the one at that path);
+ *     an image file takes the entry's numbers as only a request (the guest's
+ *     replace them);
+ *   - an allow rule for the device is added to linux.resources.devices when
+ *     none names it (crun's device cgroup would otherwise deny it under a
+ *     default-deny rule, as CRI's specs have);
+ *   - character devices ("c", "u", "p") are left to the guest as they are:
+ *     a host character device cannot be given to a VM this way.
+ * The disk id comes from the host path, so two containers naming the same
+ * device share one disk (reference-counted by the manager).
+ */
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import type { Device } from '../../protocols/agent-api';
+import { DeviceError, type DeviceSpec } from './device-manager';
+
+/** What a container's block devices need: the disks to attach and what to tell the agent. */
+export interface ContainerDevicePlan {
+  disks: Array<DeviceSpec & { kind: 'blk' }>;
+  /** vm_path is filled in once the disk is attached (its PCI path). */
+  devices: Device[];
+}
+
+interface SpecLike { linux?: { devices?: unknown[]; resources?: Record<string, unknown> } }
+
+/** Disk id of a host path: ≤ 20 bytes (virtio-blk serial), the same for every container. */
+export function deviceDiskId(hostPath: string): string {
+  return 'x' + crypto.createHash('sha256').update(hostPath).digest('hex').slice(0, 19);
+}
+
+/** Linux dev_t → major/minor (glibc's encoding). */
+function devNumbers(rdev: number): { major: number; minor: number } {
+  const d = BigInt(rdev);
+  return { major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)), minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)) };
+}
+
+/**
+ * Reads the spec's block-device entries and checks them against the host;
+ * adds missing cgroup allow rules to `spec` (in place). Throws one
+ * DeviceError for a bad entry before anything is attached.
+ */
+export function planContainerDevices(spec: SpecLike): ContainerDevicePlan {
+  const plan: ContainerDevicePlan = { disks: [], devices: [] };
+  const entries = spec.linux?.devices;
+  if (entries === undefined) return plan;
+  if (!Array.isArray(entries)) throw new DeviceError('invalid', 'linux.devices must be an array');
+  const seen = new Set<string>();
+  for (const e of entries) {
+    if (typeof e !== 'object' || e === null) throw new DeviceError('invalid', 'a linux.devices entry is not an object');
+    const { path: p, type, major, minor } = e as { path?: unknown; type?: unknown; major?: unknown; minor?: unknown };
+    if (typeof p !== 'string' || !p.startsWith('/')) throw new DeviceError('invalid', `linux.devices: path ${JSON.stringify(p)} is not an absolute path`);
+    if (type !== 'b') continue;
+    if (seen.has(p)) throw new DeviceError('duplicate', `linux.devices names ${p} twice`);
+    seen.add(p);
+    let st: fs.Stats;
+    try { st = fs.statSync(p); } catch { throw new DeviceError('invalid', `linux.devices: ${p} does not exist on the host`); }
+    if (!st.isBlockDevice() && !st.isFile()) throw new DeviceError('invalid', `linux.devices: ${p} is neither a block device nor an image file`);
+    if (st.isBlockDevice()) {
+      const host = devNumbers(st.rdev);
+      if ((major !== undefined && major !== host.major) || (minor !== undefined && minor !== host.minor)) {
+        throw new DeviceError('invalid', `linux.devices: ${p} is ${host.major}:${host.minor} on the host, not ${String(major)}:${String(minor)} as the spec says`);
+      }
+    }
+    const id = deviceDiskId(p);
+    plan.disks.push({ kind: 'blk', id, path: p, readonly: false });
+    plan.devices.push({ id, type: 'blk', vm_path: '', container_path: p, options: [] });
+    if (typeof major === 'number' && typeof minor === 'number') {
+      const res = (spec.linux!.resources ??= {});
+      const rules = (Array.isArray(res.devices) ? res.devices : (res.devices = [])) as Array<Record<string, unknown>>;
+      if (!rules.some((r) => r.allow === true && r.major === major && r.minor === minor && (r.type === 'b' || r.type === 'a'))) {
+        rules.push({ allow: true, type: 'b', major, minor, access: 'rwm' });
+      }
+    }
+  }
+  return plan;
+}
