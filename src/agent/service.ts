@@ -14,6 +14,7 @@
  * service) and add one line to the table in agentHandlers().
  */
 import { reseedRandomDev, setGuestDateTime } from './identity';
+import { onlineCpuMem } from './online-cpu-mem';
 import type * as api from '../protocols/agent-api';
 import { AGENT_SERVICE, agentMethods } from '../protocols/agent-api';
 import { KataError, errorMessage } from '../common/errors';
@@ -145,6 +146,7 @@ export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGat
     AddARPNeighbors: async (r: api.AddARPNeighborsRequest) => (sb.network.addArpNeighbors(r.neighbors), {}),
     ReseedRandomDev: async (r: api.ReseedRandomDevRequest) => (await reseedRandomDev(r.data), {}),
     SetGuestDateTime: async (r: api.SetGuestDateTimeRequest) => (setGuestDateTime(r.Sec, r.Usec), {}),
+    OnlineCPUMem: async (r: api.OnlineCPUMemRequest) => (await onlineCpuMem(r), {}),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   });

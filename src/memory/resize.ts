@@ -17,9 +17,8 @@
  * clear error and nothing plugged.
  *
  * Onlining in the guest: hotplugged memory comes up online by itself
- * (kernel parameter memhp_default_state=online); hotplugged vCPUs need the
- * agent to online them (Kata's OnlineCPUMem) — NOT done here yet: README
- * "Memory density" says so; until then a new vCPU stays offline in the guest.
+ * (kernel parameter memhp_default_state=online); hotplugged vCPUs are
+ * onlined by the agent (Kata's OnlineCPUMem, src/agent/online-cpu-mem.ts).
  */
 import { KataError } from '../common/errors';
 import { logger } from '../common/log';
@@ -60,7 +59,9 @@ export class VmResizer {
   private seq = 0;
   private readonly log = logger('resize');
 
-  constructor(private readonly qmp: Qmp, readonly limits: ResizeLimits, private readonly balloon = false) {}
+  constructor(private readonly qmp: Qmp, readonly limits: ResizeLimits, private readonly balloon = false,
+    /** The agent's OnlineCPUMem: onlines hot-added vCPUs in the guest. */
+    private readonly online?: (nbCpus: number) => Promise<unknown>) {}
 
   get vcpus(): number {
     return this.limits.baseVcpus + this.cpus.length;
@@ -104,7 +105,12 @@ export class VmResizer {
   }
 
   private async apply(t: { vcpus: number; memoryMiB: number }): Promise<void> {
-    while (this.vcpus < t.vcpus) await this.plugCpu();
+    let added = 0;
+    while (this.vcpus < t.vcpus) {
+      await this.plugCpu();
+      added++;
+    }
+    if (added && this.online) await this.online(added);
     while (this.vcpus > t.vcpus && this.cpus.length) await this.unplug(this.cpus.pop()!);
     const want = Math.ceil(Math.max(0, t.memoryMiB - this.limits.baseMiB) / MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB;
     const have = this.memoryMiB - this.limits.baseMiB;

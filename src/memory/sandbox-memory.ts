@@ -7,10 +7,11 @@
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import type { QemuHypervisor } from '../hypervisor/qemu';
 import type { Config } from '../runtime/config';
+import type { AgentClient } from '../runtime/agent-client';
 import { SandboxMemory } from './service';
 import { KsmThrottler } from './throttler';
 
-export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number, vcpus = cfg['hypervisor.qemu'].default_vcpus): Promise<SandboxMemory | undefined> {
+export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number, agent?: AgentClient, vcpus = cfg['hypervisor.qemu'].default_vcpus): Promise<SandboxMemory | undefined> {
   // The builtin VMM maps guest RAM itself; wiring it here is not done yet (README "Memory density": limits).
   if (hv.name !== 'qemu') return undefined;
   const qemu = hv as QemuHypervisor;
@@ -29,6 +30,7 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
     balloon: cfg['hypervisor.qemu'].reclaim_guest_freed_memory,
     scanner: { enabled: mem.page_scanner, rateMiB: mem.scan_rate_mib, intervalSec: mem.scan_interval },
     companions,
+    onlineCpus: agent ? (n) => agent.onlineCpuMem(n, { wait: true, cpuOnly: true }) : undefined,
     resize: q.default_maxmemory > memoryMiB || q.default_maxvcpus > vcpus
       ? { baseVcpus: vcpus, maxVcpus: Math.max(vcpus, q.default_maxvcpus), baseMiB: memoryMiB, maxMiB: Math.max(memoryMiB, q.default_maxmemory) }
       : undefined,

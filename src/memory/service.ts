@@ -33,6 +33,8 @@ export interface SandboxMemoryOptions {
   companions?: Array<{ stop(): void }>;
   /** Hotplug room (default_maxvcpus / default_maxmemory above the boot size): containers' limits resize the VM. */
   resize?: ResizeLimits;
+  /** The agent's OnlineCPUMem for hot-added vCPUs. */
+  onlineCpus?: (nbCpus: number) => Promise<unknown>;
 }
 
 export interface ScanReport extends Omit<ScanResult, 'fingerprints' | 'counts'> {
@@ -55,7 +57,7 @@ export class SandboxMemory {
   readonly resizer: VmResizer | undefined;
 
   private constructor(private readonly o: SandboxMemoryOptions) {
-    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon);
+    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon, o.onlineCpus);
   }
 
   /** A container with OCI linux.resources joins: the VM grows to fit (or the container is refused beyond the maximum). */

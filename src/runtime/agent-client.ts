@@ -115,6 +115,9 @@ export class AgentClient {
   /** A template clone's RNG reseed and clock (src/factory/sandbox-clone.ts). */
   reseedRandomDev(data: Buffer): Promise<api.Empty> { return this.call('ReseedRandomDev', { data }); }
   setGuestDateTime(sec: number, usec: number): Promise<api.Empty> { return this.call('SetGuestDateTime', { Sec: sec, Usec: usec }); }
+  onlineCpuMem(nbCpus: number, opts: { wait?: boolean; cpuOnly?: boolean } = {}): Promise<api.Empty> {
+    return this.call('OnlineCPUMem', { wait: opts.wait ?? true, nb_cpus: nbCpus, cpu_only: opts.cpuOnly ?? false });
+  }
   updateInterface(iface: api.Interface): Promise<api.Interface> { return this.call('UpdateInterface', { interface: iface }); }
   updateRoutes(routes: api.Route[]): Promise<api.Routes> { return this.call('UpdateRoutes', { routes: { routes } }); }
   listInterfaces(): Promise<api.Interfaces> { return this.call('ListInterfaces', {}); }

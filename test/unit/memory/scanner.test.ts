@@ -122,7 +122,7 @@ describe('memory/scanner', function () {
     const t = setInterval(() => ticks++, 10);
     const r = await scanner.scan().finally(() => clearInterval(t));
     expect(r.durationMs).to.be.at.least(240);
-    expect(ticks).to.be.at.least(10); // timers ran during the pass
+    expect(ticks).to.be.at.least(3); // timers ran during the pass (few on a loaded host: 10 ms ticks slip)
     await scanner.scan().then(() => undefined);
     const p1 = scanner.scan();
     const second = await scanner.scan().then(() => undefined, (e: unknown) => e);
