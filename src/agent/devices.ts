@@ -13,6 +13,7 @@
 import * as fs from 'node:fs/promises';
 import type { Device } from '../protocols/agent-api';
 import { KataError } from '../common/errors';
+import { splitDev } from '../common/devnum';
 import { waitForPciBlockDevice } from './pci-device';
 
 export class DeviceMapError extends KataError<'invalid' | 'failed-precondition'> {}
@@ -33,10 +34,7 @@ export const resolveByPciPath: DeviceResolver = async (d) => waitForPciBlockDevi
 export async function nodeNumbers(node: string): Promise<{ major: number; minor: number }> {
   const st = await fs.stat(node, { bigint: true });
   if (!st.isBlockDevice()) throw new DeviceMapError('failed-precondition', `${node} is not a block device`);
-  const dev = st.rdev;
-  const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
-  const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
-  return { major, minor };
+  return splitDev(st.rdev);
 }
 
 /**

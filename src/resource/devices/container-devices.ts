@@ -25,6 +25,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import type { Device } from '../../protocols/agent-api';
 import { DeviceError, type DeviceSpec } from './device-manager';
+import { splitDev } from '../../common/devnum';
 
 /** What a container's block devices need: the disks to attach and what to tell the agent. */
 export interface ContainerDevicePlan {
@@ -38,12 +39,6 @@ interface SpecLike { linux?: { devices?: unknown[]; resources?: Record<string, u
 /** Disk id of a host path: ≤ 20 bytes (virtio-blk serial), the same for every container. */
 export function deviceDiskId(hostPath: string): string {
   return 'x' + crypto.createHash('sha256').update(hostPath).digest('hex').slice(0, 19);
-}
-
-/** Linux dev_t → major/minor (glibc's encoding). */
-function devNumbers(rdev: number): { major: number; minor: number } {
-  const d = BigInt(rdev);
-  return { major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)), minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)) };
 }
 
 /**
@@ -68,7 +63,7 @@ export function planContainerDevices(spec: SpecLike): ContainerDevicePlan {
     try { st = fs.statSync(p); } catch { throw new DeviceError('invalid', `linux.devices: ${p} does not exist on the host`); }
     if (!st.isBlockDevice() && !st.isFile()) throw new DeviceError('invalid', `linux.devices: ${p} is neither a block device nor an image file`);
     if (st.isBlockDevice()) {
-      const host = devNumbers(st.rdev);
+      const host = splitDev(st.rdev);
       if ((major !== undefined && major !== host.major) || (minor !== undefined && minor !== host.minor)) {
         throw new DeviceError('invalid', `linux.devices: ${p} is ${host.major}:${host.minor} on the host, not ${String(major)}:${String(minor)} as the spec says`);
       }

@@ -22,6 +22,7 @@
  */
 import * as fs from 'node:fs';
 import { KataError } from '../../common/errors';
+import { splitDev } from '../../common/devnum';
 import { logger } from '../../common/log';
 import { CHAIN_HEAD, CHAIN_IOV_FIRST, CHAIN_N_READABLE, CHAIN_N_WRITABLE, CHAIN_WORDS, Virtqueue, VirtqueueError } from '../../hot/virtqueue';
 import { ConfigSpace, VIRTIO_ID_BLOCK, VIRTIO_RING_FEATURES, type ActivateContext, type VirtioDevice } from '../device';
@@ -37,9 +38,7 @@ export type BlkErrorKind = 'config' | 'malformed';
 function fileOrDeviceBytes(fd: number): number {
   const st = fs.fstatSync(fd, { bigint: true });
   if (!st.isBlockDevice()) return Number(st.size);
-  const d = st.rdev;
-  const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
-  const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
+  const { major, minor } = splitDev(st.rdev);
   return Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
 }
 
