@@ -35,6 +35,12 @@ export interface SandboxMemoryOptions {
   resize?: ResizeLimits;
   /** The agent's OnlineCPUMem for hot-added vCPUs. */
   onlineCpus?: (nbCpus: number) => Promise<unknown>;
+  /**
+   * Grow memory by DIMM hotplug too. Off: measured here, QEMU's new memory
+   * table after a DIMM hotplug left the agent's vsock channel dead (the next
+   * connect timed out), so containers' memory limits do not resize the VM.
+   */
+  memoryHotplug?: boolean;
 }
 
 export interface ScanReport extends Omit<ScanResult, 'fingerprints' | 'counts'> {
@@ -64,6 +70,7 @@ export class SandboxMemory {
   async containerJoins(id: string, resources: Parameters<typeof containerDemand>[0]): Promise<void> {
     if (!this.resizer) return;
     const d = containerDemand(resources);
+    if (!this.o.memoryHotplug) d.memoryMiB = 0;
     if (d.vcpus === 0 && d.memoryMiB === 0) return;
     await this.resizer.add(id, d);
     this.log.info('sandbox resized', { sandbox: this.o.id, container: id, vcpus: this.resizer.vcpus, memoryMiB: this.resizer.memoryMiB });
