@@ -11,6 +11,9 @@
  * devices; measured 2026-11-30). Without a balloon the DIMMs stay plugged,
  * with a warning. A DIMM once plugged is reused before plugging another.
  *
+ * Memory growth is switched off by the caller for now (src/memory/service.ts,
+ * memoryHotplug: the vsock agent channel died after a DIMM hotplug here).
+ *
  * Sizing follows Kata: vCPUs = base + Σ ceil(quota / period), memory = base
  * + Σ limit, memory in 128 MiB steps (the x86 guest's memory block size, the
  * unit Linux onlines). Beyond default_maxvcpus / default_maxmemory → a
