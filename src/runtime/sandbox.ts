@@ -430,7 +430,8 @@ export class Sandbox {
         container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
         storages: [
           ...volumeStorages,
-          { driver: 'blk', source: disk, fstype: 'erofs', options: ['ro'], mount_point: lower },
+          // The agent waits for the disk at its PCI path (Kata's form) where it has one, else by serial (virtio-mmio).
+          { driver: 'blk', source: this.devices.get(disk)?.pciPath ?? disk, fstype: 'erofs', options: ['ro'], mount_point: lower },
           { driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${lower}`], mount_point: root },
         ],
         oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
