@@ -5,7 +5,7 @@
  * summaries, src/memory/scanner.ts crossSandbox), and host KSM counters.
  */
 import { crossSandbox, type SandboxPages } from '../memory/scanner';
-import { memoryCtlCall } from '../memory/ctl-socket';
+import { MemoryCtlError, memoryCtlCall } from '../memory/ctl-socket';
 import { processKsm, readKsm } from '../memory/ksm';
 import type { ScanReport } from '../memory/service';
 import { errorMessage } from '../common/errors';
@@ -18,6 +18,8 @@ export interface SandboxScan {
   id: string;
   report?: ScanReport;
   error?: string;
+  /** The sandbox has no memory service to ask (not an error for a scrape). */
+  absent?: boolean;
 }
 
 /** Decodes the base64 summary a scan report carries (checked: lengths must agree). */
@@ -39,7 +41,7 @@ export async function fetchScans(rows: SandboxRow[], opts: { fresh?: boolean; ti
       const res = await memoryCtlCall(r.dir, { op: 'scan', fresh: opts.fresh }, opts.timeoutMs ?? 60000);
       out.push({ id: r.id, report: res.scan as ScanReport });
     } catch (err) {
-      out.push({ id: r.id, error: errorMessage(err) });
+      out.push({ id: r.id, error: errorMessage(err), absent: err instanceof MemoryCtlError && err.kind === 'absent' });
     }
   }
   return out;
@@ -78,7 +80,9 @@ export function summarize(scans: SandboxScan[]): MemorySummary {
 
 /** Adds the page scanner and KSM series to a scrape. */
 export async function memoryMetrics(reg: Registry, rows: SandboxRow[]): Promise<string[]> {
-  const sum = summarize(await fetchScans(rows));
+  // A sandbox without a memory service (builtin VMM) simply has no scanner
+  // series; its guest metrics already say whether it is reachable.
+  const sum = summarize((await fetchScans(rows)).filter((s) => !s.absent));
   for (const s of sum.sandboxes) {
     const l = { sandbox_id: s.id };
     reg.add('kata_memory_scan_resident_bytes', 'gauge', 'guest RAM present in the host (page scanner)', l, s.residentPages * PAGE);

@@ -16,7 +16,8 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { KataError, errorMessage } from '../common/errors';
 
-export class MemoryCtlError extends KataError<'unavailable' | 'protocol' | 'remote'> {}
+/** 'absent': the sandbox serves no memory socket at all (builtin VMM, or an owner that predates it). */
+export class MemoryCtlError extends KataError<'absent' | 'unavailable' | 'protocol' | 'remote'> {}
 
 export const MEM_SOCKET_NAME = 'mem.sock';
 const MAX_REQUEST = 4096;
@@ -102,7 +103,7 @@ export async function serveMemoryCtl(sandboxDir: string, handler: MemoryHandler)
 export function memoryCtlCall(sandboxDir: string, req: MemoryRequest, timeoutMs = 30000): Promise<Record<string, unknown>> {
   const socket = memSocketPath(sandboxDir);
   if (!fs.existsSync(socket)) {
-    return Promise.reject(new MemoryCtlError('unavailable', `sandbox at ${sandboxDir} serves no memory socket (not QEMU, or its owner predates it)`));
+    return Promise.reject(new MemoryCtlError('absent', `sandbox at ${sandboxDir} serves no memory socket (not QEMU, or its owner predates it)`));
   }
   return new Promise((resolve, reject) => {
     const c = net.connect(socket);
