@@ -15,6 +15,7 @@ import type { Device } from '../protocols/agent-api';
 import { KataError } from '../common/errors';
 import { splitDev } from '../common/devnum';
 import { waitForPciBlockDevice } from './pci-device';
+import { applyVfioDevice, isVfioType } from './vfio-device';
 
 export class DeviceMapError extends KataError<'invalid' | 'failed-precondition'> {}
 
@@ -45,10 +46,22 @@ export async function nodeNumbers(node: string): Promise<{ major: number; minor:
 export async function applyDevices(
   spec: SpecWithDevices, devices: Device[], resolve: DeviceResolver = resolveByPciPath,
   numbers: (node: string) => Promise<{ major: number; minor: number }> = nodeNumbers,
+  vfio: (spec: SpecWithDevices, d: Device) => Promise<string | undefined> = (s, d) => applyVfioDevice(s, d),
 ): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   for (const d of devices) {
-    if (d.type !== 'blk') throw new DeviceMapError('invalid', `device ${d.id}: type "${d.type}" is not supported (blk only)`);
+    // VFIO ("vfio-pci" / "vfio-pci-gk"): a PCI device, bound or left to the guest kernel (vfio-device.ts).
+    if (isVfioType(d.type)) {
+      let node: string | undefined;
+      try {
+        node = await vfio(spec, d);
+      } catch (err) {
+        throw new DeviceMapError((err as { kind?: string }).kind === 'invalid' ? 'invalid' : 'failed-precondition', `device ${d.id} for ${d.container_path}: ${(err as Error).message}`, { cause: err });
+      }
+      if (node) out.set(d.container_path, node);
+      continue;
+    }
+    if (d.type !== 'blk') throw new DeviceMapError('invalid', `device ${d.id}: type "${d.type}" is not supported (blk, vfio-pci, vfio-pci-gk)`);
     const entry = (spec.linux?.devices ?? []).find((e): e is SpecDevice => isObject(e) && e.path === d.container_path);
     if (!entry) throw new DeviceMapError('invalid', `device ${d.id}: the OCI spec has no linux.devices entry for ${d.container_path}`);
     if (entry.type !== 'b') throw new DeviceMapError('invalid', `device ${d.id}: ${d.container_path} is type "${entry.type}" in the spec; a disk is a block device ("b")`);

@@ -39,6 +39,16 @@ export interface NetDevice {
   mtu: number;
 }
 
+/**
+ * A PCI device handed to the guest: `source` is the host address
+ * dddd:bb:dd.f (QEMU vfio-pci) or "edu", QEMU's emulated edu device standing
+ * in for one in tests (src/hypervisor/vfio-host.ts says why).
+ */
+export interface VfioDevice {
+  id: string;
+  source: string;
+}
+
 export interface VmConfig {
   /** Sandbox id (names the VM). */
   id: string;
@@ -56,6 +66,8 @@ export interface VmConfig {
   shares?: FsShare[];
   /** virtio-net devices present from boot (one per pod interface). */
   nets?: NetDevice[];
+  /** Host PCI devices given to the guest from boot (cold-plug; QEMU only). */
+  vfio?: VfioDevice[];
   debug: boolean;
 }
 
@@ -83,6 +95,11 @@ export interface Hypervisor {
   addDisk(d: DiskDevice): Promise<void>;
   removeDisk(id: string): Promise<void>;
   /**
+   * Grow an attached disk to `size` bytes (direct volumes' online resize),
+   * when the hypervisor can; absent otherwise.
+   */
+  resizeDisk?(id: string, size: number): Promise<void>;
+  /**
    * Share a host directory with the running VM (virtio-fs hotplug), when the
    * hypervisor can; callers fall back to a disk image when it is absent.
    */
@@ -96,8 +113,8 @@ export interface Hypervisor {
    * slot (the device manager turns it into the PCI path the agent waits
    * for). Absent where devices are not on PCI (the builtin VMM's virtio-mmio).
    */
-  slotOf?(kind: 'blk' | 'fs' | 'net', id: string): number | undefined;
-  /** Hotplug a host PCI device (vfio-pci) by its address dddd:bb:dd.f, when the hypervisor can. */
+  slotOf?(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): number | undefined;
+  /** Hotplug a host PCI device (vfio-pci) by its address dddd:bb:dd.f (or the "edu" test stand-in), when the hypervisor can. */
   addVfio?(id: string, bdf: string): Promise<void>;
   removeVfio?(id: string): Promise<void>;
   /** Hotplug slots still free, where the hypervisor has a bounded bus. */

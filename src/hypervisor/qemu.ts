@@ -41,7 +41,7 @@ import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } fr
 import type { FsShare } from './hypervisor';
 import { qemuMemoryPlan, type QemuMemoryOptions } from '../memory/qemu-plan';
 import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr } from './pci-slots';
-import { preflightVfio, vfioDeviceAdd } from './vfio-host';
+import { preflightVfioSource, vfioDeviceAdd, vfioDeviceArg } from './vfio-host';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
 
@@ -78,6 +78,8 @@ interface BootSlotPlan {
   disks: number[];
   /** Slot of cfg.nets[i]. */
   nets: number[];
+  /** Slot of cfg.vfio[i] (cold-plugged PCI devices). */
+  vfio: number[];
   /** One past the last slot the plan hands out: start() reserves [FIRST_DYNAMIC_SLOT, next). */
   next: number;
 }
@@ -209,7 +211,8 @@ export class QemuHypervisor implements Hypervisor {
     const shares = (cfg.shares ?? []).map(take);
     const disks = cfg.disks.map(take);
     const nets = (cfg.nets ?? []).map(take);
-    return { shares, disks, nets, next };
+    const vfio = (cfg.vfio ?? []).map(take);
+    return { shares, disks, nets, vfio, next };
   }
 
   /** Our device server behind a disk or share (tests and metrics). */
@@ -284,6 +287,12 @@ export class QemuHypervisor implements Hypervisor {
       args.push('-netdev', `tap,id=${n.id},fd=${QemuHypervisor.FIRST_NET_FD + i},vhost=off`);
       args.push('-device', dev('virtio-net-pci', 'virtio-net-device', `id=dev-${n.id},netdev=${n.id},mac=${n.mac},host_mtu=${n.mtu}`, plan.nets[i]));
     });
+    // Cold-plugged PCI devices (vfio-pci, or the edu test stand-in): named
+    // dev-<id> like hotplugged ones so removeVfio() can unplug them too.
+    (cfg.vfio ?? []).forEach((v, i) => {
+      if (mmio) throw new QemuError('config', `VFIO device ${v.id}: the microvm machine has no PCI bus`);
+      args.push('-device', vfioDeviceArg(v.source, `dev-${v.id}`, plan.vfio[i]));
+    });
     return args;
   }
 
@@ -293,6 +302,11 @@ export class QemuHypervisor implements Hypervisor {
     }
     if (!fs.existsSync(this.opts.binary)) throw new QemuError('config', `QEMU not found at ${this.opts.binary}`);
     for (const n of cfg.nets ?? []) QemuHypervisor.checkNet(n);
+    // Host checks of cold-plugged VFIO devices before QEMU starts: one clear error, no VM.
+    for (const v of cfg.vfio ?? []) {
+      if (!/^[A-Za-z0-9_-]{1,32}$/.test(v.id)) throw new QemuError('config', `VFIO device id "${v.id}" must be 1-32 of [A-Za-z0-9_-]`);
+      preflightVfioSource(v.source);
+    }
     for (const d of cfg.disks) if (!/^[A-Za-z0-9_-]{1,20}$/.test(d.id)) throw new QemuError('config', `disk id "${d.id}" must be 1-20 of [A-Za-z0-9_-] (virtio-blk serial)`);
     // A computed disk (d.backend) exists only in this process: QEMU's own virtio-blk cannot open it.
     if (this.blockDriver !== 'vhost-user-blk' && cfg.disks.some((d) => d.backend)) throw new QemuError('config', 'converted-image disks need block_device_driver = "vhost-user-blk" (our virtio-blk device computes their bytes)');
@@ -310,6 +324,8 @@ export class QemuHypervisor implements Hypervisor {
     for (let s = FIRST_DYNAMIC_SLOT; s < plan.next; s++) this.slots.reserve(s);
     this.netSlots.clear();
     (cfg.nets ?? []).forEach((n, i) => this.netSlots.set(n.id, plan.nets[i]));
+    this.vfioSlots.clear();
+    (cfg.vfio ?? []).forEach((v, i) => this.vfioSlots.set(v.id, plan.vfio[i]));
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
@@ -392,6 +408,7 @@ export class QemuHypervisor implements Hypervisor {
     this.diskSlots.clear();
     this.shareSlots.clear();
     this.netSlots.clear();
+    this.vfioSlots.clear();
     fs.mkdirSync(cfg.dir, { recursive: true });
     this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid });
     await this.vsock.listen();
@@ -524,11 +541,13 @@ export class QemuHypervisor implements Hypervisor {
    * Hotplugs a host PCI device with QEMU's vfio-pci on a free slot, after
    * src/hypervisor/vfio-host.ts found its IOMMU group viable and the kernel
    * agreed. These hosts have no IOMMU: here it always stops at that check.
+   * `bdf` "edu" plugs QEMU's emulated edu device instead (a test stand-in,
+   * no host check: see vfio-host.ts).
    */
   async addVfio(id: string, bdf: string): Promise<void> {
     const qmp = this.requireHotplug('VFIO devices');
     if (this.vfioSlots.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
-    preflightVfio(bdf);
+    preflightVfioSource(bdf);
     const slot = this.takeSlot();
     try {
       await qmp.execute('device_add', vfioDeviceAdd(bdf, `dev-${id}`, slot));
@@ -553,6 +572,21 @@ export class QemuHypervisor implements Hypervisor {
     await this.unplug(`dev-${id}`, slot);
     await qmp.execute('netdev_del', { id }).catch(() => undefined);
     this.netSlots.delete(id);
+  }
+
+  /**
+   * Grows a disk (kata-ctl direct-volume resize): QMP block_resize on its
+   * node, which extends a raw image file and tells the guest through a
+   * virtio config-change interrupt. QEMU's own virtio-blk only: a
+   * vhost-user-blk disk's capacity lives in our backend, which has no resize.
+   */
+  async resizeDisk(id: string, size: number): Promise<void> {
+    const qmp = this.requireQmp();
+    const d = this.diskSlots.get(id);
+    if (!d) throw new QemuError('config', `disk ${id} is not attached`);
+    if (d.driver !== 'virtio-blk') throw new QemuError('config', `disk ${id} is a vhost-user-blk device, which cannot be resized: set [hypervisor.qemu] block_device_driver = "virtio-blk" for resizable direct volumes`);
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) throw new QemuError('config', `disk ${id}: new size ${size} must be a positive multiple of 512 bytes`);
+    await qmp.execute('block_resize', { 'node-name': `d-${id}`, size });
   }
 
   async removeDisk(id: string): Promise<void> {
@@ -686,8 +720,8 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   /** The root-bus PCI slot a disk, share or network device of this VM sits in, if attached. */
-  slotOf(kind: 'blk' | 'fs' | 'net', id: string): number | undefined {
-    return kind === 'blk' ? this.diskSlots.get(id)?.slot : kind === 'fs' ? this.shareSlots.get(id) : this.netSlots.get(id);
+  slotOf(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): number | undefined {
+    return kind === 'blk' ? this.diskSlots.get(id)?.slot : kind === 'fs' ? this.shareSlots.get(id) : kind === 'vfio' ? this.vfioSlots.get(id) : this.netSlots.get(id);
   }
 
   private requireDevices(): VhostUserDevices {

@@ -92,14 +92,36 @@ export function preflightVfio(bdf: string, sys = '/sys'): number {
   return group;
 }
 
+/**
+ * TEST STAND-IN, not VFIO: the source "edu" plugs QEMU's emulated `edu`
+ * PCI device (vendor:device 1234:11e8, hw/misc/edu.c) where a real device
+ * would be `vfio-pci,host=…`. These hosts have no IOMMU, so nothing can be
+ * passed through; the edu device lets the guest side (the agent finding the
+ * device by PCI path, binding it to vfio-pci in the guest with no-IOMMU
+ * mode, exposing /dev/vfio/noiommu-N) run for real. Same slot, same id,
+ * same hotplug and unplug path; no host preflight (there is no host device).
+ */
+export const EDU_STAND_IN = 'edu';
+
+/** A host device (dddd:bb:dd.f) or the edu stand-in, else one VfioHostError. */
+export function checkVfioSource(source: string): void {
+  if (source !== EDU_STAND_IN && !BDF_RE.test(source)) throw new VfioHostError('invalid', `"${source}" is not a PCI address (dddd:bb:dd.f, lower-case hex)`);
+}
+
 /** QEMU -device value for a cold-plugged device in root-bus slot `slot`. */
-export function vfioDeviceArg(bdf: string, id: string, slot: number): string {
-  if (!BDF_RE.test(bdf)) throw new VfioHostError('invalid', `"${bdf}" is not a PCI address (dddd:bb:dd.f)`);
-  return `vfio-pci,host=${bdf},id=${id},addr=${slotAddr(slot)}`;
+export function vfioDeviceArg(source: string, id: string, slot: number): string {
+  checkVfioSource(source);
+  return source === EDU_STAND_IN ? `edu,id=${id},addr=${slotAddr(slot)}` : `vfio-pci,host=${source},id=${id},addr=${slotAddr(slot)}`;
 }
 
 /** QMP device_add arguments for a hotplugged device (qapi: device_add takes the -device properties). */
-export function vfioDeviceAdd(bdf: string, id: string, slot: number): Record<string, unknown> {
-  if (!BDF_RE.test(bdf)) throw new VfioHostError('invalid', `"${bdf}" is not a PCI address (dddd:bb:dd.f)`);
-  return { driver: 'vfio-pci', host: bdf, id, addr: slotAddr(slot) };
+export function vfioDeviceAdd(source: string, id: string, slot: number): Record<string, unknown> {
+  checkVfioSource(source);
+  return source === EDU_STAND_IN ? { driver: 'edu', id, addr: slotAddr(slot) } : { driver: 'vfio-pci', host: source, id, addr: slotAddr(slot) };
+}
+
+/** Host checks before QEMU gets the device (none for the stand-in); the IOMMU group, or undefined. */
+export function preflightVfioSource(source: string, sys = '/sys'): number | undefined {
+  checkVfioSource(source);
+  return source === EDU_STAND_IN ? undefined : preflightVfio(source, sys);
 }

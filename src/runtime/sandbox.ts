@@ -38,7 +38,7 @@ import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
 import { DeviceManager, SANDBOX_HOLDER } from '../resource/devices/device-manager';
-import { planContainerDevices, type ContainerDevicePlan } from '../resource/devices/container-devices';
+import { planContainerDevices, type ContainerDevicePlan, type VfioMode, type VfioGroupSources } from '../resource/devices/container-devices';
 import type { Device } from '../protocols/agent-api';
 import { configureGuestNetwork, guestNetworkPlan, type GuestNetworkPlan } from '../resource/network/guest-config';
 import { NetnsWatcher } from '../resource/network/netns-watch';
@@ -62,6 +62,13 @@ export interface SandboxOptions {
   netns?: string;
   /** resolv.conf lines for the guest (Kata's CreateSandbox dns). */
   dns?: string[];
+  /**
+   * VFIO (linux.devices /dev/vfio/<group>, src/resource/devices/container-devices.ts):
+   * Kata's vfio_mode (default "vfio") and where a group's devices come from
+   * (default the host's sysfs; tests give the emulated edu device as a
+   * stand-in, these hosts having no IOMMU).
+   */
+  vfio?: { mode?: VfioMode; sources?: VfioGroupSources };
   /**
    * Containers known at boot: their rootfs is shared with virtio-fs (default)
    * or built into an EROFS disk, attached at boot (no hotplug needed).
@@ -332,7 +339,7 @@ export class Sandbox {
   async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
     // linux.devices: bad entries are refused before anything is set up (src/resource/devices).
-    const devPlan = planContainerDevices(spec);
+    const devPlan = planContainerDevices(spec, this.opts.vfio);
     // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
     await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.

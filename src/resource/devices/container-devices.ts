@@ -20,16 +20,55 @@
  *     a host character device cannot be given to a VM this way.
  * The disk id comes from the host path, so two containers naming the same
  * device share one disk (reference-counted by the manager).
+ *
+ * VFIO (as Kata: a character entry /dev/vfio/<group> on the host): every PCI
+ * device of IOMMU group <group> (/sys/kernel/iommu_groups/<group>/devices)
+ * becomes a `vfio` device of the manager, after the group is found viable
+ * (src/hypervisor/vfio-host.ts; no IOMMU or a group with devices on host
+ * drivers is one DeviceError before anything is attached). The agent gets
+ * Kata's Device type "vfio-pci" (vfio mode: the guest binds it to vfio-pci
+ * and the container gets /dev/vfio/noiommu-N) or "vfio-pci-gk"
+ * (guest-kernel mode: left to the guest's driver, no device node).
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import type { Device } from '../../protocols/agent-api';
 import { DeviceError, type DeviceSpec } from './device-manager';
 import { splitDev } from '../../common/devnum';
+import { checkGroupViable, VfioHostError } from '../../hypervisor/vfio-host';
+
+/** Kata's vfio_mode: bind to vfio-pci in the guest ("vfio") or leave it to the guest's driver ("guest-kernel"). */
+export type VfioMode = 'vfio' | 'guest-kernel';
+
+/**
+ * The PCI devices behind host group `group`, checked viable; each is a
+ * source for the manager's vfio kind (a BDF, or "edu" where a test stands
+ * the emulated device in for a host one: these hosts have no IOMMU).
+ */
+export type VfioGroupSources = (group: number) => string[];
+
+/** The host's answer: the group's devices from sysfs, each group checked viable. */
+export function hostGroupSources(sys = '/sys'): VfioGroupSources {
+  return (group) => {
+    let devices: string[];
+    try { devices = fs.readdirSync(`${sys}/kernel/iommu_groups/${group}/devices`).sort(); } catch {
+      throw new VfioHostError('no-iommu', `IOMMU group ${group} does not exist on this host (${sys}/kernel/iommu_groups/${group}): no IOMMU, or the device is not bound to vfio-pci`);
+    }
+    if (!devices.length) throw new VfioHostError('invalid', `IOMMU group ${group} has no devices`);
+    for (const d of devices) checkGroupViable(d, sys);
+    return devices;
+  };
+}
+
+/** Manager id of a VFIO source held for one container path (≤ 36 of [A-Za-z0-9_.-]). */
+export function vfioDeviceId(source: string, group: number, index: number): string {
+  return `vfio-${group}-${index}-${source.replace(/[^A-Za-z0-9]/g, '')}`.slice(0, 36);
+}
 
 /** What a container's block devices need: the disks to attach and what to tell the agent. */
 export interface ContainerDevicePlan {
-  disks: Array<DeviceSpec & { kind: 'blk' }>;
+  /** Devices to attach, in the order of `devices` (disks and VFIO devices). */
+  disks: Array<DeviceSpec & { kind: 'blk' | 'vfio' }>;
   /** vm_path is filled in once the disk is attached (its PCI path). */
   devices: Device[];
 }
@@ -46,7 +85,7 @@ export function deviceDiskId(hostPath: string): string {
  * adds missing cgroup allow rules to `spec` (in place). Throws one
  * DeviceError for a bad entry before anything is attached.
  */
-export function planContainerDevices(spec: SpecLike): ContainerDevicePlan {
+export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; sources?: VfioGroupSources } = {}): ContainerDevicePlan {
   const plan: ContainerDevicePlan = { disks: [], devices: [] };
   const entries = spec.linux?.devices;
   if (entries === undefined) return plan;
@@ -56,6 +95,13 @@ export function planContainerDevices(spec: SpecLike): ContainerDevicePlan {
     if (typeof e !== 'object' || e === null) throw new DeviceError('invalid', 'a linux.devices entry is not an object');
     const { path: p, type, major, minor } = e as { path?: unknown; type?: unknown; major?: unknown; minor?: unknown };
     if (typeof p !== 'string' || !p.startsWith('/')) throw new DeviceError('invalid', `linux.devices: path ${JSON.stringify(p)} is not an absolute path`);
+    const group = /^\/dev\/vfio\/(\d+)$/.exec(p);
+    if (type === 'c' && group) {
+      if (seen.has(p)) throw new DeviceError('duplicate', `linux.devices names ${p} twice`);
+      seen.add(p);
+      planVfioGroup(plan, p, Number(group[1]), vfio.mode ?? 'vfio', vfio.sources ?? hostGroupSources());
+      continue;
+    }
     if (type !== 'b') continue;
     if (seen.has(p)) throw new DeviceError('duplicate', `linux.devices names ${p} twice`);
     seen.add(p);
@@ -80,4 +126,18 @@ export function planContainerDevices(spec: SpecLike): ContainerDevicePlan {
     }
   }
   return plan;
+}
+
+/** The manager devices and agent Devices for host group `group` (container path `p`). */
+function planVfioGroup(plan: ContainerDevicePlan, p: string, group: number, mode: VfioMode, sources: VfioGroupSources): void {
+  let list: string[];
+  try { list = sources(group); } catch (err) {
+    throw new DeviceError('invalid', `linux.devices: ${p}: ${(err as Error).message}`, { cause: err });
+  }
+  list.forEach((source, i) => {
+    const id = vfioDeviceId(source, group, i);
+    plan.disks.push({ kind: 'vfio', id, bdf: source });
+    // Kata's options carry "<host BDF>=<PCI path>"; our vm_path already is the PCI path, so only the source goes along.
+    plan.devices.push({ id, type: mode === 'vfio' ? 'vfio-pci' : 'vfio-pci-gk', vm_path: '', container_path: p, options: [source] });
+  });
 }

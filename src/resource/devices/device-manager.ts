@@ -28,7 +28,7 @@
  */
 import * as fs from 'node:fs';
 import { KataError, errorMessage } from '../../common/errors';
-import type { DiskDevice, FsShare, Hypervisor, NetDevice } from '../../hypervisor/hypervisor';
+import type { DiskDevice, FsShare, Hypervisor, NetDevice, VfioDevice } from '../../hypervisor/hypervisor';
 import { pciPath } from '../../hypervisor/pci-slots';
 
 export class DeviceError extends KataError<'invalid' | 'duplicate' | 'unsupported' | 'full' | 'attach' | 'not-found'> {}
@@ -76,6 +76,7 @@ function sameDevice(a: DeviceSpec, b: DeviceSpec): boolean {
     case 'blk': return b.kind === 'blk' && a.path === b.path && a.readonly === b.readonly && a.backend === b.backend;
     case 'fs': return b.kind === 'fs' && a.path === b.path;
     case 'net': return b.kind === 'net' && a.mac === b.mac && a.mtu === b.mtu;
+    case 'vfio': return b.kind === 'vfio' && a.bdf === b.bdf;
     default: return false;
   }
 }
@@ -132,7 +133,7 @@ export class DeviceManager {
    * hypervisor's boot command line, not by us), held by `holders[id]` or the
    * sandbox. Call once the VM runs, so their PCI paths are known.
    */
-  adoptBoot(cfg: { disks: DiskDevice[]; shares?: FsShare[]; nets?: NetDevice[] }, holders: Record<string, string> = {}): void {
+  adoptBoot(cfg: { disks: DiskDevice[]; shares?: FsShare[]; nets?: NetDevice[]; vfio?: VfioDevice[] }, holders: Record<string, string> = {}): void {
     const add = (spec: DeviceSpec) => {
       if (this.devices.has(spec.id)) throw new DeviceError('duplicate', `device id ${spec.id} is used twice in the VM's boot devices`);
       this.devices.set(spec.id, { spec, holders: [holders[spec.id] ?? SANDBOX_HOLDER], pciPath: this.pciPathOf(spec), boot: true });
@@ -140,6 +141,7 @@ export class DeviceManager {
     for (const d of cfg.disks) add({ kind: 'blk', ...d });
     for (const s of cfg.shares ?? []) add({ kind: 'fs', id: s.tag, path: s.path });
     for (const n of cfg.nets ?? []) add({ kind: 'net', ...n });
+    for (const v of cfg.vfio ?? []) add({ kind: 'vfio', id: v.id, bdf: v.source });
   }
 
   /**
@@ -226,7 +228,7 @@ export class DeviceManager {
   }
 
   private pciPathOf(spec: DeviceSpec): string | undefined {
-    if (spec.kind !== 'blk' && spec.kind !== 'fs' && spec.kind !== 'net') return undefined;
+    if (spec.kind !== 'blk' && spec.kind !== 'fs' && spec.kind !== 'net' && spec.kind !== 'vfio') return undefined;
     const slot = this.hv.slotOf?.(spec.kind, spec.id);
     return slot === undefined ? undefined : pciPath(slot);
   }
