@@ -14,6 +14,7 @@ void InitVfio(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitGuestTimeRng(Napi::Env env, Napi::Object exports);
+void InitExt4Resize(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
@@ -27,6 +28,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitTap(env, exports);
   InitNetns(env, exports);
   InitGuestTimeRng(env, exports);
+  InitExt4Resize(env, exports);
   return exports;
 }
 

@@ -16,7 +16,7 @@
  * mounts, readonly root, seccomp, other sysctls) passes through to crun.
  */
 import { validateSpec, type OciSpec, type OciMount, type OciNamespace } from '../protocols/oci';
-import { SANDBOX_SHM_GUEST_DIR, underSharedGuestDir } from '../protocols/guest-paths';
+import { SANDBOX_SHM_GUEST_DIR, underSharedGuestDir, isDirectVolumeGuestPath } from '../protocols/guest-paths';
 export { validateSpec } from '../protocols/oci';
 
 /** Mounts every Linux container expects; added when the spec lacks them. */
@@ -104,7 +104,7 @@ export function adaptSpecForGuest(input: OciSpec, opts: GuestBundleOptions): Oci
   // the sandbox's volume share (src/runtime/volumes.ts), and /dev/shm to the
   // pod's tmpfs; those are kept as they are (type, options, propagation) for
   // crun. Any other bind source is a host path that means nothing here.
-  const mounts = (spec.mounts ?? []).filter((m) => !isBind(m) || underSharedGuestDir(m.source ?? '') || m.source === SANDBOX_SHM_GUEST_DIR);
+  const mounts = (spec.mounts ?? []).filter((m) => !isBind(m) || underSharedGuestDir(m.source ?? '') || m.source === SANDBOX_SHM_GUEST_DIR || isDirectVolumeGuestPath(m.source ?? ''));
   for (const d of DEFAULT_MOUNTS) if (!mounts.some((m) => m.destination === d.destination)) mounts.push(d);
   // /sys/fs/cgroup: cgroup v2 in the guest.
   for (const m of mounts) if (m.destination === '/sys/fs/cgroup') { m.type = 'cgroup2'; m.source = 'cgroup2'; }

@@ -15,6 +15,7 @@
  */
 import { reseedRandomDev, setGuestDateTime } from './identity';
 import { onlineCpuMem } from './online-cpu-mem';
+import { volumeStats, resizeVolume } from './volumes';
 import type * as api from '../protocols/agent-api';
 import { AGENT_SERVICE, agentMethods } from '../protocols/agent-api';
 import { KataError, errorMessage } from '../common/errors';
@@ -147,6 +148,8 @@ export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGat
     ReseedRandomDev: async (r: api.ReseedRandomDevRequest) => (await reseedRandomDev(r.data), {}),
     SetGuestDateTime: async (r: api.SetGuestDateTimeRequest) => (setGuestDateTime(r.Sec, r.Usec), {}),
     OnlineCPUMem: async (r: api.OnlineCPUMemRequest) => (await onlineCpuMem(r), {}),
+    GetVolumeStats: (r: api.VolumeStatsRequest) => volumeStats(r.volume_guest_path, sb.storages.mounted),
+    ResizeVolume: async (r: api.ResizeVolumeRequest) => (await resizeVolume(r.volume_guest_path, r.size, sb.storages.mounted), {}),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   });

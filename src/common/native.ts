@@ -58,6 +58,12 @@ export interface NativeAddon {
    */
   clockSetRealtime?(sec: number, nsec: number): number;
   addEntropy?(data: Buffer): number;
+  /**
+   * Guest agent, direct volumes (native/src/ext4_resize.cc): grow the ext4
+   * filesystem mounted at `mountPoint` online to `blocks` filesystem blocks
+   * (EXT4_IOC_RESIZE_FS). Optional: an addon built before it existed lacks it.
+   */
+  ext4ResizeFs?(mountPoint: string, blocks: number): number;
   /** mmap(MAP_FIXED|MAP_SHARED) fd@fileOffset over buffer[offset, offset+length); page aligned. */
   mapFileOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number, readonly?: boolean): void;
   /** Puts anonymous zero pages back over buffer[offset, offset+length). */

@@ -71,6 +71,11 @@ export interface ReseedRandomDevRequest { data: Buffer }
 export interface SetGuestDateTimeRequest { Sec: number; Usec: number }
 /** Pod resizing (src/agent/online-cpu-mem.ts): Kata's shape. */
 export interface OnlineCPUMemRequest { wait: boolean; nb_cpus: number; cpu_only: boolean }
+/** Direct volumes (src/agent/volumes.ts): Kata's shapes. */
+export interface VolumeStatsRequest { volume_guest_path: string }
+export interface VolumeUsage { available: number; total: number; used: number; unit: 'UNKNOWN' | 'BYTES' | 'INODES' }
+export interface VolumeStatsResponse { usage: VolumeUsage[]; volume_condition: { abnormal: boolean; message: string } | null }
+export interface ResizeVolumeRequest { volume_guest_path: string; size: number }
 export interface AddARPNeighborsRequest { neighbors: { neighbors: ARPNeighbor[] } | null }
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 

@@ -20,3 +20,18 @@ export function underSharedGuestDir(p: string): boolean {
   if (!p.startsWith(SHARED_GUEST_DIR + '/')) return false;
   return p.split('/').every((c) => c !== '..' && c !== '.');
 }
+
+/**
+ * Where the agent mounts a direct-assigned volume (kata-ctl direct-volume):
+ * <dir>/<base64url of the host volume path>, a blk Storage's mount point.
+ * Container bind mounts may name these sources, and GetVolumeStats /
+ * ResizeVolume accept only these paths.
+ */
+export const DIRECT_VOLUME_GUEST_DIR = '/run/kata-ts/sandbox/direct-volumes';
+
+/** True when `p` is one direct volume's mount point (one component below DIRECT_VOLUME_GUEST_DIR). */
+export function isDirectVolumeGuestPath(p: string): boolean {
+  if (!p.startsWith(DIRECT_VOLUME_GUEST_DIR + '/')) return false;
+  const rest = p.slice(DIRECT_VOLUME_GUEST_DIR.length + 1);
+  return /^[A-Za-z0-9_=-]+$/.test(rest);
+}

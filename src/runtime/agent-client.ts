@@ -118,6 +118,9 @@ export class AgentClient {
   onlineCpuMem(nbCpus: number, opts: { wait?: boolean; cpuOnly?: boolean } = {}): Promise<api.Empty> {
     return this.call('OnlineCPUMem', { wait: opts.wait ?? true, nb_cpus: nbCpus, cpu_only: opts.cpuOnly ?? false });
   }
+  /** Direct volumes (src/agent/volumes.ts): statfs of a volume's guest mount; online grow. */
+  volumeStats(guestPath: string): Promise<api.VolumeStatsResponse> { return this.call('GetVolumeStats', { volume_guest_path: guestPath }); }
+  resizeVolume(guestPath: string, size: number): Promise<api.Empty> { return this.call('ResizeVolume', { volume_guest_path: guestPath, size }); }
   updateInterface(iface: api.Interface): Promise<api.Interface> { return this.call('UpdateInterface', { interface: iface }); }
   updateRoutes(routes: api.Route[]): Promise<api.Routes> { return this.call('UpdateRoutes', { routes: { routes } }); }
   listInterfaces(): Promise<api.Interfaces> { return this.call('ListInterfaces', {}); }
