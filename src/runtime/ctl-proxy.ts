@@ -23,6 +23,11 @@ import { AgentCallError, type AgentClient } from './agent-client';
 export interface CtlProxyOptions {
   /** [agent.kata] debug_console_enabled of the owner's configuration. */
   debugConsole: boolean;
+  /**
+   * kata-ctl direct-volume resize: the owner grows the disk on the host and
+   * then asks the agent (ResizeVolume answers FAILED_PRECONDITION without it).
+   */
+  resizeVolume?: (guestPath: string, size: number) => Promise<void>;
 }
 
 const CODE_OF_KIND: Record<AgentCallError['kind'], grpc.status> = {
@@ -82,6 +87,9 @@ export function ctlProxyHandlers(agent: AgentClient, opts: CtlProxyOptions): grp
     Check: unary(async () => ({ status: 'SERVING' })),
     GetGuestDetails: unary(() => agent.guestDetails()),
     GetGuestStats: unary(() => agent.guestStats()),
+    GetVolumeStats: unary<api.VolumeStatsRequest>((r) => agent.volumeStats(r.volume_guest_path)),
+    ResizeVolume: unary<api.ResizeVolumeRequest>(async (r) => (await opts.resizeVolume!(r.volume_guest_path, r.size), {}),
+      () => (opts.resizeVolume ? undefined : status(grpc.status.FAILED_PRECONDITION, 'this sandbox\'s owner cannot resize volumes'))),
     StatsContainer: unary<{ container_id: string }>((r) => agent.statsContainer(r.container_id)),
     StartDebugConsole: unary<api.DebugConsoleRequest>((r) => agent.startDebugConsole(r),
       () => (opts.debugConsole ? undefined : status(grpc.status.FAILED_PRECONDITION, DEBUG_CONSOLE_DISABLED))),

@@ -34,6 +34,8 @@ import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
 import { imageStorages, openImageDisks } from './image-rootfs';
 import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './volumes';
+import { SandboxDirectVolumes, planDirectMounts } from './direct-volumes';
+import { DirectVolumeStore } from '../resource/volumes/direct-volume';
 import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
@@ -163,6 +165,9 @@ export class Sandbox {
   readonly devices: DeviceManager;
   /** Containers' linux.devices disks as the agent is told about them (CreateContainerRequest.devices). */
   private readonly containerDevices = new Map<string, Device[]>();
+  /** Direct-assigned volumes (kata-ctl direct-volume) the containers mount: disks the agent mounts itself. */
+  private readonly directVolumeStore = new DirectVolumeStore();
+  private readonly directVolumes: SandboxDirectVolumes;
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
@@ -176,6 +181,7 @@ export class Sandbox {
     }
     this.volumes = new SandboxVolumes(path.join(this.dir, 'shared'));
     this.devices = new DeviceManager(opts.hypervisor);
+    this.directVolumes = new SandboxDirectVolumes(opts.id, this.directVolumeStore, this.devices);
     this.log = logger('sandbox', { sandbox: opts.id });
   }
 
@@ -274,7 +280,7 @@ export class Sandbox {
         if (this.opts.hypervisor.addNet) this.netWatch = NetnsWatcher.start(this.opts.netns!, () => void this.resyncNetwork());
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
-      this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled });
+      this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled, resizeVolume: (p, size) => this.resizeDirectVolume(p, size) });
       // Page scanner and balloon, reached by kata-ctl on mem.sock (src/memory).
       this.memory = await startSandboxMemory(this.opts.hypervisor, cfg, this.id, this.dir, vmCfg.memoryMiB, this.agentClient, vmCfg.vcpus);
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings),
@@ -343,15 +349,19 @@ export class Sandbox {
     // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
     await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.
-    const vol = await this.mountVolumes(id, spec).catch(async (err) => {
+    // Direct-assigned volumes are not shared through virtio-fs (direct-volumes.ts).
+    const vol = await this.mountVolumes(id, { ...spec, mounts: planDirectMounts(spec.mounts, this.directVolumeStore).rest }).catch(async (err) => {
       await this.memory?.containerLeaves(id);
       throw err;
     });
     try {
       await this.attachContainerDevices(id, devPlan);
-      await this.createWithRootfs(id, { ...spec, mounts: vol.mounts }, rootfs, opts, vol.storages);
+      const direct = await this.directVolumes.attach(id, spec);
+      const mounts = direct.mounts.length ? [...(vol.mounts ?? []), ...direct.mounts] : vol.mounts;
+      await this.createWithRootfs(id, { ...spec, mounts }, rootfs, opts, [...vol.storages, ...direct.storages]);
     } catch (err) {
       this.containerDevices.delete(id);
+      await this.directVolumes.release(id);
       await this.devices.detachHolder(id).catch((e) => this.log.warn('cannot detach a container\'s devices', { container: id, err: errorMessage(e) }));
       await this.memory?.containerLeaves(id);
       await this.volumes.remove(id).catch((e) => this.log.warn('cannot unmount volumes', { container: id, err: errorMessage(e) }));
@@ -500,6 +510,7 @@ export class Sandbox {
     // Its linux.devices disks (a disk another container also holds stays).
     this.containerDevices.delete(id);
     await this.devices.detachHolder(id).catch((err) => this.log.warn('cannot detach a container\'s devices', { container: id, err: errorMessage(err) }));
+    await this.directVolumes.release(id);
     // After the agent unmounted it: the host directory is let go (the shim
     // unmounts its rootfs right after, which our open fds would block).
     if (c.share) await this.unshare(id);
@@ -508,6 +519,20 @@ export class Sandbox {
     this.containers.delete(id);
     this.persist();
     await this.memory?.containerLeaves(id);
+  }
+
+  /**
+   * kata-ctl direct-volume resize (through the ctl channel): grow the
+   * volume's disk on the host (QMP block_resize), then its filesystem in
+   * the guest (the agent's ResizeVolume, online).
+   */
+  private async resizeDirectVolume(guestPath: string, size: number): Promise<void> {
+    const disk = this.directVolumes.diskOf(guestPath);
+    const hv = this.opts.hypervisor;
+    if (!hv.resizeDisk) throw new SandboxError('container', `the ${hv.name} hypervisor cannot resize disks`);
+    await hv.resizeDisk(disk, size);
+    await this.agent.resizeVolume(guestPath, size);
+    this.log.info('direct volume resized', { guestPath, size });
   }
 
   /** Unplugs a container's rootfs share (boot-time or hotplugged) and forgets its tag. */
@@ -556,6 +581,7 @@ export class Sandbox {
       this.log.warn('cannot tear down the pod network', { err: errorMessage(err) });
     }
     await this.volumes.close().catch((err) => this.log.warn('cannot unmount volumes', { err: errorMessage(err) }));
+    await this.directVolumes.releaseAll();
     this.phase = 'stopped';
     // Never a recursive delete through a volume mount that is still there.
     if (!removeTreeSafely(this.dir)) this.log.error('mounts are left under the sandbox directory; not removing it', { dir: this.dir });

@@ -15,6 +15,7 @@ import { balloonCommand } from './balloon';
 import { ksmCommand } from './ksm';
 import { pagesCommand } from './pages';
 import { factoryCommand } from './factory';
+import { directVolumeCommand } from './direct-volume';
 
 export const commands: CtlCommand<any>[] = [];
 commands.push(erofsCommand);
@@ -24,3 +25,4 @@ commands.push(versionCommand, logParserCommand);
 commands.push(imageCommand);
 commands.push(factoryCommand);
 commands.push(balloonCommand, ksmCommand, pagesCommand);
+commands.push(directVolumeCommand);
