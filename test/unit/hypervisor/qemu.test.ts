@@ -281,6 +281,47 @@ describe('QemuHypervisor with a stand-in QEMU: PCI slots, owner death', function
     });
   });
 
+  it('VFIO hotplug with the edu stand-in: device_add edu on a free slot, the manager hands out its PCI path, unplug frees the slot (VF)', async () => {
+    await withFakeVm('virtio-blk', async (hv, qmp) => {
+      const before = hv.slotsInUse();
+      const m = new DeviceManager(hv);
+      const d = await m.attach({ kind: 'vfio', id: 'edu1', bdf: 'edu' }, 'c1');
+      const add = qmp.commands.filter((c) => c.execute === 'device_add');
+      expect(add).to.deep.equal([{ execute: 'device_add', arguments: { driver: 'edu', id: 'dev-edu1', addr: '0xc' } }]);
+      expect(d.pciPath).to.equal('0c');
+      expect(hv.slotOf('vfio', 'edu1')).to.equal(12);
+      expect(await m.detach('edu1', 'c1')).to.equal(true);
+      expect(qmp.commands).to.deep.include({ execute: 'device_del', arguments: { id: 'dev-edu1' } });
+      expect(hv.slotsInUse()).to.deep.equal(before);
+    });
+  });
+
+  it('VFIO cold-plug: vfio-pci,host= and edu on the command line after the nets, in the boot plan; microvm and a bad source refused (VF)', () => {
+    const hv = new QemuHypervisor({ binary: '/usr/bin/qemu-system-x86_64', machine: 'pc', accel: 'tcg' });
+    const c: VmConfig = { ...cfg, vfio: [{ id: 'gpu0', source: '0000:65:00.1' }, { id: 'edu0', source: 'edu' }] };
+    const args = hv.commandLine(c);
+    const slots = slotsOf(args);
+    const devs = args.filter((a, i) => args[i - 1] === '-device' && /^(vfio-pci|edu),/.test(a));
+    const last = Math.max(...[...slots.values()].filter((s) => s >= 8 && s !== slots.get('dev-gpu0') && s !== slots.get('dev-edu0')));
+    expect(devs).to.deep.equal([`vfio-pci,host=0000:65:00.1,id=dev-gpu0,addr=0x${(last + 1).toString(16)}`, `edu,id=dev-edu0,addr=0x${(last + 2).toString(16)}`]);
+    expect(() => new QemuHypervisor({ binary: '/usr/bin/qemu-system-x86_64', machine: 'microvm', accel: 'tcg' }).commandLine(c)).to.throw(/microvm machine has no PCI bus/);
+    expect(() => hv.commandLine({ ...cfg, vfio: [{ id: 'x', source: '65:00.1' }] })).to.throw(/not a PCI address/);
+  });
+
+  it('VFIO cold-plug of a host device on this IOMMU-less host: start() refuses it before QEMU runs (VF)', async function () {
+    if (fs.readdirSync('/sys/kernel/iommu_groups').length > 0) this.skip(); // a host with an IOMMU: this case does not apply
+    const bdf = fs.readdirSync('/sys/bus/pci/devices')[0];
+    const bin = path.join(dir, 'fake-qemu-cold');
+    const marker = path.join(dir, 'cold-ran');
+    fs.writeFileSync(bin, `#!/bin/sh\ntouch ${marker}\nexec sleep 60\n`, { mode: 0o755 });
+    const hv = new QemuHypervisor({ binary: bin, machine: 'pc', accel: 'tcg' });
+    let err: unknown;
+    await hv.start({ ...cfg, vfio: [{ id: 'gpu0', source: bdf }] }).catch((e: unknown) => { err = e; });
+    expect((err as Error)?.message).to.match(/has no IOMMU group: the host's IOMMU is off/);
+    expect(fs.existsSync(marker)).to.equal(false);
+    await hv.stop();
+  });
+
   it('a device the guest does not release keeps its slot until DEVICE_DELETED comes; DeviceNotFound frees it at once', async function () {
     this.timeout(30000);
     await withFakeVm('virtio-blk', async (hv, qmp) => {

@@ -1,0 +1,158 @@
+/**
+ * VFIO, the guest side, in a real QEMU (TCG) guest. These hosts have no
+ * IOMMU, so no host device can be passed through: QEMU's emulated `edu`
+ * PCI device (1234:11e8) STANDS IN for one (src/hypervisor/vfio-host.ts
+ * EDU_STAND_IN), plugged where `vfio-pci,host=…` would go. What runs for
+ * real: OCI linux.devices /dev/vfio/<group> → the device manager's vfio kind
+ * → QMP device_add on a free slot → the agent finds the device by PCI path
+ * and, in vfio mode, binds it to the guest's vfio-pci in no-IOMMU mode and
+ * gives the container /dev/vfio/noiommu-N and /dev/vfio/vfio under a
+ * default-deny device cgroup; in guest-kernel mode the container gets no
+ * node, only sysfs. Also: a cold-plugged device on QEMU's command line is
+ * where the boot plan put it (query-pci) and unplugs; a device that never
+ * appears is one timeout error naming the PCI path.
+ */
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
+import { until } from '../helpers/until';
+import { selectHypervisor } from '../../src/hypervisor';
+import { QemuHypervisor } from '../../src/hypervisor/qemu';
+import { Sandbox } from '../../src/runtime/sandbox';
+import { defaultSpec } from '../../src/runtime/spec';
+import type { OciSpec } from '../../src/protocols/oci';
+import { configureLogging } from '../../src/common/log';
+import { DeviceManager } from '../../src/resource/devices/device-manager';
+import { waitForMarker } from '../../src/protocols/agent-dialer';
+import { EDU_STAND_IN } from '../../src/hypervisor/vfio-host';
+import type { VfioMode } from '../../src/resource/devices/container-devices';
+
+/** A container asking for host IOMMU group 7 as Kata's users do; default-deny device cgroup. */
+function vfioSpec(args: string[]): OciSpec {
+  const spec = defaultSpec({ args });
+  spec.linux!.devices = [{ path: '/dev/vfio/7', type: 'c', major: 243, minor: 0, fileMode: 0o660, uid: 0, gid: 0 }];
+  spec.linux!.resources = { devices: [{ allow: false, access: 'rwm' }] };
+  return spec;
+}
+
+/** Lists /dev/vfio (or "no /dev/vfio"), the edu device's sysfs entry, and whether /dev/vfio/vfio opens. */
+const PROBE = [
+  'echo "vfio:$(ls /dev/vfio 2>/dev/null | tr "\\n" " ")"',
+  'for d in /sys/bus/pci/devices/*; do echo "$(basename $d) $(cat $d/vendor):$(cat $d/device)"; done | grep "0x1234:0x11e8" || echo "no edu"',
+  'if [ -e /dev/vfio/vfio ]; then (: < /dev/vfio/vfio) 2>/dev/null && echo open-ok || echo open-denied; else echo no-node; fi',
+].join('; ');
+
+describe('integration: VFIO guest side with the edu device standing in (QEMU)', function () {
+  this.timeout(600000);
+  let runDir: string;
+  let sandbox: Sandbox | undefined;
+  let hv: QemuHypervisor;
+  let rootfs = '';
+  // The sandbox reads this per container: the tests switch Kata's vfio_mode between containers.
+  const vfio: { mode: VfioMode; sources: () => string[] } = { mode: 'vfio', sources: () => [EDU_STAND_IN] };
+
+  before(async function () {
+    requireGuest(this);
+    configureLogging({ silent: true });
+    runDir = testRunDir();
+    rootfs = path.join(runDir, 'rootfs');
+    fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+    const cfg = testConfig(runDir);
+    hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
+    sandbox = new Sandbox({ id: 'vfio', config: cfg, hypervisor: hv, bootContainers: [], vfio });
+    await sandbox.start();
+  });
+
+  after(async () => {
+    await sandbox?.stop();
+    if (!runDir) return;
+    expectNothingLeft(runDir);
+  });
+
+  it('vfio mode: the container gets /dev/vfio/noiommu-N and /dev/vfio/vfio; the edu device is at its PCI path', async () => {
+    const boot = hv.slotsInUse();
+    vfio.mode = 'vfio';
+    await sandbox!.createContainer('v', vfioSpec(['sh', '-c', PROBE]), rootfs);
+    const dev = sandbox!.devices.list().find((d) => d.spec.kind === 'vfio' && d.holders.includes('v'));
+    expect(dev, 'a vfio device held by the container').to.not.equal(undefined);
+    expect(dev!.pciPath).to.match(/^[0-9a-f]{2}$/);
+    await sandbox!.startContainer('v');
+    const out = await collectOutput(sandbox!.agent, 'v', '');
+    expect(out.status, out.out).to.equal(0);
+    const lines = out.out.trim().split('\n');
+    expect(lines[0], out.out).to.match(/^vfio:noiommu-\d+ vfio $/);
+    expect(lines[1], out.out).to.equal(`0000:00:${dev!.pciPath}.0 0x1234:0x11e8`);
+    expect(lines[2], out.out).to.equal('open-ok');
+    await sandbox!.removeContainer('v');
+    expect(sandbox!.devices.list().filter((d) => d.spec.kind === 'vfio')).to.deep.equal([]);
+    await until('the PCI slots back at the boot set', () => (JSON.stringify(hv.slotsInUse()) === JSON.stringify(boot) ? true : undefined), 60000);
+  });
+
+  it('guest-kernel mode: no device node in the container, the device in its sysfs', async () => {
+    const boot = hv.slotsInUse();
+    vfio.mode = 'guest-kernel';
+    try {
+      await sandbox!.createContainer('g', vfioSpec(['sh', '-c', PROBE]), rootfs);
+      const dev = sandbox!.devices.list().find((d) => d.spec.kind === 'vfio' && d.holders.includes('g'))!;
+      await sandbox!.startContainer('g');
+      const out = await collectOutput(sandbox!.agent, 'g', '');
+      expect(out.status, out.out).to.equal(0);
+      const lines = out.out.trim().split('\n');
+      expect(lines[0], out.out).to.equal('vfio:');
+      expect(lines[1], out.out).to.equal(`0000:00:${dev.pciPath}.0 0x1234:0x11e8`);
+      expect(lines[2], out.out).to.equal('no-node');
+      await sandbox!.removeContainer('g');
+    } finally {
+      vfio.mode = 'vfio';
+    }
+    await until('the PCI slots back at the boot set', () => (JSON.stringify(hv.slotsInUse()) === JSON.stringify(boot) ? true : undefined), 60000);
+  });
+
+  it('a device that never appears at its PCI path: one timeout error naming the path, no container', async () => {
+    const spec = vfioSpec(['true']);
+    spec.root = { path: '/', readonly: true };
+    let err: unknown;
+    const t0 = Date.now();
+    try {
+      await sandbox!.agent.createContainer({
+        container_id: 'ghost', exec_id: '', storages: [], oci_spec_json: JSON.stringify(spec),
+        devices: [{ id: 'ghost', type: 'vfio-pci', vm_path: '1e', container_path: '/dev/vfio/7', options: [EDU_STAND_IN] }],
+      });
+    } catch (e) { err = e; }
+    expect(err, 'CreateContainer of a device that is not there').to.be.instanceOf(Error);
+    expect((err as Error).message).to.match(/no PCI device appeared at PCI path 1e within 10000 ms/);
+    expect(Date.now() - t0).to.be.greaterThan(9000);
+    // The agent kept nothing: the id is free again.
+    let again: unknown;
+    try { await sandbox!.agent.createContainer({ container_id: 'ghost', exec_id: '', storages: [], oci_spec_json: JSON.stringify(spec), devices: [{ id: 'ghost', type: 'vfio-pci', vm_path: 'zz', container_path: '/dev/vfio/7', options: [] }] }); } catch (e) { again = e; }
+    expect((again as Error).message).to.match(/not a PCI path/);
+  });
+
+  it('cold-plug: an edu device on the command line sits at its boot slot (query-pci), is adopted with its PCI path, and unplugs', async () => {
+    const cold = new QemuHypervisor({ binary: '/usr/bin/qemu-system-x86_64', machine: 'pc', accel: 'tcg' });
+    const cfg = {
+      id: 'vfio-cold', dir: path.join(runDir, 'cold'), kernel: path.join(CACHE, 'kernel', 'vmlinux'), image: path.join(CACHE, 'image', 'rootfs.erofs'),
+      vcpus: 1, memoryMiB: 512, kernelParams: '', disks: [], debug: false, vfio: [{ id: 'edu0', source: EDU_STAND_IN }],
+    };
+    expect(cold.commandLine(cfg)).to.include('edu,id=dev-edu0,addr=0x8');
+    try {
+      const vm = await cold.start(cfg);
+      const manager = new DeviceManager(cold);
+      manager.adoptBoot(cfg);
+      expect(manager.get('edu0')!.pciPath).to.equal('08');
+      const pci = (await cold.memoryQmp('query-pci')) as Array<{ devices: Array<{ slot: number; qdev_id: string; id: { vendor: number; device: number } }> }>;
+      const edu = pci[0].devices.find((d) => d.qdev_id === 'dev-edu0');
+      expect(edu, JSON.stringify(pci[0].devices.map((d) => d.qdev_id))).to.not.equal(undefined);
+      expect([edu!.slot, edu!.id.vendor, edu!.id.device]).to.deep.equal([8, 0x1234, 0x11e8]);
+      // ACPI unplug needs the guest's cooperation: wait for its agent to be up (the console marker).
+      await waitForMarker(vm.consoleLog, 120000, cold.exited());
+      expect(await manager.detach('edu0', 'sandbox')).to.equal(true);
+      await until('the guest ejected the cold-plugged device (slot 8 free)', () => (cold.slotsInUse().includes(8) ? undefined : true), 60000);
+      const after = (await cold.memoryQmp('query-pci')) as Array<{ devices: Array<{ qdev_id: string }> }>;
+      expect(after[0].devices.map((d) => d.qdev_id)).to.not.include('dev-edu0');
+    } finally {
+      await cold.stop();
+    }
+  });
+});
