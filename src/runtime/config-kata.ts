@@ -74,7 +74,7 @@ export const UNSUPPORTED: Record<string, Record<string, string>> = {
     internetworking_model: 'networking is the pod interface mirrored to a tap with tc (tcfilter)', disable_guest_seccomp: 'seccomp follows the container spec', enable_vcpus_pinning: 'no vCPU pinning',
     guest_selinux_label: 'no SELinux', enable_tracing: 'no tracing', jaeger_endpoint: 'no tracing', jaeger_user: 'no tracing', jaeger_password: 'no tracing',
     disable_new_netns: 'the pod netns comes from CNI', sandbox_cgroup_only: 'no sandbox cgroup management', static_sandbox_resource_mgmt: `${NO_HOTPLUG}: the VM has default_vcpus/default_memory (or the pod's annotations)`,
-    sandbox_bind_mounts: 'no sandbox bind mounts', vfio_mode: 'VFIO is not configured here', disable_guest_empty_dir: 'emptyDir volumes are host directories shared by virtio-fs',
+    sandbox_bind_mounts: 'no sandbox bind mounts', disable_guest_empty_dir: 'emptyDir volumes are host directories shared by virtio-fs',
     emptydir_mode: 'emptyDir volumes are host directories shared by virtio-fs', experimental: 'no experimental features', enable_pprof: 'no pprof',
     create_container_timeout: 'use [agent.kata] dial_timeout', dan_conf: 'no DAN', kubelet_root_dir: 'not needed', pod_resource_api_sock: 'not needed', agent_name: 'the agent is kata-ts\'s own',
   },

@@ -111,6 +111,7 @@ export const SCHEMA = {
     run_dir: { kind: 'string', default: '/run/kata-ts', describe: 'sandbox state directory', check: absOrEmpty } as KeySpec<string>,
     cache_dir: { kind: 'string', default: DEFAULT_CACHE_DIR, describe: 'guest kernel/image cache', check: absOrEmpty } as KeySpec<string>,
     stop_timeout: { kind: 'int', default: 10, describe: 'seconds a container gets after SIGTERM before SIGKILL on teardown', check: range(0, 600) } as KeySpec<number>,
+    vfio_mode: { kind: 'string', default: 'guest-kernel', describe: 'VFIO devices (linux.devices /dev/vfio/<group>) in the guest, as Kata: guest-kernel (left to the guest\'s driver; the container sees it in sysfs only) or vfio (bound to the guest\'s vfio-pci in no-IOMMU mode; the container gets /dev/vfio/noiommu-N and /dev/vfio/vfio)', check: oneOf('guest-kernel', 'vfio') } as KeySpec<string>,
     rootfs_share: { kind: 'string', default: 'virtiofs', describe: 'how the shim gives containerd\'s container roots to the guest: virtiofs (the snapshot shared as it is; writes land in it, as under runc) or erofs (an image of it + a guest tmpfs overlay)', check: oneOf('virtiofs', 'erofs') } as KeySpec<string>,
   },
 } as const;

@@ -66,7 +66,7 @@ export interface SandboxOptions {
   dns?: string[];
   /**
    * VFIO (linux.devices /dev/vfio/<group>, src/resource/devices/container-devices.ts):
-   * Kata's vfio_mode (default "vfio") and where a group's devices come from
+   * Kata's vfio_mode (default: [runtime] vfio_mode) and where a group's devices come from
    * (default the host's sysfs; tests give the emulated edu device as a
    * stand-in, these hosts having no IOMMU).
    */
@@ -345,7 +345,7 @@ export class Sandbox {
   async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string } = {}): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
     // linux.devices: bad entries are refused before anything is set up (src/resource/devices).
-    const devPlan = planContainerDevices(spec, this.opts.vfio);
+    const devPlan = planContainerDevices(spec, { mode: this.opts.config.runtime.vfio_mode as VfioMode, ...this.opts.vfio });
     // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
     await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.
