@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KataError, errorMessage } from '../common/errors';
 import { logger } from '../common/log';
-import type { Hypervisor, VmInfo } from '../hypervisor/hypervisor';
+import type { Hypervisor, VfioDevice, VmInfo } from '../hypervisor/hypervisor';
 import { dialAgent, waitForMarker } from '../protocols/agent-dialer';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import { AgentClient } from './agent-client';
@@ -71,6 +71,14 @@ export interface SandboxOptions {
    * stand-in, these hosts having no IOMMU).
    */
   vfio?: { mode?: VfioMode; sources?: VfioGroupSources };
+  /**
+   * PCI devices cold-plugged at boot (QEMU's command line), held by the
+   * sandbox; a container whose /dev/vfio/<group> maps to the same source
+   * under the same id (container-devices.ts vfioDeviceId) takes a reference
+   * instead of a hotplug. No VM template is used for such a sandbox (a
+   * template's clone has none of them).
+   */
+  bootVfio?: VfioDevice[];
   /**
    * Containers known at boot: their rootfs is shared with virtio-fs (default)
    * or built into an EROFS disk, attached at boot (no hotplug needed).
@@ -238,10 +246,10 @@ export class Sandbox {
       const vmCfg = {
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
         vcpus: this.opts.vcpus ?? vmSizing(cfg, this.opts.hypervisor.name).vcpus, memoryMiB: this.opts.memoryMiB ?? vmSizing(cfg, this.opts.hypervisor.name).memoryMiB,
-        kernelParams: sandboxKernelParams(cfg, policy), disks, shares, nets: this.network?.tapFds(), debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
+        kernelParams: sandboxKernelParams(cfg, policy), disks, shares, nets: this.network?.tapFds(), vfio: this.opts.bootVfio, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       };
       // [factory] enable_template: a clone of the VM template, else (one warning) a cold boot.
-      const clone = await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log);
+      const clone = this.opts.bootVfio?.length ? undefined : await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log);
       this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
       // The boot devices, held by the containers they serve (else by the sandbox).
       const holders: Record<string, string> = {};

@@ -26,7 +26,7 @@ import { configureLogging } from '../../src/common/log';
 import { DeviceManager } from '../../src/resource/devices/device-manager';
 import { waitForMarker } from '../../src/protocols/agent-dialer';
 import { EDU_STAND_IN } from '../../src/hypervisor/vfio-host';
-import type { VfioMode } from '../../src/resource/devices/container-devices';
+import { vfioDeviceId, type VfioMode } from '../../src/resource/devices/container-devices';
 
 /** A container asking for host IOMMU group 7 as Kata's users do; default-deny device cgroup. */
 function vfioSpec(args: string[]): OciSpec {
@@ -153,6 +153,31 @@ describe('integration: VFIO guest side with the edu device standing in (QEMU)', 
       expect(after[0].devices.map((d) => d.qdev_id)).to.not.include('dev-edu0');
     } finally {
       await cold.stop();
+    }
+  });
+
+  it('cold-plug through a Sandbox: its boot VFIO device is adopted, and a container naming the group shares it in vfio mode (no hotplug)', async () => {
+    const cfg = testConfig(runDir);
+    const bootHv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
+    const id = vfioDeviceId(EDU_STAND_IN, 7, 0);
+    const boot = new Sandbox({ id: 'vfio-boot', config: cfg, hypervisor: bootHv, bootContainers: [], bootVfio: [{ id, source: EDU_STAND_IN }], vfio: { mode: 'vfio', sources: () => [EDU_STAND_IN] } });
+    try {
+      await boot.start();
+      const dev = boot.devices.get(id)!;
+      expect([dev.boot, dev.holders, dev.pciPath]).to.deep.equal([true, ['sandbox'], '08']);
+      await boot.createContainer('c', vfioSpec(['sh', '-c', PROBE]), rootfs);
+      expect(boot.devices.get(id)!.holders).to.deep.equal(['sandbox', 'c']);
+      await boot.startContainer('c');
+      const out = await collectOutput(boot.agent, 'c', '');
+      expect(out.status, out.out).to.equal(0);
+      const lines = out.out.trim().split('\n');
+      expect(lines[0], out.out).to.match(/^vfio:noiommu-\d+ vfio $/);
+      expect(lines[1], out.out).to.equal('0000:00:08.0 0x1234:0x11e8');
+      await boot.removeContainer('c');
+      // The sandbox still holds its boot device.
+      expect(boot.devices.get(id)!.holders).to.deep.equal(['sandbox']);
+    } finally {
+      await boot.stop();
     }
   });
 });

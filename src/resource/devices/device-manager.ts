@@ -41,6 +41,7 @@ export type DeviceSpec =
   | { kind: 'fs'; id: string; path: string }
   | ({ kind: 'net' } & NetDevice)
   | { kind: 'pmem'; id: string; path: string }
+  /** A host PCI device dddd:bb:dd.f, or "edu": QEMU's emulated device standing in for one in tests (hypervisor/vfio-host.ts). */
   | { kind: 'vfio'; id: string; bdf: string }
   | { kind: 'vsock'; id: string; cid: number };
 
