@@ -34,10 +34,13 @@ export function checkVolumePath(guestPath: string, mounted: readonly string[]): 
 export async function volumeStats(guestPath: string, mounted: readonly string[]): Promise<VolumeStatsResponse> {
   checkVolumePath(guestPath, mounted);
   const s = await fs.statfs(guestPath);
+  // A filesystem without an inode limit (EROFS reports all-ones) has no
+  // meaningful inode figures: report zeros rather than 2^64 rounded.
+  const inodesKnown = Number.isSafeInteger(s.files) && Number.isSafeInteger(s.ffree);
   return {
     usage: [
       { unit: 'BYTES', total: s.blocks * s.bsize, available: s.bavail * s.bsize, used: (s.blocks - s.bfree) * s.bsize },
-      { unit: 'INODES', total: s.files, available: s.ffree, used: s.files - s.ffree },
+      { unit: 'INODES', total: inodesKnown ? s.files : 0, available: inodesKnown ? s.ffree : 0, used: inodesKnown ? s.files - s.ffree : 0 },
     ],
     volume_condition: { abnormal: false, message: '' },
   };
