@@ -354,6 +354,9 @@ export class Sandbox {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
     // linux.devices: bad entries are refused before anything is set up (src/resource/devices).
     const devPlan = planContainerDevices(spec, { mode: this.opts.config.runtime.vfio_mode as VfioMode, ...this.opts.vfio });
+    if (devPlan.hostDevicesLeftOut) {
+      this.log.warn('privileged container: host devices are not passed into the VM (as containerd\'s privileged_without_host_devices); name a device without --privileged to attach it', { container: id, leftOut: devPlan.hostDevicesLeftOut });
+    }
     // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
     await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.

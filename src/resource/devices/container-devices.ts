@@ -21,6 +21,14 @@
  * The disk id comes from the host path, so two containers naming the same
  * device share one disk (reference-counted by the manager).
  *
+ * A privileged container (its device cgroup allows every device: what
+ * `ctr run --privileged` and CRI's privileged mode write, next to every host
+ * device in linux.devices) gets none of the host's devices in the VM: handing
+ * the host's own disks to a guest is never what "privileged" means in a VM,
+ * so we behave as containerd's `privileged_without_host_devices`, which
+ * Kata's documentation tells its users to set. The entries stay in the spec
+ * for the guest's runtime; the plan says how many were left out.
+ *
  * VFIO (as Kata: a character entry /dev/vfio/<group> on the host): every PCI
  * device of IOMMU group <group> (/sys/kernel/iommu_groups/<group>/devices)
  * becomes a `vfio` device of the manager, after the group is found viable
@@ -71,6 +79,8 @@ export interface ContainerDevicePlan {
   disks: Array<DeviceSpec & { kind: 'blk' | 'vfio' }>;
   /** vm_path is filled in once the disk is attached (its PCI path). */
   devices: Device[];
+  /** A privileged container's host devices that were not passed into the VM (see the header). */
+  hostDevicesLeftOut?: number;
 }
 
 interface SpecLike { linux?: { devices?: unknown[]; resources?: Record<string, unknown> } }
@@ -90,6 +100,10 @@ export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; so
   const entries = spec.linux?.devices;
   if (entries === undefined) return plan;
   if (!Array.isArray(entries)) throw new DeviceError('invalid', 'linux.devices must be an array');
+  if (allowsAllDevices(spec)) {
+    plan.hostDevicesLeftOut = entries.filter((e) => typeof e === 'object' && e !== null && ((e as { type?: unknown }).type === 'b' || /^\/dev\/vfio\/\d+$/.test(String((e as { path?: unknown }).path)))).length;
+    return plan;
+  }
   const seen = new Set<string>();
   for (const e of entries) {
     if (typeof e !== 'object' || e === null) throw new DeviceError('invalid', 'a linux.devices entry is not an object');
@@ -126,6 +140,15 @@ export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; so
     }
   }
   return plan;
+}
+
+/** A privileged container's device cgroup: one allow rule for every device (no type, or 'a', and no numbers). */
+function allowsAllDevices(spec: SpecLike): boolean {
+  const rules = spec.linux?.resources?.devices;
+  if (!Array.isArray(rules)) return false;
+  return rules.some((r) => typeof r === 'object' && r !== null && (r as Record<string, unknown>).allow === true &&
+    ((r as Record<string, unknown>).type === undefined || (r as Record<string, unknown>).type === 'a') &&
+    (r as Record<string, unknown>).major === undefined && (r as Record<string, unknown>).minor === undefined);
 }
 
 /** The manager devices and agent Devices for host group `group` (container path `p`). */

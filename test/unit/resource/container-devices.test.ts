@@ -36,6 +36,20 @@ describe('unit: container linux.devices plan', () => {
     expect(planContainerDevices({}).disks).to.deep.equal([]);
   });
 
+  it('a privileged container (allow-all device rule) gets none of the host devices in the VM, as privileged_without_host_devices', () => {
+    const devices = [{ path: img, type: 'b', major: 7, minor: 99 }, { path: '/dev/does-not-exist', type: 'b', major: 8, minor: 0 }, { path: '/dev/vfio/7', type: 'c', major: 243, minor: 0 }, { path: '/dev/null', type: 'c', major: 1, minor: 3 }];
+    const spec = { linux: { devices, resources: { devices: [{ allow: true, access: 'rwm' }] as unknown[] } } };
+    const plan = planContainerDevices(spec);
+    expect(plan.disks).to.deep.equal([]);
+    expect(plan.devices).to.deep.equal([]);
+    expect(plan.hostDevicesLeftOut).to.equal(3);
+    // The spec is left as it was for the guest's runtime.
+    expect(spec.linux.devices).to.equal(devices);
+    expect(spec.linux.resources.devices).to.deep.equal([{ allow: true, access: 'rwm' }]);
+    // A rule allowing one type or one device is not privileged: the entries are planned (and checked) as usual.
+    expect(() => planContainerDevices({ linux: { devices: [devices[1]], resources: { devices: [{ allow: true, type: 'b', access: 'rwm' }] } } })).to.throw(DeviceError, /does not exist/);
+  });
+
   it('bad entries are one DeviceError each', () => {
     const loop0 = fs.existsSync('/dev/loop0') && fs.statSync('/dev/loop0').isBlockDevice();
     const cases: Array<[unknown, RegExp]> = [
