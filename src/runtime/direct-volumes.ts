@@ -56,13 +56,16 @@ export function planDirectMounts(mounts: OciMount[] | undefined, store: DirectVo
     const src = m.source;
     const info = isBind(m) && typeof src === 'string' && src.startsWith('/') && !src.split('/').includes('..') ? store.get(src) : undefined;
     if (!info || !src) { rest.push(m); continue; }
-    const ro = (m.options ?? []).includes('ro') || info.options.includes('ro');
+    // The disk is read-only when the volume is (mountInfo): containers
+    // share one disk, so a container's own `ro` applies to its bind only.
+    const diskRo = info.options.includes('ro');
+    const ro = diskRo || (m.options ?? []).includes('ro');
     const guestPath = directVolumeGuestPath(src);
     // Bind options the runtime keeps; the mount's own fs options come from mountInfo.
     const keep = (m.options ?? []).filter((o) => ['nosuid', 'nodev', 'noexec', 'rprivate', 'private', 'rslave', 'slave'].includes(o));
     direct.push({
       volumePath: src, info, guestPath,
-      disk: { kind: 'blk', id: directVolumeDiskId(src), path: info.device, readonly: ro },
+      disk: { kind: 'blk', id: directVolumeDiskId(src), path: info.device, readonly: diskRo },
       mount: { destination: m.destination, type: 'bind', source: guestPath, options: ['rbind', ro ? 'ro' : 'rw', ...keep] },
     });
   }

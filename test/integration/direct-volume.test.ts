@@ -7,8 +7,9 @@
  * the owner's ctl channel, the agent's GetVolumeStats) shows the usage;
  * `resize` grows the image (QMP block_resize) and the filesystem online in
  * the guest (ResizeVolume, EXT4_IOC_RESIZE_FS), and the container then
- * writes more than the volume first held; `remove` refuses while the
- * sandbox uses it and succeeds after. The host checks the image afterwards
+ * writes more than the volume first held; a second container naming the
+ * same volume shares the disk and the guest mount (kept when the first
+ * leaves); `remove` refuses while the sandbox uses it and succeeds after. The host checks the image afterwards
  * with e2fsck (clean) and dumpe2fs (the new block count).
  */
 import { expect } from 'chai';
@@ -113,11 +114,25 @@ describe('integration: kata-ctl direct-volume, an ext4 image mounted by the agen
     expect(out.out).to.contain('ok').and.contain('second');
     expect((await stats()).bytes.used).to.be.at.least(44 * MiB);
 
+    // A second container naming the same volume shares the disk and the guest mount.
+    const rspec = defaultSpec({ args: ['sh', '-c', 'cat /data/marker; ls /data'] });
+    rspec.mounts = [...(rspec.mounts ?? []), { destination: '/data', type: 'bind', source: volPath, options: ['rbind', 'ro'] }];
+    await sandbox!.createContainer('r', rspec, rootfs);
+    expect(sandbox!.devices.get(directVolumeDiskId(volPath))?.holders).to.deep.equal(['w', 'r']);
+    await sandbox!.startContainer('r');
+    const rout = await collectOutput(sandbox!.agent, 'r', '');
+    expect(rout.status, rout.out).to.equal(0);
+    expect(rout.out).to.contain('ok').and.contain('second');
+
     const busy = await ctl(['remove', '--volume-path', volPath]);
     expect(busy.code).to.equal(1);
     expect(busy.stderr).to.contain('in use by sandbox dvol');
 
     await sandbox!.removeContainer('w', 1);
+    expect(sandbox!.devices.get(directVolumeDiskId(volPath))?.holders, 'disk kept for r').to.deep.equal(['r']);
+    expect(new DirectVolumeStore(dvRoot).sandboxesOf(volPath)).to.deep.equal(['dvol']);
+    expect((await stats()).bytes.used, 'still mounted for r').to.be.at.least(44 * MiB);
+    await sandbox!.removeContainer('r', 1);
     expect(sandbox!.devices.get(directVolumeDiskId(volPath)), 'disk unplugged').to.equal(undefined);
     expect(new DirectVolumeStore(dvRoot).sandboxesOf(volPath)).to.deep.equal([]);
     const st = await ctl(['stats', '--volume-path', volPath]);

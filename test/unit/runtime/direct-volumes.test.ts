@@ -31,11 +31,15 @@ describe('unit: direct-volume mounts plan', () => {
       { destination: '/other', type: 'bind', source: '/vol/other', options: ['rbind'] },
       { destination: '/img', source: '/vol/ro', options: ['bind'] },
       { destination: '/notbind', type: 'tmpfs', source: '/vol/a' },
+      { destination: '/data-ro', type: 'bind', source: '/vol/a', options: ['rbind', 'ro'] },
     ];
     const { rest, direct } = planDirectMounts(mounts, store);
     expect(rest!.map((m) => m.destination)).to.deep.equal(['/proc', '/other', '/notbind']);
-    expect(direct).to.have.length(2);
-    const [a, ro] = direct;
+    expect(direct).to.have.length(3);
+    const [a, ro, aRo] = direct;
+    // A container's own ro is its bind's: the shared disk stays as the volume is.
+    expect(aRo.disk).to.deep.equal(a.disk);
+    expect(aRo.mount.options).to.deep.equal(['rbind', 'ro']);
     expect(a.disk).to.deep.equal({ kind: 'blk', id: directVolumeDiskId('/vol/a'), path: path.join(dir, 'a.img'), readonly: false });
     expect(a.disk.id).to.have.length(20);
     expect(a.guestPath).to.equal(`${DIRECT_VOLUME_GUEST_DIR}/${encodeVolumePath('/vol/a')}`);
