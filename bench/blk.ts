@@ -26,6 +26,7 @@ import { Sandbox } from '../src/runtime/sandbox';
 import { defaultProcess, defaultSpec } from '../src/runtime/spec';
 import { attachProcess } from '../src/runtime/stdio';
 import { machine, table, writeResult } from './native';
+import { median } from './stats';
 
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 const MiB = 1 << 20;
@@ -82,7 +83,6 @@ async function one(driver: BlockDriver, round: number): Promise<Run> {
   }
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
   configureLogging({ level: 'error' });

@@ -36,13 +36,10 @@ import { pssMiB } from './pss';
 import { defaultConfig, guestAssets } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
 import { baseKernelParams } from '../src/hypervisor/hypervisor';
+import { median } from './stats';
 
 export const MARK = 'KATA_BENCH_MARK';
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-}
 
 /** Spawn, resolve with ms until `marker` appears on the chosen stream, then let it finish. */
 export function timeToMarker(cmd: string, args: string[], stream: 'stdout' | 'stderr'): Promise<{ ms: number; totalMs: number; other: string }> {

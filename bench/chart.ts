@@ -16,6 +16,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ROOT } from './native';
+import { median } from './stats';
 
 export interface Bar { label: string; value: number; goal?: number }
 export interface Panel { title: string; bars: Bar[]; ratio: boolean }
@@ -31,10 +32,6 @@ const GOALS: Array<[RegExp, number]> = [
 type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 const isObj = (v: Json | undefined): v is { [k: string]: Json } => !!v && typeof v === 'object' && !Array.isArray(v);
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** Numeric fields of an object; arrays of numbers or of objects of numbers become medians. */
 function numbers(o: Json): Record<string, number> {

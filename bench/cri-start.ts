@@ -15,12 +15,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { BUSYBOX, CriContainerd, criUnavailable, HANDLERS, type Handler } from '../test/helpers/cri-containerd';
 import type { PodSandboxConfig } from '../test/helpers/cri';
+import { median } from './stats';
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 async function main(): Promise<void> {
   const runs = Number(process.argv[2] ?? 5);

@@ -41,11 +41,8 @@ import { connectVsock, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
 import { VmFactory, qemuTarget } from '../src/factory/factory';
 import { restoreTemplate, templateArgs } from '../src/factory/qemu-template';
 import { MEMORY, STATE } from '../src/factory/template-store';
+import { median } from './stats';
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-}
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 

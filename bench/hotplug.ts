@@ -37,6 +37,7 @@ import { defaultProcess, defaultSpec } from '../src/runtime/spec';
 import { attachProcess } from '../src/runtime/stdio';
 import type { DeviceSpec } from '../src/resource/devices/device-manager';
 import { machine, table, writeResult } from './native';
+import { median } from './stats';
 
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 
@@ -98,7 +99,6 @@ async function measure(driver: BlockDriver, kinds: Array<'blk' | 'fs'>, rounds: 
   }
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
   configureLogging({ level: 'error' });

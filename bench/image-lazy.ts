@@ -44,6 +44,7 @@ import { blobsDir, imageDir, imageIdHex } from '../src/image/store';
 import { buildOciLayout } from '../test/helpers/oci-layout';
 import { startBlobServer } from '../test/helpers/blob-server';
 import { machine, table, writeResult, ROOT } from './native';
+import { median } from './stats';
 
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 const MiB = 1 << 20;
@@ -149,7 +150,6 @@ async function warm(sb: Sandbox, round: number): Promise<Warm> {
   return { seqMBs: seq.MBs, seq2MBs: seq2.MBs, randMBs: rnd.MBs, direct: !!seq.direct && !!rnd.direct };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main(): Promise<void> {
   configureLogging({ level: 'error' });

@@ -20,11 +20,11 @@ import * as path from 'node:path';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import * as readline from 'node:readline';
 import { PodNetns } from '../test/helpers/netns';
+import { median } from './stats';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 const UPLOAD_MIB = Number(process.env.UPLOAD_MIB ?? 64);
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 interface Result { uploadMiBs: number; downloadMiBs: number; rttMedianUs: number; rttP99Us: number }
 

@@ -15,6 +15,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IMAGE, RUNTIME, TestContainerd } from '../test/helpers/containerd';
+import { median } from './stats';
 
 const MODES = ['virtiofs', 'erofs'] as const;
 const WORKLOADS: Record<string, string[]> = {
@@ -22,10 +23,6 @@ const WORKLOADS: Record<string, string[]> = {
   '+ 500 files in /tmp': ['sh', '-c', 'i=0; while [ $i -lt 500 ]; do echo x > /tmp/f$i; i=$((i+1)); done'],
 };
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-}
 
 async function main(): Promise<void> {
   const runs = Number(process.argv[2] ?? 5);

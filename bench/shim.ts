@@ -16,6 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { IMAGE, TestContainerd } from '../test/helpers/containerd';
+import { median } from './stats';
 
 interface Peer { name: string; args: string[] }
 
@@ -50,7 +51,6 @@ function pssKiB(pid: number, excludeKiB: number): number {
   return total;
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
   const runs = Number(process.argv[2] ?? 3);

@@ -31,11 +31,11 @@ import { ROOT } from './native';
 import { Machine } from '../src/vmm/machine';
 import { buildGuest } from '../test/unit/vmm/guest-build';
 import { countLines, startCountGuest } from '../test/unit/vmm/count-guest';
+import { median } from './stats';
 
 const TOUCH_MIB = 8;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const now = () => Number(process.hrtime.bigint()) / 1e6;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const pssKiB = () => Number(/^Pss:\s+(\d+)/m.exec(fs.readFileSync('/proc/self/smaps_rollup', 'utf8'))![1]);
 /** PSS of the guest-RAM mappings only: cold VMs' memfds and clones' memory.bin (with their copy-on-write pages). */
 function guestRamPssKiB(): number {
