@@ -23,9 +23,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { pssMiB } from './pss';
 import { listSandboxes } from '../src/ctl/sandboxes';
-import { memoryCtlCall } from '../src/memory/ctl-socket';
-import { readKsm, readSettings, writeSettings, ksmUnavailable } from '../src/memory/ksm';
-import type { ScanReport } from '../src/memory/service';
+import { memoryCtlCall } from '../src/resource/memory/ctl-socket';
+import { readKsm, readSettings, writeSettings, ksmUnavailable } from '../src/resource/memory/ksm';
+import type { ScanReport } from '../src/resource/memory/service';
 
 const REPO = path.resolve(__dirname, '..', '..');
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';

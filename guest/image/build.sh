@@ -111,13 +111,13 @@ else
 fi
 # The DAX image (issue 13): the same tree uncompressed — EROFS maps only
 # uncompressed (flat) files with DAX — behind an NVDIMM pfn info block and
-# padded to 2 MiB (src/memory/dax-image.ts says why), for QEMU's nvdimm.
+# padded to 2 MiB (src/hypervisor/dax-image.ts says why), for QEMU's nvdimm.
 # Its pages are then one copy in the host page cache for every sandbox
 # (README "Memory density").
 if [ ! -f "$out/rootfs-dax.erofs" ]; then
   t0=$(date +%s%N)
   mkfs.erofs -T0 --all-root "$out/rootfs-flat.erofs.tmp" "$stage" >/dev/null
-  node "$repo/dist/src/memory/dax-image.js" "$out/rootfs-flat.erofs.tmp" "$out/rootfs-dax.erofs" >/dev/null
+  node "$repo/dist/src/hypervisor/dax-image.js" "$out/rootfs-flat.erofs.tmp" "$out/rootfs-dax.erofs" >/dev/null
   rm -f "$out/rootfs-flat.erofs.tmp"
   echo "image: DAX image (uncompressed, pfn info block) $(du -m --apparent-size "$out/rootfs-dax.erofs" | cut -f1) MiB in $(( ($(date +%s%N)-t0)/1000000 )) ms"
 fi

@@ -1,6 +1,6 @@
 /**
  * OnlineCPUMem (Kata's agent API): after the host hotplugged vCPUs or
- * memory (src/memory/resize.ts), online them through sysfs —
+ * memory (src/resource/memory/resize.ts), online them through sysfs —
  * /sys/devices/system/cpu/cpuN/online and /sys/devices/system/memory/
  * memoryN/state — as Kata's agent does. A hot-added vCPU appears a moment
  * after the ACPI event, so with `wait` the agent retries until nb_cpus were

@@ -1,13 +1,13 @@
 /**
  * Memory density figures for kata-ctl (metrics, pages, ksm): each running
  * sandbox's page scanner report, fetched from its owner over mem.sock
- * (src/memory/ctl-socket.ts), merged across sandboxes (the fingerprint
- * summaries, src/memory/scanner.ts crossSandbox), and host KSM counters.
+ * (src/resource/memory/ctl-socket.ts), merged across sandboxes (the fingerprint
+ * summaries, src/resource/memory/scanner.ts crossSandbox), and host KSM counters.
  */
-import { crossSandbox, type SandboxPages } from '../memory/scanner';
-import { MemoryCtlError, memoryCtlCall } from '../memory/ctl-socket';
-import { processKsm, readKsm } from '../memory/ksm';
-import type { ScanReport } from '../memory/service';
+import { crossSandbox, type SandboxPages } from '../resource/memory/scanner';
+import { MemoryCtlError, memoryCtlCall } from '../resource/memory/ctl-socket';
+import { processKsm, readKsm } from '../resource/memory/ksm';
+import type { ScanReport } from '../resource/memory/service';
 import { errorMessage } from '../common/errors';
 import type { Registry } from './prometheus';
 import type { SandboxRow } from './sandboxes';

@@ -39,7 +39,7 @@ import { VhostUserBackend } from '../vhost-user/backend';
 import { HybridVsock } from '../virtio/vsock/hybrid';
 import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
 import type { FsShare } from './hypervisor';
-import { qemuMemoryPlan, type QemuMemoryOptions } from '../memory/qemu-plan';
+import { qemuMemoryPlan, type QemuMemoryOptions } from './memory-plan';
 import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr } from './pci-slots';
 import { preflightVfioSource, vfioDeviceAdd, vfioDeviceArg } from './vfio-host';
 
@@ -58,7 +58,7 @@ export interface QemuOptions {
   rootBlockDriver?: BlockDriver;
   /** Extra -machine properties (Kata's machine_accelerators, e.g. "nosmm"); accel is ours. */
   machineAccelerators?: string;
-  /** Memory density (issue 13): DAX image on an NVDIMM, balloon, hotplug room (src/memory/qemu-plan.ts). */
+  /** Memory density (issue 13): DAX image on an NVDIMM, balloon, hotplug room (src/hypervisor/memory-plan.ts). */
   memory?: QemuMemoryOptions;
 }
 
@@ -229,7 +229,7 @@ export class QemuHypervisor implements Hypervisor {
       `${mmio ? mm : pci},${extra}${!mmio && addr !== undefined ? `,addr=0x${addr.toString(16)}` : ''}`;
     const args = [
       '-name', `kata-ts-${cfg.id},debug-threads=on`,
-      // With a TCG translation cache size (src/memory/qemu-plan.ts) the accelerator moves to -accel: QEMU refuses both.
+      // With a TCG translation cache size (src/hypervisor/memory-plan.ts) the accelerator moves to -accel: QEMU refuses both.
       '-M', `${this.opts.machine}${mem.accel ? '' : `,accel=${this.opts.accel}`}${this.opts.machineAccelerators ? `,${this.opts.machineAccelerators}` : ''}${mem.machineProps.map((p) => `,${p}`).join('')}`,
       ...(mem.accel ? ['-accel', mem.accel] : []),
       '-cpu', this.opts.accel === 'kvm' ? 'host' : 'max',
@@ -333,7 +333,7 @@ export class QemuHypervisor implements Hypervisor {
     await this.vsock.listen();
     this.vsockBackend = new VhostUserBackend({
       socketPath: path.join(cfg.dir, 'vhost-vsock.sock'), device: this.vsock.device,
-      // Sized for hotplugged DIMMs too (src/memory/resize.ts): QEMU sends them in a new memory table.
+      // Sized for hotplugged DIMMs too (src/resource/memory/resize.ts): QEMU sends them in a new memory table.
       guestBytes: qemuMemoryPlan(cfg, this.opts.memory ?? {}, this.opts.machine === 'microvm', this.opts.accel).maxRamMiB * 1024 * 1024, queues: 2, name: 'vsock', // QEMU serves the event queue itself
     });
     this.vsockBackend.listen();
@@ -731,14 +731,14 @@ export class QemuHypervisor implements Hypervisor {
 
   /**
    * Guest RAM as our vhost-user vsock backend maps it (every QEMU VM here has
-   * that device): where the page scanner (src/memory) reads it, in place.
+   * that device): where the page scanner (src/resource/memory) reads it, in place.
    */
   guestMemory(): { hot: VhostUserBackend['hot']; regions: () => VhostUserBackend['guestMemoryRegions'] } | undefined {
     const b = this.vsockBackend;
     return b ? { hot: b.hot, regions: () => b.guestMemoryRegions } : undefined;
   }
 
-  /** One QMP command for memory management (balloon, memory/vCPU hotplug: src/memory). */
+  /** One QMP command for memory management (balloon, memory/vCPU hotplug: src/resource/memory). */
   memoryQmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
     return this.requireQmp().execute(cmd, args);
   }

@@ -63,7 +63,7 @@ export const SCHEMA = {
     root_block_driver: { kind: 'string', default: 'virtio-blk', describe: 'the guest root image: virtio-blk (QEMU\'s own) or vhost-user-blk (ours); Kata\'s name vm_rootfs_driver (virtio-blk-pci, virtio-blk-mmio) is an alias', check: oneOf('vhost-user-blk', 'virtio-blk') } as KeySpec<string>,
     machine_accelerators: { kind: 'string', default: '', describe: 'extra QEMU -machine properties, as in Kata (e.g. "nosmm,nosata"); accel stays ours', check: machineProps } as KeySpec<string>,
     enable_annotations: { kind: 'string[]', default: [], describe: 'pod annotations io.katacontainers.config.hypervisor.<name> allowed to override this section: regular expressions matched against <name>, as in Kata (kata-ts applies default_vcpus, default_memory, kernel_params)', check: validRegexes } as KeySpec<string[]>,
-    // Memory density (issue 13; src/memory/qemu-plan.ts, README "Memory density").
+    // Memory density (issue 13; src/hypervisor/memory-plan.ts, README "Memory density").
     disable_image_nvdimm: { kind: 'bool', default: true, describe: 'as Kata: false puts the guest image on an NVDIMM mounted with DAX (rootfs-dax.erofs beside the image); true keeps the virtio-blk root disk', } as KeySpec<boolean>,
     reclaim_guest_freed_memory: { kind: 'bool', default: false, describe: 'as Kata: a virtio-balloon with free page reporting (pages the guest frees go back to the host) and deflate-on-oom; kata-ctl balloon reads/sets it' } as KeySpec<boolean>,
     default_maxmemory: { kind: 'int', default: 0, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room)', check: range(0, 3584) } as KeySpec<number>,

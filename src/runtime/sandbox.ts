@@ -27,8 +27,8 @@ import { AgentClient } from './agent-client';
 import { policyFromFile, type HostPolicy } from './policy';
 import { POLICY_KERNEL_PARAM } from '../protocols/agent-policy';
 import { serveCtlChannel, type CtlChannel } from './ctl-channel';
-import { startSandboxMemory } from '../memory/sandbox-memory';
-import type { SandboxMemory } from '../memory/service';
+import { startSandboxMemory } from './sandbox-memory';
+import type { SandboxMemory } from '../resource/memory/service';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
@@ -289,7 +289,7 @@ export class Sandbox {
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled, resizeVolume: (p, size) => this.resizeDirectVolume(p, size) });
-      // Page scanner and balloon, reached by kata-ctl on mem.sock (src/memory).
+      // Page scanner and balloon, reached by kata-ctl on mem.sock (src/resource/memory).
       this.memory = await startSandboxMemory(this.opts.hypervisor, cfg, this.id, this.dir, vmCfg.memoryMiB, this.agentClient, vmCfg.vcpus);
       this.log.info('sandbox ready', { bootMs: Date.now() - t0, accel: this.vm.accel, guest: parseTimings(guestTimings),
         host: { toAgentReadyMs: tMarker - t0, dialMs: wire.timings.connectMs, firstRpcMs: tCheck - tMarker, sandboxSetupMs: Date.now() - tCheck } });
@@ -357,7 +357,7 @@ export class Sandbox {
     if (devPlan.hostDevicesLeftOut) {
       this.log.warn('privileged container: host devices are not passed into the VM (as containerd\'s privileged_without_host_devices); name a device without --privileged to attach it', { container: id, leftOut: devPlan.hostDevicesLeftOut });
     }
-    // Pod resizing (src/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
+    // Pod resizing (src/resource/memory/resize.ts): the VM grows for the container's limits; beyond its maximum the container is refused here.
     await this.memory?.containerJoins(id, spec.linux?.resources);
     // Volumes first: a bad bind mount is refused before anything is set up.
     // Direct-assigned volumes are not shared through virtio-fs (direct-volumes.ts).

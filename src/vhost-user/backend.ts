@@ -119,7 +119,7 @@ export class VhostUserBackend {
   /**
    * Guest RAM as the front end's last SET_MEM_TABLE mapped it into `hot`
    * (empty before one, or after a disconnect): the page scanner
-   * (src/memory/scanner.ts) reads the guest's pages here, in place.
+   * (src/resource/memory/scanner.ts) reads the guest's pages here, in place.
    */
   get guestMemoryRegions(): ReadonlyArray<{ gpa: bigint; size: number; offset: number }> {
     return this.mem.regions;

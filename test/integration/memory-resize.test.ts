@@ -4,7 +4,7 @@
  * onlined by the agent's OnlineCPUMem and seen from inside the container;
  * one asking beyond the maximum is refused with one clear error; removing
  * the container unplugs the vCPU. Memory hotplug is off (it left the vsock
- * agent channel dead here; src/memory/service.ts): a memory limit does not
+ * agent channel dead here; src/resource/memory/service.ts): a memory limit does not
  * plug a DIMM. Nothing is left behind.
  */
 import { expect } from 'chai';

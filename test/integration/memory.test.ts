@@ -18,9 +18,9 @@ import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { configureLogging } from '../../src/common/log';
-import { memoryCtlCall, memSocketPath } from '../../src/memory/ctl-socket';
-import { DAX_IMAGE_NAME } from '../../src/memory/qemu-plan';
-import type { ScanReport } from '../../src/memory/service';
+import { memoryCtlCall, memSocketPath } from '../../src/resource/memory/ctl-socket';
+import { DAX_IMAGE_NAME } from '../../src/hypervisor/memory-plan';
+import type { ScanReport } from '../../src/resource/memory/service';
 
 const REFERENCE_PY = `
 import hashlib, sys

@@ -8,7 +8,7 @@
 import type { CtlCommand } from '../command';
 import { ctlConfig, printJson, JSON_OPTION, type GlobalArgs } from '../common';
 import { errorMessage } from '../../common/errors';
-import { memoryCtlCall } from '../../memory/ctl-socket';
+import { memoryCtlCall } from '../../resource/memory/ctl-socket';
 import { listSandboxes } from '../sandboxes';
 
 interface BalloonArgs extends GlobalArgs {

@@ -6,7 +6,7 @@
  */
 import type { CtlCommand } from '../command';
 import { ctlConfig, printJson, JSON_OPTION, type GlobalArgs } from '../common';
-import { processKsm, readKsm } from '../../memory/ksm';
+import { processKsm, readKsm } from '../../resource/memory/ksm';
 import { errorMessage } from '../../common/errors';
 import { listSandboxes } from '../sandboxes';
 

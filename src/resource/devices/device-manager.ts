@@ -16,7 +16,7 @@
  * addNet/…) and never builds command lines.
  *
  * Kinds not hotpluggable here are said plainly: `pmem` (the NVDIMM is a
- * boot-time device of the memory plan, src/memory), `vsock` (the agent
+ * boot-time device of the memory plan, src/resource/memory), `vsock` (the agent
  * channel is fixed at slot 4 from boot). `vfio` goes to the hypervisor's
  * addVfio (QEMU: vfio-pci after an IOMMU group check, which on these hosts
  * without an IOMMU always refuses). The builtin VMM has no hotplug at all: its

@@ -1,12 +1,12 @@
 /**
- * src/memory/resize: Kata's sizing rules from OCI linux.resources, the QMP
+ * src/resource/memory/resize: Kata's sizing rules from OCI linux.resources, the QMP
  * commands a join and a leave send (against a recording stand-in for QEMU
  * that answers query-hotpluggable-cpus like QEMU 7.2's pc machine), the
  * refusal beyond the maximum with nothing plugged, and memory returned
  * through the balloon rather than DIMM unplug.
  */
 import { expect } from 'chai';
-import { VmResizer, containerDemand, ResizeError } from '../../../src/memory/resize';
+import { VmResizer, containerDemand, ResizeError } from '../../../../src/resource/memory/resize';
 
 function fakeQemu(maxCpus: number) {
   const calls: Array<[string, Record<string, unknown> | undefined]> = [];

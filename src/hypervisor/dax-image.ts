@@ -17,7 +17,7 @@
  * The whole file is a 2 MiB multiple: QEMU maps it as the NVDIMM's backend,
  * and the kernel wants the namespace end aligned (memremap_compat_align).
  *
- * `node dist/src/memory/dax-image.js <erofs image> <output>` writes it
+ * `node dist/src/hypervisor/dax-image.js <erofs image> <output>` writes it
  * (guest/image/build.sh).
  */
 import * as crypto from 'node:crypto';

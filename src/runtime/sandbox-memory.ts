@@ -6,10 +6,10 @@
  */
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import type { QemuHypervisor } from '../hypervisor/qemu';
-import type { Config } from '../runtime/config';
-import type { AgentClient } from '../runtime/agent-client';
-import { SandboxMemory } from './service';
-import { KsmThrottler } from './throttler';
+import type { Config } from './config';
+import type { AgentClient } from './agent-client';
+import { SandboxMemory } from '../resource/memory/service';
+import { KsmThrottler } from '../resource/memory/throttler';
 
 export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number, agent?: AgentClient, vcpus = cfg['hypervisor.qemu'].default_vcpus): Promise<SandboxMemory | undefined> {
   // The builtin VMM maps guest RAM itself; wiring it here is not done yet (README "Memory density": limits).

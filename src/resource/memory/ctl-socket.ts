@@ -14,7 +14,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { KataError, errorMessage } from '../common/errors';
+import { KataError, errorMessage } from '../../common/errors';
 
 /** 'absent': the sandbox serves no memory socket at all (builtin VMM, or an owner that predates it). */
 export class MemoryCtlError extends KataError<'absent' | 'unavailable' | 'protocol' | 'remote'> {}

@@ -12,7 +12,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { logger } from '../common/log';
+import { logger } from '../../common/log';
 import { KSM_DIR, ksmUnavailable, readSettings, writeSettings, type KsmSettings } from './ksm';
 
 /** Levels, hardest first: settings and how long after a kick they hold. */

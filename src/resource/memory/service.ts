@@ -9,8 +9,8 @@
  * RAM is reported as a warning, never acted on.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { KataError, errorMessage } from '../common/errors';
-import { logger } from '../common/log';
+import { KataError, errorMessage } from '../../common/errors';
+import { logger } from '../../common/log';
 import { PageScanner, type ScanResult, type ScanSource } from './scanner';
 import { serveMemoryCtl, type MemoryCtlServer, type MemoryRequest } from './ctl-socket';
 import { VmResizer, containerDemand, type ResizeLimits } from './resize';

@@ -11,7 +11,7 @@
  * devices; measured 2026-11-30). Without a balloon the DIMMs stay plugged,
  * with a warning. A DIMM once plugged is reused before plugging another.
  *
- * Memory growth is switched off by the caller for now (src/memory/service.ts,
+ * Memory growth is switched off by the caller for now (src/resource/memory/service.ts,
  * memoryHotplug: the vsock agent channel died after a DIMM hotplug here).
  *
  * Sizing follows Kata: vCPUs = base + Σ ceil(quota / period), memory = base
@@ -23,8 +23,8 @@
  * (kernel parameter memhp_default_state=online); hotplugged vCPUs are
  * onlined by the agent (Kata's OnlineCPUMem, src/agent/online-cpu-mem.ts).
  */
-import { KataError } from '../common/errors';
-import { logger } from '../common/log';
+import { KataError } from '../../common/errors';
+import { logger } from '../../common/log';
 
 export class ResizeError extends KataError<'limit' | 'qmp'> {}
 

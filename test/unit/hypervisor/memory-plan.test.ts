@@ -1,17 +1,17 @@
 /**
- * src/memory/qemu-plan (the memory part of QEMU's command line: NVDIMM DAX
- * image, hotplug room, balloon) and src/memory/dax-image (the pfn info block
+ * src/hypervisor/memory-plan (the memory part of QEMU's command line: NVDIMM DAX
+ * image, hotplug room, balloon) and src/resource/memory/dax-image (the pfn info block
  * Linux validates before it maps the NVDIMM with struct pages).
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { qemuMemoryPlan, MemoryPlanError, DAX_IMAGE_NAME } from '../../../src/memory/qemu-plan';
-import { DAX_ALIGN, DaxImageError, fletcher64, pfnInfoBlock, writeDaxImage } from '../../../src/memory/dax-image';
+import { qemuMemoryPlan, MemoryPlanError, DAX_IMAGE_NAME } from '../../../src/hypervisor/memory-plan';
+import { DAX_ALIGN, DaxImageError, fletcher64, pfnInfoBlock, writeDaxImage } from '../../../src/hypervisor/dax-image';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
 
-describe('memory/qemu-plan and dax-image', () => {
+describe('hypervisor/memory-plan and dax-image', () => {
   let dir: string;
   beforeEach(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-memplan-')); });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -26,10 +26,10 @@
  * with their page counts — the summary kata-ctl merges across sandboxes
  * (crossSandbox below) to find duplicates between VMs.
  */
-import { KataError } from '../common/errors';
-import { native } from '../common/native';
-import type { HotMemory } from '../hot/memory';
-import { PageHasher, PAGE_SIZE } from '../hot/pagehash';
+import { KataError } from '../../common/errors';
+import { native } from '../../common/native';
+import type { HotMemory } from '../../hot/memory';
+import { PageHasher, PAGE_SIZE } from '../../hot/pagehash';
 
 export class ScannerError extends KataError<'config' | 'busy' | 'stopped'> {}
 

@@ -113,7 +113,7 @@ export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: st
     plan.m = `${vm.memoryMiB}M,slots=${slots},maxmem=${total}M`;
     if (maxMiB > vm.memoryMiB) {
       plan.maxRamMiB = maxMiB;
-      // DIMMs come up online without a guest helper (src/memory/resize.ts).
+      // DIMMs come up online without a guest helper (src/resource/memory/resize.ts).
       plan.kernelParams.push('memhp_default_state=online');
     }
   }

@@ -1,5 +1,5 @@
 /**
- * src/memory/scanner: the WASM page scanner over a memfd mapped into a
+ * src/resource/memory/scanner: the WASM page scanner over a memfd mapped into a
  * HotMemory exactly as the vhost-user backend maps QEMU's guest RAM. Its
  * counts are checked against an independent reference — a Python script
  * hashing the same memfd's bytes with SHA-1 per 4 KiB page — and holes of
@@ -9,10 +9,10 @@
 import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { HotMemory } from '../../../src/hot/memory';
-import { native } from '../../../src/common/native';
-import { PageScanner, crossSandbox, distinct, ScannerError, type ScanRegion } from '../../../src/memory/scanner';
-import { skipOrFail } from '../../helpers/skip';
+import { HotMemory } from '../../../../src/hot/memory';
+import { native } from '../../../../src/common/native';
+import { PageScanner, crossSandbox, distinct, ScannerError, type ScanRegion } from '../../../../src/resource/memory/scanner';
+import { skipOrFail } from '../../../helpers/skip';
 
 const PAGE = 4096;
 const MIB = 1024 * 1024;

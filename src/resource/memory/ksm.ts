@@ -12,7 +12,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { KataError } from '../common/errors';
+import { KataError } from '../../common/errors';
 
 export class KsmError extends KataError<'unavailable' | 'io'> {}
 

@@ -1,5 +1,5 @@
 /**
- * src/memory/ksm and throttler: reading KSM counters and per-process stats,
+ * src/resource/memory/ksm and throttler: reading KSM counters and per-process stats,
  * the throttler's levels by time since the last sandbox start (on a fake
  * sysfs directory), the clear warning when KSM is missing, and one pass on
  * the host's real /sys/kernel/mm/ksm that restores every setting it changed.
@@ -8,9 +8,9 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { KSM_DIR, KsmError, ksmUnavailable, processKsm, readKsm, readSettings, writeSettings } from '../../../src/memory/ksm';
-import { KsmThrottler, LEVELS, levelFor } from '../../../src/memory/throttler';
-import { skipOrFail } from '../../helpers/skip';
+import { KSM_DIR, KsmError, ksmUnavailable, processKsm, readKsm, readSettings, writeSettings } from '../../../../src/resource/memory/ksm';
+import { KsmThrottler, LEVELS, levelFor } from '../../../../src/resource/memory/throttler';
+import { skipOrFail } from '../../../helpers/skip';
 
 describe('memory/ksm and throttler', () => {
   let dir: string;
