@@ -10,6 +10,7 @@ import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
 import { convertImage } from '../image/convert';
 import { listImages } from '../image/store';
+import { formatMiB as mib } from '../common/units';
 
 /** "1M", "256K", "4096" → bytes. */
 export function parseSize(s: string): number {
@@ -19,7 +20,6 @@ export function parseSize(s: string): number {
   return Number(m[1]) * mult;
 }
 
-function mib(n: number): string { return `${(n / 1048576).toFixed(1)} MiB`; }
 
 /** The `image` command group; `setCode` receives the exit status. */
 export function imageCommand(setCode: (c: number) => void): CommandModule {

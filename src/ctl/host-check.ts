@@ -19,6 +19,7 @@ import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from
 import { BUILTIN_AVAILABLE } from '../hypervisor';
 import { guestAssets, type Config } from '../runtime/config';
 import { factoryEnv, factoryLine } from './factory-state';
+import { formatMiB } from '../common/units';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 
@@ -183,7 +184,7 @@ export async function runHostCheck(cfg: Config, opts: CheckOptions = {}): Promis
     'run scripts/setup.sh (builds guest/kernel), or set [hypervisor.qemu] kernel', { path: assets.kernel, version: release, sha256: kernelOk ? fileSha256(assets.kernel) : undefined }));
   const imageOk = exists(assets.image);
   checks.push(item('guest-image', 'guest image', imageOk, true,
-    imageOk ? `${assets.image} (${(fs.statSync(assets.image).size / 1048576).toFixed(1)} MiB)` : `${assets.image} missing`,
+    imageOk ? `${assets.image} (${formatMiB(fs.statSync(assets.image).size)})` : `${assets.image} missing`,
     'run scripts/setup.sh (builds guest/image), or set [hypervisor.qemu] image', { path: assets.image, sha256: imageOk ? fileSha256(assets.image) : undefined }));
   let runDirOk = true;
   try {

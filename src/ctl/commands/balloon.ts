@@ -10,6 +10,7 @@ import { ctlConfig, printJson, JSON_OPTION, type GlobalArgs } from '../common';
 import { errorMessage } from '../../common/errors';
 import { memoryCtlCall } from '../../resource/memory/ctl-socket';
 import { listSandboxes } from '../sandboxes';
+import { formatMiB } from '../../common/units';
 
 interface BalloonArgs extends GlobalArgs {
   sandboxId: string;
@@ -44,7 +45,7 @@ export const balloonCommand: CtlCommand<BalloonArgs> = {
       printJson({ schemaVersion: 1, sandbox: row.id, ...res });
     } else {
       const st = res.stats as Record<string, number>;
-      const mib = (b: number | undefined) => (b === undefined ? '?' : `${(b / 1048576).toFixed(1)} MiB`);
+      const mib = (b: number | undefined) => (b === undefined ? '?' : formatMiB(b));
       process.stdout.write(`sandbox ${row.id}: RAM ${res.ramMiB} MiB, guest may use ${res.actualMiB === undefined ? '? (not reported)' : `${res.actualMiB} MiB`}` +
         `${res.targetMiB !== undefined ? ` (target set to ${res.targetMiB} MiB; the guest gets there at its pace)` : ''}\n`);
       if (st && Object.keys(st).length) process.stdout.write(`guest: total ${mib(st['stat-total-memory'])}, free ${mib(st['stat-free-memory'])}, available ${mib(st['stat-available-memory'])}, caches ${mib(st['stat-disk-caches'])}\n`);

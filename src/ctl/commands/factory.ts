@@ -11,13 +11,14 @@ import type { CtlCommand } from '../command';
 import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
 import { factoryFor } from '../factory-state';
 import type { TemplateStatus } from '../../factory/template-store';
+import { formatMiB } from '../../common/units';
 
 interface FactoryArgs extends GlobalArgs {
   action: string;
 }
 
 function mib(n: number | undefined): string {
-  return n === undefined ? '-' : `${(n / 1048576).toFixed(1)} MiB`;
+  return n === undefined ? '-' : formatMiB(n);
 }
 
 function age(s: number | undefined): string {

@@ -7,6 +7,7 @@
 import type { CtlCommand } from '../command';
 import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
 import { collectGarbage, listStore, removeImage, type ImageSummary } from '../../image/gc';
+import { formatMiB as mib } from '../../common/units';
 
 interface ImageArgs extends GlobalArgs {
   action: string;
@@ -15,9 +16,6 @@ interface ImageArgs extends GlobalArgs {
   dryRun?: boolean;
 }
 
-function mib(n: number): string {
-  return `${(n / 1048576).toFixed(1)} MiB`;
-}
 
 function lsText(rows: ImageSummary[]): string {
   if (!rows.length) return 'no converted images\n';

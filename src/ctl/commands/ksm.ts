@@ -9,6 +9,7 @@ import { ctlConfig, printJson, JSON_OPTION, type GlobalArgs } from '../common';
 import { processKsm, readKsm } from '../../resource/memory/ksm';
 import { errorMessage } from '../../common/errors';
 import { listSandboxes } from '../sandboxes';
+import { formatMiB as mib } from '../../common/units';
 
 interface KsmArgs extends GlobalArgs {
   json: boolean;
@@ -35,7 +36,6 @@ export const ksmCommand: CtlCommand<KsmArgs> = {
       printJson({ schemaVersion: 1, ...k, sandboxes: per });
       return 0;
     }
-    const mib = (b: number) => `${(b / 1048576).toFixed(1)} MiB`;
     process.stdout.write(`KSM ${k.run === 1 ? 'running' : k.run === 0 ? 'stopped' : `run=${k.run}`}: ${k.pagesToScan} pages every ${k.sleepMillisecs} ms, ${k.fullScans} full scans\n`);
     process.stdout.write(`merged: ${k.pagesShared} pages kept for ${k.pagesSharing} more mappings (+${k.zeroPages} zero pages): saving ${mib(k.savingBytes)}\n`);
     for (const p of per) process.stdout.write(`  ${p.sandbox}: VMM pages merged ${p.mergingPages} (${mib(p.mergingPages * 4096)})\n`);

@@ -9,6 +9,7 @@ import type { CtlCommand } from '../command';
 import { ctlConfig, printJson, JSON_OPTION, type GlobalArgs } from '../common';
 import { fetchScans, summarize } from '../memory-metrics';
 import { listSandboxes } from '../sandboxes';
+import { formatMiB } from '../../common/units';
 
 interface PagesArgs extends GlobalArgs {
   sandboxId?: string;
@@ -33,7 +34,7 @@ export const pagesCommand: CtlCommand<PagesArgs> = {
     if (argv.json) {
       printJson({ schemaVersion: 1, ...sum });
     } else {
-      const mib = (pages: number) => `${(pages * 4096 / 1048576).toFixed(1)} MiB`;
+      const mib = (pages: number) => formatMiB(pages * 4096);
       for (const s of sum.sandboxes) {
         process.stdout.write(`${s.id}: resident ${mib(s.residentPages)} of ${mib(s.ramBytes / 4096)}, zero ${mib(s.zeroPages)}, duplicate ${mib(s.duplicatePages)}, ` +
           `shared with other sandboxes ${mib(s.sharedWithOtherSandboxesPages)}; merging would save ${mib(s.savingBytes / 4096)} ` +
