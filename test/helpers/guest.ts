@@ -37,6 +37,12 @@ export function testRunDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'kata-ts-test-run-'));
 }
 
+/** A writable copy of the cached busybox rootfs at `dest` (a container rootfs the test may change). */
+export function copyBusyboxRootfs(dest: string): string {
+  fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), dest, { recursive: true, verbatimSymlinks: true });
+  return dest;
+}
+
 export function testConfig(runDir: string): Config {
   const c = defaultConfig();
   c.runtime.run_dir = runDir;

@@ -14,7 +14,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { until } from '../helpers/until';
 import { skipOrFail } from '../helpers/skip';
 import { selectHypervisor } from '../../src/hypervisor';
@@ -50,7 +50,7 @@ describe('integration: OCI linux.devices become hotplugged disks (QEMU)', functi
     configureLogging({ silent: true });
     runDir = testRunDir();
     rootfs = path.join(runDir, 'rootfs');
-    fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+    copyBusyboxRootfs(rootfs);
     image = path.join(runDir, 'disk.img');
     fs.writeFileSync(image, Buffer.concat([Buffer.from('IMAGE-FILE-DISK!'), Buffer.alloc(1024 * 1024 - 16)]));
     backing = path.join(runDir, 'loop.img');

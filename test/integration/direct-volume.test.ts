@@ -16,7 +16,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, CACHE, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { until } from '../helpers/until';
 import { skipOrFail } from '../helpers/skip';
 import { kataCtl } from '../helpers/kata-ctl';
@@ -60,7 +60,7 @@ describe('integration: kata-ctl direct-volume, an ext4 image mounted by the agen
     dvRoot = path.join(runDir, 'direct-volumes');
     process.env.KATA_TS_DIRECT_VOLUMES_ROOT = dvRoot;
     rootfs = path.join(runDir, 'rootfs');
-    fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+    copyBusyboxRootfs(rootfs);
     image = path.join(runDir, 'vol.img');
     execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-E', 'lazy_itable_init=0,lazy_journal_init=0', image, '32M']);
     volPath = path.join(runDir, 'volume');

@@ -14,7 +14,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
@@ -52,7 +52,7 @@ describe('integration: 50 containers added to and removed from one pod (QEMU)', 
     configureLogging({ silent: true });
     runDir = testRunDir();
     rootfs = path.join(runDir, 'rootfs');
-    fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+    copyBusyboxRootfs(rootfs);
     const cfg = testConfig(runDir);
     hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
     sandbox = new Sandbox({ id: 'cycles', config: cfg, hypervisor: hv, bootContainers: [] });

@@ -8,9 +8,8 @@
  * plug a DIMM. Nothing is left behind.
  */
 import { expect } from 'chai';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
@@ -33,7 +32,7 @@ describe('integration: pod resizing (vCPU and memory hotplug)', function () {
     runDir = testRunDir();
     rootfs = path.join(runDir, 'rootfs');
     rootfs2 = path.join(runDir, 'rootfs2');
-    for (const d of [rootfs, rootfs2]) fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), d, { recursive: true, verbatimSymlinks: true });
+    for (const d of [rootfs, rootfs2]) copyBusyboxRootfs(d);
     const cfg = testConfig(runDir);
     cfg['hypervisor.qemu'].default_maxvcpus = 2;
     cfg['hypervisor.qemu'].default_maxmemory = 1024;

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runCommand, type CommandResult } from '../helpers/spawn';
 import { kataCtl } from '../helpers/kata-ctl';
-import { REPO, requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, CACHE, leftoverQemu, collectOutput } from '../helpers/guest';
+import { REPO, requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, leftoverQemu, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
@@ -94,7 +94,7 @@ describe('integration: agent policy (QEMU)', function () {
 
     before(async () => {
       rootfs = path.join(runDir, 'rootfs');
-      fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+      copyBusyboxRootfs(rootfs);
       const cfg = testConfig(runDir);
       // The configuration allows the debug console; the policy refuses it.
       cfg['agent.kata'].debug_console_enabled = true;

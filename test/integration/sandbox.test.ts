@@ -8,7 +8,7 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
@@ -33,7 +33,7 @@ describe('integration: sandbox with two containers (QEMU)', function () {
     runDir = testRunDir();
     rootfs1 = path.join(runDir, 'rootfs1');
     rootfs2 = path.join(runDir, 'rootfs2');
-    for (const d of [rootfs1, rootfs2]) fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), d, { recursive: true, verbatimSymlinks: true });
+    for (const d of [rootfs1, rootfs2]) copyBusyboxRootfs(d);
     const cfg = testConfig(runDir);
     hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
     sandbox = new Sandbox({ id: 'pod1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'first', rootfs: rootfs1 }] });

@@ -13,9 +13,8 @@
  * appears is one timeout error naming the PCI path.
  */
 import { expect } from 'chai';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { until } from '../helpers/until';
 import { selectHypervisor } from '../../src/hypervisor';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
@@ -57,7 +56,7 @@ describe('integration: VFIO guest side with the edu device standing in (QEMU)', 
     configureLogging({ silent: true });
     runDir = testRunDir();
     rootfs = path.join(runDir, 'rootfs');
-    fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+    copyBusyboxRootfs(rootfs);
     const cfg = testConfig(runDir);
     hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
     sandbox = new Sandbox({ id: 'vfio', config: cfg, hypervisor: hv, bootContainers: [], vfio });

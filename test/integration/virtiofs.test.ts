@@ -14,7 +14,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
-import { CACHE, REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft } from '../helpers/guest';
+import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, copyBusyboxRootfs } from '../helpers/guest';
 
 interface Result { code: number | null; stdout: string; stderr: string }
 
@@ -89,7 +89,7 @@ describe('integration: virtio-fs rootfs (QEMU, vhost-user-fs)', function () {
     base = fs.mkdtempSync(path.join(runDir, 'vfs-'));
     rootfs = path.join(base, 'rootfs');
     outside = path.join(base, 'outside');
-    fs.cpSync(path.join(CACHE, 'rootfs', 'busybox'), rootfs, { recursive: true, verbatimSymlinks: true });
+    copyBusyboxRootfs(rootfs);
     fs.mkdirSync(outside);
     fs.writeFileSync(path.join(outside, 'secret'), 'host secret\n');
     const work = path.join(rootfs, 'work');
