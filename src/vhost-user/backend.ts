@@ -12,8 +12,9 @@
  *   SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL and — when
  *   protocol features were negotiated — SET_VRING_ENABLE. Once every ring the
  *   front end runs is started and enabled, the device is activate()d with the
- *   queues; GET_VRING_BASE (stop), disabling a ring, a new memory table,
- *   RESET_OWNER/RESET_DEVICE or a disconnect reset it.
+ *   queues; GET_VRING_BASE (stop), disabling a ring, RESET_OWNER/
+ *   RESET_DEVICE or a disconnect reset it. A new memory table while it runs
+ *   (memory hotplug) does not: the rings are re-pointed and carry on.
  *
  * Notifications are eventfds watched on the Node loop (native uv_poll):
  * a kick calls device.queueNotify(i); the device's interrupt(i) writes the
@@ -115,6 +116,8 @@ export class VhostUserBackend {
   connections = 0;
   /** Messages handled on the current and past connections. */
   messages = 0;
+  /** Memory tables accepted (the first, then one per memory hotplug). */
+  memoryTables = 0;
 
   /**
    * Guest RAM as the front end's last SET_MEM_TABLE mapped it into `hot`
@@ -344,19 +347,33 @@ export class VhostUserBackend {
       case Req.GET_QUEUE_NUM:
         return encodeU64(BigInt(this.queueCount));
       case Req.SET_MEM_TABLE: {
+        // A table while the device runs is a memory hotplug (QEMU's vhost
+        // memory listener commits the new layout without stopping the
+        // rings): the device must carry on with its state — resetting it
+        // here dropped every vsock connection (the agent's channel died
+        // after a DIMM hotplug). memory.ts keeps mapped files in place, so
+        // the rings are only re-pointed at their (unchanged) offsets.
         const table = decodeMemTable(p);
-        const wasActive = this.active;
-        this.deactivate('new memory table');
-        // memory.ts owns (and closes) the fds from here.
+        // memory.ts owns (and closes) the fds from here; a bad table throws
+        // before anything changes.
         const regions = this.mem.set(table, fds.splice(0));
         this.module.writeMemoryMap(regions);
         if (this.module.wasm.mem_map_check(this.module.memMap) !== 0) {
+          this.deactivate('memory map rejected');
           this.mem.unmapAll();
           this.module.writeMemoryMap([]);
           throw new VhostUserError('memory', 'memory map rejected by the virtqueue module');
         }
         this.log.debug('memory table', { regions: regions.map((r) => ({ gpa: `0x${r.gpa.toString(16)}`, size: r.size, offset: r.offset })) });
-        if (wasActive) this.maybeActivate();
+        if (this.active) {
+          if (this.mem.moved) {
+            // Pages the device was using moved: it cannot carry on in place.
+            this.log.warn('new memory table moved mapped guest RAM; device restarted', { regions: regions.length });
+            this.deactivate('memory moved');
+            this.maybeActivate();
+          } else this.repointRings();
+        } else this.maybeActivate();
+        this.memoryTables++;
         return undefined;
       }
       case Req.SET_VRING_NUM: {
@@ -533,6 +550,32 @@ export class VhostUserBackend {
       return;
     }
     // Kicks that came before activation were drained; look at every queue.
+    for (let i = 0; i < this.rings.length && this.active; i++) this.notifyDevice(i);
+  }
+
+  /**
+   * After a new memory table that kept the mapped RAM in place: restarts each
+   * running ring at its current position with offsets from the new map (the
+   * virtqueue module caches them), without resetting the device.
+   */
+  private repointRings(): void {
+    try {
+      for (const r of this.rings) {
+        if (!r.vq.ready) continue;
+        const a = r.addr!;
+        const descGpa = this.mem.uvaToGpa(a.descUser, 16 * r.size);
+        const availGpa = this.mem.uvaToGpa(a.availUser, 6 + 2 * r.size);
+        const usedGpa = this.mem.uvaToGpa(a.usedUser, 6 + 8 * r.size);
+        if (descGpa === undefined || availGpa === undefined || usedGpa === undefined) {
+          throw new VhostUserError('vring', `ring ${this.rings.indexOf(r)}: addresses are outside the new memory table`);
+        }
+        r.vq.activate({ size: r.size, features: this.ackedFeatures, descGpa, availGpa, usedGpa, lastAvailIdx: r.vq.lastAvailIdx, nextUsedIdx: r.vq.nextUsedIdx });
+      }
+    } catch (err) {
+      this.needsReset(-1, `rings after a new memory table: ${errorMessage(err)}`);
+      return;
+    }
+    // Kicks that came while the table was handled were drained by their polls.
     for (let i = 0; i < this.rings.length && this.active; i++) this.notifyDevice(i);
   }
 
