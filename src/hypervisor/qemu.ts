@@ -575,17 +575,22 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   /**
-   * Grows a disk (kata-ctl direct-volume resize): QMP block_resize on its
-   * node, which extends a raw image file and tells the guest through a
-   * virtio config-change interrupt. QEMU's own virtio-blk only: a
-   * vhost-user-blk disk's capacity lives in our backend, which has no resize.
+   * Grows a disk (kata-ctl direct-volume resize) and tells the guest
+   * through a virtio config-change interrupt. QEMU's own virtio-blk: QMP
+   * block_resize on its node (extends the raw image). vhost-user-blk: the
+   * capacity lives in our backend, which grows the file and sends
+   * CONFIG_CHANGE_MSG on the vhost-user back-end channel
+   * (vhost-user-devices.ts resizeBlk).
    */
   async resizeDisk(id: string, size: number): Promise<void> {
     const qmp = this.requireQmp();
     const d = this.diskSlots.get(id);
     if (!d) throw new QemuError('config', `disk ${id} is not attached`);
-    if (d.driver !== 'virtio-blk') throw new QemuError('config', `disk ${id} is a vhost-user-blk device, which cannot be resized: set [hypervisor.qemu] block_device_driver = "virtio-blk" for resizable direct volumes`);
     if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) throw new QemuError('config', `disk ${id}: new size ${size} must be a positive multiple of 512 bytes`);
+    if (d.driver === 'vhost-user-blk') {
+      await this.requireDevices().resizeBlk(id, size);
+      return;
+    }
     await qmp.execute('block_resize', { 'node-name': `d-${id}`, size });
   }
 

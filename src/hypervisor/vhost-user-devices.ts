@@ -71,6 +71,23 @@ export class VhostUserDevices {
     return this.serve(`fs:${tag}`, 'fs', device, socket, ids?.chardev ?? `vuf-${n}`, ids?.qdevId ?? `fsdev-${n}`);
   }
 
+  /**
+   * Online resize of a served disk: checked first (the front end must have
+   * opened the back-end channel and the guest started the device, or the
+   * guest would never learn), then the device grows its file and capacity,
+   * then CONFIG_CHANGE_MSG makes QEMU re-read the config and interrupt the
+   * guest; resolves once QEMU acked. Bad input changes nothing.
+   */
+  async resizeBlk(id: string, bytes: number): Promise<void> {
+    const s = this.served.get(`blk:${id}`);
+    if (!s) throw new Error(`disk ${id} is not served by a vhost-user-blk backend`);
+    const why = s.backend.configChangeBlocker();
+    if (why) throw new Error(`disk ${id} cannot be resized now: ${why}`);
+    (s.device as BlkDevice).grow(bytes);
+    await s.backend.notifyConfigChange();
+    this.log.info('disk resized', { id, bytes });
+  }
+
   get(kind: 'blk' | 'fs', key: string): ServedDevice | undefined {
     return this.served.get(`${kind}:${key}`);
   }

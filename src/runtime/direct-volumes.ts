@@ -20,7 +20,7 @@ import * as crypto from 'node:crypto';
 import type { OciMount, OciSpec } from '../protocols/oci';
 import type { Storage } from '../protocols/agent-api';
 import { DIRECT_VOLUME_GUEST_DIR } from '../protocols/guest-paths';
-import { DirectVolumeError, DirectVolumeStore, encodeVolumePath, type MountInfo } from '../resource/volumes/direct-volume';
+import { DirectVolumeError, DirectVolumeStore, encodeVolumePath, volumeDeviceBytes, type MountInfo } from '../resource/volumes/direct-volume';
 import type { DeviceManager, DeviceSpec } from '../resource/devices/device-manager';
 
 export interface DirectMount {
@@ -123,9 +123,21 @@ export class SandboxDirectVolumes {
     this.users.clear();
   }
 
-  /** The disk behind a direct volume's guest path, for resize. */
-  diskOf(guestPath: string): string {
-    for (const u of this.users.values()) if (u.guestPath === guestPath) return u.diskId;
+  /**
+   * The disk behind a direct volume's guest path, for resize to `size`
+   * bytes (when given): refused before anything changes when the volume's
+   * device is bigger than that — shrinking would cut the tail off the
+   * mounted filesystem (and QMP block_resize would do it).
+   */
+  diskOf(guestPath: string, size?: number): string {
+    for (const [vp, u] of this.users) {
+      if (u.guestPath !== guestPath) continue;
+      if (size !== undefined) {
+        const cur = volumeDeviceBytes(this.store.require(vp).device);
+        if (size < cur) throw new DirectVolumeError('invalid', `resize ${vp}: ${size} bytes is smaller than its device (${cur} bytes); direct volumes only grow`);
+      }
+      return u.diskId;
+    }
     throw new DirectVolumeError('not-found', `no direct volume of sandbox ${this.sandboxId} is mounted at ${guestPath}`);
   }
 }

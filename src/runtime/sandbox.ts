@@ -534,11 +534,12 @@ export class Sandbox {
 
   /**
    * kata-ctl direct-volume resize (through the ctl channel): grow the
-   * volume's disk on the host (QMP block_resize), then its filesystem in
-   * the guest (the agent's ResizeVolume, online).
+   * volume's disk on the host (QMP block_resize, or our vhost-user-blk
+   * backend's config change), then its filesystem in the guest (the
+   * agent's ResizeVolume, online). A smaller size is refused first.
    */
   private async resizeDirectVolume(guestPath: string, size: number): Promise<void> {
-    const disk = this.directVolumes.diskOf(guestPath);
+    const disk = this.directVolumes.diskOf(guestPath, size);
     const hv = this.opts.hypervisor;
     if (!hv.resizeDisk) throw new SandboxError('container', `the ${hv.name} hypervisor cannot resize disks`);
     await hv.resizeDisk(disk, size);

@@ -6,7 +6,9 @@
  * types") for the backend side.
  *
  * Lifecycle of one front-end connection:
- *   GET_FEATURES / SET_FEATURES, GET/SET_PROTOCOL_FEATURES, SET_OWNER,
+ *   GET_FEATURES / SET_FEATURES, GET/SET_PROTOCOL_FEATURES,
+ *   SET_BACKEND_REQ_FD (the back-end channel, backend-channel.ts, on which
+ *   we send CONFIG_CHANGE_MSG when a disk grows), SET_OWNER,
  *   GET_CONFIG (device config space), SET_MEM_TABLE (guest RAM fds mapped
  *   into the hot-path Memory, memory.ts), then per ring SET_VRING_NUM,
  *   SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL and — when
@@ -34,16 +36,17 @@ import { HotMemory, WASM_PAGE } from '../hot/memory';
 import { VirtioModule, Virtqueue } from '../hot/virtqueue';
 import type { ActivateContext, GuestMemory, VirtioDevice } from '../virtio/device';
 import { VhostUserMemory } from './memory';
+import { BackendChannel, BACKEND_ACK_TIMEOUT_MS } from './backend-channel';
 import {
-  decodeConfig, decodeHeader, decodeMemTable, decodeVringAddr, decodeVringState, encodeConfig, encodeMessage,
-  encodeU64, encodeVringState, HEADER_SIZE, MAX_PAYLOAD, PROTOCOL_F_CONFIG, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK,
+  BackendReq, decodeConfig, decodeHeader, decodeMemTable, decodeVringAddr, decodeVringState, encodeConfig, encodeMessage,
+  encodeU64, encodeVringState, HEADER_SIZE, MAX_PAYLOAD, PROTOCOL_F_BACKEND_REQ, PROTOCOL_F_CONFIG, PROTOCOL_F_MQ, PROTOCOL_F_REPLY_ACK,
   PROTOCOL_F_RESET_DEVICE, Req, REQ_NAMES, u64, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_USER_NEED_REPLY_MASK,
   VHOST_USER_REPLY_MASK, VHOST_USER_VERSION, VHOST_USER_VERSION_MASK, VhostUserError, VRING_IDX_MASK, VRING_NOFD_MASK,
   type VringAddr,
 } from './protocol';
 
 /** Protocol features this backend implements. */
-export const BACKEND_PROTOCOL_FEATURES = PROTOCOL_F_MQ | PROTOCOL_F_REPLY_ACK | PROTOCOL_F_CONFIG | PROTOCOL_F_RESET_DEVICE;
+export const BACKEND_PROTOCOL_FEATURES = PROTOCOL_F_MQ | PROTOCOL_F_REPLY_ACK | PROTOCOL_F_CONFIG | PROTOCOL_F_RESET_DEVICE | PROTOCOL_F_BACKEND_REQ;
 /** VHOST_F_LOG_ALL (bit 26): dirty logging for migration; never offered. */
 const VHOST_F_LOG_ALL = 1n << 26n;
 
@@ -112,6 +115,8 @@ export class VhostUserBackend {
   private protoAcked = false;
   private active = false;
   private broken = false;
+  /** The back-end channel (SET_BACKEND_REQ_FD), per connection. */
+  private channel: BackendChannel | undefined;
   /** Connections served (tests, metrics). */
   connections = 0;
   /** Messages handled on the current and past connections. */
@@ -166,6 +171,34 @@ export class VhostUserBackend {
   }
 
   get isActive(): boolean { return this.active; }
+
+  /**
+   * Why a config change cannot reach the guest now, or undefined when it
+   * can: it needs a front end that opened the back-end channel and a guest
+   * driver that started the device (QEMU 7.2's vhost-user-blk ignores a
+   * config change on a stopped device).
+   */
+  configChangeBlocker(): string | undefined {
+    if (this.connFd < 0) return 'no vhost-user front end is connected';
+    if (!(this.protocolFeatures & PROTOCOL_F_BACKEND_REQ)) return 'the front end did not negotiate PROTOCOL_F_BACKEND_REQ (no back-end channel)';
+    if (!this.channel) return 'the front end has not opened the back-end channel (no SET_BACKEND_REQ_FD yet)';
+    if (!this.channel.isOpen) return `the back-end channel is closed (${this.channel.closedReason})`;
+    if (!this.active) return 'the guest driver has not started the device';
+    return undefined;
+  }
+
+  /**
+   * Tells the front end the config space changed (CONFIG_CHANGE_MSG on the
+   * back-end channel): QEMU re-reads it with GET_CONFIG and raises the
+   * guest's config-change interrupt. Resolves once the front end acked
+   * (with REPLY_ACK), so the guest has been notified when it returns.
+   */
+  async notifyConfigChange(timeoutMs = BACKEND_ACK_TIMEOUT_MS): Promise<void> {
+    const why = this.configChangeBlocker();
+    if (why) throw new VhostUserError('config', `config change not delivered: ${why}`);
+    await this.channel!.request(BackendReq.CONFIG_CHANGE_MSG, timeoutMs);
+    this.log.debug('config change delivered');
+  }
   get isConnected(): boolean { return this.connFd >= 0; }
 
   /** Stops listening, drops the front end, resets the device. Idempotent. */
@@ -338,6 +371,14 @@ export class VhostUserBackend {
       case Req.SET_OWNER:
         noFds('SET_OWNER');
         return undefined;
+      case Req.SET_BACKEND_REQ_FD: {
+        if (!(this.protocolFeatures & PROTOCOL_F_BACKEND_REQ)) throw new VhostUserError('protocol', 'SET_BACKEND_REQ_FD without PROTOCOL_F_BACKEND_REQ');
+        const fd = this.singleFd(fds, 'SET_BACKEND_REQ_FD');
+        fds.length = 0;
+        this.channel?.close('replaced by a new SET_BACKEND_REQ_FD');
+        this.channel = new BackendChannel(fd, (this.protocolFeatures & PROTOCOL_F_REPLY_ACK) !== 0n);
+        return undefined;
+      }
       case Req.RESET_OWNER:
       case Req.RESET_DEVICE:
         this.resetRings();
@@ -535,9 +576,9 @@ export class VhostUserBackend {
         const fd = this.rings[i]?.callFd ?? -1;
         if (fd >= 0) native().eventfdWrite(fd, 1);
       },
-      // vhost-user's config-change message needs the backend request
-      // channel, which we do not offer; config spaces here are static.
-      configChanged: () => this.log.debug('config change not delivered over vhost-user'),
+      // The device changed its config space on its own: tell the front end
+      // (best effort; the runtime's resize path awaits notifyConfigChange).
+      configChanged: () => void this.notifyConfigChange().catch((err) => this.log.warn('config change not delivered', { err: errorMessage(err) })),
       needsReset: (reason) => this.needsReset(-1, reason),
     };
     this.active = true;
@@ -636,6 +677,8 @@ export class VhostUserBackend {
     this.module.writeMemoryMap([]);
     for (const fd of this.rxFds) try { n.closeFd(fd); } catch { /* gone */ }
     this.rxFds = [];
+    this.channel?.close('front end disconnected');
+    this.channel = undefined;
     if (this.connPoll) n.pollStop(this.connPoll);
     n.closeFd(this.connFd);
     this.connPoll = 0;

@@ -63,6 +63,18 @@ export const enum Req {
   GET_STATUS = 40,
 }
 
+/**
+ * Back-end message types: requests the backend sends on the back-end channel
+ * (vhost-user.rst "Back-end message types"; QEMU 7.2: VhostUserSlaveRequest).
+ * CONFIG_CHANGE_MSG has no payload: the front end re-reads the config space
+ * (GET_CONFIG on the main channel) and tells the guest it changed.
+ */
+export const enum BackendReq {
+  IOTLB_MSG = 1,
+  CONFIG_CHANGE_MSG = 2,
+  VRING_HOST_NOTIFIER_MSG = 3,
+}
+
 /** Message names for logs. */
 export const REQ_NAMES: Record<number, string> = {
   1: 'GET_FEATURES', 2: 'SET_FEATURES', 3: 'SET_OWNER', 4: 'RESET_OWNER', 5: 'SET_MEM_TABLE',
@@ -80,6 +92,11 @@ export const VHOST_USER_F_PROTOCOL_FEATURES = 1n << 30n;
 export const PROTOCOL_F_MQ = 1n << 0n;
 export const PROTOCOL_F_LOG_SHMFD = 1n << 1n;
 export const PROTOCOL_F_REPLY_ACK = 1n << 3n;
+/**
+ * BACKEND_REQ (QEMU 7.2's name: SLAVE_REQ): the front end opens a second
+ * channel (SET_BACKEND_REQ_FD) on which the backend sends requests.
+ */
+export const PROTOCOL_F_BACKEND_REQ = 1n << 5n;
 export const PROTOCOL_F_CONFIG = 1n << 9n;
 export const PROTOCOL_F_INFLIGHT_SHMFD = 1n << 12n;
 export const PROTOCOL_F_RESET_DEVICE = 1n << 13n;
@@ -197,4 +214,19 @@ export function encodeConfig(offset: number, data: Uint8Array, flags = 0): Buffe
   b.writeUInt32LE(flags >>> 0, 8);
   b.set(data, 12);
   return b;
+}
+
+/**
+ * Decodes a REPLY_ACK answer the front end sent on the back-end channel for
+ * `request` (a 12-byte header with REPLY set, then a u64: 0 success, else
+ * failure). Anything else is a protocol error naming what was wrong.
+ */
+export function decodeAck(msg: Buffer, request: number): bigint {
+  if (msg.length < HEADER_SIZE) throw new VhostUserError('protocol', `reply to back-end request ${request}: ${msg.length}-byte header, need ${HEADER_SIZE}`);
+  const h = decodeHeader(msg);
+  if ((h.flags & VHOST_USER_VERSION_MASK) !== VHOST_USER_VERSION) throw new VhostUserError('protocol', `reply to back-end request ${request}: bad version in flags 0x${h.flags.toString(16)}`);
+  if (!(h.flags & VHOST_USER_REPLY_MASK)) throw new VhostUserError('protocol', `reply to back-end request ${request}: flags 0x${h.flags.toString(16)} lack REPLY`);
+  if (h.request !== request) throw new VhostUserError('protocol', `reply to back-end request ${request} names request ${h.request}`);
+  if (h.size !== 8) throw new VhostUserError('protocol', `reply to back-end request ${request}: payload size ${h.size}, an ack is 8`);
+  return u64(msg.subarray(HEADER_SIZE), `reply to back-end request ${request}`);
 }

@@ -18,6 +18,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KataError } from '../../common/errors';
+import { splitDev } from '../../common/devnum';
 
 export class DirectVolumeError extends KataError<'invalid' | 'not-found' | 'exists' | 'in-use'> {}
 
@@ -85,6 +86,19 @@ export function parseMountInfo(text: string, checkDevice = true): MountInfo {
     if (!st.isBlockDevice() && !st.isFile()) throw new DirectVolumeError('invalid', `mount info: device ${o.device} is neither a block device nor an image file`);
   }
   return { 'volume-type': 'block', device: o.device, fstype: o.fstype, metadata: metadata as Record<string, string>, options: options as string[] };
+}
+
+/**
+ * Bytes of a volume's device now: an image file's size, or a host block
+ * device's from /sys/dev/block (fstat says 0 for those). Resize compares
+ * against it so that a smaller size is refused before anything changes.
+ */
+export function volumeDeviceBytes(device: string): number {
+  let st: fs.BigIntStats;
+  try { st = fs.statSync(device, { bigint: true }); } catch { throw new DirectVolumeError('not-found', `volume device ${device} does not exist`); }
+  if (!st.isBlockDevice()) return Number(st.size);
+  const { major, minor } = splitDev(st.rdev);
+  return Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512;
 }
 
 /** The registered direct volumes under one root. */

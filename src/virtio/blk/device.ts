@@ -89,7 +89,8 @@ export class BlkDevice implements VirtioDevice {
   readonly deviceType = VIRTIO_ID_BLOCK;
   readonly queueMaxSizes: ReadonlyArray<number>;
   readonly availableFeatures: bigint;
-  readonly capacitySectors: bigint;
+  /** Changes only by grow() (online resize). */
+  capacitySectors: bigint;
   readonly metrics: BlkMetrics = { reads: 0, writes: 0, flushes: 0, readBytes: 0, writeBytes: 0, errors: 0, needsReset: 0 };
   private readonly fd: number;
   private readonly config = new ConfigSpace(60);
@@ -114,6 +115,33 @@ export class BlkDevice implements VirtioDevice {
     this.config.setU64(0, this.capacitySectors);
     this.config.setU32(12, Math.max(1, qs - 2));
     this.config.setU32(20, SECTOR);
+  }
+
+  /**
+   * Online resize (kata-ctl direct-volume resize): the disk becomes `bytes`
+   * long — an image file is extended (ftruncate; new blocks read as zeros),
+   * a host block device must already be that big (it is grown on the host)
+   * — and the capacity in the config space follows. Only growth: a smaller
+   * size would cut the tail off a mounted filesystem. The transport tells
+   * the driver (a config-change interrupt); nothing changes on error.
+   */
+  grow(bytes: number): void {
+    const what = `virtio-blk ${this.opts.id ?? this.opts.path}`;
+    if (this.opts.backend) throw new BlkError('config', `${what} is a computed read-only disk: it cannot be resized`);
+    if (this.opts.readonly) throw new BlkError('config', `${what} is read-only: it cannot be resized`);
+    if (this.closed) throw new BlkError('config', `${what} is closed`);
+    if (!Number.isSafeInteger(bytes) || bytes <= 0 || bytes % SECTOR !== 0) throw new BlkError('config', `${what}: new size ${bytes} must be a positive multiple of ${SECTOR} bytes`);
+    const cur = Number(this.capacitySectors) * SECTOR;
+    if (bytes < cur) throw new BlkError('config', `${what}: new size ${bytes} is smaller than the disk (${cur} bytes); disks only grow`);
+    const st = fs.fstatSync(this.fd);
+    if (st.isBlockDevice()) {
+      const have = fileOrDeviceBytes(this.fd);
+      if (have < bytes) throw new BlkError('config', `${what}: the host block device has ${have} bytes, fewer than ${bytes}; grow it on the host first`);
+    } else if (st.size < bytes) {
+      fs.ftruncateSync(this.fd, bytes);
+    }
+    this.capacitySectors = BigInt(bytes / SECTOR);
+    this.config.setU64(0, this.capacitySectors);
   }
 
   get configSize(): number { return this.config.size; }
