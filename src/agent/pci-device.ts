@@ -18,7 +18,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { KataError } from '../common/errors';
 
-export class PciDeviceError extends KataError<'invalid' | 'timeout'> {}
+export class PciDeviceError extends KataError<'invalid' | 'timeout' | 'driver'> {}
 
 /** A Kata PCI path: 1..8 two-hex-digit slots (≤ 0x1f each) separated by '/'. */
 export const PCI_PATH_RE = /^[0-9a-f]{2}(\/[0-9a-f]{2}){0,7}$/;
@@ -51,20 +51,40 @@ export async function sysfsDeviceAt(pciPath: string, sysDevices = '/sys/bus/pci/
   return undefined;
 }
 
-/** The block device (/dev/vdX) of the virtio-blk device at a sysfs PCI directory, once its driver has probed it. */
-async function blockNameUnder(dev: string): Promise<string | undefined> {
+/**
+ * The virtio device (`virtioN`) under a PCI device's sysfs directory and the
+ * name of the virtio driver bound to it ('' until one probed it): the
+ * virtio-pci transport is the PCI device's driver, the device-type driver
+ * (virtio_blk, virtiofs, virtio_net) binds the virtioN child.
+ */
+async function virtioUnder(dev: string): Promise<{ dir: string; driver: string } | undefined> {
   for (const v of await fs.readdir(dev).catch(() => [] as string[])) {
     if (!/^virtio\d+$/.test(v)) continue;
-    const names = await fs.readdir(path.join(dev, v, 'block')).catch(() => [] as string[]);
-    if (names[0]) return names[0];
+    const dir = path.join(dev, v);
+    const link = await fs.readlink(path.join(dir, 'driver')).catch(() => '');
+    return { dir, driver: link ? path.basename(link) : '' };
   }
   return undefined;
+}
+
+/** Linux's virtio driver names (drivers/block/virtio_blk.c, fs/fuse/virtio_fs.c KBUILD_MODNAME). */
+export const VIRTIO_BLK_DRIVER = 'virtio_blk';
+export const VIRTIO_FS_DRIVER = 'virtiofs';
+
+/**
+ * A device bound to another virtio driver than the one expected will not
+ * change while we wait: say so at once, naming the path (the host put a
+ * different device in that slot than it told us).
+ */
+function wrongDriver(pciPath: string, dev: string, want: string, got: string): PciDeviceError {
+  return new PciDeviceError('driver', `the device at PCI path ${pciPath} (${path.basename(dev)}) is bound to the ${got} driver, not ${want}`);
 }
 
 /**
  * Waits until the virtio-blk disk at `pciPath` has its block device and
  * returns /dev/<name>; a device that does not appear within `timeoutMs` is
- * a PciDeviceError('timeout') naming the path and what was seen.
+ * a PciDeviceError('timeout') naming the path and what was seen, one bound
+ * to another virtio driver a PciDeviceError('driver') at once.
  */
 export async function waitForPciBlockDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices', devDir = '/dev'): Promise<string> {
   parsePciPath(pciPath);
@@ -73,11 +93,37 @@ export async function waitForPciBlockDevice(pciPath: string, timeoutMs = 10000, 
   for (;;) {
     const dev = await sysfsDeviceAt(pciPath, sysDevices);
     if (dev) {
-      const name = await blockNameUnder(dev);
+      const v = await virtioUnder(dev);
+      if (v?.driver && v.driver !== VIRTIO_BLK_DRIVER) throw wrongDriver(pciPath, dev, VIRTIO_BLK_DRIVER, v.driver);
+      const name = v && (await fs.readdir(path.join(v.dir, 'block')).catch(() => [] as string[]))[0];
       if (name) return path.join(devDir, name);
       seen = `a PCI device (${path.basename(dev)}) without a virtio block device`;
     }
     if (Date.now() > deadline) throw new PciDeviceError('timeout', `no block device appeared at PCI path ${pciPath} within ${timeoutMs} ms (${seen})`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * Waits until the virtio-fs device at `pciPath` is probed by the virtiofs
+ * driver (its tag is then known to the kernel, so a mount by tag cannot
+ * race the hotplug) and returns its sysfs directory. The tag itself is not
+ * in sysfs before Linux 6.9, so the mount by tag that follows is what
+ * checks it. Errors as waitForPciBlockDevice.
+ */
+export async function waitForPciFsDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<string> {
+  parsePciPath(pciPath);
+  const deadline = Date.now() + timeoutMs;
+  let seen = 'no PCI device there';
+  for (;;) {
+    const dev = await sysfsDeviceAt(pciPath, sysDevices);
+    if (dev) {
+      const v = await virtioUnder(dev);
+      if (v?.driver === VIRTIO_FS_DRIVER) return dev;
+      if (v?.driver) throw wrongDriver(pciPath, dev, VIRTIO_FS_DRIVER, v.driver);
+      seen = `a PCI device (${path.basename(dev)}) not yet probed by ${VIRTIO_FS_DRIVER}`;
+    }
+    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no virtio-fs device appeared at PCI path ${pciPath} within ${timeoutMs} ms (${seen})`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -1,16 +1,25 @@
 /**
  * Mounts the storages a container's rootfs is made of (Kata's Storage):
- *   blk     — a virtio-blk disk found by its PCI path when the source is one
- *             ("0a", "02/00": Kata's form, from the host's device manager;
- *             pci-device.ts waits for it), else by its serial
- *             (/sys/block/vdX/serial; the builtin VMM's virtio-mmio disks),
- *             mounted read-only with the given fstype (EROFS images; a
- *             converted image's blob device named by `device-serial=`);
+ *   blk     — a virtio-blk disk. On PCI (QEMU) its source is its PCI path
+ *             ("0a", "02/00": Kata's form, from the host's device manager)
+ *             and pci-device.ts waits until the virtio_blk driver probed
+ *             it there; mounted read-only with the given fstype (EROFS
+ *             images). A converted image's blob device (EROFS device 1) is
+ *             named by the option `device-pci=PATH` the same way.
  *   overlay — a writable layer: tmpfs-backed upper/work dirs over lowerdir;
- *   virtiofs — a host directory shared by our virtio-fs device, found by its
- *             mount tag (virtio 1.2 §5.11.4) and mounted as it is: writes go
- *             straight to the host directory, as under runc;
+ *   virtiofs — a host directory shared by our virtio-fs device, mounted by
+ *             its tag (virtio 1.2 §5.11.4) as it is: writes go straight to
+ *             the host directory, as under runc. Kata sends only the tag;
+ *             we also send the device's PCI path (driver_options
+ *             `pci-path=PATH`) and wait until the virtiofs driver probed
+ *             the device there before mounting, so a hotplugged share is
+ *             never mounted before the guest has it;
  *   ephemeral — a tmpfs (the pod's /dev/shm).
+ * The builtin VMM's devices are virtio-mmio, declared on the kernel command
+ * line: no PCI path exists for them, and all of them were probed at boot
+ * before the agent ran. Only for those the host sends the disk's virtio-blk
+ * serial (source, `device-serial=`, found in /sys/block/vdX/serial) and a
+ * share's bare tag (mounted, retrying while the kernel does not know it).
  * Storages are counted by mount point across the sandbox, as Kata's agent
  * does: the volume share and the pod's shm, which every container with a
  * volume names, are mounted by the first and unmounted with the last.
@@ -23,14 +32,23 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Storage } from '../protocols/agent-api';
 import { KataError } from '../common/errors';
-import { PCI_PATH_RE, waitForPciBlockDevice } from './pci-device';
+import { PCI_PATH_RE, parsePciPath, waitForPciBlockDevice, waitForPciFsDevice } from './pci-device';
 
 const execFileP = promisify(execFile);
 
-/** A storage that cannot be mounted: kind 'failed-precondition' (the guest lacks what the host promised). */
-/** How long a virtio-fs mount waits for its (hotplugged) device to be probed. */
-export const VIRTIOFS_WAIT_MS = 10000;
+/** How long a storage waits for its (hotplugged) device to be probed. */
+export const DEVICE_WAIT_MS = 10000;
 
+/** Where the agent looks for devices and how long it waits: the real /sys and /dev, or fake trees in unit tests. */
+export interface DeviceLookup {
+  sysPciDevices: string;
+  sysBlock: string;
+  devDir: string;
+  timeoutMs: number;
+}
+export const GUEST_DEVICES: DeviceLookup = { sysPciDevices: '/sys/bus/pci/devices', sysBlock: '/sys/block', devDir: '/dev', timeoutMs: DEVICE_WAIT_MS };
+
+/** A storage that cannot be mounted: kind 'failed-precondition' (the guest lacks what the host promised). */
 export class StorageError extends KataError<'failed-precondition'> {
   constructor(message: string, options?: { cause?: unknown }) {
     super('failed-precondition', message, options);
@@ -72,28 +90,50 @@ export async function findBlockDevice(serial: string, timeoutMs = 10000, sysBloc
   }
 }
 
+/** A wait by PCI path whose failure (timeout naming the path, wrong driver, bad path) becomes the storage's error. */
+function byPci<T>(p: Promise<T>): Promise<T> {
+  return p.catch((err: Error) => { throw new StorageError(err.message, { cause: err }); });
+}
+
 /**
- * `device-serial=SERIAL` options become `device=/dev/vdX`: a converted image
- * (src/image) is EROFS metadata on one disk whose file data lives on a second
- * disk (the image's blob device, EROFS device 1), and the kernel wants that
- * one named by path (`mount -t erofs -o device=…`, fs/erofs/super.c) while
- * the host only knows its serial.
+ * `device-pci=PATH` (and, for virtio-mmio disks, `device-serial=SERIAL`)
+ * options become `device=/dev/vdX`: a converted image (src/image) is EROFS
+ * metadata on one disk whose file data lives on a second disk (the image's
+ * blob device, EROFS device 1), and the kernel wants that one named by path
+ * (`mount -t erofs -o device=…`, fs/erofs/super.c) while the host only
+ * knows where it plugged it.
  */
-export async function resolveDeviceSerials(options: string[], sysBlock = '/sys/block', timeoutMs = 10000): Promise<string[]> {
+export async function resolveDeviceOptions(options: string[], at: DeviceLookup = GUEST_DEVICES): Promise<string[]> {
   const out: string[] = [];
   for (const o of options) {
-    if (!o.startsWith('device-serial=')) { out.push(o); continue; }
-    const serial = o.slice('device-serial='.length);
-    if (!/^[A-Za-z0-9_-]{1,20}$/.test(serial)) throw new StorageError(`bad device serial "${serial}"`);
-    out.push(`device=${await findBlockDevice(serial, timeoutMs, sysBlock)}`);
+    if (o.startsWith('device-pci=')) {
+      const p = o.slice('device-pci='.length);
+      try { parsePciPath(p); } catch (err) { throw new StorageError(`bad device-pci option: ${(err as Error).message}`, { cause: err }); }
+      out.push(`device=${await byPci(waitForPciBlockDevice(p, at.timeoutMs, at.sysPciDevices, at.devDir))}`);
+    } else if (o.startsWith('device-serial=')) {
+      const serial = o.slice('device-serial='.length);
+      if (!/^[A-Za-z0-9_-]{1,20}$/.test(serial)) throw new StorageError(`bad device serial "${serial}"`);
+      out.push(`device=${await findBlockDevice(serial, at.timeoutMs, at.sysBlock)}`);
+    } else {
+      out.push(o);
+    }
   }
   return out;
+}
+
+/** The PCI path a storage's driver_options name (`pci-path=PATH`), if any; a malformed one is refused. */
+export function storagePciPath(s: Storage): string | undefined {
+  const o = (s.driver_options ?? []).find((x) => x.startsWith('pci-path='));
+  if (o === undefined) return undefined;
+  const p = o.slice('pci-path='.length);
+  try { parsePciPath(p); } catch (err) { throw new StorageError(`storage on ${s.mount_point}: bad pci-path driver option: ${(err as Error).message}`, { cause: err }); }
+  return p;
 }
 
 /** The sandbox's mounted storages, by mount point, with how many containers use each. */
 export class StorageRegistry {
   private readonly refs = new Map<string, { count: number; ready: Promise<void> }>();
-  constructor(readonly mounter: Mounter = busyboxMounter) {}
+  constructor(readonly mounter: Mounter = busyboxMounter, readonly devices: DeviceLookup = GUEST_DEVICES) {}
 
   /** Mounts `s` unless a container already did; returns its mount point. */
   async acquire(s: Storage, scratchDir: string): Promise<string> {
@@ -109,7 +149,7 @@ export class StorageRegistry {
       }
       return s.mount_point;
     }
-    const ready = mountStorage(this.mounter, s, scratchDir);
+    const ready = mountStorage(this.mounter, s, scratchDir, this.devices);
     this.refs.set(s.mount_point, { count: 1, ready });
     try {
       await ready;
@@ -134,29 +174,42 @@ export class StorageRegistry {
   }
 }
 
-async function mountStorage(m: Mounter, s: Storage, scratchDir: string): Promise<void> {
+async function mountStorage(m: Mounter, s: Storage, scratchDir: string, at: DeviceLookup): Promise<void> {
   await fs.mkdir(s.mount_point, { recursive: true });
   switch (s.driver) {
     case 'blk': {
+      // A PCI path (QEMU), else a virtio-blk serial (the builtin VMM's virtio-mmio disks: no PCI path).
       const dev = PCI_PATH_RE.test(s.source)
-        ? await waitForPciBlockDevice(s.source).catch((err: Error) => { throw new StorageError(err.message, { cause: err }); })
-        : await findBlockDevice(s.source);
-      await m.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? await resolveDeviceSerials(s.options) : ['ro']);
+        ? await byPci(waitForPciBlockDevice(s.source, at.timeoutMs, at.sysPciDevices, at.devDir))
+        : await findBlockDevice(s.source, at.timeoutMs, at.sysBlock);
+      await m.mount(dev, s.mount_point, s.fstype || 'erofs', s.options.length ? await resolveDeviceOptions(s.options, at) : ['ro']);
       break;
     }
     case 'virtiofs': {
       // The tag is the device's config-space tag; the kernel finds the
       // device by it (fs/fuse/virtio_fs.c), no /dev node involved.
       if (!/^[A-Za-z0-9_.-]{1,36}$/.test(s.source)) throw new StorageError(`bad virtio-fs tag "${s.source}"`);
-      // A hotplugged share's device is probed by the guest some time after
-      // the host's device_add returned; until then the kernel answers EINVAL
-      // ("tag not found"). Wait for it as for a block device's serial.
-      for (const deadline = Date.now() + VIRTIOFS_WAIT_MS; ; ) {
+      const pci = storagePciPath(s);
+      if (pci) {
+        // The host told us where the device is: wait until the virtiofs
+        // driver probed it there (a hotplugged share appears some time after
+        // the host's device_add returned), then mount by tag once.
+        await byPci(waitForPciFsDevice(pci, at.timeoutMs, at.sysPciDevices));
+        await m.mount(s.source, s.mount_point, 'virtiofs', s.options).catch((err: Error) => {
+          throw new StorageError(`${err.message} (the virtio-fs device at PCI path ${pci} is there: does it have tag ${s.source}?)`, { cause: err });
+        });
+        break;
+      }
+      // No PCI path: a virtio-mmio share of the builtin VMM, probed at boot.
+      // Until the kernel knows the tag it answers EINVAL ("tag not found"),
+      // so retry on that alone until the deadline.
+      for (const deadline = Date.now() + at.timeoutMs; ; ) {
         try {
           await m.mount(s.source, s.mount_point, 'virtiofs', s.options);
           break;
         } catch (err) {
-          if (!/Invalid argument|No such device/.test(String((err as Error).message)) || Date.now() > deadline) throw err;
+          if (!/Invalid argument|No such device/.test(String((err as Error).message))) throw err;
+          if (Date.now() > deadline) throw new StorageError(`no virtio-fs device with tag ${s.source} appeared within ${at.timeoutMs} ms: ${(err as Error).message}`, { cause: err });
           await new Promise((r) => setTimeout(r, 50));
         }
       }

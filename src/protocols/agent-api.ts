@@ -17,7 +17,8 @@ import { decodeMessage, encodeMessage } from './protobuf/codec';
 export const AGENT_PROTO = path.resolve(__dirname, '..', '..', '..', 'proto', 'agent.proto');
 
 export interface Empty {}
-export interface Storage { driver: string; source: string; fstype: string; options: string[]; mount_point: string }
+/** driver_options: for the driver, not the mount (virtiofs: "pci-path=PATH", where the share's device is). */
+export interface Storage { driver: string; source: string; fstype: string; options: string[]; mount_point: string; driver_options?: string[] }
 export interface CreateSandboxRequest { sandbox_id: string; hostname: string; dns: string[]; sysctls: Record<string, string>; policy_json: string }
 /** A container's device (proto/agent.proto Device): type "blk" at PCI path vm_path, seen at container_path. */
 export interface Device { id: string; type: string; vm_path: string; container_path: string; options: string[] }

@@ -6,8 +6,11 @@
  *         virtio-blk device computes per read (src/image/blob-device.ts:
  *         chunk table → stored chunk → WASM LZ4 → sha256 check; missing
  *         chunks fetched lazily from `[image] registry_url`);
- * the agent mounts EROFS from the meta disk with `device=` the blob disk
- * (found by serial, src/agent/storage.ts) and a tmpfs overlay for writes,
+ * both attached through the sandbox's device manager, which knows their PCI
+ * paths; the agent waits for the meta disk at its PCI path (the storage's
+ * source) and mounts EROFS from it with `device=` the blob disk, found by
+ * its PCI path too (`device-pci=`, src/agent/storage.ts; the builtin VMM's
+ * virtio-mmio disks have none and are named by serial), with a tmpfs overlay for writes,
  * as the per-container EROFS path does. Nothing is converted or written per
  * container: a second container from the same image reads the same store.
  *
@@ -70,11 +73,16 @@ export function openImageDisks(cfg: Config, containerId: string, imageId: string
   };
 }
 
-/** The agent storages: EROFS (meta disk + blob device) at `lower`, an overlay at `root`. */
-export function imageStorages(containerId: string, lower: string, root: string): Storage[] {
+/**
+ * The agent storages: EROFS (meta disk + blob device) at `lower`, an overlay
+ * at `root`. `pciPathOf` answers where the device manager put each disk: the
+ * agent finds them there; a disk without one (virtio-mmio) by its serial.
+ */
+export function imageStorages(containerId: string, lower: string, root: string, pciPathOf: (diskId: string) => string | undefined): Storage[] {
   const ids = imageDiskIds(containerId);
+  const blobPci = pciPathOf(ids.blob);
   return [
-    { driver: 'blk', source: ids.meta, fstype: 'erofs', options: ['ro', `device-serial=${ids.blob}`], mount_point: lower },
+    { driver: 'blk', source: pciPathOf(ids.meta) ?? ids.meta, fstype: 'erofs', options: ['ro', blobPci ? `device-pci=${blobPci}` : `device-serial=${ids.blob}`], mount_point: lower },
     { driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${lower}`], mount_point: root },
   ];
 }

@@ -33,7 +33,7 @@ import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
 import { imageStorages, openImageDisks } from './image-rootfs';
-import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely } from './volumes';
+import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely, virtiofsStorage } from './volumes';
 import { SandboxDirectVolumes, planDirectMounts } from './direct-volumes';
 import { DirectVolumeStore } from '../resource/volumes/direct-volume';
 import type { Storage } from '../protocols/agent-api';
@@ -408,7 +408,7 @@ export class Sandbox {
         this.volumeShare = true;
       }
       await this.volumes.add(id, plan.volumes);
-      storages.push({ driver: 'virtiofs', source: SHARED_FS_TAG, fstype: 'virtiofs', options: [], mount_point: SHARED_GUEST_DIR });
+      storages.push(virtiofsStorage(SHARED_FS_TAG, SHARED_GUEST_DIR, this.devices.get(SHARED_FS_TAG)?.pciPath));
     }
     if (plan.needsShm) {
       storages.push({ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['nosuid', 'nodev', 'noexec', 'mode=1777', 'size=65536k'], mount_point: SANDBOX_SHM_GUEST_DIR });
@@ -435,7 +435,7 @@ export class Sandbox {
       try {
         await this.agent.createContainer({
           container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
-          storages: [...volumeStorages, { driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: root }],
+          storages: [...volumeStorages, virtiofsStorage(tag, root, this.devices.get(tag)?.pciPath)],
           oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
         });
       } catch (err) {
@@ -488,7 +488,7 @@ export class Sandbox {
     try {
       await this.agent.createContainer({
         container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
-        storages: [...volumeStorages, ...imageStorages(id, lower, root)],
+        storages: [...volumeStorages, ...imageStorages(id, lower, root, (disk) => this.devices.get(disk)?.pciPath)],
         oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
       });
     } catch (err) {

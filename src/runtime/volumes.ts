@@ -53,11 +53,23 @@ import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { KataError, errorMessage } from '../common/errors';
 import type { OciMount } from '../protocols/oci';
+import type { Storage } from '../protocols/agent-api';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 
 const execFileP = promisify(execFile);
 
 export class VolumeError extends KataError<'invalid' | 'unsupported' | 'mount'> {}
+
+/**
+ * The agent storage that mounts a virtio-fs share (the volume share or a
+ * container's rootfs) by its tag at `mountPoint`. `pciPath` is where the
+ * device manager put the share's device (QEMU): the agent waits until the
+ * virtiofs driver probed it there before mounting (src/agent/storage.ts).
+ * The builtin VMM's virtio-mmio shares have none; the agent then goes by tag.
+ */
+export function virtiofsStorage(tag: string, mountPoint: string, pciPath: string | undefined): Storage {
+  return { driver: 'virtiofs', source: tag, fstype: 'virtiofs', options: [], mount_point: mountPoint, ...(pciPath ? { driver_options: [`pci-path=${pciPath}`] } : {}) };
+}
 
 /** One bind mount of a container, planned: where it goes on the host and in the guest. */
 export interface Volume {

@@ -9,7 +9,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parsePciPath, sysfsDeviceAt, waitForPciBlockDevice, waitForPciDevice, PciDeviceError } from '../../../src/agent/pci-device';
+import { parsePciPath, sysfsDeviceAt, waitForPciBlockDevice, waitForPciDevice, waitForPciFsDevice, PciDeviceError } from '../../../src/agent/pci-device';
 
 describe('unit: agent finds devices by PCI path', () => {
   let sys: string;
@@ -65,5 +65,18 @@ describe('unit: agent finds devices by PCI path', () => {
     expect((err as Error).message).to.match(/PCI path 0e .*the device is there, unbound/);
     fs.mkdirSync(path.join(sys, '0000:00:0e.0', 'driver'));
     expect(await waitForPciDevice('0e', 200, sys)).to.equal(path.join(sys, '0000:00:0e.0'));
+  });
+
+  it('a slot bound to another virtio driver is refused at once (blk and fs), naming the path', async () => {
+    const v = path.join(blkAt('0000:00', 0x10), 'virtio3');
+    fs.symlinkSync('../../../../bus/virtio/drivers/virtio_net', path.join(v, 'driver'));
+    for (const wait of [() => waitForPciBlockDevice('10', 5000, sys), () => waitForPciFsDevice('10', 5000, sys)]) {
+      const t0 = Date.now();
+      let err: unknown;
+      try { await wait(); } catch (e) { err = e; }
+      expect((err as PciDeviceError).kind).to.equal('driver');
+      expect((err as Error).message).to.match(/PCI path 10 \(0000:00:10\.0\) is bound to the virtio_net driver/);
+      expect(Date.now() - t0).to.be.below(1000);
+    }
   });
 });

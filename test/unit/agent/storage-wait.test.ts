@@ -1,8 +1,9 @@
 /**
- * A virtio-fs storage whose device the guest has not probed yet (a share
- * hotplugged a moment ago): the kernel answers EINVAL ("tag not found")
- * until it has; the agent waits for it instead of failing the container,
- * and still fails at once on any other error.
+ * A virtio-fs storage without a PCI path (the builtin VMM's virtio-mmio
+ * shares; on PCI see storage-pci.test.ts) whose device the kernel does not
+ * know yet: it answers EINVAL ("tag not found"); the agent retries by tag
+ * until its deadline, then fails with one error naming the tag, and fails
+ * at once on any other error.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -30,6 +31,18 @@ describe('agent storage: waiting for a hotplugged virtio-fs device', () => {
     await new StorageRegistry(mounter).acquire(share(tmp), tmp);
     expect(calls).to.equal(4);
     expect(Date.now() - t0).to.be.lessThan(2000);
+  });
+
+  it('gives up after its deadline with one error naming the tag', async () => {
+    const mounter: Mounter = {
+      async mount(source, target) { throw new StorageError(`mount virtiofs ${source} on ${target}: Invalid argument`); },
+      async umount() {},
+    };
+    const reg = new StorageRegistry(mounter, { sysPciDevices: tmp, sysBlock: tmp, devDir: '/dev', timeoutMs: 150 });
+    const e = await reg.acquire(share(tmp), tmp).then(() => undefined, (x: Error) => x);
+    expect(e).to.be.instanceOf(StorageError);
+    expect(e!.message).to.match(/no virtio-fs device with tag kata-0123 appeared within 150 ms/);
+    expect(reg.mounted).to.deep.equal([]);
   });
 
   it('fails at once on an error that is not "tag not found"', async () => {

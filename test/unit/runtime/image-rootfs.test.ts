@@ -67,8 +67,13 @@ describe('runtime/image-rootfs: containers from converted images', function () {
       expect(d.disks.map((x) => [x.id, x.readonly, !!x.backend])).to.deep.equal([[ids.meta, true, false], [ids.blob, true, true]]);
       expect(fs.existsSync(d.disks[0].path)).to.equal(true);
       expect(d.device.size % 4096).to.equal(0);
-      const st = imageStorages('a-container-id-that-is-long', '/lower', '/root');
-      expect(st[0]).to.deep.include({ driver: 'blk', source: ids.meta, fstype: 'erofs', options: ['ro', `device-serial=${ids.blob}`] });
+      // On PCI (QEMU) both disks are named by where the device manager put them.
+      const slots: Record<string, string> = { [ids.meta]: '0a', [ids.blob]: '0b' };
+      const st = imageStorages('a-container-id-that-is-long', '/lower', '/root', (disk) => slots[disk]);
+      expect(st[0]).to.deep.include({ driver: 'blk', source: '0a', fstype: 'erofs', options: ['ro', 'device-pci=0b'] });
+      // virtio-mmio (builtin VMM): no PCI path, so by serial.
+      const mmio = imageStorages('a-container-id-that-is-long', '/lower', '/root', () => undefined);
+      expect(mmio[0]).to.deep.include({ driver: 'blk', source: ids.meta, fstype: 'erofs', options: ['ro', `device-serial=${ids.blob}`] });
       expect(st[1]).to.deep.include({ driver: 'overlay', mount_point: '/root', options: ['lowerdir=/lower'] });
     } finally { d.device.close(); }
     expect(() => openImageDisks(cfg, 'c', 'sha256:' + '0'.repeat(64))).to.throw(/not in the store/);
