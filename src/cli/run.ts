@@ -8,9 +8,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KataError } from '../common/errors';
 import { logger } from '../common/log';
-import { selectHypervisor } from '../hypervisor';
 import type { OciMount, OciSpec } from '../protocols/oci';
 import type { Config } from '../runtime/config';
+import { createSandboxHypervisor, sandboxBootVfio } from '../runtime/hypervisor-choice';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
@@ -167,14 +167,16 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   const terminal = !!spec.process?.terminal;
   // A bad policy fails here, before a VM boots.
   const policy = o.policy ? policyFromFile(o.policy) : undefined;
-  const { hv, choice } = await selectHypervisor(cfg, o.hypervisor);
+  // [hypervisor.qemu] cold_plug_vfio: the spec's /dev/vfio groups go on the VM's command line (checked before a VM boots).
+  const bootVfio = sandboxBootVfio(cfg, spec);
+  const { hv, choice } = await createSandboxHypervisor(cfg, o.hypervisor);
   log.info('hypervisor chosen', { ...choice });
   const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
   const containerId = id;
   // Bad volumes fail here, before a VM boots (createContainer checks again).
   if (spec.mounts?.some(isBindMount)) planVolumes(containerId, spec.mounts, '/');
   const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
-  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare, image: fromImage?.imageId }], netns: o.netns, dns: o.dns, policy });
+  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare, image: fromImage?.imageId }], netns: o.netns, dns: o.dns, policy, bootVfio });
 
   let interrupted: string | undefined;
   const onSignal = (sig: NodeJS.Signals) => {

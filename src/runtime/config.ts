@@ -69,6 +69,9 @@ export const SCHEMA = {
     default_maxmemory: { kind: 'int', default: 0, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room)', check: range(0, 3584) } as KeySpec<number>,
     memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory)', check: range(1, 64) } as KeySpec<number>,
     default_maxvcpus: { kind: 'int', default: 0, describe: 'as Kata: vCPU hotplug ceiling (0: the boot count)', check: range(0, 64) } as KeySpec<number>,
+    // VFIO (issue 14; src/runtime/hypervisor-choice.ts): Kata's keys and values. The pc machine has only its root bus, so every port type puts the device there.
+    hot_plug_vfio: { kind: 'string', default: 'no-port', describe: 'as Kata: VFIO devices of a container\'s linux.devices (/dev/vfio/<group>) are hotplugged when the container is created; the port type (no-port, bridge-port, root-port, switch-port) is accepted, devices go on the root bus', check: oneOf('no-port', 'bridge-port', 'root-port', 'switch-port') } as KeySpec<string>,
+    cold_plug_vfio: { kind: 'string', default: 'no-port', describe: 'as Kata: anything but no-port cold-plugs the /dev/vfio/<group> devices of the sandbox\'s first container on QEMU\'s command line (root bus); cannot be set together with hot_plug_vfio', check: oneOf('no-port', 'bridge-port', 'root-port', 'switch-port') } as KeySpec<string>,
     tcg_translation_cache: { kind: 'int', default: 0, describe: 'MiB of QEMU\'s TCG translation cache (tb-size; 0: QEMU\'s default, 1 GiB reserved and filled as the guest runs); smaller saves host memory per VM and costs guest speed', check: range(0, 4096) } as KeySpec<number>,
   },
   memory: {
@@ -215,6 +218,11 @@ export function parseConfig(text: string, file: string): Config {
     }
   };
   visit(value, '');
+  // As Kata's checkPCIeConfig: VFIO devices are either hot- or cold-plugged.
+  const q = cfg['hypervisor.qemu'];
+  if (q.hot_plug_vfio !== 'no-port' && q.cold_plug_vfio !== 'no-port') {
+    throw new ConfigError('bad-value', `${where('hypervisor.qemu.cold_plug_vfio')}: [hypervisor.qemu] hot_plug_vfio = "${q.hot_plug_vfio}" and cold_plug_vfio = "${q.cold_plug_vfio}": only one of them can be set`);
+  }
   return cfg;
 }
 

@@ -14,11 +14,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { errorMessage } from '../common/errors';
 import { logger } from '../common/log';
-import { selectHypervisor } from '../hypervisor';
-import type { Hypervisor } from '../hypervisor/hypervisor';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { OciProcess } from '../protocols/oci';
 import type { Config } from '../runtime/config';
+import { createSandboxHypervisor, sandboxBootVfio, type Hypervisor } from '../runtime/hypervisor-choice';
 import { imageForContainer } from '../runtime/image-rootfs';
 import { annotatedConfig } from '../runtime/config-kata';
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
@@ -146,8 +145,10 @@ export class TaskService {
           // Kata's io.katacontainers.config.hypervisor.* annotations, where enable_annotations allows.
           const pod = annotatedConfig(this.opts.config, spec.annotations);
           for (const w of pod.warnings) this.log.warn(w);
-          const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await selectHypervisor(c)).hv))(pod.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare, image }] });
+          // [hypervisor.qemu] cold_plug_vfio: this container's /dev/vfio groups go on the VM's command line (checked before a VM boots).
+          const bootVfio = sandboxBootVfio(pod.config, spec);
+          const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await createSandboxHypervisor(c)).hv))(pod.config);
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: true, bootVfio, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare, image }] });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;

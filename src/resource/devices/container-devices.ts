@@ -7,12 +7,16 @@
  * path, and gives the entry the guest device's numbers (src/agent/devices.ts).
  *
  * Rules:
- *   - the host path is the entry's `path` (as Kata: the device the container
- *     asked for, seen at the same path inside), read-write;
- *   - a host block device whose major/minor differ from the entry's is an
- *     error (the spec describes another device than the one at that path);
- *     an image file takes the entry's numbers as only a request (the guest's
- *     replace them);
+ *   - the host device is found by the entry's major:minor, as Kata's
+ *     GetHostPath does (/sys/dev/block/M:m/uevent DEVNAME): CRI devices and
+ *     `ctr run --device` write the host device's numbers, and CRI's
+ *     container_path (the entry's `path`) need not exist on the host;
+ *   - when the numbers name no host block device (or are absent), the host
+ *     path is the entry's `path` (the device the container asked for, seen
+ *     at the same path inside): a block device whose numbers differ from the
+ *     entry's is an error (the spec describes another device), an image file
+ *     takes the entry's numbers as only a request (the guest's replace them);
+ *   - the disk is read-write;
  *   - an allow rule for the device is added to linux.resources.devices when
  *     none names it (crun's device cgroup would otherwise deny it under a
  *     default-deny rule, as CRI's specs have);
@@ -29,7 +33,9 @@
  * Kata's documentation tells its users to set. The entries stay in the spec
  * for the guest's runtime; the plan says how many were left out.
  *
- * VFIO (as Kata: a character entry /dev/vfio/<group> on the host): every PCI
+ * VFIO (as Kata: a character entry /dev/vfio/<group>, or one whose numbers
+ * are the host's /dev/vfio/<group> — a CRI device with another
+ * container_path): every PCI
  * device of IOMMU group <group> (/sys/kernel/iommu_groups/<group>/devices)
  * becomes a `vfio` device of the manager, after the group is found viable
  * (src/hypervisor/vfio-host.ts; no IOMMU or a group with devices on host
@@ -95,7 +101,7 @@ export function deviceDiskId(hostPath: string): string {
  * adds missing cgroup allow rules to `spec` (in place). Throws one
  * DeviceError for a bad entry before anything is attached.
  */
-export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; sources?: VfioGroupSources } = {}): ContainerDevicePlan {
+export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; sources?: VfioGroupSources; sys?: string } = {}): ContainerDevicePlan {
   const plan: ContainerDevicePlan = { disks: [], devices: [] };
   const entries = spec.linux?.devices;
   if (entries === undefined) return plan;
@@ -109,27 +115,32 @@ export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; so
     if (typeof e !== 'object' || e === null) throw new DeviceError('invalid', 'a linux.devices entry is not an object');
     const { path: p, type, major, minor } = e as { path?: unknown; type?: unknown; major?: unknown; minor?: unknown };
     if (typeof p !== 'string' || !p.startsWith('/')) throw new DeviceError('invalid', `linux.devices: path ${JSON.stringify(p)} is not an absolute path`);
-    const group = /^\/dev\/vfio\/(\d+)$/.exec(p);
+    const group = /^\/dev\/vfio\/(\d+)$/.exec(p) ?? (type === 'c' ? /^\/dev\/vfio\/(\d+)$/.exec(hostDevicePath('char', major, minor, vfio.sys) ?? '') : null);
     if (type === 'c' && group) {
       if (seen.has(p)) throw new DeviceError('duplicate', `linux.devices names ${p} twice`);
       seen.add(p);
-      planVfioGroup(plan, p, Number(group[1]), vfio.mode ?? 'vfio', vfio.sources ?? hostGroupSources());
+      planVfioGroup(plan, p, Number(group[1]), vfio.mode ?? 'vfio', vfio.sources ?? hostGroupSources(vfio.sys));
       continue;
     }
     if (type !== 'b') continue;
     if (seen.has(p)) throw new DeviceError('duplicate', `linux.devices names ${p} twice`);
     seen.add(p);
-    let st: fs.Stats;
-    try { st = fs.statSync(p); } catch { throw new DeviceError('invalid', `linux.devices: ${p} does not exist on the host`); }
-    if (!st.isBlockDevice() && !st.isFile()) throw new DeviceError('invalid', `linux.devices: ${p} is neither a block device nor an image file`);
-    if (st.isBlockDevice()) {
-      const host = splitDev(st.rdev);
-      if ((major !== undefined && major !== host.major) || (minor !== undefined && minor !== host.minor)) {
-        throw new DeviceError('invalid', `linux.devices: ${p} is ${host.major}:${host.minor} on the host, not ${String(major)}:${String(minor)} as the spec says`);
+    // Kata's way first: the host device with the entry's numbers (the container path may be anything).
+    let hostPath = hostDevicePath('block', major, minor, vfio.sys);
+    if (!hostPath) {
+      let st: fs.Stats;
+      try { st = fs.statSync(p); } catch { throw new DeviceError('invalid', `linux.devices: ${p} does not exist on the host${typeof major === 'number' ? ` and no host block device is ${String(major)}:${String(minor)}` : ''}`); }
+      if (!st.isBlockDevice() && !st.isFile()) throw new DeviceError('invalid', `linux.devices: ${p} is neither a block device nor an image file`);
+      if (st.isBlockDevice()) {
+        const host = splitDev(st.rdev);
+        if ((major !== undefined && major !== host.major) || (minor !== undefined && minor !== host.minor)) {
+          throw new DeviceError('invalid', `linux.devices: ${p} is ${host.major}:${host.minor} on the host, not ${String(major)}:${String(minor)} as the spec says`);
+        }
       }
+      hostPath = p;
     }
-    const id = deviceDiskId(p);
-    plan.disks.push({ kind: 'blk', id, path: p, readonly: false });
+    const id = deviceDiskId(hostPath);
+    plan.disks.push({ kind: 'blk', id, path: hostPath, readonly: false });
     plan.devices.push({ id, type: 'blk', vm_path: '', container_path: p, options: [] });
     if (typeof major === 'number' && typeof minor === 'number') {
       const res = (spec.linux!.resources ??= {});
@@ -140,6 +151,42 @@ export function planContainerDevices(spec: SpecLike, vfio: { mode?: VfioMode; so
     }
   }
   return plan;
+}
+
+/**
+ * The host device node with numbers major:minor, as Kata's GetHostPath finds
+ * it: /sys/dev/{block,char}/M:m/uevent's DEVNAME under /dev, when that node
+ * exists with those numbers; else undefined.
+ */
+export function hostDevicePath(kind: 'block' | 'char', major: unknown, minor: unknown, sys = '/sys'): string | undefined {
+  if (typeof major !== 'number' || typeof minor !== 'number' || !Number.isInteger(major) || !Number.isInteger(minor) || major < 0 || minor < 0) return undefined;
+  let uevent: string;
+  try { uevent = fs.readFileSync(`${sys}/dev/${kind}/${major}:${minor}/uevent`, 'utf8'); } catch { return undefined; }
+  const name = /^DEVNAME=(.+)$/m.exec(uevent)?.[1];
+  if (!name || name.split('/').includes('..')) return undefined;
+  const dev = `/dev/${name}`;
+  try {
+    const st = fs.statSync(dev);
+    const n = splitDev(st.rdev);
+    const typeOk = kind === 'block' ? st.isBlockDevice() : st.isCharacterDevice();
+    return typeOk && n.major === major && n.minor === minor ? dev : undefined;
+  } catch { return undefined; }
+}
+
+/**
+ * The VFIO devices of a spec's /dev/vfio/<group> entries, for a sandbox that
+ * cold-plugs them (Kata's cold_plug_vfio; src/runtime/hypervisor-choice.ts):
+ * the same ids and sources the container's own plan will name, so the
+ * container then takes a reference instead of a hotplug. Groups are checked
+ * as for hotplug (one DeviceError; nothing is attached yet). A privileged
+ * container's host devices are left out here too.
+ */
+export function planBootVfio(spec: SpecLike, sources?: VfioGroupSources, sys?: string): Array<{ id: string; source: string }> {
+  const entries = spec.linux?.devices;
+  if (!Array.isArray(entries)) return [];
+  const vfioOnly = entries.filter((e) => typeof e === 'object' && e !== null && (e as { type?: unknown }).type === 'c');
+  const plan = planContainerDevices({ linux: { devices: vfioOnly, resources: spec.linux?.resources } }, { sources, sys });
+  return plan.disks.flatMap((d) => (d.kind === 'vfio' ? [{ id: d.id, source: d.bdf }] : []));
 }
 
 /** A privileged container's device cgroup: one allow rule for every device (no type, or 'a', and no numbers). */
