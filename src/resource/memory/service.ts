@@ -142,13 +142,16 @@ export class SandboxMemory {
   async balloon(setMiB?: number): Promise<Record<string, unknown>> {
     const qmp = this.o.qmp;
     if (!this.o.balloon || !qmp) throw new SandboxMemoryError('unavailable', 'this sandbox has no balloon ([hypervisor.qemu] reclaim_guest_freed_memory = true adds one)');
-    const ram = this.o.memoryMiB;
+    // The VM's RAM now: boot size plus hot-added DIMMs (a guest that reports
+    // more than this is lying or broken).
+    const ram = this.resizer?.memoryMiB ?? this.o.memoryMiB;
     if (setMiB !== undefined) {
+      if (!Number.isFinite(setMiB) || setMiB <= 0) throw new SandboxMemoryError('config', `balloon target ${String(setMiB)} MiB: a positive number of MiB is required`);
       if (setMiB > ram) throw new SandboxMemoryError('config', `balloon target ${setMiB} MiB is beyond the VM's ${ram} MiB of RAM`);
       await qmp('balloon', { value: setMiB * MIB });
     }
     const warnings: string[] = [];
-    const q = await qmp('query-balloon') as { actual?: unknown };
+    const q = await qmp('query-balloon') as { actual?: unknown } | null;
     let actualMiB: number | undefined = typeof q?.actual === 'number' ? q.actual / MIB : undefined;
     if (actualMiB === undefined || !(actualMiB > 0) || actualMiB > ram) {
       warnings.push(`guest reported a balloon size of ${String(q?.actual)} bytes, outside the VM's ${ram} MiB: ignored`);
@@ -156,8 +159,9 @@ export class SandboxMemory {
     }
     const stats: Record<string, number> = {};
     const g = await qmp('qom-get', { path: '/machine/peripheral/balloon0', property: 'guest-stats' }).catch(() => undefined) as { stats?: Record<string, unknown> } | undefined;
-    for (const [k, v] of Object.entries(g?.stats ?? {})) {
-      if (typeof v !== 'number' || v < 0) continue; // -1: the guest did not report it
+    const raw = g && typeof g === 'object' && g.stats && typeof g.stats === 'object' && !Array.isArray(g.stats) ? g.stats : {};
+    for (const [k, v] of Object.entries(raw)) {
+      if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) continue; // -1: the guest did not report it
       // Byte counts beyond the VM's RAM are lies (or a broken driver); event counters are not bounded.
       if (/memory|cache/.test(k) && v > ram * MIB) {
         warnings.push(`guest statistic ${k} = ${v} bytes exceeds the VM's RAM: ignored`);
