@@ -726,6 +726,8 @@ export class QemuHypervisor implements Hypervisor {
 
   /** The root-bus PCI slot a disk, share or network device of this VM sits in, if attached. */
   slotOf(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): number | undefined {
+    // microvm's devices are virtio-mmio: no PCI path for the agent to wait on (it goes by serial/tag).
+    if (this.opts.machine === 'microvm') return undefined;
     return kind === 'blk' ? this.diskSlots.get(id)?.slot : kind === 'fs' ? this.shareSlots.get(id) : kind === 'vfio' ? this.vfioSlots.get(id) : this.netSlots.get(id);
   }
 
