@@ -31,7 +31,7 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
     scanner: { enabled: mem.page_scanner, rateMiB: mem.scan_rate_mib, intervalSec: mem.scan_interval },
     companions,
     onlineCpus: agent ? (n) => agent.onlineCpuMem(n, { wait: true, cpuOnly: true }) : undefined,
-    memoryHotplug: false, // see SandboxMemoryOptions.memoryHotplug: vCPUs only for now
+    memoryHotplug: true, // DIMMs for containers' memory limits (service.ts memoryHotplug)
     resize: q.default_maxmemory > memoryMiB || q.default_maxvcpus > vcpus
       ? { baseVcpus: vcpus, maxVcpus: Math.max(vcpus, q.default_maxvcpus), baseMiB: memoryMiB, maxMiB: Math.max(memoryMiB, q.default_maxmemory) }
       : undefined,

@@ -11,8 +11,11 @@
  * devices; measured 2026-11-30). Without a balloon the DIMMs stay plugged,
  * with a warning. A DIMM once plugged is reused before plugging another.
  *
- * Memory growth is switched off by the caller for now (src/resource/memory/service.ts,
- * memoryHotplug: the vsock agent channel died after a DIMM hotplug here).
+ * Every DIMM is one more region in the memory table QEMU sends our
+ * vhost-user backends (they keep running across it, src/vhost-user); QEMU
+ * allows 8 regions without CONFIGURE_MEM_SLOTS, boot RAM takes some, so
+ * each growth plugs one DIMM of the whole difference (a refused plug is one
+ * ResizeError).
  *
  * Sizing follows Kata: vCPUs = base + Σ ceil(quota / period), memory = base
  * + Σ limit, memory in 128 MiB steps (the x86 guest's memory block size, the

@@ -36,9 +36,10 @@ export interface SandboxMemoryOptions {
   /** The agent's OnlineCPUMem for hot-added vCPUs. */
   onlineCpus?: (nbCpus: number) => Promise<unknown>;
   /**
-   * Grow memory by DIMM hotplug too. Off: measured here, QEMU's new memory
-   * table after a DIMM hotplug left the agent's vsock channel dead (the next
-   * connect timed out), so containers' memory limits do not resize the VM.
+   * Grow memory by DIMM hotplug too (on in the runtime). It was off while our
+   * vhost-user backends reset their device on QEMU's new memory table after a
+   * hotplug (the agent's vsock channel died); they now carry on
+   * (src/vhost-user/backend.ts), checked in test/integration/memory-resize.
    */
   memoryHotplug?: boolean;
 }
