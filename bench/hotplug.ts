@@ -1,11 +1,13 @@
 /**
  * Hotplug latency per device kind (issue 14): request → usable in the guest,
- * through the sandbox's device manager, in one running pod per block
- * driver, side by side in one run:
+ * through the sandbox's device manager. Two pods run side by side for the
+ * whole run, one per block driver, and every iteration measures both, in
+ * alternating order (ours then QEMU's, then QEMU's then ours: ABBA), so a
+ * load change on this shared host hits both sides alike instead of one
+ * whole series:
  *
  *   blk, ours     our virtio-blk behind vhost-user-blk-pci (chardev-add +
- *                 device_add), until the guest's block device exists at
- *                 the PCI path the manager handed out;
+ *                 device_add), until the guest has the new block device;
  *   blk, QEMU's   QEMU's own virtio-blk-pci (blockdev-add + device_add), the
  *                 peer, same test;
  *   fs, ours      our virtio-fs behind vhost-user-fs-pci, until the guest's
@@ -15,12 +17,19 @@
  *
  * How "usable" is seen without counting an exec's start-up: a poller runs
  * in a container (exec'd before the request, it says "go" when running)
- * and exits as soon as the guest has one more virtio block device (or
- * bound virtio-fs device) than when it started; the time is from the
- * attach call to the host seeing the poller's exit. The unplug time is
- * capped by the runtime's 5 s wait for the guest's release.
+ * and exits as soon as the guest has one more virtio block device (or bound
+ * virtio-fs device) than when it started, checking sysfs every 10 ms as the
+ * agent does (a busy loop would take the single vCPU from the guest
+ * kernel's own probe). The time is from the attach call to the host seeing
+ * the poller's exit.
  *
- *   npx tsc -p tsconfig.json && node dist/bench/hotplug.js [rounds]
+ * Where the time goes: every QMP command is timed (a wrapper around
+ * QmpClient.execute, this process only), and for ours the backend records
+ * when the guest driver started the device (VhostUserBackend.activatedAt:
+ * QEMU's vhost start after the guest's DRIVER_OK). Each sample carries the
+ * 1-minute load average; the report gives median and min–max of each.
+ *
+ *   npx tsc -p tsconfig.json && node dist/bench/hotplug.js [iterations, default 11]
  *
  * Writes build/bench/hotplug.json. Under TCG on a shared 2-core host the
  * guest's own probing dominates; read the ratio, not the milliseconds.
@@ -32,6 +41,7 @@ import { PassThrough } from 'node:stream';
 import { configureLogging } from '../src/common/log';
 import { defaultConfig } from '../src/runtime/config';
 import { QemuHypervisor, type BlockDriver } from '../src/hypervisor/qemu';
+import { QmpClient } from '../src/hypervisor/qmp';
 import { Sandbox } from '../src/runtime/sandbox';
 import { defaultProcess, defaultSpec } from '../src/runtime/spec';
 import { attachProcess } from '../src/runtime/stdio';
@@ -41,81 +51,165 @@ import { median } from './stats';
 
 const CACHE = process.env.KATA_TS_CACHE ?? '/var/cache/kata-ts';
 
-interface Sample { plugMs: number; unplugMs: number }
+/** One hotplug: totals and the phases (ms from the attach call). */
+interface Sample {
+  plugMs: number;
+  unplugMs: number;
+  /** 1-minute load average when the sample was taken. */
+  load1: number;
+  phases: Record<string, number>;
+}
 
-async function measure(driver: BlockDriver, kinds: Array<'blk' | 'fs'>, rounds: number): Promise<Record<string, Sample[]>> {
-  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-hp-'));
+interface Pod {
+  name: 'ours' | 'qemu';
+  hv: QemuHypervisor;
+  sb: Sandbox;
+  runDir: string;
+  disk: string;
+  dir: string;
+  seq: number;
+}
+
+// QMP timing: the commands one attach sent, with their durations.
+let qmpLog: Array<{ cmd: string; start: number; ms: number }> | undefined;
+const origExecute = QmpClient.prototype.execute;
+QmpClient.prototype.execute = function <T>(this: QmpClient, cmd: string, args?: Record<string, unknown>): Promise<T> {
+  const log = qmpLog;
+  const start = performance.now();
+  const p = origExecute.call(this, cmd, args) as Promise<T>;
+  if (log) void p.then(() => log.push({ cmd, start, ms: performance.now() - start }), () => undefined);
+  return p;
+};
+
+async function startPod(driver: BlockDriver): Promise<Pod> {
+  const name = driver === 'virtio-blk' ? 'qemu' : 'ours';
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), `bench-hp-${name}-`));
   const cfg = defaultConfig();
   cfg.runtime.run_dir = runDir;
   cfg.runtime.cache_dir = CACHE;
   const hv = new QemuHypervisor({ binary: cfg['hypervisor.qemu'].path, machine: 'pc', accel: 'tcg', blockDriver: driver });
   const rootfs = path.join(CACHE, 'rootfs', 'busybox');
-  const sb = new Sandbox({ id: `hp-${driver === 'virtio-blk' ? 'q' : 'o'}`, config: cfg, hypervisor: hv, bootContainers: [{ id: 'c', rootfs, rootfsShare: 'erofs' }] });
-  const out: Record<string, Sample[]> = {};
+  const sb = new Sandbox({ id: `hp-${name}`, config: cfg, hypervisor: hv, bootContainers: [{ id: 'c', rootfs, rootfsShare: 'erofs' }] });
   try {
     await sb.start();
     await sb.createContainer('c', defaultSpec({ args: ['sleep', '3600'] }), rootfs);
     await sb.startContainer('c');
-    const disk = path.join(runDir, 'disk.raw');
-    fs.writeFileSync(disk, Buffer.alloc(0));
-    fs.truncateSync(disk, 16 << 20);
-    const dir = path.join(runDir, 'share');
-    fs.mkdirSync(dir);
-    let n = 0;
-    for (const kind of kinds) {
-      out[kind] = [];
-      for (let r = 0; r < rounds; r++) {
-        // Waits for one more virtio block device / bound virtio-fs device than there was when it started.
-        const count = kind === 'blk' ? 'ls /sys/block | grep -c ^vd' : 'ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c ^virtio';
-        const execId = `p${n++}`;
-        await sb.exec('c', execId, defaultProcess({ args: ['sh', '-c', `n=$(${count}); echo go; until [ "$(${count})" -gt "$n" ]; do :; done`] }));
-        const stream = new PassThrough();
-        let seen = '';
-        const started = new Promise<void>((resolve) => stream.on('data', (d) => { seen += d; if (seen.includes('go')) resolve(); }));
-        const done = attachProcess(sb.agent, 'c', execId, { stdout: stream, stderr: stream, terminal: false }).done;
-        done.catch(() => undefined); // awaited below; a failure before that must not crash the run
-        await started;
-        const id = `${kind}${r}`;
-        const spec: DeviceSpec = kind === 'blk' ? { kind: 'blk', id, path: disk, readonly: false } : { kind: 'fs', id, path: dir };
-        const t0 = process.hrtime.bigint();
-        const dev = await sb.devices.attach(spec, 'bench');
-        const st = await done;
-        const plugMs = Number(process.hrtime.bigint() - t0) / 1e6;
-        if (st.status !== 0) throw new Error(`poller failed: ${seen}`);
-        const t1 = process.hrtime.bigint();
-        await sb.devices.detach(id, 'bench');
-        const unplugMs = Number(process.hrtime.bigint() - t1) / 1e6;
-        // Not counted: let a late DEVICE_DELETED free the slot before the next round.
-        const slot = parseInt(dev.pciPath!, 16);
-        for (let w = 0; w < 300 && hv.slotsInUse().includes(slot); w++) await new Promise((r) => setTimeout(r, 200));
-        out[kind].push({ plugMs, unplugMs });
-        process.stderr.write(`  ${driver} ${kind} round ${r + 1}: plug ${plugMs.toFixed(0)} ms, unplug ${unplugMs.toFixed(0)} ms\n`);
-      }
-    }
-    return out;
-  } finally {
-    await sb.stop();
+  } catch (err) {
+    await sb.stop().catch(() => undefined);
     fs.rmSync(runDir, { recursive: true, force: true });
+    throw err;
   }
+  const disk = path.join(runDir, 'disk.raw');
+  fs.writeFileSync(disk, Buffer.alloc(0));
+  fs.truncateSync(disk, 16 << 20);
+  const dir = path.join(runDir, 'share');
+  fs.mkdirSync(dir);
+  return { name, hv, sb, runDir, disk, dir, seq: 0 };
 }
 
+async function stopPod(p: Pod | undefined): Promise<void> {
+  if (!p) return;
+  await p.sb.stop().catch((e: Error) => process.stderr.write(`stopping ${p.name}: ${e.message}\n`));
+  fs.rmSync(p.runDir, { recursive: true, force: true });
+}
+
+async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
+  const { sb, hv } = p;
+  // Waits for one more virtio block device / bound virtio-fs device than there was when it started.
+  const count = kind === 'blk' ? 'ls /sys/block | grep -c ^vd' : 'ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c ^virtio';
+  const n = p.seq++;
+  const execId = `p${n}`;
+  await sb.exec('c', execId, defaultProcess({ args: ['sh', '-c', `n=$(${count}); echo go; until [ "$(${count})" -gt "$n" ]; do usleep 10000; done`] }));
+  const stream = new PassThrough();
+  let seen = '';
+  const started = new Promise<void>((resolve) => stream.on('data', (d) => { seen += d; if (seen.includes('go')) resolve(); }));
+  const done = attachProcess(sb.agent, 'c', execId, { stdout: stream, stderr: stream, terminal: false }).done;
+  done.catch(() => undefined); // awaited below; a failure before that must not crash the run
+  await started;
+  const id = `${kind}${n}`;
+  const spec: DeviceSpec = kind === 'blk' ? { kind: 'blk', id, path: p.disk, readonly: false } : { kind: 'fs', id, path: p.dir };
+  const log: NonNullable<typeof qmpLog> = [];
+  qmpLog = log;
+  const t0 = performance.now();
+  let dev;
+  try {
+    dev = await sb.devices.attach(spec, 'bench');
+  } finally {
+    qmpLog = undefined;
+  }
+  const returned = performance.now() - t0;
+  const st = await done;
+  const plugMs = performance.now() - t0;
+  if (st.status !== 0) throw new Error(`poller failed: ${seen}`);
+  const phases: Record<string, number> = {};
+  for (const c of log) phases[`${c.cmd} (QMP)`] = (phases[`${c.cmd} (QMP)`] ?? 0) + c.ms;
+  phases['attach returned'] = returned;
+  const served = kind === 'blk' ? hv.vhostUserDevices?.get('blk', id) : hv.vhostUserDevices?.get('fs', id);
+  if (served && served.backend.activatedAt >= t0) phases['backend activated (guest started the device)'] = served.backend.activatedAt - t0;
+  phases['guest sees it'] = plugMs;
+  const t1 = performance.now();
+  await sb.devices.detach(id, 'bench');
+  const unplugMs = performance.now() - t1;
+  // Not counted: let a late DEVICE_DELETED free the slot before the next round.
+  const slot = parseInt(dev.pciPath!, 16);
+  for (let w = 0; w < 300 && hv.slotsInUse().includes(slot); w++) await new Promise((r) => setTimeout(r, 200));
+  return { plugMs, unplugMs, load1: os.loadavg()[0], phases };
+}
+
+const f0 = (x: number) => x.toFixed(0);
+/** "median (min–max)" of a series. */
+function spread(xs: number[]): string {
+  return `${f0(median(xs))} (${f0(Math.min(...xs))}–${f0(Math.max(...xs))})`;
+}
 
 async function main(): Promise<void> {
   configureLogging({ level: 'error' });
-  const rounds = Number(process.argv[2] ?? 5);
-  const ours = await measure('vhost-user-blk', ['blk', 'fs'], rounds);
-  const qemu = await measure('virtio-blk', ['blk'], rounds);
-  const m = (s: Sample[], k: keyof Sample) => median(s.map((x) => x[k]));
-  const f = (x: number) => x.toFixed(0);
+  const iterations = Number(process.argv[2] ?? 11);
+  if (!Number.isInteger(iterations) || iterations < 1) throw new Error(`iterations "${process.argv[2]}" must be a positive integer`);
+  const loadStart = os.loadavg();
+  const res: Record<'ours' | 'qemu', { blk: Sample[]; fs: Sample[] }> = { ours: { blk: [], fs: [] }, qemu: { blk: [], fs: [] } };
+  let ours: Pod | undefined;
+  let qemu: Pod | undefined;
+  try {
+    ours = await startPod('vhost-user-blk');
+    qemu = await startPod('virtio-blk');
+    for (let i = 0; i < iterations; i++) {
+      // ABBA: the side measured first alternates.
+      const order = i % 2 ? [qemu, ours] : [ours, qemu];
+      for (const p of order) {
+        const s = await plugOnce(p, 'blk');
+        res[p.name].blk.push(s);
+        process.stderr.write(`  ${i + 1}/${iterations} ${p.name} blk: plug ${f0(s.plugMs)} ms, unplug ${f0(s.unplugMs)} ms, load ${s.load1.toFixed(2)}\n`);
+      }
+      const s = await plugOnce(ours, 'fs');
+      res.ours.fs.push(s);
+      process.stderr.write(`  ${i + 1}/${iterations} ours fs: plug ${f0(s.plugMs)} ms, unplug ${f0(s.unplugMs)} ms\n`);
+    }
+  } finally {
+    await stopPod(ours);
+    await stopPod(qemu);
+  }
+  const loadEnd = os.loadavg();
+  const col = (s: Sample[], k: 'plugMs' | 'unplugMs') => s.map((x) => x[k]);
+  const ratio = (a: Sample[], b: Sample[], k: 'plugMs' | 'unplugMs') => (median(col(a, k)) / median(col(b, k))).toFixed(2);
+  const O = res.ours, Q = res.qemu;
   const rows: Array<[string, string, string]> = [
-    [`median of ${rounds}, ms`, 'ours', "QEMU's (peer)"],
-    ['blk: request → block device in the guest', f(m(ours.blk, 'plugMs')), `${f(m(qemu.blk, 'plugMs'))}  (ratio ${(m(ours.blk, 'plugMs') / m(qemu.blk, 'plugMs')).toFixed(2)})`],
-    ['blk: unplug → released', f(m(ours.blk, 'unplugMs')), `${f(m(qemu.blk, 'unplugMs'))}  (ratio ${(m(ours.blk, 'unplugMs') / m(qemu.blk, 'unplugMs')).toFixed(2)})`],
-    ['fs: request → virtio_fs bound in the guest', f(m(ours.fs, 'plugMs')), 'no peer (no virtiofsd here)'],
-    ['fs: unplug → released', f(m(ours.fs, 'unplugMs')), '-'],
+    [`ms, median (min–max) of ${iterations}, interleaved`, 'ours', "QEMU's (peer)"],
+    ['blk: request → block device in the guest', spread(col(O.blk, 'plugMs')), `${spread(col(Q.blk, 'plugMs'))}  ours/QEMU ${ratio(O.blk, Q.blk, 'plugMs')}`],
+    ['blk: unplug → released', spread(col(O.blk, 'unplugMs')), `${spread(col(Q.blk, 'unplugMs'))}  ours/QEMU ${ratio(O.blk, Q.blk, 'unplugMs')}`],
+    ['fs: request → virtio_fs bound in the guest', spread(col(O.fs, 'plugMs')), 'no peer (no virtiofsd here)'],
+    ['fs: unplug → released', spread(col(O.fs, 'unplugMs')), '-'],
   ];
-  process.stdout.write(`${table(rows)}\n`);
-  process.stdout.write(`wrote ${writeResult('hotplug', { machine: machine(), rounds, ours, qemu, loadavg: os.loadavg() })}\n`);
+  process.stdout.write(`${table(rows)}\n\n`);
+  // Phase breakdown (ms from the attach call, medians).
+  const phaseRows: Array<[string, string, string]> = [['blk phases, ms from the request (median)', 'ours', "QEMU's"]];
+  const names = [...new Set([...O.blk, ...Q.blk].flatMap((s) => Object.keys(s.phases)))];
+  const ph = (s: Sample[], k: string) => { const xs = s.map((x) => x.phases[k]).filter((x): x is number => x !== undefined); return xs.length ? spread(xs) : '-'; };
+  for (const k of names) phaseRows.push([k, ph(O.blk, k), ph(Q.blk, k)]);
+  process.stdout.write(`${table(phaseRows)}\n\n`);
+  const loads = [...O.blk, ...Q.blk, ...O.fs].map((s) => s.load1);
+  process.stdout.write(`load average (1/5/15 min): start ${loadStart.map((x) => x.toFixed(2)).join(' ')}, end ${loadEnd.map((x) => x.toFixed(2)).join(' ')}; 1-min per sample ${Math.min(...loads).toFixed(2)}–${Math.max(...loads).toFixed(2)}\n`);
+  process.stdout.write(`wrote ${writeResult('hotplug', { machine: machine(), iterations, interleaved: 'ABBA', ours: O, qemu: Q, loadStart, loadEnd })}\n`);
 }
 
 main().catch((e: Error) => { process.stderr.write(`${e.stack ?? e.message}\n`); process.exit(1); });

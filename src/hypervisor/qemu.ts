@@ -714,6 +714,9 @@ export class QemuHypervisor implements Hypervisor {
     this.slots.release(slot);
   }
 
+  /** Our vhost-user device servers (benchmarks and tests look at their backends). */
+  get vhostUserDevices(): VhostUserDevices | undefined { return this.devices; }
+
   /** PCI slots ≥ FIRST_DYNAMIC_SLOT in use, ascending (tests, `--debug`). */
   slotsInUse(): number[] {
     return this.slots.inUse();

@@ -121,6 +121,13 @@ export class VhostUserBackend {
   connections = 0;
   /** Messages handled on the current and past connections. */
   messages = 0;
+  /**
+   * performance.now() when the front end last connected and when the
+   * device was last activated (the guest driver started it): the hotplug
+   * bench (bench/hotplug.ts) splits request → usable with them.
+   */
+  connectedAt = 0;
+  activatedAt = 0;
   /** Memory tables accepted (the first, then one per memory hotplug). */
   memoryTables = 0;
 
@@ -232,6 +239,7 @@ export class VhostUserBackend {
       }
       this.connFd = fd;
       this.connections++;
+      this.connectedAt = performance.now();
       this.resetConnectionState();
       // The connection keeps the process alive while the VM runs.
       this.connPoll = n.pollStart(fd, 1, (ev) => this.onReadable(ev));
@@ -582,6 +590,7 @@ export class VhostUserBackend {
       needsReset: (reason) => this.needsReset(-1, reason),
     };
     this.active = true;
+    this.activatedAt = performance.now();
     this.log.debug('device activated', { queues: queues.length });
     try {
       this.device.activate(ctx);
