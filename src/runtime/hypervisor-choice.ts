@@ -41,12 +41,14 @@ export async function createSandboxHypervisor(cfg: Config, requested?: Hyperviso
 /**
  * The VFIO devices to cold-plug for a sandbox whose first container has
  * `spec`: none unless `[hypervisor.qemu] cold_plug_vfio` is set (not
- * "no-port"). Each `/dev/vfio/<group>` entry's group is checked on the host
- * first (src/resource/devices/container-devices.ts): a group that does not
- * exist or is not viable is one DeviceError here, before any VM boots.
+ * "no-port"). Either way each `/dev/vfio/<group>` entry's group is checked
+ * on the host first (src/resource/devices/container-devices.ts): a group
+ * that does not exist or is not viable is one DeviceError here, before any
+ * VM boots for a container that could not be created (hotplug would refuse
+ * it the same way, after the boot).
  */
 export function sandboxBootVfio(cfg: Config, spec: { linux?: { devices?: unknown[]; resources?: Record<string, unknown> } }, sources?: VfioGroupSources, sys?: string): VfioDevice[] | undefined {
-  if (cfg['hypervisor.qemu'].cold_plug_vfio === 'no-port') return undefined;
   const devices = planBootVfio(spec, sources, sys);
+  if (cfg['hypervisor.qemu'].cold_plug_vfio === 'no-port') return undefined;
   return devices.length ? devices : undefined;
 }

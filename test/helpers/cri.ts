@@ -59,9 +59,11 @@ export interface LinuxContainerSecurityContext {
   readonly_rootfs?: boolean; supplemental_groups?: number[]; no_new_privs?: boolean; run_as_group?: Int64Value;
 }
 export interface ContainerMetadata { name: string; attempt?: number }
+/** A host device in the container: containerd writes it into linux.devices with the host's numbers (and a cgroup rule). */
+export interface Device { container_path: string; host_path: string; permissions?: string }
 export interface ContainerConfig {
   metadata: ContainerMetadata; image: ImageSpec; command?: string[]; args?: string[]; working_dir?: string;
-  envs?: KeyValue[]; mounts?: Mount[]; labels?: Record<string, string>; annotations?: Record<string, string>;
+  envs?: KeyValue[]; mounts?: Mount[]; devices?: Device[]; labels?: Record<string, string>; annotations?: Record<string, string>;
   log_path?: string; stdin?: boolean; stdin_once?: boolean; tty?: boolean;
   linux?: { resources?: LinuxContainerResources; security_context?: LinuxContainerSecurityContext };
 }

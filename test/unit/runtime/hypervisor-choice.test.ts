@@ -49,7 +49,7 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
   it('cold_plug_vfio: the group\'s devices go on QEMU\'s command line as vfio-pci,host=…; the container then names the same ids', () => {
     device(BDF, 7, 'vfio-pci');
     const cfg = defaultConfig();
-    expect(sandboxBootVfio(cfg, vfioSpec(7)), 'default (hotplug): nothing at boot').to.equal(undefined);
+    expect(sandboxBootVfio(cfg, vfioSpec(7), undefined, sys), 'default (hotplug): nothing at boot').to.equal(undefined);
     cfg['hypervisor.qemu'].cold_plug_vfio = 'root-port';
     const boot = sandboxBootVfio(cfg, vfioSpec(7), undefined, sys);
     const id = vfioDeviceId(BDF, 7, 0);
@@ -79,6 +79,7 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
 
   it('a group that does not exist or is not viable is one DeviceError, cold or hot, before anything is attached', () => {
     const cfg = defaultConfig();
+    const hot = defaultConfig();
     cfg['hypervisor.qemu'].cold_plug_vfio = 'bridge-port';
     const check = (f: () => unknown, re: RegExp) => {
       let err: unknown;
@@ -88,6 +89,8 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
     };
     check(() => sandboxBootVfio(cfg, vfioSpec(3), undefined, sys), /^linux\.devices: \/dev\/vfio\/3: IOMMU group 3 does not exist on this host/);
     check(() => planContainerDevices(vfioSpec(3), { sys }), /IOMMU group 3 does not exist/);
+    // Hotplug mode checks the first container's groups before a VM boots too.
+    check(() => sandboxBootVfio(hot, vfioSpec(3), undefined, sys), /IOMMU group 3 does not exist/);
     device(BDF, 5, 'vfio-pci');
     device('0000:65:00.0', 5, 'e1000');
     check(() => sandboxBootVfio(cfg, vfioSpec(5), undefined, sys), /IOMMU group 5 of 0000:65:00\.0 is not viable: 0000:65:00\.0 is bound to e1000/);
