@@ -8,7 +8,6 @@ import { KataError } from '../common/errors';
 import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from './capabilities';
 import type { Hypervisor } from './hypervisor';
 import { QemuHypervisor, type BlockDriver } from './qemu';
-import { BuiltinHypervisor } from './builtin';
 
 export class HypervisorSelectError extends KataError<'unavailable'> {}
 
@@ -45,6 +44,8 @@ export async function selectHypervisor(cfg: HypervisorSettings, requested?: 'aut
     const allow = cfg['hypervisor.builtin'].allow_emulated_kvm || process.env[ALLOW_EMULATED_ENV] === '1';
     const why = builtinRefusal(probe, allow);
     if (why) throw new HypervisorSelectError('unavailable', why);
+    // Loaded only when chosen: the builtin VMM's modules are not on QEMU's start-up path.
+    const { BuiltinHypervisor } = await import('./builtin');
     return { hv: new BuiltinHypervisor({ netTap: cfg['hypervisor.builtin'].net_tap || undefined }), choice, probe };
   }
   const q = cfg['hypervisor.qemu'];

@@ -26,7 +26,8 @@ import type { OciProcess, OciSpec } from '../protocols/oci';
 import { AgentClient } from './agent-client';
 import { policyFromFile, type HostPolicy } from './policy';
 import { POLICY_KERNEL_PARAM } from '../protocols/agent-policy';
-import { serveCtlChannel, type CtlChannel } from './ctl-channel';
+// Loaded when the sandbox is up, not before QEMU starts: it brings grpc-js (~0.1 s to load).
+import type { CtlChannel } from './ctl-channel';
 import { startSandboxMemory } from './sandbox-memory';
 import type { SandboxMemory } from '../resource/memory/service';
 import type { Config } from './config';
@@ -288,6 +289,7 @@ export class Sandbox {
         if (this.opts.hypervisor.addNet) this.netWatch = NetnsWatcher.start(this.opts.netns!, () => void this.resyncNetwork());
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
+      const { serveCtlChannel } = await import('./ctl-channel');
       this.ctl = await serveCtlChannel(this.dir, this.agentClient, { debugConsole: cfg['agent.kata'].debug_console_enabled, resizeVolume: (p, size) => this.resizeDirectVolume(p, size) });
       // Page scanner and balloon, reached by kata-ctl on mem.sock (src/resource/memory).
       this.memory = await startSandboxMemory(this.opts.hypervisor, cfg, this.id, this.dir, vmCfg.memoryMiB, this.agentClient, vmCfg.vcpus);
