@@ -17,11 +17,12 @@
  *
  * How "usable" is seen without counting an exec's start-up: a poller runs
  * in a container (exec'd before the request, it says "go" when running)
- * and exits as soon as the guest has one more virtio block device (or bound
- * virtio-fs device) than when it started, checking sysfs every 10 ms as the
- * agent does (a busy loop would take the single vCPU from the guest
- * kernel's own probe). The time is from the attach call to the host seeing
- * the poller's exit.
+ * and prints "UP <guest uptime>" as soon as the guest has one more virtio
+ * block device (or bound virtio-fs device) than when it started, checking
+ * sysfs every 10 ms as the agent does (a busy loop would take the single
+ * vCPU from the guest kernel's own probe); then it prints the kernel log
+ * and exits. The time is from the attach call to the host reading that
+ * line.
  *
  * Where the time goes: every QMP command is timed (a wrapper around
  * QmpClient.execute, this process only), and for ours the backend records
@@ -42,6 +43,7 @@ import { configureLogging } from '../src/common/log';
 import { defaultConfig } from '../src/runtime/config';
 import { QemuHypervisor, type BlockDriver } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
+import { VhostUserBackend } from '../src/vhost-user/backend';
 import { Sandbox } from '../src/runtime/sandbox';
 import { defaultProcess, defaultSpec } from '../src/runtime/spec';
 import { attachProcess } from '../src/runtime/stdio';
@@ -119,10 +121,17 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
   const count = kind === 'blk' ? 'ls /sys/block | grep -c ^vd' : 'ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c ^virtio';
   const n = p.seq++;
   const execId = `p${n}`;
-  await sb.exec('c', execId, defaultProcess({ args: ['sh', '-c', `n=$(${count}); echo go; until [ "$(${count})" -gt "$n" ]; do usleep 10000; done`] }));
+  // After it saw the device: the guest's clock and kernel log, for the guest-side phases.
+  await sb.exec('c', execId, defaultProcess({ args: ['sh', '-c', `n=$(${count}); echo go; until [ "$(${count})" -gt "$n" ]; do usleep 10000; done; echo UP $(cat /proc/uptime); dmesg | tail -n 40`] }));
   const stream = new PassThrough();
   let seen = '';
-  const started = new Promise<void>((resolve) => stream.on('data', (d) => { seen += d; if (seen.includes('go')) resolve(); }));
+  // The poller prints "UP <guest uptime>" the moment it saw the device: that line's arrival is "usable".
+  let sawAt = 0;
+  const started = new Promise<void>((resolve) => stream.on('data', (d) => {
+    seen += d;
+    if (!sawAt && seen.includes('UP ')) sawAt = performance.now();
+    if (seen.includes('go')) resolve();
+  }));
   const done = attachProcess(sb.agent, 'c', execId, { stdout: stream, stderr: stream, terminal: false }).done;
   done.catch(() => undefined); // awaited below; a failure before that must not crash the run
   await started;
@@ -139,13 +148,32 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
   }
   const returned = performance.now() - t0;
   const st = await done;
-  const plugMs = performance.now() - t0;
-  if (st.status !== 0) throw new Error(`poller failed: ${seen}`);
+  if (st.status !== 0 || !sawAt) throw new Error(`poller failed: ${seen}`);
+  const plugMs = sawAt - t0;
   const phases: Record<string, number> = {};
   for (const c of log) phases[`${c.cmd} (QMP)`] = (phases[`${c.cmd} (QMP)`] ?? 0) + c.ms;
+  // Our own time in the attach: before the first QMP command and between/after them.
+  if (log.length) {
+    phases['= before the first QMP command, ms'] = log[0].start - t0;
+    phases['= attach outside QMP commands, ms'] = returned - log.reduce((a, c) => a + c.ms, 0);
+  }
   phases['attach returned'] = returned;
   const served = kind === 'blk' ? hv.vhostUserDevices?.get('blk', id) : hv.vhostUserDevices?.get('fs', id);
-  if (served && served.backend.activatedAt >= t0) phases['backend activated (guest started the device)'] = served.backend.activatedAt - t0;
+  const be = served?.backend;
+  if (be && be.activatedAt >= t0) {
+    phases['backend activated (guest started the device)'] = be.activatedAt - t0;
+    // vhost-user messages: those in device_add (realize) and those of QEMU's
+    // vhost start after the guest's DRIVER_OK; our handlers' own time in each.
+    const tr = (be.trace ?? []).filter((m) => m.at >= t0 && m.at <= be.activatedAt);
+    const realize = tr.filter((m) => m.at - t0 <= returned);
+    const start = tr.filter((m) => m.at - t0 > returned);
+    if (start.length) phases['vhost start: first message (guest DRIVER_OK)'] = start[0].at - t0;
+    phases['= our handlers in realize, ms'] = realize.reduce((a, m) => a + m.ms, 0);
+    phases['= our handlers in vhost start, ms'] = start.reduce((a, m) => a + m.ms, 0);
+    phases['= vhost-user messages in realize'] = realize.length;
+    phases['= vhost-user messages in vhost start'] = start.length;
+  }
+  Object.assign(phases, guestPhases(seen, dev.pciPath!, kind, plugMs));
   phases['guest sees it'] = plugMs;
   const t1 = performance.now();
   await sb.devices.detach(id, 'bench');
@@ -156,6 +184,34 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
   return { plugMs, unplugMs, load1: os.loadavg()[0], phases };
 }
 
+/**
+ * Guest-side phases from the poller's kernel log, placed on the host's
+ * time line by the guest clock at the moment the poller saw the device
+ * (plugMs; the line's trip to the host is not subtracted): when the PCI
+ * device was found (ACPI hotplug → the guest's PCI rescan) and, for a disk,
+ * when virtio_blk read its capacity (probe, before DRIVER_OK; ours is
+ * activated by QEMU's vhost start after that, and the partition scan that
+ * follows reads through the device).
+ */
+function guestPhases(out: string, pciPath: string, kind: 'blk' | 'fs', plugMs: number): Record<string, number> {
+  const up = /UP ([\d.]+)/.exec(out);
+  if (!up) return {};
+  const now = Number(up[1]);
+  const at = (re: RegExp) => {
+    let last: number | undefined;
+    for (const line of out.split('\n')) { const m = /^\[\s*([\d.]+)\]/.exec(line); if (m && re.test(line)) last = Number(m[1]); }
+    return last === undefined ? undefined : plugMs - (now - last) * 1000;
+  };
+  const r: Record<string, number> = {};
+  const found = at(new RegExp(`pci 0000:00:${pciPath}\\.0: \\[1af4:`));
+  if (found !== undefined) r['guest: PCI device found'] = found;
+  if (kind === 'blk') {
+    const cap = at(/virtio_blk virtio\d+: \[vd[a-z]+\] \d+ 512-byte logical blocks/);
+    if (cap !== undefined) r['guest: virtio_blk read the capacity'] = cap;
+  }
+  return r;
+}
+
 const f0 = (x: number) => x.toFixed(0);
 /** "median (min–max)" of a series. */
 function spread(xs: number[]): string {
@@ -164,6 +220,7 @@ function spread(xs: number[]): string {
 
 async function main(): Promise<void> {
   configureLogging({ level: 'error' });
+  VhostUserBackend.traceNew = true;
   const iterations = Number(process.argv[2] ?? 11);
   if (!Number.isInteger(iterations) || iterations < 1) throw new Error(`iterations "${process.argv[2]}" must be a positive integer`);
   const loadStart = os.loadavg();
@@ -203,7 +260,11 @@ async function main(): Promise<void> {
   process.stdout.write(`${table(rows)}\n\n`);
   // Phase breakdown (ms from the attach call, medians).
   const phaseRows: Array<[string, string, string]> = [['blk phases, ms from the request (median)', 'ours', "QEMU's"]];
-  const names = [...new Set([...O.blk, ...Q.blk].flatMap((s) => Object.keys(s.phases)))];
+  // In time order (median over both sides).
+  const when = (k: string) => median([...O.blk, ...Q.blk].map((x) => x.phases[k]).filter((x): x is number => x !== undefined));
+  // Rows starting "=" are counts and our own time, not moments: they go last.
+  const order = (k: string) => (k.startsWith('=') ? 1e9 : when(k));
+  const names = [...new Set([...O.blk, ...Q.blk].flatMap((s) => Object.keys(s.phases)))].sort((a, b) => order(a) - order(b));
   const ph = (s: Sample[], k: string) => { const xs = s.map((x) => x.phases[k]).filter((x): x is number => x !== undefined); return xs.length ? spread(xs) : '-'; };
   for (const k of names) phaseRows.push([k, ph(O.blk, k), ph(Q.blk, k)]);
   process.stdout.write(`${table(phaseRows)}\n\n`);

@@ -128,6 +128,14 @@ export class VhostUserBackend {
    */
   connectedAt = 0;
   activatedAt = 0;
+  /**
+   * When set (benchmarks), every message handled is appended: arrival
+   * (performance.now()), name, and the time our handler took — to tell
+   * the front end's pace from ours.
+   */
+  trace: Array<{ at: number; req: string; ms: number }> | undefined;
+  /** Backends created while this is true start with a trace (bench/hotplug.ts). */
+  static traceNew = false;
   /** Memory tables accepted (the first, then one per memory hotplug). */
   memoryTables = 0;
 
@@ -142,6 +150,7 @@ export class VhostUserBackend {
 
   constructor(readonly opts: VhostUserBackendOptions) {
     this.device = opts.device;
+    if (VhostUserBackend.traceNew) this.trace = [];
     this.queueCount = opts.queues ?? opts.device.queueMaxSizes.length;
     if (this.queueCount < 1 || this.queueCount > opts.device.queueMaxSizes.length) {
       throw new VhostUserError('config', `queues ${this.queueCount} out of 1..${opts.device.queueMaxSizes.length}`);
@@ -304,6 +313,7 @@ export class VhostUserBackend {
     const name = REQ_NAMES[request] ?? `request ${request}`;
     let reply: Buffer | undefined;
     let ok = true;
+    const at = this.trace ? performance.now() : 0;
     try {
       reply = this.handle(request, payload, fds);
     } catch (err) {
@@ -312,6 +322,7 @@ export class VhostUserBackend {
       // Fds not consumed by a failed handler must not leak.
       for (const fd of fds) try { native().closeFd(fd); } catch { /* consumed */ }
     }
+    this.trace?.push({ at, req: name, ms: performance.now() - at });
     if (this.connFd < 0) return;
     if (HAS_REPLY.has(request)) {
       // The front end blocks for this reply: answer even on failure (an
