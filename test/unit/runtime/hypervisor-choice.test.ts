@@ -15,7 +15,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { sandboxBootVfio } from '../../../src/runtime/hypervisor-choice';
 import { defaultConfig, parseConfig, ConfigError } from '../../../src/runtime/config';
-import { planContainerDevices, vfioDeviceId, deviceDiskId } from '../../../src/resource/devices/container-devices';
+import { planContainerDevices, vfioDeviceId, deviceDiskId, hostDevicePath } from '../../../src/resource/devices/container-devices';
 import { DeviceError } from '../../../src/resource/devices/device-manager';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
 import { vfioDeviceAdd } from '../../../src/hypervisor/vfio-host';
@@ -116,6 +116,15 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
     expect(plan.disks).to.deep.equal([{ kind: 'blk', id: deviceDiskId(loop!), path: loop, readonly: false }]);
     expect(plan.devices[0].container_path).to.equal('/dev/xvdb');
     expect(spec.linux.resources.devices).to.deep.equal([{ allow: true, type: 'b', major: n.major, minor: n.minor, access: 'rwm' }]);
+    // The lookup itself: sysfs's DEVNAME, checked against the node's numbers; nothing outside /dev.
+    expect(hostDevicePath('block', n.major, n.minor)).to.equal(loop);
+    expect(hostDevicePath('char', 1, 3)).to.equal('/dev/null');
+    fs.mkdirSync(path.join(sys, 'dev/char/1:3'), { recursive: true });
+    fs.writeFileSync(path.join(sys, 'dev/char/1:3/uevent'), 'MAJOR=1\nMINOR=3\nDEVNAME=../etc/passwd\n');
+    expect(hostDevicePath('char', 1, 3, sys)).to.equal(undefined);
+    fs.writeFileSync(path.join(sys, 'dev/char/1:3/uevent'), 'MAJOR=1\nMINOR=3\nDEVNAME=zero\n');
+    expect(hostDevicePath('char', 1, 3, sys), '/dev/zero is 1:5, not 1:3').to.equal(undefined);
+    expect(hostDevicePath('block', '7', 0)).to.equal(undefined);
     // Numbers that name no host device and a path that does not exist: one error naming both.
     expect(() => planContainerDevices({ linux: { devices: [{ path: '/dev/xvdz-none', type: 'b', major: 7, minor: 1048575 }] } })).to.throw(DeviceError, /does not exist on the host and no host block device is 7:1048575/);
   });
