@@ -1,6 +1,11 @@
 /**
  * LZ4 block format (lz4/doc/lz4_Block_format.md): decompress (hot) and a
- * greedy single-pass compressor. Pure functions over linear memory; no
+ * greedy single-pass compressor following LZ4_compress_generic (lz4.c,
+ * acceleration 1, byU32 table): a 4096-entry hash table of 5-byte
+ * sequences (LZ4_hash5; the table stays in L1), the skip step that grows
+ * every 64 misses (LZ4_skipTrigger), the "test the next position" shortcut
+ * after each match, 16-byte wild literal copies where both buffers have
+ * room. Image conversion (src/image/chunker.ts) spends most of its CPU here. Pure functions over linear memory; no
  * static data, no allocation, no traps on hostile input.
  *
  * A block is a series of sequences:
@@ -26,7 +31,8 @@
  *   workspaceSize() → u32       bytes of the `work` table compress() needs.
  *   compress(src, srcLen, dst, dstCap, work) → i32
  *       Compresses into one block; returns its size or ERR_OUTPUT_OVERFLOW
- *       when dstCap is too small. `work` is workspaceSize() bytes, 4-byte
+ *       when dstCap is too small (a dstCap under srcLen makes this the
+ *       caller's "does not compress" test). `work` is workspaceSize() bytes, 4-byte
  *       aligned, cleared on every call so output depends only on input.
  *       Output obeys the end-of-block rules (last match starts ≥ 12 bytes
  *       before the end, last 5 bytes are literals) so every LZ4 decoder,
@@ -50,7 +56,7 @@ const LASTLITERALS: u32 = 5;
 /** The last match starts at least 12 bytes before the end of the block. */
 const MFLIMIT: u32 = 12;
 const MAX_DISTANCE: u32 = 65535;
-const HASH_LOG: u32 = 14;
+const HASH_LOG: u32 = 12;
 const HASH_ENTRIES: u32 = 1 << HASH_LOG;
 /** Slack the decoder's wide copies need inside both buffers. */
 const WILD: usize = 32;
@@ -232,8 +238,9 @@ export function workspaceSize(): u32 {
 }
 
 // @ts-ignore: decorator
-@inline function hash4(v: u32): u32 {
-  return (v * 2654435761) >> (32 - HASH_LOG);
+@inline function hashAt(p: usize): usize {
+  // LZ4_hash5 (little endian): 5 bytes of a u64 read, multiplicative hash.
+  return <usize>(((load<u64>(p) << 24) * 889523592379) >> (64 - HASH_LOG)) << 2;
 }
 
 // @ts-ignore: decorator
@@ -248,96 +255,142 @@ export function workspaceSize(): u32 {
   return op + 1;
 }
 
+// @ts-ignore: decorator
+@inline function copyLiterals(op: usize, ip: usize, n: usize, wildOk: bool): void {
+  // 16-byte wild copies when both sides have room past the run, else memmove.
+  if (wildOk) {
+    const end = op + n;
+    do {
+      v128.store(op, v128.load(ip));
+      op += 16;
+      ip += 16;
+    } while (op < end);
+  } else {
+    memory.copy(op, ip, n);
+  }
+}
+
 export function compress(src: usize, srcLen: u32, dst: usize, dstCap: u32, work: usize): i32 {
   const oend = dst + <usize>dstCap;
-  if (src + <usize>srcLen < src || oend < dst) return ERR_ARGS;
+  const iend = src + <usize>srcLen;
+  if (iend < src || oend < dst) return ERR_ARGS;
   memory.fill(work, 0, HASH_ENTRIES * 4);
   let op = dst;
-  let anchor: u32 = 0;
+  let anchor = src;
 
   if (srcLen >= MFLIMIT + 1) {
-    const mflimit = srcLen - MFLIMIT; // a match may start at pos ≤ mflimit
-    const matchlimit = srcLen - LASTLITERALS; // and end at ≤ matchlimit
-    let pos: u32 = 1;
-    store<u32>(work + (<usize>hash4(load<u32>(src)) << 2), 0);
-    while (pos <= mflimit) {
-      // Find a 4-byte match; skip faster the longer nothing matches.
-      let cand: u32 = 0;
-      let found = false;
+    // A match may start at ≤ mflimit and end at ≤ matchlimit; 8-byte reads
+    // for hashing stay below iend (mflimit + 8 ≤ iend − 4).
+    const mflimit = iend - MFLIMIT;
+    const matchlimit = iend - LASTLITERALS;
+    // Wild (16-byte) literal copies need 16 bytes of room after the run.
+    const iWild = iend - 16;
+    const oWild: usize = dstCap >= 32 ? oend - 32 : dst;
+    let ip = src;
+    store<u32>(work + hashAt(ip), 0);
+    ip++;
+    let fh = hashAt(ip);
+    let ended = false;
+    while (true) {
+      // Find a 4-byte match; the step grows by one every 64 misses (LZ4's
+      // skip trigger), so incompressible data is crossed quickly.
+      let match: usize = 0;
+      let fwd = ip;
       let attempts: u32 = 1 << 6;
-      while (pos <= mflimit) {
-        const seq = load<u32>(src + pos);
-        const slot = work + (<usize>hash4(seq) << 2);
-        cand = load<u32>(slot);
-        store<u32>(slot, pos);
-        if (cand < pos && pos - cand <= MAX_DISTANCE && load<u32>(src + cand) == seq) {
-          found = true;
-          break;
-        }
-        pos += attempts >> 6;
+      let step: usize = 1;
+      do {
+        const h = fh;
+        ip = fwd;
+        fwd += step;
+        step = <usize>(attempts >> 6);
         attempts++;
-      }
-      if (!found) break;
-      // Extend backwards over pending literals.
-      while (pos > anchor && cand > 0 && load<u8>(src + pos - 1) == load<u8>(src + cand - 1)) {
-        pos--;
-        cand--;
-      }
-      // Extend forwards, 8 bytes at a time.
-      let a = pos + MINMATCH;
-      let b = cand + MINMATCH;
-      let ended = false;
-      while (a + 8 <= matchlimit) {
-        const diff = load<u64>(src + a) ^ load<u64>(src + b);
-        if (diff != 0) {
-          a += <u32>ctz(diff) >> 3;
+        if (fwd > mflimit) {
           ended = true;
           break;
         }
-        a += 8;
-        b += 8;
+        match = src + <usize>load<u32>(work + h);
+        fh = hashAt(fwd);
+        store<u32>(work + h, <u32>(ip - src));
+      } while (match + MAX_DISTANCE < ip || load<u32>(match) != load<u32>(ip));
+      if (ended) break;
+
+      // Extend backwards over pending literals.
+      while (ip > anchor && match > src && load<u8>(ip - 1) == load<u8>(match - 1)) {
+        ip--;
+        match--;
       }
-      if (!ended) {
-        while (a < matchlimit && load<u8>(src + a) == load<u8>(src + b)) {
-          a++;
-          b++;
-        }
-      }
-      if (a > matchlimit) a = matchlimit;
-      const ml = a - pos;
-      const ll = pos - anchor;
-      // Worst case for this sequence: token, literal length bytes, literals,
-      // offset, match length bytes.
-      if (<usize>(1 + ll / 255 + 1 + ll + 2 + (ml - MINMATCH) / 255 + 1) > oend - op) return ERR_OUTPUT_OVERFLOW;
-      const tokenAt = op;
+      // Literals of this sequence.
+      const ll = <u32>(ip - anchor);
+      if (<usize>(1 + ll / 255 + 1 + ll + 2 + 1 + LASTLITERALS) > oend - op) return ERR_OUTPUT_OVERFLOW;
+      let tokenAt = op;
       op++;
-      let token: u32;
       if (ll >= 15) {
-        token = 15 << 4;
+        store<u8>(tokenAt, 15 << 4);
         op = writeLength(op, ll - 15);
       } else {
-        token = ll << 4;
+        store<u8>(tokenAt, <u8>(ll << 4));
       }
-      memory.copy(op, src + anchor, ll);
+      copyLiterals(op, anchor, ll, anchor + <usize>ll <= iWild && op + <usize>ll <= oWild);
       op += ll;
-      store<u16>(op, <u16>(pos - cand));
-      op += 2;
-      if (ml - MINMATCH >= 15) {
-        token |= 15;
-        op = writeLength(op, ml - MINMATCH - 15);
-      } else {
-        token |= ml - MINMATCH;
+
+      while (true) {
+        // Offset, then the match's length: 8 bytes at a time.
+        store<u16>(op, <u16>(ip - match));
+        op += 2;
+        let a = ip + MINMATCH;
+        let b = match + MINMATCH;
+        while (true) {
+          if (a + 8 > matchlimit) {
+            while (a < matchlimit && load<u8>(a) == load<u8>(b)) {
+              a++;
+              b++;
+            }
+            break;
+          }
+          const diff = load<u64>(a) ^ load<u64>(b);
+          if (diff != 0) {
+            a += <usize>(ctz(diff) >> 3);
+            break;
+          }
+          a += 8;
+          b += 8;
+        }
+        const mlx = <u32>(a - ip) - MINMATCH;
+        if (<usize>(mlx / 255 + 1 + LASTLITERALS) > oend - op) return ERR_OUTPUT_OVERFLOW;
+        if (mlx >= 15) {
+          store<u8>(tokenAt, load<u8>(tokenAt) | 15);
+          op = writeLength(op, mlx - 15);
+        } else {
+          store<u8>(tokenAt, load<u8>(tokenAt) | <u8>mlx);
+        }
+        ip = a;
+        anchor = ip;
+        if (ip > mflimit) {
+          ended = true;
+          break;
+        }
+        // Seed the table with the position before, as LZ4 does, then test
+        // the next position at once: runs of matches need no search.
+        store<u32>(work + hashAt(ip - 2), <u32>(ip - 2 - src));
+        const h = hashAt(ip);
+        match = src + <usize>load<u32>(work + h);
+        store<u32>(work + h, <u32>(ip - src));
+        if (match + MAX_DISTANCE >= ip && load<u32>(match) == load<u32>(ip)) {
+          if (<usize>(1 + 2 + 1 + LASTLITERALS) > oend - op) return ERR_OUTPUT_OVERFLOW;
+          tokenAt = op;
+          store<u8>(op, 0);
+          op++;
+          continue;
+        }
+        break;
       }
-      store<u8>(tokenAt, <u8>token);
-      pos = a;
-      anchor = pos;
-      if (pos > mflimit) break;
-      // Seed the table with the position just before, as LZ4 does.
-      store<u32>(work + (<usize>hash4(load<u32>(src + pos - 2)) << 2), pos - 2);
+      if (ended) break;
+      ip++;
+      fh = hashAt(ip);
     }
   }
   // Last literals.
-  const ll = srcLen - anchor;
+  const ll = <u32>(iend - anchor);
   if (<usize>(1 + ll / 255 + 1 + ll) > oend - op) return ERR_OUTPUT_OVERFLOW;
   if (ll >= 15) {
     store<u8>(op, 15 << 4);
@@ -346,7 +399,7 @@ export function compress(src: usize, srcLen: u32, dst: usize, dstCap: u32, work:
     store<u8>(op, <u8>(ll << 4));
     op++;
   }
-  memory.copy(op, src + anchor, ll);
+  memory.copy(op, anchor, ll);
   op += ll;
   return <i32>(op - dst);
 }

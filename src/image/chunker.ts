@@ -10,18 +10,20 @@
  * blob of the layer its file came from. Blobs are written to temp files in
  * the image's temp directory and named by their sha256 when finished.
  *
- * addFile() hashes and assigns slots at once (dedup decisions are
- * sequential); the new chunks are compressed afterwards by store(), in a
- * pool of worker threads (lz4-worker.ts), and written in slot order, so the
- * blobs do not depend on which worker finished first.
+ * addFile() hashes (Node's native sha256, once per chunk) and assigns slots
+ * at once (dedup decisions are sequential) and hands each new chunk to the
+ * compression pool (compress-pool.ts) straight away, so the workers
+ * compress while this thread goes on parsing and hashing; pump() and
+ * store() write the finished chunks in slot order, so the blobs do not
+ * depend on which worker finished first. Without a pool (or with
+ * compression off) chunks are compressed on this thread when written.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { Lz4 } from '../hot/lz4';
 import { CHUNK_FLAG_LZ4, type ChunkSlot, type ChunkTable } from './chunk-table';
+import type { CompressPool } from './compress-pool';
 import type { Inode } from './layers';
 import type { StoredChunk } from './store';
 
@@ -53,20 +55,28 @@ export interface ChunkerResult {
   newBlobBytes: number;
 }
 
+/** A new chunk on its way to its blob: slot, bytes, layer, compression job. */
+interface Queued { k: number; chunk: Buffer; layer: number; job: Promise<Uint8Array | null> | null }
+
+/** Jobs in flight per worker before addFile's caller must pump(). */
+const WINDOW_PER_WORKER = 6;
+
 export class Chunker {
   private readonly slots: PendingSlot[] = [];
   private readonly slotOf = new Map<string, number>();
   private readonly blobs = new Map<number, LayerBlob>();
-  private readonly lz4: Lz4;
-  /** New chunks waiting for store(): slot index, bytes, layer. */
-  private readonly pending: { k: number; chunk: Buffer; layer: number }[] = [];
+  private lz4: Lz4 | null = null;
+  /** New chunks not yet written, in slot order. */
+  private readonly queue: Queued[] = [];
+  private head = 0;
   private newChunks = 0;
   /** Uncompressed bytes chunked so far (progress). */
   bytesDone = 0;
+  /** Uncompressed bytes of new chunks written so far (progress). */
+  bytesStored = 0;
 
-  constructor(private readonly chunkSize: number, private readonly index: Map<string, StoredChunk>, private readonly tmpDir: string, private readonly compress = true) {
-    this.lz4 = new Lz4({ maxBlockBytes: chunkSize });
-  }
+  constructor(private readonly chunkSize: number, private readonly index: Map<string, StoredChunk>, private readonly tmpDir: string,
+    private readonly compress = true, private readonly pool: CompressPool | null = null) {}
 
   /** Chunks one file; returns the device-1 slot of each of its chunks. */
   addFile(n: Inode): number[] {
@@ -91,14 +101,17 @@ export class Chunker {
       return k;
     }
     this.slots.push({ sha256: sha, where: { layer }, offset: 0, storedSize: chunk.length, size: chunk.length, flags: 0 });
-    this.pending.push({ k, chunk, layer });
+    const job = this.compress && this.pool ? this.pool.compress(chunk) : null;
+    this.queue.push({ k, chunk, layer, job });
     this.newChunks++;
     return k;
   }
 
-  /** Uncompressed bytes of the new chunks store() will write. */
+  /** Uncompressed bytes of the new chunks not written yet. */
   pendingBytes(): number {
-    return this.pending.reduce((a, p) => a + p.chunk.length, 0);
+    let n = 0;
+    for (let i = this.head; i < this.queue.length; i++) n += this.queue[i].chunk.length;
+    return n;
   }
 
   /** Appends slot k's stored bytes to its layer's blob. */
@@ -114,59 +127,39 @@ export class Chunker {
     b.size += bytes.length;
   }
 
+  /** Compresses a chunk on this thread (no pool); null when it does not shrink. */
+  private compressHere(chunk: Buffer): Uint8Array | null {
+    if (!this.compress) return null;
+    this.lz4 ??= new Lz4({ maxBlockBytes: this.chunkSize });
+    const c = this.lz4.compressBlock(chunk);
+    return c.length < chunk.length ? c : null;
+  }
+
+  /** Writes the next queued chunk (waiting for its compression). */
+  private async writeNext(): Promise<void> {
+    const q = this.queue[this.head];
+    const c = q.job ? await q.job : this.compressHere(q.chunk);
+    this.write(q.k, q.chunk, c, q.layer);
+    this.queue[this.head++] = undefined as unknown as Queued; // let the bytes go
+    this.bytesStored += q.chunk.length;
+  }
+
   /**
-   * Compresses (when enabled) and writes every new chunk, in slot order.
-   * `workers`: threads to compress in (default: one per core, at most 4;
-   * 0 compresses on this thread). `onChunk` reports progress.
+   * Writes finished chunks while more than the pool's window are in flight,
+   * so the workers never run dry and results do not pile up. Cheap to call
+   * after every file; a no-op without a pool.
    */
-  async store(workers = Math.min(4, os.cpus().length), onChunk: (bytes: number) => void = () => undefined): Promise<void> {
-    const list = this.pending.splice(0);
-    if (!this.compress || workers <= 1 || list.length < 4) {
-      for (const p of list) {
-        let c: Buffer | null = null;
-        if (this.compress) { const x = this.lz4.compressBlock(p.chunk); if (x.length < p.chunk.length) c = x; }
-        this.write(p.k, p.chunk, c, p.layer);
-        onChunk(p.chunk.length);
-      }
-      return;
-    }
-    const pool = Array.from({ length: workers }, () => new Worker(path.join(__dirname, 'lz4-worker.js'), { workerData: { chunkSize: this.chunkSize } }));
-    try {
-      await new Promise<void>((resolve, reject) => {
-        const done = new Map<number, Uint8Array | null>();
-        let next = 0; let sent = 0; let failed = false;
-        const window = workers * 3;
-        const fail = (e: unknown): void => { if (!failed) { failed = true; reject(e); } };
-        const flush = (): void => {
-          while (next < list.length && done.has(next)) {
-            const p = list[next];
-            try { this.write(p.k, p.chunk, done.get(next)!, p.layer); } catch (e) { fail(e); return; }
-            done.delete(next);
-            onChunk(p.chunk.length);
-            next++;
-          }
-          if (next === list.length) resolve();
-        };
-        const send = (w: Worker): void => {
-          if (failed || sent >= list.length || sent - next >= window) return;
-          const id = sent++;
-          const copy = new Uint8Array(list[id].chunk); // own buffer: transfer only this chunk
-          w.postMessage({ id, chunk: copy }, [copy.buffer]);
-        };
-        for (const w of pool) {
-          w.on('message', (m: { id: number; data: Uint8Array | null }) => {
-            done.set(m.id, m.data ? Buffer.from(m.data.buffer, m.data.byteOffset, m.data.length) : null);
-            flush();
-            for (const x of pool) send(x);
-          });
-          w.on('error', fail);
-          w.on('exit', (code) => { if (code !== 0) fail(new Error(`lz4 worker exited with ${code}`)); });
-        }
-        for (let i = 0; i < window; i++) send(pool[i % workers]);
-        flush();
-      });
-    } finally {
-      await Promise.all(pool.map((w) => w.terminate()));
+  async pump(): Promise<void> {
+    if (!this.pool) return;
+    const window = WINDOW_PER_WORKER * this.pool.size;
+    while (this.queue.length - this.head > window) await this.writeNext();
+  }
+
+  /** Compresses (when enabled) and writes every remaining new chunk, in slot order. */
+  async store(onChunk: (bytes: number) => void = () => undefined): Promise<void> {
+    while (this.head < this.queue.length) {
+      await this.writeNext();
+      onChunk(this.bytesStored);
     }
   }
 

@@ -10,14 +10,16 @@
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { KataError } from '../common/errors';
 import { checkChunkSize, DEFAULT_CHUNK_SIZE, encodeChunkTable } from './chunk-table';
 import { Chunker } from './chunker';
+import { CompressPool } from './compress-pool';
 import { DEFAULT_INLINE_MAX, fileIsInline, writeErofs } from './erofs-writer';
 import { LayerTree, type Inode } from './layers';
-import { layerCompression, openSource, type ContainerdOptions, type ResolvedImage } from './oci-source';
+import { layerCompression, OciSourceError, openSource, toShared, type ContainerdOptions, type ResolvedImage } from './oci-source';
 import { Progress } from './progress';
 import {
   abortImage, appendChunkIndex, beginImage, blobPath, commitBlob, commitImage, DEFAULT_STORE_DIR, imageDir, imageIdHex,
@@ -39,7 +41,11 @@ export interface ConvertOptions {
   compress?: boolean;
   inlineMax?: number;
   containerd?: ContainerdOptions;
-  /** Threads compressing chunks (default one per core, at most 4; 0 or 1: this thread). */
+  /**
+   * Worker threads compressing chunks and checking layer digests while this
+   * thread parses and hashes (default: cores − 1, at least 1, at most 4;
+   * 0: everything on this thread).
+   */
   workers?: number;
   /** Show a progress line on a terminal (default true). */
   progress?: boolean;
@@ -51,7 +57,18 @@ export interface ConvertResult {
   record: ImageRecord;
   /** Store-relative paths of what this conversion wrote. */
   metaPath: string;
+  /** Wall milliseconds per stage (absent on a cache hit); bench/image-convert.ts prints them. */
+  timings?: ConvertTimings;
 }
+
+/**
+ * tree: read layers + parse tar + apply; chunk: sha256 per chunk and
+ * handing new ones to the workers (with the writes pump() did meanwhile);
+ * drain: waiting for the last compressions and writing them; verify:
+ * waiting for the layer digest checks; meta: chunk table + EROFS metadata;
+ * commit: fsync of blobs and metadata, renames, chunk index.
+ */
+export interface ConvertTimings { tree: number; chunk: number; drain: number; verify: number; meta: number; commit: number }
 
 /**
  * Decompresses a layer by its media type and checks it against its diff_id.
@@ -83,6 +100,64 @@ export function buildTree(img: ResolvedImage, onLayer: (bytes: number) => void =
     onLayer(l.size);
   });
   return tree;
+}
+
+/** Default worker count: this thread is busy too (tar, sha256, writes). */
+export function defaultWorkers(): number {
+  return Math.max(1, Math.min(4, os.cpus().length - 1));
+}
+
+function gunzipLayer(raw: Buffer, what: string): Buffer {
+  try { return zlib.gunzipSync(raw, { maxOutputLength: MAX_LAYER_BYTES }); } catch (e) {
+    throw new ConvertError('layer', `${what}: gzip stream is corrupt or over ${MAX_LAYER_BYTES} bytes (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/**
+ * buildTree with the digest checks in the pool's workers: each layer's
+ * sha256 (and its diff_id's, for a gzip layer) is computed by a worker
+ * while this thread parses the same bytes. The returned promise settles
+ * when every check has passed; the caller must await it before
+ * registering anything. A parse error is reported as the digest error
+ * when the bytes were not the layer's (the root cause).
+ */
+export function buildTreeChecked(img: ResolvedImage, pool: CompressPool, onLayer: (bytes: number) => void = () => undefined): { tree: LayerTree; checked: Promise<void> } {
+  const tree = new LayerTree();
+  const checks: Promise<void>[] = [];
+  const expect = (sha: Promise<string>, want: string, fail: (got: string) => Error): void => {
+    const p = sha.then((hex) => { if (`sha256:${hex}` !== want) throw fail(`sha256:${hex}`); });
+    p.catch(() => undefined);
+    checks.push(p);
+  };
+  const checked = (): Promise<void> => Promise.all(checks).then(() => undefined);
+  try {
+    img.layers.forEach((l, i) => {
+      const what = `layer ${i} (${l.digest.slice(0, 19)})`;
+      const diffId = img.config.rootfs?.diff_ids?.[i];
+      const c = layerCompression(l.mediaType);
+      if (c === 'zstd') throw new ConvertError('unsupported', `${what}: zstd layers are not supported (Node 20's zlib has no zstd decoder)`);
+      const raw = img.readLayerUnverified(i);
+      const rawSha = pool.sha256(raw);
+      expect(rawSha, l.digest, (got) => new OciSourceError('digest', `${what}: blob content is ${got}, expected ${l.digest}`));
+      let tar = raw;
+      let tarSha = rawSha;
+      if (c === 'gzip') {
+        tar = toShared(gunzipLayer(raw, what));
+        if (diffId !== undefined) tarSha = pool.sha256(tar);
+      }
+      if (diffId !== undefined && (c === 'gzip' || diffId !== l.digest)) {
+        expect(tarSha, diffId, (got) => new ConvertError('layer', `${what}: uncompressed content is ${got}, the config's diff_id says ${diffId}`));
+      }
+      tree.apply(parseTar(tar, what), i, what);
+      onLayer(l.size);
+    });
+  } catch (e) {
+    // Bytes that are not the layer's explain any parse error they cause.
+    const failed = checked().then(() => { throw e; });
+    failed.catch(() => undefined);
+    return { tree, checked: failed };
+  }
+  return { tree, checked: checked() };
 }
 
 /** Unique chunk-based files in the writer's order (breadth-first, byte-sorted names). */
@@ -125,25 +200,41 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
     if (again) return again;
     const tmp = beginImage(store);
     const index = loadChunkIndex(store);
-    const chunker = new Chunker(chunkSize, index, tmp, opts.compress ?? true);
+    const workers = opts.workers ?? defaultWorkers();
+    const pool = workers > 0 ? new CompressPool(workers, chunkSize) : null;
+    const chunker = new Chunker(chunkSize, index, tmp, opts.compress ?? true, pool);
     const showProgress = opts.progress ?? true;
+    let mark = performance.now();
+    const lap = (): number => { const now = performance.now(); const d = now - mark; mark = now; return Math.round(d); };
     try {
       const layerBytes = img.layers.reduce((a, l) => a + l.size, 0);
       const p1 = showProgress ? new Progress('unpacking layers', layerBytes) : null;
       let done = 0;
-      const tree = buildTree(img, (n) => { done += n; p1?.update(done); });
+      const onLayer = (n: number): void => { done += n; p1?.update(done); };
+      let tree: LayerTree;
+      let checked: Promise<void> = Promise.resolve();
+      if (pool) ({ tree, checked } = buildTreeChecked(img, pool, onLayer)); else tree = buildTree(img, onLayer);
       p1?.done();
+      const tTree = lap();
       const files = chunkedFiles(tree.root, inlineMax);
       const total = files.reduce((a, f) => a + f.data.length, 0);
-      const p2 = showProgress ? new Progress('hashing chunks', total) : null;
+      const p2 = showProgress ? new Progress('chunking and compressing', total) : null;
       const slots = new Map<Inode, number[]>();
-      for (const f of files) { slots.set(f, chunker.addFile(f)); p2?.update(chunker.bytesDone); }
+      for (const f of files) {
+        slots.set(f, chunker.addFile(f));
+        await chunker.pump();
+        p2?.update(chunker.bytesDone);
+      }
       p2?.done();
+      const tChunk = lap();
       const newBytes = chunker.pendingBytes();
-      const p3 = showProgress ? new Progress('compressing new chunks', newBytes) : null;
-      let stored = 0;
-      await chunker.store(opts.workers, (n) => { stored += n; p3?.update(stored); });
+      const p3 = showProgress && newBytes > 0 ? new Progress('writing new chunks', newBytes) : null;
+      const before = chunker.bytesStored;
+      await chunker.store((n) => p3?.update(n - before));
       p3?.done();
+      const tDrain = lap();
+      await checked;
+      const tVerify = lap();
       const res = chunker.finish((d) => fs.statSync(blobPath(store, d)).size);
       const table = encodeChunkTable(res.table);
       const deviceTag = crypto.createHash('sha256').update(table).digest('hex');
@@ -153,6 +244,7 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
         deviceBlocks: (res.table.slots.length * chunkSize) / 4096, deviceTag,
         uuid: Buffer.from(hex.slice(0, 32), 'hex'),
       });
+      const tMeta = lap();
       writeFileSynced(path.join(tmp, 'chunks.bin'), table);
       writeFileSynced(path.join(tmp, 'meta.erofs'), meta.image);
       const record: ImageRecord = {
@@ -166,11 +258,14 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       for (const b of res.newBlobs) commitBlob(store, b.tmp, b.digest);
       commitImage(store, tmp, hex);
       appendChunkIndex(store, res.newIndex);
-      return { id: img.id, cached: false, record, metaPath: path.join('images', hex, 'meta.erofs') };
+      const timings = { tree: tTree, chunk: tChunk, drain: tDrain, verify: tVerify, meta: tMeta, commit: lap() };
+      return { id: img.id, cached: false, record, metaPath: path.join('images', hex, 'meta.erofs'), timings };
     } catch (e) {
       chunker.close();
       abortImage(tmp);
       throw e;
+    } finally {
+      await pool?.close();
     }
   });
 }

@@ -71,7 +71,17 @@ export interface ResolvedImage {
   layers: Descriptor[];
   /** Verified bytes of a layer blob (as stored: compressed or not). */
   readLayer(i: number): Buffer;
+  /**
+   * The same bytes with only their size checked, in a SharedArrayBuffer
+   * (the converter's workers read them in place); the caller must check
+   * their sha256 against the layer's digest before using what it made of
+   * them (convert.ts does it in a worker while parsing).
+   */
+  readLayerUnverified(i: number): Buffer;
 }
+
+/** Reads a blob with its size checked only (see readLayerUnverified). */
+type RawFetch = (digest: string, size: number, what: string) => Buffer;
 
 /** Reads a blob by digest; verifies sha256 and (when known) size. */
 type BlobFetch = (digest: string, size: number | null, what: string) => Buffer;
@@ -108,7 +118,7 @@ function checkDescriptor(d: unknown, what: string): Descriptor {
 }
 
 /** Follows an index/manifest from a descriptor down to one image manifest. */
-function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], what: string): ResolvedImage {
+function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], what: string, rawFetch?: RawFetch): ResolvedImage {
   for (let depth = 0; depth < 4; depth++) {
     const raw = fetch(desc.digest, desc.size, `${what}: manifest`);
     const m = parseJson<{ mediaType?: string; manifests?: unknown[]; config?: unknown; layers?: unknown[] }>(raw, `${what}: manifest ${desc.digest}`);
@@ -131,13 +141,20 @@ function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], wha
     return {
       id: desc.digest, references: refs, config, layers,
       readLayer: (i) => fetch(layers[i].digest, layers[i].size, `${what}: layer ${i}`),
+      readLayerUnverified: (i) => {
+        const w = `${what}: layer ${i}`;
+        if (!rawFetch) return toShared(fetch(layers[i].digest, layers[i].size, w));
+        const b = rawFetch(layers[i].digest, layers[i].size, w);
+        if (b.length !== layers[i].size) throw new OciSourceError('digest', `${w}: blob ${layers[i].digest} is ${b.length} bytes, its descriptor says ${layers[i].size}`);
+        return b;
+      },
     };
   }
   throw new OciSourceError('manifest', `${what}: image indexes nested too deep`);
 }
 
 /** An OCI layout held as files (directory) or as tar entries (oci-archive). */
-function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, source: string): ResolvedImage {
+function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, source: string, readShared?: (rel: string) => Buffer | null): ResolvedImage {
   const layoutFile = read('oci-layout');
   if (!layoutFile) throw new OciSourceError('not-found', `${source}: no oci-layout file (not an OCI image layout)`);
   const idx = parseJson<{ manifests?: unknown[] }>(read('index.json') ?? Buffer.from('null'), `${source}: index.json`);
@@ -154,9 +171,48 @@ function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, so
     desc = list[0];
   }
   const fetch: BlobFetch = (digest, size, what) => checkedBlob(read(`blobs/sha256/${hexOf(digest, what)}`), digest, size, what);
+  const raw: RawFetch | undefined = readShared && ((digest, size, what) => present(readShared(`blobs/sha256/${hexOf(digest, what)}`), digest, what));
   const ref = refName(desc);
-  return resolveManifest(fetch, desc, ref ? [source, ref] : [source], source);
+  return resolveManifest(fetch, desc, ref ? [source, ref] : [source], source, raw);
 }
+
+function present(b: Buffer | null, digest: string, what: string): Buffer {
+  if (b === null) throw new OciSourceError('not-found', `${what}: blob ${digest} is missing`);
+  return b;
+}
+
+/** `b` itself when it lies in a SharedArrayBuffer, else a shared copy. */
+export function toShared(b: Buffer): Buffer {
+  if (b.buffer instanceof SharedArrayBuffer) return b;
+  const s = Buffer.from(new SharedArrayBuffer(b.length));
+  b.copy(s);
+  return s;
+}
+
+/** A whole file read into a SharedArrayBuffer (null if it does not exist). */
+export function readShared(p: string): Buffer | null {
+  let fd: number;
+  try { fd = fs.openSync(p, 'r'); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw e;
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) return null;
+    const size = st.size;
+    if (size > MAX_SHARED_READ) throw new OciSourceError('digest', `${p}: ${size} bytes, more than the ${MAX_SHARED_READ} one layer may hold`);
+    const b = Buffer.from(new SharedArrayBuffer(size));
+    for (let o = 0; o < size;) {
+      const n = fs.readSync(fd, b, o, Math.min(size - o, 1 << 30), o);
+      if (n === 0) throw new OciSourceError('digest', `${p}: file shrank while being read (${o} of ${size} bytes)`);
+      o += n;
+    }
+    return b;
+  } finally { fs.closeSync(fd); }
+}
+
+/** Largest blob readShared takes (one SharedArrayBuffer; see README limits). */
+const MAX_SHARED_READ = 2 ** 31;
 
 function readIfFile(p: string): Buffer | null {
   try { return fs.readFileSync(p); } catch (e) {
@@ -209,7 +265,8 @@ function fromArchive(file: string, tag: string | null, source: string): Resolved
   const files = new Map<string, Buffer>();
   const links: [string, string][] = [];
   const norm = (p: string): string => path.posix.normalize(p.replace(/^\.?\/+/, ''));
-  for (const ent of parseTar(fs.readFileSync(file), source)) {
+  // Shared, so the layers (subarrays of it) reach the converter's workers uncopied.
+  for (const ent of parseTar(readShared(file) ?? fs.readFileSync(file), source)) {
     if (ent.type === 'file') files.set(norm(ent.path), ent.data);
     // docker save writes <id>/layer.tar as a symlink to the layer file.
     else if (ent.type === 'symlink') links.push([norm(ent.path), norm(path.posix.join(path.posix.dirname(norm(ent.path)), ent.linkname))]);
@@ -241,9 +298,10 @@ function fromContainerd(ref: string, source: string, o: ContainerdOptions): Reso
   const [, mediaType, digest] = hit;
   const dir = path.join(o.contentDir ?? DEFAULT_CONTAINERD_CONTENT, 'blobs', 'sha256');
   const fetch: BlobFetch = (d, size, what) => checkedBlob(readIfFile(path.join(dir, hexOf(d, what))), d, size, what);
+  const rawLayer: RawFetch = (d, _size, what) => present(readShared(path.join(dir, hexOf(d, what))), d, what);
   // ctr prints the size humanised; the digest check covers the manifest's bytes.
-  const raw = fetch(digest, null, `${source}: manifest`);
-  return resolveManifest(fetch, { mediaType, digest, size: raw.length }, [source, ref], source);
+  const manifest = fetch(digest, null, `${source}: manifest`);
+  return resolveManifest(fetch, { mediaType, digest, size: manifest.length }, [source, ref], source, rawLayer);
 }
 
 /** Resolves SOURCE (see the module header) to a verified image. */
@@ -256,6 +314,6 @@ export function openSource(source: string, ctrd: ContainerdOptions = {}): Resolv
     if (c > 0 && fs.existsSync(p.slice(0, c))) { tag = p.slice(c + 1); p = p.slice(0, c); }
     else throw new OciSourceError('not-found', `${source}: no such directory or archive`);
   }
-  if (fs.statSync(p).isDirectory()) return fromLayout((rel) => readIfFile(path.join(p, rel)), tag, source);
+  if (fs.statSync(p).isDirectory()) return fromLayout((rel) => readIfFile(path.join(p, rel)), tag, source, (rel) => readShared(path.join(p, rel)));
   return fromArchive(p, tag, source);
 }

@@ -1,0 +1,102 @@
+/**
+ * The converter's worker threads (lz4-worker.ts): LZ4 compression of new
+ * chunks and sha256 of whole layers, while the main thread parses tar,
+ * hashes chunks and writes blobs — on a 2-core host the main thread and one
+ * worker already keep both cores busy.
+ *
+ * Layer bytes held in a SharedArrayBuffer (what oci-source.ts readShared()
+ * reads layers into) are shared with the workers once; a chunk is
+ * then sent as (layer, offset, length) and never copied on the way in. A
+ * buffer that is not shared is copied into a transferred ArrayBuffer.
+ * Each job goes to the worker with the fewest jobs in flight.
+ */
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { PoolReply, PoolRequest } from './lz4-worker';
+
+/** Marks a promise as handled (its rejection still reaches whoever awaits it). */
+function quiet<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
+}
+
+interface Job { resolve: (r: PoolReply) => void; reject: (e: Error) => void; worker: number }
+
+export class CompressPool {
+  private readonly workers: Worker[];
+  private readonly inFlight: number[];
+  private readonly jobs = new Map<number, Job>();
+  private readonly layers = new Map<SharedArrayBuffer, number>();
+  private nextId = 0;
+  private failed: Error | null = null;
+
+  constructor(count: number, chunkSize: number) {
+    this.workers = Array.from({ length: count }, () => new Worker(path.join(__dirname, 'lz4-worker.js'), { workerData: { chunkSize } }));
+    this.inFlight = this.workers.map(() => 0);
+    this.workers.forEach((w, i) => {
+      w.on('message', (m: PoolReply) => {
+        const j = this.jobs.get(m.id);
+        if (!j) return;
+        this.jobs.delete(m.id);
+        this.inFlight[i]--;
+        if (m.error !== undefined) j.reject(new Error(`compression worker: ${m.error}`));
+        else j.resolve(m);
+      });
+      const die = (e: Error): void => {
+        this.failed ??= e;
+        for (const [id, j] of this.jobs) if (j.worker === i) { this.jobs.delete(id); j.reject(e); }
+      };
+      w.on('error', die);
+      w.on('exit', (code) => { if (code !== 0) die(new Error(`compression worker exited with ${code}`)); });
+    });
+  }
+
+  get size(): number { return this.workers.length; }
+
+  /** Jobs submitted and not yet answered. */
+  get pending(): number { return this.jobs.size; }
+
+  private submit(t: 'lz4' | 'sha', bytes: Uint8Array): Promise<PoolReply> {
+    if (this.failed) return Promise.reject(this.failed);
+    let w = 0;
+    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[w]) w = i;
+    const id = this.nextId++;
+    const p = quiet(new Promise<PoolReply>((resolve, reject) => this.jobs.set(id, { resolve, reject, worker: w })));
+    this.inFlight[w]++;
+    if (bytes.buffer instanceof SharedArrayBuffer) {
+      const sab = bytes.buffer;
+      let layer = this.layers.get(sab);
+      if (layer === undefined) {
+        layer = this.layers.size;
+        this.layers.set(sab, layer);
+        for (const x of this.workers) x.postMessage({ t: 'layer', layer, sab } satisfies PoolRequest);
+      }
+      this.workers[w].postMessage({ t, id, layer, off: bytes.byteOffset, len: bytes.length } satisfies PoolRequest);
+    } else {
+      const copy = new Uint8Array(bytes);
+      this.workers[w].postMessage({ t, id, buf: copy.buffer, off: 0, len: copy.length } satisfies PoolRequest, [copy.buffer]);
+    }
+    return p;
+  }
+
+  /**
+   * LZ4 block of `chunk`, or null when it would not be smaller. The promise
+   * may be awaited long after it settles: a failure is never "unhandled".
+   */
+  compress(chunk: Uint8Array): Promise<Uint8Array | null> {
+    return quiet(this.submit('lz4', chunk).then((r) => r.data ?? null));
+  }
+
+  /** sha256 (hex) of `bytes`, computed in a worker (same promise rule). */
+  sha256(bytes: Uint8Array): Promise<string> {
+    return quiet(this.submit('sha', bytes).then((r) => r.hex!));
+  }
+
+  /** Stops the workers; jobs still in flight are rejected. */
+  async close(): Promise<void> {
+    const e = new Error('compression pool closed');
+    for (const j of this.jobs.values()) j.reject(e);
+    this.jobs.clear();
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

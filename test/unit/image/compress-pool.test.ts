@@ -1,0 +1,134 @@
+/**
+ * The converter's compression path (src/image/compress-pool.ts,
+ * lz4-worker.ts, chunker.ts, and assembly/lz4's compressor): chunks
+ * compressed in workers decode to the same bytes, incompressible chunks
+ * come back as "store raw", a tight output limit is an overflow and never
+ * a write past it, the store is byte-identical whatever the worker count,
+ * and layer digests checked in a worker still fail a corrupt layer with the
+ * digest error (also when the corruption breaks the tar first).
+ */
+import { expect } from 'chai';
+import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { configureLogging } from '../../../src/common/log';
+import { Lz4 } from '../../../src/hot/lz4';
+import { CompressPool } from '../../../src/image/compress-pool';
+import { convertImage } from '../../../src/image/convert';
+import { OciSourceError, toShared } from '../../../src/image/oci-source';
+import { makeTar, noise, writeLayout, type TarSpec } from '../../helpers/oci-images';
+import { prng } from '../../helpers/prng';
+
+/** Text-like bytes: words from a small vocabulary (compressible, with many short matches). */
+function words(n: number, seed: number): Buffer {
+  const r = prng(seed);
+  const vocab = ['kata', 'erofs', 'chunk', 'blob', 'lz4', 'sha256', 'layer', 'image', '\n', ' ', 'x86_64', 'lib'];
+  const parts: string[] = [];
+  let len = 0;
+  while (len < n) { const w = vocab[r() % vocab.length]; parts.push(w); len += w.length; }
+  return Buffer.from(parts.join('')).subarray(0, n);
+}
+
+/** Every file under dir with its sha256, to compare two stores. */
+function tree(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    if (e.isDirectory()) continue;
+    const p = path.join(e.parentPath ?? e.path, e.name);
+    const rel = path.relative(dir, p);
+    if (rel.endsWith('image.json')) continue; // holds the creation time
+    out[rel] = crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
+  }
+  return out;
+}
+
+describe('image conversion: compression in workers', function () {
+  this.timeout(120_000);
+  let work = '';
+  before(() => {
+    configureLogging({ silent: true });
+    work = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-imgpool-'));
+  });
+  after(() => { if (work) fs.rmSync(work, { recursive: true, force: true }); });
+
+  it('the encoder round-trips shaped inputs, and a tight limit is an overflow that writes nothing past it', () => {
+    const lz4 = new Lz4({ maxBlockBytes: 1 << 20 });
+    const r = prng(7);
+    const shapes: [string, Buffer][] = [
+      ['zeros', Buffer.alloc(1 << 20)],
+      ['words', words(1 << 20, 1)],
+      ['noise', noise(1 << 20, 2)],
+      ['period 3', Buffer.from('abc'.repeat(100_000))],
+      ['noise then words', Buffer.concat([noise(300_000, 3), words(300_000, 4)])],
+      ['short', Buffer.from('0123456789abcdef0123')],
+    ];
+    for (let i = 0; i < 20; i++) shapes.push([`mixed ${i}`, Buffer.concat([words(r() % 70_000, i), noise(r() % 5000, i), Buffer.alloc(r() % 300, i)])]);
+    for (const [name, data] of shapes) {
+      const c = lz4.compressBlock(data);
+      expect(lz4.decompressBlock(c, data.length).equals(data), name).to.equal(true);
+      // Every limit below the block's size must overflow and leave the canary after it alone.
+      for (const cap of [c.length - 1, Math.floor(c.length / 2), 17]) {
+        if (cap < 1 || cap + 64 > lz4.compressBound(lz4.maxBlockBytes)) continue; // the canary must stay inside the output area
+        lz4.mem.u8.set(data, lz4.srcOff);
+        lz4.mem.u8.fill(0xa5, lz4.dstOff + cap, lz4.dstOff + cap + 64);
+        expect(() => lz4.compressInPlace(lz4.srcOff, data.length, lz4.dstOff, cap), `${name} cap ${cap}`).to.throw(/larger than the space/);
+        expect(lz4.mem.u8.subarray(lz4.dstOff + cap, lz4.dstOff + cap + 64).every((b) => b === 0xa5), `${name} cap ${cap}: wrote past the limit`).to.equal(true);
+      }
+    }
+  });
+
+  it('workers compress shared and unshared chunks alike, hand back null for incompressible ones, and hash layers', async () => {
+    const pool = new CompressPool(2, 1 << 20);
+    const lz4 = new Lz4({ maxBlockBytes: 1 << 20 });
+    try {
+      const text = words(1 << 20, 9);
+      const shared = toShared(Buffer.concat([noise(4096, 1), text]));
+      const [a, b, z] = await Promise.all([pool.compress(shared.subarray(4096)), pool.compress(text), pool.compress(noise(1 << 20, 5))]);
+      expect(a).to.not.equal(null);
+      expect(Buffer.from(a!).equals(Buffer.from(b!)), 'shared and copied input give the same block').to.equal(true);
+      expect(lz4.decompressBlock(a!, text.length).equals(text)).to.equal(true);
+      expect(z, 'noise does not compress').to.equal(null);
+      expect(await pool.sha256(shared)).to.equal(crypto.createHash('sha256').update(shared).digest('hex'));
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('the store is byte-identical with 0, 1 and 3 workers', async () => {
+    const entries: TarSpec[] = [];
+    for (let i = 0; i < 12; i++) entries.push({ path: `f${i}`, data: i % 3 === 0 ? noise(300_000 + i * 1000, i) : words(2_500_000 + i * 7, i) });
+    entries.push({ path: 'dup', data: words(2_500_000, 1) });
+    const src = path.join(work, 'det');
+    writeLayout(src, [{ tag: 't', layers: [{ tar: makeTar(entries.slice(0, 6)) }, { tar: makeTar(entries.slice(6)), gzip: false }] }]);
+    const trees: Record<string, string>[] = [];
+    for (const workers of [0, 1, 3]) {
+      const store = path.join(work, `det-${workers}`);
+      const res = await convertImage(`${src}:t`, { store, progress: false, workers, chunkSize: 1 << 20 });
+      expect(res.record.totals.newChunks).to.be.greaterThan(20);
+      trees.push(tree(store));
+    }
+    expect(Object.keys(trees[0]).length).to.be.greaterThan(3);
+    expect(trees[1]).to.deep.equal(trees[0]);
+    expect(trees[2]).to.deep.equal(trees[0]);
+  });
+
+  it('a corrupt layer is the digest error, also when the corruption breaks its tar first', async () => {
+    const tar = makeTar([{ path: 'a', data: words(200_000, 3) }, { path: 'b', data: 'b' }]);
+    const src = path.join(work, 'bad');
+    writeLayout(src, [{ tag: 't', layers: [{ tar, gzip: false }] }]);
+    const m = JSON.parse(fs.readFileSync(path.join(src, 'index.json'), 'utf8')).manifests[0];
+    const man = JSON.parse(fs.readFileSync(path.join(src, 'blobs', 'sha256', m.digest.slice(7)), 'utf8'));
+    const lp = path.join(src, 'blobs', 'sha256', man.layers[0].digest.slice(7));
+    const b = fs.readFileSync(lp);
+    b[3] ^= 0xff; // inside the first header: its checksum no longer holds
+    fs.writeFileSync(lp, b);
+    const store = path.join(work, 'bad-store');
+    for (const workers of [0, 1]) {
+      const err = await convertImage(`${src}:t`, { store, progress: false, workers }).then(() => null, (e: Error) => e);
+      expect(err, `workers ${workers}`).to.be.instanceOf(OciSourceError);
+      expect(err!.message).to.match(/blob content is sha256:[0-9a-f]{64}, expected sha256:/);
+    }
+    expect(fs.readdirSync(path.join(store, 'images')).filter((n) => !n.startsWith('.'))).to.deep.equal([]);
+  });
+});
