@@ -8,8 +8,9 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { DirectVolumeStore, encodeVolumePath } from '../../../src/resource/volumes/direct-volume';
-import { planDirectMounts, directVolumeDiskId } from '../../../src/runtime/direct-volumes';
+import { DirectVolumeStore, encodeVolumePath, volumeDeviceBytes } from '../../../src/resource/volumes/direct-volume';
+import { planDirectMounts, directVolumeDiskId, SandboxDirectVolumes } from '../../../src/runtime/direct-volumes';
+import type { DeviceManager } from '../../../src/resource/devices/device-manager';
 import { DIRECT_VOLUME_GUEST_DIR, isDirectVolumeGuestPath } from '../../../src/protocols/guest-paths';
 
 describe('unit: direct-volume mounts plan', () => {
@@ -53,5 +54,21 @@ describe('unit: direct-volume mounts plan', () => {
     expect(planDirectMounts(undefined, store)).to.deep.equal({ rest: undefined, direct: [] });
     const m = [{ destination: '/x', type: 'bind', source: '/elsewhere' }];
     expect(planDirectMounts(m, store)).to.deep.equal({ rest: m, direct: [] });
+  });
+
+  it('resize target: a size below the device is refused before anything changes; same or larger names the disk', async () => {
+    const devices = { attach: async () => ({ pciPath: '06' }), detach: async () => undefined } as unknown as DeviceManager;
+    const sv = new SandboxDirectVolumes('sb1', store, devices);
+    const spec = { ociVersion: '1.0.2', mounts: [{ destination: '/data', type: 'bind', source: '/vol/a', options: ['rbind'] }] };
+    const { storages } = await sv.attach('c1', spec as never);
+    const gp = storages[0].mount_point;
+    expect(volumeDeviceBytes(path.join(dir, 'a.img'))).to.equal(4096);
+    expect(() => sv.diskOf(gp, 2048)).to.throw(/2048 bytes is smaller than its device \(4096 bytes\); direct volumes only grow/);
+    expect(fs.statSync(path.join(dir, 'a.img')).size).to.equal(4096);
+    expect(sv.diskOf(gp, 4096)).to.equal(directVolumeDiskId('/vol/a'));
+    expect(sv.diskOf(gp, 1 << 20)).to.equal(directVolumeDiskId('/vol/a'));
+    expect(() => sv.diskOf('/run/elsewhere', 1 << 20)).to.throw(/no direct volume of sandbox sb1 is mounted at/);
+    expect(() => volumeDeviceBytes(path.join(dir, 'gone.img'))).to.throw(/does not exist/);
+    await sv.releaseAll();
   });
 });

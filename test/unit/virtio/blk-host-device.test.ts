@@ -39,4 +39,20 @@ describe('unit: virtio-blk on a host block device', () => {
       dev.close?.();
     }
   });
+
+  it('online resize (grow): a host block device is not enlarged by us; beyond its size is refused, up to it is taken', () => {
+    const dev = new BlkDevice({ path: loop, readonly: false, id: 'loopdisk' });
+    try {
+      expect(() => dev.grow(4 << 20)).to.throw(/the host block device has 3145728 bytes, fewer than 4194304; grow it on the host first/);
+      expect(dev.capacitySectors).to.equal(BigInt((3 << 20) / 512));
+      expect(() => dev.grow(2 << 20)).to.throw(/smaller than the disk/);
+      dev.grow(3 << 20);
+      expect(dev.capacitySectors).to.equal(BigInt((3 << 20) / 512));
+      const ro = new BlkDevice({ path: loop, readonly: true, id: 'loopro' });
+      try { expect(() => ro.grow(3 << 20)).to.throw(/read-only: it cannot be resized/); } finally { ro.close?.(); }
+    } finally {
+      dev.close?.();
+    }
+  });
 });
+
