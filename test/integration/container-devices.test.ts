@@ -120,9 +120,10 @@ describe('integration: OCI linux.devices become hotplugged disks (QEMU)', functi
     const before = sandbox!.devices.list().length;
     const cases: Array<[Array<{ path: string; major: number; minor: number }>, RegExp]> = [
       [[{ path: '/dev/null', major: 1, minor: 3 }], /neither a block device nor an image file/],
-      [[{ path: path.join(runDir, 'missing.img'), major: 7, minor: 9 }], /does not exist on the host/],
-      [[{ path: loop, major: loopNums.major, minor: loopNums.minor + 1 }], /is \d+:\d+ on the host, not/],
-      [[{ path: image, major: 7, minor: 200 }, { path: image, major: 7, minor: 200 }], /names .* twice/],
+      // Numbers that name no host block device (numbers that do would name that device, as Kata's GetHostPath).
+      [[{ path: path.join(runDir, 'missing.img'), major: 7, minor: 1048574 }], /does not exist on the host/],
+      [[{ path: loop, major: loopNums.major, minor: 1048575 }], /is \d+:\d+ on the host, not/],
+      [[{ path: image, major: 7, minor: 1048573 }, { path: image, major: 7, minor: 1048573 }], /names .* twice/],
     ];
     for (const [devs, re] of cases) {
       let err: unknown;
