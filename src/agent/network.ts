@@ -20,6 +20,7 @@ import {
 import { NetlinkSocket } from '../protocols/netlink/socket';
 import { apiAddress, apiRoute } from '../protocols/netlink/agent-shapes';
 import { AgentError } from './container';
+import { PciDeviceError, waitForPciNetDevice } from './pci-device';
 
 /** The guest's /etc/resolv.conf is a link to this file (guest/image/build.sh): the root filesystem is read-only. */
 export const GUEST_RESOLV_CONF = '/run/kata-ts/resolv.conf';
@@ -58,6 +59,23 @@ export class GuestNetwork {
     const lines = dns.map((l) => (/^\s*[0-9a-fA-F.:]+\s*$/.test(l) ? `nameserver ${l.trim()}` : l));
     await fs.mkdir(path.dirname(file), { recursive: true });
     await fs.writeFile(file, lines.length ? `${lines.join('\n')}\n` : '');
+  }
+
+  /**
+   * UpdateInterface as the service calls it: when the host names the NIC's
+   * PCI path (device_path; Kata's agent does the same for hotplugged NICs),
+   * first wait until the guest has its interface there — a NIC hotplugged a
+   * moment ago, or into a template clone, may not be probed yet — then
+   * updateInterface(). Without one (virtio-mmio) straight to it.
+   */
+  async updateInterfaceAt(req: api.Interface | null, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<api.Interface> {
+    if (req?.device_path) {
+      await waitForPciNetDevice(req.device_path, timeoutMs, sysDevices).catch((err: unknown) => {
+        if (err instanceof PciDeviceError) throw new AgentError(err.kind === 'invalid' ? 'invalid' : 'not-found', `interface ${req.hw_addr || req.device}: ${err.message}`, { cause: err });
+        throw err;
+      });
+    }
+    return this.updateInterface(req);
   }
 
   /**

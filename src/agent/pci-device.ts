@@ -70,6 +70,7 @@ async function virtioUnder(dev: string): Promise<{ dir: string; driver: string }
 /** Linux's virtio driver names (drivers/block/virtio_blk.c, fs/fuse/virtio_fs.c KBUILD_MODNAME). */
 export const VIRTIO_BLK_DRIVER = 'virtio_blk';
 export const VIRTIO_FS_DRIVER = 'virtiofs';
+export const VIRTIO_NET_DRIVER = 'virtio_net';
 
 /**
  * A device bound to another virtio driver than the one expected will not
@@ -136,6 +137,30 @@ export async function waitForPciDevice(pciPath: string, timeoutMs = 10000, sysDe
     const dev = await sysfsDeviceAt(pciPath, sysDevices);
     if (dev && await fs.access(path.join(dev, 'driver')).then(() => true, () => false)) return dev;
     if (Date.now() > deadline) throw new PciDeviceError('timeout', `no device bound to a driver appeared at PCI path ${pciPath} within ${timeoutMs} ms${dev ? ' (the device is there, unbound)' : ''}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * Waits until the virtio-net device at `pciPath` has its network interface
+ * (virtio_net bound, `virtioN/net/<name>` there) and returns the name, as
+ * Kata's agent waits for a hotplugged NIC's PCI path before it looks the
+ * link up by MAC. Errors as waitForPciBlockDevice.
+ */
+export async function waitForPciNetDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<string> {
+  parsePciPath(pciPath);
+  const deadline = Date.now() + timeoutMs;
+  let seen = 'no PCI device there';
+  for (;;) {
+    const dev = await sysfsDeviceAt(pciPath, sysDevices);
+    if (dev) {
+      const v = await virtioUnder(dev);
+      if (v?.driver && v.driver !== VIRTIO_NET_DRIVER) throw wrongDriver(pciPath, dev, VIRTIO_NET_DRIVER, v.driver);
+      const name = v && (await fs.readdir(path.join(v.dir, 'net')).catch(() => [] as string[]))[0];
+      if (name) return name;
+      seen = `a PCI device (${path.basename(dev)}) without a network interface yet`;
+    }
+    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no network interface appeared at PCI path ${pciPath} within ${timeoutMs} ms (${seen})`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }

@@ -282,7 +282,7 @@ export class Sandbox {
       const tCheck = Date.now();
       await this.agentClient.createSandbox({ sandbox_id: this.id, hostname: this.opts.hostname ?? '', dns: this.opts.dns ?? [], sysctls: {}, policy_json: policy?.text ?? '' });
       if (this.network) {
-        const plan = guestNetworkPlan(this.network.snapshot());
+        const plan = guestNetworkPlan(this.network.snapshot(), (d) => this.devices.get(d)?.pciPath);
         await configureGuestNetwork(this.agentClient, plan);
         this.pushedNetwork = plan;
         // Interfaces CNI adds later are hotplugged (where the hypervisor can).
@@ -322,7 +322,7 @@ export class Sandbox {
           net.closeTap(e);
           this.log.info('pod interface hotplugged', { iface: e.link.name, mac: e.link.mac, device: e.id });
         }
-        const plan = guestNetworkPlan(net.snapshot());
+        const plan = guestNetworkPlan(net.snapshot(), (d) => this.devices.get(d)?.pciPath);
         const before = this.pushedNetwork;
         const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
         for (const i of plan.interfaces) {

@@ -15,11 +15,16 @@ export interface GuestNetworkPlan {
   neighbours: api.ARPNeighbor[];
 }
 
-export function guestNetworkPlan(snap: PodNetworkSnapshot): GuestNetworkPlan {
+/**
+ * `pciPathOf` answers where the device manager put each endpoint's NIC (by
+ * device id): sent as device_path, the agent waits for the NIC there before
+ * finding it by MAC (virtio-mmio NICs have none).
+ */
+export function guestNetworkPlan(snap: PodNetworkSnapshot, pciPathOf: (deviceId: string) => string | undefined = () => undefined): GuestNetworkPlan {
   const nameOf = new Map(snap.endpoints.map((e) => [e.link.index, e.link.name]));
   return {
     interfaces: snap.endpoints.map((e) => ({
-      device: '', name: e.link.name, mtu: e.link.mtu, hw_addr: e.link.mac, device_path: '', type: e.link.kind, raw_flags: 0,
+      device: '', name: e.link.name, mtu: e.link.mtu, hw_addr: e.link.mac, device_path: pciPathOf(e.id) ?? '', type: e.link.kind, raw_flags: 0,
       ip_addresses: e.addresses.map(apiAddress),
     })),
     routes: snap.routes.map((r) => apiRoute(r, nameOf)),
