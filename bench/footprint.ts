@@ -9,7 +9,9 @@
  *
  *   node dist/bench/footprint.js [counts=1,5,10] [configs=off,dax,balloon,ksm,on] [settleSec=20]
  *
- * `tb32` = a 32 MiB TCG translation cache; `on` = DAX image + balloon with
+ * `tb32`/`tb16` = a 32/16 MiB TCG translation cache; `dax32` = DAX image +
+ * balloon + tb32; `lean` = dax32 with tb16 and a VM that starts at 256 MiB
+ * (memory hotplug grows it for containers' limits); `on` = DAX image + balloon with
  * free page reporting + 32 MiB TCG cache + KSM throttler + page
  * scanner. KSM settings of the host are restored at the end. The page
  * scanner's throughput (resident guest RAM hashed per busy second) and its
@@ -41,6 +43,11 @@ const CONFIGS: Record<string, string> = {
   balloon: '[hypervisor.qemu]\nreclaim_guest_freed_memory = true\n',
   ksm: '[memory]\nksm_throttler = true\n',
   tb32: '[hypervisor.qemu]\ntcg_translation_cache = 32\n',
+  tb16: '[hypervisor.qemu]\ntcg_translation_cache = 16\n',
+  // DAX (plain-layout image) + free page reporting + a 32 MiB TCG cache.
+  dax32: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 32\n',
+  // The VM starts small (256 MiB; containers' memory limits hotplug DIMMs up to 2048), 16 MiB TCG cache.
+  lean: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n',
   on: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 32\n[memory]\nksm_throttler = true\npage_scanner = true\nscan_interval = 3600\n',
 };
 
@@ -51,6 +58,9 @@ interface Row {
   runtimeMiB: number;
   qemuMiB: number;
   qemuShmemMiB: number;
+  qemuAnonMiB: number;
+  qemuFileMiB: number;
+  runtimeAnonMiB: number;
   ksmSavingMiB: number;
   scanGBps?: number;
   scanCpuShareAt60s?: number;
@@ -58,9 +68,10 @@ interface Row {
   bootSec: number;
 }
 
-function shmemMiB(pid: number): number {
+/** One Pss_* line of smaps_rollup in MiB (Anon: private heap/TCG cache; File: binaries, the DAX image; Shmem: guest RAM). */
+function pssPartMiB(pid: number, part: 'Anon' | 'File' | 'Shmem'): number {
   const t = fs.readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-  return Number(/^Pss_Shmem:\s+(\d+)/m.exec(t)?.[1] ?? 0) / 1024;
+  return Number(new RegExp(`^Pss_${part}:\\s+(\\d+)`, 'm').exec(t)?.[1] ?? 0) / 1024;
 }
 
 async function runOne(config: string, n: number, settleSec: number): Promise<Row> {
@@ -96,15 +107,22 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
     let runtime = 0;
     let qemu = 0;
     let shmem = 0;
+    let qAnon = 0;
+    let qFile = 0;
+    let rAnon = 0;
     for (const r of rows) {
       runtime += pssMiB(r.ownerPid);
+      rAnon += pssPartMiB(r.ownerPid, 'Anon');
       for (const p of r.vmPids) {
         qemu += pssMiB(p);
-        shmem += shmemMiB(p);
+        shmem += pssPartMiB(p, 'Shmem');
+        qAnon += pssPartMiB(p, 'Anon');
+        qFile += pssPartMiB(p, 'File');
       }
     }
     const row: Row = {
       config, sandboxes: n, perSandboxMiB: (runtime + qemu) / n, runtimeMiB: runtime / n, qemuMiB: qemu / n, qemuShmemMiB: shmem / n,
+      qemuAnonMiB: qAnon / n, qemuFileMiB: qFile / n, runtimeAnonMiB: rAnon / n,
       ksmSavingMiB: ksmUnavailable() ? 0 : readKsm().savingBytes / 1048576, bootSec,
     };
     if (config === 'on') {
@@ -148,7 +166,7 @@ async function main(): Promise<void> {
         if (savedKsm) writeSettings({ run: 0, pagesToScan: savedKsm.pagesToScan, sleepMillisecs: savedKsm.sleepMillisecs });
         rows.push(await runOne(c, n, settle));
         const r = rows[rows.length - 1];
-        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox (runtime ${r.runtimeMiB.toFixed(1)}, QEMU ${r.qemuMiB.toFixed(1)} of which guest RAM ${r.qemuShmemMiB.toFixed(1)}), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide` +
+        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox (runtime ${r.runtimeMiB.toFixed(1)} [anon ${r.runtimeAnonMiB.toFixed(1)}], QEMU ${r.qemuMiB.toFixed(1)}: guest RAM ${r.qemuShmemMiB.toFixed(1)}, private ${r.qemuAnonMiB.toFixed(1)}, files ${r.qemuFileMiB.toFixed(1)}; boot ${r.bootSec.toFixed(0)} s), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide` +
           `${r.scanGBps !== undefined ? `; scanner ${r.scanGBps.toFixed(2)} GB/s, CPU share at 60 s ${(r.scanCpuShareAt60s! * 100).toFixed(3)} %, max loop delay ${r.scanEventLoopDelayMaxMs!.toFixed(1)} ms` : ''}\n`);
       }
     }

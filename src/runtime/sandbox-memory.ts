@@ -32,6 +32,7 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
     companions,
     onlineCpus: agent ? (n) => agent.onlineCpuMem(n, { wait: true, cpuOnly: true }) : undefined,
     memoryHotplug: true, // DIMMs for containers' memory limits (service.ts memoryHotplug)
+    keepCpus: qemu.settings.accel === 'tcg', // QEMU 7.2 under TCG crashed at a memory hotplug after a vCPU unplug (resize.ts)
     resize: q.default_maxmemory > memoryMiB || q.default_maxvcpus > vcpus
       ? { baseVcpus: vcpus, maxVcpus: Math.max(vcpus, q.default_maxvcpus), baseMiB: memoryMiB, maxMiB: Math.max(memoryMiB, q.default_maxmemory) }
       : undefined,

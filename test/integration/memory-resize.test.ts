@@ -5,8 +5,9 @@
  * - A container with a CPU quota makes the VM hotplug a vCPU, onlined by the
  *   agent's OnlineCPUMem; the container starts (the guest kernel has CFS
  *   bandwidth control) and its cgroup's cpu.max is its quota; one asking
- *   beyond the maximum is refused with one clear error; removing it unplugs
- *   the vCPU.
+ *   beyond the maximum is refused with one clear error; under TCG the vCPU
+ *   stays when it leaves and is reused (a vCPU unplug made QEMU 7.2 crash at
+ *   the next memory hotplug: the DIMM case below runs after this one).
  * - A container with a memory limit makes the VM hotplug a DIMM (256 MiB for
  *   200 MiB); the guest onlines it, and every vhost-user device carries on
  *   across QEMU's new memory table: the agent (vsock), a container disk
@@ -84,16 +85,17 @@ describe('integration: pod resizing (vCPU and memory hotplug)', function () {
     expectNothingLeft(runDir);
   });
 
-  it('grows by a vCPU for a container\'s CPU quota (online in the guest; the container runs with cpu.max = its quota), refuses beyond the maximum, unplugs it when the container leaves', async () => {
+  it('grows by a vCPU for a container\'s CPU quota (online in the guest; the container runs with cpu.max = its quota), refuses beyond the maximum, keeps and reuses it under TCG', async () => {
     // c1 starts: crun writes cpu.max, which needs the guest kernel's CFS
     // bandwidth control (CONFIG_CFS_BANDWIDTH; without it the start fails).
-    const spec = defaultSpec({ args: ['sh', '-c', 'cat /sys/fs/cgroup/cpu.max; sleep 600'] });
+    const spec = defaultSpec({ args: ['sleep', '600'] });
     spec.linux = { ...spec.linux, resources: { cpu: { quota: 50000, period: 100000 } } };
     await sandbox!.createContainer('c1', spec, rootfs);
     expect(((await hv.memoryQmp('query-cpus-fast')) as unknown[]).length).to.equal(2);
     await sandbox!.startContainer('c1');
-    const cpuMax = await sh('c1', 'cat /sys/fs/cgroup/cpu.max');
-    expect(cpuMax.out.trim()).to.equal('50000 100000');
+    // The container's own cgroup (v2: one line, 0::<path>).
+    const cpuMax = await sh('c1', 'cat /proc/self/cgroup; cat "/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup | head -1)/cpu.max"');
+    expect(cpuMax.out.trim().split('\n').pop(), cpuMax.out).to.equal('50000 100000');
     // /proc/cpuinfo lists the online CPUs only: 2 once OnlineCPUMem has run.
     const r = await sh('c1', 'grep -c ^processor /proc/cpuinfo');
     expect(r.out.trim()).to.equal('2');
@@ -106,12 +108,13 @@ describe('integration: pod resizing (vCPU and memory hotplug)', function () {
     } catch (e) { err = e; }
     expect((err as Error).message).to.equal('container c2 needs 2 vCPU(s) and 0 MiB: the sandbox would need 4 vCPUs / 512 MiB, beyond its maximum of 2 vCPUs / 1024 MiB (default_maxvcpus, default_maxmemory)');
 
+    // Under TCG the vCPU stays when c1 leaves (QEMU 7.2 crashed at the next
+    // memory hotplug after a vCPU unplug: resize.ts keepCpus), and is reused.
     await sandbox!.removeContainer('c1');
-    const deadline = Date.now() + 30000;
-    while (((await hv.memoryQmp('query-cpus-fast')) as unknown[]).length !== 1) {
-      if (Date.now() > deadline) throw new Error('the hot-added vCPU was not unplugged within 30 s');
-      await new Promise((res) => setTimeout(res, 500));
-    }
+    expect(((await hv.memoryQmp('query-cpus-fast')) as unknown[]).length).to.equal(2);
+    await sandbox!.createContainer('c1', spec, rootfs);
+    expect(((await hv.memoryQmp('query-cpus-fast')) as unknown[]).length).to.equal(2);
+    await sandbox!.removeContainer('c1');
   });
 
   it('grows memory by a DIMM for a container\'s memory limit; the guest onlines it; vsock, vhost-user-blk and virtio-fs carry on; the DIMM stays (balloon) when it leaves', async () => {

@@ -17,6 +17,9 @@
  * each growth plugs one DIMM of the whole difference (a refused plug is one
  * ResizeError).
  *
+ * Under TCG vCPUs are not unplugged either (keepCpus: a vCPU unplug made
+ * QEMU 7.2 crash at the next memory hotplug); they stay and are reused.
+ *
  * Sizing follows Kata: vCPUs = base + Σ ceil(quota / period), memory = base
  * + Σ limit, memory in 128 MiB steps (the x86 guest's memory block size, the
  * unit Linux onlines). Beyond default_maxvcpus / default_maxmemory → a
@@ -67,7 +70,15 @@ export class VmResizer {
 
   constructor(private readonly qmp: Qmp, readonly limits: ResizeLimits, private readonly balloon = false,
     /** The agent's OnlineCPUMem: onlines hot-added vCPUs in the guest. */
-    private readonly online?: (nbCpus: number) => Promise<unknown>) {}
+    private readonly online?: (nbCpus: number) => Promise<unknown>,
+    /**
+     * Keep hot-added vCPUs when containers leave (reused by the next
+     * growth). Set under TCG: after a vCPU device_del, QEMU 7.2 (TCG)
+     * died with SIGSEGV at the next memory hotplug (measured here: plug,
+     * unplug a vCPU, then a DIMM; each step alone or without the unplug
+     * works), so a vCPU is never unplugged there.
+     */
+    private readonly keepCpus = false) {}
 
   get vcpus(): number {
     return this.limits.baseVcpus + this.cpus.length;
@@ -117,7 +128,7 @@ export class VmResizer {
       added++;
     }
     if (added && this.online) await this.online(added);
-    while (this.vcpus > t.vcpus && this.cpus.length) await this.unplug(this.cpus.pop()!);
+    if (!this.keepCpus) while (this.vcpus > t.vcpus && this.cpus.length) await this.unplug(this.cpus.pop()!);
     const want = Math.ceil(Math.max(0, t.memoryMiB - this.limits.baseMiB) / MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB;
     const have = this.memoryMiB - this.limits.baseMiB;
     if (want > have) await this.plugMemory(want - have);

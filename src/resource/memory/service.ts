@@ -42,6 +42,8 @@ export interface SandboxMemoryOptions {
    * (src/vhost-user/backend.ts), checked in test/integration/memory-resize.
    */
   memoryHotplug?: boolean;
+  /** Never unplug hot-added vCPUs (TCG: resize.ts keepCpus says why). */
+  keepCpus?: boolean;
 }
 
 export interface ScanReport extends Omit<ScanResult, 'fingerprints' | 'counts'> {
@@ -64,7 +66,7 @@ export class SandboxMemory {
   readonly resizer: VmResizer | undefined;
 
   private constructor(private readonly o: SandboxMemoryOptions) {
-    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon, o.onlineCpus);
+    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon, o.onlineCpus, o.keepCpus);
   }
 
   /** A container with OCI linux.resources joins: the VM grows to fit (or the container is refused beyond the maximum). */

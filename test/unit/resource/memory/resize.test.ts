@@ -59,6 +59,21 @@ describe('memory/resize', () => {
     expect(q.calls.find(([c]) => c === 'balloon')![1]).to.deep.equal({ value: (512 + 128) * 1048576 });
   });
 
+  it('with keepCpus (TCG) leaves hot-added vCPUs plugged when a container leaves and reuses them', async () => {
+    const q = fakeQemu(4);
+    const r = new VmResizer(q.qmp, { baseVcpus: 1, maxVcpus: 4, baseMiB: 512, maxMiB: 2048 }, true, undefined, true);
+    await r.add('a', { vcpus: 2, memoryMiB: 0 });
+    await r.remove('a');
+    expect(q.calls.filter(([c]) => c === 'device_del')).to.deep.equal([]);
+    expect(r.vcpus).to.equal(3);
+    q.calls.length = 0;
+    await r.add('b', { vcpus: 1, memoryMiB: 0 });
+    expect(q.calls.filter(([c]) => c === 'device_add')).to.deep.equal([]);
+    await r.add('c', { vcpus: 2, memoryMiB: 0 });
+    expect(q.calls.filter(([c]) => c === 'device_add')).to.have.length(1);
+    expect(r.vcpus).to.equal(4);
+  });
+
   it('refuses a container beyond the maximum with one clear error and plugs nothing', async () => {
     const q = fakeQemu(2);
     const r = new VmResizer(q.qmp, { baseVcpus: 1, maxVcpus: 2, baseMiB: 512, maxMiB: 1024 });
