@@ -14,7 +14,8 @@
  *   - CRI CreateContainer with devices [{container_path, host_path,
  *     permissions: "r"}]: the host loop device appears at /dev/xvdb, reads
  *     back the host's bytes, and a write is refused by the device cgroup
- *     (the rule CRI wrote, moved to the guest's numbers).
+ *     (the rule CRI wrote, moved to the guest's numbers). Run for runc too,
+ *     the reference that validates the test.
  *   - a direct volume, Kata's flow: `kata-ctl direct-volume add` for an ext4
  *     image file, a pod whose container mounts that volume path: the guest
  *     mounts the block device itself (ext4 in /proc/mounts, not virtio-fs),
@@ -32,7 +33,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { IMAGE, RUNTIME, type TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
-import { BUSYBOX, CriContainerd, criUnavailable } from '../helpers/cri-containerd';
+import { BUSYBOX, CriContainerd, HANDLERS, criUnavailable, type Handler } from '../helpers/cri-containerd';
 import type { ContainerConfig, PodSandboxConfig } from '../helpers/cri';
 import { CACHE, REPO, copyBusyboxRootfs, requireGuest } from '../helpers/guest';
 import { kataCtl } from '../helpers/kata-ctl';
@@ -156,11 +157,9 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
     expect(fs.existsSync(sandboxes) ? fs.readdirSync(sandboxes) : []).to.deep.equal([]);
   });
 
-  describe('CRI (containerd\'s CRI plugin, kata-ts handler)', function () {
+  describe('CRI (containerd\'s CRI plugin; runc as the reference, kata-ts)', function () {
     let cd: CriContainerd;
-    let podId = '';
-    let podConfig: PodSandboxConfig;
-    let pod: Promise<string> | undefined;
+    const pods = new Map<Handler, Promise<{ id: string; config: PodSandboxConfig }>>();
     let dvRoot = '';
     let volPath = '';
     let volImg = '';
@@ -174,29 +173,42 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
     const container = (name: string, extra: Partial<ContainerConfig>): ContainerConfig => ({
       metadata: { name, attempt: 0 }, image: { image: BUSYBOX }, command: ['sh', '-c', IDLE], log_path: `${name}/0.log`, linux: {}, ...extra,
     });
-    /** The pod, made once by the first test that needs it. */
-    const thePod = (): Promise<string> => {
-      pod ??= (async () => {
-        const logDir = path.join(cd.dir, 'pods', 'devpod');
-        fs.mkdirSync(logDir, { recursive: true });
-        podConfig = {
-          metadata: { name: 'devpod', uid: 'uid-devpod', namespace: 'cri-dev', attempt: 0 }, hostname: 'devpod', log_directory: logDir,
-          linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
-        };
-        podId = await cd.cri.runPodSandbox(podConfig, 'kata-ts');
-        return podId;
-      })();
-      return pod;
+    /** The handler's pod, made once by the first test that needs it. */
+    const thePod = (handler: Handler): Promise<{ id: string; config: PodSandboxConfig }> => {
+      let p = pods.get(handler);
+      if (!p) {
+        p = (async () => {
+          const name = `devpod-${handler}`;
+          const logDir = path.join(cd.dir, 'pods', name);
+          fs.mkdirSync(logDir, { recursive: true });
+          const config: PodSandboxConfig = {
+            metadata: { name, uid: `uid-${name}`, namespace: 'cri-dev', attempt: 0 }, hostname: name, log_directory: logDir,
+            linux: { security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+          };
+          return { id: await cd.cri.runPodSandbox(config, handler), config };
+        })();
+        pods.set(handler, p);
+      }
+      return p;
     };
-    const startIn = async (cfg: ContainerConfig): Promise<string> => {
-      const id = await cd.cri.createContainer(await thePod(), cfg, podConfig);
+    const startIn = async (handler: Handler, cfg: ContainerConfig): Promise<string> => {
+      const pod = await thePod(handler);
+      const id = await cd.cri.createContainer(pod.id, cfg, pod.config);
       await cd.cri.startContainer(id);
       return id;
     };
+    /** Stops and removes the handler's pod, as a kubelet does. */
+    const removePod = async (handler: Handler): Promise<void> => {
+      const pod = await thePod(handler);
+      await cd.cri.stopPodSandbox(pod.id);
+      await cd.cri.removePodSandbox(pod.id);
+    };
 
     before(async function () {
-      const why = criUnavailable('kata-ts');
-      if (why) skipOrFail(this, why);
+      for (const h of HANDLERS) {
+        const why = criUnavailable(h);
+        if (why) skipOrFail(this, why);
+      }
       dvRoot = path.join(tmp, 'direct-volumes');
       // The shim inherits containerd's environment, which inherits ours: runtime and kata-ctl share the registry.
       process.env.KATA_TS_DIRECT_VOLUMES_ROOT = dvRoot;
@@ -217,10 +229,11 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').filter((l) => /level=(error|warning)/.test(l)).slice(-15).join('\n')}\n`);
     });
 
-    it('CRI devices: a host loop device at container path /dev/xvdb, read-only by its cgroup rule, reads back the host\'s bytes', async () => {
-      const { dev, head } = makeLoop(tmp, 'cri.img', 16);
+    // runc is the reference (it must pass, which also validates the test); kata-ts passes the same way.
+    for (const handler of HANDLERS) it(`CRI devices (${handler}): a host loop device at container path /dev/xvdb, read-only by its cgroup rule, reads back the host's bytes`, async () => {
+      const { dev, head } = makeLoop(tmp, `cri-${handler}.img`, 16);
       loops.push(dev);
-      const id = await startIn(container('dev', { devices: [{ container_path: '/dev/xvdb', host_path: dev, permissions: 'r' }] }));
+      const id = await startIn(handler, container('dev', { devices: [{ container_path: '/dev/xvdb', host_path: dev, permissions: 'r' }] }));
       const r = await exec(id, [
         '[ -b /dev/xvdb ] && echo is-block',
         `echo head=$(dd if=/dev/xvdb bs=4096 count=1 2>/dev/null | md5sum | cut -d' ' -f1)`,
@@ -232,6 +245,7 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       expect(r.out).to.contain(`head=${md5(head.subarray(0, 4096))}\n`);
       expect(r.out, 'write refused by the "r" rule').to.contain('Operation not permitted');
       expect(r.out).to.contain('host-path-absent');
+      if (handler === 'runc') await removePod('runc');
     });
 
     it('a direct volume (kata-ctl direct-volume add): mounted as ext4 in the guest, written, stats, remove refused in use, allowed after the pod is gone', async () => {
@@ -241,7 +255,7 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       fs.mkdirSync(volPath);
       const add = await ctl(['add', '--volume-path', volPath, '--mount-info', JSON.stringify({ 'volume-type': 'block', device: volImg, fstype: 'ext4', metadata: {}, options: ['noatime'] })]);
       expect(add.code, add.stderr).to.equal(0);
-      const id = await startIn(container('vol', { mounts: [{ container_path: '/data', host_path: volPath }] }));
+      const id = await startIn('kata-ts', container('vol', { mounts: [{ container_path: '/data', host_path: volPath }] }));
       const w = await exec(id, 'grep " /data " /proc/mounts; dd if=/dev/zero of=/data/payload bs=1M count=4 2>/dev/null && sync && echo written');
       expect(w.code, w.out + w.err).to.equal(0);
       expect(w.out).to.match(/ \/data ext4 /);
@@ -259,8 +273,7 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       expect(busy.code).to.equal(1);
       expect(busy.stderr).to.match(/in use by sandbox/);
       // The pod goes, as a kubelet removes it.
-      await cd.cri.stopPodSandbox(podId);
-      await cd.cri.removePodSandbox(podId);
+      await removePod('kata-ts');
       expect(cd.qemuPids()).to.deep.equal([]);
       const rm = await ctl(['remove', '--volume-path', volPath]);
       expect(rm.code, rm.stderr).to.equal(0);
