@@ -15,9 +15,9 @@
  *             the device there before mounting, so a hotplugged share is
  *             never mounted before the guest has it;
  *   ephemeral — a tmpfs (the pod's /dev/shm).
- * The builtin VMM's devices are virtio-mmio, declared on the kernel command
- * line: no PCI path exists for them, and all of them were probed at boot
- * before the agent ran. Only for those the host sends the disk's virtio-blk
+ * The builtin VMM's devices (and QEMU microvm's) are virtio-mmio, declared
+ * at boot: no PCI path exists for them, and all of them were probed before
+ * the agent ran. Only for those the host sends the disk's virtio-blk
  * serial (source, `device-serial=`, found in /sys/block/vdX/serial) and a
  * share's bare tag (mounted, retrying while the kernel does not know it).
  * Storages are counted by mount point across the sandbox, as Kata's agent
