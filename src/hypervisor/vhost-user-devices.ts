@@ -84,7 +84,12 @@ export class VhostUserDevices {
     const why = s.backend.configChangeBlocker();
     if (why) throw new Error(`disk ${id} cannot be resized now: ${why}`);
     (s.device as BlkDevice).grow(bytes);
-    await s.backend.notifyConfigChange();
+    try {
+      await s.backend.notifyConfigChange();
+    } catch (err) {
+      // Growth is not undone (the guest may read the config at any time); say what state we are in.
+      throw new Error(`disk ${id} was grown to ${bytes} bytes, but the guest was not told: ${errorMessage(err)}`, { cause: err });
+    }
     this.log.info('disk resized', { id, bytes });
   }
 
