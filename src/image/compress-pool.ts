@@ -56,21 +56,34 @@ export class CompressPool {
   /** Jobs submitted and not yet answered. */
   get pending(): number { return this.jobs.size; }
 
-  private submit(t: 'lz4' | 'sha', bytes: Uint8Array): Promise<PoolReply> {
-    if (this.failed) return Promise.reject(this.failed);
+  /** The least busy worker, and a job on it whose reply settles the returned promise. */
+  private job(): { w: number; id: number; p: Promise<PoolReply> } {
     let w = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[w]) w = i;
     const id = this.nextId++;
-    const p = quiet(new Promise<PoolReply>((resolve, reject) => this.jobs.set(id, { resolve, reject, worker: w })));
+    const p = quiet(new Promise<PoolReply>((resolve, reject) => {
+      if (this.failed) reject(this.failed); else this.jobs.set(id, { resolve, reject, worker: w });
+    }));
     this.inFlight[w]++;
+    return { w, id, p };
+  }
+
+  /** The workers' number for a SharedArrayBuffer, shared with all of them the first time. */
+  private layerOf(sab: SharedArrayBuffer): number {
+    let layer = this.layers.get(sab);
+    if (layer === undefined) {
+      layer = this.layers.size;
+      this.layers.set(sab, layer);
+      for (const x of this.workers) x.postMessage({ t: 'layer', layer, sab } satisfies PoolRequest);
+    }
+    return layer;
+  }
+
+  private submit(t: 'lz4' | 'sha', bytes: Uint8Array): Promise<PoolReply> {
+    if (this.failed) return Promise.reject(this.failed);
+    const { w, id, p } = this.job();
     if (bytes.buffer instanceof SharedArrayBuffer) {
-      const sab = bytes.buffer;
-      let layer = this.layers.get(sab);
-      if (layer === undefined) {
-        layer = this.layers.size;
-        this.layers.set(sab, layer);
-        for (const x of this.workers) x.postMessage({ t: 'layer', layer, sab } satisfies PoolRequest);
-      }
+      const layer = this.layerOf(bytes.buffer);
       this.workers[w].postMessage({ t, id, layer, off: bytes.byteOffset, len: bytes.length } satisfies PoolRequest);
     } else {
       const copy = new Uint8Array(bytes);
@@ -90,6 +103,26 @@ export class CompressPool {
   /** sha256 (hex) of `bytes`, computed in a worker (same promise rule). */
   sha256(bytes: Uint8Array): Promise<string> {
     return quiet(this.submit('sha', bytes).then((r) => r.hex!));
+  }
+
+  /**
+   * A sha256 of `buf` (in a SharedArrayBuffer) fed while it is being
+   * filled: update(off, len) after each read, digest() at the end. One
+   * worker does it all, in order, while this thread goes on reading.
+   */
+  sha256Stream(buf: Uint8Array): { update(off: number, len: number): void; digest(): Promise<string> } {
+    if (!(buf.buffer instanceof SharedArrayBuffer)) throw new Error('sha256Stream needs a buffer in a SharedArrayBuffer');
+    const layer = this.layerOf(buf.buffer);
+    const { w, id, p } = this.job();
+    const hid = id;
+    this.workers[w].postMessage({ t: 'hash-begin', hid } satisfies PoolRequest);
+    return {
+      update: (off, len) => this.workers[w].postMessage({ t: 'hash-update', hid, layer, off: buf.byteOffset + off, len } satisfies PoolRequest),
+      digest: () => {
+        this.workers[w].postMessage({ t: 'hash-end', id, hid } satisfies PoolRequest);
+        return quiet(p.then((r) => r.hex!));
+      },
+    };
   }
 
   /** Stops the workers; jobs still in flight are rejected. */

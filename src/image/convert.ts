@@ -115,8 +115,8 @@ function gunzipLayer(raw: Buffer, what: string): Buffer {
 
 /**
  * buildTree with the digest checks in the pool's workers: each layer's
- * sha256 (and its diff_id's, for a gzip layer) is computed by a worker
- * while this thread parses the same bytes. The returned promise settles
+ * sha256 is computed by a worker slice by slice as this thread reads it
+ * (and a gzip layer's diff_id while this thread parses the tar). The returned promise settles
  * when every check has passed; the caller must await it before
  * registering anything. A parse error is reported as the digest error
  * when the bytes were not the layer's (the root cause).
@@ -136,8 +136,10 @@ export function buildTreeChecked(img: ResolvedImage, pool: CompressPool, onLayer
       const diffId = img.config.rootfs?.diff_ids?.[i];
       const c = layerCompression(l.mediaType);
       if (c === 'zstd') throw new ConvertError('unsupported', `${what}: zstd layers are not supported (Node 20's zlib has no zstd decoder)`);
-      const raw = img.readLayerUnverified(i);
-      const rawSha = pool.sha256(raw);
+      // Hashed by a worker slice by slice while this thread reads the rest.
+      let stream: ReturnType<CompressPool['sha256Stream']> | null = null;
+      const raw = img.readLayerUnverified(i, { begin: (b) => { stream = pool.sha256Stream(b); }, read: (o, n) => stream!.update(o, n) });
+      const rawSha = stream ? (stream as ReturnType<CompressPool['sha256Stream']>).digest() : pool.sha256(raw);
       expect(rawSha, l.digest, (got) => new OciSourceError('digest', `${what}: blob content is ${got}, expected ${l.digest}`));
       let tar = raw;
       let tarSha = rawSha;

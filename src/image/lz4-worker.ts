@@ -13,6 +13,8 @@
  * In:  { t: 'layer', layer, sab }
  *      { t: 'lz4', id, layer, off, len } | { t: 'lz4', id, buf, off, len }
  *      { t: 'sha', id, layer, off, len } | { t: 'sha', id, buf, off, len }
+ *      { t: 'hash-begin', hid } { t: 'hash-update', hid, layer, off, len }
+ *      { t: 'hash-end', id, hid }   (a sha256 fed as a layer is being read)
  *      { t: 'drop', layer }
  * Out: { id, data: Uint8Array | null } | { id, hex } | { id, error }
  */
@@ -23,12 +25,18 @@ import { Lz4, Lz4Error } from '../hot/lz4';
 export type PoolRequest =
   | { t: 'layer'; layer: number; sab: SharedArrayBuffer }
   | { t: 'drop'; layer: number }
+  | { t: 'hash-begin'; hid: number }
+  | { t: 'hash-update'; hid: number; layer: number; off: number; len: number }
+  | { t: 'hash-end'; id: number; hid: number }
   | { t: 'lz4' | 'sha'; id: number; layer?: number; buf?: ArrayBuffer; off: number; len: number };
 
 export type PoolReply = { id: number; data?: Uint8Array | null; hex?: string; error?: string };
 
 const lz4 = new Lz4({ maxBlockBytes: (workerData as { chunkSize: number }).chunkSize });
 const layers = new Map<number, SharedArrayBuffer>();
+const hashes = new Map<number, crypto.Hash>();
+/** The first error of a streamed hash, reported at its end. */
+const hashErrors = new Map<number, string>();
 
 function view(m: { layer?: number; buf?: ArrayBuffer; off: number; len: number }): Uint8Array {
   const backing = m.buf ?? layers.get(m.layer!);
@@ -54,6 +62,19 @@ function compress(src: Uint8Array): Uint8Array<ArrayBuffer> | null {
 parentPort!.on('message', (m: PoolRequest) => {
   if (m.t === 'layer') { layers.set(m.layer, m.sab); return; }
   if (m.t === 'drop') { layers.delete(m.layer); return; }
+  if (m.t === 'hash-begin') { hashes.set(m.hid, crypto.createHash('sha256')); return; }
+  if (m.t === 'hash-update') {
+    try { hashes.get(m.hid)!.update(view(m)); } catch (e) { if (!hashErrors.has(m.hid)) hashErrors.set(m.hid, (e as Error).message); }
+    return;
+  }
+  if (m.t === 'hash-end') {
+    const h = hashes.get(m.hid);
+    const err = hashErrors.get(m.hid) ?? (h ? undefined : `hash ${m.hid} was never begun`);
+    hashes.delete(m.hid);
+    hashErrors.delete(m.hid);
+    parentPort!.postMessage((err !== undefined ? { id: m.id, error: err } : { id: m.id, hex: h!.digest('hex') }) satisfies PoolReply);
+    return;
+  }
   try {
     if (m.t === 'lz4') {
       const out = compress(view(m));

@@ -77,11 +77,18 @@ export interface ResolvedImage {
    * their sha256 against the layer's digest before using what it made of
    * them (convert.ts does it in a worker while parsing).
    */
-  readLayerUnverified(i: number): Buffer;
+  readLayerUnverified(i: number, obs?: ReadObserver): Buffer;
 }
 
+/**
+ * Told about a blob while it is read: begin(buf) once its buffer exists,
+ * read(off, len) after each slice lands (the converter hashes it in a
+ * worker meanwhile).
+ */
+export interface ReadObserver { begin(buf: Buffer): void; read(off: number, len: number): void }
+
 /** Reads a blob with its size checked only (see readLayerUnverified). */
-type RawFetch = (digest: string, size: number, what: string) => Buffer;
+type RawFetch = (digest: string, size: number, what: string, obs?: ReadObserver) => Buffer;
 
 /** Reads a blob by digest; verifies sha256 and (when known) size. */
 type BlobFetch = (digest: string, size: number | null, what: string) => Buffer;
@@ -141,10 +148,15 @@ function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], wha
     return {
       id: desc.digest, references: refs, config, layers,
       readLayer: (i) => fetch(layers[i].digest, layers[i].size, `${what}: layer ${i}`),
-      readLayerUnverified: (i) => {
+      readLayerUnverified: (i, obs) => {
         const w = `${what}: layer ${i}`;
-        if (!rawFetch) return toShared(fetch(layers[i].digest, layers[i].size, w));
-        const b = rawFetch(layers[i].digest, layers[i].size, w);
+        if (!rawFetch) {
+          const b = toShared(fetch(layers[i].digest, layers[i].size, w));
+          obs?.begin(b);
+          obs?.read(0, b.length);
+          return b;
+        }
+        const b = rawFetch(layers[i].digest, layers[i].size, w, obs);
         if (b.length !== layers[i].size) throw new OciSourceError('digest', `${w}: blob ${layers[i].digest} is ${b.length} bytes, its descriptor says ${layers[i].size}`);
         return b;
       },
@@ -154,7 +166,7 @@ function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], wha
 }
 
 /** An OCI layout held as files (directory) or as tar entries (oci-archive). */
-function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, source: string, readShared?: (rel: string) => Buffer | null): ResolvedImage {
+function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, source: string, readShared?: (rel: string, obs?: ReadObserver) => Buffer | null): ResolvedImage {
   const layoutFile = read('oci-layout');
   if (!layoutFile) throw new OciSourceError('not-found', `${source}: no oci-layout file (not an OCI image layout)`);
   const idx = parseJson<{ manifests?: unknown[] }>(read('index.json') ?? Buffer.from('null'), `${source}: index.json`);
@@ -171,7 +183,7 @@ function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, so
     desc = list[0];
   }
   const fetch: BlobFetch = (digest, size, what) => checkedBlob(read(`blobs/sha256/${hexOf(digest, what)}`), digest, size, what);
-  const raw: RawFetch | undefined = readShared && ((digest, size, what) => present(readShared(`blobs/sha256/${hexOf(digest, what)}`), digest, what));
+  const raw: RawFetch | undefined = readShared && ((digest, _size, what, obs) => present(readShared(`blobs/sha256/${hexOf(digest, what)}`, obs), digest, what));
   const ref = refName(desc);
   return resolveManifest(fetch, desc, ref ? [source, ref] : [source], source, raw);
 }
@@ -189,8 +201,11 @@ export function toShared(b: Buffer): Buffer {
   return s;
 }
 
+/** Slice of a blob read at a time (the observer hears of each). */
+const READ_SLICE = 32 << 20;
+
 /** A whole file read into a SharedArrayBuffer (null if it does not exist). */
-export function readShared(p: string): Buffer | null {
+export function readShared(p: string, obs?: ReadObserver): Buffer | null {
   let fd: number;
   try { fd = fs.openSync(p, 'r'); } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
@@ -202,9 +217,11 @@ export function readShared(p: string): Buffer | null {
     const size = st.size;
     if (size > MAX_SHARED_READ) throw new OciSourceError('digest', `${p}: ${size} bytes, more than the ${MAX_SHARED_READ} one layer may hold`);
     const b = Buffer.from(new SharedArrayBuffer(size));
+    obs?.begin(b);
     for (let o = 0; o < size;) {
-      const n = fs.readSync(fd, b, o, Math.min(size - o, 1 << 30), o);
+      const n = fs.readSync(fd, b, o, Math.min(size - o, READ_SLICE), o);
       if (n === 0) throw new OciSourceError('digest', `${p}: file shrank while being read (${o} of ${size} bytes)`);
+      obs?.read(o, n);
       o += n;
     }
     return b;
@@ -298,7 +315,7 @@ function fromContainerd(ref: string, source: string, o: ContainerdOptions): Reso
   const [, mediaType, digest] = hit;
   const dir = path.join(o.contentDir ?? DEFAULT_CONTAINERD_CONTENT, 'blobs', 'sha256');
   const fetch: BlobFetch = (d, size, what) => checkedBlob(readIfFile(path.join(dir, hexOf(d, what))), d, size, what);
-  const rawLayer: RawFetch = (d, _size, what) => present(readShared(path.join(dir, hexOf(d, what))), d, what);
+  const rawLayer: RawFetch = (d, _size, what, obs) => present(readShared(path.join(dir, hexOf(d, what)), obs), d, what);
   // ctr prints the size humanised; the digest check covers the manifest's bytes.
   const manifest = fetch(digest, null, `${source}: manifest`);
   return resolveManifest(fetch, { mediaType, digest, size: manifest.length }, [source, ref], source, rawLayer);
@@ -314,6 +331,6 @@ export function openSource(source: string, ctrd: ContainerdOptions = {}): Resolv
     if (c > 0 && fs.existsSync(p.slice(0, c))) { tag = p.slice(c + 1); p = p.slice(0, c); }
     else throw new OciSourceError('not-found', `${source}: no such directory or archive`);
   }
-  if (fs.statSync(p).isDirectory()) return fromLayout((rel) => readIfFile(path.join(p, rel)), tag, source, (rel) => readShared(path.join(p, rel)));
+  if (fs.statSync(p).isDirectory()) return fromLayout((rel) => readIfFile(path.join(p, rel)), tag, source, (rel, obs) => readShared(path.join(p, rel), obs));
   return fromArchive(p, tag, source);
 }

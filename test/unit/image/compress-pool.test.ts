@@ -78,7 +78,7 @@ describe('image conversion: compression in workers', function () {
     }
   });
 
-  it('workers compress shared and unshared chunks alike, hand back null for incompressible ones, and hash layers', async () => {
+  it('workers compress shared and unshared chunks alike, hand back null for incompressible ones, and hash layers (also streamed)', async () => {
     const pool = new CompressPool(2, 1 << 20);
     const lz4 = new Lz4({ maxBlockBytes: 1 << 20 });
     try {
@@ -90,6 +90,11 @@ describe('image conversion: compression in workers', function () {
       expect(lz4.decompressBlock(a!, text.length).equals(text)).to.equal(true);
       expect(z, 'noise does not compress').to.equal(null);
       expect(await pool.sha256(shared)).to.equal(crypto.createHash('sha256').update(shared).digest('hex'));
+      // Streamed as a layer is read: slices in order, digest at the end.
+      const s = pool.sha256Stream(shared);
+      for (let o = 0; o < shared.length; o += 300_000) s.update(o, Math.min(300_000, shared.length - o));
+      expect(await s.digest()).to.equal(crypto.createHash('sha256').update(shared).digest('hex'));
+      expect(() => pool.sha256Stream(text), 'an unshared buffer').to.throw(/SharedArrayBuffer/);
     } finally {
       await pool.close();
     }
