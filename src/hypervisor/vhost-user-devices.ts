@@ -14,6 +14,10 @@
  * QEMU reported DEVICE_DELETED and the chardev is gone, so the guest never
  * sees its device vanish under in-flight requests.
  *
+ * A served disk grows online (kata-ctl direct-volume resize) without QMP:
+ * resizeBlk grows our device and sends CONFIG_CHANGE_MSG on the vhost-user
+ * back-end channel, and QEMU tells the guest.
+ *
  * Kept apart from qemu.ts so the command-line and QMP code stay about QEMU,
  * and the lifetime of our in-process device servers is in one place.
  */
