@@ -84,8 +84,12 @@ describe('e2e: VM templates through ctr (io.containerd.kata-ts.v2)', function ()
 
   after(async () => {
     if (!cd) return;
-    await destroyTemplate(cfgFile, tplDir);
-    await stopTestContainerd(cd);
+    // containerd is stopped (and checked) even when the template's removal fails.
+    try {
+      await destroyTemplate(cfgFile, tplDir);
+    } finally {
+      await stopTestContainerd(cd);
+    }
   });
 
   afterEach(function () {
@@ -135,9 +139,12 @@ describe('e2e: VM templates through CRI (kata-ts handler)', function () {
 
   after(async () => {
     if (!cd) return;
-    await destroyTemplate(cfgFile, tplDir);
-    const left = await cd.stop();
-    expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
+    try {
+      await destroyTemplate(cfgFile, tplDir);
+    } finally {
+      const left = await cd.stop();
+      expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
+    }
   });
 
   afterEach(function () {
