@@ -22,6 +22,33 @@ export type ContainerState = 'created' | 'running' | 'stopped';
 /** How long StartContainer waits for crun to record a started container (TCG guests are slow). */
 export const START_STATE_WAIT_MS = 30_000;
 
+/**
+ * Where create/start report their phases (ms each): the agent's debug log
+ * (main.ts sets it with agent.log=debug), nothing otherwise — so a slow
+ * CreateContainer/StartContainer says which step was slow (README
+ * performance) without loading winston on a normal boot.
+ */
+let phaseLog: ((msg: string, fields: Record<string, string | number>) => void) | undefined;
+export function setContainerPhaseLog(fn: typeof phaseLog): void {
+  phaseLog = fn;
+}
+
+/** Milliseconds between the marks, as `{name: ms}` (marks in order, the first is the start). */
+class Phases {
+  private last = process.hrtime.bigint();
+  private readonly first = this.last;
+  readonly ms: Record<string, number> = {};
+  mark(name: string): void {
+    const now = process.hrtime.bigint();
+    this.ms[name] = Number(now - this.last) / 1e6;
+    this.last = now;
+  }
+  report(msg: string, id: string): void {
+    this.ms.totalMs = Number(this.last - this.first) / 1e6;
+    phaseLog?.(msg, { container: id, ...Object.fromEntries(Object.entries(this.ms).map(([k, v]) => [k, Math.round(v * 10) / 10])) });
+  }
+}
+
 /** The agent's error; service.ts turns `kind` into the gRPC status code the host sees. */
 export class AgentError extends KataError<'not-found' | 'already-exists' | 'invalid' | 'failed-precondition' | 'permission-denied' | 'internal'> {}
 
@@ -90,9 +117,11 @@ export class Container {
     } catch (err) {
       throw new AgentError('invalid', (err as Error).message);
     }
+    const ph = new Phases();
     await fs.mkdir(this.bundleDir, { recursive: true });
     let rootfs = (spec as OciSpec).root?.path ?? '';
     for (const [i, s] of storages.entries()) rootfs = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
+    ph.mark('storagesMs');
     if (!rootfs.startsWith('/')) throw new AgentError('invalid', 'container has no rootfs: give a storage or an absolute root.path');
     // Disks the host attached for linux.devices: the guest's numbers (devices.ts).
     if (opts.devices?.length) {
@@ -106,11 +135,15 @@ export class Container {
     if (opts.resolvConf && !(this.spec.mounts ?? []).some((m) => m.destination === '/etc/resolv.conf')) {
       (this.spec.mounts ??= []).push({ destination: '/etc/resolv.conf', type: 'bind', source: opts.resolvConf, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
     }
+    ph.mark('specMs');
     await fs.writeFile(path.join(this.bundleDir, 'config.json'), JSON.stringify(this.spec));
+    ph.mark('writeConfigMs');
+    ph.report('container created', this.id);
   }
 
   async start(): Promise<GuestProcess> {
     if (this.state !== 'created') throw new AgentError('failed-precondition', `container ${this.id} is ${this.state}, not created`);
+    const ph = new Phases();
     this.checkExecutable(this.spec.process!);
     const terminal = !!this.spec.process?.terminal;
     const proc = new GuestProcess(this.id, '', terminal);
@@ -125,15 +158,18 @@ export class Container {
       this.state = 'stopped';
     });
     proc.pid = child.pid ?? 0;
+    ph.mark('spawnMs');
     await attached;
     if (sock) await fs.rm(sock, { force: true });
+    ph.mark('stdioMs');
     // The container process's own pid, once crun has recorded it. `crun run`
     // returns to us before it has: until then a kill (StopContainer right
     // after StartContainer) finds no state ("status: No such file"), and the
     // pid would be crun's, whose namespaces are the guest's, not the pod's.
     // So StartContainer answers once crun knows the container, or it exited.
+    // runtime.pid() is a file read (oci-runtime.ts): poll it finely.
     const deadline = Date.now() + START_STATE_WAIT_MS;
-    for (let delay = 10; !proc.exitStatus; delay = Math.min(delay * 2, 200)) {
+    for (let delay = 2; !proc.exitStatus; delay = Math.min(delay * 2, 50)) {
       const p = await this.runtime.pid(this.id);
       if (p > 0) {
         proc.pid = p;
@@ -142,6 +178,8 @@ export class Container {
       if (Date.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, delay));
     }
+    ph.mark('crunStateMs');
+    ph.report('container started', this.id);
     return proc;
   }
 

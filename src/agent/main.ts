@@ -17,6 +17,8 @@ import { CrunRuntime } from './oci-runtime';
 import { serveOnVsock } from './vsock-transport';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
+import { widenStdioBuffers } from './process';
+import { setContainerPhaseLog } from './container';
 
 /** Start-up phases measured before main() runs (boot.ts). */
 export interface BootPhases {
@@ -33,9 +35,14 @@ async function run(phases: BootPhases): Promise<void> {
   let cmdline = '';
   try { cmdline = fs.readFileSync('/proc/cmdline', 'utf8'); } catch { /* not Linux: tests */ }
   const debug = /(^|\s)agent\.log=debug(\s|$)/.test(cmdline);
-  if (debug) (await import('../common/log')).configureLogging({ source: 'agent', level: 'debug' });
+  if (debug) {
+    const log = await import('../common/log');
+    log.configureLogging({ source: 'agent', level: 'debug' });
+    setContainerPhaseLog((msg, fields) => log.logger('container').debug(msg, fields));
+  }
   const logSetupMs = msSince(t0);
   const t1 = process.hrtime.bigint();
+  widenStdioBuffers(); // before any process is spawned: their stdio sockets take the default
   const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   // The policy's hash may be pinned on the command line (policy.ts): fixed for this VM's life.

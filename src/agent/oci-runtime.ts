@@ -7,6 +7,8 @@
  * reaping tricks in Node.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
+import * as path from 'node:path';
 import { promisify } from 'node:util';
 
 const execFileP = promisify(execFile);
@@ -60,18 +62,31 @@ export class CrunRuntime implements OciRuntime {
     await execFileP(this.binary, ['--root', this.root, 'delete', '--force', id]).catch(() => undefined);
   }
 
+  /**
+   * Read from crun's own state file (`<root>/<id>/status`, written to a
+   * temporary name and renamed, so never seen half written) rather than by
+   * running `crun state`: StartContainer polls this until crun has recorded
+   * the container, and under TCG each `crun state` was a process start
+   * (tens to hundreds of ms) where a file read is well under one. The file
+   * is what `crun state` and `crun kill` read themselves, so once it names a
+   * pid, a kill finds the container.
+   */
   async pid(id: string): Promise<number> {
-    try {
-      const { stdout } = await execFileP(this.binary, ['--root', this.root, 'state', id]);
-      const st = JSON.parse(stdout) as { pid?: number };
-      return st.pid ?? 0;
-    } catch {
-      return 0;
-    }
+    return crunStatusPid(await readFile(path.join(this.root, id, 'status'), 'utf8').catch(() => ''));
   }
 
   async version(): Promise<string> {
     const { stdout } = await execFileP(this.binary, ['--version']);
     return stdout.split('\n')[0]?.replace(/^crun version /, '') ?? '';
+  }
+}
+
+/** The pid in a crun status file's text, or 0 if it names none (absent, or not crun's JSON). */
+export function crunStatusPid(text: string): number {
+  try {
+    const pid = (JSON.parse(text) as { pid?: unknown }).pid;
+    return typeof pid === 'number' && Number.isInteger(pid) && pid > 0 ? pid : 0;
+  } catch {
+    return 0;
   }
 }

@@ -18,6 +18,7 @@ export class OutputPipe {
   private buffered = 0;
   private ended = false;
   private wake: (() => void) | undefined;
+  private wakeSoon = false;
   private source: Readable | undefined;
 
   constructor(private readonly highWater = 4 * 1024 * 1024) {}
@@ -36,7 +37,7 @@ export class OutputPipe {
     this.chunks.push(b);
     this.buffered += b.length;
     if (this.buffered > this.highWater) this.source?.pause();
-    this.notify();
+    this.notifySoon();
   }
 
   end(): void {
@@ -101,5 +102,21 @@ export class OutputPipe {
     const w = this.wake;
     this.wake = undefined;
     w?.();
+  }
+
+  /**
+   * Wake a waiting reader after this turn of the event loop, not at once:
+   * libuv hands a socket's queued bytes over in several 64 KiB reads in one
+   * turn, and each would otherwise be its own message (frame header, prefix
+   * and a vsock packet each, plus a turn of the stream handler). Waking on
+   * setImmediate lets one message carry all of them.
+   */
+  private notifySoon(): void {
+    if (!this.wake || this.wakeSoon) return;
+    this.wakeSoon = true;
+    setImmediate(() => {
+      this.wakeSoon = false;
+      this.notify();
+    });
   }
 }

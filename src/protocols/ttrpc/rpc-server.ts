@@ -140,7 +140,9 @@ export class RpcServer {
 
   private run(m: RpcMethod, streamId: number, arg: unknown, ctx: CallContext, c: Duplex,
     send: (id: number, type: number, flags: number, body: Buffer) => boolean, reply: (id: number, s: RpcStatus | undefined, p?: Buffer) => void): void {
-    const fail = (err: unknown) => reply(streamId, this.opts.status(err));
+    // The server's own refusals (TtrpcError: an oversize stream message) keep
+    // their code; a handler's error is the service's to map.
+    const fail = (err: unknown) => reply(streamId, err instanceof TtrpcError ? { code: err.code, message: err.message } : this.opts.status(err));
     let out: Promise<unknown> | AsyncIterable<unknown>;
     try {
       out = m.handle(arg, ctx);
@@ -171,8 +173,12 @@ export class RpcServer {
           head.writeUInt32BE(streamId >>> 0, 4);
           head.writeUInt8(FrameType.Data, 8);
           head.writeUInt8(0, 9);
-          more = !c.destroyed && c.write(head);
-          for (const p of msg.parts) more = !c.destroyed && c.write(p);
+          // The header goes out with a small first part (the message's
+          // prefix bytes): on vsock each write is a packet.
+          const [first, ...rest] = msg.parts;
+          const joinFirst = first !== undefined && first.length <= 64;
+          more = !c.destroyed && c.write(joinFirst ? Buffer.concat([head, first]) : head);
+          for (const p of joinFirst ? rest : msg.parts) more = !c.destroyed && c.write(p);
         } else {
           more = send(streamId, FrameType.Data, 0, m.encodeResponse(msg));
         }

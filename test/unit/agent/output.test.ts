@@ -1,0 +1,186 @@
+/**
+ * The agent's stdout path and container start helpers without a VM:
+ * OutputPipe batching and backpressure, the ttrpc server sending a streamed
+ * EncodedMessage (header merged with its prefix, oversize refused, a closed
+ * connection), crun's status file as the started-container pid, and the
+ * guest's socket buffer default.
+ */
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { OutputPipe } from '../../../src/agent/output';
+import { widenStdioBuffers } from '../../../src/agent/process';
+import { CrunRuntime, crunStatusPid } from '../../../src/agent/oci-runtime';
+import { EncodedMessage, RpcServer, type RpcMethod } from '../../../src/protocols/ttrpc/rpc-server';
+import { FrameReader, FrameType, FLAG_REMOTE_CLOSED, encodeFrame, type Frame } from '../../../src/protocols/ttrpc/frame';
+import { decodeResponse, encodeRequest } from '../../../src/protocols/ttrpc/envelope';
+import { Code } from '../../../src/protocols/ttrpc/codes';
+
+const turn = () => new Promise((r) => setImmediate(r));
+
+describe('unit: agent stdout path and start helpers', function () {
+  this.timeout(10000);
+  let dir: string;
+  before(() => { dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-output-')); });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  describe('OutputPipe', () => {
+    it('hands a waiting reader every chunk pushed in one event-loop turn as one batch, in order', async () => {
+      const p = new OutputPipe();
+      const read = p.readChunks();
+      for (let i = 0; i < 5; i++) p.push(Buffer.from(`c${i}`));
+      const got = await read;
+      expect(got!.map((b) => b.toString())).to.deep.equal(['c0', 'c1', 'c2', 'c3', 'c4']);
+    });
+
+    it('keeps whole chunks under max, at least one even when it is larger, then the rest', async () => {
+      const p = new OutputPipe();
+      p.push(Buffer.alloc(10, 1));
+      p.push(Buffer.alloc(10, 2));
+      p.push(Buffer.alloc(30, 3));
+      expect((await p.readChunks(25))!.map((b) => b.length)).to.deep.equal([10, 10]);
+      expect((await p.readChunks(25))!.map((b) => b.length)).to.deep.equal([30]);
+    });
+
+    it('delivers what is left before the end, then null; data pushed after the end is dropped', async () => {
+      const p = new OutputPipe();
+      p.push(Buffer.from('last'));
+      p.end();
+      p.push(Buffer.from('late'));
+      expect(Buffer.concat((await p.readChunks())!).toString()).to.equal('last');
+      expect(await p.readChunks()).to.equal(null);
+      expect(await p.read()).to.equal(null);
+    });
+
+    it('ignores empty chunks (a zero-length read is not data)', async () => {
+      const p = new OutputPipe();
+      p.push(Buffer.alloc(0));
+      p.push(Buffer.from('x'));
+      expect((await p.readChunks())!.map((b) => b.toString())).to.deep.equal(['x']);
+    });
+
+    it('pauses its source above highWater and resumes it once drained below half', async () => {
+      const src = new PassThrough();
+      const p = new OutputPipe(100);
+      p.attachSource(src);
+      src.write(Buffer.alloc(150));
+      await turn();
+      expect(src.isPaused()).to.equal(true);
+      await p.readChunks();
+      expect(src.isPaused()).to.equal(false);
+      src.end();
+      await turn();
+      expect(p.isEnded).to.equal(true);
+    });
+  });
+
+  describe('ttrpc server: streamed EncodedMessage', () => {
+    const SERVICE = 'test.Svc';
+    let server: RpcServer;
+    let sockPath: string;
+    let srv: net.Server;
+    let parts: Buffer[];
+
+    before(async () => {
+      const methods = new Map<string, RpcMethod>([['Stream', {
+        responseStream: true,
+        decodeRequest: (b) => b,
+        encodeResponse: () => Buffer.alloc(0),
+        handle: async function* () { yield new EncodedMessage(parts); },
+      }]]);
+      server = new RpcServer({ service: SERVICE, methods, status: (e) => ({ code: Code.Internal, message: String(e) }), maxLength: 1024 });
+      sockPath = path.join(dir, 's.sock');
+      srv = net.createServer((c) => server.serve(c));
+      await new Promise<void>((r) => srv.listen(sockPath, () => r()));
+    });
+    after(async () => {
+      server.close();
+      await new Promise<void>((r) => srv.close(() => r()));
+    });
+
+    /** One Stream call on a fresh connection: the frames received until the stream ends. */
+    async function call(): Promise<Frame[]> {
+      const c = net.connect(sockPath);
+      const reader = new FrameReader();
+      const frames: Frame[] = [];
+      const done = new Promise<void>((resolve) => {
+        c.on('data', (d: Buffer) => {
+          for (const f of reader.push(d)) {
+            frames.push(f as Frame);
+            if (f.type === FrameType.Response || ((f as Frame).flags & FLAG_REMOTE_CLOSED)) resolve();
+          }
+        });
+        c.on('close', () => resolve());
+      });
+      c.write(encodeFrame(1, FrameType.Request, FLAG_REMOTE_CLOSED, encodeRequest({ service: SERVICE, method: 'Stream', payload: Buffer.alloc(0) })));
+      await done;
+      c.destroy();
+      return frames;
+    }
+
+    it('sends the parts as one Data frame whose payload is their concatenation (prefix joined to the header)', async () => {
+      parts = [Buffer.from([0x0a, 0x05]), Buffer.from('he'), Buffer.from('llo')];
+      const frames = await call();
+      expect(frames[0]!.type).to.equal(FrameType.Data);
+      expect(frames[0]!.payload).to.deep.equal(Buffer.concat(parts));
+      expect(frames[1]!.flags & FLAG_REMOTE_CLOSED).to.equal(FLAG_REMOTE_CLOSED);
+    });
+
+    it('sends a large first part as it is', async () => {
+      parts = [Buffer.alloc(300, 7), Buffer.alloc(5, 8)];
+      const frames = await call();
+      expect(frames[0]!.payload).to.deep.equal(Buffer.concat(parts));
+    });
+
+    it('refuses a message over the limit with ResourceExhausted and sends none of it', async () => {
+      parts = [Buffer.from([1]), Buffer.alloc(2000)];
+      const frames = await call();
+      expect(frames).to.have.length(1);
+      expect(frames[0]!.type).to.equal(FrameType.Response);
+      expect(decodeResponse(frames[0]!.payload).status?.code).to.equal(Code.ResourceExhausted);
+    });
+
+    it('keeps serving after a client closes its connection mid-call', async () => {
+      parts = [Buffer.from([1]), Buffer.from('x')];
+      const c = net.connect(sockPath);
+      await new Promise<void>((r) => c.once('connect', () => r()));
+      c.write(encodeFrame(1, FrameType.Request, FLAG_REMOTE_CLOSED, encodeRequest({ service: SERVICE, method: 'Stream', payload: Buffer.alloc(0) })));
+      c.destroy();
+      await turn();
+      const frames = await call();
+      expect(frames[0]!.payload).to.deep.equal(Buffer.concat(parts));
+    });
+  });
+
+  describe('crun status file', () => {
+    it('reads the pid crun recorded', async () => {
+      const root = path.join(dir, 'crun');
+      fs.mkdirSync(path.join(root, 'c1'), { recursive: true });
+      fs.writeFileSync(path.join(root, 'c1', 'status'), '{\n    "pid" : 4242,\n    "cgroup-path" : "/c1"\n}\n');
+      const rt = new CrunRuntime('/nonexistent/crun', root);
+      expect(await rt.pid('c1')).to.equal(4242);
+      expect(await rt.pid('absent')).to.equal(0);
+    });
+
+    it('gives 0 for anything that does not name a positive integer pid', () => {
+      for (const t of ['', '{', 'null', '[]', '{"pid":0}', '{"pid":-3}', '{"pid":1.5}', '{"pid":"12"}', '{}']) expect(crunStatusPid(t), t).to.equal(0);
+      expect(crunStatusPid('{"pid":7}')).to.equal(7);
+    });
+  });
+
+  describe('widenStdioBuffers', () => {
+    it('raises a smaller default, keeps a larger one, and reports a file it cannot write', () => {
+      const f = path.join(dir, 'wmem_default');
+      fs.writeFileSync(f, '212992\n');
+      expect(widenStdioBuffers(1 << 20, f)).to.equal(true);
+      expect(fs.readFileSync(f, 'utf8')).to.equal(String(1 << 20));
+      fs.writeFileSync(f, String(8 << 20));
+      expect(widenStdioBuffers(1 << 20, f)).to.equal(true);
+      expect(fs.readFileSync(f, 'utf8')).to.equal(String(8 << 20));
+      expect(widenStdioBuffers(1 << 20, path.join(dir, 'missing', 'wmem_default'))).to.equal(false);
+    });
+  });
+});
