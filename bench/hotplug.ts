@@ -13,6 +13,9 @@
  *   fs, ours      our virtio-fs behind vhost-user-fs-pci, until the guest's
  *                 virtio_fs driver is bound to it (mountable). No peer here:
  *                 virtiofsd is not installed on these hosts.
+ *   net           QEMU's virtio-net-pci on a tap of ours (getfd, netdev_add,
+ *                 device_add; the same in either pod), until virtio_net is
+ *                 bound to it in the guest. No peer: there is no other.
  *   unplug        device_del until the guest released it (DEVICE_DELETED).
  *
  * How "usable" is seen without counting an exec's start-up: a poller runs
@@ -40,6 +43,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { configureLogging } from '../src/common/log';
+import { native } from '../src/common/native';
 import { defaultConfig } from '../src/runtime/config';
 import { QemuHypervisor, type BlockDriver } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
@@ -115,10 +119,18 @@ async function stopPod(p: Pod | undefined): Promise<void> {
   fs.rmSync(p.runDir, { recursive: true, force: true });
 }
 
-async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
+type Kind = 'blk' | 'fs' | 'net';
+/** What the poller counts: virtio block devices, or virtio devices bound to the virtiofs / virtio_net driver. */
+const COUNT: Record<Kind, string> = {
+  blk: 'ls /sys/block | grep -c ^vd',
+  fs: 'ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c ^virtio',
+  net: 'ls /sys/bus/virtio/drivers/virtio_net 2>/dev/null | grep -c ^virtio',
+};
+
+async function plugOnce(p: Pod, kind: Kind): Promise<Sample> {
   const { sb, hv } = p;
-  // Waits for one more virtio block device / bound virtio-fs device than there was when it started.
-  const count = kind === 'blk' ? 'ls /sys/block | grep -c ^vd' : 'ls /sys/bus/virtio/drivers/virtiofs 2>/dev/null | grep -c ^virtio';
+  // Waits for one more of what COUNT counts than there was when it started.
+  const count = COUNT[kind];
   const n = p.seq++;
   const execId = `p${n}`;
   // After it saw the device: the guest's clock and kernel log, for the guest-side phases.
@@ -136,13 +148,20 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
   done.catch(() => undefined); // awaited below; a failure before that must not crash the run
   await started;
   const id = `${kind}${n}`;
-  const spec: DeviceSpec = kind === 'blk' ? { kind: 'blk', id, path: p.disk, readonly: false } : { kind: 'fs', id, path: p.dir };
+  // A net device is QEMU's virtio-net on a tap of ours (not brought up; it goes when its fd closes).
+  const tap = kind === 'net' ? native().tapCreate(null, `hpb${process.pid % 10000}n${n % 100}`, { vnetHdr: true, nonBlocking: true }) : undefined;
+  const spec: DeviceSpec = kind === 'blk' ? { kind: 'blk', id, path: p.disk, readonly: false }
+    : kind === 'fs' ? { kind: 'fs', id, path: p.dir }
+    : { kind: 'net', id, fd: tap!.fd, mac: `52:54:00:7e:${(n >> 8 & 255).toString(16).padStart(2, '0')}:${(n & 255).toString(16).padStart(2, '0')}`, mtu: 1500 };
   const log: NonNullable<typeof qmpLog> = [];
   qmpLog = log;
   const t0 = performance.now();
   let dev;
   try {
     dev = await sb.devices.attach(spec, 'bench');
+  } catch (err) {
+    if (tap) native().closeFd(tap.fd);
+    throw err;
   } finally {
     qmpLog = undefined;
   }
@@ -158,7 +177,7 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
     phases['= attach outside QMP commands, ms'] = returned - log.reduce((a, c) => a + c.ms, 0);
   }
   phases['attach returned'] = returned;
-  const served = kind === 'blk' ? hv.vhostUserDevices?.get('blk', id) : hv.vhostUserDevices?.get('fs', id);
+  const served = kind === 'net' ? undefined : hv.vhostUserDevices?.get(kind, id);
   const be = served?.backend;
   if (be && be.activatedAt >= t0) {
     phases['backend activated (guest started the device)'] = be.activatedAt - t0;
@@ -178,6 +197,7 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
   const t1 = performance.now();
   await sb.devices.detach(id, 'bench');
   const unplugMs = performance.now() - t1;
+  if (tap) native().closeFd(tap.fd);
   // Not counted: let a late DEVICE_DELETED free the slot before the next round.
   const slot = parseInt(dev.pciPath!, 16);
   for (let w = 0; w < 300 && hv.slotsInUse().includes(slot); w++) await new Promise((r) => setTimeout(r, 200));
@@ -193,7 +213,7 @@ async function plugOnce(p: Pod, kind: 'blk' | 'fs'): Promise<Sample> {
  * activated by QEMU's vhost start after that, and the partition scan that
  * follows reads through the device).
  */
-function guestPhases(out: string, pciPath: string, kind: 'blk' | 'fs', plugMs: number): Record<string, number> {
+function guestPhases(out: string, pciPath: string, kind: Kind, plugMs: number): Record<string, number> {
   const up = /UP ([\d.]+)/.exec(out);
   if (!up) return {};
   const now = Number(up[1]);
@@ -224,7 +244,7 @@ async function main(): Promise<void> {
   const iterations = Number(process.argv[2] ?? 11);
   if (!Number.isInteger(iterations) || iterations < 1) throw new Error(`iterations "${process.argv[2]}" must be a positive integer`);
   const loadStart = os.loadavg();
-  const res: Record<'ours' | 'qemu', { blk: Sample[]; fs: Sample[] }> = { ours: { blk: [], fs: [] }, qemu: { blk: [], fs: [] } };
+  const res: Record<'ours' | 'qemu', Record<Kind, Sample[]>> = { ours: { blk: [], fs: [], net: [] }, qemu: { blk: [], fs: [], net: [] } };
   let ours: Pod | undefined;
   let qemu: Pod | undefined;
   try {
@@ -238,9 +258,11 @@ async function main(): Promise<void> {
         res[p.name].blk.push(s);
         process.stderr.write(`  ${i + 1}/${iterations} ${p.name} blk: plug ${f0(s.plugMs)} ms, unplug ${f0(s.unplugMs)} ms, load ${s.load1.toFixed(2)}\n`);
       }
-      const s = await plugOnce(ours, 'fs');
-      res.ours.fs.push(s);
-      process.stderr.write(`  ${i + 1}/${iterations} ours fs: plug ${f0(s.plugMs)} ms, unplug ${f0(s.unplugMs)} ms\n`);
+      for (const kind of ['fs', 'net'] as const) {
+        const s = await plugOnce(ours, kind);
+        res.ours[kind].push(s);
+        process.stderr.write(`  ${i + 1}/${iterations} ours ${kind}: plug ${f0(s.plugMs)} ms, unplug ${f0(s.unplugMs)} ms\n`);
+      }
     }
   } finally {
     await stopPod(ours);
@@ -256,6 +278,8 @@ async function main(): Promise<void> {
     ['blk: unplug → released', spread(col(O.blk, 'unplugMs')), `${spread(col(Q.blk, 'unplugMs'))}  ours/QEMU ${ratio(O.blk, Q.blk, 'unplugMs')}`],
     ['fs: request → virtio_fs bound in the guest', spread(col(O.fs, 'plugMs')), 'no peer (no virtiofsd here)'],
     ['fs: unplug → released', spread(col(O.fs, 'unplugMs')), '-'],
+    ['net: request → virtio_net bound in the guest', spread(col(O.net, 'plugMs')), "no peer (QEMU's virtio-net either way)"],
+    ['net: unplug → released', spread(col(O.net, 'unplugMs')), '-'],
   ];
   process.stdout.write(`${table(rows)}\n\n`);
   // Phase breakdown (ms from the attach call, medians).
@@ -268,7 +292,7 @@ async function main(): Promise<void> {
   const ph = (s: Sample[], k: string) => { const xs = s.map((x) => x.phases[k]).filter((x): x is number => x !== undefined); return xs.length ? spread(xs) : '-'; };
   for (const k of names) phaseRows.push([k, ph(O.blk, k), ph(Q.blk, k)]);
   process.stdout.write(`${table(phaseRows)}\n\n`);
-  const loads = [...O.blk, ...Q.blk, ...O.fs].map((s) => s.load1);
+  const loads = [...O.blk, ...Q.blk, ...O.fs, ...O.net].map((s) => s.load1);
   process.stdout.write(`load average (1/5/15 min): start ${loadStart.map((x) => x.toFixed(2)).join(' ')}, end ${loadEnd.map((x) => x.toFixed(2)).join(' ')}; 1-min per sample ${Math.min(...loads).toFixed(2)}–${Math.max(...loads).toFixed(2)}\n`);
   process.stdout.write(`wrote ${writeResult('hotplug', { machine: machine(), iterations, interleaved: 'ABBA', ours: O, qemu: Q, loadStart, loadEnd })}\n`);
 }
