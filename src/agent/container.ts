@@ -11,7 +11,7 @@ import { applyDevices, type DeviceMapError, type DeviceResolver } from './device
 import { adaptSpecForGuest, takeGuestSysctls, validateSpec } from './bundle';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import type { OciRuntime } from './oci-runtime';
-import { GuestProcess, consoleSocketPath } from './process';
+import { GuestProcess, OutputFifos, consoleSocketPath } from './process';
 import { StorageSet, type Mounter, type StorageRegistry } from './storage';
 import { native } from '../common/native';
 import { KataError } from '../common/errors';
@@ -149,11 +149,18 @@ export class Container {
     const proc = new GuestProcess(this.id, '', terminal);
     const sock = terminal ? await this.consoleSocket('') : undefined;
     const listenFd = sock ? native().unixListen(sock) : undefined;
-    const child = this.runtime.run(this.id, this.bundleDir, { consoleSocket: sock });
+    const outputs = sock ? undefined : OutputFifos.open(this.dir, 'init');
+    let child;
+    try {
+      child = this.runtime.run(this.id, this.bundleDir, { consoleSocket: sock, stdio: outputs?.stdio() });
+    } catch (err) {
+      outputs?.closeAll();
+      throw err;
+    }
     this.init = proc;
     this.processes.set('', proc);
     this.state = 'running';
-    const attached = proc.attach(child, listenFd);
+    const attached = proc.attach(child, listenFd, outputs);
     proc.wait().then(() => {
       this.state = 'stopped';
     });
@@ -203,10 +210,17 @@ export class Container {
     const terminal = !!p.terminal;
     const sock = terminal ? await this.consoleSocket(execId) : undefined;
     const listenFd = sock ? native().unixListen(sock) : undefined;
-    const child = this.runtime.exec(this.id, file, { consoleSocket: sock, pidFile });
+    const outputs = sock ? undefined : OutputFifos.open(this.dir, `exec-${execId}`);
+    let child;
+    try {
+      child = this.runtime.exec(this.id, file, { consoleSocket: sock, pidFile, stdio: outputs?.stdio() });
+    } catch (err) {
+      outputs?.closeAll();
+      throw err;
+    }
     const proc = new GuestProcess(this.id, execId, terminal);
     this.processes.set(execId, proc);
-    await proc.attach(child, listenFd);
+    await proc.attach(child, listenFd, outputs);
     if (sock) await fs.rm(sock, { force: true });
     proc.pid = child.pid ?? 0;
     for (let i = 0; i < 40 && !proc.exitStatus; i++) {

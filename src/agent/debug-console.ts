@@ -20,7 +20,7 @@ import { spawn } from 'node:child_process';
 import type * as api from '../protocols/agent-api';
 import { native } from '../common/native';
 import { AgentError } from './container';
-import { GuestProcess, consoleSocketPath } from './process';
+import { GuestProcess, OutputFifos, consoleSocketPath } from './process';
 
 export interface DebugConsoleOptions {
   /** Whether the guest allows it (kernel command line `agent.debug_console`). */
@@ -82,13 +82,15 @@ export class DebugConsoles {
       fs.rmSync(sock, { force: true });
       if (proc.exitStatus && proc.runtimeErrors) throw new AgentError('internal', `debug console: ${proc.runtimeErrors.trim()}`);
     } else {
-      const child = spawn(args[0]!, args.slice(1), { stdio: ['pipe', 'pipe', 'pipe'], cwd: '/', env });
+      fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
+      const outputs = OutputFifos.open(this.opts.dir, execId); // stdout read as a container's is (process.ts)
+      const child = spawn(args[0]!, args.slice(1), { stdio: outputs.stdio(), cwd: '/', env });
       proc.pid = child.pid ?? 0;
       const spawned = new Promise<Error | undefined>((r) => {
         child.once('spawn', () => r(undefined));
         child.once('error', (e) => r(e));
       });
-      await proc.attach(child);
+      await proc.attach(child, undefined, outputs);
       const err = await spawned;
       if (err) {
         this.procs.delete(execId);

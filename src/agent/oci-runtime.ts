@@ -18,6 +18,8 @@ export interface SpawnOptions {
   consoleSocket?: string;
   /** Where crun writes the process's pid (exec). */
   pidFile?: string;
+  /** The child's stdio without a terminal (default: Node pipes); see OutputFifos in process.ts. */
+  stdio?: ['pipe', number, number];
 }
 
 export interface OciRuntime {
@@ -43,7 +45,7 @@ export class CrunRuntime implements OciRuntime {
     const args = ['--root', this.root, 'run', '--bundle', bundleDir];
     if (opts.consoleSocket) args.push('--console-socket', opts.consoleSocket);
     args.push(id);
-    return spawn(this.binary, args, { stdio: opts.consoleSocket ? ['ignore', 'ignore', 'pipe'] : ['pipe', 'pipe', 'pipe'] });
+    return spawn(this.binary, args, { stdio: opts.consoleSocket ? ['ignore', 'ignore', 'pipe'] : (opts.stdio ?? ['pipe', 'pipe', 'pipe']) });
   }
 
   exec(id: string, processFile: string, opts: SpawnOptions): ChildProcess {
@@ -51,7 +53,7 @@ export class CrunRuntime implements OciRuntime {
     if (opts.consoleSocket) args.push('--tty', '--console-socket', opts.consoleSocket);
     if (opts.pidFile) args.push('--pid-file', opts.pidFile);
     args.push(id);
-    return spawn(this.binary, args, { stdio: opts.consoleSocket ? ['ignore', 'ignore', 'pipe'] : ['pipe', 'pipe', 'pipe'] });
+    return spawn(this.binary, args, { stdio: opts.consoleSocket ? ['ignore', 'ignore', 'pipe'] : (opts.stdio ?? ['pipe', 'pipe', 'pipe']) });
   }
 
   async kill(id: string, signal: number): Promise<void> {

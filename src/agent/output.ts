@@ -7,11 +7,16 @@
  * container's write) instead of growing without bound.
  */
 import type { Readable } from 'node:stream';
+import { native } from '../common/native';
 
 export type Chunk = Buffer;
 
 /** Largest message read() hands out (well under the host's 16 MiB gRPC limit). */
 export const READ_MAX = 1024 * 1024;
+
+/** One read from an output fd: a pipe's whole default capacity. */
+const FD_READ = 64 * 1024;
+const POLL_READ = 1;
 
 export class OutputPipe {
   private chunks: Buffer[] = [];
@@ -19,24 +24,79 @@ export class OutputPipe {
   private ended = false;
   private wake: (() => void) | undefined;
   private wakeSoon = false;
-  private source: Readable | undefined;
+  private pauseSource: (() => void) | undefined;
+  private resumeSource: (() => void) | undefined;
 
   constructor(private readonly highWater = 4 * 1024 * 1024) {}
 
   /** Feed from a readable stream until it ends. */
   attachSource(src: Readable): void {
-    this.source = src;
+    this.pauseSource = () => src.pause();
+    this.resumeSource = () => src.resume();
     src.on('data', (b: Buffer) => this.push(b));
     src.on('end', () => this.end());
     src.on('error', () => this.end());
     src.on('close', () => this.end());
   }
 
+  /**
+   * Feed from the read end of a pipe (non-blocking; this pipe owns and closes
+   * it) until every writer has closed it. Read straight from the fd on a
+   * uv_poll watcher rather than through a net.Socket: under TCG, Node's
+   * stream machinery per 64 KiB read (a zero-filled buffer, the Readable's
+   * events) cost the agent more CPU than moving the bytes — a relay in the
+   * guest doing plain reads ran at ~2× the net.Socket one (README
+   * performance, agent stdout). Backpressure stops the watcher.
+   */
+  attachFd(fd: number): void {
+    const n = native();
+    let poll = 0;
+    let closed = false;
+    const close = () => {
+      if (closed) return;
+      closed = true;
+      if (poll) n.pollStop(poll);
+      poll = 0;
+      try { n.closeFd(fd); } catch { /* already gone */ }
+      this.end();
+    };
+    const onReadable = () => {
+      while (poll && !closed) {
+        const buf = Buffer.allocUnsafe(FD_READ);
+        let r: number;
+        try {
+          r = n.readFd(fd, buf, 0, FD_READ);
+        } catch {
+          close();
+          return;
+        }
+        if (r < 0) return; // EAGAIN: wait for the watcher
+        if (r === 0) {
+          close(); // every writer closed it: end of output
+          return;
+        }
+        // A short read keeps a right-sized copy, not a mostly empty 64 KiB buffer.
+        this.push(r === FD_READ ? buf : r >= FD_READ / 2 ? buf.subarray(0, r) : Buffer.from(buf.subarray(0, r)));
+      }
+    };
+    // Paused = no watcher at all: a hung-up pipe would otherwise wake it in a loop.
+    this.pauseSource = () => {
+      if (poll) n.pollStop(poll);
+      poll = 0;
+    };
+    this.resumeSource = () => {
+      if (poll || closed) return;
+      poll = n.pollStart(fd, POLL_READ, onReadable);
+      onReadable();
+    };
+    poll = n.pollStart(fd, POLL_READ, onReadable);
+  }
+
   push(b: Buffer): void {
     if (this.ended || b.length === 0) return;
     this.chunks.push(b);
     this.buffered += b.length;
-    if (this.buffered > this.highWater) this.source?.pause();
+    if (this.buffered > this.highWater) this.pauseSource?.();
     this.notifySoon();
   }
 
@@ -89,7 +149,7 @@ export class OutputPipe {
     while (k < this.chunks.length && (k === 0 || n + this.chunks[k].length <= max)) n += this.chunks[k++].length;
     const taken = this.chunks.splice(0, k);
     this.buffered -= n;
-    if (this.buffered <= this.highWater / 2) this.source?.resume();
+    if (this.buffered <= this.highWater / 2) this.resumeSource?.();
     return taken;
   }
 

@@ -43,7 +43,7 @@ export class GuestProcess {
    * Wire a freshly spawned runtime child. With a terminal, `consoleListenFd`
    * is the console-socket listener crun sends the pty master to.
    */
-  async attach(child: ChildProcess, consoleListenFd?: number): Promise<void> {
+  async attach(child: ChildProcess, consoleListenFd?: number, outputs?: OutputFifos): Promise<void> {
     child.on('exit', (code, signal) => {
       const sig = signal ? (SIGNALS[signal] ?? 0) : code !== null && code > 128 ? code - 128 : 0;
       const status = code ?? 128 + sig;
@@ -56,6 +56,14 @@ export class GuestProcess {
     if (consoleListenFd === undefined) {
       this.stdin = child.stdin ?? undefined;
       this.stdin?.on('error', () => undefined); // EPIPE once the process is gone
+      if (outputs) {
+        // The child has its ends now (spawn returned): ours must go, or the
+        // pipes would never reach end of file.
+        outputs.closeChildEnds();
+        this.stdout.attachFd(outputs.stdoutRead);
+        this.stderr.attachFd(outputs.stderrRead);
+        return;
+      }
       if (child.stdout) this.stdout.attachSource(child.stdout);
       else this.stdout.end();
       if (child.stderr) this.stderr.attachSource(child.stderr);
@@ -129,6 +137,60 @@ export class GuestProcess {
 export function consoleSocketPath(dir: string, execId: string, containerId = ''): string {
   const h = createHash('sha256').update(`${containerId}\0${execId}`).digest('hex').slice(0, 16);
   return path.join(dir, `console-${h}.sock`);
+}
+
+/**
+ * Pipes for a child's stdout and stderr that the agent reads from the fd
+ * itself (OutputPipe.attachFd) instead of through Node's net.Socket: FIFOs
+ * made in `dir` and unlinked at once, so they are anonymous pipes with a
+ * name for a moment. The child gets `stdoutWrite`/`stderrWrite` as its fds 1
+ * and 2 (blocking, as a program expects); the agent keeps the non-blocking
+ * read ends. `closeChildEnds()` once spawned; `closeAll()` if the spawn
+ * never happened.
+ */
+export class OutputFifos {
+  private constructor(readonly stdoutRead: number, readonly stdoutWrite: number, readonly stderrRead: number, readonly stderrWrite: number) {}
+
+  static open(dir: string, tag: string): OutputFifos {
+    const fds: number[] = [];
+    try {
+      for (const which of ['out', 'err']) {
+        const p = path.join(dir, `${tag}.${which}.fifo`);
+        fs.rmSync(p, { force: true });
+        const r = native().fsMknodat(-100 /* AT_FDCWD */, Buffer.from(p), fs.constants.S_IFIFO | 0o600, 0, -1, -1);
+        if (r < 0) throw new Error(`mkfifo ${p}: errno ${-r}`);
+        try {
+          // The read end first, non-blocking: then opening the write end does not wait.
+          fds.push(fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK));
+          fds.push(fs.openSync(p, fs.constants.O_WRONLY));
+        } finally {
+          fs.rmSync(p, { force: true });
+        }
+      }
+    } catch (err) {
+      for (const fd of fds) fs.closeSync(fd);
+      throw err;
+    }
+    return new OutputFifos(fds[0]!, fds[1]!, fds[2]!, fds[3]!);
+  }
+
+  /** The child's stdio as spawn() takes it: stdin a Node pipe, stdout and stderr ours. */
+  stdio(): ['pipe', number, number] {
+    return ['pipe', this.stdoutWrite, this.stderrWrite];
+  }
+
+  private childClosed = false;
+  closeChildEnds(): void {
+    if (this.childClosed) return;
+    this.childClosed = true;
+    fs.closeSync(this.stdoutWrite);
+    fs.closeSync(this.stderrWrite);
+  }
+
+  closeAll(): void {
+    this.closeChildEnds();
+    for (const fd of [this.stdoutRead, this.stderrRead]) try { fs.closeSync(fd); } catch { /* closed */ }
+  }
 }
 
 /** Default send buffer of new sockets in the guest, set by the agent at start (widenStdioBuffers). */

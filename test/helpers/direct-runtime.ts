@@ -17,25 +17,25 @@ function envObject(env: string[] | undefined): NodeJS.ProcessEnv {
 }
 
 /** Wraps the process so the child's exit code is 128+signal when killed, like crun. */
-function spawnLikeCrun(p: OciProcess): ChildProcess {
+function spawnLikeCrun(p: OciProcess, stdio: SpawnOptions['stdio']): ChildProcess {
   const script = 'exec 3<&0; trap "" INT; "$@" 0<&3 3<&- & pid=$!; trap "kill -TERM $pid" TERM; wait $pid; s=$?; while kill -0 $pid 2>/dev/null; do wait $pid; s=$?; done; exit $s';
-  return spawn('/bin/sh', ['-c', script, 'sh', ...p.args], { cwd: p.cwd, env: envObject(p.env), stdio: ['pipe', 'pipe', 'pipe'] });
+  return spawn('/bin/sh', ['-c', script, 'sh', ...p.args], { cwd: p.cwd, env: envObject(p.env), stdio: stdio ?? ['pipe', 'pipe', 'pipe'] });
 }
 
 export class DirectRuntime implements OciRuntime {
   readonly name = 'direct';
   readonly children = new Map<string, ChildProcess>();
 
-  run(id: string, bundleDir: string, _opts: SpawnOptions): ChildProcess {
+  run(id: string, bundleDir: string, opts: SpawnOptions): ChildProcess {
     const spec = JSON.parse(fs.readFileSync(path.join(bundleDir, 'config.json'), 'utf8')) as OciSpec;
-    const child = spawnLikeCrun(spec.process!);
+    const child = spawnLikeCrun(spec.process!, opts.stdio);
     this.children.set(id, child);
     return child;
   }
 
   exec(_id: string, processFile: string, opts: SpawnOptions): ChildProcess {
     const p = JSON.parse(fs.readFileSync(processFile, 'utf8')) as OciProcess;
-    const child = spawnLikeCrun(p);
+    const child = spawnLikeCrun(p, opts.stdio);
     if (opts.pidFile) fs.writeFileSync(opts.pidFile, String(child.pid));
     return child;
   }

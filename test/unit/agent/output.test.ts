@@ -12,7 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { OutputPipe } from '../../../src/agent/output';
-import { widenStdioBuffers } from '../../../src/agent/process';
+import { spawn } from 'node:child_process';
+import { OutputFifos, widenStdioBuffers } from '../../../src/agent/process';
 import { CrunRuntime, crunStatusPid } from '../../../src/agent/oci-runtime';
 import { EncodedMessage, RpcServer, type RpcMethod } from '../../../src/protocols/ttrpc/rpc-server';
 import { FrameReader, FrameType, FLAG_REMOTE_CLOSED, encodeFrame, type Frame } from '../../../src/protocols/ttrpc/frame';
@@ -74,6 +75,59 @@ describe('unit: agent stdout path and start helpers', function () {
       src.end();
       await turn();
       expect(p.isEnded).to.equal(true);
+    });
+  });
+
+  describe('OutputFifos + OutputPipe.attachFd (a child\'s stdout read from the fd)', () => {
+    /** Spawns sh -c `script` on fresh FIFOs; resolves with all of stdout and stderr once both ended. */
+    async function run(script: string, highWater?: number, slowReader = false): Promise<{ out: Buffer; err: Buffer }> {
+      const fifos = OutputFifos.open(dir, 't');
+      const child = spawn('/bin/sh', ['-c', script], { stdio: fifos.stdio() });
+      fifos.closeChildEnds();
+      const out = new OutputPipe(highWater);
+      const err = new OutputPipe(highWater);
+      out.attachFd(fifos.stdoutRead);
+      err.attachFd(fifos.stderrRead);
+      const drain = async (p: OutputPipe) => {
+        const got: Buffer[] = [];
+        for (let c = await p.readChunks(); c; c = await p.readChunks()) {
+          got.push(...c);
+          if (slowReader) await new Promise((r) => setTimeout(r, 5));
+        }
+        return Buffer.concat(got);
+      };
+      const [o, e] = await Promise.all([drain(out), drain(err), new Promise((r) => child.on('exit', r))]);
+      return { out: o, err: e };
+    }
+
+    it('delivers everything the child wrote, in order, then the end, and leaves no FIFO behind', async () => {
+      const r = await run('head -c 3000000 /dev/zero | tr "\\0" x; echo -n E >&2');
+      expect(r.out.length).to.equal(3000000);
+      expect(r.out.every((b) => b === 0x78)).to.equal(true);
+      expect(r.err.toString()).to.equal('E');
+      expect(fs.readdirSync(dir).filter((f) => f.endsWith('.fifo'))).to.deep.equal([]);
+    });
+
+    it('pauses the fd above highWater and loses nothing when resumed', async () => {
+      const r = await run('seq 1 200000', 64 * 1024, true);
+      const lines = r.out.toString().trim().split('\n');
+      expect(lines.length).to.equal(200000);
+      expect(lines[0]).to.equal('1');
+      expect(lines[199999]).to.equal('200000');
+    });
+
+    it('ends at once for a child that writes nothing, and when no child ever held the write ends', async () => {
+      expect((await run('true')).out.length).to.equal(0);
+      const fifos = OutputFifos.open(dir, 'none');
+      fifos.closeChildEnds();
+      const p = new OutputPipe();
+      p.attachFd(fifos.stdoutRead);
+      expect(await p.readChunks()).to.equal(null);
+      fifos.closeAll();
+    });
+
+    it('is one error, with nothing left open or behind, in a directory that does not exist', () => {
+      expect(() => OutputFifos.open(path.join(dir, 'missing'), 'x')).to.throw(/mkfifo .*missing.*errno 2/);
     });
   });
 
