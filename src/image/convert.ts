@@ -79,11 +79,8 @@ export function layerTar(raw: Buffer, mediaType: string, diffId: string | undefi
   const c = layerCompression(mediaType);
   let tar: Buffer;
   if (c === 'zstd') throw new ConvertError('unsupported', `${what}: zstd layers are not supported (Node 20's zlib has no zstd decoder)`);
-  if (c === 'gzip') {
-    try { tar = zlib.gunzipSync(raw, { maxOutputLength: MAX_LAYER_BYTES }); } catch (e) {
-      throw new ConvertError('layer', `${what}: gzip stream is corrupt or over ${MAX_LAYER_BYTES} bytes (${(e as Error).message})`, { cause: e });
-    }
-  } else tar = raw;
+  if (c === 'gzip') tar = gunzipLayer(raw, what);
+  else tar = raw;
   if (c === 'none' && diffId !== undefined && diffId === verifiedDigest) return tar;
   const got = `sha256:${crypto.createHash('sha256').update(tar).digest('hex')}`;
   if (diffId !== undefined && got !== diffId) throw new ConvertError('layer', `${what}: uncompressed content is ${got}, the config's diff_id says ${diffId}`);
