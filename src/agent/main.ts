@@ -17,7 +17,6 @@ import { CrunRuntime } from './oci-runtime';
 import { serveOnVsock } from './vsock-transport';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
-import { widenStdioBuffers } from './process';
 import { setContainerPhaseLog } from './container';
 
 /** Start-up phases measured before main() runs (boot.ts). */
@@ -42,7 +41,6 @@ async function run(phases: BootPhases): Promise<void> {
   }
   const logSetupMs = msSince(t0);
   const t1 = process.hrtime.bigint();
-  widenStdioBuffers(); // before any process is spawned: their stdio sockets take the default
   const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   // The policy's hash may be pinned on the command line (policy.ts): fixed for this VM's life.

@@ -192,25 +192,3 @@ export class OutputFifos {
     for (const fd of [this.stdoutRead, this.stderrRead]) try { fs.closeSync(fd); } catch { /* closed */ }
   }
 }
-
-/** Default send buffer of new sockets in the guest, set by the agent at start (widenStdioBuffers). */
-export const STDIO_SOCKET_BUFFER = 1 << 20;
-
-/**
- * Node gives a spawned process's stdout and stderr as a unix socketpair, and
- * a socket's send buffer (net.core.wmem_default, 208 KiB) bounds how much a
- * container can write before it blocks and the agent must wake, read and
- * forward. Under TCG every wake of the agent's Node costs milliseconds of
- * JavaScript, so a bigger buffer means fewer wakes per MiB of stdout
- * (README performance, agent stdout). The guest is the agent's alone, and
- * the value is only a default: memory is used only while data waits.
- * Returns false where it cannot be set (not Linux, not root: tests).
- */
-export function widenStdioBuffers(bytes = STDIO_SOCKET_BUFFER, file = '/proc/sys/net/core/wmem_default'): boolean {
-  try {
-    if (Number(fs.readFileSync(file, 'utf8')) < bytes) fs.writeFileSync(file, String(bytes));
-    return true;
-  } catch {
-    return false;
-  }
-}

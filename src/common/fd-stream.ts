@@ -17,7 +17,8 @@ export class FdStream extends Duplex {
   private readonly n: NativeAddon;
   private poll = 0;
   private wantRead = false;
-  private pendingWrite: { buf: Buffer; off: number; cb: (e?: Error | null) => void } | undefined;
+  /** What is being written: `bufs` in order, from bufs[i] at offset off. */
+  private pendingWrite: { bufs: Buffer[]; i: number; off: number; cb: (e?: Error | null) => void } | undefined;
   private fdClosed = false;
 
   constructor(readonly fd: number) {
@@ -63,7 +64,7 @@ export class FdStream extends Duplex {
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
-    this.pendingWrite = { buf: chunk, off: 0, cb };
+    this.pendingWrite = { bufs: [chunk], i: 0, off: 0, cb };
     this.flushWrite();
   }
 
@@ -71,10 +72,13 @@ export class FdStream extends Duplex {
     const w = this.pendingWrite;
     if (!w || this.fdClosed) return;
     try {
-      while (w.off < w.buf.length) {
-        const r = this.n.writeFd(this.fd, w.buf, w.off, w.buf.length - w.off);
-        if (r < 0) { this.interest(); return; }
-        w.off += r;
+      for (; w.i < w.bufs.length; w.i++, w.off = 0) {
+        const buf = w.bufs[w.i]!;
+        while (w.off < buf.length) {
+          const r = this.n.writeFd(this.fd, buf, w.off, buf.length - w.off);
+          if (r < 0) { this.interest(); return; }
+          w.off += r;
+        }
       }
     } catch (err) {
       this.pendingWrite = undefined;
@@ -95,7 +99,13 @@ export class FdStream extends Duplex {
    * after. The concat copies a few small frames; big chunks pass alone.
    */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (e?: Error | null) => void): void {
-    this._write(chunks.length === 1 ? chunks[0].chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'latin1', cb);
+    const bufs = chunks.map((c) => c.chunk);
+    const total = bufs.reduce((n, b) => n + b.length, 0);
+    // Big chunks (agent stdout: up to 1 MiB of 64 KiB reads queued behind a
+    // full vsock) go one write each: joining them would copy them all, which
+    // under TCG costs more than the writes it saves.
+    this.pendingWrite = { bufs: total <= 64 * 1024 && bufs.length > 1 ? [Buffer.concat(bufs)] : bufs, i: 0, off: 0, cb };
+    this.flushWrite();
   }
 
   override _final(cb: (e?: Error | null) => void): void {

@@ -2,8 +2,8 @@
  * The agent's stdout path and container start helpers without a VM:
  * OutputPipe batching and backpressure, the ttrpc server sending a streamed
  * EncodedMessage (header merged with its prefix, oversize refused, a closed
- * connection), crun's status file as the started-container pid, and the
- * guest's socket buffer default.
+ * connection), FdStream's writes, and crun's status file as the
+ * started-container pid.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -13,12 +13,14 @@ import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { OutputPipe } from '../../../src/agent/output';
 import { spawn } from 'node:child_process';
-import { OutputFifos, widenStdioBuffers } from '../../../src/agent/process';
+import { OutputFifos } from '../../../src/agent/process';
 import { CrunRuntime, crunStatusPid } from '../../../src/agent/oci-runtime';
 import { EncodedMessage, RpcServer, type RpcMethod } from '../../../src/protocols/ttrpc/rpc-server';
 import { FrameReader, FrameType, FLAG_REMOTE_CLOSED, encodeFrame, type Frame } from '../../../src/protocols/ttrpc/frame';
 import { decodeResponse, encodeRequest } from '../../../src/protocols/ttrpc/envelope';
 import { Code } from '../../../src/protocols/ttrpc/codes';
+import { FdStream } from '../../../src/common/fd-stream';
+import { native } from '../../../src/common/native';
 
 const turn = () => new Promise((r) => setImmediate(r));
 
@@ -209,6 +211,30 @@ describe('unit: agent stdout path and start helpers', function () {
     });
   });
 
+  describe('FdStream writes (the agent\'s vsock side)', () => {
+    it('sends corked small and large chunks intact and in order, past a full socket buffer', async () => {
+      const n = native();
+      const sock = path.join(dir, 'fd.sock');
+      const lfd = n.unixListenNb(sock);
+      const a = new FdStream(n.unixConnect(sock));
+      let bfd = -1;
+      while (bfd < 0) { bfd = n.acceptNb(lfd); if (bfd < 0) await turn(); }
+      n.closeFd(lfd);
+      const b = new FdStream(bfd);
+      const parts = [Buffer.from('hd'), Buffer.alloc(3 << 20, 1), Buffer.from('mid'), ...Array.from({ length: 20 }, (_, i) => Buffer.alloc(70000, i + 2)), Buffer.from('x')];
+      const got: Buffer[] = [];
+      const ended = new Promise<void>((r) => { b.on('data', (d: Buffer) => got.push(d)); b.on('end', () => r()); });
+      a.cork();
+      for (const p of parts) a.write(p);
+      a.uncork();
+      a.end();
+      await ended;
+      expect(Buffer.concat(got).equals(Buffer.concat(parts))).to.equal(true);
+      a.destroy();
+      b.destroy();
+    });
+  });
+
   describe('crun status file', () => {
     it('reads the pid crun recorded', async () => {
       const root = path.join(dir, 'crun');
@@ -222,19 +248,6 @@ describe('unit: agent stdout path and start helpers', function () {
     it('gives 0 for anything that does not name a positive integer pid', () => {
       for (const t of ['', '{', 'null', '[]', '{"pid":0}', '{"pid":-3}', '{"pid":1.5}', '{"pid":"12"}', '{}']) expect(crunStatusPid(t), t).to.equal(0);
       expect(crunStatusPid('{"pid":7}')).to.equal(7);
-    });
-  });
-
-  describe('widenStdioBuffers', () => {
-    it('raises a smaller default, keeps a larger one, and reports a file it cannot write', () => {
-      const f = path.join(dir, 'wmem_default');
-      fs.writeFileSync(f, '212992\n');
-      expect(widenStdioBuffers(1 << 20, f)).to.equal(true);
-      expect(fs.readFileSync(f, 'utf8')).to.equal(String(1 << 20));
-      fs.writeFileSync(f, String(8 << 20));
-      expect(widenStdioBuffers(1 << 20, f)).to.equal(true);
-      expect(fs.readFileSync(f, 'utf8')).to.equal(String(8 << 20));
-      expect(widenStdioBuffers(1 << 20, path.join(dir, 'missing', 'wmem_default'))).to.equal(false);
     });
   });
 });
