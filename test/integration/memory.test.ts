@@ -1,6 +1,7 @@
 /**
  * Memory density on a real sandbox (QEMU, TCG here): the guest image on an
- * NVDIMM mounted with DAX, the page scanner over live guest RAM checked
+ * NVDIMM mounted with DAX (every file of its image laid out plain, the
+ * only layout EROFS maps with DAX), the page scanner over live guest RAM checked
  * against an independent reference (QEMU's own pmemsave of the same paused
  * memory, hashed per page with SHA-1 by Python), its figures in `kata-ctl
  * metrics` and `kata-ctl pages`, and the balloon read and set with `kata-ctl
@@ -21,6 +22,7 @@ import { configureLogging } from '../../src/common/log';
 import { memoryCtlCall, memSocketPath } from '../../src/resource/memory/ctl-socket';
 import { DAX_IMAGE_NAME } from '../../src/hypervisor/memory-plan';
 import type { ScanReport } from '../../src/resource/memory/service';
+import { ErofsImage } from '../../src/hot/erofs';
 
 const REFERENCE_PY = `
 import hashlib, sys
@@ -76,6 +78,29 @@ describe('integration: memory density (DAX image, page scanner, balloon)', funct
     expect(log).to.match(/erofs: DAX enabled/);
     expect(log).to.match(/erofs: \(device pmem0\): mounted/);
     expect(log).to.not.match(/DAX unsupported/);
+  });
+
+  it('lays out every regular file of the DAX image plain (EROFS gives DAX to no other layout)', () => {
+    // Before: mkfs's default inline tails, and the guest read Node through
+    // its page cache although the root was mounted dax (guest Cached 49 MiB).
+    const img = fs.readFileSync(path.join(CACHE, 'image', DAX_IMAGE_NAME));
+    const fsImg = ErofsImage.fromBuffer(img.subarray(2 * 1024 * 1024));
+    const notPlain: string[] = [];
+    let files = 0;
+    const walk = (dir: string) => {
+      for (const e of fsImg.readdir(dir)) {
+        const p = `${dir === '/' ? '' : dir}/${e.name}`;
+        if (e.type === 'dir') walk(p);
+        else if (e.type === 'file') {
+          files++;
+          const st = fsImg.lstat(p);
+          if (st.layout !== 'flat-plain' && st.size > 0) notPlain.push(`${p} (${st.layout})`);
+        }
+      }
+    };
+    try { walk('/'); } finally { fsImg.close(); }
+    expect(files).to.be.greaterThan(10);
+    expect(notPlain.slice(0, 5), `${notPlain.length} files not plain`).to.deep.equal([]);
   });
 
   it('counts zero and duplicate pages of live guest RAM like SHA-1 over QEMU\'s own dump of the same memory', async () => {
