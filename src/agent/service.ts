@@ -75,7 +75,7 @@ function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['proce
     ctx.signal.addEventListener('abort', onAbort);
     try {
       for (;;) {
-        const chunks = await pipe.readChunks();
+        const chunks = await pipe.readChunks(undefined, ctx.signal);
         if (ctx.signal.aborted || chunks === null) return;
         yield message(chunks);
       }

@@ -21,6 +21,13 @@ import { decodeResponse, encodeRequest } from '../../../src/protocols/ttrpc/enve
 import { Code } from '../../../src/protocols/ttrpc/codes';
 import { FdStream } from '../../../src/common/fd-stream';
 import { native } from '../../../src/common/native';
+import { dialAgent } from '../../../src/protocols/agent-dialer';
+import { AgentSandbox } from '../../../src/agent/sandbox';
+import { agentHandlers } from '../../../src/agent/service';
+import { AgentClient } from '../../../src/runtime/agent-client';
+import { defaultSpec } from '../../../src/runtime/spec';
+import { DirectRuntime } from '../../helpers/direct-runtime';
+import { serveAgentOnUnix } from '../../helpers/agent-rig';
 
 const turn = () => new Promise((r) => setImmediate(r));
 
@@ -232,6 +239,37 @@ describe('unit: agent stdout path and start helpers', function () {
       expect(Buffer.concat(got).equals(Buffer.concat(parts))).to.equal(true);
       a.destroy();
       b.destroy();
+    });
+  });
+
+  describe('ReadStdout through the agent service', () => {
+    it('a reader that goes away loses nothing: the next ReadStdout gets the rest, then the end', async () => {
+      const sandbox = new AgentSandbox({ runtime: new DirectRuntime(), stateDir: path.join(dir, 'state'), cgroupRoot: path.join(dir, 'cgroup') });
+      const rig = await serveAgentOnUnix(agentHandlers(sandbox), path.join(dir, 'agent.sock'));
+      const client = new AgentClient(dialAgent(rig.socket));
+      try {
+        await client.check(5000);
+        const spec = JSON.stringify({ ...defaultSpec({ args: ['sh', '-c', 'echo one; read x; echo two $x; head -c 200000 /dev/zero | tr "\\0" z'] }), root: { path: '/' } });
+        await client.createContainer({ container_id: 'c-cancel', exec_id: '', storages: [], oci_spec_json: spec });
+        await client.startContainer('c-cancel');
+        const ref = { container_id: 'c-cancel', exec_id: '' };
+        const first = client.readStdout(ref);
+        const one = await new Promise<string>((r) => first.once('data', (m: { data: Buffer }) => r(m.data.toString())));
+        expect(one).to.equal('one\n');
+        first.cancel();
+        await new Promise((r) => setTimeout(r, 100));
+        await client.writeStdin(ref, Buffer.from('go\n'));
+        const second = client.readStdout(ref);
+        let rest = '';
+        await new Promise<void>((r) => { second.on('data', (m: { data: Buffer }) => { rest += m.data.toString(); }); second.on('end', () => r()); });
+        expect(rest.slice(0, 7)).to.equal('two go\n');
+        expect(rest.length).to.equal(7 + 200000);
+        expect((await client.waitProcess(ref)).status).to.equal(0);
+      } finally {
+        await sandbox.destroySandbox();
+        client.close();
+        await rig.close();
+      }
     });
   });
 
