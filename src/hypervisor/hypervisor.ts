@@ -114,6 +114,8 @@ export interface Hypervisor {
    * for). Absent where devices are not on PCI (the builtin VMM's virtio-mmio).
    */
   slotOf?(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): number | undefined;
+  /** Kata's PCI path of an attached device ("0a", or "09/00" behind a bridge/root port), when it differs from its root slot's. */
+  pciPathOf?(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): string | undefined;
   /** Hotplug a host PCI device (vfio-pci) by its address dddd:bb:dd.f (or the "edu" test stand-in), when the hypervisor can. */
   addVfio?(id: string, bdf: string): Promise<void>;
   removeVfio?(id: string): Promise<void>;

@@ -8,6 +8,7 @@ import { KataError } from '../common/errors';
 import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from './capabilities';
 import type { Hypervisor } from './hypervisor';
 import { QemuHypervisor, type BlockDriver } from './qemu';
+import type { VfioPortType } from './pci-slots';
 
 export class HypervisorSelectError extends KataError<'unavailable'> {}
 
@@ -53,6 +54,7 @@ export async function selectHypervisor(cfg: HypervisorSettings, requested?: 'aut
     binary: q.path, machine: q.machine_type as 'pc' | 'q35' | 'microvm', accel: choice.accel,
     blockDriver: q.block_device_driver as BlockDriver, rootBlockDriver: q.root_block_driver as BlockDriver,
     machineAccelerators: q.machine_accelerators || undefined,
+    pcieRootPorts: q.pcie_root_port ?? 0, hotPlugVfio: (q.hot_plug_vfio ?? 'no-port') as VfioPortType, coldPlugVfio: (q.cold_plug_vfio ?? 'no-port') as VfioPortType,
     memory: {
       imageNvdimm: !q.disable_image_nvdimm, balloon: q.reclaim_guest_freed_memory,
       maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,

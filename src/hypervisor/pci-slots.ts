@@ -11,9 +11,10 @@
  * the guest never released stays taken (device_add into it would fail).
  *
  * PCI path: Kata's agent names a device by the chain of slots from the root
- * bus ("02/00" = slot 2 on the root, then slot 0 behind that bridge). Our
+ * bus ("02/00" = slot 2 on the root, then slot 0 behind that bridge). Most
  * devices sit on the root bus, so the path is one element: the slot as two
- * hex digits.
+ * hex digits. VFIO devices on q35 may sit behind a PCIe root port
+ * (RootPortPool below): "<port's root slot>/00".
  */
 import { KataError } from '../common/errors';
 
@@ -87,5 +88,88 @@ export class PciSlotAllocator {
   /** Slots in use, ascending. */
   inUse(): number[] {
     return [...this.used].sort((a, b) => a - b);
+  }
+}
+
+/**
+ * Kata's VFIO port types ([hypervisor.qemu] hot_plug_vfio / cold_plug_vfio):
+ * where a passed-through device goes. no-port: the root bus; root-port: its
+ * own PCIe root port (q35). bridge-port and switch-port are refused by the
+ * configuration and by QemuHypervisor (not implemented).
+ */
+export type VfioPortType = 'no-port' | 'bridge-port' | 'root-port' | 'switch-port';
+
+/** Kata's PCI path of the device in slot 0 behind the root port in root slot `portSlot` ("09/00"). */
+export function rootPortPciPath(portSlot: number): string {
+  return `${pciPath(portSlot)}/00`;
+}
+
+/** One pcie-root-port of a q35 VM: its QEMU id (rpK), its slot on pcie.0, its chassis/slot numbers. */
+export interface RootPort {
+  id: string;
+  /** Slot on pcie.0 (the root complex). */
+  slot: number;
+  /** PCIe chassis and physical slot numbers: the pair must be unique per VM (QEMU refuses duplicates). */
+  chassis: number;
+  physSlot: number;
+}
+
+/**
+ * The PCIe root ports a q35 VM got at boot ([hypervisor.qemu]
+ * pcie_root_port = N, Kata's key) and which of them hold a device. Each
+ * port has one downstream slot (0), so one VFIO device per port, as Kata's
+ * root-port mode does for GPUs: large BARs get the port's own bridge
+ * windows instead of competing on the root bus. A port is taken lowest-first
+ * and given back when its device is gone (DEVICE_DELETED).
+ */
+export class RootPortPool {
+  readonly ports: RootPort[];
+  private readonly busy = new Set<string>();
+
+  /** One port per slot in `slots` (pcie.0 slots from the VM's PciSlotAllocator plan), named rp0, rp1, … */
+  constructor(slots: number[]) {
+    this.ports = slots.map((slot, k) => ({ id: `rp${k}`, slot, chassis: 1, physSlot: k + 1 }));
+  }
+
+  get capacity(): number {
+    return this.ports.length;
+  }
+
+  get free(): number {
+    return this.ports.length - this.busy.size;
+  }
+
+  /** The lowest free port, now taken; all busy (or none configured) is one PciSlotError 'full'. */
+  take(): RootPort {
+    const port = this.ports.find((p) => !this.busy.has(p.id));
+    if (!port) {
+      throw new PciSlotError('full', this.ports.length === 0
+        ? 'no PCIe root port for the device: set [hypervisor.qemu] pcie_root_port = N (q35) to create N ports at boot'
+        : `all ${this.ports.length} PCIe root ports are in use (${[...this.busy].sort().join(', ')}); raise [hypervisor.qemu] pcie_root_port`);
+    }
+    this.busy.add(port.id);
+    return port;
+  }
+
+  /** Marks port `id` taken (a cold-plugged device's). */
+  reserve(id: string): RootPort {
+    const port = this.ports.find((p) => p.id === id);
+    if (!port) throw new PciSlotError('range', `no PCIe root port ${id}`);
+    if (this.busy.has(id)) throw new PciSlotError('taken', `PCIe root port ${id} is already taken`);
+    this.busy.add(id);
+    return port;
+  }
+
+  release(id: string): void {
+    this.busy.delete(id);
+  }
+
+  /** Ids of the ports holding a device, ascending by index. */
+  inUse(): string[] {
+    return this.ports.filter((p) => this.busy.has(p.id)).map((p) => p.id);
+  }
+
+  clear(): void {
+    this.busy.clear();
   }
 }

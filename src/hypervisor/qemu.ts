@@ -40,7 +40,7 @@ import { HybridVsock } from '../virtio/vsock/hybrid';
 import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
 import type { FsShare } from './hypervisor';
 import { qemuMemoryPlan, type QemuMemoryOptions } from './memory-plan';
-import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr } from './pci-slots';
+import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr, pciPath, rootPortPciPath, RootPortPool, type RootPort, type VfioPortType } from './pci-slots';
 import { preflightVfioSource, vfioDeviceAdd, vfioDeviceArg } from './vfio-host';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
@@ -60,6 +60,37 @@ export interface QemuOptions {
   machineAccelerators?: string;
   /** Memory density (issue 13): DAX image on an NVDIMM, balloon, hotplug room (src/hypervisor/memory-plan.ts). */
   memory?: QemuMemoryOptions;
+  /** q35 only: pcie-root-port devices created at boot (Kata's pcie_root_port), for VFIO devices in root-port mode. */
+  pcieRootPorts?: number;
+  /** Kata's hot_plug_vfio: 'root-port' hotplugs VFIO devices onto free root ports (q35); 'no-port' onto the root bus (pc). */
+  hotPlugVfio?: VfioPortType;
+  /** Kata's cold_plug_vfio: 'root-port' puts each boot VFIO device behind its own root port (q35); else the root bus. */
+  coldPlugVfio?: VfioPortType;
+}
+
+/** Root ports per VM at most: each takes a pcie.0 slot from the dynamic range. */
+export const MAX_ROOT_PORTS = 16;
+
+/** The last root-bus slot we hand out: q35 keeps 0x1f for its ICH9 functions (LPC, SATA, SMBus). */
+function lastSlot(machine: QemuOptions['machine']): number {
+  return machine === 'q35' ? LAST_SLOT - 1 : LAST_SLOT;
+}
+
+/**
+ * The VFIO port settings QEMU can honour, or one QemuError: root ports exist
+ * on q35 only (pc and microvm have no PCIe); root-port mode needs ports;
+ * bridge-port and switch-port (a pci-bridge / a PCIe switch under a root
+ * port) are not implemented, and silently using the root bus instead would
+ * claim a topology the guest does not get.
+ */
+export function checkVfioPorts(machine: QemuOptions['machine'], ports: number, hot: VfioPortType, cold: VfioPortType): void {
+  if (!Number.isInteger(ports) || ports < 0 || ports > MAX_ROOT_PORTS) throw new QemuError('config', `pcie_root_port = ${ports}: must be 0..${MAX_ROOT_PORTS}`);
+  if (ports > 0 && machine !== 'q35') throw new QemuError('config', `pcie_root_port = ${ports} needs machine_type = "q35": the ${machine} machine has no PCI Express root complex`);
+  for (const [key, v] of [['hot_plug_vfio', hot], ['cold_plug_vfio', cold]] as const) {
+    if (v === 'bridge-port' || v === 'switch-port') throw new QemuError('config', `${key} = "${v}" is not supported by kata-ts (only "no-port" and "root-port")`);
+    if (v === 'root-port' && machine !== 'q35') throw new QemuError('config', `${key} = "root-port" needs machine_type = "q35" (root ports are PCI Express)`);
+    if (v === 'root-port' && ports === 0) throw new QemuError('config', `${key} = "root-port" needs pcie_root_port > 0 (the ports are created at boot)`);
+  }
 }
 
 /**
@@ -78,8 +109,10 @@ interface BootSlotPlan {
   disks: number[];
   /** Slot of cfg.nets[i]. */
   nets: number[];
-  /** Slot of cfg.vfio[i] (cold-plugged PCI devices). */
+  /** Slot of cfg.vfio[i] (cold-plugged PCI devices) on the root bus; -1 when it sits behind root port rp<i> instead. */
   vfio: number[];
+  /** pcie.0 slot of root port rp<k> (q35, pcie_root_port). */
+  rootPorts: number[];
   /** One past the last slot the plan hands out: start() reserves [FIRST_DYNAMIC_SLOT, next). */
   next: number;
 }
@@ -152,7 +185,11 @@ export class QemuHypervisor implements Hypervisor {
    * and hotplugged ones until unplugged. Read by the device manager
    * (src/resource/devices) for the PCI path it hands the agent.
    */
-  readonly slots = new PciSlotAllocator();
+  readonly slots: PciSlotAllocator;
+  /** q35's PCIe root ports (pcie_root_port) and which hold a VFIO device; empty elsewhere. Set by start(). */
+  private ports = new RootPortPool([]);
+  /** VFIO devices behind a root port → the port. */
+  private readonly vfioPorts = new Map<string, RootPort>();
   private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
   private readonly shareSlots = new Map<string, number>();
   /** Network devices (boot-time and hotplugged) → their PCI slot. */
@@ -176,6 +213,8 @@ export class QemuHypervisor implements Hypervisor {
   constructor(private readonly opts: QemuOptions) {
     this.blockDriver = opts.blockDriver ?? 'vhost-user-blk';
     this.rootBlockDriver = opts.rootBlockDriver ?? 'virtio-blk';
+    checkVfioPorts(opts.machine, opts.pcieRootPorts ?? 0, opts.hotPlugVfio ?? 'no-port', opts.coldPlugVfio ?? 'no-port');
+    this.slots = new PciSlotAllocator(FIRST_DYNAMIC_SLOT, lastSlot(opts.machine));
   }
 
   /** A network device QEMU can take: an id it accepts, a MAC, an open tap fd. */
@@ -204,17 +243,24 @@ export class QemuHypervisor implements Hypervisor {
    * the same plan for hotplug bookkeeping. Every boot device's slot must
    * come from take(): start() reserves everything below `next`.
    */
-  private static bootSlotPlan(cfg: VmConfig): BootSlotPlan {
+  private static bootSlotPlan(cfg: VmConfig, opts: QemuOptions): BootSlotPlan {
     let next = FIRST_DYNAMIC_SLOT;
+    const last = lastSlot(opts.machine);
     const take = () => {
-      if (next > LAST_SLOT) throw new QemuError('config', 'no free PCI slot for another device');
+      if (next > last) throw new QemuError('config', 'no free PCI slot for another device');
       return next++;
     };
     const shares = (cfg.shares ?? []).map(take);
     const disks = cfg.disks.map(take);
     const nets = (cfg.nets ?? []).map(take);
-    const vfio = (cfg.vfio ?? []).map(take);
-    return { shares, disks, nets, vfio, next };
+    const onPorts = opts.coldPlugVfio === 'root-port';
+    const vfio = (cfg.vfio ?? []).map(() => (onPorts ? -1 : take()));
+    const nPorts = opts.pcieRootPorts ?? 0;
+    if (onPorts && (cfg.vfio ?? []).length > nPorts) {
+      throw new QemuError('config', `${(cfg.vfio ?? []).length} VFIO devices are cold-plugged on root ports but pcie_root_port = ${nPorts}: one port per device`);
+    }
+    const rootPorts = Array.from({ length: nPorts }, take);
+    return { shares, disks, nets, vfio, rootPorts, next };
   }
 
   /** Our device server behind a disk or share (tests and metrics). */
@@ -224,7 +270,7 @@ export class QemuHypervisor implements Hypervisor {
 
   /** The full command line (exposed for tests and `--debug`); pure: no slot or other state changes. */
   commandLine(cfg: VmConfig): string[] {
-    const plan = QemuHypervisor.bootSlotPlan(cfg);
+    const plan = QemuHypervisor.bootSlotPlan(cfg, this.opts);
     const mmio = this.opts.machine === 'microvm';
     const mem = qemuMemoryPlan(cfg, this.opts.memory ?? {}, mmio, this.opts.accel);
     const dev = (pci: string, mm: string, extra: string, addr?: number) =>
@@ -289,11 +335,19 @@ export class QemuHypervisor implements Hypervisor {
       args.push('-netdev', `tap,id=${n.id},fd=${QemuHypervisor.FIRST_NET_FD + i},vhost=off`);
       args.push('-device', dev('virtio-net-pci', 'virtio-net-device', `id=dev-${n.id},netdev=${n.id},mac=${n.mac},host_mtu=${n.mtu}`, plan.nets[i]));
     });
+    // PCIe root ports (q35, pcie_root_port): rp<k> on its own pcie.0 slot,
+    // a unique chassis/slot pair each (QEMU refuses duplicates); hotplug
+    // capable, so a VFIO device can be added behind one later.
+    plan.rootPorts.forEach((slot, k) => {
+      const p = new RootPortPool(plan.rootPorts).ports[k];
+      args.push('-device', `pcie-root-port,id=${p.id},bus=pcie.0,chassis=${p.chassis},slot=${p.physSlot},addr=${slotAddr(slot)}`);
+    });
     // Cold-plugged PCI devices (vfio-pci, or the edu test stand-in): named
-    // dev-<id> like hotplugged ones so removeVfio() can unplug them too.
+    // dev-<id> like hotplugged ones so removeVfio() can unplug them too;
+    // with cold_plug_vfio = "root-port" device i sits in slot 0 of rp<i>.
     (cfg.vfio ?? []).forEach((v, i) => {
       if (mmio) throw new QemuError('config', `VFIO device ${v.id}: the microvm machine has no PCI bus`);
-      args.push('-device', vfioDeviceArg(v.source, `dev-${v.id}`, plan.vfio[i]));
+      args.push('-device', vfioDeviceArg(v.source, `dev-${v.id}`, plan.vfio[i] < 0 ? { bus: `rp${i}` } : plan.vfio[i]));
     });
     return args;
   }
@@ -317,7 +371,7 @@ export class QemuHypervisor implements Hypervisor {
       if (!fs.existsSync(sh.path) || !fs.statSync(sh.path).isDirectory()) throw new QemuError('config', `virtio-fs share ${sh.path} is not a directory`);
     }
     // Slots are assigned once per boot; commandLine() renders the same plan.
-    const plan = QemuHypervisor.bootSlotPlan(cfg);
+    const plan = QemuHypervisor.bootSlotPlan(cfg, this.opts);
     this.shareSlots.clear();
     (cfg.shares ?? []).forEach((sh, i) => this.shareSlots.set(sh.tag, plan.shares[i]));
     this.diskSlots.clear();
@@ -327,7 +381,12 @@ export class QemuHypervisor implements Hypervisor {
     this.netSlots.clear();
     (cfg.nets ?? []).forEach((n, i) => this.netSlots.set(n.id, plan.nets[i]));
     this.vfioSlots.clear();
-    (cfg.vfio ?? []).forEach((v, i) => this.vfioSlots.set(v.id, plan.vfio[i]));
+    this.vfioPorts.clear();
+    this.ports = new RootPortPool(plan.rootPorts);
+    (cfg.vfio ?? []).forEach((v, i) => {
+      if (plan.vfio[i] < 0) this.vfioPorts.set(v.id, this.ports.reserve(`rp${i}`));
+      else this.vfioSlots.set(v.id, plan.vfio[i]);
+    });
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
@@ -411,6 +470,8 @@ export class QemuHypervisor implements Hypervisor {
     this.shareSlots.clear();
     this.netSlots.clear();
     this.vfioSlots.clear();
+    this.vfioPorts.clear();
+    this.ports = new RootPortPool([]);
     fs.mkdirSync(cfg.dir, { recursive: true });
     this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid });
     await this.vsock.listen();
@@ -547,8 +608,9 @@ export class QemuHypervisor implements Hypervisor {
    * no host check: see vfio-host.ts).
    */
   async addVfio(id: string, bdf: string): Promise<void> {
+    if (this.opts.hotPlugVfio === 'root-port') return this.addVfioOnRootPort(id, bdf);
     const qmp = this.requireHotplug('VFIO devices');
-    if (this.vfioSlots.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
+    if (this.vfioSlots.has(id) || this.vfioPorts.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
     preflightVfioSource(bdf);
     const slot = this.takeSlot();
     try {
@@ -560,11 +622,50 @@ export class QemuHypervisor implements Hypervisor {
     this.vfioSlots.set(id, slot);
   }
 
+  /**
+   * hot_plug_vfio = "root-port" (q35): device_add into slot 0 of the lowest
+   * free PCIe root port (bus=rpK). Allowed on q35 although disks and shares
+   * are not hotplugged there: those go on pcie.0, the root complex, whose
+   * integrated endpoints cannot be hotplugged; a root port is a
+   * hotplug-capable slot (QEMU 7.2's q35 signals it through ACPI PCI hotplug
+   * by default, the guest's pciehp otherwise). All ports busy: one error,
+   * nothing attached. The port is free again once DEVICE_DELETED came.
+   */
+  private async addVfioOnRootPort(id: string, bdf: string): Promise<void> {
+    const qmp = this.requireQmp();
+    if (this.vfioSlots.has(id) || this.vfioPorts.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
+    preflightVfioSource(bdf);
+    let port: RootPort;
+    try {
+      port = this.ports.take();
+    } catch (err) {
+      throw new QemuError('config', `VFIO device ${id}: ${(err as Error).message}`, { cause: err });
+    }
+    try {
+      await qmp.execute('device_add', vfioDeviceAdd(bdf, `dev-${id}`, { bus: port.id }));
+    } catch (err) {
+      this.ports.release(port.id);
+      throw err;
+    }
+    this.vfioPorts.set(id, port);
+  }
+
   async removeVfio(id: string): Promise<void> {
+    const port = this.vfioPorts.get(id);
+    if (port) {
+      await this.unplug(`dev-${id}`, () => this.ports.release(port.id));
+      this.vfioPorts.delete(id);
+      return;
+    }
     const slot = this.vfioSlots.get(id);
     if (slot === undefined) return;
     await this.unplug(`dev-${id}`, slot);
     this.vfioSlots.delete(id);
+  }
+
+  /** Root ports holding a device, ascending (tests, `--debug`). */
+  rootPortsInUse(): string[] {
+    return this.ports.inUse();
   }
 
   async removeNet(id: string): Promise<void> {
@@ -666,8 +767,11 @@ export class QemuHypervisor implements Hypervisor {
    * never handed out again (device_add there would fail). A device QEMU no
    * longer has (DeviceNotFound) frees its slot at once.
    */
-  private async unplug(qdevId: string, slot: number): Promise<void> {
+  private async unplug(qdevId: string, slotOrFree: number | (() => void)): Promise<void> {
     const qmp = this.requireQmp();
+    // A device behind a root port frees its port, not a root-bus slot.
+    const slot = typeof slotOrFree === 'number' ? slotOrFree : -1;
+    const free = typeof slotOrFree === 'number' ? () => this.freeSlot(slotOrFree) : slotOrFree;
     let settle = () => {};
     const waited = new Promise<void>((resolve) => { settle = resolve; });
     const timer = setTimeout(() => {
@@ -679,7 +783,7 @@ export class QemuHypervisor implements Hypervisor {
       if (name === 'DEVICE_DELETED' && data.device === qdevId) {
         qmp.off('event', onEv);
         clearTimeout(timer);
-        this.freeSlot(slot);
+        free();
         settle();
       }
     };
@@ -690,7 +794,7 @@ export class QemuHypervisor implements Hypervisor {
       // No DEVICE_DELETED will follow a refused device_del.
       qmp.off('event', onEv);
       clearTimeout(timer);
-      if (/DeviceNotFound/.test((err as Error).message)) this.freeSlot(slot);
+      if (/DeviceNotFound/.test((err as Error).message)) free();
       else this.log.warn('device_del failed; its PCI slot stays taken', { device: qdevId, slot, err: (err as Error).message });
       settle();
     }
@@ -727,6 +831,17 @@ export class QemuHypervisor implements Hypervisor {
   /** Hotplug slots still free on the root bus. */
   freeSlots(): number {
     return this.slots.free;
+  }
+
+  /**
+   * Kata's PCI path of an attached device: its root-bus slot ("0a"), or
+   * "<root port's slot>/00" for a VFIO device behind a root port.
+   */
+  pciPathOf(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): string | undefined {
+    const port = kind === 'vfio' ? this.vfioPorts.get(id) : undefined;
+    if (port) return rootPortPciPath(port.slot);
+    const slot = this.slotOf(kind, id);
+    return slot === undefined ? undefined : pciPath(slot);
   }
 
   /** The root-bus PCI slot a disk, share or network device of this VM sits in, if attached. */

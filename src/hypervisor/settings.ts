@@ -23,6 +23,10 @@ export interface QemuSettings {
   default_vcpus: number;
   default_maxvcpus: number;
   tcg_translation_cache: number;
+  /** VFIO on q35 (Kata's keys): root ports at boot, and where hot/cold-plugged devices go. Absent: 0 / "no-port". */
+  pcie_root_port?: number;
+  hot_plug_vfio?: string;
+  cold_plug_vfio?: string;
 }
 
 /** [hypervisor.builtin] keys. */

@@ -108,16 +108,30 @@ export function checkVfioSource(source: string): void {
   if (source !== EDU_STAND_IN && !BDF_RE.test(source)) throw new VfioHostError('invalid', `"${source}" is not a PCI address (dddd:bb:dd.f, lower-case hex)`);
 }
 
-/** QEMU -device value for a cold-plugged device in root-bus slot `slot`. */
-export function vfioDeviceArg(source: string, id: string, slot: number): string {
+/**
+ * Where a device goes: a root-bus slot (number), or slot 0 behind a PCIe
+ * root port ({ bus: 'rpK' }, q35; src/hypervisor/pci-slots.ts RootPortPool).
+ */
+export type VfioPlace = number | { bus: string };
+
+function placeProps(at: VfioPlace): { bus?: string; addr: string } {
+  return typeof at === 'number' ? { addr: slotAddr(at) } : { bus: at.bus, addr: slotAddr(0) };
+}
+
+/** QEMU -device value for a cold-plugged device at `at` (root-bus slot or behind a root port). */
+export function vfioDeviceArg(source: string, id: string, at: VfioPlace): string {
   checkVfioSource(source);
-  return source === EDU_STAND_IN ? `edu,id=${id},addr=${slotAddr(slot)}` : `vfio-pci,host=${source},id=${id},addr=${slotAddr(slot)}`;
+  const p = placeProps(at);
+  const where = `${p.bus ? `bus=${p.bus},` : ''}addr=${p.addr}`;
+  return source === EDU_STAND_IN ? `edu,id=${id},${where}` : `vfio-pci,host=${source},id=${id},${where}`;
 }
 
 /** QMP device_add arguments for a hotplugged device (qapi: device_add takes the -device properties). */
-export function vfioDeviceAdd(source: string, id: string, slot: number): Record<string, unknown> {
+export function vfioDeviceAdd(source: string, id: string, at: VfioPlace): Record<string, unknown> {
   checkVfioSource(source);
-  return source === EDU_STAND_IN ? { driver: 'edu', id, addr: slotAddr(slot) } : { driver: 'vfio-pci', host: source, id, addr: slotAddr(slot) };
+  const p = placeProps(at);
+  const head = source === EDU_STAND_IN ? { driver: 'edu', id } : { driver: 'vfio-pci', host: source, id };
+  return p.bus ? { ...head, bus: p.bus, addr: p.addr } : { ...head, addr: p.addr };
 }
 
 /** Host checks before QEMU gets the device (none for the stand-in); the IOMMU group, or undefined. */

@@ -80,10 +80,10 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
     if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
   });
 
-  describe('ctr, with [hypervisor.qemu] cold_plug_vfio = "root-port"', function () {
+  describe('ctr, with [hypervisor.qemu] machine_type = "q35", pcie_root_port = 1, cold_plug_vfio = "root-port"', function () {
     let cd: TestContainerd;
     before(async function () {
-      cd = await startTestContainerd(this, () => '[hypervisor.qemu]\ncold_plug_vfio = "root-port"\n');
+      cd = await startTestContainerd(this, () => '[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 1\ncold_plug_vfio = "root-port"\n');
     });
     after(async () => {
       await stopTestContainerd(cd);

@@ -68,7 +68,7 @@ const ID_RE: Record<'blk' | 'fs' | 'net' | 'other', RegExp> = {
 };
 
 /** The hypervisor methods the manager drives. */
-export type DeviceHost = Pick<Hypervisor, 'name' | 'addDisk' | 'removeDisk' | 'addShare' | 'removeShare' | 'addNet' | 'removeNet' | 'addVfio' | 'removeVfio' | 'slotOf' | 'freeSlots'>;
+export type DeviceHost = Pick<Hypervisor, 'name' | 'addDisk' | 'removeDisk' | 'addShare' | 'removeShare' | 'addNet' | 'removeNet' | 'addVfio' | 'removeVfio' | 'slotOf' | 'pciPathOf' | 'freeSlots'>;
 
 /** Same device? (A second holder must describe exactly what is attached.) */
 function sameDevice(a: DeviceSpec, b: DeviceSpec): boolean {
@@ -230,6 +230,8 @@ export class DeviceManager {
 
   private pciPathOf(spec: DeviceSpec): string | undefined {
     if (spec.kind !== 'blk' && spec.kind !== 'fs' && spec.kind !== 'net' && spec.kind !== 'vfio') return undefined;
+    // A device behind a root port (q35 VFIO) has a two-level path only the hypervisor knows.
+    if (this.hv.pciPathOf) return this.hv.pciPathOf(spec.kind, spec.id);
     const slot = this.hv.slotOf?.(spec.kind, spec.id);
     return slot === undefined ? undefined : pciPath(slot);
   }

@@ -65,6 +65,9 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
     const devs = args.filter((a, i) => args[i - 1] === '-device' && a.startsWith('vfio-pci,'));
     expect(devs).to.have.length(1);
     expect(devs[0]).to.match(new RegExp(`^vfio-pci,host=${BDF.replace(/\./g, '\\.')},id=dev-${id},addr=0x[0-9a-f]+$`));
+    // q35 with cold_plug_vfio = "root-port": behind its own root port.
+    const q35 = new QemuHypervisor({ binary: '/usr/bin/qemu-system-x86_64', machine: 'q35', accel: 'tcg', pcieRootPorts: 1, coldPlugVfio: 'root-port' }).commandLine(vm);
+    expect(q35.filter((a, i) => q35[i - 1] === '-device' && a.startsWith('vfio-pci,'))).to.deep.equal([`vfio-pci,host=${BDF},id=dev-${id},bus=rp0,addr=0x0`]);
   });
 
   it('hot plug (default): the container\'s plan gives the manager vfio devices whose QMP device_add is vfio-pci with the host address', () => {
@@ -100,10 +103,19 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
   });
 
   it('hot_plug_vfio and cold_plug_vfio: Kata\'s values; both set is refused, as Kata\'s checkPCIeConfig', () => {
-    const ok = parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "root-port"\n', '/x.toml');
+    const ok = parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 2\ncold_plug_vfio = "root-port"\n', '/x.toml');
     expect(ok['hypervisor.qemu'].cold_plug_vfio).to.equal('root-port');
+    expect(ok['hypervisor.qemu'].pcie_root_port).to.equal(2);
+    expect(ok.warnings.join('\n')).to.not.match(/pcie_root_port/);
+    // Root ports are PCIe: q35 only; root-port mode needs ports; bridge-port and switch-port are not built.
+    expect(() => parseConfig('[hypervisor.qemu]\npcie_root_port = 2\n', '/x.toml')).to.throw(ConfigError, /^\/x\.toml:2: \[hypervisor\.qemu\] pcie_root_port = 2 needs machine_type = "q35" \(the pc machine has no PCI Express/);
+    expect(() => parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "root-port"\n', '/x.toml')).to.throw(ConfigError, /cold_plug_vfio = "root-port" needs machine_type = "q35" and pcie_root_port > 0 \(got pc, 0 ports\)/);
+    expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\nhot_plug_vfio = "root-port"\n', '/x.toml')).to.throw(ConfigError, /hot_plug_vfio = "root-port" needs .*got q35, 0 ports/);
+    expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 1\nhot_plug_vfio = "bridge-port"\n', '/x.toml')).to.throw(ConfigError, /hot_plug_vfio = "bridge-port" is not supported by kata-ts/);
+    expect(() => parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "switch-port"\n', '/x.toml')).to.throw(ConfigError, /cold_plug_vfio = "switch-port" is not supported by kata-ts/);
+    expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 17\n', '/x.toml')).to.throw(ConfigError, /pcie_root_port/);
     expect(ok.warnings.join('\n')).to.not.match(/cold_plug_vfio/);
-    expect(() => parseConfig('[hypervisor.qemu]\nhot_plug_vfio = "root-port"\ncold_plug_vfio = "root-port"\n', '/x.toml')).to.throw(ConfigError, /only one of them can be set/);
+    expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 2\nhot_plug_vfio = "root-port"\ncold_plug_vfio = "root-port"\n', '/x.toml')).to.throw(ConfigError, /only one of them can be set/);
     expect(() => parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "pcie"\n', '/x.toml')).to.throw(ConfigError, /must be one of "no-port"/);
   });
 
