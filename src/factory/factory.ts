@@ -25,7 +25,7 @@ import { ownedBy, type QemuClone, type QemuHypervisor } from '../hypervisor/qemu
 import { waitForMarker } from '../protocols/agent-dialer';
 import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { dataExtents, startCloneMemory, type CloneMemory } from './memory';
-import { CLONE_VSOCK_SLOT, restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
+import { restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
 import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
 import { isMountPoint, MEMORY, mountSource, STATE, TEMPLATE_FILES, templateStatus, TMPFS_SOURCE, writeManifest, type TemplateStatus } from './template-store';
 
@@ -248,8 +248,6 @@ export class VmFactory {
         args,
         // A CID per clone (§5.10.4: 3 and up); the hybrid socket is per sandbox anyway.
         guestCid: crypto.randomInt(3, 0x7fffffff),
-        // Slot 7: its interrupt link is enabled in the template (qemu-template.ts LINK_WARMER_SLOTS).
-        vsockSlot: CLONE_VSOCK_SLOT,
         // The RAM copy overlaps QEMU's start; the state loads once it is complete.
         restore: async (qmp) => {
           await memory.done;

@@ -125,8 +125,6 @@ export interface QemuClone {
   restore(qmp: QmpClient): Promise<void>;
   /** This clone's vsock CID (our device's config space answers it). */
   guestCid: number;
-  /** Slot of the hotplugged agent channel (a free fixed slot of the template's layout; 4 when absent). */
-  vsockSlot?: number;
 }
 
 /** util-linux setpriv (scripts/setup.sh installs util-linux), looked up once. */
@@ -455,7 +453,7 @@ export class QemuHypervisor implements Hypervisor {
    * `clone.args` (the template's machine, memory and QEMU-own devices, with
    * -S -incoming defer), `clone.restore` loads the template's device state
    * and resumes the guest; then the sandbox's own devices are hotplugged —
-   * our vhost-user-vsock agent channel at clone.vsockSlot with this
+   * our vhost-user-vsock agent channel at its usual slot 4 with this
    * clone's CID, then cfg's shares, disks and nets through addShare /
    * addDisk / addNet — so none of them is in the template (QEMU cannot
    * migrate vhost-user-vsock/-fs) and CID and MACs are the clone's own.
@@ -485,7 +483,7 @@ export class QemuHypervisor implements Hypervisor {
       const qmp = this.requireQmp();
       await clone.restore(qmp);
       await qmp.execute('chardev-add', unixClientChardev('vsock', vsockSock));
-      await qmp.execute('device_add', { driver: 'vhost-user-vsock-pci', id: 'vsock0', chardev: 'vsock', addr: slotAddr(clone.vsockSlot ?? 4) });
+      await qmp.execute('device_add', { driver: 'vhost-user-vsock-pci', id: 'vsock0', chardev: 'vsock', addr: slotAddr(4) });
       for (const sh of cfg.shares ?? []) await this.addShare(sh);
       for (const d of cfg.disks) await this.addDisk(d);
       for (const n of cfg.nets ?? []) await this.addNet(n);
