@@ -11,6 +11,12 @@
  * node, only sysfs. Also: a cold-plugged device on QEMU's command line is
  * where the boot plan put it (query-pci) and unplugs; a device that never
  * appears is one timeout error naming the PCI path.
+ *
+ * q35 with PCIe root ports (Kata's pcie_root_port and hot/cold_plug_vfio =
+ * "root-port", the GPU path): the edu device cold-plugged behind rp0 and
+ * hotplugged onto a free root port; the agent finds it by the two-level PCI
+ * path "<port slot>/00", the container gets /dev/vfio/noiommu-N, and the
+ * unplug frees the port (query-pci shows the port empty again).
  */
 import { expect } from 'chai';
 import * as path from 'node:path';
@@ -177,6 +183,85 @@ describe('integration: VFIO guest side with the edu device standing in (QEMU)', 
       expect(boot.devices.get(id)!.holders).to.deep.equal(['sandbox']);
     } finally {
       await boot.stop();
+    }
+  });
+
+  /** A q35 sandbox with two root ports, VFIO in root-port mode (hot or cold). */
+  function q35Config(mode: 'hot' | 'cold') {
+    const cfg = testConfig(runDir);
+    const q = cfg['hypervisor.qemu'];
+    q.machine_type = 'q35';
+    q.pcie_root_port = 2;
+    if (mode === 'hot') q.hot_plug_vfio = 'root-port';
+    else q.cold_plug_vfio = 'root-port';
+    return cfg;
+  }
+
+  type PciBus = { bus: number; devices: Array<{ slot: number; qdev_id: string; id: { vendor: number; device: number }; pci_bridge?: { bus: { secondary: number }; devices?: PciBus['devices'] } }> };
+  /** query-pci: the root port rpK and the devices behind it. */
+  async function behindPort(h: QemuHypervisor, port: string): Promise<{ slot: number; secondary: number; devices: Array<{ qdev_id: string; vendor: number }> }> {
+    const pci = (await h.memoryQmp('query-pci')) as PciBus[];
+    const rp = pci[0].devices.find((d) => d.qdev_id === port);
+    if (!rp?.pci_bridge) throw new Error(`no root port ${port} in query-pci: ${JSON.stringify(pci[0].devices.map((d) => d.qdev_id))}`);
+    return { slot: rp.slot, secondary: rp.pci_bridge.bus.secondary, devices: (rp.pci_bridge.devices ?? []).map((d) => ({ qdev_id: d.qdev_id, vendor: d.id.vendor })) };
+  }
+
+  it('q35, cold_plug_vfio = "root-port": the edu device behind rp0 on the command line, found by "<port slot>/00", /dev/vfio/noiommu-N in the container', async () => {
+    const cfg = q35Config('cold');
+    const qhv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
+    const id = vfioDeviceId(EDU_STAND_IN, 7, 0);
+    const sb = new Sandbox({ id: 'vfio-q35c', config: cfg, hypervisor: qhv, bootContainers: [{ id: 'c', rootfs, rootfsShare: 'virtiofs' }], bootVfio: [{ id, source: EDU_STAND_IN }], vfio: { mode: 'vfio', sources: () => [EDU_STAND_IN] } });
+    try {
+      await sb.start();
+      const rp0 = await behindPort(qhv, 'rp0');
+      expect(rp0.devices).to.deep.equal([{ qdev_id: `dev-${id}`, vendor: 0x1234 }]);
+      const dev = sb.devices.get(id)!;
+      expect(dev.pciPath).to.equal(`${rp0.slot.toString(16).padStart(2, '0')}/00`);
+      expect(qhv.rootPortsInUse()).to.deep.equal(['rp0']);
+      await sb.createContainer('c', vfioSpec(['sh', '-c', PROBE]), rootfs);
+      await sb.startContainer('c');
+      const out = await collectOutput(sb.agent, 'c', '');
+      expect(out.status, out.out).to.equal(0);
+      const lines = out.out.trim().split('\n');
+      expect(lines[0], out.out).to.match(/^vfio:noiommu-\d+ vfio $/);
+      // Behind the port: on the port's secondary bus, not bus 00.
+      expect(lines[1], out.out).to.match(/^0000:([0-9a-f]{2}):00\.0 0x1234:0x11e8$/);
+      expect(lines[1].slice(5, 7)).to.not.equal('00');
+      expect(lines[2], out.out).to.equal('open-ok');
+      await sb.removeContainer('c');
+    } finally {
+      await sb.stop();
+    }
+  });
+
+  it('q35, hot_plug_vfio = "root-port": device_add onto a free root port, the agent finds it by "<port slot>/00", unplug frees the port (query-pci) and it is reused', async () => {
+    const cfg = q35Config('hot');
+    const qhv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
+    // q35 does not hotplug virtio-fs shares (pcie.0): the containers' rootfs shares are there from boot.
+    const sb = new Sandbox({ id: 'vfio-q35h', config: cfg, hypervisor: qhv, bootContainers: [1, 2].map((r) => ({ id: `h${r}`, rootfs, rootfsShare: 'virtiofs' as const })), vfio: { mode: 'vfio', sources: () => [EDU_STAND_IN] } });
+    try {
+      await sb.start();
+      for (const round of [1, 2]) {
+        const name = `h${round}`;
+        await sb.createContainer(name, vfioSpec(['sh', '-c', PROBE]), rootfs);
+        const dev = sb.devices.list().find((d) => d.spec.kind === 'vfio' && d.holders.includes(name))!;
+        const rp0 = await behindPort(qhv, 'rp0');
+        expect(rp0.devices.map((d) => d.vendor), `round ${round}: the device behind rp0`).to.deep.equal([0x1234]);
+        expect(dev.pciPath).to.equal(`${rp0.slot.toString(16).padStart(2, '0')}/00`);
+        await sb.startContainer(name);
+        const out = await collectOutput(sb.agent, name, '');
+        expect(out.status, out.out).to.equal(0);
+        const lines = out.out.trim().split('\n');
+        expect(lines[0], out.out).to.match(/^vfio:noiommu-\d+ vfio $/);
+        expect(lines[1], out.out).to.match(/^0000:[0-9a-f]{2}:00\.0 0x1234:0x11e8$/);
+        expect(lines[1].slice(5, 7)).to.not.equal('00');
+        expect(lines[2], out.out).to.equal('open-ok');
+        await sb.removeContainer(name);
+        await until('rp0 free again', () => (qhv.rootPortsInUse().length === 0 ? true : undefined), 60000);
+        expect((await behindPort(qhv, 'rp0')).devices).to.deep.equal([]);
+      }
+    } finally {
+      await sb.stop();
     }
   });
 });
