@@ -12,11 +12,15 @@
  *
  * addFile() hashes (Node's native sha256, once per chunk) and assigns slots
  * at once (dedup decisions are sequential) and hands each new chunk to the
- * compression pool (compress-pool.ts) straight away, so the workers
- * compress while this thread goes on parsing and hashing; pump() and
- * store() write the finished chunks in slot order, so the blobs do not
- * depend on which worker finished first. Without a pool (or with
- * compression off) chunks are compressed on this thread when written.
+ * compression pool (compress-pool.ts) straight away while fewer than
+ * WINDOW_PER_WORKER per worker are in flight, so the workers compress while
+ * this thread goes on parsing and hashing. When the workers are saturated
+ * and chunks wait, pump() has this thread compress the next waiting one
+ * itself rather than sit idle (on 2 cores: one worker + this thread, both
+ * busy). Chunks are written in slot order, and whichever thread compressed
+ * a chunk the bytes are the same, so the blobs do not depend on the thread
+ * count. Without a pool (or with compression off) chunks are compressed on
+ * this thread when written.
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -56,10 +60,23 @@ export interface ChunkerResult {
 }
 
 /** A new chunk on its way to its blob: slot, bytes, layer, compression job. */
-interface Queued { k: number; chunk: Buffer; layer: number; job: Promise<Uint8Array | null> | null }
+interface Queued {
+  k: number; chunk: Buffer; layer: number;
+  /** The worker's job, once sent. */
+  job: Promise<Uint8Array | null> | null;
+  /** Compressed (or null: store raw) and known on this thread. */
+  done: boolean;
+  result: Uint8Array | null;
+}
 
-/** Jobs in flight per worker before addFile's caller must pump(). */
-const WINDOW_PER_WORKER = 6;
+/**
+ * Compression jobs in flight per worker: enough queued work (~16 × 2 ms)
+ * that a worker does not run dry while this thread is busy between turns
+ * of its event loop (it only learns of finished jobs then).
+ */
+const WINDOW_PER_WORKER = 16;
+/** Chunks waiting unsent before pump() compresses one on this thread. */
+const HELP_AFTER = 4;
 
 export class Chunker {
   private readonly slots: PendingSlot[] = [];
@@ -69,6 +86,9 @@ export class Chunker {
   /** New chunks not yet written, in slot order. */
   private readonly queue: Queued[] = [];
   private head = 0;
+  /** First queued chunk not yet sent to a worker nor compressed here. */
+  private unsent = 0;
+  private inFlight = 0;
   private newChunks = 0;
   /** Uncompressed bytes chunked so far (progress). */
   bytesDone = 0;
@@ -101,9 +121,9 @@ export class Chunker {
       return k;
     }
     this.slots.push({ sha256: sha, where: { layer }, offset: 0, storedSize: chunk.length, size: chunk.length, flags: 0 });
-    const job = this.compress && this.pool ? this.pool.compress(chunk) : null;
-    this.queue.push({ k, chunk, layer, job });
+    this.queue.push({ k, chunk, layer, job: null, done: !this.compress, result: null });
     this.newChunks++;
+    this.dispatch();
     return k;
   }
 
@@ -135,32 +155,87 @@ export class Chunker {
     return c.length < chunk.length ? c : null;
   }
 
-  /** Writes the next queued chunk (waiting for its compression). */
+  /** Sends waiting chunks to the workers while they have room. */
+  private dispatch(): void {
+    if (!this.pool || !this.compress) { this.unsent = this.queue.length; return; }
+    const cap = WINDOW_PER_WORKER * this.pool.size;
+    while (this.unsent < this.queue.length && this.inFlight < cap) {
+      const q = this.queue[this.unsent++];
+      if (q.done) continue;
+      this.inFlight++;
+      q.job = this.pool.compress(q.chunk);
+      q.job.then((r) => { q.result = r; q.done = true; }, () => undefined).finally(() => { this.inFlight--; this.dispatch(); });
+    }
+  }
+
+  /** Compresses the next unsent chunk on this thread. */
+  private helpOne(): void {
+    const q = this.queue[this.unsent++];
+    if (q.done) return;
+    q.result = this.compressHere(q.chunk);
+    q.done = true;
+  }
+
+  /** Writes the next queued chunk (waiting for, or doing, its compression). */
   private async writeNext(): Promise<void> {
     const q = this.queue[this.head];
-    const c = q.job ? await q.job : this.compressHere(q.chunk);
+    let c: Uint8Array | null;
+    if (q.done) c = q.result;
+    else if (q.job) c = await q.job;
+    else {
+      if (this.head === this.unsent) this.unsent++;
+      c = this.compressHere(q.chunk);
+    }
     this.write(q.k, q.chunk, c, q.layer);
     this.queue[this.head++] = undefined as unknown as Queued; // let the bytes go
     this.bytesStored += q.chunk.length;
   }
 
   /**
-   * Writes finished chunks while more than the pool's window are in flight,
-   * so the workers never run dry and results do not pile up. Cheap to call
-   * after every file; a no-op without a pool.
+   * Lets finished jobs in (one turn of the event loop), writes the chunks
+   * at the head that are done, and when chunks wait unsent behind busy
+   * workers compresses one here. Call after every file; a no-op without a
+   * pool.
    */
   async pump(): Promise<void> {
     if (!this.pool) return;
-    const window = WINDOW_PER_WORKER * this.pool.size;
-    while (this.queue.length - this.head > window) await this.writeNext();
+    if (this.inFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+    this.dispatch();
+    while (this.head < this.queue.length && this.queue[this.head].done) await this.writeNext();
+    // One chunk at a time, so finished jobs are let in (and more sent) between them.
+    if (this.queue.length - this.unsent > HELP_AFTER) this.helpOne();
   }
 
-  /** Compresses (when enabled) and writes every remaining new chunk, in slot order. */
+  /**
+   * Compresses (when enabled) and writes every remaining new chunk, in slot
+   * order: this thread compresses waiting chunks while the workers finish
+   * theirs, and waits only when every remaining chunk is with a worker.
+   */
   async store(onChunk: (bytes: number) => void = () => undefined): Promise<void> {
     while (this.head < this.queue.length) {
-      await this.writeNext();
+      if (this.pool && this.compress) {
+        if (this.inFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        this.dispatch();
+        while (this.head < this.queue.length && this.queue[this.head].done) await this.writeNext();
+        if (this.head === this.queue.length) break;
+        if (this.unsent < this.queue.length) this.helpOne();
+        else await this.writeNext();
+      } else await this.writeNext();
       onChunk(this.bytesStored);
     }
+    onChunk(this.bytesStored);
+  }
+
+  /** addFile, with pump() after each chunk (what the converter calls). */
+  async addFilePumped(n: Inode): Promise<number[]> {
+    const out: number[] = [];
+    for (let off = 0; off < n.data.length; off += this.chunkSize) {
+      const chunk = n.data.subarray(off, Math.min(n.data.length, off + this.chunkSize));
+      out.push(this.addChunk(chunk, n.layer));
+      this.bytesDone += chunk.length;
+      await this.pump();
+    }
+    return out;
   }
 
   private blobFor(layer: number): LayerBlob {

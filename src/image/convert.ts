@@ -62,8 +62,9 @@ export interface ConvertResult {
 }
 
 /**
- * tree: read layers + parse tar + apply; chunk: sha256 per chunk and
- * handing new ones to the workers (with the writes pump() did meanwhile);
+ * tree: read layers + parse tar + apply; chunk: sha256 per chunk, handing
+ * new ones to the workers, and what pump() did meanwhile (writes, and
+ * compressing here when the workers are behind);
  * drain: waiting for the last compressions and writing them; verify:
  * waiting for the layer digest checks; meta: chunk table + EROFS metadata;
  * commit: fsync of blobs and metadata, renames, chunk index.
@@ -220,8 +221,7 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       const p2 = showProgress ? new Progress('chunking and compressing', total) : null;
       const slots = new Map<Inode, number[]>();
       for (const f of files) {
-        slots.set(f, chunker.addFile(f));
-        await chunker.pump();
+        slots.set(f, await chunker.addFilePumped(f));
         p2?.update(chunker.bytesDone);
       }
       p2?.done();
