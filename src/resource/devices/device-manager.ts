@@ -167,7 +167,7 @@ export class DeviceManager {
         await this.plug(spec);
       } catch (err) {
         if (err instanceof DeviceError) throw err;
-        throw new DeviceError(/no free PCI slot/.test(errorMessage(err)) ? 'full' : 'attach', `cannot attach ${describe(spec)}: ${errorMessage(err)}`, { cause: err });
+        throw new DeviceError(/no free PCI slot|PCIe root ports are in use/.test(errorMessage(err)) ? 'full' : 'attach', `cannot attach ${describe(spec)}: ${errorMessage(err)}`, { cause: err });
       }
       const dev: AttachedDevice = { spec, holders: [holder], pciPath: this.pciPathOf(spec), boot: false };
       this.devices.set(spec.id, dev);

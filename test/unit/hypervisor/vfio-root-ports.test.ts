@@ -164,6 +164,7 @@ describe('unit: VFIO behind PCIe root ports (q35)', function () {
       let err: unknown;
       try { await m.attach({ kind: 'vfio', id: 'e3', bdf: 'edu' }, 'c3'); } catch (e) { err = e; }
       expect((err as Error).message).to.match(/VFIO device e3: all 2 PCIe root ports are in use \(rp0, rp1\)/);
+      expect((err as { kind?: string }).kind).to.equal('full');
       expect(qmp.commands.slice(before).filter((c) => c.execute === 'device_add')).to.deep.equal([]);
       expect(m.get('e3')).to.equal(undefined);
       expect(hv.slotsInUse()).to.deep.equal(slotsAtBoot);
