@@ -81,6 +81,40 @@ function wrongDriver(pciPath: string, dev: string, want: string, got: string): P
   return new PciDeviceError('driver', `the device at PCI path ${pciPath} (${path.basename(dev)}) is bound to the ${got} driver, not ${want}`);
 }
 
+/** What one look at the PCI path found: the awaited value, or what is there instead. */
+type Probe<T> = { found: T } | { seen: string };
+
+/**
+ * The one wait loop behind the waiters below: looks at `pciPath` every
+ * 20 ms until `probe` finds what is awaited. What `probe` throws (a device
+ * bound to another driver will not change while we wait) ends the wait at
+ * once; after `timeoutMs` it is one PciDeviceError('timeout') naming the
+ * path, what was awaited and the last thing seen there.
+ */
+async function pollPciPath<T>(pciPath: string, timeoutMs: number, sysDevices: string, what: string, probe: (dev: string) => Promise<Probe<T>>): Promise<T> {
+  parsePciPath(pciPath);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const dev = await sysfsDeviceAt(pciPath, sysDevices);
+    const r: Probe<T> = dev ? await probe(dev) : { seen: 'no PCI device there' };
+    if ('found' in r) return r.found;
+    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no ${what} appeared at PCI path ${pciPath} within ${timeoutMs} ms (${r.seen})`);
+    await new Promise((res) => setTimeout(res, 20));
+  }
+}
+
+/**
+ * The first entry of `virtioN/<sub>` (block/<vdX>, net/<ethN>) of the virtio
+ * device under `dev`, once `driver` has probed it; another driver bound
+ * there is a PciDeviceError('driver').
+ */
+async function virtioChild(pciPath: string, dev: string, driver: string, sub: string, missing: string): Promise<Probe<string>> {
+  const v = await virtioUnder(dev);
+  if (v?.driver && v.driver !== driver) throw wrongDriver(pciPath, dev, driver, v.driver);
+  const name = v && (await fs.readdir(path.join(v.dir, sub)).catch(() => [] as string[]))[0];
+  return name ? { found: name } : { seen: `a PCI device (${path.basename(dev)}) ${missing}` };
+}
+
 /**
  * Waits until the virtio-blk disk at `pciPath` has its block device and
  * returns /dev/<name>; a device that does not appear within `timeoutMs` is
@@ -88,21 +122,9 @@ function wrongDriver(pciPath: string, dev: string, want: string, got: string): P
  * to another virtio driver a PciDeviceError('driver') at once.
  */
 export async function waitForPciBlockDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices', devDir = '/dev'): Promise<string> {
-  parsePciPath(pciPath);
-  const deadline = Date.now() + timeoutMs;
-  let seen = 'no PCI device there';
-  for (;;) {
-    const dev = await sysfsDeviceAt(pciPath, sysDevices);
-    if (dev) {
-      const v = await virtioUnder(dev);
-      if (v?.driver && v.driver !== VIRTIO_BLK_DRIVER) throw wrongDriver(pciPath, dev, VIRTIO_BLK_DRIVER, v.driver);
-      const name = v && (await fs.readdir(path.join(v.dir, 'block')).catch(() => [] as string[]))[0];
-      if (name) return path.join(devDir, name);
-      seen = `a PCI device (${path.basename(dev)}) without a virtio block device`;
-    }
-    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no block device appeared at PCI path ${pciPath} within ${timeoutMs} ms (${seen})`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const name = await pollPciPath(pciPath, timeoutMs, sysDevices, 'block device',
+    (dev) => virtioChild(pciPath, dev, VIRTIO_BLK_DRIVER, 'block', 'without a virtio block device'));
+  return path.join(devDir, name);
 }
 
 /**
@@ -113,32 +135,18 @@ export async function waitForPciBlockDevice(pciPath: string, timeoutMs = 10000, 
  * checks it. Errors as waitForPciBlockDevice.
  */
 export async function waitForPciFsDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<string> {
-  parsePciPath(pciPath);
-  const deadline = Date.now() + timeoutMs;
-  let seen = 'no PCI device there';
-  for (;;) {
-    const dev = await sysfsDeviceAt(pciPath, sysDevices);
-    if (dev) {
-      const v = await virtioUnder(dev);
-      if (v?.driver === VIRTIO_FS_DRIVER) return dev;
-      if (v?.driver) throw wrongDriver(pciPath, dev, VIRTIO_FS_DRIVER, v.driver);
-      seen = `a PCI device (${path.basename(dev)}) not yet probed by ${VIRTIO_FS_DRIVER}`;
-    }
-    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no virtio-fs device appeared at PCI path ${pciPath} within ${timeoutMs} ms (${seen})`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  return pollPciPath(pciPath, timeoutMs, sysDevices, 'virtio-fs device', async (dev): Promise<Probe<string>> => {
+    const v = await virtioUnder(dev);
+    if (v?.driver === VIRTIO_FS_DRIVER) return { found: dev };
+    if (v?.driver) throw wrongDriver(pciPath, dev, VIRTIO_FS_DRIVER, v.driver);
+    return { seen: `a PCI device (${path.basename(dev)}) not yet probed by ${VIRTIO_FS_DRIVER}` };
+  });
 }
 
 /** Waits until any device is at `pciPath` and bound to a driver (a virtio-fs share before its mount). */
 export async function waitForPciDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<string> {
-  parsePciPath(pciPath);
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const dev = await sysfsDeviceAt(pciPath, sysDevices);
-    if (dev && await fs.access(path.join(dev, 'driver')).then(() => true, () => false)) return dev;
-    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no device bound to a driver appeared at PCI path ${pciPath} within ${timeoutMs} ms${dev ? ' (the device is there, unbound)' : ''}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  return pollPciPath(pciPath, timeoutMs, sysDevices, 'device bound to a driver', async (dev): Promise<Probe<string>> =>
+    (await fs.access(path.join(dev, 'driver')).then(() => true, () => false)) ? { found: dev } : { seen: 'the device is there, unbound' });
 }
 
 /**
@@ -148,19 +156,6 @@ export async function waitForPciDevice(pciPath: string, timeoutMs = 10000, sysDe
  * link up by MAC. Errors as waitForPciBlockDevice.
  */
 export async function waitForPciNetDevice(pciPath: string, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<string> {
-  parsePciPath(pciPath);
-  const deadline = Date.now() + timeoutMs;
-  let seen = 'no PCI device there';
-  for (;;) {
-    const dev = await sysfsDeviceAt(pciPath, sysDevices);
-    if (dev) {
-      const v = await virtioUnder(dev);
-      if (v?.driver && v.driver !== VIRTIO_NET_DRIVER) throw wrongDriver(pciPath, dev, VIRTIO_NET_DRIVER, v.driver);
-      const name = v && (await fs.readdir(path.join(v.dir, 'net')).catch(() => [] as string[]))[0];
-      if (name) return name;
-      seen = `a PCI device (${path.basename(dev)}) without a network interface yet`;
-    }
-    if (Date.now() > deadline) throw new PciDeviceError('timeout', `no network interface appeared at PCI path ${pciPath} within ${timeoutMs} ms (${seen})`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  return pollPciPath(pciPath, timeoutMs, sysDevices, 'network interface',
+    (dev) => virtioChild(pciPath, dev, VIRTIO_NET_DRIVER, 'net', 'without a network interface yet'));
 }
