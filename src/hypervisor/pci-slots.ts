@@ -94,10 +94,16 @@ export class PciSlotAllocator {
 /**
  * Kata's VFIO port types ([hypervisor.qemu] hot_plug_vfio / cold_plug_vfio):
  * where a passed-through device goes. no-port: the root bus; root-port: its
- * own PCIe root port (q35). bridge-port and switch-port are refused by the
- * configuration and by QemuHypervisor (not implemented).
+ * own PCIe root port (q35); bridge-port: a slot of one pci-bridge on the
+ * root bus (pc). switch-port is refused by the configuration and by
+ * QemuHypervisor (not implemented).
  */
 export type VfioPortType = 'no-port' | 'bridge-port' | 'root-port' | 'switch-port';
+
+/** Kata's PCI path of a device in `slot` behind the bridge in root slot `bridgeSlot` ("09/01"). */
+export function bridgedPciPath(bridgeSlot: number, slot: number): string {
+  return `${pciPath(bridgeSlot)}/${pciPath(slot)}`;
+}
 
 /** Kata's PCI path of the device in slot 0 behind the root port in root slot `portSlot` ("09/00"). */
 export function rootPortPciPath(portSlot: number): string {

@@ -40,7 +40,7 @@ import { HybridVsock } from '../virtio/vsock/hybrid';
 import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
 import type { FsShare } from './hypervisor';
 import { qemuMemoryPlan, type QemuMemoryOptions } from './memory-plan';
-import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr, pciPath, rootPortPciPath, RootPortPool, type RootPort, type VfioPortType } from './pci-slots';
+import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr, pciPath, rootPortPciPath, bridgedPciPath, RootPortPool, type RootPort, type VfioPortType } from './pci-slots';
 import { preflightVfioSource, vfioDeviceAdd, vfioDeviceArg } from './vfio-host';
 
 export class QemuError extends KataError<'spawn' | 'exited' | 'qmp' | 'config'> {}
@@ -68,6 +68,11 @@ export interface QemuOptions {
   coldPlugVfio?: VfioPortType;
 }
 
+/** QEMU id of the pc machine's pci-bridge for VFIO devices in bridge-port mode. */
+export const VFIO_BRIDGE = 'pcibr0';
+/** Device slots behind that bridge (Kata's bridges also leave slot 0 alone). */
+const BRIDGE_FIRST_SLOT = 1;
+
 /** Root ports per VM at most: each takes a pcie.0 slot from the dynamic range. */
 export const MAX_ROOT_PORTS = 16;
 
@@ -79,15 +84,17 @@ function lastSlot(machine: QemuOptions['machine']): number {
 /**
  * The VFIO port settings QEMU can honour, or one QemuError: root ports exist
  * on q35 only (pc and microvm have no PCIe); root-port mode needs ports;
- * bridge-port and switch-port (a pci-bridge / a PCIe switch under a root
- * port) are not implemented, and silently using the root bus instead would
+ * bridge-port is one pci-bridge on the pc machine's root bus (q35's
+ * pcie-pci-bridge is not implemented); switch-port (a PCIe switch under a
+ * root port) is not implemented: silently using the root bus instead would
  * claim a topology the guest does not get.
  */
 export function checkVfioPorts(machine: QemuOptions['machine'], ports: number, hot: VfioPortType, cold: VfioPortType): void {
   if (!Number.isInteger(ports) || ports < 0 || ports > MAX_ROOT_PORTS) throw new QemuError('config', `pcie_root_port = ${ports}: must be 0..${MAX_ROOT_PORTS}`);
   if (ports > 0 && machine !== 'q35') throw new QemuError('config', `pcie_root_port = ${ports} needs machine_type = "q35": the ${machine} machine has no PCI Express root complex`);
   for (const [key, v] of [['hot_plug_vfio', hot], ['cold_plug_vfio', cold]] as const) {
-    if (v === 'bridge-port' || v === 'switch-port') throw new QemuError('config', `${key} = "${v}" is not supported by kata-ts (only "no-port" and "root-port")`);
+    if (v === 'switch-port') throw new QemuError('config', `${key} = "switch-port" is not supported by kata-ts (only "no-port", "bridge-port" on pc and "root-port" on q35)`);
+    if (v === 'bridge-port' && machine !== 'pc') throw new QemuError('config', `${key} = "bridge-port" needs machine_type = "pc" (a pci-bridge on its root bus; on q35 use "root-port")`);
     if (v === 'root-port' && machine !== 'q35') throw new QemuError('config', `${key} = "root-port" needs machine_type = "q35" (root ports are PCI Express)`);
     if (v === 'root-port' && ports === 0) throw new QemuError('config', `${key} = "root-port" needs pcie_root_port > 0 (the ports are created at boot)`);
   }
@@ -113,6 +120,8 @@ interface BootSlotPlan {
   vfio: number[];
   /** pcie.0 slot of root port rp<k> (q35, pcie_root_port). */
   rootPorts: number[];
+  /** Root slot of the VFIO pci-bridge (bridge-port mode, pc), or -1; cold-plugged device i then sits in its slot 1+i (vfio[i] = -2). */
+  bridge: number;
   /** One past the last slot the plan hands out: start() reserves [FIRST_DYNAMIC_SLOT, next). */
   next: number;
 }
@@ -188,6 +197,10 @@ export class QemuHypervisor implements Hypervisor {
   private ports = new RootPortPool([]);
   /** VFIO devices behind a root port → the port. */
   private readonly vfioPorts = new Map<string, RootPort>();
+  /** bridge-port mode (pc): the pci-bridge's root slot (set by start()), its free slots, VFIO devices → their bridge slot. */
+  private bridgeAt: number | undefined;
+  private readonly bridgeSlots = new PciSlotAllocator(BRIDGE_FIRST_SLOT, LAST_SLOT);
+  private readonly vfioBridged = new Map<string, number>();
   private readonly diskSlots = new Map<string, { slot: number; driver: BlockDriver }>();
   private readonly shareSlots = new Map<string, number>();
   /** Network devices (boot-time and hotplugged) → their PCI slot. */
@@ -252,13 +265,16 @@ export class QemuHypervisor implements Hypervisor {
     const disks = cfg.disks.map(take);
     const nets = (cfg.nets ?? []).map(take);
     const onPorts = opts.coldPlugVfio === 'root-port';
-    const vfio = (cfg.vfio ?? []).map(() => (onPorts ? -1 : take()));
+    const onBridge = opts.coldPlugVfio === 'bridge-port';
+    const vfio = (cfg.vfio ?? []).map(() => (onPorts ? -1 : onBridge ? -2 : take()));
+    if (onBridge && (cfg.vfio ?? []).length > LAST_SLOT - BRIDGE_FIRST_SLOT + 1) throw new QemuError('config', `${(cfg.vfio ?? []).length} VFIO devices do not fit behind one pci-bridge`);
     const nPorts = opts.pcieRootPorts ?? 0;
     if (onPorts && (cfg.vfio ?? []).length > nPorts) {
       throw new QemuError('config', `${(cfg.vfio ?? []).length} VFIO devices are cold-plugged on root ports but pcie_root_port = ${nPorts}: one port per device`);
     }
     const rootPorts = Array.from({ length: nPorts }, take);
-    return { shares, disks, nets, vfio, rootPorts, next };
+    const bridge = onBridge || opts.hotPlugVfio === 'bridge-port' ? take() : -1;
+    return { shares, disks, nets, vfio, rootPorts, bridge, next };
   }
 
   /** Our device server behind a disk or share (tests and metrics). */
@@ -340,12 +356,16 @@ export class QemuHypervisor implements Hypervisor {
       const p = new RootPortPool(plan.rootPorts).ports[k];
       args.push('-device', `pcie-root-port,id=${p.id},bus=pcie.0,chassis=${p.chassis},slot=${p.physSlot},addr=${slotAddr(slot)}`);
     });
+    // bridge-port mode (pc): one pci-bridge for VFIO devices; shpc=off so
+    // its slots are hotplugged through ACPI like the root bus's.
+    if (plan.bridge >= 0) args.push('-device', `pci-bridge,id=${VFIO_BRIDGE},bus=pci.0,chassis_nr=1,shpc=off,addr=${slotAddr(plan.bridge)}`);
     // Cold-plugged PCI devices (vfio-pci, or the edu test stand-in): named
     // dev-<id> like hotplugged ones so removeVfio() can unplug them too;
     // with cold_plug_vfio = "root-port" device i sits in slot 0 of rp<i>.
     (cfg.vfio ?? []).forEach((v, i) => {
       if (mmio) throw new QemuError('config', `VFIO device ${v.id}: the microvm machine has no PCI bus`);
-      args.push('-device', vfioDeviceArg(v.source, `dev-${v.id}`, plan.vfio[i] < 0 ? { bus: `rp${i}` } : plan.vfio[i]));
+      const at = plan.vfio[i] === -1 ? { bus: `rp${i}` } : plan.vfio[i] === -2 ? { bus: VFIO_BRIDGE, slot: BRIDGE_FIRST_SLOT + i } : plan.vfio[i];
+      args.push('-device', vfioDeviceArg(v.source, `dev-${v.id}`, at));
     });
     return args;
   }
@@ -381,9 +401,15 @@ export class QemuHypervisor implements Hypervisor {
     this.vfioSlots.clear();
     this.vfioPorts.clear();
     this.ports = new RootPortPool(plan.rootPorts);
+    this.vfioBridged.clear();
+    this.bridgeSlots.clear();
+    this.bridgeAt = plan.bridge >= 0 ? plan.bridge : undefined;
     (cfg.vfio ?? []).forEach((v, i) => {
-      if (plan.vfio[i] < 0) this.vfioPorts.set(v.id, this.ports.reserve(`rp${i}`));
-      else this.vfioSlots.set(v.id, plan.vfio[i]);
+      if (plan.vfio[i] === -1) this.vfioPorts.set(v.id, this.ports.reserve(`rp${i}`));
+      else if (plan.vfio[i] === -2) {
+        this.bridgeSlots.reserve(BRIDGE_FIRST_SLOT + i);
+        this.vfioBridged.set(v.id, BRIDGE_FIRST_SLOT + i);
+      } else this.vfioSlots.set(v.id, plan.vfio[i]);
     });
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
@@ -470,6 +496,8 @@ export class QemuHypervisor implements Hypervisor {
     this.vfioSlots.clear();
     this.vfioPorts.clear();
     this.ports = new RootPortPool([]);
+    this.vfioBridged.clear();
+    this.bridgeAt = undefined;
     fs.mkdirSync(cfg.dir, { recursive: true });
     this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid });
     await this.vsock.listen();
@@ -607,8 +635,9 @@ export class QemuHypervisor implements Hypervisor {
    */
   async addVfio(id: string, bdf: string): Promise<void> {
     if (this.opts.hotPlugVfio === 'root-port') return this.addVfioOnRootPort(id, bdf);
+    if (this.opts.hotPlugVfio === 'bridge-port') return this.addVfioOnBridge(id, bdf);
     const qmp = this.requireHotplug('VFIO devices');
-    if (this.vfioSlots.has(id) || this.vfioPorts.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
+    if (this.vfioSlots.has(id) || this.vfioPorts.has(id) || this.vfioBridged.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
     preflightVfioSource(bdf);
     const slot = this.takeSlot();
     try {
@@ -631,7 +660,7 @@ export class QemuHypervisor implements Hypervisor {
    */
   private async addVfioOnRootPort(id: string, bdf: string): Promise<void> {
     const qmp = this.requireQmp();
-    if (this.vfioSlots.has(id) || this.vfioPorts.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
+    if (this.vfioSlots.has(id) || this.vfioPorts.has(id) || this.vfioBridged.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
     preflightVfioSource(bdf);
     let port: RootPort;
     try {
@@ -648,7 +677,38 @@ export class QemuHypervisor implements Hypervisor {
     this.vfioPorts.set(id, port);
   }
 
+  /**
+   * hot_plug_vfio = "bridge-port" (pc): device_add into the lowest free slot
+   * of the VFIO pci-bridge (bus=pcibr0), hotplugged through ACPI like the
+   * root bus; the slot is free again once DEVICE_DELETED came.
+   */
+  private async addVfioOnBridge(id: string, bdf: string): Promise<void> {
+    const qmp = this.requireHotplug('VFIO devices');
+    if (this.vfioSlots.has(id) || this.vfioPorts.has(id) || this.vfioBridged.has(id)) throw new QemuError('config', `VFIO device ${id} is already attached`);
+    if (this.bridgeAt === undefined) throw new QemuError('config', `VFIO device ${id}: this VM has no VFIO pci-bridge`);
+    preflightVfioSource(bdf);
+    let slot: number;
+    try {
+      slot = this.bridgeSlots.take();
+    } catch (err) {
+      throw new QemuError('config', `VFIO device ${id}: ${(err as Error).message.replace('no free PCI slot', 'no free pci-bridge slot')}`, { cause: err });
+    }
+    try {
+      await qmp.execute('device_add', vfioDeviceAdd(bdf, `dev-${id}`, { bus: VFIO_BRIDGE, slot }));
+    } catch (err) {
+      this.bridgeSlots.release(slot);
+      throw err;
+    }
+    this.vfioBridged.set(id, slot);
+  }
+
   async removeVfio(id: string): Promise<void> {
+    const bslot = this.vfioBridged.get(id);
+    if (bslot !== undefined) {
+      await this.unplug(`dev-${id}`, () => this.bridgeSlots.release(bslot));
+      this.vfioBridged.delete(id);
+      return;
+    }
     const port = this.vfioPorts.get(id);
     if (port) {
       await this.unplug(`dev-${id}`, () => this.ports.release(port.id));
@@ -838,6 +898,8 @@ export class QemuHypervisor implements Hypervisor {
   pciPathOf(kind: 'blk' | 'fs' | 'net' | 'vfio', id: string): string | undefined {
     const port = kind === 'vfio' ? this.vfioPorts.get(id) : undefined;
     if (port) return rootPortPciPath(port.slot);
+    const bslot = kind === 'vfio' ? this.vfioBridged.get(id) : undefined;
+    if (bslot !== undefined && this.bridgeAt !== undefined) return bridgedPciPath(this.bridgeAt, bslot);
     const slot = this.slotOf(kind, id);
     return slot === undefined ? undefined : pciPath(slot);
   }

@@ -109,13 +109,14 @@ export function checkVfioSource(source: string): void {
 }
 
 /**
- * Where a device goes: a root-bus slot (number), or slot 0 behind a PCIe
- * root port ({ bus: 'rpK' }, q35; src/hypervisor/pci-slots.ts RootPortPool).
+ * Where a device goes: a root-bus slot (number), slot 0 behind a PCIe root
+ * port ({ bus: 'rpK' }, q35; src/hypervisor/pci-slots.ts RootPortPool), or a
+ * slot of the pc machine's VFIO pci-bridge ({ bus: 'pcibr0', slot }).
  */
-export type VfioPlace = number | { bus: string };
+export type VfioPlace = number | { bus: string; slot?: number };
 
 function placeProps(at: VfioPlace): { bus?: string; addr: string } {
-  return typeof at === 'number' ? { addr: slotAddr(at) } : { bus: at.bus, addr: slotAddr(0) };
+  return typeof at === 'number' ? { addr: slotAddr(at) } : { bus: at.bus, addr: slotAddr(at.slot ?? 0) };
 }
 
 /** QEMU -device value for a cold-plugged device at `at` (root-bus slot or behind a root port). */

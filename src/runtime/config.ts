@@ -70,10 +70,10 @@ export const SCHEMA = {
     memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory)', check: range(1, 64) } as KeySpec<number>,
     default_maxvcpus: { kind: 'int', default: 0, describe: 'as Kata: vCPU hotplug ceiling (0: the boot count)', check: range(0, 64) } as KeySpec<number>,
     // VFIO (issue 14; src/runtime/hypervisor-choice.ts, src/hypervisor/pci-slots.ts): Kata's keys and values. no-port: the root bus (pc);
-    // root-port: each device behind its own pcie-root-port (q35, pcie_root_port > 0); bridge-port and switch-port are refused (not implemented).
+    // root-port: each device behind its own pcie-root-port (q35, pcie_root_port > 0); bridge-port: a pci-bridge (pc); switch-port is refused (not implemented).
     pcie_root_port: { kind: 'int', default: 0, describe: 'as Kata: pcie-root-port devices created at boot (q35 only), each holding one VFIO device in root-port mode', check: range(0, 16) } as KeySpec<number>,
-    hot_plug_vfio: { kind: 'string', default: 'no-port', describe: 'as Kata: VFIO devices of a container\'s linux.devices (/dev/vfio/<group>) are hotplugged when the container is created: no-port on the root bus (pc), root-port on a free PCIe root port (q35, pcie_root_port > 0); bridge-port and switch-port are not supported', check: oneOf('no-port', 'bridge-port', 'root-port', 'switch-port') } as KeySpec<string>,
-    cold_plug_vfio: { kind: 'string', default: 'no-port', describe: 'as Kata: anything but no-port cold-plugs the /dev/vfio/<group> devices of the sandbox\'s first container on QEMU\'s command line; root-port puts each behind its own PCIe root port (q35; pcie_root_port must cover them); bridge-port and switch-port are not supported; cannot be set together with hot_plug_vfio', check: oneOf('no-port', 'bridge-port', 'root-port', 'switch-port') } as KeySpec<string>,
+    hot_plug_vfio: { kind: 'string', default: 'no-port', describe: 'as Kata: VFIO devices of a container\'s linux.devices (/dev/vfio/<group>) are hotplugged when the container is created: no-port on the root bus (pc), bridge-port behind a pci-bridge (pc), root-port on a free PCIe root port (q35, pcie_root_port > 0); switch-port is not supported', check: oneOf('no-port', 'bridge-port', 'root-port', 'switch-port') } as KeySpec<string>,
+    cold_plug_vfio: { kind: 'string', default: 'no-port', describe: 'as Kata: anything but no-port cold-plugs the /dev/vfio/<group> devices of the sandbox\'s first container on QEMU\'s command line; root-port puts each behind its own PCIe root port (q35; pcie_root_port must cover them), bridge-port behind a pci-bridge (pc); switch-port is not supported; cannot be set together with hot_plug_vfio', check: oneOf('no-port', 'bridge-port', 'root-port', 'switch-port') } as KeySpec<string>,
     tcg_translation_cache: { kind: 'int', default: 0, describe: 'MiB of QEMU\'s TCG translation cache (tb-size; 0: QEMU\'s default, 1 GiB reserved and filled as the guest runs); smaller saves host memory per VM and costs guest speed', check: range(0, 4096) } as KeySpec<number>,
   },
   memory: {
@@ -225,13 +225,14 @@ export function parseConfig(text: string, file: string): Config {
   if (q.hot_plug_vfio !== 'no-port' && q.cold_plug_vfio !== 'no-port') {
     throw new ConfigError('bad-value', `${where('hypervisor.qemu.cold_plug_vfio')}: [hypervisor.qemu] hot_plug_vfio = "${q.hot_plug_vfio}" and cold_plug_vfio = "${q.cold_plug_vfio}": only one of them can be set`);
   }
-  // Root ports are PCI Express (q35 only); root-port mode needs ports; the bridge/switch topologies are not built.
+  // Root ports are PCI Express (q35 only); root-port mode needs ports; bridge-port is a pci-bridge on pc; switch-port is not built.
   if (q.pcie_root_port > 0 && q.machine_type !== 'q35') {
     throw new ConfigError('bad-value', `${where('hypervisor.qemu.pcie_root_port')}: [hypervisor.qemu] pcie_root_port = ${q.pcie_root_port} needs machine_type = "q35" (the ${q.machine_type} machine has no PCI Express root complex)`);
   }
   for (const key of ['hot_plug_vfio', 'cold_plug_vfio'] as const) {
     const v = q[key];
-    if (v === 'bridge-port' || v === 'switch-port') throw new ConfigError('bad-value', `${where(`hypervisor.qemu.${key}`)}: [hypervisor.qemu] ${key} = "${v}" is not supported by kata-ts (use "root-port" on q35, or "no-port")`);
+    if (v === 'switch-port') throw new ConfigError('bad-value', `${where(`hypervisor.qemu.${key}`)}: [hypervisor.qemu] ${key} = "switch-port" is not supported by kata-ts (use "root-port" on q35, "bridge-port" or "no-port" on pc)`);
+    if (v === 'bridge-port' && q.machine_type !== 'pc') throw new ConfigError('bad-value', `${where(`hypervisor.qemu.${key}`)}: [hypervisor.qemu] ${key} = "bridge-port" needs machine_type = "pc" (a pci-bridge on its root bus; on q35 use "root-port")`);
     if (v === 'root-port' && (q.machine_type !== 'q35' || q.pcie_root_port === 0)) {
       throw new ConfigError('bad-value', `${where(`hypervisor.qemu.${key}`)}: [hypervisor.qemu] ${key} = "root-port" needs machine_type = "q35" and pcie_root_port > 0 (got ${q.machine_type}, ${q.pcie_root_port} ports)`);
     }

@@ -17,6 +17,8 @@
  * hotplugged onto a free root port; the agent finds it by the two-level PCI
  * path "<port slot>/00", the container gets /dev/vfio/noiommu-N, and the
  * unplug frees the port (query-pci shows the port empty again).
+ * pc with hot/cold_plug_vfio = "bridge-port": the same behind one pci-bridge,
+ * PCI path "<bridge slot>/<slot>".
  */
 import { expect } from 'chai';
 import * as path from 'node:path';
@@ -264,4 +266,35 @@ describe('integration: VFIO guest side with the edu device standing in (QEMU)', 
       await sb.stop();
     }
   });
+
+  for (const mode of ['hot', 'cold'] as const) {
+    it(`pc, ${mode}_plug_vfio = "bridge-port": the edu device behind the pci-bridge (query-pci), found by "<bridge slot>/<slot>", /dev/vfio/noiommu-N, unplug empties the bridge`, async () => {
+      const cfg = testConfig(runDir);
+      if (mode === 'hot') cfg['hypervisor.qemu'].hot_plug_vfio = 'bridge-port';
+      else cfg['hypervisor.qemu'].cold_plug_vfio = 'bridge-port';
+      const bhv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
+      const id = vfioDeviceId(EDU_STAND_IN, 7, 0);
+      const sb = new Sandbox({ id: `vfio-br${mode[0]}`, config: cfg, hypervisor: bhv, bootContainers: [], ...(mode === 'cold' ? { bootVfio: [{ id, source: EDU_STAND_IN }] } : {}), vfio: { mode: 'vfio', sources: () => [EDU_STAND_IN] } });
+      try {
+        await sb.start();
+        await sb.createContainer('b', vfioSpec(['sh', '-c', PROBE]), rootfs);
+        const dev = sb.devices.list().find((d) => d.spec.kind === 'vfio' && d.holders.includes('b'))!;
+        const br = await behindPort(bhv, 'pcibr0');
+        expect(br.devices).to.deep.equal([{ qdev_id: `dev-${dev.spec.id}`, vendor: 0x1234 }]);
+        expect(dev.pciPath).to.equal(`${br.slot.toString(16).padStart(2, '0')}/01`);
+        await sb.startContainer('b');
+        const out = await collectOutput(sb.agent, 'b', '');
+        expect(out.status, out.out).to.equal(0);
+        const lines = out.out.trim().split('\n');
+        expect(lines[0], out.out).to.match(/^vfio:noiommu-\d+ vfio $/);
+        expect(lines[1], out.out).to.equal(`0000:${br.secondary.toString(16).padStart(2, '0')}:01.0 0x1234:0x11e8`);
+        expect(lines[2], out.out).to.equal('open-ok');
+        await sb.removeContainer('b');
+        if (mode === 'cold') expect(await sb.devices.detach(id, 'sandbox')).to.equal(true);
+        await until('the bridge empty again', async () => ((await behindPort(bhv, 'pcibr0')).devices.length === 0 ? true : undefined), 60000);
+      } finally {
+        await sb.stop();
+      }
+    });
+  }
 });

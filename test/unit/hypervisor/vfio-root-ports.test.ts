@@ -7,7 +7,8 @@
  * lowest free port (a stand-in QEMU: a sleeping shell script, QMP answered
  * by this test), its two-level PCI path, the port freed on DEVICE_DELETED
  * and reused, port exhaustion (one error, nothing attached), and the wrong
- * machine / missing ports / bridge-port and switch-port refused.
+ * machine / missing ports / switch-port refused. Also bridge-port on pc: one
+ * pci-bridge, devices in its slots 1.., PCI path "<bridge slot>/<slot>".
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -132,11 +133,12 @@ describe('unit: VFIO behind PCIe root ports (q35)', function () {
     bad(() => checkVfioPorts('microvm', 1, 'no-port', 'no-port'), /microvm machine has no PCI Express/);
     bad(() => checkVfioPorts('pc', 0, 'root-port', 'no-port'), /hot_plug_vfio = "root-port" needs machine_type = "q35"/);
     bad(() => checkVfioPorts('q35', 0, 'no-port', 'root-port'), /cold_plug_vfio = "root-port" needs pcie_root_port > 0/);
-    bad(() => checkVfioPorts('q35', 2, 'bridge-port', 'no-port'), /hot_plug_vfio = "bridge-port" is not supported/);
+    bad(() => checkVfioPorts('q35', 2, 'bridge-port', 'no-port'), /hot_plug_vfio = "bridge-port" needs machine_type = "pc"/);
     bad(() => checkVfioPorts('q35', 2, 'no-port', 'switch-port'), /cold_plug_vfio = "switch-port" is not supported/);
     bad(() => checkVfioPorts('q35', 17, 'no-port', 'no-port'), /must be 0\.\.16/);
     bad(() => new QemuHypervisor({ binary: '/bin/true', machine: 'pc', accel: 'tcg', pcieRootPorts: 1 }), /needs machine_type = "q35"/);
     expect(() => checkVfioPorts('q35', 2, 'root-port', 'no-port')).to.not.throw();
+    expect(() => checkVfioPorts('pc', 0, 'no-port', 'bridge-port')).to.not.throw();
   });
 
   it('hotplug: device_add onto the lowest free root port, PCI path "<port slot>/00", port freed on DEVICE_DELETED and reused; all ports busy is one error with nothing attached', async () => {
@@ -212,6 +214,43 @@ describe('unit: VFIO behind PCIe root ports (q35)', function () {
       expect(await m.detach('c0', 'sandbox')).to.equal(true);
       expect(qmp.commands).to.deep.include({ execute: 'device_del', arguments: { id: 'dev-c0' } });
       expect(hv.rootPortsInUse()).to.deep.equal([]);
+    } finally {
+      await hv.stop();
+      if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      await new Promise<void>((res) => qmp.server.close(() => res()));
+    }
+  });
+
+  it('bridge-port (pc): one pci-bridge after the boot devices, cold devices in its slots 1.., hotplug into its lowest free slot with PCI path "<bridge slot>/<slot>", freed on unplug', async () => {
+    const cold = new QemuHypervisor({ binary: '/bin/true', machine: 'pc', accel: 'tcg', coldPlugVfio: 'bridge-port' });
+    const args = devices(cold.commandLine({ ...cfg, vfio: [{ id: 'g', source: '0000:01:00.0' }, { id: 'e', source: 'edu' }] }));
+    expect(args).to.include('pci-bridge,id=pcibr0,bus=pci.0,chassis_nr=1,shpc=off,addr=0x9');
+    expect(args).to.include('vfio-pci,host=0000:01:00.0,id=dev-g,bus=pcibr0,addr=0x1');
+    expect(args).to.include('edu,id=dev-e,bus=pcibr0,addr=0x2');
+    expect(devices(new QemuHypervisor({ binary: '/bin/true', machine: 'pc', accel: 'tcg' }).commandLine(cfg)).filter((a) => a.startsWith('pci-bridge'))).to.deep.equal([]);
+    const bin = path.join(dir, 'fake-qemu');
+    fs.writeFileSync(bin, '#!/bin/sh\nexec sleep 60\n', { mode: 0o755 });
+    fs.mkdirSync(cfg.dir, { recursive: true });
+    const hv = new QemuHypervisor({ binary: bin, machine: 'pc', accel: 'tcg', blockDriver: 'virtio-blk', hotPlugVfio: 'bridge-port' });
+    const qmp = fakeQmp(path.join(cfg.dir, 'qmp.sock'));
+    let pid = 0;
+    try {
+      pid = (await hv.start(cfg)).pids[0];
+      expect(hv.slotsInUse()).to.deep.equal([8, 9]); // disk a, the bridge
+      const m = new DeviceManager(hv);
+      const e1 = await m.attach({ kind: 'vfio', id: 'e1', bdf: 'edu' }, 'c1');
+      const e2 = await m.attach({ kind: 'vfio', id: 'e2', bdf: 'edu' }, 'c2');
+      expect([e1.pciPath, e2.pciPath]).to.deep.equal(['09/01', '09/02']);
+      expect(qmp.commands.filter((c) => c.execute === 'device_add').map((c) => c.arguments)).to.deep.equal([
+        { driver: 'edu', id: 'dev-e1', bus: 'pcibr0', addr: '0x1' },
+        { driver: 'edu', id: 'dev-e2', bus: 'pcibr0', addr: '0x2' },
+      ]);
+      await m.detach('e1', 'c1');
+      const e3 = await m.attach({ kind: 'vfio', id: 'e3', bdf: 'edu' }, 'c3');
+      expect(e3.pciPath).to.equal('09/01');
+      await m.detach('e3', 'c3');
+      await m.detach('e2', 'c2');
+      expect(hv.slotsInUse()).to.deep.equal([8, 9]);
     } finally {
       await hv.stop();
       if (pid) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }

@@ -107,11 +107,12 @@ describe('unit: runtime hypervisor entry — VFIO from container specs (cold and
     expect(ok['hypervisor.qemu'].cold_plug_vfio).to.equal('root-port');
     expect(ok['hypervisor.qemu'].pcie_root_port).to.equal(2);
     expect(ok.warnings.join('\n')).to.not.match(/pcie_root_port/);
-    // Root ports are PCIe: q35 only; root-port mode needs ports; bridge-port and switch-port are not built.
+    // Root ports are PCIe: q35 only; root-port mode needs ports; bridge-port is pc's; switch-port is not built.
     expect(() => parseConfig('[hypervisor.qemu]\npcie_root_port = 2\n', '/x.toml')).to.throw(ConfigError, /^\/x\.toml:2: \[hypervisor\.qemu\] pcie_root_port = 2 needs machine_type = "q35" \(the pc machine has no PCI Express/);
     expect(() => parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "root-port"\n', '/x.toml')).to.throw(ConfigError, /cold_plug_vfio = "root-port" needs machine_type = "q35" and pcie_root_port > 0 \(got pc, 0 ports\)/);
     expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\nhot_plug_vfio = "root-port"\n', '/x.toml')).to.throw(ConfigError, /hot_plug_vfio = "root-port" needs .*got q35, 0 ports/);
-    expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 1\nhot_plug_vfio = "bridge-port"\n', '/x.toml')).to.throw(ConfigError, /hot_plug_vfio = "bridge-port" is not supported by kata-ts/);
+    expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 1\nhot_plug_vfio = "bridge-port"\n', '/x.toml')).to.throw(ConfigError, /hot_plug_vfio = "bridge-port" needs machine_type = "pc"/);
+    expect(parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "bridge-port"\n', '/x.toml')['hypervisor.qemu'].cold_plug_vfio).to.equal('bridge-port');
     expect(() => parseConfig('[hypervisor.qemu]\ncold_plug_vfio = "switch-port"\n', '/x.toml')).to.throw(ConfigError, /cold_plug_vfio = "switch-port" is not supported by kata-ts/);
     expect(() => parseConfig('[hypervisor.qemu]\nmachine_type = "q35"\npcie_root_port = 17\n', '/x.toml')).to.throw(ConfigError, /pcie_root_port/);
     expect(ok.warnings.join('\n')).to.not.match(/cold_plug_vfio/);
