@@ -12,17 +12,26 @@
  * under the store's writer lock, so they never race a conversion: a
  * conversion holds the lock from its first blob to its registration, and
  * gc waits for it (or fails with 'locked' after the timeout).
+ *
+ * Running sandboxes hold use records (in-use.ts): rm refuses an image in use
+ * (--force unlists it into images/.removed-<hex> instead of deleting it), and
+ * gc keeps a .removed-* image and its blobs while a live record names it,
+ * deletes it once none does, and deletes records of dead processes.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KataError } from '../common/errors';
 import { decodeChunkTable, type ChunkTable } from './chunk-table';
+import { cleanStaleUses, describeUsers, imagesInUse, imageUsers, type UseRecord } from './in-use';
 import {
   blobPartialPath, blobPath, blobPresencePath, blobsDir, chunkTablePath, imageDir, imageIdHex, imagesDir, listImages,
   rebuildChunkIndex, withStoreLock, type ImageRecord,
 } from './store';
 
-export class ImageGcError extends KataError<'not-found' | 'corrupt'> {}
+export class ImageGcError extends KataError<'not-found' | 'corrupt' | 'in-use'> {}
+
+/** images/.removed-<hex>: an image `rm --force`d while in use, kept (unlisted) for its users until gc finds none. */
+const REMOVED_PREFIX = '.removed-';
 
 export type BlobState = 'local' | 'partial' | 'missing';
 
@@ -43,11 +52,14 @@ export interface ImageSummary {
 }
 
 function tableOf(root: string, rec: ImageRecord): ChunkTable {
-  const hex = imageIdHex(rec.id);
+  return tableAt(chunkTablePath(root, imageIdHex(rec.id)), rec.id);
+}
+
+function tableAt(file: string, id: string): ChunkTable {
   try {
-    return decodeChunkTable(fs.readFileSync(chunkTablePath(root, hex)));
+    return decodeChunkTable(fs.readFileSync(file));
   } catch (err) {
-    throw new ImageGcError('corrupt', `image ${rec.id}: chunk table unreadable: ${(err as Error).message}`, { cause: err });
+    throw new ImageGcError('corrupt', `image ${id}: chunk table unreadable: ${(err as Error).message}`, { cause: err });
   }
 }
 
@@ -103,21 +115,54 @@ export function resolveImage(root: string, ref: string): ImageRecord {
   throw new ImageGcError('not-found', `no converted image "${ref}" in ${root}`);
 }
 
-/** Unlists and deletes one image (its blobs stay until gc). Returns its id. */
-export async function removeImage(root: string, ref: string): Promise<string> {
+export interface RemoveResult {
+  id: string;
+  /** Set when --force removed an image in use: it is unlisted, its data kept until these users end. */
+  keptFor?: UseRecord[];
+}
+
+/**
+ * Unlists and deletes one image (its blobs stay until gc). An image a live
+ * sandbox uses (in-use.ts) is refused, naming the sandboxes; with force it
+ * is unlisted but its directory is kept as images/.removed-<hex>, and gc
+ * keeps it and its blobs until its last user ends.
+ */
+export async function removeImage(root: string, ref: string, opts: { force?: boolean } = {}): Promise<RemoveResult> {
   return withStoreLock(root, async () => {
     const rec = resolveImage(root, ref);
     const hex = imageIdHex(rec.id);
     // One rename unlists it; a crash after it leaves only a .tmp-* that gc removes.
+    // Unlist first, then look for users: a starting container writes its
+    // record first, then checks the image is listed (in-use.ts), so one of
+    // the two always sees the other.
     const tmp = path.join(imagesDir(root), `.tmp-rm-${hex.slice(0, 12)}-${process.pid}`);
     fs.renameSync(imageDir(root, hex), tmp);
+    const users = imageUsers(root, rec.id);
+    if (users.length && !opts.force) {
+      fs.renameSync(tmp, imageDir(root, hex));
+      throw new ImageGcError('in-use', `image ${rec.id} is in use by ${describeUsers(users)}: stop it first, or rm --force to unlist it (its data stays until the last user ends)`);
+    }
+    if (users.length) {
+      const kept = path.join(imagesDir(root), REMOVED_PREFIX + hex);
+      fs.rmSync(kept, { recursive: true, force: true }); // an older forced copy of the same image: same content
+      fs.renameSync(tmp, kept);
+      return { id: rec.id, keptFor: users };
+    }
     fs.rmSync(tmp, { recursive: true, force: true });
-    return rec.id;
+    return { id: rec.id };
   });
 }
 
-export interface GcItem { path: string; bytes: number; why: 'unreferenced blob' | 'unreferenced partial blob' | 'abandoned temp' }
-export interface GcReport { dryRun: boolean; images: number; liveBlobs: number; removed: GcItem[]; freedBytes: number; indexEntries: number }
+export interface GcItem { path: string; bytes: number; why: 'unreferenced blob' | 'unreferenced partial blob' | 'abandoned temp' | 'removed image, no users left' }
+export interface GcReport {
+  dryRun: boolean; images: number; liveBlobs: number; removed: GcItem[]; freedBytes: number; indexEntries: number;
+  /** What gc kept only because running sandboxes use it: force-removed images and the blobs no listed image names. */
+  keptForSandboxes: { images: number; blobs: number };
+  /** Images (listed or force-removed) a live use record names. */
+  imagesInUse: number;
+  /** Use records of dead processes deleted (0 on a dry run). */
+  staleUses: number;
+}
 
 function sizeOf(p: string): number {
   try {
@@ -139,6 +184,21 @@ export async function collectGarbage(root: string, opts: { dryRun?: boolean; loc
     const live = new Set<string>();
     for (const rec of images) for (const b of tableOf(root, rec).blobs) live.add(b.digest);
     const removed: GcItem[] = [];
+    // Images rm --force'd while in use: kept, with their blobs, while a live use record names them.
+    const inUse = imagesInUse(root);
+    const kept = { images: 0, blobs: 0 };
+    let imgEntries: string[] = [];
+    try { imgEntries = fs.readdirSync(imagesDir(root)); } catch { /* empty store */ }
+    for (const e of imgEntries) {
+      if (!e.startsWith(REMOVED_PREFIX)) continue;
+      const hex = e.slice(REMOVED_PREFIX.length);
+      const dir = path.join(imagesDir(root), e);
+      if (!inUse.has(hex)) { removed.push({ path: dir, bytes: sizeOf(dir), why: 'removed image, no users left' }); continue; }
+      kept.images++;
+      for (const b of tableAt(path.join(dir, 'chunks.bin'), `sha256:${hex}`).blobs) {
+        if (!live.has(b.digest)) { live.add(b.digest); kept.blobs++; }
+      }
+    }
     let entries: string[] = [];
     try { entries = fs.readdirSync(blobsDir(root)); } catch { /* empty store */ }
     for (const e of entries) {
@@ -150,11 +210,10 @@ export async function collectGarbage(root: string, opts: { dryRun?: boolean; loc
         removed.push({ path: p, bytes: sizeOf(p), why: 'abandoned temp' });
       }
     }
-    let imgEntries: string[] = [];
-    try { imgEntries = fs.readdirSync(imagesDir(root)); } catch { /* empty store */ }
     for (const e of imgEntries) if (e.startsWith('.tmp-')) removed.push({ path: path.join(imagesDir(root), e), bytes: sizeOf(path.join(imagesDir(root), e)), why: 'abandoned temp' });
     if (!opts.dryRun) for (const r of removed) fs.rmSync(r.path, { recursive: true, force: true });
     const indexEntries = opts.dryRun ? 0 : rebuildChunkIndex(root);
-    return { dryRun: !!opts.dryRun, images: images.length, liveBlobs: live.size, removed, freedBytes: removed.reduce((n, r) => n + r.bytes, 0), indexEntries };
+    const staleUses = opts.dryRun ? 0 : cleanStaleUses(root);
+    return { dryRun: !!opts.dryRun, images: images.length, liveBlobs: live.size, removed, freedBytes: removed.reduce((n, r) => n + r.bytes, 0), indexEntries, keptForSandboxes: kept, imagesInUse: inUse.size, staleUses };
   }, opts.lockTimeoutMs);
 }

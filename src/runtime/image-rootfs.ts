@@ -26,6 +26,7 @@ import { BlobDevice } from '../image/blob-device';
 import { convertImage } from '../image/convert';
 import type { ContainerdOptions } from '../image/oci-source';
 import { resolveImage } from '../image/gc';
+import { acquireImageUse } from '../image/in-use';
 import { LazySource } from '../image/lazy-source';
 import { imageIdHex, metaPath, readImage, type ImageRecord } from '../image/store';
 import type { Storage } from '../protocols/agent-api';
@@ -55,14 +56,25 @@ export function lazySourceFor(cfg: Config): LazySource | undefined {
   return new LazySource({ baseUrl: url, name, stallMs: t * 1000 });
 }
 
-/** Opens a converted image's two disks for one container. */
-export function openImageDisks(cfg: Config, containerId: string, imageId: string): ImageDisks {
+/**
+ * Opens a converted image's two disks for one container, holding a use
+ * record (src/image/in-use.ts) until the blob device closes, so that
+ * `kata-ctl image rm|gc` leave the image alone meanwhile.
+ */
+export function openImageDisks(cfg: Config, containerId: string, imageId: string, sandboxId = '-'): ImageDisks {
   const root = cfg.image.store_dir;
   const record = readImage(root, imageId);
   const hex = imageIdHex(record.id);
   const meta = metaPath(root, hex);
-  if (!fs.existsSync(meta)) throw new ImageRootfsError('not-found', `image ${record.id}: ${meta} is missing`);
-  const device = new BlobDevice({ root, imageId: record.id, lazy: lazySourceFor(cfg), cacheBytes: cfg.image.chunk_cache_mib << 20 });
+  // Record first, then check the image is still listed: rm does the reverse (in-use.ts).
+  const use = acquireImageUse(root, record.id, sandboxId, containerId);
+  let device: BlobDevice;
+  try {
+    if (!fs.existsSync(meta)) throw new ImageRootfsError('not-found', `image ${record.id}: ${meta} is missing (removed?)`);
+    device = new BlobDevice({ root, imageId: record.id, lazy: lazySourceFor(cfg), cacheBytes: cfg.image.chunk_cache_mib << 20 });
+  } catch (err) { use.release(); throw err; }
+  const close = device.close.bind(device);
+  device.close = () => { try { close(); } finally { use.release(); } };
   const ids = imageDiskIds(containerId);
   return {
     record, device,

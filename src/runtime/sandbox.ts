@@ -221,7 +221,7 @@ export class Sandbox {
       for (const c of this.opts.bootContainers ?? []) {
         if (c.image) {
           // A converted image: its metadata and blob-device disks, nothing built.
-          const img = openImageDisks(this.opts.config, c.id, c.image);
+          const img = openImageDisks(this.opts.config, c.id, c.image, this.id);
           disks.push(...img.disks);
           this.bootImages.set(c.id, { meta: img.disks[0].id, blob: img.disks[1].id });
           continue;
@@ -482,7 +482,7 @@ export class Sandbox {
   private async createFromImage(id: string, spec: OciSpec, image: string | undefined, volumeStorages: Storage[], root: string): Promise<void> {
     let ids = this.bootImages.get(id);
     if (!ids) {
-      const img = openImageDisks(this.opts.config, id, image!);
+      const img = openImageDisks(this.opts.config, id, image!, this.id);
       await this.devices.attachAll(img.disks.map((d) => ({ kind: 'blk' as const, ...d })), id).catch((err) => { img.device.close(); throw err; });
       ids = { meta: img.disks[0].id, blob: img.disks[1].id };
     }

@@ -1,12 +1,14 @@
 /**
  * `kata-ctl image ls | rm ID | gc [--dry-run]` — the converted-image store
  * (src/image/gc.ts): list images with their local/remote bytes, remove one,
- * collect unreferenced blobs. `--store DIR` overrides `[image] store_dir`;
+ * collect unreferenced blobs. rm refuses an image a running sandbox uses
+ * (--force unlists it, keeping its data for them); gc keeps what they use. `--store DIR` overrides `[image] store_dir`;
  * every verb takes --json (schemaVersion 1).
  */
 import type { CtlCommand } from '../command';
 import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
 import { collectGarbage, listStore, removeImage, type ImageSummary } from '../../image/gc';
+import { describeUsers } from '../../image/in-use';
 import { formatMiB as mib } from '../../common/units';
 
 interface ImageArgs extends GlobalArgs {
@@ -14,6 +16,7 @@ interface ImageArgs extends GlobalArgs {
   id?: string;
   store?: string;
   dryRun?: boolean;
+  force?: boolean;
 }
 
 
@@ -31,13 +34,14 @@ function lsText(rows: ImageSummary[]): string {
 
 export const imageCommand: CtlCommand<ImageArgs> = {
   command: 'image <action> [id]',
-  describe: 'converted images: ls, rm ID, gc [--dry-run]',
+  describe: 'converted images: ls, rm ID [--force], gc [--dry-run]',
   builder: (y) =>
     y
       .positional('action', { type: 'string', choices: ['ls', 'rm', 'gc'], demandOption: true })
       .positional('id', { type: 'string', describe: 'rm: image id (sha256:…, a ≥ 12-digit prefix) or a reference it was converted from' })
       .option('store', { type: 'string', describe: 'store directory (default: [image] store_dir)' })
       .option('dry-run', { type: 'boolean', default: false, describe: 'gc: only say what would be removed' })
+      .option('force', { type: 'boolean', default: false, describe: 'rm: unlist an image even while sandboxes use it (its data stays until the last one ends)' })
       .option('json', JSON_OPTION) as never,
   handler: async (argv) => {
     const root = argv.store || ctlConfig(argv).image.store_dir;
@@ -50,9 +54,10 @@ export const imageCommand: CtlCommand<ImageArgs> = {
       }
       case 'rm': {
         if (!argv.id) throw new Error('kata-ctl image rm needs an image id');
-        const id = await removeImage(root, argv.id);
-        if (argv.json) printJson({ schemaVersion: 1, removed: id });
-        else process.stdout.write(`removed ${id} (its blobs go at the next kata-ctl image gc)\n`);
+        const r = await removeImage(root, argv.id, { force: argv.force });
+        if (argv.json) printJson({ schemaVersion: 1, removed: r.id, ...(r.keptFor ? { keptFor: r.keptFor } : {}) });
+        else if (r.keptFor) process.stdout.write(`unlisted ${r.id}; in use by ${describeUsers(r.keptFor)}: its data stays until the last one ends, then goes at a kata-ctl image gc\n`);
+        else process.stdout.write(`removed ${r.id} (its blobs go at the next kata-ctl image gc)\n`);
         return 0;
       }
       default: {
@@ -61,6 +66,8 @@ export const imageCommand: CtlCommand<ImageArgs> = {
         const verb = r.dryRun ? 'would remove' : 'removed';
         for (const x of r.removed) process.stdout.write(`${verb} ${x.path} (${x.why}, ${mib(x.bytes)})\n`);
         process.stdout.write(`${r.images} images, ${r.liveBlobs} live blobs; ${verb} ${r.removed.length} entries, ${mib(r.freedBytes)}\n`);
+        process.stdout.write(`${r.imagesInUse} images in use by running sandboxes; kept for them ${r.keptForSandboxes.images} removed images and ${r.keptForSandboxes.blobs} blobs no listed image uses` +
+          `${r.staleUses ? `; deleted ${r.staleUses} stale use records` : ''}\n`);
         return 0;
       }
     }
