@@ -12,7 +12,8 @@
  *   - the container's cgroup has cpu.max = "50000 100000" and memory.max = the
  *     limit (crun writes them; the guest kernel has CFS bandwidth control);
  *   - a container beyond default_maxvcpus: StartContainer (where containerd
- *     makes the shim's task) fails with one clear error; removed, nothing left.
+ *     makes the shim's task) fails with one clear error; removed, its demand
+ *     gone (the same quota fits again once the first container leaves).
  * Then the pod is stopped and removed through CRI, and nothing is left.
  *
  * Under CI=true a missing prerequisite (containerd, CNI plugins, guest)
@@ -117,6 +118,13 @@ describe('e2e: a CPU-quota + memory-limit container through CRI resizes the kata
     await c.cri.removeContainer(big);
     expect((await c.cri.listContainers({ pod_sandbox_id: podId })).map((x) => x.metadata.name).sort()).to.deep.equal(['plain', 'sized']);
     expect(await exec(sized, 'cat /sys/devices/system/cpu/online')).to.equal('0-1');
+    // The refused container's demand did not stay: once `sized` leaves, the
+    // same quota fits again (it would be refused if `big`'s 2 vCPUs counted).
+    await c.cri.stopContainer(sized, 5);
+    await c.cri.removeContainer(sized);
+    const again = await c.cri.createContainer(podId, container('again', { cpu_quota: 50000, cpu_period: 100000 }), pod);
+    await c.cri.startContainer(again);
+    expect(await exec(again, `cat "${CG}/cpu.max"`)).to.equal('50000 100000');
 
     await c.cri.stopPodSandbox(podId);
     await c.cri.removePodSandbox(podId);
