@@ -6,7 +6,8 @@
  * hashes as on the host (guest kernel EROFS, metadata disk + our blob
  * device); a chunk corrupted in the store is EIO in the guest, not other
  * bytes; chunks missing locally are fetched lazily from a loopback blob
- * server by a third container of a second store.
+ * server by a third container of a second store; the image cannot be
+ * removed while its containers run, and removing one releases its record.
  */
 import { expect } from 'chai';
 import * as crypto from 'node:crypto';
@@ -24,6 +25,8 @@ import { convertImage } from '../../src/image/convert';
 import { decodeChunkTable } from '../../src/image/chunk-table';
 import { blobPath, chunkTablePath, imageDir, imageIdHex, imagesDir } from '../../src/image/store';
 import { imageDiskIds } from '../../src/runtime/image-rootfs';
+import { removeImage } from '../../src/image/gc';
+import { imageUsers } from '../../src/image/in-use';
 import type { BlobDevice } from '../../src/image/blob-device';
 
 const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
@@ -67,6 +70,8 @@ describe('integration: containers from a converted image (QEMU)', function () {
     await sandbox?.stop();
     await server?.close();
     if (!runDir) return;
+    // Stopping the sandbox closed its blob devices, which released their use records.
+    if (store && imageId) expect(imageUsers(store, imageId), 'no use record left').to.deep.equal([]);
     expectNothingLeft(runDir);
   });
 
@@ -95,8 +100,13 @@ describe('integration: containers from a converted image (QEMU)', function () {
     expect(fs.readdirSync(imagesDir(store)).concat(fs.readdirSync(path.dirname(blobPath(store, '0'.repeat(64)))))).to.deep.equal(before);
     expect(fs.statSync(imageDir(store, imageIdHex(imageId))).mtimeMs).to.equal(mtime);
     expect(fs.readdirSync(sandbox!.dir).filter((f) => f.endsWith('.erofs')), 'no per-container mkfs.erofs image').to.deep.equal([]);
+    // While its containers run, the image cannot be removed (src/image/in-use.ts).
+    expect(imageUsers(store, imageId).map((u) => `${u.sandbox}/${u.container}`).sort()).to.deep.equal(['img1/one', 'img1/two']);
+    const rm = await removeImage(store, imageId).then(() => 'removed', (e: Error & { kind?: string }) => `${e.kind}: ${e.message}`);
+    expect(rm).to.match(/^in-use: .*sandbox img1 \(container one/);
     await sandbox!.removeContainer('two');
     expect(hv.servedDevice('blk', imageDiskIds('two').blob)).to.equal(undefined);
+    expect(imageUsers(store, imageId).map((u) => u.container), 'removing a container releases its record').to.deep.equal(['one']);
   });
 
   it('a corrupt chunk in the store is an I/O error in the guest, never other bytes', async () => {
