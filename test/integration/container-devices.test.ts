@@ -14,15 +14,14 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
+import { requireGuest, testRunDir, expectNothingLeft, collectOutput } from '../helpers/guest';
+import { startQemuSandbox, type QemuTestSandbox } from '../helpers/qemu-sandbox';
 import { until } from '../helpers/until';
 import { skipOrFail } from '../helpers/skip';
-import { selectHypervisor } from '../../src/hypervisor';
-import { Sandbox } from '../../src/runtime/sandbox';
+import type { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec } from '../../src/runtime/spec';
 import type { OciSpec } from '../../src/protocols/oci';
-import { configureLogging } from '../../src/common/log';
 import { DeviceError } from '../../src/resource/devices/device-manager';
 import { deviceDiskId } from '../../src/resource/devices/container-devices';
 
@@ -37,6 +36,7 @@ function withDevices(args: string[], devices: Array<{ path: string; major: numbe
 describe('integration: OCI linux.devices become hotplugged disks (QEMU)', function () {
   this.timeout(600000);
   let runDir: string;
+  let t: QemuTestSandbox | undefined;
   let sandbox: Sandbox | undefined;
   let hv: QemuHypervisor;
   let rootfs = '';
@@ -47,10 +47,7 @@ describe('integration: OCI linux.devices become hotplugged disks (QEMU)', functi
 
   before(async function () {
     requireGuest(this);
-    configureLogging({ silent: true });
     runDir = testRunDir();
-    rootfs = path.join(runDir, 'rootfs');
-    copyBusyboxRootfs(rootfs);
     image = path.join(runDir, 'disk.img');
     fs.writeFileSync(image, Buffer.concat([Buffer.from('IMAGE-FILE-DISK!'), Buffer.alloc(1024 * 1024 - 16)]));
     backing = path.join(runDir, 'loop.img');
@@ -62,14 +59,12 @@ describe('integration: OCI linux.devices become hotplugged disks (QEMU)', functi
     }
     const [ma, mi] = fs.readFileSync(`/sys/class/block/${path.basename(loop)}/dev`, 'utf8').trim().split(':').map(Number);
     loopNums = { major: ma, minor: mi };
-    const cfg = testConfig(runDir);
-    hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
-    sandbox = new Sandbox({ id: 'devices', config: cfg, hypervisor: hv, bootContainers: [] });
-    await sandbox.start();
+    t = await startQemuSandbox(this, 'devices', { runDir });
+    ({ sandbox, hv, rootfs } = t);
   });
 
   after(async () => {
-    await sandbox?.stop();
+    await t?.sandbox.stop();
     if (loop) execFileSync('losetup', ['-d', loop]);
     if (!runDir) return;
     expectNothingLeft(runDir);

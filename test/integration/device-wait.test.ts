@@ -9,38 +9,25 @@
  * the other kind of device (at once).
  */
 import { expect } from 'chai';
-import * as path from 'node:path';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
-import { selectHypervisor } from '../../src/hypervisor';
-import { Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
+import { collectOutput } from '../helpers/guest';
+import { startQemuSandbox, stopQemuSandbox, type QemuTestSandbox } from '../helpers/qemu-sandbox';
+import { type Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
 import { defaultSpec } from '../../src/runtime/spec';
 import { virtiofsStorage } from '../../src/runtime/volumes';
 import type { Storage } from '../../src/protocols/agent-api';
-import { configureLogging } from '../../src/common/log';
 
 describe('integration: the agent finds shares and disks by PCI path (QEMU)', function () {
   this.timeout(600000);
-  let runDir: string;
+  let t: QemuTestSandbox | undefined;
   let sandbox: Sandbox | undefined;
   let rootfs = '';
 
   before(async function () {
-    requireGuest(this);
-    configureLogging({ silent: true });
-    runDir = testRunDir();
-    rootfs = path.join(runDir, 'rootfs');
-    copyBusyboxRootfs(rootfs);
-    const cfg = testConfig(runDir);
-    const { hv } = await selectHypervisor(cfg, 'qemu');
-    sandbox = new Sandbox({ id: 'devwait', config: cfg, hypervisor: hv, bootContainers: [{ id: 'a', rootfs, rootfsShare: 'virtiofs' }] });
-    await sandbox.start();
+    t = await startQemuSandbox(this, 'devwait', { sandbox: (root) => ({ bootContainers: [{ id: 'a', rootfs: root, rootfsShare: 'virtiofs' }] }) });
+    ({ sandbox, rootfs } = t);
   });
 
-  after(async () => {
-    await sandbox?.stop();
-    if (!runDir) return;
-    expectNothingLeft(runDir);
-  });
+  after(() => stopQemuSandbox(t));
 
   /** Each PCI device the guest has and the virtio driver bound under it. */
   const probe = 'for d in /sys/bus/pci/devices/*; do echo "${d##*/} $(basename "$(readlink $d/virtio*/driver)")"; done';

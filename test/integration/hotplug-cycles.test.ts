@@ -12,15 +12,12 @@
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs } from '../helpers/guest';
-import { selectHypervisor } from '../../src/hypervisor';
-import { Sandbox } from '../../src/runtime/sandbox';
+import { startQemuSandbox, stopQemuSandbox, type QemuTestSandbox } from '../helpers/qemu-sandbox';
+import type { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec } from '../../src/runtime/spec';
 import { attachProcess } from '../../src/runtime/stdio';
-import { configureLogging } from '../../src/common/log';
 import { fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
 import { until } from '../helpers/until';
 
@@ -42,28 +39,17 @@ const CYCLES = 50;
 describe('integration: 50 containers added to and removed from one pod (QEMU)', function () {
   // Bounded: a cycle takes a few seconds under TCG.
   this.timeout(CYCLES * 40000 + 120000); // a cycle takes 5 s on an idle host, 20-30 s when the 2 cores are shared
-  let runDir: string;
+  let t: QemuTestSandbox | undefined;
   let sandbox: Sandbox | undefined;
   let hv: QemuHypervisor;
   let rootfs = '';
 
   before(async function () {
-    requireGuest(this);
-    configureLogging({ silent: true });
-    runDir = testRunDir();
-    rootfs = path.join(runDir, 'rootfs');
-    copyBusyboxRootfs(rootfs);
-    const cfg = testConfig(runDir);
-    hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
-    sandbox = new Sandbox({ id: 'cycles', config: cfg, hypervisor: hv, bootContainers: [] });
-    await sandbox.start();
+    t = await startQemuSandbox(this, 'cycles');
+    ({ sandbox, hv, rootfs } = t);
   });
 
-  after(async () => {
-    await sandbox?.stop();
-    if (!runDir) return;
-    expectNothingLeft(runDir);
-  });
+  after(() => stopQemuSandbox(t));
 
   it(`adds, runs and removes ${CYCLES} containers; the PCI slots in use return to the boot set each time`, async () => {
     const boot = hv.slotsInUse();

@@ -22,14 +22,14 @@
  */
 import { expect } from 'chai';
 import * as path from 'node:path';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
+import { testConfig, CACHE, collectOutput } from '../helpers/guest';
+import { startQemuSandbox, stopQemuSandbox, type QemuTestSandbox } from '../helpers/qemu-sandbox';
 import { until } from '../helpers/until';
 import { selectHypervisor } from '../../src/hypervisor';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { Sandbox } from '../../src/runtime/sandbox';
 import { defaultSpec } from '../../src/runtime/spec';
 import type { OciSpec } from '../../src/protocols/oci';
-import { configureLogging } from '../../src/common/log';
 import { DeviceManager } from '../../src/resource/devices/device-manager';
 import { waitForMarker } from '../../src/protocols/agent-dialer';
 import { EDU_STAND_IN } from '../../src/hypervisor/vfio-host';
@@ -52,6 +52,7 @@ const PROBE = [
 
 describe('integration: VFIO guest side with the edu device standing in (QEMU)', function () {
   this.timeout(600000);
+  let t: QemuTestSandbox | undefined;
   let runDir: string;
   let sandbox: Sandbox | undefined;
   let hv: QemuHypervisor;
@@ -60,22 +61,11 @@ describe('integration: VFIO guest side with the edu device standing in (QEMU)', 
   const vfio: { mode: VfioMode; sources: () => string[] } = { mode: 'vfio', sources: () => [EDU_STAND_IN] };
 
   before(async function () {
-    requireGuest(this);
-    configureLogging({ silent: true });
-    runDir = testRunDir();
-    rootfs = path.join(runDir, 'rootfs');
-    copyBusyboxRootfs(rootfs);
-    const cfg = testConfig(runDir);
-    hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
-    sandbox = new Sandbox({ id: 'vfio', config: cfg, hypervisor: hv, bootContainers: [], vfio });
-    await sandbox.start();
+    t = await startQemuSandbox(this, 'vfio', { sandbox: () => ({ vfio }) });
+    ({ runDir, sandbox, hv, rootfs } = t);
   });
 
-  after(async () => {
-    await sandbox?.stop();
-    if (!runDir) return;
-    expectNothingLeft(runDir);
-  });
+  after(() => stopQemuSandbox(t));
 
   it('vfio mode: the container gets /dev/vfio/noiommu-N and /dev/vfio/vfio; the edu device is at its PCI path', async () => {
     const boot = hv.slotsInUse();
