@@ -15,6 +15,7 @@ void InitTap(Napi::Env env, Napi::Object exports);
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitGuestTimeRng(Napi::Env env, Napi::Object exports);
 void InitExt4Resize(Napi::Env env, Napi::Object exports);
+void InitPipeIo(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
@@ -29,6 +30,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitNetns(env, exports);
   InitGuestTimeRng(env, exports);
   InitExt4Resize(env, exports);
+  InitPipeIo(env, exports);
   return exports;
 }
 

@@ -64,6 +64,15 @@ export interface NativeAddon {
    * (EXT4_IOC_RESIZE_FS). Optional: an addon built before it existed lacks it.
    */
   ext4ResizeFs?(mountPoint: string, blocks: number): number;
+  /**
+   * Guest agent, container output (native/src/pipe_io.cc): F_SETPIPE_SZ
+   * (the capacity now, or -errno); FIONREAD (bytes waiting, or -errno);
+   * splice(2) from a pipe into a socket, non-blocking (bytes moved, 0 at the
+   * input's end, -1 EAGAIN). Optional: an addon built before they existed lacks them.
+   */
+  setPipeSize?(fd: number, bytes: number): number;
+  pipeAvailable?(fd: number): number;
+  spliceFd?(fromFd: number, toFd: number, length: number): number;
   /** mmap(MAP_FIXED|MAP_SHARED) fd@fileOffset over buffer[offset, offset+length); page aligned. */
   mapFileOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number, readonly?: boolean): void;
   /** Puts anonymous zero pages back over buffer[offset, offset+length). */
@@ -72,6 +81,8 @@ export interface NativeAddon {
   fstatId(fd: number): { dev: number; ino: number; size: number };
   /** mincore(2): out[i] = 1 when page i of buffer[offset, offset+length) is resident; returns the count. */
   residentPages(buffer: ArrayBuffer, offset: number, length: number, out: Uint8Array): number;
+  /** malloc_trim(0): free pages inside glibc's arenas go back to the kernel (1 if any did). Optional: an addon built before it existed lacks it. */
+  mallocTrim?(): number;
 
   // --- native/src/sock.cc: eventfds, fd passing, vsock, readiness ---
   // Non-blocking throughout: -1 means EAGAIN ("try again when ready").
