@@ -8,6 +8,7 @@
 // buffer here so a bad offset is an exception, never a stray mapping).
 #include <napi.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -124,6 +125,17 @@ Napi::Value ResidentPages(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// mallocTrim() -> 1 when memory went back to the system. glibc's free()
+// returns memory to the kernel only from the top of an arena; malloc_trim(0)
+// also releases the free pages inside every arena (MADV_DONTNEED). The
+// process owning a VM frees most of what it malloc'd while booting it (WASM
+// compilation, device setup) and then idles: measured 8.6 MiB of its
+// ~24 MiB anonymous memory went back with one call (src/resource/memory/
+// process-trim.ts calls it).
+Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), malloc_trim(0));
+}
+
 }  // namespace
 
 void InitMem(Napi::Env env, Napi::Object exports) {
@@ -132,4 +144,5 @@ void InitMem(Napi::Env env, Napi::Object exports) {
   exports.Set("unmapOver", Napi::Function::New(env, UnmapOver));
   exports.Set("fstatId", Napi::Function::New(env, FstatId));
   exports.Set("residentPages", Napi::Function::New(env, ResidentPages));
+  exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim));
 }

@@ -83,6 +83,8 @@ export interface NativeAddon {
   residentPages(buffer: ArrayBuffer, offset: number, length: number, out: Uint8Array): number;
   /** malloc_trim(0): free pages inside glibc's arenas go back to the kernel (1 if any did). Optional: an addon built before it existed lacks it. */
   mallocTrim?(): number;
+  /** malloc_trim(0): free pages inside glibc's arenas go back to the kernel (1 if any did). Optional: an addon built before it existed lacks it. */
+  mallocTrim?(): number;
 
   // --- native/src/sock.cc: eventfds, fd passing, vsock, readiness ---
   // Non-blocking throughout: -1 means EAGAIN ("try again when ready").

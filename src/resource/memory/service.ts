@@ -14,6 +14,7 @@ import { logger } from '../../common/log';
 import { PageScanner, type ScanResult, type ScanSource } from './scanner';
 import { serveMemoryCtl, type MemoryCtlServer, type MemoryRequest } from './ctl-socket';
 import { VmResizer, containerDemand, type ResizeLimits } from './resize';
+import { holdProcessTrim } from './process-trim';
 
 export class SandboxMemoryError extends KataError<'config' | 'unavailable'> {}
 
@@ -62,6 +63,8 @@ export class SandboxMemory {
   private timer: NodeJS.Timeout | undefined;
   private ctl: MemoryCtlServer | undefined;
   private inflight: Promise<ScanReport> | undefined;
+  /** This process's malloc trimming, held while the sandbox runs (process-trim.ts). */
+  private trim: { stop(): void } | undefined;
   private readonly log = logger('memory');
   readonly resizer: VmResizer | undefined;
 
@@ -93,6 +96,7 @@ export class SandboxMemory {
         .catch((err) => m.log.warn('balloon statistics unavailable', { sandbox: o.id, err: errorMessage(err) }));
     }
     m.ctl = await serveMemoryCtl(o.dir, (req) => m.handle(req));
+    m.trim = holdProcessTrim();
     if (o.scanner.enabled && m.scanner) {
       const tick = () => {
         m.timer = setTimeout(() => void m.scan().catch((err) => m.log.warn('page scan failed', { sandbox: o.id, err: errorMessage(err) })).finally(tick), o.scanner.intervalSec * 1000);
@@ -185,6 +189,7 @@ export class SandboxMemory {
     this.timer = undefined;
     this.scanner?.stop();
     for (const c of this.o.companions ?? []) c.stop();
+    this.trim?.stop();
     await this.inflight?.catch(() => undefined);
     await this.ctl?.close();
   }
