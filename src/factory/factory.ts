@@ -61,6 +61,20 @@ export function templateUnsupported(t: FactoryTarget): string | undefined {
   return undefined;
 }
 
+/**
+ * Kernel parameters only templates and their clones boot with. `acpi=noirq`:
+ * no ACPI interrupt routing, so enabling a PCI device no longer evaluates
+ * the DSDT's `_PRT`. QEMU's `pc` machine builds that 128-entry package in
+ * an AML loop, and under TCG with this kernel's SLOB allocator one
+ * evaluation took ~0.4 s of the guest's only vCPU, paid once per
+ * hotplugged device before the agent could answer (guest RIP samples: SLOB
+ * and the ACPI interpreter; README "VM templates"). Our devices are all
+ * virtio with MSI-X, which needs no INTx route; a device without MSI gets
+ * no legacy interrupt in a clone (the kernel says "can't find IRQ for PCI
+ * INT A").
+ */
+export const TEMPLATE_KERNEL_PARAMS = 'acpi=noirq';
+
 export class VmFactory {
   private readonly log = logger('factory');
   readonly dir: string;
@@ -77,7 +91,7 @@ export class VmFactory {
     const debug = cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug;
     return {
       kernel: assets.kernel, image: assets.image,
-      kernelCmdline: `${baseKernelParams(debug)} ${this.t.kernelParams}`.trim(),
+      kernelCmdline: `${baseKernelParams(debug)} ${TEMPLATE_KERNEL_PARAMS} ${this.t.kernelParams}`.replace(/ +/g, ' ').trim(),
       vcpus: this.t.vcpus ?? size.vcpus, memoryMiB: this.t.memoryMiB ?? size.memoryMiB,
       machine: this.t.qemu.machine, machineAccelerators: this.t.qemu.machineAccelerators, accel: this.t.qemu.accel,
     };

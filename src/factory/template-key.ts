@@ -20,7 +20,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 
 /** Bumped when the template layout or the clone procedure changes. */
-export const TEMPLATE_FORMAT = 3; // 2 had two extra rng devices (PCI link warmers, reverted); 3 is format 1's layout again
+export const TEMPLATE_FORMAT = 4; // 2 had two extra rng devices (PCI link warmers, reverted); 3 is format 1's layout again; 4 boots with acpi=noirq
 
 export interface FileIdentity {
   path: string;

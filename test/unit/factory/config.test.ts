@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { parseConfig, defaultConfig, ConfigError } from '../../../src/runtime/config';
 import { templateArgs } from '../../../src/factory/qemu-template';
-import { templateUnsupported, type FactoryTarget } from '../../../src/factory/factory';
+import { templateUnsupported, VmFactory, type FactoryTarget } from '../../../src/factory/factory';
 
 describe('unit: [factory] configuration and the template command line', () => {
   it('defaults as Kata: templates off, /run/kata-ts/template', () => {
@@ -36,6 +36,14 @@ describe('unit: [factory] configuration and the template command line', () => {
     expect(clone.slice(-3)).to.deep.equal(['-S', '-incoming', 'defer']);
     expect(tpl).to.not.include('-incoming');
     expect(templateArgs(m, '/t/memory', '/c', { privateMem: true })).to.include('memory-backend-file,id=mem,size=512M,mem-path=/t/memory,share=off');
+  });
+
+  it('templates (and so their clones) boot without ACPI interrupt routing; the sandbox parameters follow', () => {
+    const t: FactoryTarget = { config: defaultConfig(), kernelParams: 'agent.policy_sha256=ab', qemu: { binary: '/q', machine: 'pc', machineAccelerators: '', accel: 'tcg', rootBlockDriver: 'virtio-blk' } };
+    const line = new VmFactory(t).machine().kernelCmdline;
+    expect(line.split(' ')).to.include('acpi=noirq');
+    expect(line.endsWith(' acpi=noirq agent.policy_sha256=ab')).to.equal(true);
+    expect(line).to.not.match(/ {2}/);
   });
 
   it('refuses settings a template cannot reproduce, naming them', () => {
