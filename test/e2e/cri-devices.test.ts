@@ -32,8 +32,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { IMAGE, RUNTIME, type TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
-import { BUSYBOX, CriContainerd, HANDLERS, criUnavailable, type Handler } from '../helpers/cri-containerd';
+import { IMAGE, RUNTIME, type TestContainerd, printContainerdLogOnFailure, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
+import { BUSYBOX, type CriContainerd, HANDLERS, criUnavailable, startCriContainerd, stopCriContainerd, type Handler } from '../helpers/cri-containerd';
 import type { ContainerConfig, PodSandboxConfig } from '../helpers/cri';
 import { CACHE, REPO, copyBusyboxRootfs, requireGuest } from '../helpers/guest';
 import { kataCtl } from '../helpers/kata-ctl';
@@ -89,7 +89,7 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       await stopTestContainerd(cd);
     });
     afterEach(function () {
-      if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').slice(-25).join('\n')}\n`);
+      printContainerdLogOnFailure(this, cd);
     });
 
     it('ctr run --device <loop device>: the disk at the same path, host bytes read back, the container\'s write reaches the host, other devices denied', async () => {
@@ -131,7 +131,7 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       await stopTestContainerd(cd);
     });
     afterEach(function () {
-      if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').slice(-25).join('\n')}\n`);
+      printContainerdLogOnFailure(this, cd);
     });
 
     it('a /dev/vfio/<group> entry on this IOMMU-less host: one clear error before any VM boots, nothing left (ctr run --config)', async function () {
@@ -227,21 +227,18 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
       dvRoot = path.join(tmp, 'direct-volumes');
       // The shim inherits containerd's environment, which inherits ours: runtime and kata-ctl share the registry.
       process.env.KATA_TS_DIRECT_VOLUMES_ROOT = dvRoot;
-      cd = new CriContainerd();
-      await cd.start();
+      cd = await startCriContainerd(this);
       cfgFile = path.join(cd.dir, 'kata-ts.toml');
     });
 
     after(async () => {
       if (savedRoot === undefined) delete process.env.KATA_TS_DIRECT_VOLUMES_ROOT;
       else process.env.KATA_TS_DIRECT_VOLUMES_ROOT = savedRoot;
-      if (!cd) return;
-      const left = await cd.stop();
-      expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
+      await stopCriContainerd(cd);
     });
 
     afterEach(function () {
-      if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').filter((l) => /level=(error|warning)/.test(l)).slice(-15).join('\n')}\n`);
+      printContainerdLogOnFailure(this, cd, { only: /level=(error|warning)/, lines: 15 });
     });
 
     // runc is the reference (it must pass, which also validates the test); kata-ts passes the same way.

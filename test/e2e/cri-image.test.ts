@@ -30,11 +30,11 @@ import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CriContainerd, criUnavailable } from '../helpers/cri-containerd';
+import { type CriContainerd, startCriContainerd, stopCriContainerd } from '../helpers/cri-containerd';
+import { printContainerdLogOnFailure } from '../helpers/containerd';
 import { type ContainerConfig, type PodSandboxConfig } from '../helpers/cri';
 import { REPO } from '../helpers/guest';
 import { buildOciLayout } from '../helpers/oci-layout';
-import { skipOrFail } from '../helpers/skip';
 import { runCommand } from '../helpers/spawn';
 import { until } from '../helpers/until';
 import { imagesDir, listImages } from '../../src/image/store';
@@ -81,12 +81,9 @@ describe('e2e: CRI containers from converted images (kata-ts, [image] containerd
   let store = '';
 
   before(async function () {
-    const why = criUnavailable('kata-ts');
-    if (why) skipOrFail(this, why);
-    cd = new CriContainerd();
-    store = path.join(cd.dir, 'store');
-    await cd.start({
-      kataExtraConfig: `[image]\nstore_dir = "${store}"\ncontainerd_images = true\ncontainerd_content_dir = "${cd.dir}/root/io.containerd.content.v1.content"\n`,
+    cd = await startCriContainerd(this, 'kata-ts', (c) => {
+      store = path.join(c.dir, 'store');
+      return `[image]\nstore_dir = "${store}"\ncontainerd_images = true\ncontainerd_content_dir = "${c.dir}/root/io.containerd.content.v1.content"\n`;
     });
     const tar = buildImage(cd.dir);
     const r = await cd.ctr(['images', 'import', tar]);
@@ -95,14 +92,10 @@ describe('e2e: CRI containers from converted images (kata-ts, [image] containerd
     expect(await cd.cri.imageStatus(IMAGE), `CRI sees ${IMAGE}`).to.not.equal(null);
   });
 
-  after(async () => {
-    if (!cd) return;
-    const left = await cd.stop();
-    expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
-  });
+  after(() => stopCriContainerd(cd));
 
   afterEach(function () {
-    if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').filter((l) => /level=(error|warning)|converted/.test(l)).slice(-20).join('\n')}\n`);
+    printContainerdLogOnFailure(this, cd, { only: /level=(error|warning)|converted/, lines: 20 });
   });
 
   let podId = '';

@@ -22,8 +22,8 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BUSYBOX, CriContainerd, criUnavailable } from '../helpers/cri-containerd';
-import { skipOrFail } from '../helpers/skip';
+import { BUSYBOX, type CriContainerd, startCriContainerd, stopCriContainerd } from '../helpers/cri-containerd';
+import { printContainerdLogOnFailure } from '../helpers/containerd';
 import { CriError, type ContainerConfig, type LinuxContainerResources, type PodSandboxConfig } from '../helpers/cri';
 
 const MIB = 1024 * 1024;
@@ -37,20 +37,13 @@ describe('e2e: a CPU-quota + memory-limit container through CRI resizes the kata
   let cd: CriContainerd | undefined;
 
   before(async function () {
-    const why = criUnavailable('kata-ts');
-    if (why) skipOrFail(this, why);
-    cd = new CriContainerd();
-    await cd.start({ kataExtraConfig: '[hypervisor.qemu]\ndefault_maxvcpus = 2\ndefault_maxmemory = 1024\n' });
+    cd = await startCriContainerd(this, 'kata-ts', () => '[hypervisor.qemu]\ndefault_maxvcpus = 2\ndefault_maxmemory = 1024\n');
   });
 
-  after(async () => {
-    if (!cd) return;
-    const left = await cd.stop();
-    expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
-  });
+  after(() => stopCriContainerd(cd));
 
   afterEach(function () {
-    if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').filter((l) => /level=(error|warning)/.test(l)).slice(-15).join('\n')}\n`);
+    printContainerdLogOnFailure(this, cd, { only: /level=(error|warning)/, lines: 15 });
   });
 
   it('cpu_quota 50000 / cpu_period 100000 + 128 MiB: the guest goes 1 → 2 online vCPUs and MemTotal grows by 128 MiB; cpu.max and memory.max in the container; beyond the maximum refused; the pod goes away leaving nothing', async () => {

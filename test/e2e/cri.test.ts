@@ -26,8 +26,8 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { BUSYBOX, CriContainerd, criUnavailable, HANDLERS } from '../helpers/cri-containerd';
-import { skipOrFail } from '../helpers/skip';
+import { BUSYBOX, type CriContainerd, HANDLERS, startCriContainerd, stopCriContainerd } from '../helpers/cri-containerd';
+import { printContainerdLogOnFailure } from '../helpers/containerd';
 import { CriError, type ContainerConfig, type PodSandboxConfig } from '../helpers/cri';
 import { POLICY_ANNOTATION } from '../../src/protocols/agent-policy';
 import { until } from '../helpers/until';
@@ -116,20 +116,13 @@ for (const handler of HANDLERS) {
     };
 
     before(async function () {
-      const why = criUnavailable(handler);
-      if (why) skipOrFail(this, why);
-      cd = new CriContainerd();
-      await cd.start();
+      cd = await startCriContainerd(this, handler);
     });
 
-    after(async () => {
-      if (!cd) return;
-      const left = await cd.stop();
-      expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
-    });
+    after(() => stopCriContainerd(cd));
 
     afterEach(function () {
-      if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').filter((l) => /level=(error|warning)/.test(l)).slice(-15).join('\n')}\n`);
+      printContainerdLogOnFailure(this, cd, { only: /level=(error|warning)/, lines: 15 });
     });
 
     it('RunPodSandbox: two pods READY with IPs on the CNI bridge, one shim (and for kata-ts one VM) per pod', async () => {

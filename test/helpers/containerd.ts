@@ -232,3 +232,14 @@ export async function stopTestContainerd(cd: TestContainerd | undefined): Promis
   const left = await cd.stop();
   expect(left, 'left running after the suite').to.deep.equal({ shims: [], qemu: [], mounts: [] });
 }
+
+/**
+ * The e2e suites' `afterEach`: after a failed test, prints the tail of
+ * containerd's log (the shim's and CRI's lines), filtered to what explains
+ * failures; a passing test prints nothing.
+ */
+export function printContainerdLogOnFailure(ctx: Mocha.Context, cd: { log: string } | undefined, opts: { only?: RegExp; lines?: number } = {}): void {
+  if (ctx.currentTest?.state !== 'failed' || !cd) return;
+  const lines = cd.log.split('\n').filter((l) => !opts.only || opts.only.test(l));
+  process.stdout.write(`containerd log tail:\n${lines.slice(-(opts.lines ?? 25)).join('\n')}\n`);
+}

@@ -23,7 +23,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { expect } from 'chai';
 import { CACHE, REPO, guestAvailable } from './guest';
+import { skipOrFail } from './skip';
 import { buildBusyboxImage } from './containerd';
 import { runCommand, type CommandResult } from './spawn';
 import { CriClient } from './cri';
@@ -307,4 +309,25 @@ export class CriContainerd {
     await new Promise((r) => setImmediate(r));
     return left;
   }
+}
+
+/**
+ * A CRI suite's `before`: a private containerd with CRI for `handler`
+ * (`kataExtraConfig`, given the instance so it can name paths in its dir,
+ * appended to kata-ts's configuration), or a skip — a failure under
+ * CI=true — naming what is missing.
+ */
+export async function startCriContainerd(ctx: Mocha.Context, handler: Handler = 'kata-ts', kataExtraConfig?: (cd: CriContainerd) => string): Promise<CriContainerd> {
+  const why = criUnavailable(handler);
+  if (why) skipOrFail(ctx, why);
+  const cd = new CriContainerd();
+  await cd.start({ kataExtraConfig: kataExtraConfig?.(cd) });
+  return cd;
+}
+
+/** A CRI suite's `after`: removes the pods as a kubelet would, stops containerd, and fails if anything had to be removed by force. */
+export async function stopCriContainerd(cd: CriContainerd | undefined): Promise<void> {
+  if (!cd) return;
+  const left = await cd.stop();
+  expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
 }
