@@ -17,24 +17,19 @@ import { attachProcess } from '../runtime/stdio';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
 import { policyFromFile } from '../runtime/policy';
 import { findOrConvertImage, imageProcess } from '../runtime/image-rootfs';
+import type { RunArgs } from './run-args';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
 
-export interface RunOptions {
-  rootfs?: string;
-  bundle?: string;
-  hypervisor: 'auto' | 'qemu' | 'builtin';
-  memory?: number;
-  cpus?: number;
-  env: string[];
-  workdir?: string;
-  user?: string;
-  tty: boolean;
-  hostname?: string;
+/**
+ * What runContainer needs: the `kata-ts run` options it takes as parsed
+ * (run-args.ts), plus those it takes in another form (volumes, netns from
+ * --net, rootfsShare, readonly) and the command.
+ */
+export type RunOptions = Pick<RunArgs, 'rootfs' | 'bundle' | 'hypervisor' | 'memory' | 'cpus' | 'env' | 'workdir' | 'user' | 'tty' | 'hostname' | 'name' | 'policy'> & {
   readonly: boolean;
   /** `--volume HOST:GUEST[:ro|rw]` bind mounts (src/runtime/volumes.ts). */
   volumes?: string[];
-  name?: string;
   /**
    * How the rootfs reaches the guest: a virtio-fs share of the directory
    * (default for --rootfs/--bundle: the container's changes land in it) or
@@ -46,8 +41,6 @@ export interface RunOptions {
   netns?: string;
   /** Guest resolv.conf lines (--dns). */
   dns?: string[];
-  /** Agent policy file (--policy); else [agent.kata] policy_file. */
-  policy?: string;
   /**
    * `--image SOURCE|ID`: the rootfs is a converted image (src/image; the
    * store's, or SOURCE converted on first use), served from the store —
@@ -55,7 +48,7 @@ export interface RunOptions {
    */
   image?: string;
   command: string[];
-}
+};
 
 /** `--net none` | `--net host-netns PATH` → the netns path, or undefined for none. */
 export function parseNet(words: string[] | undefined): string | undefined {
