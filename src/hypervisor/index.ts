@@ -9,6 +9,7 @@ import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from
 import type { Hypervisor } from './hypervisor';
 import { QemuHypervisor, type BlockDriver } from './qemu';
 import type { VfioPortType } from './pci-slots';
+import type { MemoryHotplugMode } from './memory-plan';
 
 export class HypervisorSelectError extends KataError<'unavailable'> {}
 
@@ -59,6 +60,7 @@ export async function selectHypervisor(cfg: HypervisorSettings, requested?: 'aut
       imageNvdimm: !q.disable_image_nvdimm, balloon: q.reclaim_guest_freed_memory,
       maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,
       memorySlots: q.default_maxmemory > q.default_memory ? q.memory_slots : undefined,
+      memoryHotplug: (q.memory_hotplug ?? 'virtio-mem') as MemoryHotplugMode,
       maxVcpus: q.default_maxvcpus > q.default_vcpus ? q.default_maxvcpus : undefined,
       tcgTranslationCacheMiB: q.tcg_translation_cache || undefined,
     },

@@ -11,6 +11,21 @@
  *                     cache pages, one copy for every sandbox.
  *   hotplug room      `-m base,slots=N,maxmem=M` (the NVDIMM takes a slot
  *                     and its size of maxmem) and `-smp base,maxcpus=N`.
+ *   virtio-mem        (memoryHotplug 'virtio-mem', the default) instead of
+ *                     DIMM slots: one virtio-mem-pci device at boot (slot 7)
+ *                     over its own memory-backend-memfd (share=on: our
+ *                     vhost-user back-ends map it; the whole device region
+ *                     is in the first memory table, so resizing never sends
+ *                     a new one) of maxmem - base, requested-size=0. The
+ *                     runtime grows and shrinks it with qom-set
+ *                     requested-size (src/resource/memory/resize.ts); the
+ *                     guest driver plugs and onlines blocks itself
+ *                     (memhp_default_state=online_movable: movable memory
+ *                     can be unplugged again), and QEMU punches unplugged
+ *                     blocks out of the memfd, so the host gets them back.
+ *                     No prealloc (pages cost the host when the guest first
+ *                     touches them); reserve=off (no swap reservation for a
+ *                     mostly unplugged region; a no-op for shared memfd).
  *   balloon           virtio-balloon-pci with free-page-reporting (pages the
  *                     guest frees are punched out of the memfd) and
  *                     deflate-on-oom.
@@ -44,13 +59,23 @@ export interface QemuMemoryOptions {
   balloon?: boolean;
   /** Memory hotplug ceiling in MiB (Kata: default_maxmemory); 0/undefined: no hotplug room. */
   maxMemoryMiB?: number;
-  /** DIMM slots for hotplug (Kata: memory_slots). */
+  /** DIMM slots for hotplug (Kata: memory_slots; DIMM mode only). */
   memorySlots?: number;
+  /** How memory grows: one virtio-mem device (default; can shrink) or pc-dimm DIMMs (growth only). */
+  memoryHotplug?: MemoryHotplugMode;
   /** vCPU ceiling (Kata: default_maxvcpus); 0/undefined: the boot count. */
   maxVcpus?: number;
   /** TCG translation cache in MiB (QEMU's tb-size); 0/undefined: QEMU's default. Ignored under KVM. */
   tcgTranslationCacheMiB?: number;
 }
+
+export type MemoryHotplugMode = 'virtio-mem' | 'dimm';
+export const MEMORY_HOTPLUG_MODES: readonly MemoryHotplugMode[] = ['virtio-mem', 'dimm'];
+/** The virtio-mem device's QOM id and PCI slot (7: free below FIRST_DYNAMIC_SLOT, src/hypervisor/pci-slots.ts). */
+export const VIRTIO_MEM_ID = 'vmem0';
+export const VIRTIO_MEM_SLOT = 7;
+/** virtio-mem block size: the unit the guest plugs; 2 MiB (the x86 THP size) is QEMU's smallest for a memfd. */
+export const VIRTIO_MEM_BLOCK_MIB = 2;
 
 export interface QemuMemoryPlan {
   /** Extra -machine properties. */
@@ -71,6 +96,8 @@ export interface QemuMemoryPlan {
   accel?: string;
   /** Guest kernel parameters the plan needs (hotplugged memory onlined by the guest kernel itself). */
   kernelParams: string[];
+  /** The virtio-mem device's id and size when planned (memory grows through it, not DIMMs). */
+  virtioMem?: { id: string; sizeMiB: number };
   /** Guest RAM the VM can reach at most (boot RAM + hotplug room, without the NVDIMM): what vhost-user backends must be able to map. */
   maxRamMiB: number;
 }
@@ -83,8 +110,12 @@ export function daxImageFor(image: string): string {
 export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: string }, o: QemuMemoryOptions, mmio: boolean, accel: 'kvm' | 'tcg' = 'tcg'): QemuMemoryPlan {
   const plan: QemuMemoryPlan = { machineProps: [], m: `${vm.memoryMiB}M`, smp: String(vm.vcpus), args: [], nvdimmBytes: 0, kernelParams: [], maxRamMiB: vm.memoryMiB };
   if (accel === 'tcg' && o.tcgTranslationCacheMiB) plan.accel = `tcg,tb-size=${o.tcgTranslationCacheMiB}`;
-  let slots = o.memorySlots ?? 0;
-  let maxMiB = o.maxMemoryMiB ?? 0;
+  const mode = o.memoryHotplug ?? 'virtio-mem';
+  if (!MEMORY_HOTPLUG_MODES.includes(mode)) throw new MemoryPlanError('config', `memory_hotplug "${String(mode)}": expected one of ${MEMORY_HOTPLUG_MODES.map((m) => `"${m}"`).join(', ')}`);
+  const maxMiB = o.maxMemoryMiB ?? 0;
+  const virtioMem = mode === 'virtio-mem' && maxMiB > vm.memoryMiB;
+  // virtio-mem needs no DIMM slots (memory_slots is DIMM mode's).
+  let slots = virtioMem ? 0 : o.memorySlots ?? 0;
   if (maxMiB && maxMiB < vm.memoryMiB) throw new MemoryPlanError('config', `default_maxmemory ${maxMiB} MiB is below default_memory ${vm.memoryMiB} MiB`);
   if (o.imageNvdimm) {
     if (mmio) throw new MemoryPlanError('config', 'the microvm machine has no NVDIMM (ACPI NFIT); set disable_image_nvdimm = true or machine_type = "pc"');
@@ -107,7 +138,22 @@ export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: st
     plan.rootParams = 'root=/dev/pmem0 rootflags=dax';
     slots += 1;
   }
-  if (slots > 0 || maxMiB > 0) {
+  if (virtioMem) {
+    if (mmio) throw new MemoryPlanError('config', 'the microvm machine has no memory device area for virtio-mem; set default_maxmemory = 0 or machine_type = "pc"');
+    const sizeMiB = maxMiB - vm.memoryMiB;
+    if (sizeMiB % VIRTIO_MEM_BLOCK_MIB !== 0) throw new MemoryPlanError('config', `default_maxmemory ${maxMiB} - default_memory ${vm.memoryMiB} = ${sizeMiB} MiB is not a multiple of the ${VIRTIO_MEM_BLOCK_MIB} MiB virtio-mem block`);
+    plan.virtioMem = { id: VIRTIO_MEM_ID, sizeMiB };
+    plan.args.push(
+      '-object', `memory-backend-memfd,id=${VIRTIO_MEM_ID}-mem,size=${sizeMiB}M,share=on,reserve=off`,
+      '-device', `virtio-mem-pci,id=${VIRTIO_MEM_ID},memdev=${VIRTIO_MEM_ID}-mem,requested-size=0,block-size=${VIRTIO_MEM_BLOCK_MIB}M,addr=0x${VIRTIO_MEM_SLOT.toString(16)}`,
+    );
+    // Memory the driver plugs is onlined by the guest kernel into ZONE_MOVABLE, so it can be unplugged again.
+    plan.kernelParams.push('memhp_default_state=online_movable');
+    plan.maxRamMiB = maxMiB;
+    // No DIMM slots (only the NVDIMM's): maxmem without slots is virtio-mem's room.
+    const total = maxMiB + Math.ceil(plan.nvdimmBytes / MIB);
+    plan.m = slots > 0 ? `${vm.memoryMiB}M,slots=${slots},maxmem=${total}M` : `${vm.memoryMiB}M,maxmem=${total}M`;
+  } else if (slots > 0 || maxMiB > 0) {
     if (slots === 0) slots = 1;
     const total = Math.max(maxMiB, vm.memoryMiB) + Math.ceil(plan.nvdimmBytes / MIB);
     plan.m = `${vm.memoryMiB}M,slots=${slots},maxmem=${total}M`;

@@ -925,6 +925,11 @@ export class QemuHypervisor implements Hypervisor {
     return b ? { hot: b.hot, regions: () => b.guestMemoryRegions } : undefined;
   }
 
+  /** The boot-time virtio-mem device (src/hypervisor/memory-plan.ts) if the VM has one: memory is resized through it instead of DIMMs. */
+  virtioMemDevice(): { id: string; sizeMiB: number } | undefined {
+    return this.cfg ? qemuMemoryPlan(this.cfg, this.opts.memory ?? {}, this.opts.machine === 'microvm', this.opts.accel).virtioMem : undefined;
+  }
+
   /** One QMP command for memory management (balloon, memory/vCPU hotplug: src/resource/memory). */
   memoryQmp(cmd: string, args?: Record<string, unknown>): Promise<unknown> {
     return this.requireQmp().execute(cmd, args);

@@ -20,6 +20,8 @@ export interface QemuSettings {
   default_memory: number;
   default_maxmemory: number;
   memory_slots: number;
+  /** How memory grows: "virtio-mem" (default; can shrink) or "dimm". Absent: "virtio-mem". */
+  memory_hotplug?: string;
   default_vcpus: number;
   default_maxvcpus: number;
   tcg_translation_cache: number;

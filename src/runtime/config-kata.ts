@@ -48,7 +48,7 @@ export const UNSUPPORTED: Record<string, Record<string, string>> = {
     rootless: 'QEMU runs as the shim\'s user', valid_hypervisor_paths: 'the path annotation is not implemented',
     firmware: 'QEMU\'s default firmware only', firmware_volume: 'QEMU\'s default firmware only', seccompsandbox: 'no QEMU seccomp sandbox',
     cpu_features: 'the CPU model is host (KVM) or max (TCG)', default_bridges: 'hotplug uses the root bus',
-    memory_offset: NO_HOTPLUG, enable_virtio_mem: NO_HOTPLUG, disable_block_device_use: 'container roots follow [runtime] rootfs_share',
+    memory_offset: NO_HOTPLUG, enable_virtio_mem: 'virtio-mem is kata-ts\'s default way to resize memory: [hypervisor.qemu] memory_hotplug = "virtio-mem" | "dimm"', disable_block_device_use: 'container roots follow [runtime] rootfs_share',
     virtio_fs_daemon: NO_VIRTIOFSD, valid_virtio_fs_daemon_paths: NO_VIRTIOFSD, virtio_fs_cache_size: `${NO_VIRTIOFSD}; no DAX window`,
     virtio_fs_queue_size: 'the virtio-fs queue size is fixed (1024)', virtio_fs_extra_args: NO_VIRTIOFSD, virtio_fs_cache: NO_VIRTIOFSD,
     block_device_aio: 'our block device does its own I/O', block_device_cache_set: 'no QEMU drive cache options', block_device_cache_direct: 'no QEMU drive cache options',

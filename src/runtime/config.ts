@@ -67,7 +67,8 @@ export const SCHEMA = {
     disable_image_nvdimm: { kind: 'bool', default: true, describe: 'as Kata: false puts the guest image on an NVDIMM mounted with DAX (rootfs-dax.erofs beside the image); true keeps the virtio-blk root disk', } as KeySpec<boolean>,
     reclaim_guest_freed_memory: { kind: 'bool', default: false, describe: 'as Kata: a virtio-balloon with free page reporting (pages the guest frees go back to the host) and deflate-on-oom; kata-ctl balloon reads/sets it' } as KeySpec<boolean>,
     default_maxmemory: { kind: 'int', default: 0, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room)', check: range(0, 3584) } as KeySpec<number>,
-    memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory)', check: range(1, 64) } as KeySpec<number>,
+    memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory and memory_hotplug = "dimm")', check: range(1, 64) } as KeySpec<number>,
+    memory_hotplug: { kind: 'string', default: 'virtio-mem', describe: 'how the VM grows for containers\' memory limits: virtio-mem (one device of default_maxmemory - default_memory; grows and shrinks, the host gets unplugged memory back; Kata: enable_virtio_mem) or dimm (pc-dimm hotplug, growth only, the balloon returns memory)', check: oneOf('virtio-mem', 'dimm') } as KeySpec<string>,
     default_maxvcpus: { kind: 'int', default: 0, describe: 'as Kata: vCPU hotplug ceiling (0: the boot count)', check: range(0, 64) } as KeySpec<number>,
     // VFIO (issue 14; src/runtime/hypervisor-choice.ts, src/hypervisor/pci-slots.ts): Kata's keys and values. no-port: the root bus (pc);
     // root-port: each device behind its own pcie-root-port (q35, pcie_root_port > 0); bridge-port: a pci-bridge (pc); switch-port is refused (not implemented).

@@ -31,7 +31,9 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
     scanner: { enabled: mem.page_scanner, rateMiB: mem.scan_rate_mib, intervalSec: mem.scan_interval },
     companions,
     onlineCpus: agent ? (n) => agent.onlineCpuMem(n, { wait: true, cpuOnly: true }) : undefined,
-    memoryHotplug: true, // DIMMs for containers' memory limits (service.ts memoryHotplug)
+    memoryHotplug: true, // containers' memory limits grow the VM (service.ts memoryHotplug)
+    // The boot-time virtio-mem device when memory_hotplug = "virtio-mem" (grows and shrinks); else DIMMs.
+    memoryResize: { virtioMem: qemu.virtioMemDevice() },
     keepCpus: qemu.settings.accel === 'tcg', // QEMU 7.2 under TCG crashed at a memory hotplug after a vCPU unplug (resize.ts)
     resize: q.default_maxmemory > memoryMiB || q.default_maxvcpus > vcpus
       ? { baseVcpus: vcpus, maxVcpus: Math.max(vcpus, q.default_maxvcpus), baseMiB: memoryMiB, maxMiB: Math.max(memoryMiB, q.default_maxmemory) }

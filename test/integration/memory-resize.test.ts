@@ -65,6 +65,8 @@ describe('integration: pod resizing (vCPU and memory hotplug)', function () {
     const cfg = testConfig(runDir);
     cfg['hypervisor.qemu'].default_maxvcpus = 2;
     cfg['hypervisor.qemu'].default_maxmemory = 1024;
+    // This suite covers DIMM hotplug; virtio-mem (the default) has test/integration/virtio-mem.
+    cfg['hypervisor.qemu'].memory_hotplug = 'dimm';
     // Shrink goes through the balloon; container disks through our vhost-user-blk.
     cfg['hypervisor.qemu'].reclaim_guest_freed_memory = true;
     cfg['hypervisor.qemu'].block_device_driver = 'vhost-user-blk';

@@ -3,15 +3,28 @@
  * with default_vcpus / default_memory, and when containers with CPU or
  * memory limits (OCI linux.resources) join, it grows — vCPUs by QMP
  * device_add of the CPU model QEMU offers (query-hotpluggable-cpus), memory
- * by object-add memory-backend-memfd (share=on: our vhost-user devices map
- * every RAM region) + device_add pc-dimm — and shrinks when they leave:
- * vCPUs by device_del; memory through the balloon (its target set to what
- * the remaining containers need), because unplugging a DIMM made QEMU 7.2
- * abort here ("corrupted double-linked list", SIGABRT, with our vhost-user
- * devices; measured 2026-11-30). Without a balloon the DIMMs stay plugged,
- * with a warning. A DIMM once plugged is reused before plugging another.
+ * in one of two ways ([hypervisor.qemu] memory_hotplug) — and shrinks when
+ * they leave:
  *
- * Every DIMM is one more region in the memory table QEMU sends our
+ *   virtio-mem (default)  the VM booted with one virtio-mem device of
+ *     maxmem - base, requested-size 0 (src/hypervisor/memory-plan.ts).
+ *     Growing and shrinking are both `qom-set requested-size`; the guest
+ *     driver plugs or unplugs blocks (onlined movable by the guest kernel,
+ *     no agent call), and QEMU discards unplugged blocks (fallocate punch
+ *     hole on the memfd): the host gets the memory back. We poll the
+ *     device's `size` until it reaches the request: a grow the guest does
+ *     not finish in time is one ResizeError and the request goes back; a
+ *     shrink the guest cannot finish (unmovable pages in the way) is a
+ *     warning, the lower request stays and the guest driver keeps retrying.
+ *   dimm  object-add memory-backend-memfd (share=on: our vhost-user
+ *     devices map every RAM region) + device_add pc-dimm; shrinking goes
+ *     through the balloon (its target set to what the remaining containers
+ *     need), because unplugging a DIMM made QEMU 7.2 abort here ("corrupted
+ *     double-linked list", SIGABRT, with our vhost-user devices; measured
+ *     2026-11-30). Without a balloon the DIMMs stay plugged, with a
+ *     warning. A DIMM once plugged is reused before plugging another.
+ *
+ * vCPUs: device_add / device_del. Every DIMM is one more region in the memory table QEMU sends our
  * vhost-user backends (they keep running across it, src/vhost-user); QEMU
  * allows 8 regions without CONFIGURE_MEM_SLOTS, boot RAM takes some, so
  * each growth plugs one DIMM of the whole difference (a refused plug is one
@@ -26,15 +39,17 @@
  * clear error and nothing plugged.
  *
  * Onlining in the guest: hotplugged memory comes up online by itself
- * (kernel parameter memhp_default_state=online); hotplugged vCPUs are
+ * (kernel parameter memhp_default_state=online for DIMMs, online_movable
+ * with virtio-mem); hotplugged vCPUs are
  * onlined by the agent (Kata's OnlineCPUMem, src/agent/online-cpu-mem.ts).
  */
 import { KataError } from '../../common/errors';
 import { logger } from '../../common/log';
 
-export class ResizeError extends KataError<'limit' | 'qmp'> {}
+export class ResizeError extends KataError<'limit' | 'qmp' | 'timeout'> {}
 
 export const MEMORY_BLOCK_MIB = 128;
+const MIB = 1024 * 1024;
 
 export type Qmp = (cmd: string, args?: Record<string, unknown>) => Promise<unknown>;
 
@@ -53,6 +68,18 @@ export function containerDemand(res: { cpu?: { quota?: number; period?: number }
   const lim = res?.memory?.limit ?? 0;
   const memoryMiB = lim > 0 ? Math.ceil(lim / (1024 * 1024)) : 0;
   return { vcpus, memoryMiB };
+}
+
+/** How memory is resized: the boot-time virtio-mem device, or DIMMs when absent. */
+export interface MemoryResizeOptions {
+  /** The virtio-mem device (QOM id under /machine/peripheral, its size). */
+  virtioMem?: { id: string; sizeMiB: number };
+  /** How long the guest may take to plug a growth (default 30 s: TCG under load). */
+  growTimeoutMs?: number;
+  /** How long a shrink is waited for before it is left to the guest driver with a warning (default 30 s: unplugging 512 MiB took ~10 s under TCG at load 10). */
+  shrinkTimeoutMs?: number;
+  /** Poll interval of the device's size (default 50 ms). */
+  pollMs?: number;
 }
 
 interface HotCpu {
@@ -78,13 +105,24 @@ export class VmResizer {
      * unplug a vCPU, then a DIMM; each step alone or without the unplug
      * works), so a vCPU is never unplugged there.
      */
-    private readonly keepCpus = false) {}
+    private readonly keepCpus = false,
+    private readonly mem: MemoryResizeOptions = {}) {}
+
+  /** virtio-mem: what the device is asked for and what the guest has plugged (MiB), as last seen. */
+  private requestedMiB = 0;
+  private pluggedMiB = 0;
+  /** One resize at a time: a join and a leave racing would otherwise interleave qom-sets and waits. */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** The last virtio-mem resize: from and to (MiB), how long until the guest's size reached it (or the wait ended), and whether it did. */
+  lastMemoryResize: { fromMiB: number; toMiB: number; ms: number; reached: boolean } | undefined;
 
   get vcpus(): number {
     return this.limits.baseVcpus + this.cpus.length;
   }
 
+  /** The VM's RAM now (virtio-mem: the larger of the request and what the guest still has plugged). */
   get memoryMiB(): number {
+    if (this.mem.virtioMem) return this.limits.baseMiB + Math.max(this.requestedMiB, this.pluggedMiB);
     return this.limits.baseMiB + this.dimms.reduce((a, d) => a + d.mib, 0);
   }
 
@@ -108,7 +146,7 @@ export class VmResizer {
       throw new ResizeError('limit', `container ${id} needs ${demand.vcpus} vCPU(s) and ${demand.memoryMiB} MiB: the sandbox would need ${t.vcpus} vCPUs / ${t.memoryMiB} MiB, beyond its maximum of ${this.limits.maxVcpus} vCPUs / ${this.limits.maxMiB} MiB (default_maxvcpus, default_maxmemory)`);
     }
     try {
-      await this.apply(t);
+      await this.serial(() => this.apply(this.target()));
     } catch (err) {
       this.demands.delete(id);
       throw err;
@@ -118,7 +156,13 @@ export class VmResizer {
   /** A container leaves: shrink to what the rest need. */
   async remove(id: string): Promise<void> {
     if (!this.demands.delete(id)) return;
-    await this.apply(this.target());
+    await this.serial(() => this.apply(this.target()));
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
   }
 
   private async apply(t: { vcpus: number; memoryMiB: number }): Promise<void> {
@@ -130,6 +174,7 @@ export class VmResizer {
     if (added && this.online) await this.online(added);
     if (!this.keepCpus) while (this.vcpus > t.vcpus && this.cpus.length) await this.unplug(this.cpus.pop()!);
     const want = Math.ceil(Math.max(0, t.memoryMiB - this.limits.baseMiB) / MEMORY_BLOCK_MIB) * MEMORY_BLOCK_MIB;
+    if (this.mem.virtioMem) return this.resizeVirtioMem(Math.min(want, this.mem.virtioMem.sizeMiB));
     const have = this.memoryMiB - this.limits.baseMiB;
     if (want > have) await this.plugMemory(want - have);
     if (this.dimms.length === 0) return;
@@ -140,6 +185,49 @@ export class VmResizer {
     } else if (keep < this.memoryMiB) {
       this.log.warn('plugged memory stays in the VM: no balloon to return it ([hypervisor.qemu] reclaim_guest_freed_memory = true)', { pluggedMiB: this.memoryMiB - this.limits.baseMiB, neededMiB: want });
     }
+  }
+
+  /**
+   * Sets the virtio-mem device's requested-size and waits until the guest
+   * has plugged or unplugged to it (its `size` property; QEMU also emits
+   * MEMORY_DEVICE_SIZE_CHANGE, but polling needs no event plumbing and sees
+   * the same value).
+   */
+  private async resizeVirtioMem(wantMiB: number): Promise<void> {
+    const dev = this.mem.virtioMem!;
+    const qomPath = `/machine/peripheral/${dev.id}`;
+    if (wantMiB === this.requestedMiB && wantMiB === this.pluggedMiB) return;
+    const before = this.requestedMiB;
+    const set = async (mib: number) => {
+      try {
+        await this.qmp('qom-set', { path: qomPath, property: 'requested-size', value: mib * MIB });
+      } catch (err) {
+        throw new ResizeError('qmp', `virtio-mem: setting ${dev.id} requested-size to ${mib} MiB failed: ${(err as Error).message}`, { cause: err });
+      }
+      this.requestedMiB = mib;
+    };
+    await set(wantMiB);
+    const grow = wantMiB > before;
+    const timeoutMs = grow ? this.mem.growTimeoutMs ?? 30000 : this.mem.shrinkTimeoutMs ?? 30000;
+    const t0 = Date.now();
+    for (;;) {
+      const size = await this.qmp('qom-get', { path: qomPath, property: 'size' }).catch(() => undefined);
+      if (typeof size === 'number' && Number.isFinite(size) && size >= 0) this.pluggedMiB = size / MIB;
+      if (this.pluggedMiB === wantMiB) break;
+      if (Date.now() - t0 >= timeoutMs) {
+        if (grow) {
+          // The container that asked is refused (add() drops its demand): take the request back too.
+          await set(before).catch((err) => this.log.warn('virtio-mem: cannot take the request back', { device: dev.id, err: (err as Error).message }));
+          throw new ResizeError('timeout', `virtio-mem: the guest plugged ${this.pluggedMiB} of the ${wantMiB} MiB requested within ${timeoutMs} ms (is the guest's virtio_mem driver loaded?); request set back to ${before} MiB`);
+        }
+        this.lastMemoryResize = { fromMiB: before, toMiB: wantMiB, ms: Date.now() - t0, reached: false };
+        this.log.warn('virtio-mem: the guest has not unplugged down to the request (memory in use that it cannot move); the request stays and the guest driver keeps retrying', { device: dev.id, requestedMiB: wantMiB, pluggedMiB: this.pluggedMiB, waitedMs: timeoutMs });
+        return;
+      }
+      await new Promise((res) => setTimeout(res, this.mem.pollMs ?? 50));
+    }
+    this.lastMemoryResize = { fromMiB: before, toMiB: wantMiB, ms: Date.now() - t0, reached: true };
+    this.log.info('virtio-mem resized', { device: dev.id, fromMiB: before, toMiB: wantMiB, ms: this.lastMemoryResize.ms });
   }
 
   private async plugCpu(): Promise<void> {

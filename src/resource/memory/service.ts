@@ -13,7 +13,7 @@ import { KataError, errorMessage } from '../../common/errors';
 import { logger } from '../../common/log';
 import { PageScanner, type ScanResult, type ScanSource } from './scanner';
 import { serveMemoryCtl, type MemoryCtlServer, type MemoryRequest } from './ctl-socket';
-import { VmResizer, containerDemand, type ResizeLimits } from './resize';
+import { VmResizer, containerDemand, type ResizeLimits, type MemoryResizeOptions } from './resize';
 import { holdProcessTrim } from './process-trim';
 
 export class SandboxMemoryError extends KataError<'config' | 'unavailable'> {}
@@ -45,6 +45,8 @@ export interface SandboxMemoryOptions {
   memoryHotplug?: boolean;
   /** Never unplug hot-added vCPUs (TCG: resize.ts keepCpus says why). */
   keepCpus?: boolean;
+  /** How memory resizes (the virtio-mem device, else DIMMs; resize.ts). */
+  memoryResize?: MemoryResizeOptions;
 }
 
 export interface ScanReport extends Omit<ScanResult, 'fingerprints' | 'counts'> {
@@ -69,7 +71,7 @@ export class SandboxMemory {
   readonly resizer: VmResizer | undefined;
 
   private constructor(private readonly o: SandboxMemoryOptions) {
-    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon, o.onlineCpus, o.keepCpus);
+    if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon, o.onlineCpus, o.keepCpus, o.memoryResize);
   }
 
   /** A container with OCI linux.resources joins: the VM grows to fit (or the container is refused beyond the maximum). */

@@ -27,7 +27,7 @@ describe('hypervisor/memory-plan and dax-image', () => {
   it('puts the DAX image on a read-only, unarmed NVDIMM and counts it in maxmem', () => {
     fs.writeFileSync(path.join(dir, DAX_IMAGE_NAME), Buffer.alloc(0));
     fs.truncateSync(path.join(dir, DAX_IMAGE_NAME), 3 * DAX_ALIGN);
-    const p = qemuMemoryPlan(vm(), { imageNvdimm: true, maxMemoryMiB: 1024, memorySlots: 4, maxVcpus: 4, balloon: true }, false);
+    const p = qemuMemoryPlan(vm(), { imageNvdimm: true, maxMemoryMiB: 1024, memorySlots: 4, maxVcpus: 4, balloon: true, memoryHotplug: 'dimm' }, false);
     expect(p.machineProps).to.deep.equal(['nvdimm=on']);
     expect(p.m).to.equal('512M,slots=5,maxmem=1030M');
     expect(p.smp).to.equal('1,maxcpus=4');
@@ -35,6 +35,40 @@ describe('hypervisor/memory-plan and dax-image', () => {
     expect(p.args.join(' ')).to.include('nvdimm,id=nv0,memdev=imgmem,unarmed=on');
     expect(p.args.join(' ')).to.include('virtio-balloon-pci,id=balloon0,free-page-reporting=on,deflate-on-oom=on');
     expect(p.rootParams).to.equal('root=/dev/pmem0 rootflags=dax');
+  });
+
+  it('virtio-mem (the default): one virtio-mem-pci on slot 7 over a shared memfd of maxmem - memory, requested-size 0, no DIMM slots, movable onlining', () => {
+    const p = qemuMemoryPlan(vm(), { maxMemoryMiB: 1152, memorySlots: 10 }, false);
+    expect(p.m).to.equal('512M,maxmem=1152M');
+    expect(p.virtioMem).to.deep.equal({ id: 'vmem0', sizeMiB: 640 });
+    expect(p.maxRamMiB).to.equal(1152);
+    expect(p.args).to.deep.equal([
+      '-object', 'memory-backend-memfd,id=vmem0-mem,size=640M,share=on,reserve=off',
+      '-device', 'virtio-mem-pci,id=vmem0,memdev=vmem0-mem,requested-size=0,block-size=2M,addr=0x7',
+    ]);
+    expect(p.kernelParams).to.deep.equal(['memhp_default_state=online_movable']);
+    // With the DAX NVDIMM: its slot only, its size in maxmem.
+    fs.writeFileSync(path.join(dir, DAX_IMAGE_NAME), Buffer.alloc(0));
+    fs.truncateSync(path.join(dir, DAX_IMAGE_NAME), 3 * DAX_ALIGN);
+    expect(qemuMemoryPlan(vm(), { imageNvdimm: true, maxMemoryMiB: 1152, memorySlots: 10 }, false).m).to.equal('512M,slots=1,maxmem=1158M');
+    // DIMM mode: slots, online (not movable), no virtio-mem.
+    const d = qemuMemoryPlan(vm(), { maxMemoryMiB: 1152, memorySlots: 10, memoryHotplug: 'dimm' }, false);
+    expect(d).to.deep.include({ m: '512M,slots=10,maxmem=1152M', args: [], kernelParams: ['memhp_default_state=online'] });
+    expect(d.virtioMem).to.equal(undefined);
+    // No room, no device.
+    expect(qemuMemoryPlan(vm(), { maxMemoryMiB: 512 }, false).virtioMem).to.equal(undefined);
+    // The command line carries it; the VM's device is what the resizer drives.
+    const line = new QemuHypervisor({ binary: '/bin/true', machine: 'pc', accel: 'tcg', memory: { maxMemoryMiB: 1152 } })
+      .commandLine({ id: 'x', dir, kernel: '/k', image: vm().image, vcpus: 1, memoryMiB: 512, kernelParams: '', disks: [], debug: false }).join(' ');
+    expect(line).to.include('-m 512M,maxmem=1152M');
+    expect(line).to.include('virtio-mem-pci,id=vmem0');
+    expect(line).to.include('memhp_default_state=online_movable');
+  });
+
+  it('virtio-mem refuses what cannot work: microvm, a size off the 2 MiB block, an unknown mode', () => {
+    expect(() => qemuMemoryPlan(vm(), { maxMemoryMiB: 1024 }, true)).to.throw(MemoryPlanError, /microvm.*virtio-mem/);
+    expect(() => qemuMemoryPlan(vm(), { maxMemoryMiB: 1025 }, false)).to.throw(MemoryPlanError, /513 MiB is not a multiple of the 2 MiB virtio-mem block/);
+    expect(() => qemuMemoryPlan(vm(), { maxMemoryMiB: 1024, memoryHotplug: 'acpi' as 'dimm' }, false)).to.throw(MemoryPlanError, /memory_hotplug "acpi": expected one of "virtio-mem", "dimm"/);
   });
 
   it('a TCG translation cache size moves the accelerator to -accel (QEMU refuses both); KVM ignores it', () => {
