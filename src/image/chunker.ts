@@ -10,17 +10,21 @@
  * blob of the layer its file came from. Blobs are written to temp files in
  * the image's temp directory and named by their sha256 when finished.
  *
- * addFile() hashes (Node's native sha256, once per chunk) and assigns slots
- * at once (dedup decisions are sequential) and hands each new chunk to the
- * compression pool (compress-pool.ts) straight away while fewer than
- * WINDOW_PER_WORKER per worker are in flight, so the workers compress while
- * this thread goes on parsing and hashing. When the workers are saturated
- * and chunks wait, pump() has this thread compress the next waiting one
- * itself rather than sit idle (on 2 cores: one worker + this thread, both
- * busy). Chunks are written in slot order, and whichever thread compressed
- * a chunk the bytes are the same, so the blobs do not depend on the thread
- * count. Without a pool (or with compression off) chunks are compressed on
- * this thread when written.
+ * addChunk() hashes (Node's native sha256, once per chunk) and assigns a
+ * slot at once (dedup decisions are sequential; layer-stream.ts calls it as
+ * a layer's file data streams by, in archive order) and hands each new
+ * chunk to the compression pool (compress-pool.ts) straight away while
+ * fewer than WINDOW_PER_WORKER per worker are in flight, so the workers
+ * compress while this thread goes on reading, parsing and hashing. A new
+ * chunk is queued as the caller's view (no copy) with a release the caller
+ * gets back, called once the chunk is written, so read buffers can be
+ * reused. When the workers are saturated and chunks wait, pump() and
+ * advance() have this thread compress the next waiting one itself rather
+ * than sit idle (on 2 cores: one worker + this thread, both busy). Chunks
+ * are written in slot order, and whichever thread compressed a chunk the
+ * bytes are the same, so the blobs do not depend on the thread count.
+ * Without a pool (or with compression off) chunks are compressed (or not)
+ * on this thread and written at each pump().
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -28,7 +32,6 @@ import * as path from 'node:path';
 import { Lz4 } from '../hot/lz4';
 import { CHUNK_FLAG_LZ4, type ChunkSlot, type ChunkTable } from './chunk-table';
 import type { CompressPool } from './compress-pool';
-import type { Inode } from './layers';
 import type { StoredChunk } from './store';
 
 interface PendingSlot {
@@ -67,6 +70,8 @@ interface Queued {
   /** Compressed (or null: store raw) and known on this thread. */
   done: boolean;
   result: Uint8Array | null;
+  /** Lets go of the memory the chunk lies in (after its write). */
+  release: (() => void) | null;
 }
 
 /**
@@ -90,6 +95,7 @@ export class Chunker {
   private unsent = 0;
   private inFlight = 0;
   private newChunks = 0;
+  private queuedBytes = 0;
   /** Uncompressed bytes chunked so far (progress). */
   bytesDone = 0;
   /** Uncompressed bytes of new chunks written so far (progress). */
@@ -98,18 +104,14 @@ export class Chunker {
   constructor(private readonly chunkSize: number, private readonly index: Map<string, StoredChunk>, private readonly tmpDir: string,
     private readonly compress = true, private readonly pool: CompressPool | null = null) {}
 
-  /** Chunks one file; returns the device-1 slot of each of its chunks. */
-  addFile(n: Inode): number[] {
-    const out: number[] = [];
-    for (let off = 0; off < n.data.length; off += this.chunkSize) {
-      const chunk = n.data.subarray(off, Math.min(n.data.length, off + this.chunkSize));
-      out.push(this.addChunk(chunk, n.layer));
-      this.bytesDone += chunk.length;
-    }
-    return out;
-  }
-
-  private addChunk(chunk: Buffer, layer: number): number {
+  /**
+   * Adds one chunk of a file of `layer`; returns its device-1 slot. When
+   * the chunk is new it is queued as is (no copy): `hold` is called then
+   * and the returned release function once the chunk is written, so the
+   * caller can reuse the memory it lies in (the converter's read slices).
+   */
+  addChunk(chunk: Buffer, layer: number, hold?: () => () => void): number {
+    this.bytesDone += chunk.length;
     const sha = crypto.createHash('sha256').update(chunk).digest('hex');
     const have = this.slotOf.get(sha);
     if (have !== undefined) return have;
@@ -121,18 +123,15 @@ export class Chunker {
       return k;
     }
     this.slots.push({ sha256: sha, where: { layer }, offset: 0, storedSize: chunk.length, size: chunk.length, flags: 0 });
-    this.queue.push({ k, chunk, layer, job: null, done: !this.compress, result: null });
+    this.queue.push({ k, chunk, layer, job: null, done: !this.compress, result: null, release: hold ? hold() : null });
+    this.queuedBytes += chunk.length;
     this.newChunks++;
     this.dispatch();
     return k;
   }
 
   /** Uncompressed bytes of the new chunks not written yet. */
-  pendingBytes(): number {
-    let n = 0;
-    for (let i = this.head; i < this.queue.length; i++) n += this.queue[i].chunk.length;
-    return n;
-  }
+  pendingBytes(): number { return this.queuedBytes; }
 
   /** Appends slot k's stored bytes to its layer's blob. */
   private write(k: number, chunk: Buffer, compressed: Uint8Array | null, layer: number): void {
@@ -189,16 +188,21 @@ export class Chunker {
     this.write(q.k, q.chunk, c, q.layer);
     this.queue[this.head++] = undefined as unknown as Queued; // let the bytes go
     this.bytesStored += q.chunk.length;
+    this.queuedBytes -= q.chunk.length;
+    q.release?.();
   }
 
   /**
    * Lets finished jobs in (one turn of the event loop), writes the chunks
    * at the head that are done, and when chunks wait unsent behind busy
-   * workers compresses one here. Call after every file; a no-op without a
-   * pool.
+   * workers compresses one here. Without a pool (or compression) it
+   * writes every queued chunk. Call after every slice of a layer.
    */
   async pump(): Promise<void> {
-    if (!this.pool) return;
+    if (!this.pool || !this.compress) {
+      while (this.head < this.queue.length) await this.writeNext();
+      return;
+    }
     if (this.inFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
     this.dispatch();
     while (this.head < this.queue.length && this.queue[this.head].done) await this.writeNext();
@@ -226,16 +230,25 @@ export class Chunker {
     onChunk(this.bytesStored);
   }
 
-  /** addFile, with pump() after each chunk (what the converter calls). */
-  async addFilePumped(n: Inode): Promise<number[]> {
-    const out: number[] = [];
-    for (let off = 0; off < n.data.length; off += this.chunkSize) {
-      const chunk = n.data.subarray(off, Math.min(n.data.length, off + this.chunkSize));
-      out.push(this.addChunk(chunk, n.layer));
-      this.bytesDone += chunk.length;
-      await this.pump();
+  /**
+   * Makes progress on the queue: writes the done chunks at its head, else
+   * compresses a waiting one here, else waits for the head's worker.
+   * Returns false when nothing is queued. The converter calls it while it
+   * waits for a read slice the queued chunks still lie in.
+   */
+  async advance(): Promise<boolean> {
+    if (this.head >= this.queue.length) return false;
+    if (this.pool && this.compress) {
+      if (this.inFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      this.dispatch();
+      if (this.queue[this.head].done) {
+        while (this.head < this.queue.length && this.queue[this.head].done) await this.writeNext();
+        return true;
+      }
+      if (this.unsent < this.queue.length) { this.helpOne(); return true; }
     }
-    return out;
+    await this.writeNext();
+    return true;
   }
 
   private blobFor(layer: number): LayerBlob {

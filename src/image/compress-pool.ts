@@ -57,9 +57,9 @@ export class CompressPool {
   get pending(): number { return this.jobs.size; }
 
   /** The least busy worker, and a job on it whose reply settles the returned promise. */
-  private job(): { w: number; id: number; p: Promise<PoolReply> } {
-    let w = 0;
-    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[w]) w = i;
+  private job(on?: number): { w: number; id: number; p: Promise<PoolReply> } {
+    let w = on ?? 0;
+    if (on === undefined) for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[w]) w = i;
     const id = this.nextId++;
     const p = quiet(new Promise<PoolReply>((resolve, reject) => {
       if (this.failed) reject(this.failed); else this.jobs.set(id, { resolve, reject, worker: w });
@@ -93,7 +93,8 @@ export class CompressPool {
   }
 
   /**
-   * LZ4 block of `chunk`, or null when it would not be smaller. The promise
+   * LZ4 block of `chunk` (read in place when it lies in a
+   * SharedArrayBuffer, else copied), or null when it would not be smaller. The promise
    * may be awaited long after it settles: a failure is never "unhandled".
    */
   compress(chunk: Uint8Array): Promise<Uint8Array | null> {
@@ -120,6 +121,31 @@ export class CompressPool {
       update: (off, len) => this.workers[w].postMessage({ t: 'hash-update', hid, layer, off: buf.byteOffset + off, len } satisfies PoolRequest),
       digest: () => {
         this.workers[w].postMessage({ t: 'hash-end', id, hid } satisfies PoolRequest);
+        return quiet(p.then((r) => r.hex!));
+      },
+    };
+  }
+
+  /**
+   * A sha256 fed slice by slice from reused buffers (the converter's read
+   * ring): update(bytes) posts a view of a SharedArrayBuffer (never
+   * copied) to one worker and resolves once that worker has hashed it, so
+   * the caller knows when it may overwrite the buffer; the promise never
+   * rejects (a failure is digest()'s). digest() ends the hash.
+   */
+  sha256Slices(): { update(bytes: Uint8Array): Promise<void>; digest(): Promise<string> } {
+    const { w, id: hid, p } = this.job();
+    this.workers[w].postMessage({ t: 'hash-begin', hid } satisfies PoolRequest);
+    return {
+      update: (bytes) => {
+        if (!(bytes.buffer instanceof SharedArrayBuffer)) return Promise.reject(new Error('sha256Slices needs buffers in a SharedArrayBuffer'));
+        const layer = this.layerOf(bytes.buffer);
+        const { id, p: ack } = this.job(w);
+        this.workers[w].postMessage({ t: 'hash-update', hid, layer, off: bytes.byteOffset, len: bytes.length, id } satisfies PoolRequest);
+        return ack.then(() => undefined, () => undefined);
+      },
+      digest: () => {
+        this.workers[w].postMessage({ t: 'hash-end', id: hid, hid } satisfies PoolRequest);
         return quiet(p.then((r) => r.hex!));
       },
     };

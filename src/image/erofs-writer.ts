@@ -64,7 +64,7 @@ export const DEFAULT_INLINE_MAX = 2048;
 
 /** Whether a regular file is stored in the metadata image rather than chunks. */
 export function fileIsInline(n: Inode, inlineMax: number): boolean {
-  return n.kind === 'file' && n.data.length <= inlineMax;
+  return n.kind === 'file' && n.size <= inlineMax;
 }
 
 interface Plan {
@@ -177,7 +177,7 @@ export function writeErofs(root: Inode, links: Map<Inode, number>, opts: ErofsWr
       if (fileIsInline(n, opts.inlineMax)) data = n.data;
       else {
         const slots = opts.fileSlots(n);
-        if (slots.length !== Math.ceil(n.data.length / opts.chunkSize)) throw new ErofsWriteError('limit', `file of ${n.data.length} bytes given ${slots.length} chunk slots`);
+        if (slots.length !== Math.ceil(n.size / opts.chunkSize)) throw new ErofsWriteError('limit', `file of ${n.size} bytes given ${slots.length} chunk slots`);
         const idx = Buffer.alloc(8 * slots.length);
         slots.forEach((s, i) => {
           const blk = s * (opts.chunkSize / BLK);
@@ -188,7 +188,7 @@ export function writeErofs(root: Inode, links: Map<Inode, number>, opts: ErofsWr
         p.layout = LAYOUT_CHUNK_BASED;
       }
     }
-    const size = n.kind === 'file' ? n.data.length : data?.length ?? 0;
+    const size = n.kind === 'file' ? n.size : data?.length ?? 0;
     p.compact = n.uid <= 0xffff && n.gid <= 0xffff && p.nlink <= 0xffff && size <= 0xffffffff && n.mtime === buildTime && n.mtimeNsec === buildNsec;
     if (data) {
       p.payload = data;
@@ -242,7 +242,7 @@ export function writeErofs(root: Inode, links: Map<Inode, number>, opts: ErofsWr
   for (const p of order) {
     const n = p.n;
     const o = p.nid * 32;
-    const size = n.kind === 'file' ? n.data.length : p.payload.length;
+    const size = n.kind === 'file' ? n.size : p.payload.length;
     const mode = S_IF[n.kind] | (n.perm & 0o7777);
     let iu = 0;
     if (p.layout === LAYOUT_CHUNK_BASED) iu = (chunkBits - 12) | CHUNK_FORMAT_INDEXES;

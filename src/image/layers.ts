@@ -30,8 +30,16 @@ export interface Inode {
   mtime: number;
   mtimeNsec: number;
   xattrs: Map<string, Buffer>;
-  /** Regular file content (a view into the decompressed layer). */
+  /**
+   * Regular file content when held in memory: an inline file's bytes (the
+   * converter copies them as the layer streams by), or a view into a whole
+   * parsed tar (apply()). A chunked file's bytes are only in its slots.
+   */
   data: Buffer;
+  /** Regular file size in bytes. */
+  size: number;
+  /** Chunk slots of a chunk-based file, filled as its data streams by (converter). */
+  slots: number[] | null;
   /** Symlink target. */
   target: string;
   major: number;
@@ -48,8 +56,10 @@ export interface DirEntry {
   layer: number;
 }
 
+const EMPTY = Buffer.alloc(0);
+
 function newInode(kind: NodeKind, layer: number): Inode {
-  return { kind, perm: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, xattrs: new Map(), data: Buffer.alloc(0), target: '', major: 0, minor: 0, layer, children: kind === 'dir' ? new Map() : null };
+  return { kind, perm: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, xattrs: new Map(), data: EMPTY, size: 0, slots: null, target: '', major: 0, minor: 0, layer, children: kind === 'dir' ? new Map() : null };
 }
 
 /** The image's root filesystem, built layer by layer. */
@@ -97,12 +107,17 @@ export class LayerTree {
     for (const e of entries) this.applyEntry(e, layer, `${what}: ${JSON.stringify(e.path.slice(0, 200))}`);
   }
 
-  private applyEntry(e: TarEntry, layer: number, what: string): void {
+  /**
+   * Applies one entry (the streaming converter calls this per header);
+   * returns the new inode of a regular file (its data is the caller's to
+   * fill), else null.
+   */
+  applyEntry(e: TarEntry, layer: number, what: string): Inode | null {
     const parts = LayerTree.split(e.path, what);
     if (parts.length === 0) {
       if (e.type !== 'dir') throw new LayerError('path', `${what}: the root must be a directory`);
       setMeta(this.root, e);
-      return;
+      return null;
     }
     const base = parts[parts.length - 1];
     if (base.startsWith('.wh.')) {
@@ -115,13 +130,13 @@ export class LayerTree {
         const ent = dir.children!.get(victim);
         if (ent && ent.layer < layer) dir.children!.delete(victim);
       }
-      return;
+      return null;
     }
     const dir = this.parentDir(parts, layer, what);
     const old = dir.children!.get(base);
     if (e.type === 'dir' && old && old.inode.kind === 'dir') {
       setMeta(old.inode, e);
-      return;
+      return null;
     }
     let inode: Inode;
     if (e.type === 'hardlink') {
@@ -132,7 +147,7 @@ export class LayerTree {
     } else {
       inode = newInode(e.type, layer);
       setMeta(inode, e);
-      if (e.type === 'file') inode.data = e.data;
+      if (e.type === 'file') { inode.data = e.data; inode.size = e.size; }
       else if (e.type === 'symlink') {
         if (e.linkname === '') throw new LayerError('path', `${what}: symlink with an empty target`);
         inode.target = e.linkname;
@@ -143,6 +158,7 @@ export class LayerTree {
       }
     }
     dir.children!.set(base, { inode, layer });
+    return e.type === 'file' ? inode : null;
   }
 
   /** Number of names pointing at each non-directory inode (hard links). */

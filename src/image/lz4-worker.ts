@@ -14,7 +14,8 @@
  *      { t: 'lz4', id, layer, off, len } | { t: 'lz4', id, buf, off, len }
  *      { t: 'sha', id, layer, off, len } | { t: 'sha', id, buf, off, len }
  *      { t: 'hash-begin', hid } { t: 'hash-update', hid, layer, off, len }
- *      { t: 'hash-end', id, hid }   (a sha256 fed as a layer is being read)
+ *      { t: 'hash-end', id, hid }   (a sha256 fed as a layer is being read;
+ *      an update with an id is answered { id } once hashed)
  *      { t: 'drop', layer }
  * Out: { id, data: Uint8Array | null } | { id, hex } | { id, error }
  */
@@ -26,7 +27,7 @@ export type PoolRequest =
   | { t: 'layer'; layer: number; sab: SharedArrayBuffer }
   | { t: 'drop'; layer: number }
   | { t: 'hash-begin'; hid: number }
-  | { t: 'hash-update'; hid: number; layer: number; off: number; len: number }
+  | { t: 'hash-update'; hid: number; layer: number; off: number; len: number; id?: number }
   | { t: 'hash-end'; id: number; hid: number }
   | { t: 'lz4' | 'sha'; id: number; layer?: number; buf?: ArrayBuffer; off: number; len: number };
 
@@ -65,6 +66,8 @@ parentPort!.on('message', (m: PoolRequest) => {
   if (m.t === 'hash-begin') { hashes.set(m.hid, crypto.createHash('sha256')); return; }
   if (m.t === 'hash-update') {
     try { hashes.get(m.hid)!.update(view(m)); } catch (e) { if (!hashErrors.has(m.hid)) hashErrors.set(m.hid, (e as Error).message); }
+    // Acknowledged when asked: the sender may then reuse the bytes.
+    if (m.id !== undefined) parentPort!.postMessage({ id: m.id } satisfies PoolReply);
     return;
   }
   if (m.t === 'hash-end') {

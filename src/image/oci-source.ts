@@ -78,6 +78,13 @@ export interface ResolvedImage {
    * them (convert.ts does it in a worker while parsing).
    */
   readLayerUnverified(i: number, obs?: ReadObserver): Buffer;
+  /**
+   * Where a layer blob lies as a file (layout directory, containerd's
+   * content store), for the converter to stream it; absent when layers are
+   * held in memory (archives). `what` names the layer in errors. Nothing
+   * is checked: the caller checks size and digest.
+   */
+  layerFile?(i: number): { path: string; what: string };
 }
 
 /**
@@ -125,7 +132,7 @@ function checkDescriptor(d: unknown, what: string): Descriptor {
 }
 
 /** Follows an index/manifest from a descriptor down to one image manifest. */
-function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], what: string, rawFetch?: RawFetch): ResolvedImage {
+function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], what: string, rawFetch?: RawFetch, blobFile?: (digest: string, what: string) => string): ResolvedImage {
   for (let depth = 0; depth < 4; depth++) {
     const raw = fetch(desc.digest, desc.size, `${what}: manifest`);
     const m = parseJson<{ mediaType?: string; manifests?: unknown[]; config?: unknown; layers?: unknown[] }>(raw, `${what}: manifest ${desc.digest}`);
@@ -160,13 +167,14 @@ function resolveManifest(fetch: BlobFetch, desc: Descriptor, refs: string[], wha
         if (b.length !== layers[i].size) throw new OciSourceError('digest', `${w}: blob ${layers[i].digest} is ${b.length} bytes, its descriptor says ${layers[i].size}`);
         return b;
       },
+      ...(blobFile ? { layerFile: (i: number) => ({ path: blobFile(layers[i].digest, `${what}: layer ${i}`), what: `${what}: layer ${i}` }) } : {}),
     };
   }
   throw new OciSourceError('manifest', `${what}: image indexes nested too deep`);
 }
 
 /** An OCI layout held as files (directory) or as tar entries (oci-archive). */
-function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, source: string, readShared?: (rel: string, obs?: ReadObserver) => Buffer | null): ResolvedImage {
+function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, source: string, readShared?: (rel: string, obs?: ReadObserver) => Buffer | null, dir?: string): ResolvedImage {
   const layoutFile = read('oci-layout');
   if (!layoutFile) throw new OciSourceError('not-found', `${source}: no oci-layout file (not an OCI image layout)`);
   const idx = parseJson<{ manifests?: unknown[] }>(read('index.json') ?? Buffer.from('null'), `${source}: index.json`);
@@ -185,7 +193,8 @@ function fromLayout(read: (rel: string) => Buffer | null, tag: string | null, so
   const fetch: BlobFetch = (digest, size, what) => checkedBlob(read(`blobs/sha256/${hexOf(digest, what)}`), digest, size, what);
   const raw: RawFetch | undefined = readShared && ((digest, _size, what, obs) => present(readShared(`blobs/sha256/${hexOf(digest, what)}`, obs), digest, what));
   const ref = refName(desc);
-  return resolveManifest(fetch, desc, ref ? [source, ref] : [source], source, raw);
+  const blobFile = dir === undefined ? undefined : (digest: string, what: string): string => path.join(dir, 'blobs', 'sha256', hexOf(digest, what));
+  return resolveManifest(fetch, desc, ref ? [source, ref] : [source], source, raw, blobFile);
 }
 
 function present(b: Buffer | null, digest: string, what: string): Buffer {
@@ -318,7 +327,7 @@ function fromContainerd(ref: string, source: string, o: ContainerdOptions): Reso
   const rawLayer: RawFetch = (d, _size, what, obs) => present(readShared(path.join(dir, hexOf(d, what)), obs), d, what);
   // ctr prints the size humanised; the digest check covers the manifest's bytes.
   const manifest = fetch(digest, null, `${source}: manifest`);
-  return resolveManifest(fetch, { mediaType, digest, size: manifest.length }, [source, ref], source, rawLayer);
+  return resolveManifest(fetch, { mediaType, digest, size: manifest.length }, [source, ref], source, rawLayer, (d, what) => path.join(dir, hexOf(d, what)));
 }
 
 /** Resolves SOURCE (see the module header) to a verified image. */
@@ -331,6 +340,6 @@ export function openSource(source: string, ctrd: ContainerdOptions = {}): Resolv
     if (c > 0 && fs.existsSync(p.slice(0, c))) { tag = p.slice(c + 1); p = p.slice(0, c); }
     else throw new OciSourceError('not-found', `${source}: no such directory or archive`);
   }
-  if (fs.statSync(p).isDirectory()) return fromLayout((rel) => readIfFile(path.join(p, rel)), tag, source, (rel, obs) => readShared(path.join(p, rel), obs));
+  if (fs.statSync(p).isDirectory()) return fromLayout((rel) => readIfFile(path.join(p, rel)), tag, source, (rel, obs) => readShared(path.join(p, rel), obs), p);
   return fromArchive(p, tag, source);
 }

@@ -1,5 +1,7 @@
 /**
- * A strict, in-memory tar reader for OCI layers and image archives.
+ * A strict tar reader for OCI layers and image archives: incremental
+ * (TarReader, fed slices of a layer as they are read, so a layer is never
+ * held whole) and whole-buffer (parseTar, over TarReader).
  *
  * Understands ustar/POSIX headers, GNU base-256 numbers and long names
  * ('L'/'K'), and PAX extended headers ('x' per entry, 'g' global) including
@@ -103,57 +105,136 @@ function paxTime(v: Buffer, at: number): [number, number] {
 
 const TYPES: Record<string, TarType> = { '0': 'file', '\0': 'file', '7': 'file', '1': 'hardlink', '2': 'symlink', '3': 'char', '4': 'block', '5': 'dir', '6': 'fifo' };
 
-/** Parses a whole (uncompressed) tar archive. */
-export function parseTar(buf: Buffer, what = 'tar'): TarEntry[] {
-  const entries: TarEntry[] = [];
-  let global = new Map<string, Buffer>();
-  let pax: Map<string, Buffer> | null = null;
-  let longName: string | null = null;
-  let longLink: string | null = null;
-  let o = 0;
-  for (;;) {
-    if (o + BLOCK > buf.length) {
-      // Archives end with two zero blocks; some writers stop after one or none.
-      if (o === buf.length && pax === null && longName === null && longLink === null) return entries;
-      throw new TarError('truncated', `${what}: truncated at byte ${o} (no complete header)`);
+/** Largest PAX / GNU long-name header accepted (they are held whole). */
+export const MAX_EXTENDED_HEADER = 1 << 20;
+
+/**
+ * Where a TarReader delivers an archive: entry() for every header, in
+ * order; then, for a regular file, its `size` bytes through data() in
+ * order, in pieces (subarrays of the pushed slices, valid only during the
+ * call). A file's entry carries an empty `data`.
+ */
+export interface TarSink {
+  entry(e: TarEntry): void;
+  data(piece: Buffer): void;
+}
+
+const padded = (n: number): number => Math.ceil(n / BLOCK) * BLOCK;
+
+/**
+ * The incremental tar reader: push() slices of any size in order, then
+ * end(). Holds at most one header or one extended header; file data
+ * streams through to the sink. Truncation is found at end() (a stream
+ * does not know its length), with the messages parseTar gives.
+ */
+export class TarReader {
+  /** Archive offset of the first byte of the current push. */
+  private base = 0;
+  private state: 'header' | 'ext' | 'data' | 'skip' | 'end' = 'header';
+  private readonly hdr = Buffer.alloc(BLOCK);
+  private hdrFill = 0;
+  /** Offset of the header being read / of the current entry's header. */
+  private at = 0;
+  /** Current entry: declared size, and bytes of its (padded) region still to come. */
+  private size = 0;
+  private regionLeft = 0;
+  /** File data bytes still to deliver (the rest of regionLeft is padding). */
+  private dataLeft = 0;
+  private ext: Buffer | null = null;
+  private extFill = 0;
+  private extType = '';
+  private global = new Map<string, Buffer>();
+  private pax: Map<string, Buffer> | null = null;
+  private longName: string | null = null;
+  private longLink: string | null = null;
+
+  constructor(private readonly what: string, private readonly sink: TarSink) {}
+
+  push(buf: Buffer): void {
+    let i = 0;
+    while (i < buf.length && this.state !== 'end') {
+      const rem = buf.length - i;
+      if (this.state === 'header') {
+        if (this.hdrFill === 0 && rem >= BLOCK) {
+          this.at = this.base + i;
+          i += BLOCK;
+          this.header(buf.subarray(i - BLOCK, i));
+        } else {
+          if (this.hdrFill === 0) this.at = this.base + i;
+          const n = Math.min(BLOCK - this.hdrFill, rem);
+          buf.copy(this.hdr, this.hdrFill, i, i + n);
+          this.hdrFill += n;
+          i += n;
+          if (this.hdrFill === BLOCK) { this.hdrFill = 0; this.header(this.hdr); }
+        }
+      } else if (this.state === 'ext') {
+        const n = Math.min(this.ext!.length - this.extFill, rem);
+        buf.copy(this.ext!, this.extFill, i, i + n);
+        this.extFill += n;
+        this.regionLeft -= n;
+        i += n;
+        if (this.extFill === this.ext!.length) this.extended();
+      } else if (this.state === 'data') {
+        const n = Math.min(this.dataLeft, rem);
+        const piece = buf.subarray(i, i + n);
+        this.dataLeft -= n;
+        this.regionLeft -= n;
+        i += n;
+        if (this.dataLeft === 0) this.state = this.regionLeft > 0 ? 'skip' : 'header';
+        this.sink.data(piece);
+      } else {
+        const n = Math.min(this.regionLeft, rem);
+        this.regionLeft -= n;
+        i += n;
+        if (this.regionLeft === 0) this.state = 'header';
+      }
     }
-    const h = buf.subarray(o, o + BLOCK);
+    this.base += buf.length;
+  }
+
+  /** The archive ends here: anything cut short is a TarError. */
+  end(): void {
+    if (this.state === 'end') return;
+    if (this.state === 'header') {
+      // Archives end with two zero blocks; some writers stop after one or none.
+      if (this.hdrFill === 0 && this.pax === null && this.longName === null && this.longLink === null) return;
+      throw new TarError('truncated', `${this.what}: truncated at byte ${this.hdrFill > 0 ? this.at : this.base} (no complete header)`);
+    }
+    const dataStart = this.at + BLOCK;
+    throw new TarError('truncated', `${this.what}: truncated: entry at ${this.at} declares ${this.size} bytes (padded ${padded(this.size)}), only ${this.base - dataStart} left`);
+  }
+
+  private header(h: Buffer): void {
+    const o = this.at;
+    const what = this.what;
     if (h.every((b) => b === 0)) {
-      if (pax !== null || longName !== null || longLink !== null) throw new TarError('truncated', `${what}: archive ends after an extended header at ${o}`);
-      return entries;
+      if (this.pax !== null || this.longName !== null || this.longLink !== null) throw new TarError('truncated', `${what}: archive ends after an extended header at ${o}`);
+      this.state = 'end';
+      return;
     }
     if (!checksumOk(h, o)) throw new TarError('checksum', `${what}: bad header checksum at byte ${o}`);
     const typeflag = String.fromCharCode(h[156]);
     const size = parseNumber(h, 124, 12, 'size', o);
-    const dataStart = o + BLOCK;
-    const padded = Math.ceil(size / BLOCK) * BLOCK;
-    if (dataStart + padded > buf.length) throw new TarError('truncated', `${what}: truncated: entry at ${o} declares ${size} bytes (padded ${padded}), only ${buf.length - dataStart} left`);
-    const data = buf.subarray(dataStart, dataStart + size);
-    const next = dataStart + padded;
-    if (typeflag === 'x' || typeflag === 'g') {
-      const recs = parsePax(data, o);
-      if (typeflag === 'g') global = new Map([...global, ...recs]);
-      else pax = recs;
-      o = next;
-      continue;
-    }
-    if (typeflag === 'L' || typeflag === 'K') {
-      const s = cstr(data, 0, data.length);
-      if (typeflag === 'L') longName = s; else longLink = s;
-      o = next;
-      continue;
+    this.size = size;
+    if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
+      if (size > MAX_EXTENDED_HEADER) throw new TarError('pax', `${what}: extended header at ${o} declares ${size} bytes (at most ${MAX_EXTENDED_HEADER})`);
+      this.extType = typeflag;
+      this.ext = Buffer.alloc(size);
+      this.extFill = 0;
+      this.regionLeft = padded(size);
+      if (size === 0) this.extended(); else this.state = 'ext';
+      return;
     }
     const type = TYPES[typeflag];
     if (!type) throw new TarError('type', `${what}: entry at ${o} has unsupported type '${typeflag.replace(/[^ -~]/g, '?')}'`);
-    const ext = new Map([...global, ...(pax ?? [])]);
+    const ext = new Map([...this.global, ...(this.pax ?? [])]);
     const magic = h.toString('latin1', 257, 263);
     let name = cstr(h, 0, 100);
     if (magic.startsWith('ustar')) {
       const prefix = cstr(h, 345, 155);
       if (prefix) name = `${prefix}/${name}`;
     }
-    if (longName !== null) name = longName;
-    let linkname = longLink ?? cstr(h, 157, 100);
+    if (this.longName !== null) name = this.longName;
     const e: TarEntry = {
       path: name, type,
       mode: parseNumber(h, 100, 8, 'mode', o) & 0o7777,
@@ -162,29 +243,60 @@ export function parseTar(buf: Buffer, what = 'tar'): TarEntry[] {
       size,
       mtime: parseNumber(h, 136, 12, 'mtime', o),
       mtimeNsec: 0,
-      linkname,
+      linkname: this.longLink ?? cstr(h, 157, 100),
       devmajor: type === 'char' || type === 'block' ? parseNumber(h, 329, 8, 'devmajor', o) : 0,
       devminor: type === 'char' || type === 'block' ? parseNumber(h, 337, 8, 'devminor', o) : 0,
       xattrs: new Map(),
-      data,
+      data: EMPTY,
     };
     for (const [k, v] of ext) {
       if (k === 'path') e.path = v.toString('utf8');
-      else if (k === 'linkpath') e.linkname = linkname = v.toString('utf8');
+      else if (k === 'linkpath') e.linkname = v.toString('utf8');
       else if (k === 'uid') e.uid = paxNumber(v, k, o);
       else if (k === 'gid') e.gid = paxNumber(v, k, o);
       else if (k === 'mtime') [e.mtime, e.mtimeNsec] = paxTime(v, o);
-      else if (k === 'size') {
-        const s = paxNumber(v, k, o);
-        if (dataStart + Math.ceil(s / BLOCK) * BLOCK > buf.length) throw new TarError('truncated', `${what}: entry at ${o} declares ${s} bytes (PAX), only ${buf.length - dataStart} left`);
-        e.size = s;
-        e.data = buf.subarray(dataStart, dataStart + s);
-      } else if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice('SCHILY.xattr.'.length), Buffer.from(v));
+      else if (k === 'size') e.size = this.size = paxNumber(v, k, o);
+      else if (k.startsWith('SCHILY.xattr.')) e.xattrs.set(k.slice('SCHILY.xattr.'.length), Buffer.from(v));
     }
-    if (e.size !== size) o = dataStart + Math.ceil(e.size / BLOCK) * BLOCK;
-    else o = next;
-    if (type !== 'file') { e.data = buf.subarray(0, 0); e.size = 0; }
-    entries.push(e);
-    pax = null; longName = null; longLink = null;
+    this.pax = null; this.longName = null; this.longLink = null;
+    // The entry's region is its (PAX) size, padded; only a file's bytes are data.
+    this.regionLeft = padded(e.size);
+    this.dataLeft = type === 'file' ? e.size : 0;
+    if (type !== 'file') e.size = 0;
+    this.state = this.dataLeft > 0 ? 'data' : this.regionLeft > 0 ? 'skip' : 'header';
+    this.sink.entry(e);
   }
+
+  /** A complete PAX or GNU long-name header. */
+  private extended(): void {
+    const data = this.ext!;
+    this.ext = null;
+    if (this.extType === 'x' || this.extType === 'g') {
+      const recs = parsePax(data, this.at);
+      if (this.extType === 'g') this.global = new Map([...this.global, ...recs]);
+      else this.pax = recs;
+    } else {
+      const s = cstr(data, 0, data.length);
+      if (this.extType === 'L') this.longName = s; else this.longLink = s;
+    }
+    this.state = this.regionLeft > 0 ? 'skip' : 'header';
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * Parses a whole (uncompressed) tar archive held in memory; entry data are
+ * subarrays of `buf`.
+ */
+export function parseTar(buf: Buffer, what = 'tar'): TarEntry[] {
+  const entries: TarEntry[] = [];
+  const r = new TarReader(what, {
+    entry: (e) => { e.data = buf.subarray(0, 0); entries.push(e); },
+    // One push: a file's data arrives as one piece.
+    data: (piece) => { entries[entries.length - 1].data = piece; },
+  });
+  r.push(buf);
+  r.end();
+  return entries;
 }

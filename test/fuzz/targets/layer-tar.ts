@@ -5,11 +5,14 @@
  * inline so no store is needed).
  * Oracle: only TarError / LayerError / ErofsWriteError escape; every entry's
  * data lies inside the input and the entries' data never add up to more
- * than the input; the metadata image is whole blocks with the EROFS magic.
+ * than the input; the incremental reader (TarReader, what the converter
+ * streams layers through), fed the input in uneven slices, gives the same
+ * entries, data and error message; the metadata image is whole blocks
+ * with the EROFS magic.
  */
 import { ErofsWriteError, writeErofs } from '../../../src/image/erofs-writer';
 import { LayerError, LayerTree } from '../../../src/image/layers';
-import { parseTar, TarError } from '../../../src/image/tar';
+import { parseTar, TarError, TarReader, type TarEntry } from '../../../src/image/tar';
 import { makeTar, type TarSpec } from '../../helpers/oci-images';
 import { bucket, invariant, type Target } from '../engine';
 
@@ -19,6 +22,23 @@ const BASE: TarSpec[] = [
   { path: 'opq/', type: '5' }, { path: 'opq/a', data: 'a' },
 ];
 let base: ReturnType<typeof parseTar> | undefined;
+
+/** TarReader over `input` in slices of 1, 511, 513, 97… bytes (cycled): entries and data, or its error. */
+function streamed(input: Buffer): { entries: TarEntry[]; data: Buffer[] } | Error {
+  const entries: TarEntry[] = [];
+  const data: Buffer[][] = [];
+  const r = new TarReader('fuzz', { entry: (e) => { entries.push(e); data.push([]); }, data: (p) => { data[data.length - 1].push(Buffer.from(p)); } });
+  const sizes = [1, 511, 513, 97, 4096];
+  try {
+    for (let o = 0, k = 0; o < input.length; k++) {
+      const n = Math.min(sizes[k % sizes.length], input.length - o);
+      r.push(input.subarray(o, o + n));
+      o += n;
+    }
+    r.end();
+  } catch (e) { return e as Error; }
+  return { entries, data: data.map((d) => Buffer.concat(d)) };
+}
 
 export const layerTar: Target = {
   name: 'layer-tar',
@@ -34,7 +54,17 @@ export const layerTar: Target = {
     ];
   },
   run(input) {
-    const entries = parseTar(input, 'fuzz');
+    let entries: TarEntry[];
+    try { entries = parseTar(input, 'fuzz'); } catch (e) {
+      const s = streamed(input);
+      invariant(s instanceof Error && s.message === (e as Error).message, `streamed: ${s instanceof Error ? s.message : 'no error'}, whole: ${(e as Error).message}`);
+      throw e;
+    }
+    const s = streamed(input);
+    invariant(!(s instanceof Error), `streamed reader failed where the whole one did not: ${(s as Error).message}`);
+    const got = s as { entries: TarEntry[]; data: Buffer[] };
+    invariant(got.entries.length === entries.length && got.entries.every((e, i) => e.path === entries[i].path && e.type === entries[i].type && e.size === entries[i].size && got.data[i].equals(entries[i].data)),
+      'streamed entries differ from the whole parse');
     let total = 0;
     for (const e of entries) {
       total += e.data.length;
