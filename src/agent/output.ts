@@ -5,6 +5,14 @@
  * delivered once everything before it was read. When more than `highWater`
  * bytes are waiting unread, the source is paused (backpressure reaches the
  * container's write) instead of growing without bound.
+ *
+ * Fed from a pipe's fd (attachFd), a reader may instead take the bytes
+ * where they are (readSpliceable): it is told how many are waiting in the
+ * pipe and moves them into its socket with splice(2), so no JavaScript and
+ * no user-space copy touches container output on the way to the host
+ * (README performance, agent stdout). While such a reader holds the pipe,
+ * the agent reads nothing from the fd itself; in memory is only what was
+ * read before it came (delivered first, so order holds).
  */
 import type { Readable } from 'node:stream';
 import { native } from '../common/native';
@@ -14,9 +22,34 @@ export type Chunk = Buffer;
 /** Largest message read() hands out (well under the host's 16 MiB gRPC limit). */
 export const READ_MAX = 1024 * 1024;
 
-/** One read from an output fd: a pipe's whole default capacity. */
+/** One read from an output fd when the addon cannot say how much is waiting: a pipe's default capacity. */
 const FD_READ = 64 * 1024;
+/**
+ * The capacity asked for an output pipe (F_SETPIPE_SZ; Linux's default
+ * pipe-max-size): a writer's 1 MiB write lands in one go and the agent
+ * takes it in one read, instead of 16 rounds of writer wakes, reader wakes
+ * and context switches of 64 KiB each — each costly in a TCG guest.
+ */
+export const PIPE_SIZE = 1024 * 1024;
 const POLL_READ = 1;
+
+/**
+ * `length` bytes waiting in the pipe `fd`, for one reader to move with
+ * splice(2) before it asks for more; `read()` takes them into a Buffer
+ * instead (a connection that cannot splice).
+ */
+export interface SpliceSource {
+  readonly fd: number;
+  readonly length: number;
+  read(): Buffer;
+}
+
+/** A pipe's read end this OutputPipe reads (attachFd). */
+interface FdSource {
+  fd: number;
+  poll: number;
+  closed: boolean;
+}
 
 export class OutputPipe {
   private chunks: Buffer[] = [];
@@ -26,6 +59,13 @@ export class OutputPipe {
   private wakeSoon = false;
   private pauseSource: (() => void) | undefined;
   private resumeSource: (() => void) | undefined;
+  private src: FdSource | undefined;
+  /** Above highWater: the fd is not read until a reader drains to half. */
+  private srcPaused = false;
+  /** A splice reader holds the fd (readSpliceable until endSplice). */
+  private splicing = false;
+  /** ...and waits for the fd to become readable. */
+  private spliceWaiting = false;
 
   constructor(private readonly highWater = 4 * 1024 * 1024) {}
 
@@ -50,46 +90,143 @@ export class OutputPipe {
    */
   attachFd(fd: number): void {
     const n = native();
-    let poll = 0;
-    let closed = false;
-    const close = () => {
-      if (closed) return;
-      closed = true;
-      if (poll) n.pollStop(poll);
-      poll = 0;
-      try { n.closeFd(fd); } catch { /* already gone */ }
-      this.end();
-    };
-    const onReadable = () => {
-      while (poll && !closed) {
-        const buf = Buffer.allocUnsafe(FD_READ);
+    // Best effort: a pipe keeps its default size if the kernel refuses.
+    if (n.setPipeSize) n.setPipeSize(fd, PIPE_SIZE);
+    this.src = { fd, poll: 0, closed: false };
+    this.pauseSource = () => { this.srcPaused = true; this.watch(); };
+    this.resumeSource = () => { this.srcPaused = false; this.watch(); };
+    this.watch();
+  }
+
+  /**
+   * The watcher runs only while someone wants the fd: the agent's own reads
+   * (no splice reader, not paused) or a splice reader waiting for data.
+   * Stopped otherwise — a hung-up pipe would wake it in a loop.
+   */
+  private watch(): void {
+    const s = this.src;
+    if (!s || s.closed) return;
+    const want = this.splicing ? this.spliceWaiting : !this.srcPaused;
+    const n = native();
+    if (want && !s.poll) s.poll = n.pollStart(s.fd, POLL_READ, () => this.onReadable());
+    else if (!want && s.poll) {
+      n.pollStop(s.poll);
+      s.poll = 0;
+    }
+  }
+
+  private closeSrc(): void {
+    const s = this.src;
+    if (!s || s.closed) return;
+    s.closed = true;
+    const n = native();
+    if (s.poll) n.pollStop(s.poll);
+    s.poll = 0;
+    try { n.closeFd(s.fd); } catch { /* already gone */ }
+    this.end();
+  }
+
+  private onReadable(): void {
+    const s = this.src;
+    if (!s || s.closed) return;
+    if (this.splicing) {
+      // The splice reader takes the bytes: just wake it.
+      this.spliceWaiting = false;
+      this.watch();
+      this.notify();
+      return;
+    }
+    const n = native();
+    while (s.poll && !s.closed && !this.splicing) {
+      // Read exactly what is waiting (FIONREAD) into a buffer of that
+      // size: one read per wake, no slack, no copy of a short read.
+      const waiting = n.pipeAvailable ? n.pipeAvailable(s.fd) : -1;
+      const want = waiting > 0 ? Math.min(waiting, READ_MAX) : FD_READ;
+      const buf = Buffer.allocUnsafe(want);
+      let r: number;
+      try {
+        r = n.readFd(s.fd, buf, 0, want);
+      } catch {
+        this.closeSrc();
+        return;
+      }
+      if (r < 0) return; // EAGAIN: wait for the watcher
+      if (r === 0) {
+        this.closeSrc(); // every writer closed it: end of output
+        return;
+      }
+      this.push(r === want ? buf : r >= want / 2 ? buf.subarray(0, r) : Buffer.from(buf.subarray(0, r)));
+      // All that was waiting is taken: the (level-triggered) watcher calls
+      // again when there is more, so no extra read just to see EAGAIN.
+      if (r === waiting) return;
+    }
+  }
+
+  /**
+   * Like readChunks(), but when nothing is held in memory and the source is
+   * a pipe's fd (and the addon can splice), the bytes waiting in the pipe
+   * (at most `max`) as a SpliceSource for the caller to move before it
+   * calls again. From the first call until endSplice() the agent reads
+   * nothing from the fd itself.
+   */
+  async readSpliceable(max = READ_MAX, signal?: AbortSignal): Promise<Buffer[] | SpliceSource | null> {
+    const n = native();
+    const s = this.src;
+    if (!s || !n.spliceFd || !n.pipeAvailable) return this.readChunks(max, signal);
+    this.splicing = true;
+    this.spliceWaiting = false;
+    this.watch();
+    for (;;) {
+      if (signal?.aborted) return null;
+      if (this.chunks.length) return this.takeChunks(max);
+      if (this.ended) return null;
+      if (!s.closed) {
+        const waiting = n.pipeAvailable(s.fd);
+        if (waiting > 0) return this.spliceSource(s.fd, Math.min(waiting, max));
+        // Nothing waiting: every writer gone (read gives 0), or not yet.
+        const one = Buffer.allocUnsafe(1);
         let r: number;
         try {
-          r = n.readFd(fd, buf, 0, FD_READ);
+          r = waiting < 0 ? 0 : n.readFd(s.fd, one, 0, 1);
         } catch {
-          close();
-          return;
+          r = 0;
         }
-        if (r < 0) return; // EAGAIN: wait for the watcher
-        if (r === 0) {
-          close(); // every writer closed it: end of output
-          return;
+        if (r === 0) this.closeSrc();
+        else if (r > 0) this.push(one); // arrived just now: in order, before what follows
+        else {
+          this.spliceWaiting = true;
+          this.watch();
         }
-        // A short read keeps a right-sized copy, not a mostly empty 64 KiB buffer.
-        this.push(r === FD_READ ? buf : r >= FD_READ / 2 ? buf.subarray(0, r) : Buffer.from(buf.subarray(0, r)));
+        if (r >= 0) continue;
       }
+      await new Promise<void>((r) => (this.wake = r));
+    }
+  }
+
+  /** The splice reader is gone: the agent reads the fd itself again. */
+  endSplice(): void {
+    if (!this.splicing) return;
+    this.splicing = false;
+    this.spliceWaiting = false;
+    this.watch();
+  }
+
+  private spliceSource(fd: number, length: number): SpliceSource {
+    return {
+      fd,
+      length,
+      read: () => {
+        // The bytes are in the pipe and nobody else reads it: one read takes them.
+        const b = Buffer.allocUnsafe(length);
+        let got = 0;
+        while (got < length) {
+          const r = native().readFd(fd, b, got, length - got);
+          if (r <= 0) throw new Error(`output pipe: ${got} of ${length} waiting bytes read`);
+          got += r;
+        }
+        return b;
+      },
     };
-    // Paused = no watcher at all: a hung-up pipe would otherwise wake it in a loop.
-    this.pauseSource = () => {
-      if (poll) n.pollStop(poll);
-      poll = 0;
-    };
-    this.resumeSource = () => {
-      if (poll || closed) return;
-      poll = n.pollStart(fd, POLL_READ, onReadable);
-      onReadable();
-    };
-    poll = n.pollStart(fd, POLL_READ, onReadable);
   }
 
   push(b: Buffer): void {

@@ -23,7 +23,7 @@ import { Code } from '../protocols/ttrpc/codes';
 import { EncodedMessage, RpcServer, type CallContext, type RpcMethod, type RpcStatus } from '../protocols/ttrpc/rpc-server';
 import type { AgentError } from './container';
 import type { AgentSandbox } from './sandbox';
-import type { OutputPipe } from './output';
+import type { OutputPipe, SpliceSource } from './output';
 import { PolicyGate } from './policy';
 
 export type UnaryHandler = (req: any, ctx: CallContext) => Promise<unknown>;
@@ -51,21 +51,23 @@ export function agentStatus(err: unknown): RpcStatus {
  * agent stdout). The tag is taken from the codec itself, so it follows
  * proto/agent.proto.
  */
-function readStreamMessage(): (chunks: Buffer[]) => EncodedMessage {
+function readStreamMessage(): (out: Buffer[] | SpliceSource) => EncodedMessage {
   const probe = agentMethods().get('ReadStdout')!.encodeResponse({ data: Buffer.from([0x55]) });
   const tag = probe.subarray(0, probe.length - 2);
   if (probe[probe.length - 2] !== 1 || probe[probe.length - 1] !== 0x55) throw new KataError('internal', 'ReadStreamResponse is not a single bytes field');
-  return (chunks) => {
-    let n = chunks.reduce((t, c) => t + c.length, 0);
+  return (out) => {
+    let n = Array.isArray(out) ? out.reduce((t, c) => t + c.length, 0) : out.length;
     const len: number[] = [];
     while (n > 127) { len.push((n & 0x7f) | 0x80); n >>>= 7; }
     len.push(n);
-    return new EncodedMessage([Buffer.concat([tag, Buffer.from(len)]), ...chunks]);
+    const prefix = Buffer.concat([tag, Buffer.from(len)]);
+    // Bytes still in the pipe go as the message's tail: spliced by the connection.
+    return Array.isArray(out) ? new EncodedMessage([prefix, ...out]) : new EncodedMessage([prefix], out);
   };
 }
 
 function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['process']>) => OutputPipe): StreamHandler {
-  let message: ((chunks: Buffer[]) => EncodedMessage) | undefined;
+  let message: ((out: Buffer[] | SpliceSource) => EncodedMessage) | undefined;
   return async function* (req: api.ProcessRef, ctx: CallContext) {
     const pipe = pick(sb.process(req));
     message ??= readStreamMessage();
@@ -75,12 +77,15 @@ function streamOutput(sb: AgentSandbox, pick: (p: ReturnType<AgentSandbox['proce
     ctx.signal.addEventListener('abort', onAbort);
     try {
       for (;;) {
-        const chunks = await pipe.readChunks(undefined, ctx.signal);
-        if (ctx.signal.aborted || chunks === null) return;
-        yield message(chunks);
+        // The server has sent the previous message (and spliced its tail)
+        // before it asks for the next.
+        const out = await pipe.readSpliceable(undefined, ctx.signal);
+        if (ctx.signal.aborted || out === null) return;
+        yield message(out);
       }
     } finally {
       ctx.signal.removeEventListener('abort', onAbort);
+      pipe.endSplice();
     }
   };
 }

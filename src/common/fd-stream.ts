@@ -13,12 +13,17 @@ const READ_CHUNK = 64 * 1024;
 const POLL_READ = 1;
 const POLL_WRITE = 2;
 
+/** On the zero-length chunk writeSplice() queues: the pipe and byte count to splice in its place. */
+const SPLICE = Symbol('splice');
+interface SpliceItem { fd: number; length: number }
+type Chunk = Buffer & { [SPLICE]?: SpliceItem };
+
 export class FdStream extends Duplex {
   private readonly n: NativeAddon;
   private poll = 0;
   private wantRead = false;
-  /** What is being written: `bufs` in order, from bufs[i] at offset off. */
-  private pendingWrite: { bufs: Buffer[]; i: number; off: number; cb: (e?: Error | null) => void } | undefined;
+  /** What is being written: `bufs` in order, from bufs[i] at offset off (a splice item: bytes moved). */
+  private pendingWrite: { bufs: Chunk[]; i: number; off: number; cb: (e?: Error | null) => void } | undefined;
   private fdClosed = false;
 
   constructor(readonly fd: number) {
@@ -74,6 +79,13 @@ export class FdStream extends Duplex {
     try {
       for (; w.i < w.bufs.length; w.i++, w.off = 0) {
         const buf = w.bufs[w.i]!;
+        const sp = buf[SPLICE];
+        while (sp && w.off < sp.length) {
+          const r = this.n.spliceFd!(sp.fd, this.fd, sp.length - w.off);
+          if (r < 0) { this.interest(); return; }
+          if (r === 0) throw new Error(`splice: the pipe ended ${sp.length - w.off} bytes short`);
+          w.off += r;
+        }
         while (w.off < buf.length) {
           const r = this.n.writeFd(this.fd, buf, w.off, buf.length - w.off);
           if (r < 0) { this.interest(); return; }
@@ -104,8 +116,23 @@ export class FdStream extends Duplex {
     // Big chunks (agent stdout: up to 1 MiB of 64 KiB reads queued behind a
     // full vsock) go one write each: joining them would copy them all, which
     // under TCG costs more than the writes it saves.
-    this.pendingWrite = { bufs: total <= 64 * 1024 && bufs.length > 1 ? [Buffer.concat(bufs)] : bufs, i: 0, off: 0, cb };
+    const join = total <= 64 * 1024 && bufs.length > 1 && !bufs.some((b) => (b as Chunk)[SPLICE]);
+    this.pendingWrite = { bufs: join ? [Buffer.concat(bufs)] : bufs, i: 0, off: 0, cb };
     this.flushWrite();
+  }
+
+  /**
+   * Moves `length` bytes waiting in the pipe `fd` into this socket with
+   * splice(2), after everything written before and before anything written
+   * after (it is queued as a zero-length chunk that carries the request).
+   * `cb` once all of them went. Container stdout takes this path in the
+   * agent (src/agent/output.ts): the bytes never enter JavaScript.
+   */
+  writeSplice(fd: number, length: number, cb: (err?: Error | null) => void): boolean {
+    if (!this.n.spliceFd) throw new Error('writeSplice: the native addon has no spliceFd');
+    const marker = Buffer.alloc(0) as Chunk;
+    marker[SPLICE] = { fd, length };
+    return this.write(marker, cb);
   }
 
   override _final(cb: (e?: Error | null) => void): void {

@@ -56,14 +56,39 @@ export interface RpcServerOptions {
 }
 
 /**
+ * Bytes waiting in a pipe that end a streamed message: moved into the
+ * connection with splice(2) when it can (SpliceWriter), else read().
+ */
+export interface SpliceTail {
+  readonly fd: number;
+  readonly length: number;
+  read(): Buffer;
+}
+
+/**
+ * A connection that can move a pipe's bytes into itself in the kernel, in
+ * order with what was written before (src/common/fd-stream.ts); `cb` once
+ * all `length` bytes went, or with the error that ended it.
+ */
+export interface SpliceWriter {
+  writeSplice(fd: number, length: number, cb: (err?: Error | null) => void): boolean;
+}
+
+function canSplice(c: Duplex): c is Duplex & SpliceWriter {
+  return typeof (c as Partial<SpliceWriter>).writeSplice === 'function';
+}
+
+/**
  * A streamed message already encoded, as the buffers that make it up in
  * order: the server writes them one by one after the frame header, so a
- * large payload (container stdout) is never copied into one buffer.
+ * large payload (container stdout) is never copied into one buffer. A
+ * `tail` (container stdout waiting in its pipe) follows them without
+ * passing through JavaScript at all.
  */
 export class EncodedMessage {
   readonly length: number;
-  constructor(readonly parts: Buffer[]) {
-    this.length = parts.reduce((n, p) => n + p.length, 0);
+  constructor(readonly parts: Buffer[], readonly tail?: SpliceTail) {
+    this.length = parts.reduce((n, p) => n + p.length, 0) + (tail?.length ?? 0);
   }
 }
 
@@ -175,10 +200,22 @@ export class RpcServer {
           head.writeUInt8(0, 9);
           // The header goes out with a small first part (the message's
           // prefix bytes): on vsock each write is a packet.
-          const [first, ...rest] = msg.parts;
+          const tail = msg.tail;
+          const parts = tail && !canSplice(c) ? [...msg.parts, tail.read()] : msg.parts;
+          const [first, ...rest] = parts;
           const joinFirst = first !== undefined && first.length <= 64;
           more = !c.destroyed && c.write(joinFirst ? Buffer.concat([head, first]) : head);
-          for (const p of joinFirst ? rest : msg.parts) more = !c.destroyed && c.write(p);
+          for (const p of joinFirst ? rest : parts) more = !c.destroyed && c.write(p);
+          if (tail && canSplice(c) && !c.destroyed) {
+            // The pipe's bytes must be gone before the source is asked
+            // again: wait for this write itself, not just for room.
+            await new Promise<void>((resolve) => {
+              const done = () => { c.off('close', done); resolve(); };
+              c.on('close', done);
+              c.writeSplice(tail.fd, tail.length, done);
+            });
+            continue;
+          }
         } else {
           more = send(streamId, FrameType.Data, 0, m.encodeResponse(msg));
         }

@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { OutputPipe } from '../../../src/agent/output';
+import { OutputPipe, PIPE_SIZE } from '../../../src/agent/output';
 import { spawn } from 'node:child_process';
 import { OutputFifos } from '../../../src/agent/process';
 import { CrunRuntime, crunStatusPid } from '../../../src/agent/oci-runtime';
@@ -239,6 +239,121 @@ describe('unit: agent stdout path and start helpers', function () {
       expect(Buffer.concat(got).equals(Buffer.concat(parts))).to.equal(true);
       a.destroy();
       b.destroy();
+    });
+  });
+
+  describe('spliced stdout (readSpliceable + FdStream.writeSplice)', () => {
+    const SERVICE = 'test.Splice';
+
+    /**
+     * A child writing `script`'s output into a FIFO, read by a stream method
+     * the way the agent's ReadStdout is (service.ts), served on an FdStream
+     * (unix socket fd, as the agent's vsock one) or a net.Socket; returns the
+     * payloads the client received and how many splice calls moved them.
+     */
+    async function stream(script: string, opts: { fdStream: boolean; readEarly?: boolean }): Promise<{ payload: Buffer; spliceCalls: number; messages: number }> {
+      const n = native();
+      const realSplice = n.spliceFd!;
+      let spliceCalls = 0;
+      n.spliceFd = (a, b, len) => { spliceCalls++; return realSplice(a, b, len); };
+      const fifos = OutputFifos.open(dir, 'sp');
+      const child = spawn('/bin/sh', ['-c', script], { stdio: fifos.stdio() });
+      fifos.closeChildEnds();
+      const out = new OutputPipe();
+      out.attachFd(fifos.stdoutRead);
+      // Let some output be read into memory before the reader comes.
+      if (opts.readEarly) await new Promise((r) => setTimeout(r, 300));
+      const methods = new Map<string, RpcMethod>([['Out', {
+        responseStream: true,
+        decodeRequest: (b) => b,
+        encodeResponse: () => Buffer.alloc(0),
+        handle: async function* (_req: unknown, ctx: { signal: AbortSignal }) {
+          try {
+            for (;;) {
+              const o = await out.readSpliceable(undefined, ctx.signal);
+              if (o === null) return;
+              yield Array.isArray(o) ? new EncodedMessage(o) : new EncodedMessage([], o);
+            }
+          } finally {
+            out.endSplice();
+          }
+        },
+      }]]);
+      const server = new RpcServer({ service: SERVICE, methods, status: (e) => ({ code: Code.Internal, message: String(e) }), maxLength: 4 << 20 });
+      const sock = path.join(dir, 'splice.sock');
+      fs.rmSync(sock, { force: true });
+      let lfd = -1;
+      let srv: net.Server | undefined;
+      if (opts.fdStream) lfd = n.unixListenNb(sock);
+      else {
+        srv = net.createServer((c) => server.serve(c));
+        await new Promise<void>((r) => srv!.listen(sock, () => r()));
+      }
+      const c = net.connect(sock);
+      if (opts.fdStream) {
+        let fd = -1;
+        while (fd < 0) { fd = n.acceptNb(lfd); if (fd < 0) await turn(); }
+        n.closeFd(lfd);
+        server.serve(new FdStream(fd));
+      }
+      const reader = new FrameReader(4 << 20);
+      const got: Buffer[] = [];
+      let messages = 0;
+      await new Promise<void>((resolve) => {
+        c.on('data', (d: Buffer) => {
+          for (const f of reader.push(d) as Frame[]) {
+            if (f.payload.length) { got.push(f.payload); messages++; }
+            if (f.type === FrameType.Response || (f.flags & FLAG_REMOTE_CLOSED)) resolve();
+          }
+        });
+        c.on('close', () => resolve());
+        c.write(encodeFrame(1, FrameType.Request, FLAG_REMOTE_CLOSED, encodeRequest({ service: SERVICE, method: 'Out', payload: Buffer.alloc(0) })));
+      });
+      c.destroy();
+      server.close();
+      if (srv) await new Promise<void>((r) => srv!.close(() => r()));
+      await new Promise((r) => (child.exitCode === null ? child.on('exit', r) : r(null)));
+      n.spliceFd = realSplice;
+      fs.rmSync(sock, { force: true });
+      return { payload: Buffer.concat(got), spliceCalls, messages };
+    }
+
+    const expected = (k: number) => Buffer.concat(Array.from({ length: k }, (_, i) => Buffer.from(`${i}\n`)));
+
+    it('moves a FIFO\'s bytes into an FdStream with splice, all of them, in order, then ends the stream', async () => {
+      const r = await stream('seq 0 299999', { fdStream: true });
+      expect(r.payload.equals(expected(300000))).to.equal(true);
+      expect(r.spliceCalls).to.be.greaterThan(0);
+    });
+
+    it('sends what was read into memory before the reader came first, then splices the rest', async () => {
+      const r = await stream('seq 0 9999; sleep 0.5; seq 10000 299999', { fdStream: true, readEarly: true });
+      expect(r.payload.equals(expected(300000))).to.equal(true);
+      expect(r.spliceCalls).to.be.greaterThan(0);
+      expect(r.messages).to.be.greaterThan(1);
+    });
+
+    it('reads the waiting bytes instead on a connection that cannot splice (a net.Socket)', async () => {
+      const r = await stream('seq 0 299999', { fdStream: false });
+      expect(r.payload.equals(expected(300000))).to.equal(true);
+      expect(r.spliceCalls).to.equal(0);
+    });
+
+    it('ends at once for a child that writes nothing', async () => {
+      const r = await stream('true', { fdStream: true });
+      expect(r.payload.length).to.equal(0);
+    });
+
+    it('grows the pipe to PIPE_SIZE so one read can take a whole 1 MiB write', () => {
+      const fifos = OutputFifos.open(dir, 'sz');
+      try {
+        expect(native().setPipeSize!(fifos.stdoutRead, PIPE_SIZE)).to.equal(PIPE_SIZE);
+        const big = Buffer.alloc(PIPE_SIZE, 7);
+        expect(fs.writeSync(fifos.stdoutWrite, big)).to.equal(PIPE_SIZE);
+        expect(native().pipeAvailable!(fifos.stdoutRead)).to.equal(PIPE_SIZE);
+      } finally {
+        fifos.closeAll();
+      }
     });
   });
 
