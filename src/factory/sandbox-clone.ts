@@ -55,10 +55,16 @@ export interface CloneIdentityAgent {
   setGuestDateTime(sec: number, usec: number): Promise<unknown>;
 }
 
-/** Reseeds the clone's RNG and sets its clock (the hostname comes with CreateSandbox). */
+/**
+ * Reseeds the clone's RNG and sets its clock (the hostname comes with
+ * CreateSandbox). Both requests go out at once (ttrpc multiplexes them on
+ * the one connection): they are independent, and under TCG each round trip
+ * to the guest costs tens of ms. Either failing fails the clone's start.
+ */
 export async function makeCloneUnique(agent: CloneIdentityAgent): Promise<void> {
-  await agent.reseedRandomDev(crypto.randomBytes(RESEED_BYTES));
-  // Last, so the time is as fresh as it can be when the guest sets it.
   const now = Date.now();
-  await agent.setGuestDateTime(Math.floor(now / 1000), (now % 1000) * 1000);
+  await Promise.all([
+    agent.reseedRandomDev(crypto.randomBytes(RESEED_BYTES)),
+    agent.setGuestDateTime(Math.floor(now / 1000), (now % 1000) * 1000),
+  ]);
 }
