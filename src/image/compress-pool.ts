@@ -1,14 +1,15 @@
 /**
  * The converter's worker threads (lz4-worker.ts): LZ4 compression of new
- * chunks and sha256 of whole layers, while the main thread parses tar,
- * hashes chunks and writes blobs — on a 2-core host the main thread and one
- * worker already keep both cores busy.
+ * chunks, and (one extra thread) sha256 of layers as they stream by, while
+ * the main thread reads, parses tar, hashes chunks and writes blobs — on a
+ * 2-core host the main thread and one compressing worker already keep both
+ * cores busy.
  *
- * Layer bytes held in a SharedArrayBuffer (what oci-source.ts readShared()
- * reads layers into) are shared with the workers once; a chunk is
- * then sent as (layer, offset, length) and never copied on the way in. A
+ * A SharedArrayBuffer (the converter's read ring, layer-stream.ts, or a
+ * layer held whole) is shared with the workers once; a chunk is then sent
+ * as (buffer number, offset, length) and never copied on the way in. A
  * buffer that is not shared is copied into a transferred ArrayBuffer.
- * Each job goes to the worker with the fewest jobs in flight.
+ * Each compression job goes to the worker with the fewest jobs in flight.
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -30,8 +31,14 @@ export class CompressPool {
   private nextId = 0;
   private failed: Error | null = null;
 
-  constructor(count: number, chunkSize: number) {
-    this.workers = Array.from({ length: count }, () => new Worker(path.join(__dirname, 'lz4-worker.js'), { workerData: { chunkSize } }));
+  /**
+   * count compressing workers, plus one more (the last) that only hashes
+   * streamed layers: a read slice is acked as soon as it is hashed, not
+   * after the compression jobs queued before it (the reader waits for
+   * those acks to reuse its slices).
+   */
+  constructor(private readonly count: number, chunkSize: number) {
+    this.workers = Array.from({ length: count + 1 }, () => new Worker(path.join(__dirname, 'lz4-worker.js'), { workerData: { chunkSize } }));
     this.inFlight = this.workers.map(() => 0);
     this.workers.forEach((w, i) => {
       w.on('message', (m: PoolReply) => {
@@ -51,7 +58,7 @@ export class CompressPool {
     });
   }
 
-  get size(): number { return this.workers.length; }
+  get size(): number { return this.count; }
 
   /** Jobs submitted and not yet answered. */
   get pending(): number { return this.jobs.size; }
@@ -59,7 +66,7 @@ export class CompressPool {
   /** The least busy worker, and a job on it whose reply settles the returned promise. */
   private job(on?: number): { w: number; id: number; p: Promise<PoolReply> } {
     let w = on ?? 0;
-    if (on === undefined) for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[w]) w = i;
+    if (on === undefined) for (let i = 1; i < this.count; i++) if (this.inFlight[i] < this.inFlight[w]) w = i;
     const id = this.nextId++;
     const p = quiet(new Promise<PoolReply>((resolve, reject) => {
       if (this.failed) reject(this.failed); else this.jobs.set(id, { resolve, reject, worker: w });
@@ -134,7 +141,7 @@ export class CompressPool {
    * rejects (a failure is digest()'s). digest() ends the hash.
    */
   sha256Slices(): { update(bytes: Uint8Array): Promise<void>; digest(): Promise<string> } {
-    const { w, id: hid, p } = this.job();
+    const { w, id: hid, p } = this.job(this.count);
     this.workers[w].postMessage({ t: 'hash-begin', hid } satisfies PoolRequest);
     return {
       update: (bytes) => {
