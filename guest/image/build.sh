@@ -5,8 +5,9 @@
 #   /sbin/kata-init (PID 1, guest/init/kata-init.c, static), /sbin/kata-pty
 #   (debug console pty helper, guest/init/kata-pty.c), /usr/bin/node and
 #   its libraries, crun and its libraries, busybox (debug console), and the
-#   agent bundle at /opt/kata-ts (the agent as one esbuild file, the native
-#   addon, proto/agent.proto, and only the node_modules it loads: winston).
+#   agent bundle at /opt/kata-ts (the agent as one esbuild file, its V8
+#   startup snapshot made in a guest (agent-snapshot.sh), the native addon,
+#   proto/agent.proto, and only the node_modules it loads: winston).
 #   EROFS on virtio-blk rather than an initrd: nothing is unpacked at boot, the
 #   kernel reads only the pages Node actually touches (see README performance).
 # Default container rootfs: busybox-static with its applets, /etc/passwd and
@@ -77,6 +78,14 @@ if [ "${KATA_TS_AGENT_BUNDLE:-1}" = 0 ]; then
 elif [ -x "$esbuild" ] && "$esbuild" "$repo/dist/src/agent/boot.js" --bundle --platform=node --target=node20 \
      --external:'*.node' $(for p in $AGENT_PACKAGES; do printf -- '--external:%s ' "$p"; done) --log-level=error --outfile="$agent/dist/src/agent/boot.js" --allow-overwrite; then
   echo "image: agent bundled into one file ($(( $(stat -c %s "$agent/dist/src/agent/boot.js") / 1024 )) KiB, esbuild)"
+  # Its V8 startup snapshot, made in a guest (agent-snapshot.sh says why):
+  # the agent's modules are evaluated at build time instead of at each boot.
+  # KATA_TS_AGENT_SNAPSHOT=0 leaves it out (to compare).
+  if [ "${KATA_TS_AGENT_SNAPSHOT:-1}" != 0 ]; then
+    bash "$here/agent-snapshot.sh" "$stage" "$cache" || echo "image: agent snapshot failed, the agent loads its bundle instead"
+  else
+    echo "image: agent snapshot off (KATA_TS_AGENT_SNAPSHOT=0)"
+  fi
 else
   echo "image: esbuild unavailable or failed: the agent loads its module files one by one (slower boot)"
 fi
