@@ -15,11 +15,22 @@
  * the agent's own `agent.debug_console` gate would be the only policy.
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import { agentClientConstructor, agentServiceDefinition } from '../protocols/agent-api';
 import { AgentClient } from './agent-client';
-import { ctlProxyHandlers, type CtlProxyOptions } from './ctl-proxy';
+import type { CtlProxyOptions } from './ctl-proxy';
+
+/**
+ * grpc-js is loaded on first use, not with this module (issue 13): the
+ * owner of every sandbox serves ctl.sock, but kata-ctl seldom calls, and
+ * grpc-js with a Server is ~2.3 MiB of V8 heap and ~5 MiB of anonymous
+ * memory in a bare node (README "Memory density").
+ */
+function grpcJs(): typeof grpc {
+  return require('@grpc/grpc-js') as typeof grpc;
+}
 
 export const CTL_SOCKET_NAME = 'ctl.sock';
 
@@ -32,27 +43,77 @@ export interface CtlChannel {
   close(): Promise<void>;
 }
 
-/** Owner side: serve kata-ctl on the sandbox's ctl socket. */
+/**
+ * Owner side: serve kata-ctl on the sandbox's ctl socket. ctl.sock is a
+ * plain unix listener; the gRPC server (grpc-js and the proxy handlers) is
+ * started on the first connection, on `ctl.sock.grpc` beside it, and every
+ * ctl.sock connection is piped to it — kata-ctl sees the same gRPC service.
+ */
 export async function serveCtlChannel(sandboxDir: string, agent: AgentClient, opts: CtlProxyOptions): Promise<CtlChannel> {
   const socket = ctlSocketPath(sandboxDir);
+  const inner = `${socket}.grpc`;
   fs.rmSync(socket, { force: true });
-  const server = new grpc.Server();
-  server.addService(agentServiceDefinition(), ctlProxyHandlers(agent, opts));
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix:${socket}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
+  fs.rmSync(inner, { force: true });
+  let server: grpc.Server | undefined;
+  let started: Promise<void> | undefined;
+  const conns = new Set<net.Socket>();
+  const startGrpc = (): Promise<void> => (started ??= (async () => {
+    const g = grpcJs();
+    const { ctlProxyHandlers } = require('./ctl-proxy') as typeof import('./ctl-proxy');
+    const srv = new g.Server();
+    srv.addService(agentServiceDefinition(), ctlProxyHandlers(agent, opts));
+    server = srv;
+    await new Promise<void>((resolve, reject) =>
+      srv.bindAsync(`unix:${inner}`, g.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())));
+    fs.chmodSync(inner, 0o600);
+  })());
+  const front = net.createServer((c) => {
+    conns.add(c);
+    c.on('close', () => conns.delete(c));
+    c.on('error', () => c.destroy());
+    c.pause();
+    startGrpc().then(() => {
+      if (c.destroyed) return;
+      const up = net.createConnection(inner);
+      conns.add(up);
+      up.on('close', () => { conns.delete(up); c.destroy(); });
+      up.on('error', () => c.destroy());
+      c.on('close', () => up.destroy());
+      c.pipe(up);
+      up.pipe(c);
+      c.resume();
+    }, () => c.destroy());
+  });
+  await new Promise<void>((resolve, reject) => {
+    front.once('error', reject);
+    front.listen(socket, () => {
+      front.off('error', reject);
+      resolve();
+    });
+  });
   fs.chmodSync(socket, 0o600);
   let closed: Promise<void> | undefined;
   return {
     socket,
-    close: () => (closed ??= new Promise<void>((resolve) => {
-      // Give in-flight calls a moment, then cut streams (an open console).
-      const force = setTimeout(() => server.forceShutdown(), 1000);
-      server.tryShutdown(() => {
-        clearTimeout(force);
-        fs.rmSync(socket, { force: true });
-        resolve();
-      });
-    })),
+    close: () => (closed ??= (async () => {
+      // Stop listening now; the callback would wait for open connections (closed below).
+      front.close();
+      await started?.catch(() => undefined);
+      if (server) {
+        const srv = server;
+        await new Promise<void>((resolve) => {
+          // Give in-flight calls a moment, then cut streams (an open console).
+          const force = setTimeout(() => srv.forceShutdown(), 1000);
+          srv.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        });
+      }
+      for (const c of conns) c.destroy();
+      fs.rmSync(socket, { force: true });
+      fs.rmSync(inner, { force: true });
+    })()),
   };
 }
 
@@ -65,6 +126,7 @@ export function dialSandboxAgent(sandboxDir: string): AgentClient | undefined {
 
 /** A gRPC AgentService client on a plain unix socket (no vsock handshake). */
 export function dialUnixAgent(socket: string): grpc.Client {
-  const Ctor = agentClientConstructor(grpc);
-  return new Ctor(`unix:${socket}`, grpc.credentials.createInsecure(), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
+  const g = grpcJs();
+  const Ctor = agentClientConstructor(g);
+  return new Ctor(`unix:${socket}`, g.credentials.createInsecure(), { 'grpc.max_receive_message_length': 16 * 1024 * 1024 });
 }
