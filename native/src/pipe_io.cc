@@ -8,6 +8,7 @@
 #include <napi.h>
 #include <cerrno>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 #include "errors.h"
@@ -49,10 +50,60 @@ Napi::Value SpliceFd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// spliceAsync(fromFd, toFd, length, cancel: Int32Array(1), cb(err, moved))
+// moves all `length` bytes on a libuv pool thread: splice what the socket
+// takes, poll() for room, again — so a stream held back by the peer's
+// credit (vsock sends a credit update every 64 KiB the host reads) costs
+// the JS thread one callback per message instead of one wake per update.
+// cancel[0] != 0 stops it within 50 ms (cb gets ECANCELED); the caller
+// keeps both fds open until cb. A pipe that ends early is an error (EPIPE).
+class SpliceWorker : public Napi::AsyncWorker {
+ public:
+  SpliceWorker(Napi::Function cb, int from, int to, size_t len, Napi::Int32Array cancel)
+      : Napi::AsyncWorker(cb), from_(from), to_(to), len_(len), cancel_(cancel.Data()) {
+    cancelRef_ = Napi::Persistent(cancel.As<Napi::Object>());
+  }
+  void Execute() override {
+    while (done_ < len_) {
+      if (__atomic_load_n(cancel_, __ATOMIC_ACQUIRE) != 0) { err_ = ECANCELED; return; }
+      ssize_t n = splice(from_, nullptr, to_, nullptr, len_ - done_, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+      if (n > 0) { done_ += static_cast<size_t>(n); continue; }
+      if (n == 0) { err_ = EPIPE; return; }
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) { err_ = errno; return; }
+      pollfd p{to_, POLLOUT, 0};
+      if (poll(&p, 1, 50) < 0 && errno != EINTR) { err_ = errno; return; }
+      if (p.revents & POLLNVAL) { err_ = EBADF; return; }
+    }
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_) Callback().Call({SyscallError(env, "splice", err_).Value(), Napi::Number::New(env, static_cast<double>(done_))});
+    else Callback().Call({env.Null(), Napi::Number::New(env, static_cast<double>(done_))});
+  }
+
+ private:
+  int from_, to_;
+  size_t len_, done_ = 0;
+  int32_t* cancel_;
+  Napi::ObjectReference cancelRef_;
+  int err_ = 0;
+};
+
+Napi::Value SpliceAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Int32Array cancel = info[3].As<Napi::Int32Array>();
+  if (cancel.ElementLength() < 1) { Napi::RangeError::New(env, "spliceAsync: cancel flag").ThrowAsJavaScriptException(); return env.Null(); }
+  auto* w = new SpliceWorker(info[4].As<Napi::Function>(), Fd(info[0]), Fd(info[1]), info[2].As<Napi::Number>().Uint32Value(), cancel);
+  w->Queue();
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitPipeIo(Napi::Env env, Napi::Object exports) {
   exports.Set("setPipeSize", Napi::Function::New(env, SetPipeSize));
   exports.Set("pipeAvailable", Napi::Function::New(env, PipeAvailable));
   exports.Set("spliceFd", Napi::Function::New(env, SpliceFd));
+  exports.Set("spliceAsync", Napi::Function::New(env, SpliceAsync));
 }

@@ -25,6 +25,8 @@ export class FdStream extends Duplex {
   /** What is being written: `bufs` in order, from bufs[i] at offset off (a splice item: bytes moved). */
   private pendingWrite: { bufs: Chunk[]; i: number; off: number; cb: (e?: Error | null) => void } | undefined;
   private fdClosed = false;
+  /** A splice item handed to a pool thread (spliceAsync): its cancel flag; the fd stays open until it is back. */
+  private spliceCancel: Int32Array | undefined;
 
   constructor(readonly fd: number) {
     super({ allowHalfOpen: true });
@@ -34,11 +36,11 @@ export class FdStream extends Duplex {
 
   private interest(): void {
     if (this.fdClosed) return;
-    this.n.pollUpdate(this.poll, (this.wantRead ? POLL_READ : 0) | (this.pendingWrite ? POLL_WRITE : 0));
+    this.n.pollUpdate(this.poll, (this.wantRead ? POLL_READ : 0) | (this.pendingWrite && !this.spliceCancel ? POLL_WRITE : 0));
   }
 
   private onPoll(ev: number): void {
-    if (this.pendingWrite && (ev & (POLL_WRITE | 4))) this.flushWrite();
+    if (this.pendingWrite && !this.spliceCancel && (ev & (POLL_WRITE | 4))) this.flushWrite();
     if (this.wantRead && (ev & (POLL_READ | 4))) this.readSome();
   }
 
@@ -75,13 +77,14 @@ export class FdStream extends Duplex {
 
   private flushWrite(): void {
     const w = this.pendingWrite;
-    if (!w || this.fdClosed) return;
+    if (!w || this.fdClosed || this.spliceCancel) return;
     try {
       for (; w.i < w.bufs.length; w.i++, w.off = 0) {
         const buf = w.bufs[w.i]!;
         const sp = buf[SPLICE];
         while (sp && w.off < sp.length) {
           const r = this.n.spliceFd!(sp.fd, this.fd, sp.length - w.off);
+          if (r < 0 && this.n.spliceAsync) return this.spliceOffThread(sp, w);
           if (r < 0) { this.interest(); return; }
           if (r === 0) throw new Error(`splice: the pipe ended ${sp.length - w.off} bytes short`);
           w.off += r;
@@ -101,6 +104,36 @@ export class FdStream extends Duplex {
     this.pendingWrite = undefined;
     this.interest();
     w.cb();
+  }
+
+  /**
+   * The rest of a splice item on a pool thread: the socket is full (vsock:
+   * out of the host's credit), and waking this thread for every credit
+   * update (one per 64 KiB the host reads) cost the agent more than moving
+   * the bytes. Back here once all went (or on error / cancel).
+   */
+  private spliceOffThread(sp: SpliceItem, w: NonNullable<FdStream['pendingWrite']>): void {
+    const cancel = new Int32Array(1);
+    this.spliceCancel = cancel;
+    this.interest();
+    this.n.spliceAsync!(sp.fd, this.fd, sp.length - w.off, cancel, (err, moved) => {
+      this.spliceCancel = undefined;
+      if (this.fdClosed) {
+        // Destroyed meanwhile: the fd waited for this thread to let go of it.
+        try { this.n.closeFd(this.fd); } catch { /* already gone */ }
+        this.pendingWrite = undefined;
+        w.cb(err ?? new Error('FdStream destroyed during splice'));
+        return;
+      }
+      w.off += moved;
+      if (err) {
+        this.pendingWrite = undefined;
+        this.interest();
+        w.cb(err);
+        return;
+      }
+      this.flushWrite();
+    });
   }
 
   /**
@@ -148,7 +181,20 @@ export class FdStream extends Duplex {
     if (!this.fdClosed) {
       this.fdClosed = true;
       this.n.pollStop(this.poll);
-      try { this.n.closeFd(this.fd); } catch { /* already gone */ }
+      if (this.spliceCancel) {
+        // A pool thread still splices into the fd: it stops within 50 ms
+        // and its callback closes the fd (closing it now could let the
+        // number be reused under that thread) and ends the write.
+        Atomics.store(this.spliceCancel, 0, 1);
+      } else {
+        try { this.n.closeFd(this.fd); } catch { /* already gone */ }
+        // A splice write waiting for room ends too: its writer waits for it.
+        const w = this.pendingWrite;
+        if (w?.bufs.some((b) => b[SPLICE])) {
+          this.pendingWrite = undefined;
+          w.cb(new Error('FdStream destroyed during splice'));
+        }
+      }
     }
     cb(err);
   }

@@ -73,6 +73,12 @@ export interface NativeAddon {
   setPipeSize?(fd: number, bytes: number): number;
   pipeAvailable?(fd: number): number;
   spliceFd?(fromFd: number, toFd: number, length: number): number;
+  /**
+   * All `length` bytes from a pipe into a non-blocking socket on a pool
+   * thread (splice, poll for room, again); cb(err, moved) once done.
+   * cancel[0] = 1 stops it within 50 ms. Keep both fds open until cb.
+   */
+  spliceAsync?(fromFd: number, toFd: number, length: number, cancel: Int32Array, cb: (err: Error | null, moved: number) => void): void;
   /** mmap(MAP_FIXED|MAP_SHARED) fd@fileOffset over buffer[offset, offset+length); page aligned. */
   mapFileOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number, readonly?: boolean): void;
   /** Puts anonymous zero pages back over buffer[offset, offset+length). */
@@ -81,8 +87,6 @@ export interface NativeAddon {
   fstatId(fd: number): { dev: number; ino: number; size: number };
   /** mincore(2): out[i] = 1 when page i of buffer[offset, offset+length) is resident; returns the count. */
   residentPages(buffer: ArrayBuffer, offset: number, length: number, out: Uint8Array): number;
-  /** malloc_trim(0): free pages inside glibc's arenas go back to the kernel (1 if any did). Optional: an addon built before it existed lacks it. */
-  mallocTrim?(): number;
   /** malloc_trim(0): free pages inside glibc's arenas go back to the kernel (1 if any did). Optional: an addon built before it existed lacks it. */
   mallocTrim?(): number;
 

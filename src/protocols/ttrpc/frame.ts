@@ -95,19 +95,40 @@ export class FrameReader {
   }
 
   private peek(n: number): Buffer {
-    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks)];
+    if (this.chunks[0]!.length < n) {
+      // Join only the reads the header spans, not everything buffered.
+      let k = 0;
+      for (let t = 0; t < n; k++) t += this.chunks[k]!.length;
+      this.chunks.splice(0, k, Buffer.concat(this.chunks.slice(0, k)));
+    }
     return this.chunks[0]!.subarray(0, n);
   }
 
   private take(n: number): Buffer {
     if (n === 0) return Buffer.alloc(0);
-    if (this.chunks[0]!.length < n) this.chunks = [Buffer.concat(this.chunks)];
-    const first = this.chunks[0]!;
-    const out = first.subarray(0, n);
-    if (first.length === n) this.chunks.shift();
-    else this.chunks[0] = first.subarray(n);
     this.buffered -= n;
-    // Copy so a small frame does not pin a large socket read buffer.
-    return Buffer.from(out);
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      // A frame that is (nearly) all of its read buffer is handed out as it
+      // is; a small one is copied so it does not pin a large read buffer.
+      return n >= first.length / 2 ? out : Buffer.from(out);
+    }
+    // Spread over several reads (a 1 MiB stdout message arrives in 64 KiB
+    // socket reads): copied once, straight into its own buffer, not joined
+    // with everything buffered and then copied again.
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const c = this.chunks[0]!;
+      const k = Math.min(c.length, n - off);
+      c.copy(out, off, 0, k);
+      off += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
+    return out;
   }
 }

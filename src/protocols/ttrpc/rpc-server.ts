@@ -68,7 +68,8 @@ export interface SpliceTail {
 /**
  * A connection that can move a pipe's bytes into itself in the kernel, in
  * order with what was written before (src/common/fd-stream.ts); `cb` once
- * all `length` bytes went, or with the error that ended it.
+ * all `length` bytes went, or with the error that ended it — always, also
+ * when the connection is destroyed, and only once it no longer reads the pipe.
  */
 export interface SpliceWriter {
   writeSplice(fd: number, length: number, cb: (err?: Error | null) => void): boolean;
@@ -208,12 +209,10 @@ export class RpcServer {
           for (const p of joinFirst ? rest : parts) more = !c.destroyed && c.write(p);
           if (tail && canSplice(c) && !c.destroyed) {
             // The pipe's bytes must be gone before the source is asked
-            // again: wait for this write itself, not just for room.
-            await new Promise<void>((resolve) => {
-              const done = () => { c.off('close', done); resolve(); };
-              c.on('close', done);
-              c.writeSplice(tail.fd, tail.length, done);
-            });
+            // again: wait for this write itself, not just for room — also
+            // when the connection closes (a SpliceWriter always calls back,
+            // once nothing reads the pipe for it any more).
+            await new Promise<void>((resolve) => c.writeSplice(tail.fd, tail.length, () => resolve()));
             continue;
           }
         } else {

@@ -251,11 +251,14 @@ describe('unit: agent stdout path and start helpers', function () {
      * (unix socket fd, as the agent's vsock one) or a net.Socket; returns the
      * payloads the client received and how many splice calls moved them.
      */
-    async function stream(script: string, opts: { fdStream: boolean; readEarly?: boolean }): Promise<{ payload: Buffer; spliceCalls: number; messages: number }> {
+    async function stream(script: string, opts: { fdStream: boolean; readEarly?: boolean; stallMs?: number; abort?: boolean }): Promise<{ payload: Buffer; spliceCalls: number; asyncCalls: number; messages: number; out: OutputPipe }> {
       const n = native();
       const realSplice = n.spliceFd!;
+      const realAsync = n.spliceAsync!;
       let spliceCalls = 0;
+      let asyncCalls = 0;
       n.spliceFd = (a, b, len) => { spliceCalls++; return realSplice(a, b, len); };
+      n.spliceAsync = (a, b, len, cancel, cb) => { asyncCalls++; return realAsync(a, b, len, cancel, cb); };
       const fifos = OutputFifos.open(dir, 'sp');
       const child = spawn('/bin/sh', ['-c', script], { stdio: fifos.stdio() });
       fifos.closeChildEnds();
@@ -308,14 +311,31 @@ describe('unit: agent stdout path and start helpers', function () {
         });
         c.on('close', () => resolve());
         c.write(encodeFrame(1, FrameType.Request, FLAG_REMOTE_CLOSED, encodeRequest({ service: SERVICE, method: 'Out', payload: Buffer.alloc(0) })));
+        // A host that stops reading: the socket fills, the splice goes to a pool thread.
+        if (opts.stallMs) {
+          c.pause();
+          // Until the splice went to a pool thread (or stallMs: then the assertion fails).
+          const t0 = Date.now();
+          const check = () => {
+            if (asyncCalls === 0 && Date.now() - t0 < opts.stallMs!) return void setTimeout(check, 10);
+            if (opts.abort) c.destroy();
+            else c.resume();
+          };
+          check();
+        }
       });
       c.destroy();
       server.close();
       if (srv) await new Promise<void>((r) => srv!.close(() => r()));
+      if (opts.abort) {
+        // The reader is gone: the agent reads the pipe itself again, so the child can finish.
+        while (!out.isEnded) await out.readChunks();
+      }
       await new Promise((r) => (child.exitCode === null ? child.on('exit', r) : r(null)));
       n.spliceFd = realSplice;
+      n.spliceAsync = realAsync;
       fs.rmSync(sock, { force: true });
-      return { payload: Buffer.concat(got), spliceCalls, messages };
+      return { payload: Buffer.concat(got), spliceCalls, asyncCalls, messages, out };
     }
 
     const expected = (k: number) => Buffer.concat(Array.from({ length: k }, (_, i) => Buffer.from(`${i}\n`)));
@@ -331,6 +351,18 @@ describe('unit: agent stdout path and start helpers', function () {
       expect(r.payload.equals(expected(300000))).to.equal(true);
       expect(r.spliceCalls).to.be.greaterThan(0);
       expect(r.messages).to.be.greaterThan(1);
+    });
+
+    it('finishes a splice on a pool thread when the socket is full, losing nothing', async () => {
+      const r = await stream('seq 0 599999', { fdStream: true, stallMs: 5000 });
+      expect(r.payload.equals(expected(600000))).to.equal(true);
+      expect(r.asyncCalls).to.be.greaterThan(0);
+    });
+
+    it('ends a splice held up by a full socket when the connection goes, and the agent reads the pipe again', async () => {
+      const r = await stream('seq 0 599999', { fdStream: true, stallMs: 5000, abort: true });
+      expect(r.asyncCalls).to.be.greaterThan(0);
+      expect(r.out.isEnded).to.equal(true);
     });
 
     it('reads the waiting bytes instead on a connection that cannot splice (a net.Socket)', async () => {

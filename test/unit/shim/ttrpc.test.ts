@@ -36,6 +36,21 @@ describe('unit: ttrpc framing', () => {
     expect(one).to.have.length(3);
   });
 
+  it('reassembles payloads spread over many reads byte for byte (header split too), and hands a whole-read frame out uncopied', () => {
+    const payloads = [Buffer.from('x'), Buffer.from(Array.from({ length: 200000 }, (_, i) => i % 251)), Buffer.alloc(0), Buffer.from('tail')];
+    const all = Buffer.concat(payloads.map((p, i) => encodeFrame(2 * i + 1, 3, 0, p)));
+    for (const size of [1, 3, 7, 4096, 65536]) {
+      const r = new FrameReader(1 << 20);
+      const got: Frame[] = [];
+      for (let o = 0; o < all.length; o += size) got.push(...(r.push(all.subarray(o, o + size)) as Frame[]));
+      expect(got.map((f) => f.payload.equals(payloads[(f.streamId - 1) / 2]!)), `reads of ${size}`).to.deep.equal([true, true, true, true]);
+      expect(r.pending).to.equal(0);
+    }
+    const one = encodeFrame(1, 3, 0, Buffer.alloc(100000, 9));
+    const f = new FrameReader(1 << 20).push(one)[0] as Frame;
+    expect(f.payload.buffer).to.equal(one.buffer);
+  });
+
   it('skips an oversize payload without buffering it and resynchronises after it', () => {
     const r = new FrameReader(16);
     const big = encodeFrame(1, 1, 0, Buffer.alloc(1000, 1));
