@@ -5,6 +5,13 @@
  * memoryN/state — as Kata's agent does. A hot-added vCPU appears a moment
  * after the ACPI event, so with `wait` the agent retries until nb_cpus were
  * onlined (5 s at most), then fails with how many it found.
+ *
+ * Memory: the runtime needs none of this (the guest kernel onlines DIMMs
+ * and virtio-mem blocks itself, memhp_default_state, and it calls with
+ * cpu_only); for a caller that does ask, a block that may go to
+ * ZONE_MOVABLE (its valid_zones lists Movable) is onlined there, so it can
+ * be emptied and unplugged again — 'online' would put it in ZONE_NORMAL,
+ * where kernel allocations pin it and a virtio-mem shrink fails.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -44,7 +51,9 @@ function onlineMemory(sys: string): number {
     const f = path.join(dir, n, 'state');
     try {
       if (fs.readFileSync(f, 'utf8').trim() !== 'offline') continue;
-      fs.writeFileSync(f, 'online');
+      let zones = '';
+      try { zones = fs.readFileSync(path.join(dir, n, 'valid_zones'), 'utf8'); } catch { /* older kernels: no such file */ }
+      fs.writeFileSync(f, /\bMovable\b/.test(zones) ? 'online_movable' : 'online');
       done++;
     } catch { /* a block that cannot go online stays offline */ }
   }

@@ -24,14 +24,15 @@
  *     2026-11-30). Without a balloon the DIMMs stay plugged, with a
  *     warning. A DIMM once plugged is reused before plugging another.
  *
- * vCPUs: device_add / device_del. Every DIMM is one more region in the memory table QEMU sends our
+ * Every DIMM is one more region in the memory table QEMU sends our
  * vhost-user backends (they keep running across it, src/vhost-user); QEMU
  * allows 8 regions without CONFIGURE_MEM_SLOTS, boot RAM takes some, so
  * each growth plugs one DIMM of the whole difference (a refused plug is one
- * ResizeError).
+ * ResizeError). The virtio-mem device is one region from boot: resizing it
+ * sends no new table.
  *
- * Under TCG vCPUs are not unplugged either (keepCpus: a vCPU unplug made
- * QEMU 7.2 crash at the next memory hotplug); they stay and are reused.
+ * vCPUs shrink by device_del, except under TCG (keepCpus: a vCPU unplug
+ * made QEMU 7.2 crash at the next DIMM hotplug); they stay and are reused.
  *
  * Sizing follows Kata: vCPUs = base + Σ ceil(quota / period), memory = base
  * + Σ limit, memory in 128 MiB steps (the x86 guest's memory block size, the
@@ -40,8 +41,8 @@
  *
  * Onlining in the guest: hotplugged memory comes up online by itself
  * (kernel parameter memhp_default_state=online for DIMMs, online_movable
- * with virtio-mem); hotplugged vCPUs are
- * onlined by the agent (Kata's OnlineCPUMem, src/agent/online-cpu-mem.ts).
+ * with virtio-mem); hotplugged vCPUs are onlined by the agent (Kata's
+ * OnlineCPUMem with cpu_only, src/agent/online-cpu-mem.ts).
  */
 import { KataError } from '../../common/errors';
 import { logger } from '../../common/log';

@@ -1,6 +1,7 @@
 /**
  * src/agent/online-cpu-mem (Kata's OnlineCPUMem) on a fake sysfs tree:
- * offline vCPUs and memory blocks are onlined, cpu0 (no online file) and
+ * offline vCPUs and memory blocks are onlined (movable where the block may
+ * be), cpu0 (no online file) and
  * online ones left alone, `wait` retries until a late vCPU appears and
  * times out with how many it found, bad counts refused.
  */
@@ -31,6 +32,15 @@ describe('agent: OnlineCPUMem', () => {
     expect(r).to.deep.equal({ cpus: 2, memoryBlocks: 2 });
     expect([read('devices/system/cpu/cpu2/online'), read('devices/system/cpu/cpu3/online'), read('devices/system/cpu/cpu10/online')]).to.deep.equal(['1', '1', '0']);
     expect(read('devices/system/memory/memory8/state')).to.equal('online');
+  });
+
+  it('onlines a block that may be movable into ZONE_MOVABLE (so it can be unplugged again), others plainly', async () => {
+    mem(8, 'offline'); mem(9, 'offline'); mem(10, 'offline');
+    fs.writeFileSync(path.join(sys, 'devices/system/memory/memory8/valid_zones'), 'Normal Movable\n');
+    fs.writeFileSync(path.join(sys, 'devices/system/memory/memory9/valid_zones'), 'Normal\n');
+    const r = await onlineCpuMem({ wait: false, nb_cpus: 0, cpu_only: false }, sys);
+    expect(r.memoryBlocks).to.equal(3);
+    expect([read('devices/system/memory/memory8/state'), read('devices/system/memory/memory9/state'), read('devices/system/memory/memory10/state')]).to.deep.equal(['online_movable', 'online', 'online']);
   });
 
   it('waits for a vCPU that appears late; times out naming the count', async () => {
