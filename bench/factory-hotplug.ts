@@ -7,6 +7,13 @@
  *
  *   node dist/bench/factory-hotplug.js [shares=0,2] [runs=1]
  *
+ * Environment: FH_VMLINUX=<vmlinux with symbols> samples the guest's RIP
+ * (HMP `info registers`) between startClone's return and the agent's
+ * answer and prints a histogram by kernel symbol; FH_ACPI_IRQ=1 boots the
+ * template without `acpi=noirq` (as before template format 4);
+ * FH_KPARAMS replaces `loglevel=8`; FH_IMAGE picks another guest image;
+ * FH_QEMU_ARGS adds QEMU arguments to the template and its clones.
+ *
  * Needs root (the template's tmpfs). Prints the timelines; writes nothing.
  */
 import * as fs from 'node:fs';
@@ -132,13 +139,24 @@ async function main(): Promise<void> {
   const probe = await probeKvm(qemu, runDir);
   const choice = chooseHypervisor('qemu', 'auto', probe, false);
   const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
-  const factory = new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: process.env.FH_KPARAMS ?? 'loglevel=8' });
+  // FH_ACPI_IRQ=1: the template without TEMPLATE_KERNEL_PARAMS' acpi=noirq (the layout before), to compare.
+  const factory = new (class extends VmFactory {
+    machine() {
+      const m = super.machine();
+      return process.env.FH_ACPI_IRQ === '1' ? { ...m, kernelCmdline: m.kernelCmdline.replace(/ ?\bacpi=noirq\b/, '') } : m;
+    }
+  })({ config: cfg, qemu: qemuTarget(hv), kernelParams: process.env.FH_KPARAMS ?? 'loglevel=8' });
   try {
     await factory.init((l) => process.stderr.write(`  ${l}\n`));
     for (let r = 0; r < runs; r++) {
       for (const n of shareCounts) {
         console.log(`--- clone with vsock + ${n} share(s), run ${r + 1} (load ${os.loadavg()[0].toFixed(2)})`);
-        for (const l of await cloneTimeline(factory, qemu, path.join(runDir, 'c'), n)) console.log(l);
+        const lines = await cloneTimeline(factory, qemu, path.join(runDir, 'c'), n);
+        for (const l of lines) console.log(l);
+        const at = (re: RegExp) => Number(lines.find((l) => re.test(l))?.split(' ')[0] ?? NaN);
+        const plug = at(/host {2}> device_add vhost-user-vsock-pci/);
+        const agent = at(/agent vsock port answers/);
+        console.log(`summary: ${n} share(s)${process.env.FH_ACPI_IRQ === '1' ? ', ACPI IRQ routing' : ', acpi=noirq'}: resumed ${at(/host {2}< cont/)} ms, agent answers ${agent} ms after spawn, ${(agent - plug).toFixed(1)} ms after the vsock's device_add`);
       }
     }
   } finally {

@@ -152,7 +152,13 @@ async function main(): Promise<void> {
   const counts = (process.argv[3] ?? '1,5').split(',').map(Number).filter((n) => n > 0);
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-fbench-'));
   const tplDir = path.join(runDir, 'template');
-  const base = `[runtime]\nrun_dir = "${runDir}"\n[factory]\ntemplate_path = "${tplDir}"\n`;
+  // Kernel and image pinned as copies: a guest image rebuilt meanwhile (by
+  // anyone on this host) must not stale the template mid-run.
+  const assets = guestAssets(defaultConfig(), 'qemu');
+  const pinned = { kernel: path.join(runDir, 'vmlinux'), image: path.join(runDir, 'rootfs.erofs') };
+  fs.copyFileSync(assets.kernel, pinned.kernel);
+  fs.copyFileSync(assets.image, pinned.image);
+  const base = `[runtime]\nrun_dir = "${runDir}"\n[hypervisor.qemu]\nkernel = "${pinned.kernel}"\nimage = "${pinned.image}"\n[factory]\ntemplate_path = "${tplDir}"\n`;
   const coldCfg = path.join(runDir, 'cold.toml');
   const tplCfg = path.join(runDir, 'template.toml');
   fs.writeFileSync(coldCfg, base + 'enable_template = false\n');
@@ -167,7 +173,6 @@ async function main(): Promise<void> {
     process.stderr.write('making the template (kata-ctl factory init)…\n');
     const init = await factory.init((l) => process.stderr.write(`  ${l}\n`));
     if (init.state !== 'valid') throw new Error(`template ${init.state}: ${init.reasons.join('; ')}`);
-    const assets = guestAssets(defaultConfig(), 'qemu');
     const kataRun = (c: string) => timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--log-level', 'info', '--config', c, '--', 'echo', MARK], 'stdout');
     const samples: Record<string, number[]> = { template: [], cold: [], 'floor (kernel)': [], 'clone (1) shared copy: resumed': [], 'clone (1) shared copy: agent vsock answers': [], 'clone (1) memory copy': [], 'clone (2) private CoW: resumed': [] };
     let privPss = 0;
@@ -177,7 +182,7 @@ async function main(): Promise<void> {
       if (!/"template":true/.test(t.other)) throw new Error(`the templated run did not clone: ${t.other.slice(-600)}`);
       samples.template!.push(t.ms);
       samples.cold!.push((await kataRun(coldCfg)).ms);
-      samples['floor (kernel)']!.push((await timeToMarker(qemu, kernelFloorArgs(choice.accel, assets), 'stdout')).ms);
+      samples['floor (kernel)']!.push((await timeToMarker(qemu, kernelFloorArgs(choice.accel, pinned), 'stdout')).ms);
       const one = await sharedCopyClone(factory, qemu, path.join(runDir, 'c1'));
       samples['clone (1) shared copy: resumed']!.push(one.resumedMs);
       samples['clone (1) shared copy: agent vsock answers']!.push(one.agentMs);
