@@ -3,6 +3,8 @@
  *
  *   kata-ts run      `kata-ts run -- echo MARK`: start of the CLI to MARK on
  *                    its stdout (VM boot, agent, container create+start).
+ *   kata-ts run (DAX image)  the same with the guest image on an NVDIMM
+ *                    mounted with DAX (disable_image_nvdimm = false).
  *   floor (kernel)   the same QEMU machine, kernel and guest image booted by a
  *                    bare command line with init=/bin/echo MARK: the cost of
  *                    QEMU + kernel alone.
@@ -151,15 +153,25 @@ async function main(): Promise<void> {
   const choice = chooseHypervisor('auto', 'auto', probe, false);
   const assets = guestAssets(cfg, 'qemu');
   const floorArgs = (init: string, extra: string) => kernelFloorArgs(choice.accel, assets, init, extra);
-  const results: Record<string, number[]> = { 'kata-ts run': [], 'floor (kernel)': [], 'floor (node)': [] };
+  // The same run with the guest image on an NVDIMM mounted with DAX ([hypervisor.qemu]
+  // disable_image_nvdimm = false, as Kata's default): Node's pages are then the host's
+  // page cache, not read and LZ4-decompressed through virtio-blk at every boot.
+  const daxCfgFile = path.join(runDir, 'configuration-dax.toml');
+  fs.writeFileSync(daxCfgFile, `[runtime]\nrun_dir = "${runDir}"\n[hypervisor.qemu]\ndisable_image_nvdimm = false\n`);
+  const results: Record<string, number[]> = { 'kata-ts run': [], 'kata-ts run (DAX image)': [], 'floor (kernel)': [], 'floor (node)': [] };
+  const runsFromSnapshot: boolean[] = [];
   const totals: number[] = [];
   const phaseSamples: Record<string, number[]> = {};
   for (let r = 0; r < runs; r++) {
-    process.stderr.write(`run ${r + 1}/${runs}: kata-ts run, floor (kernel), floor (node)\n`);
+    process.stderr.write(`run ${r + 1}/${runs}: kata-ts run, kata-ts run (DAX image), floor (kernel), floor (node)\n`);
     const k = await timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--log-level', 'info', '--config', cfgFile, '--', 'echo', MARK], 'stdout');
     results['kata-ts run']!.push(k.ms);
     totals.push(k.totalMs);
     for (const [p, v] of Object.entries(phasesOf(k.other))) (phaseSamples[p] ??= []).push(v);
+    runsFromSnapshot.push(/"snapshot":true/.test(k.other));
+    const d = await timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--log-level', 'info', '--config', daxCfgFile, '--', 'echo', MARK], 'stdout');
+    results['kata-ts run (DAX image)']!.push(d.ms);
+    for (const [p, v] of Object.entries(phasesOf(d.other))) (phaseSamples[`dax.${p}`] ??= []).push(v);
     results['floor (kernel)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/bin/echo', MARK), 'stdout')).ms);
     results['floor (node)']!.push((await timeToMarker(cfg['hypervisor.qemu'].path, floorArgs('/usr/bin/node', `-e console.log("${MARK}")`), 'stdout')).ms);
   }
@@ -177,6 +189,11 @@ async function main(): Promise<void> {
     medianMs: med, runTotalMedianMs: Math.round(median(totals)),
     ratioToKernelFloor: +(med['kata-ts run']! / med['floor (kernel)']!).toFixed(2),
     ratioToNodeFloor: +(med['kata-ts run']! / med['floor (node)']!).toFixed(2),
+    daxRatioToKernelFloor: +(med['kata-ts run (DAX image)']! / med['floor (kernel)']!).toFixed(2),
+    // run by run, each kata-ts run against the floor measured right after it
+    ratiosRunByRun: results['kata-ts run']!.map((v, i) => +(v / results['floor (kernel)']![i]!).toFixed(2)),
+    daxRatiosRunByRun: results['kata-ts run (DAX image)']!.map((v, i) => +(v / results['floor (kernel)']![i]!).toFixed(2)),
+    agentFromSnapshot: `${runsFromSnapshot.filter(Boolean).length} of ${runs}`,
     phasesMedianMs: Object.fromEntries(Object.entries(phaseSamples).map(([k, v]) => [k, Math.round(median(v))])),
     footprintMiB: fp ? { runtime: +fp.runtimePssMiB.toFixed(1), qemu: +fp.qemuPssMiB.toFixed(1) } : null,
     ...(footprintError ? { footprintError } : {}),
@@ -186,11 +203,15 @@ async function main(): Promise<void> {
   console.log('time to first output (median of %d):', runs);
   for (const [k, v] of Object.entries(med)) console.log(`  ${k.padEnd(16)} ${String(v).padStart(6)} ms`);
   console.log(`  ratio kata-ts run / floor (kernel): ${out.ratioToKernelFloor}x;  / floor (node): ${out.ratioToNodeFloor}x`);
+  console.log(`  run by run / floor (kernel): ${out.ratiosRunByRun.map((x) => `${x}x`).join(', ')}`);
+  console.log(`  ratio kata-ts run (DAX image) / floor (kernel): ${out.daxRatioToKernelFloor}x; run by run: ${out.daxRatiosRunByRun.map((x) => `${x}x`).join(', ')}`);
+  console.log(`  agent started from its V8 snapshot: ${out.agentFromSnapshot} runs`);
   console.log(`  kata-ts run total (to exit, VM torn down): ${out.runTotalMedianMs} ms`);
   console.log('kata-ts run phases (median, from its "sandbox ready" line):');
+  console.log(`  ${''.padEnd(50)} ${'virtio-blk'.padStart(10)} ${'DAX'.padStart(8)}`);
   for (const [k, what] of PHASES) {
-    const v = out.phasesMedianMs[k];
-    console.log(`  ${what.padEnd(50)} ${v === undefined ? '     -' : String(v).padStart(6)} ms`);
+    const show = (v: number | undefined) => (v === undefined ? '-' : `${v} ms`);
+    console.log(`  ${what.padEnd(50)} ${show(out.phasesMedianMs[k]).padStart(10)} ${show(out.phasesMedianMs[`dax.${k}`]).padStart(8)}`);
   }
   if (out.footprintMiB) console.log(`host PSS per running sandbox: runtime ${out.footprintMiB.runtime} MiB, qemu ${out.footprintMiB.qemu} MiB`);
   else console.log(`host PSS per running sandbox: FAILED: ${footprintError}`);
