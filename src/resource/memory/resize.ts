@@ -15,7 +15,8 @@
  *     device's `size` until it reaches the request: a grow the guest does
  *     not finish in time is one ResizeError and the request goes back; a
  *     shrink the guest cannot finish (unmovable pages in the way) is a
- *     warning, the lower request stays and the guest driver keeps retrying.
+ *     warning, the lower request stays (the guest driver retries on its own
+ *     timer) and the next resize sets it again.
  *   dimm  object-add memory-backend-memfd (share=on: our vhost-user
  *     devices map every RAM region) + device_add pc-dimm; shrinking goes
  *     through the balloon (its target set to what the remaining containers
@@ -222,7 +223,7 @@ export class VmResizer {
           throw new ResizeError('timeout', `virtio-mem: the guest plugged ${this.pluggedMiB} of the ${wantMiB} MiB requested within ${timeoutMs} ms (is the guest's virtio_mem driver loaded?); request set back to ${before} MiB`);
         }
         this.lastMemoryResize = { fromMiB: before, toMiB: wantMiB, ms: Date.now() - t0, reached: false };
-        this.log.warn('virtio-mem: the guest has not unplugged down to the request (memory in use that it cannot move); the request stays and the guest driver keeps retrying', { device: dev.id, requestedMiB: wantMiB, pluggedMiB: this.pluggedMiB, waitedMs: timeoutMs });
+        this.log.warn('virtio-mem: the guest has not unplugged down to the request (memory in use that it cannot move); the request stays (the guest driver may retry; the next resize asks again)', { device: dev.id, requestedMiB: wantMiB, pluggedMiB: this.pluggedMiB, waitedMs: timeoutMs });
         return;
       }
       await new Promise((res) => setTimeout(res, this.mem.pollMs ?? 50));
