@@ -12,7 +12,8 @@
  * answer and prints a histogram by kernel symbol; FH_ACPI_IRQ=1 boots the
  * template without `acpi=noirq` (as before template format 4);
  * FH_KPARAMS replaces `loglevel=8`; FH_IMAGE picks another guest image;
- * FH_QEMU_ARGS adds QEMU arguments to the template and its clones.
+ * FH_QEMU_ARGS adds QEMU arguments to the template and its clones;
+ * FH_CHECKS=n times n agent Check RPCs on a fresh connection afterwards.
  *
  * Needs root (the template's tmpfs). Prints the timelines; writes nothing.
  */
@@ -24,7 +25,8 @@ import { loadConfig } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
-import { connectVsock, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
+import { connectVsock, dialAgent, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
+import { AgentClient } from '../src/runtime/agent-client';
 import { VmFactory, qemuTarget } from '../src/factory/factory';
 
 const ms = (t0: bigint) => Math.round(Number(process.hrtime.bigint() - t0) / 1e5) / 10;
@@ -109,13 +111,27 @@ async function cloneTimeline(factory: VmFactory, qemu: string, dir: string, shar
     lines.push(`${ms(t0)} host  agent vsock port answers`);
     sampling = false;
     await sampler;
+    s.destroy();
+    // The first RPCs on the clone's first connection, each timed (FH_CHECKS=n): first-call cost vs steady state.
+    const checks = Number(process.env.FH_CHECKS ?? 0);
+    if (checks > 0) {
+      const agent = new AgentClient(dialAgent(vm.agentSocket));
+      try {
+        for (let i = 0; i < checks; i++) {
+          const c0 = process.hrtime.bigint();
+          await agent.check(30000);
+          lines.push(`${ms(t0)} host  Check ${i + 1}: ${ms(c0)} ms`);
+        }
+      } finally {
+        agent.close();
+      }
+    }
     if (samples.length) {
       const hist = new Map<string, number>();
       for (const f of samples) hist.set(f, (hist.get(f) ?? 0) + 1);
       lines.push(`guest RIP samples (${samples.length}) between startClone's return and the agent's answer:`);
       for (const [f, n] of [...hist].sort((a, b) => b[1] - a[1]).slice(0, 40)) lines.push(`  ${String(n).padStart(5)} ${f}`);
     }
-    s.destroy();
     await new Promise((r) => setTimeout(r, 1500));
   } finally {
     clearInterval(poll);
