@@ -33,7 +33,8 @@ export type PoolRequest =
 
 export type PoolReply = { id: number; data?: Uint8Array | null; hex?: string; error?: string };
 
-const lz4 = new Lz4({ maxBlockBytes: (workerData as { chunkSize: number }).chunkSize });
+/** Made on the first chunk (the pool's hashing worker never needs one). */
+let encoder: Lz4 | null = null;
 const layers = new Map<number, SharedArrayBuffer>();
 const hashes = new Map<number, crypto.Hash>();
 /** The first error of a streamed hash, reported at its end. */
@@ -47,6 +48,7 @@ function view(m: { layer?: number; buf?: ArrayBuffer; off: number; len: number }
 
 function compress(src: Uint8Array): Uint8Array<ArrayBuffer> | null {
   if (src.length < 16) return null;
+  const lz4 = encoder ??= new Lz4({ maxBlockBytes: (workerData as { chunkSize: number }).chunkSize });
   lz4.mem.u8.set(src, lz4.srcOff);
   let n: number;
   try {
