@@ -8,6 +8,7 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { PassThrough } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
 import { AgentSandbox } from '../../../src/agent/sandbox';
@@ -111,5 +112,25 @@ describe('ctl channel: kata-ctl → owner proxy → agent (no VM)', function () 
     expect((e1 as AgentCallError).grpcCode).to.equal(grpc.status.PERMISSION_DENIED);
     const e2 = await client('on').removeContainer('c1', 0).catch((e: unknown) => e);
     expect((e2 as AgentCallError).grpcCode).to.equal(grpc.status.UNIMPLEMENTED);
+  });
+
+  it('loads grpc-js only when kata-ctl first connects (the owner of an idle sandbox never does)', () => {
+    // A fresh process: this one has grpc-js loaded by the test itself.
+    const script = `
+      const net = require('node:net');
+      const { serveCtlChannel, ctlSocketPath } = require(${JSON.stringify(path.resolve(__dirname, '../../../src/runtime/ctl-channel.js'))});
+      const grpcLoaded = () => Object.keys(require.cache).some((m) => m.includes('@grpc'));
+      (async () => {
+        const ch = await serveCtlChannel(${JSON.stringify(path.join(dir, 'lazy'))}, {}, { debugConsole: false });
+        const before = grpcLoaded();
+        const mode = (require('node:fs').statSync(ctlSocketPath(${JSON.stringify(path.join(dir, 'lazy'))})).mode & 0o777).toString(8);
+        await new Promise((resolve) => { const c = net.createConnection(ch.socket, () => setTimeout(() => { c.destroy(); resolve(); }, 300)); });
+        const after = grpcLoaded();
+        await ch.close();
+        console.log(JSON.stringify({ before, after, mode, left: require('node:fs').readdirSync(${JSON.stringify(path.join(dir, 'lazy'))}) }));
+      })();`;
+    fs.mkdirSync(path.join(dir, 'lazy'));
+    const out = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 15000 });
+    expect(JSON.parse(out.trim().split('\n').pop()!)).to.deep.equal({ before: false, after: true, mode: '600', left: [] });
   });
 });
