@@ -4,9 +4,10 @@
  * 1. Throughput, interleaved: every round runs each contender once, in the
  *    same order; the figure is the median over the rounds, with the load
  *    average before each round. What each side does:
- *    - ours (`convertImage`) on a one-layer OCI image of TREE: read the
- *      layer blob, verify its sha256, parse the tar and apply the OCI layer
- *      rules, cut files into 1 MiB chunks, sha256 each chunk, dedup, LZ4 by
+ *    - ours (`convertImage`) on a one-layer OCI image of TREE: stream the
+ *      layer blob in slices (its sha256 checked as it goes), parse the tar
+ *      and apply the OCI layer rules, cut files into 1 MiB chunks as they
+ *      stream by, sha256 each chunk, dedup, LZ4 by
  *      our AssemblyScript encoder (in worker threads) where it saves space,
  *      write and fsync the blob and the EROFS metadata, register. Timed from
  *      an uncompressed tar layer, with LZ4 on (default workers, and 2) and
