@@ -47,7 +47,8 @@ interface PendingSlot {
 interface LayerBlob {
   tmp: string;
   fd: number;
-  hash: crypto.Hash;
+  /** The blob's sha256: on the pool's hashing worker, else here. */
+  hash: ReturnType<CompressPool['sha256Slices']> | crypto.Hash;
   size: number;
 }
 
@@ -134,16 +135,22 @@ export class Chunker {
   pendingBytes(): number { return this.queuedBytes; }
 
   /** Appends slot k's stored bytes to its layer's blob. */
-  private write(k: number, chunk: Buffer, compressed: Uint8Array | null, layer: number): void {
+  /**
+   * Appends slot k's stored bytes to its layer's blob. Returns when the
+   * bytes may be let go: at once when hashed here, else once the hashing
+   * worker has them (a compressed chunk is moved to it, not copied).
+   */
+  private write(k: number, chunk: Buffer, compressed: Uint8Array | null, layer: number): Promise<void> | null {
     const bytes = compressed ?? chunk;
     const b = this.blobFor(layer);
     fs.writeSync(b.fd, bytes);
-    b.hash.update(bytes);
     const s = this.slots[k];
     s.offset = b.size;
     s.storedSize = bytes.length;
     s.flags = compressed ? CHUNK_FLAG_LZ4 : 0;
     b.size += bytes.length;
+    if (b.hash instanceof crypto.Hash) { b.hash.update(bytes); return null; }
+    return b.hash.update(bytes, compressed !== null);
   }
 
   /** Compresses a chunk on this thread (no pool); null when it does not shrink. */
@@ -185,11 +192,11 @@ export class Chunker {
       if (this.head === this.unsent) this.unsent++;
       c = this.compressHere(q.chunk);
     }
-    this.write(q.k, q.chunk, c, q.layer);
+    const hashed = this.write(q.k, q.chunk, c, q.layer);
     this.queue[this.head++] = undefined as unknown as Queued; // let the bytes go
     this.bytesStored += q.chunk.length;
     this.queuedBytes -= q.chunk.length;
-    q.release?.();
+    if (q.release) { if (hashed) void hashed.then(q.release); else q.release(); }
   }
 
   /**
@@ -255,7 +262,7 @@ export class Chunker {
     let b = this.blobs.get(layer);
     if (!b) {
       const tmp = path.join(this.tmpDir, `blob-layer-${layer}`);
-      b = { tmp, fd: fs.openSync(tmp, 'w', 0o644), hash: crypto.createHash('sha256'), size: 0 };
+      b = { tmp, fd: fs.openSync(tmp, 'w', 0o644), hash: this.pool ? this.pool.sha256Slices() : crypto.createHash('sha256'), size: 0 };
       this.blobs.set(layer, b);
     }
     return b;
@@ -267,11 +274,11 @@ export class Chunker {
   }
 
   /** Finishes the blobs and builds the chunk table (blob list sorted by digest). */
-  finish(blobSize: (digest: string) => number): ChunkerResult {
+  async finish(blobSize: (digest: string) => number): Promise<ChunkerResult> {
     const layerDigest = new Map<number, NewBlob>();
     for (const [layer, b] of [...this.blobs].sort((x, y) => x[0] - y[0])) {
       if (b.fd >= 0) { fs.fsyncSync(b.fd); fs.closeSync(b.fd); b.fd = -1; }
-      layerDigest.set(layer, { tmp: b.tmp, digest: b.hash.digest('hex'), size: b.size });
+      layerDigest.set(layer, { tmp: b.tmp, digest: b.hash instanceof crypto.Hash ? b.hash.digest('hex') : await b.hash.digest(), size: b.size });
     }
     const digestOf = (s: PendingSlot): string => ('blob' in s.where ? s.where.blob : layerDigest.get(s.where.layer)!.digest);
     const sizes = new Map<string, number>();

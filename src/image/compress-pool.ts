@@ -134,21 +134,29 @@ export class CompressPool {
   }
 
   /**
-   * A sha256 fed slice by slice from reused buffers (the converter's read
-   * ring): update(bytes) posts a view of a SharedArrayBuffer (never
-   * copied) to one worker and resolves once that worker has hashed it, so
-   * the caller knows when it may overwrite the buffer; the promise never
-   * rejects (a failure is digest()'s). digest() ends the hash.
+   * A sha256 fed in order on the hashing worker (a layer as it is read, a
+   * blob as it is written): update(bytes) posts a view of a
+   * SharedArrayBuffer (never copied) and resolves once the worker has
+   * hashed it, so the caller knows when it may overwrite the buffer; other
+   * bytes are copied, or moved when `give` says the caller is done with a
+   * whole buffer (it is detached then). The promise never rejects (a
+   * failure is digest()'s). digest() ends the hash.
    */
-  sha256Slices(): { update(bytes: Uint8Array): Promise<void>; digest(): Promise<string> } {
+  sha256Slices(): { update(bytes: Uint8Array, give?: boolean): Promise<void>; digest(): Promise<string> } {
     const { w, id: hid, p } = this.job(this.count);
     this.workers[w].postMessage({ t: 'hash-begin', hid } satisfies PoolRequest);
     return {
-      update: (bytes) => {
-        if (!(bytes.buffer instanceof SharedArrayBuffer)) return Promise.reject(new Error('sha256Slices needs buffers in a SharedArrayBuffer'));
-        const layer = this.layerOf(bytes.buffer);
+      update: (bytes, give = false) => {
         const { id, p: ack } = this.job(w);
-        this.workers[w].postMessage({ t: 'hash-update', hid, layer, off: bytes.byteOffset, len: bytes.length, id } satisfies PoolRequest);
+        if (bytes.buffer instanceof SharedArrayBuffer) {
+          const layer = this.layerOf(bytes.buffer);
+          this.workers[w].postMessage({ t: 'hash-update', hid, layer, off: bytes.byteOffset, len: bytes.length, id } satisfies PoolRequest);
+        } else {
+          // Not shared: moved when the caller gives up a whole buffer, else copied.
+          const whole = give && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+          const buf = whole ? bytes.buffer as ArrayBuffer : new Uint8Array(bytes).buffer;
+          this.workers[w].postMessage({ t: 'hash-update', hid, buf, off: 0, len: bytes.length, id } satisfies PoolRequest, [buf]);
+        }
         return ack.then(() => undefined, () => undefined);
       },
       digest: () => {

@@ -122,7 +122,7 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       const tDrain = lap();
       await checked;
       const tVerify = lap();
-      const res = chunker.finish((d) => fs.statSync(blobPath(store, d)).size);
+      const res = await chunker.finish((d) => fs.statSync(blobPath(store, d)).size);
       const table = encodeChunkTable(res.table);
       const deviceTag = crypto.createHash('sha256').update(table).digest('hex');
       const links = tree.linkCounts();

@@ -13,7 +13,7 @@
  * In:  { t: 'layer', layer, sab }
  *      { t: 'lz4', id, layer, off, len } | { t: 'lz4', id, buf, off, len }
  *      { t: 'sha', id, layer, off, len } | { t: 'sha', id, buf, off, len }
- *      { t: 'hash-begin', hid } { t: 'hash-update', hid, layer, off, len }
+ *      { t: 'hash-begin', hid } { t: 'hash-update', hid, layer | buf, off, len }
  *      { t: 'hash-end', id, hid }   (a sha256 fed as a layer is being read;
  *      an update with an id is answered { id } once hashed)
  *      { t: 'drop', layer }
@@ -27,7 +27,7 @@ export type PoolRequest =
   | { t: 'layer'; layer: number; sab: SharedArrayBuffer }
   | { t: 'drop'; layer: number }
   | { t: 'hash-begin'; hid: number }
-  | { t: 'hash-update'; hid: number; layer: number; off: number; len: number; id?: number }
+  | { t: 'hash-update'; hid: number; layer?: number; buf?: ArrayBuffer; off: number; len: number; id?: number }
   | { t: 'hash-end'; id: number; hid: number }
   | { t: 'lz4' | 'sha'; id: number; layer?: number; buf?: ArrayBuffer; off: number; len: number };
 
