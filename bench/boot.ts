@@ -106,7 +106,7 @@ export function kernelFloorArgs(accel: string, assets: { kernel: string; image: 
     '-M', `pc,accel=${accel}`, '-cpu', accel === 'kvm' ? 'host' : 'max', '-smp', '1', '-m', '512M',
     '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
     '-kernel', assets.kernel,
-    '-append', `${baseKernelParams(false).replace('init=/sbin/kata-init', `init=${init}`)} -- ${extra}`,
+    '-append', `${baseKernelParams(false, 'pc').replace('init=/sbin/kata-init', `init=${init}`)} -- ${extra}`,
     '-serial', 'stdio',
     '-drive', `if=none,id=rootimg,file=${assets.image},format=raw,readonly=on`,
     '-device', 'virtio-blk-pci,drive=rootimg,addr=0x3',

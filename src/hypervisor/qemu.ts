@@ -302,7 +302,7 @@ export class QemuHypervisor implements Hypervisor {
       '-numa', 'node,memdev=mem',
       '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
       '-kernel', cfg.kernel,
-      '-append', `${mem.rootParams ? baseKernelParams(cfg.debug).replace('root=/dev/vda', mem.rootParams) : baseKernelParams(cfg.debug)} ${[...mem.kernelParams, cfg.kernelParams].join(' ')}`.trim(),
+      '-append', `${mem.rootParams ? baseKernelParams(cfg.debug, this.opts.machine).replace('root=/dev/vda', mem.rootParams) : baseKernelParams(cfg.debug, this.opts.machine)} ${[...mem.kernelParams, cfg.kernelParams].join(' ')}`.trim(),
       '-chardev', `file,id=console,path=${path.join(cfg.dir, 'console.log')}`,
       '-serial', 'chardev:console',
       '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`,

@@ -29,4 +29,15 @@ describe('guest kernel command line', () => {
     expect(append[append.length - 1]).to.equal('agent.debug_console');
     expect(args).to.include('-no-reboot');
   });
+
+  it('routes PCI interrupts without ACPI (acpi=noirq) on i440fx only: not on q35, microvm or without a machine', () => {
+    for (const m of ['pc', 'pc-i440fx-7.2', 'pc,nvdimm=on']) expect(baseKernelParams(false, m).split(' '), m).to.include('acpi=noirq');
+    for (const m of ['q35', 'pc-q35-7.2', 'microvm', undefined]) expect(baseKernelParams(false, m).split(' '), String(m)).to.not.include('acpi=noirq');
+    const append = (machine: 'pc' | 'q35') => {
+      const args = new QemuHypervisor({ binary: '/bin/false', machine, accel: 'tcg', blockDriver: 'virtio-blk' }).commandLine(cfg);
+      return args[args.indexOf('-append') + 1]!.split(' ');
+    };
+    expect(append('pc')).to.include('acpi=noirq');
+    expect(append('q35')).to.not.include('acpi=noirq');
+  });
 });
