@@ -15,8 +15,8 @@
  *     device's `size` until it reaches the request: a grow the guest does
  *     not finish in time is one ResizeError and the request goes back; a
  *     shrink the guest cannot finish (unmovable pages in the way) is a
- *     warning, the lower request stays (the guest driver retries on its own
- *     timer) and the next resize sets it again.
+ *     warning, the lower request stays and is set again every retryMs
+ *     until the guest gets there (retryShrink).
  *   dimm  object-add memory-backend-memfd (share=on: our vhost-user
  *     devices map every RAM region) + device_add pc-dimm; shrinking goes
  *     through the balloon (its target set to what the remaining containers
@@ -82,6 +82,8 @@ export interface MemoryResizeOptions {
   shrinkTimeoutMs?: number;
   /** Poll interval of the device's size (default 50 ms). */
   pollMs?: number;
+  /** After an unfinished shrink, how often the request is set again (default 30 s). */
+  retryMs?: number;
 }
 
 interface HotCpu {
@@ -115,6 +117,9 @@ export class VmResizer {
   private pluggedMiB = 0;
   /** One resize at a time: a join and a leave racing would otherwise interleave qom-sets and waits. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Re-asserts an unfinished shrink (see retryShrink). */
+  private retryTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
   /** The last virtio-mem resize: from and to (MiB), how long until the guest's size reached it (or the wait ended), and whether it did. */
   lastMemoryResize: { fromMiB: number; toMiB: number; ms: number; reached: boolean } | undefined;
 
@@ -198,6 +203,7 @@ export class VmResizer {
   private async resizeVirtioMem(wantMiB: number): Promise<void> {
     const dev = this.mem.virtioMem!;
     const qomPath = `/machine/peripheral/${dev.id}`;
+    this.cancelRetry();
     if (wantMiB === this.requestedMiB && wantMiB === this.pluggedMiB) return;
     const before = this.requestedMiB;
     const set = async (mib: number) => {
@@ -223,13 +229,55 @@ export class VmResizer {
           throw new ResizeError('timeout', `virtio-mem: the guest plugged ${this.pluggedMiB} of the ${wantMiB} MiB requested within ${timeoutMs} ms (is the guest's virtio_mem driver loaded?); request set back to ${before} MiB`);
         }
         this.lastMemoryResize = { fromMiB: before, toMiB: wantMiB, ms: Date.now() - t0, reached: false };
-        this.log.warn('virtio-mem: the guest has not unplugged down to the request (memory in use that it cannot move); the request stays (the guest driver may retry; the next resize asks again)', { device: dev.id, requestedMiB: wantMiB, pluggedMiB: this.pluggedMiB, waitedMs: timeoutMs });
+        this.log.warn('virtio-mem: the guest has not unplugged down to the request (memory in use that it cannot move); the request stays and is set again every so often', { device: dev.id, requestedMiB: wantMiB, pluggedMiB: this.pluggedMiB, waitedMs: timeoutMs });
+        this.retryShrink(qomPath);
         return;
       }
       await new Promise((res) => setTimeout(res, this.mem.pollMs ?? 50));
     }
     this.lastMemoryResize = { fromMiB: before, toMiB: wantMiB, ms: Date.now() - t0, reached: true };
     this.log.info('virtio-mem resized', { device: dev.id, fromMiB: before, toMiB: wantMiB, ms: this.lastMemoryResize.ms });
+  }
+
+  /**
+   * An unfinished shrink: every retryMs, if the guest still has more than
+   * asked, set the same request again. Linux's driver does not come back to
+   * a request it gave up on by itself (measured: 240 s with nothing
+   * unplugged after the guest could again), but a config change (QEMU
+   * notifies one for every requested-size set, even the same value) makes
+   * it try at once (measured: unplugged within 1 s). Ends when the size is
+   * reached, at the next resize, or at stop().
+   */
+  private retryShrink(qomPath: string): void {
+    const tick = () => {
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        void this.serial(async () => {
+          if (this.stopped || this.retryTimer) return;
+          const size = await this.qmp('qom-get', { path: qomPath, property: 'size' }).catch(() => undefined);
+          if (typeof size === 'number' && Number.isFinite(size) && size >= 0) this.pluggedMiB = size / MIB;
+          if (this.pluggedMiB <= this.requestedMiB) {
+            this.log.info('virtio-mem: the guest finished an earlier shrink', { requestedMiB: this.requestedMiB });
+            return;
+          }
+          await this.qmp('qom-set', { path: qomPath, property: 'requested-size', value: this.requestedMiB * MIB }).catch(() => undefined);
+          if (!this.stopped) tick();
+        });
+      }, this.mem.retryMs ?? 30000);
+      this.retryTimer.unref();
+    };
+    tick();
+  }
+
+  private cancelRetry(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+  }
+
+  /** The VM is going away: no more retries. */
+  stop(): void {
+    this.stopped = true;
+    this.cancelRetry();
   }
 
   private async plugCpu(): Promise<void> {

@@ -187,6 +187,7 @@ export class SandboxMemory {
   }
 
   async close(): Promise<void> {
+    this.resizer?.stop();
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
     this.scanner?.stop();

@@ -3,7 +3,8 @@
  * grow and a shrink (qom-set requested-size, then qom-get size until the
  * guest reached it) against a stand-in for QEMU whose "guest" plugs after a
  * few polls; a grow the guest never finishes (one error, request set back);
- * a shrink it cannot finish (a warning, the request stays); beyond the
+ * a shrink it cannot finish (a warning, the request stays and is set again
+ * until the guest gets there; stop() ends that); beyond the
  * maximum (one error, no QMP at all); a refused qom-set; and that no DIMM or
  * balloon command is ever sent.
  */
@@ -108,6 +109,48 @@ describe('memory/resize with virtio-mem', () => {
     expect(q.size).to.equal(256 * MIB);
     // What the VM still has counts for the balloon's bounds.
     expect(r.memoryMiB).to.equal(512 + 256);
+  });
+
+  it('an unfinished shrink is set again every retryMs until the guest gets there (it acts only on a config change); stop() ends the retries', async () => {
+    let requested = 0;
+    let size = 0;
+    let canUnplug = true;
+    let sets = 0;
+    // Like Linux's driver after it gave up: it looks again only when the request is set (a config change).
+    const qmp = async (cmd: string, args?: Record<string, unknown>): Promise<unknown> => {
+      if (cmd === 'qom-set') {
+        sets++;
+        requested = args!.value as number;
+        size = requested >= size || canUnplug ? requested : size;
+        return {};
+      }
+      if (cmd === 'qom-get') return size;
+      throw new Error(`unexpected QMP ${cmd}`);
+    };
+    const wait = (ms: number) => new Promise((res) => setTimeout(res, ms));
+    const r = new VmResizer(qmp, limits, false, undefined, false, { virtioMem: { id: 'vmem0', sizeMiB: 640 }, pollMs: 1, shrinkTimeoutMs: 10, retryMs: 10 });
+    await r.add('a', { vcpus: 0, memoryMiB: 512 });
+    canUnplug = false;
+    await r.remove('a');
+    expect([requested, size]).to.deep.equal([0, 512 * MIB]);
+    const before = sets;
+    await wait(80);
+    expect(sets - before, 'the request set again while the guest is stuck').to.be.at.least(2);
+    canUnplug = true;
+    await wait(80);
+    expect(size).to.equal(0);
+    expect(r.memoryMiB).to.equal(512);
+    const done = sets;
+    await wait(50);
+    expect(sets, 'no more sets once the size is reached').to.equal(done);
+    // Stuck again, then the sandbox stops: the retries end.
+    await r.add('b', { vcpus: 0, memoryMiB: 256 });
+    canUnplug = false;
+    await r.remove('b');
+    r.stop();
+    const stopped = sets;
+    await wait(50);
+    expect(sets).to.equal(stopped);
   });
 
   it('QEMU refusing the request is one error naming the device; nothing is recorded as plugged', async () => {
