@@ -8,7 +8,8 @@
  * images) is referenced where it lies; a new chunk is LZ4-block-compressed by
  * our AssemblyScript encoder when that saves space and appended to the new
  * blob of the layer its file came from. Blobs are written to temp files in
- * the image's temp directory and named by their sha256 when finished.
+ * the image's temp directory and named by their sha256 when finished (hashed
+ * as written by the pool's hashing worker, or here without a pool).
  *
  * addChunk() hashes (Node's native sha256, once per chunk) and assigns a
  * slot at once (dedup decisions are sequential; layer-stream.ts calls it as

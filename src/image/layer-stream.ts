@@ -3,8 +3,9 @@
  * whole (the converter's first stage, convert.ts).
  *
  * A layer blob is read in SLICE_BYTES slices into a small ring of reused
- * SharedArrayBuffers (RING_SLICES of them): a worker hashes each slice in
- * place for the layer digest (compress-pool sha256Slices), this thread
+ * SharedArrayBuffers (RING_SLICES of them): the pool's hashing worker
+ * hashes each slice in place for the layer digest (compress-pool
+ * sha256Slices; here when there is no pool), this thread
  * parses the tar incrementally (tar.ts TarReader) and applies each header
  * to the tree (layers.ts — the tree is metadata only), and a file's data
  * is cut into chunks as it streams by: a chunk lying whole in one slice is
@@ -237,7 +238,7 @@ async function streamLayer(img: ResolvedImage, i: number, tree: LayerTree, chunk
   /** One slice of raw layer bytes: hashed, gunzipped or parsed, then the chunker is let to catch up. */
   const take = async (bytes: Buffer, slice: Slice | null): Promise<void> => {
     const hashed = raw.update(bytes);
-    if (slice) { const let_go = ring.hold(slice); void hashed.then(let_go); }
+    if (slice) { const letGo = ring.hold(slice); void hashed.then(letGo); }
     if (gz) {
       if (failure === null) await gz.write(bytes);
       if (gz.error && failure === null) failure = new ConvertError('layer', `${what}: gzip stream is corrupt (${gz.error.message})`, { cause: gz.error });
