@@ -13,7 +13,12 @@
  * template without `acpi=noirq` (as before template format 4);
  * FH_KPARAMS replaces `loglevel=8`; FH_IMAGE picks another guest image;
  * FH_QEMU_ARGS adds QEMU arguments to the template and its clones;
- * FH_CHECKS=n times n agent Check RPCs on a fresh connection afterwards.
+ * FH_CHECKS=n times n agent Check RPCs on a fresh connection afterwards;
+ * FH_RPCS=1 then times a sandbox start's RPCs on that connection as the
+ * runtime sends them (CreateSandbox, CreateContainer of /bin/true on the
+ * guest's own root, StartContainer, WaitProcess); FH_WARMUP=0 boots the
+ * template without `agent.warmup=1` (no agent warm-up, as before template
+ * format 5), to compare.
  *
  * Needs root (the template's tmpfs). Prints the timelines; writes nothing.
  */
@@ -27,6 +32,7 @@ import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
 import { connectVsock, dialAgent, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
 import { AgentClient } from '../src/runtime/agent-client';
+import { defaultSpec } from '../src/runtime/spec';
 import { VmFactory, qemuTarget } from '../src/factory/factory';
 
 const ms = (t0: bigint) => Math.round(Number(process.hrtime.bigint() - t0) / 1e5) / 10;
@@ -122,6 +128,18 @@ async function cloneTimeline(factory: VmFactory, qemu: string, dir: string, shar
           await agent.check(30000);
           lines.push(`${ms(t0)} host  Check ${i + 1}: ${ms(c0)} ms`);
         }
+        if (process.env.FH_RPCS === '1') {
+          const timed = async (what: string, call: () => Promise<unknown>) => {
+            const c0 = process.hrtime.bigint();
+            const err = await call().then(() => '', (e: Error) => ` (failed: ${e.message})`);
+            lines.push(`${ms(t0)} host  ${what}: ${ms(c0)} ms${err}`);
+          };
+          const spec = { ...defaultSpec({ args: ['/bin/true'] }), root: { path: '/', readonly: true } };
+          await timed('CreateSandbox', () => agent.createSandbox({ sandbox_id: 'fh', hostname: 'fh', dns: ['nameserver 10.0.2.3'], sysctls: {}, policy_json: '' }));
+          await timed('CreateContainer', () => agent.createContainer({ container_id: 'fh', exec_id: '', storages: [], oci_spec_json: JSON.stringify(spec) }));
+          await timed('StartContainer', () => agent.startContainer('fh'));
+          await timed('WaitProcess', () => agent.waitProcess({ container_id: 'fh', exec_id: '' }));
+        }
       } finally {
         agent.close();
       }
@@ -155,11 +173,14 @@ async function main(): Promise<void> {
   const probe = await probeKvm(qemu, runDir);
   const choice = chooseHypervisor('qemu', 'auto', probe, false);
   const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
-  // FH_ACPI_IRQ=1: the template without TEMPLATE_KERNEL_PARAMS' acpi=noirq (the layout before), to compare.
+  // FH_ACPI_IRQ=1 / FH_WARMUP=0: the template without TEMPLATE_KERNEL_PARAMS' acpi=noirq / agent.warmup=1 (the layouts before), to compare.
   const factory = new (class extends VmFactory {
     machine() {
       const m = super.machine();
-      return process.env.FH_ACPI_IRQ === '1' ? { ...m, kernelCmdline: m.kernelCmdline.replace(/ ?\bacpi=noirq\b/, '') } : m;
+      let line = m.kernelCmdline;
+      if (process.env.FH_ACPI_IRQ === '1') line = line.replace(/ ?\bacpi=noirq\b/, '');
+      if (process.env.FH_WARMUP === '0') line = line.replace(/ ?\bagent\.warmup=1\b/, '');
+      return { ...m, kernelCmdline: line };
     }
   })({ config: cfg, qemu: qemuTarget(hv), kernelParams: process.env.FH_KPARAMS ?? 'loglevel=8' });
   try {
@@ -172,7 +193,7 @@ async function main(): Promise<void> {
         const at = (re: RegExp) => Number(lines.find((l) => re.test(l))?.split(' ')[0] ?? NaN);
         const plug = at(/host {2}> device_add vhost-user-vsock-pci/);
         const agent = at(/agent vsock port answers/);
-        console.log(`summary: ${n} share(s)${process.env.FH_ACPI_IRQ === '1' ? ', ACPI IRQ routing' : ', acpi=noirq'}: resumed ${at(/host {2}< cont/)} ms, agent answers ${agent} ms after spawn, ${(agent - plug).toFixed(1)} ms after the vsock's device_add`);
+        console.log(`summary: ${n} share(s)${process.env.FH_ACPI_IRQ === '1' ? ', ACPI IRQ routing' : ', acpi=noirq'}${process.env.FH_WARMUP === '0' ? ', no agent warm-up' : ''}: resumed ${at(/host {2}< cont/)} ms, agent answers ${agent} ms after spawn, ${(agent - plug).toFixed(1)} ms after the vsock's device_add`);
       }
     }
   } finally {

@@ -19,6 +19,7 @@ import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
 import { setContainerPhaseLog } from './container';
 import { agentMethods } from '../protocols/agent-api';
+import { warmUp, warmUpWanted } from './warmup';
 
 /** Start-up phases measured before main() runs (boot.ts). */
 export interface BootPhases {
@@ -66,6 +67,8 @@ async function run(phases: BootPhases): Promise<void> {
     (why) => process.stderr.write(`kata-agent: closed a connection: ${why}\n`));
   const serviceMs = msSince(t1);
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
+  // A VM template's agent runs its RPC paths once, so every clone inherits them compiled (warmup.ts).
+  if (warmUpWanted(cmdline)) process.stderr.write(`${await warmUp()}\n`);
   serveOnVsock(server, () => {
     // The host waits for this marker on the console before it dials; the
     // JSON after it (start-up phases) is logged by the host.

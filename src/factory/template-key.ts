@@ -20,7 +20,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 
 /** Bumped when the template layout or the clone procedure changes. */
-export const TEMPLATE_FORMAT = 4; // 2 had two extra rng devices (PCI link warmers, reverted); 3 is format 1's layout again; 4 boots with acpi=noirq
+export const TEMPLATE_FORMAT = 5; // 2 had two extra rng devices (PCI link warmers, reverted); 3 is format 1's layout again; 4 boots with acpi=noirq; 5 warms the agent's RPCs (agent.warmup=1)
 
 export interface FileIdentity {
   path: string;

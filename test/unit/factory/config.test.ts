@@ -2,6 +2,7 @@ import { expect } from 'chai';
 import { parseConfig, defaultConfig, ConfigError } from '../../../src/runtime/config';
 import { templateArgs } from '../../../src/factory/qemu-template';
 import { templateUnsupported, VmFactory, type FactoryTarget } from '../../../src/factory/factory';
+import { TEMPLATE_WARMUP_PARAM, warmUpWanted } from '../../../src/agent/warmup';
 
 describe('unit: [factory] configuration and the template command line', () => {
   it('defaults as Kata: templates off, /run/kata-ts/template', () => {
@@ -42,7 +43,10 @@ describe('unit: [factory] configuration and the template command line', () => {
     const t: FactoryTarget = { config: defaultConfig(), kernelParams: 'agent.policy_sha256=ab', qemu: { binary: '/q', machine: 'pc', machineAccelerators: '', accel: 'tcg', rootBlockDriver: 'virtio-blk' } };
     const line = new VmFactory(t).machine().kernelCmdline;
     expect(line.split(' ')).to.include('acpi=noirq');
-    expect(line.endsWith(' acpi=noirq agent.policy_sha256=ab')).to.equal(true);
+    expect(line.endsWith(' acpi=noirq agent.warmup=1 agent.policy_sha256=ab')).to.equal(true);
+    // The template's agent warms its RPC paths before it is saved (src/agent/warmup.ts); a cold boot does not.
+    expect(warmUpWanted(line)).to.equal(true);
+    expect(line.split(' ')).to.include(TEMPLATE_WARMUP_PARAM);
     expect(line).to.not.match(/ {2}/);
   });
 
