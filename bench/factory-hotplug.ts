@@ -18,7 +18,8 @@
  * runtime sends them (CreateSandbox, CreateContainer of /bin/true on the
  * guest's own root, StartContainer, WaitProcess); FH_WARMUP=0 boots the
  * template without `agent.warmup=1` (no agent warm-up, as before template
- * format 5), to compare.
+ * format 5), FH_WARMUP=both builds both templates and alternates their
+ * clones, to compare in the same minutes.
  *
  * Needs root (the template's tmpfs). Prints the timelines; writes nothing.
  */
@@ -26,7 +27,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { loadConfig } from '../src/runtime/config';
+import { defaultConfig, guestAssets, loadConfig } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
@@ -166,38 +167,54 @@ async function main(): Promise<void> {
   const shareCounts = (process.argv[2] ?? '0,2').split(',').map(Number);
   const runs = Number(process.argv[3] ?? 1);
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-fhbench-'));
-  const tplCfg = path.join(runDir, 'template.toml');
-  fs.writeFileSync(tplCfg, `[runtime]\nrun_dir = "${runDir}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(runDir, 'template')}"\n${process.env.FH_IMAGE ? `[hypervisor.qemu]\nimage = "${process.env.FH_IMAGE}"\n` : ''}`);
-  const cfg = loadConfig(tplCfg);
-  const qemu = cfg['hypervisor.qemu'].path;
-  const probe = await probeKvm(qemu, runDir);
-  const choice = chooseHypervisor('qemu', 'auto', probe, false);
-  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
-  // FH_ACPI_IRQ=1 / FH_WARMUP=0: the template without TEMPLATE_KERNEL_PARAMS' acpi=noirq / agent.warmup=1 (the layouts before), to compare.
-  const factory = new (class extends VmFactory {
-    machine() {
-      const m = super.machine();
-      let line = m.kernelCmdline;
-      if (process.env.FH_ACPI_IRQ === '1') line = line.replace(/ ?\bacpi=noirq\b/, '');
-      if (process.env.FH_WARMUP === '0') line = line.replace(/ ?\bagent\.warmup=1\b/, '');
-      return { ...m, kernelCmdline: line };
-    }
-  })({ config: cfg, qemu: qemuTarget(hv), kernelParams: process.env.FH_KPARAMS ?? 'loglevel=8' });
+  // FH_WARMUP=both: two templates, with and without the agent's warm-up, their clones alternating.
+  const warmups = process.env.FH_WARMUP === 'both' ? ['1', '0'] : [process.env.FH_WARMUP === '0' ? '0' : '1'];
+  const factories: { warm: string; factory: VmFactory }[] = [];
+  const qemuOf: string[] = [];
   try {
-    await factory.init((l) => process.stderr.write(`  ${l}\n`));
+    // Kernel and image pinned as copies (as bench/factory.ts): a guest image rebuilt meanwhile would stale the templates.
+    const assets = guestAssets(defaultConfig(), 'qemu');
+    const pinned = { kernel: path.join(runDir, 'vmlinux'), image: path.join(runDir, 'rootfs.erofs') };
+    fs.copyFileSync(assets.kernel, pinned.kernel);
+    fs.copyFileSync(process.env.FH_IMAGE ?? assets.image, pinned.image);
+    for (const warm of warmups) {
+      const tplCfg = path.join(runDir, `template-${warm}.toml`);
+      fs.writeFileSync(tplCfg, `[runtime]\nrun_dir = "${runDir}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(runDir, `template-${warm}`)}"\n[hypervisor.qemu]\nkernel = "${pinned.kernel}"\nimage = "${pinned.image}"\n`);
+      const cfg = loadConfig(tplCfg);
+      const qemu = cfg['hypervisor.qemu'].path;
+      const probe = await probeKvm(qemu, runDir);
+      const choice = chooseHypervisor('qemu', 'auto', probe, false);
+      const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
+      // FH_ACPI_IRQ=1 / warm-up '0': the template without TEMPLATE_KERNEL_PARAMS' acpi=noirq / agent.warmup=1 (the layouts before), to compare.
+      const factory = new (class extends VmFactory {
+        machine() {
+          const m = super.machine();
+          let line = m.kernelCmdline;
+          if (process.env.FH_ACPI_IRQ === '1') line = line.replace(/ ?\bacpi=noirq\b/, '');
+          if (warm === '0') line = line.replace(/ ?\bagent\.warmup=1\b/, '');
+          return { ...m, kernelCmdline: line };
+        }
+      })({ config: cfg, qemu: qemuTarget(hv), kernelParams: process.env.FH_KPARAMS ?? 'loglevel=8' });
+      factories.push({ warm, factory });
+      qemuOf.push(qemu);
+      await factory.init((l) => process.stderr.write(`  ${l}\n`));
+    }
     for (let r = 0; r < runs; r++) {
       for (const n of shareCounts) {
-        console.log(`--- clone with vsock + ${n} share(s), run ${r + 1} (load ${os.loadavg()[0].toFixed(2)})`);
-        const lines = await cloneTimeline(factory, qemu, path.join(runDir, 'c'), n);
-        for (const l of lines) console.log(l);
-        const at = (re: RegExp) => Number(lines.find((l) => re.test(l))?.split(' ')[0] ?? NaN);
-        const plug = at(/host {2}> device_add vhost-user-vsock-pci/);
-        const agent = at(/agent vsock port answers/);
-        console.log(`summary: ${n} share(s)${process.env.FH_ACPI_IRQ === '1' ? ', ACPI IRQ routing' : ', acpi=noirq'}${process.env.FH_WARMUP === '0' ? ', no agent warm-up' : ''}: resumed ${at(/host {2}< cont/)} ms, agent answers ${agent} ms after spawn, ${(agent - plug).toFixed(1)} ms after the vsock's device_add`);
+        for (const [i, { warm, factory }] of factories.entries()) {
+          console.log(`--- clone with vsock + ${n} share(s), run ${r + 1}${warm === '0' ? ', no agent warm-up' : ''} (load ${os.loadavg()[0].toFixed(2)})`);
+          const lines = await cloneTimeline(factory, qemuOf[i]!, path.join(runDir, 'c'), n);
+          for (const l of lines) console.log(l);
+          const at = (re: RegExp) => Number(lines.find((l) => re.test(l))?.split(' ')[0] ?? NaN);
+          const plug = at(/host {2}> device_add vhost-user-vsock-pci/);
+          const agent = at(/agent vsock port answers/);
+          const rpcs = lines.filter((l) => /host {2}(Check 1|CreateSandbox|CreateContainer|StartContainer|WaitProcess):/.test(l)).map((l) => l.replace(/^\S+ host {2}/, '')).join(', ');
+          console.log(`summary: ${n} share(s)${process.env.FH_ACPI_IRQ === '1' ? ', ACPI IRQ routing' : ', acpi=noirq'}${warm === '0' ? ', no agent warm-up' : ', agent warm-up'}: resumed ${at(/host {2}< cont/)} ms, agent answers ${agent} ms after spawn, ${(agent - plug).toFixed(1)} ms after the vsock's device_add${rpcs ? `; ${rpcs}` : ''}`);
+        }
       }
     }
   } finally {
-    factory.destroy();
+    for (const { factory } of factories) factory.destroy();
     fs.rmSync(runDir, { recursive: true, force: true });
   }
 }

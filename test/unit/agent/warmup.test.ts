@@ -1,7 +1,7 @@
 /**
  * The template agent's warm-up (src/agent/warmup.ts): it serves its round
  * of RPCs through the real server, handlers and codecs with the outcomes it
- * expects (a CreateContainer that succeeds, errors for missing containers),
+ * expects (CreateSandbox and the reads succeed, errors for missing containers),
  * touches nothing outside its scratch directory but the network object it
  * is given, and leaves the scratch directory gone.
  */
@@ -44,8 +44,8 @@ describe('unit: agent warm-up before a VM template is saved', function () {
     const scratch = path.join(dir, 'warm-up');
     const net = new RecordingNetwork(path.join(scratch, 'resolv.conf'));
     const line = await warmUp(scratch, net);
-    // No '; ' tail: every served RPC had the outcome the warm-up expects (CreateContainer created its bundle).
-    expect(line).to.match(/^kata-agent: template warm-up: 20 RPCs served, 6 through the codec only, \d+ ms$/);
+    // No '; ' tail: every served RPC had the outcome the warm-up expects.
+    expect(line).to.match(/^kata-agent: template warm-up: 15 RPCs served, 7 through the codec only, heap collected, \d+ ms$/);
     expect(net.calls).to.deep.equal(['loopbackUp', 'resolv:nameserver 127.0.0.1', 'listInterfaces', 'listRoutes']);
     expect(fs.existsSync(scratch)).to.equal(false);
   });
@@ -55,7 +55,7 @@ describe('unit: agent warm-up before a VM template is saved', function () {
     const net = new RecordingNetwork(path.join(scratch, 'resolv.conf'));
     net.loopbackUp = () => { throw new Error('netlink refused'); };
     const line = await warmUp(scratch, net);
-    expect(line).to.match(/20 RPCs served, .*; CreateSandbox: .*netlink refused/);
+    expect(line).to.match(/15 RPCs served, .*; CreateSandbox: .*netlink refused/);
     expect(fs.existsSync(scratch)).to.equal(false);
   });
 });
