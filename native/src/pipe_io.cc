@@ -71,7 +71,12 @@ class SpliceWorker : public Napi::AsyncWorker {
       if (n == 0) { err_ = EPIPE; return; }
       if (errno == EINTR) continue;
       if (errno != EAGAIN) { err_ = errno; return; }
-      pollfd p{to_, POLLOUT, 0};
+      // EAGAIN from either side: wait for the one that is not ready (an
+      // empty pipe — another reader took the bytes — must not spin on a
+      // writable socket).
+      int waiting = 0;
+      bool pipeEmpty = ioctl(from_, FIONREAD, &waiting) == 0 && waiting == 0;
+      pollfd p{pipeEmpty ? from_ : to_, static_cast<short>(pipeEmpty ? POLLIN : POLLOUT), 0};
       if (poll(&p, 1, 50) < 0 && errno != EINTR) { err_ = errno; return; }
       if (p.revents & POLLNVAL) { err_ = EBADF; return; }
     }
