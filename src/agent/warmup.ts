@@ -23,8 +23,6 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as v8 from 'node:v8';
-import * as vm from 'node:vm';
 import type { Duplex } from 'node:stream';
 import { AgentSandbox } from './sandbox';
 import { agentHandlers, agentRpcServer, AGENT_MAX_MESSAGE } from './service';
@@ -138,23 +136,6 @@ function connectedPair(sock: string): Promise<{ agentEnd: Duplex; hostEnd: Duple
 }
 
 /**
- * A full garbage collection, so the warm-up's garbage is not saved with the
- * template: otherwise the clone's first RPCs pay for collecting it (a
- * major GC walks the heap, every page of it a first touch in a clone).
- * Node exposes gc() only with --expose-gc, which can be set at run time.
- */
-function collectGarbage(): boolean {
-  try {
-    v8.setFlagsFromString('--expose-gc');
-    const gc = vm.runInNewContext('gc') as () => void;
-    gc();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/**
  * Runs the warm-up; resolves with one line for the console. Never throws:
  * a warm-up that fails costs the clones time, not the template.
  */
@@ -203,8 +184,7 @@ export async function warmUp(scratch = '/run/kata-ts/warm-up', network: GuestNet
     pair?.stop();
     fs.rmSync(scratch, { recursive: true, force: true });
   }
-  const gcs = collectGarbage();
   const ms = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
-  return `kata-agent: template warm-up: ${served} RPCs served, ${coded} through the codec only, ${gcs ? 'heap collected, ' : ''}${ms} ms` +
+  return `kata-agent: template warm-up: ${served} RPCs served, ${coded} through the codec only, ${ms} ms` +
     (errors.length ? `; ${errors.join('; ')}` : '');
 }
