@@ -203,3 +203,16 @@ export function familyLayers(): { base: Buffer; upper: Buffer } {
   ]);
   return { base, upper };
 }
+
+/** Every file of an image store under dir with its sha256 (image.json, which holds the creation time, left out): two stores are equal byte for byte when these are. */
+export function storeFiles(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const e of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
+    if (e.isDirectory()) continue;
+    const p = path.join(e.parentPath ?? e.path, e.name);
+    const rel = path.relative(dir, p);
+    if (rel.endsWith('image.json')) continue;
+    out[rel] = crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
+  }
+  return out;
+}

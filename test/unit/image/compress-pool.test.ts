@@ -17,7 +17,7 @@ import { Lz4 } from '../../../src/hot/lz4';
 import { CompressPool } from '../../../src/image/compress-pool';
 import { convertImage } from '../../../src/image/convert';
 import { OciSourceError, toShared } from '../../../src/image/oci-source';
-import { makeTar, noise, writeLayout, type TarSpec } from '../../helpers/oci-images';
+import { makeTar, noise, storeFiles, writeLayout, type TarSpec } from '../../helpers/oci-images';
 import { prng } from '../../helpers/prng';
 
 /** Text-like bytes: words from a small vocabulary (compressible, with many short matches). */
@@ -28,19 +28,6 @@ function words(n: number, seed: number): Buffer {
   let len = 0;
   while (len < n) { const w = vocab[r() % vocab.length]; parts.push(w); len += w.length; }
   return Buffer.from(parts.join('')).subarray(0, n);
-}
-
-/** Every file under dir with its sha256, to compare two stores. */
-function tree(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const e of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
-    if (e.isDirectory()) continue;
-    const p = path.join(e.parentPath ?? e.path, e.name);
-    const rel = path.relative(dir, p);
-    if (rel.endsWith('image.json')) continue; // holds the creation time
-    out[rel] = crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
-  }
-  return out;
 }
 
 describe('image conversion: compression in workers', function () {
@@ -111,7 +98,7 @@ describe('image conversion: compression in workers', function () {
       const store = path.join(work, `det-${workers}`);
       const res = await convertImage(`${src}:t`, { store, progress: false, workers, chunkSize: 1 << 20 });
       expect(res.record.totals.newChunks).to.be.greaterThan(20);
-      trees.push(tree(store));
+      trees.push(storeFiles(store));
     }
     expect(Object.keys(trees[0]).length).to.be.greaterThan(3);
     expect(trees[1]).to.deep.equal(trees[0]);

@@ -8,7 +8,6 @@
  * gzip layers with hard links across layers, whiteouts and replaced files.
  */
 import { expect } from 'chai';
-import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -16,7 +15,7 @@ import { configureLogging } from '../../../src/common/log';
 import { convertImage } from '../../../src/image/convert';
 import { SliceRing } from '../../../src/image/layer-stream';
 import { parseTar, TarError, TarReader, type TarEntry } from '../../../src/image/tar';
-import { makeTar, noise, writeLayout, type TarSpec } from '../../helpers/oci-images';
+import { makeTar, noise, storeFiles, writeLayout, type TarSpec } from '../../helpers/oci-images';
 
 /** Entries and their data from feeding `tar` to a TarReader in slices of the given sizes (cycled). */
 function streamed(tar: Buffer, sizes: number[]): { entries: TarEntry[]; data: Buffer[] } {
@@ -39,19 +38,6 @@ function streamed(tar: Buffer, sizes: number[]): { entries: TarEntry[]; data: Bu
 const meta = (e: TarEntry): unknown => ({ path: e.path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, size: e.size, mtime: e.mtime, mtimeNsec: e.mtimeNsec, linkname: e.linkname, dev: [e.devmajor, e.devminor], xattrs: [...e.xattrs].map(([k, v]) => [k, v.toString('hex')]) });
 
 const errorOf = (f: () => unknown): Error | null => { try { f(); return null; } catch (e) { return e as Error; } };
-
-/** Every file under dir with its sha256, to compare two stores. */
-function storeFiles(dir: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const e of fs.readdirSync(dir, { recursive: true, withFileTypes: true })) {
-    if (e.isDirectory()) continue;
-    const p = path.join(e.parentPath ?? e.path, e.name);
-    const rel = path.relative(dir, p);
-    if (rel.endsWith('image.json')) continue; // holds the creation time
-    out[rel] = crypto.createHash('sha256').update(fs.readFileSync(p)).digest('hex');
-  }
-  return out;
-}
 
 describe('image conversion: layers streamed in slices', function () {
   this.timeout(120_000);
