@@ -144,10 +144,10 @@ export async function warmUp(scratch = '/run/kata-ts/warm-up', network: GuestNet
   let served = 0;
   let coded = 0;
   const errors: string[] = [];
-  fs.rmSync(scratch, { recursive: true, force: true });
   let client: RpcClient | undefined;
   let pair: Awaited<ReturnType<typeof connectedPair>> | undefined;
   try {
+    fs.rmSync(scratch, { recursive: true, force: true });
     fs.mkdirSync(scratch, { recursive: true });
     pair = await connectedPair(path.join(scratch, 'agent.sock'));
     const { agentEnd, hostEnd } = pair;
@@ -182,7 +182,7 @@ export async function warmUp(scratch = '/run/kata-ts/warm-up', network: GuestNet
     client?.close();
     pair?.agentEnd.destroy();
     pair?.stop();
-    fs.rmSync(scratch, { recursive: true, force: true });
+    try { fs.rmSync(scratch, { recursive: true, force: true }); } catch (err) { errors.push((err as Error).message); }
   }
   const ms = Math.round(Number(process.hrtime.bigint() - t0) / 1e6);
   return `kata-agent: template warm-up: ${served} RPCs served, ${coded} through the codec only, ${ms} ms` +

@@ -58,4 +58,10 @@ describe('unit: agent warm-up before a VM template is saved', function () {
     expect(line).to.match(/15 RPCs served, .*; CreateSandbox: .*netlink refused/);
     expect(fs.existsSync(scratch)).to.equal(false);
   });
+
+  it('a scratch directory it cannot make is one error on its line, not a throw (the template is still saved)', async () => {
+    fs.writeFileSync(path.join(dir, 'file'), '');
+    const line = await warmUp(path.join(dir, 'file', 'warm-up'), new RecordingNetwork(path.join(dir, 'r')));
+    expect(line).to.match(/^kata-agent: template warm-up: 0 RPCs served, 0 through the codec only, \d+ ms; .*ENOTDIR/);
+  });
 });
