@@ -7,13 +7,13 @@
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
 import { DeviceManager, DeviceError } from '../../../src/resource/devices/device-manager';
 import type { VmConfig } from '../../../src/hypervisor/hypervisor';
+import { fakeQmp, type FakeQmp } from '../../helpers/fake-qmp';
 
 /** PCI slot of every -device that names one (addr=0x..), by its id= (or driver when it has none). */
 function slotsOf(args: string[]): Map<string, number> {
@@ -26,85 +26,6 @@ function slotsOf(args: string[]): Map<string, number> {
     out.set(id, parseInt(addr[1], 16));
   });
   return out;
-}
-
-interface FakeQmp {
-  server: net.Server;
-  deviceAdds: Array<Record<string, unknown>>;
-  /** device_del ids whose DEVICE_DELETED is withheld (a guest that does not release the device). */
-  withhold: Set<string>;
-  /** device_del ids answered with DeviceNotFound (QEMU no longer has the device). */
-  notFound: Set<string>;
-  /** device_add ids answered with an error. */
-  refuseAdd: Set<string>;
-  /** Every command received. */
-  commands: Array<{ execute: string; arguments?: Record<string, unknown> }>;
-  /** Sends an event to the client, e.g. a late DEVICE_DELETED. */
-  emit(event: string, data: Record<string, unknown>): void;
-}
-
-/**
- * A QMP server on qmp.sock that greets, answers every command with {},
- * records device_add arguments and confirms device_del at once (unless told
- * to withhold the event or to answer DeviceNotFound). Like QEMU, it refuses a
- * device_add on a PCI slot that is still occupied.
- */
-function fakeQmp(sock: string, onQuit: () => void): FakeQmp {
-  const deviceAdds: Array<Record<string, unknown>> = [];
-  const withhold = new Set<string>();
-  const notFound = new Set<string>();
-  const refuseAdd = new Set<string>();
-  const commands: Array<{ execute: string; arguments?: Record<string, unknown> }> = [];
-  /** Occupied slot → device id, as QEMU's bus sees it. */
-  const bus = new Map<string, string>();
-  let conn: net.Socket | undefined;
-  const server = net.createServer((c) => {
-    conn = c;
-    c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
-    let buf = '';
-    c.on('data', (d) => {
-      buf += d.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, nl)) as { execute: string; arguments?: Record<string, unknown>; id?: string };
-        buf = buf.slice(nl + 1);
-        const args = msg.arguments ?? {};
-        commands.push({ execute: msg.execute, ...(msg.arguments ? { arguments: msg.arguments } : {}) });
-        if (msg.execute === 'device_add') {
-          if (refuseAdd.has(String(args.id))) {
-            c.write(`${JSON.stringify({ error: { class: 'GenericError', desc: `device_add ${String(args.id)} refused` }, id: msg.id })}\n`);
-            continue;
-          }
-          const addr = String(args.addr);
-          if (bus.has(addr)) {
-            c.write(`${JSON.stringify({ error: { class: 'GenericError', desc: `PCI: slot ${addr} function 0 not available for ${String(args.driver)}, in use by ${bus.get(addr)}` }, id: msg.id })}\n`);
-            continue;
-          }
-          bus.set(addr, String(args.id));
-          deviceAdds.push(args);
-        }
-        if (msg.execute === 'device_del' && notFound.has(String(args.id))) {
-          c.write(`${JSON.stringify({ error: { class: 'DeviceNotFound', desc: `Device '${String(args.id)}' not found` }, id: msg.id })}\n`);
-          continue;
-        }
-        c.write(`${JSON.stringify({ return: {}, id: msg.id })}\n`);
-        if (msg.execute === 'device_del' && !withhold.has(String(args.id))) {
-          for (const [addr, id] of bus) if (id === args.id) bus.delete(addr);
-          c.write(`${JSON.stringify({ event: 'DEVICE_DELETED', data: { device: args.id } })}\n`);
-        }
-        if (msg.execute === 'quit') onQuit();
-      }
-    });
-    c.on('error', () => undefined);
-  });
-  server.listen(sock);
-  return {
-    server, deviceAdds, withhold, notFound, refuseAdd, commands,
-    emit(event, data) {
-      if (event === 'DEVICE_DELETED') for (const [addr, id] of bus) if (id === data.device) bus.delete(addr);
-      conn?.write(`${JSON.stringify({ event, data })}\n`);
-    },
-  };
 }
 
 describe('QemuHypervisor with a stand-in QEMU: PCI slots, owner death', function () {

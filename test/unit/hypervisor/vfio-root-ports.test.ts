@@ -12,7 +12,6 @@
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { QemuHypervisor, QemuError, checkVfioPorts } from '../../../src/hypervisor/qemu';
@@ -20,57 +19,7 @@ import { RootPortPool, rootPortPciPath, PciSlotError } from '../../../src/hyperv
 import { vfioDeviceAdd, vfioDeviceArg } from '../../../src/hypervisor/vfio-host';
 import { DeviceManager } from '../../../src/resource/devices/device-manager';
 import type { VmConfig } from '../../../src/hypervisor/hypervisor';
-
-type Cmd = { execute: string; arguments?: Record<string, unknown> };
-
-/**
- * QMP on qmp.sock: greets, answers {}, refuses a device_add into an
- * occupied bus/addr as QEMU does, and sends DEVICE_DELETED for a device_del
- * unless its id is in `withhold`.
- */
-function fakeQmp(sock: string): { server: net.Server; commands: Cmd[]; withhold: Set<string>; emit(ev: string, data: object): void } {
-  const commands: Cmd[] = [];
-  const withhold = new Set<string>();
-  const occupied = new Map<string, string>();
-  let conn: net.Socket | undefined;
-  const server = net.createServer((c) => {
-    conn = c;
-    c.on('error', () => undefined);
-    c.write('{"QMP": {"version": {}, "capabilities": []}}\n');
-    let buf = '';
-    c.on('data', (d) => {
-      buf += d.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, nl)) as Cmd & { id?: string };
-        buf = buf.slice(nl + 1);
-        const args = msg.arguments ?? {};
-        commands.push({ execute: msg.execute, ...(msg.arguments ? { arguments: msg.arguments } : {}) });
-        if (msg.execute === 'device_add') {
-          const at = `${String(args.bus ?? 'pci.0')}:${String(args.addr)}`;
-          if (occupied.has(at)) {
-            c.write(`${JSON.stringify({ error: { class: 'GenericError', desc: `slot ${at} in use by ${occupied.get(at)}` }, id: msg.id })}\n`);
-            continue;
-          }
-          occupied.set(at, String(args.id));
-        }
-        c.write(`${JSON.stringify({ return: {}, id: msg.id })}\n`);
-        if (msg.execute === 'device_del' && !withhold.has(String(args.id))) {
-          for (const [at, id] of occupied) if (id === args.id) occupied.delete(at);
-          c.write(`${JSON.stringify({ event: 'DEVICE_DELETED', data: { device: args.id } })}\n`);
-        }
-      }
-    });
-  });
-  server.listen(sock);
-  return {
-    server, commands, withhold,
-    emit(event, data) {
-      for (const [at, id] of occupied) if (id === (data as { device?: string }).device) occupied.delete(at);
-      conn?.write(`${JSON.stringify({ event, data })}\n`);
-    },
-  };
-}
+import { fakeQmp } from '../../helpers/fake-qmp';
 
 describe('unit: VFIO behind PCIe root ports (q35)', function () {
   this.timeout(20000);
