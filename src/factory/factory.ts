@@ -27,6 +27,7 @@ import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { dataExtents, startCloneMemory, type CloneMemory } from './memory';
 import { restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
 import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
+import { MemoryPlanError, qemuMemoryPlan, type QemuMemoryOptions } from '../hypervisor/memory-plan';
 import { isMountPoint, MEMORY, mountSource, STATE, TEMPLATE_FILES, templateStatus, TMPFS_SOURCE, writeManifest, type TemplateStatus } from './template-store';
 
 /** What a template is made for: the QEMU settings and the sandbox's kernel parameters. */
@@ -34,6 +35,8 @@ export interface FactoryTarget {
   config: Config;
   /** QEMU binary, machine, its extra properties, the accelerator in use. */
   qemu: { binary: string; machine: string; machineAccelerators: string; accel: 'kvm' | 'tcg'; rootBlockDriver: string;
+    /** The memory devices and hotplug room (DAX image, balloon, virtio-mem, TCG cache): the template carries them as a cold boot has them. */
+    memory?: QemuMemoryOptions;
     /** Settings in use that a template does not reproduce (their config key names). */
     unsupported?: string[] };
   /** The sandbox part of the kernel command line (sandboxKernelParams). */
@@ -45,19 +48,15 @@ export interface FactoryTarget {
 /** FactoryTarget['qemu'] of a QEMU hypervisor as the runtime built it. */
 export function qemuTarget(hv: QemuHypervisor): FactoryTarget['qemu'] {
   const s = hv.settings;
-  const m = s.memory ?? {};
-  const unsupported = [
-    m.imageNvdimm ? 'disable_image_nvdimm = false' : '', m.balloon ? 'reclaim_guest_freed_memory' : '',
-    m.maxMemoryMiB ? 'default_maxmemory' : '', m.maxVcpus ? 'default_maxvcpus' : '',
-  ].filter(Boolean);
-  return { binary: s.binary, machine: s.machine, machineAccelerators: s.machineAccelerators ?? '', accel: s.accel, rootBlockDriver: hv.rootBlockDriver, unsupported };
+  return { binary: s.binary, machine: s.machine, machineAccelerators: s.machineAccelerators ?? '', accel: s.accel, rootBlockDriver: hv.rootBlockDriver, memory: { ...(s.memory ?? {}) }, unsupported: [] };
 }
 
 /** Why a configuration cannot use templates at all (undefined: it can). */
 export function templateUnsupported(t: FactoryTarget): string | undefined {
-  if (t.qemu.unsupported?.length) return `VM templates do not reproduce ${t.qemu.unsupported.join(', ')} ([hypervisor.qemu]): the template VM has QEMU's virtio-blk root disk, rng and console only`;
+  if (t.qemu.unsupported?.length) return `VM templates do not reproduce ${t.qemu.unsupported.join(', ')} ([hypervisor.qemu])`;
   if (t.qemu.machine !== 'pc') return `VM templates need machine_type = "pc" (hotplug of the agent channel after restore), not "${t.qemu.machine}"`;
-  if (t.qemu.rootBlockDriver !== 'virtio-blk') return 'VM templates need root_block_driver = "virtio-blk": QEMU cannot migrate a vhost-user-blk root disk';
+  // With the DAX image the root is the NVDIMM and there is no root disk at all.
+  if (t.qemu.rootBlockDriver !== 'virtio-blk' && !t.qemu.memory?.imageNvdimm) return 'VM templates need root_block_driver = "virtio-blk": QEMU cannot migrate a vhost-user-blk root disk';
   return undefined;
 }
 
@@ -94,12 +93,29 @@ export class VmFactory {
     const assets = guestAssets(cfg, 'qemu');
     const size = vmSizing(cfg, 'qemu');
     const debug = cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug;
+    const vcpus = this.t.vcpus ?? size.vcpus;
+    const memoryMiB = this.t.memoryMiB ?? size.memoryMiB;
+    const memory = this.t.qemu.memory ?? {};
+    // As a cold boot (qemu-command-line.ts): the NVDIMM's root parameters, and the plan's own (memhp_default_state).
+    const plan = this.plan({ kernel: assets.kernel, image: assets.image, vcpus, memoryMiB, memory });
+    const base = plan.rootParams ? baseKernelParams(debug).replace('root=/dev/vda', plan.rootParams) : baseKernelParams(debug);
     return {
       kernel: assets.kernel, image: assets.image,
-      kernelCmdline: `${baseKernelParams(debug)} ${TEMPLATE_KERNEL_PARAMS} ${this.t.kernelParams}`.replace(/ +/g, ' ').trim(),
-      vcpus: this.t.vcpus ?? size.vcpus, memoryMiB: this.t.memoryMiB ?? size.memoryMiB,
+      kernelCmdline: `${base} ${TEMPLATE_KERNEL_PARAMS} ${plan.kernelParams.join(' ')} ${this.t.kernelParams}`.replace(/ +/g, ' ').trim(),
+      vcpus, memoryMiB,
       machine: this.t.qemu.machine, machineAccelerators: this.t.qemu.machineAccelerators, accel: this.t.qemu.accel,
+      memory,
     };
+  }
+
+  /** The memory plan of the template's machine; a configuration QEMU would refuse is TemplateError('config'). */
+  private plan(m: Pick<TemplateMachine, 'kernel' | 'image' | 'vcpus' | 'memoryMiB' | 'memory'>): ReturnType<typeof qemuMemoryPlan> {
+    try {
+      return qemuMemoryPlan({ memoryMiB: m.memoryMiB, vcpus: m.vcpus, image: m.image }, m.memory, false, this.t.qemu.accel);
+    } catch (err) {
+      if (err instanceof MemoryPlanError) throw new TemplateError('config', err.message, { cause: err });
+      throw err;
+    }
   }
 
   /** The key inputs of this configuration; throws TemplateError('config') when a file is missing. */
@@ -111,10 +127,15 @@ export class VmFactory {
         throw new TemplateError('config', `${what} ${f}: ${errorMessage(err)}`, { cause: err });
       }
     };
+    const plan = this.plan(m);
     return {
       format: TEMPLATE_FORMAT, kernel: id('guest kernel', m.kernel), image: id('guest image', m.image), qemu: id('QEMU', this.t.qemu.binary),
       kernelCmdline: m.kernelCmdline, vcpus: m.vcpus, memoryMiB: m.memoryMiB, machine: m.machine,
       machineAccelerators: m.machineAccelerators, accel: m.accel,
+      memory: {
+        m: plan.m, smp: plan.smp, daxImage: plan.daxImage ? id('DAX guest image', plan.daxImage) : null,
+        balloon: !!m.memory.balloon, virtioMemMiB: plan.virtioMem?.sizeMiB ?? 0,
+      },
     };
   }
 

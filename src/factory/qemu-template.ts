@@ -6,7 +6,19 @@
  * The template VM holds ONLY devices QEMU can migrate — its own virtio-blk
  * for the guest image (slot 3), virtio-rng (slot 5), the serial console and
  * vmgenid — with guest RAM in a file mapped shared and bound through a NUMA
- * node. Saving with the `x-ignore-shared` capability leaves that RAM out of
+ * node. It also carries the configuration's memory devices, exactly as a
+ * cold boot has them (src/hypervisor/memory-plan.ts, the same function
+ * renders both): the guest image as a read-only DAX NVDIMM instead of the
+ * virtio-blk disk, the virtio-balloon with free page reporting, one
+ * virtio-mem device at requested-size 0, and the -m/-smp hotplug room. All
+ * are QEMU's own, migratable devices. Their memory stays out of the state
+ * file: the NVDIMM's backend is the image file (share=on, readonly), the
+ * virtio-mem backend a memfd (share=on), and x-ignore-shared skips every
+ * shared RAMBlock. A clone maps the same image file and gets a fresh,
+ * empty virtio-mem memfd from its own QEMU; empty is right because nothing
+ * was plugged in the template (its bitmap in the state says so). The NVDIMM
+ * has no label area (no label-size), so there is no device memory to
+ * carry; its NFIT and DSM buffer are ACPI RAM blocks, migrated as usual. Saving with the `x-ignore-shared` capability leaves that RAM out of
  * the stream (it is already in the file): the state file is a few hundred
  * KB of device and CPU state. A clone runs the same command line with its
  * own RAM (see memory.ts), `-S -incoming defer`, loads the state and
@@ -35,6 +47,7 @@
 import * as fs from 'node:fs';
 import { KataError } from '../common/errors';
 import type { QmpClient } from '../hypervisor/qmp';
+import { qemuMemoryPlan, type QemuMemoryOptions } from '../hypervisor/memory-plan';
 
 export class TemplateError extends KataError<'config' | 'boot' | 'save' | 'restore' | 'missing' | 'stale' | 'corrupt'> {}
 
@@ -47,6 +60,8 @@ export interface TemplateMachine {
   machine: string;
   machineAccelerators: string;
   accel: 'kvm' | 'tcg';
+  /** The memory devices and hotplug room, as the hypervisor's options have them (DAX, balloon, virtio-mem, TCG cache). */
+  memory: QemuMemoryOptions;
 }
 
 /**
@@ -57,12 +72,16 @@ export interface TemplateMachine {
  * file): measured by bench/factory.ts, usable only without vhost-user devices.
  */
 export function templateArgs(m: TemplateMachine, memPath: string, consoleLog: string, opts: { incoming?: boolean; privateMem?: boolean } = {}): string[] {
+  // The same plan a cold boot of this configuration renders (qemu-command-line.ts): machine
+  // properties (nvdimm=on), -m/-smp, the NVDIMM, virtio-mem and balloon, the TCG cache.
+  const plan = qemuMemoryPlan({ memoryMiB: m.memoryMiB, vcpus: m.vcpus, image: m.image }, m.memory, false, m.accel);
   const args = [
     '-name', 'kata-ts-template,debug-threads=on',
-    '-M', `${m.machine},accel=${m.accel}${m.machineAccelerators ? `,${m.machineAccelerators}` : ''}`,
+    '-M', `${m.machine}${plan.accel ? '' : `,accel=${m.accel}`}${m.machineAccelerators ? `,${m.machineAccelerators}` : ''}${plan.machineProps.map((p) => `,${p}`).join('')}`,
+    ...(plan.accel ? ['-accel', plan.accel] : []),
     '-cpu', m.accel === 'kvm' ? 'host' : 'max',
-    '-smp', String(m.vcpus),
-    '-m', `${m.memoryMiB}M`,
+    '-smp', plan.smp,
+    '-m', plan.m,
     '-object', `memory-backend-file,id=mem,size=${m.memoryMiB}M,mem-path=${memPath},share=${opts.privateMem ? 'off' : 'on'}`,
     '-numa', 'node,memdev=mem',
     '-nodefaults', '-nographic', '-no-user-config', '-no-reboot',
@@ -72,10 +91,14 @@ export function templateArgs(m: TemplateMachine, memPath: string, consoleLog: st
     '-append', m.kernelCmdline,
     '-chardev', `file,id=console,path=${consoleLog}`,
     '-serial', 'chardev:console',
-    '-drive', `if=none,id=rootimg,file=${m.image},format=raw,readonly=on,cache=unsafe`,
-    '-device', 'virtio-blk-pci,drive=rootimg,serial=kata-root,addr=0x3',
+    // The root: the DAX NVDIMM when planned (in plan.args), else QEMU's virtio-blk on slot 3.
+    ...(plan.daxImage ? [] : [
+      '-drive', `if=none,id=rootimg,file=${m.image},format=raw,readonly=on,cache=unsafe`,
+      '-device', 'virtio-blk-pci,drive=rootimg,serial=kata-root,addr=0x3',
+    ]),
     '-device', 'virtio-rng-pci,id=rng,addr=0x5',
     '-device', 'vmgenid,id=vmgenid0,guid=auto',
+    ...plan.args,
   ];
   if (opts.incoming) args.push('-S', '-incoming', 'defer');
   return args;

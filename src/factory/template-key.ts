@@ -20,7 +20,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 
 /** Bumped when the template layout or the clone procedure changes. */
-export const TEMPLATE_FORMAT = 5; // 2 had two extra rng devices (PCI link warmers, reverted); 3 is format 1's layout again; 4 boots with acpi=noirq; 5 warms the agent's RPCs (agent.warmup=1)
+export const TEMPLATE_FORMAT = 6; // 2 had two extra rng devices (PCI link warmers, reverted); 3 is format 1's layout again; 4 boots with acpi=noirq; 5 warms the agent's RPCs (agent.warmup=1); 6 carries the memory devices (DAX nvdimm, balloon, virtio-mem, hotplug room)
 
 export interface FileIdentity {
   path: string;
@@ -28,6 +28,29 @@ export interface FileIdentity {
   size: number;
   mtimeMs: number;
 }
+
+/**
+ * The memory side of the template's machine (issue 13), as its QEMU had it
+ * (src/hypervisor/memory-plan.ts): the guest's ACPI tables, its e820 map,
+ * the NVDIMM it mounted as root, the balloon and virtio-mem drivers it
+ * probed are all in the saved state, so a clone must have exactly these.
+ * The TCG cache size is not here: it is QEMU's own, never seen by the guest
+ * or the migration stream, so a clone runs with the configuration's.
+ */
+export interface TemplateMemory {
+  /** QEMU's -m (boot size, DIMM slots, maxmem) and -smp (vCPUs, maxcpus). */
+  m: string;
+  smp: string;
+  /** The uncompressed image behind the DAX NVDIMM; null: no NVDIMM (root on virtio-blk). */
+  daxImage: FileIdentity | null;
+  /** virtio-balloon with free page reporting. */
+  balloon: boolean;
+  /** The virtio-mem device's size in MiB (requested-size 0 in the template); 0: none. */
+  virtioMemMiB: number;
+}
+
+/** What a template made before format 6 had: none of the memory devices. */
+export const NO_MEMORY_DEVICES: Readonly<Pick<TemplateMemory, 'daxImage' | 'balloon' | 'virtioMemMiB'>> = { daxImage: null, balloon: false, virtioMemMiB: 0 };
 
 /** Everything a template is built from; two equal inputs give the same key. */
 export interface TemplateInputs {
@@ -42,6 +65,7 @@ export interface TemplateInputs {
   machine: string;
   machineAccelerators: string;
   accel: string;
+  memory: TemplateMemory;
 }
 
 /** Identity of a file as the key sees it; throws (plain Error) when it is missing. */
@@ -80,6 +104,27 @@ export function keyDifferences(saved: TemplateInputs, now: TemplateInputs): stri
   for (const k of ['vcpus', 'memoryMiB', 'machine', 'machineAccelerators', 'accel'] as const) {
     if (saved[k] !== now[k]) out.push(`${k} ${JSON.stringify(saved[k])} → ${JSON.stringify(now[k])}`);
   }
+  out.push(...memoryDifferences(saved.memory, now.memory));
+  return out;
+}
+
+/** The memory devices' part of keyDifferences (a manifest before format 6 has no `memory`). */
+function memoryDifferences(saved: TemplateMemory | undefined, now: TemplateMemory): string[] {
+  const out: string[] = [];
+  const a = { m: '', smp: '', ...NO_MEMORY_DEVICES, ...saved };
+  const onOff = (v: boolean) => (v ? 'on' : 'off');
+  if (!a.daxImage !== !now.daxImage) out.push(`DAX image nvdimm: template ${a.daxImage ? a.daxImage.path : 'without'}, now ${now.daxImage ? now.daxImage.path : 'without (disable_image_nvdimm)'}`);
+  else if (a.daxImage && now.daxImage) {
+    const x = a.daxImage;
+    const y = now.daxImage;
+    if (x.path !== y.path) out.push(`DAX image is now ${y.path} (template: ${x.path})`);
+    else if (x.ino !== y.ino || x.size !== y.size || x.mtimeMs !== y.mtimeMs) out.push(`DAX image ${y.path} changed since the template was made`);
+  }
+  if (a.balloon !== now.balloon) out.push(`balloon (reclaim_guest_freed_memory): template ${onOff(a.balloon)}, now ${onOff(now.balloon)}`);
+  if (a.virtioMemMiB !== now.virtioMemMiB) out.push(`virtio-mem device: template ${a.virtioMemMiB ? `${a.virtioMemMiB} MiB` : 'none'}, now ${now.virtioMemMiB ? `${now.virtioMemMiB} MiB` : 'none'}`);
+  // Only when known: a format-5 manifest's -m/-smp were the plain sizes (already compared above).
+  if (saved && a.m !== now.m) out.push(`-m ${a.m} → ${now.m} (default_memory, default_maxmemory, memory_slots)`);
+  if (saved && a.smp !== now.smp) out.push(`-smp ${a.smp} → ${now.smp} (default_vcpus, default_maxvcpus)`);
   return out;
 }
 

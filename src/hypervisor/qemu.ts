@@ -301,9 +301,11 @@ export class QemuHypervisor implements Hypervisor {
     this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid });
     await this.vsock.listen();
     const vsockSock = path.join(cfg.dir, 'vhost-vsock.sock');
-    this.vsockBackend = new VhostUserBackend({ socketPath: vsockSock, device: this.vsock.device, guestBytes: cfg.memoryMiB * 1024 * 1024, queues: 2, name: 'vsock' });
+    // As start(): room for the template's virtio-mem region (in the first memory table) or DIMMs hotplugged later.
+    const guestBytes = qemuMemoryPlan(cfg, this.opts.memory ?? {}, false, this.opts.accel).maxRamMiB * 1024 * 1024;
+    this.vsockBackend = new VhostUserBackend({ socketPath: vsockSock, device: this.vsock.device, guestBytes, queues: 2, name: 'vsock' });
     this.vsockBackend.listen();
-    this.devices = new VhostUserDevices(cfg.memoryMiB * 1024 * 1024);
+    this.devices = new VhostUserDevices(guestBytes);
     let pid = 0;
     try {
       pid = await this.spawnQemu(cfg.dir, [...clone.args, '-qmp', `unix:${path.join(cfg.dir, 'qmp.sock')},server=on,wait=off`, '-pidfile', path.join(cfg.dir, 'qemu.pid')], []);

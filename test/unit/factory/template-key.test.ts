@@ -6,6 +6,7 @@ function inputs(): TemplateInputs {
   return {
     format: TEMPLATE_FORMAT, kernel: f('/k/vmlinux'), image: f('/i/rootfs.erofs'), qemu: f('/usr/bin/qemu'),
     kernelCmdline: 'console=ttyS0 quiet', vcpus: 1, memoryMiB: 512, machine: 'pc', machineAccelerators: '', accel: 'tcg',
+    memory: { m: '512M', smp: '1', daxImage: null, balloon: false, virtioMemMiB: 0 },
   };
 }
 
@@ -29,6 +30,11 @@ describe('unit: factory template key', () => {
       ['machine', (i) => { i.machine = 'q35'; }, /^machine "pc" → "q35"$/],
       ['accel', (i) => { i.accel = 'kvm'; }, /^accel "tcg" → "kvm"$/],
       ['format', (i) => { i.format += 1; }, /^template format/],
+      ['DAX image', (i) => { i.memory.daxImage = { path: '/i/rootfs-dax.erofs', ino: 8, size: 2 << 20, mtimeMs: 1 }; }, /^DAX image nvdimm: template without, now \/i\/rootfs-dax\.erofs/],
+      ['balloon', (i) => { i.memory.balloon = true; }, /^balloon \(reclaim_guest_freed_memory\): template off, now on$/],
+      ['virtio-mem', (i) => { i.memory.virtioMemMiB = 1536; }, /^virtio-mem device: template none, now 1536 MiB$/],
+      ['hotplug room', (i) => { i.memory.m = '512M,slots=2,maxmem=1024M'; }, /^-m 512M → 512M,slots=2,maxmem=1024M/],
+      ['vCPU ceiling', (i) => { i.memory.smp = '1,maxcpus=4'; }, /^-smp 1 → 1,maxcpus=4/],
     ];
     const base = inputs();
     for (const [what, change, reason] of changes) {
@@ -39,5 +45,16 @@ describe('unit: factory template key', () => {
       expect(diff, what).to.have.length(1);
       expect(diff[0], what).to.match(reason);
     }
+  });
+
+  it('a manifest from before the memory devices (format 5, no memory field) is stale by its format, and a lean configuration says why', () => {
+    const old = inputs() as Partial<TemplateInputs>;
+    delete old.memory;
+    old.format = 5;
+    const now = inputs();
+    now.memory = { ...now.memory, balloon: true };
+    const diff = keyDifferences(old as TemplateInputs, now);
+    expect(diff[0]).to.match(/^template format 5 → /);
+    expect(diff.slice(1)).to.deep.equal(['balloon (reclaim_guest_freed_memory): template off, now on']);
   });
 });

@@ -9,7 +9,7 @@ const QEVM = Buffer.from([0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3]);
 
 function inputs(cmdline = 'quiet'): TemplateInputs {
   const f = (p: string) => ({ path: p, ino: 1, size: 2, mtimeMs: 3 });
-  return { format: TEMPLATE_FORMAT, kernel: f('/k'), image: f('/i'), qemu: f('/q'), kernelCmdline: cmdline, vcpus: 1, memoryMiB: 1, machine: 'pc', machineAccelerators: '', accel: 'tcg' };
+  return { format: TEMPLATE_FORMAT, kernel: f('/k'), image: f('/i'), qemu: f('/q'), kernelCmdline: cmdline, vcpus: 1, memoryMiB: 1, machine: 'pc', machineAccelerators: '', accel: 'tcg', memory: { m: '1M', smp: '1', daxImage: null, balloon: false, virtioMemMiB: 0 } };
 }
 
 /** A template directory as factory init leaves it, with a 1 MiB sparse memory file. */
