@@ -12,7 +12,10 @@
  * `tb32`/`tb16` = a 32/16 MiB TCG translation cache; `dax32` = DAX image +
  * balloon + tb32; `lean` = dax32 with tb16 and a VM that starts at 256 MiB
  * (memory hotplug grows it for containers' limits); `lean64` = lean with a
- * 64 MiB cache; `leanksm` = lean with the KSM throttler; `on` = DAX image + balloon with
+ * 64 MiB cache; `leanksm` = lean with the KSM throttler; `leantpl` = lean with
+ * `[factory] enable_template`: `kata-ctl factory init` with that configuration
+ * first, then every sandbox starts as a clone of the template (checked: each
+ * QEMU ran with -incoming), the template destroyed at the end; `on` = DAX image + balloon with
  * free page reporting + 32 MiB TCG cache + KSM throttler + page
  * scanner. KSM settings of the host are restored at the end. The page
  * scanner's throughput (resident guest RAM hashed per busy second) and its
@@ -20,7 +23,7 @@
  * 3.2's figure (~120 MiB per pod, its CI) is quoted, not measured: Kata does
  * not run here. Results: build/bench/footprint.json.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -61,6 +64,8 @@ const CONFIGS: Record<string, string> = {
   lean64: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 64\ndefault_memory = 256\ndefault_maxmemory = 2048\n',
   // lean with the KSM throttler: what merges of QEMU's private memory (heap, TCG cache) across 10 VMs.
   leanksm: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[memory]\nksm_throttler = true\n',
+  // lean started from a VM template (the template carries DAX, balloon, virtio-mem and the 256 MiB start); @RUN@ is the run directory.
+  leantpl: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[factory]\nenable_template = true\ntemplate_path = "@RUN@/template"\n',
   on: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 32\n[memory]\nksm_throttler = true\npage_scanner = true\nscan_interval = 3600\n',
 };
 
@@ -93,10 +98,18 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
   // The guest pinned for the whole bench: a rebuild elsewhere moves the cache symlinks, not this run.
   const pin = `kernel = "${PINNED.kernel}"\nimage = "${PINNED.image}"\n`;
   const extra = CONFIGS[config].includes('[hypervisor.qemu]\n') ? CONFIGS[config].replace('[hypervisor.qemu]\n', `[hypervisor.qemu]\n${pin}`) : `[hypervisor.qemu]\n${pin}${CONFIGS[config]}`;
-  fs.writeFileSync(cfg, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 300\n${extra}`);
+  fs.writeFileSync(cfg, `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[agent.kata]\ndial_timeout = 300\n${extra.replace(/@RUN@/g, runDir)}`);
   const owners: ChildProcess[] = [];
-  const t0 = Date.now();
+  const templated = extra.includes('enable_template = true');
+  const ctl = (...a: string[]) => spawnSync(process.execPath, [path.join(REPO, 'bin', 'kata-ctl'), '--config', cfg, ...a], { encoding: 'utf8' });
+  let t0 = Date.now();
   try {
+    if (templated) {
+      const init = ctl('factory', 'init');
+      if (init.status !== 0) throw new Error(`${config}: kata-ctl factory init failed: ${init.stderr.trim()}`);
+      process.stderr.write(`${config}: template made in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+      t0 = Date.now();
+    }
     for (let i = 0; i < n; i++) {
       const c = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfg, '--name', `fp${i}`, '--', 'sleep', '3600'], { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
@@ -117,6 +130,9 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
     process.stderr.write(`\n${config} ×${n}: all running after ${bootSec.toFixed(0)} s; idling ${settleSec} s\n`);
     await new Promise((r) => setTimeout(r, settleSec * 1000));
     const rows = listSandboxes(runDir);
+    // A templated configuration must really have cloned every VM (a stale template would cold-boot with a warning).
+    const clones = rows.flatMap((r) => r.vmPids).filter((p) => fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0').includes('-incoming')).length;
+    if (templated && clones !== n) throw new Error(`${config} ×${n}: only ${clones} of ${n} VMs started from the template`);
     let runtime = 0;
     let qemu = 0;
     let shmem = 0;
@@ -160,6 +176,7 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
       const t = setTimeout(() => o.kill('SIGKILL'), 30_000);
       o.once('exit', () => { clearTimeout(t); r(undefined); });
     }))));
+    if (templated) ctl('factory', 'destroy');
     fs.rmSync(runDir, { recursive: true, force: true });
   }
 }
