@@ -5,6 +5,7 @@
  */
 import { decodeRequest, type TtrpcServer } from '../protocols/ttrpc/server';
 import { encode } from '../protocols/ttrpc/messages';
+import { logger, type Logger } from '../common/log';
 import { toTtrpcError } from './errors';
 import type { TaskService } from './service';
 
@@ -35,14 +36,19 @@ export const TASK_METHODS: Record<string, Method> = {
 };
 
 export function registerTaskService(server: TtrpcServer, svc: TaskService): void {
+  let log: Logger | undefined;
   for (const [name, [reqType, resType, call]] of Object.entries(TASK_METHODS)) {
     server.register(TASK_SERVICE, name, async (payload) => {
       const req = decodeRequest<never>(reqType, payload);
+      const t0 = Date.now();
       try {
         const res = await call(svc, req);
         return encode(resType, (res ?? {}) as Record<string, unknown>);
       } catch (err) {
         throw toTtrpcError(err, name);
+      } finally {
+        // Per task RPC at debug level: where a `ctr run` spends its time (README, VM templates).
+        (log ??= logger('shim')).debug('task rpc', { rpc: name, id: (req as { id?: string }).id, ms: Date.now() - t0 });
       }
     });
   }

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
-import { configureLogging, logger } from '../common/log';
+import { configureLogging, logger, type LogLevel } from '../common/log';
 import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
 import { TtrpcServer } from '../protocols/ttrpc/server';
@@ -35,7 +35,11 @@ function openLogFifo(bundle: string): Writable {
 
 export async function serve(flags: ShimFlags): Promise<void> {
   const bundle = flags.bundle || process.cwd();
-  configureLogging({ level: flags.debug ? 'debug' : 'info', stream: openLogFifo(bundle), source: 'containerd-shim-kata-ts-v2' });
+  // KATA_TS_LOG_LEVEL sets the shim's own log level only: containerd's
+  // -debug also turns on the guest's debug (kernel command line), so a VM
+  // template made without it would not be used.
+  const envLevel = process.env.KATA_TS_LOG_LEVEL as LogLevel | undefined;
+  configureLogging({ level: envLevel && ['error', 'warn', 'info', 'debug'].includes(envLevel) ? envLevel : flags.debug ? 'debug' : 'info', stream: openLogFifo(bundle), source: 'containerd-shim-kata-ts-v2' });
   const log = logger('shim', { id: flags.id, namespace: flags.namespace });
   const config = loadConfig();
   if (flags.debug) config.runtime.enable_debug = true;
