@@ -33,6 +33,7 @@ import * as path from 'node:path';
 import { Lz4 } from '../hot/lz4';
 import { CHUNK_FLAG_LZ4, type ChunkSlot, type ChunkTable } from './chunk-table';
 import type { CompressPool } from './compress-pool';
+import type { PoolReply } from './lz4-worker';
 import type { StoredChunk } from './store';
 
 interface PendingSlot {
@@ -51,6 +52,8 @@ interface LayerBlob {
   /** The blob's sha256: on the pool's hashing worker, else here. */
   hash: ReturnType<CompressPool['sha256Slices']> | crypto.Hash;
   size: number;
+  /** Its hash has been ended (digest asked for). */
+  ended?: boolean;
 }
 
 export interface NewBlob { tmp: string; digest: string; size: number }
@@ -64,84 +67,94 @@ export interface ChunkerResult {
   newBlobBytes: number;
 }
 
-/** A new chunk on its way to its blob: slot, bytes, layer, compression job. */
+/** A chunk on its way to its dedup decision (and, when new, its blob). */
 interface Queued {
-  k: number; chunk: Buffer; layer: number;
+  /** The bytes (replaced by the worker's `raw` when they were moved to it). */
+  chunk: Buffer;
+  size: number;
+  layer: number;
+  /** The chunker may move `chunk`'s buffer to a worker (nobody else holds it). */
+  owned: boolean;
   /** The worker's job, once sent. */
-  job: Promise<Uint8Array | null> | null;
-  /** Compressed (or null: store raw) and known on this thread. */
+  job: Promise<PoolReply> | null;
+  /** sha256 (and compression, when tried) known on this thread. */
   done: boolean;
+  sha: string;
+  /** Compressed bytes, or null: store raw (when tried) or not compressed yet. */
   result: Uint8Array | null;
+  tried: boolean;
   /** Lets go of the memory the chunk lies in (after its write). */
   release: (() => void) | null;
 }
 
 /**
- * Compression jobs in flight per worker: enough queued work (~16 × 2 ms)
+ * Chunk jobs in flight per worker: enough queued work (~16 × 2 ms)
  * that a worker does not run dry while this thread is busy between turns
  * of its event loop (it only learns of finished jobs then).
  */
 const WINDOW_PER_WORKER = 16;
-/** Chunks waiting unsent before pump() compresses one on this thread. */
+/** Chunks waiting unsent before pump() hashes and compresses one on this thread. */
 const HELP_AFTER = 4;
 
 export class Chunker {
   private readonly slots: PendingSlot[] = [];
   private readonly slotOf = new Map<string, number>();
+  /** Slot of each chunk added, by its ordinal (what addChunk returned). */
+  private readonly ordinalSlot: number[] = [];
   private readonly blobs = new Map<number, LayerBlob>();
   private lz4: Lz4 | null = null;
-  /** New chunks not yet written, in slot order. */
+  /** Chunks added, by ordinal; undefined once decided. */
   private readonly queue: Queued[] = [];
   private head = 0;
-  /** First queued chunk not yet sent to a worker nor compressed here. */
+  /** First queued chunk not yet sent to a worker nor done here. */
   private unsent = 0;
   private inFlight = 0;
   private newChunks = 0;
   private queuedBytes = 0;
+  private session: { sid: number; end(): void } | null;
   /** Uncompressed bytes chunked so far (progress). */
   bytesDone = 0;
-  /** Uncompressed bytes of new chunks written so far (progress). */
+  /** Uncompressed bytes decided so far (written, or found stored) (progress). */
   bytesStored = 0;
 
   constructor(private readonly chunkSize: number, private readonly index: Map<string, StoredChunk>, private readonly tmpDir: string,
-    private readonly compress = true, private readonly pool: CompressPool | null = null) {}
+    private readonly compress = true, private readonly pool: CompressPool | null = null) {
+    this.session = pool ? pool.session(index.keys()) : null;
+  }
 
   /**
-   * Adds one chunk of a file of `layer`; returns its device-1 slot. When
-   * the chunk is new it is queued as is (no copy): `hold` is called then
-   * and the returned release function once the chunk is written, so the
-   * caller can reuse the memory it lies in (the converter's read slices).
+   * Adds one chunk of a file of `layer`; returns its ordinal, which
+   * slotOfChunk() turns into its device-1 slot once decided. The chunk is
+   * queued as is (no copy): `hold` is called then and the returned release
+   * function once the chunk is written or found a duplicate, so the caller
+   * can reuse the memory it lies in (the converter's read slices). `owned`:
+   * nobody else uses the chunk's buffer (it may be moved to a worker).
    */
-  addChunk(chunk: Buffer, layer: number, hold?: () => () => void): number {
+  addChunk(chunk: Buffer, layer: number, hold?: () => () => void, owned = false): number {
     this.bytesDone += chunk.length;
-    const sha = crypto.createHash('sha256').update(chunk).digest('hex');
-    const have = this.slotOf.get(sha);
-    if (have !== undefined) return have;
-    const k = this.slots.length;
-    this.slotOf.set(sha, k);
-    const stored = this.index.get(sha);
-    if (stored && stored.size === chunk.length) {
-      this.slots.push({ sha256: sha, where: { blob: stored.blob }, offset: stored.offset, storedSize: stored.storedSize, size: stored.size, flags: stored.flags });
-      return k;
-    }
-    this.slots.push({ sha256: sha, where: { layer }, offset: 0, storedSize: chunk.length, size: chunk.length, flags: 0 });
-    this.queue.push({ k, chunk, layer, job: null, done: !this.compress, result: null, release: hold ? hold() : null });
+    const o = this.queue.length;
+    this.queue.push({ chunk, size: chunk.length, layer, owned, job: null, done: false, sha: '', result: null, tried: false, release: hold ? hold() : null });
     this.queuedBytes += chunk.length;
-    this.newChunks++;
     this.dispatch();
+    return o;
+  }
+
+  /** The device-1 slot of the chunk addChunk() numbered `ordinal` (after store()). */
+  slotOfChunk(ordinal: number): number {
+    const k = this.ordinalSlot[ordinal];
+    if (k === undefined) throw new Error(`chunk ${ordinal} is not decided yet`);
     return k;
   }
 
-  /** Uncompressed bytes of the new chunks not written yet. */
+  /** Uncompressed bytes of the chunks not decided (and written) yet. */
   pendingBytes(): number { return this.queuedBytes; }
 
-  /** Appends slot k's stored bytes to its layer's blob. */
   /**
    * Appends slot k's stored bytes to its layer's blob. Returns when the
    * bytes may be let go: at once when hashed here, else once the hashing
-   * worker has them (a compressed chunk is moved to it, not copied).
+   * worker has them (a buffer nobody else holds is moved to it, not copied).
    */
-  private write(k: number, chunk: Buffer, compressed: Uint8Array | null, layer: number): Promise<void> | null {
+  private write(k: number, chunk: Buffer, compressed: Uint8Array | null, layer: number, owned: boolean): Promise<void> | null {
     const bytes = compressed ?? chunk;
     const b = this.blobFor(layer);
     fs.writeSync(b.fd, bytes);
@@ -151,63 +164,97 @@ export class Chunker {
     s.flags = compressed ? CHUNK_FLAG_LZ4 : 0;
     b.size += bytes.length;
     if (b.hash instanceof crypto.Hash) { b.hash.update(bytes); return null; }
-    return b.hash.update(bytes, compressed !== null);
+    return b.hash.update(bytes, compressed !== null || owned);
   }
 
-  /** Compresses a chunk on this thread (no pool); null when it does not shrink. */
+  /** Compresses a chunk on this thread; null when it does not shrink. */
   private compressHere(chunk: Buffer): Uint8Array | null {
-    if (!this.compress) return null;
     this.lz4 ??= new Lz4({ maxBlockBytes: this.chunkSize });
     const c = this.lz4.compressBlock(chunk);
     return c.length < chunk.length ? c : null;
   }
 
+  /**
+   * Hashes a chunk on this thread, and compresses it unless it is known to
+   * be stored already or a duplicate (decide() compresses it after all if
+   * that turns out wrong).
+   */
+  private doHere(q: Queued): void {
+    q.sha = crypto.createHash('sha256').update(q.chunk).digest('hex');
+    if (this.compress && !this.slotOf.has(q.sha) && !this.index.has(q.sha)) { q.result = this.compressHere(q.chunk); q.tried = true; }
+    q.done = true;
+  }
+
   /** Sends waiting chunks to the workers while they have room. */
   private dispatch(): void {
-    if (!this.pool || !this.compress) { this.unsent = this.queue.length; return; }
+    if (!this.pool) { this.unsent = this.queue.length; return; }
     const cap = WINDOW_PER_WORKER * this.pool.size;
     while (this.unsent < this.queue.length && this.inFlight < cap) {
       const q = this.queue[this.unsent++];
       if (q.done) continue;
       this.inFlight++;
-      q.job = this.pool.compress(q.chunk);
-      q.job.then((r) => { q.result = r; q.done = true; }, () => undefined).finally(() => { this.inFlight--; this.dispatch(); });
+      q.job = this.pool.chunk(q.chunk, this.session!.sid, this.compress, q.owned && !(q.chunk.buffer instanceof SharedArrayBuffer));
+      q.job.then((r) => {
+        q.sha = r.hex!;
+        q.result = r.data ?? null;
+        q.tried = this.compress && !r.skipped;
+        if (r.raw) q.chunk = Buffer.from(r.raw);
+        q.done = true;
+      }, () => undefined).finally(() => { this.inFlight--; this.dispatch(); });
     }
   }
 
-  /** Compresses the next unsent chunk on this thread. */
+  /** Hashes (and compresses) the next unsent chunk on this thread. */
   private helpOne(): void {
     const q = this.queue[this.unsent++];
-    if (q.done) return;
-    q.result = this.compressHere(q.chunk);
-    q.done = true;
+    if (!q.done) this.doHere(q);
   }
 
-  /** Writes the next queued chunk (waiting for, or doing, its compression). */
+  /**
+   * Decides the chunk at the head of the queue, in order (waiting for, or
+   * doing, its hash): a duplicate takes the slot of its first occurrence, a
+   * chunk in the store's index a slot pointing there, a new one the next
+   * slot and is written to its layer's blob.
+   */
   private async writeNext(): Promise<void> {
     const q = this.queue[this.head];
-    let c: Uint8Array | null;
-    if (q.done) c = q.result;
-    else if (q.job) c = await q.job;
-    else {
-      if (this.head === this.unsent) this.unsent++;
-      c = this.compressHere(q.chunk);
+    if (!q.done) {
+      if (q.job) await q.job;
+      else {
+        if (this.head === this.unsent) this.unsent++;
+        this.doHere(q);
+      }
     }
-    const hashed = this.write(q.k, q.chunk, c, q.layer);
+    let hashed: Promise<void> | null = null;
+    let k = this.slotOf.get(q.sha);
+    if (k === undefined) {
+      k = this.slots.length;
+      this.slotOf.set(q.sha, k);
+      const stored = this.index.get(q.sha);
+      if (stored && stored.size === q.size) {
+        this.slots.push({ sha256: q.sha, where: { blob: stored.blob }, offset: stored.offset, storedSize: stored.storedSize, size: stored.size, flags: stored.flags });
+      } else {
+        this.slots.push({ sha256: q.sha, where: { layer: q.layer }, offset: 0, storedSize: q.size, size: q.size, flags: 0 });
+        this.newChunks++;
+        const c = this.compress && !q.tried ? this.compressHere(q.chunk) : q.result;
+        hashed = this.write(k, q.chunk, c, q.layer, q.owned);
+      }
+    }
+    this.ordinalSlot[this.head] = k;
     this.queue[this.head++] = undefined as unknown as Queued; // let the bytes go
-    this.bytesStored += q.chunk.length;
-    this.queuedBytes -= q.chunk.length;
+    this.bytesStored += q.size;
+    this.queuedBytes -= q.size;
     if (q.release) { if (hashed) void hashed.then(q.release); else q.release(); }
   }
 
   /**
-   * Lets finished jobs in (one turn of the event loop), writes the chunks
+   * Lets finished jobs in (one turn of the event loop), decides the chunks
    * at the head that are done, and when chunks wait unsent behind busy
-   * workers compresses one here. Without a pool (or compression) it
-   * writes every queued chunk. Call after every slice of a layer.
+   * workers does one here. Without a pool it does every queued chunk. Call
+   * after every slice of a layer.
    */
   async pump(): Promise<void> {
-    if (!this.pool || !this.compress) {
+    if (!this.pool) {
       while (this.head < this.queue.length) await this.writeNext();
       return;
     }
@@ -219,13 +266,13 @@ export class Chunker {
   }
 
   /**
-   * Compresses (when enabled) and writes every remaining new chunk, in slot
-   * order: this thread compresses waiting chunks while the workers finish
-   * theirs, and waits only when every remaining chunk is with a worker.
+   * Decides (and writes) every remaining chunk, in order: this thread
+   * hashes and compresses waiting chunks while the workers finish theirs,
+   * and waits only when every remaining chunk is with a worker.
    */
   async store(onChunk: (bytes: number) => void = () => undefined): Promise<void> {
     while (this.head < this.queue.length) {
-      if (this.pool && this.compress) {
+      if (this.pool) {
         if (this.inFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
         this.dispatch();
         while (this.head < this.queue.length && this.queue[this.head].done) await this.writeNext();
@@ -239,14 +286,14 @@ export class Chunker {
   }
 
   /**
-   * Makes progress on the queue: writes the done chunks at its head, else
-   * compresses a waiting one here, else waits for the head's worker.
-   * Returns false when nothing is queued. The converter calls it while it
-   * waits for a read slice the queued chunks still lie in.
+   * Makes progress on the queue: decides the done chunks at its head, else
+   * does a waiting one here, else waits for the head's worker. Returns
+   * false when nothing is queued. The converter calls it while it waits
+   * for a read slice the queued chunks still lie in.
    */
   async advance(): Promise<boolean> {
     if (this.head >= this.queue.length) return false;
-    if (this.pool && this.compress) {
+    if (this.pool) {
       if (this.inFlight > 0) await new Promise<void>((resolve) => setImmediate(resolve));
       this.dispatch();
       if (this.queue[this.head].done) {
@@ -269,16 +316,26 @@ export class Chunker {
     return b;
   }
 
-  /** Closes blob files; call on failure too (idempotent). */
+  /** Closes blob files and ends the workers' session; call on failure too (idempotent). */
   close(): void {
-    for (const b of this.blobs.values()) if (b.fd >= 0) { fs.closeSync(b.fd); b.fd = -1; }
+    this.session?.end();
+    this.session = null;
+    for (const b of this.blobs.values()) {
+      if (b.fd >= 0) { fs.closeSync(b.fd); b.fd = -1; }
+      // A hash left open on the (long-lived) hashing worker: ended, its result dropped.
+      if (!b.ended && !(b.hash instanceof crypto.Hash)) void b.hash.digest().catch(() => undefined);
+      b.ended = true;
+    }
   }
 
   /** Finishes the blobs and builds the chunk table (blob list sorted by digest). */
   async finish(blobSize: (digest: string) => number): Promise<ChunkerResult> {
+    this.session?.end();
+    this.session = null;
     const layerDigest = new Map<number, NewBlob>();
     for (const [layer, b] of [...this.blobs].sort((x, y) => x[0] - y[0])) {
       if (b.fd >= 0) { fs.fsyncSync(b.fd); fs.closeSync(b.fd); b.fd = -1; }
+      b.ended = true;
       layerDigest.set(layer, { tmp: b.tmp, digest: b.hash instanceof crypto.Hash ? b.hash.digest('hex') : await b.hash.digest(), size: b.size });
     }
     const digestOf = (s: PendingSlot): string => ('blob' in s.where ? s.where.blob : layerDigest.get(s.where.layer)!.digest);

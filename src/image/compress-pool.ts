@@ -1,9 +1,16 @@
 /**
- * The converter's worker threads (lz4-worker.ts): LZ4 compression of new
- * chunks, and (one extra thread) sha256 of layers as they stream by, while
- * the main thread reads, parses tar, hashes chunks and writes blobs — on a
- * 2-core host the main thread and one compressing worker already keep both
- * cores busy.
+ * The converter's worker threads (lz4-worker.ts): sha256 + LZ4 of chunks
+ * (one job per chunk, one pass over its bytes while they are in cache),
+ * and (one extra thread) sha256 of layers as they stream by and of blobs
+ * as they are written, while the main thread reads, parses tar, decides
+ * dedup in order and writes blobs.
+ *
+ * acquirePool() starts a pool lazily, once per process and worker count,
+ * and keeps it while conversions come: a conversion does not pay for
+ * starting threads and loading their modules (~0.1-0.3 s). Its workers are
+ * unref'd while no job is in flight, so an idle pool never keeps the
+ * process alive, and stopped after POOL_IDLE_MS unused; a pool whose
+ * worker died is replaced on the next call.
  *
  * A SharedArrayBuffer (the converter's read ring, layer-stream.ts, or a
  * layer held whole) is shared with the workers once; a chunk is then sent
@@ -29,7 +36,9 @@ export class CompressPool {
   private readonly jobs = new Map<number, Job>();
   private readonly layers = new Map<SharedArrayBuffer, number>();
   private nextId = 0;
+  private nextSession = 0;
   private failed: Error | null = null;
+  private refd = true;
 
   /**
    * count compressing workers, plus one more (the last) that only hashes
@@ -46,19 +55,32 @@ export class CompressPool {
         if (!j) return;
         this.jobs.delete(m.id);
         this.inFlight[i]--;
+        if (this.jobs.size === 0) this.setRef(false);
         if (m.error !== undefined) j.reject(new Error(`compression worker: ${m.error}`));
         else j.resolve(m);
       });
       const die = (e: Error): void => {
         this.failed ??= e;
         for (const [id, j] of this.jobs) if (j.worker === i) { this.jobs.delete(id); j.reject(e); }
+        if (this.jobs.size === 0) this.setRef(false);
       };
       w.on('error', die);
       w.on('exit', (code) => { if (code !== 0) die(new Error(`compression worker exited with ${code}`)); });
     });
+    this.setRef(false);
   }
 
   get size(): number { return this.count; }
+
+  /** False once a worker has died (acquirePool() then makes a new pool). */
+  get healthy(): boolean { return this.failed === null; }
+
+  /** Workers keep the process alive only while jobs are in flight. */
+  private setRef(on: boolean): void {
+    if (on === this.refd) return;
+    this.refd = on;
+    for (const w of this.workers) if (on) w.ref(); else w.unref();
+  }
 
   /** Jobs submitted and not yet answered. */
   get pending(): number { return this.jobs.size; }
@@ -71,6 +93,7 @@ export class CompressPool {
     const p = quiet(new Promise<PoolReply>((resolve, reject) => {
       if (this.failed) reject(this.failed); else this.jobs.set(id, { resolve, reject, worker: w });
     }));
+    if (this.jobs.size > 0) this.setRef(true);
     this.inFlight[w]++;
     return { w, id, p };
   }
@@ -84,6 +107,47 @@ export class CompressPool {
       for (const x of this.workers) x.postMessage({ t: 'layer', layer, sab } satisfies PoolRequest);
     }
     return layer;
+  }
+
+  /** Stops sharing `sab` with the workers (the converter's ring, when a conversion ends). */
+  forget(sab: SharedArrayBuffer): void {
+    const layer = this.layers.get(sab);
+    if (layer === undefined) return;
+    this.layers.delete(sab);
+    for (const x of this.workers) x.postMessage({ t: 'drop', layer } satisfies PoolRequest);
+  }
+
+  /**
+   * Opens a session (one conversion): the workers skip compressing chunks
+   * whose sha256 is in `known` (the store's chunk index) or that they
+   * hashed before in it. end() forgets it.
+   */
+  session(known: Iterable<string>): { sid: number; end(): void } {
+    const sid = this.nextSession++;
+    const list = [...known];
+    for (const x of this.workers.slice(0, this.count)) x.postMessage({ t: 'session', sid, known: list } satisfies PoolRequest);
+    return { sid, end: () => { for (const x of this.workers.slice(0, this.count)) x.postMessage({ t: 'session-end', sid } satisfies PoolRequest); } };
+  }
+
+  /**
+   * sha256 of a chunk and, when `lz4` and the session does not know that
+   * sha256, its LZ4 block (see lz4-worker.ts for the reply). A chunk in a
+   * SharedArrayBuffer is read in place; `give`: the chunk is a whole
+   * ArrayBuffer the caller hands over (moved, not copied; it comes back in
+   * the reply's `raw` when not compressed); else it is copied.
+   */
+  chunk(bytes: Uint8Array, sid: number, lz4: boolean, give = false): Promise<PoolReply> {
+    if (this.failed) return quiet(Promise.reject(this.failed));
+    const { w, id, p } = this.job();
+    if (bytes.buffer instanceof SharedArrayBuffer) {
+      const layer = this.layerOf(bytes.buffer);
+      this.workers[w].postMessage({ t: 'chunk', id, sid, lz4, layer, off: bytes.byteOffset, len: bytes.length } satisfies PoolRequest);
+    } else {
+      const whole = give && bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength;
+      const buf = whole ? bytes.buffer as ArrayBuffer : new Uint8Array(bytes).buffer;
+      this.workers[w].postMessage({ t: 'chunk', id, sid, lz4, buf, off: 0, len: bytes.length } satisfies PoolRequest, [buf]);
+    }
+    return p;
   }
 
   private submit(t: 'lz4' | 'sha', bytes: Uint8Array): Promise<PoolReply> {
@@ -171,6 +235,48 @@ export class CompressPool {
     const e = new Error('compression pool closed');
     for (const j of this.jobs.values()) j.reject(e);
     this.jobs.clear();
+    this.failed ??= e;
     await Promise.all(this.workers.map((w) => w.terminate()));
   }
+}
+
+/** A shared pool unused this long is stopped (a long-lived shim does not keep idle threads). */
+export const POOL_IDLE_MS = 30_000;
+
+interface SharedEntry { pool: CompressPool; users: number; timer: NodeJS.Timeout | null }
+const shared = new Map<number, SharedEntry>();
+
+/**
+ * The process's pool with `workers` compressing workers, started on first
+ * use and kept while conversions come (see the header); release() when the
+ * conversion is over. A pool nobody has used for POOL_IDLE_MS is stopped.
+ */
+export function acquirePool(workers: number, chunkSize: number): { pool: CompressPool; release(): void } {
+  let e = shared.get(workers);
+  if (e && !e.pool.healthy) {
+    void e.pool.close();
+    shared.delete(workers);
+    e = undefined;
+  }
+  if (!e) {
+    e = { pool: new CompressPool(workers, chunkSize), users: 0, timer: null };
+    shared.set(workers, e);
+  }
+  const entry = e;
+  if (entry.timer) { clearTimeout(entry.timer); entry.timer = null; }
+  entry.users++;
+  let released = false;
+  return {
+    pool: entry.pool,
+    release: () => {
+      if (released) return;
+      released = true;
+      if (--entry.users > 0) return;
+      entry.timer = setTimeout(() => {
+        if (shared.get(workers) === entry) shared.delete(workers);
+        void entry.pool.close();
+      }, POOL_IDLE_MS);
+      entry.timer.unref();
+    },
+  };
 }

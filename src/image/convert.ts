@@ -15,9 +15,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { checkChunkSize, DEFAULT_CHUNK_SIZE, encodeChunkTable } from './chunk-table';
 import { Chunker } from './chunker';
-import { CompressPool } from './compress-pool';
+import { acquirePool } from './compress-pool';
 import { DEFAULT_INLINE_MAX, writeErofs } from './erofs-writer';
-import { ConvertError, streamLayers } from './layer-stream';
+import { ConvertError, RING_SLICES, SLICE_BYTES, SliceRing, streamLayers } from './layer-stream';
 import { LayerTree, type Inode } from './layers';
 import { openSource, type ContainerdOptions, type ResolvedImage } from './oci-source';
 import { Progress } from './progress';
@@ -39,9 +39,11 @@ export interface ConvertOptions {
   inlineMax?: number;
   containerd?: ContainerdOptions;
   /**
-   * Worker threads compressing chunks and checking layer digests while this
-   * thread parses and hashes (default: cores − 1, at least 1, at most 4;
-   * 0: everything on this thread).
+   * Worker threads hashing and compressing chunks (plus one checking layer
+   * and blob digests) while this thread reads, parses, decides dedup and
+   * writes (default: cores − 1, at least 1, at most 4; 0: everything on
+   * this thread). Started once per process and count (compress-pool.ts
+   * acquirePool), not per conversion.
    */
   workers?: number;
   /** Bytes read from a layer file at a time (layer-stream.ts SLICE_BYTES; tests use odd small ones). */
@@ -61,10 +63,10 @@ export interface ConvertResult {
 }
 
 /**
- * layers: stream the layers (read, parse tar, apply, sha256 per chunk,
- * handing new ones to the workers, and what the chunker did meanwhile:
- * writes, and compressing here when the workers are behind); drain:
- * waiting for the last compressions and writing them; verify: waiting for
+ * layers: stream the layers (read, parse tar, apply, hand each chunk to
+ * the workers for sha256 + LZ4, and what the chunker did meanwhile: dedup
+ * decisions in order, writes, and hashing and compressing here when the
+ * workers are behind); drain: waiting for the last chunks and writing them; verify: waiting for
  * the layer digest checks; meta: chunk table + EROFS metadata; commit:
  * fsync of blobs and metadata, renames, chunk index.
  */
@@ -99,7 +101,9 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
     const tmp = beginImage(store);
     const index = loadChunkIndex(store);
     const workers = opts.workers ?? defaultWorkers();
-    const pool = workers > 0 ? new CompressPool(workers, chunkSize) : null;
+    const lease = workers > 0 ? acquirePool(workers, chunkSize) : null;
+    const pool = lease?.pool ?? null;
+    const ring = new SliceRing(RING_SLICES, opts.readSlice ?? SLICE_BYTES);
     const chunker = new Chunker(chunkSize, index, tmp, opts.compress ?? true, pool);
     const showProgress = opts.progress ?? true;
     let mark = performance.now();
@@ -110,7 +114,7 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       let done = 0;
       const tree = new LayerTree();
       const { checked } = await streamLayers(img, tree, chunker, pool, {
-        chunkSize, inlineMax, sliceBytes: opts.readSlice, onBytes: (n) => { done += n; p1?.update(done); },
+        ring, chunkSize, inlineMax, onBytes: (n) => { done += n; p1?.update(done); },
       });
       p1?.done();
       const tLayers = lap();
@@ -127,7 +131,7 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       const deviceTag = crypto.createHash('sha256').update(table).digest('hex');
       const links = tree.linkCounts();
       const meta = writeErofs(tree.root, links, {
-        chunkSize, inlineMax, fileSlots: (n) => n.slots!,
+        chunkSize, inlineMax, fileSlots: (n) => n.slots!.map((o) => chunker.slotOfChunk(o)),
         deviceBlocks: (res.table.slots.length * chunkSize) / 4096, deviceTag,
         uuid: Buffer.from(hex.slice(0, 32), 'hex'),
       });
@@ -152,7 +156,9 @@ export async function convertImage(source: string, opts: ConvertOptions = {}): P
       abortImage(tmp);
       throw e;
     } finally {
-      await pool?.close();
+      // Jobs already sent still run (a worker reads its messages in order); later ones may not use the ring.
+      if (pool) ring.unshare(pool);
+      lease?.release();
     }
   });
 }

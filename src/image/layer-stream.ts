@@ -84,6 +84,11 @@ export class SliceRing {
     }
   }
 
+  /** The pool's workers no longer need the slices (every chunk in them is written). */
+  unshare(pool: CompressPool): void {
+    for (const s of this.slices) pool.forget(s.buf.buffer as SharedArrayBuffer);
+  }
+
   /** Settles at the next release that frees a slice. */
   released(): Promise<void> { return new Promise((resolve) => this.waiters.push(resolve)); }
 }
@@ -137,8 +142,9 @@ class LayerSink implements TarSink {
       this.partFill += n;
       p += n;
       if (this.partFill === this.part.length) {
-        f.slots!.push(this.chunker.addChunk(this.part, this.layer));
+        // Given away: the chunker may move its buffer to a worker (it reads 0 bytes long here then).
         this.fileLeft -= this.part.length;
+        f.slots!.push(this.chunker.addChunk(this.part, this.layer, undefined, true));
         this.part = null;
         this.partFill = 0;
       }
@@ -181,10 +187,10 @@ class Gunzip {
 }
 
 export interface StreamOptions {
+  /** The read buffers (the caller makes them, and unshares them from the pool once its chunks are written). */
+  ring: SliceRing;
   chunkSize: number;
   inlineMax: number;
-  /** Bytes read from a layer file at a time (default SLICE_BYTES; tests use odd small ones). */
-  sliceBytes?: number;
   /** Told of each slice of layer bytes read (progress). */
   onBytes?: (n: number) => void;
 }
@@ -195,7 +201,7 @@ export interface StreamOptions {
  * `checked` settles when every digest check has passed (see the header).
  */
 export async function streamLayers(img: ResolvedImage, tree: LayerTree, chunker: Chunker, pool: CompressPool | null, opts: StreamOptions): Promise<{ checked: Promise<void> }> {
-  const ring = new SliceRing(RING_SLICES, opts.sliceBytes ?? SLICE_BYTES);
+  const ring = opts.ring;
   const checks: Promise<void>[] = [];
   const expect = (sha: Promise<string>, want: string, fail: (got: string) => Error): void => {
     const p = sha.then((hex) => { if (`sha256:${hex}` !== want) throw fail(`sha256:${hex}`); });
@@ -253,6 +259,7 @@ async function streamLayer(img: ResolvedImage, i: number, tree: LayerTree, chunk
   };
 
   const file = img.layerFile?.(i);
+  try {
   if (file !== undefined) {
     let fd: number;
     try { fd = fs.openSync(file.path, 'r'); } catch (e) {
@@ -284,6 +291,11 @@ async function streamLayer(img: ResolvedImage, i: number, tree: LayerTree, chunk
   if (gz) {
     await gz.end();
     if (gz.error && failure === null) failure = new ConvertError('layer', `${what}: gzip stream is corrupt (${gz.error.message})`, { cause: gz.error });
+  }
+  } catch (e) {
+    // End the layer's hash (it may be on the pool's long-lived hashing worker).
+    raw.digest().catch(() => undefined);
+    throw e;
   }
   if (failure === null) {
     try { reader.end(); } catch (e) { failure = e; }

@@ -38,7 +38,7 @@ export interface Inode {
   data: Buffer;
   /** Regular file size in bytes. */
   size: number;
-  /** Chunk slots of a chunk-based file, filled as its data streams by (converter). */
+  /** Chunks of a chunk-based file, filled as its data streams by (the converter's Chunker ordinals; slotOfChunk() gives their slots). */
   slots: number[] | null;
   /** Symlink target. */
   target: string;

@@ -1,7 +1,8 @@
 /**
  * Worker thread of the converter's compression pool (compress-pool.ts):
- * LZ4-compresses chunks with our AssemblyScript encoder and computes layer
- * digests with Node's native sha256, off the main thread.
+ * names chunks (sha256) and LZ4-compresses them with our AssemblyScript
+ * encoder in one job, and computes layer and blob digests with Node's
+ * native sha256, off the main thread.
  *
  * Chunk bytes are read in place from a layer's SharedArrayBuffer (sent once
  * per layer), or from a transferred ArrayBuffer when the layer is not
@@ -10,7 +11,17 @@
  * less than the chunk as output room, so a chunk that does not compress
  * stops as an overflow and comes back as null (stored raw).
  *
+ * A 'chunk' job hashes the chunk and, unless its session (one conversion)
+ * already knows that sha256 (in the store's chunk index, or a chunk this
+ * worker hashed earlier in the session, which the main thread, deciding in
+ * order, will have taken first), compresses it: { id, hex, data } with
+ * data null when it does not shrink, or { id, hex, skipped: true }. A
+ * chunk sent in a transferred buffer comes back in `raw` when it is not
+ * compressed, so the main thread never copies it.
+ *
  * In:  { t: 'layer', layer, sab }
+ *      { t: 'session', sid, known } { t: 'session-end', sid }
+ *      { t: 'chunk', id, sid, lz4, layer | buf, off, len }
  *      { t: 'lz4', id, layer, off, len } | { t: 'lz4', id, buf, off, len }
  *      { t: 'sha', id, layer, off, len } | { t: 'sha', id, buf, off, len }
  *      { t: 'hash-begin', hid } { t: 'hash-update', hid, layer | buf, off, len }
@@ -18,6 +29,7 @@
  *      an update with an id is answered { id } once hashed)
  *      { t: 'drop', layer }
  * Out: { id, data: Uint8Array | null } | { id, hex } | { id, error }
+ *      | { id, hex, data?, raw?, skipped? } (chunk)
  */
 import * as crypto from 'node:crypto';
 import { parentPort, workerData } from 'node:worker_threads';
@@ -29,12 +41,17 @@ export type PoolRequest =
   | { t: 'hash-begin'; hid: number }
   | { t: 'hash-update'; hid: number; layer?: number; buf?: ArrayBuffer; off: number; len: number; id?: number }
   | { t: 'hash-end'; id: number; hid: number }
-  | { t: 'lz4' | 'sha'; id: number; layer?: number; buf?: ArrayBuffer; off: number; len: number };
+  | { t: 'lz4' | 'sha'; id: number; layer?: number; buf?: ArrayBuffer; off: number; len: number }
+  | { t: 'session'; sid: number; known: string[] }
+  | { t: 'session-end'; sid: number }
+  | { t: 'chunk'; id: number; sid: number; lz4: boolean; layer?: number; buf?: ArrayBuffer; off: number; len: number };
 
-export type PoolReply = { id: number; data?: Uint8Array | null; hex?: string; error?: string };
+export type PoolReply = { id: number; data?: Uint8Array | null; hex?: string; error?: string; raw?: ArrayBuffer; skipped?: boolean };
 
-/** Made on the first chunk (the pool's hashing worker never needs one). */
+/** Made on the first chunk (the pool's hashing worker never needs one); remade larger when a chunk needs it. */
 let encoder: Lz4 | null = null;
+/** Per conversion: sha256s not worth compressing (stored already, or hashed earlier here). */
+const sessions = new Map<number, Set<string>>();
 const layers = new Map<number, SharedArrayBuffer>();
 const hashes = new Map<number, crypto.Hash>();
 /** The first error of a streamed hash, reported at its end. */
@@ -48,7 +65,8 @@ function view(m: { layer?: number; buf?: ArrayBuffer; off: number; len: number }
 
 function compress(src: Uint8Array): Uint8Array<ArrayBuffer> | null {
   if (src.length < 16) return null;
-  const lz4 = encoder ??= new Lz4({ maxBlockBytes: (workerData as { chunkSize: number }).chunkSize });
+  if (!encoder || encoder.maxBlockBytes < src.length) encoder = new Lz4({ maxBlockBytes: Math.max(src.length, (workerData as { chunkSize: number }).chunkSize) });
+  const lz4 = encoder;
   lz4.mem.u8.set(src, lz4.srcOff);
   let n: number;
   try {
@@ -80,7 +98,23 @@ parentPort!.on('message', (m: PoolRequest) => {
     parentPort!.postMessage((err !== undefined ? { id: m.id, error: err } : { id: m.id, hex: h!.digest('hex') }) satisfies PoolReply);
     return;
   }
+  if (m.t === 'session') { sessions.set(m.sid, new Set(m.known)); return; }
+  if (m.t === 'session-end') { sessions.delete(m.sid); return; }
   try {
+    if (m.t === 'chunk') {
+      const src = view(m);
+      const hex = crypto.createHash('sha256').update(src).digest('hex');
+      const seen = sessions.get(m.sid);
+      if (seen?.has(hex)) {
+        parentPort!.postMessage({ id: m.id, hex, skipped: true, raw: m.buf } satisfies PoolReply, m.buf ? [m.buf] : []);
+        return;
+      }
+      seen?.add(hex);
+      const out = m.lz4 ? compress(src) : null;
+      const give: ArrayBuffer[] = out ? [out.buffer] : m.buf ? [m.buf] : [];
+      parentPort!.postMessage({ id: m.id, hex, data: out, raw: out ? undefined : m.buf } satisfies PoolReply, give);
+      return;
+    }
     if (m.t === 'lz4') {
       const out = compress(view(m));
       parentPort!.postMessage({ id: m.id, data: out } satisfies PoolReply, out ? [out.buffer] : []);
