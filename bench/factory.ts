@@ -23,6 +23,8 @@
  * for N in the given list (default 1,5).
  *
  *   node dist/bench/factory.js [runs=3] [sandboxCounts=1,5]
+ *   FB_QEMU_EXTRA='disable_image_nvdimm = false\nreclaim_guest_freed_memory = true\n…' node dist/bench/factory.js …
+ *     (more [hypervisor.qemu] lines for template and cold runs: e.g. the lean memory settings)
  *
  * Writes build/bench/factory.json. Needs root (the template's tmpfs).
  */
@@ -34,7 +36,7 @@ import { ROOT, writeResult } from './native';
 import { pssMiB } from './pss';
 import { MARK, kernelFloorArgs, timeToMarker } from './boot';
 import { defaultConfig, guestAssets, loadConfig } from '../src/runtime/config';
-import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
+import { selectHypervisor } from '../src/hypervisor';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
 import { connectVsock, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
@@ -56,9 +58,9 @@ async function sharedCopyClone(factory: VmFactory, qemu: string, dir: string): P
   let resumedMs = 0;
   const restore = prep.clone.restore;
   prep.clone.restore = async (q) => { await restore(q); resumedMs = ms(t0); };
-  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: factory.machine().accel });
+  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: factory.machine().accel, memory: factory.machine().memory });
   try {
-    const vm = await hv.startClone({ id: 'bench', dir, kernel: '', image: '', vcpus: factory.machine().vcpus, memoryMiB: factory.machine().memoryMiB, kernelParams: '', disks: [], debug: false }, prep.clone);
+    const vm = await hv.startClone({ id: 'bench', dir, kernel: '', image: factory.machine().image, vcpus: factory.machine().vcpus, memoryMiB: factory.machine().memoryMiB, kernelParams: '', disks: [], debug: false }, prep.clone);
     prep.release();
     const s = await connectVsock(vm.agentSocket, AGENT_VSOCK_PORT, 30000);
     const agentMs = ms(t0);
@@ -158,16 +160,21 @@ async function main(): Promise<void> {
   const pinned = { kernel: path.join(runDir, 'vmlinux'), image: path.join(runDir, 'rootfs.erofs') };
   fs.copyFileSync(assets.kernel, pinned.kernel);
   fs.copyFileSync(assets.image, pinned.image);
-  const base = `[runtime]\nrun_dir = "${runDir}"\n[hypervisor.qemu]\nkernel = "${pinned.kernel}"\nimage = "${pinned.image}"\n[factory]\ntemplate_path = "${tplDir}"\n`;
+  // FB_QEMU_EXTRA: more [hypervisor.qemu] lines for template and cold alike (e.g. the lean memory settings,
+  // whose DAX image is pinned beside the image too); the template carries them (src/factory/qemu-template.ts).
+  const extra = (process.env.FB_QEMU_EXTRA ?? '').replace(/\\n/g, '\n');
+  const dax = path.join(path.dirname(assets.image), 'rootfs-dax.erofs');
+  if (fs.existsSync(dax)) fs.copyFileSync(dax, path.join(runDir, 'rootfs-dax.erofs'));
+  const base = `[runtime]\nrun_dir = "${runDir}"\n[hypervisor.qemu]\nkernel = "${pinned.kernel}"\nimage = "${pinned.image}"\n${extra ? `${extra.trim()}\n` : ''}[factory]\ntemplate_path = "${tplDir}"\n`;
   const coldCfg = path.join(runDir, 'cold.toml');
   const tplCfg = path.join(runDir, 'template.toml');
   fs.writeFileSync(coldCfg, base + 'enable_template = false\n');
   fs.writeFileSync(tplCfg, base + 'enable_template = true\n');
   const cfg = loadConfig(tplCfg);
   const qemu = cfg['hypervisor.qemu'].path;
-  const probe = await probeKvm(qemu, runDir);
-  const choice = chooseHypervisor('qemu', 'auto', probe, false);
-  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
+  // As the runtime builds it: the configuration's memory options (DAX, balloon, virtio-mem) included.
+  const { hv: selected, choice } = await selectHypervisor(cfg, 'qemu');
+  const hv = selected as QemuHypervisor;
   const factory = new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: '' });
   try {
     process.stderr.write('making the template (kata-ctl factory init)…\n');

@@ -15,7 +15,8 @@
  * 64 MiB cache; `leanksm` = lean with the KSM throttler; `leantpl` = lean with
  * `[factory] enable_template`: `kata-ctl factory init` with that configuration
  * first, then every sandbox starts as a clone of the template (checked: each
- * QEMU ran with -incoming), the template destroyed at the end; `on` = DAX image + balloon with
+ * QEMU ran with -incoming), the template destroyed at the end; `dense` / `densetpl` =
+ * lean / leantpl with QEMU's default TCG cache; `on` = DAX image + balloon with
  * free page reporting + 32 MiB TCG cache + KSM throttler + page
  * scanner. KSM settings of the host are restored at the end. The page
  * scanner's throughput (resident guest RAM hashed per busy second) and its
@@ -65,6 +66,9 @@ const CONFIGS: Record<string, string> = {
   // lean with the KSM throttler: what merges of QEMU's private memory (heap, TCG cache) across 10 VMs.
   leanksm: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[memory]\nksm_throttler = true\n',
   // lean started from a VM template (the template carries DAX, balloon, virtio-mem and the 256 MiB start); @RUN@ is the run directory.
+  // lean with QEMU's default TCG cache (the candidate defaults: DAX + balloon + virtio-mem + 256 MiB), cold and from a template.
+  dense: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ndefault_memory = 256\ndefault_maxmemory = 2048\n',
+  densetpl: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ndefault_memory = 256\ndefault_maxmemory = 2048\n[factory]\nenable_template = true\ntemplate_path = "@RUN@/template"\n',
   leantpl: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[factory]\nenable_template = true\ntemplate_path = "@RUN@/template"\n',
   on: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 32\n[memory]\nksm_throttler = true\npage_scanner = true\nscan_interval = 3600\n',
 };
