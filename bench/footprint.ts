@@ -16,7 +16,7 @@
  * `[factory] enable_template`: `kata-ctl factory init` with that configuration
  * first, then every sandbox starts as a clone of the template (checked: each
  * QEMU ran with -incoming), the template destroyed at the end; `dense` / `densetpl` =
- * lean / leantpl with QEMU's default TCG cache; `on` = DAX image + balloon with
+ * lean / leantpl with QEMU's default TCG cache; `offtpl` = the defaults from a template; `on` = DAX image + balloon with
  * free page reporting + 32 MiB TCG cache + KSM throttler + page
  * scanner. KSM settings of the host are restored at the end. The page
  * scanner's throughput (resident guest RAM hashed per busy second) and its
@@ -67,6 +67,8 @@ const CONFIGS: Record<string, string> = {
   leanksm: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[memory]\nksm_throttler = true\n',
   // lean started from a VM template (the template carries DAX, balloon, virtio-mem and the 256 MiB start); @RUN@ is the run directory.
   // lean with QEMU's default TCG cache (the candidate defaults: DAX + balloon + virtio-mem + 256 MiB), cold and from a template.
+  // The defaults started from a template (today's templated sandboxes).
+  offtpl: '[factory]\nenable_template = true\ntemplate_path = "@RUN@/template"\n',
   dense: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ndefault_memory = 256\ndefault_maxmemory = 2048\n',
   densetpl: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ndefault_memory = 256\ndefault_maxmemory = 2048\n[factory]\nenable_template = true\ntemplate_path = "@RUN@/template"\n',
   leantpl: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[factory]\nenable_template = true\ntemplate_path = "@RUN@/template"\n',
