@@ -58,6 +58,11 @@ export class Container {
   private readonly storages: StorageSet;
   init: GuestProcess | undefined;
   private spec!: OciSpec;
+  /** Set once something waits for crun's record (see `recorded`); polled only then. */
+  private recordedP: Promise<void> | undefined;
+  private recordedWait: (() => Promise<void>) | undefined;
+  /** init.pid is the container's init (from crun's record or crun's clone), not crun's own pid. */
+  private initKnown = false;
 
   constructor(
     readonly id: string,
@@ -164,35 +169,76 @@ export class Container {
     proc.wait().then(() => {
       this.state = 'stopped';
     });
-    proc.pid = child.pid ?? 0;
+    const runPid = child.pid ?? 0;
+    proc.pid = runPid;
     ph.mark('spawnMs');
     await attached;
     if (sock) await fs.rm(sock, { force: true });
     ph.mark('stdioMs');
-    // The container process's own pid, once crun has recorded it. `crun run`
-    // returns to us before it has: until then a kill (StopContainer right
-    // after StartContainer) finds no state ("status: No such file"), and the
-    // pid would be crun's, whose namespaces are the guest's, not the pod's.
-    // So StartContainer answers once crun knows the container, or it exited.
-    // runtime.pid() is a file read (oci-runtime.ts): poll it finely.
+    // The container process's own pid. `crun run` returns to us before it
+    // has one, and the pid would be crun's, whose namespaces are the
+    // guest's, not the pod's. Two sources, both file reads polled finely
+    // (oci-runtime.ts): crun's status file, written once the init has
+    // exec'd and crun has looked up its owner and clock; and, earlier, crun's
+    // only child right after its clone, when the spec makes that child the
+    // init (initIsFirstClone). The second answers StartContainer while crun
+    // still mounts the container's filesystems, so its output is already
+    // being read when the process runs; what needs crun's record (exec, a
+    // pod container joining this one's namespaces) waits for `recorded`.
+    const early = runPid > 0 && !!this.runtime.childPid && initIsFirstClone(this.spec);
     const deadline = Date.now() + START_STATE_WAIT_MS;
+    let recorded = false;
     for (let delay = 2; !proc.exitStatus; delay = Math.min(delay * 2, 50)) {
       const p = await this.runtime.pid(this.id);
       if (p > 0) {
         proc.pid = p;
+        recorded = this.initKnown = true;
+        break;
+      }
+      const c = early ? await this.runtime.childPid!(runPid) : 0;
+      if (c > 0 && !proc.exitStatus) {
+        proc.pid = c;
+        this.initKnown = true;
         break;
       }
       if (Date.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, delay));
     }
-    ph.mark('crunStateMs');
+    ph.mark(recorded || !this.initKnown ? 'crunStateMs' : 'crunChildMs');
+    if (!recorded && this.initKnown) this.recordedWait = () => this.waitRecorded(proc, deadline);
     ph.report('container started', this.id);
     return proc;
+  }
+
+  /** Until crun has recorded the container (or its run ended, or the start deadline passed). */
+  private async waitRecorded(proc: GuestProcess, deadline: number): Promise<void> {
+    for (let delay = 5; !proc.exitStatus && Date.now() < deadline; delay = Math.min(delay * 2, 50)) {
+      const p = await this.runtime.pid(this.id);
+      if (p > 0) {
+        if (p !== proc.pid) phaseLog?.('container init pid differs from crun\'s record', { container: this.id, early: proc.pid, recorded: p });
+        proc.pid = p;
+        return;
+      }
+      await Promise.race([new Promise((r) => setTimeout(r, delay)), proc.wait()]);
+    }
+  }
+
+  /**
+   * Resolves once the runtime has recorded the started container, or its
+   * start ended: `crun exec` and a container joining this one's namespaces
+   * need the container fully set up, not just cloned. Polled from the first
+   * wait on: a `kata-ts run` never asks, and a poll loop beside crun costs
+   * crun CPU on a one-vCPU TCG guest.
+   */
+  get recorded(): Promise<void> {
+    this.recordedP ??= this.recordedWait?.() ?? Promise.resolve();
+    return this.recordedP;
   }
 
   async exec(execId: string, processJson: string): Promise<GuestProcess> {
     if (this.state !== 'running') throw new AgentError('failed-precondition', `container ${this.id} is not running`);
     if (this.processes.has(execId)) throw new AgentError('already-exists', `exec ${execId} already exists in ${this.id}`);
+    await this.recorded;
     let p: OciProcess;
     try {
       p = JSON.parse(processJson) as OciProcess;
@@ -253,7 +299,10 @@ export class Container {
     const p = this.process(execId);
     if (p.exitStatus) return;
     if (execId === '') {
-      await this.runtime.kill(this.id, signal).catch((err: Error) => {
+      // While `crun run` lives, the init it parents is not reaped: signal it
+      // by pid, without a `crun kill` process (oci-runtime.ts).
+      const initPid = this.initKnown ? p.pid : undefined;
+      await this.runtime.kill(this.id, signal, initPid).catch((err: Error) => {
         if (!p.exitStatus) throw new AgentError('internal', `signal ${signal} to ${this.id}: ${err.message}`);
       });
     } else if (p.pid > 0) {
@@ -278,9 +327,30 @@ export class Container {
         await Promise.race([init.wait(), new Promise((r) => setTimeout(r, 5000).unref())]);
       }
     }
-    await this.runtime.delete(this.id);
+    // `crun run` deletes its own state when the container exits: a `crun
+    // delete` process (0.1-0.4 s under TCG) only when crun still runs or
+    // left state behind (killed), or the runtime cannot tell.
+    const crunRunning = !!init && !init.exitStatus;
+    if (crunRunning || (await this.runtime.hasState?.(this.id)) !== false) await this.runtime.delete(this.id);
     await this.storages.removeAll();
     await fs.rm(this.dir, { recursive: true, force: true });
     this.state = 'stopped';
   }
+}
+
+/**
+ * Whether crun's first clone for this spec is the container's init, so its
+ * only child is the init from the clone on (crun 1.8, linux.c
+ * libcrun_run_linux_container): not with a user namespace (crun may clone
+ * into it first and set up the maps), nor when joining a pid or time
+ * namespace (crun forks again and the grandchild is the init), nor with
+ * hooks (crun runs them as its children).
+ */
+export function initIsFirstClone(spec: OciSpec): boolean {
+  const ns = spec.linux?.namespaces ?? [];
+  if (ns.some((n) => n.type === 'user')) return false;
+  if (ns.some((n) => (n.type === 'pid' || n.type === 'time') && !!n.path)) return false;
+  const hooks = spec.hooks as Record<string, unknown> | undefined;
+  if (hooks && Object.values(hooks).some((h) => Array.isArray(h) && h.length > 0)) return false;
+  return true;
 }

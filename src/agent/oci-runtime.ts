@@ -7,7 +7,7 @@
  * reaping tricks in Node.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 
@@ -28,12 +28,24 @@ export interface OciRuntime {
   run(id: string, bundleDir: string, opts: SpawnOptions): ChildProcess;
   /** Run an extra process (OCI Process JSON in processFile) in a running container. */
   exec(id: string, processFile: string, opts: SpawnOptions): ChildProcess;
-  /** Signal the container's init process. */
-  kill(id: string, signal: number): Promise<void>;
+  /**
+   * Signal the container's init process. `initPid`: the caller knows the
+   * init's pid and that it is not reaped yet (its runtime parent is alive),
+   * so a runtime may signal it without a process of its own.
+   */
+  kill(id: string, signal: number, initPid?: number): Promise<void>;
   /** Remove what remains of a container (idempotent). */
   delete(id: string): Promise<void>;
   /** Pid of the container's init as the runtime records it, or 0. */
   pid(id: string): Promise<number>;
+  /**
+   * The only child of a running `run` process (its pid), or 0 when it has
+   * none or several. Absent: the runtime cannot tell (Container waits for
+   * pid() instead).
+   */
+  childPid?(runPid: number): Promise<number>;
+  /** Whether the runtime still keeps state for the container. Absent: assume it does. */
+  hasState?(id: string): Promise<boolean>;
   version(): Promise<string>;
 }
 
@@ -56,12 +68,50 @@ export class CrunRuntime implements OciRuntime {
     return spawn(this.binary, args, { stdio: opts.consoleSocket ? ['ignore', 'ignore', 'pipe'] : (opts.stdio ?? ['pipe', 'pipe', 'pipe']) });
   }
 
-  async kill(id: string, signal: number): Promise<void> {
+  /**
+   * With `initPid`, kill(2) the init ourselves: that is all `crun kill`
+   * does for one signal to the init (kill or pidfd_send_signal to the pid of
+   * its status file), and it saves a crun process, whose start under TCG
+   * costs 0.1-0.4 s (README, VM templates). The caller vouches that `crun
+   * run`, the init's parent and subreaper, has not exited, so the pid is
+   * not reaped and cannot name another process. ESRCH (the init exited
+   * meanwhile) is not an error, as for a stop racing an exit.
+   */
+  async kill(id: string, signal: number, initPid?: number): Promise<void> {
+    if (initPid && initPid > 0) {
+      try {
+        process.kill(initPid, signal);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+      return;
+    }
     await execFileP(this.binary, ['--root', this.root, 'kill', id, String(signal)]);
   }
 
   async delete(id: string): Promise<void> {
     await execFileP(this.binary, ['--root', this.root, 'delete', '--force', id]).catch(() => undefined);
+  }
+
+  /**
+   * `crun run` removes its state directory (and the container's cgroup)
+   * itself once the container exits; only a crun that was killed, or is
+   * still running, leaves one for `crun delete`.
+   */
+  async hasState(id: string): Promise<boolean> {
+    return access(path.join(this.root, id)).then(() => true, (err: NodeJS.ErrnoException) => err.code !== 'ENOENT');
+  }
+
+  /**
+   * The container's init as soon as `crun run` has cloned it, from
+   * /proc/<crun>/task/<crun>/children (CONFIG_PROC_CHILDREN): a file read
+   * while crun still sets the container up and has not recorded its status.
+   * Container.start uses it only for specs where crun's first clone is the
+   * init (no user namespace, no pid or time namespace joined, no hooks).
+   */
+  async childPid(runPid: number): Promise<number> {
+    const text = await readFile(`/proc/${runPid}/task/${runPid}/children`, 'utf8').catch(() => '');
+    return onlyChild(text);
   }
 
   /**
@@ -91,4 +141,12 @@ export function crunStatusPid(text: string): number {
   } catch {
     return 0;
   }
+}
+
+/** The pid in a /proc/<pid>/task/<tid>/children text when it names exactly one, else 0. */
+export function onlyChild(text: string): number {
+  const pids = text.trim().split(/\s+/).filter(Boolean);
+  if (pids.length !== 1) return 0;
+  const pid = Number(pids[0]);
+  return Number.isInteger(pid) && pid > 0 ? pid : 0;
 }

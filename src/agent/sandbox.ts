@@ -126,6 +126,8 @@ export class AgentSandbox {
     if (this.containers.has(req.container_id)) throw new AgentError('already-exists', `container ${req.container_id} already exists`);
     const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter, this.storages);
     const first = !this.sandboxContainerId;
+    // A container joining the pod's namespaces needs the sandbox container set up, not just cloned (Container.recorded).
+    if (!first) await this.containers.get(this.sandboxContainerId)?.recorded;
     if (first) this.sandboxContainerId = c.id;
     this.containers.set(c.id, c);
     try {
