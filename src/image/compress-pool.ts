@@ -72,6 +72,9 @@ export class CompressPool {
 
   get size(): number { return this.count; }
 
+  /** The workers' thread ids (tests: a pool is reused, or replaced). */
+  get threadIds(): number[] { return this.workers.map((w) => w.threadId); }
+
   /** False once a worker has died (acquirePool() then makes a new pool). */
   get healthy(): boolean { return this.failed === null; }
 

@@ -63,14 +63,18 @@ function view(m: { layer?: number; buf?: ArrayBuffer; off: number; len: number }
   return new Uint8Array(backing, m.off, m.len);
 }
 
-function compress(src: Uint8Array): Uint8Array<ArrayBuffer> | null {
-  if (src.length < 16) return null;
-  if (!encoder || encoder.maxBlockBytes < src.length) encoder = new Lz4({ maxBlockBytes: Math.max(src.length, (workerData as { chunkSize: number }).chunkSize) });
-  const lz4 = encoder;
-  lz4.mem.u8.set(src, lz4.srcOff);
+/** The encoder, large enough for `len` bytes. */
+function encoderFor(len: number): Lz4 {
+  if (!encoder || encoder.maxBlockBytes < len) encoder = new Lz4({ maxBlockBytes: Math.max(len, (workerData as { chunkSize: number }).chunkSize) });
+  return encoder;
+}
+
+/** Compresses the `len` bytes at the encoder's source offset; null when it would not be smaller. */
+function compressLoaded(lz4: Lz4, len: number): Uint8Array<ArrayBuffer> | null {
+  if (len < 16) return null;
   let n: number;
   try {
-    n = lz4.compressInPlace(lz4.srcOff, src.length, lz4.dstOff, src.length - 1);
+    n = lz4.compressInPlace(lz4.srcOff, len, lz4.dstOff, len - 1);
   } catch (e) {
     if (e instanceof Lz4Error && e.kind === 'overflow') return null;
     throw e;
@@ -78,6 +82,12 @@ function compress(src: Uint8Array): Uint8Array<ArrayBuffer> | null {
   const out = new Uint8Array(new ArrayBuffer(n));
   out.set(lz4.mem.u8.subarray(lz4.dstOff, lz4.dstOff + n));
   return out;
+}
+
+function compress(src: Uint8Array): Uint8Array<ArrayBuffer> | null {
+  const lz4 = encoderFor(src.length);
+  lz4.mem.u8.set(src, lz4.srcOff);
+  return compressLoaded(lz4, src.length);
 }
 
 parentPort!.on('message', (m: PoolRequest) => {
@@ -103,14 +113,17 @@ parentPort!.on('message', (m: PoolRequest) => {
   try {
     if (m.t === 'chunk') {
       const src = view(m);
-      const hex = crypto.createHash('sha256').update(src).digest('hex');
+      // Copied into the encoder's memory first and hashed there: one read of the (ring's) bytes, the second from cache.
+      const lz4 = m.lz4 ? encoderFor(src.length) : null;
+      if (lz4) lz4.mem.u8.set(src, lz4.srcOff);
+      const hex = crypto.createHash('sha256').update(lz4 ? lz4.mem.u8.subarray(lz4.srcOff, lz4.srcOff + src.length) : src).digest('hex');
       const seen = sessions.get(m.sid);
       if (seen?.has(hex)) {
         parentPort!.postMessage({ id: m.id, hex, skipped: true, raw: m.buf } satisfies PoolReply, m.buf ? [m.buf] : []);
         return;
       }
       seen?.add(hex);
-      const out = m.lz4 ? compress(src) : null;
+      const out = lz4 ? compressLoaded(lz4, src.length) : null;
       const give: ArrayBuffer[] = out ? [out.buffer] : m.buf ? [m.buf] : [];
       parentPort!.postMessage({ id: m.id, hex, data: out, raw: out ? undefined : m.buf } satisfies PoolReply, give);
       return;

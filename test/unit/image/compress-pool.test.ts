@@ -5,16 +5,20 @@
  * come back as "store raw", a tight output limit is an overflow and never
  * a write past it, the store is byte-identical whatever the worker count,
  * and layer digests checked in a worker still fail a corrupt layer with the
- * digest error (also when the corruption breaks the tar first).
+ * digest error (also when the corruption breaks the tar first). Chunk
+ * jobs hash and compress in one pass and skip compressing what their
+ * session knows; the process's pool is reused by conversions, replaced
+ * when broken, and never keeps the process alive.
  */
 import { expect } from 'chai';
+import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { configureLogging } from '../../../src/common/log';
 import { Lz4 } from '../../../src/hot/lz4';
-import { CompressPool } from '../../../src/image/compress-pool';
+import { acquirePool, CompressPool } from '../../../src/image/compress-pool';
 import { convertImage } from '../../../src/image/convert';
 import { OciSourceError, toShared } from '../../../src/image/oci-source';
 import { makeTar, noise, storeFiles, writeLayout, type TarSpec } from '../../helpers/oci-images';
@@ -103,6 +107,76 @@ describe('image conversion: compression in workers', function () {
     expect(Object.keys(trees[0]).length).to.be.greaterThan(3);
     expect(trees[1]).to.deep.equal(trees[0]);
     expect(trees[2]).to.deep.equal(trees[0]);
+  });
+
+  it('a chunk job names the chunk and compresses it unless its session knows the sha256; a moved buffer comes back when not compressed', async () => {
+    const pool = new CompressPool(1, 1 << 20);
+    const lz4 = new Lz4({ maxBlockBytes: 1 << 20 });
+    const sha = (b: Uint8Array): string => crypto.createHash('sha256').update(b).digest('hex');
+    try {
+      const text = words(1 << 20, 21);
+      const stored = words(300_000, 22);
+      const s = pool.session([sha(stored)]);
+      const a = await pool.chunk(toShared(text), s.sid, true);
+      expect(a.hex).to.equal(sha(text));
+      expect(lz4.decompressBlock(a.data!, text.length).equals(text)).to.equal(true);
+      const again = await pool.chunk(text, s.sid, true);
+      expect(again, 'hashed before in the session').to.include({ hex: sha(text), skipped: true });
+      expect(await pool.chunk(stored, s.sid, true), 'in the store already').to.include({ hex: sha(stored), skipped: true });
+      const n = noise(200_000, 23);
+      const owned = Buffer.from(new ArrayBuffer(n.length));
+      n.copy(owned);
+      const r = await pool.chunk(owned, s.sid, true, true);
+      expect(owned.length, 'moved, not copied').to.equal(0);
+      expect(r.data ?? null, 'noise does not compress').to.equal(null);
+      expect(Buffer.from(r.raw!).equals(n), 'handed back whole').to.equal(true);
+      const h = await pool.chunk(words(5000, 24), s.sid, false);
+      expect(h.hex).to.equal(sha(words(5000, 24)));
+      expect(h.data ?? null, 'lz4 off: hashed only').to.equal(null);
+      s.end();
+      const s2 = pool.session([]);
+      expect((await pool.chunk(text, s2.sid, true)).skipped, 'a new session knows nothing').to.equal(undefined);
+      s2.end();
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('conversions reuse the process pool; a broken pool is replaced; the store bytes stay the same', async () => {
+    const src = path.join(work, 'reuse');
+    writeLayout(src, [{ tag: 't', layers: [{ tar: makeTar([{ path: 'a', data: words(3_000_000, 31) }, { path: 'b', data: noise(1_500_000, 32) }]), gzip: false }] }]);
+    const convert = async (n: number): Promise<Record<string, string>> => {
+      const store = path.join(work, `reuse-${n}`);
+      await convertImage(`${src}:t`, { store, progress: false, workers: 1 });
+      return storeFiles(store);
+    };
+    const ref = await convert(0);
+    const first = acquirePool(1, 1 << 20);
+    const ids = first.pool.threadIds;
+    first.release();
+    expect(await convert(1)).to.deep.equal(ref);
+    const second = acquirePool(1, 1 << 20);
+    expect(second.pool.threadIds, 'the same threads').to.deep.equal(ids);
+    await second.pool.close(); // as if a worker had died
+    second.release();
+    expect(await convert(2), 'on a new pool').to.deep.equal(ref);
+    const third = acquirePool(1, 1 << 20);
+    expect(third.pool.healthy).to.equal(true);
+    expect(third.pool.threadIds).to.not.deep.equal(ids);
+    third.release();
+  });
+
+  it('an idle pool does not keep the process alive', function () {
+    const src = path.join(work, 'exit');
+    writeLayout(src, [{ tag: 't', layers: [{ tar: makeTar([{ path: 'a', data: words(2_000_000, 41) }]), gzip: false }] }]);
+    const dist = path.resolve(__dirname, '../../../src/image/convert.js');
+    const script = `require(${JSON.stringify(dist)}).convertImage(${JSON.stringify(`${src}:t`)}, { store: ${JSON.stringify(path.join(work, 'exit-store'))}, progress: false, workers: 1 }).then((r) => console.log(r.id), (e) => { console.error(e); process.exit(2); });`;
+    const t0 = Date.now();
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 25_000 });
+    expect(r.status, `${r.stderr} (signal ${r.signal})`).to.equal(0);
+    expect(r.stdout).to.match(/^sha256:[0-9a-f]{64}$/m);
+    // The pool's idle timer (30 s) is unref'd: the process ends as soon as the conversion does.
+    expect(Date.now() - t0).to.be.lessThan(25_000);
   });
 
   it('a corrupt layer is the digest error, also when the corruption breaks its tar first', async () => {
