@@ -20,6 +20,7 @@ import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console'
 import { setContainerPhaseLog } from './container';
 import { agentMethods } from '../protocols/agent-api';
 import { warmUp, warmUpWanted } from './warmup';
+import { IdleTrimmer, withIdleTrim } from './idle-trim';
 
 /** Start-up phases measured before main() runs (boot.ts). */
 export interface BootPhases {
@@ -63,7 +64,10 @@ async function run(phases: BootPhases): Promise<void> {
   const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   // The policy's hash may be pinned on the command line (policy.ts): fixed for this VM's life.
-  const server = agentRpcServer(agentHandlers(sandbox, PolicyGate.fromCmdline(cmdline)),
+  // Freed memory back to the guest kernel (and by free page reporting to the host) once the calls stop (idle-trim.ts).
+  // agent.idle_trim=0 on the kernel command line turns it off (to compare).
+  const trimmer = new IdleTrimmer({ enabled: !/(^|\s)agent\.idle_trim=0(\s|$)/.test(cmdline) });
+  const server = agentRpcServer(withIdleTrim(agentHandlers(sandbox, PolicyGate.fromCmdline(cmdline)), trimmer),
     (why) => process.stderr.write(`kata-agent: closed a connection: ${why}\n`));
   const serviceMs = msSince(t1);
   process.on('SIGTERM', () => undefined); // PID-1's child: only the host decides when we stop
