@@ -16,6 +16,9 @@
  *
  *   npx tsc -p tsconfig.json && node dist/bench/factory-pods.js [runs=3] [ctr,cri]
  *
+ * `ctr-template` in place of `ctr` leaves out the cold runs (for before/after
+ * comparisons of the templated path, which take a few minutes otherwise).
+ *
  * Needs root (containerd, the template's tmpfs, the CRI netns).
  */
 import * as fs from 'node:fs';
@@ -62,7 +65,7 @@ function printTable(title: string, s: ReturnType<typeof summary>, n: number): vo
   for (const [k, v] of Object.entries(s)) process.stdout.write(`| ${k} | ${v.medianMs} | ${v.xRunc} | ${v.minMs}–${v.maxMs} |\n`);
 }
 
-async function ctrBench(n: number): Promise<Record<string, number[]>> {
+async function ctrBench(n: number, cold: boolean): Promise<Record<string, number[]>> {
   const why = containerdAvailable();
   if (why) throw new Error(why);
   const cd = new TestContainerd();
@@ -85,7 +88,7 @@ async function ctrBench(n: number): Promise<Record<string, number[]>> {
       await once('kata-ts template', `t${i}`, RUNTIME);
     }
     kataCtl(cfgFile, ['factory', 'destroy']);
-    for (let i = 0; i < n; i++) {
+    for (let i = 0; i < (cold ? n : 0); i++) {
       await once('runc', `r2${i}`);
       await once('kata-ts cold', `c${i}`, RUNTIME);
     }
@@ -137,7 +140,8 @@ async function main(): Promise<void> {
   const n = Number(process.argv[2] ?? 3);
   const parts = (process.argv[3] ?? 'ctr,cri').split(',');
   const load0 = os.loadavg();
-  const ctr = parts.includes('ctr') ? summary(await ctrBench(n), 'runc') : undefined;
+  const ctrParts = parts.filter((p) => p === 'ctr' || p === 'ctr-template');
+  const ctr = ctrParts.length ? summary(await ctrBench(n, ctrParts.includes('ctr')), 'runc') : undefined;
   const cri = parts.includes('cri') ? summary(await criBench(n), 'runc') : undefined;
   const load1 = os.loadavg();
   if (ctr) printTable('`ctr run --rm IMAGE id true`', ctr, n);

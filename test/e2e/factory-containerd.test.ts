@@ -117,6 +117,41 @@ describe('e2e: VM templates through ctr (io.containerd.kata-ts.v2)', function ()
     expect(ready.map((l) => l.guest?.template)).to.deep.equal([true, true]);
     expect(ready[0]!.guest?.guestCid).to.not.equal(ready[1]!.guest?.guestCid);
   });
+
+  // A clone gets the volume share with its first container only when that
+  // container has a bind mount; otherwise it is hotplugged with the first
+  // member that has one (src/shim/service.ts volumesAtBoot).
+  it('bind mounts from a clone: at its first container, and hotplugged for a later pod member', async () => {
+    const vol = fs.mkdtempSync(path.join(cd!.dir, 'vol-'));
+    fs.writeFileSync(path.join(vol, 'in'), 'host-data\n');
+    const mount = ['--mount', `type=bind,src=${vol},dst=/data,options=rbind:rw`];
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, ...mount, IMAGE, 'tplv1', 'sh', '-c', 'cat /data/in; echo first > /data/out1']);
+    expect([r.code, r.stdout, r.stderr]).to.deep.equal([0, 'host-data\n', '']);
+    expect(fs.readFileSync(path.join(vol, 'out1'), 'utf8')).to.equal('first\n');
+    expect(readyLines(cd!.log, 'tplv1').map((l) => l.guest?.template)).to.deep.equal([true]);
+
+    const pod = ['--annotation', 'io.kubernetes.cri.sandbox-id=tplpod'];
+    const a = await cd!.ctr(['run', '-d', '--runtime', RUNTIME, ...pod, '--annotation', 'io.kubernetes.cri.container-type=sandbox', IMAGE, 'tplpod', 'sleep', '600']);
+    expect(a.code, a.stderr).to.equal(0);
+    expect(readyLines(cd!.log, 'tplpod').map((l) => l.guest?.template)).to.deep.equal([true]);
+    const b = await cd!.ctr(['run', '-d', '--runtime', RUNTIME, ...pod, '--annotation', 'io.kubernetes.cri.container-type=container', ...mount, IMAGE, 'tplpod-app', 'sh', '-c', 'cat /data/in > /data/out2; sleep 600']);
+    expect(b.code, b.stderr).to.equal(0);
+    expect(cd!.qemuPids(), 'one VM for the pod').to.have.length(1);
+    await until('the member wrote through its bind mount', async () => (fs.existsSync(path.join(vol, 'out2')) && fs.readFileSync(path.join(vol, 'out2'), 'utf8') === 'host-data\n' ? true : undefined), 60000);
+    expect((await cd!.ctr(['task', 'kill', '-s', 'SIGKILL', 'tplpod-app'])).code).to.equal(0);
+    await until('member stopped', async () => (/STOPPED/.test((await cd!.ctr(['task', 'ls'])).stdout.split('\n').find((l) => l.startsWith('tplpod-app ')) ?? '') ? true : undefined));
+    expect((await cd!.ctr(['task', 'delete', 'tplpod-app'])).stderr).to.match(/exit code 137/);
+    expect((await cd!.ctr(['container', 'delete', 'tplpod-app'])).code).to.equal(0);
+    expect(cd!.qemuPids(), 'the pod VM outlives its member').to.have.length(1);
+    // The sandbox container, the last: its Delete stops the VM (containerd: Teardown), status still exact.
+    expect((await cd!.ctr(['task', 'kill', '-s', 'SIGKILL', 'tplpod'])).code).to.equal(0);
+    await until('sandbox container stopped', async () => (/STOPPED/.test((await cd!.ctr(['task', 'ls'])).stdout.split('\n').find((l) => l.startsWith('tplpod ')) ?? '') ? true : undefined));
+    expect((await cd!.ctr(['task', 'delete', 'tplpod'])).stderr).to.match(/exit code 137/);
+    expect(cd!.qemuPids(), 'Delete of the last container stopped the VM').to.deep.equal([]);
+    expect((await cd!.ctr(['container', 'delete', 'tplpod'])).code).to.equal(0);
+    await until('pod shim gone', async () => (cd!.shimPids().length === 0 ? true : undefined), 15000);
+    expect(cd!.mountsBelow().filter((m) => m.startsWith(vol))).to.deep.equal([]);
+  });
 });
 
 describe('e2e: VM templates through CRI (kata-ts handler)', function () {
