@@ -22,7 +22,9 @@
  * scanner's throughput (resident guest RAM hashed per busy second) and its
  * CPU share at the default interval are measured on the `on` runs. Kata
  * 3.2's figure (~120 MiB per pod, its CI) is quoted, not measured: Kata does
- * not run here. Results: build/bench/footprint.json.
+ * not run here. Results: build/bench/footprint.json. FOOTPRINT_OWNER_FLAGS
+ * starts every owner with those Node flags; each row prints the load average
+ * at its start and at its measurement.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -90,7 +92,14 @@ interface Row {
   scanCpuShareAt60s?: number;
   scanEventLoopDelayMaxMs?: number;
   bootSec: number;
+  /** 1-minute load average when the configuration started and when it was measured. */
+  loadStart: number;
+  loadEnd: number;
+  ownerFlags: string[];
 }
+
+/** Node flags for every owner (FOOTPRINT_OWNER_FLAGS, space-separated): to measure the owner's flags (issue 13). */
+const OWNER_FLAGS = (process.env.FOOTPRINT_OWNER_FLAGS ?? '').split(/\s+/).filter(Boolean);
 
 /** One Pss_* line of smaps_rollup in MiB (Anon: private heap/TCG cache; File: binaries, the DAX image; Shmem: guest RAM). */
 function pssPartMiB(pid: number, part: 'Anon' | 'File' | 'Shmem'): number {
@@ -109,6 +118,7 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
   const templated = extra.includes('enable_template = true');
   const ctl = (...a: string[]) => spawnSync(process.execPath, [path.join(REPO, 'bin', 'kata-ctl'), '--config', cfg, ...a], { encoding: 'utf8' });
   let t0 = Date.now();
+  const loadStart = os.loadavg()[0];
   try {
     if (templated) {
       const init = ctl('factory', 'init');
@@ -117,7 +127,7 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
       t0 = Date.now();
     }
     for (let i = 0; i < n; i++) {
-      const c = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfg, '--name', `fp${i}`, '--', 'sleep', '3600'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const c = spawn(process.execPath, [...OWNER_FLAGS, path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfg, '--name', `fp${i}`, '--', 'sleep', '3600'], { stdio: ['ignore', 'ignore', 'pipe'] });
       let err = '';
       c.stderr!.on('data', (d: Buffer) => { err = (err + d.toString()).slice(-2000); });
       c.on('exit', (code) => { if (code) process.stderr.write(`fp${i} exited ${code}: ${err}\n`); });
@@ -159,6 +169,7 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
       config, sandboxes: n, perSandboxMiB: (runtime + qemu) / n, runtimeMiB: runtime / n, qemuMiB: qemu / n, qemuShmemMiB: shmem / n,
       qemuAnonMiB: qAnon / n, qemuFileMiB: qFile / n, runtimeAnonMiB: rAnon / n,
       ksmSavingMiB: ksmUnavailable() ? 0 : readKsm().savingBytes / 1048576, bootSec,
+      loadStart, loadEnd: os.loadavg()[0], ownerFlags: OWNER_FLAGS,
     };
     if (config === 'on') {
       let bytes = 0;
@@ -202,7 +213,7 @@ async function main(): Promise<void> {
         if (savedKsm) writeSettings({ run: 0, pagesToScan: savedKsm.pagesToScan, sleepMillisecs: savedKsm.sleepMillisecs });
         rows.push(await runOne(c, n, settle));
         const r = rows[rows.length - 1];
-        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox (runtime ${r.runtimeMiB.toFixed(1)} [anon ${r.runtimeAnonMiB.toFixed(1)}], QEMU ${r.qemuMiB.toFixed(1)}: guest RAM ${r.qemuShmemMiB.toFixed(1)}, private ${r.qemuAnonMiB.toFixed(1)}, files ${r.qemuFileMiB.toFixed(1)}; boot ${r.bootSec.toFixed(0)} s), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide` +
+        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox (runtime ${r.runtimeMiB.toFixed(1)} [anon ${r.runtimeAnonMiB.toFixed(1)}], QEMU ${r.qemuMiB.toFixed(1)}: guest RAM ${r.qemuShmemMiB.toFixed(1)}, private ${r.qemuAnonMiB.toFixed(1)}, files ${r.qemuFileMiB.toFixed(1)}; boot ${r.bootSec.toFixed(0)} s), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide; load ${r.loadStart.toFixed(1)} -> ${r.loadEnd.toFixed(1)}${r.ownerFlags.length ? `; owner flags ${r.ownerFlags.join(' ')}` : ''}` +
           `${r.scanGBps !== undefined ? `; scanner ${r.scanGBps.toFixed(2)} GB/s, CPU share at 60 s ${(r.scanCpuShareAt60s! * 100).toFixed(3)} %, max loop delay ${r.scanEventLoopDelayMaxMs!.toFixed(1)} ms` : ''}\n`);
       }
     }
