@@ -182,7 +182,8 @@ export class VmFactory {
     let exited: Promise<string> = new Promise(() => undefined);
     try {
       const args = [...templateArgs(m, path.join(this.dir, MEMORY), consoleLog), '-qmp', `unix:${path.join(work, 'qmp.sock')},server=on,wait=off`];
-      progress(`booting the template VM (${m.vcpus} vCPU, ${m.memoryMiB} MiB, ${m.accel})`);
+      const devs = [inputs.memory.daxImage ? 'DAX image nvdimm' : '', inputs.memory.balloon ? 'balloon' : '', inputs.memory.virtioMemMiB ? `virtio-mem ${inputs.memory.virtioMemMiB} MiB` : ''].filter(Boolean);
+      progress(`booting the template VM (${m.vcpus} vCPU, ${m.memoryMiB} MiB, ${m.accel}${devs.length ? `; ${devs.join(', ')}` : ''})`);
       const t0 = Date.now();
       const c = spawn(...ownedBy(this.t.qemu.binary, args, this.log), { stdio: ['ignore', 'ignore', 'pipe'] });
       child = c;

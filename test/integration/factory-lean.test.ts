@@ -5,7 +5,8 @@
  * template with `kata-ctl factory init`, and a sandbox starts from it (a
  * clone: its QEMU ran with -incoming, never booted). In the clone the root
  * is the NVDIMM (the guest reads the image through QEMU's mapping of
- * rootfs-dax.erofs), `kata-ctl balloon` answers, and a container with a
+ * rootfs-dax.erofs), `kata-ctl balloon` answers, the page scanner reads
+ * the clone's RAM (`kata-ctl pages`), and a container with a
  * memory limit grows the VM by virtio-mem and shrinks it back when it
  * leaves. A lean configuration against a plain template, and a plain one
  * against a lean template: one warning naming the memory devices, a cold boot.
@@ -65,7 +66,8 @@ describe('integration: VM templates with DAX, balloon, virtio-mem and a 256 MiB 
   const figures: string[] = [];
   const ctl = (args: string[], cfg: string) => node('kata-ctl', ['--config', cfg, ...args]);
   const run = (args: string[], cfg: string) => node('kata-ts', ['run', '--config', cfg, '--log-level', 'info', ...args]);
-  const config = (lean: boolean, tpl: string) => `[hypervisor.qemu]\n${pinned}${lean ? LEAN : ''}[factory]\nenable_template = true\ntemplate_path = "${tpl}"\n`;
+  // The lean configuration also runs the page scanner (one pass on demand): it reads the clone's RAM through our vsock backend's mapping.
+  const config = (lean: boolean, tpl: string) => `[hypervisor.qemu]\n${pinned}${lean ? `${LEAN}[memory]\npage_scanner = true\nscan_interval = 3600\nscan_rate_mib = 1024\n` : ''}[factory]\nenable_template = true\ntemplate_path = "${tpl}"\n`;
   const writeConfig = (name: string, text: string) => {
     const f = path.join(runDir, name);
     fs.writeFileSync(f, fs.readFileSync(writeTestConfig(runDir, text), 'utf8'));
@@ -186,6 +188,15 @@ describe('integration: VM templates with DAX, balloon, virtio-mem and a 256 MiB 
     }
     expect(actual, 'the clone\'s guest inflated its balloon').to.equal(224);
     expect((await kataCtl(['--config', leanCfg, 'balloon', 'lean1', '--set', '256'])).code).to.equal(0);
+  });
+
+  it('the page scanner reads the clone\'s RAM (kata-ctl pages)', async () => {
+    const p = await kataCtl(['--config', leanCfg, 'pages', 'lean1', '--fresh', '--json'], { timeoutMs: 120000 });
+    expect(p.code, p.stderr).to.equal(0);
+    const j = JSON.parse(p.stdout) as { sandboxes: Array<{ id: string; residentPages: number }> };
+    expect(j.sandboxes.map((x) => x.id)).to.deep.equal(['lean1']);
+    // The clone's copy of the template's RAM is resident (~40 MiB), not 0 and not the whole 256 MiB.
+    expect(j.sandboxes[0]!.residentPages * 4096 / MIB).to.be.within(8, 256);
   });
 
   it('a container with a 128 MiB limit grows the clone by virtio-mem; it leaves and the VM shrinks back', async () => {

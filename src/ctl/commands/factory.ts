@@ -11,6 +11,7 @@ import type { CtlCommand } from '../command';
 import { ctlConfig, JSON_OPTION, printJson, type GlobalArgs } from '../common';
 import { factoryFor } from '../factory-state';
 import type { TemplateStatus } from '../../factory/template-store';
+import type { TemplateMemory } from '../../factory/template-key';
 import { formatMiB } from '../../common/units';
 
 interface FactoryArgs extends GlobalArgs {
@@ -28,6 +29,13 @@ function age(s: number | undefined): string {
   return `${(s / 3600).toFixed(1)} h`;
 }
 
+/** The template's memory devices in one line: -m/-smp, the DAX image, the balloon, virtio-mem. */
+export function memoryText(mem: TemplateMemory | undefined): string {
+  if (!mem) return 'none recorded (made before template format 6)';
+  return [`-m ${mem.m}`, `-smp ${mem.smp}`, mem.daxImage ? `DAX image ${mem.daxImage.path}` : 'root on virtio-blk (no DAX)',
+    mem.balloon ? 'balloon with free page reporting' : 'no balloon', mem.virtioMemMiB ? `virtio-mem ${mem.virtioMemMiB} MiB` : 'no virtio-mem'].join('; ');
+}
+
 /** Human text of a template status. */
 export function statusText(st: TemplateStatus, enabled: boolean): string {
   const m = st.manifest;
@@ -42,6 +50,8 @@ export function statusText(st: TemplateStatus, enabled: boolean): string {
     lines.push(
       `created:    ${m.createdAt} (${age(st.ageS)} ago), boot ${m.bootS.toFixed(1)} s, save ${m.saveS.toFixed(2)} s`,
       `machine:    ${m.inputs.machine}, ${m.inputs.accel}, ${m.inputs.vcpus} vCPU, ${m.inputs.memoryMiB} MiB; ${m.qemuVersion}`,
+      // The memory devices the template carries (format 6; an older manifest has none).
+      `memory:     ${memoryText(m.inputs.memory)}`,
       `kernel:     ${m.inputs.kernel.path} sha256:${m.kernelSha256.slice(0, 16)}`,
       `image:      ${m.inputs.image.path} sha256:${m.imageSha256.slice(0, 16)}`,
       `sizes:      state ${mib(m.stateBytes)}, memory ${mib(m.memoryBytes)} (${mib(m.memoryDataBytes)} data, copied per clone), on host ${mib(st.diskBytes)}${m.mountedTmpfs ? ' (tmpfs)' : ''}`,

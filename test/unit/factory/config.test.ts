@@ -10,6 +10,7 @@ import { TemplateError } from '../../../src/factory/qemu-template';
 import { keyDifferences, templateKey } from '../../../src/factory/template-key';
 import { DAX_IMAGE_NAME, type QemuMemoryOptions } from '../../../src/hypervisor/memory-plan';
 import { qemuCommandLine } from '../../../src/hypervisor/qemu-command-line';
+import { memoryText } from '../../../src/ctl/commands/factory';
 
 describe('unit: [factory] configuration and the template command line', () => {
   it('defaults as Kata: templates off, /run/kata-ts/template', () => {
@@ -134,6 +135,13 @@ describe('unit: a template carries the memory devices a cold boot of its configu
     const later = factory(lean).inputs();
     later.memory.daxImage!.mtimeMs += 1000;
     expect(keyDifferences(leanIn, later)).to.deep.equal([`DAX image ${leanIn.memory.daxImage!.path} changed since the template was made`]);
+  });
+
+  it('kata-ctl factory status names the memory devices (none recorded for an older template)', () => {
+    const leanIn = factory(lean).inputs();
+    expect(memoryText(leanIn.memory)).to.equal(`-m 256M,slots=1,maxmem=2050M; -smp 1; DAX image ${leanIn.memory.daxImage!.path}; balloon with free page reporting; virtio-mem 1792 MiB`);
+    expect(memoryText(factory({}, 512).inputs().memory)).to.equal('-m 512M; -smp 1; root on virtio-blk (no DAX); no balloon; no virtio-mem');
+    expect(memoryText(undefined)).to.match(/none recorded/);
   });
 
   it('a configuration QEMU would refuse (no DAX image beside the guest image) is a config error of the template, not a crash', () => {
