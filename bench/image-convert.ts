@@ -77,7 +77,20 @@ function gzSize(file: string): number {
   return Number(execFileSync('sh', ['-c', `gzip -6 -c '${file}' | wc -c`], { encoding: 'utf8' }).trim());
 }
 
-interface Sample { s: number; cpu: number; stored: number; timings?: ConvertTimings; /** Main thread's event-loop utilisation (ours). */ elu?: number }
+interface Sample {
+  s: number; cpu: number; stored: number; timings?: ConvertTimings;
+  /** Ours: the main thread's event-loop utilisation, and its own CPU seconds (the rest is the workers'). */
+  elu?: number; mainCpu?: number;
+}
+
+/** CPU seconds of this process's main thread so far (Linux /proc; NaN elsewhere). */
+function mainThreadCpu(): number {
+  try {
+    const f = fs.readFileSync(`/proc/self/task/${process.pid}/stat`, 'utf8');
+    const fields = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in USER_HZ (100)
+  } catch { return NaN; }
+}
 
 function fsyncFile(p: string): void {
   const fd = fs.openSync(p, 'r');
@@ -111,14 +124,16 @@ async function main(): Promise<void> {
       fs.rmSync(store, { recursive: true, force: true });
       const c0 = process.cpuUsage();
       const e0 = performance.eventLoopUtilization();
+      const m0 = mainThreadCpu();
       const t0 = process.hrtime.bigint();
       const res = await convertImage(`${layout}:${tag}`, { store, progress: false, compress, workers });
       const s = Number(process.hrtime.bigint() - t0) / 1e9;
       const c = process.cpuUsage(c0);
       const elu = performance.eventLoopUtilization(e0).utilization;
+      const mainCpu = mainThreadCpu() - m0;
       const stored = dirBytes(store);
       fs.rmSync(store, { recursive: true, force: true });
-      return { s, cpu: (c.user + c.system) / 1e6, stored, timings: res.timings, elu };
+      return { s, cpu: (c.user + c.system) / 1e6, stored, timings: res.timings, elu, mainCpu };
     };
     const peer = (opts: string[]): Sample => {
       const img = path.join(work, 'peer.erofs');
@@ -158,7 +173,7 @@ async function main(): Promise<void> {
       for (const [name, fn] of contenders) {
         const x = await fn();
         samples.get(name)!.push(x);
-        process.stderr.write(`  ${name}: ${x.s.toFixed(2)} s, ${x.cpu.toFixed(2)} CPU-s${x.elu !== undefined ? `, ELU ${x.elu.toFixed(2)}` : ''}${x.timings ? ` ${JSON.stringify(x.timings)}` : ''}\n`);
+        process.stderr.write(`  ${name}: ${x.s.toFixed(2)} s, ${x.cpu.toFixed(2)} CPU-s${x.elu !== undefined ? `, ELU ${x.elu.toFixed(2)}, main thread ${x.mainCpu!.toFixed(2)} CPU-s` : ''}${x.timings ? ` ${JSON.stringify(x.timings)}` : ''}\n`);
       }
     }
     loads.push(loadavg());
@@ -168,6 +183,7 @@ async function main(): Promise<void> {
       return {
         s: median(xs.map((x) => x.s)), cpu: median(xs.map((x) => x.cpu)), stored: xs[0].stored,
         elu: xs[0].elu === undefined ? undefined : median(xs.map((x) => x.elu!)),
+        mainCpu: xs[0].mainCpu === undefined ? undefined : median(xs.map((x) => x.mainCpu!)),
         timings: t && (Object.fromEntries(Object.keys(t).map((k) => [k, median(xs.map((x) => x.timings![k as keyof ConvertTimings]))])) as unknown as ConvertTimings),
       };
     };
@@ -207,7 +223,7 @@ async function main(): Promise<void> {
     }
 
     const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
-    const rate = (x: Sample): string => `${(treeBytes / 1048576 / x.s).toFixed(0)} MiB/s, ${x.cpu.toFixed(2)} CPU-s, ELU ${x.elu!.toFixed(2)}, stored ${mib(x.stored)}`;
+    const rate = (x: Sample): string => `${(treeBytes / 1048576 / x.s).toFixed(0)} MiB/s, ${x.cpu.toFixed(2)} CPU-s (main thread ${x.mainCpu!.toFixed(2)}), ELU ${x.elu!.toFixed(2)}, stored ${mib(x.stored)}`;
     const ratio = (p: Sample, o: Sample): string => `${(p.s / o.s).toFixed(2)}x (CPU ${(p.cpu / o.cpu).toFixed(2)}x)`;
     const rows: Array<[string, string, string]> = [
       ['ours, tar layer, LZ4', `${oursTar.s.toFixed(2)} s`, rate(oursTar)],

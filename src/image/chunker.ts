@@ -54,6 +54,28 @@ interface LayerBlob {
   size: number;
   /** Its hash has been ended (digest asked for). */
   ended?: boolean;
+  /** Bytes written since the last early flush was started, and that flush (see flushEarly). */
+  unflushed: number;
+  flushing: Promise<void> | null;
+}
+
+/** Blob bytes written between early flushes (flushEarly). */
+const FLUSH_EVERY = 32 << 20;
+
+/**
+ * Starts writing a blob's dirty pages back while the conversion goes on:
+ * fdatasync through a descriptor of its own, on libuv's thread pool, so
+ * neither this thread nor the blob's descriptor waits, and the fsync at
+ * the end has little left to write (mkfs.erofs, like ours before, leaves
+ * it all to the end). Errors are left to that final fsync.
+ */
+function flushEarly(file: string): Promise<void> {
+  return new Promise((resolve) => {
+    fs.open(file, 'r', (e, fd) => {
+      if (e) { resolve(); return; }
+      fs.fdatasync(fd, () => fs.close(fd, () => resolve()));
+    });
+  });
 }
 
 export interface NewBlob { tmp: string; digest: string; size: number }
@@ -163,6 +185,11 @@ export class Chunker {
     s.storedSize = bytes.length;
     s.flags = compressed ? CHUNK_FLAG_LZ4 : 0;
     b.size += bytes.length;
+    b.unflushed += bytes.length;
+    if (b.unflushed >= FLUSH_EVERY && !b.flushing) {
+      b.unflushed = 0;
+      b.flushing = flushEarly(b.tmp).then(() => { b.flushing = null; });
+    }
     if (b.hash instanceof crypto.Hash) { b.hash.update(bytes); return null; }
     return b.hash.update(bytes, compressed !== null || owned);
   }
@@ -310,7 +337,7 @@ export class Chunker {
     let b = this.blobs.get(layer);
     if (!b) {
       const tmp = path.join(this.tmpDir, `blob-layer-${layer}`);
-      b = { tmp, fd: fs.openSync(tmp, 'w', 0o644), hash: this.pool ? this.pool.sha256Slices() : crypto.createHash('sha256'), size: 0 };
+      b = { tmp, fd: fs.openSync(tmp, 'w', 0o644), hash: this.pool ? this.pool.sha256Slices() : crypto.createHash('sha256'), size: 0, unflushed: 0, flushing: null };
       this.blobs.set(layer, b);
     }
     return b;
@@ -334,6 +361,7 @@ export class Chunker {
     this.session = null;
     const layerDigest = new Map<number, NewBlob>();
     for (const [layer, b] of [...this.blobs].sort((x, y) => x[0] - y[0])) {
+      await b.flushing;
       if (b.fd >= 0) { fs.fsyncSync(b.fd); fs.closeSync(b.fd); b.fd = -1; }
       b.ended = true;
       layerDigest.set(layer, { tmp: b.tmp, digest: b.hash instanceof crypto.Hash ? b.hash.digest('hex') : await b.hash.digest(), size: b.size });
