@@ -11,21 +11,25 @@
  * the image's temp directory and named by their sha256 when finished (hashed
  * as written by the pool's hashing worker, or here without a pool).
  *
- * addChunk() hashes (Node's native sha256, once per chunk) and assigns a
- * slot at once (dedup decisions are sequential; layer-stream.ts calls it as
- * a layer's file data streams by, in archive order) and hands each new
- * chunk to the compression pool (compress-pool.ts) straight away while
- * fewer than WINDOW_PER_WORKER per worker are in flight, so the workers
- * compress while this thread goes on reading, parsing and hashing. A new
- * chunk is queued as the caller's view (no copy) with a release the caller
- * gets back, called once the chunk is written, so read buffers can be
- * reused. When the workers are saturated and chunks wait, pump() and
- * advance() have this thread compress the next waiting one itself rather
- * than sit idle (on 2 cores: one worker + this thread, both busy). Chunks
- * are written in slot order, and whichever thread compressed a chunk the
- * bytes are the same, so the blobs do not depend on the thread count.
- * Without a pool (or with compression off) chunks are compressed (or not)
- * on this thread and written at each pump().
+ * addChunk() queues a chunk (the caller's view, no copy) and returns its
+ * ordinal; the compression pool (compress-pool.ts) hashes and compresses
+ * it in one job while this thread goes on reading and parsing (fewer than
+ * WINDOW_PER_WORKER jobs per worker in flight). Dedup decisions stay
+ * sequential: the chunks are decided in ordinal order as their hashes
+ * come back (the first occurrence of a sha256 takes the next slot, a
+ * chunk in the store's index a slot pointing there), the new ones written
+ * in slot order, so the blobs, the slots and the image do not depend on
+ * the thread count or timing; slotOfChunk() maps ordinals to slots once
+ * decided. The workers skip compressing what their session already knows
+ * (stored chunks, and chunks they hashed earlier, which the ordered
+ * decision will find first); a chunk that turns out new without a
+ * compression is compressed here. When the workers are saturated and
+ * chunks wait, pump() and advance() have this thread hash and compress the
+ * next waiting one itself rather than sit idle (on 2 cores: the workers
+ * and this thread, all busy). A chunk's release (given by the caller) is
+ * called once it is decided and, when new, written and hashed into its
+ * blob, so read buffers can be reused. Without a pool chunks are hashed
+ * and compressed (or not) on this thread at each pump().
  */
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
