@@ -33,7 +33,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { ROOT, writeResult } from './native';
-import { pssMiB } from './pss';
+import { memfdBytes, pssMiB } from './pss';
 import { MARK, kernelFloorArgs, timeToMarker } from './boot';
 import { defaultConfig, guestAssets, loadConfig } from '../src/runtime/config';
 import { selectHypervisor } from '../src/hypervisor';
@@ -94,27 +94,6 @@ async function privateCowClone(factory: VmFactory, qemu: string, dir: string): P
     if (child.exitCode === null) await new Promise((r) => { child.once('exit', r); setTimeout(() => child.kill('SIGKILL'), 3000).unref(); });
     fs.rmSync(dir, { recursive: true, force: true });
   }
-}
-
-/**
- * Bytes allocated in the memfds a QEMU holds open (its guest RAM). PSS only
- * counts pages mapped in a process's page tables: a clone's RAM pages copied
- * from the template but not yet touched by the guest are in the memfd, not
- * in anyone's PSS — reported beside it so nothing is hidden.
- */
-function memfdBytes(pid: number): number {
-  const seen = new Set<number>();
-  let bytes = 0;
-  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      if (!fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('/memfd:')) continue;
-      const st = fs.statSync(`/proc/${pid}/fd/${fd}`);
-      if (seen.has(st.ino)) continue;
-      seen.add(st.ino);
-      bytes += st.blocks * 512;
-    } catch { /* closed meanwhile */ }
-  }
-  return bytes;
 }
 
 /** PSS of N idle sandboxes: every kata-ts run process and its QEMU. */

@@ -22,7 +22,14 @@
  * scanner's throughput (resident guest RAM hashed per busy second) and its
  * CPU share at the default interval are measured on the `on` runs. Kata
  * 3.2's figure (~120 MiB per pod, its CI) is quoted, not measured: Kata does
- * not run here. Results: build/bench/footprint.json. FOOTPRINT_OWNER_FLAGS
+ * not run here. Results: build/bench/footprint.json.
+ *
+ * PSS alone under-counts a template clone: the runtime copies the
+ * template's RAM into the clone's memfd with write(2), and pages the guest
+ * has not touched since are in nobody's page tables. So every row also has
+ * "host": runtime + QEMU PSS without their shmem share, plus the bytes
+ * allocated in each QEMU's memfds (guest RAM, virtio-mem) and the
+ * template's RAM file divided among the sandboxes. FOOTPRINT_OWNER_FLAGS
  * starts every owner with those Node flags; each row prints the load average
  * at its start and at its measurement.
  */
@@ -30,7 +37,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { pssMiB } from './pss';
+import { memfdBytes, pssMiB } from './pss';
 import { listSandboxes } from '../src/ctl/sandboxes';
 import { memoryCtlCall } from '../src/resource/memory/ctl-socket';
 import { readKsm, readSettings, writeSettings, ksmUnavailable } from '../src/resource/memory/ksm';
@@ -87,6 +94,12 @@ interface Row {
   qemuAnonMiB: number;
   qemuFileMiB: number;
   runtimeAnonMiB: number;
+  /** Guest RAM allocated on the host (its memfds, each once), per sandbox: PSS misses a clone's copied pages the guest has not touched. */
+  guestRamAllocMiB: number;
+  /** The template's RAM file (tmpfs data) divided among the sandboxes; 0 without a template. */
+  templateMiB: number;
+  /** Host memory per sandbox: runtime + QEMU PSS without their shmem share, plus guestRamAllocMiB and templateMiB. */
+  hostPerSandboxMiB: number;
   ksmSavingMiB: number;
   scanGBps?: number;
   scanCpuShareAt60s?: number;
@@ -155,19 +168,26 @@ async function runOne(config: string, n: number, settleSec: number): Promise<Row
     let qAnon = 0;
     let qFile = 0;
     let rAnon = 0;
+    let rShmem = 0;
+    let memfd = 0;
     for (const r of rows) {
       runtime += pssMiB(r.ownerPid);
       rAnon += pssPartMiB(r.ownerPid, 'Anon');
+      rShmem += pssPartMiB(r.ownerPid, 'Shmem');
       for (const p of r.vmPids) {
         qemu += pssMiB(p);
+        memfd += memfdBytes(p) / 1048576;
         shmem += pssPartMiB(p, 'Shmem');
         qAnon += pssPartMiB(p, 'Anon');
         qFile += pssPartMiB(p, 'File');
       }
     }
+    const tplFile = path.join(runDir, 'template', 'memory');
+    const tpl = templated && fs.existsSync(tplFile) ? (fs.statSync(tplFile).blocks * 512) / 1048576 : 0;
     const row: Row = {
       config, sandboxes: n, perSandboxMiB: (runtime + qemu) / n, runtimeMiB: runtime / n, qemuMiB: qemu / n, qemuShmemMiB: shmem / n,
       qemuAnonMiB: qAnon / n, qemuFileMiB: qFile / n, runtimeAnonMiB: rAnon / n,
+      guestRamAllocMiB: memfd / n, templateMiB: tpl / n, hostPerSandboxMiB: (runtime + qemu - rShmem - shmem + memfd + tpl) / n,
       ksmSavingMiB: ksmUnavailable() ? 0 : readKsm().savingBytes / 1048576, bootSec,
       loadStart, loadEnd: os.loadavg()[0], ownerFlags: OWNER_FLAGS,
     };
@@ -213,7 +233,7 @@ async function main(): Promise<void> {
         if (savedKsm) writeSettings({ run: 0, pagesToScan: savedKsm.pagesToScan, sleepMillisecs: savedKsm.sleepMillisecs });
         rows.push(await runOne(c, n, settle));
         const r = rows[rows.length - 1];
-        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox (runtime ${r.runtimeMiB.toFixed(1)} [anon ${r.runtimeAnonMiB.toFixed(1)}], QEMU ${r.qemuMiB.toFixed(1)}: guest RAM ${r.qemuShmemMiB.toFixed(1)}, private ${r.qemuAnonMiB.toFixed(1)}, files ${r.qemuFileMiB.toFixed(1)}; boot ${r.bootSec.toFixed(0)} s), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide; load ${r.loadStart.toFixed(1)} -> ${r.loadEnd.toFixed(1)}${r.ownerFlags.length ? `; owner flags ${r.ownerFlags.join(' ')}` : ''}` +
+        process.stdout.write(`${c.padEnd(8)} ×${String(n).padStart(2)}: ${r.perSandboxMiB.toFixed(1)} MiB per sandbox [host, memfds counted: ${r.hostPerSandboxMiB.toFixed(1)} MiB; guest RAM allocated ${r.guestRamAllocMiB.toFixed(1)}, template ${r.templateMiB.toFixed(1)}] (runtime ${r.runtimeMiB.toFixed(1)} [anon ${r.runtimeAnonMiB.toFixed(1)}], QEMU ${r.qemuMiB.toFixed(1)}: guest RAM ${r.qemuShmemMiB.toFixed(1)}, private ${r.qemuAnonMiB.toFixed(1)}, files ${r.qemuFileMiB.toFixed(1)}; boot ${r.bootSec.toFixed(0)} s), KSM saving ${r.ksmSavingMiB.toFixed(1)} MiB host-wide; load ${r.loadStart.toFixed(1)} -> ${r.loadEnd.toFixed(1)}${r.ownerFlags.length ? `; owner flags ${r.ownerFlags.join(' ')}` : ''}` +
           `${r.scanGBps !== undefined ? `; scanner ${r.scanGBps.toFixed(2)} GB/s, CPU share at 60 s ${(r.scanCpuShareAt60s! * 100).toFixed(3)} %, max loop delay ${r.scanEventLoopDelayMaxMs!.toFixed(1)} ms` : ''}\n`);
       }
     }
@@ -227,7 +247,7 @@ async function main(): Promise<void> {
   for (const n of counts) {
     process.stdout.write(`  ${String(n).padStart(2)} sandboxes: ${configs.map((c) => {
       const r = rows.find((x) => x.config === c && x.sandboxes === n)!;
-      return `${c} ${r.perSandboxMiB.toFixed(1)} (${(r.perSandboxMiB / KATA_CI_MIB).toFixed(2)}x)`;
+      return `${c} ${r.perSandboxMiB.toFixed(1)} (${(r.perSandboxMiB / KATA_CI_MIB).toFixed(2)}x; host ${r.hostPerSandboxMiB.toFixed(1)})`;
     }).join('  ')}\n`);
   }
   fs.mkdirSync(path.join(REPO, 'build', 'bench'), { recursive: true });

@@ -25,3 +25,26 @@ export function pssMiB(pid: number, proc = '/proc'): number {
   if (!m) throw new PssError(`${proc}/${pid}/smaps_rollup has no Pss line`);
   return Number(m[1]) / 1024;
 }
+
+/**
+ * Bytes allocated in the memfds `pid` holds open (guest RAM, virtio-mem),
+ * each counted once. PSS counts only pages mapped in a process's page
+ * tables: a template clone's RAM copied by write(2) and not yet touched by
+ * the guest is in its memfd and in nobody's PSS, so a footprint that
+ * claims to be the host's memory must count the memfd, not PSS's shmem.
+ * Reads of a closed fd are skipped (it went meanwhile).
+ */
+export function memfdBytes(pid: number): number {
+  const seen = new Set<number>();
+  let bytes = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (!fs.readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('/memfd:')) continue;
+      const st = fs.statSync(`/proc/${pid}/fd/${fd}`);
+      if (seen.has(st.ino)) continue;
+      seen.add(st.ino);
+      bytes += st.blocks * 512;
+    } catch { /* closed meanwhile */ }
+  }
+  return bytes;
+}
