@@ -33,7 +33,7 @@ cat > "$stage/sbin/kata-agent-snapshot" <<'EOF'
 # build time, never in a sandbox.
 mount -t proc proc /proc; mount -t tmpfs tmpfs /tmp; mount -t devtmpfs devtmpfs /dev 2>/dev/null
 # kata-init's environment for the agent: V8 hashes its flags into the check
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root NODE_OPTIONS="--max-old-space-size=96 --v8-pool-size=1"
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root NODE_OPTIONS="--max-old-space-size=96 --v8-pool-size=1 --expose-gc"
 cd /tmp
 if node --snapshot-blob /tmp/agent.blob --build-snapshot /opt/kata-ts/dist/src/agent/boot.js 2>/tmp/err &&
    KATA_TS_AGENT_SNAPSHOT_CHECK=1 node --snapshot-blob /tmp/agent.blob /opt/kata-ts/dist/src/agent/boot.js 2>>/tmp/err | grep -q 'snapshot=true'; then

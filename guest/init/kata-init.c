@@ -156,8 +156,10 @@ int main(void) {
      QEMU -icount, 2026-12-01). Tried and not kept:
      --single-threaded, --jitless (no clear gain in 2 boots each);
      --max-semi-space-size=1 (agent anon 14.2 vs 14.0-14.1 MiB idle, one
-     guest each: V8's young generation is not what the agent holds). */
-  setenv("NODE_OPTIONS", "--max-old-space-size=96 --v8-pool-size=1", 0);
+     guest each: V8's young generation is not what the agent holds).
+     --expose-gc: the agent's idle trim runs gc() before malloc_trim
+     (src/agent/idle-trim.ts says why). */
+  setenv("NODE_OPTIONS", "--max-old-space-size=96 --v8-pool-size=1 --expose-gc", 0);
   /* One malloc arena: the agent's threads (libuv's pool, V8's worker) each got
      an arena of their own; with one, the agent's idle trim (src/agent/
      idle-trim.ts) returns 1.2-1.5 MiB more (measured, README "Memory
