@@ -91,7 +91,7 @@ describe('image conversion: compression in workers', function () {
     }
   });
 
-  it('the store is byte-identical with 0, 1 and 3 workers', async () => {
+  it('the store is byte-identical with 0, 1 and 3 workers (and with compression off, 0 and 1)', async () => {
     const entries: TarSpec[] = [];
     for (let i = 0; i < 12; i++) entries.push({ path: `f${i}`, data: i % 3 === 0 ? noise(300_000 + i * 1000, i) : words(2_500_000 + i * 7, i) });
     entries.push({ path: 'dup', data: words(2_500_000, 1) });
@@ -107,6 +107,15 @@ describe('image conversion: compression in workers', function () {
     expect(Object.keys(trees[0]).length).to.be.greaterThan(3);
     expect(trees[1]).to.deep.equal(trees[0]);
     expect(trees[2]).to.deep.equal(trees[0]);
+    // Compression off: the workers only hash; the same store either way.
+    const raw: Record<string, string>[] = [];
+    for (const workers of [0, 1]) {
+      const store = path.join(work, `det-raw-${workers}`);
+      await convertImage(`${src}:t`, { store, progress: false, workers, chunkSize: 1 << 20, compress: false });
+      raw.push(storeFiles(store));
+    }
+    expect(raw[1]).to.deep.equal(raw[0]);
+    expect(raw[0]).to.not.deep.equal(trees[0]);
   });
 
   it('a chunk job names the chunk and compresses it unless its session knows the sha256; a moved buffer comes back when not compressed', async () => {
