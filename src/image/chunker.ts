@@ -219,19 +219,21 @@ export class Chunker {
   /** Sends waiting chunks to the workers while they have room. */
   private dispatch(): void {
     if (!this.pool) { this.unsent = this.queue.length; return; }
+    // Closed (a failed conversion): jobs still in flight end, no new ones start.
+    if (!this.session) return;
     const cap = WINDOW_PER_WORKER * this.pool.size;
     while (this.unsent < this.queue.length && this.inFlight < cap) {
       const q = this.queue[this.unsent++];
       if (q.done) continue;
       this.inFlight++;
-      q.job = this.pool.chunk(q.chunk, this.session!.sid, this.compress, q.owned && !(q.chunk.buffer instanceof SharedArrayBuffer));
+      q.job = this.pool.chunk(q.chunk, this.session.sid, this.compress, q.owned && !(q.chunk.buffer instanceof SharedArrayBuffer));
       q.job.then((r) => {
         q.sha = r.hex!;
         q.result = r.data ?? null;
         q.tried = this.compress && !r.skipped;
         if (r.raw) q.chunk = Buffer.from(r.raw);
         q.done = true;
-      }, () => undefined).finally(() => { this.inFlight--; this.dispatch(); });
+      }, () => undefined).finally(() => { this.inFlight--; this.dispatch(); }).catch(() => undefined);
     }
   }
 

@@ -260,38 +260,38 @@ async function streamLayer(img: ResolvedImage, i: number, tree: LayerTree, chunk
 
   const file = img.layerFile?.(i);
   try {
-  if (file !== undefined) {
-    let fd: number;
-    try { fd = fs.openSync(file.path, 'r'); } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new OciSourceError('not-found', `${file.what}: blob ${l.digest} is missing`);
-      throw e;
-    }
-    try {
-      const size = fs.fstatSync(fd).size;
-      if (size !== l.size) throw new OciSourceError('digest', `${file.what}: blob ${l.digest} is ${size} bytes, its descriptor says ${l.size}`);
-      for (let o = 0; o < size;) {
-        let s = ring.tryAcquire();
-        while (!s) {
-          // Every slice still holds queued chunks or a pending hash: let them finish.
-          if (!(await chunker.advance())) await ring.released();
-          s = ring.tryAcquire();
-        }
-        try {
-          const n = fs.readSync(fd, s.buf, 0, Math.min(s.buf.length, size - o), o);
-          if (n === 0) throw new OciSourceError('digest', `${file.path}: file shrank while being read (${o} of ${size} bytes)`);
-          o += n;
-          await take(s.buf.subarray(0, n), s);
-        } finally { ring.release(s); }
+    if (file !== undefined) {
+      let fd: number;
+      try { fd = fs.openSync(file.path, 'r'); } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new OciSourceError('not-found', `${file.what}: blob ${l.digest} is missing`);
+        throw e;
       }
-    } finally { fs.closeSync(fd); }
-  } else {
-    // Held in memory already (a layer inside an archive file): one slice.
-    await take(img.readLayerUnverified(i), null);
-  }
-  if (gz) {
-    await gz.end();
-    if (gz.error && failure === null) failure = new ConvertError('layer', `${what}: gzip stream is corrupt (${gz.error.message})`, { cause: gz.error });
-  }
+      try {
+        const size = fs.fstatSync(fd).size;
+        if (size !== l.size) throw new OciSourceError('digest', `${file.what}: blob ${l.digest} is ${size} bytes, its descriptor says ${l.size}`);
+        for (let o = 0; o < size;) {
+          let s = ring.tryAcquire();
+          while (!s) {
+            // Every slice still holds queued chunks or a pending hash: let them finish.
+            if (!(await chunker.advance())) await ring.released();
+            s = ring.tryAcquire();
+          }
+          try {
+            const n = fs.readSync(fd, s.buf, 0, Math.min(s.buf.length, size - o), o);
+            if (n === 0) throw new OciSourceError('digest', `${file.path}: file shrank while being read (${o} of ${size} bytes)`);
+            o += n;
+            await take(s.buf.subarray(0, n), s);
+          } finally { ring.release(s); }
+        }
+      } finally { fs.closeSync(fd); }
+    } else {
+      // Held in memory already (a layer inside an archive file): one slice.
+      await take(img.readLayerUnverified(i), null);
+    }
+    if (gz) {
+      await gz.end();
+      if (gz.error && failure === null) failure = new ConvertError('layer', `${what}: gzip stream is corrupt (${gz.error.message})`, { cause: gz.error });
+    }
   } catch (e) {
     // End the layer's hash (it may be on the pool's long-lived hashing worker).
     raw.digest().catch(() => undefined);

@@ -188,6 +188,29 @@ describe('image conversion: compression in workers', function () {
     expect(Date.now() - t0).to.be.lessThan(25_000);
   });
 
+  it('a conversion that fails with chunks still queued and in flight ends cleanly (nothing unhandled, nothing registered)', async () => {
+    const files: TarSpec[] = [];
+    for (let i = 0; i < 6; i++) files.push({ path: `w${i}`, data: words(6_000_000 + i, 50 + i) });
+    const good = makeTar(files);
+    // A broken header after 36 MB of data: the layer's digest holds, its tar does not.
+    const tar = Buffer.concat([good.subarray(0, good.length - 1024), Buffer.alloc(512, 0x41), Buffer.alloc(1024)]);
+    const src = path.join(work, 'late');
+    writeLayout(src, [{ tag: 't', layers: [{ tar, gzip: false }] }]);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown): void => { unhandled.push(e); };
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const store = path.join(work, 'late-store');
+      const err = await convertImage(`${src}:t`, { store, progress: false, workers: 1, readSlice: 1 << 20 }).then(() => null, (e: Error) => e);
+      expect(err, 'the conversion fails').to.be.instanceOf(Error);
+      expect(fs.readdirSync(path.join(store, 'images')).filter((n) => !n.startsWith('.'))).to.deep.equal([]);
+      await new Promise((r) => setTimeout(r, 1500)); // the jobs still in flight come back
+      expect(unhandled.map(String)).to.deep.equal([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('a corrupt layer is the digest error, also when the corruption breaks its tar first', async () => {
     const tar = makeTar([{ path: 'a', data: words(200_000, 3) }, { path: 'b', data: 'b' }]);
     const src = path.join(work, 'bad');
