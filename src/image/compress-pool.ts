@@ -37,6 +37,7 @@ export class CompressPool {
   private readonly layers = new Map<SharedArrayBuffer, number>();
   private nextId = 0;
   private nextSession = 0;
+  private nextLayer = 0;
   private failed: Error | null = null;
   private refd = true;
 
@@ -105,7 +106,8 @@ export class CompressPool {
   private layerOf(sab: SharedArrayBuffer): number {
     let layer = this.layers.get(sab);
     if (layer === undefined) {
-      layer = this.layers.size;
+      // Never reused: a number forgotten by one conversion may still be queued behind another's.
+      layer = this.nextLayer++;
       this.layers.set(sab, layer);
       for (const x of this.workers) x.postMessage({ t: 'layer', layer, sab } satisfies PoolRequest);
     }

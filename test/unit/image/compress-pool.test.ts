@@ -175,6 +175,30 @@ describe('image conversion: compression in workers', function () {
     third.release();
   });
 
+  it('conversions running at the same time on the process pool store what each stores alone', async () => {
+    const img = (tag: string, n: number, seed: number): string => {
+      const src = path.join(work, `conc-${tag}`);
+      const files: TarSpec[] = [];
+      for (let i = 0; i < n; i++) files.push({ path: `f${i}`, data: i % 4 === 3 ? noise(1_500_000, seed + i) : words(2_000_000 + i, seed + i) });
+      writeLayout(src, [{ tag: 't', layers: [{ tar: makeTar(files), gzip: false }] }]);
+      return `${src}:t`;
+    };
+    const a = img('a', 1, 60);
+    const b = img('b', 20, 70);
+    const c = img('c', 3, 90);
+    const run = async (source: string, store: string): Promise<Record<string, string>> => {
+      await convertImage(source, { store: path.join(work, store), progress: false, workers: 1, readSlice: 1 << 20 });
+      return storeFiles(path.join(work, store));
+    };
+    const alone = { b: await run(b, 'conc-b0'), c: await run(c, 'conc-c0') };
+    // b runs throughout; a ends (its read buffers are unshared) and c starts while b still streams.
+    const pb = run(b, 'conc-b1');
+    await run(a, 'conc-a1');
+    const pc = run(c, 'conc-c1');
+    expect(await pb).to.deep.equal(alone.b);
+    expect(await pc).to.deep.equal(alone.c);
+  });
+
   it('an idle pool does not keep the process alive', function () {
     const src = path.join(work, 'exit');
     writeLayout(src, [{ tag: 't', layers: [{ tar: makeTar([{ path: 'a', data: words(2_000_000, 41) }]), gzip: false }] }]);
