@@ -13,6 +13,7 @@ import { spawn } from 'node:child_process';
 import { KataError } from '../common/errors';
 import { formatFlags, type ShimFlags } from './flags';
 import { bundleAnnotations, groupId, socketPath } from './grouping';
+import { OWNER_NODE_FLAGS, ownerEnv } from '../runtime/owner-flags';
 
 export class StartError extends KataError<'spawn' | 'usage'> {}
 
@@ -40,10 +41,11 @@ export async function startShim(flags: ShimFlags, launcher: string): Promise<str
   }
   fs.mkdirSync(path.dirname(sock), { recursive: true, mode: 0o711 });
   fs.rmSync(sock, { force: true });
-  const child = spawn(process.execPath, [launcher, ...formatFlags({ ...flags, socket: sock }), 'serve'], {
+  // The owner's Node flags and one malloc arena: its idle memory (owner-flags.ts).
+  const child = spawn(process.execPath, [...OWNER_NODE_FLAGS, launcher, ...formatFlags({ ...flags, socket: sock }), 'serve'], {
     cwd: bundle, detached: true, stdio: ['ignore', 'pipe', 'ignore'],
     // stdio fifo opens and writes run in libuv's pool: room for many processes.
-    env: { ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '32' },
+    env: ownerEnv({ ...process.env, UV_THREADPOOL_SIZE: process.env.UV_THREADPOOL_SIZE ?? '32' }),
   });
   const ready = await new Promise<string>((resolve) => {
     let out = '';
