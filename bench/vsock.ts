@@ -30,10 +30,12 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { configureLogging } from '../src/common/log';
+import { configureLogging, type LogLevel } from '../src/common/log';
 import { connectVsock, dialAgent, waitForMarker } from '../src/protocols/agent-dialer';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { AgentClient } from '../src/runtime/agent-client';
+import type { VsockMetrics } from '../src/virtio/vsock/device';
+import { AGENT_VSOCK_BUFFER } from '../src/agent/vsock-transport';
 import type { GuestConn } from '../test/unit/virtio/guest-vsock';
 import { closeVsockRig, vsockRig } from '../test/helpers/vhost-user-rig';
 import { machine, table, writeResult } from './native';
@@ -145,7 +147,10 @@ let out;
 if (target === 'vsock') {
   const n = require('/opt/kata-ts/dist/src/common/native.js').native();
   const { FdStream } = require('/opt/kata-ts/dist/src/common/fd-stream.js');
-  out = new FdStream(n.vsockConnect(2, ${VM_BULK_PORT}));
+  const fd = n.vsockConnect(2, ${VM_BULK_PORT});
+  // The agent's window (src/agent/vsock-transport.ts), so the raw stream stays the agent path's ceiling.
+  if (n.vsockSetBufferSize) n.vsockSetBufferSize(fd, ${AGENT_VSOCK_BUFFER});
+  out = new FdStream(fd);
 } else if (target === '-') out = process.stdout;
 else out = fs.createWriteStream(target);
 let i = 0;
@@ -159,6 +164,14 @@ go();
 interface VmResult {
   rpcUs: number; rpcPerSec: number; calls: number; bulkBytes: number;
   vsockMBs: number; agentStdoutMBs: number; agentStdoutMessages: number; virtioSerialMBs: number;
+  /** Our device's counters during the raw and the agent transfer. */
+  vsockDevice: DeviceCounts; agentStdoutDevice: DeviceCounts;
+}
+
+type DeviceCounts = Pick<VsockMetrics, 'txPackets' | 'txPasses' | 'creditUpdates' | 'rxInterrupts' | 'txInterrupts'>;
+
+function countsLine(d: DeviceCounts): string {
+  return `${d.txPackets} tx packets in ${d.txPasses} passes, ${d.creditUpdates} credit updates, ${d.rxInterrupts}/${d.txInterrupts} rx/tx interrupts`;
 }
 
 /** Receives `bytes` on `onData`'s feed; MB/s from the first byte to the last. */
@@ -197,6 +210,13 @@ async function vmBench(): Promise<VmResult> {
     const rpcUs = Number(process.hrtime.bigint() - t0) / 1e3 / calls;
 
     const bytes = VM_BLOCK * VM_REPS;
+    // Our device's counters around each transfer (bench only: the hypervisor keeps the device private).
+    const dev = (hv as unknown as { vsock: { device: { metrics: VsockMetrics } } }).vsock.device;
+    const snap = (): VsockMetrics => ({ ...dev.metrics });
+    const delta = (a: VsockMetrics): DeviceCounts => {
+      const b = dev.metrics;
+      return { txPackets: b.txPackets - a.txPackets, txPasses: b.txPasses - a.txPasses, creditUpdates: b.creditUpdates - a.creditUpdates, rxInterrupts: b.rxInterrupts - a.rxInterrupts, txInterrupts: b.txInterrupts - a.txInterrupts };
+    };
     const run = async (target: string) => {
       const r = await client.startDebugConsole({ args: ['/usr/bin/node', '-e', GUEST_PRODUCER, target, String(VM_REPS)], terminal: false, rows: 0, columns: 0, env: [] });
       return { container_id: '', exec_id: r.exec_id };
@@ -206,16 +226,20 @@ async function vmBench(): Promise<VmResult> {
     const vsrv = net.createServer((c) => c.on('data', m1.feed));
     servers.push(vsrv);
     await new Promise<void>((r) => vsrv.listen(`${vm.agentSocket}_${VM_BULK_PORT}`, () => r()));
+    let before = snap();
     const ref1 = await run('vsock');
     const vsockMBs = await m1.done;
+    const vsockDevice = delta(before);
     await client.waitProcess(ref1);
     // 2. the same bytes as a process's stdout through the agent (ttrpc ReadStdout over vsock).
     const m2 = meter(bytes, 300000);
+    before = snap();
     const ref2 = await run('-');
     const out = client.readStdout(ref2);
     let agentStdoutMessages = 0;
     out.on('data', (msg: { data: Buffer }) => { agentStdoutMessages++; if (msg.data?.length) m2.feed(msg.data); });
     const agentStdoutMBs = await m2.done;
+    const agentStdoutDevice = delta(before);
     await client.waitProcess(ref2);
     // 3. QEMU-native: a virtio-serial port (virtio-serial-pci hotplugged, socket chardev to us).
     const m3 = meter(bytes, 300000);
@@ -246,7 +270,7 @@ async function vmBench(): Promise<VmResult> {
     const virtioSerialMBs = await m3.done;
     await client.waitProcess(ref3);
     client.close();
-    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, virtioSerialMBs };
+    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, virtioSerialMBs, vsockDevice, agentStdoutDevice };
   } finally {
     for (const s of servers) s.close();
     await hv.stop();
@@ -255,7 +279,7 @@ async function vmBench(): Promise<VmResult> {
 }
 
 async function main(): Promise<void> {
-  configureLogging({ level: 'error' });
+  configureLogging({ level: (process.env.BENCH_LOG_LEVEL ?? 'error') as LogLevel });
   const dev = await deviceThroughput();
   const peer = await peerThroughput();
   const f = (x: number) => x.toFixed(1);
@@ -277,6 +301,7 @@ async function main(): Promise<void> {
       ['agent Check RPC round trips/s', f(vm.rpcPerSec), `—  (${f(vm.rpcUs / 1000)} ms each)`],
       ['agent ReadStdout messages (avg KiB)', String(vm.agentStdoutMessages), `—  (${f(vm.bulkBytes / vm.agentStdoutMessages / 1024)} KiB each)`],
     ])}\n`);
+    process.stdout.write(`our device, raw stream: ${countsLine(vm.vsockDevice)}\nour device, agent ReadStdout: ${countsLine(vm.agentStdoutDevice)}\n`);
     result.vm = vm;
   }
   process.stdout.write(`wrote ${writeResult('vsock', result)}\n`);

@@ -3,14 +3,22 @@
 // agent's JavaScript per pipe read was the cost of container stdout (README
 // performance, agent stdout): a 1 MiB pipe (F_SETPIPE_SZ, up to
 // /proc/sys/fs/pipe-max-size) lets one read take what a writer wrote in one
-// go, and splice moves the bytes into the vsock socket in the kernel with no
-// JavaScript and no user-space copy per chunk. Non-blocking throughout.
+// go, and a pool thread moves the bytes into the vsock socket with no
+// JavaScript per chunk. Non-blocking throughout.
+//
+// Two ways to move them: splice(2), and read(2) into a buffer then write(2)
+// (copyAsync). The guest's 6.1 kernel has no sendpage for AF_VSOCK, so a
+// splice into vsock becomes one sendmsg — one vsock packet, one virtqueue
+// entry for the host to handle — per pipe page (4 KiB); a write of the same
+// bytes goes out in 64 KiB packets (measured: 8373 against 545 packets per
+// 32 MiB), which costs the TCG guest far less than the extra copy.
 #include <napi.h>
 #include <cerrno>
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+#include <vector>
 #include "errors.h"
 
 namespace {
@@ -59,11 +67,12 @@ Napi::Value SpliceFd(const Napi::CallbackInfo& info) {
 // keeps both fds open until cb. A pipe that ends early is an error (EPIPE).
 class SpliceWorker : public Napi::AsyncWorker {
  public:
-  SpliceWorker(Napi::Function cb, int from, int to, size_t len, Napi::Int32Array cancel)
-      : Napi::AsyncWorker(cb), from_(from), to_(to), len_(len), cancel_(cancel.Data()) {
+  SpliceWorker(Napi::Function cb, int from, int to, size_t len, Napi::Int32Array cancel, bool copy)
+      : Napi::AsyncWorker(cb), from_(from), to_(to), len_(len), cancel_(cancel.Data()), copy_(copy) {
     cancelRef_ = Napi::Persistent(cancel.As<Napi::Object>());
   }
   void Execute() override {
+    if (copy_) { Copy(); return; }
     while (done_ < len_) {
       if (__atomic_load_n(cancel_, __ATOMIC_ACQUIRE) != 0) { err_ = ECANCELED; return; }
       ssize_t n = splice(from_, nullptr, to_, nullptr, len_ - done_, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
@@ -81,6 +90,37 @@ class SpliceWorker : public Napi::AsyncWorker {
       if (p.revents & POLLNVAL) { err_ = EBADF; return; }
     }
   }
+  // copyAsync: read what the pipe holds into one buffer (at most kCopyBuf),
+  // write it all, again. done_ counts bytes written to the socket; bytes
+  // read but not yet written when it is cancelled or fails are dropped with
+  // the connection they were for.
+  void Copy() {
+    static constexpr size_t kCopyBuf = 1 << 20;
+    std::vector<char> buf(len_ < kCopyBuf ? len_ : kCopyBuf);
+    size_t off = 0, have = 0;
+    while (done_ < len_) {
+      if (__atomic_load_n(cancel_, __ATOMIC_ACQUIRE) != 0) { err_ = ECANCELED; return; }
+      bool reading = off == have;
+      ssize_t n;
+      if (reading) {
+        size_t want = len_ - done_ < buf.size() ? len_ - done_ : buf.size();
+        n = read(from_, buf.data(), want);
+        if (n > 0) { off = 0; have = static_cast<size_t>(n); continue; }
+        if (n == 0) { err_ = EPIPE; return; }
+      } else {
+        n = write(to_, buf.data() + off, have - off);
+        if (n > 0) { off += static_cast<size_t>(n); done_ += static_cast<size_t>(n); continue; }
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno != EAGAIN) { err_ = errno; return; }
+      // Empty pipe (another reader took the bytes) or full socket (out of
+      // the host's credit): wait for that side.
+      pollfd p{reading ? from_ : to_, static_cast<short>(reading ? POLLIN : POLLOUT), 0};
+      if (poll(&p, 1, 50) < 0 && errno != EINTR) { err_ = errno; return; }
+      if (p.revents & POLLNVAL) { err_ = EBADF; return; }
+    }
+  }
+
   void OnOK() override {
     Napi::Env env = Env();
     if (err_) Callback().Call({SyscallError(env, "splice", err_).Value(), Napi::Number::New(env, static_cast<double>(done_))});
@@ -91,18 +131,25 @@ class SpliceWorker : public Napi::AsyncWorker {
   int from_, to_;
   size_t len_, done_ = 0;
   int32_t* cancel_;
+  bool copy_;
   Napi::ObjectReference cancelRef_;
   int err_ = 0;
 };
 
-Napi::Value SpliceAsync(const Napi::CallbackInfo& info) {
+Napi::Value StartWorker(const Napi::CallbackInfo& info, bool copy) {
   Napi::Env env = info.Env();
   Napi::Int32Array cancel = info[3].As<Napi::Int32Array>();
-  if (cancel.ElementLength() < 1) { Napi::RangeError::New(env, "spliceAsync: cancel flag").ThrowAsJavaScriptException(); return env.Null(); }
-  auto* w = new SpliceWorker(info[4].As<Napi::Function>(), Fd(info[0]), Fd(info[1]), info[2].As<Napi::Number>().Uint32Value(), cancel);
+  if (cancel.ElementLength() < 1) { Napi::RangeError::New(env, copy ? "copyAsync: cancel flag" : "spliceAsync: cancel flag").ThrowAsJavaScriptException(); return env.Null(); }
+  auto* w = new SpliceWorker(info[4].As<Napi::Function>(), Fd(info[0]), Fd(info[1]), info[2].As<Napi::Number>().Uint32Value(), cancel, copy);
   w->Queue();
   return env.Undefined();
 }
+
+Napi::Value SpliceAsync(const Napi::CallbackInfo& info) { return StartWorker(info, false); }
+
+// copyAsync(fromFd, toFd, length, cancel, cb(err, moved)): as spliceAsync,
+// with read(2)/write(2) through a buffer of at most 1 MiB (see the top).
+Napi::Value CopyAsync(const Napi::CallbackInfo& info) { return StartWorker(info, true); }
 
 }  // namespace
 
@@ -111,4 +158,5 @@ void InitPipeIo(Napi::Env env, Napi::Object exports) {
   exports.Set("pipeAvailable", Napi::Function::New(env, PipeAvailable));
   exports.Set("spliceFd", Napi::Function::New(env, SpliceFd));
   exports.Set("spliceAsync", Napi::Function::New(env, SpliceAsync));
+  exports.Set("copyAsync", Napi::Function::New(env, CopyAsync));
 }

@@ -250,6 +250,27 @@ Napi::Value VsockConnect(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+// vsockSetBufferSize(fd, bytes) -> the socket's buffer size now, or -errno.
+// An AF_VSOCK socket's buffer (SO_VM_SOCKETS_BUFFER_SIZE, 256 KiB by
+// default and at most, unless SO_VM_SOCKETS_BUFFER_MAX_SIZE is raised
+// first) is both the receive window it advertises (buf_alloc) and, since
+// Linux caps the peer's window with it, how much it may send before the
+// peer's credit update comes back. Set on a listener, accepted sockets
+// inherit it.
+Napi::Value VsockSetBufferSize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  uint64_t want = static_cast<uint64_t>(info[1].As<Napi::Number>().DoubleValue());
+  if (setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_MAX_SIZE, &want, sizeof want) != 0 ||
+      setsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_SIZE, &want, sizeof want) != 0) {
+    return Napi::Number::New(env, -errno);
+  }
+  uint64_t now = 0;
+  socklen_t len = sizeof now;
+  if (getsockopt(fd, AF_VSOCK, SO_VM_SOCKETS_BUFFER_SIZE, &now, &len) != 0) return Napi::Number::New(env, -errno);
+  return Napi::Number::New(env, static_cast<double>(now));
+}
+
 // ---- readiness watching on the Node loop (uv_poll) -------------------------
 // pollStart(fd, events, cb) -> id; cb(events) runs on the loop thread when the
 // fd is ready (1 readable, 2 writable, 4 hang-up/error). pollUpdate(id,
@@ -340,6 +361,7 @@ void InitSock(Napi::Env env, Napi::Object exports) {
   exports.Set("unixConnect", Napi::Function::New(env, UnixConnect));
   exports.Set("vsockListen", Napi::Function::New(env, VsockListen));
   exports.Set("vsockConnect", Napi::Function::New(env, VsockConnect));
+  exports.Set("vsockSetBufferSize", Napi::Function::New(env, VsockSetBufferSize));
   exports.Set("pollStart", Napi::Function::New(env, PollStart));
   exports.Set("pollUpdate", Napi::Function::New(env, PollUpdate));
   exports.Set("pollStop", Napi::Function::New(env, PollStop));

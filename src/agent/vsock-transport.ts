@@ -14,9 +14,23 @@ import { acceptLoop } from '../common/fd-stream';
 import { AGENT_VSOCK_PORT } from '../protocols/agent-dialer';
 import type { RpcServer } from '../protocols/ttrpc/rpc-server';
 
+/**
+ * The listener's (so every accepted connection's) vsock buffer. Linux sends
+ * at most min(its own buffer, the host's buf_alloc) ahead of the host's
+ * credit updates; at the default 256 KiB a TCG guest streaming container
+ * stdout stopped for credit every few packets. 2 MiB matches the host
+ * device's window (src/virtio/vsock/device.ts DEFAULT_BUF_ALLOC). It is
+ * also what this side advertises for host→guest bytes, held in guest
+ * memory only while the agent has not read them.
+ */
+export const AGENT_VSOCK_BUFFER = 2 * 1024 * 1024;
+
 /** Serves `server` on vsock port `port` until the process ends. */
 export function serveOnVsock(server: RpcServer, onReady: () => void, port = AGENT_VSOCK_PORT): void {
-  const fd = native().vsockListen(port, 64);
+  const n = native();
+  const fd = n.vsockListen(port, 64);
+  const size = n.vsockSetBufferSize ? n.vsockSetBufferSize(fd, AGENT_VSOCK_BUFFER) : 0;
+  if (size < 0) process.stderr.write(`kata-agent: vsock buffer size ${AGENT_VSOCK_BUFFER}: errno ${-size}; streams keep the kernel's default window\n`);
   acceptLoop(fd, (s) => server.serve(s), (err) => process.stderr.write(`kata-agent: vsock accept: ${err.message}\n`));
   onReady();
 }

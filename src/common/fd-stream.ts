@@ -25,7 +25,7 @@ export class FdStream extends Duplex {
   /** What is being written: `bufs` in order, from bufs[i] at offset off (a splice item: bytes moved). */
   private pendingWrite: { bufs: Chunk[]; i: number; off: number; cb: (e?: Error | null) => void } | undefined;
   private fdClosed = false;
-  /** A splice item handed to a pool thread (spliceAsync): its cancel flag; the fd stays open until it is back. */
+  /** A splice item handed to a pool thread (copyAsync, spliceAsync): its cancel flag; the fd stays open until it is back. */
   private spliceCancel: Int32Array | undefined;
 
   constructor(readonly fd: number) {
@@ -82,6 +82,9 @@ export class FdStream extends Duplex {
       for (; w.i < w.bufs.length; w.i++, w.off = 0) {
         const buf = w.bufs[w.i]!;
         const sp = buf[SPLICE];
+        // Copied on a pool thread when the addon can (copyAsync: 64 KiB
+        // vsock packets where a splice makes one per 4 KiB pipe page).
+        if (sp && w.off < sp.length && this.n.copyAsync) return this.spliceOffThread(sp, w);
         while (sp && w.off < sp.length) {
           const r = this.n.spliceFd!(sp.fd, this.fd, sp.length - w.off);
           if (r < 0 && this.n.spliceAsync) return this.spliceOffThread(sp, w);
@@ -107,16 +110,17 @@ export class FdStream extends Duplex {
   }
 
   /**
-   * The rest of a splice item on a pool thread: the socket is full (vsock:
-   * out of the host's credit), and waking this thread for every credit
-   * update (one per 64 KiB the host reads) cost the agent more than moving
-   * the bytes. Back here once all went (or on error / cancel).
+   * A splice item (the rest of it) on a pool thread: copyAsync's read and
+   * write when the addon has it, else spliceAsync once the socket is full
+   * (vsock: out of the host's credit), so the agent's thread is not woken
+   * for every credit update. Back here once all went (or on error / cancel).
    */
   private spliceOffThread(sp: SpliceItem, w: NonNullable<FdStream['pendingWrite']>): void {
     const cancel = new Int32Array(1);
     this.spliceCancel = cancel;
     this.interest();
-    this.n.spliceAsync!(sp.fd, this.fd, sp.length - w.off, cancel, (err, moved) => {
+    const move = this.n.copyAsync ?? this.n.spliceAsync!;
+    move(sp.fd, this.fd, sp.length - w.off, cancel, (err, moved) => {
       this.spliceCancel = undefined;
       if (this.fdClosed) {
         // Destroyed meanwhile: the fd waited for this thread to let go of it.

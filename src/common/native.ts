@@ -79,6 +79,19 @@ export interface NativeAddon {
    * cancel[0] = 1 stops it within 50 ms. Keep both fds open until cb.
    */
   spliceAsync?(fromFd: number, toFd: number, length: number, cancel: Int32Array, cb: (err: Error | null, moved: number) => void): void;
+  /**
+   * As spliceAsync, with read(2)/write(2) through a buffer on the pool
+   * thread: into a guest's AF_VSOCK socket that makes 64 KiB packets where
+   * splice makes one per 4 KiB pipe page (native/src/pipe_io.cc).
+   */
+  copyAsync?(fromFd: number, toFd: number, length: number, cancel: Int32Array, cb: (err: Error | null, moved: number) => void): void;
+  /**
+   * AF_VSOCK socket buffer (SO_VM_SOCKETS_BUFFER_MAX_SIZE, then _SIZE):
+   * the window it advertises and, in Linux, the cap on what it sends ahead
+   * of the peer's credit (native/src/sock.cc). The size now, or -errno.
+   * Optional: an addon built before it existed lacks it.
+   */
+  vsockSetBufferSize?(fd: number, bytes: number): number;
   /** mmap(MAP_FIXED|MAP_SHARED) fd@fileOffset over buffer[offset, offset+length); page aligned. */
   mapFileOver(buffer: ArrayBuffer, offset: number, length: number, fd: number, fileOffset: number, readonly?: boolean): void;
   /** Puts anonymous zero pages back over buffer[offset, offset+length). */

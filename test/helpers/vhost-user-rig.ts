@@ -18,6 +18,7 @@ import * as path from 'node:path';
 import { native } from '../../src/common/native';
 import { VhostUserBackend } from '../../src/vhost-user/backend';
 import { HybridVsock } from '../../src/virtio/vsock/hybrid';
+import type { VsockDeviceOptions } from '../../src/virtio/vsock/device';
 import { FakeFrontEnd, GUEST_RAM, type RingSet } from '../unit/vhost-user/fake-frontend';
 import { GuestVsock } from '../unit/virtio/guest-vsock';
 
@@ -53,13 +54,15 @@ export interface VsockRigOptions {
   backendName?: string;
   /** Called after each ring is enabled (0 = rx, 1 = tx), before the guest driver starts. */
   afterEnable?: (queue: number, backend: VhostUserBackend) => void | Promise<void>;
+  /** Device window options (bufAlloc, windowBudget); defaults otherwise. */
+  device?: Pick<VsockDeviceOptions, 'bufAlloc' | 'windowBudget'>;
 }
 
 export async function vsockRig(opts: VsockRigOptions = {}): Promise<VsockRig> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), opts.tmpPrefix ?? 'kata-vsock-'));
   const sock = path.join(dir, opts.sockName ?? 'vsock.sock');
   const vuSock = path.join(dir, 'vu.sock');
-  const hybrid = new HybridVsock(sock, { guestCid: VSOCK_GUEST_CID });
+  const hybrid = new HybridVsock(sock, { guestCid: VSOCK_GUEST_CID, ...opts.device });
   await hybrid.listen();
   const backend = new VhostUserBackend({ socketPath: vuSock, device: hybrid.device, guestBytes: GUEST_RAM, queues: 2, name: opts.backendName });
   backend.listen();

@@ -43,8 +43,35 @@ import {
 
 /** Largest payload we accept in one tx packet (Linux: VIRTIO_VSOCK_MAX_PKT_BUF_SIZE). */
 export const MAX_PKT_PAYLOAD = 64 * 1024;
-/** Per-connection receive buffer we advertise (buf_alloc). */
-export const DEFAULT_BUF_ALLOC = 256 * 1024;
+/**
+ * Per-connection receive window we advertise (buf_alloc): how much a guest
+ * may send before we say the host took it. 256 KiB (Linux's default socket
+ * buffer) kept a TCG guest waiting for credit every few packets (README
+ * Performance, vsock); a larger window lets it keep writing while the host
+ * drains.
+ */
+export const DEFAULT_BUF_ALLOC = 2 * 1024 * 1024;
+/** The window every connection gets at least (the old default), whatever the budget says. */
+export const FLOOR_BUF_ALLOC = 256 * 1024;
+/** bufAlloc option bounds: at least one full packet, at most what a u32 credit field and host memory sensibly allow. */
+export const MIN_BUF_ALLOC = MAX_PKT_PAYLOAD;
+export const MAX_BUF_ALLOC = 64 * 1024 * 1024;
+/**
+ * Device-wide sum of windows beyond which a new connection gets only
+ * FLOOR_BUF_ALLOC: guest→host bytes the host has not taken yet live in
+ * host memory (the host stream's write queue), so the worst case is this
+ * budget plus MAX_CONNECTIONS floors, not MAX_CONNECTIONS full windows.
+ */
+export const DEFAULT_WINDOW_BUDGET = 64 * 1024 * 1024;
+/**
+ * A CREDIT_UPDATE goes once the host has taken this fraction of the window
+ * in use (Conn.creditUpdateAfter) since the guest last heard our fwd_cnt
+ * (every packet we send carries it). Linux's virtio_transport waits longer (until less than one 64 KiB
+ * packet of credit is left, virtio_transport_stream_do_dequeue); an update
+ * a quarter into the window keeps a guest that is writing from ever
+ * running dry while the update is on its way, at a few updates per window.
+ */
+export const CREDIT_UPDATE_DIVISOR = 4;
 /** Host-initiated connections use local ports from here (as Firecracker does). */
 const FIRST_LOCAL_PORT = 1 << 30;
 /** RST replies waiting for a guest rx buffer; more are dropped (Firecracker: MUXER_RXQ_SIZE). */
@@ -58,7 +85,10 @@ export interface VsockDeviceOptions {
   guestCid: number | bigint;
   /** Connect a guest-initiated connection to host port `port`; reject to refuse (RST). */
   dialHost?: (port: number) => Promise<Duplex>;
+  /** Per-connection window (buf_alloc) in bytes, MIN_BUF_ALLOC..MAX_BUF_ALLOC; default DEFAULT_BUF_ALLOC. */
   bufAlloc?: number;
+  /** Sum of full windows over open connections (default DEFAULT_WINDOW_BUDGET); beyond it new ones get FLOOR_BUF_ALLOC. */
+  windowBudget?: number;
   /** Max queue size offered per queue. */
   queueSize?: number;
 }
@@ -71,6 +101,8 @@ class Conn {
   /** Guest→host bytes the host stream has taken (our fwd_cnt, u32 wrap). */
   fwdCnt = 0;
   lastFwdSent = 0;
+  /** Guest→host payload bytes received (the guest's tx_cnt, u32 wrap): recvCnt - fwdCnt is held on the host. */
+  recvCnt = 0;
   /** Guest's receive buffer and how much of what we sent it has consumed. */
   peerBufAlloc = 0;
   peerFwdCnt = 0;
@@ -87,10 +119,21 @@ class Conn {
   creditDue = false;
   closeTimer: NodeJS.Timeout | undefined;
   onEstablished: ((localPort: number) => void) | undefined;
-  constructor(readonly hostPort: number, readonly guestPort: number, state: ConnState) {
+  /** `bufAlloc`: this connection's window (buf_alloc), fixed for its life. */
+  constructor(readonly hostPort: number, readonly guestPort: number, state: ConnState, readonly bufAlloc: number) {
     this.state = state;
   }
   get key(): string { return `${this.hostPort}:${this.guestPort}`; }
+  /**
+   * Forwarded bytes after which the guest hears our fwd_cnt: a part of the
+   * window the guest can actually use, min(ours, its own buf_alloc) —
+   * Linux (6.1.192 and later) never sends more than its own buffer ahead
+   * of our credit, whatever window we offer, so a threshold over that would
+   * never be reached by a guest that waits for credit.
+   */
+  get creditUpdateAfter(): number {
+    return Math.min(this.bufAlloc, this.peerBufAlloc) / CREDIT_UPDATE_DIVISOR;
+  }
   /** Credit the guest has left for us (§5.10.6.3.1). */
   get peerCredit(): number {
     return Math.max(0, this.peerBufAlloc - ((this.rxCnt - this.peerFwdCnt) >>> 0));
@@ -104,6 +147,12 @@ export interface VsockMetrics {
   connsOpened: number; connsReset: number; needsReset: number;
   /** RST replies dropped because MAX_QUEUED_RST were already waiting. */
   rstDropped: number;
+  /** Connections reset because the guest sent beyond the credit we gave it. */
+  creditViolations: number;
+  /** tx queue passes (one per guest kick or re-check) and CREDIT_UPDATEs sent. */
+  txPasses: number; creditUpdates: number;
+  /** Interrupts raised on the rx and tx queues. */
+  rxInterrupts: number; txInterrupts: number;
 }
 
 export class VsockDevice implements VirtioDevice {
@@ -111,8 +160,13 @@ export class VsockDevice implements VirtioDevice {
   readonly queueMaxSizes: ReadonlyArray<number>;
   readonly availableFeatures = VIRTIO_RING_FEATURES;
   readonly guestCid: bigint;
+  /** The full per-connection window; see windowFor(). */
   readonly bufAlloc: number;
-  readonly metrics: VsockMetrics = { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, connsOpened: 0, connsReset: 0, needsReset: 0, rstDropped: 0 };
+  readonly windowBudget: number;
+  /** Sum of the windows of open connections. */
+  private committedWindow = 0;
+  readonly metrics: VsockMetrics = { txPackets: 0, rxPackets: 0, txBytes: 0, rxBytes: 0, connsOpened: 0, connsReset: 0, needsReset: 0, rstDropped: 0, creditViolations: 0,
+    txPasses: 0, creditUpdates: 0, rxInterrupts: 0, txInterrupts: 0 };
   private readonly config = new ConfigSpace(8);
   private readonly log = logger('virtio.vsock');
   private ctx: ActivateContext | undefined;
@@ -129,6 +183,8 @@ export class VsockDevice implements VirtioDevice {
   private readonly creditDue = new Set<Conn>();
   private readonly ready = new Set<Conn>();
   private readonly spare: RxChain[] = [];
+  /** Host streams corked during the current tx pass. */
+  private readonly corked = new Set<Duplex>();
   private nextLocalPort = FIRST_LOCAL_PORT;
   private rxScheduled = false;
   private readonly hdrBuf = new Uint8Array(HDR_SIZE);
@@ -138,12 +194,19 @@ export class VsockDevice implements VirtioDevice {
     if (this.guestCid < 3n || this.guestCid >= 0xffff_ffffn) throw new VsockError('config', `guest CID ${this.guestCid} must be in 3..2^32-2`);
     this.config.setU64(0, this.guestCid); // §5.10.4 le64 guest_cid
     this.bufAlloc = opts.bufAlloc ?? DEFAULT_BUF_ALLOC;
+    if (!Number.isInteger(this.bufAlloc) || this.bufAlloc < MIN_BUF_ALLOC || this.bufAlloc > MAX_BUF_ALLOC) {
+      throw new VsockError('config', `vsock bufAlloc ${this.bufAlloc} must be an integer in ${MIN_BUF_ALLOC}..${MAX_BUF_ALLOC}`);
+    }
+    this.windowBudget = opts.windowBudget ?? DEFAULT_WINDOW_BUDGET;
+    if (!Number.isInteger(this.windowBudget) || this.windowBudget < 0) throw new VsockError('config', `vsock windowBudget ${this.windowBudget} must be a non-negative integer`);
     const qs = opts.queueSize ?? 256;
     this.queueMaxSizes = [qs, qs, qs];
   }
 
   get isActive(): boolean { return this.ctx !== undefined && !this.needsReset.tripped; }
   get connectionCount(): number { return this.conns.size; }
+  /** Sum of the windows (buf_alloc) of open connections. */
+  get committedWindowBytes(): number { return this.committedWindow; }
   /** Control packets waiting for guest rx buffers (RSTs, responses, credit updates). */
   get queuedControlPackets(): number { return this.ctrl.length + this.creditDue.size; }
 
@@ -191,7 +254,7 @@ export class VsockDevice implements VirtioDevice {
     let hostPort = this.nextLocalPort;
     while (this.conns.has(`${hostPort}:${port}`)) hostPort = hostPort >= 0xfffffffe ? FIRST_LOCAL_PORT : hostPort + 1;
     this.nextLocalPort = hostPort >= 0xfffffffe ? FIRST_LOCAL_PORT : hostPort + 1;
-    const c = new Conn(hostPort, port >>> 0, 'requested');
+    const c = this.newConn(hostPort, port >>> 0, 'requested');
     c.stream = stream;
     c.onEstablished = onEstablished;
     if (early && early.length) { c.pending.push(early); c.pendingBytes += early.length; }
@@ -207,6 +270,16 @@ export class VsockDevice implements VirtioDevice {
   private processTx(): void {
     const ctx = this.ctx!;
     const vq = ctx.queues[TX_Q]!;
+    this.metrics.txPasses++;
+    try {
+      this.txPass(ctx, vq);
+    } finally {
+      this.uncorkPass();
+    }
+    if (this.ctx === ctx && !this.needsReset.tripped) this.scheduleRx();
+  }
+
+  private txPass(ctx: ActivateContext, vq: Virtqueue): void {
     try {
       for (;;) {
         vq.disableNotification();
@@ -220,12 +293,41 @@ export class VsockDevice implements VirtioDevice {
         }
         if (!vq.enableNotification()) break;
       }
-      if (vq.needsNotification()) ctx.interrupt(TX_Q);
+      if (vq.needsNotification()) { this.metrics.txInterrupts++; ctx.interrupt(TX_Q); }
     } catch (err) {
       this.fail(err);
-      return;
     }
-    this.scheduleRx();
+  }
+
+  /**
+   * Host streams written during this tx pass are corked until its end, so
+   * the packets a kick brought (up to a ring's worth) reach each stream as
+   * one writev instead of one write(2) per packet.
+   */
+  private corkForPass(s: Duplex): void {
+    if (this.corked.has(s)) return;
+    this.corked.add(s);
+    s.cork();
+  }
+
+  private uncorkPass(): void {
+    for (const s of this.corked) s.uncork();
+    this.corked.clear();
+  }
+
+  /** The guest sent beyond its credit (a broken or hostile driver): RST that connection only. */
+  private creditViolation(c: Conn, held: number, len: number): void {
+    this.metrics.creditViolations++;
+    this.log.warn('guest sent beyond its vsock credit: connection reset', { host: c.hostPort, guest: c.guestPort, held, len, bufAlloc: c.bufAlloc });
+    this.sendRst(c, true);
+  }
+
+  /** A new connection with its window: the full bufAlloc while the budget lasts, else the floor. */
+  private newConn(hostPort: number, guestPort: number, state: ConnState): Conn {
+    const left = this.windowBudget - this.committedWindow;
+    const window = Math.max(Math.min(FLOOR_BUF_ALLOC, this.bufAlloc), Math.min(this.bufAlloc, left));
+    this.committedWindow += window;
+    return new Conn(hostPort, guestPort, state, window);
   }
 
   private txChain(vq: Virtqueue, i: number): void {
@@ -245,7 +347,7 @@ export class VsockDevice implements VirtioDevice {
     }
     // The payload leaves guest memory here (one copy), so the buffer can be
     // returned to the guest right away.
-    const payload = hdr.op === OP_RW && hdr.len > 0 ? Buffer.from(gather(u8, iovs, HDR_SIZE, hdr.len)) : undefined;
+    const payload = hdr.op === OP_RW && hdr.len > 0 ? gather(u8, iovs, HDR_SIZE, hdr.len, Buffer.allocUnsafe(hdr.len)) as Buffer : undefined;
     vq.stageUsed(head, 0);
     this.metrics.txPackets++;
     this.onGuestPacket(hdr, payload);
@@ -281,14 +383,21 @@ export class VsockDevice implements VirtioDevice {
         return;
       case OP_RW:
         if (!c || c.state !== 'established') { this.rstFor(h); return; }
-        if (payload && c.stream && !c.stream.destroyed) {
+        if (payload) {
           const len = payload.length;
+          // §5.10.6.3.1: the driver sends no more than its credit. A guest
+          // that does would have the host hold more than the window.
+          const held = (c.recvCnt - c.fwdCnt) >>> 0;
+          if (len > c.bufAlloc - held) { this.creditViolation(c, held, len); return; }
+          c.recvCnt = (c.recvCnt + len) >>> 0;
+          if (!c.stream || c.stream.destroyed) return;
           this.metrics.txBytes += len;
+          this.corkForPass(c.stream);
           c.stream.write(payload, (err) => {
             if (err) return;
             c.fwdCnt = (c.fwdCnt + len) >>> 0;
             // Tell the guest about freed space before it runs dry.
-            if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= this.bufAlloc / 4 && this.conns.get(c.key) === c) this.queueCreditUpdate(c);
+            if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= c.creditUpdateAfter && this.conns.get(c.key) === c) this.queueCreditUpdate(c);
           });
         }
         return;
@@ -323,7 +432,7 @@ export class VsockDevice implements VirtioDevice {
   }
 
   private guestConnect(h: VsockHdr): void {
-    const c = new Conn(h.dstPort, h.srcPort, 'dialling');
+    const c = this.newConn(h.dstPort, h.srcPort, 'dialling');
     c.peerBufAlloc = h.bufAlloc;
     c.peerFwdCnt = h.fwdCnt;
     this.conns.set(c.key, c);
@@ -349,7 +458,7 @@ export class VsockDevice implements VirtioDevice {
       if (this.conns.get(c.key) !== c || c.guestNoRecv) return;
       c.pending.push(d);
       c.pendingBytes += d.length;
-      if (c.pendingBytes >= this.bufAlloc && !c.paused) { c.paused = true; s.pause(); }
+      if (c.pendingBytes >= c.bufAlloc && !c.paused) { c.paused = true; s.pause(); }
       this.markReady(c);
     });
     s.on('end', () => { c.hostEof = true; this.markReady(c); });
@@ -399,7 +508,7 @@ export class VsockDevice implements VirtioDevice {
     c.lastFwdSent = c.fwdCnt;
     return {
       srcCid: VSOCK_HOST_CID, dstCid: this.guestCid, srcPort: c.hostPort, dstPort: c.guestPort, len,
-      type: VIRTIO_VSOCK_TYPE_STREAM, op, flags, bufAlloc: this.bufAlloc, fwdCnt: c.fwdCnt,
+      type: VIRTIO_VSOCK_TYPE_STREAM, op, flags, bufAlloc: c.bufAlloc, fwdCnt: c.fwdCnt,
     };
   }
 
@@ -426,7 +535,10 @@ export class VsockDevice implements VirtioDevice {
   }
 
   private forget(c: Conn): void {
-    if (this.conns.get(c.key) === c) this.conns.delete(c.key);
+    if (this.conns.get(c.key) === c) {
+      this.conns.delete(c.key);
+      this.committedWindow -= c.bufAlloc;
+    }
     this.ready.delete(c);
     this.creditDue.delete(c);
     c.creditDue = false;
@@ -464,7 +576,7 @@ export class VsockDevice implements VirtioDevice {
       }
       if (used) {
         vq.flushUsed();
-        if (vq.needsNotification()) ctx.interrupt(RX_Q);
+        if (vq.needsNotification()) { this.metrics.rxInterrupts++; ctx.interrupt(RX_Q); }
       }
     } catch (err) {
       this.fail(err);
@@ -507,6 +619,7 @@ export class VsockDevice implements VirtioDevice {
       c.creditDue = false;
       scatter(u8, ch.iovs, 0, encodeHdr(this.hdrFor(c, OP_CREDIT_UPDATE, 0, 0), this.hdrBuf));
       this.metrics.rxPackets++;
+      this.metrics.creditUpdates++;
       return HDR_SIZE;
     }
     for (const c of this.ready) {
@@ -528,7 +641,7 @@ export class VsockDevice implements VirtioDevice {
         scatter(u8, ch.iovs, 0, encodeHdr(this.hdrFor(c, OP_RW, n, 0), this.hdrBuf));
         this.metrics.rxPackets++;
         this.metrics.rxBytes += n;
-        if (c.paused && c.pendingBytes < this.bufAlloc / 2) { c.paused = false; c.stream?.resume(); }
+        if (c.paused && c.pendingBytes < c.bufAlloc / 2) { c.paused = false; c.stream?.resume(); }
         if (c.pendingBytes === 0 && !c.hostEof) this.ready.delete(c);
         return HDR_SIZE + n;
       }

@@ -255,10 +255,13 @@ describe('unit: agent stdout path and start helpers', function () {
       const n = native();
       const realSplice = n.spliceFd!;
       const realAsync = n.spliceAsync!;
+      const realCopy = n.copyAsync;
       let spliceCalls = 0;
       let asyncCalls = 0;
       n.spliceFd = (a, b, len) => { spliceCalls++; return realSplice(a, b, len); };
       n.spliceAsync = (a, b, len, cancel, cb) => { asyncCalls++; return realAsync(a, b, len, cancel, cb); };
+      // An addon without copyAsync (a test removes it) stays without it.
+      if (realCopy) n.copyAsync = (a, b, len, cancel, cb) => { asyncCalls++; return realCopy(a, b, len, cancel, cb); };
       const fifos = OutputFifos.open(dir, 'sp');
       const child = spawn('/bin/sh', ['-c', script], { stdio: fifos.stdio() });
       fifos.closeChildEnds();
@@ -334,22 +337,37 @@ describe('unit: agent stdout path and start helpers', function () {
       await new Promise((r) => (child.exitCode === null ? child.on('exit', r) : r(null)));
       n.spliceFd = realSplice;
       n.spliceAsync = realAsync;
+      if (realCopy) n.copyAsync = realCopy;
       fs.rmSync(sock, { force: true });
       return { payload: Buffer.concat(got), spliceCalls, asyncCalls, messages, out };
     }
 
     const expected = (k: number) => Buffer.concat(Array.from({ length: k }, (_, i) => Buffer.from(`${i}\n`)));
 
-    it('moves a FIFO\'s bytes into an FdStream with splice, all of them, in order, then ends the stream', async () => {
-      const r = await stream('seq 0 299999', { fdStream: true });
+    it('moves a FIFO\'s bytes into an FdStream off the JS thread (copyAsync), all of them, in order, then ends the stream', async () => {
+      const r = await stream('sleep 1; seq 0 299999', { fdStream: true });
       expect(r.payload.equals(expected(300000))).to.equal(true);
-      expect(r.spliceCalls).to.be.greaterThan(0);
+      expect(r.asyncCalls, 'pool-thread moves').to.be.greaterThan(0);
+      expect(r.spliceCalls, 'copyAsync replaces the splice on the JS thread').to.equal(0);
+    });
+
+    it('still splices (spliceFd, then spliceAsync) with an addon that has no copyAsync', async () => {
+      const n = native();
+      const realCopy = n.copyAsync;
+      delete n.copyAsync;
+      try {
+        const r = await stream('sleep 1; seq 0 299999', { fdStream: true });
+        expect(r.payload.equals(expected(300000))).to.equal(true);
+        expect(r.spliceCalls).to.be.greaterThan(0);
+      } finally {
+        n.copyAsync = realCopy;
+      }
     });
 
     it('sends what was read into memory before the reader came first, then splices the rest', async () => {
       const r = await stream('seq 0 9999; sleep 0.5; seq 10000 299999', { fdStream: true, readEarly: true });
       expect(r.payload.equals(expected(300000))).to.equal(true);
-      expect(r.spliceCalls).to.be.greaterThan(0);
+      expect(r.asyncCalls).to.be.greaterThan(0);
       expect(r.messages).to.be.greaterThan(1);
     });
 
@@ -379,9 +397,9 @@ describe('unit: agent stdout path and start helpers', function () {
       const fill = Buffer.alloc(65536);
       while (n.writeFd(b, fill, 0, fill.length) > 0);
       fs.writeSync(fifos.stdoutWrite, Buffer.alloc(1000, 1));
-      const realAsync = n.spliceAsync!;
+      const realCopy = n.copyAsync!;
       let asyncCalls = 0;
-      n.spliceAsync = (...args) => { asyncCalls++; return realAsync(...args); };
+      n.copyAsync = (...args) => { asyncCalls++; return realCopy(...args); };
       try {
         const s = new FdStream(b);
         s.on('error', () => undefined);
@@ -394,16 +412,16 @@ describe('unit: agent stdout path and start helpers', function () {
         // The fd was closed after the thread let go of it: it is gone now.
         expect(() => n.writeFd(b, fill, 0, 1)).to.throw(/Bad file descriptor/);
       } finally {
-        n.spliceAsync = realAsync;
+        n.copyAsync = realCopy;
         n.closeFd(a);
         fifos.closeAll();
         fs.rmSync(sock, { force: true });
       }
     });
 
-    it('spliceAsync waits (without spinning) for bytes another reader took, then moves them', async () => {
+    for (const fn of ['spliceAsync', 'copyAsync'] as const) it(`${fn} waits (without spinning) for bytes another reader took, then moves them`, async () => {
       const n = native();
-      const fifos = OutputFifos.open(dir, 'sa');
+      const fifos = OutputFifos.open(dir, `sa-${fn}`);
       const sock = path.join(dir, 'sa.sock');
       fs.rmSync(sock, { force: true });
       const lfd = n.unixListenNb(sock);
@@ -412,7 +430,7 @@ describe('unit: agent stdout path and start helpers', function () {
       while (b < 0) { b = n.acceptNb(lfd); if (b < 0) await turn(); }
       try {
         const cpu0 = process.cpuUsage();
-        const done = new Promise<[Error | null, number]>((r) => n.spliceAsync!(fifos.stdoutRead, b, 10, new Int32Array(1), (e, moved) => r([e, moved])));
+        const done = new Promise<[Error | null, number]>((r) => n[fn]!(fifos.stdoutRead, b, 10, new Int32Array(1), (e, moved) => r([e, moved])));
         await new Promise((r) => setTimeout(r, 500));
         const cpu = process.cpuUsage(cpu0);
         expect((cpu.user + cpu.system) / 1000, 'CPU ms while the pipe was empty').to.be.lessThan(150);
@@ -427,6 +445,63 @@ describe('unit: agent stdout path and start helpers', function () {
         for (const fd of [lfd, a, b]) n.closeFd(fd);
         fifos.closeAll();
         fs.rmSync(sock, { force: true });
+      }
+    });
+
+    /** A unix socket pair through a listener (read end a, write end b) and a FIFO, closed by `fn`'s finally. */
+    async function pipeAndSocket(name: string) {
+      const n = native();
+      const fifos = OutputFifos.open(dir, name);
+      const sock = path.join(dir, `${name}.sock`);
+      fs.rmSync(sock, { force: true });
+      const lfd = n.unixListenNb(sock);
+      const a = n.unixConnect(sock);
+      let b = -1;
+      while (b < 0) { b = n.acceptNb(lfd); if (b < 0) await turn(); }
+      n.closeFd(lfd);
+      const close = () => { for (const fd of [a, b]) n.closeFd(fd); fifos.closeAll(); fs.rmSync(sock, { force: true }); };
+      return { n, fifos, a, b, close };
+    }
+
+    it('copyAsync moves 3 MiB through a full socket and a refilled pipe, in order, reporting every byte', async () => {
+      const { n, fifos, a, b, close } = await pipeAndSocket('cp');
+      try {
+        // More than the pipe holds: the writer refills it while the thread
+        // copies, and the socket fills because nobody reads it at first.
+        const data = Buffer.alloc(3 << 20);
+        for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(i, i);
+        const writer = fs.createWriteStream('', { fd: fifos.stdoutWrite, autoClose: false });
+        writer.write(data);
+        const done = new Promise<[Error | null, number]>((r) => n.copyAsync!(fifos.stdoutRead, b, data.length, new Int32Array(1), (e, moved) => r([e, moved])));
+        await new Promise((r) => setTimeout(r, 100));
+        const got: Buffer[] = [];
+        let total = 0;
+        const chunk = Buffer.alloc(1 << 20);
+        while (total < data.length) {
+          const r = n.readFd(a, chunk, 0, chunk.length);
+          if (r > 0) { got.push(Buffer.from(chunk.subarray(0, r))); total += r; } else await turn();
+        }
+        const [err, moved] = await done;
+        expect(err).to.equal(null);
+        expect(moved).to.equal(data.length);
+        expect(Buffer.concat(got).equals(data)).to.equal(true);
+      } finally {
+        close();
+      }
+    });
+
+    it('copyAsync reports a pipe that ends early (EPIPE) with the bytes it did move', async () => {
+      const { n, fifos, a, b, close } = await pipeAndSocket('ce');
+      try {
+        fs.writeSync(fifos.stdoutWrite, Buffer.from('abc'));
+        fifos.closeChildEnds(); // every writer gone: the pipe ends after 'abc'
+        const [err, moved] = await new Promise<[Error | null, number]>((r) => n.copyAsync!(fifos.stdoutRead, b, 10, new Int32Array(1), (e, m) => r([e, m])));
+        expect(err?.message).to.match(/EPIPE|[Bb]roken pipe/);
+        expect(moved).to.equal(3);
+        const got = Buffer.alloc(8);
+        expect(n.readFd(a, got, 0, 8)).to.equal(3);
+      } finally {
+        close();
       }
     });
 

@@ -31,8 +31,12 @@ export class GuestConn {
   reset = false;
   closed = false;
   waiters: Array<() => void> = [];
-  constructor(readonly localPort: number, readonly peerPort: number) {}
-  get credit(): number { return this.peerBufAlloc - ((this.txCnt - this.peerFwdCnt) >>> 0); }
+  /** This socket's buffer (the buf_alloc it advertises); `capCredit`: send no more than it ahead of the peer's credit, as Linux 6.1.192 does. */
+  constructor(readonly localPort: number, readonly peerPort: number, readonly bufAlloc = GUEST_BUF_ALLOC, readonly capCredit = false) {}
+  get credit(): number {
+    const window = this.capCredit ? Math.min(this.peerBufAlloc, this.bufAlloc) : this.peerBufAlloc;
+    return window - ((this.txCnt - this.peerFwdCnt) >>> 0);
+  }
   wake(): void { const w = this.waiters; this.waiters = []; for (const f of w) f(); }
   until(pred: () => boolean, ms = 5000): Promise<void> {
     return new Promise((resolve, reject) => {
@@ -122,7 +126,7 @@ export class GuestVsock {
         c.bytes += payload.length;
         // The application reads at once: consumed bytes are forwarded.
         c.fwdCnt = (c.fwdCnt + payload.length) >>> 0;
-        if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= GUEST_BUF_ALLOC / 4) this.send(this.hdr(c.localPort, c.peerPort, OP_CREDIT_UPDATE, c));
+        if (((c.fwdCnt - c.lastFwdSent) >>> 0) >= c.bufAlloc / 4) this.send(this.hdr(c.localPort, c.peerPort, OP_CREDIT_UPDATE, c));
         break;
       case OP_SHUTDOWN:
         if (!c) return;
@@ -139,7 +143,7 @@ export class GuestVsock {
 
   hdr(src: number, dst: number, op: number, c?: GuestConn, len = 0, flags = 0): VsockHdr {
     if (c) c.lastFwdSent = c.fwdCnt;
-    return { srcCid: this.cid, dstCid: 2n, srcPort: src, dstPort: dst, len, type: VIRTIO_VSOCK_TYPE_STREAM, op, flags, bufAlloc: c ? GUEST_BUF_ALLOC : 0, fwdCnt: c?.fwdCnt ?? 0 };
+    return { srcCid: this.cid, dstCid: 2n, srcPort: src, dstPort: dst, len, type: VIRTIO_VSOCK_TYPE_STREAM, op, flags, bufAlloc: c ? c.bufAlloc : 0, fwdCnt: c?.fwdCnt ?? 0 };
   }
 
   /** Packets queued by send() that have not reached the tx ring yet. */
@@ -171,9 +175,9 @@ export class GuestVsock {
     if (added && this.tx.ring.kickPrepare()) native().eventfdWrite(this.tx.kick, 1);
   }
 
-  /** Guest connect() to the host (CID 2) port. */
-  async connect(port: number): Promise<GuestConn> {
-    const c = new GuestConn(this.nextPort++, port);
+  /** Guest connect() to the host (CID 2) port; `bufAlloc`/`capCredit` as GuestConn's. */
+  async connect(port: number, bufAlloc = GUEST_BUF_ALLOC, capCredit = false): Promise<GuestConn> {
+    const c = new GuestConn(this.nextPort++, port, bufAlloc, capCredit);
     this.conns.set(`${c.localPort}:${port}`, c);
     this.send(this.hdr(c.localPort, port, OP_REQUEST, c));
     await c.until(() => c.established || c.reset);
