@@ -9,8 +9,9 @@
  * measured on one idle sandbox, 8.6 MiB of the process's 24 MiB anonymous
  * memory was such free heap, returned by one malloc_trim(0) (README "Memory
  * density"). V8's own heap (~10 MiB live code and objects) does not shrink
- * with a GC, and the young generation stays at 1 MiB when idle, so V8 flags
- * (--max-semi-space-size) changed nothing measurable.
+ * with a GC, and the young generation stays at 1 MiB when idle. The shim
+ * starts its owner with one malloc arena (src/runtime/owner-flags.ts), so
+ * each trim covers every thread's allocations.
  *
  * One trimmer per process, shared by every sandbox it owns (held while at
  * least one SandboxMemory runs): a trim soon after a sandbox is up, again
