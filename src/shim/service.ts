@@ -253,11 +253,14 @@ export class TaskService {
       if (r.exec_id) {
         c.execs.delete(r.exec_id);
       } else {
-        if (this.sandbox && !this.vmGone && !this.vmStopped && r.id === this.opts.sandboxId && this.containers.size === 1) {
+        const execsDone = [...c.execs.values()].every((e) => e.status === 'stopped' || e.status === 'created');
+        if (this.sandbox && !this.vmGone && !this.vmStopped && r.id === this.opts.sandboxId && this.containers.size === 1 && execsDone) {
           // The pod's own container, and the last: the pod is over (as Kata
           // stops the sandbox when its sandbox container is deleted). The VM
           // goes now, without first removing the container in the guest
-          // (~0.5 s under TCG); containerd's Shutdown follows.
+          // (~0.5 s under TCG); containerd's Shutdown follows. Not while one
+          // of its execs has not reported its exit yet: the agent's removal
+          // delivers that exit status, a stopped VM would not.
           this.vmStopped = true;
           await this.sandbox.stop();
         } else if (this.sandbox && !this.vmGone && !this.vmStopped) {
