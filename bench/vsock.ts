@@ -39,6 +39,7 @@ import { AGENT_VSOCK_BUFFER } from '../src/agent/vsock-transport';
 import type { GuestConn } from '../test/unit/virtio/guest-vsock';
 import { closeVsockRig, vsockRig } from '../test/helpers/vhost-user-rig';
 import { machine, table, writeResult } from './native';
+import { median } from './stats';
 
 const BYTES = 32 << 20;
 const PINGS = 2000;
@@ -166,6 +167,8 @@ interface VmResult {
   vsockMBs: number; agentStdoutMBs: number; agentStdoutMessages: number; virtioSerialMBs: number;
   /** Our device's counters during the raw and the agent transfer. */
   vsockDevice: DeviceCounts; agentStdoutDevice: DeviceCounts;
+  /** Time between ReadStdout messages on the host, ms. */
+  agentStdoutGapsMs: { median: number; p90: number; max: number };
 }
 
 type DeviceCounts = Pick<VsockMetrics, 'txPackets' | 'txPasses' | 'creditUpdates' | 'rxInterrupts' | 'txInterrupts'>;
@@ -237,9 +240,13 @@ async function vmBench(): Promise<VmResult> {
     const ref2 = await run('-');
     const out = client.readStdout(ref2);
     let agentStdoutMessages = 0;
-    out.on('data', (msg: { data: Buffer }) => { agentStdoutMessages++; if (msg.data?.length) m2.feed(msg.data); });
+    const arrivals: number[] = [];
+    out.on('data', (msg: { data: Buffer }) => { agentStdoutMessages++; arrivals.push(performance.now()); if (msg.data?.length) m2.feed(msg.data); });
     const agentStdoutMBs = await m2.done;
     const agentStdoutDevice = delta(before);
+    // Gaps between ReadStdout messages (ms): even gaps mean a steady pipeline, a few long ones a stall.
+    const gaps = arrivals.slice(1).map((t, i) => t - arrivals[i]!).sort((a, b) => a - b);
+    const agentStdoutGapsMs = { median: median(gaps), p90: gaps[Math.floor(gaps.length * 0.9)] ?? 0, max: gaps[gaps.length - 1] ?? 0 };
     await client.waitProcess(ref2);
     // 3. QEMU-native: a virtio-serial port (virtio-serial-pci hotplugged, socket chardev to us).
     const m3 = meter(bytes, 300000);
@@ -270,7 +277,7 @@ async function vmBench(): Promise<VmResult> {
     const virtioSerialMBs = await m3.done;
     await client.waitProcess(ref3);
     client.close();
-    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, virtioSerialMBs, vsockDevice, agentStdoutDevice };
+    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, virtioSerialMBs, vsockDevice, agentStdoutDevice, agentStdoutGapsMs };
   } finally {
     for (const s of servers) s.close();
     await hv.stop();
@@ -302,6 +309,8 @@ async function main(): Promise<void> {
       ['agent ReadStdout messages (avg KiB)', String(vm.agentStdoutMessages), `—  (${f(vm.bulkBytes / vm.agentStdoutMessages / 1024)} KiB each)`],
     ])}\n`);
     process.stdout.write(`our device, raw stream: ${countsLine(vm.vsockDevice)}\nour device, agent ReadStdout: ${countsLine(vm.agentStdoutDevice)}\n`);
+    const g = vm.agentStdoutGapsMs;
+    process.stdout.write(`agent ReadStdout message gaps: median ${f(g.median)} ms, p90 ${f(g.p90)} ms, max ${f(g.max)} ms\n`);
     result.vm = vm;
   }
   process.stdout.write(`wrote ${writeResult('vsock', result)}\n`);
