@@ -11,9 +11,12 @@
  * the dialHost option (hybrid: `<socket>_<port>`). Tests plug in any Duplex.
  *
  * Data path: tx (guest→host) payloads are gathered out of guest memory into
- * one Buffer per packet and written to the host stream; our fwd_cnt only
- * advances when the stream has taken the bytes, so the guest can never have
- * more than buf_alloc bytes in flight per connection. rx (host→guest) data
+ * one Buffer per packet and written to the host stream (corked for the
+ * whole tx pass: one writev per kick); our fwd_cnt only advances when the
+ * stream has taken the bytes, so the guest can never have more than
+ * buf_alloc bytes in flight per connection — one that sends more is reset.
+ * Each connection's buf_alloc is fixed when it opens: DEFAULT_BUF_ALLOC
+ * while a device-wide budget lasts, FLOOR_BUF_ALLOC beyond it. rx (host→guest) data
  * is queued per connection, bounded by buf_alloc (the stream is paused
  * beyond it), and copied into the guest's rx buffers only while the guest
  * has credit for it (peer_buf_alloc - (rx_cnt - peer_fwd_cnt) > 0).
