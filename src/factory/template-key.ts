@@ -4,7 +4,8 @@
  * A clone resumes the template's guest exactly as it was saved — its kernel,
  * the agent and everything else in the guest image already loaded, its
  * kernel command line (with the agent policy's hash) already parsed, its
- * vCPUs, RAM size and machine fixed — and QEMU refuses (or worse, silently
+ * vCPUs, RAM size, machine and memory devices (DAX NVDIMM, balloon,
+ * virtio-mem, hotplug room) fixed — and QEMU refuses (or worse, silently
  * misloads) device state from another QEMU build or machine. So every one of
  * those is part of the key, and a template whose key differs from the
  * configuration's is stale: `kata-ctl factory init` rebuilds it, a sandbox
