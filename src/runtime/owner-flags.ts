@@ -14,8 +14,11 @@
  *                            has up to UV_THREADPOOL_SIZE=32 in the shim),
  *                            which the periodic malloc_trim then trims whole
  *                            (src/resource/memory/process-trim.ts).
- * Measured at 10 idle lean sandboxes: runtime 18.0 -> 16.2 MiB PSS per
- * sandbox. An environment that sets MALLOC_ARENA_MAX keeps its value.
+ * Measured at 10 idle lean sandboxes: runtime 18.0-18.8 -> 16.1-16.2 MiB
+ * PSS per sandbox when they booted under heavy load, 19.2 -> 19.1 on a
+ * quiet machine (what they cut is what a slow, contended boot leaves);
+ * start time unchanged within this machine's noise. An environment that
+ * sets MALLOC_ARENA_MAX keeps its value.
  * `kata-ts run` owns its sandbox in the CLI process itself, started by the
  * user's `node`: bin/kata-ts cannot pass these, so there they are not used.
  */
