@@ -19,7 +19,7 @@
  */
 import * as os from 'node:os';
 import type { Config } from './config';
-import { ConfigError } from './config';
+import { ConfigError, resolveDefaultMaxMemory } from './config';
 
 /** Kata name → our key in the same section. */
 export const ALIASES: Record<string, Record<string, string>> = {
@@ -172,5 +172,7 @@ export function annotatedConfig(cfg: Config, annotations: Record<string, string>
       }
     }
   }
+  // A pod's own memory size moves the defaulted hotplug ceiling with it (config.ts).
+  resolveDefaultMaxMemory(out);
   return { config: out, warnings };
 }

@@ -64,9 +64,9 @@ export const SCHEMA = {
     machine_accelerators: { kind: 'string', default: '', describe: 'extra QEMU -machine properties, as in Kata (e.g. "nosmm,nosata"); accel stays ours', check: machineProps } as KeySpec<string>,
     enable_annotations: { kind: 'string[]', default: [], describe: 'pod annotations io.katacontainers.config.hypervisor.<name> allowed to override this section: regular expressions matched against <name>, as in Kata (kata-ts applies default_vcpus, default_memory, kernel_params)', check: validRegexes } as KeySpec<string[]>,
     // Memory density (issue 13; src/hypervisor/memory-plan.ts, README "Memory density").
-    disable_image_nvdimm: { kind: 'bool', default: true, describe: 'as Kata: false puts the guest image on an NVDIMM mounted with DAX (rootfs-dax.erofs beside the image); true keeps the virtio-blk root disk', } as KeySpec<boolean>,
-    reclaim_guest_freed_memory: { kind: 'bool', default: false, describe: 'as Kata: a virtio-balloon with free page reporting (pages the guest frees go back to the host) and deflate-on-oom; kata-ctl balloon reads/sets it' } as KeySpec<boolean>,
-    default_maxmemory: { kind: 'int', default: 0, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room)', check: range(0, 3584) } as KeySpec<number>,
+    disable_image_nvdimm: { kind: 'bool', default: false, describe: 'as Kata (same default): false puts the guest image on an NVDIMM mounted with DAX (rootfs-dax.erofs beside the image; pc/q35 only); true keeps the virtio-blk root disk. Left unset, it is true with machine_type = "microvm", an explicit root_block_driver, or an explicit image without rootfs-dax.erofs beside it', } as KeySpec<boolean>,
+    reclaim_guest_freed_memory: { kind: 'bool', default: true, describe: 'as Kata: a virtio-balloon with free page reporting (pages the guest frees go back to the host) and deflate-on-oom; kata-ctl balloon reads/sets it' } as KeySpec<boolean>,
+    default_maxmemory: { kind: 'int', default: 2048, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room). Left unset, it is 0 with machine_type = "microvm" and no room when default_memory reaches it', check: range(0, 3584) } as KeySpec<number>,
     memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory and memory_hotplug = "dimm")', check: range(1, 64) } as KeySpec<number>,
     memory_hotplug: { kind: 'string', default: 'virtio-mem', describe: 'how the VM grows for containers\' memory limits: virtio-mem (one device of default_maxmemory - default_memory; grows and shrinks, the host gets unplugged memory back; Kata: enable_virtio_mem) or dimm (pc-dimm hotplug, growth only, the balloon returns memory)', check: oneOf('virtio-mem', 'dimm') } as KeySpec<string>,
     default_maxvcpus: { kind: 'int', default: 0, describe: 'as Kata: vCPU hotplug ceiling (0: the boot count)', check: range(0, 64) } as KeySpec<number>,
@@ -129,10 +129,14 @@ export type Config = { -readonly [S in Section]: { -readonly [K in keyof (typeof
   source: string;
   /** "file:line: …" for each Kata key kata-ts knows and does not implement. */
   warnings: string[];
+  /** "section.key" of every key the file set (an alias counts as its key): defaults may yield to them, never the reverse. */
+  explicit: string[];
+  /** Why a default was adjusted to the file's explicit keys (logged at info by loadConfig; never an error). */
+  notes: string[];
 };
 
 export function defaultConfig(): Config {
-  const out: Record<string, unknown> = { source: '', warnings: [] };
+  const out: Record<string, unknown> = { source: '', warnings: [], explicit: [], notes: [] };
   for (const [sec, keys] of Object.entries(SCHEMA)) {
     const o: Record<string, unknown> = {};
     for (const [k, spec] of Object.entries(keys)) o[k] = Array.isArray(spec.default) ? [...spec.default] : spec.default;
@@ -194,6 +198,7 @@ export function parseConfig(text: string, file: string): Config {
         const msg = spec.check?.(v);
         if (msg) throw new ConfigError('bad-value', `${where(full)}: ${full} ${msg} (got ${JSON.stringify(vv)})`);
         store[name]![ours] = v;
+        cfg.explicit.push(`${name}.${ours}`);
       } else if (kk in unsupported) {
         if (full in NO_OP_VALUES && NO_OP_VALUES[full] === vv) continue;
         cfg.warnings.push(`${where(full)}: [${name}] ${kk} is not supported by kata-ts (${unsupported[kk]}); ignored`);
@@ -221,6 +226,10 @@ export function parseConfig(text: string, file: string): Config {
     }
   };
   visit(value, '');
+  applyDensityDefaults(cfg);
+  if (cfg.explicit.includes('hypervisor.qemu.disable_image_nvdimm') && !q0(cfg).disable_image_nvdimm && q0(cfg).machine_type === 'microvm') {
+    throw new ConfigError('bad-value', `${where('hypervisor.qemu.disable_image_nvdimm')}: [hypervisor.qemu] disable_image_nvdimm = false needs machine_type = "pc" or "q35" (the microvm machine has no NVDIMM, ACPI NFIT)`);
+  }
   // As Kata's checkPCIeConfig: VFIO devices are either hot- or cold-plugged.
   const q = cfg['hypervisor.qemu'];
   if (q.hot_plug_vfio !== 'no-port' && q.cold_plug_vfio !== 'no-port') {
@@ -239,6 +248,57 @@ export function parseConfig(text: string, file: string): Config {
     }
   }
   return cfg;
+}
+
+/**
+ * The memory-density defaults (DAX image, balloon, virtio-mem room) yield to
+ * what the file sets explicitly, so a configuration that was valid before
+ * they became defaults never turns into an error: a default that conflicts
+ * is adjusted, with a note saying why. Explicit settings that conflict stay
+ * errors (memory-plan.ts).
+ */
+const q0 = (cfg: Config) => cfg['hypervisor.qemu'];
+
+export function applyDensityDefaults(cfg: Config): void {
+  const q = cfg['hypervisor.qemu'];
+  const set = (k: string) => (cfg.explicit ?? []).includes(`hypervisor.qemu.${k}`);
+  const note = (m: string) => (cfg.notes ??= []).push(`[hypervisor.qemu] ${m}`);
+  if (!set('disable_image_nvdimm') && !q.disable_image_nvdimm) {
+    const daxBeside = q.image ? path.join(path.dirname(q.image), 'rootfs-dax.erofs') : '';
+    if (q.machine_type === 'microvm') {
+      q.disable_image_nvdimm = true;
+      note('disable_image_nvdimm = true: the microvm machine has no NVDIMM (ACPI NFIT), so the guest image stays a virtio-blk root disk');
+    } else if (set('root_block_driver')) {
+      q.disable_image_nvdimm = true;
+      note(`disable_image_nvdimm = true: root_block_driver = "${q.root_block_driver}" is set, so the guest image stays a root disk (set disable_image_nvdimm = false for DAX)`);
+    } else if (daxBeside && set('image') && !fs.existsSync(daxBeside)) {
+      q.disable_image_nvdimm = true;
+      note(`disable_image_nvdimm = true: no ${daxBeside} beside the configured image, so it stays a virtio-blk root disk`);
+    }
+  }
+  if (!set('default_maxmemory')) resolveDefaultMaxMemory(cfg);
+}
+
+/**
+ * default_maxmemory left unset: 0 on microvm (no memory device area for
+ * virtio-mem); else no room when default_memory (the file's or a pod
+ * annotation's) reaches it, and the room rounded down to whole virtio-mem
+ * blocks (2 MiB) so an odd default_memory is not an error.
+ */
+export function resolveDefaultMaxMemory(cfg: Config): void {
+  const q = cfg['hypervisor.qemu'];
+  if ((cfg.explicit ?? []).includes('hypervisor.qemu.default_maxmemory')) return;
+  if (q.machine_type === 'microvm') {
+    q.default_maxmemory = 0;
+    (cfg.notes ??= []).push('[hypervisor.qemu] default_maxmemory = 0: the microvm machine has no memory device area for virtio-mem (containers\' limits do not grow the VM)');
+    return;
+  }
+  const want = SCHEMA['hypervisor.qemu'].default_maxmemory.default;
+  if (q.default_memory >= want) {
+    q.default_maxmemory = 0;
+    return;
+  }
+  q.default_maxmemory = q.default_memory + Math.floor((want - q.default_memory) / 2) * 2;
 }
 
 export const SYSTEM_CONFIG = '/etc/kata-ts/configuration.toml';
@@ -262,6 +322,7 @@ export function loadConfig(explicit?: string, env: NodeJS.ProcessEnv = process.e
   const cfg = parseConfig(text, file);
   // A warning never stops a sandbox: logged once per process that loads the file.
   for (const w of cfg.warnings) logger('config').warn(w);
+  for (const n of cfg.notes) logger('config').info(n);
   return cfg;
 }
 
