@@ -73,6 +73,8 @@ const CONFIGS: Record<string, string> = {
   // lean with a 64 MiB TCG cache: the cheaper trade in speed (README "Memory density": boot + a shell loop, tb16 ~1.5x and tb64 ~1.25x the time of QEMU's 1 GiB default).
   lean64: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 64\ndefault_memory = 256\ndefault_maxmemory = 2048\n',
   // lean with the KSM throttler: what merges of QEMU's private memory (heap, TCG cache) across 10 VMs.
+  // lean with the guest agent's idle trim off (src/agent/idle-trim.ts): what the trim saves.
+  leannotrim: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\nkernel_params = "agent.idle_trim=0"\n',
   leanksm: '[hypervisor.qemu]\ndisable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n[memory]\nksm_throttler = true\n',
   // lean started from a VM template (the template carries DAX, balloon, virtio-mem and the 256 MiB start); @RUN@ is the run directory.
   // lean with QEMU's default TCG cache (the candidate defaults: DAX + balloon + virtio-mem + 256 MiB), cold and from a template.
