@@ -3,13 +3,13 @@
  * and the measured host capabilities (decision 3).
  */
 import * as path from 'node:path';
-import type { HypervisorSettings } from './settings';
+import type { HypervisorSettings, QemuSettings } from './settings';
 import { KataError } from '../common/errors';
 import { chooseHypervisor, probeKvm, type HypervisorChoice, type KvmProbe } from './capabilities';
 import type { Hypervisor } from './hypervisor';
 import { QemuHypervisor, type BlockDriver } from './qemu';
 import type { VfioPortType } from './pci-slots';
-import type { MemoryHotplugMode } from './memory-plan';
+import type { MemoryHotplugMode, QemuMemoryOptions } from './memory-plan';
 
 export class HypervisorSelectError extends KataError<'unavailable'> {}
 
@@ -56,14 +56,19 @@ export async function selectHypervisor(cfg: HypervisorSettings, requested?: 'aut
     blockDriver: q.block_device_driver as BlockDriver, rootBlockDriver: q.root_block_driver as BlockDriver,
     machineAccelerators: q.machine_accelerators || undefined,
     pcieRootPorts: q.pcie_root_port ?? 0, hotPlugVfio: (q.hot_plug_vfio ?? 'no-port') as VfioPortType, coldPlugVfio: (q.cold_plug_vfio ?? 'no-port') as VfioPortType,
-    memory: {
-      imageNvdimm: !q.disable_image_nvdimm, balloon: q.reclaim_guest_freed_memory,
-      maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,
-      memorySlots: q.default_maxmemory > q.default_memory ? q.memory_slots : undefined,
-      memoryHotplug: (q.memory_hotplug ?? 'virtio-mem') as MemoryHotplugMode,
-      maxVcpus: q.default_maxvcpus > q.default_vcpus ? q.default_maxvcpus : undefined,
-      tcgTranslationCacheMiB: q.tcg_translation_cache || undefined,
-    },
+    memory: qemuMemoryOptions(q),
   });
   return { hv, choice, probe };
+}
+
+/** The memory part of the QEMU hypervisor's options from [hypervisor.qemu] (also for tests and tools that build one by hand). */
+export function qemuMemoryOptions(q: QemuSettings): QemuMemoryOptions {
+  return {
+    imageNvdimm: !q.disable_image_nvdimm, balloon: q.reclaim_guest_freed_memory,
+    maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,
+    memorySlots: q.default_maxmemory > q.default_memory ? q.memory_slots : undefined,
+    memoryHotplug: (q.memory_hotplug ?? 'virtio-mem') as MemoryHotplugMode,
+    maxVcpus: q.default_maxvcpus > q.default_vcpus ? q.default_maxvcpus : undefined,
+    tcgTranslationCacheMiB: q.tcg_translation_cache || undefined,
+  };
 }

@@ -64,7 +64,7 @@ export const SCHEMA = {
     machine_accelerators: { kind: 'string', default: '', describe: 'extra QEMU -machine properties, as in Kata (e.g. "nosmm,nosata"); accel stays ours', check: machineProps } as KeySpec<string>,
     enable_annotations: { kind: 'string[]', default: [], describe: 'pod annotations io.katacontainers.config.hypervisor.<name> allowed to override this section: regular expressions matched against <name>, as in Kata (kata-ts applies default_vcpus, default_memory, kernel_params)', check: validRegexes } as KeySpec<string[]>,
     // Memory density (issue 13; src/hypervisor/memory-plan.ts, README "Memory density").
-    disable_image_nvdimm: { kind: 'bool', default: false, describe: 'as Kata (same default): false puts the guest image on an NVDIMM mounted with DAX (rootfs-dax.erofs beside the image; pc/q35 only); true keeps the virtio-blk root disk. Left unset, it is true with machine_type = "microvm", an explicit root_block_driver, or an explicit image without rootfs-dax.erofs beside it', } as KeySpec<boolean>,
+    disable_image_nvdimm: { kind: 'bool', default: false, describe: 'as Kata (same default): false puts the guest image on an NVDIMM mounted with DAX (rootfs-dax.erofs beside the image; pc/q35 only); true keeps the virtio-blk root disk. Left unset, it is true with machine_type = "microvm", an explicit root_block_driver or memory_hotplug = "dimm", or an explicit image without rootfs-dax.erofs beside it', } as KeySpec<boolean>,
     reclaim_guest_freed_memory: { kind: 'bool', default: true, describe: 'as Kata: a virtio-balloon with free page reporting (pages the guest frees go back to the host) and deflate-on-oom; kata-ctl balloon reads/sets it' } as KeySpec<boolean>,
     default_maxmemory: { kind: 'int', default: 2048, describe: 'as Kata: memory hotplug ceiling in MiB (0: no hotplug room). Left unset, it is 0 with machine_type = "microvm" and no room when default_memory reaches it', check: range(0, 3584) } as KeySpec<number>,
     memory_slots: { kind: 'int', default: 10, describe: 'as Kata: DIMM slots for memory hotplug (used when default_maxmemory > default_memory and memory_hotplug = "dimm")', check: range(1, 64) } as KeySpec<number>,
@@ -271,6 +271,10 @@ export function applyDensityDefaults(cfg: Config): void {
     } else if (set('root_block_driver')) {
       q.disable_image_nvdimm = true;
       note(`disable_image_nvdimm = true: root_block_driver = "${q.root_block_driver}" is set, so the guest image stays a root disk (set disable_image_nvdimm = false for DAX)`);
+    } else if (set('memory_hotplug') && q.memory_hotplug === 'dimm') {
+      // DIMMs hotplugged behind the NVDIMM must start on a 128 MiB boundary (memory-plan.ts); the old root disk has no such limit.
+      q.disable_image_nvdimm = true;
+      note('disable_image_nvdimm = true: memory_hotplug = "dimm" is set, so the guest image stays a root disk (set disable_image_nvdimm = false for DAX)');
     } else if (daxBeside && set('image') && !fs.existsSync(daxBeside)) {
       q.disable_image_nvdimm = true;
       note(`disable_image_nvdimm = true: no ${daxBeside} beside the configured image, so it stays a virtio-blk root disk`);

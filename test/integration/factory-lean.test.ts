@@ -14,9 +14,8 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PassThrough } from 'node:stream';
 import { runCommand, type CommandResult } from '../helpers/spawn';
-import { REPO, CACHE, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu, testConfig, copyBusyboxRootfs } from '../helpers/guest';
+import { REPO, CACHE, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu, testConfig, copyBusyboxRootfs, collectOutput } from '../helpers/guest';
 import { skipOrFail } from '../helpers/skip';
 import { kataCtl } from '../helpers/kata-ctl';
 import { isMountPoint } from '../../src/factory/template-store';
@@ -26,11 +25,12 @@ import { selectHypervisor } from '../../src/hypervisor';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { Sandbox } from '../../src/runtime/sandbox';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
-import { attachProcess } from '../../src/runtime/stdio';
 import { configureLogging } from '../../src/common/log';
 import type { VmResizer } from '../../src/resource/memory/resize';
 
 const MIB = 1024 * 1024;
+/** The plain configuration: the defaults before DAX, balloon and virtio-mem room became defaults, set explicitly. */
+const PLAIN = 'disable_image_nvdimm = true\nreclaim_guest_freed_memory = false\ndefault_maxmemory = 0\n';
 const LEAN = 'disable_image_nvdimm = false\nreclaim_guest_freed_memory = true\ntcg_translation_cache = 16\ndefault_memory = 256\ndefault_maxmemory = 2048\n';
 
 function node(bin: string, args: string[], timeoutMs = 240000): Promise<CommandResult> {
@@ -67,7 +67,7 @@ describe('integration: VM templates with DAX, balloon, virtio-mem and a 256 MiB 
   const ctl = (args: string[], cfg: string) => node('kata-ctl', ['--config', cfg, ...args]);
   const run = (args: string[], cfg: string) => node('kata-ts', ['run', '--config', cfg, '--log-level', 'info', ...args]);
   // The lean configuration also runs the page scanner (one pass on demand): it reads the clone's RAM through our vsock backend's mapping.
-  const config = (lean: boolean, tpl: string) => `[hypervisor.qemu]\n${pinned}${lean ? `${LEAN}[memory]\npage_scanner = true\nscan_interval = 3600\nscan_rate_mib = 1024\n` : ''}[factory]\nenable_template = true\ntemplate_path = "${tpl}"\n`;
+  const config = (lean: boolean, tpl: string) => `[hypervisor.qemu]\n${pinned}${lean ? `${LEAN}[memory]\npage_scanner = true\nscan_interval = 3600\nscan_rate_mib = 1024\n` : PLAIN}[factory]\nenable_template = true\ntemplate_path = "${tpl}"\n`;
   const writeConfig = (name: string, text: string) => {
     const f = path.join(runDir, name);
     fs.writeFileSync(f, fs.readFileSync(writeTestConfig(runDir, text), 'utf8'));
@@ -77,11 +77,7 @@ describe('integration: VM templates with DAX, balloon, virtio-mem and a 256 MiB 
   const sh = async (cid: string, script: string) => {
     const execId = `e${execSeq++}`;
     await sandbox!.exec(cid, execId, defaultProcess({ args: ['sh', '-c', script] }));
-    const out = new PassThrough();
-    let o = '';
-    out.on('data', (d) => (o += d));
-    const st = await attachProcess(sandbox!.agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
-    return { status: st.status, out: o };
+    return await collectOutput(sandbox!.agent, cid, execId);
   };
   const qom = async (property: string) => await hv.memoryQmp('qom-get', { path: '/machine/peripheral/vmem0', property }) as number;
   const memTotalMiB = async () => Number(/MemTotal:\s+(\d+)/.exec((await sh('c0', 'cat /proc/meminfo')).out)![1]) / 1024;

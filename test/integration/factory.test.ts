@@ -14,6 +14,7 @@ import { skipOrFail } from '../helpers/skip';
 import { PodNetns } from '../helpers/netns';
 import { VmFactory, qemuTarget } from '../../src/factory/factory';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
+import { qemuMemoryOptions } from '../../src/hypervisor/index';
 import { isMountPoint } from '../../src/factory/template-store';
 import { guestAssets, loadConfig } from '../../src/runtime/config';
 
@@ -177,7 +178,8 @@ describe('integration: VM templates (kata-ctl factory, QEMU)', function () {
   it('the template removed while a clone starts: a clear error, QEMU and its devices gone', async () => {
     const cfg = loadConfig(cfgFile);
     cfg.factory.template_path = tplDir;
-    const hv = new QemuHypervisor({ binary: cfg['hypervisor.qemu'].path, machine: 'pc', accel: 'tcg' });
+    // The configuration's memory devices, as selectHypervisor gives them: the template was made with them.
+    const hv = new QemuHypervisor({ binary: cfg['hypervisor.qemu'].path, machine: 'pc', accel: 'tcg', memory: qemuMemoryOptions(cfg['hypervisor.qemu']) });
     const factory = new VmFactory({ config: cfg, qemu: qemuTarget(hv), kernelParams: '' });
     const dir = path.join(runDir, 'sandboxes', 'gone');
     fs.mkdirSync(dir, { recursive: true });

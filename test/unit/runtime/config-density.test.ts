@@ -10,16 +10,12 @@ import * as path from 'node:path';
 import { parseConfig, defaultConfig, ConfigError, type Config } from '../../../src/runtime/config';
 import { annotatedConfig } from '../../../src/runtime/config-kata';
 import { qemuMemoryPlan, MemoryPlanError } from '../../../src/hypervisor/memory-plan';
+import { qemuMemoryOptions } from '../../../src/hypervisor/index';
 
-/** The memory options selectHypervisor (src/hypervisor/index.ts) derives from the section. */
+/** The plan QEMU would get from the section (the options selectHypervisor passes). */
 function planFor(c: Config, image: string) {
   const q = c['hypervisor.qemu'];
-  return qemuMemoryPlan({ memoryMiB: q.default_memory, vcpus: q.default_vcpus, image }, {
-    imageNvdimm: !q.disable_image_nvdimm, balloon: q.reclaim_guest_freed_memory,
-    maxMemoryMiB: q.default_maxmemory > q.default_memory ? q.default_maxmemory : undefined,
-    memorySlots: q.default_maxmemory > q.default_memory ? q.memory_slots : undefined,
-    memoryHotplug: q.memory_hotplug as 'virtio-mem' | 'dimm',
-  }, q.machine_type === 'microvm');
+  return qemuMemoryPlan({ memoryMiB: q.default_memory, vcpus: q.default_vcpus, image }, qemuMemoryOptions(q), q.machine_type === 'microvm');
 }
 
 describe('unit: configuration, memory-density defaults', () => {
@@ -44,6 +40,7 @@ describe('unit: configuration, memory-density defaults', () => {
       expect(plan.virtioMem).to.deep.equal({ id: plan.virtioMem!.id, sizeMiB: 1536 });
       expect(plan.args.join(' ')).to.include('free-page-reporting=on');
       expect(plan.accel).to.equal(undefined);
+      expect(plan.m).to.equal('512M,slots=1,maxmem=2050M');
     }
   });
 
@@ -118,9 +115,10 @@ describe('unit: configuration, memory-density defaults', () => {
     const plan = planFor(old, image);
     expect([plan.daxImage, plan.virtioMem, plan.m]).to.deep.equal([undefined, undefined, '512M']);
     expect(plan.args.join(' ')).to.not.include('balloon');
-    // memory_hotplug = "dimm" set explicitly: DIMM slots under the default ceiling, no error.
-    const dimm = planFor(parseConfig('[hypervisor.qemu]\nmemory_hotplug = "dimm"\n', '/f.toml'), image);
-    expect(dimm.virtioMem).to.equal(undefined);
-    expect(dimm.m).to.match(/^512M,slots=11,maxmem=2050M$/);
+    // memory_hotplug = "dimm" set explicitly: the root disk as before, DIMM slots under the default ceiling, no error.
+    const dimmCfg = parseConfig('[hypervisor.qemu]\nmemory_hotplug = "dimm"\n', '/f.toml');
+    expect(dimmCfg.notes.join('\n')).to.match(/memory_hotplug = "dimm" is set/);
+    const dimm = planFor(dimmCfg, image);
+    expect([dimm.daxImage, dimm.virtioMem, dimm.m]).to.deep.equal([undefined, undefined, '512M,slots=10,maxmem=2048M']);
   });
 });
