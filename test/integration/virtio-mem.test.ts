@@ -88,6 +88,8 @@ describe('integration: pod resizing with virtio-mem (grow, use, shrink, host mem
     requireGuest(this);
     configureLogging({ silent: true });
     runDir = testRunDir();
+    // The virtio-blk root, as before DAX became the default: the -m line below has no NVDIMM in it.
+    cfg['hypervisor.qemu'].disable_image_nvdimm = true;
     rootfs = path.join(runDir, 'rootfs');
     copyBusyboxRootfs(rootfs);
     const cfg = testConfig(runDir);
