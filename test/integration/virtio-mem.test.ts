@@ -88,14 +88,14 @@ describe('integration: pod resizing with virtio-mem (grow, use, shrink, host mem
     requireGuest(this);
     configureLogging({ silent: true });
     runDir = testRunDir();
-    // The virtio-blk root, as before DAX became the default: the -m line below has no NVDIMM in it.
-    cfg['hypervisor.qemu'].disable_image_nvdimm = true;
     rootfs = path.join(runDir, 'rootfs');
     copyBusyboxRootfs(rootfs);
     const cfg = testConfig(runDir);
     cfg['hypervisor.qemu'].default_memory = 512;
     cfg['hypervisor.qemu'].default_maxmemory = 512 + DEVICE_MIB;
     cfg['hypervisor.qemu'].memory_hotplug = 'virtio-mem';
+    // The virtio-blk root, as before DAX became the default: the -m line below has no NVDIMM in it.
+    cfg['hypervisor.qemu'].disable_image_nvdimm = true;
     hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
     sandbox = new Sandbox({ id: 'vm1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'c0', rootfs: path.join(CACHE, 'rootfs', 'busybox'), rootfsShare: 'erofs' }] });
     await sandbox.start();
