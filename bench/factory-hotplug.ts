@@ -29,6 +29,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { defaultConfig, guestAssets, loadConfig } from '../src/runtime/config';
 import { probeKvm, chooseHypervisor } from '../src/hypervisor/capabilities';
+import { qemuMemoryOptions } from '../src/hypervisor/index';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { QmpClient } from '../src/hypervisor/qmp';
 import { connectVsock, dialAgent, AGENT_VSOCK_PORT } from '../src/protocols/agent-dialer';
@@ -99,7 +100,7 @@ async function cloneTimeline(factory: VmFactory, qemu: string, dir: string, shar
   }, 3);
   const prep = factory.prepareClone(dir);
   if ('reason' in prep) throw new Error(prep.reason);
-  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: factory.machine().accel });
+  const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: factory.machine().accel, memory: factory.machine().memory });
   try {
     const vm = await hv.startClone({ id: 'fh', dir, kernel: '', image: '', vcpus: factory.machine().vcpus, memoryMiB: factory.machine().memoryMiB, kernelParams: '', disks: [], debug: false,
       shares: shareDirs.map((p, i) => ({ tag: `s${i}`, path: p })) }, prep.clone);
@@ -184,7 +185,7 @@ async function main(): Promise<void> {
       const qemu = cfg['hypervisor.qemu'].path;
       const probe = await probeKvm(qemu, runDir);
       const choice = chooseHypervisor('qemu', 'auto', probe, false);
-      const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel });
+      const hv = new QemuHypervisor({ binary: qemu, machine: 'pc', accel: choice.accel, memory: qemuMemoryOptions(cfg['hypervisor.qemu']) });
       // FH_ACPI_IRQ=1 / warm-up '0': the template without TEMPLATE_KERNEL_PARAMS' acpi=noirq / agent.warmup=1 (the layouts before), to compare.
       const factory = new (class extends VmFactory {
         machine() {

@@ -44,7 +44,8 @@ async function main(): Promise<void> {
     return f;
   };
   const configs: Record<string, string> = {
-    'plain-tpl': cfgFile('plain-tpl', '', path.join(runDir, 'tpl-plain')),
+    // plain: DAX, balloon and hotplug room off, set explicitly (they are the defaults since issue 13's change).
+    'plain-tpl': cfgFile('plain-tpl', 'disable_image_nvdimm = true\nreclaim_guest_freed_memory = false\ndefault_maxmemory = 0\n', path.join(runDir, 'tpl-plain')),
     'dense-tpl': cfgFile('dense-tpl', DENSE, path.join(runDir, 'tpl-dense')),
     'lean-tpl': cfgFile('lean-tpl', `${DENSE}tcg_translation_cache = 16\n`, path.join(runDir, 'tpl-dense')),
     'dense-cold': cfgFile('dense-cold', DENSE),
