@@ -129,21 +129,23 @@ else
 fi
 # The DAX image (issue 13): the same tree uncompressed — EROFS maps only
 # uncompressed (flat) files with DAX — behind an NVDIMM pfn info block and
-# padded to 2 MiB (src/hypervisor/dax-image.ts says why), for QEMU's nvdimm.
+# padded to 128 MiB (src/hypervisor/dax-image.ts says why), for QEMU's nvdimm.
 # Its pages are then one copy in the host page cache for every sandbox
 # (README "Memory density").
 # Every file FLAT_PLAIN (-E noinline_data): EROFS gives S_DAX only to that
 # layout, and mkfs's default packs each file's tail inline (FLAT_INLINE), so
 # the guest read Node through its page cache although the mount said dax
 # (measured: guest Cached 49 MiB either way; 1.7 MiB with plain files). The
-# stamp rebuilds images made before; the new file replaces the old by rename,
-# never in place (running VMs map it).
-if [ ! -f "$out/rootfs-dax.erofs" ] || [ ! -f "$out/rootfs-dax.plain" ]; then
+# stamp (.blk128: padded to the guest's 128 MiB memory block, so DIMMs
+# hotplugged behind it can be onlined) rebuilds images made before; the new
+# file replaces the old by rename, never in place (running VMs map it).
+if [ ! -f "$out/rootfs-dax.erofs" ] || [ ! -f "$out/rootfs-dax.blk128" ]; then
   t0=$(date +%s%N)
   mkfs.erofs -T0 --all-root -Enoinline_data "$out/rootfs-flat.erofs.tmp" "$stage" >/dev/null
   node "$repo/dist/src/hypervisor/dax-image.js" "$out/rootfs-flat.erofs.tmp" "$out/rootfs-dax.erofs.tmp.$$" >/dev/null
   mv -f "$out/rootfs-dax.erofs.tmp.$$" "$out/rootfs-dax.erofs"
-  touch "$out/rootfs-dax.plain"
+  rm -f "$out/rootfs-dax.plain"
+  touch "$out/rootfs-dax.blk128"
   rm -f "$out/rootfs-flat.erofs.tmp"
   echo "image: DAX image (uncompressed, pfn info block) $(du -m --apparent-size "$out/rootfs-dax.erofs" | cut -f1) MiB in $(( ($(date +%s%N)-t0)/1000000 )) ms"
 fi

@@ -16,6 +16,11 @@
  *   [2 MiB, end)        the EROFS image; the guest sees it as /dev/pmem0
  * The whole file is a 2 MiB multiple: QEMU maps it as the NVDIMM's backend,
  * and the kernel wants the namespace end aligned (memremap_compat_align).
+ * It is padded further, with a hole, to a 128 MiB multiple (DAX_FILE_ALIGN):
+ * QEMU puts a hotplugged DIMM right behind the NVDIMM in its device memory
+ * area, and the x86_64 guest adds memory only in whole 128 MiB memory blocks
+ * at 128 MiB-aligned addresses; behind a 120 MiB image, a 256 MiB DIMM was
+ * never onlined (measured: MemTotal unchanged after 60 s).
  *
  * `node dist/src/hypervisor/dax-image.js <erofs image> <output>` writes it
  * (guest/image/build.sh).
@@ -27,6 +32,8 @@ import { KataError } from '../common/errors';
 export class DaxImageError extends KataError<'input' | 'io'> {}
 
 export const DAX_ALIGN = 2 * 1024 * 1024;
+/** Linux's memory block size on x86_64 (memory_block_size_bytes() below 64 GiB): the file's size is a multiple of it. */
+export const DAX_FILE_ALIGN = 128 * 1024 * 1024;
 const SB_OFFSET = 4096;
 const SB_SIZE = 4096;
 const PAGE = 4096;
@@ -64,7 +71,7 @@ export function pfnInfoBlock(totalBytes: number, uuid: Buffer = crypto.randomByt
   return sb;
 }
 
-/** Writes header + `erofs` to `out` (via a temporary file), padded to DAX_ALIGN; returns its size. */
+/** Writes header + `erofs` to `out` (via a temporary file), padded (a hole) to DAX_FILE_ALIGN; returns its size. */
 export function writeDaxImage(erofs: string, out: string): number {
   let st: fs.Stats;
   try {
@@ -81,7 +88,7 @@ export function writeDaxImage(erofs: string, out: string): number {
   }
   // EROFS superblock magic at 1024 (erofs_fs.h EROFS_SUPER_MAGIC_V1).
   if (head.readUInt32LE(1024) !== 0xe0f5e1e2) throw new DaxImageError('input', `${erofs} is not an EROFS image`);
-  const total = DAX_ALIGN + Math.ceil(st.size / DAX_ALIGN) * DAX_ALIGN;
+  const total = Math.ceil((DAX_ALIGN + st.size) / DAX_FILE_ALIGN) * DAX_FILE_ALIGN;
   const tmp = `${out}.tmp.${process.pid}`;
   try {
     const h = Buffer.alloc(SB_OFFSET + SB_SIZE);

@@ -44,6 +44,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KataError } from '../common/errors';
+import { DAX_FILE_ALIGN } from './dax-image';
 
 export class MemoryPlanError extends KataError<'config'> {}
 
@@ -127,6 +128,10 @@ export function qemuMemoryPlan(vm: { memoryMiB: number; vcpus: number; image: st
       throw new MemoryPlanError('config', `no DAX guest image at ${img} (guest/image/build.sh makes it); or set [hypervisor.qemu] disable_image_nvdimm = true`);
     }
     if (size === 0 || size % NVDIMM_ALIGN !== 0) throw new MemoryPlanError('config', `${img}: ${size} bytes is not a multiple of 2 MiB, as an NVDIMM backend must be; rebuild it with guest/image/build.sh`);
+    // A DIMM goes right behind the NVDIMM (dax-image.ts): the guest onlines it only at a 128 MiB-aligned address.
+    if (!virtioMem && maxMiB > vm.memoryMiB && size % DAX_FILE_ALIGN !== 0) {
+      throw new MemoryPlanError('config', `${img}: ${size} bytes is not a multiple of 128 MiB, so a DIMM hotplugged behind it could not be onlined by the guest; rebuild it with guest/image/build.sh (or use memory_hotplug = "virtio-mem")`);
+    }
     plan.daxImage = img;
     plan.nvdimmBytes = size;
     plan.machineProps.push('nvdimm=on');

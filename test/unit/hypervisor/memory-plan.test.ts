@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { qemuMemoryPlan, MemoryPlanError, DAX_IMAGE_NAME } from '../../../src/hypervisor/memory-plan';
-import { DAX_ALIGN, DaxImageError, fletcher64, pfnInfoBlock, writeDaxImage } from '../../../src/hypervisor/dax-image';
+import { DAX_ALIGN, DAX_FILE_ALIGN, DaxImageError, fletcher64, pfnInfoBlock, writeDaxImage } from '../../../src/hypervisor/dax-image';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
 
 describe('hypervisor/memory-plan and dax-image', () => {
@@ -26,15 +26,23 @@ describe('hypervisor/memory-plan and dax-image', () => {
 
   it('puts the DAX image on a read-only, unarmed NVDIMM and counts it in maxmem', () => {
     fs.writeFileSync(path.join(dir, DAX_IMAGE_NAME), Buffer.alloc(0));
-    fs.truncateSync(path.join(dir, DAX_IMAGE_NAME), 3 * DAX_ALIGN);
+    fs.truncateSync(path.join(dir, DAX_IMAGE_NAME), DAX_FILE_ALIGN);
     const p = qemuMemoryPlan(vm(), { imageNvdimm: true, maxMemoryMiB: 1024, memorySlots: 4, maxVcpus: 4, balloon: true, memoryHotplug: 'dimm' }, false);
     expect(p.machineProps).to.deep.equal(['nvdimm=on']);
-    expect(p.m).to.equal('512M,slots=5,maxmem=1030M');
+    expect(p.m).to.equal('512M,slots=5,maxmem=1152M');
     expect(p.smp).to.equal('1,maxcpus=4');
-    expect(p.args.join(' ')).to.include(`memory-backend-file,id=imgmem,mem-path=${path.join(dir, DAX_IMAGE_NAME)},size=${3 * DAX_ALIGN},share=on,readonly=on`);
+    expect(p.args.join(' ')).to.include(`memory-backend-file,id=imgmem,mem-path=${path.join(dir, DAX_IMAGE_NAME)},size=${DAX_FILE_ALIGN},share=on,readonly=on`);
     expect(p.args.join(' ')).to.include('nvdimm,id=nv0,memdev=imgmem,unarmed=on');
     expect(p.args.join(' ')).to.include('virtio-balloon-pci,id=balloon0,free-page-reporting=on,deflate-on-oom=on');
     expect(p.rootParams).to.equal('root=/dev/pmem0 rootflags=dax');
+  });
+
+  it('DIMM hotplug behind the NVDIMM needs a 128 MiB multiple (the guest onlines only aligned memory blocks); virtio-mem or no room does not', () => {
+    fs.writeFileSync(path.join(dir, DAX_IMAGE_NAME), Buffer.alloc(0));
+    fs.truncateSync(path.join(dir, DAX_IMAGE_NAME), 60 * DAX_ALIGN);
+    expect(() => qemuMemoryPlan(vm(), { imageNvdimm: true, maxMemoryMiB: 1024, memoryHotplug: 'dimm' }, false)).to.throw(MemoryPlanError, /not a multiple of 128 MiB.*DIMM/);
+    expect(qemuMemoryPlan(vm(), { imageNvdimm: true, maxMemoryMiB: 1152 }, false).virtioMem?.sizeMiB).to.equal(640);
+    expect(qemuMemoryPlan(vm(), { imageNvdimm: true, memoryHotplug: 'dimm' }, false).nvdimmBytes).to.equal(60 * DAX_ALIGN);
   });
 
   it('virtio-mem (the default): one virtio-mem-pci on slot 7 over a shared memfd of maxmem - memory, requested-size 0, no DIMM slots, movable onlining', () => {
@@ -124,7 +132,7 @@ describe('hypervisor/memory-plan and dax-image', () => {
     expect(fletcher64(zeroed)).to.equal(sum);
   });
 
-  it('wraps an EROFS image (data at 2 MiB, 2 MiB multiple) and refuses anything else', () => {
+  it('wraps an EROFS image (data at 2 MiB, padded to a 128 MiB multiple) and refuses anything else', () => {
     const erofs = path.join(dir, 'flat.erofs');
     const img = Buffer.alloc(5000);
     img.writeUInt32LE(0xe0f5e1e2, 1024);
@@ -132,7 +140,7 @@ describe('hypervisor/memory-plan and dax-image', () => {
     fs.writeFileSync(erofs, img);
     const out = path.join(dir, 'dax.img');
     const n = writeDaxImage(erofs, out);
-    expect(n).to.equal(2 * DAX_ALIGN);
+    expect(n).to.equal(DAX_FILE_ALIGN);
     const got = fs.readFileSync(out);
     expect(got.length).to.equal(n);
     expect(got.subarray(DAX_ALIGN, DAX_ALIGN + 5000).equals(img)).to.equal(true);
