@@ -40,7 +40,7 @@ import { type DiskDevice, type Hypervisor, type NetDevice, type VmConfig, type V
 import { QmpClient } from './qmp';
 import { VhostUserBackend } from '../vhost-user/backend';
 import { HybridVsock } from '../virtio/vsock/hybrid';
-import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, type ServedDevice } from './vhost-user-devices';
+import { VhostUserDevices, BLK_QUEUE_SIZE, FS_QUEUE_SIZE, MMIO_QUEUE_MAX, type ServedDevice } from './vhost-user-devices';
 import type { FsShare } from './hypervisor';
 import { qemuMemoryPlan, type QemuMemoryOptions } from './memory-plan';
 import { PciSlotAllocator, FIRST_DYNAMIC_SLOT, LAST_SLOT, slotAddr, pciPath, rootPortPciPath, bridgedPciPath, RootPortPool, type RootPort, type VfioPortType } from './pci-slots';
@@ -208,7 +208,7 @@ export class QemuHypervisor implements Hypervisor {
     this.cfg = cfg;
     fs.mkdirSync(cfg.dir, { recursive: true });
     // The backend listens before QEMU starts: QEMU connects at start-up.
-    this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: GUEST_CID });
+    this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: GUEST_CID, queueSize: MMIO_QUEUE_MAX });
     await this.vsock.listen();
     this.vsockBackend = new VhostUserBackend({
       socketPath: path.join(cfg.dir, 'vhost-vsock.sock'), device: this.vsock.device,
@@ -298,7 +298,7 @@ export class QemuHypervisor implements Hypervisor {
     this.vfioBridged.clear();
     this.bridgeAt = undefined;
     fs.mkdirSync(cfg.dir, { recursive: true });
-    this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid });
+    this.vsock = new HybridVsock(path.join(cfg.dir, 'vsock.sock'), { guestCid: clone.guestCid, queueSize: MMIO_QUEUE_MAX });
     await this.vsock.listen();
     const vsockSock = path.join(cfg.dir, 'vhost-vsock.sock');
     // As start(): room for the template's virtio-mem region (in the first memory table) or DIMMs hotplugged later.

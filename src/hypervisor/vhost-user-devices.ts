@@ -37,6 +37,12 @@ export const FS_QUEUE_SIZE = 1024;
  * (queue size − 2) unless indirect descriptors are used; 256 matches.
  */
 export const BLK_QUEUE_SIZE = 256;
+/**
+ * The largest ring our vhost-user devices accept: QEMU's virtio-mmio
+ * transport (microvm) reports QueueNumMax = 1024 (VIRTQUEUE_MAX_SIZE)
+ * whatever a vhost-user device's own size, and Linux sizes its rings at it.
+ */
+export const MMIO_QUEUE_MAX = 1024;
 
 export interface ServedDevice {
   /** Key: the disk id or the fs tag. */
@@ -64,7 +70,8 @@ export class VhostUserDevices {
    */
   addBlk(id: string, file: string, readonly: boolean, socket: string, backend?: BlkBackend): ServedDevice {
     // O_RDONLY for read-only images: a hostile driver's writes fail in the kernel too.
-    const device = new BlkDevice({ path: file, readonly, id, queueSize: BLK_QUEUE_SIZE, backend });
+    // Up to 1024 accepted: virtio-mmio (microvm) front-ends size the ring at QEMU's VIRTQUEUE_MAX_SIZE.
+    const device = new BlkDevice({ path: file, readonly, id, queueSize: BLK_QUEUE_SIZE, queueMaxSize: MMIO_QUEUE_MAX, backend });
     return this.serve(`blk:${id}`, 'blk', device, socket, `vub-${id}`, `dev-${id}`);
   }
 

@@ -80,7 +80,14 @@ export interface BlkDeviceOptions {
   readonly?: boolean;
   /** GET_ID answer (≤ 20 bytes, the "serial"). */
   id?: string;
+  /** The ring size the front-end is told to use (QEMU's queue-size); sets seg_max. */
   queueSize?: number;
+  /**
+   * The largest ring accepted (default: queueSize). QEMU's virtio-mmio
+   * transport (the microvm machine) reports QueueNumMax = 1024 whatever the
+   * device's queue-size, and Linux then sizes the ring at 1024.
+   */
+  queueMaxSize?: number;
 }
 
 export interface BlkMetrics { reads: number; writes: number; flushes: number; readBytes: number; writeBytes: number; errors: number; needsReset: number }
@@ -108,7 +115,7 @@ export class BlkDevice implements VirtioDevice {
     const size = opts.backend ? opts.backend.size : fileOrDeviceBytes(this.fd);
     this.capacitySectors = BigInt(Math.floor(size / SECTOR));
     const qs = opts.queueSize ?? 256;
-    this.queueMaxSizes = [qs];
+    this.queueMaxSizes = [Math.max(qs, opts.queueMaxSize ?? qs)];
     this.availableFeatures = VIRTIO_RING_FEATURES | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_BLK_SIZE | VIRTIO_BLK_F_SEG_MAX | (opts.readonly ? VIRTIO_BLK_F_RO : 0n);
     // §5.2.4 struct virtio_blk_config: capacity @0, size_max @8, seg_max @12,
     // geometry @16, blk_size @20 ...
