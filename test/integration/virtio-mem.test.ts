@@ -21,13 +21,11 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs, leftoverQemu, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs, leftoverQemu, CACHE, collectOutput } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
-import { attachProcess } from '../../src/runtime/stdio';
 import { configureLogging } from '../../src/common/log';
 import type { VmResizer } from '../../src/resource/memory/resize';
 
@@ -58,11 +56,7 @@ describe('integration: pod resizing with virtio-mem (grow, use, shrink, host mem
     const proc = defaultProcess({ args: ['sh', '-c', script] });
     if (admin) proc.capabilities = withSysAdmin(proc.capabilities);
     await sandbox!.exec(cid, execId, proc);
-    const out = new PassThrough();
-    let o = '';
-    out.on('data', (d) => (o += d));
-    const st = await attachProcess(sandbox!.agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
-    return { status: st.status, out: o };
+    return await collectOutput(sandbox!.agent, cid, execId);
   };
   const memTotalMiB = async () => Number(/MemTotal:\s+(\d+)/.exec((await sh('c0', 'cat /proc/meminfo')).out)![1]) / 1024;
   const qom = async (property: string) => await hv.memoryQmp('qom-get', { path: '/machine/peripheral/vmem0', property }) as number;
