@@ -101,9 +101,11 @@ describe('e2e: devices and direct volumes through containerd and CRI (kata-ts)',
         `echo mode=$(stat -c %a ${dev})`,
         `echo head=$(dd if=${dev} bs=4096 count=1 2>/dev/null | md5sum | cut -d' ' -f1)`,
         `printf written-by-container | dd of=${dev} bs=1M seek=1 conv=notrunc 2>/dev/null && sync && echo wrote`,
-        // The guest's own root disk (same major, minor 0): no rule names it, so the device cgroup refuses it.
-        `maj=$((0x$(stat -c %t ${dev})))`,
-        '(mknod /tmp/other b $maj 0 && dd if=/tmp/other bs=512 count=1 of=/dev/null) 2>&1 | grep -o "Operation not permitted" | head -1',
+        // Another disk of the same major (vda or vdb: with the DAX image as the
+        // guest's root there may be no root disk, and this one is then vda):
+        // no rule names it, so the device cgroup refuses it.
+        `maj=$((0x$(stat -c %t ${dev}))); min=$((0x$(stat -c %T ${dev}))); other=0; [ $min -eq 0 ] && other=16`,
+        '(mknod /tmp/other b $maj $other && dd if=/tmp/other bs=512 count=1 of=/dev/null) 2>&1 | grep -o "Operation not permitted" | head -1',
       ].join('; ');
       const r = await cd.ctr(['run', '--runtime', RUNTIME, '--rm', '--device', dev, IMAGE, 'dev1', 'sh', '-c', script], { timeoutMs: 240000 });
       expect(r.code, r.stdout + r.stderr).to.equal(0);

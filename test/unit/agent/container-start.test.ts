@@ -53,6 +53,15 @@ class ScriptedCrun extends CrunRuntime {
   }
 }
 
+/** SIGKILL to a pid read from /proc a moment ago: it may have exited since (ESRCH is no error here). */
+function killGone(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
 describe('unit: container start, signal and remove around crun', function () {
   this.timeout(20000);
   let dir: string;
@@ -72,7 +81,7 @@ describe('unit: container start, signal and remove around crun', function () {
   afterEach(() => {
     for (const c of spawned) {
       if (c.exitCode !== null || c.signalCode !== null) continue;
-      for (const k of childrenOf(c.pid!)) process.kill(k, 'SIGKILL');
+      for (const k of childrenOf(c.pid!)) killGone(k);
       c.kill('SIGKILL');
     }
     spawned.length = 0;
@@ -133,7 +142,7 @@ describe('unit: container start, signal and remove around crun', function () {
     expect(await rt.childPid(two.pid!)).to.equal(0);
     expect(await rt.childPid(kid)).to.equal(0); // sleep has no child
     expect(await rt.childPid(2 ** 22 + 1)).to.equal(0); // no such process
-    for (const p of [...childrenOf(one.pid!), ...childrenOf(two.pid!)]) process.kill(p, 'SIGKILL');
+    for (const p of [...childrenOf(one.pid!), ...childrenOf(two.pid!)]) killGone(p);
   });
 
   it('kill: by pid without a crun process when the caller knows the init; `crun kill` otherwise; ESRCH is no error', async () => {

@@ -78,7 +78,9 @@ describe('unit: a template carries the memory devices a cold boot of its configu
     tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-tplmem-'));
     image = path.join(tmp, 'rootfs.erofs');
     fs.writeFileSync(image, 'img');
-    fs.writeFileSync(path.join(tmp, DAX_IMAGE_NAME), Buffer.alloc(2 << 20));
+    // A DAX image as build.sh pads it (a 128 MiB multiple, sparse here): DIMM mode refuses anything else.
+    fs.writeFileSync(path.join(tmp, DAX_IMAGE_NAME), Buffer.alloc(0));
+    fs.truncateSync(path.join(tmp, DAX_IMAGE_NAME), 128 << 20);
     for (const f of ['vmlinux', 'qemu']) fs.writeFileSync(path.join(tmp, f), f);
   });
   after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -106,7 +108,7 @@ describe('unit: a template carries the memory devices a cold boot of its configu
       expect(after1(tpl, flag), flag).to.deep.equal(after1(cold, flag).map((v) => v.replace('kata-ts-x', 'kata-ts-template')));
       expect(after1(clone, flag), flag).to.deep.equal(after1(tpl, flag));
     }
-    expect(after1(tpl, '-m')).to.deep.equal(['256M,slots=1,maxmem=2050M']);
+    expect(after1(tpl, '-m')).to.deep.equal(['256M,slots=1,maxmem=2176M']);
     // No virtio-blk root disk beside the NVDIMM (as a cold boot with DAX).
     expect(after1(tpl, '-device').some((d) => d.startsWith('virtio-blk'))).to.equal(false);
     expect(tpl.join(' ')).to.not.contain(image + ',');
@@ -119,7 +121,7 @@ describe('unit: a template carries the memory devices a cold boot of its configu
   it('the key has the memory devices: a template without them is stale for a lean configuration and the other way round, with reasons', () => {
     const plain = factory({}, 512).inputs();
     const leanIn = factory(lean).inputs();
-    expect(leanIn.memory).to.deep.include({ m: '256M,slots=1,maxmem=2050M', balloon: true, virtioMemMiB: 1792 });
+    expect(leanIn.memory).to.deep.include({ m: '256M,slots=1,maxmem=2176M', balloon: true, virtioMemMiB: 1792 });
     expect(leanIn.memory.daxImage?.path).to.equal(fs.realpathSync(path.join(tmp, DAX_IMAGE_NAME)));
     expect(plain.memory).to.deep.equal({ m: '512M', smp: '1', daxImage: null, balloon: false, virtioMemMiB: 0 });
     const diff = keyDifferences(plain, leanIn).join('; ');
@@ -130,7 +132,7 @@ describe('unit: a template carries the memory devices a cold boot of its configu
     // The TCG cache is QEMU's own (not in the guest or the state): another size is the same template.
     expect(templateKey(factory({ ...lean, tcgTranslationCacheMiB: 64 }).inputs())).to.equal(templateKey(leanIn));
     // DIMM mode instead of virtio-mem: other -m (slots), no virtio-mem device.
-    expect(keyDifferences(leanIn, factory({ ...lean, memoryHotplug: 'dimm', memorySlots: 4 }).inputs()).join('; ')).to.match(/virtio-mem device: template 1792 MiB, now none.*-m 256M,slots=1,maxmem=2050M → 256M,slots=5,maxmem=2050M/);
+    expect(keyDifferences(leanIn, factory({ ...lean, memoryHotplug: 'dimm', memorySlots: 4 }).inputs()).join('; ')).to.match(/virtio-mem device: template 1792 MiB, now none.*-m 256M,slots=1,maxmem=2176M → 256M,slots=5,maxmem=2176M/);
     // A rewritten DAX image makes the template stale.
     const later = factory(lean).inputs();
     later.memory.daxImage!.mtimeMs += 1000;
@@ -139,7 +141,7 @@ describe('unit: a template carries the memory devices a cold boot of its configu
 
   it('kata-ctl factory status names the memory devices (none recorded for an older template)', () => {
     const leanIn = factory(lean).inputs();
-    expect(memoryText(leanIn.memory)).to.equal(`-m 256M,slots=1,maxmem=2050M; -smp 1; DAX image ${leanIn.memory.daxImage!.path}; balloon with free page reporting; virtio-mem 1792 MiB`);
+    expect(memoryText(leanIn.memory)).to.equal(`-m 256M,slots=1,maxmem=2176M; -smp 1; DAX image ${leanIn.memory.daxImage!.path}; balloon with free page reporting; virtio-mem 1792 MiB`);
     expect(memoryText(factory({}, 512).inputs().memory)).to.equal('-m 512M; -smp 1; root on virtio-blk (no DAX); no balloon; no virtio-mem');
     expect(memoryText(undefined)).to.match(/none recorded/);
   });
