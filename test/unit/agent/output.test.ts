@@ -384,15 +384,7 @@ describe('unit: agent stdout path and start helpers', function () {
     });
 
     it('a destroyed FdStream cancels its pool-thread splice, calls the write back, then closes the fd', async () => {
-      const n = native();
-      const fifos = OutputFifos.open(dir, 'cx');
-      const sock = path.join(dir, 'cx.sock');
-      fs.rmSync(sock, { force: true });
-      const lfd = n.unixListenNb(sock);
-      const a = n.unixConnect(sock);
-      let b = -1;
-      while (b < 0) { b = n.acceptNb(lfd); if (b < 0) await turn(); }
-      n.closeFd(lfd);
+      const { n, fifos, a, b } = await pipeAndSocket('cx');
       // Fill the socket, so the splice cannot start on this thread.
       const fill = Buffer.alloc(65536);
       while (n.writeFd(b, fill, 0, fill.length) > 0);
@@ -412,10 +404,11 @@ describe('unit: agent stdout path and start helpers', function () {
         // The fd was closed after the thread let go of it: it is gone now.
         expect(() => n.writeFd(b, fill, 0, 1)).to.throw(/Bad file descriptor/);
       } finally {
+        // Not close(): b is the FdStream's, closed by its destroy().
         n.copyAsync = realCopy;
         n.closeFd(a);
         fifos.closeAll();
-        fs.rmSync(sock, { force: true });
+        fs.rmSync(path.join(dir, 'cx.sock'), { force: true });
       }
     });
 
