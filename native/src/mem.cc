@@ -136,6 +136,29 @@ Napi::Value MallocTrim(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), malloc_trim(0));
 }
 
+// madvise(arrayBuffer, offset, length, advice) over a page-aligned range of a
+// WebAssembly.Memory's buffer (the guest RAM area). advice is a name, so the
+// caller cannot pass an arbitrary flag: "dontneed" (private anonymous or
+// MAP_PRIVATE file pages: the private copy is dropped), "remove" (a shared
+// memfd mapping: the pages are punched out of the file, as fallocate
+// PUNCH_HOLE), "mergeable"/"unmergeable" (KSM). The virtio-balloon device
+// (src/virtio/balloon) gives inflated and reported guest pages back with it;
+// the range check in Range() keeps every call inside the buffer.
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* addr; uint64_t len;
+  if (!Range(info, &addr, &len)) return env.Undefined();
+  std::string name = info[3].As<Napi::String>();
+  int advice;
+  if (name == "dontneed") advice = MADV_DONTNEED;
+  else if (name == "remove") advice = MADV_REMOVE;
+  else if (name == "mergeable") advice = MADV_MERGEABLE;
+  else if (name == "unmergeable") advice = MADV_UNMERGEABLE;
+  else { Napi::TypeError::New(env, "unknown madvise advice " + name).ThrowAsJavaScriptException(); return env.Undefined(); }
+  if (madvise(addr, len, advice) != 0) SyscallError(env, "madvise", errno).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitMem(Napi::Env env, Napi::Object exports) {
@@ -145,4 +168,5 @@ void InitMem(Napi::Env env, Napi::Object exports) {
   exports.Set("fstatId", Napi::Function::New(env, FstatId));
   exports.Set("residentPages", Napi::Function::New(env, ResidentPages));
   exports.Set("mallocTrim", Napi::Function::New(env, MallocTrim));
+  exports.Set("madvise", Napi::Function::New(env, Madvise));
 }

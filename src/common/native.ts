@@ -102,6 +102,13 @@ export interface NativeAddon {
   residentPages(buffer: ArrayBuffer, offset: number, length: number, out: Uint8Array): number;
   /** malloc_trim(0): free pages inside glibc's arenas go back to the kernel (1 if any did). Optional: an addon built before it existed lacks it. */
   mallocTrim?(): number;
+  /**
+   * madvise(2) over a page-aligned range of buffer (native/src/mem.cc): "dontneed",
+   * "remove" (shared memfd: punches the pages out), "mergeable"/"unmergeable"
+   * (KSM). The balloon (src/virtio/balloon/release.ts) and the builtin VMM's
+   * KSM advice use it. Optional: an addon built before it existed lacks it.
+   */
+  madvise?(buffer: ArrayBuffer, offset: number, length: number, advice: 'dontneed' | 'remove' | 'mergeable' | 'unmergeable'): void;
 
   // --- native/src/sock.cc: eventfds, fd passing, vsock, readiness ---
   // Non-blocking throughout: -1 means EAGAIN ("try again when ready").
