@@ -29,7 +29,8 @@ const v8: typeof import('node:v8') = require('node:v8');
 
 if (v8.startupSnapshot?.isBuildingSnapshot()) {
   const agent = require('./main') as typeof import('./main');
-  agent.prepare();
+  // Node serializes the heap once the event loop has drained: after the warm-up (main.ts prepare).
+  void agent.prepare().then((line) => process.stderr.write(`${line}\n`));
   v8.startupSnapshot.setDeserializeMainFunction(() => {
     const nodeStartMs = Math.round(process.uptime() * 1000);
     const path: typeof import('node:path') = require('node:path');

@@ -19,7 +19,7 @@ import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
 import { setContainerPhaseLog } from './container';
 import { agentMethods } from '../protocols/agent-api';
-import { warmUp, warmUpWanted } from './warmup';
+import { warmUp, warmUpForSnapshot, warmUpWanted } from './warmup';
 import { IdleTrimmer, withIdleTrim } from './idle-trim';
 
 /** Start-up phases measured before main() runs (boot.ts). */
@@ -34,10 +34,14 @@ export interface BootPhases {
 
 /**
  * Work done at image build time when the agent is snapshotted (boot.ts):
- * parse proto/agent.proto into the service's codecs, so the guest does not.
+ * parse proto/agent.proto into the service's codecs, so the guest does not,
+ * and run the RPC paths once (warmup.ts warmUpForSnapshot), so the snapshot
+ * holds them compiled. Resolves with the warm-up's line; Node takes the
+ * snapshot once the event loop has drained, after it.
  */
-export function prepare(): void {
+export function prepare(): Promise<string> {
   agentMethods();
+  return warmUpForSnapshot();
 }
 
 const msSince = (t: bigint) => Math.round(Number(process.hrtime.bigint() - t) / 1e6);

@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { GuestNetwork } from '../../../src/agent/network';
-import { TEMPLATE_WARMUP_PARAM, warmUp, warmUpWanted } from '../../../src/agent/warmup';
+import { TEMPLATE_WARMUP_PARAM, memoryPair, warmUp, warmUpForSnapshot, warmUpWanted } from '../../../src/agent/warmup';
 
 /** Records the calls that would touch the guest's links; answers the reads with nothing. */
 class RecordingNetwork extends GuestNetwork {
@@ -63,5 +63,32 @@ describe('unit: agent warm-up before a VM template is saved', function () {
     fs.writeFileSync(path.join(dir, 'file'), '');
     const line = await warmUp(path.join(dir, 'file', 'warm-up'), new RecordingNetwork(path.join(dir, 'r')));
     expect(line).to.match(/^kata-agent: template warm-up: 0 RPCs served, 0 through the codec only, \d+ ms; .*ENOTDIR/);
+  });
+
+  describe('at image build time, inside the agent snapshot\'s build (boot.ts -> main.ts prepare)', () => {
+    it('the in-memory pair carries bytes both ways and ends the peer on end', async () => {
+      const { agentEnd, hostEnd, stop } = await memoryPair();
+      const got: string[] = [];
+      agentEnd.on('data', (d: Buffer) => got.push(`a:${d}`));
+      hostEnd.on('data', (d: Buffer) => got.push(`h:${d}`));
+      const ended = new Promise((r) => agentEnd.once('end', r));
+      hostEnd.write('ping');
+      agentEnd.write('pong');
+      hostEnd.end();
+      await ended;
+      expect(got).to.deep.equal(['a:ping', 'h:pong']);
+      stop();
+      expect(agentEnd.destroyed && hostEnd.destroyed).to.equal(true);
+    });
+
+    it('serves the same RPCs over in-memory streams with no addon, and leaves no handle and no scratch directory (Node snapshots only a drained loop)', async () => {
+      const scratch = path.join(dir, 'snap-warm-up');
+      const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length;
+      const line = await warmUpForSnapshot(scratch);
+      expect(line).to.match(/^kata-agent: snapshot warm-up: 15 RPCs served, 7 through the codec only, \d+ ms$/);
+      expect(fs.existsSync(scratch)).to.equal(false);
+      await new Promise((r) => setImmediate(r));
+      expect((process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length).to.equal(handles);
+    });
   });
 });
