@@ -4,6 +4,7 @@
  *   start  — start or reuse the pod's shim, print its ttrpc address;
  *   delete — clean up after a dead shim, print a DeleteResponse;
  *   serve  — (internal) the long-running ttrpc server `start` spawns;
+ *   prestart — (internal) a pre-started VM cache entry, claimed by `start`;
  *   -v     — version.
  * Modules are loaded per action so `start` stays quick.
  */
@@ -27,6 +28,12 @@ export async function main(argv: string[]): Promise<void> {
       case 'serve': {
         const { serve } = await import('../shim/serve');
         await serve(flags);
+        return;
+      }
+      case 'prestart': {
+        // (internal) one entry of the pre-started VM cache (src/shim/vm-cache-serve.ts).
+        const { prestart } = await import('../shim/vm-cache-serve');
+        await prestart(flags);
         return;
       }
       case 'version': {

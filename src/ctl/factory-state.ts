@@ -13,6 +13,7 @@ import { qemuTarget, VmFactory } from '../factory/factory';
 import { TemplateError } from '../factory/qemu-template';
 import type { TemplateState } from '../factory/template-store';
 import { errorMessage } from '../common/errors';
+import { cacheStatus } from '../factory/vm-cache-fill';
 
 /** The factory for the configuration sandboxes start with. */
 export async function factoryFor(cfg: Config): Promise<VmFactory> {
@@ -29,11 +30,22 @@ export interface FactoryEnv {
   state: TemplateState | 'unavailable';
   key: string | null;
   reasons: string[];
+  /** The pre-started VM cache: configured number, ready and starting entries. */
+  vmCache: { number: number; ready: number; starting: number; dir: string };
+}
+
+function vmCacheEnv(cfg: Config): FactoryEnv['vmCache'] {
+  try {
+    const c = cacheStatus(cfg);
+    return { number: c.number, ready: c.ready.length, starting: c.starting.length, dir: c.dir };
+  } catch {
+    return { number: cfg.factory.vm_cache_number, ready: 0, starting: 0, dir: '' };
+  }
 }
 
 /** The template's state for check/env; never throws. */
 export async function factoryEnv(cfg: Config): Promise<FactoryEnv> {
-  const base = { enabled: cfg.factory.enable_template, path: cfg.factory.template_path };
+  const base = { enabled: cfg.factory.enable_template, path: cfg.factory.template_path, vmCache: vmCacheEnv(cfg) };
   try {
     const st = (await factoryFor(cfg)).status();
     return { ...base, state: st.state, key: st.manifest?.key ?? null, reasons: st.reasons };
@@ -45,5 +57,6 @@ export async function factoryEnv(cfg: Config): Promise<FactoryEnv> {
 /** One line: "valid template 1234… at /run/kata-ts/template" or what is wrong. */
 export function factoryLine(f: FactoryEnv): string {
   const what = f.state === 'valid' ? `valid template ${f.key} at ${f.path}` : `template ${f.state} at ${f.path}${f.reasons.length ? ` (${f.reasons[0]})` : ''}`;
-  return `${f.enabled ? 'enabled' : 'disabled'}; ${what}`;
+  const cache = f.vmCache.number > 0 ? `; VM cache ${f.vmCache.ready}/${f.vmCache.number} ready${f.vmCache.starting ? `, ${f.vmCache.starting} starting` : ''}` : '';
+  return `${f.enabled ? 'enabled' : 'disabled'}; ${what}${cache}`;
 }

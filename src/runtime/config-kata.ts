@@ -39,7 +39,6 @@ export const KATA_VALUES: Record<string, Record<string, Record<string, string | 
 
 const NO_VIRTIOFSD = 'kata-ts serves virtio-fs itself (src/virtio/fs over vhost-user), no virtiofsd';
 const NO_HOTPLUG = 'kata-ts does not hotplug vCPUs or memory';
-const NO_VM_CACHE = 'kata-ts has no pre-started VM cache; VM templates ([factory] enable_template) are the fast start';
 
 /** Keys Kata knows that kata-ts does not implement: key → why. */
 export const UNSUPPORTED: Record<string, Record<string, string>> = {
@@ -79,7 +78,7 @@ export const UNSUPPORTED: Record<string, Record<string, string>> = {
     create_container_timeout: 'use [agent.kata] dial_timeout', dan_conf: 'no DAN', kubelet_root_dir: 'not needed', pod_resource_api_sock: 'not needed', agent_name: 'the agent is kata-ts\'s own',
   },
   factory: {
-    vm_cache_number: NO_VM_CACHE, vm_cache_endpoint: NO_VM_CACHE, template_template: 'kata-ts keeps one template, at template_path',
+    template_template: 'kata-ts keeps one template, at template_path',
   },
   image: { service_offload: 'images are pulled by containerd', provision: 'images are pulled by containerd' },
 };
@@ -95,7 +94,6 @@ export const NO_OP_VALUES: Record<string, unknown> = {
   'hypervisor.qemu.shared_fs': 'virtio-fs',
   'hypervisor.qemu.rootfs_type': 'erofs',
   'runtime.internetworking_model': 'tcfilter',
-  'factory.vm_cache_number': 0,
 };
 
 /** Levenshtein distance, for "did you mean". */

@@ -101,6 +101,9 @@ export const SCHEMA = {
   factory: {
     enable_template: { kind: 'bool', default: false, describe: 'start sandboxes by cloning a VM template (kata-ctl factory init) instead of booting; QEMU, pc machine only; a missing or stale template means a cold boot and one warning' } as KeySpec<boolean>,
     template_path: { kind: 'string', default: '/run/kata-ts/template', describe: 'where the VM template lives (kata-ctl factory init mounts a tmpfs there)', check: (v: string) => (path.isAbsolute(v) ? undefined : 'must be an absolute path') } as KeySpec<string>,
+    // The pre-started VM cache (src/factory/vm-cache*.ts, README "VM templates (QEMU factory)").
+    vm_cache_number: { kind: 'int', default: 0, describe: 'as Kata: pre-started VMs (clones of the template, each held by a waiting shim) that the shim claims instead of cloning; kata-ctl factory init fills the cache, every claim starts a replacement; needs enable_template', check: range(0, 64) } as KeySpec<number>,
+    vm_cache_endpoint: { kind: 'string', default: '', describe: 'where cached VMs register (a directory, one unix socket per ready VM; Kata\'s key, a socket there); empty: <run_dir>/vm-cache', check: absOrEmpty } as KeySpec<string>,
   },
   image: {
     store_dir: { kind: 'string', default: '/var/lib/kata-ts/images', describe: 'converted-image store (kata-ts image convert, kata-ts run --image, kata-ctl image): EROFS metadata, chunk tables, content-addressed blobs', check: absOrEmpty } as KeySpec<string>,
@@ -238,6 +241,10 @@ export function parseConfig(text: string, file: string): Config {
   // Root ports are PCI Express (q35 only); root-port mode needs ports; bridge-port is a pci-bridge on pc; switch-port is not built.
   if (q.pcie_root_port > 0 && q.machine_type !== 'q35') {
     throw new ConfigError('bad-value', `${where('hypervisor.qemu.pcie_root_port')}: [hypervisor.qemu] pcie_root_port = ${q.pcie_root_port} needs machine_type = "q35" (the ${q.machine_type} machine has no PCI Express root complex)`);
+  }
+  // As Kata: cached VMs are clones of the template (kata-ts does not pre-start cold-booted VMs).
+  if (cfg.factory.vm_cache_number > 0 && !cfg.factory.enable_template) {
+    throw new ConfigError('bad-value', `${where('factory.vm_cache_number')}: [factory] vm_cache_number = ${cfg.factory.vm_cache_number} needs enable_template = true (cached VMs are clones of the VM template)`);
   }
   for (const key of ['hot_plug_vfio', 'cold_plug_vfio'] as const) {
     const v = q[key];

@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { KataError, errorMessage } from '../common/errors';
 import { logger } from '../common/log';
-import type { Hypervisor, VfioDevice, VmInfo } from '../hypervisor/hypervisor';
+import type { Hypervisor, VfioDevice, VmConfig, VmInfo } from '../hypervisor/hypervisor';
 import { dialAgent, waitForMarker } from '../protocols/agent-dialer';
 import type { OciProcess, OciSpec } from '../protocols/oci';
 import { AgentClient } from './agent-client';
@@ -96,6 +96,24 @@ export interface SandboxOptions {
    * pinned on the guest kernel command line.
    */
   policy?: HostPolicy;
+  /**
+   * A VM already running for this sandbox: a clone of the VM template that a
+   * pre-started VM cache entry (src/factory/vm-cache-vm.ts) started, with its
+   * agent dialled and answering Check. start() then only attaches the boot
+   * devices (attach), makes the clone unique and creates the sandbox.
+   */
+  prestarted?: PrestartedVm;
+}
+
+/** A pre-started clone handed to Sandbox.start (SandboxOptions.prestarted). */
+export interface PrestartedVm {
+  info: VmInfo;
+  wire: ReturnType<typeof dialAgent>;
+  agent: AgentClient;
+  cloneMs: number;
+  copyMs: number;
+  /** Hotplugs `vm`'s shares, disks and nets (what a clone's startClone would have). */
+  attach(vm: VmConfig): Promise<void>;
 }
 
 /** How a container's rootfs directory reaches the guest. */
@@ -257,7 +275,10 @@ export class Sandbox {
         kernelParams: sandboxKernelParams(cfg, policy), disks, shares, nets: this.network?.tapFds(), vfio: this.opts.bootVfio, debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
       };
       // [factory] enable_template: a clone of the VM template, else (one warning) a cold boot.
-      const clone = this.opts.bootVfio?.length ? undefined : await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log);
+      // A pre-started VM (the VM cache) is such a clone, already running: it gets the boot devices now.
+      const pre = this.opts.prestarted;
+      if (pre) await pre.attach(vmCfg);
+      const clone = pre ?? (this.opts.bootVfio?.length ? undefined : await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log));
       this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
       // The boot devices, held by the containers they serve (else by the sandbox).
       const holders: Record<string, string> = {};
@@ -279,10 +300,10 @@ export class Sandbox {
       }
       // Host-side phases for the 'sandbox ready' line (README performance, cold path).
       const tMarker = Date.now();
-      const wire = dialAgent(this.vm.agentSocket);
-      this.agentClient = new AgentClient(wire);
-      await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
-      if (clone) guestTimings = JSON.stringify({ template: true, cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
+      const wire = pre?.wire ?? dialAgent(this.vm.agentSocket);
+      this.agentClient = pre?.agent ?? new AgentClient(wire);
+      if (!pre) await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
+      if (clone) guestTimings = JSON.stringify({ template: true, ...(pre ? { prestarted: true } : {}), cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
       const tCheck = Date.now();
       // A clone's reseed and clock go out with CreateSandbox (ttrpc multiplexes
       // them; none depends on another): one round trip to the guest less. Not

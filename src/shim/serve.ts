@@ -17,7 +17,7 @@ import { ContainerdPublisher } from './events';
 import type { ShimFlags } from './flags';
 import { bundleAnnotations, groupId } from './grouping';
 import { registerTaskService } from './registration';
-import { TaskService } from './service';
+import { TaskService, type PrestartedSandboxVm } from './service';
 
 /** containerd created <bundle>/log as a fifo and reads it; open our end without blocking. */
 function openLogFifo(bundle: string): Writable {
@@ -33,7 +33,8 @@ function openLogFifo(bundle: string): Writable {
   }
 }
 
-export async function serve(flags: ShimFlags): Promise<void> {
+/** `extra.prestarted`: a claimed pre-started VM (src/shim/vm-cache-serve.ts) for the first sandbox. */
+export async function serve(flags: ShimFlags, extra: { prestarted?: PrestartedSandboxVm } = {}): Promise<void> {
   const bundle = flags.bundle || process.cwd();
   // KATA_TS_LOG_LEVEL sets the shim's own log level only: containerd's
   // -debug also turns on the guest's debug (kernel command line), so a VM
@@ -63,7 +64,7 @@ export async function serve(flags: ShimFlags): Promise<void> {
   };
   const svc: TaskService = new TaskService({
     config, sandboxId: groupId(flags.id, bundleAnnotations(bundle)), publisher, onShutdown: () => void exit('shutdown'),
-    containerd: { address: flags.address, namespace: flags.namespace },
+    containerd: { address: flags.address, namespace: flags.namespace }, prestarted: extra.prestarted,
   });
   registerTaskService(server, svc);
   await server.listen(flags.socket);

@@ -20,7 +20,7 @@ import type { Config } from '../runtime/config';
 import { createSandboxHypervisor, sandboxBootVfio, type Hypervisor } from '../runtime/hypervisor-choice';
 import { imageForContainer } from '../runtime/image-rootfs';
 import { annotatedConfig } from '../runtime/config-kata';
-import { Sandbox, type RootfsShare } from '../runtime/sandbox';
+import { Sandbox, sandboxKernelParams, type PrestartedVm, type RootfsShare } from '../runtime/sandbox';
 import { networkNamespacePath, readBundle } from '../runtime/spec';
 import { isBindMount, planVolumes } from '../runtime/volumes';
 import { attachProcess } from '../runtime/stdio';
@@ -30,7 +30,7 @@ import type { Publisher } from './events';
 import { ShimProcess } from './process';
 import { mountRootfs, unmountRootfs } from './rootfs';
 import { openHostIo } from './stdio';
-import { policyFromAnnotations } from '../runtime/policy';
+import { policyFromAnnotations, policyFromFile, type HostPolicy } from '../runtime/policy';
 import type * as t from './types';
 
 export const SHIM_VERSION = 'kata-ts 0.1.0';
@@ -57,6 +57,20 @@ export interface TaskServiceOptions {
   hypervisor?: (cfg: Config) => Promise<Hypervisor>;
   /** containerd's socket and this shim's namespace: where converted images come from (image-rootfs.ts). */
   containerd?: { address: string; namespace: string };
+  /** A claimed pre-started VM (the VM cache) for the pod's sandbox, if its configuration matches. */
+  prestarted?: PrestartedSandboxVm;
+}
+
+/** A pre-started VM (src/shim/vm-cache-serve.ts) as the shim receives it. */
+export interface PrestartedSandboxVm {
+  vm: PrestartedVm;
+  hypervisor: Hypervisor;
+  /** The sandbox kernel parameters it was started with. */
+  kernelParams: string;
+  /** The configuration it was started with. */
+  config: Config;
+  /** Stops it (not usable for this pod). */
+  discard(): Promise<void>;
 }
 
 export class TaskService {
@@ -143,8 +157,9 @@ export class TaskService {
           for (const w of pod.warnings) this.log.warn(w);
           // [hypervisor.qemu] cold_plug_vfio: this container's /dev/vfio groups go on the VM's command line (checked before a VM boots).
           const bootVfio = sandboxBootVfio(pod.config, spec);
-          const hv = await (this.opts.hypervisor ?? (async (c: Config) => (await createSandboxHypervisor(c)).hv))(pod.config);
-          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: this.volumesAtBoot(pod.config, hv, spec.mounts), bootVfio, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare, image }] });
+          const pre = await this.takePrestarted(pod.config, policy, bootVfio);
+          const hv = pre?.hypervisor ?? await (this.opts.hypervisor ?? (async (c: Config) => (await createSandboxHypervisor(c)).hv))(pod.config);
+          const sb = new Sandbox({ id: this.opts.sandboxId, config: pod.config, hypervisor: hv, hostname: spec.hostname, policy, netns: networkNamespacePath(spec), volumes: this.volumesAtBoot(pod.config, hv, spec.mounts), bootVfio, bootContainers: [{ id: r.id, rootfs, rootfsShare: this.rootfsShare, image }], prestarted: pre?.vm });
           this.writeMarker(r.bundle, sb.dir);
           await sb.start();
           this.sandbox = sb;
@@ -182,6 +197,26 @@ export class TaskService {
   private volumesAtBoot(cfg: Config, hv: Hypervisor, mounts: OciSpec['mounts']): boolean {
     const clonable = cfg.factory.enable_template && hv.name === 'qemu' && cfg['hypervisor.qemu'].machine_type === 'pc';
     return !clonable || !!mounts?.some(isBindMount);
+  }
+
+  /**
+   * The claimed pre-started VM, once, if it was started for what this pod
+   * runs with (the configuration after the pod's annotations, the agent
+   * policy's kernel parameter, no cold-plugged VFIO); otherwise it is
+   * stopped with one info line and the sandbox starts as usual.
+   */
+  private async takePrestarted(cfg: Config, policy: HostPolicy | undefined, bootVfio: unknown[] | undefined): Promise<PrestartedSandboxVm | undefined> {
+    const p = this.opts.prestarted;
+    if (!p) return undefined;
+    this.opts.prestarted = undefined;
+    const file = cfg['agent.kata'].policy_file;
+    const why = bootVfio?.length ? 'the pod cold-plugs VFIO devices'
+      : JSON.stringify(cfg) !== JSON.stringify(p.config) ? 'the pod\'s annotations change the hypervisor configuration'
+        : sandboxKernelParams(cfg, policy ?? (file ? policyFromFile(file) : undefined)) !== p.kernelParams ? 'the pod\'s agent policy differs from the configured one' : undefined;
+    if (!why) return p;
+    this.log.info(`the pre-started VM does not fit this pod (${why}): stopped; the sandbox starts as usual`);
+    await p.discard();
+    return undefined;
   }
 
   private writeMarker(bundle: string, sandboxDir: string): void {

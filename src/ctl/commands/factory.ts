@@ -13,6 +13,9 @@ import { factoryFor } from '../factory-state';
 import type { TemplateStatus } from '../../factory/template-store';
 import type { TemplateMemory } from '../../factory/template-key';
 import { formatMiB } from '../../common/units';
+import { cacheStatus, fillCache, stopCache, waitCacheSettled, type CacheStatus } from '../../factory/vm-cache-fill';
+import { cacheDir, configIdentity } from '../../factory/vm-cache-store';
+import type { Config } from '../../runtime/config';
 
 interface FactoryArgs extends GlobalArgs {
   action: string;
@@ -60,6 +63,29 @@ export function statusText(st: TemplateStatus, enabled: boolean): string {
   return lines.join('\n') + '\n';
 }
 
+/** Human lines of the pre-started VM cache ([factory] vm_cache_number). */
+export function cacheText(c: CacheStatus): string {
+  if (c.number === 0 && !c.ready.length && !c.starting.length) return 'VM cache:   none ([factory] vm_cache_number = 0)\n';
+  return [
+    `VM cache:   ${c.ready.length}/${c.number} ready${c.starting.length ? `, ${c.starting.length} starting` : ''} in ${c.dir}`,
+    ...c.ready.map((r) => `            slot ${r.slot}: shim pid ${r.pid}, QEMU pid ${r.qemuPid}, ready since ${r.readyAt}`),
+    ...c.starting.map((r) => `            slot ${r.slot}: starting (pid ${r.pid})`),
+  ].join('\n') + '\n';
+}
+
+/** How long `factory init` waits for the cache to fill. */
+const FILL_TIMEOUT_MS = 300000;
+
+/** Fills the cache after `init` and waits for it; progress on stderr. */
+async function fillAfterInit(cfg: Config): Promise<CacheStatus> {
+  const spawned = fillCache(cfg, { configPath: configIdentity(cfg).path, debug: false, nice: 0 });
+  if (spawned.length) process.stderr.write(`factory: starting ${spawned.length} pre-started VM(s) for the VM cache (slots ${spawned.join(', ')})\n`);
+  await waitCacheSettled(cfg, FILL_TIMEOUT_MS, spawned);
+  const c = cacheStatus(cfg);
+  if (c.ready.length < c.number) process.stderr.write(`factory: warning: only ${c.ready.length} of ${c.number} cached VMs are ready (see ${c.dir}/slot-N.log)\n`);
+  return c;
+}
+
 export const factoryCommand: CtlCommand<FactoryArgs> = {
   command: 'factory <action>',
   describe: 'VM template for fast sandbox start: init (make or remake), status, destroy',
@@ -72,19 +98,26 @@ export const factoryCommand: CtlCommand<FactoryArgs> = {
     const factory = await factoryFor(cfg);
     switch (argv.action) {
       case 'init': {
+        // Cached VMs are clones of the template being replaced: they go first.
+        const stopped = await stopCache(cacheDir(cfg));
+        if (stopped.length) process.stderr.write(`factory: stopped ${stopped.length} cached VM(s) of the previous template\n`);
         const st = await factory.init((line) => process.stderr.write(`factory: ${line}\n`));
-        if (argv.json) printJson({ ...st, enabled: cfg.factory.enable_template });
-        else process.stdout.write(statusText(st, cfg.factory.enable_template));
+        const cache = st.state === 'valid' && cfg.factory.vm_cache_number > 0 ? await fillAfterInit(cfg) : cacheStatus(cfg);
+        if (argv.json) printJson({ ...st, enabled: cfg.factory.enable_template, vmCache: cache });
+        else process.stdout.write(statusText(st, cfg.factory.enable_template) + cacheText(cache));
         return st.state === 'valid' ? 0 : 1;
       }
       case 'status': {
         const st = factory.status();
-        if (argv.json) printJson({ ...st, enabled: cfg.factory.enable_template });
-        else process.stdout.write(statusText(st, cfg.factory.enable_template));
+        const cache = cacheStatus(cfg);
+        if (argv.json) printJson({ ...st, enabled: cfg.factory.enable_template, vmCache: cache });
+        else process.stdout.write(statusText(st, cfg.factory.enable_template) + cacheText(cache));
         return st.state === 'valid' ? 0 : 1;
       }
       default: {
-        const removed = factory.destroy();
+        // Cached VMs first: they are clones of the template.
+        const stopped = await stopCache(cacheDir(cfg));
+        const removed = [...stopped.map((p) => `cached VM (shim pid ${p})`), ...factory.destroy()];
         if (argv.json) printJson({ schemaVersion: 1, path: factory.dir, removed });
         else process.stdout.write(removed.length ? removed.map((r) => `removed ${r}\n`).join('') : `no template at ${factory.dir}\n`);
         return 0;

@@ -21,15 +21,18 @@ describe('unit: [factory] configuration and the template command line', () => {
 
   it('reads enable_template and template_path; a relative path is one error naming the line', () => {
     const c = parseConfig('[factory]\nenable_template = true\ntemplate_path = "/tmp/t"\n', 'f.toml');
-    expect(c.factory).to.deep.equal({ enable_template: true, template_path: '/tmp/t' });
+    expect(c.factory).to.deep.equal({ enable_template: true, template_path: '/tmp/t', vm_cache_number: 0, vm_cache_endpoint: '' });
     expect(() => parseConfig('[factory]\ntemplate_path = "rel"\n', 'f.toml')).to.throw(ConfigError, /f\.toml:2: factory\.template_path must be an absolute path/);
   });
 
-  it('vm_cache_number is accepted: 0 silently, more with one warning (no VM cache)', () => {
+  it('vm_cache_number and vm_cache_endpoint (the pre-started VM cache): read without a warning; a bad value or no template is one error naming the key', () => {
+    const c = parseConfig('[factory]\nenable_template = true\nvm_cache_number = 3\nvm_cache_endpoint = "/run/c"\n', 'f.toml');
+    expect([c.factory.vm_cache_number, c.factory.vm_cache_endpoint, c.warnings]).to.deep.equal([3, '/run/c', []]);
     expect(parseConfig('[factory]\nvm_cache_number = 0\n', 'f.toml').warnings).to.deep.equal([]);
-    const w = parseConfig('[factory]\nvm_cache_number = 3\n', 'f.toml').warnings;
-    expect(w).to.have.length(1);
-    expect(w[0]).to.match(/vm_cache_number is not supported.*pre-started VM cache/);
+    expect(() => parseConfig('[factory]\nenable_template = true\nvm_cache_number = -1\n', 'f.toml')).to.throw(ConfigError, /^f\.toml:3: factory\.vm_cache_number must be between 0 and 64/);
+    expect(() => parseConfig('[factory]\nenable_template = true\nvm_cache_number = "2"\n', 'f.toml')).to.throw(ConfigError, /^f\.toml:3: factory\.vm_cache_number must be/);
+    expect(() => parseConfig('[factory]\nvm_cache_endpoint = "rel"\n', 'f.toml')).to.throw(ConfigError, /^f\.toml:2: factory\.vm_cache_endpoint must be an absolute path/);
+    expect(() => parseConfig('[factory]\nvm_cache_number = 2\n', 'f.toml')).to.throw(ConfigError, /^f\.toml:2: \[factory\] vm_cache_number = 2 needs enable_template = true/);
   });
 
   it('template and clone share one device set of QEMU-migratable devices; the clone waits for its state', () => {

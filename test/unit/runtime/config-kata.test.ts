@@ -78,9 +78,9 @@ describe('unit: Kata configuration keys', () => {
     expect(() => parseConfig('[runtime]\nvirtio_fs_cache = "auto"\n', 'f')).to.throw(ConfigError, /^f:2: unknown key "virtio_fs_cache" in \[runtime\]/);
     expect(() => parseConfig('[factory]\nenable_templat = true\n', 'f')).to.throw(ConfigError, /did you mean "enable_template"/);
     expect(() => parseConfig('[agent.kat]\n', 'f')).to.throw(ConfigError, /^f:1: unknown section "agent.kat"; did you mean \[agent.kata\]/);
-    const c = parseConfig('[factory]\nvm_cache_number = 2\n\n[hypervisor.clh]\npath = "/x"\n', 'f');
+    const c = parseConfig('[factory]\ntemplate_template = true\n\n[hypervisor.clh]\npath = "/x"\n', 'f');
     expect(c.warnings).to.deep.equal([
-      'f:2: [factory] vm_cache_number is not supported by kata-ts (kata-ts has no pre-started VM cache; VM templates ([factory] enable_template) are the fast start); ignored',
+      'f:2: [factory] template_template is not supported by kata-ts (kata-ts keeps one template, at template_path); ignored',
       'f:4: [hypervisor.clh] is not supported by kata-ts (Cloud Hypervisor is not implemented); section ignored',
     ]);
   });
