@@ -1,0 +1,180 @@
+/**
+ * The pre-started VM cache through containerd (issue 16; src/factory/vm-cache-*.ts):
+ * `kata-ctl factory init` with `[factory] vm_cache_number = 1` leaves one
+ * pre-started shim holding a running clone; `ctr run --rm` claims it (the
+ * claim's log line names the QEMU pid that was running before `ctr run`,
+ * and the shim's 'sandbox ready' line says prestarted), the exit status is
+ * the container's, the cache refills to 1 with another VM; a cached VM of a
+ * rebuilt template is stale at claim time: it exits and the pod starts as a
+ * clone with one line saying why; `factory destroy` leaves no QEMU, shim or
+ * socket. A private containerd (test/helpers/containerd.ts) with the kernel
+ * and image pinned as copies.
+ */
+import { expect } from 'chai';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
+import { REPO, testConfig } from '../helpers/guest';
+import { runCommand } from '../helpers/spawn';
+import { skipOrFail } from '../helpers/skip';
+import { until } from '../helpers/until';
+import { guestAssets } from '../../src/runtime/config';
+import { pidAlive } from '../../src/factory/vm-cache-store';
+
+function cacheConfig(dir: string): string {
+  const assets = guestAssets(testConfig(dir), 'qemu');
+  const kernel = path.join(dir, 'vmlinux');
+  const image = path.join(dir, 'rootfs.erofs');
+  fs.copyFileSync(assets.kernel, kernel);
+  fs.copyFileSync(assets.image, image);
+  // The DAX image beside the image, as the default configuration uses it.
+  const dax = path.join(path.dirname(assets.image), 'rootfs-dax.erofs');
+  if (fs.existsSync(dax)) fs.copyFileSync(dax, path.join(dir, 'rootfs-dax.erofs'));
+  return `[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\nvm_cache_number = 1\n`;
+}
+
+async function kataCtl(cfgFile: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return runCommand(process.execPath, [path.join(REPO, 'bin', 'kata-ctl'), '--config', cfgFile, ...args], { timeoutMs: 300000 });
+}
+
+interface CacheJson { number: number; dir: string; ready: { slot: number; pid: number; qemuPid: number }[]; starting: { slot: number; pid: number }[] }
+
+async function cacheStatus(cfgFile: string): Promise<CacheJson> {
+  const r = await kataCtl(cfgFile, ['factory', 'status', '--json']);
+  return (JSON.parse(r.stdout) as { vmCache: CacheJson }).vmCache;
+}
+
+/** containerd log lines (JSON part) whose msg matches. */
+function logLines(log: string, msg: RegExp): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = [];
+  for (const l of log.split('\n')) {
+    const i = l.indexOf('{');
+    if (i < 0) continue;
+    try {
+      const j = JSON.parse(l.slice(i)) as Record<string, unknown>;
+      if (typeof j.msg === 'string' && msg.test(j.msg)) out.push(j);
+    } catch { /* containerd's own line */ }
+  }
+  return out;
+}
+
+describe('integration: pre-started VM cache through ctr ([factory] vm_cache_number)', function () {
+  this.timeout(600000);
+  let cd: TestContainerd | undefined;
+  let cfgFile = '';
+  const seenPids: number[] = [];
+
+  before(async function () {
+    if (process.getuid?.() !== 0) skipOrFail(this, 'VM templates mount a tmpfs: run as root');
+    cd = await startTestContainerd(this, (c) => cacheConfig(c.dir));
+    cfgFile = path.join(cd.dir, 'kata-ts.toml');
+  });
+
+  after(async () => {
+    if (!cd) return;
+    try {
+      await kataCtl(cfgFile, ['factory', 'destroy']);
+    } finally {
+      // Whatever a failure left: our cached shims by pid (the helper only knows containerd's).
+      for (const pid of seenPids) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+      await stopTestContainerd(cd);
+    }
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').slice(-25).join('\n')}\n`);
+  });
+
+  it('factory init fills the cache: one pre-started shim with a running QEMU', async () => {
+    const init = await kataCtl(cfgFile, ['factory', 'init', '--json']);
+    expect(init.code, init.stderr).to.equal(0);
+    const st = JSON.parse(init.stdout) as { state: string; vmCache: CacheJson };
+    expect(st.state).to.equal('valid');
+    expect(st.vmCache.number).to.equal(1);
+    expect(st.vmCache.ready, init.stderr).to.have.length(1);
+    const e = st.vmCache.ready[0]!;
+    seenPids.push(e.pid);
+    expect(pidAlive(e.pid) && pidAlive(e.qemuPid)).to.equal(true);
+    expect(cd!.qemuPids()).to.deep.equal([e.qemuPid]);
+    expect(fs.existsSync(path.join(st.vmCache.dir, 'slot-0.sock'))).to.equal(true);
+    const text = await kataCtl(cfgFile, ['factory', 'status']);
+    expect(text.stdout).to.match(/VM cache: {3}1\/1 ready/);
+    const env = await kataCtl(cfgFile, ['env']);
+    expect(env.stdout).to.match(/VM cache 1\/1 ready/);
+  });
+
+  it('ctr run --rm claims the cached VM: exact exit status, output, and the cache refills with another VM', async () => {
+    const before = await cacheStatus(cfgFile);
+    expect(before.ready).to.have.length(1);
+    const cached = before.ready[0]!;
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, 'vc1', 'sh', '-c', 'echo from-the-cache; exit 7']);
+    expect([r.code, r.stdout, r.stderr]).to.deep.equal([7, 'from-the-cache\n', '']);
+    // The VM that ran it was started before `ctr run`: start's claim line names its QEMU.
+    const claims = logLines(cd!.log, /^claimed a pre-started VM/).filter((l) => l.id === 'vc1');
+    expect(claims, 'one claim line for vc1').to.have.length(1);
+    expect(claims[0]!.qemuPid).to.equal(cached.qemuPid);
+    expect(claims[0]!.shimPid).to.equal(cached.pid);
+    const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === 'vc1');
+    expect(ready.map((l) => (l.guest as { prestarted?: boolean }).prestarted)).to.deep.equal([true]);
+    expect(logLines(cd!.log, /cold boot|VM cache:/).filter((l) => l.id === 'vc1')).to.deep.equal([]);
+    // The claimed shim and its VM are gone with the container.
+    await until('claimed shim gone', async () => (!pidAlive(cached.pid) && !pidAlive(cached.qemuPid) ? true : undefined), 30000);
+    // Refilled: one ready entry again, a new process and VM.
+    const after = await until('cache refilled', async () => {
+      const c = await cacheStatus(cfgFile);
+      return c.ready.length === 1 ? c : undefined;
+    }, 120000);
+    seenPids.push(after.ready[0]!.pid);
+    expect(after.ready[0]!.pid).to.not.equal(cached.pid);
+    expect(after.starting).to.deep.equal([]);
+    expect(cd!.qemuPids()).to.deep.equal([after.ready[0]!.qemuPid]);
+  });
+
+  it('a cached VM of a rebuilt template is stale at claim time: it exits, the pod starts as a clone with one line', async () => {
+    const before = await cacheStatus(cfgFile);
+    expect(before.ready).to.have.length(1);
+    const stale = before.ready[0]!;
+    // A rebuild as the cached VM sees it: the manifest's creation time changed (the key, and so the template's validity, did not).
+    const manifest = path.join(cd!.dir, 'tpl', 'manifest.json');
+    const m = JSON.parse(fs.readFileSync(manifest, 'utf8')) as { createdAt: string };
+    m.createdAt = new Date().toISOString();
+    fs.writeFileSync(manifest, JSON.stringify(m));
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, 'vc2', 'echo', 'after-rebuild']);
+    expect([r.code, r.stdout, r.stderr]).to.deep.equal([0, 'after-rebuild\n', '']);
+    const lines = logLines(cd!.log, /^VM cache: /).filter((l) => l.id === 'vc2');
+    expect(lines, 'one fallback line').to.have.length(1);
+    expect(lines[0]!.msg).to.match(/the VM template was rebuilt or removed since this VM was cached; starting a shim$/);
+    const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === 'vc2');
+    expect(ready.map((l) => [(l.guest as { template?: boolean }).template, (l.guest as { prestarted?: boolean }).prestarted])).to.deep.equal([[true, undefined]]);
+    await until('stale cached shim gone', async () => (!pidAlive(stale.pid) && !pidAlive(stale.qemuPid) ? true : undefined), 30000);
+    // The claim refilled the slot it freed, from the template as it is now.
+    const after = await until('cache refilled', async () => {
+      const c = await cacheStatus(cfgFile);
+      return c.ready.length === 1 ? c : undefined;
+    }, 120000);
+    seenPids.push(after.ready[0]!.pid);
+    expect(after.ready[0]!.pid).to.not.equal(stale.pid);
+  });
+
+  it('factory destroy stops the cache: no QEMU, no cached shim, no socket or directory left', async () => {
+    const c = await cacheStatus(cfgFile);
+    const d = await kataCtl(cfgFile, ['factory', 'destroy', '--json']);
+    expect(d.code, d.stderr).to.equal(0);
+    expect((JSON.parse(d.stdout) as { removed: string[] }).removed).to.include(`cached VM (shim pid ${c.ready[0]!.pid})`);
+    expect(c.ready.every((e) => !pidAlive(e.pid) && !pidAlive(e.qemuPid))).to.equal(true);
+    expect(cd!.qemuPids()).to.deep.equal([]);
+    expect(fs.existsSync(c.dir), `${c.dir} left`).to.equal(false);
+    const after = await cacheStatus(cfgFile);
+    expect([after.ready, after.starting]).to.deep.equal([[], []]);
+  });
+
+  it('with the template gone, ctr run falls back with one line and the cache is not refilled', async () => {
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, 'vc3', 'echo', 'cold']);
+    expect([r.code, r.stdout]).to.deep.equal([0, 'cold\n']);
+    const lines = logLines(cd!.log, /^VM cache: /).filter((l) => l.id === 'vc3');
+    expect(lines.map((l) => l.msg)).to.deep.equal([`VM cache: no cached VM ready in ${path.join(cd!.runDir, 'vm-cache')}; starting a shim`]);
+    expect((await cacheStatus(cfgFile)).starting).to.deep.equal([]);
+    await until('shim gone', async () => (cd!.shimPids().length === 0 ? true : undefined), 15000);
+    expect(cd!.qemuPids()).to.deep.equal([]);
+  });
+});
