@@ -16,6 +16,7 @@ import { StorageSet, type Mounter, type StorageRegistry } from './storage';
 import { native } from '../common/native';
 import { KataError } from '../common/errors';
 import { executableExists } from './executable';
+import { childStdio, closePassed, type PassedStdio } from './passfd';
 
 export type ContainerState = 'created' | 'running' | 'stopped';
 
@@ -146,21 +147,27 @@ export class Container {
     ph.report('container created', this.id);
   }
 
-  async start(): Promise<GuestProcess> {
-    if (this.state !== 'created') throw new AgentError('failed-precondition', `container ${this.id} is ${this.state}, not created`);
+  /** `passed`: stdio sockets of passfd IO (passfd.ts), given to crun and closed here either way. */
+  async start(passed?: PassedStdio): Promise<GuestProcess> {
+    if (this.state !== 'created') { closePassed(passed); throw new AgentError('failed-precondition', `container ${this.id} is ${this.state}, not created`); }
     const ph = new Phases();
     this.checkExecutable(this.spec.process!);
     const terminal = !!this.spec.process?.terminal;
     const proc = new GuestProcess(this.id, '', terminal);
-    const sock = terminal ? await this.consoleSocket('') : undefined;
-    const listenFd = sock ? native().unixListen(sock) : undefined;
-    const outputs = sock ? undefined : OutputFifos.open(this.dir, 'init');
+    let sock: string | undefined;
+    let listenFd: number | undefined;
+    let outputs: OutputFifos | undefined;
     let child;
     try {
-      child = this.runtime.run(this.id, this.bundleDir, { consoleSocket: sock, stdio: outputs?.stdio() });
+      sock = terminal ? await this.consoleSocket('') : undefined;
+      listenFd = sock ? native().unixListen(sock) : undefined;
+      outputs = sock ? undefined : OutputFifos.open(this.dir, 'init');
+      child = this.runtime.run(this.id, this.bundleDir, { consoleSocket: sock, stdio: outputs && childStdio(outputs.stdio(), passed) });
     } catch (err) {
       outputs?.closeAll();
       throw err;
+    } finally {
+      closePassed(passed); // crun has its copies (or never will)
     }
     this.init = proc;
     this.processes.set('', proc);
@@ -235,7 +242,16 @@ export class Container {
     return this.recordedP;
   }
 
-  async exec(execId: string, processJson: string): Promise<GuestProcess> {
+  /** `passed`: stdio sockets of passfd IO (passfd.ts), given to crun and closed here either way. */
+  async exec(execId: string, processJson: string, passed?: PassedStdio): Promise<GuestProcess> {
+    try {
+      return await this.execWith(execId, processJson, passed);
+    } finally {
+      closePassed(passed);
+    }
+  }
+
+  private async execWith(execId: string, processJson: string, passed: PassedStdio | undefined): Promise<GuestProcess> {
     if (this.state !== 'running') throw new AgentError('failed-precondition', `container ${this.id} is not running`);
     if (this.processes.has(execId)) throw new AgentError('already-exists', `exec ${execId} already exists in ${this.id}`);
     await this.recorded;
@@ -254,15 +270,18 @@ export class Container {
     await fs.writeFile(file, JSON.stringify(p));
     const pidFile = path.join(this.dir, `exec-${execId}.pid`);
     const terminal = !!p.terminal;
+    if (terminal && passed && Object.keys(passed).length) throw new AgentError('invalid', 'passfd stdio ports are not for a terminal process (its pty carries the stdio)');
     const sock = terminal ? await this.consoleSocket(execId) : undefined;
     const listenFd = sock ? native().unixListen(sock) : undefined;
     const outputs = sock ? undefined : OutputFifos.open(this.dir, `exec-${execId}`);
     let child;
     try {
-      child = this.runtime.exec(this.id, file, { consoleSocket: sock, pidFile, stdio: outputs?.stdio() });
+      child = this.runtime.exec(this.id, file, { consoleSocket: sock, pidFile, stdio: outputs && childStdio(outputs.stdio(), passed) });
     } catch (err) {
       outputs?.closeAll();
       throw err;
+    } finally {
+      closePassed(passed); // crun has its copies (or never will)
     }
     const proc = new GuestProcess(this.id, execId, terminal);
     this.processes.set(execId, proc);

@@ -21,6 +21,7 @@ import type * as api from '../protocols/agent-api';
 import { native } from '../common/native';
 import { AgentError } from './container';
 import { GuestProcess, OutputFifos, consoleSocketPath } from './process';
+import { childStdio, closePassed, type PassedStdio } from './passfd';
 
 export interface DebugConsoleOptions {
   /** Whether the guest allows it (kernel command line `agent.debug_console`). */
@@ -58,7 +59,16 @@ export class DebugConsoles {
     return this.opts.enabled;
   }
 
-  async start(req: api.DebugConsoleRequest): Promise<{ execId: string; proc: GuestProcess }> {
+  /** `passed`: stdio sockets of passfd IO (passfd.ts; the vsock bench uses them), closed here either way. */
+  async start(req: api.DebugConsoleRequest, passed?: PassedStdio): Promise<{ execId: string; proc: GuestProcess }> {
+    try {
+      return await this.startWith(req, passed);
+    } finally {
+      closePassed(passed);
+    }
+  }
+
+  private async startWith(req: api.DebugConsoleRequest, passed: PassedStdio | undefined): Promise<{ execId: string; proc: GuestProcess }> {
     if (!this.opts.enabled) {
       throw new AgentError('failed-precondition', `the debug console is disabled in this guest (boot it with ${DEBUG_CONSOLE_CMDLINE_FLAG}: set [agent.kata] debug_console_enabled = true)`);
     }
@@ -84,7 +94,8 @@ export class DebugConsoles {
     } else {
       fs.mkdirSync(this.opts.dir, { recursive: true, mode: 0o700 });
       const outputs = OutputFifos.open(this.opts.dir, execId); // stdout read as a container's is (process.ts)
-      const child = spawn(args[0]!, args.slice(1), { stdio: outputs.stdio(), cwd: '/', env });
+      const child = spawn(args[0]!, args.slice(1), { stdio: childStdio(outputs.stdio(), passed), cwd: '/', env });
+      closePassed(passed); // the child has its copies
       proc.pid = child.pid ?? 0;
       const spawned = new Promise<Error | undefined>((r) => {
         child.once('spawn', () => r(undefined));

@@ -14,7 +14,8 @@ import { AgentSandbox } from './sandbox';
 import { agentHandlers, agentRpcServer } from './service';
 import { PolicyGate } from './policy';
 import { CrunRuntime } from './oci-runtime';
-import { serveOnVsock } from './vsock-transport';
+import { AGENT_VSOCK_BUFFER, serveOnVsock } from './vsock-transport';
+import { PassfdStreams, passfdPortFromCmdline } from './passfd';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
 import { setContainerPhaseLog } from './container';
@@ -65,7 +66,19 @@ async function run(phases: BootPhases): Promise<void> {
   }
   const logSetupMs = msSince(t0);
   const t1 = process.hrtime.bigint();
-  const sandbox = new AgentSandbox({ runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
+  // Passfd IO (passfd.ts): listening before the ready marker, so a VM template's clones have it too.
+  const passfdPort = passfdPortFromCmdline(cmdline);
+  let passfd: PassfdStreams | undefined;
+  if (passfdPort) {
+    passfd = new PassfdStreams();
+    try {
+      passfd.listenVsock(passfdPort, AGENT_VSOCK_BUFFER);
+    } catch (err) {
+      process.stderr.write(`kata-agent: passfd: cannot listen on vsock port ${passfdPort}: ${(err as Error).message}; stdio ports will be refused\n`);
+      passfd = undefined;
+    }
+  }
+  const sandbox = new AgentSandbox({ passfd, runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });
   // The policy's hash may be pinned on the command line (policy.ts): fixed for this VM's life.
   // Freed memory back to the guest kernel (and by free page reporting to the host) once the calls stop (idle-trim.ts).

@@ -19,7 +19,8 @@ export interface SpawnOptions {
   /** Where crun writes the process's pid (exec). */
   pidFile?: string;
   /** The child's stdio without a terminal (default: Node pipes); see OutputFifos in process.ts. */
-  stdio?: ['pipe', number, number];
+  /** stdin may be a passed socket (passfd.ts) instead of a Node pipe. */
+  stdio?: ['pipe' | number, number, number];
 }
 
 export interface OciRuntime {

@@ -16,6 +16,7 @@ import { readGuestStats } from './guest-stats';
 import { ContainerCgroup, DEFAULT_CGROUP_ROOT, parseKeyed, type LinuxResources } from './cgroup';
 import { GUEST_RESOLV_CONF, GuestNetwork } from './network';
 import { POD_NAMESPACES } from './bundle';
+import { closePassed, PassfdError, wantsPassfd, type PassedStdio, type PassfdStreams } from './passfd';
 
 export const AGENT_VERSION = '0.1.0';
 
@@ -34,6 +35,8 @@ export interface AgentOptions {
   network?: GuestNetwork;
   /** Writes one guest-wide sysctl; defaults to /proc/sys when manageHost is on (tests record). */
   writeSysctl?: (name: string, value: string) => Promise<void>;
+  /** Passfd IO's streams (passfd.ts), when the kernel command line names a listener port. */
+  passfd?: PassfdStreams;
 }
 
 /**
@@ -62,6 +65,8 @@ export class AgentSandbox {
   private readonly oomQueue: string[] = [];
   private readonly oomWaiters: ((id: string) => void)[] = [];
   private readonly oomWatches = new Map<string, () => void>();
+  /** Passfd IO: a created container's init stdio sockets, until StartContainer gives them to crun. */
+  private readonly passedInit = new Map<string, PassedStdio>();
   /** Containers frozen by PauseContainer. */
   readonly paused = new Set<string>();
   /** Storages by mount point across containers (the volume share and the pod's shm are mounted once). */
@@ -131,6 +136,8 @@ export class AgentSandbox {
     if (first) this.sandboxContainerId = c.id;
     this.containers.set(c.id, c);
     try {
+      // Passfd IO: the init's stdio streams are taken now (a bad port fails the create), given to crun at start.
+      if (wantsPassfd(req)) this.passedInit.set(c.id, await this.takePassfd(req, terminalOf(req.oci_spec_json)));
       await c.create(req.oci_spec_json, req.storages ?? [], {
         resolvConf: this.dnsGiven ? GUEST_RESOLV_CONF : undefined,
         sandboxPid: first ? undefined : this.sandboxPid(req.oci_spec_json),
@@ -138,6 +145,8 @@ export class AgentSandbox {
         devices: req.devices ?? [],
       });
     } catch (err) {
+      closePassed(this.passedInit.get(c.id));
+      this.passedInit.delete(c.id);
       this.containers.delete(c.id);
       if (first) this.sandboxContainerId = '';
       await c.remove(0).catch(() => undefined);
@@ -175,8 +184,23 @@ export class AgentSandbox {
     for (const [k, v] of Object.entries(s)) await write(k, v);
   }
 
+  /** The streams a request's ports name (passfd.ts); refused without a listener or with a terminal. */
+  private async takePassfd(ports: api.StdioPorts, terminal: boolean): Promise<PassedStdio> {
+    if (!this.opts.passfd) throw new PassfdError('failed-precondition', 'stdio ports given, but this guest has no passfd listener (boot it with agent.passfd_listener_port=N: [runtime] use_passfd_io = true)');
+    // Taken even when refused, so the named streams do not linger until they expire.
+    const passed = await this.opts.passfd.takeAll(ports);
+    if (terminal) {
+      closePassed(passed);
+      throw new PassfdError('invalid', 'passfd stdio ports are not for a terminal process (its pty carries the stdio)');
+    }
+    return passed;
+  }
+
   async startContainer(id: string): Promise<number> {
-    const p = await this.container(id).start();
+    const c = this.container(id);
+    const passed = this.passedInit.get(id);
+    this.passedInit.delete(id);
+    const p = await c.start(passed);
     this.oomWatches.get(id)?.();
     this.oomWatches.set(id, this.cgroup(id).watchOom(() => this.pushOom(id)));
     return p.pid;
@@ -188,6 +212,8 @@ export class AgentSandbox {
     if (this.paused.has(id)) await this.cgroup(id).freeze(false).catch(() => undefined);
     this.paused.delete(id);
     await c.remove(timeout);
+    closePassed(this.passedInit.get(id)); // created, never started
+    this.passedInit.delete(id);
     this.containers.delete(id);
     this.oomWatches.get(id)?.();
     this.oomWatches.delete(id);
@@ -261,7 +287,9 @@ export class AgentSandbox {
   async execProcess(req: api.ExecProcessRequest): Promise<number> {
     if (!req.exec_id) throw new AgentError('invalid', 'exec_id is required');
     if (this.paused.has(req.container_id)) throw new AgentError('failed-precondition', `container ${req.container_id} is paused`);
-    const p = await this.container(req.container_id).exec(req.exec_id, req.process_json);
+    const c = this.container(req.container_id);
+    const passed = wantsPassfd(req) ? await this.takePassfd(req, terminalOf(req.process_json, true)) : undefined;
+    const p = await c.exec(req.exec_id, req.process_json, passed);
     return p.pid;
   }
 
@@ -304,7 +332,8 @@ export class AgentSandbox {
   }
 
   async startDebugConsole(req: api.DebugConsoleRequest): Promise<api.DebugConsoleResponse> {
-    const { execId, proc } = await this.consoles.start(req);
+    const passed = wantsPassfd(req) ? await this.takePassfd(req, !!req.terminal) : undefined;
+    const { execId, proc } = await this.consoles.start(req, passed);
     return { exec_id: execId, pid: proc.pid };
   }
 
@@ -321,5 +350,15 @@ export class AgentSandbox {
       uptime_ms: Date.now() - this.started,
       crun_version: await this.opts.runtime.version().catch(() => ''),
     };
+  }
+}
+
+/** Whether a spec (or, `isProcess`, an OCI Process) asks for a terminal; bad JSON is reported by the create/exec itself. */
+function terminalOf(json: string, isProcess = false): boolean {
+  try {
+    const v = JSON.parse(json) as { terminal?: unknown; process?: { terminal?: unknown } };
+    return !!(isProcess ? v?.terminal : v?.process?.terminal);
+  } catch {
+    return false;
   }
 }

@@ -14,6 +14,7 @@ import { createSandboxHypervisor, sandboxBootVfio } from '../runtime/hypervisor-
 import { Sandbox, type RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import { attachProcess } from '../runtime/stdio';
+import { attachPassfd, openPassfdStreams, type PassfdStreams } from '../runtime/passfd-stdio';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
 import { policyFromFile } from '../runtime/policy';
 import { findOrConvertImage, imageProcess } from '../runtime/image-rootfs';
@@ -179,17 +180,19 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   const signals: NodeJS.Signals[] = terminal ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
   for (const s of signals) process.on(s, onSignal);
   let rawSet = false;
+  let passfd: PassfdStreams | undefined;
   try {
     await sandbox.start();
-    await sandbox.createContainer(containerId, spec, rootfs);
+    // [runtime] use_passfd_io: stdio on vsock streams of its own (passfd-stdio.ts); a terminal keeps the agent's path.
+    if (cfg.runtime.use_passfd_io && !terminal) passfd = await openPassfdStreams(sandbox.vsockSocket, cfg.runtime.passfd_listener_port, { stdin: true, stdout: true, stderr: true });
+    await sandbox.createContainer(containerId, spec, rootfs, { stdio: passfd?.ports });
     await sandbox.startContainer(containerId);
     if (terminal && stdinTty) {
       process.stdin.setRawMode(true);
       rawSet = true;
     }
-    const attached = attachProcess(sandbox.agent, containerId, '', {
-      stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, terminal,
-    });
+    const io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, terminal };
+    const attached = passfd ? attachPassfd(sandbox.agent, containerId, '', passfd, io) : attachProcess(sandbox.agent, containerId, '', io);
     const onResize = () => void attached.resize(process.stdout.rows, process.stdout.columns).catch(() => undefined);
     if (terminal && process.stdout.isTTY) {
       process.stdout.on('resize', onResize);
@@ -206,6 +209,7 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
     if (interrupted) throw new Error(`interrupted by ${interrupted}`);
     throw err;
   } finally {
+    passfd?.close();
     if (rawSet) process.stdin.setRawMode(false);
     process.stdin.pause();
     process.stdin.destroy();

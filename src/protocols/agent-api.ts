@@ -22,11 +22,13 @@ export interface Storage { driver: string; source: string; fstype: string; optio
 export interface CreateSandboxRequest { sandbox_id: string; hostname: string; dns: string[]; sysctls: Record<string, string>; policy_json: string }
 /** A container's device (proto/agent.proto Device): type "blk" at PCI path vm_path, seen at container_path. */
 export interface Device { id: string; type: string; vm_path: string; container_path: string; options: string[] }
-export interface CreateContainerRequest { container_id: string; exec_id: string; storages: Storage[]; oci_spec_json: string; devices?: Device[] }
+/** Passfd IO (proto/agent.proto): host-side vsock ports of the process's stdio streams; 0 or absent: not passed. */
+export interface StdioPorts { stdin_port?: number; stdout_port?: number; stderr_port?: number }
+export interface CreateContainerRequest extends StdioPorts { container_id: string; exec_id: string; storages: Storage[]; oci_spec_json: string; devices?: Device[] }
 export interface StartContainerRequest { container_id: string }
 export interface StartContainerResponse { pid: number }
 export interface RemoveContainerRequest { container_id: string; timeout: number }
-export interface ExecProcessRequest { container_id: string; exec_id: string; process_json: string }
+export interface ExecProcessRequest extends StdioPorts { container_id: string; exec_id: string; process_json: string }
 export interface ExecProcessResponse { pid: number }
 export interface SignalProcessRequest { container_id: string; exec_id: string; signal: number }
 export interface ProcessRef { container_id: string; exec_id: string }
@@ -48,7 +50,7 @@ export interface GuestDetailsResponse {
   agent_version: string; kernel_release: string; mem_total_bytes: number; cpus: number;
   uptime_ms: number; crun_version: string;
 }
-export interface DebugConsoleRequest { args: string[]; terminal: boolean; rows: number; columns: number; env: string[] }
+export interface DebugConsoleRequest extends StdioPorts { args: string[]; terminal: boolean; rows: number; columns: number; env: string[] }
 export interface DebugConsoleResponse { exec_id: string; pid: number }
 export interface GuestStatsResponse {
   mem_total_bytes: number; mem_available_bytes: number; mem_free_bytes: number;

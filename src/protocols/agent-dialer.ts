@@ -66,7 +66,16 @@ export async function waitForMarker(consoleLog: string, timeoutMs: number, vmExi
  * pipe() it or resume() it after adding a 'data' listener.
  */
 export function connectVsock(vsockSocket: string, port: number, timeoutMs = 10000): Promise<net.Socket> {
-  return new Promise<net.Socket>((resolve, reject) => {
+  return connectVsockPort(vsockSocket, port, timeoutMs).then((r) => r.socket);
+}
+
+/**
+ * As connectVsock, with the host-side vsock port of the connection (the
+ * `OK <port>` of the handshake): passfd IO names each stream by it
+ * (src/runtime/passfd-stdio.ts).
+ */
+export function connectVsockPort(vsockSocket: string, port: number, timeoutMs = 10000): Promise<{ socket: net.Socket; localPort: number }> {
+  return new Promise<{ socket: net.Socket; localPort: number }>((resolve, reject) => {
     const s = net.connect(vsockSocket);
     let line = '';
     const fail = (why: string) => {
@@ -94,7 +103,7 @@ export function connectVsock(vsockSocket: string, port: number, timeoutMs = 1000
       s.pause();
       const rest = d.subarray(nl + 1);
       if (rest.length) s.unshift(rest);
-      resolve(s);
+      resolve({ socket: s, localPort: Number(line.slice(3)) });
     };
     s.on('data', onData);
   });

@@ -121,6 +121,8 @@ export const SCHEMA = {
     cache_dir: { kind: 'string', default: DEFAULT_CACHE_DIR, describe: 'guest kernel/image cache', check: absOrEmpty } as KeySpec<string>,
     stop_timeout: { kind: 'int', default: 10, describe: 'seconds a container gets after SIGTERM before SIGKILL on teardown', check: range(0, 600) } as KeySpec<number>,
     vfio_mode: { kind: 'string', default: 'guest-kernel', describe: 'VFIO devices (linux.devices /dev/vfio/<group>) in the guest, as Kata: guest-kernel (left to the guest\'s driver; the container sees it in sysfs only) or vfio (bound to the guest\'s vfio-pci in no-IOMMU mode; the container gets /dev/vfio/noiommu-N and /dev/vfio/vfio)', check: oneOf('guest-kernel', 'vfio') } as KeySpec<string>,
+    use_passfd_io: { kind: 'bool', default: false, describe: 'as Kata runtime-rs: container stdio (no terminal) on vsock streams of its own that the agent gives to the process as its stdin/stdout/stderr (no agent copy; README Performance); off by default as in Kata: with a socket as stdout, reopening /dev/stdout in the container fails (ENXIO)' } as KeySpec<boolean>,
+    passfd_listener_port: { kind: 'int', default: 1027, describe: 'as Kata runtime-rs: the guest vsock port of the agent\'s passfd listener (agent.passfd_listener_port on the kernel command line), with use_passfd_io', check: (v: number) => (v === 1024 ? 'must not be the agent\'s API port 1024' : range(1, 0xfffffffe)(v)) } as KeySpec<number>,
     rootfs_share: { kind: 'string', default: 'virtiofs', describe: 'how the shim gives containerd\'s container roots to the guest: virtiofs (the snapshot shared as it is; writes land in it, as under runc) or erofs (an image of it + a guest tmpfs overlay)', check: oneOf('virtiofs', 'erofs') } as KeySpec<string>,
   },
 } as const;

@@ -37,7 +37,8 @@ import { imageStorages, openImageDisks } from './image-rootfs';
 import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely, virtiofsStorage } from './volumes';
 import { SandboxDirectVolumes, planDirectMounts } from './direct-volumes';
 import { DirectVolumeStore } from '../resource/volumes/direct-volume';
-import type { Storage } from '../protocols/agent-api';
+import type { Storage, StdioPorts } from '../protocols/agent-api';
+import { passfdKernelParam } from './passfd-stdio';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
 import { DeviceManager, SANDBOX_HOLDER } from '../resource/devices/device-manager';
@@ -158,7 +159,9 @@ const SOCKET_NAME_MAX = 'vhost-vsock.sock'.length;
 /** The sandbox's part of the guest kernel command line (a VM template's key includes it). */
 export function sandboxKernelParams(cfg: Config, policy: HostPolicy | undefined): string {
   // The guest agent serves the debug console only when booted with this flag.
-  return [cfg['hypervisor.qemu'].kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : '', policy ? `${POLICY_KERNEL_PARAM}=${policy.sha256}` : ''].filter(Boolean).join(' ');
+  // Passfd IO: the agent listens for stdio streams on this port (a template built without it is another key).
+  return [cfg['hypervisor.qemu'].kernel_params, cfg['agent.kata'].debug_console_enabled ? 'agent.debug_console' : '', policy ? `${POLICY_KERNEL_PARAM}=${policy.sha256}` : '',
+    cfg.runtime.use_passfd_io ? passfdKernelParam(cfg.runtime.passfd_listener_port) : ''].filter(Boolean).join(' ');
 }
 
 export const GUEST_CONTAINERS_DIR = '/run/kata-ts/containers';
@@ -192,6 +195,8 @@ export class Sandbox {
   readonly devices: DeviceManager;
   /** Containers' linux.devices disks as the agent is told about them (CreateContainerRequest.devices). */
   private readonly containerDevices = new Map<string, Device[]>();
+  /** Passfd IO: the stdio ports of a CreateContainer in flight (createContainer). */
+  private readonly passfdPorts = new Map<string, StdioPorts>();
   /** Direct-assigned volumes (kata-ctl direct-volume) the containers mount: disks the agent mounts itself. */
   private readonly directVolumeStore = new DirectVolumeStore();
   private readonly directVolumes: SandboxDirectVolumes;
@@ -221,6 +226,12 @@ export class Sandbox {
 
   get id(): string {
     return this.opts.id;
+  }
+
+  /** The host end of the VM's hybrid vsock (passfd IO opens its streams there). */
+  get vsockSocket(): string {
+    if (!this.vm) throw new SandboxError('state', `sandbox ${this.id} is not running`);
+    return this.vm.agentSocket;
   }
 
   get agent(): AgentClient {
@@ -386,7 +397,17 @@ export class Sandbox {
    * virtio-fs hotplug (default) or, with rootfsShare 'erofs' or a hypervisor
    * that cannot hotplug shares, an EROFS disk.
    */
-  async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string } = {}): Promise<void> {
+  async createContainer(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string; stdio?: StdioPorts } = {}): Promise<void> {
+    // Passfd IO (passfd-stdio.ts): the init's stdio streams, named in the agent's CreateContainer.
+    if (opts.stdio) this.passfdPorts.set(id, opts.stdio);
+    try {
+      await this.createContainerWith(id, spec, rootfs, opts);
+    } finally {
+      this.passfdPorts.delete(id);
+    }
+  }
+
+  private async createContainerWith(id: string, spec: OciSpec, rootfs: string, opts: { rootfsShare?: RootfsShare; image?: string }): Promise<void> {
     if (this.containers.has(id)) throw new SandboxError('container', `container ${id} already exists in sandbox ${this.id}`);
     // linux.devices: bad entries are refused before anything is set up (src/resource/devices).
     const devPlan = planContainerDevices(spec, { mode: this.opts.config.runtime.vfio_mode as VfioMode, ...this.opts.vfio });
@@ -472,7 +493,7 @@ export class Sandbox {
       // virtio-fs: the share is the rootfs itself, writable, no overlay.
       try {
         await this.agent.createContainer({
-          container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
+          container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
           storages: [...volumeStorages, virtiofsStorage(tag, root, this.devices.get(tag)?.pciPath)],
           oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
         });
@@ -493,7 +514,7 @@ export class Sandbox {
     const lower = `/run/kata-ts/storage/${id}`;
     try {
       await this.agent.createContainer({
-        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
+        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
         storages: [
           ...volumeStorages,
           // The agent waits for the disk at its PCI path (Kata's form) where it has one, else by serial (virtio-mmio).
@@ -525,7 +546,7 @@ export class Sandbox {
     const lower = `/run/kata-ts/storage/${id}`;
     try {
       await this.agent.createContainer({
-        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [],
+        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
         storages: [...volumeStorages, ...imageStorages(id, lower, root, (disk) => this.devices.get(disk)?.pciPath)],
         oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
       });
@@ -546,9 +567,10 @@ export class Sandbox {
     return c.pid;
   }
 
-  async exec(containerId: string, execId: string, proc: OciProcess): Promise<number> {
+  /** `stdio`: passfd IO's stream ports (passfd-stdio.ts), when the caller opened them. */
+  async exec(containerId: string, execId: string, proc: OciProcess, stdio?: StdioPorts): Promise<number> {
     this.container(containerId);
-    return this.agent.execProcess({ container_id: containerId, exec_id: execId, process_json: JSON.stringify(proc) });
+    return this.agent.execProcess({ container_id: containerId, exec_id: execId, process_json: JSON.stringify(proc), ...stdio });
   }
 
   async removeContainer(id: string, timeoutSec = this.opts.config.runtime.stop_timeout): Promise<void> {
