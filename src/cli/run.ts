@@ -17,7 +17,6 @@ import { attachProcess } from '../runtime/stdio';
 import { attachPassfd, openPassfdStreams, type PassfdStreams } from '../runtime/passfd-stdio';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
 import { policyFromFile } from '../runtime/policy';
-import { findOrConvertImage, imageProcess } from '../runtime/image-rootfs';
 import type { RunArgs } from './run-args';
 
 export class RunError extends KataError<'usage' | 'rootfs'> {}
@@ -133,6 +132,8 @@ export async function resolveImageContainer(o: RunOptions, cfg: Config, consoleS
   if (o.rootfs || o.bundle) throw new RunError('usage', '--image cannot be used with --rootfs or --bundle');
   if (o.rootfsShare) throw new RunError('usage', '--rootfs-share does not apply to --image (a converted image is always its EROFS disks + an overlay)');
   if (o.workdir && !o.workdir.startsWith('/')) throw new RunError('usage', `--workdir must be absolute: ${o.workdir}`);
+  // Loaded here, not at the top: a run without --image does not need the image store (sandbox.ts, same reason).
+  const { findOrConvertImage, imageProcess } = await import('../runtime/image-rootfs');
   const { record } = await findOrConvertImage(cfg, o.image!, { progress: !!process.stderr.isTTY });
   const p = imageProcess(record, o.command);
   let user = parseUser(o.user);

@@ -33,7 +33,10 @@ import type { SandboxMemory } from '../resource/memory/service';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
 import { buildErofsImage } from './rootfs';
-import { imageStorages, openImageDisks } from './image-rootfs';
+// image-rootfs (and the image store, LZ4, tar it loads) only for a converted image: imported where used,
+// so a plain `kata-ts run` does not load them before its VM starts (README Performance, VM templates).
+import type * as ImageRootfs from './image-rootfs';
+const imageRootfs = (): Promise<typeof ImageRootfs> => import('./image-rootfs');
 import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely, virtiofsStorage } from './volumes';
 import { SandboxDirectVolumes, planDirectMounts } from './direct-volumes';
 import { DirectVolumeStore } from '../resource/volumes/direct-volume';
@@ -257,7 +260,7 @@ export class Sandbox {
       for (const c of this.opts.bootContainers ?? []) {
         if (c.image) {
           // A converted image: its metadata and blob-device disks, nothing built.
-          const img = openImageDisks(this.opts.config, c.id, c.image, this.id);
+          const img = (await imageRootfs()).openImageDisks(this.opts.config, c.id, c.image, this.id);
           disks.push(...img.disks);
           this.bootImages.set(c.id, { meta: img.disks[0].id, blob: img.disks[1].id });
           continue;
@@ -537,6 +540,7 @@ export class Sandbox {
    * overlay storages (image-rootfs.ts).
    */
   private async createFromImage(id: string, spec: OciSpec, image: string | undefined, volumeStorages: Storage[], root: string): Promise<void> {
+    const { imageStorages, openImageDisks } = await imageRootfs();
     let ids = this.bootImages.get(id);
     if (!ids) {
       const img = openImageDisks(this.opts.config, id, image!, this.id);

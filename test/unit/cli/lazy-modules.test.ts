@@ -1,0 +1,32 @@
+/**
+ * What `kata-ts run` loads before its VM starts (README Performance, VM
+ * templates: CLI start). A plain run must not load what only other commands
+ * or options need: yargs (the image commands), winston (lines below the
+ * level), grpc-js, and the converted-image code (src/runtime/image-rootfs:
+ * the image store, LZ4, tar), which only `--image` uses. Checked in a fresh
+ * Node process, since this one has loaded everything.
+ */
+import { expect } from 'chai';
+import { execFileSync } from 'node:child_process';
+import * as path from 'node:path';
+
+/** Module files a fresh Node holds after requiring the CLI entry and the run path. */
+function loadedByRunPath(): string[] {
+  const cli = path.resolve(__dirname, '..', '..', '..', 'src', 'cli');
+  const script = `require(${JSON.stringify(path.join(cli, 'kata-ts.js'))}); require(${JSON.stringify(path.join(cli, 'run.js'))});
+    process.stdout.write(JSON.stringify(Object.keys(require.cache)));`;
+  return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as string[];
+}
+
+describe('unit: cli modules loaded by a plain kata-ts run', function () {
+  this.timeout(20000);
+
+  it('loads the sandbox and the hypervisor, not the image store, yargs, winston or grpc-js', () => {
+    const loaded = loadedByRunPath();
+    // It did load the run path (the check below means something).
+    expect(loaded.some((f) => f.endsWith(path.join('runtime', 'sandbox.js')))).to.equal(true);
+    expect(loaded.some((f) => f.endsWith(path.join('hypervisor', 'qemu.js')))).to.equal(true);
+    const unwanted = loaded.filter((f) => /[\\/](runtime[\\/]image-rootfs|image[\\/](tar|layer-stream|lazy-source|chunker)|hot[\\/]lz4)\.js$|[\\/]node_modules[\\/](yargs|winston|@grpc)[\\/]/.test(f));
+    expect(unwanted).to.deep.equal([]);
+  });
+});
