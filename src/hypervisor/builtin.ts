@@ -35,6 +35,7 @@ import * as path from 'node:path';
 import { BlkDevice } from '../virtio/blk/device';
 import { HybridVsock } from '../virtio/vsock/hybrid';
 import { NetDevice } from '../virtio/net/device';
+import { BalloonDevice } from '../virtio/balloon/device';
 import type { NetBackend } from '../virtio/net/backend';
 import { TapBackend } from '../virtio/net/tap';
 import type { VirtioDevice } from '../virtio/device';
@@ -53,12 +54,21 @@ export interface BuiltinOptions {
   netBackend?: NetBackend;
   /** Guest MAC; default a fixed locally administered one. */
   netMac?: string;
+  /**
+   * A virtio-balloon with free page reporting (src/virtio/balloon), last on
+   * the device list ([hypervisor.builtin] reclaim_guest_freed_memory).
+   */
+  balloon?: boolean;
+  /** Guest RAM private anonymous and MADV_MERGEABLE for KSM ([memory] ksm_throttler; Machine mergeableRam). */
+  ksm?: boolean;
 }
 
 export class BuiltinHypervisor implements Hypervisor {
   readonly name = 'builtin' as const;
   /** The virtio-net device while the VM runs (when configured). */
   net: NetDevice | undefined;
+  /** The virtio-balloon device while the VM runs (when configured). */
+  balloon: BalloonDevice | undefined;
   private machine: Machine | undefined;
   private vsock: HybridVsock | undefined;
   private console: fs.WriteStream | undefined;
@@ -74,13 +84,13 @@ export class BuiltinHypervisor implements Hypervisor {
     return this.launch(cfg, (devices, serialOut) => new Machine({
       memoryBytes: cfg.memoryMiB << 20, vcpus: cfg.vcpus, kernel: cfg.kernel, devices,
       cmdline: [baseKernelParams(cfg.debug), cfg.kernelParams].filter(Boolean).join(' '),
-      serialOut,
+      serialOut, mergeableRam: this.opts.ksm,
     }));
   }
 
   /** start() from a snapshot directory written by snapshot(); see the module header. */
   async restore(dir: string, cfg: VmConfig): Promise<VmInfo> {
-    return this.launch(cfg, (devices, serialOut) => Machine.restore(dir, { devices, serialOut }));
+    return this.launch(cfg, (devices, serialOut) => Machine.restore(dir, { devices, serialOut, mergeableRam: this.opts.ksm }));
   }
 
   /** Saves the running VM into `dir` (state.bin + memory.bin); see the module header. */
@@ -109,6 +119,11 @@ export class BuiltinHypervisor implements Hypervisor {
         this.net = new NetDevice({ backend: this.opts.netBackend ?? new TapBackend(this.opts.netTap), mac: this.opts.netMac });
         devices.push(this.net);
       }
+      if (this.opts.balloon) {
+        // Last, so the other devices keep their slots (and snapshots their order) with or without it.
+        this.balloon = new BalloonDevice({ ramBytes: cfg.memoryMiB * 1024 * 1024, backing: () => this.machine?.ramBacking ?? 'shared-memfd' });
+        devices.push(this.balloon);
+      }
       this.machine = make(devices, (b) => {
         this.console?.write(Buffer.from(b));
         this.consoleBuf = (this.consoleBuf + Buffer.from(b).toString('latin1')).slice(-16384);
@@ -119,6 +134,7 @@ export class BuiltinHypervisor implements Hypervisor {
       this.console?.end();
       this.console = undefined;
       this.net = undefined;
+      this.balloon = undefined;
       throw err;
     }
     this.exitReason = this.machine.ended.then((e) => e.reason);

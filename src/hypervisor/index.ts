@@ -48,7 +48,8 @@ export async function selectHypervisor(cfg: HypervisorSettings, requested?: 'aut
     if (why) throw new HypervisorSelectError('unavailable', why);
     // Loaded only when chosen: the builtin VMM's modules are not on QEMU's start-up path.
     const { BuiltinHypervisor } = await import('./builtin');
-    return { hv: new BuiltinHypervisor({ netTap: cfg['hypervisor.builtin'].net_tap || undefined }), choice, probe };
+    const b = cfg['hypervisor.builtin'];
+    return { hv: new BuiltinHypervisor({ netTap: b.net_tap || undefined, balloon: b.reclaim_guest_freed_memory === true, ksm: cfg.memory?.ksm_throttler === true }), choice, probe };
   }
   const q = cfg['hypervisor.qemu'];
   const hv = new QemuHypervisor({

@@ -35,10 +35,14 @@ export interface QemuSettings {
 export interface BuiltinSettings {
   allow_emulated_kvm: boolean;
   net_tap: string;
+  /** A virtio-balloon with free page reporting (src/virtio/balloon). Optional: configs built before it lack it. */
+  reclaim_guest_freed_memory?: boolean;
 }
 
 export interface HypervisorSettings {
   runtime: { run_dir: string; hypervisor: string };
+  /** [memory]: ksm_throttler makes the builtin VMM's guest RAM mergeable. Optional for callers without it. */
+  memory?: { ksm_throttler: boolean };
   'hypervisor.qemu': QemuSettings;
   'hypervisor.builtin': BuiltinSettings;
 }

@@ -6,15 +6,14 @@
  */
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import type { QemuHypervisor } from '../hypervisor/qemu';
+import type { BuiltinHypervisor } from '../hypervisor/builtin';
+import { deviceBalloon } from '../resource/memory/balloon-control';
 import type { Config } from './config';
 import type { AgentClient } from './agent-client';
 import { SandboxMemory } from '../resource/memory/service';
 import { KsmThrottler } from '../resource/memory/throttler';
 
 export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string, dir: string, memoryMiB: number, agent?: AgentClient, vcpus = cfg['hypervisor.qemu'].default_vcpus): Promise<SandboxMemory | undefined> {
-  // The builtin VMM maps guest RAM itself; wiring it here is not done yet (README "Memory density": limits).
-  if (hv.name !== 'qemu') return undefined;
-  const qemu = hv as QemuHypervisor;
   const mem = cfg.memory;
   const q = cfg['hypervisor.qemu'];
   const companions: Array<{ stop(): void }> = [];
@@ -23,6 +22,8 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
     const t = new KsmThrottler(cfg.runtime.run_dir);
     if (t.start({ kick: true })) companions.push(t);
   }
+  if (hv.name === 'builtin') return startBuiltinMemory(hv as BuiltinHypervisor, cfg, id, dir, memoryMiB, companions);
+  const qemu = hv as QemuHypervisor;
   return SandboxMemory.start({
     id, dir, memoryMiB,
     source: qemu.guestMemory(),
@@ -38,5 +39,25 @@ export async function startSandboxMemory(hv: Hypervisor, cfg: Config, id: string
     resize: q.default_maxmemory > memoryMiB || q.default_maxvcpus > vcpus
       ? { baseVcpus: vcpus, maxVcpus: Math.max(vcpus, q.default_maxvcpus), baseMiB: memoryMiB, maxMiB: Math.max(memoryMiB, q.default_maxmemory) }
       : undefined,
+  });
+}
+
+/**
+ * The builtin VMM owns its guest RAM in this process (the hot-path
+ * WebAssembly.Memory): the page scanner reads it in place, and the balloon
+ * is our own device (src/virtio/balloon). No QMP, so no resizing (virtio-mmio
+ * has no hotplug).
+ */
+function startBuiltinMemory(b: BuiltinHypervisor, cfg: Config, id: string, dir: string, memoryMiB: number, companions: Array<{ stop(): void }>): Promise<SandboxMemory | undefined> {
+  const m = b.vmm;
+  if (!m) return Promise.resolve(undefined);
+  const mem = cfg.memory;
+  return SandboxMemory.start({
+    id, dir, memoryMiB,
+    source: { hot: m.hot, regions: () => m.hot.guestRegions },
+    balloon: b.balloon !== undefined,
+    balloonControl: b.balloon ? deviceBalloon(b.balloon, m.memoryBytes) : undefined,
+    scanner: { enabled: mem.page_scanner, rateMiB: mem.scan_rate_mib, intervalSec: mem.scan_interval },
+    companions,
   });
 }

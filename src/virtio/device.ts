@@ -136,6 +136,12 @@ export interface VirtioDevice {
   reset(): void;
   /** Host shutdown: release host resources (files, sockets). Idempotent. */
   close?(): Promise<void> | void;
+  /**
+   * Before a snapshot: complete chains the device holds on purpose (not
+   * in-flight I/O) so the queues drain — the balloon's statistics buffer,
+   * which it keeps until it wants fresh figures (§5.5.6.3).
+   */
+  releaseHeld?(): void;
 }
 
 /** Reads `src` (a device's config struct) into `out` at `offset`, zero-filling past its end. */

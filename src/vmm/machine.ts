@@ -16,6 +16,7 @@
  * from the state file — ready to start() where the original was.
  */
 import * as fs from 'node:fs';
+import { native } from '../common/native';
 import { HotMemory } from '../hot/memory';
 import { VirtioModule } from '../hot/virtqueue';
 import type { GuestMemory, VirtioDevice } from '../virtio/device';
@@ -57,6 +58,13 @@ export interface MachineOptions {
    * so for Linux only vCPU 0 is made runnable (apsRunnable false).
    */
   apsRunnable?: boolean;
+  /**
+   * KSM ([memory] ksm_throttler): guest RAM is the Memory's own private
+   * anonymous pages instead of the shared memfd (KSM skips shared mappings),
+   * advised MADV_MERGEABLE. A restored VM's MAP_PRIVATE RAM is advised too:
+   * the pages the guest has written (private copies) can merge.
+   */
+  mergeableRam?: boolean;
   /** Set by Machine.restore: the validated state and the memory file to map. */
   restoreFrom?: { state: SnapshotState; memoryFd: number };
 }
@@ -67,6 +75,7 @@ export interface RestoreOptions {
   serialOut?: (b: Uint8Array) => void;
   scratchBytes?: number;
   hooks?: RestoreHooks;
+  mergeableRam?: boolean;
 }
 
 export interface MachineEnd {
@@ -115,9 +124,12 @@ export class Machine {
         if (want !== this.hot.guestBytes) throw new SnapshotError('mismatch', `snapshot memory is ${want} bytes; ${opts.memoryBytes} bytes of RAM lay out as ${this.hot.guestBytes}`);
         // The caller (Machine.restore) closes the fd; the mapping keeps the file.
         this.vm.attachMemoryFile(this.hot, opts.restoreFrom.memoryFd);
+      } else if (opts.mergeableRam) {
+        this.vm.attachAnonymous(this.hot);
       } else {
         this.vm.attachMemory(this.hot);
       }
+      if (opts.mergeableRam) this.adviseMergeable();
       // Legacy devices.
       this.serial = new Serial(opts.serialOut ?? (() => {}), () => this.vm.pulseIrq(COM1_IRQ));
       this.pio.register(COM1_PORT, 8, this.serial, 'com1');
@@ -156,6 +168,16 @@ export class Machine {
   }
 
   private entry = 0n;
+
+  /** What backs guest RAM (the balloon picks its madvise from it). */
+  get ramBacking(): 'shared-memfd' | 'anonymous' | 'private-file' { return this.vm.ramBacking; }
+
+  /** MADV_MERGEABLE on every guest region (KSM then scans them; see mergeableRam). */
+  private adviseMergeable(): void {
+    const n = native();
+    if (!n.madvise) throw new VmmError('config', 'KSM for the builtin VMM needs the addon\'s madvise (rebuild it: cd native && npx node-gyp rebuild)');
+    for (const r of this.hot.guestRegions) n.madvise(this.hot.memory.buffer, r.offset, r.size, 'mergeable');
+  }
 
   private write(gpa: number, data: Uint8Array): void {
     const off = this.hot.gpaToOffset(BigInt(gpa), data.length);
@@ -282,7 +304,7 @@ export class Machine {
     try {
       return new Machine({
         memoryBytes: m.memoryBytes, vcpus: m.vcpus, cmdline: m.cmdline, devices: opts.devices,
-        serialOut: opts.serialOut, scratchBytes: opts.scratchBytes, restoreFrom: { state: snap.state, memoryFd: snap.memoryFd },
+        serialOut: opts.serialOut, scratchBytes: opts.scratchBytes, restoreFrom: { state: snap.state, memoryFd: snap.memoryFd }, mergeableRam: opts.mergeableRam,
       });
     } catch (err) {
       if (err instanceof SnapshotError || err instanceof VmmError) throw err;

@@ -1,11 +1,12 @@
 /**
  * A running sandbox's memory management, in the process that owns its VM:
  * the periodic page scanner pass (scanner.ts) with its event-loop delay
- * measured, the balloon over QMP, and the mem.sock kata-ctl talks to
+ * measured, the balloon (balloon-control.ts: QEMU's over QMP, or the
+ * builtin VMM's own device), and the mem.sock kata-ctl talks to
  * (ctl-socket.ts).
  *
  * Guest numbers are untrusted: balloon sizes and guest memory statistics
- * come from the guest driver through QEMU, and a figure outside the VM's
+ * come from the guest driver (through QEMU, or our device), and a figure outside the VM's
  * RAM is reported as a warning, never acted on.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -15,6 +16,7 @@ import { PageScanner, type ScanResult, type ScanSource } from './scanner';
 import { serveMemoryCtl, type MemoryCtlServer, type MemoryRequest } from './ctl-socket';
 import { VmResizer, containerDemand, type ResizeLimits, type MemoryResizeOptions } from './resize';
 import { holdProcessTrim } from './process-trim';
+import { qmpBalloon, type BalloonControl } from './balloon-control';
 
 export class SandboxMemoryError extends KataError<'config' | 'unavailable'> {}
 
@@ -26,8 +28,10 @@ export interface SandboxMemoryOptions {
   memoryMiB: number;
   /** Guest RAM as the runtime maps it; undefined where there is none to read (builtin VMM not wired). */
   source?: ScanSource;
-  /** QMP of the VM (balloon); undefined: no balloon control. */
+  /** QMP of the VM (balloon, resizing); undefined: none (the builtin VMM). */
   qmp?: (cmd: string, args?: Record<string, unknown>) => Promise<unknown>;
+  /** The balloon, when not QEMU's over `qmp` (the builtin VMM's device: balloon-control.ts deviceBalloon). */
+  balloonControl?: BalloonControl;
   balloon: boolean;
   scanner: { enabled: boolean; rateMiB: number; intervalSec: number };
   /** Stopped with the sandbox (the KSM throttler). */
@@ -69,8 +73,10 @@ export class SandboxMemory {
   private trim: { stop(): void } | undefined;
   private readonly log = logger('memory');
   readonly resizer: VmResizer | undefined;
+  private readonly balloonCtl: BalloonControl | undefined;
 
   private constructor(private readonly o: SandboxMemoryOptions) {
+    this.balloonCtl = o.balloon ? (o.balloonControl ?? (o.qmp ? qmpBalloon(o.qmp) : undefined)) : undefined;
     if (o.resize && o.qmp) this.resizer = new VmResizer(o.qmp, o.resize, o.balloon, o.onlineCpus, o.keepCpus, o.memoryResize);
   }
 
@@ -92,11 +98,7 @@ export class SandboxMemory {
   static async start(o: SandboxMemoryOptions): Promise<SandboxMemory> {
     const m = new SandboxMemory(o);
     if (o.source) m.scanner = new PageScanner(o.source, { rateBytesPerSec: o.scanner.rateMiB * MIB });
-    if (o.balloon && o.qmp) {
-      // Guest statistics are pulled by QEMU every 2 s once asked for.
-      await o.qmp('qom-set', { path: '/machine/peripheral/balloon0', property: 'guest-stats-polling-interval', value: 2 })
-        .catch((err) => m.log.warn('balloon statistics unavailable', { sandbox: o.id, err: errorMessage(err) }));
-    }
+    await m.balloonCtl?.start?.().catch((err) => m.log.warn('balloon statistics unavailable', { sandbox: o.id, err: errorMessage(err) }));
     m.ctl = await serveMemoryCtl(o.dir, (req) => m.handle(req));
     m.trim = holdProcessTrim();
     if (o.scanner.enabled && m.scanner) {
@@ -149,26 +151,25 @@ export class SandboxMemory {
 
   /** Reads the balloon, or sets the guest's target size first. */
   async balloon(setMiB?: number): Promise<Record<string, unknown>> {
-    const qmp = this.o.qmp;
-    if (!this.o.balloon || !qmp) throw new SandboxMemoryError('unavailable', 'this sandbox has no balloon ([hypervisor.qemu] reclaim_guest_freed_memory = true adds one)');
+    const ctl = this.balloonCtl;
+    if (!ctl) throw new SandboxMemoryError('unavailable', 'this sandbox has no balloon (reclaim_guest_freed_memory = true in [hypervisor.qemu], or [hypervisor.builtin] for the builtin VMM, adds one)');
     // The VM's RAM now: boot size plus hot-added DIMMs (a guest that reports
     // more than this is lying or broken).
     const ram = this.resizer?.memoryMiB ?? this.o.memoryMiB;
     if (setMiB !== undefined) {
       if (!Number.isFinite(setMiB) || setMiB <= 0) throw new SandboxMemoryError('config', `balloon target ${String(setMiB)} MiB: a positive number of MiB is required`);
       if (setMiB > ram) throw new SandboxMemoryError('config', `balloon target ${setMiB} MiB is beyond the VM's ${ram} MiB of RAM`);
-      await qmp('balloon', { value: setMiB * MIB });
+      await ctl.setTarget(setMiB * MIB);
     }
-    const warnings: string[] = [];
-    const q = await qmp('query-balloon') as { actual?: unknown } | null;
-    let actualMiB: number | undefined = typeof q?.actual === 'number' ? q.actual / MIB : undefined;
+    const q = await ctl.query();
+    const warnings: string[] = [...(q.warnings ?? [])];
+    let actualMiB: number | undefined = typeof q.actualBytes === 'number' ? q.actualBytes / MIB : undefined;
     if (actualMiB === undefined || !(actualMiB > 0) || actualMiB > ram) {
-      warnings.push(`guest reported a balloon size of ${String(q?.actual)} bytes, outside the VM's ${ram} MiB: ignored`);
+      warnings.push(`guest reported a balloon size of ${String(q.actualBytes)} bytes, outside the VM's ${ram} MiB: ignored`);
       actualMiB = undefined;
     }
     const stats: Record<string, number> = {};
-    const g = await qmp('qom-get', { path: '/machine/peripheral/balloon0', property: 'guest-stats' }).catch(() => undefined) as { stats?: Record<string, unknown> } | undefined;
-    const raw = g && typeof g === 'object' && g.stats && typeof g.stats === 'object' && !Array.isArray(g.stats) ? g.stats : {};
+    const raw = q.stats && typeof q.stats === 'object' && !Array.isArray(q.stats) ? q.stats as Record<string, unknown> : {};
     for (const [k, v] of Object.entries(raw)) {
       if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) continue; // -1: the guest did not report it
       // Byte counts beyond the VM's RAM are lies (or a broken driver); event counters are not bounded.

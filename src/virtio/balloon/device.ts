@@ -128,7 +128,8 @@ export class BalloonDevice implements VirtioDevice {
     }
   }
 
-  private get rawActual(): number { return new DataView(this.config.bytes.buffer).getUint32(CONFIG_ACTUAL, true); }
+  /** `actual` as the driver wrote it, unchecked (a lying driver may exceed RAM). */
+  get rawActual(): number { return new DataView(this.config.bytes.buffer).getUint32(CONFIG_ACTUAL, true); }
   /** Pages the host asked for (num_pages). */
   get targetPages(): number { return new DataView(this.config.bytes.buffer).getUint32(CONFIG_NUM_PAGES, true); }
   /** Pages in the balloon as the driver says, or undefined when that figure is impossible (more than RAM). */
@@ -161,23 +162,32 @@ export class BalloonDevice implements VirtioDevice {
     const qi = this.roles.indexOf('stats');
     const vq = qi >= 0 ? ctx?.queues[qi] : undefined;
     if (!ctx || !vq || this.statsHead === undefined || this.needsReset.tripped) return this.lastStats;
-    const head = this.statsHead;
-    this.statsHead = undefined;
     const fresh = new Promise<void>((resolve) => {
       this.statsWaiters.push(resolve);
       setTimeout(resolve, timeoutMs).unref();
     });
+    this.releaseHeld();
+    await fresh;
+    return this.lastStats;
+  }
+
+  get stats(): BalloonStatsSnapshot { return this.lastStats; }
+
+  /** Snapshot: the held statistics buffer goes back to the driver (it refills it after the resume or restore). */
+  releaseHeld(): void {
+    const ctx = this.ctx;
+    const qi = this.roles.indexOf('stats');
+    const vq = qi >= 0 ? ctx?.queues[qi] : undefined;
+    if (!ctx || !vq || this.statsHead === undefined || this.needsReset.tripped) return;
+    const head = this.statsHead;
+    this.statsHead = undefined;
     try {
       vq.pushUsed(head, 0);
       if (vq.needsNotification()) ctx.interrupt(qi);
     } catch (err) {
       this.fail(err);
     }
-    await fresh;
-    return this.lastStats;
   }
-
-  get stats(): BalloonStatsSnapshot { return this.lastStats; }
 
   activate(ctx: ActivateContext): void {
     this.roles = queueRoles(ctx.features);

@@ -7,6 +7,10 @@
  * MAP_SHARED over HotMemory's guest area, each guest region registered as a
  * KVM memory slot at its host address inside the WebAssembly.Memory. The
  * HotMemory must outlive the VM (KVM holds the pages by address).
+ * attachAnonymous() instead keeps the Memory's own private anonymous pages
+ * (KSM merges only those: Machine's `mergeableRam`), and attachMemoryFile()
+ * maps a snapshot MAP_PRIVATE. `ramBacking` says which, for the balloon's
+ * choice of madvise (src/virtio/balloon/release.ts).
  */
 import type { HotMemory } from '../../hot/memory';
 import { VmmError } from '../errors';
@@ -72,12 +76,41 @@ export class KvmVm {
     n.mapFileOver(hot.memory.buffer, hot.guestBase, hot.guestBytes, this.memfd, 0);
     this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
     this.hot = hot;
+    this.backing = 'shared-memfd';
     const base = n.arrayBufferAddress(hot.memory.buffer);
     for (const r of hot.guestRegions) {
       n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);
     }
   }
   private hot: HotMemory | undefined;
+  private backing: 'shared-memfd' | 'anonymous' | 'private-file' | undefined;
+
+  /** What backs guest RAM: the shared memfd, the Memory's private anonymous pages, or a snapshot mapped MAP_PRIVATE. */
+  get ramBacking(): 'shared-memfd' | 'anonymous' | 'private-file' {
+    if (!this.backing) throw new VmmError('config', 'no guest memory attached');
+    return this.backing;
+  }
+
+  /**
+   * Registers HotMemory's guest regions as slots over the Memory's own pages
+   * (V8's private anonymous mapping, committed read-write since the Memory is
+   * never grown). No memfd: nothing else can map this RAM (no vhost-user
+   * peer), and a snapshot reads the whole RAM instead of the memfd's data
+   * ranges — the price of RAM that KSM can merge. close() puts fresh zero
+   * pages back, which frees what the guest touched.
+   */
+  attachAnonymous(hot: HotMemory): void {
+    if (this.mapped) throw new VmmError('config', 'guest memory already attached');
+    if (hot.guestBytes === 0) throw new VmmError('config', 'HotMemory has no guest regions');
+    const n = kvmNative();
+    this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
+    this.hot = hot;
+    this.backing = 'anonymous';
+    const base = n.arrayBufferAddress(hot.memory.buffer);
+    for (const r of hot.guestRegions) {
+      n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);
+    }
+  }
 
   /**
    * Restore path (src/vmm/snapshot): maps a snapshot's memory file
@@ -94,6 +127,7 @@ export class KvmVm {
     n.mapFilePrivateOver(hot.memory.buffer, hot.guestBase, hot.guestBytes, fd, 0);
     this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
     this.hot = hot;
+    this.backing = 'private-file';
     const base = n.arrayBufferAddress(hot.memory.buffer);
     for (const r of hot.guestRegions) {
       n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);

@@ -36,6 +36,8 @@ export async function saveSnapshot(m: Machine, dir: string): Promise<SnapshotInf
   const t0 = process.hrtime.bigint();
   await m.pause();
   try {
+    // Buffers a device keeps on purpose (the balloon's statistics) go back first, else they count as in flight.
+    for (const t of m.transports) t.device.releaseHeld?.();
     for (const deadline = Date.now() + DRAIN_TIMEOUT_MS; m.transports.some((t) => t.inFlight() > 0);) {
       if (Date.now() > deadline) {
         const busy = m.transports.filter((t) => t.inFlight() > 0).map((t) => `type ${t.device.deviceType}: ${t.inFlight()}`).join(', ');
