@@ -90,6 +90,7 @@ export const SCHEMA = {
     default_memory: { kind: 'int', default: 512, describe: 'guest memory in MiB', check: range(128, 3584) } as KeySpec<number>,
     allow_emulated_kvm: { kind: 'bool', default: false, describe: 'run even where KVM only emulates guests (PVM hosts): very slow' } as KeySpec<boolean>,
     net_tap: { kind: 'string', default: '', describe: 'tap interface (name or pattern like kts%d) for a virtio-net device; empty: no network device' } as KeySpec<string>,
+    reclaim_guest_freed_memory: { kind: 'bool', default: false, describe: 'as [hypervisor.qemu]: a virtio-balloon with free page reporting on virtio-mmio (src/virtio/balloon); kata-ctl balloon reads/sets it' } as KeySpec<boolean>,
     enable_annotations: { kind: 'string[]', default: [], describe: 'as in [hypervisor.qemu], for the builtin VMM', check: validRegexes } as KeySpec<string[]>,
   },
   'agent.kata': {
