@@ -19,6 +19,14 @@
  * `ctr-template` in place of `ctr` leaves out the cold runs (for before/after
  * comparisons of the templated path, which take a few minutes otherwise).
  *
+ * `cache` (e.g. `3 ctr-template,cri,cache`) adds "kata-ts cache" to both: the
+ * pre-started VM cache (`[factory] vm_cache_number = 1`): each such run
+ * claims the cached VM, and the next waits until the refill (started by the
+ * claim, nice'd) is ready again; the template runs of the same iteration
+ * use the same file with vm_cache_number = 0 (the cached VM idles
+ * meanwhile). KATA_TS_VM_CACHE_DELAY_MS / KATA_TS_VM_CACHE_NICE in the
+ * environment reach the refill through containerd.
+ *
  * Needs root (containerd, the template's tmpfs, the CRI netns).
  */
 import * as fs from 'node:fs';
@@ -45,9 +53,27 @@ function factoryConfig(dir: string): string {
   return `[hypervisor.qemu]\nkernel = "${path.join(dir, 'vmlinux')}"\nimage = "${path.join(dir, 'rootfs.erofs')}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\n`;
 }
 
-function kataCtl(cfgFile: string, args: string[]): void {
+function kataCtl(cfgFile: string, args: string[]): string {
   const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'kata-ctl'), '--config', cfgFile, ...args], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`kata-ctl ${args.join(' ')}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+/** The VM cache on (1 entry) or off in the shim's configuration file (its [factory] section is last). */
+function setCache(cfgFile: string, on: boolean): void {
+  const t = fs.readFileSync(cfgFile, 'utf8').replace(/\nvm_cache_number = \d+\n/, '\n');
+  fs.writeFileSync(cfgFile, `${t}vm_cache_number = ${on ? 1 : 0}\n`);
+}
+
+/** Waits until the cache holds a ready VM (the refill after a claim). */
+async function cacheReady(cfgFile: string, timeoutMs = 180000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const st = JSON.parse(kataCtl(cfgFile, ['factory', 'status', '--json'])) as { vmCache?: { ready: unknown[] } };
+    if (st.vmCache?.ready.length) return;
+    if (Date.now() > end) throw new Error('the VM cache did not refill');
+    await new Promise((r) => setTimeout(r, 250));
+  }
 }
 
 function summary(runs: Record<string, number[]>, base: string): Record<string, { medianMs: number; xRunc: number; minMs: number; maxMs: number }> {
@@ -65,15 +91,16 @@ function printTable(title: string, s: ReturnType<typeof summary>, n: number): vo
   for (const [k, v] of Object.entries(s)) process.stdout.write(`| ${k} | ${v.medianMs} | ${v.xRunc} | ${v.minMs}–${v.maxMs} |\n`);
 }
 
-async function ctrBench(n: number, cold: boolean): Promise<Record<string, number[]>> {
+async function ctrBench(n: number, cold: boolean, cache: boolean): Promise<Record<string, number[]>> {
   const why = containerdAvailable();
   if (why) throw new Error(why);
   const cd = new TestContainerd();
-  const t: Record<string, number[]> = { runc: [], 'kata-ts template': [], 'kata-ts cold': [] };
+  const t: Record<string, number[]> = { runc: [], 'kata-ts template': [], ...(cache ? { 'kata-ts cache': [] } : {}), 'kata-ts cold': [] };
   const cfgFile = path.join(cd.dir, 'kata-ts.toml');
   try {
     await cd.start(factoryConfig(cd.dir));
     await cd.importImage();
+    if (cache) setCache(cfgFile, true);
     kataCtl(cfgFile, ['factory', 'init']);
     const once = async (label: string, id: string, runtime?: string) => {
       const t0 = process.hrtime.bigint();
@@ -85,9 +112,17 @@ async function ctrBench(n: number, cold: boolean): Promise<Record<string, number
     };
     for (let i = 0; i < n; i++) {
       await once('runc', `r${i}`);
+      if (cache) setCache(cfgFile, false);
       await once('kata-ts template', `t${i}`, RUNTIME);
+      if (cache) {
+        setCache(cfgFile, true);
+        await cacheReady(cfgFile);
+        await once('kata-ts cache', `k${i}`, RUNTIME);
+      }
     }
+    if (cache) setCache(cfgFile, true); // destroy stops the cache of this configuration
     kataCtl(cfgFile, ['factory', 'destroy']);
+    if (cache) setCache(cfgFile, false);
     for (let i = 0; i < (cold ? n : 0); i++) {
       await once('runc', `r2${i}`);
       await once('kata-ts cold', `c${i}`, RUNTIME);
@@ -100,20 +135,26 @@ async function ctrBench(n: number, cold: boolean): Promise<Record<string, number
   return t;
 }
 
-async function criBench(n: number): Promise<Record<string, number[]>> {
+async function criBench(n: number, cache: boolean): Promise<Record<string, number[]>> {
   for (const h of ['runc', 'kata-ts'] as const) {
     const why = criUnavailable(h);
     if (why) throw new Error(`${h}: ${why}`);
   }
   const cd = new CriContainerd();
-  const t: Record<string, number[]> = { runc: [], 'kata-ts template': [] };
+  const t: Record<string, number[]> = { runc: [], 'kata-ts template': [], ...(cache ? { 'kata-ts cache': [] } : {}) };
   const cfgFile = path.join(cd.dir, 'kata-ts.toml');
   try {
     await cd.start({ kataExtraConfig: factoryConfig(cd.dir) });
+    if (cache) setCache(cfgFile, true);
     kataCtl(cfgFile, ['factory', 'init']);
+    const kinds = [['runc', 'runc'], ['kata-ts template', 'kata-ts'], ...(cache ? [['kata-ts cache', 'kata-ts']] : [])] as const;
     for (let i = 0; i < n; i++) {
-      for (const [label, handler] of [['runc', 'runc'], ['kata-ts template', 'kata-ts']] as const) {
-        const name = `${handler}-${i}`;
+      for (const [label, handler] of kinds) {
+        if (cache && handler === 'kata-ts') {
+          setCache(cfgFile, label === 'kata-ts cache');
+          if (label === 'kata-ts cache') await cacheReady(cfgFile);
+        }
+        const name = `${label.replace(/ /g, '-')}-${i}`;
         const logDir = path.join(cd.dir, 'pods', name);
         fs.mkdirSync(logDir, { recursive: true });
         const config: PodSandboxConfig = { metadata: { name, uid: name, namespace: 'bench' }, hostname: name, log_directory: logDir, linux: {} };
@@ -129,6 +170,7 @@ async function criBench(n: number): Promise<Record<string, number[]>> {
       }
     }
   } finally {
+    if (cache) setCache(cfgFile, true);
     try { kataCtl(cfgFile, ['factory', 'destroy']); } catch { /* already gone */ }
     const left = await cd.stop();
     if (left.pods.length || left.shims.length || left.qemu.length || left.mounts.length || left.cni.length) process.stdout.write(`cleaned up leftovers: ${JSON.stringify(left)}\n`);
@@ -141,8 +183,9 @@ async function main(): Promise<void> {
   const parts = (process.argv[3] ?? 'ctr,cri').split(',');
   const load0 = os.loadavg();
   const ctrParts = parts.filter((p) => p === 'ctr' || p === 'ctr-template');
-  const ctr = ctrParts.length ? summary(await ctrBench(n, ctrParts.includes('ctr')), 'runc') : undefined;
-  const cri = parts.includes('cri') ? summary(await criBench(n), 'runc') : undefined;
+  const cache = parts.includes('cache');
+  const ctr = ctrParts.length ? summary(await ctrBench(n, ctrParts.includes('ctr'), cache), 'runc') : undefined;
+  const cri = parts.includes('cri') ? summary(await criBench(n, cache), 'runc') : undefined;
   const load1 = os.loadavg();
   if (ctr) printTable('`ctr run --rm IMAGE id true`', ctr, n);
   if (cri) printTable('CRI pod start (RunPodSandbox → StartContainer)', cri, n);
