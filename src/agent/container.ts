@@ -7,6 +7,7 @@
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Device, Storage } from '../protocols/agent-api';
+import { sharedRootfsGuestPath, underSharedGuestDir } from '../protocols/guest-paths';
 import { applyDevices, type DeviceMapError, type DeviceResolver } from './devices';
 import { adaptSpecForGuest, takeGuestSysctls, validateSpec } from './bundle';
 import type { OciProcess, OciSpec } from '../protocols/oci';
@@ -125,10 +126,22 @@ export class Container {
     }
     const ph = new Phases();
     await fs.mkdir(this.bundleDir, { recursive: true });
-    let rootfs = (spec as OciSpec).root?.path ?? '';
-    for (const [i, s] of storages.entries()) rootfs = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
+    // The rootfs is the last storage's mount point, unless the host put it
+    // in the sandbox share (Kata's shared directory): then root.path is
+    // this container's directory there and the storages only mount the share.
+    const rootPath = (spec as OciSpec).root?.path ?? '';
+    const inShare = rootPath === sharedRootfsGuestPath(this.id);
+    if (!inShare && underSharedGuestDir(rootPath)) throw new AgentError('invalid', `root.path ${rootPath} is in the sandbox share but not this container's rootfs (${sharedRootfsGuestPath(this.id)})`);
+    let rootfs = rootPath;
+    for (const [i, s] of storages.entries()) {
+      const mp = await this.storages.add(s, path.join(this.dir, `storage-${i}`));
+      if (!inShare) rootfs = mp;
+    }
     ph.mark('storagesMs');
     if (!rootfs.startsWith('/')) throw new AgentError('invalid', 'container has no rootfs: give a storage or an absolute root.path');
+    if (inShare && !(await fs.stat(rootfs).then((st) => st.isDirectory(), () => false))) {
+      throw new AgentError('failed-precondition', `the container's rootfs ${rootfs} is not a directory in the sandbox share (is the share mounted?)`);
+    }
     // Disks the host attached for linux.devices: the guest's numbers (devices.ts).
     if (opts.devices?.length) {
       await applyDevices(spec as OciSpec, opts.devices, opts.resolveDevice).catch((err: DeviceMapError) => {

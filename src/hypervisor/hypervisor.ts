@@ -105,6 +105,13 @@ export interface Hypervisor {
    */
   addShare?(share: FsShare): Promise<void>;
   removeShare?(tag: string): Promise<void>;
+  /**
+   * A filesystem (host st_dev `dev`) was unmounted from below share `tag`'s
+   * directory: its FUSE server lets go of the inodes it holds there (a
+   * container's rootfs leaving the sandbox share). Returns how many; absent
+   * where the hypervisor serves no shares itself.
+   */
+  forgetShareDevice?(tag: string, dev: bigint): number;
   /** Hotplug a network device on a tap fd (a pod interface added after boot), when the hypervisor can. */
   addNet?(n: NetDevice): Promise<void>;
   removeNet?(id: string): Promise<void>;

@@ -588,6 +588,10 @@ export class QemuHypervisor implements Hypervisor {
     this.shareSlots.set(sh.tag, slot);
   }
 
+  forgetShareDevice(tag: string, dev: bigint): number {
+    return this.devices?.forgetFsDevice(tag, dev) ?? 0;
+  }
+
   async removeShare(tag: string): Promise<void> {
     const qmp = this.requireQmp();
     const s = this.devices?.get('fs', tag);

@@ -82,6 +82,12 @@ export class VhostUserDevices {
     return this.serve(`fs:${tag}`, 'fs', device, socket, ids?.chardev ?? `vuf-${n}`, ids?.qdevId ?? `fsdev-${n}`);
   }
 
+  /** forgetDevice on a served share's FUSE server (0 when `tag` is not served). */
+  forgetFsDevice(tag: string, dev: bigint): number {
+    const s = this.served.get(`fs:${tag}`);
+    return s ? (s.device as VirtioFsDevice).fs.forgetDevice(dev) : 0;
+  }
+
   /**
    * Online resize of a served disk: checked first (the front end must have
    * opened the back-end channel and the guest started the device, or the

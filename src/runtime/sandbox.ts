@@ -3,13 +3,15 @@
  * containers in it — Kata's "virtcontainers" Sandbox, drivable without
  * containerd (the CLI and, later, the shim both sit on this).
  *
- * Container root filesystems reach the guest one of two ways: a virtio-fs
- * share of the host directory (the default — the container then writes
- * straight into that directory, as under runc; containers known at boot get
- * it on the VM's command line, containers added to a running sandbox — the
- * shim's pod members — through the hypervisor's share hotplug), or an EROFS
- * image of it on a read-only virtio-blk disk with a tmpfs overlay on top
- * (`rootfsShare: 'erofs'`, or a hypervisor without share hotplug).
+ * Container root filesystems reach the guest one of two ways: through the
+ * sandbox's one virtio-fs share (the default, as Kata's shared directory:
+ * the host directory is bind-mounted into the share, volumes.ts, and the
+ * container writes straight into it, as under runc; the share device is on
+ * the VM's command line when a boot container or volume needs it, else
+ * hotplugged once, at the first container that does), or an EROFS image of
+ * it on a read-only virtio-blk disk with a tmpfs overlay on top
+ * (`rootfsShare: 'erofs'`, or a hypervisor without the share and no way to
+ * hotplug it).
  *
  * Teardown always happens: stop() is idempotent, runs on every error path,
  * and removes the VM, its sockets and the sandbox directory. State is
@@ -37,12 +39,12 @@ import { buildErofsImage } from './rootfs';
 // so a plain `kata-ts run` does not load them before its VM starts (README Performance, VM templates).
 import type * as ImageRootfs from './image-rootfs';
 const imageRootfs = (): Promise<typeof ImageRootfs> => import('./image-rootfs');
-import { SandboxVolumes, VolumeError, planVolumes, removeTreeSafely, virtiofsStorage } from './volumes';
+import { SandboxVolumes, VolumeError, planRootfs, planVolumes, removeTreeSafely, sandboxShareDevice, virtiofsStorage } from './volumes';
 import { SandboxDirectVolumes, planDirectMounts } from './direct-volumes';
 import { DirectVolumeStore } from '../resource/volumes/direct-volume';
 import type { Storage, StdioPorts } from '../protocols/agent-api';
 import { passfdKernelParam } from './passfd-stdio';
-import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR } from '../protocols/guest-paths';
+import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR, sharedRootfsGuestPath } from '../protocols/guest-paths';
 import { PodNetwork } from '../resource/network/pod-network';
 import { DeviceManager, SANDBOX_HOLDER } from '../resource/devices/device-manager';
 import { planContainerDevices, type ContainerDevicePlan, type VfioMode, type VfioGroupSources } from '../resource/devices/container-devices';
@@ -90,8 +92,9 @@ export interface SandboxOptions {
    */
   bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare; image?: string }[];
   /**
-   * Attach the volume share (volumes.ts) at boot; otherwise it is hotplugged
-   * when the first container with a bind mount arrives.
+   * Attach the sandbox share (volumes.ts) at boot even if no boot container
+   * needs it (one with a virtio-fs rootfs does); otherwise it is hotplugged
+   * when the first container with a bind mount or a shared rootfs arrives.
    */
   volumes?: boolean;
   /**
@@ -126,18 +129,13 @@ export type RootfsShare = 'virtiofs' | 'erofs';
 interface HostContainer {
   id: string;
   disk: string;
-  /** virtio-fs tag of its rootfs share ('' for EROFS). */
-  share: string;
+  /** Its rootfs is bound into the sandbox share (unbound at removal). */
+  shared: boolean;
   /** A converted image's blob-device disk (its metadata disk is `disk`). */
   blobDisk?: string;
   image: string;
   state: 'created' | 'running' | 'stopped';
   pid: number;
-}
-
-/** virtio-fs mount tag for a container's rootfs share (≤ 36 bytes, §5.11.4). */
-export function fsTagFor(containerId: string): string {
-  return 'kata-' + crypto.createHash('sha256').update(containerId).digest('hex').slice(0, 24);
 }
 
 /** virtio-blk serials are at most 20 bytes: derive a short stable disk id. */
@@ -181,8 +179,6 @@ export class Sandbox {
   private readonly preparedImages = new Map<string, string>();
   /** Containers whose rootfs is a converted image attached at boot → its disks (image-rootfs.ts). */
   private readonly bootImages = new Map<string, { meta: string; blob: string }>();
-  /** Containers whose rootfs is a boot-time virtio-fs share → its tag. */
-  private readonly sharedRootfs = new Map<string, string>();
   private ctl: CtlChannel | undefined;
   private memory: SandboxMemory | undefined;
   /** The pod's interfaces mirrored into the VM (opts.netns). */
@@ -191,9 +187,10 @@ export class Sandbox {
   /** What the guest was last told (to push only what changed). */
   private pushedNetwork: GuestNetworkPlan | undefined;
   private netSync: Promise<void> = Promise.resolve();
-  /** Containers' bind mounts, through one share (SHARED_FS_TAG) of <dir>/shared. */
+  /** Containers' bind mounts and shared roots, through one share (SHARED_FS_TAG) of <dir>/shared. */
   private readonly volumes: SandboxVolumes;
-  private volumeShare = false;
+  /** The sandbox share's device is attached (boot or hotplug): never a second one. */
+  private sandboxShare = false;
   /** Every disk, share and network device of the VM, boot-time or hotplugged, with its holders (src/resource/devices). */
   readonly devices: DeviceManager;
   /** Containers' linux.devices disks as the agent is told about them (CreateContainerRequest.devices). */
@@ -266,18 +263,17 @@ export class Sandbox {
           continue;
         }
         if ((c.rootfsShare ?? 'virtiofs') === 'virtiofs') {
-          const tag = fsTagFor(c.id);
-          shares.push({ tag, path: c.rootfs });
-          this.sharedRootfs.set(c.id, tag);
+          // Bound into the sandbox share before the VM (its FUSE server) opens it.
+          await this.volumes.addRootfs(c.id, planRootfs(c.id, c.rootfs, this.volumes.sharedDir));
           continue;
         }
         const image = await this.prepareImage(c.id, c.rootfs);
         disks.push({ id: diskIdFor(c.id), path: image, readonly: true });
       }
-      if (this.opts.volumes) {
+      if (this.opts.volumes || (this.opts.bootContainers ?? []).some((c) => this.volumes.hasRootfs(c.id))) {
         await this.volumes.prepare();
-        shares.push({ tag: SHARED_FS_TAG, path: this.volumes.sharedDir });
-        this.volumeShare = true;
+        shares.push(sandboxShareDevice(this.volumes.sharedDir));
+        this.sandboxShare = true;
       }
       const cfg = this.opts.config;
       const assets = guestAssets(cfg, this.opts.hypervisor.name);
@@ -296,7 +292,6 @@ export class Sandbox {
       this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
       // The boot devices, held by the containers they serve (else by the sandbox).
       const holders: Record<string, string> = {};
-      for (const [c, tag] of this.sharedRootfs) holders[tag] = c;
       for (const [c, d] of this.bootImages) { holders[d.meta] = c; holders[d.blob] = c; }
       for (const c of this.opts.bootContainers ?? []) if (!c.image && (c.rootfsShare ?? 'virtiofs') !== 'virtiofs') holders[diskIdFor(c.id)] = c.id;
       this.devices.adoptBoot(vmCfg, holders);
@@ -423,6 +418,8 @@ export class Sandbox {
     // Direct-assigned volumes are not shared through virtio-fs (direct-volumes.ts).
     const vol = await this.mountVolumes(id, { ...spec, mounts: planDirectMounts(spec.mounts, this.directVolumeStore).rest }).catch(async (err) => {
       await this.memory?.containerLeaves(id);
+      // A boot container's rootfs is bound already: not left behind.
+      await this.volumes.remove(id).catch((e) => this.log.warn('cannot unmount a container\'s rootfs', { container: id, err: errorMessage(e) }));
       throw err;
     });
     try {
@@ -437,7 +434,7 @@ export class Sandbox {
       await this.directVolumes.release(id);
       await this.devices.detachHolder(id).catch((e) => this.log.warn('cannot detach a container\'s devices', { container: id, err: errorMessage(e) }));
       await this.memory?.containerLeaves(id);
-      await this.volumes.remove(id).catch((e) => this.log.warn('cannot unmount volumes', { container: id, err: errorMessage(e) }));
+      await this.leaveShare(id);
       throw err;
     }
   }
@@ -453,24 +450,46 @@ export class Sandbox {
   }
 
   /**
+   * Attaches the sandbox share (SHARED_FS_TAG, `<dir>/shared`: every
+   * container's volumes and shared roots) unless it is attached already:
+   * on the command line at boot, else hotplugged here, once for the
+   * sandbox's life. Idempotent; callable as soon as the VM runs, before any
+   * container exists (a pre-started VM waiting to be claimed can take it
+   * early, so its first container needs no hotplug at all).
+   */
+  async attachSandboxShare(): Promise<void> {
+    if (this.sandboxShare) return;
+    const hv = this.opts.hypervisor;
+    if (!hv.addShare) throw new VolumeError('unsupported', `the sandbox share needs virtio-fs hotplug, which the ${hv.name} hypervisor does not provide (use qemu, or share at boot)`);
+    await this.volumes.prepare();
+    await this.devices.attach({ kind: 'fs', id: SHARED_FS_TAG, path: this.volumes.sharedDir }, SANDBOX_HOLDER);
+    this.sandboxShare = true;
+  }
+
+  /** Whether a container can get its rootfs or volumes through the sandbox share (attached, or attachable now). */
+  private get canShare(): boolean {
+    return this.sandboxShare || !!this.opts.hypervisor.addShare;
+  }
+
+  /** The agent's storage for the sandbox share (mounted once at SHARED_GUEST_DIR, counted per container). */
+  private sandboxShareStorage(): Storage {
+    return virtiofsStorage(SHARED_FS_TAG, SHARED_GUEST_DIR, this.devices.get(SHARED_FS_TAG)?.pciPath);
+  }
+
+  /**
    * Validates and mounts a container's bind mounts on the host (volumes.ts);
    * returns the translated mounts and the sandbox storages the agent needs
-   * for them (the volume share, the pod's /dev/shm), to go before the rootfs.
+   * for them (the sandbox share, the pod's /dev/shm), to go before the rootfs.
    */
   private async mountVolumes(id: string, spec: OciSpec): Promise<{ mounts: OciSpec['mounts']; storages: Storage[] }> {
     if (!spec.mounts?.length) return { mounts: spec.mounts, storages: [] };
     const plan = planVolumes(id, spec.mounts, this.volumes.sharedDir);
     const storages: Storage[] = [];
     if (plan.volumes.length) {
-      if (!this.volumeShare) {
-        const hv = this.opts.hypervisor;
-        if (!hv.addShare) throw new VolumeError('unsupported', `bind mounts need virtio-fs, which the ${hv.name} hypervisor does not provide (use qemu)`);
-        await this.volumes.prepare();
-        await this.devices.attach({ kind: 'fs', id: SHARED_FS_TAG, path: this.volumes.sharedDir }, SANDBOX_HOLDER);
-        this.volumeShare = true;
-      }
+      if (!this.canShare) throw new VolumeError('unsupported', `bind mounts need virtio-fs, which the ${this.opts.hypervisor.name} hypervisor does not provide (use qemu)`);
+      await this.attachSandboxShare();
       await this.volumes.add(id, plan.volumes);
-      storages.push(virtiofsStorage(SHARED_FS_TAG, SHARED_GUEST_DIR, this.devices.get(SHARED_FS_TAG)?.pciPath));
+      storages.push(this.sandboxShareStorage());
     }
     if (plan.needsShm) {
       storages.push({ driver: 'ephemeral', source: 'shm', fstype: 'tmpfs', options: ['nosuid', 'nodev', 'noexec', 'mode=1777', 'size=65536k'], mount_point: SANDBOX_SHM_GUEST_DIR });
@@ -484,27 +503,30 @@ export class Sandbox {
       await this.createFromImage(id, spec, opts.image, volumeStorages, root);
       return;
     }
-    let tag = this.sharedRootfs.get(id);
-    const hv = this.opts.hypervisor;
-    if (!tag && !this.preparedImages.has(id) && (opts.rootfsShare ?? 'virtiofs') === 'virtiofs' && hv.addShare) {
-      if (!fs.existsSync(rootfs) || !fs.statSync(rootfs).isDirectory()) throw new SandboxError('container', `rootfs ${rootfs} is not a directory`);
-      tag = fsTagFor(id);
-      await this.devices.attach({ kind: 'fs', id: tag, path: rootfs }, id);
-      this.sharedRootfs.set(id, tag);
+    if (!this.volumes.hasRootfs(id) && !this.preparedImages.has(id) && (opts.rootfsShare ?? 'virtiofs') === 'virtiofs' && this.canShare) {
+      const planned = (() => {
+        try {
+          return planRootfs(id, rootfs, this.volumes.sharedDir);
+        } catch (err) {
+          throw new SandboxError('container', errorMessage(err), { cause: err });
+        }
+      })();
+      await this.attachSandboxShare();
+      await this.volumes.addRootfs(id, planned);
     }
-    if (tag) {
-      // virtio-fs: the share is the rootfs itself, writable, no overlay.
-      try {
-        await this.agent.createContainer({
-          container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
-          storages: [...volumeStorages, virtiofsStorage(tag, root, this.devices.get(tag)?.pciPath)],
-          oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
-        });
-      } catch (err) {
-        await this.unshare(id);
-        throw err;
-      }
-      this.containers.set(id, { id, disk: '', share: tag, image: '', state: 'created', pid: 0 });
+    if (this.volumes.hasRootfs(id)) {
+      // The sandbox share (Kata's shared directory): the rootfs is a
+      // directory in it, writable, no overlay and no storage of its own —
+      // the agent mounts the share once (counted) and runs the container
+      // at its guest path. On failure the caller unbinds it (volumes.remove).
+      const shareRoot = sharedRootfsGuestPath(id);
+      const storages = volumeStorages.some((st) => st.mount_point === SHARED_GUEST_DIR) ? volumeStorages : [...volumeStorages, this.sandboxShareStorage()];
+      await this.agent.createContainer({
+        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
+        storages,
+        oci_spec_json: JSON.stringify({ ...spec, root: { path: shareRoot, readonly: spec.root?.readonly ?? false } }),
+      });
+      this.containers.set(id, { id, disk: '', shared: true, image: '', state: 'created', pid: 0 });
       this.persist();
       return;
     }
@@ -530,7 +552,7 @@ export class Sandbox {
       await this.devices.detach(disk, id).catch(() => undefined);
       throw err;
     }
-    this.containers.set(id, { id, disk, share: '', image, state: 'created', pid: 0 });
+    this.containers.set(id, { id, disk, shared: false, image, state: 'created', pid: 0 });
     this.persist();
   }
 
@@ -559,7 +581,7 @@ export class Sandbox {
       await this.devices.detach(ids.meta, id).catch(() => undefined);
       throw err;
     }
-    this.containers.set(id, { id, disk: ids.meta, blobDisk: ids.blob, share: '', image: '', state: 'created', pid: 0 });
+    this.containers.set(id, { id, disk: ids.meta, blobDisk: ids.blob, shared: false, image: '', state: 'created', pid: 0 });
     this.persist();
   }
 
@@ -589,10 +611,9 @@ export class Sandbox {
     this.guestBlockMounts.delete(id);
     await this.devices.detachHolder(id).catch((err) => this.log.warn('cannot detach a container\'s devices', { container: id, err: errorMessage(err) }));
     await this.directVolumes.release(id);
-    // After the agent unmounted it: the host directory is let go (the shim
-    // unmounts its rootfs right after, which our open fds would block).
-    if (c.share) await this.unshare(id);
-    await this.volumes.remove(id).catch((err) => this.log.warn('cannot unmount volumes (retried at sandbox stop)', { container: id, err: errorMessage(err) }));
+    // After the agent let go of it: the rootfs bind (c.shared) and the
+    // volumes leave the share (the shim unmounts the rootfs right after).
+    await this.leaveShare(id);
     if (c.image) fs.rmSync(c.image, { force: true });
     this.containers.delete(id);
     this.persist();
@@ -615,12 +636,23 @@ export class Sandbox {
     this.log.info('direct volume resized', { guestPath, size });
   }
 
-  /** Unplugs a container's rootfs share (boot-time or hotplugged) and forgets its tag. */
-  private async unshare(id: string): Promise<void> {
-    const tag = this.sharedRootfs.get(id);
-    if (!tag) return;
-    this.sharedRootfs.delete(id);
-    await this.devices.detach(tag, id).catch((err) => this.log.warn('cannot unplug a rootfs share', { tag, err: errorMessage(err) }));
+  /**
+   * Unbinds a container's volumes and shared rootfs from the sandbox share.
+   * The share's FUSE server then lets go of what it held in that rootfs (a
+   * filesystem of its own, as containerd's snapshot): the guest's dentry
+   * cache would otherwise pin the unmounted snapshot in the host kernel
+   * until it happened to forget it.
+   */
+  private async leaveShare(id: string): Promise<void> {
+    try {
+      const dev = await this.volumes.remove(id);
+      if (dev !== undefined) {
+        const n = this.opts.hypervisor.forgetShareDevice?.(SHARED_FS_TAG, dev) ?? 0;
+        this.log.debug('shared rootfs left the share', { container: id, inodesReleased: n });
+      }
+    } catch (err) {
+      this.log.warn('cannot unmount volumes (retried at sandbox stop)', { container: id, err: errorMessage(err) });
+    }
   }
 
   markExited(id: string): void {

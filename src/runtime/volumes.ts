@@ -1,11 +1,18 @@
 /**
- * Volumes (a container's OCI bind mounts) through one sandbox-wide virtio-fs
- * share, as Kata's `kataShared`: the host bind-mounts each source into
- * `<sandbox dir>/mounts/<container id>/<n>-<basename>`, which propagates to
- * the read-only view `<sandbox dir>/shared` that the share (tag
- * SHARED_FS_TAG) serves; the guest mounts it once at SHARED_GUEST_DIR, and
- * the container's mount keeps its type, options and propagation flags with
- * its source translated to the guest path — crun bind-mounts it from there.
+ * Volumes (a container's OCI bind mounts) and container root filesystems
+ * through one sandbox-wide virtio-fs share, as Kata's `kataShared`: the host
+ * bind-mounts each source into `<sandbox dir>/mounts/<container id>/<n>-<basename>`
+ * and each container's rootfs (with rootfs_share = "virtiofs") into
+ * `<sandbox dir>/mounts/<container id>/rootfs`; both propagate to the
+ * read-only view `<sandbox dir>/shared` that the share (tag SHARED_FS_TAG)
+ * serves. The guest mounts it once at SHARED_GUEST_DIR: a container's mount
+ * keeps its type, options and propagation flags with its source translated
+ * to the guest path — crun bind-mounts it from there — and a container's
+ * root is SHARED_GUEST_DIR/<id>/rootfs, no device or guest mount of its own
+ * (one virtio-fs device per sandbox, whatever its number of containers).
+ * A rootfs bind is writable in the view (its propagated copy keeps the
+ * flags of the bind in `mounts`): the container writes into containerd's
+ * snapshot as under runc.
  *
  * What holds (and why):
  * - Read-only is enforced on the host: a `ro` volume's bind mount (and every
@@ -54,7 +61,7 @@ import { promisify } from 'node:util';
 import { KataError, errorMessage } from '../common/errors';
 import type { OciMount } from '../protocols/oci';
 import type { Storage } from '../protocols/agent-api';
-import { SANDBOX_SHM_GUEST_DIR, SHARED_GUEST_DIR } from '../protocols/guest-paths';
+import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR, SHARED_ROOTFS_NAME, sharedRootfsGuestPath } from '../protocols/guest-paths';
 
 const execFileP = promisify(execFile);
 
@@ -85,6 +92,8 @@ export interface Volume {
   readonly: boolean;
   /** rbind: mounts below the source come along. */
   recursive: boolean;
+  /** st_dev of the mounted root, once mounted (which inodes of the share it brings). */
+  dev?: bigint;
 }
 
 export interface ContainerVolumes {
@@ -174,6 +183,36 @@ function withBind(options: string[] | undefined): string[] {
   const o = [...(options ?? [])];
   if (!o.includes('bind') && !o.includes('rbind')) o.push('rbind');
   return o;
+}
+
+/**
+ * A container's root filesystem (a host directory: containerd's mounted
+ * snapshot, or `kata-ts run --rootfs DIR`) planned as a writable recursive
+ * bind into the sandbox share; touches nothing. Its guest path is
+ * sharedRootfsGuestPath(containerId).
+ */
+export function planRootfs(containerId: string, rootfs: string, sharedDir: string, stat: StatFn = fs.statSync): Volume {
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(containerId)) throw new VolumeError('invalid', `invalid container id "${containerId}"`);
+  if (!rootfs.startsWith('/') || hasDotDot(rootfs)) throw new VolumeError('invalid', `rootfs "${rootfs}" must be an absolute host path without ".."`);
+  let st: fs.Stats | undefined;
+  try {
+    st = stat(rootfs);
+  } catch { /* below */ }
+  if (!st?.isDirectory()) throw new VolumeError('invalid', `rootfs ${rootfs} is not a directory`);
+  return {
+    source: rootfs, kind: 'dir',
+    hostTarget: path.join(mountsDirOf(sharedDir), containerId, SHARED_ROOTFS_NAME),
+    sharedTarget: path.join(sharedDir, containerId, SHARED_ROOTFS_NAME),
+    guestSource: sharedRootfsGuestPath(containerId),
+    readonly: false,
+    // As runc binds a rootfs (MS_BIND|MS_REC): mounts below it come along.
+    recursive: true,
+  };
+}
+
+/** The virtio-fs share (device) of a sandbox's share directory: the one device all its volumes and shared roots go through. */
+export function sandboxShareDevice(sharedDir: string): { tag: string; path: string } {
+  return { tag: SHARED_FS_TAG, path: sharedDir };
 }
 
 /** The syscalls a volume needs, behind an interface (util-linux by default). */
@@ -268,6 +307,8 @@ export function removeTreeSafely(dir: string): boolean {
 export class SandboxVolumes {
   private prepared = false;
   private readonly byContainer = new Map<string, Volume[]>();
+  /** Containers whose rootfs is bound into the share (planRootfs). */
+  private readonly rootfsOf = new Map<string, Volume>();
   /** Host-only: the runtime mounts here; `sharedDir` is its read-only view. */
   readonly mountsDir: string;
 
@@ -303,14 +344,17 @@ export class SandboxVolumes {
     this.prepared = true;
   }
 
-  /** Mounts a container's volumes; on any failure what it mounted is undone and the error thrown. */
+  /**
+   * Mounts a container's volumes; on any failure what it mounted is undone
+   * (its rootfs bind too, if it has one) and the error thrown.
+   */
   async add(containerId: string, volumes: Volume[]): Promise<void> {
     if (this.byContainer.has(containerId)) throw new VolumeError('invalid', `volumes of container ${containerId} are already mounted`);
     if (volumes.length === 0) return;
     await this.prepare();
     this.byContainer.set(containerId, volumes);
     try {
-      fs.mkdirSync(path.join(this.mountsDir, containerId), { mode: 0o755 });
+      this.containerDir(containerId);
       for (const v of volumes) await this.mountOne(v);
     } catch (err) {
       await this.remove(containerId);
@@ -318,10 +362,47 @@ export class SandboxVolumes {
     }
   }
 
+  /**
+   * Binds a container's rootfs (planRootfs) into the share; its guest path
+   * is `v.guestSource`. Undone by remove(containerId), with the volumes; on
+   * failure nothing of it stays mounted.
+   */
+  async addRootfs(containerId: string, v: Volume): Promise<void> {
+    if (this.rootfsOf.has(containerId)) throw new VolumeError('invalid', `the rootfs of container ${containerId} is already shared`);
+    await this.prepare();
+    this.rootfsOf.set(containerId, v);
+    try {
+      this.containerDir(containerId);
+      await this.mountOne(v);
+    } catch (err) {
+      this.rootfsOf.delete(containerId);
+      await this.unmountUnder(v.hostTarget);
+      await this.unmountUnder(v.sharedTarget);
+      if (fs.existsSync(v.hostTarget) && !mountsUnder(v.hostTarget).length) fs.rmdirSync(v.hostTarget);
+      throw err;
+    }
+  }
+
+  /** Whether a container's rootfs is bound into the share. */
+  hasRootfs(containerId: string): boolean {
+    return this.rootfsOf.has(containerId);
+  }
+
+  /** `mounts/<id>`, made when missing (only the host writes in `mounts`: no guest-planted name here). */
+  private containerDir(containerId: string): void {
+    const dir = path.join(this.mountsDir, containerId);
+    try {
+      fs.mkdirSync(dir, { mode: 0o755 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.lstatSync(dir).isDirectory()) throw err;
+    }
+  }
+
   private async mountOne(v: Volume): Promise<void> {
     if (v.kind === 'dir') fs.mkdirSync(v.hostTarget, { mode: 0o755 });
     else fs.writeFileSync(v.hostTarget, '', { flag: 'wx', mode: 0o644 });
     await this.mounter.bind(v.source, v.hostTarget, v.recursive);
+    v.dev = fs.statSync(v.hostTarget, { bigint: true }).dev;
     await this.mounter.propagation(v.hostTarget, 'slave', v.recursive);
     if (!mountsUnder(v.sharedTarget).some((m) => m.target === v.sharedTarget || m.target === safeRealpath(v.sharedTarget))) {
       throw new VolumeError('mount', `the bind mount of ${v.source} did not propagate to ${v.sharedTarget}`);
@@ -332,10 +413,18 @@ export class SandboxVolumes {
     }
   }
 
-  /** Unmounts a container's volumes and removes their mount points (idempotent). */
-  async remove(containerId: string): Promise<void> {
-    const vols = this.byContainer.get(containerId);
+  /**
+   * Unmounts a container's volumes and its shared rootfs and removes their
+   * mount points (idempotent). Returns the st_dev of its rootfs when that
+   * filesystem was the rootfs's alone (nothing else in the share is on it,
+   * as containerd's overlay snapshot): the share's server may let go of all
+   * it holds there (forgetShareDevice).
+   */
+  async remove(containerId: string): Promise<bigint | undefined> {
+    const vols = this.byContainer.get(containerId) ?? this.rootfsOf.get(containerId);
+    const ownDev = this.exclusiveRootfsDev(containerId);
     this.byContainer.delete(containerId);
+    this.rootfsOf.delete(containerId);
     const dir = path.join(this.mountsDir, containerId);
     const view = path.join(this.sharedDir, containerId);
     if (!vols && !fs.existsSync(dir)) return;
@@ -343,7 +432,7 @@ export class SandboxVolumes {
     await this.unmountUnder(dir);
     await this.unmountUnder(view);
     if (mountsUnder(dir).length || mountsUnder(view).length) throw new VolumeError('mount', `cannot unmount the volumes of ${containerId} under ${dir}`);
-    if (!fs.existsSync(dir)) return;
+    if (!fs.existsSync(dir)) return ownDev;
     // Only empty mount points go: never a recursive delete here.
     for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
       const p = path.join(dir, e.name);
@@ -351,6 +440,22 @@ export class SandboxVolumes {
       else fs.unlinkSync(p);
     }
     fs.rmdirSync(dir);
+    return ownDev;
+  }
+
+  /** The st_dev of a container's rootfs bind if no other mount in the share, nor the share's own directory, is on it. */
+  private exclusiveRootfsDev(containerId: string): bigint | undefined {
+    const dev = this.rootfsOf.get(containerId)?.dev;
+    if (dev === undefined) return undefined;
+    try {
+      if (fs.statSync(this.sharedDir, { bigint: true }).dev === dev) return undefined;
+    } catch {
+      return undefined;
+    }
+    for (const [id, vols] of this.byContainer) if (vols.some((v) => v.dev === dev) && id !== containerId) return undefined;
+    for (const v of this.byContainer.get(containerId) ?? []) if (v.dev === dev) return undefined;
+    for (const [id, v] of this.rootfsOf) if (id !== containerId && v.dev === dev) return undefined;
+    return dev;
   }
 
   private async unmountUnder(dir: string): Promise<void> {
@@ -369,7 +474,7 @@ export class SandboxVolumes {
   /** Every container's volumes, then the `shared` view and the `mounts` directory. */
   async close(): Promise<void> {
     let firstErr: unknown;
-    for (const id of [...this.byContainer.keys()]) await this.remove(id).catch((err) => (firstErr ??= err));
+    for (const id of new Set([...this.byContainer.keys(), ...this.rootfsOf.keys()])) await this.remove(id).catch((err) => (firstErr ??= err));
     await this.unmountAll();
     this.prepared = false;
     if (mountsUnder(this.sharedDir).length || mountsUnder(this.mountsDir).length) throw new VolumeError('mount', `mounts are left under ${path.dirname(this.sharedDir)}`);

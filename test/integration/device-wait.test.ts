@@ -1,9 +1,10 @@
 /**
  * Issue 14: the agent finds every device by the PCI path the device manager
- * gives it, in a real guest (QEMU): a boot-attached virtio-fs rootfs share,
- * a hotplugged one and a hotplugged EROFS disk each sit at their manager
- * PCI path with the right virtio driver bound (virtiofs, virtio_blk), and
- * their containers run. Storages that name a PCI path wrongly are one clear
+ * gives it, in a real guest (QEMU): the sandbox's virtio-fs share,
+ * hotplugged for the first container with a shared rootfs (a second one
+ * goes through the same device), and a hotplugged EROFS disk each sit at
+ * their manager PCI path with the right virtio driver bound (virtiofs,
+ * virtio_blk), and their containers run. Storages that name a PCI path wrongly are one clear
  * error from the agent naming the path: an empty slot (the 10 s timeout,
  * for a share and for a converted image's blob disk) and a slot holding
  * the other kind of device (at once).
@@ -11,7 +12,8 @@
 import { expect } from 'chai';
 import { collectOutput } from '../helpers/guest';
 import { startQemuSandbox, stopQemuSandbox, type QemuTestSandbox } from '../helpers/qemu-sandbox';
-import { type Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
+import { type Sandbox, diskIdFor } from '../../src/runtime/sandbox';
+import { SHARED_FS_TAG } from '../../src/protocols/guest-paths';
 import { defaultSpec } from '../../src/runtime/spec';
 import { virtiofsStorage } from '../../src/runtime/volumes';
 import type { Storage } from '../../src/protocols/agent-api';
@@ -23,7 +25,7 @@ describe('integration: the agent finds shares and disks by PCI path (QEMU)', fun
   let rootfs = '';
 
   before(async function () {
-    t = await startQemuSandbox(this, 'devwait', { sandbox: (root) => ({ bootContainers: [{ id: 'a', rootfs: root, rootfsShare: 'virtiofs' }] }) });
+    t = await startQemuSandbox(this, 'devwait');
     ({ sandbox, rootfs } = t);
   });
 
@@ -32,9 +34,9 @@ describe('integration: the agent finds shares and disks by PCI path (QEMU)', fun
   /** Each PCI device the guest has and the virtio driver bound under it. */
   const probe = 'for d in /sys/bus/pci/devices/*; do echo "${d##*/} $(basename "$(readlink $d/virtio*/driver)")"; done';
 
-  it('a boot share, a hotplugged share and a hotplugged disk: each at its PCI path, with its driver, and the container runs', async () => {
+  it('the hotplugged sandbox share (used twice) and a hotplugged disk: each at its PCI path, with its driver, and the container runs', async () => {
     const sb = sandbox!;
-    const cases: [string, 'virtiofs' | 'erofs', string, string][] = [['a', 'virtiofs', fsTagFor('a'), 'virtiofs'], ['b', 'virtiofs', fsTagFor('b'), 'virtiofs'], ['c', 'erofs', diskIdFor('c'), 'virtio_blk']];
+    const cases: [string, 'virtiofs' | 'erofs', string, string][] = [['a', 'virtiofs', SHARED_FS_TAG, 'virtiofs'], ['b', 'virtiofs', SHARED_FS_TAG, 'virtiofs'], ['c', 'erofs', diskIdFor('c'), 'virtio_blk']];
     for (const [id, share, devId, driver] of cases) {
       await sb.createContainer(id, defaultSpec({ args: ['sh', '-c', probe] }), rootfs, { rootfsShare: share });
       const pci = sb.devices.get(devId)?.pciPath;
@@ -49,7 +51,7 @@ describe('integration: the agent finds shares and disks by PCI path (QEMU)', fun
 
   it('a storage naming an empty slot or a slot with the other kind of device is one error naming the path', async () => {
     const sb = sandbox!;
-    const share = sb.devices.get(fsTagFor('a'))!.pciPath!;
+    const share = sb.devices.get(SHARED_FS_TAG)!.pciPath!;
     const disk = sb.devices.get(diskIdFor('c'))!.pciPath!;
     const root = '/run/kata-ts/containers/x/rootfs';
     const create = async (storages: Storage[]) => {
@@ -61,7 +63,7 @@ describe('integration: the agent finds shares and disks by PCI path (QEMU)', fun
     expect(r.err?.message).to.match(/no virtio-fs device appeared at PCI path 1f within 10000 ms \(no PCI device there\)/);
     r = await create([{ driver: 'blk', source: disk, fstype: 'erofs', options: ['ro', 'device-pci=1f'], mount_point: '/run/kata-ts/storage/x' }]);
     expect(r.err?.message).to.match(/no block device appeared at PCI path 1f within 10000 ms/);
-    r = await create([virtiofsStorage(fsTagFor('c'), root, disk)]);
+    r = await create([virtiofsStorage('kata-none', root, disk)]);
     expect(r.err?.message).to.match(new RegExp(`the device at PCI path ${disk} \\(0000:00:${disk}\\.0\\) is bound to the virtio_blk driver, not virtiofs`));
     expect(r.ms, 'a wrong driver fails at once').to.be.below(5000);
     r = await create([{ driver: 'blk', source: share, fstype: 'erofs', options: ['ro'], mount_point: '/run/kata-ts/storage/x' }]);

@@ -1,14 +1,17 @@
 /**
  * One pod, many containers over its life: 50 containers added to a running
- * sandbox and removed again, one after the other (rootfs by virtio-fs
- * hotplug, every tenth on a hotplugged EROFS disk). Each runs and exits 0;
- * every unplug gives its PCI slot back, so the pod never runs out (it used
- * to refuse containers after ~20 hotplugs). Through the device manager
- * (src/resource/devices): each container's device is held by it alone, its
- * PCI path is where QEMU put it (query-pci) and where the guest sees it
- * (the container reads the device's sysfs node by that path); after each
+ * sandbox and removed again, one after the other (rootfs through the
+ * sandbox's one virtio-fs share, every tenth on a hotplugged EROFS disk).
+ * Each runs and exits 0; every unplug gives its PCI slot back, so the pod
+ * never runs out (it used to refuse containers after ~20 hotplugs). Through
+ * the device manager (src/resource/devices): an EROFS container's disk is
+ * held by it alone, its PCI path is where QEMU put it (query-pci) and where
+ * the guest sees it (the container reads the device's sysfs node by that
+ * path); a shared-rootfs container adds no device at all (the sandbox share,
+ * attached at boot, serves it) and leaves no host mount behind; after each
  * removal the manager, the slots, our vhost-user servers (their sockets),
- * and the fds of this process and of QEMU are back to the boot state.
+ * the sandbox's mounts and the fds of this process and of QEMU are back to
+ * the boot state.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -18,7 +21,8 @@ import type { Sandbox } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec } from '../../src/runtime/spec';
 import { attachProcess } from '../../src/runtime/stdio';
-import { fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
+import { diskIdFor } from '../../src/runtime/sandbox';
+import { mountsUnder } from '../../src/runtime/volumes';
 import { until } from '../helpers/until';
 
 /** Open fds of a process (a leaked backend or chardev shows here). */
@@ -45,7 +49,7 @@ describe('integration: 50 containers added to and removed from one pod (QEMU)', 
   let rootfs = '';
 
   before(async function () {
-    t = await startQemuSandbox(this, 'cycles');
+    t = await startQemuSandbox(this, 'cycles', { sandbox: () => ({ volumes: true }) });
     ({ sandbox, hv, rootfs } = t);
   });
 
@@ -55,18 +59,38 @@ describe('integration: 50 containers added to and removed from one pod (QEMU)', 
     const boot = hv.slotsInUse();
     const bootDevices = sandbox!.devices.list().map((d) => d.spec.id);
     const bootSockets = sockets(sandbox!.dir);
+    const bootMounts = mountsUnder(sandbox!.dir).map((m) => m.target);
     const qemuPid = sandbox!.vmInfo!.pids[0];
     let fds: { self: number; qemu: number } | undefined;
     const t0 = Date.now();
     for (let i = 0; i < CYCLES; i++) {
       const id = `c${i}`;
       const rootfsShare = i % 10 === 9 ? 'erofs' as const : 'virtiofs' as const;
-      const kind = rootfsShare === 'erofs' ? 'blk' : 'fs';
-      const devId = kind === 'blk' ? diskIdFor(id) : fsTagFor(id);
+      const kind = 'blk';
+      const devId = diskIdFor(id);
       // The container lists the PCI devices the guest sees (address and device id).
       const probe = 'for d in /sys/bus/pci/devices/*; do echo "${d##*/} $(cat $d/device)"; done';
       const dev0 = sandbox!.devices.list().length;
       await sandbox!.createContainer(id, defaultSpec({ args: ['sh', '-c', `echo run ${i}; ${probe}`] }), rootfs, { rootfsShare });
+      if (rootfsShare === 'virtiofs') {
+        // Through the sandbox share: no device, no slot, one host bind while it exists.
+        expect(hv.slotsInUse(), `container ${i} (shared rootfs) takes no slot`).to.deep.equal(boot);
+        expect(sandbox!.devices.list().length, `container ${i} adds no device`).to.equal(dev0);
+        expect(mountsUnder(sandbox!.dir).length, `container ${i}'s rootfs is bound into the share`).to.be.above(bootMounts.length);
+        await sandbox!.startContainer(id);
+        const out = new PassThrough();
+        let o = '';
+        out.on('data', (d) => (o += d));
+        const st = await attachProcess(sandbox!.agent, id, '', { stdout: out, stderr: out, terminal: false }).done;
+        expect(st.status, `container ${i} (${rootfsShare}): ${o}`).to.equal(0);
+        expect(o.split('\n')[0], `container ${i}`).to.equal(`run ${i}`);
+        await sandbox!.removeContainer(id);
+        expect(mountsUnder(sandbox!.dir).map((m) => m.target), `mounts after container ${i}`).to.deep.equal(bootMounts);
+        expect(sandbox!.devices.list().map((d) => d.spec.id), `manager after container ${i}`).to.deep.equal(bootDevices);
+        expect(sockets(sandbox!.dir), `sockets after container ${i}`).to.deep.equal(bootSockets);
+        if (i % 5 === 4) process.stdout.write(`      ${i + 1} cycles, ${((Date.now() - t0) / 1000).toFixed(0)} s\n`);
+        continue;
+      }
       expect(hv.slotsInUse().length, `container ${i} holds one slot`).to.equal(boot.length + 1);
       const dev = sandbox!.devices.get(devId);
       expect(dev?.holders, `container ${i}'s ${kind} device is held by it`).to.deep.equal([id]);

@@ -10,7 +10,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { requireGuest, testRunDir, testConfig, expectNothingLeft, collectOutput, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
-import { Sandbox, fsTagFor, diskIdFor } from '../../src/runtime/sandbox';
+import { Sandbox, diskIdFor } from '../../src/runtime/sandbox';
+import { SHARED_FS_TAG } from '../../src/protocols/guest-paths';
+import { mountsUnder } from '../../src/runtime/volumes';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { defaultSpec, defaultProcess } from '../../src/runtime/spec';
 import { configureLogging } from '../../src/common/log';
@@ -50,7 +52,9 @@ describe('integration: sandbox with two containers (QEMU)', function () {
     await sandbox!.createContainer('first', defaultSpec({ args: ['sh', '-c', 'echo first > /tmp/f; sleep 60'] }), rootfs1);
     await sandbox!.startContainer('first');
     await sandbox!.createContainer('second', defaultSpec({ args: ['sh', '-c', 'cat /tmp/f 2>&1; hostname; echo second | tee /second.txt'], hostname: 'two' }), rootfs2);
-    expect(hv.servedDevice('fs', fsTagFor('second')), 'rootfs shared by virtio-fs hotplug').to.not.equal(undefined);
+    // Both roots through the sandbox's one share (attached at boot for 'first'): no device of its own.
+    expect(sandbox!.devices.list().filter((d) => d.spec.kind === 'fs').map((d) => d.spec.id), 'one virtio-fs device').to.deep.equal([SHARED_FS_TAG]);
+    expect(mountsUnder(path.join(sandbox!.dir, 'mounts', 'second')).length, 'its rootfs bound into the share').to.equal(1);
     await sandbox!.startContainer('second');
     const r = await collect('second', '');
     expect(r.status).to.equal(0);
@@ -59,7 +63,8 @@ describe('integration: sandbox with two containers (QEMU)', function () {
     // virtio-fs: the write landed in the host directory, as under runc
     expect(fs.readFileSync(path.join(rootfs2, 'second.txt'), 'utf8')).to.equal('second\n');
     await sandbox!.removeContainer('second');
-    expect(hv.servedDevice('fs', fsTagFor('second')), 'share unplugged with its container').to.equal(undefined);
+    expect(mountsUnder(path.join(sandbox!.dir, 'mounts', 'second')), 'its rootfs unbound with it').to.deep.equal([]);
+    expect(hv.servedDevice('fs', SHARED_FS_TAG), 'the share stays for the pod').to.not.equal(undefined);
   });
 
   it('adds a container on a hotplugged EROFS disk when asked (writes stay in the guest)', async () => {

@@ -42,7 +42,11 @@ export const FUSE_WRITEBACK_CACHE = 1 << 16;
 export const FUSE_PARALLEL_DIROPS = 1 << 18;
 export const FUSE_MAX_PAGES = 1 << 22;
 export const FUSE_CACHE_SYMLINKS = 1 << 23;
+/** Directories on another host filesystem are announced (FUSE_ATTR_SUBMOUNT) and the guest mounts them apart: their own st_dev. */
+export const FUSE_SUBMOUNTS = 1 << 27;
 export const FUSE_INIT_EXT = 1 << 30;
+/** fuse_attr.flags: this directory is the root of another host filesystem (a submount in the guest). */
+export const FUSE_ATTR_SUBMOUNT = 1 << 0;
 
 // fuse_setattr_in.valid
 export const FATTR_MODE = 1 << 0;

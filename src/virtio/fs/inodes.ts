@@ -95,6 +95,24 @@ export class InodeTable {
     this.closeFd(ino.fd);
   }
 
+  /**
+   * Drops every inode on host device `dev` but the root, whatever the
+   * guest's lookup counts: the host took that filesystem out of the share
+   * (a container's rootfs unbound at its removal). The guest may still name
+   * those nodeids: they answer EBADF like any unknown one, a later FORGET of
+   * them is ignored, and ids are never reused. Returns how many were dropped.
+   */
+  dropDevice(dev: bigint): number {
+    const prefix = `${dev}:`;
+    let n = 0;
+    for (const ino of [...this.byId.values()]) {
+      if (ino.id === FUSE_ROOT_ID || !ino.key.startsWith(prefix)) continue;
+      this.drop(ino);
+      n++;
+    }
+    return n;
+  }
+
   /** Drops every inode but the root (FUSE_DESTROY) or all of them (close). */
   clear(keepRoot: boolean): void {
     for (const ino of [...this.byId.values()]) {

@@ -56,7 +56,18 @@ export interface SetattrArgs {
 export const SETATTR_MODE = 1, SETATTR_UID = 2, SETATTR_GID = 4, SETATTR_SIZE = 8, SETATTR_ATIME = 16,
   SETATTR_MTIME = 32, SETATTR_ATIME_NOW = 128, SETATTR_MTIME_NOW = 256;
 
-export interface Entry { inode: Inode; st: Stat }
+export interface Entry {
+  inode: Inode;
+  st: Stat;
+  /**
+   * A directory on another host filesystem than the one it was looked up
+   * in (a bind mount below the shared directory, as each container's rootfs
+   * in the sandbox share): announced to the guest as a submount
+   * (FUSE_ATTR_SUBMOUNT), so it gets its own st_dev there too and inode
+   * numbers of two host filesystems never meet under one guest st_dev.
+   */
+  crossesMount?: boolean;
+}
 
 /** The umask of this process, read without changing it (process.umask() is deprecated). */
 function processUmask(): number {
@@ -150,8 +161,9 @@ export class PassthroughFs {
       this.n.fsClose(fd);
       throw err;
     }
-    const inode = this.inodes.lookedUp(fd, keyOf(st), Number(st[ST_MODE]) & S_IFMT);
-    return { inode, st };
+    const fmt = Number(st[ST_MODE]) & S_IFMT;
+    const inode = this.inodes.lookedUp(fd, keyOf(st), fmt);
+    return fmt === S_IFDIR && devOfKey(parent.key) !== st[ST_DEV] ? { inode, st, crossesMount: true } : { inode, st };
   }
 
   forget(nodeid: bigint, nlookup: bigint): void {
@@ -431,6 +443,18 @@ export class PassthroughFs {
     check(this.n.fsRemovexattr(this.procPath(ino), name, true), 'removexattr');
   }
 
+  /**
+   * The host unmounted the filesystem on device `dev` from below the shared
+   * directory (a container's rootfs leaving the sandbox share): the server
+   * lets go of every inode it holds there, so the unmounted tree is freed
+   * now, not when the guest's dentry cache happens to forget it. The caller
+   * makes sure nothing else still served lives on `dev`. Open file handles
+   * keep their own fds until the guest releases them.
+   */
+  forgetDevice(dev: bigint): number {
+    return this.inodes.dropDevice(dev);
+  }
+
   /** FUSE_DESTROY: the guest unmounted; forget everything but the root. */
   destroy(): void {
     this.handles.clear();
@@ -447,8 +471,13 @@ export class PassthroughFs {
   }
 }
 
+/** An inode's identity on the host: (st_dev, st_ino) — two filesystems below the share may hold the same st_ino. */
 function keyOf(st: Stat): string {
   return `${st[ST_DEV]}:${st[ST_INO]}`;
+}
+
+function devOfKey(key: string): bigint {
+  return BigInt(key.slice(0, key.indexOf(':')));
 }
 
 /** A guest u64 offset/size as a Number; beyond 2^53 is EINVAL (no host file is that big). */

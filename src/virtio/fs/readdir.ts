@@ -11,11 +11,12 @@
  * READDIRPLUS counts as a LOOKUP for each entry it returns with a nodeid, so
  * the lookup is done only once the entry is known to fit; "." and ".." are
  * sent with nodeid 0 (the kernel then creates no dentry for them), as
- * virtiofsd does.
+ * virtiofsd does. An entry that is another host filesystem's root carries
+ * the attribute flags the server gives it (FUSE_ATTR_SUBMOUNT), as in LOOKUP.
  */
 import { DIRENT_HEADER_SIZE, ENTRY_OUT_SIZE } from './constants';
 import { Handle } from './inodes';
-import { PassthroughFs } from './passthrough';
+import { Entry, PassthroughFs } from './passthrough';
 import { newStat, ST_INO, ST_MODE, Timeouts, writeEntryOut } from './wire';
 
 function pad8(n: number): number { return (n + 7) & ~7; }
@@ -24,7 +25,7 @@ function isDots(name: Buffer): boolean {
   return name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e));
 }
 
-export function readdir(fs: PassthroughFs, h: Handle, offset: bigint, size: number, plus: boolean, t: Timeouts): Buffer {
+export function readdir(fs: PassthroughFs, h: Handle, offset: bigint, size: number, plus: boolean, t: Timeouts, attrFlags: (e: Entry) => number = () => 0): Buffer {
   const out = Buffer.alloc(size);
   if (size === 0) return out;
   // linux_dirent64 records are about the size of fuse_dirents, so reading
@@ -48,7 +49,7 @@ export function readdir(fs: PassthroughFs, h: Handle, offset: bigint, size: numb
     if (plus) {
       const e = isDots(name) ? undefined : fs.lookupForReaddir(h.inode, name);
       if (e) {
-        writeEntryOut(out, pos, e.inode.id, e.st, t);
+        writeEntryOut(out, pos, e.inode.id, e.st, t, attrFlags(e));
       } else {
         const st = newStat();
         st[ST_INO] = dIno;

@@ -16,7 +16,7 @@ import {
   COMPAT_22_INIT_OUT_SIZE, E, FsError, FUSE_ASYNC_DIO, FUSE_ASYNC_READ, FUSE_ATOMIC_O_TRUNC,
   FUSE_AUTO_INVAL_DATA, FUSE_BIG_WRITES, FUSE_CACHE_SYMLINKS, FUSE_DO_READDIRPLUS, FUSE_FSYNC_FDATASYNC,
   FUSE_GETATTR_FH, FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MAX_PAGES, FUSE_MIN_MINOR_VERSION,
-  FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO, FATTR_FH, GETXATTR_OUT_SIZE, INIT_OUT_SIZE, LSEEK_OUT_SIZE,
+  FUSE_PARALLEL_DIROPS, FUSE_READDIRPLUS_AUTO, FUSE_ATTR_SUBMOUNT, FUSE_SUBMOUNTS, FATTR_FH, GETXATTR_OUT_SIZE, INIT_OUT_SIZE, LSEEK_OUT_SIZE,
   Op, OP_NAMES, OPEN_OUT_SIZE, OUT_HEADER_SIZE, WRITE_IN_SIZE, WRITE_OUT_SIZE, XATTR_SIZE_MAX,
 } from './constants';
 import { Caller, PassthroughFs, SetattrArgs } from './passthrough';
@@ -44,6 +44,8 @@ export class FuseServer {
   private readonly t: Timeouts;
   private readonly maxWrite: number;
   private initialized = false;
+  /** The guest took FUSE_SUBMOUNTS: mount crossings are flagged in LOOKUP/READDIRPLUS entries. */
+  private submounts = false;
   readonly counters: Counters = { requests: 0, errors: 0, malformed: 0, byOp: new Map() };
 
   constructor(readonly fs: PassthroughFs, opts: FuseServerOptions = {}) {
@@ -116,7 +118,7 @@ export class FuseServer {
           }
           throw err;
         }
-        return this.ok(w, req, entryOut(e.inode.id, e.st, this.t));
+        return this.ok(w, req, entryOut(e.inode.id, e.st, this.t, this.attrFlags(e)));
       }
       case Op.FORGET:
         fs.forget(req.nodeid, need(b, 8, 'fuse_forget_in').readBigUInt64LE(0));
@@ -196,7 +198,7 @@ export class FuseServer {
         need(b, 40, 'fuse_read_in');
         const h = fs.handles.get(b.readBigUInt64LE(0), true);
         const size = Math.min(b.readUInt32LE(16), Math.max(0, totalLength(w) - OUT_HEADER_SIZE));
-        return this.ok(w, req, readdir(fs, h, b.readBigUInt64LE(8), size, req.opcode === Op.READDIRPLUS, this.t));
+        return this.ok(w, req, readdir(fs, h, b.readBigUInt64LE(8), size, req.opcode === Op.READDIRPLUS, this.t, (e) => this.attrFlags(e)));
       }
       case Op.ACCESS: fs.access(req.nodeid, need(b, 8, 'fuse_access_in').readUInt32LE(0), this.caller(req)); return this.ok(w, req);
       case Op.FALLOCATE: {
@@ -240,6 +242,11 @@ export class FuseServer {
     }
   }
 
+  /** fuse_attr.flags of an entry: FUSE_ATTR_SUBMOUNT for a mount crossing, when negotiated. */
+  private attrFlags(e: { crossesMount?: boolean }): number {
+    return this.submounts && e.crossesMount ? FUSE_ATTR_SUBMOUNT : 0;
+  }
+
   private init(req: FuseRequest, w: ReadonlyArray<Buffer>): Reply {
     const b = need(req.body, 16, 'fuse_init_in');
     const major = b.readUInt32LE(0), minor = b.readUInt32LE(4), flags = b.readUInt32LE(12);
@@ -255,7 +262,7 @@ export class FuseServer {
     }
     const want = FUSE_ASYNC_READ | FUSE_ATOMIC_O_TRUNC | FUSE_BIG_WRITES | FUSE_AUTO_INVAL_DATA |
       FUSE_DO_READDIRPLUS | FUSE_READDIRPLUS_AUTO | FUSE_ASYNC_DIO | FUSE_PARALLEL_DIROPS | FUSE_MAX_PAGES |
-      FUSE_CACHE_SYMLINKS;
+      FUSE_CACHE_SYMLINKS | FUSE_SUBMOUNTS;
     // A second INIT is a new guest driver instance (reboot, re-probe): the
     // old one's nodeids and handles mean nothing any more.
     if (this.initialized) this.fs.destroy();
@@ -263,6 +270,7 @@ export class FuseServer {
     out.writeUInt32LE(Math.min(minor, FUSE_KERNEL_MINOR_VERSION), 4);
     out.writeUInt32LE(b.readUInt32LE(8), 8); // max_readahead: what the guest proposed
     out.writeUInt32LE((flags & want) >>> 0, 12);
+    this.submounts = (flags & FUSE_SUBMOUNTS) !== 0;
     out.writeUInt16LE(64, 16); // max_background
     out.writeUInt16LE(48, 18); // congestion_threshold
     out.writeUInt32LE(maxPages * 4096, 20); // max_write

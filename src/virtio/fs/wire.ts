@@ -128,7 +128,7 @@ export function cstring(body: Buffer, off: number, what: string): { s: Buffer; n
 }
 
 /** Writes fuse_attr at buf[off]. */
-export function writeAttr(buf: Buffer, off: number, st: Stat): void {
+export function writeAttr(buf: Buffer, off: number, st: Stat, flags = 0): void {
   buf.writeBigUInt64LE(st[ST_INO], off);
   buf.writeBigUInt64LE(st[ST_SIZE], off + 8);
   buf.writeBigUInt64LE(st[ST_BLOCKS], off + 16);
@@ -146,25 +146,25 @@ export function writeAttr(buf: Buffer, off: number, st: Stat): void {
   // major < 4096 and minor < 2^20, which is all a u32 can carry anyway.
   buf.writeUInt32LE(Number(st[ST_RDEV] & 0xffffffffn), off + 76);
   buf.writeUInt32LE(Number(st[ST_BLKSIZE] & 0xffffffffn), off + 80);
-  buf.writeUInt32LE(0, off + 84); // flags: no FUSE_ATTR_SUBMOUNT/DAX
+  buf.writeUInt32LE(flags, off + 84); // FUSE_ATTR_SUBMOUNT where given; never DAX
 }
 
 export interface Timeouts { entrySec: number; attrSec: number }
 
 /** fuse_entry_out at buf[off] (nodeid 0 = "no entry" in READDIRPLUS). */
-export function writeEntryOut(buf: Buffer, off: number, nodeid: number, st: Stat, t: Timeouts): void {
+export function writeEntryOut(buf: Buffer, off: number, nodeid: number, st: Stat, t: Timeouts, attrFlags = 0): void {
   buf.writeBigUInt64LE(BigInt(nodeid), off);
   buf.writeBigUInt64LE(0n, off + 8); // generation: nodeids are never reused with another inode while live
   buf.writeBigUInt64LE(BigInt(t.entrySec), off + 16);
   buf.writeBigUInt64LE(BigInt(t.attrSec), off + 24);
   buf.writeUInt32LE(0, off + 32);
   buf.writeUInt32LE(0, off + 36);
-  writeAttr(buf, off + 40, st);
+  writeAttr(buf, off + 40, st, attrFlags);
 }
 
-export function entryOut(nodeid: number, st: Stat, t: Timeouts): Buffer {
+export function entryOut(nodeid: number, st: Stat, t: Timeouts, attrFlags = 0): Buffer {
   const b = Buffer.alloc(ENTRY_OUT_SIZE);
-  writeEntryOut(b, 0, nodeid, st, t);
+  writeEntryOut(b, 0, nodeid, st, t, attrFlags);
   return b;
 }
 

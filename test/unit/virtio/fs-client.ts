@@ -14,7 +14,8 @@ export interface Attr {
   atimensec: number; mtimensec: number; ctimensec: number;
   mode: number; nlink: number; uid: number; gid: number; rdev: number; blksize: number;
 }
-export interface EntryOut { nodeid: bigint; attr: Attr }
+/** attrFlags: fuse_attr.flags (FUSE_ATTR_SUBMOUNT = 1). */
+export interface EntryOut { nodeid: bigint; attr: Attr; attrFlags: number }
 export interface Reply { len: number; error: number; unique: bigint; body: Buffer }
 
 export function parseAttr(b: Buffer, o: number): Attr {
@@ -28,7 +29,7 @@ export function parseAttr(b: Buffer, o: number): Attr {
 }
 
 export function parseEntry(b: Buffer, o = 0): EntryOut {
-  return { nodeid: b.readBigUInt64LE(o), attr: parseAttr(b, o + 40) };
+  return { nodeid: b.readBigUInt64LE(o), attr: parseAttr(b, o + 40), attrFlags: b.readUInt32LE(o + 40 + 84) };
 }
 
 export function cstr(s: string | Buffer): Buffer {
