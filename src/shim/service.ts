@@ -187,7 +187,9 @@ export class TaskService {
   }
 
   /**
-   * Whether the sandbox's volume share (bind mounts) is attached with the VM.
+   * Whether the sandbox share (bind mounts; with rootfs_share = "virtiofs"
+   * also every container's rootfs, which brings it at boot anyway) is
+   * attached with the VM.
    * A cold boot takes it on the command line, where it costs little and a
    * later pod member with bind mounts needs no hotplug (which q35 and microvm
    * cannot do). A VM template's clone hotplugs every device anyway: there it
