@@ -24,6 +24,7 @@ import { Sandbox, sandboxKernelParams, type PrestartedVm, type RootfsShare } fro
 import { networkNamespacePath, readBundle } from '../runtime/spec';
 import { isBindMount, planVolumes } from '../runtime/volumes';
 import { attachProcess } from '../runtime/stdio';
+import { attachPassfd, openPassfdStreams, type PassfdStreams } from '../runtime/passfd-stdio';
 import type { StatsContainerResponse } from '../protocols/agent-api';
 import { ShimError } from './errors';
 import type { Publisher } from './events';
@@ -75,6 +76,8 @@ export interface PrestartedSandboxVm {
 
 export class TaskService {
   private readonly containers = new Map<string, ShimContainer>();
+  /** Passfd IO ([runtime] use_passfd_io): a process's stdio streams ("id/exec"), opened before its CreateContainer/ExecProcess. */
+  private readonly passfd = new Map<string, PassfdStreams>();
   private sandbox: Sandbox | undefined;
   /** sha256 of the agent policy the pod's sandbox was created with ('' for none): fixed from then on. */
   private policySha: string | undefined;
@@ -169,8 +172,10 @@ export class TaskService {
           this.requireSandbox();
           this.writeMarker(r.bundle, this.sandbox.dir);
         }
-        await this.sandbox.createContainer(r.id, spec, rootfs, { rootfsShare: this.rootfsShare, image });
+        const streams = await this.openPassfd(r.id, '', { stdin: r.stdin, terminal: r.terminal });
+        await this.sandbox.createContainer(r.id, spec, rootfs, { rootfsShare: this.rootfsShare, image, stdio: streams?.ports });
       } catch (err) {
+        this.closePassfd(r.id, '');
         if (mounted) await unmountRootfs(r.bundle);
         throw err;
       }
@@ -226,6 +231,24 @@ export class TaskService {
     fs.writeFileSync(path.join(bundle, BUNDLE_MARKER), JSON.stringify(m));
   }
 
+  /**
+   * Passfd IO (src/runtime/passfd-stdio.ts): opens a process's stdio streams
+   * to the agent when configured; a terminal keeps the agent's path.
+   */
+  private async openPassfd(id: string, execId: string, o: { stdin: string; terminal: boolean }): Promise<PassfdStreams | undefined> {
+    const rt = this.opts.config.runtime;
+    if (!rt.use_passfd_io || o.terminal || !this.sandbox) return undefined;
+    // stdout/stderr always: without a reader path the host discards them (openHostIo), as on the agent's path.
+    const streams = await openPassfdStreams(this.sandbox.vsockSocket, rt.passfd_listener_port, { stdin: !!o.stdin, stdout: true, stderr: true });
+    this.passfd.set(`${id}/${execId}`, streams);
+    return streams;
+  }
+
+  private closePassfd(id: string, execId: string): void {
+    this.passfd.get(`${id}/${execId}`)?.close();
+    this.passfd.delete(`${id}/${execId}`);
+  }
+
   async start(r: t.IdRequest): Promise<{ pid: number }> {
     const c = this.container(r.id);
     const p = this.process(r.id, r.exec_id);
@@ -236,7 +259,8 @@ export class TaskService {
     p.io = io;
     try {
       if (r.exec_id) {
-        p.guestPid = await sb.exec(r.id, r.exec_id, p.spec!);
+        const streams = await this.openPassfd(r.id, r.exec_id, { stdin: p.stdio.stdin, terminal: p.stdio.terminal });
+        p.guestPid = await sb.exec(r.id, r.exec_id, p.spec!, streams?.ports);
         p.pid = p.guestPid;
       } else {
         p.guestPid = await sb.startContainer(r.id);
@@ -244,11 +268,15 @@ export class TaskService {
       }
     } catch (err) {
       p.io = undefined;
+      if (r.exec_id) this.closePassfd(r.id, r.exec_id);
       await io.close();
       throw err;
     }
     p.status = 'running';
-    const attached = attachProcess(sb.agent, r.id, r.exec_id, { stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, terminal: p.stdio.terminal });
+    const hostIo = { stdin: io.stdin, stdout: io.stdout, stderr: io.stderr, terminal: p.stdio.terminal };
+    const streams = this.passfd.get(`${r.id}/${r.exec_id}`);
+    this.passfd.delete(`${r.id}/${r.exec_id}`);
+    const attached = streams ? attachPassfd(sb.agent, r.id, r.exec_id, streams, hostIo) : attachProcess(sb.agent, r.id, r.exec_id, hostIo);
     p.resize = attached.resize;
     attached.done.then(
       (st) => this.finish(p, st.status, st.exited_at_ms ? new Date(st.exited_at_ms) : new Date()),
@@ -287,6 +315,7 @@ export class TaskService {
       const p = this.process(r.id, r.exec_id);
       if (p.status === 'running' || p.status === 'paused') throw new ShimError('failed-precondition', `cannot delete ${r.exec_id ? `process ${r.exec_id}` : `container ${r.id}`}: it is ${p.status}`);
       await p.io?.close();
+      this.closePassfd(r.id, r.exec_id); // created, never started
       if (r.exec_id) {
         c.execs.delete(r.exec_id);
       } else {
