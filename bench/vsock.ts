@@ -15,8 +15,11 @@
  *           default 64 MiB) written by the same Node producer in the guest
  *           to (a) an AF_VSOCK stream through our device, (b) its stdout,
  *           read by the host as the agent's ReadStdout ttrpc stream over our
- *           vsock, (c) a QEMU-native virtio-serial port (virtio-serial-pci
- *           hotplugged, socket chardev): ratios ours / QEMU's.
+ *           vsock, (c) its stdout as a passfd IO stream (Kata 3's passfd IO:
+ *           a vsock connection of its own the agent gives the process as its
+ *           stdout, src/agent/passfd.ts; the VM boots with
+ *           agent.passfd_listener_port), (d) a QEMU-native virtio-serial port
+ *           (virtio-serial-pci hotplugged, socket chardev): ratios ours / QEMU's.
  *
  *   npx tsc -p tsconfig.json && node dist/bench/vsock.js [--vm]
  *   (--vm needs the guest built by scripts/setup.sh; the guest commands run
@@ -34,6 +37,7 @@ import { configureLogging, type LogLevel } from '../src/common/log';
 import { connectVsock, dialAgent, waitForMarker } from '../src/protocols/agent-dialer';
 import { QemuHypervisor } from '../src/hypervisor/qemu';
 import { AgentClient } from '../src/runtime/agent-client';
+import { openPassfdStreams, passfdKernelParam } from '../src/runtime/passfd-stdio';
 import type { VsockMetrics } from '../src/virtio/vsock/device';
 import { AGENT_VSOCK_BUFFER } from '../src/agent/vsock-transport';
 import type { GuestConn } from '../test/unit/virtio/guest-vsock';
@@ -47,6 +51,8 @@ const PINGS = 2000;
 const VM_BLOCK = 1048573;
 const VM_REPS = Number(process.env.BENCH_VSOCK_VM_MIB ?? 64);
 const VM_BULK_PORT = 5001;
+/** Kata runtime-rs's default passfd listener port ([runtime] passfd_listener_port). */
+const PASSFD_PORT = 1027;
 
 async function deviceRig() {
   const r = await vsockRig({ tmpPrefix: 'bench-vsock-', sockName: 'v.sock' });
@@ -153,6 +159,12 @@ if (target === 'vsock') {
   if (n.vsockSetBufferSize) n.vsockSetBufferSize(fd, ${AGENT_VSOCK_BUFFER});
   out = new FdStream(fd);
 } else if (target === '-') out = process.stdout;
+else if (target === 'fd1') {
+  // A passfd stdout is a vsock socket, which Node's process.stdout does not
+  // know (README Limits): write fd 1 as the raw producer writes its socket.
+  const { FdStream } = require('/opt/kata-ts/dist/src/common/fd-stream.js');
+  out = new FdStream(1);
+}
 else out = fs.createWriteStream(target);
 let i = 0;
 const go = () => {
@@ -164,9 +176,9 @@ go();
 
 interface VmResult {
   rpcUs: number; rpcPerSec: number; calls: number; bulkBytes: number;
-  vsockMBs: number; agentStdoutMBs: number; agentStdoutMessages: number; virtioSerialMBs: number;
-  /** Our device's counters during the raw and the agent transfer. */
-  vsockDevice: DeviceCounts; agentStdoutDevice: DeviceCounts;
+  vsockMBs: number; agentStdoutMBs: number; agentStdoutMessages: number; passfdStdoutMBs: number; virtioSerialMBs: number;
+  /** Our device's counters during the raw, the agent and the passfd transfer. */
+  vsockDevice: DeviceCounts; agentStdoutDevice: DeviceCounts; passfdStdoutDevice: DeviceCounts;
   /** Time between ReadStdout messages on the host, ms. */
   agentStdoutGapsMs: { median: number; p90: number; max: number };
 }
@@ -201,7 +213,7 @@ async function vmBench(): Promise<VmResult> {
   const hv = new QemuHypervisor({ binary: '/usr/bin/qemu-system-x86_64', machine: 'pc', accel: 'tcg' });
   const servers: net.Server[] = [];
   try {
-    const vm = await hv.start({ id: 'bench-vsock', dir, kernel: path.join(cache, 'kernel', 'vmlinux'), image: path.join(cache, 'image', 'rootfs.erofs'), vcpus: 1, memoryMiB: 512, kernelParams: 'agent.debug_console', disks: [], debug: false });
+    const vm = await hv.start({ id: 'bench-vsock', dir, kernel: path.join(cache, 'kernel', 'vmlinux'), image: path.join(cache, 'image', 'rootfs.erofs'), vcpus: 1, memoryMiB: 512, kernelParams: `agent.debug_console ${passfdKernelParam(PASSFD_PORT)}`, disks: [], debug: false });
     await waitForMarker(vm.consoleLog, 120000, hv.exited());
     const client = new AgentClient(dialAgent(vm.agentSocket));
     await client.check(30000);
@@ -220,8 +232,8 @@ async function vmBench(): Promise<VmResult> {
       const b = dev.metrics;
       return { txPackets: b.txPackets - a.txPackets, txPasses: b.txPasses - a.txPasses, creditUpdates: b.creditUpdates - a.creditUpdates, rxInterrupts: b.rxInterrupts - a.rxInterrupts, txInterrupts: b.txInterrupts - a.txInterrupts };
     };
-    const run = async (target: string) => {
-      const r = await client.startDebugConsole({ args: ['/usr/bin/node', '-e', GUEST_PRODUCER, target, String(VM_REPS)], terminal: false, rows: 0, columns: 0, env: [] });
+    const run = async (target: string, ports: { stdout_port?: number } = {}) => {
+      const r = await client.startDebugConsole({ args: ['/usr/bin/node', '-e', GUEST_PRODUCER, target, String(VM_REPS)], terminal: false, rows: 0, columns: 0, env: [], ...ports });
       return { container_id: '', exec_id: r.exec_id };
     };
     // 1. raw vsock: guest connects to host port VM_BULK_PORT (hybrid <socket>_<port>).
@@ -248,7 +260,17 @@ async function vmBench(): Promise<VmResult> {
     const gaps = arrivals.slice(1).map((t, i) => t - arrivals[i]!).sort((a, b) => a - b);
     const agentStdoutGapsMs = { median: median(gaps), p90: gaps[Math.floor(gaps.length * 0.9)] ?? 0, max: gaps[gaps.length - 1] ?? 0 };
     await client.waitProcess(ref2);
-    // 3. QEMU-native: a virtio-serial port (virtio-serial-pci hotplugged, socket chardev to us).
+    // 3. the same stdout as a passfd IO stream: a vsock connection of its own, the process's fd 1 in the guest, read raw here.
+    const m4 = meter(bytes, 300000);
+    const streams = await openPassfdStreams(vm.agentSocket, PASSFD_PORT, { stdin: false, stdout: true, stderr: false });
+    before = snap();
+    const ref4 = await run('fd1', streams.ports);
+    streams.stdout!.on('data', m4.feed).resume();
+    const passfdStdoutMBs = await m4.done;
+    const passfdStdoutDevice = delta(before);
+    await client.waitProcess(ref4);
+    streams.close();
+    // 4. QEMU-native: a virtio-serial port (virtio-serial-pci hotplugged, socket chardev to us).
     const m3 = meter(bytes, 300000);
     const serSock = path.join(dir, 'ser.sock');
     const ssrv = net.createServer((c) => c.on('data', m3.feed));
@@ -277,7 +299,7 @@ async function vmBench(): Promise<VmResult> {
     const virtioSerialMBs = await m3.done;
     await client.waitProcess(ref3);
     client.close();
-    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, virtioSerialMBs, vsockDevice, agentStdoutDevice, agentStdoutGapsMs };
+    return { rpcUs, rpcPerSec: 1e6 / rpcUs, calls, bulkBytes: bytes, vsockMBs, agentStdoutMBs, agentStdoutMessages, passfdStdoutMBs, virtioSerialMBs, vsockDevice, agentStdoutDevice, passfdStdoutDevice, agentStdoutGapsMs };
   } finally {
     for (const s of servers) s.close();
     await hv.stop();
@@ -305,10 +327,11 @@ async function main(): Promise<void> {
       ['metric', 'ours (vhost-user vsock)', 'QEMU virtio-serial (peer)'],
       [`bulk guest→host MB/s, raw stream`, f(vm.vsockMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.vsockMBs / vm.virtioSerialMBs).toFixed(2)})`],
       [`bulk as agent ReadStdout (ttrpc) MB/s`, f(vm.agentStdoutMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.agentStdoutMBs / vm.virtioSerialMBs).toFixed(2)})`],
+      [`bulk as passfd IO stdout MB/s`, f(vm.passfdStdoutMBs), `${f(vm.virtioSerialMBs)}  (ratio ${(vm.passfdStdoutMBs / vm.virtioSerialMBs).toFixed(2)})`],
       ['agent Check RPC round trips/s', f(vm.rpcPerSec), `—  (${f(vm.rpcUs / 1000)} ms each)`],
       ['agent ReadStdout messages (avg KiB)', String(vm.agentStdoutMessages), `—  (${f(vm.bulkBytes / vm.agentStdoutMessages / 1024)} KiB each)`],
     ])}\n`);
-    process.stdout.write(`our device, raw stream: ${countsLine(vm.vsockDevice)}\nour device, agent ReadStdout: ${countsLine(vm.agentStdoutDevice)}\n`);
+    process.stdout.write(`our device, raw stream: ${countsLine(vm.vsockDevice)}\nour device, agent ReadStdout: ${countsLine(vm.agentStdoutDevice)}\nour device, passfd stdout: ${countsLine(vm.passfdStdoutDevice)}\n`);
     const g = vm.agentStdoutGapsMs;
     process.stdout.write(`agent ReadStdout message gaps: median ${f(g.median)} ms, p90 ${f(g.p90)} ms, max ${f(g.max)} ms\n`);
     result.vm = vm;
