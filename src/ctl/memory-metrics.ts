@@ -80,8 +80,9 @@ export function summarize(scans: SandboxScan[]): MemorySummary {
 
 /** Adds the page scanner and KSM series to a scrape. */
 export async function memoryMetrics(reg: Registry, rows: SandboxRow[]): Promise<string[]> {
-  // A sandbox without a memory service (builtin VMM) simply has no scanner
-  // series; its guest metrics already say whether it is reachable.
+  // A sandbox without a memory service (its owner predates it, or is gone)
+  // simply has no scanner series; its guest metrics already say whether it
+  // is reachable. Builtin-VMM sandboxes have one (src/runtime/sandbox-memory.ts).
   const sum = summarize((await fetchScans(rows)).filter((s) => !s.absent));
   for (const s of sum.sandboxes) {
     const l = { sandbox_id: s.id };

@@ -1,8 +1,9 @@
 /**
  * `kata-ctl balloon SANDBOX-ID [--set MiB] [--json]`: the sandbox's
- * virtio-balloon (free page reporting; [hypervisor.qemu]
- * reclaim_guest_freed_memory = true) read — and set first with --set —
- * through its owner's mem.sock (QMP query-balloon / balloon). Figures the
+ * virtio-balloon (free page reporting; reclaim_guest_freed_memory = true in
+ * [hypervisor.qemu], or [hypervisor.builtin] for the builtin VMM's own
+ * device) read — and set first with --set — through its owner's mem.sock
+ * (QMP query-balloon / balloon, or src/virtio/balloon in process). Figures the
  * guest reports outside its RAM are printed as warnings, never used.
  */
 import type { CtlCommand } from '../command';
