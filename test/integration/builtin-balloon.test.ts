@@ -13,6 +13,9 @@
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { BuiltinHypervisor } from '../../src/hypervisor/builtin';
 import { BalloonDevice } from '../../src/virtio/balloon/device';
 import { kvmNative } from '../../src/vmm/kvm/native';
 import { buildGuest } from '../unit/vmm/guest-build';
@@ -63,6 +66,32 @@ describe('builtin VMM: virtio-balloon with the test guest', function () {
         expect(flags.includes('sh')).to.equal(!mergeable); // the memfd is MAP_SHARED; the anonymous RAM is private
       } finally {
         r.machine.close();
+      }
+    });
+  }
+
+  for (const ksm of [false, true]) {
+    it(`BuiltinHypervisor({ balloon${ksm ? ', ksm' : ''} }): the balloon is the last virtio-mmio device and picks the madvise from the machine's RAM`, async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-bi-balloon-'));
+      const hv = new BuiltinHypervisor({ balloon: true, ksm });
+      try {
+        const image = path.join(dir, 'root.raw');
+        fs.writeFileSync(image, Buffer.alloc(1 << 20));
+        await hv.start({ id: 'bb', dir: path.join(dir, 'vm'), kernel: buildGuest().elf!, image, vcpus: 1, memoryMiB: 64, kernelParams: 'test=balloon', disks: [], debug: false });
+        expect(hv.vmm?.ramBacking).to.equal(ksm ? 'anonymous' : 'shared-memfd');
+        let timer: NodeJS.Timeout | undefined;
+        const reason = await Promise.race([hv.exited(), new Promise<string>((r) => { timer = setTimeout(() => r('timeout'), 20000); })]);
+        clearTimeout(timer);
+        expect(reason).to.match(/i8042/);
+        const out = hv.consoleTail(100);
+        // blk (rootfs), vsock, then the balloon
+        expect(out).to.match(/virtio_mmio\.device=4K@0xd0000000:5 virtio_mmio\.device=4K@0xd0001000:6 virtio_mmio\.device=4K@0xd0002000:7/);
+        expect(out).to.contain('balloon inflate used=0 page zero');
+        expect(out).to.contain('balloon report used=0 range zero');
+        expect(hv.balloon?.metrics).to.include({ inflatedPages: 1, reportedBytes: 8192, releaseErrors: 0 });
+      } finally {
+        await hv.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
       }
     });
   }
