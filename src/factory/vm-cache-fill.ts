@@ -7,9 +7,12 @@
  * stops them. The slot files (vm-cache-store.ts) keep the count at
  * vm_cache_number whoever refills: a second pre-start for a taken slot exits.
  *
- * A refill starts while the claimed pod starts, on the same CPUs: it runs
+ * A refill would start while the claimed pod starts, on the same CPUs: it
+ * waits first (KATA_TS_VM_CACHE_DELAY_MS, default 2000 for a claim's
+ * refill: a pod from the cache is up by then on a quiet machine) and runs
  * nice'd (KATA_TS_VM_CACHE_NICE, default 10; its QEMU inherits it, and a
- * claimed shim goes back to 0) and may wait first (KATA_TS_VM_CACHE_DELAY_MS).
+ * claimed shim goes back to 0). README Performance, "VM cache", has the
+ * measurements.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -38,6 +41,7 @@ export interface PrestartOptions {
 }
 
 export const DEFAULT_REFILL_NICE = 10;
+export const DEFAULT_REFILL_DELAY_MS = 2000;
 
 /** Starts one detached pre-start shim for `slot`; returns its pid. */
 export function spawnPrestart(slot: number, o: PrestartOptions): number {
@@ -45,7 +49,7 @@ export function spawnPrestart(slot: number, o: PrestartOptions): number {
   if (o.configPath) env.KATA_TS_CONFIG = o.configPath;
   else delete env.KATA_TS_CONFIG;
   env.KATA_TS_VM_CACHE_NICE = String(o.nice ?? env.KATA_TS_VM_CACHE_NICE ?? DEFAULT_REFILL_NICE);
-  if (o.delayMs !== undefined) env.KATA_TS_VM_CACHE_DELAY_MS = String(o.delayMs);
+  env.KATA_TS_VM_CACHE_DELAY_MS = String(o.delayMs ?? env.KATA_TS_VM_CACHE_DELAY_MS ?? 0);
   const child = spawn(process.execPath, [...OWNER_NODE_FLAGS, o.launcher ?? shimLauncher(), ...(o.debug ? ['-debug'] : []), 'prestart'], {
     cwd: '/', detached: true, stdio: 'ignore', env,
   });

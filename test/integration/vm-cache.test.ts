@@ -8,12 +8,16 @@
  * rebuilt template is stale at claim time: it exits and the pod starts as a
  * clone with one line saying why; `factory destroy` leaves no QEMU, shim or
  * socket. A private containerd (test/helpers/containerd.ts) with the kernel
- * and image pinned as copies.
+ * and image pinned as copies. Then a CRI pod (its netns's interface is
+ * hotplugged into the pre-started VM) through containerd's CRI plugin.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
+import { BUSYBOX, CriContainerd, criUnavailable } from '../helpers/cri-containerd';
+import type { PodSandboxConfig } from '../helpers/cri';
+import { requireGuest } from '../helpers/guest';
 import { REPO, testConfig } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
 import { skipOrFail } from '../helpers/skip';
@@ -176,5 +180,80 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     expect((await cacheStatus(cfgFile)).starting).to.deep.equal([]);
     await until('shim gone', async () => (cd!.shimPids().length === 0 ? true : undefined), 15000);
     expect(cd!.qemuPids()).to.deep.equal([]);
+  });
+});
+
+describe('integration: pre-started VM cache through CRI (kata-ts handler)', function () {
+  this.timeout(600000);
+  let cd: CriContainerd | undefined;
+  let cfgFile = '';
+  const seenPids: number[] = [];
+
+  before(async function () {
+    requireGuest(this);
+    if (process.getuid?.() !== 0) skipOrFail(this, 'VM templates mount a tmpfs: run as root');
+    const why = criUnavailable('kata-ts');
+    if (why) skipOrFail(this, why);
+    cd = new CriContainerd();
+    await cd.start({ kataExtraConfig: cacheConfig(cd.dir) });
+    cfgFile = path.join(cd.dir, 'kata-ts.toml');
+    const init = await kataCtl(cfgFile, ['factory', 'init', '--json']);
+    expect(init.code, init.stderr).to.equal(0);
+    const c = (JSON.parse(init.stdout) as { vmCache: CacheJson }).vmCache;
+    expect(c.ready, init.stderr).to.have.length(1);
+    seenPids.push(c.ready[0]!.pid);
+  });
+
+  after(async () => {
+    if (!cd) return;
+    try {
+      const d = await kataCtl(cfgFile, ['factory', 'destroy']);
+      expect(d.code, d.stderr).to.equal(0);
+    } finally {
+      for (const pid of seenPids) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
+      const left = await cd.stop();
+      expect(left, 'left behind after the suite (removed by force)').to.deep.equal({ pods: [], shims: [], qemu: [], mounts: [], cni: [] });
+    }
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').slice(-25).join('\n')}\n`);
+  });
+
+  it('a pod starts from the cached VM (its interface hotplugged), its container runs and logs, and the pod goes away', async () => {
+    const cached = (await cacheStatus(cfgFile)).ready[0]!;
+    const logDir = path.join(cd!.dir, 'pods', 'vcpod');
+    fs.mkdirSync(logDir, { recursive: true });
+    const config: PodSandboxConfig = { metadata: { name: 'vcpod', uid: 'vcpod', namespace: 'vmcache' }, hostname: 'vcpod', log_directory: logDir, linux: {} };
+    const pod = await cd!.cri.runPodSandbox(config, 'kata-ts');
+    try {
+      const ctr = await cd!.cri.createContainer(pod, {
+        metadata: { name: 'c' }, image: { image: BUSYBOX }, command: ['sh', '-c', 'echo pod-from-the-cache; hostname; if [ -e /sys/class/net/eth0 ]; then echo has-eth0; else echo no-eth0; fi; sleep 3600'], log_path: 'c.log', linux: {},
+      }, config);
+      await cd!.cri.startContainer(ctr);
+      const log = await until('container log', async () => {
+        const f = path.join(logDir, 'c.log');
+        const t = fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '';
+        return /stdout F (has|no)-eth0\n/.test(t) ? t : undefined;
+      }, 60000);
+      expect(log, 'the pod interface reached the pre-started VM').to.match(/ stdout F has-eth0\n/);
+      expect(log).to.match(/ stdout F pod-from-the-cache\n/);
+      expect(log).to.match(/ stdout F vcpod\n/);
+      const claims = logLines(cd!.log, /^claimed a pre-started VM/).filter((l) => l.id === pod);
+      expect(claims, 'the pod sandbox claimed the cached VM').to.have.length(1);
+      expect(claims[0]!.qemuPid).to.equal(cached.qemuPid);
+      const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === pod);
+      expect(ready.map((l) => (l.guest as { prestarted?: boolean }).prestarted)).to.deep.equal([true]);
+    } finally {
+      await cd!.cri.stopPodSandbox(pod);
+      await cd!.cri.removePodSandbox(pod);
+    }
+    await until('claimed shim and VM gone', async () => (!pidAlive(cached.pid) && !pidAlive(cached.qemuPid) ? true : undefined), 30000);
+    const after = await until('cache refilled', async () => {
+      const c = await cacheStatus(cfgFile);
+      return c.ready.length === 1 ? c : undefined;
+    }, 120000);
+    seenPids.push(after.ready[0]!.pid);
+    expect(cd!.qemuPids()).to.deep.equal([after.ready[0]!.qemuPid]);
   });
 });
