@@ -3,8 +3,10 @@
  * run` whose container writes 32 MiB to a vsock socket of its own (intact,
  * sha256), stdin through and its end seen, stderr apart, the exact exit
  * status after the last byte; and an exec on its own streams through the
- * Sandbox API, in a container whose init also has them. The container's fds
- * 0-2 are sockets (the proof the agent does not relay them).
+ * Sandbox API, in a container whose init also has them; and a sandbox
+ * cloned from a VM template built with passfd IO on (the template's agent
+ * listened before the save). The container's fds 0-2 are sockets (the
+ * proof the agent does not relay them).
  */
 import { expect } from 'chai';
 import * as crypto from 'node:crypto';
@@ -12,6 +14,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { runCommand } from '../helpers/spawn';
+import { kataCtl } from '../helpers/kata-ctl';
 import { REPO, requireGuest, testRunDir, testConfig, writeTestConfig, expectNothingLeft, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox } from '../../src/runtime/sandbox';
@@ -50,6 +53,23 @@ describe('integration: passfd IO (QEMU)', function () {
     expect(err.slice(0, 3).every((l) => /^socket:\[\d+\]$/.test(l)), r.stderr).to.equal(true);
     expect(err.slice(3)).to.deep.equal(['3000', 'err']);
     expect(r.code).to.equal(3);
+  });
+
+  it('a clone of a VM template made with passfd IO on: its agent listens, stdout is a socket', async () => {
+    const tplCfg = path.join(runDir, 'template.toml');
+    fs.writeFileSync(tplCfg, `${fs.readFileSync(cfgFile, 'utf8')}[factory]\nenable_template = true\ntemplate_path = "${path.join(runDir, 'tpl')}"\n`);
+    const init = await kataCtl(['factory', 'init', '--config', tplCfg], { timeoutMs: 240000 });
+    expect(init.code, init.stderr).to.equal(0);
+    try {
+      const r = await runCommand(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', tplCfg, '--', 'sh', '-c', 'readlink /proc/$$/fd/1; grep -o "agent.passfd_listener_port=[0-9]*" /proc/cmdline; exit 6'], { timeoutMs: 240000 });
+      // No "template stale ... cold boot" warning: it was a clone.
+      expect(r.stderr).to.equal('');
+      expect(r.stdout).to.match(/^socket:\[\d+\]\nagent\.passfd_listener_port=1027\n$/);
+      expect(r.code).to.equal(6);
+    } finally {
+      const d = await kataCtl(['factory', 'destroy', '--config', tplCfg]);
+      expect(d.code, d.stderr).to.equal(0);
+    }
   });
 
   it('Sandbox API: an init and an exec each on their own streams; nothing left after', async () => {
