@@ -37,8 +37,9 @@ export type BalloonQueue = 'inflate' | 'deflate' | 'stats' | 'reporting';
  * deflateq 1, statsq 2, free_page_vq 3, reporting_vq 4, each optional queue
  * present only with its feature; Linux (virtballoon init_vqs, a NULL name
  * takes no index) and QEMU (virtio_add_queue in order) number the queues
- * that exist consecutively, which virtio 1.3 made the rule. We never offer
- * FREE_PAGE_HINT, so the reporting queue is 3 with STATS_VQ and 2 without.
+ * that exist consecutively, and a device must match the drivers that exist.
+ * We never offer FREE_PAGE_HINT, so the reporting queue is 3 with STATS_VQ
+ * and 2 without.
  */
 export function queueRoles(features: bigint): BalloonQueue[] {
   const roles: BalloonQueue[] = ['inflate', 'deflate'];

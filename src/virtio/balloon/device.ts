@@ -14,7 +14,9 @@
  * Host side: setTarget() writes num_pages and raises a configuration change
  * (§5.5.6: the device asks, the driver inflates or deflates at its pace and
  * reports `actual`); requestStats() hands the held statistics buffer back so
- * the driver refills it (§5.5.6.3).
+ * the driver refills it (§5.5.6.3). MUST_TELL_HOST is not offered (so the
+ * §5.5.3.2 FEATURES_OK refusal never applies) nor PAGE_POISON, nor
+ * FREE_PAGE_HINT (QEMU's migration aid; nothing here migrates).
  *
  * Untrusted input (a hostile or broken driver): a PFN outside guest RAM, a
  * reported range outside RAM or straddling a region end (the PCI hole), an
@@ -241,14 +243,17 @@ export class BalloonDevice implements VirtioDevice {
         const pfns = this.readablePfns(ctx, vq, i);
         if (role === 'inflate') this.inflate(ctx, pfns);
         else this.deflate(ctx, pfns);
-        // §5.5.6.1: the device may free the pages before it acknowledges the
-        // inflate buffer, which is why the release above comes first.
+        // §5.5.6.2 (device requirements): the device MAY modify a page after
+        // seeing its number in an inflate request and before acknowledging it
+        // by using the descriptor — so the release above comes first, and the
+        // guest MUST NOT touch the page until then (§5.5.6.1).
         vq.pushUsed(head, 0);
         return;
       }
       case 'stats': {
         this.takeStats(ctx, vq, i);
-        // Held until requestStats(): returning it is how the device asks for fresh figures.
+        // Held until requestStats(): using it is how the device asks for fresh
+        // figures (§5.5.6.3, "retaining it to initiate a subsequent request").
         if (this.statsHead !== undefined) {
           // A driver that queues a second buffer gets the older one back unread.
           vq.pushUsed(this.statsHead, 0);
@@ -259,7 +264,10 @@ export class BalloonDevice implements VirtioDevice {
       }
       case 'reporting':
         this.report(vq, i);
-        // §5.5.6.7: the device returns the buffer once it is done with the pages.
+        // §5.5.6.7.2: without PAGE_POISON (never offered, so the "MUST NOT
+        // modify to other than poison_val" case cannot arise) the device MAY
+        // modify reported pages before acknowledging the request: release,
+        // then use the descriptor.
         vq.pushUsed(head, 0);
         return;
     }
@@ -310,7 +318,8 @@ export class BalloonDevice implements VirtioDevice {
   }
 
   private deflate(ctx: ActivateContext, pfns: Uint32Array): void {
-    // Nothing to undo: without MUST_TELL_HOST the guest's next access gets a fresh page.
+    // Nothing to undo: without MUST_TELL_HOST the driver MAY re-use the
+    // pages even before we acknowledge (§5.5.6.1); its next access gets a fresh page.
     for (const pfn of pfns) if (this.pageOffset(ctx, pfn) !== undefined) this.metrics.deflatedPages++;
   }
 

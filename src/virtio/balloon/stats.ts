@@ -24,7 +24,8 @@ export function parseStats(buf: Uint8Array, ramBytes: number): ParsedStats {
     const tag = view.getUint16(p, true);
     const val = view.getBigUint64(p + 2, true);
     const name = STAT_NAMES[tag];
-    // §5.5.6.3: the device ignores tags it does not know.
+    // §5.5.6.3.2: the device MUST ignore entries whose tag it does not
+    // recognize, and MUST accept entries in any order (a map, not positions).
     if (name === undefined) { warnings.push(`unknown statistics tag ${tag}: ignored`); continue; }
     if (val > BigInt(Number.MAX_SAFE_INTEGER)) { warnings.push(`statistic ${name} = ${val}: out of range, ignored`); continue; }
     const v = Number(val);
