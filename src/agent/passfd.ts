@@ -26,6 +26,7 @@
  */
 import { native, type NativeAddon } from '../common/native';
 import { KataError } from '../common/errors';
+import type { StdioPorts } from '../protocols/agent-api';
 
 /** Its kinds are the agent's (service.ts maps them to status codes). */
 export class PassfdError extends KataError<'not-found' | 'invalid' | 'already-exists' | 'failed-precondition'> {}
@@ -41,11 +42,7 @@ export const UNCLAIMED_MS = 120_000;
 const POLL_READ = 1;
 
 /** The ports a request names (0 or absent: that stream is not passed). */
-export interface StdioPorts {
-  stdin_port?: number;
-  stdout_port?: number;
-  stderr_port?: number;
-}
+export type { StdioPorts };
 
 /** The sockets taken for one process: fds the agent owns until the child has them. */
 export interface PassedStdio {
@@ -68,7 +65,7 @@ export function wantsPassfd(p: StdioPorts | undefined): boolean {
 }
 
 interface Waiting { fd: number; timer: NodeJS.Timeout }
-interface Taker { resolve: (fd: number) => void; timer: NodeJS.Timeout }
+interface Taker { resolve: (fd: number) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }
 
 export class PassfdStreams {
   private readonly waiting = new Map<number, Waiting>();
@@ -206,7 +203,7 @@ export class PassfdStreams {
         this.takers.delete(port);
         reject(new PassfdError('not-found', `no passfd stream from host port ${port} arrived within ${ms} ms (the host connects one per stdio stream before the request)`));
       }, ms);
-      this.takers.set(port, { resolve, timer });
+      this.takers.set(port, { resolve, reject, timer });
     });
   }
 
@@ -243,7 +240,10 @@ export class PassfdStreams {
     this.stopAccept = undefined;
     for (const [, w] of this.waiting) { clearTimeout(w.timer); this.n.closeFd(w.fd); }
     this.waiting.clear();
-    for (const t of this.takers.values()) clearTimeout(t.timer);
+    for (const [port, t] of this.takers) {
+      clearTimeout(t.timer);
+      t.reject(new PassfdError('failed-precondition', `the passfd listener closed before the stream of host port ${port} arrived`));
+    }
     this.takers.clear();
   }
 }
