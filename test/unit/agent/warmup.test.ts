@@ -90,5 +90,10 @@ describe('unit: agent warm-up before a VM template is saved', function () {
       await new Promise((r) => setImmediate(r));
       expect((process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles().length).to.equal(handles);
     });
+
+    it('the snapshot build\'s hook (main.ts prepare, called by boot.ts while Node builds the blob) runs it', async () => {
+      const { prepare } = await import('../../../src/agent/main');
+      expect(await prepare()).to.match(/^kata-agent: snapshot warm-up: 15 RPCs served, 7 through the codec only, \d+ ms$/);
+    });
   });
 });
