@@ -6,7 +6,10 @@
  *
  * Where it reads: the guest RAM our vhost-user backend already maps into its
  * hot-path WebAssembly.Memory (VhostUserBackend.guestMemoryRegions, the
- * regions of QEMU's last SET_MEM_TABLE), so nothing is copied.
+ * regions of QEMU's last SET_MEM_TABLE), or, for the builtin VMM, the
+ * machine's own guest RAM in the same kind of Memory (shared memfd, private
+ * anonymous with KSM, or a snapshot mapped MAP_PRIVATE; mincore answers for
+ * all three) — nothing is copied.
  *
  * Why mincore first: guest RAM is a shared memfd. Reading a hole of a shmem
  * mapping allocates the page, so a naive pass would make every VM's whole

@@ -88,7 +88,9 @@ export class BalloonDevice implements VirtioDevice {
   private readonly log = logger('virtio.balloon');
   private readonly needsReset = new NeedsResetLatch({ log: this.log, name: 'virtio-balloon', guestErrors: [VirtqueueError], metrics: this.metrics });
   private readonly warned = new Map<string, number>();
-  private readonly ramPages: number;
+  /** The VM's RAM: opts.ramBytes until activate() learns the real size from guest memory. */
+  private ramBytes: number;
+  private ramPages: number;
   private roles: BalloonQueue[] = queueRoles(this.availableFeatures);
   private ctx: ActivateContext | undefined;
   private releaser: GuestRamReleaser | undefined;
@@ -102,6 +104,7 @@ export class BalloonDevice implements VirtioDevice {
     if (!Number.isSafeInteger(opts.ramBytes) || opts.ramBytes <= 0 || opts.ramBytes % BALLOON_PAGE !== 0) {
       throw new BalloonError('config', `balloon: RAM of ${opts.ramBytes} bytes is not a positive multiple of 4 KiB`);
     }
+    this.ramBytes = opts.ramBytes;
     this.ramPages = opts.ramBytes / BALLOON_PAGE;
     // Resolved now, so a missing binding is an error at VM start, not at the first inflate.
     this.madvise = opts.madvise ?? nativeMadvise();
@@ -146,8 +149,8 @@ export class BalloonDevice implements VirtioDevice {
    * notification (§5.5.6: the driver SHOULD then inflate or deflate).
    */
   setTarget(guestBytes: number): void {
-    if (!Number.isSafeInteger(guestBytes) || guestBytes <= 0 || guestBytes > this.opts.ramBytes) {
-      throw new BalloonError('config', `balloon target ${guestBytes} bytes: must be in 1..${this.opts.ramBytes} (the VM's RAM)`);
+    if (!Number.isSafeInteger(guestBytes) || guestBytes <= 0 || guestBytes > this.ramBytes) {
+      throw new BalloonError('config', `balloon target ${guestBytes} bytes: must be in 1..${this.ramBytes} (the VM's RAM)`);
     }
     const pages = this.ramPages - Math.floor(guestBytes / BALLOON_PAGE);
     this.config.setU32(CONFIG_NUM_PAGES, pages);
@@ -194,6 +197,13 @@ export class BalloonDevice implements VirtioDevice {
   activate(ctx: ActivateContext): void {
     this.roles = queueRoles(ctx.features);
     if (!ctx.queues[0] || !ctx.queues[1]) throw new BalloonError('config', 'virtio-balloon needs its inflate and deflate queues');
+    // The guest memory is the truth (a VM restored from a snapshot has the snapshot's RAM size).
+    const have = ctx.memory.hot.guestBytes;
+    if (have > 0 && have !== this.ramBytes) {
+      this.log.warn('virtio-balloon: guest RAM differs from the configured size; using the guest\'s', { configured: this.ramBytes, guest: have });
+      this.ramBytes = have;
+      this.ramPages = Math.floor(have / BALLOON_PAGE);
+    }
     this.ctx = ctx;
     this.releaser = new GuestRamReleaser(ctx.memory.hot, this.opts.backing, this.madvise);
     this.needsReset.clear();
@@ -376,7 +386,7 @@ export class BalloonDevice implements VirtioDevice {
     const parts: Uint8Array[] = [];
     for (let k = first; k < first + nr; k++) parts.push(ctx.memory.hot.u8.subarray(io[2 * k], io[2 * k] + io[2 * k + 1]));
     const buf = Buffer.concat(parts);
-    const { stats, warnings } = parseStats(buf, this.opts.ramBytes);
+    const { stats, warnings } = parseStats(buf, this.ramBytes);
     if (warnings.length) {
       this.metrics.badStats++;
       for (const m of warnings) this.warn('stats', m);

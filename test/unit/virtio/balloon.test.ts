@@ -46,14 +46,14 @@ describe('virtio/balloon device', function () {
   let hot: HotMemory, module: VirtioModule, dev: BalloonDevice, rings: DriverRing[], vqs: Virtqueue[];
   let calls: Call[], irqs: number[], configChanges: number, resets: string[], backing: RamBacking;
 
-  function setup(features = ALL, madvise?: (buf: ArrayBuffer, o: number, l: number, a: Madvice) => void, prepare?: (h: HotMemory) => void): void {
+  function setup(features = ALL, madvise?: (buf: ArrayBuffer, o: number, l: number, a: Madvice) => void, prepare?: (h: HotMemory) => void, ramBytes = RAM): void {
     hot = new HotMemory({ scratchBytes: 1 << 20, guestRegions: REGIONS });
     // Guest RAM backing is mapped before the driver writes its rings (as a VM's is before boot).
     prepare?.(hot);
     module = new VirtioModule(hot);
     calls = []; irqs = []; configChanges = 0; resets = []; backing = 'shared-memfd';
     dev = new BalloonDevice({
-      ramBytes: RAM, backing: () => backing,
+      ramBytes, backing: () => backing,
       madvise: madvise ?? ((_b, offset, length, advice) => { calls.push({ offset, length, advice }); }),
     });
     dev.ackFeatures(features);
@@ -116,6 +116,13 @@ describe('virtio/balloon device', function () {
       expect(configChanges).to.equal(1);
       for (const bad of [0, -1, RAM + 4096, 1.5, NaN]) expect(() => dev.setTarget(bad)).to.throw(BalloonError, /balloon target/);
       expect(dev.targetPages).to.equal(1024);
+    });
+
+    it('takes the RAM size from guest memory at activation (a restored VM has the snapshot\'s size)', () => {
+      setup(ALL, undefined, undefined, 64 * MIB);
+      expect(() => dev.setTarget(RAM + 4096)).to.throw(BalloonError, /must be in 1\.\.12582912/);
+      dev.setTarget(RAM);
+      expect(dev.targetPages).to.equal(0);
     });
 
     it('keeps the driver\'s actual; a lying actual (more than RAM) is counted and not believed', () => {
