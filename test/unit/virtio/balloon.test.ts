@@ -310,6 +310,17 @@ describe('virtio/balloon device', function () {
       expect(parseStats(statEntries([[2, (1n << 63n)]]), RAM).stats).to.deep.equal({});
     });
 
+    it('releaseHeld (before a snapshot) uses the held buffer, so no chain stays in flight', () => {
+      setup();
+      addStats(statEntries([[5, 8n * BigInt(MIB)]]));
+      expect(vqs[2].lastAvailIdx - vqs[2].nextUsedIdx).to.equal(1);
+      dev.releaseHeld();
+      expect(vqs[2].lastAvailIdx - vqs[2].nextUsedIdx).to.equal(0);
+      expect(rings[2].getBuf()).to.not.equal(undefined);
+      dev.releaseHeld(); // nothing held: no-op
+      expect(vqs[2].nextUsedIdx).to.equal(1);
+    });
+
     it('requestStats without a held buffer answers the last figures at once', async () => {
       setup();
       const s = await dev.requestStats(10);
