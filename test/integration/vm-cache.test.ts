@@ -160,6 +160,18 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     expect(after.ready[0]!.pid).to.not.equal(stale.pid);
   });
 
+  it('a pod with io.katacontainers.* annotations (they may change its VM) does not use the cache: one line, a clone, the entry stays', async () => {
+    const before = await cacheStatus(cfgFile);
+    expect(before.ready).to.have.length(1);
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, '--annotation', 'io.katacontainers.example=1', IMAGE, 'vca', 'echo', 'annotated']);
+    expect([r.code, r.stdout, r.stderr]).to.deep.equal([0, 'annotated\n', '']);
+    const lines = logLines(cd!.log, /^VM cache not used/).filter((l) => l.id === 'vca');
+    expect(lines.map((l) => l.msg)).to.deep.equal(['VM cache not used: the pod has io.katacontainers.example (may change its VM); starting a shim']);
+    const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === 'vca');
+    expect(ready.map((l) => [(l.guest as { template?: boolean }).template, (l.guest as { prestarted?: boolean }).prestarted])).to.deep.equal([[true, undefined]]);
+    expect((await cacheStatus(cfgFile)).ready.map((e) => e.pid)).to.deep.equal(before.ready.map((e) => e.pid));
+  });
+
   it('factory destroy stops the cache: no QEMU, no cached shim, no socket or directory left', async () => {
     const c = await cacheStatus(cfgFile);
     const d = await kataCtl(cfgFile, ['factory', 'destroy', '--json']);
