@@ -121,6 +121,8 @@ export interface PrestartedVm {
   copyMs: number;
   /** Hotplugs `vm`'s shares, disks and nets (what a clone's startClone would have). */
   attach(vm: VmConfig): Promise<void>;
+  /** makeCloneUnique, already sent when the VM was claimed (while the guest idles until Create). */
+  unique?: Promise<void>;
 }
 
 /** How a container's rootfs directory reaches the guest. */
@@ -318,7 +320,7 @@ export class Sandbox {
       // them; none depends on another): one round trip to the guest less. Not
       // with an agent policy, which CreateSandbox sets: they must reach the
       // agent before it, as the policy need not allow them.
-      const unique = clone ? makeCloneUnique(this.agentClient) : undefined;
+      const unique = clone ? pre?.unique ?? makeCloneUnique(this.agentClient) : undefined;
       if (policy) await unique;
       await Promise.all([
         unique,

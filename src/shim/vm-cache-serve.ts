@@ -23,6 +23,7 @@ import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
 import { ClaimServer } from '../factory/vm-cache-server';
 import { CachedVm, templateIdentity, vmDirName } from '../factory/vm-cache-vm';
+import { makeCloneUnique } from '../factory/sandbox-clone';
 import { acquireSlot, cacheDir, configIdentity, releaseSlot, slotFile, type CacheEntryMeta } from '../factory/vm-cache-store';
 import type { ClaimRequest } from '../factory/vm-cache-protocol';
 import type { ShimFlags } from './flags';
@@ -112,6 +113,9 @@ export async function prestart(flags: ShimFlags): Promise<void> {
       process.chdir(r.flags.bundle);
       Object.assign(process.env, r.env);
       const pre = await cached.handOver();
+      // Reseed and clock now: the guest idles until containerd's Create arrives (Sandbox.start awaits it).
+      pre.unique = makeCloneUnique(pre.agent);
+      pre.unique.catch(() => undefined);
       await serve({ ...r.flags, action: 'serve' }, {
         prestarted: { vm: pre, hypervisor: cached.hv, kernelParams: cached.kernelParams, config, discard: () => cached.stop() },
       });
