@@ -16,6 +16,8 @@ export interface BalloonQuery {
   stats: unknown;
   /** What the device already found wrong with the guest's figures. */
   warnings?: string[];
+  /** The device's own counters (the builtin VMM's: pages given back, bad input seen). */
+  counters?: Record<string, number>;
 }
 
 export interface BalloonControl {
@@ -49,7 +51,7 @@ export function deviceBalloon(dev: BalloonDevice, ramBytes: number): BalloonCont
     setTarget: async (bytes) => { dev.setTarget(bytes); },
     query: async () => {
       const s = await dev.requestStats(1000);
-      return { actualBytes: ramBytes - dev.rawActual * 4096, stats: s.stats, warnings: s.warnings };
+      return { actualBytes: ramBytes - dev.rawActual * 4096, stats: s.stats, warnings: s.warnings, counters: { ...dev.metrics } };
     },
   };
 }

@@ -184,7 +184,7 @@ export class SandboxMemory {
       for (const k of Object.keys(stats)) delete stats[k];
     }
     for (const w of warnings) this.log.warn(w, { sandbox: this.o.id });
-    return { ramMiB: ram, actualMiB, targetMiB: setMiB, stats, warnings };
+    return { ramMiB: ram, actualMiB, targetMiB: setMiB, stats, warnings, ...(q.counters ? { counters: q.counters } : {}) };
   }
 
   async close(): Promise<void> {

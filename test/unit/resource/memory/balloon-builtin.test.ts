@@ -120,6 +120,9 @@ describe('memory: the builtin VMM\'s balloon and page scanner', () => {
     expect(w).to.match(/not a multiple of 10/);
     expect(r.stats).to.deep.equal({});
     expect(dev.metrics.lyingActual).to.equal(1);
+    // The device's counters reach kata-ctl balloon --json.
+    expect((r.counters as Record<string, number>).lyingActual).to.equal(1);
+    expect((r.counters as Record<string, number>).badStats).to.be.at.least(1);
   });
 
   it('kata-ctl pages: the scanner reads the builtin guest RAM in place', async () => {
