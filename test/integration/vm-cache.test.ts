@@ -6,7 +6,8 @@
  * and the shim's 'sandbox ready' line says prestarted), the exit status is
  * the container's, the cache refills to 1 with another VM; a cached VM of a
  * rebuilt template is stale at claim time: it exits and the pod starts as a
- * clone with one line saying why; `factory destroy` leaves no QEMU, shim or
+ * clone with one line saying why; an entry whose QEMU dies leaves the cache
+ * and the next start refills it; `factory destroy` leaves no QEMU, shim or
  * socket. A private containerd (test/helpers/containerd.ts) with the kernel
  * and image pinned as copies. Then a CRI pod (its netns's interface is
  * hotplugged into the pre-started VM) through containerd's CRI plugin.
@@ -170,6 +171,25 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === 'vca');
     expect(ready.map((l) => [(l.guest as { template?: boolean }).template, (l.guest as { prestarted?: boolean }).prestarted])).to.deep.equal([[true, undefined]]);
     expect((await cacheStatus(cfgFile)).ready.map((e) => e.pid)).to.deep.equal(before.ready.map((e) => e.pid));
+  });
+
+  it('an unclaimed entry whose QEMU dies leaves the cache; the next start falls back with one line and refills it', async () => {
+    const before = await cacheStatus(cfgFile);
+    expect(before.ready).to.have.length(1);
+    const e = before.ready[0]!;
+    process.kill(e.qemuPid, 'SIGKILL');
+    await until('entry gone', async () => (!pidAlive(e.pid) ? true : undefined), 30000);
+    const gone = await cacheStatus(cfgFile);
+    expect([gone.ready, gone.starting]).to.deep.equal([[], []]);
+    expect(fs.readdirSync(gone.dir).filter((f) => f.startsWith('vm-')), 'its VM directory').to.deep.equal([]);
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, 'vcd', 'echo', 'after-death']);
+    expect([r.code, r.stdout]).to.deep.equal([0, 'after-death\n']);
+    expect(logLines(cd!.log, /^VM cache: /).filter((l) => l.id === 'vcd').map((l) => l.msg)).to.deep.equal([`VM cache: no cached VM ready in ${gone.dir}; starting a shim`]);
+    const after = await until('cache refilled', async () => {
+      const c = await cacheStatus(cfgFile);
+      return c.ready.length === 1 ? c : undefined;
+    }, 120000);
+    seenPids.push(after.ready[0]!.pid);
   });
 
   it('factory destroy stops the cache: no QEMU, no cached shim, no socket or directory left', async () => {
