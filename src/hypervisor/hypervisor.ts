@@ -4,6 +4,7 @@
  * process). Kata's runtime-rs has the same seam. Devices are described
  * abstractly; each implementation maps them onto its own transport.
  */
+import * as fs from 'node:fs';
 import type { BlkBackend } from '../virtio/blk/device';
 
 export interface DiskDevice {
@@ -143,6 +144,24 @@ function isI440fx(machine: string | undefined): boolean {
 }
 
 /**
+ * The host's TSC frequency in kHz as /proc/cpuinfo gives it (`cpu MHz`, the
+ * kernel's calibrated cpu_khz), or undefined when it cannot be read.
+ */
+export function hostTscKhz(cpuinfo?: string): number | undefined {
+  let text = cpuinfo;
+  if (text === undefined) {
+    try {
+      text = fs.readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      return undefined;
+    }
+  }
+  const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(text);
+  const khz = m ? Math.round(Number(m[1]) * 1000) : NaN;
+  return Number.isFinite(khz) && khz > 0 ? khz : undefined;
+}
+
+/**
  * The guest kernel command line every kata-ts VM gets. `machine` (QEMU's
  * machine type, when QEMU runs the VM) adds what only that machine needs.
  */
@@ -164,6 +183,14 @@ export function baseKernelParams(debug: boolean, machine?: string): string {
     // MSI-X anyway; ACPI hotplug (PCI, memory, CPU) is untouched. Not on q35,
     // whose INTx routing SeaBIOS's table does not describe.
     ...(isI440fx(machine) ? ['acpi=noirq'] : []),
+    // microvm has no HPET or ACPI PM timer, so the kernel can only calibrate
+    // the TSC against the PIT, and under TCG on a loaded host that fails
+    // ("Unable to calibrate against PIT"); the TSC is then marked unstable,
+    // the delay loop waits on jiffies, and the PIT's tick never reaches the
+    // guest: boot stops there for good (seen at load ~9-23, 2026-12-01).
+    // Under TCG the guest's RDTSC is the host's TSC, so its frequency is
+    // the host's: given up front, no calibration runs.
+    ...(machine?.split(',')[0] === 'microvm' && hostTscKhz() ? [`tsc_early_khz=${hostTscKhz()}`] : []),
     debug ? 'agent.log=debug' : 'quiet',
   ].join(' ');
 }

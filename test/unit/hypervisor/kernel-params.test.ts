@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import { QemuHypervisor } from '../../../src/hypervisor/qemu';
-import { baseKernelParams, type VmConfig } from '../../../src/hypervisor/hypervisor';
+import { baseKernelParams, hostTscKhz, type VmConfig } from '../../../src/hypervisor/hypervisor';
 
 describe('guest kernel command line', () => {
   const cfg = {
@@ -39,5 +39,16 @@ describe('guest kernel command line', () => {
     };
     expect(append('pc')).to.include('acpi=noirq');
     expect(append('q35')).to.not.include('acpi=noirq');
+  });
+
+  it('gives microvm guests the TSC frequency (no HPET/PM timer there: PIT calibration fails under load and boot stops), and no other machine', () => {
+    expect(hostTscKhz('processor\t: 0\ncpu MHz\t\t: 2596.148\ncache size\t: 1 KB\n')).to.equal(2596148);
+    expect(hostTscKhz('processor\t: 0\n')).to.equal(undefined);
+    expect(hostTscKhz('cpu MHz\t: 0.000\n')).to.equal(undefined);
+    const host = hostTscKhz();
+    if (host === undefined) throw new Error('this host\'s /proc/cpuinfo has no cpu MHz line');
+    expect(baseKernelParams(false, 'microvm').split(' ')).to.include(`tsc_early_khz=${host}`);
+    expect(baseKernelParams(false, 'microvm,accel=tcg').split(' ')).to.include(`tsc_early_khz=${host}`);
+    for (const m of ['pc', 'q35', undefined]) expect(baseKernelParams(false, m), String(m)).to.not.match(/tsc_early_khz/);
   });
 });
