@@ -215,14 +215,22 @@ export function sandboxShareDevice(sharedDir: string): { tag: string; path: stri
   return { tag: SHARED_FS_TAG, path: sharedDir };
 }
 
+type Propagation = 'private' | 'shared' | 'slave';
+
 /** The syscalls a volume needs, behind an interface (util-linux by default). */
 export interface HostMounter {
-  bind(source: string, target: string, recursive: boolean): Promise<void>;
+  /**
+   * A bind mount, then (same call) the propagation changes in the order
+   * given (recursive for an rbind) and, with `readonly`, a read-only
+   * remount of the new mount: one `mount` process per share mount (each
+   * costs a process spawn on every pod's start).
+   */
+  bind(source: string, target: string, recursive: boolean, then?: { propagation?: Propagation[]; readonly?: boolean }): Promise<void>;
   /** Propagation of an existing mount: private, shared or slave, recursive or not. */
-  propagation(target: string, kind: 'private' | 'shared' | 'slave', recursive: boolean): Promise<void>;
+  propagation(target: string, kind: Propagation, recursive: boolean): Promise<void>;
   remountReadonly(target: string): Promise<void>;
-  /** MNT_DETACH: a busy mount (FUSE server fds, a process inside) cannot stay listed. */
-  unmount(target: string): Promise<void>;
+  /** MNT_DETACH (each with everything below it): a busy mount (FUSE server fds, a process inside) cannot stay listed. */
+  unmount(targets: string[]): Promise<void>;
 }
 
 async function run(args: string[]): Promise<void> {
@@ -236,11 +244,19 @@ async function run(args: string[]): Promise<void> {
 }
 
 export const utilLinuxMounter: HostMounter = {
-  bind: (source, target, recursive) => run([recursive ? '--rbind' : '--bind', source, target]),
+  // util-linux ≥ 2.23 applies --make-* after the bind, in the order given
+  // (each its own mount(2)); ≥ 2.27 follows `-o ro` on a bind with the
+  // MS_REMOUNT|MS_BIND|MS_RDONLY a bind needs to become read-only.
+  bind: (source, target, recursive, then = {}) => run([
+    recursive ? '--rbind' : '--bind',
+    ...(then.propagation ?? []).map((k) => `--make-${recursive ? 'r' : ''}${k}`),
+    ...(then.readonly ? ['-o', 'ro'] : []),
+    source, target,
+  ]),
   propagation: (target, kind, recursive) => run([`--make-${recursive ? 'r' : ''}${kind}`, target]),
   remountReadonly: (target) => run(['-o', 'remount,bind,ro', target]),
-  async unmount(target) {
-    await execFileP('umount', ['-l', target]).catch(() => undefined);
+  async unmount(targets) {
+    if (targets.length) await execFileP('umount', ['-l', ...targets]).catch(() => undefined);
   },
 };
 
@@ -328,14 +344,10 @@ export class SandboxVolumes {
     const isMount = (d: string) => mountsUnder(d).some((m) => m.target === fs.realpathSync(d));
     try {
       if (!isMount(this.mountsDir)) {
-        await this.mounter.bind(this.mountsDir, this.mountsDir, false);
-        await this.mounter.propagation(this.mountsDir, 'private', false);
-        await this.mounter.propagation(this.mountsDir, 'shared', false);
+        await this.mounter.bind(this.mountsDir, this.mountsDir, false, { propagation: ['private', 'shared'] });
       }
       if (!isMount(this.sharedDir)) {
-        await this.mounter.bind(this.mountsDir, this.sharedDir, false);
-        await this.mounter.propagation(this.sharedDir, 'slave', false);
-        await this.mounter.remountReadonly(this.sharedDir);
+        await this.mounter.bind(this.mountsDir, this.sharedDir, false, { propagation: ['slave'], readonly: true });
       }
     } catch (err) {
       await this.unmountAll();
@@ -401,9 +413,8 @@ export class SandboxVolumes {
   private async mountOne(v: Volume): Promise<void> {
     if (v.kind === 'dir') fs.mkdirSync(v.hostTarget, { mode: 0o755 });
     else fs.writeFileSync(v.hostTarget, '', { flag: 'wx', mode: 0o644 });
-    await this.mounter.bind(v.source, v.hostTarget, v.recursive);
+    await this.mounter.bind(v.source, v.hostTarget, v.recursive, { propagation: ['slave'] });
     v.dev = fs.statSync(v.hostTarget, { bigint: true }).dev;
-    await this.mounter.propagation(v.hostTarget, 'slave', v.recursive);
     if (!mountsUnder(v.sharedTarget).some((m) => m.target === v.sharedTarget || m.target === safeRealpath(v.sharedTarget))) {
       throw new VolumeError('mount', `the bind mount of ${v.source} did not propagate to ${v.sharedTarget}`);
     }
@@ -458,17 +469,22 @@ export class SandboxVolumes {
     return dev;
   }
 
-  private async unmountUnder(dir: string): Promise<void> {
+  /**
+   * Unmounts everything at or below the directories: the outermost mounts
+   * in one `umount -l` (each detaches what is below it), again while any
+   * stays listed.
+   */
+  private async unmountUnder(...dirs: string[]): Promise<void> {
     for (let i = 0; i < 64; i++) {
-      const [m] = mountsUnder(dir);
-      if (!m) return;
-      await this.mounter.unmount(m.target);
+      const all = dirs.flatMap((d) => mountsUnder(d)).map((m) => m.target);
+      const outer = [...new Set(all.filter((t) => !all.some((o) => o !== t && t.startsWith(o + '/'))))];
+      if (!outer.length) return;
+      await this.mounter.unmount(outer);
     }
   }
 
   private async unmountAll(): Promise<void> {
-    await this.unmountUnder(this.sharedDir);
-    await this.unmountUnder(this.mountsDir);
+    await this.unmountUnder(this.sharedDir, this.mountsDir);
   }
 
   /** Every container's volumes, then the `shared` view and the `mounts` directory. */
