@@ -36,7 +36,8 @@ describe('unit: shim launcher, delete without node', () => {
   };
   const deleteArgs = ['-namespace', 'k8s.io', '-address', '/run/none/containerd.sock', '-publish-binary', '/usr/bin/containerd', '-id', 'c1', '-bundle', '', 'delete'];
   const args = () => deleteArgs.map((a, i) => (i === 9 ? bundle : a));
-  const writeMarker = (shimPid: number) => fs.writeFileSync(path.join(bundle, BUNDLE_MARKER), JSON.stringify({ sandboxId: 'sb', sandboxDir: path.join(dir, 'sandbox'), runDir: dir, shimPid }));
+  /** The marker the shim writes; its sandbox directory exists while the shim serves the pod. */
+  const writeMarker = (shimPid: number, sandboxDir = path.join(dir, 'sandbox')) => fs.writeFileSync(path.join(bundle, BUNDLE_MARKER), JSON.stringify({ sandboxId: 'sb', sandboxDir, runDir: dir, shimPid }));
   const decode = (b: Buffer) => {
     const t = messageType('containerd.task.v2.DeleteResponse');
     return t.toObject(t.decode(b), DECODE_OPTIONS) as { pid: number; exit_status: number; exited_at?: { seconds: number; nanos: number } };
@@ -46,6 +47,7 @@ describe('unit: shim launcher, delete without node', () => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-quick-delete-'));
     bundle = path.join(dir, 'bundle');
     fs.mkdirSync(path.join(bundle, 'rootfs'), { recursive: true });
+    fs.mkdirSync(path.join(dir, 'sandbox'));
     fakeBin = path.join(dir, 'bin');
     fs.mkdirSync(fakeBin);
     fs.writeFileSync(path.join(fakeBin, 'node'), `#!/bin/sh\necho "$*" > '${nodeCalls()}'\nexit 3\n`, { mode: 0o755 });
@@ -74,6 +76,26 @@ describe('unit: shim launcher, delete without node', () => {
     expect(d.pid).to.equal(0);
     expect(d.exit_status).to.equal(137); // as delete.ts: a task killed with its shim
     expect(d.exited_at!.seconds).to.be.within(before, Math.floor(Date.now() / 1000));
+  });
+
+  it('waits for a shim whose sandbox is gone (on its way out after Shutdown) to exit first', async () => {
+    const leaving = spawn('bash', ['-c', 'exec -a containerd-shim-kata-ts-v2 sleep 0.4'], { stdio: 'ignore' });
+    const exited = new Promise((r) => leaving.once('exit', r));
+    await new Promise((r) => setTimeout(r, 100));
+    writeMarker(leaving.pid!, path.join(dir, 'sandbox-gone'));
+    const t0 = Date.now();
+    const r = await new Promise<{ status: number | null; out: Buffer; called: boolean }>((resolve) => {
+      fs.rmSync(nodeCalls(), { force: true });
+      const c = spawn(LAUNCHER, args(), { cwd: bundle, env: { ...process.env, PATH: `${fakeBin}:${process.env.PATH}` } });
+      const out: Buffer[] = [];
+      c.stdout.on('data', (d: Buffer) => out.push(d));
+      c.on('close', (status) => resolve({ status, out: Buffer.concat(out), called: fs.existsSync(nodeCalls()) }));
+    });
+    await exited;
+    expect(r.called, 'node was started').to.equal(false);
+    expect(r.status).to.equal(0);
+    expect(decode(r.out).exit_status).to.equal(137);
+    expect(Date.now() - t0, 'answered only once the shim was gone').to.be.at.least(200);
   });
 
   it('takes -bundle=DIR, and the working directory when there is no -bundle', () => {
