@@ -1,6 +1,7 @@
 /**
  * The VM factory as kata-ctl sees it: the template for the configuration
- * sandboxes start with (the hypervisor the runtime would pick, its
+ * sandboxes start with (QEMU, or the builtin VMM's snapshots when
+ * `[runtime] hypervisor = "builtin"`; the hypervisor the runtime would pick, its
  * accelerator, the sandbox kernel parameters with `[agent.kata]
  * policy_file`'s hash), and its state for `check` and `env`.
  */
@@ -10,13 +11,22 @@ import { policyFromFile } from '../runtime/policy';
 import { sandboxKernelParams } from '../runtime/sandbox';
 import type { Config } from '../runtime/config';
 import { qemuTarget, VmFactory } from '../factory/factory';
+import type { BuiltinFactory } from '../factory/builtin-template';
 import { TemplateError } from '../factory/qemu-template';
 import type { TemplateState } from '../factory/template-store';
 import { errorMessage } from '../common/errors';
 import { cacheStatus } from '../factory/vm-cache-fill';
 
 /** The factory for the configuration sandboxes start with. */
-export async function factoryFor(cfg: Config): Promise<VmFactory> {
+export async function factoryFor(cfg: Config): Promise<VmFactory | BuiltinFactory> {
+  if (cfg.runtime.hypervisor === 'builtin') {
+    // The builtin VMM's snapshots (src/factory/builtin-template.ts); refused where the builtin VMM is.
+    const { hv } = await selectHypervisor(cfg, 'builtin');
+    const { BuiltinFactory: Factory } = await import('../factory/builtin-template');
+    const policyFile = cfg['agent.kata'].policy_file;
+    const policy = policyFile ? policyFromFile(policyFile) : undefined;
+    return new Factory({ config: cfg, kernelParams: sandboxKernelParams(cfg, policy), balloon: (hv as import('../hypervisor/builtin').BuiltinHypervisor).options.balloon === true });
+  }
   const { hv } = await selectHypervisor(cfg, 'qemu');
   if (!(hv instanceof QemuHypervisor)) throw new TemplateError('config', 'VM templates are implemented for QEMU only');
   const policyFile = cfg['agent.kata'].policy_file;

@@ -1,5 +1,6 @@
 /**
- * The sandbox's door into the factory: start its VM as a clone of the VM
+ * The sandbox's door into the factory (QEMU, and the builtin VMM's
+ * snapshots: startBuiltinClone): start its VM as a clone of the VM
  * template when `[factory] enable_template` is on and the template is valid
  * for this sandbox, else say why in exactly one warning line and let the
  * caller cold-boot. A clone that fails half way (a truncated state file, the
@@ -26,8 +27,10 @@ export const RESEED_BYTES = 512;
 /** A VM started from the template, or undefined after one warning (the caller cold-boots). */
 export async function startFromTemplate(hv: Hypervisor, cfg: Config, vm: VmConfig, kernelParams: string, log: Logger): Promise<{ info: VmInfo; cloneMs: number; copyMs: number } | undefined> {
   if (!cfg.factory.enable_template) return undefined;
+  // Loaded only for the builtin VMM (its module loads the native addon).
+  if (hv.name === 'builtin') return (await import('./builtin-template')).startBuiltinClone(hv as import('../hypervisor/builtin').BuiltinHypervisor, cfg, vm, kernelParams, log);
   if (!(hv instanceof QemuHypervisor)) {
-    log.warn(`[factory] enable_template: VM templates are implemented for QEMU only, not the ${hv.name} hypervisor; cold boot`);
+    log.warn(`[factory] enable_template: VM templates are implemented for QEMU and the builtin VMM only, not the ${hv.name} hypervisor; cold boot`);
     return undefined;
   }
   const factory = new VmFactory({ config: cfg, kernelParams, vcpus: vm.vcpus, memoryMiB: vm.memoryMiB, qemu: qemuTarget(hv) });

@@ -77,6 +77,9 @@ export class BuiltinHypervisor implements Hypervisor {
 
   constructor(private readonly opts: BuiltinOptions = {}) {}
 
+  /** The options it was made with (the VM factory keys its templates on the balloon). */
+  get options(): Readonly<BuiltinOptions> { return this.opts; }
+
   /** The machine while it runs (tests, metrics). */
   get vmm(): Machine | undefined { return this.machine; }
 

@@ -57,7 +57,7 @@ export function statusText(st: TemplateStatus, enabled: boolean): string {
       `memory:     ${memoryText(m.inputs.memory)}`,
       `kernel:     ${m.inputs.kernel.path} sha256:${m.kernelSha256.slice(0, 16)}`,
       `image:      ${m.inputs.image.path} sha256:${m.imageSha256.slice(0, 16)}`,
-      `sizes:      state ${mib(m.stateBytes)}, memory ${mib(m.memoryBytes)} (${mib(m.memoryDataBytes)} data, copied per clone), on host ${mib(st.diskBytes)}${m.mountedTmpfs ? ' (tmpfs)' : ''}`,
+      `sizes:      state ${mib(m.stateBytes)}, memory ${mib(m.memoryBytes)} (${mib(m.memoryDataBytes)} data, ${m.inputs.machine.startsWith('builtin') ? 'mapped copy-on-write by each clone' : 'copied per clone'}), on host ${mib(st.diskBytes)}${m.mountedTmpfs ? ' (tmpfs)' : ''}`,
     );
   }
   return lines.join('\n') + '\n';
