@@ -8,6 +8,14 @@
  * RNG reseed and clock (makeCloneUnique: time has passed since), the
  * hostname (CreateSandbox).
  *
+ * The pod's sandbox share (one virtio-fs device per pod, volumes.ts) is
+ * attached while the VM waits: the cache prepares its own share directory
+ * (`<vmDir>/shared`, with its mounts/ peer) and hotplugs the device, the
+ * guest probes it then; the claimed sandbox takes that SandboxVolumes
+ * (PrestartedVm.share) and binds its containers' roots there, so no hotplug
+ * is left at claim time. The agent mounts the share when a container's
+ * storage asks for it, as for any sandbox.
+ *
  * Every cached VM is its own clone (own vsock CID, own memfd copy of the
  * template's RAM, vmgenid): no two pods share RNG state.
  *
@@ -29,6 +37,7 @@ import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { createSandboxHypervisor, type Hypervisor } from '../runtime/hypervisor-choice';
 import { policyFromFile } from '../runtime/policy';
 import { sandboxKernelParams, type PrestartedVm } from '../runtime/sandbox';
+import { SandboxVolumes, removeTreeSafely, sandboxShareDevice } from '../runtime/volumes';
 import { startSandboxMemory } from '../runtime/sandbox-memory';
 import type { SandboxMemory } from '../resource/memory/service';
 import { startFromTemplate } from './sandbox-clone';
@@ -80,6 +89,7 @@ export class CachedVm {
       kernelParams, disks: [], shares: [], debug: cfg['agent.kata'].enable_debug || cfg.runtime.enable_debug,
     };
     let started = false;
+    let share: SandboxVolumes | undefined;
     try {
       // startFromTemplate says why in one warning when it cannot clone: here that is an error.
       let why = '';
@@ -90,8 +100,13 @@ export class CachedVm {
       const wire = dialAgent(clone.info.agentSocket);
       const agent = new AgentClient(wire);
       await agent.check(cfg['agent.kata'].dial_timeout * 1000);
+      // The pod's sandbox share, now rather than on the claimed pod's path.
+      if (!hv.addShare) throw new VmCacheError('start', 'the hypervisor cannot hotplug shares');
+      share = new SandboxVolumes(path.join(vmDir, 'shared'));
+      await share.prepare();
+      await hv.addShare(sandboxShareDevice(share.sharedDir));
       const pre: PrestartedVm = {
-        info: clone.info, wire, agent, cloneMs: clone.cloneMs, copyMs: clone.copyMs,
+        info: clone.info, wire, agent, cloneMs: clone.cloneMs, copyMs: clone.copyMs, share,
         attach: async (v) => {
           for (const sh of v.shares ?? []) {
             if (!hv.addShare) throw new VmCacheError('start', 'the hypervisor cannot hotplug shares');
@@ -113,7 +128,9 @@ export class CachedVm {
       return c;
     } catch (err) {
       if (started) await hv.stop().catch(() => undefined);
-      fs.rmSync(vmDir, { recursive: true, force: true });
+      await share?.close().catch((e) => log.warn('cannot unmount the cached VM\'s share', { err: errorMessage(e) }));
+      // Never a recursive delete through a mount that is still there.
+      removeTreeSafely(vmDir);
       throw err instanceof VmCacheError ? err : new VmCacheError('start', `cached VM: ${errorMessage(err)}`, { cause: err });
     }
   }
@@ -135,7 +152,8 @@ export class CachedVm {
     this.memory = undefined;
     this.pre.agent.close();
     await this.hv.stop().catch(() => undefined);
-    fs.rmSync(this.vmDir, { recursive: true, force: true });
+    await this.pre.share?.close().catch(() => undefined);
+    removeTreeSafely(this.vmDir);
   }
 }
 

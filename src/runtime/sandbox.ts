@@ -121,6 +121,13 @@ export interface PrestartedVm {
   copyMs: number;
   /** Hotplugs `vm`'s shares, disks and nets (what a clone's startClone would have). */
   attach(vm: VmConfig): Promise<void>;
+  /**
+   * The sandbox share, attached while the VM waited: its host directory
+   * (mounts/ + the read-only shared/ view) prepared and its device plugged
+   * under SHARED_FS_TAG. The sandbox binds its containers' roots and volumes
+   * there, so its first container needs no hotplug; stop() unmounts it.
+   */
+  share?: SandboxVolumes;
   /** makeCloneUnique, already sent when the VM was claimed (while the guest idles until Create). */
   unique?: Promise<void>;
 }
@@ -220,7 +227,7 @@ export class Sandbox {
     if (longest > UNIX_PATH_MAX) {
       throw new SandboxError('state', `sandbox directory ${this.dir} is too long for its unix sockets (${longest} > ${UNIX_PATH_MAX} bytes): set a shorter [runtime] run_dir (at most ${UNIX_PATH_MAX - (longest - Buffer.byteLength(opts.config.runtime.run_dir))} bytes for this sandbox id)`);
     }
-    this.volumes = new SandboxVolumes(path.join(this.dir, 'shared'));
+    this.volumes = opts.prestarted?.share ?? new SandboxVolumes(path.join(this.dir, 'shared'));
     this.devices = new DeviceManager(opts.hypervisor);
     this.directVolumes = new SandboxDirectVolumes(opts.id, this.directVolumeStore, this.devices);
     this.log = logger('sandbox', { sandbox: opts.id });
@@ -272,7 +279,8 @@ export class Sandbox {
         const image = await this.prepareImage(c.id, c.rootfs);
         disks.push({ id: diskIdFor(c.id), path: image, readonly: true });
       }
-      if (this.opts.volumes || (this.opts.bootContainers ?? []).some((c) => this.volumes.hasRootfs(c.id))) {
+      // A pre-started VM's share is attached already: taken whether needed or not (it costs nothing more now).
+      if (this.opts.prestarted?.share || this.opts.volumes || (this.opts.bootContainers ?? []).some((c) => this.volumes.hasRootfs(c.id))) {
         await this.volumes.prepare();
         shares.push(sandboxShareDevice(this.volumes.sharedDir));
         this.sandboxShare = true;
@@ -289,7 +297,8 @@ export class Sandbox {
       // [factory] enable_template: a clone of the VM template, else (one warning) a cold boot.
       // A pre-started VM (the VM cache) is such a clone, already running: it gets the boot devices now.
       const pre = this.opts.prestarted;
-      if (pre) await pre.attach(vmCfg);
+      // Its share is plugged already (vmCfg.shares holds only it): adoptBoot below records it with its PCI path.
+      if (pre) await pre.attach(pre.share ? { ...vmCfg, shares: [] } : vmCfg);
       const clone = pre ?? (this.opts.bootVfio?.length ? undefined : await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log));
       this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
       // The boot devices, held by the containers they serve (else by the sandbox).
@@ -314,7 +323,7 @@ export class Sandbox {
       const wire = pre?.wire ?? dialAgent(this.vm.agentSocket);
       this.agentClient = pre?.agent ?? new AgentClient(wire);
       if (!pre) await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
-      if (clone) guestTimings = JSON.stringify({ template: true, ...(pre ? { prestarted: true } : {}), cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
+      if (clone) guestTimings = JSON.stringify({ template: true, ...(pre ? { prestarted: true } : {}), ...(pre?.share ? { sharePreattached: true } : {}), cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
       const tCheck = Date.now();
       // A clone's reseed and clock go out with CreateSandbox (ttrpc multiplexes
       // them; none depends on another): one round trip to the guest less. Not

@@ -28,6 +28,7 @@ import { acquireSlot, cacheDir, configIdentity, releaseSlot, slotFile, type Cach
 import type { ClaimRequest } from '../factory/vm-cache-protocol';
 import type { ShimFlags } from './flags';
 import { serve } from './serve';
+import { removeTreeSafely } from '../runtime/volumes';
 
 /** How often an unclaimed entry checks that its registration is still its own. */
 const WATCH_MS = 2000;
@@ -76,8 +77,9 @@ export async function prestart(flags: ShimFlags): Promise<void> {
     return leave('start failed', 1);
   }
   const vmDir = vm.vmDir;
-  // The VM's directory goes with this process, whenever it exits (claimed or not).
-  process.on('exit', () => fs.rmSync(vmDir, { recursive: true, force: true }));
+  // The VM's directory goes with this process, whenever it exits (claimed or
+  // not); never through a mount left in its share (removeTreeSafely unmounts first, or keeps it).
+  process.on('exit', () => removeTreeSafely(vmDir));
   void vm.hv.exited().then((why) => { if (!claimed) void leave(`VM exited: ${why}`, 1); });
   const meta: CacheEntryMeta = {
     schemaVersion: 1, slot, pid: process.pid, qemuPid: vm.qemuPid, config: identity, debug: flags.debug,

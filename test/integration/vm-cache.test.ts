@@ -49,6 +49,11 @@ async function cacheStatus(cfgFile: string): Promise<CacheJson> {
   return (JSON.parse(r.stdout) as { vmCache: CacheJson }).vmCache;
 }
 
+/** Mount points under `dir` (this process's mount namespace, as the shims'). */
+function mountsUnder(dir: string): string[] {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m === dir || m.startsWith(`${dir}/`));
+}
+
 /** containerd log lines (JSON part) whose msg matches. */
 function logLines(log: string, msg: RegExp): Record<string, unknown>[] {
   const out: Record<string, unknown>[] = [];
@@ -112,8 +117,12 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     const before = await cacheStatus(cfgFile);
     expect(before.ready).to.have.length(1);
     const cached = before.ready[0]!;
-    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, 'vc1', 'sh', '-c', 'echo from-the-cache; exit 7']);
-    expect([r.code, r.stdout, r.stderr]).to.deep.equal([7, 'from-the-cache\n', '']);
+    // The pod's sandbox share is attached while the VM waits: its host side (mounts/ + the shared/ view) is there before the claim.
+    const vmDir = (JSON.parse(fs.readFileSync(path.join(before.dir, 'slot-0.json'), 'utf8')) as { vmDir: string }).vmDir;
+    expect(mountsUnder(vmDir), 'the cached VM\'s share, before the claim').to.include.members([path.join(vmDir, 'mounts'), path.join(vmDir, 'shared')]);
+    // The container's rootfs comes through that share (ls reads it in the guest).
+    const r = await cd!.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, 'vc1', 'sh', '-c', 'echo from-the-cache; ls /bin/busybox; exit 7']);
+    expect([r.code, r.stdout, r.stderr]).to.deep.equal([7, 'from-the-cache\n/bin/busybox\n', '']);
     // The VM that ran it was started before `ctr run`: start's claim line names its QEMU.
     const claims = logLines(cd!.log, /^claimed a pre-started VM/).filter((l) => l.id === 'vc1');
     expect(claims, 'one claim line for vc1').to.have.length(1);
@@ -121,9 +130,13 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     expect(claims[0]!.shimPid).to.equal(cached.pid);
     const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === 'vc1');
     expect(ready.map((l) => (l.guest as { prestarted?: boolean }).prestarted)).to.deep.equal([true]);
+    // No hotplug of the share at claim time: the sandbox took the attached one (a second add of its tag would have failed).
+    expect(ready.map((l) => (l.guest as { sharePreattached?: boolean }).sharePreattached)).to.deep.equal([true]);
     expect(logLines(cd!.log, /cold boot|VM cache:/).filter((l) => l.id === 'vc1')).to.deep.equal([]);
-    // The claimed shim and its VM are gone with the container.
+    // The claimed shim and its VM are gone with the container, and nothing stays mounted in the share.
     await until('claimed shim gone', async () => (!pidAlive(cached.pid) && !pidAlive(cached.qemuPid) ? true : undefined), 30000);
+    expect(mountsUnder(vmDir), 'mounts left of the claimed share').to.deep.equal([]);
+    expect(fs.existsSync(vmDir), `${vmDir} left`).to.equal(false);
     // Refilled: one ready entry again, a new process and VM.
     const after = await until('cache refilled', async () => {
       const c = await cacheStatus(cfgFile);
@@ -200,6 +213,8 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     expect(c.ready.every((e) => !pidAlive(e.pid) && !pidAlive(e.qemuPid))).to.equal(true);
     expect(cd!.qemuPids()).to.deep.equal([]);
     expect(fs.existsSync(c.dir), `${c.dir} left`).to.equal(false);
+    // The unclaimed entry's share went with it.
+    expect(mountsUnder(c.dir), 'mounts left of an unclaimed share').to.deep.equal([]);
     const after = await cacheStatus(cfgFile);
     expect([after.ready, after.starting]).to.deep.equal([[], []]);
   });
