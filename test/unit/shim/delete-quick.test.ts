@@ -98,6 +98,30 @@ describe('unit: shim launcher, delete without node', () => {
     expect(Date.now() - t0, 'answered only once the shim was gone').to.be.at.least(200);
   });
 
+  it('counts a shim that exited but is not reaped yet (a zombie of containerd, its subreaper) as gone', async () => {
+    // The parent execs sleep and never reaps: the shim stand-in stays a zombie after 0.3 s.
+    const parent = spawn('sh', ['-c', 'bash -c "exec -a containerd-shim-kata-ts-v2 sleep 0.3" & echo $!; exec sleep 5'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    try {
+      const pid = Number(await new Promise<string>((r) => parent.stdout!.once('data', (d: Buffer) => r(d.toString()))));
+      writeMarker(pid, path.join(dir, 'sandbox-gone'));
+      const t0 = Date.now();
+      const r = await new Promise<{ status: number | null; out: Buffer }>((resolve) => {
+        const c = spawn(LAUNCHER, args(), { cwd: bundle, env: { ...process.env, PATH: `${fakeBin}:${process.env.PATH}` } });
+        const out: Buffer[] = [];
+        c.stdout.on('data', (d: Buffer) => out.push(d));
+        c.on('close', (status) => resolve({ status, out: Buffer.concat(out) }));
+      });
+      const ms = Date.now() - t0;
+      expect(r.status).to.equal(0);
+      expect(decode(r.out).exit_status).to.equal(137);
+      expect(ms, 'answered once the shim exited, not after the 1 s bound').to.be.below(800);
+    } finally {
+      const gone = new Promise((r) => parent.once('exit', r));
+      parent.kill('SIGKILL');
+      await gone;
+    }
+  });
+
   it('takes -bundle=DIR, and the working directory when there is no -bundle', () => {
     writeMarker(shim!.pid!);
     const eq = run(args().flatMap((a, i) => (i === 8 ? [] : i === 9 ? [`-bundle=${bundle}`] : [a])));
