@@ -39,7 +39,7 @@ import { MAGIC, MEMORY_FILE, STATE_FILE, VMM_STATE_VERSION } from '../vmm/snapsh
 import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { TemplateError } from './qemu-template';
 import { fileIdentity, keyDifferences, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
-import { isMountPoint, MANIFEST, mountSource, TMPFS_SOURCE, writeManifest, type TemplateManifest, type TemplateStatus } from './template-store';
+import { isMountPoint, MANIFEST, readManifest, removeTemplateFiles, TMPFS_SOURCE, writeManifest, type TemplateManifest, type TemplateStatus } from './template-store';
 
 /** Only the kernel parameter the agent reads (src/agent/warmup.ts); acpi=noirq is QEMU pc's business. */
 export const BUILTIN_TEMPLATE_KERNEL_PARAMS = 'agent.warmup=1';
@@ -174,25 +174,7 @@ export class BuiltinFactory {
 
   /** Removes the template (files, the tmpfs init mounted, the directory if empty). Returns what it removed. */
   destroy(): string[] {
-    const removed: string[] = [];
-    if (!fs.existsSync(this.dir)) return removed;
-    for (const f of BUILTIN_TEMPLATE_FILES) {
-      const p = path.join(this.dir, f);
-      if (fs.existsSync(p)) {
-        fs.rmSync(p, { force: true });
-        removed.push(p);
-      }
-    }
-    if (mountSource(this.dir) === TMPFS_SOURCE && fs.readdirSync(this.dir).length === 0) {
-      const r = spawnSync('umount', [this.dir], { encoding: 'utf8' });
-      if (r.status !== 0) throw new TemplateError('config', `cannot unmount ${this.dir}: ${(r.stderr || '').trim()}`);
-      removed.push(`tmpfs at ${this.dir}`);
-    }
-    try {
-      fs.rmdirSync(this.dir);
-      removed.push(this.dir);
-    } catch { /* not empty (someone else's files) or already gone */ }
-    return removed;
+    return removeTemplateFiles(this.dir, BUILTIN_TEMPLATE_FILES, (msg) => new TemplateError('config', msg));
   }
 }
 
@@ -205,8 +187,7 @@ export function builtinTemplateStatus(dir: string, wanted: TemplateInputs): Temp
   }
   let manifest: TemplateManifest;
   try {
-    manifest = JSON.parse(fs.readFileSync(path.join(dir, MANIFEST), 'utf8')) as TemplateManifest;
-    if (!manifest || manifest.schemaVersion !== 1 || typeof manifest.key !== 'string' || !manifest.inputs || typeof manifest.stateBytes !== 'number' || typeof manifest.memoryBytes !== 'number') throw new Error('not a kata-ts template manifest');
+    manifest = readManifest(dir);
   } catch (err) {
     return { ...base, state: 'corrupt', reasons: [`${path.join(dir, MANIFEST)}: ${errorMessage(err)}`] };
   }

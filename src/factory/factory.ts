@@ -28,7 +28,7 @@ import { dataExtents, startCloneMemory, type CloneMemory } from './memory';
 import { restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
 import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
 import { MemoryPlanError, qemuMemoryPlan, type QemuMemoryOptions } from '../hypervisor/memory-plan';
-import { isMountPoint, MEMORY, mountSource, STATE, TEMPLATE_FILES, templateStatus, TMPFS_SOURCE, writeManifest, type TemplateStatus } from './template-store';
+import { isMountPoint, MEMORY, removeTemplateFiles, STATE, TEMPLATE_FILES, templateStatus, TMPFS_SOURCE, writeManifest, type TemplateStatus } from './template-store';
 
 /** What a template is made for: the QEMU settings and the sandbox's kernel parameters. */
 export interface FactoryTarget {
@@ -245,26 +245,7 @@ export class VmFactory {
 
   /** Removes the template (files, the tmpfs init mounted, the directory if empty). Returns what it removed. */
   destroy(): string[] {
-    const removed: string[] = [];
-    if (!fs.existsSync(this.dir)) return removed;
-    for (const f of TEMPLATE_FILES) {
-      const p = path.join(this.dir, f);
-      if (fs.existsSync(p)) {
-        fs.rmSync(p, { force: true });
-        removed.push(p);
-      }
-    }
-    // Only the tmpfs factory init mounted (by its source name), and only empty.
-    if (mountSource(this.dir) === TMPFS_SOURCE && fs.readdirSync(this.dir).length === 0) {
-      const r = spawnSync('umount', [this.dir], { encoding: 'utf8' });
-      if (r.status !== 0) throw new TemplateError('config', `cannot unmount ${this.dir}: ${(r.stderr || '').trim()}`);
-      removed.push(`tmpfs at ${this.dir}`);
-    }
-    try {
-      fs.rmdirSync(this.dir);
-      removed.push(this.dir);
-    } catch { /* not empty (someone else's files) or already gone */ }
-    return removed;
+    return removeTemplateFiles(this.dir, TEMPLATE_FILES, (msg) => new TemplateError('config', msg));
   }
 
   /**

@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { keyDifferences, templateKey, type TemplateInputs } from './template-key';
 
 export const MANIFEST = 'manifest.json';
@@ -60,7 +61,8 @@ function allocated(file: string): number {
   }
 }
 
-function readManifest(dir: string): TemplateManifest {
+/** The manifest at `dir`, or an Error if it is not one of ours. */
+export function readManifest(dir: string): TemplateManifest {
   const m = JSON.parse(fs.readFileSync(path.join(dir, MANIFEST), 'utf8')) as TemplateManifest;
   const ok = m && m.schemaVersion === 1 && typeof m.key === 'string' && m.inputs && typeof m.stateBytes === 'number' && typeof m.memoryBytes === 'number';
   if (!ok) throw new Error('not a kata-ts template manifest');
@@ -138,3 +140,31 @@ export const TMPFS_SOURCE = 'kata-ts-template';
 
 /** Files a template directory may hold (anything else: it is not ours to mount over or clear). */
 export const TEMPLATE_FILES = [MANIFEST, `.${MANIFEST}.tmp`, STATE, MEMORY];
+
+/**
+ * Removes a template's files (`files`: the hypervisor's list), then the
+ * tmpfs `factory init` mounted (by its source name, and only once empty),
+ * then the directory if empty. Returns what it removed. `onError` makes the
+ * error for an unmount that fails (the caller's error class).
+ */
+export function removeTemplateFiles(dir: string, files: readonly string[], onError: (msg: string) => Error): string[] {
+  const removed: string[] = [];
+  if (!fs.existsSync(dir)) return removed;
+  for (const f of files) {
+    const p = path.join(dir, f);
+    if (fs.existsSync(p)) {
+      fs.rmSync(p, { force: true });
+      removed.push(p);
+    }
+  }
+  if (mountSource(dir) === TMPFS_SOURCE && fs.readdirSync(dir).length === 0) {
+    const r = spawnSync('umount', [dir], { encoding: 'utf8' });
+    if (r.status !== 0) throw onError(`cannot unmount ${dir}: ${(r.stderr || '').trim()}`);
+    removed.push(`tmpfs at ${dir}`);
+  }
+  try {
+    fs.rmdirSync(dir);
+    removed.push(dir);
+  } catch { /* not empty (someone else's files) or already gone */ }
+  return removed;
+}
