@@ -66,24 +66,29 @@ export class GuestNetwork {
    * PCI path (device_path; Kata's agent does the same for hotplugged NICs),
    * first wait until the guest has its interface there — a NIC hotplugged a
    * moment ago, or into a template clone, may not be probed yet — then
-   * updateInterface(). Without one (virtio-mmio) straight to it.
+   * updateInterface() on the interface found there (so a NIC plugged
+   * before its pod existed, with a MAC of its own, takes the pod's MAC;
+   * the VM cache's pre-plugged NIC). Without one (virtio-mmio) straight to it.
    */
   async updateInterfaceAt(req: api.Interface | null, timeoutMs = 10000, sysDevices = '/sys/bus/pci/devices'): Promise<api.Interface> {
+    let at: string | undefined;
     if (req?.device_path) {
-      await waitForPciNetDevice(req.device_path, timeoutMs, sysDevices).catch((err: unknown) => {
+      at = await waitForPciNetDevice(req.device_path, timeoutMs, sysDevices).catch((err: unknown) => {
         if (err instanceof PciDeviceError) throw new AgentError(err.kind === 'invalid' ? 'invalid' : 'not-found', `interface ${req.hw_addr || req.device}: ${err.message}`, { cause: err });
         throw err;
       });
     }
-    return this.updateInterface(req);
+    return this.updateInterface(req, at);
   }
 
   /**
-   * Finds the interface by device name, else by MAC; renames it (down while
-   * renaming, as the kernel requires), sets MTU, replaces its addresses and
-   * brings it up. Answers with the interface as it now is.
+   * Finds the interface by device name, else by the name `at` (found by PCI
+   * path), else by MAC; gives it the MAC asked for and renames it (down
+   * while doing so, as the kernel requires; the IPv6 link-local address
+   * then follows the new MAC), sets MTU, replaces its addresses and brings
+   * it up. Answers with the interface as it now is.
    */
-  updateInterface(req: api.Interface | null): api.Interface {
+  updateInterface(req: api.Interface | null, at?: string): api.Interface {
     if (!req) throw new AgentError('invalid', 'UpdateInterface needs an interface');
     if (!req.device && !req.hw_addr) throw new AgentError('invalid', 'UpdateInterface needs a device name or a hw_addr to find the interface by');
     for (const a of req.ip_addresses ?? []) {
@@ -96,14 +101,15 @@ export class GuestNetwork {
     return this.with((s) => {
       const links = listLinks(s);
       const mac = req.hw_addr.toLowerCase();
-      const link = links.find((l) => (req.device && l.name === req.device) || (!req.device && mac && l.mac === mac));
+      const byPci = !req.device && at ? links.find((l) => l.name === at) : undefined;
+      const link = byPci ?? links.find((l) => (req.device && l.name === req.device) || (!req.device && mac && l.mac === mac));
       if (!link) throw new AgentError('not-found', `no guest interface ${req.device ? `named ${req.device}` : `with MAC ${req.hw_addr}`} (have: ${links.map((l) => `${l.name} ${l.mac}`).join(', ')})`);
-      if (req.name && req.name !== link.name) {
-        const clash = links.find((l) => l.name === req.name);
-        if (clash) throw new AgentError('already-exists', `another guest interface is already named ${req.name}`);
-        setLink(s, link.index, { up: false });
-        setLink(s, link.index, { name: req.name });
-      }
+      const rename = !!req.name && req.name !== link.name;
+      if (rename && links.some((l) => l.name === req.name)) throw new AgentError('already-exists', `another guest interface is already named ${req.name}`);
+      const newMac = mac && mac !== link.mac ? mac : undefined;
+      if (rename || newMac) setLink(s, link.index, { up: false });
+      if (newMac) setLink(s, link.index, { mac: newMac });
+      if (rename) setLink(s, link.index, { name: req.name });
       if (req.mtu) setLink(s, link.index, { mtu: Number(req.mtu) });
       // Replace: what the host says is the whole set.
       for (const a of listAddresses(s)) if (a.index === link.index && !(a.family === AF_INET6 && a.address.startsWith('fe80:'))) deleteAddress(s, a.index, a.address, a.prefixLen);

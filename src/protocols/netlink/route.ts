@@ -31,6 +31,7 @@ const IFLA_LINK = 5;
 const IFLA_MASTER = 10;
 const IFLA_LINKINFO = 18;
 const IFLA_INFO_KIND = 1;
+const IFLA_NET_NS_FD = 28;
 
 const IFA_ADDRESS = 1;
 const IFA_LOCAL = 2;
@@ -200,8 +201,10 @@ export function findLink(s: NetlinkSocket, pred: (l: Link) => boolean): Link | u
 }
 
 /** Changes a link's name, MAC, MTU and/or up/down state (RTM_NEWLINK on an existing index). */
-export function setLink(s: NetlinkSocket, index: number, change: { name?: string; mac?: string; mtu?: number; up?: boolean }): void {
+/** `netnsFd`: moves the link into the network namespace that fd (an open netns file) names; `name` then applies there. */
+export function setLink(s: NetlinkSocket, index: number, change: { name?: string; mac?: string; mtu?: number; up?: boolean; netnsFd?: number }): void {
   const attrs: Buffer[] = [];
+  if (change.netnsFd !== undefined) attrs.push(attr.u32(IFLA_NET_NS_FD, change.netnsFd));
   if (change.name !== undefined) attrs.push(attr.str(IFLA_IFNAME, change.name));
   if (change.mac !== undefined) attrs.push(attr.raw(IFLA_ADDRESS, macFromString(change.mac)));
   if (change.mtu !== undefined) attrs.push(attr.u32(IFLA_MTU, change.mtu));

@@ -13,6 +13,12 @@
  * the namespace holds is what the guest gets. Nothing is left behind: the
  * taps are not persistent (they go when the last fd — QEMU's — closes) and
  * teardown removes the ingress qdiscs, which takes the filters with them.
+ *
+ * A pre-started VM (the VM cache) may bring a tap of its own whose NIC the
+ * guest probed while it waited (HeldTap). When the pod has exactly one
+ * interface, that tap is moved into the pod's namespace, renamed tap0_kata
+ * and joined with tc like any other: a tap keeps its fd (QEMU's attachment)
+ * across a namespace move, and the agent gives the guest NIC the veth's MAC.
  */
 import * as fs from 'node:fs';
 import { KataError, errorMessage } from '../../common/errors';
@@ -44,6 +50,23 @@ export interface Endpoint {
   tapIndex: number;
   /** Our fd on the tap, handed to the hypervisor; -1 once released. */
   tapFd: number;
+  /** Closes tapFd when it is a HeldTap's (its owner's idempotent close). */
+  release?: () => void;
+}
+
+/**
+ * A tap opened before the pod existed, with a virtio-net device (`id`, host
+ * MTU `mtu`) already on it in the VM: the VM cache's pre-plugged NIC
+ * (src/factory/vm-cache-nic.ts). It sits in our own network namespace as
+ * `name`; `fd` is our copy (QEMU holds its own), closed only by `close`
+ * (idempotent), by whoever is done with it first.
+ */
+export interface HeldTap {
+  id: string;
+  name: string;
+  fd: number;
+  mtu: number;
+  close(): void;
 }
 
 export interface PodNetworkSnapshot {
@@ -73,14 +96,19 @@ export class PodNetwork {
   private routes: Route[] = [];
   private neighbours: Neighbour[] = [];
   private torn = false;
+  /** The HeldTap's device id when the pod's interface was mirrored to it. */
+  adopted: string | undefined;
 
   private constructor(readonly netns: string) {}
 
   /**
    * Mirrors every pod interface of the namespace at `netns` to a new tap.
    * On any failure what was done is undone and one NetworkError says why.
+   * With `held`, a pod with exactly one interface (whose MTU the held NIC
+   * allows) gets that tap instead of a new one; `adopted` then names it and
+   * releaseTapFds/teardown close it (held.close). Otherwise it is untouched.
    */
-  static attach(netns: string): PodNetwork {
+  static attach(netns: string, held?: HeldTap): PodNetwork {
     if (!netns || !fs.existsSync(netns)) throw new NetworkError('invalid', `network namespace ${netns || '(empty path)'} does not exist`);
     const pn = new PodNetwork(netns);
     let s: NetlinkSocket;
@@ -90,7 +118,7 @@ export class PodNetwork {
       throw new NetworkError('invalid', `${netns} is not a usable network namespace: ${errorMessage(err)}`, { cause: err });
     }
     try {
-      pn.mirrorAll(s);
+      pn.mirrorAll(s, held);
     } catch (err) {
       pn.undo(s);
       s.close();
@@ -101,9 +129,35 @@ export class PodNetwork {
     return pn;
   }
 
-  private mirrorAll(s: NetlinkSocket): void {
-    for (const link of podInterfaces(listLinks(s))) this.mirrorOne(s, link);
+  private mirrorAll(s: NetlinkSocket, held?: HeldTap): void {
+    const pod = podInterfaces(listLinks(s));
+    if (held && pod.length === 1 && pod[0].mtu <= held.mtu) this.adoptHeld(s, pod[0], held);
+    else for (const link of pod) this.mirrorOne(s, link);
     this.refresh(s);
+  }
+
+  /** Moves the held tap from our namespace into the pod's as tap0_kata and joins it to `link`. */
+  private adoptHeld(s: NetlinkSocket, link: Link, held: HeldTap): Endpoint {
+    const tapName = 'tap0_kata';
+    const ep: Endpoint = { id: held.id, link, tapName, tapFd: held.fd, tapIndex: 0, addresses: [], release: () => held.close() };
+    this.endpoints.push(ep);
+    this.adopted = held.id;
+    const here = NetlinkSocket.open(null);
+    let nsFd = -1;
+    try {
+      const tap = listLinks(here).find((l) => l.name === held.name);
+      if (!tap) throw new NetworkError('setup', `the pre-plugged tap ${held.name} is gone`);
+      nsFd = fs.openSync(this.netns, 'r');
+      // Moved and renamed in one request (the name applies in the pod's namespace).
+      setLink(here, tap.index, { netnsFd: nsFd, name: tapName });
+    } finally {
+      if (nsFd >= 0) fs.closeSync(nsFd);
+      here.close();
+    }
+    ep.tapIndex = listLinks(s).find((l) => l.name === tapName)?.index ?? 0;
+    if (!ep.tapIndex) throw new NetworkError('setup', `tap ${tapName} did not appear in ${this.netns}`);
+    this.join(s, ep);
+    return ep;
   }
 
   /** A tap for one pod interface, joined to it with tc both ways. */
@@ -116,13 +170,19 @@ export class PodNetwork {
     const ep: Endpoint = { id: `net${n}`, link, tapName: tap.name, tapFd: tap.fd, tapIndex: tapLink?.index ?? 0, addresses: [] };
     this.endpoints.push(ep);
     if (!ep.tapIndex) throw new NetworkError('setup', `tap ${tap.name} did not appear in ${this.netns}`);
+    this.join(s, ep);
+    return ep;
+  }
+
+  /** The tap takes the interface's MTU, comes up, and tc mirrors each to the other. */
+  private join(s: NetlinkSocket, ep: Endpoint): void {
+    const { link } = ep;
     setLink(s, ep.tapIndex, { mtu: link.mtu, up: true });
     addIngressQdisc(s, link.index);
     addIngressQdisc(s, ep.tapIndex);
     addRedirectFilter(s, link.index, ep.tapIndex);
     addRedirectFilter(s, ep.tapIndex, link.index);
-    this.log.info('interface mirrored', { netns: this.netns, iface: link.name, kind: link.kind, mac: link.mac, mtu: link.mtu, tap: tap.name });
-    return ep;
+    this.log.info('interface mirrored', { netns: this.netns, iface: link.name, kind: link.kind, mac: link.mac, mtu: link.mtu, tap: ep.tapName, ...(this.adopted === ep.id ? { preplugged: ep.id } : {}) });
   }
 
   /** Re-reads addresses, routes and neighbours of the mirrored interfaces. */
@@ -188,7 +248,8 @@ export class PodNetwork {
   closeTap(e: Endpoint): void {
     if (e.tapFd < 0) return;
     try {
-      fs.closeSync(e.tapFd);
+      if (e.release) e.release();
+      else fs.closeSync(e.tapFd);
     } catch { /* already closed */ }
     e.tapFd = -1;
   }
