@@ -18,7 +18,10 @@ import { guestNetworkPlan } from '../../../src/resource/network/guest-config';
 import { GuestNetwork } from '../../../src/agent/network';
 import { NetlinkSocket } from '../../../src/protocols/netlink/socket';
 import { ipToBytes } from '../../../src/protocols/netlink/route';
-import { heldTapName, onceCloser, randomMac, IDLE_GUEST_NAME, PREPLUGGED_NIC_ID } from '../../../src/factory/vm-cache-nic';
+import { heldTapName, onceCloser, preplugNic, randomMac, IDLE_GUEST_NAME, PREPLUGGED_NIC_ID } from '../../../src/factory/vm-cache-nic';
+import type { QemuHypervisor } from '../../../src/hypervisor/qemu';
+import type { AgentClient } from '../../../src/runtime/agent-client';
+import type { Logger } from '../../../src/common/log';
 import { skipOrFail } from '../../helpers/skip';
 import { PodNetns, ip } from '../../helpers/netns';
 
@@ -183,5 +186,36 @@ describe('pod network: adopting the VM cache\'s pre-plugged tap', function () {
     expect(ip('-n', guest, '-o', 'link', 'show', 'eth0')).to.contain('link/ether 02:42:0a:5d:00:07').and.match(/<[^>]*UP/);
     expect(ip('-n', guest, '-o', 'link', 'show', 'other0')).to.contain('02:00:00:aa:bb:02');
     expect(ip('-n', guest, '-o', 'addr', 'show', 'eth0')).to.contain('inet 10.93.9.7/24');
+  });
+
+  it('preplugNic: the NIC plugged and the guest asked to name it; a failing step undoes what was done and says why once', async () => {
+    const kvcHere = () => ip('-o', 'link').split('\n').filter((l) => / kvc[0-9a-f]{8}[:@]/.test(l)).length;
+    const before = kvcHere();
+    const calls: string[] = [];
+    const warnings: string[] = [];
+    const log = { debug: () => log, warn: (m: string) => { warnings.push(m); return log; } } as unknown as Logger;
+    const hv = (failAdd: boolean) => ({
+      addNet: async (n: { id: string; mac: string; mtu: number }) => { calls.push(`add ${n.id} ${n.mtu}`); if (failAdd) throw new Error('no slot'); },
+      removeNet: async (id: string) => { calls.push(`remove ${id}`); },
+      pciPathOf: () => '05',
+    }) as unknown as QemuHypervisor;
+    const agent = (fail: boolean) => ({
+      updateInterface: async (i: { name: string; device_path: string; hw_addr: string }) => { calls.push(`update ${i.name} ${i.device_path}`); if (fail) throw new Error('no NIC appeared'); return i; },
+    }) as unknown as AgentClient;
+    const ok = await preplugNic(hv(false), agent(false), log);
+    expect(ok).to.include({ id: PREPLUGGED_NIC_ID, mtu: 1500 });
+    expect(calls).to.deep.equal([`add ${PREPLUGGED_NIC_ID} 1500`, `update ${IDLE_GUEST_NAME} 05`]);
+    expect(hostHas(ok!.name)).to.equal(true);
+    ok!.close();
+    expect(hostHas(ok!.name)).to.equal(false);
+    calls.length = 0;
+    expect(await preplugNic(hv(false), agent(true), log)).to.equal(undefined);
+    expect(calls).to.deep.equal([`add ${PREPLUGGED_NIC_ID} 1500`, `update ${IDLE_GUEST_NAME} 05`, `remove ${PREPLUGGED_NIC_ID}`]);
+    calls.length = 0;
+    expect(await preplugNic(hv(true), agent(false), log)).to.equal(undefined);
+    expect(calls).to.deep.equal([`add ${PREPLUGGED_NIC_ID} 1500`]);
+    expect(warnings).to.have.length(2);
+    expect(warnings[0]).to.match(/cannot pre-plug a NIC/);
+    expect(kvcHere(), 'no held tap left').to.equal(before);
   });
 });
