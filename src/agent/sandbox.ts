@@ -80,11 +80,25 @@ export class AgentSandbox {
    * a path, as CRI asks (bundle.ts).
    */
   sandboxContainerId = '';
+  /** CreateSandbox has come: this VM is a pod's (warm-container.ts refuses from then on). */
+  private sandboxCreated = false;
+  /** A cached VM's container-path warm-up in progress (warm-container.ts): the pod's first RPCs wait for it. */
+  warming: Promise<void> | undefined;
 
   constructor(private readonly opts: AgentOptions) {
     this.storages = new StorageRegistry(opts.mounter);
     this.consoles = new DebugConsoles(opts.debugConsole ?? { enabled: false, ptyHelper: '', dir: '' });
     this.net = opts.network ?? (opts.manageHost ? new GuestNetwork() : undefined);
+  }
+
+  /** What this sandbox was made with (runtime, state dir, mounter, cgroup root). */
+  get options(): Readonly<AgentOptions> {
+    return this.opts;
+  }
+
+  /** No CreateSandbox yet and no container: a VM still waiting for its pod. */
+  get pristine(): boolean {
+    return !this.sandboxCreated && this.containers.size === 0 && !this.sandboxContainerId;
   }
 
   /** The guest network, or a clear refusal where the agent does not manage one (unit tests). */
@@ -94,6 +108,8 @@ export class AgentSandbox {
   }
 
   async createSandbox(req: api.CreateSandboxRequest): Promise<void> {
+    this.sandboxCreated = true;
+    if (this.warming) await this.warming;
     this.sandboxId = req.sandbox_id;
     if (this.net) {
       this.net.loopbackUp();
@@ -127,6 +143,7 @@ export class AgentSandbox {
   }
 
   async createContainer(req: api.CreateContainerRequest): Promise<void> {
+    if (this.warming) await this.warming;
     if (!ID_RE.test(req.container_id)) throw new AgentError('invalid', `invalid container id "${req.container_id}"`);
     if (this.containers.has(req.container_id)) throw new AgentError('already-exists', `container ${req.container_id} already exists`);
     const c = new Container(req.container_id, path.join(this.opts.stateDir, req.container_id), this.opts.runtime, this.opts.mounter, this.storages);

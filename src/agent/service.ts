@@ -25,6 +25,7 @@ import type { AgentError } from './container';
 import type { AgentSandbox } from './sandbox';
 import type { OutputPipe, SpliceSource } from './output';
 import { PolicyGate } from './policy';
+import { warmContainerPath, warmOptionsFor } from './warm-container';
 
 export type UnaryHandler = (req: any, ctx: CallContext) => Promise<unknown>;
 export type StreamHandler = (req: any, ctx: CallContext) => AsyncIterable<unknown>;
@@ -155,6 +156,7 @@ export function agentHandlers(sb: AgentSandbox, gate: PolicyGate = new PolicyGat
     OnlineCPUMem: async (r: api.OnlineCPUMemRequest) => (await onlineCpuMem(r), {}),
     GetVolumeStats: (r: api.VolumeStatsRequest) => volumeStats(r.volume_guest_path, sb.storages.mounted),
     ResizeVolume: async (r: api.ResizeVolumeRequest) => (await resizeVolume(r.volume_guest_path, r.size, sb.storages.mounted), {}),
+    WarmContainerPath: () => warmContainerPath(sb, warmOptionsFor(sb.options)),
     ReadStdout: streamOutput(sb, (p) => p.stdout),
     ReadStderr: streamOutput(sb, (p) => p.stderr),
   });

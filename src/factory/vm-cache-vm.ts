@@ -33,6 +33,7 @@ import type { VmConfig } from '../hypervisor/hypervisor';
 import { QemuHypervisor } from '../hypervisor/qemu';
 import { dialAgent } from '../protocols/agent-dialer';
 import { AgentClient } from '../runtime/agent-client';
+import { warmCachedVmContainerPath } from './vm-cache-warm';
 import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { createSandboxHypervisor, type Hypervisor } from '../runtime/hypervisor-choice';
 import { policyFromFile } from '../runtime/policy';
@@ -100,6 +101,9 @@ export class CachedVm {
       const wire = dialAgent(clone.info.agentSocket);
       const agent = new AgentClient(wire);
       await agent.check(cfg['agent.kata'].dial_timeout * 1000);
+      // The container start path once, left translated in this live QEMU for the claimed pod
+      // (vm-cache-warm.ts); a pinned policy admits nothing but Check before CreateSandbox.
+      if (cfg.factory.vm_cache_warm_container && !policy) await warmCachedVmContainerPath(agent, log);
       // The pod's sandbox share, now rather than on the claimed pod's path.
       if (!hv.addShare) throw new VmCacheError('start', 'the hypervisor cannot hotplug shares');
       share = new SandboxVolumes(path.join(vmDir, 'shared'));

@@ -80,6 +80,11 @@ export interface VolumeUsage { available: number; total: number; used: number; u
 export interface VolumeStatsResponse { usage: VolumeUsage[]; volume_condition: { abnormal: boolean; message: string } | null }
 export interface ResizeVolumeRequest { volume_guest_path: string; size: number }
 export interface AddARPNeighborsRequest { neighbors: { neighbors: ARPNeighbor[] } | null }
+/** A cached VM's container-path warm-up (src/agent/warm-container.ts); the request is empty. */
+export interface WarmContainerPathResponse {
+  total_ms: number; mount_ms: number; create_ms: number; start_ms: number; wait_ms: number; remove_ms: number;
+  exit_status: number; errors: string[];
+}
 export interface HealthCheckResponse { status: 'UNKNOWN' | 'SERVING' | 'NOT_SERVING' }
 
 /** The service's full name: the ttrpc Request.service and the gRPC path prefix. */

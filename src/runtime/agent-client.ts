@@ -93,6 +93,8 @@ export class AgentClient {
   }
 
   createSandbox(req: api.CreateSandboxRequest): Promise<api.Empty> { return this.call('CreateSandbox', req); }
+  /** A cached VM's container-path warm-up (src/agent/warm-container.ts), before CreateSandbox only. */
+  warmContainerPath(timeoutMs: number): Promise<api.WarmContainerPathResponse> { return this.call('WarmContainerPath', {}, timeoutMs); }
   destroySandbox(timeoutMs = 10000): Promise<api.Empty> { return this.call('DestroySandbox', {}, timeoutMs); }
   guestDetails(): Promise<api.GuestDetailsResponse> { return this.call('GetGuestDetails', {}); }
   createContainer(req: api.CreateContainerRequest): Promise<api.Empty> { return this.call('CreateContainer', req); }
