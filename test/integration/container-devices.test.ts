@@ -71,6 +71,9 @@ describe('integration: OCI linux.devices become hotplugged disks (QEMU)', functi
   });
 
   it('an image file and a loop device appear at the requested paths; two containers share the loop disk', async () => {
+    // The pod's one virtio-fs share comes with its first container and stays
+    // for the sandbox's life (Kata's layout): part of the set the slots return to.
+    await sandbox!.attachSandboxShare();
     const boot = hv.slotsInUse();
     // Type letter, major:minor in hex as the container sees them, the first 16 bytes.
     const show = (p: string) => `set -e; ls -l ${p} | cut -c1; stat -c '%t:%T' ${p}; head -c 16 ${p}; echo`;

@@ -68,6 +68,9 @@ describe('integration: VFIO guest side with the edu device standing in (QEMU)', 
   after(() => stopQemuSandbox(t));
 
   it('vfio mode: the container gets /dev/vfio/noiommu-N and /dev/vfio/vfio; the edu device is at its PCI path', async () => {
+    // The pod's one virtio-fs share comes with its first container and stays
+    // for the sandbox's life (Kata's layout): part of the set the slots return to.
+    await sandbox!.attachSandboxShare();
     const boot = hv.slotsInUse();
     vfio.mode = 'vfio';
     await sandbox!.createContainer('v', vfioSpec(['sh', '-c', PROBE]), rootfs);
