@@ -14,7 +14,8 @@
  * guest probes it then; the claimed sandbox takes that SandboxVolumes
  * (PrestartedVm.share) and binds its containers' roots there, so no hotplug
  * is left at claim time. The agent mounts the share when a container's
- * storage asks for it, as for any sandbox.
+ * storage asks for it, as for any sandbox. A NIC is pre-plugged the same way
+ * (vm-cache-nic.ts; PrestartedVm.nic): a pod with one CNI interface takes it.
  *
  * Every cached VM is its own clone (own vsock CID, own memfd copy of the
  * template's RAM, vmgenid): no two pods share RNG state.
@@ -41,7 +42,9 @@ import { sandboxKernelParams, type PrestartedVm } from '../runtime/sandbox';
 import { SandboxVolumes, removeTreeSafely, sandboxShareDevice } from '../runtime/volumes';
 import { startSandboxMemory } from '../runtime/sandbox-memory';
 import type { SandboxMemory } from '../resource/memory/service';
+import type { HeldTap } from '../resource/network/pod-network';
 import { startFromTemplate } from './sandbox-clone';
+import { preplugNic } from './vm-cache-nic';
 import { MANIFEST } from './template-store';
 
 export class VmCacheError extends KataError<'config' | 'start'> {}
@@ -91,6 +94,7 @@ export class CachedVm {
     };
     let started = false;
     let share: SandboxVolumes | undefined;
+    let nic: HeldTap | undefined;
     try {
       // startFromTemplate says why in one warning when it cannot clone: here that is an error.
       let why = '';
@@ -109,8 +113,11 @@ export class CachedVm {
       share = new SandboxVolumes(path.join(vmDir, 'shared'));
       await share.prepare();
       await hv.addShare(sandboxShareDevice(share.sharedDir));
+      // And a NIC, probed by the guest now (undefined, with a warning, if it cannot be);
+      // not under a pinned policy, which admits no UpdateInterface before CreateSandbox.
+      if (!policy) nic = await preplugNic(hv, agent, log);
       const pre: PrestartedVm = {
-        info: clone.info, wire, agent, cloneMs: clone.cloneMs, copyMs: clone.copyMs, share,
+        info: clone.info, wire, agent, cloneMs: clone.cloneMs, copyMs: clone.copyMs, share, nic,
         attach: async (v) => {
           for (const sh of v.shares ?? []) {
             if (!hv.addShare) throw new VmCacheError('start', 'the hypervisor cannot hotplug shares');
@@ -132,6 +139,7 @@ export class CachedVm {
       return c;
     } catch (err) {
       if (started) await hv.stop().catch(() => undefined);
+      nic?.close();
       await share?.close().catch((e) => log.warn('cannot unmount the cached VM\'s share', { err: errorMessage(e) }));
       // Never a recursive delete through a mount that is still there.
       removeTreeSafely(vmDir);
@@ -156,6 +164,7 @@ export class CachedVm {
     this.memory = undefined;
     this.pre.agent.close();
     await this.hv.stop().catch(() => undefined);
+    this.pre.nic?.close();
     await this.pre.share?.close().catch(() => undefined);
     removeTreeSafely(this.vmDir);
   }

@@ -45,7 +45,7 @@ import { DirectVolumeStore } from '../resource/volumes/direct-volume';
 import type { Storage, StdioPorts } from '../protocols/agent-api';
 import { passfdKernelParam } from './passfd-stdio';
 import { SANDBOX_SHM_GUEST_DIR, SHARED_FS_TAG, SHARED_GUEST_DIR, sharedRootfsGuestPath } from '../protocols/guest-paths';
-import { PodNetwork } from '../resource/network/pod-network';
+import { PodNetwork, type HeldTap } from '../resource/network/pod-network';
 import { DeviceManager, SANDBOX_HOLDER } from '../resource/devices/device-manager';
 import { planContainerDevices, type ContainerDevicePlan, type VfioMode, type VfioGroupSources } from '../resource/devices/container-devices';
 import type { Device } from '../protocols/agent-api';
@@ -128,6 +128,12 @@ export interface PrestartedVm {
    * there, so its first container needs no hotplug; stop() unmounts it.
    */
   share?: SandboxVolumes;
+  /**
+   * A NIC plugged while the VM waited, on a tap in our namespace: the pod's
+   * network takes it when the pod has one interface (PodNetwork.attach),
+   * else it stays unused and its tap fd is closed at once.
+   */
+  nic?: HeldTap;
   /** makeCloneUnique, already sent when the VM was claimed (while the guest idles until Create). */
   unique?: Promise<void>;
 }
@@ -287,7 +293,9 @@ export class Sandbox {
       }
       const cfg = this.opts.config;
       const assets = guestAssets(cfg, this.opts.hypervisor.name);
-      if (this.opts.netns) this.network = PodNetwork.attach(this.opts.netns);
+      if (this.opts.netns) this.network = PodNetwork.attach(this.opts.netns, this.opts.prestarted?.nic);
+      // A pre-plugged NIC no interface took: our fd goes now, its tap with the VM.
+      if (!this.network?.adopted) this.opts.prestarted?.nic?.close();
       const t0 = Date.now();
       const vmCfg = {
         id: this.id, dir: this.dir, kernel: assets.kernel, image: assets.image,
@@ -298,7 +306,8 @@ export class Sandbox {
       // A pre-started VM (the VM cache) is such a clone, already running: it gets the boot devices now.
       const pre = this.opts.prestarted;
       // Its share is plugged already (vmCfg.shares holds only it): adoptBoot below records it with its PCI path.
-      if (pre) await pre.attach(pre.share ? { ...vmCfg, shares: [] } : vmCfg);
+      // So is a pre-plugged NIC the pod network took (adoptBoot records it too).
+      if (pre) await pre.attach({ ...vmCfg, shares: pre.share ? [] : vmCfg.shares, nets: vmCfg.nets?.filter((n) => n.id !== this.network?.adopted) });
       const clone = pre ?? (this.opts.bootVfio?.length ? undefined : await startFromTemplate(this.opts.hypervisor, cfg, vmCfg, vmCfg.kernelParams, this.log));
       this.vm = clone?.info ?? await this.opts.hypervisor.start(vmCfg);
       // The boot devices, held by the containers they serve (else by the sandbox).
@@ -323,7 +332,7 @@ export class Sandbox {
       const wire = pre?.wire ?? dialAgent(this.vm.agentSocket);
       this.agentClient = pre?.agent ?? new AgentClient(wire);
       if (!pre) await this.agentClient.check(Math.max(5000, timeoutMs - (Date.now() - t0)));
-      if (clone) guestTimings = JSON.stringify({ template: true, ...(pre ? { prestarted: true } : {}), ...(pre?.share ? { sharePreattached: true } : {}), cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
+      if (clone) guestTimings = JSON.stringify({ template: true, ...(pre ? { prestarted: true } : {}), ...(pre?.share ? { sharePreattached: true } : {}), ...(this.network?.adopted ? { nicPreplugged: true } : {}), cloneMs: clone.cloneMs, memoryCopyMs: clone.copyMs, guestCid: clone.info.guestCid });
       const tCheck = Date.now();
       // A clone's reseed and clock go out with CreateSandbox (ttrpc multiplexes
       // them; none depends on another): one round trip to the guest less. Not
@@ -712,6 +721,8 @@ export class Sandbox {
     } catch (err) {
       this.log.warn('cannot tear down the pod network', { err: errorMessage(err) });
     }
+    // A pre-plugged NIC's tap fd (closed already when the network took it or did not want it; idempotent).
+    this.opts.prestarted?.nic?.close();
     await this.volumes.close().catch((err) => this.log.warn('cannot unmount volumes', { err: errorMessage(err) }));
     await this.directVolumes.releaseAll();
     this.phase = 'stopped';

@@ -9,8 +9,10 @@
  * clone with one line saying why; an entry whose QEMU dies leaves the cache
  * and the next start refills it; `factory destroy` leaves no QEMU, shim or
  * socket. A private containerd (test/helpers/containerd.ts) with the kernel
- * and image pinned as copies. Then a CRI pod (its netns's interface is
- * hotplugged into the pre-started VM) through containerd's CRI plugin.
+ * and image pinned as copies. Then a CRI pod through containerd's CRI
+ * plugin: its one CNI interface takes the NIC the cached VM had plugged
+ * before the claim (vm-cache-nic.ts): the guest's eth0 has the pod's IP and
+ * the veth's MAC; no held tap (kvc*) is left in any namespace afterwards.
  */
 import { expect } from 'chai';
 import * as fs from 'node:fs';
@@ -21,6 +23,7 @@ import type { PodSandboxConfig } from '../helpers/cri';
 import { requireGuest } from '../helpers/guest';
 import { REPO, testConfig } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
+import { ip } from '../helpers/netns';
 import { skipOrFail } from '../helpers/skip';
 import { until } from '../helpers/until';
 import { guestAssets } from '../../src/runtime/config';
@@ -52,6 +55,12 @@ async function cacheStatus(cfgFile: string): Promise<CacheJson> {
 /** Mount points under `dir` (this process's mount namespace, as the shims'). */
 function mountsUnder(dir: string): string[] {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m === dir || m.startsWith(`${dir}/`));
+}
+
+/** The cache's held taps (vm-cache-nic.ts) in our netns, or in `netns` (a name). */
+function heldTaps(netns?: string): string[] {
+  const out = netns ? ip('-n', netns, '-o', 'link') : ip('-o', 'link');
+  return [...out.matchAll(/^\d+: (kvc[0-9a-f]{8})[:@]/gm)].map((m) => m[1]!);
 }
 
 /** containerd log lines (JSON part) whose msg matches. */
@@ -215,6 +224,8 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     expect(fs.existsSync(c.dir), `${c.dir} left`).to.equal(false);
     // The unclaimed entry's share went with it.
     expect(mountsUnder(c.dir), 'mounts left of an unclaimed share').to.deep.equal([]);
+    // Nor its pre-plugged NIC's tap (it went with QEMU's fd and ours).
+    expect(heldTaps(), 'held taps left').to.deep.equal([]);
     const after = await cacheStatus(cfgFile);
     expect([after.ready, after.starting]).to.deep.equal([[], []]);
   });
@@ -256,6 +267,8 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
     try {
       const d = await kataCtl(cfgFile, ['factory', 'destroy']);
       expect(d.code, d.stderr).to.equal(0);
+      // Entries started by kata-ctl hold their tap in our netns, refills (spawned under containerd) in containerd's.
+      expect([heldTaps(), heldTaps(cd.netns)], 'held taps left after factory destroy').to.deep.equal([[], []]);
     } finally {
       for (const pid of seenPids) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
       const left = await cd.stop();
@@ -267,15 +280,28 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
     if (this.currentTest?.state === 'failed' && cd) process.stdout.write(`containerd log tail:\n${cd.log.split('\n').slice(-25).join('\n')}\n`);
   });
 
-  it('a pod starts from the cached VM (its interface hotplugged), its container runs and logs, and the pod goes away', async () => {
+  it('a pod starts from the cached VM (its interface on the NIC plugged before the claim), its container runs and logs, and the pod goes away', async () => {
     const cached = (await cacheStatus(cfgFile)).ready[0]!;
+    // The cached VM's NIC is plugged already, on a tap in the entry's netns (kata-ctl started it: ours).
+    const held = heldTaps();
+    expect(held, 'the cached VM holds one tap before the claim').to.have.length(1);
     const logDir = path.join(cd!.dir, 'pods', 'vcpod');
     fs.mkdirSync(logDir, { recursive: true });
     const config: PodSandboxConfig = { metadata: { name: 'vcpod', uid: 'vcpod', namespace: 'vmcache' }, hostname: 'vcpod', log_directory: logDir, linux: {} };
     const pod = await cd!.cri.runPodSandbox(config, 'kata-ts');
     try {
+      const st = await cd!.cri.podSandboxStatus(pod, true);
+      const podIp = st.status.network?.ip ?? '';
+      const netns = (JSON.parse(st.info.info ?? '{}') as { runtimeSpec?: { linux?: { namespaces?: { type: string; path?: string }[] } } }).runtimeSpec?.linux?.namespaces?.find((n) => n.type === 'network')?.path ?? '';
+      expect(podIp, 'CNI gave the pod an IP').to.match(/^\d+\.\d+\.\d+\.\d+$/);
+      // (ip, not /sys: nsenter --net keeps the host's sysfs mount.)
+      const vethMac = (await runCommand('/usr/bin/nsenter', [`--net=${netns}`, '--', 'ip', '-o', 'link', 'show', 'eth0'])).stdout.match(/link\/ether ([0-9a-f:]+)/)?.[1] ?? '';
+      expect(vethMac).to.match(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
+      // The held tap left our netns for the pod's, as tap0_kata.
+      expect(heldTaps(), 'the held tap moved into the pod netns').to.deep.equal([]);
+      expect((await runCommand('/usr/bin/nsenter', [`--net=${netns}`, '--', 'ip', '-o', 'link', 'show', 'tap0_kata'])).stdout).to.contain('tap0_kata');
       const ctr = await cd!.cri.createContainer(pod, {
-        metadata: { name: 'c' }, image: { image: BUSYBOX }, command: ['sh', '-c', 'echo pod-from-the-cache; hostname; if [ -e /sys/class/net/eth0 ]; then echo has-eth0; else echo no-eth0; fi; sleep 3600'], log_path: 'c.log', linux: {},
+        metadata: { name: 'c' }, image: { image: BUSYBOX }, command: ['sh', '-c', 'echo pod-from-the-cache; hostname; if [ -e /sys/class/net/eth0 ]; then echo mac=$(cat /sys/class/net/eth0/address); ip -o -4 addr show dev eth0; echo has-eth0; else echo no-eth0; fi; sleep 3600'], log_path: 'c.log', linux: {},
       }, config);
       await cd!.cri.startContainer(ctr);
       const log = await until('container log', async () => {
@@ -286,11 +312,14 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
       expect(log, 'the pod interface reached the pre-started VM').to.match(/ stdout F has-eth0\n/);
       expect(log).to.match(/ stdout F pod-from-the-cache\n/);
       expect(log).to.match(/ stdout F vcpod\n/);
+      expect(log, 'the guest eth0 took the veth\'s MAC').to.contain(` stdout F mac=${vethMac}\n`);
+      expect(log, 'the guest eth0 has the pod\'s IP from CNI').to.match(new RegExp(`eth0\\s+inet ${podIp.replace(/\./g, '\\.')}/`));
       const claims = logLines(cd!.log, /^claimed a pre-started VM/).filter((l) => l.id === pod);
       expect(claims, 'the pod sandbox claimed the cached VM').to.have.length(1);
       expect(claims[0]!.qemuPid).to.equal(cached.qemuPid);
       const ready = logLines(cd!.log, /^sandbox ready$/).filter((l) => l.sandbox === pod);
       expect(ready.map((l) => (l.guest as { prestarted?: boolean }).prestarted)).to.deep.equal([true]);
+      expect(ready.map((l) => (l.guest as { nicPreplugged?: boolean }).nicPreplugged), 'the pod took the NIC plugged before the claim').to.deep.equal([true]);
     } finally {
       await cd!.cri.stopPodSandbox(pod);
       await cd!.cri.removePodSandbox(pod);
@@ -302,5 +331,8 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
     }, 120000);
     seenPids.push(after.ready[0]!.pid);
     expect(cd!.qemuPids()).to.deep.equal([after.ready[0]!.qemuPid]);
+    // The claimed tap went with the pod; the refill (spawned under containerd) holds one in containerd's netns.
+    expect(heldTaps(), 'held taps left in our netns').to.deep.equal([]);
+    expect(heldTaps(cd!.netns), 'the refilled entry holds one tap').to.have.length(1);
   });
 });
