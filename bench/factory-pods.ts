@@ -27,6 +27,15 @@
  * meanwhile). KATA_TS_VM_CACHE_DELAY_MS / KATA_TS_VM_CACHE_NICE in the
  * environment reach the refill through containerd.
  *
+ * `warm-ab` (e.g. `4 warm-ab`, alone) compares a cached VM with and without
+ * its container-path warm-up (`[factory] vm_cache_warm_container`,
+ * src/agent/warm-container.ts), alternating: for each run the cache is
+ * emptied and refilled with the setting, then `ctr run --rm` claims the
+ * cached VM; kept per run are the ctr wall time and the claimed shim's
+ * StartContainer (its `agent rpc` debug line: KATA_TS_LOG_LEVEL=debug and
+ * containerd's log are set up here), and the guest's warm-up time from
+ * the entry's log.
+ *
  * Needs root (containerd, the template's tmpfs, the CRI netns).
  */
 import * as fs from 'node:fs';
@@ -37,7 +46,9 @@ import { IMAGE, RUNTIME, TestContainerd, containerdAvailable } from '../test/hel
 import { BUSYBOX, CriContainerd, criUnavailable } from '../test/helpers/cri-containerd';
 import type { PodSandboxConfig } from '../test/helpers/cri';
 import { CACHE } from '../test/helpers/guest';
-import { guestAssets, defaultConfig } from '../src/runtime/config';
+import { guestAssets, defaultConfig, loadConfig } from '../src/runtime/config';
+import { fillCache, stopCache } from '../src/factory/vm-cache-fill';
+import { cacheDir, slotFile } from '../src/factory/vm-cache-store';
 import { ROOT, writeResult } from './native';
 import { median } from './stats';
 
@@ -178,10 +189,89 @@ async function criBench(n: number, cache: boolean): Promise<Record<string, numbe
   return t;
 }
 
+/** The cached VMs' container-path warm-up on or off in the shim's configuration file (appended after [factory]'s last key). */
+function setWarm(cfgFile: string, on: boolean): void {
+  const t = fs.readFileSync(cfgFile, 'utf8').replace(/\nvm_cache_warm_container = \w+\n/, '\n');
+  fs.writeFileSync(cfgFile, `${t}vm_cache_warm_container = ${on}\n`);
+}
+
+async function warmAbBench(n: number): Promise<Record<string, number[]>> {
+  const why = containerdAvailable();
+  if (why) throw new Error(why);
+  // The claimed shim's debug lines reach containerd's log, which TestContainerd copies to our stderr: keep them.
+  process.env.KATA_TS_LOG_LEVEL = 'debug';
+  process.env.KATA_TS_E2E_LOG = '1';
+  let logText = '';
+  const stderrWrite = process.stderr.write.bind(process.stderr);
+  process.stderr.write = ((chunk: string | Uint8Array) => { logText += chunk.toString(); return true; }) as typeof process.stderr.write;
+  const cd = new TestContainerd();
+  const t: Record<string, number[]> = {};
+  const cfgFile = path.join(cd.dir, 'kata-ts.toml');
+  try {
+    // The refill a claim starts (through containerd's environment) waits long enough to be
+    // stopped before it starts a VM; the cache is refilled here, with the setting of the next run.
+    process.env.KATA_TS_VM_CACHE_DELAY_MS = '600000';
+    await cd.start(factoryConfig(cd.dir));
+    process.env.KATA_TS_VM_CACHE_DELAY_MS = '0';
+    await cd.importImage();
+    setCache(cfgFile, true);
+    setWarm(cfgFile, true);
+    kataCtl(cfgFile, ['factory', 'init']);
+    for (let i = 0; i < 2 * n; i++) {
+      const on = i % 2 === 0;
+      const label = on ? 'warm-up' : 'no warm-up';
+      const cfg = loadConfig(cfgFile);
+      if (i > 0) {
+        setWarm(cfgFile, on);
+        await stopCache(cacheDir(cfg));
+        fillCache(loadConfig(cfgFile), { configPath: cfgFile, debug: false, nice: 0 });
+      }
+      await cacheReady(cfgFile);
+      const entryLog = fs.readFileSync(slotFile(cacheDir(cfg), 0, 'log'), 'utf8');
+      const guestWarm = /"msg":"cached VM: container path warmed".*?"totalMs":(\d+)/.exec(entryLog)?.[1];
+      const warnWarm = /container-path warm-up (went wrong|failed)[^\n]*/.exec(entryLog)?.[0];
+      if (on && !guestWarm) throw new Error(`the cached VM did not warm up: ${warnWarm ?? 'no line in its log'}`);
+      const from = logText.length;
+      const t0 = process.hrtime.bigint();
+      const r = await cd.ctr(['run', '--rm', '--runtime', RUNTIME, IMAGE, `w${i}`, 'true']);
+      const wall = ms(t0);
+      if (r.code !== 0) throw new Error(`${label}: ctr run exited ${r.code}: ${r.stderr.trim()}`);
+      const start = /"rpc":"StartContainer"[^\n]*?"ms":(\d+)|"ms":(\d+)[^\n]*?"rpc":"StartContainer"/.exec(logText.slice(from));
+      const startMs = Number(start?.[1] ?? start?.[2] ?? NaN);
+      (t[`ctr ${label}`] ??= []).push(wall);
+      (t[`StartContainer ${label}`] ??= []).push(startMs);
+      if (guestWarm) (t['guest warm-up'] ??= []).push(Number(guestWarm));
+      process.stdout.write(`${label} w${i}: ctr ${wall.toFixed(0)} ms, StartContainer ${startMs} ms${guestWarm ? `, guest warm-up ${guestWarm} ms` : ''}\n`);
+      logText = logText.slice(-4096);
+    }
+  } finally {
+    try { kataCtl(cfgFile, ['factory', 'destroy']); } catch { /* already gone */ }
+    const left = await cd.stop();
+    process.stderr.write = stderrWrite;
+    fs.mkdirSync(path.join(ROOT, 'build', 'bench'), { recursive: true });
+    fs.writeFileSync(path.join(ROOT, 'build', 'bench', 'factory-pods-warm-ab.log'), logText);
+    if (left.shims.length || left.qemu.length || left.mounts.length) process.stdout.write(`cleaned up leftovers: ${JSON.stringify(left)}\n`);
+  }
+  return t;
+}
+
+function printAb(runs: Record<string, number[]>, n: number): void {
+  process.stdout.write(`\n| cached VM (median of ${n}) | ms | range |\n|---|---|---|\n`);
+  for (const [k, v] of Object.entries(runs)) process.stdout.write(`| ${k} | ${Math.round(median(v))} | ${Math.round(Math.min(...v))}–${Math.round(Math.max(...v))} |\n`);
+}
+
 async function main(): Promise<void> {
   const n = Number(process.argv[2] ?? 3);
   const parts = (process.argv[3] ?? 'ctr,cri').split(',');
   const load0 = os.loadavg();
+  if (parts.includes('warm-ab')) {
+    const ab = await warmAbBench(n);
+    const load1 = os.loadavg();
+    printAb(ab, n);
+    process.stdout.write(`\nload average ${load0.map((l) => l.toFixed(1)).join(' ')} at the start, ${load1.map((l) => l.toFixed(1)).join(' ')} at the end\n`);
+    writeResult('factory-pods-warm-ab', { runs: n, ab, load: { start: load0, end: load1 } });
+    return;
+  }
   const ctrParts = parts.filter((p) => p === 'ctr' || p === 'ctr-template');
   const cache = parts.includes('cache');
   const ctr = ctrParts.length ? summary(await ctrBench(n, ctrParts.includes('ctr'), cache), 'runc') : undefined;

@@ -104,7 +104,7 @@ export const SCHEMA = {
     template_path: { kind: 'string', default: '/run/kata-ts/template', describe: 'where the VM template lives (kata-ctl factory init mounts a tmpfs there)', check: (v: string) => (path.isAbsolute(v) ? undefined : 'must be an absolute path') } as KeySpec<string>,
     // The pre-started VM cache (src/factory/vm-cache*.ts, README "VM templates (QEMU factory)").
     vm_cache_number: { kind: 'int', default: 0, describe: 'as Kata: pre-started VMs (clones of the template, each held by a waiting shim) that the shim claims instead of cloning; kata-ctl factory init fills the cache, every claim starts a replacement; needs enable_template', check: range(0, 64) } as KeySpec<number>,
-    vm_cache_warm_container: { kind: 'bool', default: false, describe: 'a cached VM runs the container start path once (a throwaway /bin/true container from the guest\'s own root, removed again) before it is ready, so the claimed pod\'s crun finds it translated in that live QEMU; not with an agent policy pinned (the agent serves only Check before CreateSandbox then)' } as KeySpec<boolean>,
+    vm_cache_warm_container: { kind: 'bool', default: true, describe: 'a cached VM runs the container start path once (a throwaway /bin/true container from the guest\'s own root, removed again) before it is ready, so the claimed pod\'s crun finds it translated in that live QEMU; not with an agent policy pinned (the agent serves only Check before CreateSandbox then)' } as KeySpec<boolean>,
     vm_cache_endpoint: { kind: 'string', default: '', describe: 'where cached VMs register (a directory, one unix socket per ready VM; Kata\'s key, a socket there); empty: <run_dir>/vm-cache', check: absOrEmpty } as KeySpec<string>,
   },
   image: {

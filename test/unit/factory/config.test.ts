@@ -21,7 +21,7 @@ describe('unit: [factory] configuration and the template command line', () => {
 
   it('reads enable_template and template_path; a relative path is one error naming the line', () => {
     const c = parseConfig('[factory]\nenable_template = true\ntemplate_path = "/tmp/t"\n', 'f.toml');
-    expect(c.factory).to.deep.equal({ enable_template: true, template_path: '/tmp/t', vm_cache_number: 0, vm_cache_warm_container: false, vm_cache_endpoint: '' });
+    expect(c.factory).to.deep.equal({ enable_template: true, template_path: '/tmp/t', vm_cache_number: 0, vm_cache_warm_container: true, vm_cache_endpoint: '' });
     expect(() => parseConfig('[factory]\ntemplate_path = "rel"\n', 'f.toml')).to.throw(ConfigError, /f\.toml:2: factory\.template_path must be an absolute path/);
   });
 
