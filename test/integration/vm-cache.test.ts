@@ -57,11 +57,28 @@ function mountsUnder(dir: string): string[] {
   return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m === dir || m.startsWith(`${dir}/`));
 }
 
-/** The cache's held taps (vm-cache-nic.ts) in our netns, or in `netns` (a name). */
-function heldTaps(netns?: string): string[] {
+/** The cache's held taps (vm-cache-nic.ts) in our netns, or in `netns` (a name); only `names` when given (another run may hold its own). */
+function heldTaps(netns?: string, names?: string[]): string[] {
   const out = netns ? ip('-n', netns, '-o', 'link') : ip('-o', 'link');
-  return [...out.matchAll(/^\d+: (kvc[0-9a-f]{8})[:@]/gm)].map((m) => m[1]!);
+  return [...out.matchAll(/^\d+: (kvc[0-9a-f]{8})[:@]/gm)].map((m) => m[1]!).filter((n) => !names || names.includes(n));
 }
+
+/** The taps process `pid` holds an fd on (the tun driver's fdinfo names the interface). */
+function tapsOf(pid: number): string[] {
+  const out: string[] = [];
+  let fds: string[] = [];
+  try { fds = fs.readdirSync(`/proc/${pid}/fdinfo`); } catch { return out; }
+  for (const fd of fds) {
+    try {
+      const m = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').match(/^iff:\s*(\S+)/m);
+      if (m && m[1]!.startsWith('kvc')) out.push(m[1]!);
+    } catch { /* closed meanwhile */ }
+  }
+  return out;
+}
+
+/** Held tap names of the entries this suite saw (recorded while they lived). */
+const seenTaps: string[] = [];
 
 /** containerd log lines (JSON part) whose msg matches. */
 function logLines(log: string, msg: RegExp): Record<string, unknown>[] {
@@ -216,6 +233,9 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
 
   it('factory destroy stops the cache: no QEMU, no cached shim, no socket or directory left', async () => {
     const c = await cacheStatus(cfgFile);
+    const taps = c.ready.flatMap((e) => tapsOf(e.pid));
+    seenTaps.push(...taps);
+    expect(taps, 'each waiting entry holds its pre-plugged NIC\'s tap').to.have.length(c.ready.length);
     const d = await kataCtl(cfgFile, ['factory', 'destroy', '--json']);
     expect(d.code, d.stderr).to.equal(0);
     expect((JSON.parse(d.stdout) as { removed: string[] }).removed).to.include(`cached VM (shim pid ${c.ready[0]!.pid})`);
@@ -225,7 +245,7 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     // The unclaimed entry's share went with it.
     expect(mountsUnder(c.dir), 'mounts left of an unclaimed share').to.deep.equal([]);
     // Nor its pre-plugged NIC's tap (it went with QEMU's fd and ours).
-    expect(heldTaps(), 'held taps left').to.deep.equal([]);
+    expect(heldTaps(undefined, taps), 'held taps left').to.deep.equal([]);
     const after = await cacheStatus(cfgFile);
     expect([after.ready, after.starting]).to.deep.equal([[], []]);
   });
@@ -268,7 +288,7 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
       const d = await kataCtl(cfgFile, ['factory', 'destroy']);
       expect(d.code, d.stderr).to.equal(0);
       // Entries started by kata-ctl hold their tap in our netns, refills (spawned under containerd) in containerd's.
-      expect([heldTaps(), heldTaps(cd.netns)], 'held taps left after factory destroy').to.deep.equal([[], []]);
+      expect([heldTaps(undefined, seenTaps), heldTaps(cd.netns, seenTaps)], 'held taps left after factory destroy').to.deep.equal([[], []]);
     } finally {
       for (const pid of seenPids) if (pidAlive(pid)) process.kill(pid, 'SIGKILL');
       const left = await cd.stop();
@@ -283,8 +303,10 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
   it('a pod starts from the cached VM (its interface on the NIC plugged before the claim), its container runs and logs, and the pod goes away', async () => {
     const cached = (await cacheStatus(cfgFile)).ready[0]!;
     // The cached VM's NIC is plugged already, on a tap in the entry's netns (kata-ctl started it: ours).
-    const held = heldTaps();
+    const held = tapsOf(cached.pid);
+    seenTaps.push(...held);
     expect(held, 'the cached VM holds one tap before the claim').to.have.length(1);
+    expect(heldTaps(undefined, held), 'in our netns (kata-ctl started it)').to.deep.equal(held);
     const logDir = path.join(cd!.dir, 'pods', 'vcpod');
     fs.mkdirSync(logDir, { recursive: true });
     const config: PodSandboxConfig = { metadata: { name: 'vcpod', uid: 'vcpod', namespace: 'vmcache' }, hostname: 'vcpod', log_directory: logDir, linux: {} };
@@ -298,7 +320,7 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
       const vethMac = (await runCommand('/usr/bin/nsenter', [`--net=${netns}`, '--', 'ip', '-o', 'link', 'show', 'eth0'])).stdout.match(/link\/ether ([0-9a-f:]+)/)?.[1] ?? '';
       expect(vethMac).to.match(/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
       // The held tap left our netns for the pod's, as tap0_kata.
-      expect(heldTaps(), 'the held tap moved into the pod netns').to.deep.equal([]);
+      expect(heldTaps(undefined, held), 'the held tap moved into the pod netns').to.deep.equal([]);
       expect((await runCommand('/usr/bin/nsenter', [`--net=${netns}`, '--', 'ip', '-o', 'link', 'show', 'tap0_kata'])).stdout).to.contain('tap0_kata');
       const ctr = await cd!.cri.createContainer(pod, {
         metadata: { name: 'c' }, image: { image: BUSYBOX }, command: ['sh', '-c', 'echo pod-from-the-cache; hostname; if [ -e /sys/class/net/eth0 ]; then echo mac=$(cat /sys/class/net/eth0/address); ip -o -4 addr show dev eth0; echo has-eth0; else echo no-eth0; fi; sleep 3600'], log_path: 'c.log', linux: {},
@@ -332,7 +354,10 @@ describe('integration: pre-started VM cache through CRI (kata-ts handler)', func
     seenPids.push(after.ready[0]!.pid);
     expect(cd!.qemuPids()).to.deep.equal([after.ready[0]!.qemuPid]);
     // The claimed tap went with the pod; the refill (spawned under containerd) holds one in containerd's netns.
-    expect(heldTaps(), 'held taps left in our netns').to.deep.equal([]);
-    expect(heldTaps(cd!.netns), 'the refilled entry holds one tap').to.have.length(1);
+    expect(heldTaps(undefined, held), 'the claimed tap left').to.deep.equal([]);
+    const refill = tapsOf(after.ready[0]!.pid);
+    seenTaps.push(...refill);
+    expect(refill, 'the refilled entry holds one tap').to.have.length(1);
+    expect(heldTaps(cd!.netns, refill), 'in containerd\'s netns').to.deep.equal(refill);
   });
 });
