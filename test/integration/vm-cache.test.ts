@@ -133,6 +133,11 @@ describe('integration: pre-started VM cache through ctr ([factory] vm_cache_numb
     expect(pidAlive(e.pid) && pidAlive(e.qemuPid)).to.equal(true);
     expect(cd!.qemuPids()).to.deep.equal([e.qemuPid]);
     expect(fs.existsSync(path.join(st.vmCache.dir, 'slot-0.sock'))).to.equal(true);
+    // While it waited, its guest ran the container start path once (vm-cache-warm.ts), and cleanly.
+    const entryLog = fs.readFileSync(path.join(st.vmCache.dir, 'slot-0.log'), 'utf8');
+    const warmed = entryLog.split('\n').find((l) => l.includes('"msg":"cached VM: container path warmed"'));
+    expect(warmed, entryLog).to.match(/"exitStatus":0[,}]/);
+    expect(entryLog).to.not.match(/container-path warm-up (went wrong|failed)/);
     const text = await kataCtl(cfgFile, ['factory', 'status']);
     expect(text.stdout).to.match(/VM cache: {3}1\/1 ready/);
     const env = await kataCtl(cfgFile, ['env']);
