@@ -56,6 +56,9 @@ export async function prestart(flags: ShimFlags): Promise<void> {
   if (nice) setNice(0, nice);
   const identity = configIdentity(config);
   let vm: CachedVm | undefined;
+  // The VM being started: a SIGTERM (factory destroy) that arrives meanwhile
+  // waits for it and stops it, else its QEMU would outlive this process.
+  let starting: Promise<CachedVm> | undefined;
   let claimed = false;
   let leaving = false;
   const leave = async (why: string, code: number) => {
@@ -63,6 +66,7 @@ export async function prestart(flags: ShimFlags): Promise<void> {
     leaving = true;
     log.info('cached VM leaving', { why });
     releaseSlot(dir, slot);
+    if (!vm && starting) vm = await starting.catch(() => undefined);
     await vm?.stop();
     process.exit(code);
   };
@@ -71,11 +75,14 @@ export async function prestart(flags: ShimFlags): Promise<void> {
   if (delay > 0) await new Promise((r) => setTimeout(r, delay));
   const t0 = Date.now();
   try {
-    vm = await CachedVm.start(config, path.join(dir, vmDirName(slot)), log);
+    starting = CachedVm.start(config, path.join(dir, vmDirName(slot)), log);
+    vm = await starting;
   } catch (err) {
     log.error('cannot start a cached VM', { err: errorMessage(err) });
     return leave('start failed', 1);
   }
+  // Told to leave while the VM started: leave() is stopping it.
+  if (leaving) return;
   const vmDir = vm.vmDir;
   // The VM's directory goes with this process, whenever it exits (claimed or
   // not); never through a mount left in its share (removeTreeSafely unmounts first, or keeps it).
