@@ -38,8 +38,8 @@ import { waitForMarker } from '../protocols/agent-dialer';
 import { MAGIC, MEMORY_FILE, STATE_FILE, VMM_STATE_VERSION } from '../vmm/snapshot/format';
 import { guestAssets, vmSizing, type Config } from '../runtime/config';
 import { TemplateError } from './qemu-template';
-import { fileIdentity, keyDifferences, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
-import { isMountPoint, MANIFEST, readManifest, removeTemplateFiles, TMPFS_SOURCE, writeManifest, type TemplateManifest, type TemplateStatus } from './template-store';
+import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
+import { MANIFEST, prepareTemplateDir, removeTemplateFiles, templateStatus, writeManifest, type TemplateLayout, type TemplateManifest, type TemplateStatus } from './template-store';
 
 /** Only the kernel parameter the agent reads (src/agent/warmup.ts); acpi=noirq is QEMU pc's business. */
 export const BUILTIN_TEMPLATE_KERNEL_PARAMS = 'agent.warmup=1';
@@ -117,18 +117,7 @@ export class BuiltinFactory {
   async init(progress: (line: string) => void = () => undefined): Promise<TemplateStatus> {
     const m = this.machine();
     const inputs = this.inputs(m);
-    const foreign = fs.existsSync(this.dir) ? fs.readdirSync(this.dir).filter((f) => !BUILTIN_TEMPLATE_FILES.includes(f)) : [];
-    if (path.resolve(this.dir) === '/' || foreign.length) {
-      throw new TemplateError('config', `[factory] template_path ${this.dir} holds other files (${foreign.slice(0, 3).join(', ') || '/'}${foreign.length > 3 ? ', …' : ''}): refusing to make a template there; point it at a directory of its own`);
-    }
-    this.destroy();
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    let mounted = false;
-    if (!isMountPoint(this.dir)) {
-      const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${m.memoryMiB + 64}M,mode=0700`, TMPFS_SOURCE, this.dir], { encoding: 'utf8' });
-      if (r.status === 0) mounted = true;
-      else progress(`warning: cannot mount a tmpfs at ${this.dir} (${(r.stderr || r.error?.message || '').trim()}); the template's RAM is a file on that filesystem`);
-    }
+    const mounted = prepareTemplateDir(this.dir, BUILTIN_TEMPLATE_FILES, m.memoryMiB, progress, (msg) => new TemplateError('config', msg));
     const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-btpl-'));
     const hv = new BuiltinHypervisor({ balloon: m.balloon });
     try {
@@ -178,41 +167,12 @@ export class BuiltinFactory {
   }
 }
 
+/** The builtin VMM's template: its snapshot state and memory files. */
+const BUILTIN_TEMPLATE_LAYOUT: TemplateLayout = { state: STATE_FILE, memory: MEMORY_FILE, magic: MAGIC, magicName: "the builtin VMM's snapshot header" };
+
 /** The builtin template at `dir` against the inputs the configuration has now (cheap: stats and an 8-byte read). */
 export function builtinTemplateStatus(dir: string, wanted: TemplateInputs): TemplateStatus {
-  const wantedKey = templateKey(wanted);
-  const base = { schemaVersion: 1 as const, path: dir, wantedKey };
-  if (!fs.existsSync(path.join(dir, MANIFEST))) {
-    return { ...base, state: 'missing', reasons: [fs.existsSync(dir) ? `no template in ${dir} (run kata-ctl factory init)` : `${dir} does not exist (run kata-ctl factory init)`] };
-  }
-  let manifest: TemplateManifest;
-  try {
-    manifest = readManifest(dir);
-  } catch (err) {
-    return { ...base, state: 'corrupt', reasons: [`${path.join(dir, MANIFEST)}: ${errorMessage(err)}`] };
-  }
-  const allocated = (f: string) => { try { return fs.statSync(path.join(dir, f)).blocks * 512; } catch { return 0; } };
-  const extra = {
-    manifest, ageS: Math.round((Date.now() - Date.parse(manifest.createdAt)) / 1000),
-    diskBytes: allocated(MEMORY_FILE) + allocated(STATE_FILE) + allocated(MANIFEST),
-  };
-  const size = (f: string) => { try { return fs.statSync(path.join(dir, f)).size; } catch { return -1; } };
-  const corrupt: string[] = [];
-  const st = size(STATE_FILE);
-  if (st !== manifest.stateBytes) corrupt.push(st < 0 ? `${STATE_FILE} is missing` : `${STATE_FILE} holds ${st} bytes, the manifest says ${manifest.stateBytes} (truncated or replaced)`);
-  else {
-    const head = Buffer.alloc(MAGIC.length);
-    const fd = fs.openSync(path.join(dir, STATE_FILE), 'r');
-    try { fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
-    if (!head.equals(MAGIC)) corrupt.push(`${STATE_FILE} does not start with the builtin VMM's snapshot header`);
-  }
-  const mem = size(MEMORY_FILE);
-  if (mem !== manifest.memoryBytes) corrupt.push(mem < 0 ? `${MEMORY_FILE} is missing` : `${MEMORY_FILE} holds ${mem} bytes, the manifest says ${manifest.memoryBytes}`);
-  if (corrupt.length) return { ...base, ...extra, state: 'corrupt', reasons: corrupt };
-  if (manifest.key !== wantedKey) {
-    return { ...base, ...extra, state: 'stale', reasons: [`template key ${manifest.key} ≠ ${wantedKey}`, ...keyDifferences(manifest.inputs, wanted)] };
-  }
-  return { ...base, ...extra, state: 'valid', reasons: [] };
+  return templateStatus(dir, wanted, BUILTIN_TEMPLATE_LAYOUT);
 }
 
 /**

@@ -28,7 +28,7 @@ import { dataExtents, startCloneMemory, type CloneMemory } from './memory';
 import { restoreTemplate, saveTemplate, templateArgs, TemplateError, type TemplateMachine } from './qemu-template';
 import { fileIdentity, sha256File, TEMPLATE_FORMAT, templateKey, type TemplateInputs } from './template-key';
 import { MemoryPlanError, qemuMemoryPlan, type QemuMemoryOptions } from '../hypervisor/memory-plan';
-import { isMountPoint, MEMORY, removeTemplateFiles, STATE, TEMPLATE_FILES, templateStatus, TMPFS_SOURCE, writeManifest, type TemplateStatus } from './template-store';
+import { MEMORY, prepareTemplateDir, removeTemplateFiles, STATE, TEMPLATE_FILES, templateStatus, writeManifest, type TemplateStatus } from './template-store';
 
 /** What a template is made for: the QEMU settings and the sandbox's kernel parameters. */
 export interface FactoryTarget {
@@ -161,20 +161,7 @@ export class VmFactory {
     if (why) throw new TemplateError('config', why);
     const m = this.machine();
     const inputs = this.inputs(m);
-    // Never a tmpfs over, or a clean-up of, a directory that holds anything else.
-    const foreign = fs.existsSync(this.dir) ? fs.readdirSync(this.dir).filter((f) => !TEMPLATE_FILES.includes(f)) : [];
-    if (path.resolve(this.dir) === '/' || foreign.length) {
-      throw new TemplateError('config', `[factory] template_path ${this.dir} holds other files (${foreign.slice(0, 3).join(', ') || '/'}${foreign.length > 3 ? ', …' : ''}): refusing to make a template there; point it at a directory of its own`);
-    }
-    this.destroy();
-    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    let mounted = false;
-    if (!isMountPoint(this.dir)) {
-      // As Kata: the template's RAM lives in a tmpfs sized for it.
-      const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${m.memoryMiB + 64}M,mode=0700`, TMPFS_SOURCE, this.dir], { encoding: 'utf8' });
-      if (r.status === 0) mounted = true;
-      else progress(`warning: cannot mount a tmpfs at ${this.dir} (${(r.stderr || r.error?.message || '').trim()}); the template's RAM is a file on that filesystem`);
-    }
+    const mounted = prepareTemplateDir(this.dir, TEMPLATE_FILES, m.memoryMiB, progress, (msg) => new TemplateError('config', msg));
     const work = fs.mkdtempSync(path.join(os.tmpdir(), 'kts-tpl-'));
     const consoleLog = path.join(work, 'console.log');
     const qmp = new QmpClient();

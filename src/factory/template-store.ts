@@ -69,8 +69,20 @@ export function readManifest(dir: string): TemplateManifest {
   return m;
 }
 
-/** The template at `dir` against the inputs the configuration has now. */
-export function templateStatus(dir: string, wanted: TemplateInputs): TemplateStatus {
+/** What a hypervisor's template holds: its state and RAM files, and the state file's first bytes. */
+export interface TemplateLayout {
+  state: string;
+  memory: string;
+  magic: Buffer;
+  /** The header the magic starts, as an error names it. */
+  magicName: string;
+}
+
+/** QEMU's template: a migration stream (x-ignore-shared) and the RAM file. */
+export const QEMU_TEMPLATE_LAYOUT: TemplateLayout = { state: STATE, memory: MEMORY, magic: QEMU_VM_MAGIC, magicName: "QEMU's migration header" };
+
+/** The template at `dir` (laid out as `layout`, QEMU's by default) against the inputs the configuration has now. */
+export function templateStatus(dir: string, wanted: TemplateInputs, layout: TemplateLayout = QEMU_TEMPLATE_LAYOUT): TemplateStatus {
   const wantedKey = templateKey(wanted);
   const base = { schemaVersion: 1 as const, path: dir, wantedKey };
   if (!fs.existsSync(path.join(dir, MANIFEST))) {
@@ -84,26 +96,49 @@ export function templateStatus(dir: string, wanted: TemplateInputs): TemplateSta
   }
   const extra = {
     manifest, ageS: Math.round((Date.now() - Date.parse(manifest.createdAt)) / 1000),
-    diskBytes: allocated(path.join(dir, MEMORY)) + allocated(path.join(dir, STATE)) + allocated(path.join(dir, MANIFEST)),
+    diskBytes: allocated(path.join(dir, layout.memory)) + allocated(path.join(dir, layout.state)) + allocated(path.join(dir, MANIFEST)),
   };
   const corrupt: string[] = [];
   const size = (f: string) => { try { return fs.statSync(path.join(dir, f)).size; } catch { return -1; } };
-  const st = size(STATE);
-  if (st !== manifest.stateBytes) corrupt.push(st < 0 ? `${STATE} is missing` : `${STATE} holds ${st} bytes, the manifest says ${manifest.stateBytes} (truncated or replaced)`);
+  const st = size(layout.state);
+  if (st !== manifest.stateBytes) corrupt.push(st < 0 ? `${layout.state} is missing` : `${layout.state} holds ${st} bytes, the manifest says ${manifest.stateBytes} (truncated or replaced)`);
   else {
-    const head = Buffer.alloc(QEMU_VM_MAGIC.length);
-    const fd = fs.openSync(path.join(dir, STATE), 'r');
+    const head = Buffer.alloc(layout.magic.length);
+    const fd = fs.openSync(path.join(dir, layout.state), 'r');
     try { fs.readSync(fd, head, 0, head.length, 0); } finally { fs.closeSync(fd); }
-    if (!head.equals(QEMU_VM_MAGIC)) corrupt.push(`${STATE} does not start with QEMU's migration header`);
+    if (!head.equals(layout.magic)) corrupt.push(`${layout.state} does not start with ${layout.magicName}`);
   }
-  const mem = size(MEMORY);
-  if (mem !== manifest.memoryBytes) corrupt.push(mem < 0 ? `${MEMORY} is missing` : `${MEMORY} holds ${mem} bytes, the manifest says ${manifest.memoryBytes}`);
+  const mem = size(layout.memory);
+  if (mem !== manifest.memoryBytes) corrupt.push(mem < 0 ? `${layout.memory} is missing` : `${layout.memory} holds ${mem} bytes, the manifest says ${manifest.memoryBytes}`);
   if (corrupt.length) return { ...base, ...extra, state: 'corrupt', reasons: corrupt };
   if (manifest.key !== wantedKey) {
     const diff = keyDifferences(manifest.inputs, wanted);
     return { ...base, ...extra, state: 'stale', reasons: [`template key ${manifest.key} ≠ ${wantedKey}`, ...diff] };
   }
   return { ...base, ...extra, state: 'valid', reasons: [] };
+}
+
+/**
+ * Makes `dir` ready for a new template: refuses a directory holding files
+ * other than a template's (`files`) or `/`, removes an old template, and
+ * mounts a tmpfs sized for the RAM there (as Kata does) unless something is
+ * mounted already; without one, one warning line and the RAM is a file on
+ * that filesystem. Returns whether it mounted the tmpfs. `onError` makes the
+ * caller's error.
+ */
+export function prepareTemplateDir(dir: string, files: readonly string[], memoryMiB: number, progress: (line: string) => void, onError: (msg: string) => Error): boolean {
+  // Never a tmpfs over, or a clean-up of, a directory that holds anything else.
+  const foreign = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => !files.includes(f)) : [];
+  if (path.resolve(dir) === '/' || foreign.length) {
+    throw onError(`[factory] template_path ${dir} holds other files (${foreign.slice(0, 3).join(', ') || '/'}${foreign.length > 3 ? ', …' : ''}): refusing to make a template there; point it at a directory of its own`);
+  }
+  removeTemplateFiles(dir, files, onError);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (isMountPoint(dir)) return false;
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${memoryMiB + 64}M,mode=0700`, TMPFS_SOURCE, dir], { encoding: 'utf8' });
+  if (r.status === 0) return true;
+  progress(`warning: cannot mount a tmpfs at ${dir} (${(r.stderr || r.error?.message || '').trim()}); the template's RAM is a file on that filesystem`);
+  return false;
 }
 
 /** Writes the manifest last, atomically (rename): until then the directory is no template. */
