@@ -6,9 +6,37 @@
  * itself; the code under test uses netlink.
  */
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import { ipToBytes } from '../../src/protocols/netlink/route';
 
 export const ip = (...args: string[]): string => execFileSync('ip', args, { encoding: 'utf8' });
+
+/** Why this host cannot run the tap/tc pod-network tests (undefined: it can): root, /dev/net/tun, iproute2, the addon. */
+export function podNetworkPrerequisiteMissing(): string | undefined {
+  if (process.getuid?.() !== 0) return 'network namespaces need root';
+  if (!fs.existsSync('/dev/net/tun')) return '/dev/net/tun missing';
+  try {
+    execFileSync('ip', ['-V']);
+    execFileSync('tc', ['-V']);
+  } catch {
+    return 'iproute2 (ip, tc) not installed';
+  }
+  try {
+    require('../../src/common/native').native();
+  } catch (err) {
+    return (err as Error).message;
+  }
+  return undefined;
+}
+
+/** An ARP request from (mac, ipA) for ipB, behind the 10-byte virtio_net_hdr a vnet-hdr tap expects. */
+export function arpRequest(mac: string, from: string, to: string): Buffer {
+  const m = Buffer.from(mac.split(':').map((x) => parseInt(x, 16)));
+  const eth = Buffer.concat([Buffer.alloc(6, 0xff), m, Buffer.from([0x08, 0x06])]);
+  const arp = Buffer.concat([Buffer.from([0, 1, 8, 0, 6, 4, 0, 1]), m, ipToBytes(from), Buffer.alloc(6), ipToBytes(to)]);
+  return Buffer.concat([Buffer.alloc(10), eth, arp, Buffer.alloc(18)]);
+}
 
 export interface PodNetnsOptions {
   /** Pod address with prefix, e.g. 10.97.0.2/24; the peer gets .1 of the same /24. */

@@ -16,36 +16,10 @@ import { NetworkError, PodNetwork, podInterfaces } from '../../../src/resource/n
 import { guestNetworkPlan } from '../../../src/resource/network/guest-config';
 import { GuestNetwork } from '../../../src/agent/network';
 import { NetlinkSocket } from '../../../src/protocols/netlink/socket';
-import { ipToBytes } from '../../../src/protocols/netlink/route';
 import { skipOrFail } from '../../helpers/skip';
-import { PodNetns, ip } from '../../helpers/netns';
+import { PodNetns, arpRequest, ip, podNetworkPrerequisiteMissing as why } from '../../helpers/netns';
 
 const tc = (...args: string[]) => execFileSync('tc', args, { encoding: 'utf8' });
-
-function why(): string | undefined {
-  if (process.getuid?.() !== 0) return 'network namespaces need root';
-  if (!fs.existsSync('/dev/net/tun')) return '/dev/net/tun missing';
-  try {
-    execFileSync('ip', ['-V']);
-    execFileSync('tc', ['-V']);
-  } catch {
-    return 'iproute2 (ip, tc) not installed';
-  }
-  try {
-    require('../../../src/common/native').native();
-  } catch (err) {
-    return (err as Error).message;
-  }
-  return undefined;
-}
-
-/** An ARP request from (mac, ipA) for ipB, behind the 10-byte virtio_net_hdr a vnet-hdr tap expects. */
-function arpRequest(mac: string, from: string, to: string): Buffer {
-  const m = Buffer.from(mac.split(':').map((x) => parseInt(x, 16)));
-  const eth = Buffer.concat([Buffer.alloc(6, 0xff), m, Buffer.from([0x08, 0x06])]);
-  const arp = Buffer.concat([Buffer.from([0, 1, 8, 0, 6, 4, 0, 1]), m, ipToBytes(from), Buffer.alloc(6), ipToBytes(to)]);
-  return Buffer.concat([Buffer.alloc(10), eth, arp, Buffer.alloc(18)]);
-}
 
 describe('pod network (tc mirroring in a real netns)', function () {
   this.timeout(30000);
