@@ -74,16 +74,22 @@ export class KvmVm {
     const n = kvmNative();
     this.memfd = n.memfdCreate('kata-ts-guest-ram', hot.guestBytes);
     n.mapFileOver(hot.memory.buffer, hot.guestBase, hot.guestBytes, this.memfd, 0);
+    this.registerRam(hot, 'shared-memfd');
+  }
+  private hot: HotMemory | undefined;
+  private backing: 'shared-memfd' | 'anonymous' | 'private-file' | undefined;
+
+  /** Records what backs HotMemory's guest area now, and registers its guest regions as KVM slots over it. */
+  private registerRam(hot: HotMemory, backing: 'shared-memfd' | 'anonymous' | 'private-file'): void {
     this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
     this.hot = hot;
-    this.backing = 'shared-memfd';
+    this.backing = backing;
+    const n = kvmNative();
     const base = n.arrayBufferAddress(hot.memory.buffer);
     for (const r of hot.guestRegions) {
       n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);
     }
   }
-  private hot: HotMemory | undefined;
-  private backing: 'shared-memfd' | 'anonymous' | 'private-file' | undefined;
 
   /** What backs guest RAM: the shared memfd, the Memory's private anonymous pages, or a snapshot mapped MAP_PRIVATE. */
   get ramBacking(): 'shared-memfd' | 'anonymous' | 'private-file' {
@@ -102,14 +108,7 @@ export class KvmVm {
   attachAnonymous(hot: HotMemory): void {
     if (this.mapped) throw new VmmError('config', 'guest memory already attached');
     if (hot.guestBytes === 0) throw new VmmError('config', 'HotMemory has no guest regions');
-    const n = kvmNative();
-    this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
-    this.hot = hot;
-    this.backing = 'anonymous';
-    const base = n.arrayBufferAddress(hot.memory.buffer);
-    for (const r of hot.guestRegions) {
-      n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);
-    }
+    this.registerRam(hot, 'anonymous');
   }
 
   /**
@@ -123,15 +122,8 @@ export class KvmVm {
   attachMemoryFile(hot: HotMemory, fd: number): void {
     if (this.mapped) throw new VmmError('config', 'guest memory already attached');
     if (hot.guestBytes === 0) throw new VmmError('config', 'HotMemory has no guest regions');
-    const n = kvmNative();
-    n.mapFilePrivateOver(hot.memory.buffer, hot.guestBase, hot.guestBytes, fd, 0);
-    this.mapped = { offset: hot.guestBase, length: hot.guestBytes };
-    this.hot = hot;
-    this.backing = 'private-file';
-    const base = n.arrayBufferAddress(hot.memory.buffer);
-    for (const r of hot.guestRegions) {
-      n.vmSetUserMemoryRegion(this.vmFd, this.slots++, r.gpa, r.size, base + BigInt(r.offset), 0);
-    }
+    kvmNative().mapFilePrivateOver(hot.memory.buffer, hot.guestBase, hot.guestBytes, fd, 0);
+    this.registerRam(hot, 'private-file');
   }
 
   /** The guest RAM memfd (e.g. for a vhost-user peer), or -1. */
