@@ -25,6 +25,7 @@
  * port already waiting is closed and logged. Nothing else is affected.
  */
 import { native, type NativeAddon } from '../common/native';
+import { acceptFds } from '../common/fd-stream';
 import { KataError } from '../common/errors';
 import type { StdioPorts } from '../protocols/agent-api';
 
@@ -97,24 +98,7 @@ export class PassfdStreams {
 
   /** Accepts on an already listening socket (unit tests use a unix socket). */
   listenFd(listenFd: number): () => void {
-    const n = this.n;
-    const poll = n.pollStart(listenFd, POLL_READ, () => {
-      for (;;) {
-        let fd: number;
-        try {
-          fd = n.acceptNb(listenFd);
-        } catch (err) {
-          this.log(`accept: ${(err as Error).message}`);
-          return;
-        }
-        if (fd < 0) return;
-        this.adopt(fd);
-      }
-    });
-    return () => {
-      n.pollStop(poll);
-      n.closeFd(listenFd);
-    };
+    return acceptFds(listenFd, (fd) => this.adopt(fd), (err) => this.log(`accept: ${err.message}`), this.n);
   }
 
   /** A freshly accepted connection: read its 4-byte header, then hold it for a request. */

@@ -206,11 +206,10 @@ export class FdStream extends Duplex {
 
 /**
  * Accepts connections on a non-blocking listening fd (e.g. native
- * vsockListen) and hands each to `onConnection` as an FdStream.
+ * vsockListen) and hands each accepted fd to `onFd`, which owns it.
  * Returns a function that stops listening and closes the listener.
  */
-export function acceptLoop(listenFd: number, onConnection: (s: FdStream) => void, onError: (e: Error) => void = () => undefined): () => void {
-  const n = native();
+export function acceptFds(listenFd: number, onFd: (fd: number) => void, onError: (e: Error) => void = () => undefined, n: NativeAddon = native()): () => void {
   const poll = n.pollStart(listenFd, POLL_READ, () => {
     for (;;) {
       let fd: number;
@@ -221,11 +220,16 @@ export function acceptLoop(listenFd: number, onConnection: (s: FdStream) => void
         return;
       }
       if (fd < 0) return;
-      onConnection(new FdStream(fd));
+      onFd(fd);
     }
   });
   return () => {
     n.pollStop(poll);
     n.closeFd(listenFd);
   };
+}
+
+/** acceptFds with each connection handed to `onConnection` as an FdStream. */
+export function acceptLoop(listenFd: number, onConnection: (s: FdStream) => void, onError: (e: Error) => void = () => undefined): () => void {
+  return acceptFds(listenFd, (fd) => onConnection(new FdStream(fd)), onError);
 }
