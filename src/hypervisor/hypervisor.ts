@@ -166,6 +166,7 @@ export function hostTscKhz(cpuinfo?: string): number | undefined {
  * machine type, when QEMU runs the VM) adds what only that machine needs.
  */
 export function baseKernelParams(debug: boolean, machine?: string): string {
+  const tscKhz = machine?.split(',')[0] === 'microvm' ? hostTscKhz() : undefined;
   return [
     'console=ttyS0', 'root=/dev/vda', 'rootfstype=erofs', 'ro', 'init=/sbin/kata-init',
     // Entropy: Node blocks in getrandom() until the CRNG is ready; trust the
@@ -190,7 +191,7 @@ export function baseKernelParams(debug: boolean, machine?: string): string {
     // guest: boot stops there for good (seen at load ~9-23, 2026-12-01).
     // Under TCG the guest's RDTSC is the host's TSC, so its frequency is
     // the host's: given up front, no calibration runs.
-    ...(machine?.split(',')[0] === 'microvm' && hostTscKhz() ? [`tsc_early_khz=${hostTscKhz()}`] : []),
+    ...(tscKhz ? [`tsc_early_khz=${tscKhz}`] : []),
     debug ? 'agent.log=debug' : 'quiet',
   ].join(' ');
 }
