@@ -41,6 +41,13 @@ export interface InstallOptions {
   backup?: boolean;
   /** Compute the result, write nothing. */
   dryRun?: boolean;
+  /**
+   * The handler's kata-ts configuration file: written as the runtime's
+   * options `ConfigPath` (Kata's way), which containerd hands the shim
+   * (src/shim/runtime-options.ts). Absent: the shim finds its file as
+   * everywhere else ($KATA_TS_CONFIG, /etc/kata-ts/configuration.toml).
+   */
+  configPath?: string;
 }
 
 export interface ConfigChange {
@@ -63,7 +70,7 @@ function checkHandler(h: string): void {
 }
 
 /** The config snippet for `handler` (what install appends, markers included). */
-export function runtimeSnippet(handler = DEFAULT_HANDLER): string {
+export function runtimeSnippet(handler = DEFAULT_HANDLER, configPath?: string): string {
   checkHandler(handler);
   const table = `plugins."${CRI}".containerd.runtimes.${handler}`;
   return [
@@ -74,8 +81,25 @@ export function runtimeSnippet(handler = DEFAULT_HANDLER): string {
     '  privileged_without_host_devices = true',
     '  # Pod annotations the shim may read (Kata\'s prefix; CRI passes no others).',
     `  pod_annotations = [${POD_ANNOTATIONS.map((a) => JSON.stringify(a)).join(', ')}]`,
+    ...(configPath ? [
+      `[${table}.options]`,
+      '  # This handler\'s kata-ts configuration (containerd passes it to the shim).',
+      `  ConfigPath = ${JSON.stringify(configPath)}`,
+    ] : []),
     end(handler),
   ].join('\n') + '\n';
+}
+
+/** A configuration file for a handler must be one the shim can load: absolute and a file. */
+function checkConfigPath(p: string): void {
+  if (!path.isAbsolute(p)) throw new ContainerdConfigError('invalid', `--config ${p}: must be an absolute path (containerd passes it to the shim as it is)`);
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch {
+    throw new ContainerdConfigError('invalid', `--config ${p}: no such file`);
+  }
+  if (!st.isFile()) throw new ContainerdConfigError('invalid', `--config ${p}: not a regular file`);
 }
 
 function parse(text: string, file: string): TomlTable {
@@ -163,7 +187,8 @@ function commit(file: string, before: { text: string; exists: boolean }, text: s
 /** Adds (or refreshes) the kata-ts runtime handler in containerd's config `file`. */
 export function installContainerdRuntime(file = DEFAULT_CONTAINERD_CONFIG, opts: InstallOptions = {}): ConfigChange {
   const handler = opts.handler ?? DEFAULT_HANDLER;
-  const snippet = runtimeSnippet(handler);
+  if (opts.configPath !== undefined) checkConfigPath(opts.configPath);
+  const snippet = runtimeSnippet(handler, opts.configPath);
   const before = readConfig(file);
   const cfg = parse(before.text, file);
   checkVersion(cfg, file);
@@ -184,6 +209,7 @@ export function installContainerdRuntime(file = DEFAULT_CONTAINERD_CONFIG, opts:
   const after = parse(text, file);
   const rt = table(runtimesOf(after)?.[handler]);
   if (rt?.runtime_type !== RUNTIME_TYPE) throw new ContainerdConfigError('invalid', `${file}: after the edit, the handler "${handler}" does not read back as ${RUNTIME_TYPE}; nothing written`);
+  if (opts.configPath !== undefined && table(rt.options)?.ConfigPath !== opts.configPath) throw new ContainerdConfigError('invalid', `${file}: after the edit, the handler "${handler}" does not read back with ConfigPath ${opts.configPath}; nothing written`);
   const warnings: string[] = [];
   const disabled = after.disabled_plugins;
   if (Array.isArray(disabled) && disabled.some((p) => p === 'cri' || p === CRI)) {

@@ -16,7 +16,7 @@ import { errorMessage } from '../common/errors';
 import { logger } from '../common/log';
 import { encode, timestamp } from '../protocols/ttrpc/messages';
 import type { OciProcess, OciSpec } from '../protocols/oci';
-import type { Config } from '../runtime/config';
+import { loadConfig, type Config } from '../runtime/config';
 import { createSandboxHypervisor, sandboxBootVfio, type Hypervisor } from '../runtime/hypervisor-choice';
 import { imageForContainer } from '../runtime/image-rootfs';
 import { annotatedConfig } from '../runtime/config-kata';
@@ -36,6 +36,7 @@ import type * as t from './types';
 
 export const SHIM_VERSION = 'kata-ts 0.1.0';
 import { BUNDLE_MARKER, type BundleMarker } from './marker';
+import { configPathFromAny } from './runtime-options';
 export { BUNDLE_MARKER, type BundleMarker };
 
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -154,6 +155,7 @@ export class TaskService {
           throw new ShimError('failed-precondition', `container ${r.id} carries an agent policy different from the one its pod's sandbox was created with; the policy cannot change after creation`);
         }
         if (!this.sandbox) {
+          this.useOptionsConfig(r.options);
           this.policySha = policy?.sha256 ?? '';
           // Kata's io.katacontainers.config.hypervisor.* annotations, where enable_annotations allows.
           const pod = annotatedConfig(this.opts.config, spec.annotations);
@@ -189,6 +191,19 @@ export class TaskService {
       this.log.info('container created', { container: r.id });
       return { pid: init.pid };
     });
+  }
+
+  /**
+   * containerd's runtime options (ConfigPath, runtime-options.ts) in the
+   * pod's first CreateTaskRequest: `start` already chose that file from the
+   * same options on its stdin; a containerd that gives them only here gets
+   * the file loaded now, before the sandbox is made.
+   */
+  private useOptionsConfig(options: t.Any | null | undefined): void {
+    const file = options ? configPathFromAny(options) : undefined;
+    if (!file || path.resolve(file) === path.resolve(this.opts.config.source ?? '')) return;
+    this.opts.config = loadConfig(file);
+    this.log.info('configuration from containerd\'s runtime options', { config: file });
   }
 
   /**

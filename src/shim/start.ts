@@ -8,6 +8,8 @@
  * clone of the VM template is claimed instead (src/factory/vm-cache-*.ts;
  * bounded, else the spawn as before, with one line in containerd's log), and
  * one pre-start is spawned to refill the slot it freed.
+ * containerd's runtime options on stdin (ConfigPath) choose the
+ * configuration file (runtime-options.ts).
  * Nothing but the address may be printed: containerd reads stdout+stderr.
  */
 import * as fs from 'node:fs';
@@ -18,6 +20,7 @@ import { KataError } from '../common/errors';
 import { formatFlags, type ShimFlags } from './flags';
 import { bundleAnnotations, groupId, socketPath } from './grouping';
 import { OWNER_NODE_FLAGS, ownerEnv } from '../runtime/owner-flags';
+import { configPathFromStartInput, readStartInput } from './runtime-options';
 
 export class StartError extends KataError<'spawn' | 'usage'> {}
 
@@ -105,6 +108,11 @@ export async function startShim(flags: ShimFlags, launcher: string): Promise<str
   const sock = socketPath(flags.address, flags.namespace, group);
   const address = `unix://${sock}`;
   const writeAddress = () => fs.writeFileSync(path.join(bundle, 'address'), address);
+  // containerd's runtime options (Kata's ConfigPath, runtime-options.ts):
+  // they name this handler's configuration file, ahead of KATA_TS_CONFIG,
+  // for the claim below and the shim spawned (it inherits the environment).
+  const configPath = configPathFromStartInput(readStartInput());
+  if (configPath) process.env.KATA_TS_CONFIG = configPath;
   if (await canConnect(sock)) {
     writeAddress();
     return address;

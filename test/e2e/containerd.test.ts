@@ -52,6 +52,24 @@ describe('e2e: ctr with io.containerd.kata-ts.v2', function () {
     expect(cd.qemuPids()).to.deep.equal([]);
   });
 
+  it('takes the handler\'s configuration file from containerd\'s runtime options (ConfigPath: ctr run --runtime-config-path)', async () => {
+    const base = fs.readFileSync(path.join(cd.dir, 'kata-ts.toml'), 'utf8');
+    expect(base).to.not.include('[hypervisor.qemu]');
+    const file = path.join(cd.dir, 'handler.toml');
+    fs.writeFileSync(file, `${base}\n[hypervisor.qemu]\nkernel_params = "kts_handler_config=1"\n`);
+    const r = await run(['--rm', '--runtime-config-path', file, IMAGE, 'cfgpath1', 'cat', '/proc/cmdline']);
+    expect(r.stderr).to.equal('');
+    expect(r.code).to.equal(0);
+    expect(r.stdout.split(' ').map((w) => w.trim())).to.include('kts_handler_config=1');
+    // A path the shim cannot load fails the start with the option named, and leaves nothing.
+    const bad = await run(['--rm', '--runtime-config-path', path.join(cd.dir, 'missing.toml'), IMAGE, 'cfgpath2', 'true']);
+    expect(bad.code).to.not.equal(0);
+    expect(bad.stderr).to.match(/ConfigPath ".*missing.toml": no such file/);
+    expect(cd.shimPids()).to.deep.equal([]);
+    expect(cd.qemuPids()).to.deep.equal([]);
+    await cd.ctr(['containers', 'rm', 'cfgpath2']);
+  });
+
   it('takes env, user and working dir from the image config', async () => {
     const r = await run(['--rm', '--env', 'EXTRA=from-ctr', USER_IMAGE, 'user1', 'sh', '-c', 'id -u; id -g; echo $FROM_IMAGE $EXTRA; pwd']);
     expect(r.stderr).to.equal('');

@@ -3,7 +3,9 @@
  * remove the kata-ts runtime handler in containerd's config.toml (the
  * snippet and the rules: src/ctl/containerd-config.ts), as Kata's
  * kata-deploy does. containerd reads its config only at start: the command
- * says to restart it, and does not do it itself.
+ * says to restart it, and does not do it itself. `--config-path FILE` gives
+ * the handler its own configuration (containerd's runtime option
+ * ConfigPath, as Kata's handlers do), so several handlers can differ.
  */
 import type { CtlCommand } from '../command';
 import { JSON_OPTION, printJson, type GlobalArgs } from '../common';
@@ -15,6 +17,7 @@ interface InstallArgs extends GlobalArgs {
   handler: string;
   backup: boolean;
   dryRun: boolean;
+  configPath?: string;
 }
 
 const builder = (verb: string) => (y: import('yargs').Argv) => y
@@ -23,6 +26,7 @@ const builder = (verb: string) => (y: import('yargs').Argv) => y
   .option('handler', { type: 'string', default: DEFAULT_HANDLER, describe: 'runtime handler name (the RuntimeClass handler)' })
   .option('backup', { type: 'boolean', default: true, describe: 'copy the file to <file>.kata-ts.bak before changing it (--no-backup: do not)' })
   .option('dry-run', { type: 'boolean', default: false, describe: 'print the resulting file, change nothing' })
+  .option('config-path', { type: 'string', describe: 'install only: this handler\'s kata-ts configuration file (absolute), written as the runtime option ConfigPath that containerd passes to the shim' })
   .option('json', JSON_OPTION) as never;
 
 function report(verb: 'install' | 'uninstall', argv: InstallArgs, r: ConfigChange): number {
@@ -53,12 +57,12 @@ export const installCommand: CtlCommand<InstallArgs> = {
   command: 'install <target>',
   describe: 'add the kata-ts runtime handler to containerd\'s config (CRI plugin)',
   builder: builder('install'),
-  handler: async (argv) => report('install', argv, installContainerdRuntime(argv.containerdConfig, { handler: argv.handler, backup: argv.backup, dryRun: argv.dryRun })),
+  handler: async (argv) => report('install', argv, installContainerdRuntime(argv.containerdConfig, { handler: argv.handler, backup: argv.backup, dryRun: argv.dryRun, configPath: argv.configPath })),
 };
 
 export const uninstallCommand: CtlCommand<InstallArgs> = {
   command: 'uninstall <target>',
   describe: 'remove the kata-ts runtime handler that install added to containerd\'s config',
   builder: builder('uninstall'),
-  handler: async (argv) => report('uninstall', argv, uninstallContainerdRuntime(argv.containerdConfig, { handler: argv.handler, backup: argv.backup, dryRun: argv.dryRun })),
+  handler: async (argv) => report('uninstall', argv, uninstallContainerdRuntime(argv.containerdConfig, { handler: argv.handler, backup: argv.backup, dryRun: argv.dryRun, configPath: argv.configPath })),
 };

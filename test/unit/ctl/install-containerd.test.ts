@@ -111,6 +111,24 @@ describe('kata-ctl install/uninstall containerd', function () {
     expect(runtimes(t2)['kata-ts']).to.include({ runtime_type: 'io.containerd.kata-ts.v2' });
   });
 
+  it('--config-path: the handler\'s options carry ConfigPath (Kata\'s way); a later install without it drops them; a bad path is refused, file untouched', () => {
+    const conf = path.join(dir, 'fast.toml');
+    fs.writeFileSync(conf, '[factory]\nenable_template = true\n');
+    fs.writeFileSync(file, DEBIAN);
+    installContainerdRuntime(file, { handler: 'kata-fast', configPath: conf, backup: false });
+    const rt = runtimes(fs.readFileSync(file, 'utf8'))['kata-fast'] as Record<string, any>;
+    expect(rt.runtime_type).to.equal('io.containerd.kata-ts.v2');
+    expect(rt.options).to.deep.equal({ ConfigPath: conf });
+    installContainerdRuntime(file, { handler: 'kata-fast', backup: false });
+    expect((runtimes(fs.readFileSync(file, 'utf8'))['kata-fast'] as Record<string, any>).options).to.equal(undefined);
+    uninstallContainerdRuntime(file, { handler: 'kata-fast', backup: false });
+    expect(fs.readFileSync(file, 'utf8')).to.equal(DEBIAN);
+    for (const [bad, msg] of [['relative.toml', /absolute/], [path.join(dir, 'missing.toml'), /no such file/], [dir, /not a regular file/]] as const) {
+      expect(() => installContainerdRuntime(file, { configPath: bad, backup: false })).to.throw(ContainerdConfigError, msg);
+      expect(fs.readFileSync(file, 'utf8')).to.equal(DEBIAN);
+    }
+  });
+
   it('refuses, leaving the file as it was: version 1, a handler it did not write, broken TOML, a bad handler name', () => {
     const cases: [string, string, RegExp, ContainerdConfigError['kind']][] = [
       ['v1.toml', '[plugins.cri.containerd]\n  snapshotter = "overlayfs"\n', /version 1/, 'invalid'],
