@@ -13,16 +13,10 @@ import { configureLogging } from '../common/log';
 import { errorMessage } from '../common/errors';
 import { loadConfig } from '../runtime/config';
 import { parseNet, runContainer } from './run';
-import { AgentCallError } from '../runtime/agent-client';
+import { exitCodeFor, RUNTIME_FAILURE } from '../runtime/run-status';
 import { checkRunArgs, fastParseRun, GLOBAL_OPTIONS, RUN_OPTIONS, type RunArgs } from './run-args';
 
-export const RUNTIME_FAILURE = 125;
-
-/** 127 when the command does not exist in the container (as shells and docker report), else 125. */
-export function exitCodeFor(err: unknown): number {
-  if (err instanceof AgentCallError && err.kind === 'not-found' && /^executable file/.test(err.message)) return 127;
-  return RUNTIME_FAILURE;
-}
+export { exitCodeFor, RUNTIME_FAILURE };
 
 /** `kata-ts run`'s action; returns the exit status. */
 async function runAction(a: RunArgs, command: string[]): Promise<number> {
@@ -34,7 +28,7 @@ async function runAction(a: RunArgs, command: string[]): Promise<number> {
       rootfs: a.rootfs, bundle: a.bundle, hypervisor: a.hypervisor, memory: a.memory, cpus: a.cpus,
       env: a.env ?? [], workdir: a.workdir, user: a.user, tty: a.tty, hostname: a.hostname,
       volumes: a.volume ?? [], policy: a.policy, image: a.image,
-      readonly: a['read-only'], name: a.name, rootfsShare: a['rootfs-share'], netns: parseNet(a.net), dns: a.dns ?? [], command: [...(a.cmd ?? []), ...command],
+      readonly: a['read-only'], name: a.name, debug: a.debug, rootfsShare: a['rootfs-share'], netns: parseNet(a.net), dns: a.dns ?? [], command: [...(a.cmd ?? []), ...command],
     }, cfg);
   } catch (err) {
     process.stderr.write(`kata-ts: ${errorMessage(err)}\n`);

@@ -6,15 +6,18 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as tty from 'node:tty';
 import { KataError } from '../common/errors';
 import { logger } from '../common/log';
 import type { OciMount, OciSpec } from '../protocols/oci';
 import type { Config } from '../runtime/config';
 import { createSandboxHypervisor, sandboxBootVfio } from '../runtime/hypervisor-choice';
-import { Sandbox, type RootfsShare } from '../runtime/sandbox';
+import type { RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
-import { attachProcess } from '../runtime/stdio';
-import { attachPassfd, openPassfdStreams, type PassfdStreams } from '../runtime/passfd-stdio';
+import type { RunIo, RunPlan } from '../runtime/run-sandbox';
+import { ReportedRunError } from '../runtime/run-status';
+import type { RunClaimRequest } from '../factory/vm-cache-run-protocol';
+import type { RunSession } from '../factory/vm-cache-run-claim';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
 import { policyFromFile } from '../runtime/policy';
 import type { RunArgs } from './run-args';
@@ -48,6 +51,8 @@ export type RunOptions = Pick<RunArgs, 'rootfs' | 'bundle' | 'hypervisor' | 'mem
    */
   image?: string;
   command: string[];
+  /** --debug: the guest's debug mode too (no VM cache entry serves it). */
+  debug?: boolean;
 };
 
 /** `--net none` | `--net host-netns PATH` → the netns path, or undefined for none. */
@@ -151,10 +156,14 @@ export async function resolveImageContainer(o: RunOptions, cfg: Config, consoleS
   return { spec, imageId: record.id };
 }
 
-/** Runs the container; returns its exit status. Throws on runtime errors. */
+/**
+ * Runs the container; returns its exit status. Throws on runtime errors.
+ * With a pre-started VM cache configured ([factory] vm_cache_number) and an
+ * entry ready, the container runs on a cached VM (runFromCache); else (one
+ * line says why) on a VM this process starts.
+ */
 export async function runContainer(o: RunOptions, cfg: Config): Promise<number> {
   const log = logger('run');
-  const stdinTty = !!process.stdin.isTTY;
   const consoleSize = process.stdout.isTTY ? { height: process.stdout.rows, width: process.stdout.columns } : undefined;
   const fromImage = o.image ? await resolveImageContainer(o, cfg, consoleSize) : undefined;
   const { spec, rootfs } = fromImage ? { spec: fromImage.spec, rootfs: '' } : resolveContainer(o, cfg, consoleSize);
@@ -164,57 +173,116 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   const policy = o.policy ? policyFromFile(o.policy) : undefined;
   // [hypervisor.qemu] cold_plug_vfio: the spec's /dev/vfio groups go on the VM's command line (checked before a VM boots).
   const bootVfio = sandboxBootVfio(cfg, spec);
+  const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
+  // Bad volumes fail here, before a VM boots (createContainer checks again).
+  if (spec.mounts?.some(isBindMount)) planVolumes(id, spec.mounts, '/');
+  const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
+  const plan: RunPlan = { id, spec, rootfs, rootfsShare, image: fromImage?.imageId, vcpus: o.cpus, memoryMiB: o.memory, netns: o.netns, dns: o.dns, policy, bootVfio };
+  const cached = await runFromCache(o, cfg, plan);
+  if (cached !== undefined) return cached;
   const { hv, choice } = await createSandboxHypervisor(cfg, o.hypervisor);
   log.info('hypervisor chosen', { ...choice });
-  const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
-  const containerId = id;
-  // Bad volumes fail here, before a VM boots (createContainer checks again).
-  if (spec.mounts?.some(isBindMount)) planVolumes(containerId, spec.mounts, '/');
-  const rootfsShare: RootfsShare = o.rootfsShare ?? (o.rootfs || o.bundle ? 'virtiofs' : 'erofs');
-  const sandbox = new Sandbox({ id, config: cfg, hypervisor: hv, vcpus: o.cpus, memoryMiB: o.memory, hostname: spec.hostname, volumes: spec.mounts?.some(isBindMount) ?? false, bootContainers: [{ id: containerId, rootfs, rootfsShare, image: fromImage?.imageId }], netns: o.netns, dns: o.dns, policy, bootVfio });
+  const { runInSandbox } = await import('../runtime/run-sandbox');
+  return runInSandbox(plan, cfg, hv, processIo(terminal));
+}
 
-  let interrupted: string | undefined;
-  const onSignal = (sig: NodeJS.Signals) => {
-    interrupted = sig;
-    void sandbox.stop();
-  };
+/** This process's stdio, terminal and signals for runInSandbox. */
+function processIo(terminal: boolean): RunIo {
+  let raw = false;
   const signals: NodeJS.Signals[] = terminal ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
-  for (const s of signals) process.on(s, onSignal);
-  let rawSet = false;
-  let passfd: PassfdStreams | undefined;
-  try {
-    await sandbox.start();
-    // [runtime] use_passfd_io: stdio on vsock streams of its own (passfd-stdio.ts); a terminal keeps the agent's path.
-    if (cfg.runtime.use_passfd_io && !terminal) passfd = await openPassfdStreams(sandbox.vsockSocket, cfg.runtime.passfd_listener_port, { stdin: true, stdout: true, stderr: true });
-    await sandbox.createContainer(containerId, spec, rootfs, { stdio: passfd?.ports });
-    await sandbox.startContainer(containerId);
-    if (terminal && stdinTty) {
+  return {
+    stdin: process.stdin, stdout: process.stdout, stderr: process.stderr,
+    size: () => (process.stdout.isTTY ? { rows: process.stdout.rows, cols: process.stdout.columns } : undefined),
+    onResize: (cb) => {
+      if (!process.stdout.isTTY) return () => undefined;
+      process.stdout.on('resize', cb);
+      return () => process.stdout.off('resize', cb);
+    },
+    onInterrupt: (cb) => {
+      for (const s of signals) process.on(s, cb);
+      return () => { for (const s of signals) process.off(s, cb); };
+    },
+    started: () => {
+      if (!process.stdin.isTTY) return;
       process.stdin.setRawMode(true);
-      rawSet = true;
-    }
-    const io = { stdin: process.stdin, stdout: process.stdout, stderr: process.stderr, terminal };
-    const attached = passfd ? attachPassfd(sandbox.agent, containerId, '', passfd, io) : attachProcess(sandbox.agent, containerId, '', io);
-    const onResize = () => void attached.resize(process.stdout.rows, process.stdout.columns).catch(() => undefined);
-    if (terminal && process.stdout.isTTY) {
-      process.stdout.on('resize', onResize);
-      onResize();
-    }
-    const vmGone = hv.exited().then((why) => {
-      throw new Error(`the VM stopped unexpectedly: ${why}`);
-    });
-    const st = await Promise.race([attached.done, vmGone]);
-    process.stdout.off('resize', onResize);
-    sandbox.markExited(containerId);
-    return st.status;
-  } catch (err) {
-    if (interrupted) throw new Error(`interrupted by ${interrupted}`);
-    throw err;
+      raw = true;
+    },
+    finished: () => { if (raw) process.stdin.setRawMode(false); },
+  };
+}
+
+/** Why the VM cache cannot serve this run (it then starts a VM itself), or undefined. */
+export function cacheCannotServe(o: RunOptions, plan: RunPlan): string | undefined {
+  if (o.debug) return '--debug (cached VMs run without the guest\'s debug mode)';
+  if (o.hypervisor === 'builtin') return '--hypervisor builtin (the cache holds QEMU clones)';
+  if (plan.image) return '--image (the cache serves --rootfs, --bundle and the built-in image)';
+  if (plan.netns) return '--net host-netns';
+  if (plan.spec.mounts?.some(isBindMount)) return 'bind mounts (--volume or the bundle\'s)';
+  if (plan.policy) return '--policy (a cached VM\'s kernel command line pins the configured policy)';
+  if (plan.bootVfio?.length) return 'VFIO devices cold-plugged at boot';
+  if (o.memory !== undefined || o.cpus !== undefined) return '--memory/--cpus (cached VMs have the configured size)';
+  if (o.rootfsShare === 'erofs') return '--rootfs-share erofs (a cached VM has the virtio-fs share and no disk)';
+  return undefined;
+}
+
+/**
+ * Runs `plan` on a pre-started VM from the cache: the cached process runs
+ * it on this process's stdio (src/factory/vm-cache-run-*.ts) and this one
+ * forwards signals and window sizes and exits with the status it reports.
+ * Undefined when the cache is not configured or cannot serve it (one line
+ * says why; a refill starts as after a shim's claim).
+ */
+async function runFromCache(o: RunOptions, cfg: Config, plan: RunPlan): Promise<number | undefined> {
+  const n = cfg.factory.vm_cache_number;
+  if (!(n > 0) || !cfg.factory.enable_template) return undefined;
+  const log = logger('vm-cache');
+  const why = cacheCannotServe(o, plan);
+  if (why) {
+    log.info(`VM cache not used: ${why}; starting a VM`);
+    return undefined;
+  }
+  const [{ claimFromSlots }, { claimRunOne, RUN_CLAIM_TIMEOUT_MS }, { cacheDir, configIdentity }, { refillAfterClaim }] = await Promise.all([
+    import('../factory/vm-cache-claim'), import('../factory/vm-cache-run-claim'), import('../factory/vm-cache-store'), import('../factory/vm-cache-fill'),
+  ]);
+  const identity = configIdentity(cfg);
+  const req: RunClaimRequest = {
+    v: 1, mode: 'run', flags: { debug: false }, config: identity,
+    // The built-in image is shared read-only under a guest overlay the run throws away; --rootfs/--bundle stay writable.
+    run: { id: plan.id, spec: plan.spec, rootfs: plan.rootfs, rootfsShare: 'virtiofs', rootfsOverlay: !o.rootfs && !o.bundle, dns: plan.dns ?? [] },
+  };
+  const t0 = Date.now();
+  const r = await claimFromSlots(cacheDir(cfg), n, req, RUN_CLAIM_TIMEOUT_MS, claimRunOne());
+  refillAfterClaim(cfg, { configPath: identity.path, debug: false });
+  if (!r.ok) {
+    log.warn(`VM cache: ${r.reason}; starting a VM`);
+    return undefined;
+  }
+  log.info('claimed a pre-started VM from the VM cache', { slot: r.slot, cachePid: r.pid, qemuPid: r.meta.qemuPid, cachedAt: r.meta.readyAt, claimMs: Date.now() - t0 });
+  return followClaimedRun(r.value, !!plan.spec.process?.terminal);
+}
+
+/** The claimer's part of a claimed run: signals and window sizes out, raw mode, the status in. */
+async function followClaimedRun(s: RunSession, terminal: boolean): Promise<number> {
+  const signals: NodeJS.Signals[] = terminal ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  const onSignal = (sig: NodeJS.Signals) => s.send({ signal: sig as 'SIGINT' });
+  for (const sig of signals) process.on(sig, onSignal);
+  const ttyOut = terminal && tty.isatty(1);
+  const onResize = () => s.send({ resize: { rows: process.stdout.rows, cols: process.stdout.columns } });
+  if (ttyOut) process.stdout.on('resize', onResize);
+  let raw = false;
+  s.onStarted(() => {
+    if (!terminal || !tty.isatty(0)) return;
+    process.stdin.setRawMode(true);
+    raw = true;
+    if (ttyOut) onResize();
+  });
+  try {
+    const end = await s.done;
+    if ('exit' in end) return end.exit;
+    throw new ReportedRunError(end.error, end.code);
   } finally {
-    passfd?.close();
-    if (rawSet) process.stdin.setRawMode(false);
-    process.stdin.pause();
-    process.stdin.destroy();
-    await sandbox.stop();
-    for (const s of signals) process.off(s, onSignal);
+    if (raw) process.stdin.setRawMode(false);
+    if (ttyOut) process.stdout.off('resize', onResize);
+    for (const sig of signals) process.off(sig, onSignal);
   }
 }

@@ -50,6 +50,21 @@ export function claimOne(sock: string, req: ClaimRequest, deadline: number): Pro
  * other present). `{ok:false, reason}` says why none was taken, in one line.
  */
 export async function claimCachedVm(dir: string, n: number, req: ClaimRequest, timeoutMs: number): Promise<ClaimResult> {
+  const r = await claimFromSlots(dir, n, req, timeoutMs, async (sock, q, deadline) => {
+    const one = await claimOne(sock, q, deadline);
+    return one.ok ? { ok: true, value: undefined } : one;
+  });
+  return r.ok ? { ok: true, slot: r.slot, pid: r.pid, meta: r.meta } : r;
+}
+
+/** Who claims: its configuration and debug setting (a cached VM serves only its like). */
+export type ClaimerIdentity = Pick<ClaimRequest, 'config'> & { flags: { debug: boolean } };
+
+/** One claim attempt on one slot's socket, in a given claim mode. */
+export type ClaimAttempt<R, T> = (sock: string, req: R, deadline: number) => Promise<{ ok: true; value: T } | { ok: false; error: string; stale?: boolean; refused?: boolean }>;
+
+/** claimCachedVm for any claim mode (`one` claims on one socket: the shim's, or kata-ts run's, vm-cache-run-claim.ts). */
+export async function claimFromSlots<R extends ClaimerIdentity, T>(dir: string, n: number, req: R, timeoutMs: number, one: ClaimAttempt<R, T>): Promise<(Extract<ClaimResult, { ok: true }> & { value: T }) | Extract<ClaimResult, { ok: false }>> {
   const deadline = Date.now() + timeoutMs;
   const slots = listSlots(dir, n);
   const ready = slots.filter((s): s is Extract<typeof s, { state: 'ready' }> => s.state === 'ready');
@@ -66,8 +81,8 @@ export async function claimCachedVm(dir: string, n: number, req: ClaimRequest, t
       why.push('timed out');
       break;
     }
-    const r = await claimOne(slotFile(dir, s.slot, 'sock'), req, deadline);
-    if (r.ok) return { ok: true, slot: s.slot, pid: s.pid, meta: s.meta };
+    const r = await one(slotFile(dir, s.slot, 'sock'), req, deadline);
+    if (r.ok) return { ok: true, slot: s.slot, pid: s.pid, meta: s.meta, value: r.value };
     // A holder that died between listing and connecting: its registration goes.
     if (r.refused && !pidAlive(s.pid)) clearSlot(dir, s.slot);
     why.push(`slot ${s.slot} (pid ${s.pid}): ${r.error}`);

@@ -132,3 +132,14 @@ export async function stopCache(dir: string): Promise<number[]> {
   try { fs.rmdirSync(dir); } catch { /* claimed VMs' directories, or gone */ }
   return pids;
 }
+
+/**
+ * After a claim (taken or not): refills the free slots in the background,
+ * nice'd and after DEFAULT_REFILL_DELAY_MS (KATA_TS_VM_CACHE_DELAY_MS
+ * overrides it), when a VM template exists to clone. Returns the slots.
+ */
+export function refillAfterClaim(cfg: Config, o: { launcher?: string; configPath: string; debug: boolean }): number[] {
+  if (!fs.existsSync(path.join(cfg.factory.template_path, 'manifest.json'))) return [];
+  const env = process.env.KATA_TS_VM_CACHE_DELAY_MS;
+  return fillCache(cfg, { ...o, delayMs: env !== undefined && /^\d+$/.test(env) ? Number(env) : DEFAULT_REFILL_DELAY_MS });
+}

@@ -10,16 +10,23 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { errorMessage } from '../common/errors';
 import { ClaimError, lineReader, parseClaim, type ClaimReply, type ClaimRequest } from './vm-cache-protocol';
+import { isRunClaim, parseRunClaim, type RunClaimRequest } from './vm-cache-run-protocol';
 
 export interface ClaimHandlers {
-  /** Why this VM cannot serve `req` (stale: it then exits), or undefined. */
-  check(req: ClaimRequest): string | undefined;
+  /** Why this VM cannot serve `req` (stale: it then exits), or undefined. A run claim (vm-cache-run-protocol.ts) is checked alike. */
+  check(req: Pick<ClaimRequest, 'config'> & { flags: { debug: boolean } }): string | undefined;
   /** Leave the cache (synchronously: remove the registration). */
   unregister(): void;
   /** Become the claimer's shim; resolves when it listens on req.flags.socket. */
   takeOver(req: ClaimRequest): Promise<void>;
   /** After unregister, the claim fell through (claimer gone, takeOver failed, stale): exit. */
   abandon(why: string): void;
+  /**
+   * A `kata-ts run` claim (vm-cache-run-protocol.ts), checked and
+   * unregistered: the handler owns the connection from here (its "claimed"
+   * reply included). Absent: run claims are refused, the entry stays.
+   */
+  run?(req: RunClaimRequest, conn: net.Socket): void;
 }
 
 /** How long a claimer may take to send its claim, and to ack "ready". */
@@ -78,9 +85,10 @@ export class ClaimServer {
         return;
       }
       if (stage !== 'request') return;
-      let req: ClaimRequest;
+      let req: ClaimRequest | RunClaimRequest;
       try {
-        req = parseClaim(line);
+        req = isRunClaim(line) ? parseRunClaim(line) : parseClaim(line);
+        if ('mode' in req && !this.h.run) throw new ClaimError('refused', 'this cached VM does not serve run claims');
       } catch (err) {
         finish();
         send({ ok: false, error: err instanceof ClaimError ? err.message : errorMessage(err) });
@@ -102,6 +110,12 @@ export class ClaimServer {
         send({ ok: false, error: why, stale: true });
         c.end();
         this.h.abandon(`stale: ${why}`);
+        return;
+      }
+      if ('mode' in req) {
+        // The run's own conversation (vm-cache-run-serve.ts), with no deadline of ours.
+        finish();
+        this.h.run!(req, c);
         return;
       }
       send({ ok: true, phase: 'claimed' });

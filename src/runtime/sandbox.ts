@@ -51,6 +51,7 @@ import { planContainerDevices, type ContainerDevicePlan, type VfioMode, type Vfi
 import type { Device } from '../protocols/agent-api';
 import { configureGuestNetwork, guestNetworkPlan, type GuestNetworkPlan } from '../resource/network/guest-config';
 import { NetnsWatcher } from '../resource/network/netns-watch';
+import { PortForwarder } from './port-forward';
 import { makeCloneUnique, startFromTemplate } from '../factory/sandbox-clone';
 import { processStartTime, sandboxesDir, writeState, type SandboxPhase, type SandboxState } from './state';
 
@@ -89,8 +90,11 @@ export interface SandboxOptions {
   /**
    * Containers known at boot: their rootfs is shared with virtio-fs (default)
    * or built into an EROFS disk, attached at boot (no hotplug needed).
+   * `overlay` (virtio-fs only): the directory is shared read-only and the
+   * container writes to a throwaway overlay in the guest (a pre-started VM
+   * has the share but no disk: `kata-ts run`'s built-in image from the VM cache).
    */
-  bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare; image?: string }[];
+  bootContainers?: { id: string; rootfs: string; rootfsShare?: RootfsShare; image?: string; overlay?: boolean }[];
   /**
    * Attach the sandbox share (volumes.ts) at boot even if no boot container
    * needs it (one with a virtio-fs rootfs does); otherwise it is hotplugged
@@ -199,6 +203,8 @@ export class Sandbox {
   /** The pod's interfaces mirrored into the VM (opts.netns). */
   private network: PodNetwork | undefined;
   private netWatch: NetnsWatcher | undefined;
+  /** CRI port-forward: localhost:PORT in the pod netns reaches PORT in the VM (port-forward.ts). */
+  private portForward: PortForwarder | undefined;
   /** What the guest was last told (to push only what changed). */
   private pushedNetwork: GuestNetworkPlan | undefined;
   private netSync: Promise<void> = Promise.resolve();
@@ -222,6 +228,8 @@ export class Sandbox {
    * VM goes. Without any, the VM is stopped at once (doStop).
    */
   private readonly guestBlockMounts = new Set<string>();
+  /** Containers whose shared rootfs is read-only under a guest overlay (bootContainers `overlay`). */
+  private readonly overlayRoots = new Set<string>();
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
@@ -279,7 +287,9 @@ export class Sandbox {
         }
         if ((c.rootfsShare ?? 'virtiofs') === 'virtiofs') {
           // Bound into the sandbox share before the VM (its FUSE server) opens it.
-          await this.volumes.addRootfs(c.id, planRootfs(c.id, c.rootfs, this.volumes.sharedDir));
+          const planned = planRootfs(c.id, c.rootfs, this.volumes.sharedDir);
+          await this.volumes.addRootfs(c.id, c.overlay ? { ...planned, readonly: true } : planned);
+          if (c.overlay) this.overlayRoots.add(c.id);
           continue;
         }
         const image = await this.prepareImage(c.id, c.rootfs);
@@ -350,6 +360,11 @@ export class Sandbox {
         this.pushedNetwork = plan;
         // Interfaces CNI adds later are hotplugged (where the hypervisor can).
         if (this.opts.hypervisor.addNet) this.netWatch = NetnsWatcher.start(this.opts.netns!, () => void this.resyncNetwork());
+      }
+      // Without it the pod runs as before; only port-forward is refused.
+      if (this.opts.netns) {
+        this.portForward = await PortForwarder.start({ netns: this.opts.netns, vsockSocket: () => this.vsockSocket, log: this.log })
+          .catch((err) => { this.log.warn('CRI port-forward unavailable for this pod', { err: errorMessage(err) }); return undefined; });
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
       const { serveCtlChannel } = await import('./ctl-channel');
@@ -540,11 +555,14 @@ export class Sandbox {
       // the agent mounts the share once (counted) and runs the container
       // at its guest path. On failure the caller unbinds it (volumes.remove).
       const shareRoot = sharedRootfsGuestPath(id);
-      const storages = volumeStorages.some((st) => st.mount_point === SHARED_GUEST_DIR) ? volumeStorages : [...volumeStorages, this.sandboxShareStorage()];
+      const storages = volumeStorages.some((st) => st.mount_point === SHARED_GUEST_DIR) ? [...volumeStorages] : [...volumeStorages, this.sandboxShareStorage()];
+      // A read-only shared root: the container's writes go to an overlay the VM throws away.
+      const overlay = this.overlayRoots.has(id);
+      if (overlay) storages.push({ driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${shareRoot}`], mount_point: root });
       await this.agent.createContainer({
         container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
         storages,
-        oci_spec_json: JSON.stringify({ ...spec, root: { path: shareRoot, readonly: spec.root?.readonly ?? false } }),
+        oci_spec_json: JSON.stringify({ ...spec, root: { path: overlay ? root : shareRoot, readonly: spec.root?.readonly ?? false } }),
       });
       this.containers.set(id, { id, disk: '', shared: true, image: '', state: 'created', pid: 0 });
       this.persist();
@@ -701,6 +719,7 @@ export class Sandbox {
     await this.ctl?.close();
     await this.memory?.close();
     this.netWatch?.close();
+    await this.portForward?.close();
     await this.netSync;
     const t0 = Date.now();
     if (this.agentClient) {

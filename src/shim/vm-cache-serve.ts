@@ -29,6 +29,7 @@ import type { ClaimRequest } from '../factory/vm-cache-protocol';
 import type { ShimFlags } from './flags';
 import { serve } from './serve';
 import { removeTreeSafely } from '../runtime/volumes';
+import { serveRunClaim } from '../factory/vm-cache-run-serve';
 
 /** How often an unclaimed entry checks that its registration is still its own. */
 const WATCH_MS = 2000;
@@ -130,6 +131,20 @@ export async function prestart(flags: ShimFlags): Promise<void> {
       });
       // From here on, log lines go to the pod's containerd log fifo.
       logger('vm-cache', { slot }).info('shim serves from a claimed cached VM', { container: r.flags.id, vmDir, qemuPid: cached.qemuPid, cachedAt: meta.readyAt });
+    },
+    // `kata-ts run` claimed it: the container runs here, on the claimer's stdio (vm-cache-run-serve.ts); then the VM stops.
+    run: (r, conn) => {
+      log.info('cached VM claimed by kata-ts run', { container: r.run.id });
+      if (nice) {
+        setNice(0, 0);
+        setNice(cached.qemuPid, 0);
+      }
+      void serveRunClaim(r, conn, { config, hv: cached.hv, vmDir, log, handOver: () => cached.handOver() })
+        .then(() => 0, (err) => {
+          log.warn('run claim abandoned', { container: r.run.id, err: errorMessage(err) });
+          return 1;
+        })
+        .then((code) => cached.stop().finally(() => process.exit(code)));
     },
     abandon: (why) => {
       log.warn('claim abandoned', { why, container: req?.flags.id });

@@ -10,10 +10,15 @@ import { expect } from 'chai';
 import { execFileSync } from 'node:child_process';
 import * as path from 'node:path';
 
-/** Module files a fresh Node holds after requiring the CLI entry and the run path. */
-function loadedByRunPath(): string[] {
+/**
+ * Module files a fresh Node holds after requiring the CLI entry and the run
+ * path; `ownVm`: also what a run that starts its own VM loads then (not one
+ * served by the VM cache).
+ */
+function loadedByRunPath(ownVm = true): string[] {
   const cli = path.resolve(__dirname, '..', '..', '..', 'src', 'cli');
-  const script = `require(${JSON.stringify(path.join(cli, 'kata-ts.js'))}); require(${JSON.stringify(path.join(cli, 'run.js'))});
+  const own = ownVm ? `require(${JSON.stringify(path.resolve(cli, '..', 'runtime', 'run-sandbox.js'))});` : '';
+  const script = `require(${JSON.stringify(path.join(cli, 'kata-ts.js'))}); require(${JSON.stringify(path.join(cli, 'run.js'))}); ${own}
     process.stdout.write(JSON.stringify(Object.keys(require.cache)));`;
   return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as string[];
 }
@@ -28,5 +33,11 @@ describe('unit: cli modules loaded by a plain kata-ts run', function () {
     expect(loaded.some((f) => f.endsWith(path.join('hypervisor', 'qemu.js')))).to.equal(true);
     const unwanted = loaded.filter((f) => /[\\/](runtime[\\/]image-rootfs|image[\\/](tar|layer-stream|lazy-source|chunker)|hot[\\/]lz4)\.js$|[\\/]node_modules[\\/](yargs|winston|@grpc)[\\/]/.test(f));
     expect(unwanted).to.deep.equal([]);
+  });
+
+  it('a run from the VM cache loads no sandbox code before it claims', () => {
+    const loaded = loadedByRunPath(false);
+    expect(loaded.some((f) => f.endsWith(path.join('cli', 'run.js')))).to.equal(true);
+    expect(loaded.filter((f) => /[\\/]runtime[\\/](sandbox|run-sandbox)\.js$/.test(f))).to.deep.equal([]);
   });
 });
