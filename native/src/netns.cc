@@ -6,12 +6,16 @@
 // namespace may be entered by one thread of a multithreaded process), and
 // hands the fd back. Node's own threads never change namespace. Everything
 // after that — netlink messages, tc, link settings — is plain read/write
-// on the fd, encoded in TypeScript.
+// on the fd, encoded in TypeScript. The same holds for a listening TCP
+// socket (CRI port-forward, src/runtime/port-forward.ts): made in the pod's
+// namespace, accepted on by Node's own loop.
 #include <napi.h>
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
 #include <linux/netlink.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -22,6 +26,11 @@
 #include "errors.h"
 
 namespace {
+
+// <linux/netfilter_ipv4.h> has it, but its <linux/in.h> clashes with <netinet/in.h>.
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80
+#endif
 
 #ifndef NETLINK_EXT_ACK
 #define NETLINK_EXT_ACK 11
@@ -121,9 +130,66 @@ Napi::Value TapCreate(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// tcpListenInNetns(netnsPath | null, port, backlog) -> { fd, port }: a
+// listening AF_INET stream socket bound to 127.0.0.1:port (0: the kernel
+// picks) in the namespace; Node serves it with net.Server.listen({ fd }).
+Napi::Value TcpListenInNetns(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string ns = OptString(info, 0);
+  uint32_t port = info[1].As<Napi::Number>().Uint32Value();
+  int backlog = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 128;
+  if (port > 65535) {
+    Napi::RangeError::New(env, "tcpListenInNetns: port must be 0-65535").ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  uint16_t bound = 0;
+  Result r = InNetns(ns, [&](Result& r) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) { r.err = errno; r.syscall = "socket(AF_INET)"; return; }
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(static_cast<uint16_t>(port));
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) { r.err = errno; r.syscall = "bind(127.0.0.1)"; close(fd); return; }
+    if (listen(fd, backlog) != 0) { r.err = errno; r.syscall = "listen"; close(fd); return; }
+    socklen_t len = sizeof sa;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) != 0) { r.err = errno; r.syscall = "getsockname"; close(fd); return; }
+    bound = ntohs(sa.sin_port);
+    r.fd = fd;
+  });
+  if (r.err) { SyscallError(env, r.syscall, r.err).ThrowAsJavaScriptException(); return env.Null(); }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", r.fd);
+  o.Set("port", bound);
+  return o;
+}
+
+// tcpOriginalDst(fd) -> { address, port } | null: where a connection that
+// a nat REDIRECT sent to us was going (getsockopt SO_ORIGINAL_DST, from
+// conntrack); null when it was not redirected (ENOENT: dialled directly).
+Napi::Value TcpOriginalDst(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  sockaddr_in sa{};
+  socklen_t len = sizeof sa;
+  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &sa, &len) != 0) {
+    if (errno == ENOENT) return env.Null();
+    SyscallError(env, "getsockopt(SO_ORIGINAL_DST)", errno).ThrowAsJavaScriptException();
+    return env.Null();
+  }
+  char text[INET_ADDRSTRLEN] = {0};
+  inet_ntop(AF_INET, &sa.sin_addr, text, sizeof text);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("address", std::string(text));
+  o.Set("port", ntohs(sa.sin_port));
+  return o;
+}
+
 }  // namespace
 
 void InitNetns(Napi::Env env, Napi::Object exports) {
   exports.Set("netlinkOpen", Napi::Function::New(env, NetlinkOpen));
   exports.Set("tapCreate", Napi::Function::New(env, TapCreate));
+  exports.Set("tcpListenInNetns", Napi::Function::New(env, TcpListenInNetns));
+  exports.Set("tcpOriginalDst", Napi::Function::New(env, TcpOriginalDst));
 }

@@ -16,6 +16,7 @@ import { PolicyGate } from './policy';
 import { CrunRuntime } from './oci-runtime';
 import { AGENT_VSOCK_BUFFER, serveOnVsock } from './vsock-transport';
 import { PassfdStreams, passfdPortFromCmdline } from './passfd';
+import { listenPortForward } from './port-forward';
 import { AGENT_READY_MARKER } from '../protocols/agent-dialer';
 import { debugConsoleAllowed, DEFAULT_DEBUG_CONSOLE_DIR } from './debug-console';
 import { setContainerPhaseLog } from './container';
@@ -77,6 +78,12 @@ async function run(phases: BootPhases): Promise<void> {
       process.stderr.write(`kata-agent: passfd: cannot listen on vsock port ${passfdPort}: ${(err as Error).message}; stdio ports will be refused\n`);
       passfd = undefined;
     }
+  }
+  // CRI port-forward (port-forward.ts): the host's streams into 127.0.0.1:PORT of the pod; before the marker too.
+  try {
+    listenPortForward(AGENT_VSOCK_BUFFER);
+  } catch (err) {
+    process.stderr.write(`kata-agent: port-forward: cannot listen: ${(err as Error).message}\n`);
   }
   const sandbox = new AgentSandbox({ passfd, runtime: new CrunRuntime(), stateDir: '/run/kata-ts/containers', manageHost: true,
     debugConsole: { enabled: debugConsoleAllowed(cmdline), ptyHelper: '/sbin/kata-pty', dir: DEFAULT_DEBUG_CONSOLE_DIR } });

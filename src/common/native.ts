@@ -138,6 +138,10 @@ export interface NativeAddon {
   netlinkOpen(protocol: number, netns?: string | null, groups?: number): number;
   /** A tap interface created in the netns at `netns` (null: ours); lives while an fd is open. */
   tapCreate(netns: string | null, name: string, opts?: { vnetHdr?: boolean; nonBlocking?: boolean }): { fd: number; name: string };
+  /** A listening TCP socket on 127.0.0.1:`port` (0: any) in the netns at `netns` (null: ours); non-blocking, close-on-exec. */
+  tcpListenInNetns?(netns: string | null, port: number, backlog?: number): { fd: number; port: number };
+  /** Where a nat-REDIRECTed TCP connection was going (SO_ORIGINAL_DST); null when it was not redirected. */
+  tcpOriginalDst?(fd: number): { address: string; port: number } | null;
 }
 
 export class NativeError extends KataError<'not-built'> {}
