@@ -16,17 +16,26 @@ export interface DialResult {
   text?: string;
 }
 
-/** Sends `payload` (a string, or that many 0x05 bytes) to 127.0.0.1:port in the named netns and half-closes. */
-export function dialInNetns(netnsName: string, port: number, payload: string | number, timeoutMs = 30_000): Promise<DialResult> {
+/**
+ * Sends `payload` (a string, or that many 0x05 bytes) to 127.0.0.1:port in
+ * the named netns and half-closes: at once, or with `untilReply` once the
+ * reply holds that text (a server such as busybox nc quits on the client's
+ * FIN before it has sent anything). Gives up after `timeoutMs`.
+ */
+export function dialInNetns(netnsName: string, port: number, payload: string | number, opts: { untilReply?: string; timeoutMs?: number } = {}): Promise<DialResult> {
   const body = typeof payload === 'number' ? `Buffer.alloc(${payload}, 5)` : `Buffer.from(${JSON.stringify(payload)})`;
+  const timeoutMs = opts.timeoutMs ?? 30_000;
   const script = `
     const net = require('net'); const crypto = require('crypto');
+    const until = ${JSON.stringify(opts.untilReply ?? '')};
     const s = net.connect({ host: '127.0.0.1', port: ${port}, allowHalfOpen: true });
     const parts = [];
-    s.on('data', (d) => parts.push(d));
+    const report = () => { const b = Buffer.concat(parts); console.log(JSON.stringify({ len: b.length, sha: crypto.createHash('sha256').update(b).digest('hex'), text: b.subarray(0, 256).toString('latin1') })); s.destroy(); process.exit(0); };
+    setTimeout(report, ${timeoutMs - 2000}).unref();
+    s.on('data', (d) => { parts.push(d); if (until && !s.writableEnded && Buffer.concat(parts).toString('latin1').includes(until)) s.end(); });
     s.on('error', (e) => { console.log(JSON.stringify({ err: e.code })); process.exit(0); });
-    s.on('end', () => { const b = Buffer.concat(parts); console.log(JSON.stringify({ len: b.length, sha: crypto.createHash('sha256').update(b).digest('hex'), text: b.subarray(0, 256).toString('latin1') })); s.destroy(); });
-    s.on('connect', () => { s.end(${body}); });`;
+    s.on('end', report);
+    s.on('connect', () => { if (until) s.write(${body}); else s.end(${body}); });`;
   return new Promise((resolve, reject) => {
     execFile('ip', ['netns', 'exec', netnsName, process.execPath, '-e', script], { timeout: timeoutMs }, (err, out) => {
       if (err) return reject(err);
