@@ -27,6 +27,11 @@
  * meanwhile). KATA_TS_VM_CACHE_DELAY_MS / KATA_TS_VM_CACHE_NICE in the
  * environment reach the refill through containerd.
  *
+ * `lifecycle` (e.g. `6 lifecycle`, alone): a CRI pod's whole life per call,
+ * kata-ts from the VM cache (vm_cache_number = LIFECYCLE_CACHE, default 2,
+ * as the critest runs) against runc, N pods back to back per handler as
+ * critest runs them (refill contention included); bench/cri-lifecycle.ts.
+ *
  * `warm-ab` (e.g. `4 warm-ab`, alone) compares a cached VM with and without
  * its container-path warm-up (`[factory] vm_cache_warm_container`,
  * src/agent/warm-container.ts), alternating: for each run the cache is
@@ -51,6 +56,7 @@ import { fillCache, stopCache } from '../src/factory/vm-cache-fill';
 import { cacheDir, slotFile } from '../src/factory/vm-cache-store';
 import { ROOT, writeResult } from './native';
 import { median } from './stats';
+import { lifecycleBench, printLifecycle } from './cri-lifecycle';
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
 
@@ -71,17 +77,17 @@ function kataCtl(cfgFile: string, args: string[]): string {
 }
 
 /** The VM cache on (1 entry) or off in the shim's configuration file (its [factory] section is last). */
-function setCache(cfgFile: string, on: boolean): void {
+function setCache(cfgFile: string, on: boolean | number): void {
   const t = fs.readFileSync(cfgFile, 'utf8').replace(/\nvm_cache_number = \d+\n/, '\n');
-  fs.writeFileSync(cfgFile, `${t}vm_cache_number = ${on ? 1 : 0}\n`);
+  fs.writeFileSync(cfgFile, `${t}vm_cache_number = ${typeof on === 'number' ? on : on ? 1 : 0}\n`);
 }
 
-/** Waits until the cache holds a ready VM (the refill after a claim). */
-async function cacheReady(cfgFile: string, timeoutMs = 180000): Promise<void> {
+/** Waits until the cache holds `count` ready VMs (the refill after a claim). */
+async function cacheReady(cfgFile: string, timeoutMs = 180000, count = 1): Promise<void> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     const st = JSON.parse(kataCtl(cfgFile, ['factory', 'status', '--json'])) as { vmCache?: { ready: unknown[] } };
-    if (st.vmCache?.ready.length) return;
+    if ((st.vmCache?.ready.length ?? 0) >= count) return;
     if (Date.now() > end) throw new Error('the VM cache did not refill');
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -270,6 +276,14 @@ async function main(): Promise<void> {
     printAb(ab, n);
     process.stdout.write(`\nload average ${load0.map((l) => l.toFixed(1)).join(' ')} at the start, ${load1.map((l) => l.toFixed(1)).join(' ')} at the end\n`);
     writeResult('factory-pods-warm-ab', { runs: n, ab, load: { start: load0, end: load1 } });
+    return;
+  }
+  if (parts.includes('lifecycle')) {
+    const lc = await lifecycleBench(n, Number(process.env.LIFECYCLE_CACHE ?? 2), { factoryConfig, kataCtl, setCache, cacheReady });
+    const load1 = os.loadavg();
+    printLifecycle(lc, n);
+    process.stdout.write(`\nload average ${load0.map((l) => l.toFixed(1)).join(' ')} at the start, ${load1.map((l) => l.toFixed(1)).join(' ')} at the end\n`);
+    writeResult('factory-pods-lifecycle', { runs: n, ...lc, load: { start: load0, end: load1 } });
     return;
   }
   const ctrParts = parts.filter((p) => p === 'ctr' || p === 'ctr-template');

@@ -16,7 +16,6 @@
  * was taken away, or when a claim finds it stale (the template was rebuilt).
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { configureLogging, logger, type LogLevel } from '../common/log';
 import { errorMessage } from '../common/errors';
@@ -30,14 +29,14 @@ import type { ShimFlags } from './flags';
 import { serve } from './serve';
 import { removeTreeSafely } from '../runtime/volumes';
 import { serveRunClaim } from '../factory/vm-cache-run-serve';
+import { setProcessNice } from '../factory/renice';
 
 /** How often an unclaimed entry checks that its registration is still its own. */
 const WATCH_MS = 2000;
 
 function setNice(pid: number, n: number): void {
-  try {
-    os.setPriority(pid, n);
-  } catch { /* not allowed: stays as it is */ }
+  // Every thread: the nice value is per thread on Linux (renice.ts).
+  setProcessNice(pid, n);
 }
 
 export async function prestart(flags: ShimFlags): Promise<void> {
@@ -139,7 +138,7 @@ export async function prestart(flags: ShimFlags): Promise<void> {
         setNice(0, 0);
         setNice(cached.qemuPid, 0);
       }
-      void serveRunClaim(r, conn, { config, hv: cached.hv, vmDir, log, handOver: () => cached.handOver() })
+      void serveRunClaim(r, conn, { config, hv: cached.hv, vmDir, handOver: () => cached.handOver() })
         .then(() => 0, (err) => {
           log.warn('run claim abandoned', { container: r.run.id, err: errorMessage(err) });
           return 1;
