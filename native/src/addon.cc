@@ -16,6 +16,7 @@ void InitNetns(Napi::Env env, Napi::Object exports);
 void InitGuestTimeRng(Napi::Env env, Napi::Object exports);
 void InitExt4Resize(Napi::Env env, Napi::Object exports);
 void InitPipeIo(Napi::Env env, Napi::Object exports);
+void InitMount(Napi::Env env, Napi::Object exports);
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFd(env, exports);
@@ -31,6 +32,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitGuestTimeRng(env, exports);
   InitExt4Resize(env, exports);
   InitPipeIo(env, exports);
+  InitMount(env, exports);
   return exports;
 }
 

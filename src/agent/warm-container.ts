@@ -29,7 +29,7 @@ import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
 import { AgentError } from './container';
 import { AgentSandbox, type AgentOptions } from './sandbox';
-import { busyboxMounter, type Mounter } from './storage';
+import { syscallMounter, type Mounter } from './storage';
 import { DEFAULT_CGROUP_ROOT } from './cgroup';
 import type { OciRuntime } from './oci-runtime';
 import type { OciSpec } from '../protocols/oci';
@@ -114,7 +114,7 @@ export async function warmContainerPath(owner: AgentSandbox, opts: WarmContainer
 async function runWarmUp(opts: WarmContainerOptions): Promise<WarmContainerPathResponse> {
   const t0 = process.hrtime.bigint();
   const scratch = opts.scratch ?? WARM_CONTAINER_SCRATCH;
-  const mounter = opts.mounter ?? busyboxMounter;
+  const mounter = opts.mounter ?? syscallMounter;
   const cgroupRoot = opts.cgroupRoot ?? DEFAULT_CGROUP_ROOT;
   const rootfs = path.join(scratch, 'rootfs');
   const id = WARM_CONTAINER_ID;

@@ -65,6 +65,14 @@ export interface NativeAddon {
    */
   ext4ResizeFs?(mountPoint: string, blocks: number): number;
   /**
+   * Guest agent, container storages (native/src/mount.cc): mount(2) and
+   * umount2(2); 0 or -errno. null for an unused source, fstype or data.
+   * Optional: an addon built before they existed lacks them (the agent then
+   * runs busybox mount, src/agent/storage.ts).
+   */
+  mountFs?(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): number;
+  umountFs?(target: string, flags: number): number;
+  /**
    * Guest agent, container output (native/src/pipe_io.cc): F_SETPIPE_SZ
    * (the capacity now, or -errno); FIONREAD (bytes waiting, or -errno);
    * splice(2) from a pipe into a socket, non-blocking (bytes moved, 0 at the
