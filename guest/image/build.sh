@@ -91,6 +91,24 @@ else
 fi
 find "$agent" -name '*.map' -delete; find "$agent" -name '*.md' -delete
 
+rootfs="$cache/rootfs/busybox"
+if [ ! -x "$rootfs/bin/busybox" ] || [ /bin/busybox -nt "$rootfs/bin/busybox" ]; then
+  echo "image: default container rootfs (busybox) -> $rootfs"
+  rm -rf "$rootfs"; mkdir -p "$rootfs"/{bin,etc,proc,sys,dev,tmp,root,home,var,run}
+  cp /bin/busybox "$rootfs/bin/busybox"
+  for a in $("$rootfs/bin/busybox" --list); do [ -e "$rootfs/bin/$a" ] || ln -s busybox "$rootfs/bin/$a"; done
+  printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/:/bin/false\nuser:x:1000:1000:user:/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$rootfs/etc/passwd"
+  printf 'root:x:0:\ndaemon:x:1:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
+  chmod 1777 "$rootfs/tmp"
+fi
+# The default container rootfs also goes into the guest image (issue 16,
+# cold path): kata-ts run's default container then runs on an overlay of
+# /opt/kata-ts/rootfs/busybox in the guest's own root (DAX-mapped), with no
+# disk of its own: no EROFS image built per run, no vhost-user-blk device,
+# backend, PCI probe or mount of it (src/runtime/guest-rootfs.ts). The
+# marker beside the image (written below) tells the host the copy is there.
+mkdir -p "$stage/opt/kata-ts/rootfs"; cp -a "$rootfs" "$stage/opt/kata-ts/rootfs/busybox"
+
 # rootfs.erofs is uncompressed: under TCG the guest's LZ4 decompression of
 # every page Node touches is emulated instruction by instruction, and the
 # same boot reached the agent ~0.75 s (guest time, QEMU -icount) sooner from
@@ -149,17 +167,9 @@ if [ ! -f "$out/rootfs-dax.erofs" ] || [ ! -f "$out/rootfs-dax.blk128" ]; then
   rm -f "$out/rootfs-flat.erofs.tmp"
   echo "image: DAX image (uncompressed, pfn info block) $(du -m --apparent-size "$out/rootfs-dax.erofs" | cut -f1) MiB in $(( ($(date +%s%N)-t0)/1000000 )) ms"
 fi
+# The guest copy of the default container rootfs (above): its path in the image.
+[ -f "$out/default-rootfs.guest" ] || echo /opt/kata-ts/rootfs/busybox > "$out/default-rootfs.guest"
 ln -sfn "$(basename "$out")" "$cache/image.new.$$" && mv -T "$cache/image.new.$$" "$cache/image"
 # keep only the newest few images
 ls -dt "$cache"/image-* 2>/dev/null | grep -v '\.tmp\.' | tail -n +6 | xargs -r rm -rf
 
-rootfs="$cache/rootfs/busybox"
-if [ ! -x "$rootfs/bin/busybox" ] || [ /bin/busybox -nt "$rootfs/bin/busybox" ]; then
-  echo "image: default container rootfs (busybox) -> $rootfs"
-  rm -rf "$rootfs"; mkdir -p "$rootfs"/{bin,etc,proc,sys,dev,tmp,root,home,var,run}
-  cp /bin/busybox "$rootfs/bin/busybox"
-  for a in $("$rootfs/bin/busybox" --list); do [ -e "$rootfs/bin/$a" ] || ln -s busybox "$rootfs/bin/$a"; done
-  printf 'root:x:0:0:root:/root:/bin/sh\ndaemon:x:1:1:daemon:/:/bin/false\nuser:x:1000:1000:user:/home:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' > "$rootfs/etc/passwd"
-  printf 'root:x:0:\ndaemon:x:1:\nusers:x:100:user\nuser:x:1000:\nnogroup:x:65534:\n' > "$rootfs/etc/group"
-  chmod 1777 "$rootfs/tmp"
-fi

@@ -34,6 +34,7 @@ import { startSandboxMemory } from './sandbox-memory';
 import type { SandboxMemory } from '../resource/memory/service';
 import type { Config } from './config';
 import { guestAssets, vmSizing } from './config';
+import { guestCopyOfRootfs } from './guest-rootfs';
 import { buildErofsImage } from './rootfs';
 // image-rootfs (and the image store, LZ4, tar it loads) only for a converted image: imported where used,
 // so a plain `kata-ts run` does not load them before its VM starts (README Performance, VM templates).
@@ -230,6 +231,8 @@ export class Sandbox {
   private readonly guestBlockMounts = new Set<string>();
   /** Containers whose shared rootfs is read-only under a guest overlay (bootContainers `overlay`). */
   private readonly overlayRoots = new Set<string>();
+  /** Containers on the guest image's copy of the default rootfs (guest-rootfs.ts) → its guest path: no disk. */
+  private readonly guestRoots = new Map<string, string>();
 
   constructor(private readonly opts: SandboxOptions) {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.id)) throw new SandboxError('state', `invalid sandbox id "${opts.id}"`);
@@ -292,6 +295,11 @@ export class Sandbox {
           if (c.overlay) this.overlayRoots.add(c.id);
           continue;
         }
+        const inGuest = guestCopyOfRootfs(this.opts.config, this.opts.hypervisor.name, c.rootfs);
+        if (inGuest) {
+          this.guestRoots.set(c.id, inGuest);
+          continue;
+        }
         const image = await this.prepareImage(c.id, c.rootfs);
         disks.push({ id: diskIdFor(c.id), path: image, readonly: true });
       }
@@ -323,7 +331,7 @@ export class Sandbox {
       // The boot devices, held by the containers they serve (else by the sandbox).
       const holders: Record<string, string> = {};
       for (const [c, d] of this.bootImages) { holders[d.meta] = c; holders[d.blob] = c; }
-      for (const c of this.opts.bootContainers ?? []) if (!c.image && (c.rootfsShare ?? 'virtiofs') !== 'virtiofs') holders[diskIdFor(c.id)] = c.id;
+      for (const c of this.opts.bootContainers ?? []) if (!c.image && (c.rootfsShare ?? 'virtiofs') !== 'virtiofs' && !this.guestRoots.has(c.id)) holders[diskIdFor(c.id)] = c.id;
       this.devices.adoptBoot(vmCfg, holders);
       // QEMU holds its own tap fds now: the taps live exactly as long as the VM.
       this.network?.releaseTapFds();
@@ -538,6 +546,19 @@ export class Sandbox {
       await this.createFromImage(id, spec, opts.image, volumeStorages, root);
       return;
     }
+    // The default rootfs, copied in the guest image: a tmpfs overlay over that copy, no disk (guest-rootfs.ts).
+    const guestRoot = this.guestRoots.get(id)
+      ?? (!this.preparedImages.has(id) && opts.rootfsShare === 'erofs' ? guestCopyOfRootfs(this.opts.config, this.opts.hypervisor.name, rootfs) : undefined);
+    if (guestRoot) {
+      await this.agent.createContainer({
+        container_id: id, exec_id: '', devices: this.containerDevices.get(id) ?? [], ...this.passfdPorts.get(id),
+        storages: [...volumeStorages, { driver: 'overlay', source: 'overlay', fstype: 'overlay', options: [`lowerdir=${guestRoot}`], mount_point: root }],
+        oci_spec_json: JSON.stringify({ ...spec, root: { path: root, readonly: spec.root?.readonly ?? false } }),
+      });
+      this.containers.set(id, { id, disk: '', shared: false, image: '', state: 'created', pid: 0 });
+      this.persist();
+      return;
+    }
     if (!this.volumes.hasRootfs(id) && !this.preparedImages.has(id) && (opts.rootfsShare ?? 'virtiofs') === 'virtiofs' && this.canShare) {
       const planned = (() => {
         try {
@@ -653,6 +674,7 @@ export class Sandbox {
     // volumes leave the share (the shim unmounts the rootfs right after).
     await this.leaveShare(id);
     if (c.image) fs.rmSync(c.image, { force: true });
+    this.guestRoots.delete(id);
     this.containers.delete(id);
     this.persist();
     await this.memory?.containerLeaves(id);
