@@ -3,6 +3,12 @@
  *
  *   template         `kata-ts run -- echo MARK` with [factory] enable_template
  *                    and a valid template: start of the CLI to MARK on stdout.
+ *   VM cache         the same with [factory] vm_cache_number = 1 and the
+ *                    cache filled: the run claims the pre-started VM (its
+ *                    QEMU live, the container path translated). Before each
+ *                    run the bench waits until the previous run's refill is
+ *                    ready (recorded as `cacheRefillWaitMs`), so no run meets
+ *                    a half-filled cache.
  *   cold             the same command booting the VM.
  *   floor (kernel)   bench/boot.ts's floor (imported, not copied): bare QEMU,
  *                    same kernel and image, init=/bin/echo MARK.
@@ -22,7 +28,8 @@
  * of N idle sandboxes (`kata-ts run -- sleep`) from the template and cold,
  * for N in the given list (default 1,5).
  *
- *   node dist/bench/factory.js [runs=3] [sandboxCounts=1,5]
+ *   node dist/bench/factory.js [runs=3] [sandboxCounts=1,5] [--timing]
+ *     (--timing: only the time-to-first-output rows; no clone designs, no PSS)
  *   FB_QEMU_EXTRA='disable_image_nvdimm = false\nreclaim_guest_freed_memory = true\n…' node dist/bench/factory.js …
  *     (more [hypervisor.qemu] lines for template and cold runs: e.g. the lean memory settings)
  *
@@ -44,6 +51,8 @@ import { VmFactory, qemuTarget } from '../src/factory/factory';
 import { restoreTemplate, templateArgs } from '../src/factory/qemu-template';
 import { MEMORY, STATE } from '../src/factory/template-store';
 import { median } from './stats';
+import { cacheStatus, fillCache, stopCache, waitCacheSettled } from '../src/factory/vm-cache-fill';
+import { cacheDir } from '../src/factory/vm-cache-store';
 
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -129,8 +138,10 @@ async function idlePss(cfgFile: string, runDir: string, n: number): Promise<{ pe
 }
 
 async function main(): Promise<void> {
-  const runs = Number(process.argv[2] ?? 3);
-  const counts = (process.argv[3] ?? '1,5').split(',').map(Number).filter((n) => n > 0);
+  const timingOnly = process.argv.includes('--timing');
+  const argv = process.argv.filter((a) => a !== '--timing');
+  const runs = Number(argv[2] ?? 3);
+  const counts = timingOnly ? [] : (argv[3] ?? '1,5').split(',').map(Number).filter((n) => n > 0);
   const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'kata-fbench-'));
   const tplDir = path.join(runDir, 'template');
   // Kernel and image pinned as copies: a guest image rebuilt meanwhile (by
@@ -149,6 +160,9 @@ async function main(): Promise<void> {
   const tplCfg = path.join(runDir, 'template.toml');
   fs.writeFileSync(coldCfg, base + 'enable_template = false\n');
   fs.writeFileSync(tplCfg, base + 'enable_template = true\n');
+  const cacheCfg = path.join(runDir, 'cache.toml');
+  fs.writeFileSync(cacheCfg, base + `enable_template = true\nvm_cache_number = 1\nvm_cache_endpoint = "${path.join(runDir, 'vm-cache')}"\n`);
+  const cacheConfig = loadConfig(cacheCfg);
   const cfg = loadConfig(tplCfg);
   const qemu = cfg['hypervisor.qemu'].path;
   // As the runtime builds it: the configuration's memory options (DAX, balloon, virtio-mem) included.
@@ -160,15 +174,30 @@ async function main(): Promise<void> {
     const init = await factory.init((l) => process.stderr.write(`  ${l}\n`));
     if (init.state !== 'valid') throw new Error(`template ${init.state}: ${init.reasons.join('; ')}`);
     const kataRun = (c: string) => timeToMarker(process.execPath, [path.join(ROOT, 'bin', 'kata-ts'), 'run', '--log-level', 'info', '--config', c, '--', 'echo', MARK], 'stdout');
-    const samples: Record<string, number[]> = { template: [], cold: [], 'floor (kernel)': [], 'clone (1) shared copy: resumed': [], 'clone (1) shared copy: agent vsock answers': [], 'clone (1) memory copy': [], 'clone (2) private CoW: resumed': [] };
+    // The VM cache: one pre-started clone, ready before each cached run (no delay, not nice'd: the bench waits for it).
+    const cacheReady = async (): Promise<number> => {
+      const t0 = Date.now();
+      const spawned = fillCache(cacheConfig, { configPath: cacheCfg, debug: false, nice: 0, delayMs: 0 });
+      await waitCacheSettled(cacheConfig, 120000, spawned);
+      if (cacheStatus(cacheConfig).ready.length !== 1) throw new Error(`the VM cache did not fill: ${JSON.stringify(cacheStatus(cacheConfig))}`);
+      return Date.now() - t0;
+    };
+    process.stderr.write('filling the VM cache…\n');
+    await cacheReady();
+    const samples: Record<string, number[]> = { template: [], 'VM cache': [], cacheRefillWaitMs: [], cold: [], 'floor (kernel)': [], 'clone (1) shared copy: resumed': [], 'clone (1) shared copy: agent vsock answers': [], 'clone (1) memory copy': [], 'clone (2) private CoW: resumed': [] };
     let privPss = 0;
     for (let r = 0; r < runs; r++) {
       process.stderr.write(`run ${r + 1}/${runs}: template, cold, floor, clone (1), clone (2)\n`);
       const t = await kataRun(tplCfg);
       if (!/"template":true/.test(t.other)) throw new Error(`the templated run did not clone: ${t.other.slice(-600)}`);
       samples.template!.push(t.ms);
+      const c = await kataRun(cacheCfg);
+      if (!/claimed a pre-started VM from the VM cache/.test(c.other)) throw new Error(`the cached run did not claim: ${c.other.slice(-600)}`);
+      samples['VM cache']!.push(c.ms);
+      samples.cacheRefillWaitMs!.push(await cacheReady());
       samples.cold!.push((await kataRun(coldCfg)).ms);
       samples['floor (kernel)']!.push((await timeToMarker(qemu, kernelFloorArgs(choice.accel, pinned), 'stdout')).ms);
+      if (timingOnly) continue;
       const one = await sharedCopyClone(factory, qemu, path.join(runDir, 'c1'));
       samples['clone (1) shared copy: resumed']!.push(one.resumedMs);
       samples['clone (1) shared copy: agent vsock answers']!.push(one.agentMs);
@@ -177,7 +206,7 @@ async function main(): Promise<void> {
       samples['clone (2) private CoW: resumed']!.push(two.resumedMs);
       privPss = two.pssMiB;
     }
-    const med = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, Math.round(median(v))]));
+    const med = Object.fromEntries(Object.entries(samples).filter(([, v]) => v.length).map(([k, v]) => [k, Math.round(median(v))]));
     const floor = med['floor (kernel)']!;
     const pss: Record<string, { template: number; cold: number; templateGuestRam: number; coldGuestRam: number }> = {};
     for (const n of counts) {
@@ -188,7 +217,8 @@ async function main(): Promise<void> {
     }
     const out = {
       accel: choice.accel, runs, medianMs: med,
-      ratioToKernelFloor: { template: +(med.template! / floor).toFixed(2), cold: +(med.cold! / floor).toFixed(2) },
+      ratioToKernelFloor: { template: +(med.template! / floor).toFixed(2), vmCache: +(med['VM cache']! / floor).toFixed(2), cold: +(med.cold! / floor).toFixed(2) },
+      loadAverage: os.loadavg().map((l) => +l.toFixed(2)),
       templateVsCold: +(med.template! / med.cold!).toFixed(2),
       template: { key: init.manifest?.key, stateBytes: init.manifest?.stateBytes, memoryDataBytes: init.manifest?.memoryDataBytes, bootS: init.manifest?.bootS, saveS: init.manifest?.saveS },
       privateCowClonePssMiB: +privPss.toFixed(1),
@@ -197,14 +227,16 @@ async function main(): Promise<void> {
     };
     console.log(`accel: ${choice.accel}; template ${out.template.key}: state ${((out.template.stateBytes ?? 0) / 1024).toFixed(0)} KiB, RAM data ${((out.template.memoryDataBytes ?? 0) / 1048576).toFixed(1)} MiB, made in ${out.template.bootS?.toFixed(1)} s + ${out.template.saveS?.toFixed(2)} s`);
     console.log(`time to first output, kata-ts run -- echo MARK (median of ${runs}):`);
-    for (const k of ['template', 'cold', 'floor (kernel)']) console.log(`  ${k.padEnd(44)} ${String(med[k]).padStart(6)} ms`);
-    console.log(`  ratio to the kernel floor: template ${out.ratioToKernelFloor.template}x, cold ${out.ratioToKernelFloor.cold}x (goal: template <= 0.5x); template/cold ${out.templateVsCold}x`);
-    console.log('clone designs at the VM level (median):');
+    for (const k of ['template', 'VM cache', 'cold', 'floor (kernel)']) console.log(`  ${k.padEnd(44)} ${String(med[k]).padStart(6)} ms`);
+    console.log(`  ratio to the kernel floor: template ${out.ratioToKernelFloor.template}x, VM cache ${out.ratioToKernelFloor.vmCache}x, cold ${out.ratioToKernelFloor.cold}x (goal: from a template <= 0.5x); template/cold ${out.templateVsCold}x`);
+    console.log(`  VM cache refill after a claim, until ready (median): ${med.cacheRefillWaitMs} ms; load average at the end ${out.loadAverage.join(' ')}`);
+    if (!timingOnly) console.log('clone designs at the VM level (median):');
     for (const k of Object.keys(med).filter((x) => x.startsWith('clone'))) console.log(`  ${k.padEnd(44)} ${String(med[k]).padStart(6)} ms`);
-    console.log(`  clone (2) QEMU PSS after 1.5 s: ${out.privateCowClonePssMiB} MiB (no agent channel possible: vhost-user needs shared RAM)`);
+    if (!timingOnly) console.log(`  clone (2) QEMU PSS after 1.5 s: ${out.privateCowClonePssMiB} MiB (no agent channel possible: vhost-user needs shared RAM)`);
     for (const [n, v] of Object.entries(pss)) console.log(`host PSS per idle sandbox at ${n}: template ${v.template} MiB, cold ${v.cold} MiB (guest RAM allocated in its memfd: template ${v.templateGuestRam} MiB, cold ${v.coldGuestRam} MiB)`);
     writeResult('factory', out);
   } finally {
+    await stopCache(cacheDir(cacheConfig));
     factory.destroy();
     fs.rmSync(runDir, { recursive: true, force: true });
   }

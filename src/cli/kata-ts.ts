@@ -20,7 +20,8 @@ export { exitCodeFor, RUNTIME_FAILURE };
 
 /** `kata-ts run`'s action; returns the exit status. */
 async function runAction(a: RunArgs, command: string[]): Promise<number> {
-  configureLogging({ source: 'kata-ts', level: a['log-level'] ?? (a.debug ? 'debug' : 'warn') });
+  const logLevel = a['log-level'] ?? (a.debug ? 'debug' : 'warn');
+  configureLogging({ source: 'kata-ts', level: logLevel });
   try {
     const cfg = loadConfig(a.config, process.env);
     if (a.debug) cfg.runtime.enable_debug = true;
@@ -28,7 +29,7 @@ async function runAction(a: RunArgs, command: string[]): Promise<number> {
       rootfs: a.rootfs, bundle: a.bundle, hypervisor: a.hypervisor, memory: a.memory, cpus: a.cpus,
       env: a.env ?? [], workdir: a.workdir, user: a.user, tty: a.tty, hostname: a.hostname,
       volumes: a.volume ?? [], policy: a.policy, image: a.image,
-      readonly: a['read-only'], name: a.name, debug: a.debug, rootfsShare: a['rootfs-share'], netns: parseNet(a.net), dns: a.dns ?? [], command: [...(a.cmd ?? []), ...command],
+      readonly: a['read-only'], name: a.name, debug: a.debug, logLevel, rootfsShare: a['rootfs-share'], netns: parseNet(a.net), dns: a.dns ?? [], command: [...(a.cmd ?? []), ...command],
     }, cfg);
   } catch (err) {
     process.stderr.write(`kata-ts: ${errorMessage(err)}\n`);

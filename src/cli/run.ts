@@ -53,6 +53,8 @@ export type RunOptions = Pick<RunArgs, 'rootfs' | 'bundle' | 'hypervisor' | 'mem
   command: string[];
   /** --debug: the guest's debug mode too (no VM cache entry serves it). */
   debug?: boolean;
+  /** The host log level in force (a VM cache entry that runs the container logs at it, on our stderr). */
+  logLevel?: 'error' | 'warn' | 'info' | 'debug';
 };
 
 /** `--net none` | `--net host-netns PATH` → the netns path, or undefined for none. */
@@ -246,7 +248,7 @@ async function runFromCache(o: RunOptions, cfg: Config, plan: RunPlan): Promise<
   ]);
   const identity = configIdentity(cfg);
   const req: RunClaimRequest = {
-    v: 1, mode: 'run', flags: { debug: false }, config: identity,
+    v: 1, mode: 'run', flags: { debug: false }, config: identity, logLevel: o.logLevel,
     // The built-in image is shared read-only under a guest overlay the run throws away; --rootfs/--bundle stay writable.
     run: { id: plan.id, spec: plan.spec, rootfs: plan.rootfs, rootfsShare: 'virtiofs', rootfsOverlay: !o.rootfs && !o.bundle, dns: plan.dns ?? [] },
   };

@@ -37,6 +37,8 @@ export interface RunClaimRequest {
   flags: { debug: boolean };
   config: ConfigIdentity;
   run: RunClaimPlan;
+  /** The claimer's log level: the cached process's lines go to the claimer's stderr from the claim on, as a run's own would. */
+  logLevel?: 'error' | 'warn' | 'info' | 'debug';
 }
 
 /** What the claimer sends once the container may run. */
@@ -85,6 +87,7 @@ export function parseRunClaim(line: string): RunClaimRequest {
   if (p.rootfsShare !== 'virtiofs') throw new ClaimError('malformed', 'malformed run claim: run.rootfsShare must be "virtiofs"');
   if (typeof p.rootfsOverlay !== 'boolean') throw new ClaimError('malformed', 'malformed run claim: run.rootfsOverlay must be a boolean');
   if (!Array.isArray(p.dns) || p.dns.some((d) => typeof d !== 'string')) throw new ClaimError('malformed', 'malformed run claim: run.dns must be a list of strings');
+  if (r.logLevel !== undefined && !['error', 'warn', 'info', 'debug'].includes(r.logLevel as string)) throw new ClaimError('malformed', 'malformed run claim: logLevel must be error, warn, info or debug');
   const spec = p.spec as OciSpec | undefined;
   if (!spec || typeof spec !== 'object' || !spec.process || !Array.isArray(spec.process.args) || !spec.process.args.length) throw new ClaimError('malformed', 'malformed run claim: run.spec needs process.args');
   return r as unknown as RunClaimRequest;

@@ -15,7 +15,7 @@ import * as path from 'node:path';
 import * as tty from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { errorMessage } from '../common/errors';
-import type { Logger } from '../common/log';
+import { configureLogging, logger } from '../common/log';
 import { native, type NativeAddon } from '../common/native';
 import type { Config } from '../runtime/config';
 import type { Hypervisor } from '../hypervisor/hypervisor';
@@ -122,7 +122,6 @@ export interface RunClaimHost {
   config: Config;
   hv: Hypervisor;
   vmDir: string;
-  log: Logger;
   /** The running VM, for the sandbox (the cache's idle services stop). */
   handOver(): Promise<PrestartedVm>;
 }
@@ -150,6 +149,9 @@ export async function serveRunClaim(req: RunClaimRequest, conn: net.Socket, host
   const [stdin, stdout, stderr] = [readableFrom(fds[0]), writableFrom(fds[1]), writableFrom(fds[2])];
   // Errors on the claimer's streams (its terminal closed) end nothing here: the run goes on, its output is lost.
   for (const s of [stdin, stdout, stderr]) s.on('error', () => undefined);
+  // From here on this process's log lines are the run's: on the claimer's stderr, at its level (the slot's log is the next entry's).
+  configureLogging({ level: req.logLevel ?? 'warn', stream: stderr, source: 'kata-ts' });
+  const log = logger('vm-cache', { cachePid: process.pid });
   const cs = req.run.spec.process?.consoleSize;
   let size = cs ? { rows: cs.height, cols: cs.width } : undefined;
   const resizers = new Set<() => void>();
@@ -160,7 +162,7 @@ export async function serveRunClaim(req: RunClaimRequest, conn: net.Socket, host
     try {
       c = parseRunControl(line);
     } catch (err) {
-      host.log.warn('run claim: ignored a control line', { err: errorMessage(err) });
+      log.warn('run claim: ignored a control line', { err: errorMessage(err) });
       return;
     }
     if ('signal' in c) interrupt(c.signal);
@@ -168,7 +170,7 @@ export async function serveRunClaim(req: RunClaimRequest, conn: net.Socket, host
       size = c.resize;
       for (const cb of resizers) cb();
     }
-  }, () => host.log.warn('run claim: control line too long')));
+  }, () => log.warn('run claim: control line too long')));
   let done = false;
   conn.on('close', () => { if (!done) interrupt('the claimer going away'); });
   const io: RunIo = {
@@ -187,9 +189,10 @@ export async function serveRunClaim(req: RunClaimRequest, conn: net.Socket, host
   } catch (err) {
     report = { error: errorMessage(err), code: exitCodeFor(err) };
   }
-  // The output is out before the status: the claimer exits on it.
+  log.debug('run from the VM cache finished', { container: req.run.id, ...report });
+  // The output is out before the status: the claimer exits on it. No log line after this.
+  configureLogging({ silent: true });
   await Promise.all([flush(stdout), flush(stderr)]);
   done = true;
-  host.log.info('run from the VM cache finished', { container: req.run.id, ...report });
   await new Promise<void>((resolve) => conn.end(JSON.stringify(report) + '\n', () => resolve()));
 }
