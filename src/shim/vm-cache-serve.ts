@@ -29,7 +29,7 @@ import type { ShimFlags } from './flags';
 import { serve } from './serve';
 import { removeTreeSafely } from '../runtime/volumes';
 import { serveRunClaim } from '../factory/vm-cache-run-serve';
-import { setProcessNice, setTreeNice } from '../factory/renice';
+import { setProcessNice } from '../factory/renice';
 
 /** How often an unclaimed entry checks that its registration is still its own. */
 const WATCH_MS = 2000;
@@ -47,25 +47,13 @@ export async function prestart(flags: ShimFlags): Promise<void> {
   if (!Number.isInteger(slot) || slot < 0 || slot >= n) throw new Error(`prestart: KATA_TS_VM_CACHE_SLOT must be a slot below [factory] vm_cache_number (${n}), got "${process.env.KATA_TS_VM_CACHE_SLOT ?? ''}"`);
   const dir = cacheDir(config);
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  // A claimer that found no ready VM and waits for this one (vm-cache-claim.ts,
-  // waitForStarting) sends SIGUSR2: the refill's delay ends and its nice goes, for
-  // this process and its QEMU. Installed before the slot is taken, so a
-  // claimer never sees a 'starting' slot whose holder would die of the signal.
-  let hurry: () => void = () => undefined;
-  let urgent = false;
-  const hurried = new Promise<void>((r) => (hurry = r));
-  process.on('SIGUSR2', () => {
-    urgent = true;
-    setTreeNice(0, 0);
-    hurry();
-  });
   // Taken by another (a concurrent refill): nothing to do.
   if (!acquireSlot(dir, slot)) return;
   const envLevel = process.env.KATA_TS_LOG_LEVEL as LogLevel | undefined;
   configureLogging({ level: envLevel && ['error', 'warn', 'info', 'debug'].includes(envLevel) ? envLevel : flags.debug ? 'debug' : 'info', stream: fs.createWriteStream(slotFile(dir, slot, 'log'), { flags: 'w' }), source: 'containerd-shim-kata-ts-v2' });
   const log = logger('vm-cache', { slot });
   const nice = Number(process.env.KATA_TS_VM_CACHE_NICE ?? 0) || 0;
-  if (nice && !urgent) setNice(0, nice);
+  if (nice) setNice(0, nice);
   const identity = configIdentity(config);
   let vm: CachedVm | undefined;
   // The VM being started: a SIGTERM (factory destroy) that arrives meanwhile
@@ -84,11 +72,7 @@ export async function prestart(flags: ShimFlags): Promise<void> {
   };
   for (const s of ['SIGTERM', 'SIGINT'] as const) process.on(s, () => { if (!claimed) void leave(s, 0); });
   const delay = Number(process.env.KATA_TS_VM_CACHE_DELAY_MS ?? 0) || 0;
-  if (delay > 0) {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([new Promise((r) => (timer = setTimeout(r, delay))), hurried]);
-    clearTimeout(timer);
-  }
+  if (delay > 0) await new Promise((r) => setTimeout(r, delay));
   const t0 = Date.now();
   try {
     starting = CachedVm.start(config, path.join(dir, vmDirName(slot)), log);
