@@ -19,7 +19,7 @@
 import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs, CACHE, collectOutput } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs, collectOutput } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { Sandbox, diskIdFor } from '../../src/runtime/sandbox';
 import type { QemuHypervisor } from '../../src/hypervisor/qemu';
@@ -65,12 +65,14 @@ describe('integration: pod resizing (vCPU and memory hotplug)', function () {
     cfg['hypervisor.qemu'].reclaim_guest_freed_memory = true;
     cfg['hypervisor.qemu'].block_device_driver = 'vhost-user-blk';
     hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
-    // c0: on an EROFS disk served by our vhost-user-blk device (no limits).
-    sandbox = new Sandbox({ id: 'rs1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'c0', rootfs: path.join(CACHE, 'rootfs', 'busybox'), rootfsShare: 'erofs' }] });
+    // c0: on an EROFS disk served by our vhost-user-blk device (no limits). A copy of the
+    // busybox tree: the cache's own would run on the guest image's copy, with no disk (runtime/guest-rootfs.ts).
+    const rootfs0 = copyBusyboxRootfs(path.join(runDir, 'rootfs0'));
+    sandbox = new Sandbox({ id: 'rs1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'c0', rootfs: rootfs0, rootfsShare: 'erofs' }] });
     await sandbox.start();
     const c0 = defaultSpec({ args: ['sleep', '600'] });
     (c0.linux as Record<string, unknown>).resources = { devices: [{ allow: true, access: 'rwm' }] };
-    await sandbox.createContainer('c0', c0, path.join(CACHE, 'rootfs', 'busybox'));
+    await sandbox.createContainer('c0', c0, rootfs0);
     await sandbox.startContainer('c0');
   });
 
