@@ -53,6 +53,7 @@ import { MEMORY, STATE } from '../src/factory/template-store';
 import { median } from './stats';
 import { cacheStatus, fillCache, stopCache, waitCacheSettled } from '../src/factory/vm-cache-fill';
 import { cacheDir } from '../src/factory/vm-cache-store';
+import { GUEST_ROOTFS_MARKER } from '../src/runtime/guest-rootfs';
 
 
 const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
@@ -155,6 +156,9 @@ async function main(): Promise<void> {
   const extra = (process.env.FB_QEMU_EXTRA ?? '').replace(/\\n/g, '\n');
   const dax = path.join(path.dirname(assets.image), 'rootfs-dax.erofs');
   if (fs.existsSync(dax)) fs.copyFileSync(dax, path.join(runDir, 'rootfs-dax.erofs'));
+  // And the marker naming the guest image's copy of the built-in rootfs (guest-rootfs.ts), as an installation has it.
+  const marker = path.join(path.dirname(assets.image), GUEST_ROOTFS_MARKER);
+  if (fs.existsSync(marker)) fs.copyFileSync(marker, path.join(runDir, GUEST_ROOTFS_MARKER));
   const base = `[runtime]\nrun_dir = "${runDir}"\n[hypervisor.qemu]\nkernel = "${pinned.kernel}"\nimage = "${pinned.image}"\n${extra ? `${extra.trim()}\n` : ''}[factory]\ntemplate_path = "${tplDir}"\n`;
   const coldCfg = path.join(runDir, 'cold.toml');
   const tplCfg = path.join(runDir, 'template.toml');

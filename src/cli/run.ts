@@ -16,6 +16,7 @@ import type { RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import type { RunIo, RunPlan } from '../runtime/run-sandbox';
 import { ReportedRunError } from '../runtime/run-status';
+import { guestCopyOfRootfs } from '../runtime/guest-rootfs';
 import type { RunClaimRequest } from '../factory/vm-cache-run-protocol';
 import type { RunSession } from '../factory/vm-cache-run-claim';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
@@ -223,7 +224,9 @@ export function cacheCannotServe(o: RunOptions, plan: RunPlan): string | undefin
   if (plan.policy) return '--policy (a cached VM\'s kernel command line pins the configured policy)';
   if (plan.bootVfio?.length) return 'VFIO devices cold-plugged at boot';
   if (o.memory !== undefined || o.cpus !== undefined) return '--memory/--cpus (cached VMs have the configured size)';
-  if (o.rootfsShare === 'erofs') return '--rootfs-share erofs (a cached VM has the virtio-fs share and no disk)';
+  const builtIn = !o.rootfs && !o.bundle;
+  if (o.rootfsShare === 'erofs' && !builtIn) return '--rootfs-share erofs with --rootfs/--bundle (a cached VM serves them through its virtio-fs share)';
+  if (o.rootfsShare === 'virtiofs' && builtIn) return '--rootfs-share virtiofs for the built-in image (a cached VM never lets a run write to it)';
   return undefined;
 }
 
@@ -247,10 +250,13 @@ async function runFromCache(o: RunOptions, cfg: Config, plan: RunPlan): Promise<
     import('../factory/vm-cache-claim'), import('../factory/vm-cache-run-claim'), import('../factory/vm-cache-store'), import('../factory/vm-cache-fill'),
   ]);
   const identity = configIdentity(cfg);
+  // The built-in image: the guest image's copy of it under a throwaway overlay (guest-rootfs.ts), else the
+  // host directory shared read-only under one; --rootfs/--bundle are shared writable, as without the cache.
+  const builtIn = !o.rootfs && !o.bundle;
+  const inGuest = builtIn && !!guestCopyOfRootfs(cfg, 'qemu', plan.rootfs);
   const req: RunClaimRequest = {
     v: 1, mode: 'run', flags: { debug: false }, config: identity, logLevel: o.logLevel,
-    // The built-in image is shared read-only under a guest overlay the run throws away; --rootfs/--bundle stay writable.
-    run: { id: plan.id, spec: plan.spec, rootfs: plan.rootfs, rootfsShare: 'virtiofs', rootfsOverlay: !o.rootfs && !o.bundle, dns: plan.dns ?? [] },
+    run: { id: plan.id, spec: plan.spec, rootfs: plan.rootfs, rootfsShare: inGuest ? 'erofs' : 'virtiofs', rootfsOverlay: builtIn && !inGuest, dns: plan.dns ?? [] },
   };
   const t0 = Date.now();
   const r = await claimFromSlots(cacheDir(cfg), n, req, RUN_CLAIM_TIMEOUT_MS, claimRunOne());

@@ -24,8 +24,9 @@ export interface RunClaimPlan {
   id: string;
   spec: OciSpec;
   rootfs: string;
-  rootfsShare: 'virtiofs';
-  /** The rootfs is shared read-only under a throwaway guest overlay (the built-in image). */
+  /** 'erofs' only for the built-in image when the guest image has its copy (guest-rootfs.ts): no disk then. */
+  rootfsShare: 'virtiofs' | 'erofs';
+  /** The rootfs is shared read-only under a throwaway guest overlay (the built-in image without a guest copy). */
   rootfsOverlay: boolean;
   dns: string[];
 }
@@ -84,7 +85,7 @@ export function parseRunClaim(line: string): RunClaimRequest {
   if (!p || typeof p !== 'object') throw new ClaimError('malformed', 'malformed run claim: no run');
   if (typeof p.id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(p.id)) throw new ClaimError('malformed', 'malformed run claim: run.id must be a sandbox id');
   if (typeof p.rootfs !== 'string' || !p.rootfs.startsWith('/')) throw new ClaimError('malformed', 'malformed run claim: run.rootfs must be an absolute path');
-  if (p.rootfsShare !== 'virtiofs') throw new ClaimError('malformed', 'malformed run claim: run.rootfsShare must be "virtiofs"');
+  if (p.rootfsShare !== 'virtiofs' && p.rootfsShare !== 'erofs') throw new ClaimError('malformed', 'malformed run claim: run.rootfsShare must be "virtiofs" or "erofs"');
   if (typeof p.rootfsOverlay !== 'boolean') throw new ClaimError('malformed', 'malformed run claim: run.rootfsOverlay must be a boolean');
   if (!Array.isArray(p.dns) || p.dns.some((d) => typeof d !== 'string')) throw new ClaimError('malformed', 'malformed run claim: run.dns must be a list of strings');
   if (r.logLevel !== undefined && !['error', 'warn', 'info', 'debug'].includes(r.logLevel as string)) throw new ClaimError('malformed', 'malformed run claim: logLevel must be error, warn, info or debug');

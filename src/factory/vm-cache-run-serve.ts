@@ -97,7 +97,8 @@ function acceptOne(n: NativeAddon, listenFd: number, onFd: (fd: number) => void)
 function readableFrom(fd: number): Readable {
   const st = fs.fstatSync(fd);
   if (tty.isatty(fd)) return new tty.ReadStream(fd);
-  if (st.isFIFO() || st.isSocket()) return new net.Socket({ fd, readable: true, writable: false });
+  // Half-open: at the end of input Node must not shutdown() the claimer's socket.
+  if (st.isFIFO() || st.isSocket()) return new net.Socket({ fd, readable: true, writable: false, allowHalfOpen: true });
   return fs.createReadStream('', { fd });
 }
 
@@ -108,13 +109,21 @@ function writableFrom(fd: number): Writable {
   return fs.createWriteStream('', { fd, flags: 'a' });
 }
 
-/** Ends a stream and waits until what was written has gone out (or it failed). */
+/**
+ * Waits until what was written has gone out (writes complete in order: an
+ * empty one's callback comes last), then closes our copy of the fd. Not
+ * end(): on a socket (spawn's stdio pairs) that is shutdown(SHUT_WR), which
+ * would close the claimer's own stdout/stderr too.
+ */
 function flush(w: Writable): Promise<void> {
   return new Promise((resolve) => {
-    if (w.writableFinished || w.destroyed) return resolve();
-    w.once('finish', () => resolve());
-    w.once('error', () => resolve());
-    w.end();
+    const close = () => {
+      w.destroy();
+      resolve();
+    };
+    if (w.destroyed) return resolve();
+    w.once('error', close);
+    w.write('', close);
   });
 }
 

@@ -90,7 +90,9 @@ describe('integration: kata-ts run from the pre-started VM cache', function () {
   it('says it claimed (log line with the cached QEMU), and the host\'s built-in image is unchanged after the container wrote to /', async () => {
     const e = await readyEntry();
     const name = `kata-ts-run-cache-${crypto.randomBytes(4).toString('hex')}`;
-    const r = await kataRun(cfgFile, ['--log-level', 'info', 'run', '--', 'sh', '-c', `touch /${name} && ls /${name} && echo changed >> /etc/hostname && echo ok`]);
+    const busybox = path.join(CACHE, 'rootfs', 'busybox');
+    const passwd = fs.readFileSync(path.join(busybox, 'etc', 'passwd'), 'utf8');
+    const r = await kataRun(cfgFile, ['--log-level', 'info', 'run', '--', 'sh', '-c', `touch /${name} && ls /${name} && echo changed >> /etc/passwd && echo ok`]);
     expect(r.code, r.stderr).to.equal(0);
     expect(r.stdout).to.equal(`/${name}\nok\n`);
     const claims = r.stderr.split('\n').filter((l) => l.includes('"msg":"claimed a pre-started VM from the VM cache"'));
@@ -99,9 +101,8 @@ describe('integration: kata-ts run from the pre-started VM cache', function () {
     // The cached process's own lines come to our stderr at our level: its sandbox was the pre-started VM.
     const ready = r.stderr.split('\n').filter((l) => l.includes('"msg":"sandbox ready"'));
     expect(ready.map((l) => (JSON.parse(l) as { guest?: { prestarted?: boolean } }).guest?.prestarted), r.stderr).to.deep.equal([true]);
-    const busybox = path.join(CACHE, 'rootfs', 'busybox');
     expect(fs.existsSync(path.join(busybox, name)), 'file created in the host rootfs').to.equal(false);
-    expect(fs.readFileSync(path.join(busybox, 'etc', 'hostname'), 'utf8')).to.not.include('changed');
+    expect(fs.readFileSync(path.join(busybox, 'etc', 'passwd'), 'utf8')).to.equal(passwd);
   });
 
   it('pipes stdin through (cat)', async () => {
@@ -113,7 +114,8 @@ describe('integration: kata-ts run from the pre-started VM cache', function () {
   it('a command missing in the container: 127 and the error as a run of its own prints it', async () => {
     await readyEntry();
     const r = await kataRun(cfgFile, ['run', '--', 'no-such-command']);
-    expect([r.code, r.stdout], r.stderr).to.deep.equal([127, '']);
+    expect(r.code, r.stderr).to.equal(127);
+    expect(r.stdout).to.equal('');
     expect(r.stderr).to.match(/^kata-ts: .*no-such-command.*\n$/);
   });
 
