@@ -218,6 +218,12 @@ export class CriClient {
       timeoutSec ? timeoutSec * 1000 + 30000 : this.defaultTimeoutMs);
   }
 
+  /** The streaming server's URL for `ports` of the pod (test/helpers/cri-port-forward.ts speaks to it). */
+  async portForward(podSandboxId: string, ports: number[]): Promise<string> {
+    const r = await this.call<{ url: string }>(this.runtime, 'PortForward', { pod_sandbox_id: podSandboxId, port: ports });
+    return r.url;
+  }
+
   // ─── ImageService ───
 
   async listImages(image?: string): Promise<Image[]> {

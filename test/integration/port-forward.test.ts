@@ -41,7 +41,9 @@ describe('integration: CRI port-forward into the VM (kata-ts run --net host-netn
   it('carries a dial to 127.0.0.1:PORT in the pod netns to a server in the container, both ways', async () => {
     // 8082: the server under test (it sends its file, prints what it got);
     // 8083: holds the pod up until the test has dialled a port nobody serves.
-    const script = `echo "from the VM ${tag}" > /tmp/m; nc -l -p 8082 < /tmp/m > /tmp/got; echo "container got: $(cat /tmp/got)"; nc -l -p 8083 < /dev/null > /dev/null; echo done`;
+    // nc's stdin stays open a while: busybox nc quits at its stdin's end, maybe before our bytes came;
+    // it quits at our half-close (sent once its reply is here), and the script goes on when sleep ends.
+    const script = `(echo "from the VM ${tag}"; sleep 5) | nc -l -p 8082 > /tmp/got; echo "container got: $(cat /tmp/got)"; nc -l -p 8083 < /dev/null > /dev/null; echo done`;
     const child = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfgFile,
       '--net', 'host-netns', `/var/run/netns/${pod}`, '--', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
