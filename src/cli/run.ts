@@ -11,7 +11,6 @@ import { KataError } from '../common/errors';
 import { logger } from '../common/log';
 import type { OciMount, OciSpec } from '../protocols/oci';
 import type { Config } from '../runtime/config';
-import { createSandboxHypervisor, sandboxBootVfio } from '../runtime/hypervisor-choice';
 import type { RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import type { RunIo, RunPlan } from '../runtime/run-sandbox';
@@ -175,7 +174,9 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   // A bad policy fails here, before a VM boots.
   const policy = o.policy ? policyFromFile(o.policy) : undefined;
   // [hypervisor.qemu] cold_plug_vfio: the spec's /dev/vfio groups go on the VM's command line (checked before a VM boots).
-  const bootVfio = sandboxBootVfio(cfg, spec);
+  // The hypervisor modules (~0.1 s to load) only when a VM is started here or devices are named: not before a VM cache claim.
+  const hvChoice = () => import('../runtime/hypervisor-choice');
+  const bootVfio = spec.linux?.devices?.length ? (await hvChoice()).sandboxBootVfio(cfg, spec) : undefined;
   const id = o.name ?? `run-${crypto.randomBytes(6).toString('hex')}`;
   // Bad volumes fail here, before a VM boots (createContainer checks again).
   if (spec.mounts?.some(isBindMount)) planVolumes(id, spec.mounts, '/');
@@ -183,7 +184,7 @@ export async function runContainer(o: RunOptions, cfg: Config): Promise<number> 
   const plan: RunPlan = { id, spec, rootfs, rootfsShare, image: fromImage?.imageId, vcpus: o.cpus, memoryMiB: o.memory, netns: o.netns, dns: o.dns, policy, bootVfio };
   const cached = await runFromCache(o, cfg, plan);
   if (cached !== undefined) return cached;
-  const { hv, choice } = await createSandboxHypervisor(cfg, o.hypervisor);
+  const { hv, choice } = await (await hvChoice()).createSandboxHypervisor(cfg, o.hypervisor);
   log.info('hypervisor chosen', { ...choice });
   const { runInSandbox } = await import('../runtime/run-sandbox');
   return runInSandbox(plan, cfg, hv, processIo(terminal));

@@ -17,7 +17,7 @@ import * as path from 'node:path';
  */
 function loadedByRunPath(ownVm = true): string[] {
   const cli = path.resolve(__dirname, '..', '..', '..', 'src', 'cli');
-  const own = ownVm ? `require(${JSON.stringify(path.resolve(cli, '..', 'runtime', 'run-sandbox.js'))});` : '';
+  const own = ownVm ? ['run-sandbox', 'hypervisor-choice'].map((m) => `require(${JSON.stringify(path.resolve(cli, '..', 'runtime', `${m}.js`))});`).join(' ') : '';
   const script = `require(${JSON.stringify(path.join(cli, 'kata-ts.js'))}); require(${JSON.stringify(path.join(cli, 'run.js'))}); ${own}
     process.stdout.write(JSON.stringify(Object.keys(require.cache)));`;
   return JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as string[];
@@ -35,9 +35,9 @@ describe('unit: cli modules loaded by a plain kata-ts run', function () {
     expect(unwanted).to.deep.equal([]);
   });
 
-  it('a run from the VM cache loads no sandbox code before it claims', () => {
+  it('a run from the VM cache loads no sandbox or hypervisor code before it claims', () => {
     const loaded = loadedByRunPath(false);
     expect(loaded.some((f) => f.endsWith(path.join('cli', 'run.js')))).to.equal(true);
-    expect(loaded.filter((f) => /[\\/]runtime[\\/](sandbox|run-sandbox)\.js$/.test(f))).to.deep.equal([]);
+    expect(loaded.filter((f) => /[\\/]runtime[\\/](sandbox|run-sandbox)\.js$|[\\/]hypervisor[\\/]qemu\.js$/.test(f))).to.deep.equal([]);
   });
 });
