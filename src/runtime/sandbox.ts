@@ -205,7 +205,7 @@ export class Sandbox {
   private network: PodNetwork | undefined;
   private netWatch: NetnsWatcher | undefined;
   /** CRI port-forward: localhost:PORT in the pod netns reaches PORT in the VM (port-forward.ts). */
-  private portForward: PortForwarder | undefined;
+  private portForward: Promise<PortForwarder | undefined> | undefined;
   /** What the guest was last told (to push only what changed). */
   private pushedNetwork: GuestNetworkPlan | undefined;
   private netSync: Promise<void> = Promise.resolve();
@@ -370,8 +370,9 @@ export class Sandbox {
         if (this.opts.hypervisor.addNet) this.netWatch = NetnsWatcher.start(this.opts.netns!, () => void this.resyncNetwork());
       }
       // Without it the pod runs as before; only port-forward is refused.
+      // Not awaited: an iptables run is no part of a pod's start; stop() waits for it.
       if (this.opts.netns) {
-        this.portForward = await PortForwarder.start({ netns: this.opts.netns, vsockSocket: () => this.vsockSocket, log: this.log })
+        this.portForward = PortForwarder.start({ netns: this.opts.netns, vsockSocket: () => this.vsockSocket, log: this.log })
           .catch((err) => { this.log.warn('CRI port-forward unavailable for this pod', { err: errorMessage(err) }); return undefined; });
       }
       // kata-ctl (list/metrics/exec) reaches the agent through us: see ctl-channel.ts.
@@ -741,7 +742,7 @@ export class Sandbox {
     await this.ctl?.close();
     await this.memory?.close();
     this.netWatch?.close();
-    await this.portForward?.close();
+    await (await this.portForward)?.close();
     await this.netSync;
     const t0 = Date.now();
     if (this.agentClient) {
