@@ -16,6 +16,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CACHE, REPO, leftoverQemu, requireGuest, testConfig } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
+import { spawn } from 'node:child_process';
 import { skipOrFail } from '../helpers/skip';
 import { until } from '../helpers/until';
 import { guestAssets } from '../../src/runtime/config';
@@ -117,6 +118,33 @@ describe('integration: kata-ts run from the pre-started VM cache', function () {
     expect(r.code, r.stderr).to.equal(127);
     expect(r.stdout).to.equal('');
     expect(r.stderr).to.match(/^kata-ts: .*no-such-command.*\n$/);
+  });
+
+  /** A run of `sleep 60` from the cache, once its container runs (the 'started' info line is the claim's; then a moment). */
+  async function sleepingRun(): Promise<{ child: ReturnType<typeof spawn>; stderr: () => string; exited: Promise<number | null> }> {
+    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), '--config', cfgFile, '--log-level', 'info', 'run', '--', 'sleep', '60'], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    await until('the container runs', async () => (err.includes('"msg":"sandbox ready"') ? true : undefined), 120000);
+    await new Promise((r) => setTimeout(r, 1500));
+    return { child, stderr: () => err, exited };
+  }
+
+  it('SIGINT to kata-ts run stops the run as without the cache (125, one line); a killed claimer leaves no VM behind', async () => {
+    let e = await readyEntry();
+    const a = await sleepingRun();
+    a.child.kill('SIGINT');
+    expect(await a.exited).to.equal(125);
+    expect(a.stderr().split('\n').filter((l) => l && !l.startsWith('{'))).to.deep.equal(['kata-ts: interrupted by SIGINT']);
+    await until('the interrupted entry gone', async () => (!pidAlive(e.pid) && !pidAlive(e.qemuPid) ? true : undefined), 30000);
+    e = await readyEntry();
+    const b = await sleepingRun();
+    b.child.kill('SIGKILL');
+    await b.exited;
+    // Its stdio gone with it: the entry interrupts the run, stops its VM and exits.
+    await until('the orphaned entry gone', async () => (!pidAlive(e.pid) && !pidAlive(e.qemuPid) ? true : undefined), 60000);
+    expect(fs.readdirSync(path.join(runDir, 'sandboxes'))).to.deep.equal([]);
   });
 
   it('with another configuration file the cache is stale for it: one line, a VM of its own, the entry untouched', async () => {
