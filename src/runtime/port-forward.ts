@@ -36,6 +36,8 @@ import { encodePortForwardHeader, PF_STATUS_OK, PORT_FORWARD_VSOCK_PORT, portFor
 export const RULE_COMMENT = 'kata-ts-port-forward';
 const VSOCK_CONNECT_MS = 5000;
 const STATUS_WAIT_MS = 30_000;
+/** bind(127.0.0.1) where lo is down. */
+const EADDRNOTAVAIL = 99;
 
 interface Log {
   debug(msg: string, meta?: object): void;
@@ -107,11 +109,23 @@ export class PortForwarder {
     readonly listenPort: number,
   ) {}
 
-  /** Listens in the netns and adds the rule; on any failure nothing is left. */
-  static async start(opts: PortForwarderOptions): Promise<PortForwarder> {
+  /**
+   * Listens in the netns and adds the rule; on any failure nothing is left.
+   * Undefined (one debug line) when the netns's loopback is down: 127.0.0.1
+   * does not exist there, so nothing in it can dial localhost anyway (CNI's
+   * loopback plugin brings it up for a real pod).
+   */
+  static async start(opts: PortForwarderOptions): Promise<PortForwarder | undefined> {
     const n = opts.n ?? native();
     if (!n.tcpListenInNetns || !n.tcpOriginalDst) throw new Error('port-forward: the native addon lacks tcpListenInNetns (rebuild native/)');
-    const l = n.tcpListenInNetns(opts.netns, 0, 128);
+    let l: { fd: number; port: number };
+    try {
+      l = n.tcpListenInNetns(opts.netns, 0, 128);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException & { errno?: number }).errno !== EADDRNOTAVAIL) throw err;
+      opts.log.debug('port-forward: the pod netns has no loopback up; nothing to forward', { netns: opts.netns });
+      return undefined;
+    }
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
     try {
       await new Promise<void>((resolve, reject) => {

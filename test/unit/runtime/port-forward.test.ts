@@ -58,6 +58,13 @@ async function hybridVsock(sock: string): Promise<{ close(): Promise<void> }> {
   return { close: () => new Promise<void>((r) => { for (const c of conns) c.destroy(); server.close(() => r()); }) };
 }
 
+/** PortForwarder.start where it must give a forwarder (lo is up). */
+async function started(o: Parameters<typeof PortForwarder.start>[0]): Promise<PortForwarder> {
+  const f = await PortForwarder.start(o);
+  if (!f) throw new Error('PortForwarder.start gave none with the loopback up');
+  return f;
+}
+
 const sha = (b: Buffer) => crypto.createHash('sha256').update(b).digest('hex');
 const natRules = (netnsPath: string) => execFileSync('nsenter', [`--net=${netnsPath}`, 'iptables', '-t', 'nat', '-S', 'OUTPUT'], { encoding: 'utf8' });
 
@@ -115,7 +122,7 @@ describe('unit/runtime/port-forward (host forwarder in a pod netns)', function (
   }
 
   it('carries any port dialled in the netns to the guest, both ways, with a half-close', async () => {
-    fwd = await PortForwarder.start({ netns: pod.podPath, vsockSocket: () => vsock, log });
+    fwd = await started({ netns: pod.podPath, vsockSocket: () => vsock, log });
     expect(natRules(pod.podPath)).to.contain(RULE_COMMENT).and.contain(`--to-ports ${fwd.listenPort}`);
     for (const size of [0, 1, 2 * 1024 * 1024 + 3]) {
       const port = await echoServer();
@@ -127,7 +134,7 @@ describe('unit/runtime/port-forward (host forwarder in a pod netns)', function (
   });
 
   it('resets the client for a port nobody serves in the guest, and keeps serving', async () => {
-    fwd = await PortForwarder.start({ netns: pod.podPath, vsockSocket: () => vsock, log });
+    fwd = await started({ netns: pod.podPath, vsockSocket: () => vsock, log });
     const free = net.createServer();
     await new Promise<void>((r) => free.listen(0, '127.0.0.1', r));
     const port = (free.address() as net.AddressInfo).port;
@@ -140,7 +147,7 @@ describe('unit/runtime/port-forward (host forwarder in a pod netns)', function (
 
   it('resets the client when the VM is gone (its vsock socket refuses or is unknown)', async () => {
     let gone = false;
-    fwd = await PortForwarder.start({ netns: pod.podPath, vsockSocket: () => { if (gone) throw new Error('sandbox is not running'); return path.join(dir, 'no-such.sock'); }, log });
+    fwd = await started({ netns: pod.podPath, vsockSocket: () => { if (gone) throw new Error('sandbox is not running'); return path.join(dir, 'no-such.sock'); }, log });
     const port = await echoServer();
     expect(await dialInNetns(pod.pod, port, 1)).to.deep.equal({ err: 'ECONNRESET' });
     gone = true;
@@ -152,7 +159,7 @@ describe('unit/runtime/port-forward (host forwarder in a pod netns)', function (
   });
 
   it('close() removes the rule and the listener; in the netns 127.0.0.1 is plain again', async () => {
-    const f = await PortForwarder.start({ netns: pod.podPath, vsockSocket: () => vsock, log });
+    const f = await started({ netns: pod.podPath, vsockSocket: () => vsock, log });
     const port = await echoServer();
     await f.close();
     await f.close(); // idempotent
@@ -160,6 +167,20 @@ describe('unit/runtime/port-forward (host forwarder in a pod netns)', function (
     // Nothing listens in the pod netns now: the dial is refused there (the echo server is in ours).
     expect(await dialInNetns(pod.pod, port, 1)).to.deep.equal({ err: 'ECONNREFUSED' });
     expect(await dialInNetns(pod.pod, f.listenPort, 1)).to.deep.equal({ err: 'ECONNREFUSED' });
+  });
+
+  it('does nothing (no listener, no rule) in a pod netns whose loopback never came up: nothing there can dial localhost', async () => {
+    // An interface with an address and lo down: 127.0.0.1 is no local address there (bind gives EADDRNOTAVAIL).
+    const bare = new PodNetns({ podCidr: '10.94.0.2/24', prefix: 'ktpb' }).create();
+    try {
+      const f = await PortForwarder.start({ netns: bare.podPath, vsockSocket: () => vsock, log });
+      await f?.close();
+      expect(f).to.equal(undefined);
+      expect(natRules(bare.podPath)).not.to.contain(RULE_COMMENT);
+      expect(warnings).to.deep.equal([]);
+    } finally {
+      bare.destroy();
+    }
   });
 
   it('refuses a netns that does not exist with one clear error and leaves nothing', async () => {
