@@ -77,11 +77,8 @@ async function claimFromCache(flags: ShimFlags, bundle: string, sock: string, la
   const t0 = Date.now();
   const r = await claimCachedVm(dir, n, req, CLAIM_TIMEOUT_MS);
   // Refill: the slot just freed (or any free one), in the background, nice'd (vm-cache-fill.ts).
-  const { fillCache, DEFAULT_REFILL_DELAY_MS } = await import('../factory/vm-cache-fill');
-  if (fs.existsSync(path.join(cfg.factory.template_path, 'manifest.json'))) {
-    const env = process.env.KATA_TS_VM_CACHE_DELAY_MS;
-    fillCache(cfg, { launcher, configPath: identity.path, debug: flags.debug, delayMs: env !== undefined && /^\d+$/.test(env) ? Number(env) : DEFAULT_REFILL_DELAY_MS });
-  }
+  const { refillAfterClaim } = await import('../factory/vm-cache-fill');
+  refillAfterClaim(cfg, { launcher, configPath: identity.path, debug: flags.debug });
   if (!r.ok) {
     logToContainerd(bundle, 'info', `VM cache: ${r.reason}; starting a shim`, { id: flags.id });
     return false;
