@@ -6,12 +6,19 @@
  * containerd's PortForward does — a dial to 127.0.0.1:PORT. The bytes
  * cross both ways (the container prints what it received; we get what it
  * sent), a port nobody serves in the guest resets the client, and after
- * the pod: no nat rule, no listener, no sandbox left.
+ * the pod: no nat rule, no listener, no sandbox left. The same again in a
+ * VM cloned from a template ([factory] enable_template), as the CRI suite
+ * runs kata-ts.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { expect } from 'chai';
-import { REPO, expectNothingLeft, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
+import { REPO, expectNothingLeft, leftoverQemu, requireGuest, testConfig, testRunDir, writeTestConfig } from '../helpers/guest';
+import { runCommand } from '../helpers/spawn';
+import { skipOrFail } from '../helpers/skip';
+import { guestAssets } from '../../src/runtime/config';
+import { isMountPoint } from '../../src/factory/template-store';
 import { PodNetns, ip } from '../helpers/netns';
 import { dialInNetns, type DialResult } from '../helpers/port-forward';
 import { RULE_COMMENT } from '../../src/runtime/port-forward';
@@ -38,13 +45,14 @@ describe('integration: CRI port-forward into the VM (kata-ts run --net host-netn
     if (runDir) expectNothingLeft(runDir);
   });
 
-  it('carries a dial to 127.0.0.1:PORT in the pod netns to a server in the container, both ways', async () => {
+  /** One pod with `cfg`: the forward both ways, a refused port, the rule there and gone after. Returns the run's stderr. */
+  async function forwardThroughPod(cfg: string, extraArgs: string[] = []): Promise<string> {
     // 8082: the server under test (it sends its file, prints what it got);
     // 8083: holds the pod up until the test has dialled a port nobody serves.
     // nc's stdin stays open a while: busybox nc quits at its stdin's end, maybe before our bytes came;
     // it quits at our half-close (sent once its reply is here), and the script goes on when sleep ends.
     const script = `(echo "from the VM ${tag}"; sleep 5) | nc -l -p 8082 > /tmp/got; echo "container got: $(cat /tmp/got)"; nc -l -p 8083 < /dev/null > /dev/null; echo done`;
-    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfgFile,
+    const child = spawn(process.execPath, [path.join(REPO, 'bin', 'kata-ts'), 'run', '--config', cfg, ...extraArgs,
       '--net', 'host-netns', `/var/run/netns/${pod}`, '--', 'sh', '-c', script], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -90,5 +98,35 @@ describe('integration: CRI port-forward into the VM (kata-ts run --net host-netn
     // ...and gone with it: no rule and no listener in the pod netns.
     expect(natRules()).not.to.contain(RULE_COMMENT);
     expect(ip('netns', 'exec', pod, 'ss', '-Hltn').trim()).to.equal('');
+    return err;
+  }
+
+  it('carries a dial to 127.0.0.1:PORT in the pod netns to a server in the container, both ways', async () => {
+    await forwardThroughPod(cfgFile);
+  });
+
+  it('does the same in a VM cloned from a template (the agent listens before the template is saved)', async function () {
+    if (process.getuid?.() !== 0) skipOrFail(this, 'VM templates mount a tmpfs: run as root');
+    // Pinned copies of the kernel and image: a guest image rebuilt meanwhile must not make the template stale.
+    const assets = guestAssets(testConfig(runDir), 'qemu');
+    const kernel = path.join(runDir, 'vmlinux');
+    const image = path.join(runDir, 'rootfs.erofs');
+    fs.copyFileSync(assets.kernel, kernel);
+    fs.copyFileSync(assets.image, image);
+    const tplDir = path.join(runDir, 'template');
+    // A file of its own: the first test's configuration stays as it is.
+    const tplCfg = path.join(runDir, 'template.toml');
+    fs.writeFileSync(tplCfg, `${fs.readFileSync(cfgFile, 'utf8')}[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n[factory]\nenable_template = true\ntemplate_path = "${tplDir}"\n`);
+    const ctl = (args: string[]) => runCommand(process.execPath, [path.join(REPO, 'bin', 'kata-ctl'), '--config', tplCfg, ...args], { timeoutMs: 240_000 });
+    try {
+      const init = await ctl(['factory', 'init']);
+      expect(init.code, init.stderr).to.equal(0);
+      const err = await forwardThroughPod(tplCfg, ['--log-level', 'info']);
+      expect(err, 'the pod came from the template').to.match(/"template":true/);
+    } finally {
+      await ctl(['factory', 'destroy']).catch(() => undefined);
+    }
+    expect(leftoverQemu(tplDir), 'template qemu left running').to.deep.equal([]);
+    expect(isMountPoint(tplDir), 'template tmpfs left mounted').to.equal(false);
   });
 });
