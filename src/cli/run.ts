@@ -247,7 +247,7 @@ async function runFromCache(o: RunOptions, cfg: Config, plan: RunPlan): Promise<
     log.info(`VM cache not used: ${why}; starting a VM`);
     return undefined;
   }
-  const [{ claimFromSlots }, { claimRunOne, RUN_CLAIM_TIMEOUT_MS }, { cacheDir, configIdentity }, { refillAfterClaim }] = await Promise.all([
+  const [{ claimFromSlots }, { claimRunOne, RUN_CLAIM_TIMEOUT_MS }, { cacheDir, configIdentity }, { refillAfterClaim, refillDelayMs }] = await Promise.all([
     import('../factory/vm-cache-claim'), import('../factory/vm-cache-run-claim'), import('../factory/vm-cache-store'), import('../factory/vm-cache-fill'),
   ]);
   const identity = configIdentity(cfg);
@@ -261,13 +261,27 @@ async function runFromCache(o: RunOptions, cfg: Config, plan: RunPlan): Promise<
   };
   const t0 = Date.now();
   const r = await claimFromSlots(cacheDir(cfg), n, req, RUN_CLAIM_TIMEOUT_MS, claimRunOne());
-  refillAfterClaim(cfg, { configPath: identity.path, debug: false });
+  // The refill (a Node process, then a clone) waits: it must not take the CPU from the run it just served.
+  let refilled = false;
+  const refill = (delayMs?: number) => {
+    if (refilled) return;
+    refilled = true;
+    refillAfterClaim(cfg, { configPath: identity.path, debug: false, delayMs });
+  };
   if (!r.ok) {
+    refill();
     log.warn(`VM cache: ${r.reason}; starting a VM`);
     return undefined;
   }
   log.info('claimed a pre-started VM from the VM cache', { slot: r.slot, cachePid: r.pid, qemuPid: r.meta.qemuPid, cachedAt: r.meta.readyAt, claimMs: Date.now() - t0 });
-  return followClaimedRun(r.value, !!plan.spec.process?.terminal);
+  // Spawned when the run ends or after the refill delay, whichever comes first (no second wait then).
+  const timer = setTimeout(() => refill(0), refillDelayMs());
+  try {
+    return await followClaimedRun(r.value, !!plan.spec.process?.terminal);
+  } finally {
+    clearTimeout(timer);
+    refill(0);
+  }
 }
 
 /** The claimer's part of a claimed run: signals and window sizes out, raw mode, the status in. */

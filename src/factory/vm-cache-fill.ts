@@ -133,13 +133,18 @@ export async function stopCache(dir: string): Promise<number[]> {
   return pids;
 }
 
+/** How long a refill waits after a claim: KATA_TS_VM_CACHE_DELAY_MS, else DEFAULT_REFILL_DELAY_MS. */
+export function refillDelayMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env.KATA_TS_VM_CACHE_DELAY_MS;
+  return v !== undefined && /^\d+$/.test(v) ? Number(v) : DEFAULT_REFILL_DELAY_MS;
+}
+
 /**
  * After a claim (taken or not): refills the free slots in the background,
- * nice'd and after DEFAULT_REFILL_DELAY_MS (KATA_TS_VM_CACHE_DELAY_MS
- * overrides it), when a VM template exists to clone. Returns the slots.
+ * nice'd and after refillDelayMs() (or `delayMs`: a caller that waited
+ * already), when a VM template exists to clone. Returns the slots.
  */
-export function refillAfterClaim(cfg: Config, o: { launcher?: string; configPath: string; debug: boolean }): number[] {
+export function refillAfterClaim(cfg: Config, o: { launcher?: string; configPath: string; debug: boolean; delayMs?: number }): number[] {
   if (!fs.existsSync(path.join(cfg.factory.template_path, 'manifest.json'))) return [];
-  const env = process.env.KATA_TS_VM_CACHE_DELAY_MS;
-  return fillCache(cfg, { ...o, delayMs: env !== undefined && /^\d+$/.test(env) ? Number(env) : DEFAULT_REFILL_DELAY_MS });
+  return fillCache(cfg, { ...o, delayMs: o.delayMs ?? refillDelayMs() });
 }
