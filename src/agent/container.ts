@@ -185,7 +185,7 @@ export class Container {
     this.init = proc;
     this.processes.set('', proc);
     this.state = 'running';
-    const attached = proc.attach(child, listenFd, outputs);
+    const attached = proc.attach(child, listenFd, outputs, passed?.stdin !== undefined);
     proc.wait().then(() => {
       this.state = 'stopped';
     });
@@ -298,7 +298,7 @@ export class Container {
     }
     const proc = new GuestProcess(this.id, execId, terminal);
     this.processes.set(execId, proc);
-    await proc.attach(child, listenFd, outputs);
+    await proc.attach(child, listenFd, outputs, passed?.stdin !== undefined);
     if (sock) await fs.rm(sock, { force: true });
     proc.pid = child.pid ?? 0;
     for (let i = 0; i < 40 && !proc.exitStatus; i++) {

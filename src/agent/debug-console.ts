@@ -101,7 +101,7 @@ export class DebugConsoles {
         child.once('spawn', () => r(undefined));
         child.once('error', (e) => r(e));
       });
-      await proc.attach(child, undefined, outputs);
+      await proc.attach(child, undefined, outputs, passed?.stdin !== undefined);
       const err = await spawned;
       if (err) {
         this.procs.delete(execId);

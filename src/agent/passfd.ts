@@ -246,11 +246,11 @@ export function closePassed(p: PassedStdio | undefined, n: NativeAddon = native(
 
 /**
  * The child's stdio with the passed sockets in place of the agent's pipes:
- * stdin a socket instead of Node's pipe; stdout/stderr a socket instead of
+ * stdin a socket instead of our stdin FIFO; stdout/stderr a socket instead of
  * the FIFO's write end (whose read end then just sees end of file once the
  * agent closes its copy, so ReadStdout ends at once).
  */
-export function childStdio(base: ['pipe', number, number], p: PassedStdio | undefined): ['pipe' | number, number, number] {
+export function childStdio(base: [number, number, number], p: PassedStdio | undefined): [number, number, number] {
   if (!p) return base;
   return [p.stdin ?? base[0], p.stdout ?? base[1], p.stderr ?? base[2]];
 }

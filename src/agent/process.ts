@@ -8,6 +8,7 @@
  * itself dies by a signal is reported the same way).
  */
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as tty from 'node:tty';
@@ -43,7 +44,8 @@ export class GuestProcess {
    * Wire a freshly spawned runtime child. With a terminal, `consoleListenFd`
    * is the console-socket listener crun sends the pty master to.
    */
-  async attach(child: ChildProcess, consoleListenFd?: number, outputs?: OutputFifos): Promise<void> {
+  async attach(child: ChildProcess, consoleListenFd?: number, outputs?: OutputFifos, stdinPassed = false): Promise<void> {
+    const stdinIsOurs = !stdinPassed;
     child.on('exit', (code, signal) => {
       const sig = signal ? (SIGNALS[signal] ?? 0) : code !== null && code > 128 ? code - 128 : 0;
       const status = code ?? 128 + sig;
@@ -54,12 +56,17 @@ export class GuestProcess {
       this.finish({ status: 127, signal: 0, exitedAt: new Date() });
     });
     if (consoleListenFd === undefined) {
-      this.stdin = child.stdin ?? undefined;
+      // Our stdin FIFO (OutputFifos), unless passfd IO gave the child a stream of the host's.
+      this.stdin = child.stdin ?? (outputs && stdinIsOurs ? outputs.takeStdin() : undefined);
       this.stdin?.on('error', () => undefined); // EPIPE once the process is gone
+      // Node destroys a child's own stdin pipe when it exits; ours goes the same way.
+      const own = !child.stdin ? this.stdin : undefined;
+      if (own) void this.exited.then(() => own.destroy());
       if (outputs) {
         // The child has its ends now (spawn returned): ours must go, or the
         // pipes would never reach end of file.
         outputs.closeChildEnds();
+        if (!stdinIsOurs) outputs.dropStdin();
         this.stdout.attachFd(outputs.stdoutRead);
         this.stderr.attachFd(outputs.stderrRead);
         return;
@@ -140,25 +147,55 @@ export function consoleSocketPath(dir: string, execId: string, containerId = '')
 }
 
 /**
- * Pipes for a child's stdout and stderr that the agent reads from the fd
- * itself (OutputPipe.attachFd) instead of through Node's net.Socket: FIFOs
- * made in `dir` and unlinked at once, so they are anonymous pipes with a
- * name for a moment. The child gets `stdoutWrite`/`stderrWrite` as its fds 1
- * and 2 (blocking, as a program expects); the agent keeps the non-blocking
- * read ends. `closeChildEnds()` once spawned; `closeAll()` if the spawn
- * never happened.
+ * Pipes for a child's stdio: FIFOs made in `dir` and unlinked at once, so
+ * they are anonymous pipes with a name for a moment.
+ * - stdout and stderr the agent reads from the fd itself
+ *   (OutputPipe.attachFd) instead of through Node's net.Socket. The child
+ *   gets `stdoutWrite`/`stderrWrite` as its fds 1 and 2 (blocking, as a
+ *   program expects); the agent keeps the non-blocking read ends.
+ * - stdin is a pipe too, not the unix socketpair Node's spawn makes for
+ *   'pipe': busybox cat copies a socket stdin with sendfile(2), which under
+ *   Linux 6.1 keeps splicing until its 16 MiB count or end of input, so
+ *   `printf 'hello\n' | kata-ts run -- cat` showed nothing until stdin closed,
+ *   and with the host's CloseStdin stuck behind it, never (7 of 8 runs,
+ *   2026-12-01). From a pipe, sendfile is refused and cat read(2)s, as Kata's
+ *   agent's pipes make it. The child gets `stdinRead` (blocking); the agent
+ *   writes `takeStdin()`'s stream (non-blocking).
+ * `closeChildEnds()` once spawned; `closeAll()` if the spawn never happened.
  */
 export class OutputFifos {
-  private constructor(readonly stdoutRead: number, readonly stdoutWrite: number, readonly stderrRead: number, readonly stderrWrite: number) {}
+  private constructor(
+    readonly stdinRead: number, readonly stdinWrite: number,
+    readonly stdoutRead: number, readonly stdoutWrite: number, readonly stderrRead: number, readonly stderrWrite: number,
+  ) {}
 
   static open(dir: string, tag: string): OutputFifos {
     const fds: number[] = [];
+    const mkfifo = (p: string) => {
+      fs.rmSync(p, { force: true });
+      const r = native().fsMknodat(-100 /* AT_FDCWD */, Buffer.from(p), fs.constants.S_IFIFO | 0o600, 0, -1, -1);
+      if (r < 0) throw new Error(`mkfifo ${p}: errno ${-r}`);
+    };
     try {
+      const inPath = path.join(dir, `${tag}.in.fifo`);
+      mkfifo(inPath);
+      try {
+        // A non-blocking read end lets the agent's write end open without
+        // waiting; the child's own read end, opened once a writer exists,
+        // returns at once and stays blocking.
+        const probe = fs.openSync(inPath, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+        try {
+          const w = fs.openSync(inPath, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+          fds.push(fs.openSync(inPath, fs.constants.O_RDONLY), w);
+        } finally {
+          fs.closeSync(probe);
+        }
+      } finally {
+        fs.rmSync(inPath, { force: true });
+      }
       for (const which of ['out', 'err']) {
         const p = path.join(dir, `${tag}.${which}.fifo`);
-        fs.rmSync(p, { force: true });
-        const r = native().fsMknodat(-100 /* AT_FDCWD */, Buffer.from(p), fs.constants.S_IFIFO | 0o600, 0, -1, -1);
-        if (r < 0) throw new Error(`mkfifo ${p}: errno ${-r}`);
+        mkfifo(p);
         try {
           // The read end first, non-blocking: then opening the write end does not wait.
           fds.push(fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK));
@@ -171,24 +208,40 @@ export class OutputFifos {
       for (const fd of fds) fs.closeSync(fd);
       throw err;
     }
-    return new OutputFifos(fds[0]!, fds[1]!, fds[2]!, fds[3]!);
+    return new OutputFifos(fds[0]!, fds[1]!, fds[2]!, fds[3]!, fds[4]!, fds[5]!);
   }
 
-  /** The child's stdio as spawn() takes it: stdin a Node pipe, stdout and stderr ours. */
-  stdio(): ['pipe', number, number] {
-    return ['pipe', this.stdoutWrite, this.stderrWrite];
+  /** The child's stdio as spawn() takes it: all three fds ours. */
+  stdio(): [number, number, number] {
+    return [this.stdinRead, this.stdoutWrite, this.stderrWrite];
+  }
+
+  private stdinTaken = false;
+  /** The agent's end of the child's stdin, as a stream (once; closing it is end of input). */
+  takeStdin(): Writable {
+    this.stdinTaken = true;
+    return new net.Socket({ fd: this.stdinWrite, readable: false, writable: true });
+  }
+
+  /** The child reads a stdin of its own (passfd IO): our writer goes. */
+  dropStdin(): void {
+    if (this.stdinTaken) return;
+    this.stdinTaken = true;
+    fs.closeSync(this.stdinWrite);
   }
 
   private childClosed = false;
   closeChildEnds(): void {
     if (this.childClosed) return;
     this.childClosed = true;
+    fs.closeSync(this.stdinRead);
     fs.closeSync(this.stdoutWrite);
     fs.closeSync(this.stderrWrite);
   }
 
   closeAll(): void {
     this.closeChildEnds();
-    for (const fd of [this.stdoutRead, this.stderrRead]) try { fs.closeSync(fd); } catch { /* closed */ }
+    const ours = this.stdinTaken ? [this.stdoutRead, this.stderrRead] : [this.stdinWrite, this.stdoutRead, this.stderrRead];
+    for (const fd of ours) try { fs.closeSync(fd); } catch { /* closed */ }
   }
 }

@@ -64,6 +64,15 @@ describe('integration: kata-ts run (QEMU)', function () {
     expect(r.stdout.trim()).to.equal('2000');
   });
 
+  it('pipes stdin straight into cat as the container process (busybox cat, sendfile from its stdin)', async () => {
+    // cat as the container's own process copies its stdin with sendfile(2)
+    // when it is a socket, which held the output until end of input and
+    // hung the run (process.ts OutputFifos); a pipe makes it read(2).
+    const r = await run(['--', 'cat'], { input: 'hello\nfrom stdin\n' });
+    expect(r.stdout).to.equal('hello\nfrom stdin\n');
+    expect(r.code).to.equal(0);
+  });
+
   it('honours env, workdir and user', async () => {
     const r = await run(['-e', 'GREETING=hi there', '-w', '/tmp', '-u', '1000:100', '--', 'sh', '-c', 'echo "$GREETING"; pwd; id -u; id -g']);
     expect(r.code).to.equal(0);

@@ -93,6 +93,7 @@ describe('unit: agent stdout path and start helpers', function () {
       const fifos = OutputFifos.open(dir, 't');
       const child = spawn('/bin/sh', ['-c', script], { stdio: fifos.stdio() });
       fifos.closeChildEnds();
+      fifos.dropStdin();
       const out = new OutputPipe(highWater);
       const err = new OutputPipe(highWater);
       out.attachFd(fifos.stdoutRead);
@@ -108,6 +109,30 @@ describe('unit: agent stdout path and start helpers', function () {
       const [o, e] = await Promise.all([drain(out), drain(err), new Promise((r) => child.on('exit', r))]);
       return { out: o, err: e };
     }
+
+    it('gives the child a blocking pipe as stdin: busybox cat echoes a line before its input ends, then ends with it', async () => {
+      // busybox cat copies a socket stdin with sendfile(2), which held the
+      // line until end of input (Node's spawn 'pipe' is a socketpair).
+      const fifos = OutputFifos.open(dir, 'cat');
+      const child = spawn('/bin/busybox', ['cat'], { stdio: fifos.stdio() });
+      fifos.closeChildEnds();
+      const stdin = fifos.takeStdin();
+      const flags = fs.readFileSync(`/proc/${child.pid}/fdinfo/0`, 'utf8').match(/flags:\s+(\d+)/)![1]!;
+      expect(parseInt(flags, 8) & fs.constants.O_NONBLOCK, 'the child\'s stdin blocks').to.equal(0);
+      expect(fs.statSync(`/proc/${child.pid}/fd/0`).isFIFO(), 'a pipe, not a socket').to.equal(true);
+      const out = new OutputPipe();
+      out.attachFd(fifos.stdoutRead);
+      const err = new OutputPipe();
+      err.attachFd(fifos.stderrRead);
+      stdin.write('hello\n');
+      const first = await Promise.race([out.readChunks(), new Promise<null>((r) => setTimeout(() => r(null), 3000))]);
+      expect(first && Buffer.concat(first).toString(), 'the line comes back while stdin is still open').to.equal('hello\n');
+      const exited = new Promise<number | null>((r) => child.on('exit', r));
+      stdin.end();
+      expect(await exited).to.equal(0);
+      expect(await out.readChunks(), 'then end of output').to.equal(null);
+      expect(await err.readChunks()).to.equal(null);
+    });
 
     it('delivers everything the child wrote, in order, then the end, and leaves no FIFO behind', async () => {
       const r = await run('head -c 3000000 /dev/zero | tr "\\0" x; echo -n E >&2');

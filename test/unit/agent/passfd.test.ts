@@ -101,9 +101,9 @@ describe('unit: agent passfd IO', function () {
   });
 
   it('maps passed sockets over the child stdio and leaves the rest', () => {
-    expect(childStdio(['pipe', 11, 12], undefined)).to.deep.equal(['pipe', 11, 12]);
-    expect(childStdio(['pipe', 11, 12], { stdout: 21 })).to.deep.equal(['pipe', 21, 12]);
-    expect(childStdio(['pipe', 11, 12], { stdin: 20, stdout: 21, stderr: 22 })).to.deep.equal([20, 21, 22]);
+    expect(childStdio([10, 11, 12], undefined)).to.deep.equal([10, 11, 12]);
+    expect(childStdio([10, 11, 12], { stdout: 21 })).to.deep.equal([10, 21, 12]);
+    expect(childStdio([10, 11, 12], { stdin: 20, stdout: 21, stderr: 22 })).to.deep.equal([20, 21, 22]);
   });
 
   describe('stream bookkeeping', () => {
