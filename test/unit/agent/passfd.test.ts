@@ -26,6 +26,7 @@ import { attachPassfd, openPassfdStreams } from '../../../src/runtime/passfd-std
 import { defaultSpec } from '../../../src/runtime/spec';
 import { DirectRuntime } from '../../helpers/direct-runtime';
 import { serveAgentOnUnix } from '../../helpers/agent-rig';
+import { hybridVsockStandIn } from '../../helpers/hybrid-vsock';
 
 const header = (port: number) => { const b = Buffer.alloc(HEADER_BYTES); b.writeUInt32LE(port, 0); return b; };
 const LISTENER_PORT = 1027;
@@ -51,41 +52,21 @@ function readAll(s: net.Socket): Promise<Buffer> {
  * the device assigns) and a connection to the agent's passfd unix socket;
  * half-closes pass through (the device's SHUTDOWN_SEND).
  */
-async function hybrid(sock: string, passfdSock: string) {
-  let next = 2000;
-  const conns = new Set<net.Socket>();
-  const server = net.createServer({ allowHalfOpen: true }, (c) => {
-    conns.add(c);
-    c.once('close', () => conns.delete(c));
-    c.on('error', () => undefined);
-    let head = Buffer.alloc(0);
-    const onData = (d: Buffer) => {
-      head = Buffer.concat([head, d]);
-      const nl = head.indexOf(10);
-      if (nl < 0) return;
-      c.off('data', onData);
-      c.pause();
-      const port = Number(/^CONNECT (\d+)$/.exec(head.subarray(0, nl).toString())?.[1]);
-      const rest = head.subarray(nl + 1);
-      if (port !== LISTENER_PORT) return void c.destroy(); // nobody listens there
-      const target = passfdSock;
-      const up = net.connect({ path: target, allowHalfOpen: true });
-      conns.add(up);
-      up.on('error', () => c.destroy());
-      up.once('close', () => { conns.delete(up); c.end(); });
-      c.once('close', () => up.destroy()); // the host end gone: the guest's writes fail (the device's SHUTDOWN)
-      up.once('connect', () => {
-        c.write(`OK ${next++}\n`);
-        if (rest.length) up.write(rest);
-        c.pipe(up);
-        up.pipe(c);
-        c.resume();
-      });
-    };
-    c.on('data', onData);
+function hybrid(sock: string, passfdSock: string) {
+  return hybridVsockStandIn(sock, LISTENER_PORT, (c, h) => {
+    const up = net.connect({ path: passfdSock, allowHalfOpen: true });
+    h.track(up);
+    up.on('error', () => c.destroy());
+    up.once('close', () => c.end());
+    c.once('close', () => up.destroy()); // the host end gone: the guest's writes fail (the device's SHUTDOWN)
+    up.once('connect', () => {
+      h.ok();
+      if (h.rest.length) up.write(h.rest);
+      c.pipe(up);
+      up.pipe(c);
+      c.resume();
+    });
   });
-  await new Promise<void>((r) => server.listen(sock, () => r()));
-  return { close: async () => { for (const c of conns) c.destroy(); await new Promise<void>((r) => server.close(() => r())); } };
 }
 
 describe('unit: agent passfd IO', function () {

@@ -23,6 +23,7 @@ import { PORT_FORWARD_VSOCK_PORT } from '../../../src/protocols/port-forward';
 import { skipOrFail } from '../../helpers/skip';
 import { PodNetns, ip, podNetworkPrerequisiteMissing } from '../../helpers/netns';
 import { dialInNetns as dial } from '../../helpers/port-forward';
+import { hybridVsockStandIn } from '../../helpers/hybrid-vsock';
 
 /** Only what the assertions compare. */
 const dialInNetns = async (ns: string, port: number, payload: number) => { const r = await dial(ns, port, payload); delete r.text; return r; };
@@ -30,32 +31,13 @@ const dialInNetns = async (ns: string, port: number, payload: number) => { const
 const log = { debug: () => undefined, warn: (m: string, meta?: object) => warnings.push(`${m} ${JSON.stringify(meta ?? {})}`) };
 let warnings: string[] = [];
 
-/** A hybrid vsock stand-in: CONNECT 1028 -> the agent's port-forward code; any other port refused. */
-async function hybridVsock(sock: string): Promise<{ close(): Promise<void> }> {
-  const conns = new Set<net.Socket>();
-  let next = 3000;
-  const server = net.createServer({ allowHalfOpen: true }, (c) => {
-    conns.add(c);
-    c.once('close', () => conns.delete(c));
-    c.on('error', () => undefined);
-    let head = Buffer.alloc(0);
-    const onData = (d: Buffer) => {
-      head = Buffer.concat([head, d]);
-      const nl = head.indexOf(10);
-      if (nl < 0) return;
-      c.off('data', onData);
-      c.pause();
-      const port = Number(/^CONNECT (\d+)$/.exec(head.subarray(0, nl).toString())?.[1]);
-      if (port !== PORT_FORWARD_VSOCK_PORT) return void c.destroy();
-      c.write(`OK ${next++}\n`);
-      const rest = head.subarray(nl + 1);
-      if (rest.length) c.unshift(rest);
-      void servePortForward(c, { log: (m) => warnings.push(`agent: ${m}`) });
-    };
-    c.on('data', onData);
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
-  return { close: () => new Promise<void>((r) => { for (const c of conns) c.destroy(); server.close(() => r()); }) };
+/** The hybrid vsock device's stand-in: CONNECT 1028 -> the agent's port-forward code; any other port refused. */
+function hybridVsock(sock: string): Promise<{ close(): Promise<void> }> {
+  return hybridVsockStandIn(sock, PORT_FORWARD_VSOCK_PORT, (c, h) => {
+    h.ok();
+    if (h.rest.length) c.unshift(h.rest);
+    void servePortForward(c, { log: (m) => warnings.push(`agent: ${m}`) });
+  }, 3000);
 }
 
 /** PortForwarder.start where it must give a forwarder (lo is up). */
