@@ -14,7 +14,7 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { requireGuest, testRunDir, testConfig, expectNothingLeft, CACHE } from '../helpers/guest';
+import { requireGuest, testRunDir, testConfig, expectNothingLeft, copyBusyboxRootfs } from '../helpers/guest';
 import { selectHypervisor } from '../../src/hypervisor';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { Sandbox, diskIdFor } from '../../src/runtime/sandbox';
@@ -54,7 +54,9 @@ describe('integration: vhost-user-blk in the guest (QEMU)', function () {
     const cfg = testConfig(runDir);
     cfg['hypervisor.qemu'].block_device_driver = 'vhost-user-blk';
     hv = (await selectHypervisor(cfg, 'qemu')).hv as QemuHypervisor;
-    const rootfs = path.join(CACHE, 'rootfs', 'busybox');
+    // A copy of the busybox tree: the cached tree itself is in the guest
+    // image, so a container on it gets no disk (src/runtime/guest-rootfs.ts).
+    const rootfs = copyBusyboxRootfs(path.join(runDir, 'rootfs'));
     sandbox = new Sandbox({ id: 'blk1', config: cfg, hypervisor: hv, bootContainers: [{ id: 'c1', rootfs, rootfsShare: 'erofs' }] });
     await sandbox.start();
     const spec = defaultSpec({ args: ['sleep', '600'] });
