@@ -18,21 +18,15 @@ import * as path from 'node:path';
 import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd } from '../helpers/containerd';
 import { BUSYBOX, CriContainerd, criUnavailable } from '../helpers/cri-containerd';
 import type { PodSandboxConfig } from '../helpers/cri';
-import { REPO, requireGuest, testConfig } from '../helpers/guest';
+import { REPO, pinGuestAssets, requireGuest } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
 import { skipOrFail } from '../helpers/skip';
 import { until } from '../helpers/until';
 import { isMountPoint } from '../../src/factory/template-store';
-import { guestAssets } from '../../src/runtime/config';
 
 /** Config lines: kernel and image copied into `dir`, templates on, the template at `<dir>/tpl`. */
 function factoryConfig(dir: string): string {
-  const assets = guestAssets(testConfig(dir), 'qemu');
-  const kernel = path.join(dir, 'vmlinux');
-  const image = path.join(dir, 'rootfs.erofs');
-  fs.copyFileSync(assets.kernel, kernel);
-  fs.copyFileSync(assets.image, image);
-  return `[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\n`;
+  return `${pinGuestAssets(dir)}[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\n`;
 }
 
 async function kataCtl(cfgFile: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { expect } from 'chai';
 import { PassThrough } from 'node:stream';
-import { defaultConfig, type Config } from '../../src/runtime/config';
+import { defaultConfig, guestAssets, type Config } from '../../src/runtime/config';
 import type { AgentClient } from '../../src/runtime/agent-client';
 import { attachProcess } from '../../src/runtime/stdio';
 import { skipOrFail } from './skip';
@@ -82,4 +82,23 @@ export async function collectOutput(agent: AgentClient, cid: string, execId: str
   out.on('data', (d) => (o += d));
   const st = await attachProcess(agent, cid, execId, { stdout: out, stderr: out, terminal: false }).done;
   return { status: st.status, out: o };
+}
+
+/**
+ * Pinned copies of the guest kernel and image in `dir`, as `[hypervisor.qemu]`
+ * lines for a test's configuration: a guest image rebuilt while the suite
+ * runs (another suite, set-up) must not make its VM template stale. `dax`
+ * also copies the DAX image beside the image, so the pinned guest boots as
+ * the default configuration does (without it, an explicit image with no
+ * rootfs-dax.erofs beside it is a virtio-blk root disk).
+ */
+export function pinGuestAssets(dir: string, opts: { dax?: boolean } = {}): string {
+  const assets = guestAssets(testConfig(dir), 'qemu');
+  const kernel = path.join(dir, 'vmlinux');
+  const image = path.join(dir, 'rootfs.erofs');
+  fs.copyFileSync(assets.kernel, kernel);
+  fs.copyFileSync(assets.image, image);
+  const dax = path.join(path.dirname(assets.image), 'rootfs-dax.erofs');
+  if (opts.dax && fs.existsSync(dax)) fs.copyFileSync(dax, path.join(dir, 'rootfs-dax.erofs'));
+  return `[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n`;
 }

@@ -9,14 +9,14 @@ import { expect } from 'chai';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runCommand, type CommandResult } from '../helpers/spawn';
-import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu, testConfig } from '../helpers/guest';
+import { REPO, requireGuest, testRunDir, writeTestConfig, expectNothingLeft, leftoverQemu, pinGuestAssets } from '../helpers/guest';
 import { skipOrFail } from '../helpers/skip';
 import { PodNetns } from '../helpers/netns';
 import { VmFactory, qemuTarget } from '../../src/factory/factory';
 import { QemuHypervisor } from '../../src/hypervisor/qemu';
 import { qemuMemoryOptions } from '../../src/hypervisor/index';
 import { isMountPoint } from '../../src/factory/template-store';
-import { guestAssets, loadConfig } from '../../src/runtime/config';
+import { loadConfig } from '../../src/runtime/config';
 
 function node(bin: string, args: string[], timeoutMs = 240000): Promise<CommandResult> {
   return runCommand(process.execPath, [path.join(REPO, 'bin', bin), ...args], { timeoutMs });
@@ -59,12 +59,7 @@ describe('integration: VM templates (kata-ctl factory, QEMU)', function () {
     // Copies of the kernel and image as they are now: a guest image rebuilt
     // meanwhile (the cache's symlink moves on, old builds are pruned) would
     // make the template stale, or missing, half way through the suite.
-    const assets = guestAssets(testConfig(runDir), 'qemu');
-    const kernel = path.join(runDir, 'vmlinux');
-    const image = path.join(runDir, 'rootfs.erofs');
-    fs.copyFileSync(assets.kernel, kernel);
-    fs.copyFileSync(assets.image, image);
-    pinned = `[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n`;
+    pinned = pinGuestAssets(runDir);
     cfgFile = writeTestConfig(runDir, `${pinned}[factory]\nenable_template = true\ntemplate_path = "${tplDir}"\n`);
   });
 

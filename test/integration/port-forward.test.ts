@@ -14,10 +14,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { expect } from 'chai';
-import { REPO, expectNothingLeft, leftoverQemu, requireGuest, testConfig, testRunDir, writeTestConfig } from '../helpers/guest';
+import { REPO, expectNothingLeft, leftoverQemu, pinGuestAssets, requireGuest, testRunDir, writeTestConfig } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
 import { skipOrFail } from '../helpers/skip';
-import { guestAssets } from '../../src/runtime/config';
 import { isMountPoint } from '../../src/factory/template-store';
 import { PodNetns, ip } from '../helpers/netns';
 import { dialInNetns, type DialResult } from '../helpers/port-forward';
@@ -108,15 +107,11 @@ describe('integration: CRI port-forward into the VM (kata-ts run --net host-netn
   it('does the same in a VM cloned from a template (the agent listens before the template is saved)', async function () {
     if (process.getuid?.() !== 0) skipOrFail(this, 'VM templates mount a tmpfs: run as root');
     // Pinned copies of the kernel and image: a guest image rebuilt meanwhile must not make the template stale.
-    const assets = guestAssets(testConfig(runDir), 'qemu');
-    const kernel = path.join(runDir, 'vmlinux');
-    const image = path.join(runDir, 'rootfs.erofs');
-    fs.copyFileSync(assets.kernel, kernel);
-    fs.copyFileSync(assets.image, image);
+    const pinned = pinGuestAssets(runDir);
     const tplDir = path.join(runDir, 'template');
     // A file of its own: the first test's configuration stays as it is.
     const tplCfg = path.join(runDir, 'template.toml');
-    fs.writeFileSync(tplCfg, `${fs.readFileSync(cfgFile, 'utf8')}[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n[factory]\nenable_template = true\ntemplate_path = "${tplDir}"\n`);
+    fs.writeFileSync(tplCfg, `${fs.readFileSync(cfgFile, 'utf8')}${pinned}[factory]\nenable_template = true\ntemplate_path = "${tplDir}"\n`);
     const ctl = (args: string[]) => runCommand(process.execPath, [path.join(REPO, 'bin', 'kata-ctl'), '--config', tplCfg, ...args], { timeoutMs: 240_000 });
     try {
       const init = await ctl(['factory', 'init']);

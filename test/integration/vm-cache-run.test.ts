@@ -14,12 +14,11 @@ import { expect } from 'chai';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CACHE, REPO, leftoverQemu, requireGuest, testConfig } from '../helpers/guest';
+import { CACHE, REPO, leftoverQemu, pinGuestAssets, requireGuest } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
 import { spawn } from 'node:child_process';
 import { skipOrFail } from '../helpers/skip';
 import { until } from '../helpers/until';
-import { guestAssets } from '../../src/runtime/config';
 import { pidAlive } from '../../src/factory/vm-cache-store';
 
 interface CacheJson { number: number; dir: string; ready: { slot: number; pid: number; qemuPid: number }[]; starting: { slot: number; pid: number }[] }
@@ -55,15 +54,7 @@ describe('integration: kata-ts run from the pre-started VM cache', function () {
     if (process.getuid?.() !== 0) skipOrFail(this, 'VM templates mount a tmpfs: run as root');
     requireGuest(this);
     fs.mkdirSync(dir, { recursive: true });
-    // Kernel and image pinned as copies: a guest image rebuilt meanwhile must not stale the template.
-    const assets = guestAssets(testConfig(runDir), 'qemu');
-    const kernel = path.join(dir, 'vmlinux');
-    const image = path.join(dir, 'rootfs.erofs');
-    fs.copyFileSync(assets.kernel, kernel);
-    fs.copyFileSync(assets.image, image);
-    const dax = path.join(path.dirname(assets.image), 'rootfs-dax.erofs');
-    if (fs.existsSync(dax)) fs.copyFileSync(dax, path.join(dir, 'rootfs-dax.erofs'));
-    const text = `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\nvm_cache_number = 1\nvm_cache_endpoint = "${cacheDirPath}"\n`;
+    const text = `[runtime]\nrun_dir = "${runDir}"\ncache_dir = "${CACHE}"\n${pinGuestAssets(dir, { dax: true })}[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\nvm_cache_number = 1\nvm_cache_endpoint = "${cacheDirPath}"\n`;
     fs.writeFileSync(cfgFile, text);
     // The same settings in another file: its cached VMs would be another configuration's.
     fs.writeFileSync(otherCfg, `${text}# another file\n`);

@@ -21,24 +21,16 @@ import { IMAGE, RUNTIME, TestContainerd, startTestContainerd, stopTestContainerd
 import { BUSYBOX, CriContainerd, criUnavailable } from '../helpers/cri-containerd';
 import type { PodSandboxConfig } from '../helpers/cri';
 import { requireGuest } from '../helpers/guest';
-import { REPO, testConfig } from '../helpers/guest';
+import { REPO, pinGuestAssets } from '../helpers/guest';
 import { runCommand } from '../helpers/spawn';
 import { ip } from '../helpers/netns';
 import { skipOrFail } from '../helpers/skip';
 import { until } from '../helpers/until';
-import { guestAssets } from '../../src/runtime/config';
 import { pidAlive } from '../../src/factory/vm-cache-store';
 
 function cacheConfig(dir: string): string {
-  const assets = guestAssets(testConfig(dir), 'qemu');
-  const kernel = path.join(dir, 'vmlinux');
-  const image = path.join(dir, 'rootfs.erofs');
-  fs.copyFileSync(assets.kernel, kernel);
-  fs.copyFileSync(assets.image, image);
   // The DAX image beside the image, as the default configuration uses it.
-  const dax = path.join(path.dirname(assets.image), 'rootfs-dax.erofs');
-  if (fs.existsSync(dax)) fs.copyFileSync(dax, path.join(dir, 'rootfs-dax.erofs'));
-  return `[hypervisor.qemu]\nkernel = "${kernel}"\nimage = "${image}"\n[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\nvm_cache_number = 1\n`;
+  return `${pinGuestAssets(dir, { dax: true })}[factory]\nenable_template = true\ntemplate_path = "${path.join(dir, 'tpl')}"\nvm_cache_number = 1\n`;
 }
 
 async function kataCtl(cfgFile: string, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
