@@ -26,6 +26,7 @@
  */
 import { native, type NativeAddon } from '../common/native';
 import { acceptFds } from '../common/fd-stream';
+import { listenVsockSized } from './vsock-transport';
 import { KataError } from '../common/errors';
 import type { StdioPorts } from '../protocols/agent-api';
 
@@ -90,10 +91,7 @@ export class PassfdStreams {
 
   /** Listens on vsock `port` with `bufferBytes` windows (the agent's, vsock-transport.ts). */
   listenVsock(port: number, bufferBytes: number): void {
-    const n = this.n;
-    const fd = n.vsockListen(port, 64);
-    if (n.vsockSetBufferSize && n.vsockSetBufferSize(fd, bufferBytes) < 0) this.log(`vsock buffer size ${bufferBytes} refused; streams keep the kernel's default window`);
-    this.stopAccept = this.listenFd(fd);
+    this.stopAccept = this.listenFd(listenVsockSized(port, bufferBytes, (m) => this.log(m), this.n));
   }
 
   /** Accepts on an already listening socket (unit tests use a unix socket). */

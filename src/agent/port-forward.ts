@@ -15,8 +15,8 @@
  */
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { native } from '../common/native';
 import { acceptLoop } from '../common/fd-stream';
+import { listenVsockSized } from './vsock-transport';
 import {
   decodePortForwardHeader, PF_HEADER_BYTES, PF_STATUS_FAILED, PF_STATUS_OK, PF_STATUS_REFUSED, PORT_FORWARD_VSOCK_PORT,
 } from '../protocols/port-forward';
@@ -128,8 +128,6 @@ function connectAndCopy(stream: Duplex, port: number, opts: PortForwardOptions, 
 
 /** Listens on vsock `port` until the agent ends; every stream is served on its own. */
 export function listenPortForward(bufferBytes: number, port = PORT_FORWARD_VSOCK_PORT, log: (m: string) => void = defaultLog): () => void {
-  const n = native();
-  const fd = n.vsockListen(port, 64);
-  if (n.vsockSetBufferSize && n.vsockSetBufferSize(fd, bufferBytes) < 0) log(`vsock buffer size ${bufferBytes} refused; streams keep the kernel's default window`);
+  const fd = listenVsockSized(port, bufferBytes, log);
   return acceptLoop(fd, (s) => void servePortForward(s, { log }), (err) => log(`accept: ${err.message}`));
 }

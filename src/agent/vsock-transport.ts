@@ -9,7 +9,7 @@
  * Node and libc, copied into the guest image) listens and accepts, and
  * FdStream wraps accepted fds as Duplex streams on Node's loop.
  */
-import { native } from '../common/native';
+import { native, type NativeAddon } from '../common/native';
 import { acceptLoop } from '../common/fd-stream';
 import { AGENT_VSOCK_PORT } from '../protocols/agent-dialer';
 import type { RpcServer } from '../protocols/ttrpc/rpc-server';
@@ -25,12 +25,21 @@ import type { RpcServer } from '../protocols/ttrpc/rpc-server';
  */
 export const AGENT_VSOCK_BUFFER = 2 * 1024 * 1024;
 
+/**
+ * A listening vsock socket on `port` whose connections get `bufferBytes`
+ * windows (the agent's RPC, passfd and port-forward listeners); a size the
+ * kernel refuses is one `log` line, and the streams keep its default.
+ */
+export function listenVsockSized(port: number, bufferBytes: number, log: (msg: string) => void, n: NativeAddon = native()): number {
+  const fd = n.vsockListen(port, 64);
+  const size = n.vsockSetBufferSize ? n.vsockSetBufferSize(fd, bufferBytes) : 0;
+  if (size < 0) log(`vsock buffer size ${bufferBytes}: errno ${-size}; streams keep the kernel's default window`);
+  return fd;
+}
+
 /** Serves `server` on vsock port `port` until the process ends. */
 export function serveOnVsock(server: RpcServer, onReady: () => void, port = AGENT_VSOCK_PORT): void {
-  const n = native();
-  const fd = n.vsockListen(port, 64);
-  const size = n.vsockSetBufferSize ? n.vsockSetBufferSize(fd, AGENT_VSOCK_BUFFER) : 0;
-  if (size < 0) process.stderr.write(`kata-agent: vsock buffer size ${AGENT_VSOCK_BUFFER}: errno ${-size}; streams keep the kernel's default window\n`);
+  const fd = listenVsockSized(port, AGENT_VSOCK_BUFFER, (m) => process.stderr.write(`kata-agent: ${m}\n`));
   acceptLoop(fd, (s) => server.serve(s), (err) => process.stderr.write(`kata-agent: vsock accept: ${err.message}\n`));
   onReady();
 }
