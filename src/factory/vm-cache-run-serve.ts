@@ -17,6 +17,7 @@ import type { Readable, Writable } from 'node:stream';
 import { errorMessage } from '../common/errors';
 import { configureLogging, logger } from '../common/log';
 import { native, type NativeAddon } from '../common/native';
+import { acceptFds } from '../common/fd-stream';
 import type { Config } from '../runtime/config';
 import type { Hypervisor } from '../hypervisor/hypervisor';
 import type { PrestartedVm } from '../runtime/sandbox';
@@ -55,7 +56,8 @@ export function receiveStdioFds(sock: string, timeoutMs: number, n: NativeAddon 
     };
     const timer = setTimeout(() => settle(new Error(`the claimer did not pass its stdio within ${timeoutMs} ms`)), timeoutMs);
     const buf = Buffer.alloc(64);
-    const stopAccept = acceptOne(n, listenFd, (fd) => {
+    // One connection is wanted: any other is closed; settle() stops the listener.
+    const stopAccept = acceptFds(listenFd, (fd) => {
       if (conn >= 0 || settled) return n.closeFd(fd);
       conn = fd;
       poll = n.pollStart(fd, POLL_READ, () => {
@@ -74,24 +76,9 @@ export function receiveStdioFds(sock: string, timeoutMs: number, n: NativeAddon 
           settle(err as Error);
         }
       });
-    });
+    }, (err) => settle(err), n);
   });
   return { ready };
-}
-
-/** acceptFds for one connection (fd-stream.ts has the loop; this stops after the first). */
-function acceptOne(n: NativeAddon, listenFd: number, onFd: (fd: number) => void): () => void {
-  let stopped = false;
-  const poll = n.pollStart(listenFd, POLL_READ, () => {
-    const fd = n.acceptNb(listenFd);
-    if (fd >= 0) onFd(fd);
-  });
-  return () => {
-    if (stopped) return;
-    stopped = true;
-    n.pollStop(poll);
-    n.closeFd(listenFd);
-  };
 }
 
 function readableFrom(fd: number): Readable {
