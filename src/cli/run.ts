@@ -6,7 +6,6 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import * as tty from 'node:tty';
 import { KataError } from '../common/errors';
 import { logger } from '../common/log';
 import type { OciMount, OciSpec } from '../protocols/oci';
@@ -15,7 +14,7 @@ import type { RootfsShare } from '../runtime/sandbox';
 import { defaultSpec, readBundle } from '../runtime/spec';
 import type { RunIo, RunPlan } from '../runtime/run-sandbox';
 import { ReportedRunError } from '../runtime/run-status';
-import { guestCopyOfRootfs } from '../runtime/guest-rootfs';
+import { defaultRootfsDir, guestCopyOfRootfs } from '../runtime/guest-rootfs';
 import type { RunClaimRequest } from '../factory/vm-cache-run-protocol';
 import type { RunSession } from '../factory/vm-cache-run-claim';
 import { isBindMount, planVolumes, VolumeError } from '../runtime/volumes';
@@ -81,10 +80,6 @@ export function parseEnv(list: string[]): string[] {
   return list;
 }
 
-export function defaultRootfs(cfg: Config): string {
-  return path.join(cfg.runtime.cache_dir, 'rootfs', 'busybox');
-}
-
 /**
  * `HOST:GUEST[:ro|rw]` → an OCI bind mount as Docker makes one (rbind,
  * rprivate). HOST is resolved against the working directory; paths with a
@@ -117,7 +112,7 @@ export function resolveContainer(o: RunOptions, cfg: Config, consoleSize?: { hei
     if (p.terminal && consoleSize) p.consoleSize = consoleSize;
     return { spec, rootfs };
   }
-  const rootfs = path.resolve(o.rootfs ?? defaultRootfs(cfg));
+  const rootfs = path.resolve(o.rootfs ?? defaultRootfsDir(cfg));
   if (!fs.existsSync(rootfs) || !fs.statSync(rootfs).isDirectory()) {
     throw new RunError('rootfs', o.rootfs ? `rootfs ${rootfs} is not a directory` : `default image missing at ${rootfs} (run scripts/setup.sh)`);
   }
@@ -284,28 +279,30 @@ async function runFromCache(o: RunOptions, cfg: Config, plan: RunPlan): Promise<
   }
 }
 
-/** The claimer's part of a claimed run: signals and window sizes out, raw mode, the status in. */
+/**
+ * The claimer's part of a claimed run: this process's signals and window
+ * sizes out, raw mode while the container runs, the status in — the same
+ * terminal and signal handling as a run of its own (processIo).
+ */
 async function followClaimedRun(s: RunSession, terminal: boolean): Promise<number> {
-  const signals: NodeJS.Signals[] = terminal ? ['SIGTERM', 'SIGHUP'] : ['SIGINT', 'SIGTERM', 'SIGHUP'];
-  const onSignal = (sig: NodeJS.Signals) => s.send({ signal: sig as 'SIGINT' });
-  for (const sig of signals) process.on(sig, onSignal);
-  const ttyOut = terminal && tty.isatty(1);
-  const onResize = () => s.send({ resize: { rows: process.stdout.rows, cols: process.stdout.columns } });
-  if (ttyOut) process.stdout.on('resize', onResize);
-  let raw = false;
+  const io = processIo(terminal);
+  const offSignals = io.onInterrupt((sig) => s.send({ signal: sig as 'SIGINT' }));
+  const sendSize = () => {
+    const size = io.size();
+    if (size) s.send({ resize: size });
+  };
+  const offResize = terminal ? io.onResize(sendSize) : () => undefined;
   s.onStarted(() => {
-    if (!terminal || !tty.isatty(0)) return;
-    process.stdin.setRawMode(true);
-    raw = true;
-    if (ttyOut) onResize();
+    io.started();
+    if (terminal) sendSize();
   });
   try {
     const end = await s.done;
     if ('exit' in end) return end.exit;
     throw new ReportedRunError(end.error, end.code);
   } finally {
-    if (raw) process.stdin.setRawMode(false);
-    if (ttyOut) process.stdout.off('resize', onResize);
-    for (const sig of signals) process.off(sig, onSignal);
+    io.finished();
+    offResize();
+    offSignals();
   }
 }
