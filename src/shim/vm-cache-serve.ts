@@ -34,11 +34,6 @@ import { setProcessNice } from '../factory/renice';
 /** How often an unclaimed entry checks that its registration is still its own. */
 const WATCH_MS = 2000;
 
-function setNice(pid: number, n: number): void {
-  // Every thread: the nice value is per thread on Linux (renice.ts).
-  setProcessNice(pid, n);
-}
-
 export async function prestart(flags: ShimFlags): Promise<void> {
   const slot = Number(process.env.KATA_TS_VM_CACHE_SLOT);
   const config = loadConfig();
@@ -53,7 +48,7 @@ export async function prestart(flags: ShimFlags): Promise<void> {
   configureLogging({ level: envLevel && ['error', 'warn', 'info', 'debug'].includes(envLevel) ? envLevel : flags.debug ? 'debug' : 'info', stream: fs.createWriteStream(slotFile(dir, slot, 'log'), { flags: 'w' }), source: 'containerd-shim-kata-ts-v2' });
   const log = logger('vm-cache', { slot });
   const nice = Number(process.env.KATA_TS_VM_CACHE_NICE ?? 0) || 0;
-  if (nice) setNice(0, nice);
+  if (nice) setProcessNice(0, nice); // every thread: the nice value is per thread on Linux (renice.ts)
   const identity = configIdentity(config);
   let vm: CachedVm | undefined;
   // The VM being started: a SIGTERM (factory destroy) that arrives meanwhile
@@ -99,6 +94,12 @@ export async function prestart(flags: ShimFlags): Promise<void> {
   fs.renameSync(tmp, slotFile(dir, slot, 'json'));
   const cached = vm;
   let req: ClaimRequest | undefined;
+  // A claimed VM's work is the pod's, not background work: this process and its QEMU back to normal priority.
+  const unnice = () => {
+    if (!nice) return;
+    setProcessNice(0, 0);
+    setProcessNice(cached.qemuPid, 0);
+  };
   const server = new ClaimServer(slotFile(dir, slot, 'sock'), {
     check: (r) => {
       if (r.config.path !== identity.path || r.config.sha256 !== identity.sha256) return `made with configuration ${identity.path || '(built-in)'} ${identity.sha256.slice(0, 12)}, the claimer has ${r.config.path || '(built-in)'} ${r.config.sha256.slice(0, 12)}`;
@@ -114,11 +115,7 @@ export async function prestart(flags: ShimFlags): Promise<void> {
     takeOver: async (r) => {
       req = r;
       log.info('cached VM claimed', { container: r.flags.id, namespace: r.flags.namespace });
-      // The pod's start is not background work: back to normal priority, QEMU too.
-      if (nice) {
-        setNice(0, 0);
-        setNice(cached.qemuPid, 0);
-      }
+      unnice();
       process.chdir(r.flags.bundle);
       Object.assign(process.env, r.env);
       const pre = await cached.handOver();
@@ -134,10 +131,7 @@ export async function prestart(flags: ShimFlags): Promise<void> {
     // `kata-ts run` claimed it: the container runs here, on the claimer's stdio (vm-cache-run-serve.ts); then the VM stops.
     run: (r, conn) => {
       log.info('cached VM claimed by kata-ts run', { container: r.run.id });
-      if (nice) {
-        setNice(0, 0);
-        setNice(cached.qemuPid, 0);
-      }
+      unnice();
       void serveRunClaim(r, conn, { config, hv: cached.hv, vmDir, handOver: () => cached.handOver() })
         .then(() => 0, (err) => {
           log.warn('run claim abandoned', { container: r.run.id, err: errorMessage(err) });
